@@ -1,0 +1,17 @@
+//! cacheflow: GitOps for cache fleets.
+//!
+//! ```text
+//! source ──► spec ──► diff ◄── live ◄── nodes
+//!  (git)   (load,      │
+//!          validate)   ▼
+//!                    plan ──► rollout ──► nodes
+//! ```
+//!
+//! `source` reads the config repository from git; `spec` turns its files into a validated
+//! [`spec::Desired`] or every error at once; `catalog` knows each engine's parameters;
+//! `live` is what nodes report; `diff` and `plan` are pure functions over those; `render`
+//! prints them as text, JSON or Markdown; `cli` is the command line.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod source;
