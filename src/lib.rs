@@ -15,3 +15,5 @@
 
 pub mod catalog;
 pub mod source;
+pub mod live;
+pub mod spec;

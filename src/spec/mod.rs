@@ -1,0 +1,238 @@
+//! The desired state: load the files of one revision into a validated [`model::Desired`],
+//! or report every error at once.
+//!
+//! Loading runs in three passes. Each file is parsed (YAML with positions) and checked
+//! against the embedded JSON Schema on its own, in parallel; then the semantic checks a
+//! schema cannot express run over all documents together (references, uniqueness,
+//! engine parameters, stage growth); then the repository's own `policies/*.schema.json`
+//! are applied to every cluster. Errors are sorted, so the output is deterministic.
+
+pub mod model;
+pub mod raw;
+pub mod schema;
+pub mod yaml;
+
+mod check;
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::source::FileSet;
+use model::Desired;
+use yaml::Located;
+
+/// One validation error: where (file, line, column, JSON pointer) and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    /// JSON pointer of the offending node inside the document (empty: the whole file).
+    pub pointer: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
+        if !self.pointer.is_empty() {
+            write!(f, " (at {})", self.pointer)?;
+        }
+        Ok(())
+    }
+}
+
+/// A document that parsed and passed the schema.
+pub(crate) struct Parsed {
+    pub path: String,
+    pub located: Located,
+    pub doc: raw::Document,
+}
+
+/// Where a diagnostic points inside a parsed file.
+pub(crate) fn diagnostic(
+    path: &str,
+    located: &Located,
+    pointer: &str,
+    at_key: bool,
+    message: impl Into<String>,
+) -> Diagnostic {
+    let pos = if at_key {
+        located.key_pos(pointer)
+    } else {
+        located.value_pos(pointer)
+    };
+    Diagnostic {
+        file: path.to_owned(),
+        line: pos.line,
+        column: pos.column,
+        message: message.into(),
+        pointer: pointer.to_owned(),
+    }
+}
+
+fn file_level(path: &str, message: impl Into<String>) -> Diagnostic {
+    Diagnostic {
+        file: path.to_owned(),
+        line: 1,
+        column: 1,
+        message: message.into(),
+        pointer: String::new(),
+    }
+}
+
+/// Is `path` a YAML document cacheflow reads (as opposed to a policy schema)?
+fn is_document(path: &str) -> bool {
+    path == "cacheflow.yaml"
+        || ((path.starts_with("profiles/") || path.starts_with("clusters/"))
+            && (path.ends_with(".yaml") || path.ends_with(".yml")))
+}
+
+fn is_policy(path: &str) -> bool {
+    path.starts_with("policies/") && path.ends_with(".schema.json")
+}
+
+/// Parse one file and check it against the document schema.
+fn parse_file(path: &str, text: &str) -> Result<Parsed, Vec<Diagnostic>> {
+    let located = yaml::parse(text).map_err(|e| {
+        vec![Diagnostic {
+            file: path.to_owned(),
+            line: e.pos.line,
+            column: e.pos.column,
+            message: e.message,
+            pointer: e.pointer,
+        }]
+    })?;
+    let validator = schema::document_validator().map_err(|e| vec![file_level(path, e)])?;
+    let findings = schema::findings(validator, &located.value);
+    if !findings.is_empty() {
+        return Err(findings
+            .into_iter()
+            .map(|f| diagnostic(path, &located, &f.pointer, f.at_key, f.message))
+            .collect());
+    }
+    let doc = <raw::Document as serde::Deserialize>::deserialize(&located.value)
+        .map_err(|e| vec![file_level(path, format!("unexpected document shape: {e}"))])?;
+    Ok(Parsed {
+        path: path.to_owned(),
+        located,
+        doc,
+    })
+}
+
+/// Parse and schema-check every document, spreading the files over the machine's cores.
+/// Each worker takes a contiguous slice, so results come back in path order.
+fn parse_all(files: &[(&String, &String)]) -> (Vec<Parsed>, Vec<Diagnostic>) {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    // Below a few hundred files a thread costs more than it saves.
+    let workers = if files.len() < 256 { 1 } else { workers };
+    let chunk = files.len().div_ceil(workers.max(1)).max(1);
+    let run = |slice: &[(&String, &String)]| {
+        let mut parsed = Vec::with_capacity(slice.len());
+        let mut diags = Vec::new();
+        for (path, text) in slice {
+            match parse_file(path, text) {
+                Ok(p) => parsed.push(p),
+                Err(d) => diags.extend(d),
+            }
+        }
+        (parsed, diags)
+    };
+    if workers <= 1 {
+        return run(files);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files.chunks(chunk).map(|c| s.spawn(move || run(c))).collect();
+        let mut parsed = Vec::with_capacity(files.len());
+        let mut diags = Vec::new();
+        for h in handles {
+            match h.join() {
+                Ok((p, d)) => {
+                    parsed.extend(p);
+                    diags.extend(d);
+                }
+                Err(_) => diags.push(file_level("", "internal error: a parser thread failed")),
+            }
+        }
+        (parsed, diags)
+    })
+}
+
+/// Load the desired state from the files of one revision. Every error is returned at
+/// once, sorted by file, line and column.
+pub fn load(files: &FileSet) -> Result<Desired, Vec<Diagnostic>> {
+    let mut diags: Vec<Diagnostic> = files
+        .problems
+        .iter()
+        .map(|p| file_level(&p.path, &p.message))
+        .collect();
+    let documents: Vec<(&String, &String)> =
+        files.files.iter().filter(|(p, _)| is_document(p)).collect();
+    let policies: Vec<(&String, &String)> =
+        files.files.iter().filter(|(p, _)| is_policy(p)).collect();
+
+    let (parsed, parse_diags) = parse_all(&documents);
+    diags.extend(parse_diags);
+    let policies = check::compile_policies(&policies, &mut diags);
+    let desired = check::build(files.commit.clone(), parsed, &policies, &mut diags);
+    if diags.is_empty() {
+        Ok(desired)
+    } else {
+        diags.sort();
+        diags.dedup();
+        Err(diags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(list: &[(&str, &str)]) -> FileSet {
+        FileSet {
+            commit: None,
+            files: list
+                .iter()
+                .map(|(p, t)| (p.to_string(), t.to_string()))
+                .collect(),
+            problems: Vec::new(),
+        }
+    }
+
+    const CLUSTER: &str = "apiVersion: cacheflow/v1\nkind: Cluster\nmetadata:\n  name: c1\nspec:\n  engine: redis\n  parameters:\n    maxmemory: 1gb\n  nodes:\n    - {id: n1, address: '10.0.0.1:6379', shard: s1, role: primary}\n    - {id: n2, address: '10.0.0.2:6379', shard: s1, role: replica}\n";
+
+    #[test]
+    fn a_minimal_repository_loads_with_defaults() {
+        let d = load(&files(&[("clusters/c1.yaml", CLUSTER)])).unwrap();
+        let c = &d.clusters["c1"];
+        assert_eq!(c.parameters["maxmemory"].value, "1073741824");
+        assert_eq!(c.parameters["maxmemory"].written, "1gb");
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.rollout, model::RolloutPolicy::default());
+    }
+
+    #[test]
+    fn errors_are_reported_all_at_once_and_sorted() {
+        let bad = CLUSTER
+            .replace("maxmemory: 1gb", "maxmemory: lots\n    maxmemroy: 1gb")
+            .replace("role: replica", "role: primary");
+        let errs = load(&files(&[("clusters/c1.yaml", &bad)])).unwrap_err();
+        let lines: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "clusters/c1.yaml:8:16: `maxmemory`: expected a size such as 4gb or 1048576, found `lots` (at /spec/parameters/maxmemory)",
+                "clusters/c1.yaml:9:5: unknown redis parameter `maxmemroy` (at /spec/parameters/maxmemroy)",
+                "clusters/c1.yaml:12:59: shard `s1` has more than one primary: `n1` is already its primary (at /spec/nodes/1/role)",
+            ]
+        );
+    }
+}
