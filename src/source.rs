@@ -6,12 +6,53 @@
 //! `clusters/**.y(a)ml` and `policies/*.schema.json`. A file that cannot be used (over
 //! 1 MiB, not UTF-8, a symlink leaving the tree) becomes a `FileProblem` reported beside
 //! the validation errors, not a fatal error.
+//!
+//! Choices, and why:
+//!
+//! - **Object database, not checkout.** A revision is read from the tree objects and
+//!   blobs, never from a working directory, so what is validated is exactly what was
+//!   committed and a remote needs only a bare mirror. Only the four cacheflow areas are
+//!   walked; the rest of the repository costs nothing.
+//! - **Size before content.** A blob's size comes from the odb header, so a 2 GiB blob
+//!   is reported without being inflated into memory.
+//! - **Two reader threads** for large trees: each opens its own `git2::Repository`
+//!   (which is `Send`, not `Sync`); zlib inflation dominates and splits well over the
+//!   two cores. Below [`PARALLEL_MIN_FILES`] the extra open costs more than it saves.
+//! - **Symlinks are resolved by hand, inside the repository's own namespace**, the same
+//!   way for a commit (mode `120000` blobs) and for a working tree (`lstat`): one
+//!   component at a time, `..` may not climb above the root, absolute targets and
+//!   `.git` are outside, at most [`MAX_SYMLINK_HOPS`] links per path, and a directory
+//!   link back to an enclosing directory is a loop. So a commit can never make cacheflow
+//!   read `/etc/passwd`, and a link inside the tree behaves as it would on disk.
+//! - **Diffs are tree diffs.** `changed_paths` asks git2 which entries differ (equal
+//!   subtrees are skipped by id) and reads no blob. A file reached through a symlink is
+//!   also reported when the link or its target changed, so the diff of a revision never
+//!   misses a file whose content changed.
+//! - **A remote is a bare mirror** (`refs/heads/*` and `refs/tags/*`, forced, pruned) in
+//!   the cache directory, cloned into a temporary directory and renamed into place, so
+//!   an interrupted clone never leaves a half repository behind. Fetches use an
+//!   anonymous remote so credentials in the URL are never written to the mirror's
+//!   config. Every URL shown in an error goes through [`redact_url`].
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use git2::{ErrorCode, ObjectType, Oid, Repository};
 
 /// Largest file cacheflow reads.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// Most symlinks followed while resolving one path (the kernel allows 40; a config
+/// repository needs far fewer, and a small bound keeps a hostile tree cheap).
+pub const MAX_SYMLINK_HOPS: usize = 8;
+
+/// Below this many blobs `read_rev` reads on the calling thread only.
+pub const PARALLEL_MIN_FILES: usize = 512;
+
+/// Longest symlink target read (Linux `PATH_MAX`).
+const MAX_LINK_BYTES: usize = 4096;
 
 /// The files of one revision (or of the working tree).
 #[derive(Debug, Clone, Default)]
@@ -30,6 +71,19 @@ pub struct FileProblem {
     pub message: String,
 }
 
+/// Who made a commit, when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CommitInfo {
+    /// Full commit id (hex).
+    pub id: String,
+    pub author_name: String,
+    pub author_email: String,
+    /// Author time, RFC 3339 in UTC (`2024-05-01T12:00:00Z`).
+    pub time: String,
+    /// First line of the message.
+    pub summary: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{path}: not a git repository")]
@@ -40,6 +94,8 @@ pub enum SourceError {
     },
     #[error("revision `{rev}` does not exist in {repo}")]
     RevisionNotFound { rev: String, repo: String },
+    #[error("revision `{rev}` in {repo} is not a commit")]
+    NotACommit { rev: String, repo: String },
     #[error("cannot clone or fetch {url}: {message}")]
     FetchFailed { url: String, message: String },
     #[error("{repo} has no working tree (a bare repository): --worktree needs one")]
@@ -52,4 +108,1759 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A config repository: a local work tree or bare repository, or the cached mirror of
+/// a remote.
+pub struct ConfigRepo {
+    repo: Repository,
+    /// What errors call the repository: its path, or the redacted URL.
+    name: String,
+}
+
+impl fmt::Debug for ConfigRepo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigRepo")
+            .field("name", &self.name)
+            .field("git_dir", &self.repo.path())
+            .finish()
+    }
+}
+
+impl ConfigRepo {
+    /// `location` is a local path (a work tree or a bare repo; discovered upward like
+    /// git does) or a URL (`https://`, `ssh://`, `git@host:path`, `file://`). A URL is
+    /// cloned as a bare mirror into `cache_dir/<name>-<hash of url>` (default cache dir:
+    /// `$CACHEFLOW_CACHE_DIR`, else `$XDG_CACHE_HOME/cacheflow/repos`, else
+    /// `~/.cache/cacheflow/repos`), and fetched if already there.
+    pub fn open(location: &str, cache_dir: Option<&Path>) -> Result<ConfigRepo, SourceError> {
+        if is_url(location) && !Path::new(location).exists() {
+            let cache = match cache_dir {
+                Some(dir) => dir.to_path_buf(),
+                None => default_cache_dir()?,
+            };
+            return open_mirror(location, &cache);
+        }
+        let path = Path::new(location);
+        let repo = Repository::open_ext(
+            path,
+            git2::RepositoryOpenFlags::empty(),
+            &[] as &[&std::ffi::OsStr],
+        )
+        .map_err(|source| SourceError::NotARepository {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = repo
+            .workdir()
+            .unwrap_or_else(|| repo.path())
+            .display()
+            .to_string();
+        Ok(ConfigRepo { repo, name })
+    }
+
+    /// The repository's name in messages: its path, or the redacted URL of a remote.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The underlying repository (for modules that write to it, such as the audit log).
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// Resolve any revision git understands (`HEAD`, a branch, a tag, a sha, `main~2`;
+    /// `origin/main` also works in a mirror, where branches are plain `refs/heads/*`)
+    /// to a full commit id.
+    pub fn resolve(&self, rev: &str) -> Result<String, SourceError> {
+        self.find_commit(rev).map(|c| c.id().to_string())
+    }
+
+    /// The cacheflow files of the tree at `rev`, read from the object database.
+    pub fn read_rev(&self, rev: &str) -> Result<FileSet, SourceError> {
+        let commit = self.find_commit(rev)?;
+        let tree = commit.tree().map_err(|e| self.git_err(e))?;
+        let src = GitTree {
+            repo: &self.repo,
+            root: tree,
+            name: &self.name,
+        };
+        let found = walk_areas(&src)?;
+        let mut set = self.read_found(found)?;
+        set.commit = Some(commit.id().to_string());
+        Ok(set)
+    }
+
+    /// Only `paths` at `rev` (a diff parses only the changed files). Paths that do not
+    /// exist, or are directories, are simply absent; symlinks are resolved as in
+    /// [`ConfigRepo::read_rev`].
+    pub fn read_paths(&self, rev: &str, paths: &[String]) -> Result<FileSet, SourceError> {
+        let commit = self.find_commit(rev)?;
+        let tree = commit.tree().map_err(|e| self.git_err(e))?;
+        let src = GitTree {
+            repo: &self.repo,
+            root: tree,
+            name: &self.name,
+        };
+        let mut found = Vec::new();
+        for path in paths {
+            found_at_path(&src, path, &mut found)?;
+        }
+        let mut set = self.read_found(found)?;
+        set.commit = Some(commit.id().to_string());
+        Ok(set)
+    }
+
+    /// The cacheflow files of the working tree as they are on disk: uncommitted and
+    /// untracked files included, `.gitignore` not honoured, `.git` skipped.
+    pub fn read_worktree(&self) -> Result<FileSet, SourceError> {
+        let src = self.worktree()?;
+        let found = walk_areas(&src)?;
+        let mut set = FileSet::default();
+        for f in found {
+            match f.what {
+                What::Read(path) => match read_disk_file(&path) {
+                    Ok(text) => {
+                        set.files.insert(f.shown, text);
+                    }
+                    Err(message) => set.problems.push(FileProblem {
+                        path: f.shown,
+                        message,
+                    }),
+                },
+                What::Problem(message) => set.problems.push(FileProblem {
+                    path: f.shown,
+                    message,
+                }),
+            }
+        }
+        finish(&mut set);
+        Ok(set)
+    }
+
+    /// Paths of cacheflow files that differ between two revisions (added, modified,
+    /// deleted; a rename counts as both of its sides), sorted.
+    pub fn changed_paths(&self, base: &str, head: &str) -> Result<Vec<String>, SourceError> {
+        let base_tree = self
+            .find_commit(base)?
+            .tree()
+            .map_err(|e| self.git_err(e))?;
+        let head_tree = self
+            .find_commit(head)?
+            .tree()
+            .map_err(|e| self.git_err(e))?;
+        let mut opts = git2::DiffOptions::new();
+        opts.include_typechange(true);
+        let diff = self
+            .repo
+            .diff_tree_to_tree(Some(&base_tree), Some(&head_tree), Some(&mut opts))
+            .map_err(|e| self.git_err(e))?;
+        let changed = delta_paths(&diff);
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let base_src = GitTree {
+            repo: &self.repo,
+            root: base_tree,
+            name: &self.name,
+        };
+        let head_src = GitTree {
+            repo: &self.repo,
+            root: head_tree,
+            name: &self.name,
+        };
+        let mut found: Vec<Linked> = linked(walk_areas(&base_src)?).collect();
+        found.extend(linked(walk_areas(&head_src)?));
+        Ok(changed_cacheflow_paths(&changed, &found))
+    }
+
+    /// Paths of cacheflow files that differ between `base` and the working tree
+    /// (staged, unstaged and untracked changes, ignored files included), sorted.
+    pub fn changed_paths_worktree(&self, base: &str) -> Result<Vec<String>, SourceError> {
+        let base_tree = self
+            .find_commit(base)?
+            .tree()
+            .map_err(|e| self.git_err(e))?;
+        let disk = self.worktree()?;
+        let base_src = GitTree {
+            repo: &self.repo,
+            root: base_tree,
+            name: &self.name,
+        };
+        let mut found: Vec<Linked> = linked(walk_areas(&base_src)?).collect();
+        found.extend(linked(walk_areas(&disk)?));
+
+        // Ignored files count (read_worktree reads them), so the diff must recurse into
+        // ignored directories; a pathspec keeps that to the cacheflow areas and to the
+        // places symlinks there point at, instead of every `target/` in the tree.
+        let mut spec: BTreeSet<String> = ["cacheflow.yaml", "profiles", "clusters", "policies"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        for (_, deps) in &found {
+            spec.extend(deps.iter().cloned());
+        }
+        let mut opts = git2::DiffOptions::new();
+        opts.include_typechange(true)
+            .include_untracked(true)
+            .recurse_untracked_dirs(true)
+            .include_ignored(true)
+            .recurse_ignored_dirs(true)
+            // Literal paths: a `*` in a file name is not a glob.
+            .disable_pathspec_match(true);
+        for s in &spec {
+            opts.pathspec(s);
+        }
+        let diff = self
+            .repo
+            .diff_tree_to_workdir_with_index(Some(&base_src.root), Some(&mut opts))
+            .map_err(|e| self.git_err(e))?;
+        let changed = delta_paths(&diff);
+        Ok(changed_cacheflow_paths(&changed, &found))
+    }
+
+    /// Commit metadata: id, author, author time (RFC 3339, UTC), summary.
+    pub fn commit_info(&self, rev: &str) -> Result<CommitInfo, SourceError> {
+        let commit = self.find_commit(rev)?;
+        let author = commit.author();
+        Ok(CommitInfo {
+            id: commit.id().to_string(),
+            author_name: String::from_utf8_lossy(author.name_bytes()).into_owned(),
+            author_email: String::from_utf8_lossy(author.email_bytes()).into_owned(),
+            time: rfc3339_utc(author.when().seconds()),
+            summary: commit
+                .summary_bytes()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .unwrap_or_default(),
+        })
+    }
+
+    fn find_commit(&self, rev: &str) -> Result<git2::Commit<'_>, SourceError> {
+        let obj = match self.repo.revparse_single(rev) {
+            Ok(obj) => obj,
+            // A mirror keeps the remote's branches as `refs/heads/*`, so the
+            // `origin/main` a user types from habit is just `main` here.
+            Err(e) if is_not_found(&e) => match rev.strip_prefix("origin/") {
+                Some(short) if self.repo.is_bare() => {
+                    self.repo.revparse_single(short).map_err(|e| {
+                        if is_not_found(&e) {
+                            self.not_found(rev)
+                        } else {
+                            self.git_err(e)
+                        }
+                    })?
+                }
+                _ => return Err(self.not_found(rev)),
+            },
+            Err(e) => return Err(self.git_err(e)),
+        };
+        obj.peel_to_commit().map_err(|_| SourceError::NotACommit {
+            rev: rev.to_string(),
+            repo: self.name.clone(),
+        })
+    }
+
+    fn worktree(&self) -> Result<DiskTree, SourceError> {
+        match self.repo.workdir() {
+            Some(root) => Ok(DiskTree {
+                root: root.to_path_buf(),
+            }),
+            None => Err(SourceError::NoWorktree {
+                repo: self.name.clone(),
+            }),
+        }
+    }
+
+    /// Read the blobs of `found`; on large sets, half of them on a second thread with
+    /// its own repository handle.
+    fn read_found(&self, found: Vec<Found<Oid>>) -> Result<FileSet, SourceError> {
+        let mut set = FileSet::default();
+        let mut blobs = Vec::with_capacity(found.len());
+        for f in found {
+            match f.what {
+                What::Read(oid) => blobs.push((f.shown, oid)),
+                What::Problem(message) => set.problems.push(FileProblem {
+                    path: f.shown,
+                    message,
+                }),
+            }
+        }
+        let results = if blobs.len() >= PARALLEL_MIN_FILES {
+            self.read_blobs_parallel(blobs)?
+        } else {
+            let odb = self.repo.odb().map_err(|e| self.git_err(e))?;
+            read_blobs(&odb, blobs).map_err(|e| self.git_err(e))?
+        };
+        for (path, result) in results {
+            match result {
+                Ok(text) => {
+                    set.files.insert(path, text);
+                }
+                Err(message) => set.problems.push(FileProblem { path, message }),
+            }
+        }
+        finish(&mut set);
+        Ok(set)
+    }
+
+    fn read_blobs_parallel(&self, mut blobs: Vec<(String, Oid)>) -> Result<Blobs, SourceError> {
+        let second = blobs.split_off(blobs.len() / 2);
+        let git_dir = self.repo.path().to_path_buf();
+        let odb = self.repo.odb().map_err(|e| self.git_err(e))?;
+        let (first, second) = std::thread::scope(|s| {
+            let other = s.spawn(move || -> Result<Blobs, git2::Error> {
+                let repo = Repository::open_bare(&git_dir)?;
+                let odb = repo.odb()?;
+                read_blobs(&odb, second)
+            });
+            let first = read_blobs(&odb, blobs);
+            let second = match other.join() {
+                Ok(r) => r,
+                Err(_) => Err(git2::Error::from_str("blob reader thread panicked")),
+            };
+            (first, second)
+        });
+        let mut all = first.map_err(|e| self.git_err(e))?;
+        all.extend(second.map_err(|e| self.git_err(e))?);
+        Ok(all)
+    }
+
+    fn not_found(&self, rev: &str) -> SourceError {
+        SourceError::RevisionNotFound {
+            rev: rev.to_string(),
+            repo: self.name.clone(),
+        }
+    }
+
+    fn git_err(&self, e: git2::Error) -> SourceError {
+        SourceError::Git {
+            repo: self.name.clone(),
+            message: redact_url(e.message()),
+        }
+    }
+}
+
+fn is_not_found(e: &git2::Error) -> bool {
+    matches!(
+        e.code(),
+        ErrorCode::NotFound | ErrorCode::InvalidSpec | ErrorCode::UnbornBranch
+    )
+}
+
+type Blobs = Vec<(String, Result<String, String>)>;
+
+/// Read blobs: size from the header first, so an oversized blob is never inflated.
+fn read_blobs(odb: &git2::Odb<'_>, blobs: Vec<(String, Oid)>) -> Result<Blobs, git2::Error> {
+    let mut out = Vec::with_capacity(blobs.len());
+    for (path, oid) in blobs {
+        let (size, _) = odb.read_header(oid)?;
+        if size > MAX_FILE_BYTES {
+            out.push((path, Err(too_big(size as u64))));
+            continue;
+        }
+        let obj = odb.read(oid)?;
+        out.push((path, utf8(obj.data())));
+    }
+    Ok(out)
+}
+
+fn read_disk_file(path: &Path) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read: {e}"))?
+        .len();
+    if len > MAX_FILE_BYTES as u64 {
+        return Err(too_big(len));
+    }
+    // `take` guards against a file that grows between the size check and the read.
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    utf8(&bytes)
+}
+
+fn utf8(bytes: &[u8]) -> Result<String, String> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Ok(s.to_owned()),
+        Err(e) => Err(format!("not valid UTF-8 at byte {}", e.valid_up_to())),
+    }
+}
+
+fn too_big(size: u64) -> String {
+    let mib = size as f64 / (1u64 << 20) as f64;
+    // "1.0 MiB; ... up to 1 MiB" would read as a contradiction: show bytes then.
+    let shown = if mib < 1.05 {
+        format!("{size} bytes")
+    } else {
+        format!("{mib:.1} MiB")
+    };
+    format!("file is {shown}; cacheflow reads files up to 1 MiB")
+}
+
+fn finish(set: &mut FileSet) {
+    set.problems.sort_by(|a, b| a.path.cmp(&b.path));
+    set.problems.dedup();
+}
+
+// ---------------------------------------------------------------------------------
+// Which paths are cacheflow's.
+
+/// `cacheflow.yaml`, `profiles/**/*.y(a)ml`, `clusters/**/*.y(a)ml`,
+/// `policies/*.schema.json`.
+pub fn is_cacheflow_path(path: &str) -> bool {
+    if path == "cacheflow.yaml" {
+        return true;
+    }
+    let yaml_under = |rest: &str| {
+        !rest.is_empty()
+            && rest
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
+            && (rest.ends_with(".yaml") || rest.ends_with(".yml"))
+    };
+    if let Some(rest) = path.strip_prefix("profiles/") {
+        return yaml_under(rest);
+    }
+    if let Some(rest) = path.strip_prefix("clusters/") {
+        return yaml_under(rest);
+    }
+    if let Some(rest) = path.strip_prefix("policies/") {
+        return !rest.contains('/')
+            && rest.len() > ".schema.json".len()
+            && rest.ends_with(".schema.json");
+    }
+    false
+}
+
+/// Directories that may hold cacheflow files (walked recursively).
+fn may_hold_files(path: &str) -> bool {
+    matches!(path, "profiles" | "clusters" | "policies")
+        || path.starts_with("profiles/")
+        || path.starts_with("clusters/")
+}
+
+// ---------------------------------------------------------------------------------
+// One walker, one symlink resolver, over two kinds of tree: a git tree and a disk.
+
+/// What a path is, without following a symlink.
+enum Node<F> {
+    File(F),
+    Dir,
+    Link(String),
+    Submodule,
+    Missing,
+    /// Exists but cannot be used, with the reason.
+    Unusable(String),
+}
+
+trait Tree {
+    type File: Clone;
+    /// `path` is repository-relative with `/`; `""` is the root.
+    fn lookup(&self, path: &str) -> Result<Node<Self::File>, SourceError>;
+    /// The entries of the directory at `path`.
+    fn list(&self, path: &str) -> Result<Vec<(String, Node<Self::File>)>, SourceError>;
+}
+
+enum What<F> {
+    Read(F),
+    Problem(String),
+}
+
+/// A cacheflow path found by a walk.
+struct Found<F> {
+    /// The path as the user sees it (through any symlinked directory).
+    shown: String,
+    what: What<F>,
+    /// When symlinks were followed: the real paths the content depends on (each link,
+    /// then the target). Empty when the file is its own path.
+    deps: Vec<String>,
+}
+
+struct Resolved<F> {
+    real: String,
+    node: Node<F>,
+    links: Vec<String>,
+}
+
+/// Follow `path` one component at a time, expanding symlinks, in the repository's own
+/// namespace. `Err` is a problem message (the path leaves the repository, or loops).
+fn resolve<T: Tree>(
+    tree: &T,
+    path: &str,
+) -> Result<Result<Resolved<T::File>, String>, SourceError> {
+    let mut done: Vec<String> = Vec::new();
+    let mut todo: VecDeque<String> = path.split('/').map(String::from).collect();
+    let mut links = Vec::new();
+    let mut last_target: Option<String> = None;
+    let mut node: Node<T::File> = Node::Dir;
+    let outside = |target: &Option<String>| match target {
+        Some(t) => format!("symlink points outside the repository: {t}"),
+        None => format!("path leaves the repository: {path}"),
+    };
+    while let Some(c) = todo.pop_front() {
+        if c.is_empty() || c == "." {
+            continue;
+        }
+        if !matches!(node, Node::Dir) {
+            // A component under a file: like ENOTDIR, nothing there.
+            return Ok(Ok(Resolved {
+                real: done.join("/"),
+                node: Node::Missing,
+                links,
+            }));
+        }
+        if c == ".." {
+            if done.pop().is_none() {
+                return Ok(Err(outside(&last_target)));
+            }
+            continue;
+        }
+        if c.eq_ignore_ascii_case(".git") {
+            return Ok(Err(match &last_target {
+                Some(t) => format!("symlink points into .git: {t}"),
+                None => format!("path is inside .git: {path}"),
+            }));
+        }
+        done.push(c);
+        let here = done.join("/");
+        node = tree.lookup(&here)?;
+        if let Node::Link(target) = &node {
+            if links.len() >= MAX_SYMLINK_HOPS {
+                return Ok(Err(format!(
+                    "too many levels of symbolic links (more than {MAX_SYMLINK_HOPS}): {path}"
+                )));
+            }
+            if target.starts_with('/') {
+                return Ok(Err(outside(&Some(target.clone()))));
+            }
+            for part in target.rsplit('/') {
+                todo.push_front(part.to_string());
+            }
+            last_target = Some(target.clone());
+            links.push(here);
+            done.pop();
+            node = Node::Dir;
+        }
+    }
+    Ok(Ok(Resolved {
+        real: done.join("/"),
+        node,
+        links,
+    }))
+}
+
+struct Walker<'a, T: Tree> {
+    tree: &'a T,
+    found: Vec<Found<T::File>>,
+    /// Real paths of the directories being walked, to catch a link to an ancestor.
+    stack: Vec<String>,
+}
+
+/// Every cacheflow path in `tree`, with what to read or why it cannot be read.
+fn walk_areas<T: Tree>(tree: &T) -> Result<Vec<Found<T::File>>, SourceError> {
+    let mut w = Walker {
+        tree,
+        found: Vec::new(),
+        // Everything is under the root: a link to it is a loop too.
+        stack: vec![String::new()],
+    };
+    for top in ["cacheflow.yaml", "profiles", "clusters", "policies"] {
+        let node = tree.lookup(top)?;
+        w.visit(top.to_string(), top.to_string(), node, Vec::new())?;
+    }
+    Ok(w.found)
+}
+
+/// What exactly `path` is in `tree` (following symlinks), added to `out` when it is a
+/// file or a problem.
+fn found_at_path<T: Tree>(
+    tree: &T,
+    path: &str,
+    out: &mut Vec<Found<T::File>>,
+) -> Result<(), SourceError> {
+    let shown = path.trim_matches('/').to_string();
+    let (what, deps) = match resolve(tree, &shown)? {
+        Err(message) => (What::Problem(message), Vec::new()),
+        Ok(r) => {
+            let mut deps = r.links;
+            if !deps.is_empty() {
+                deps.push(r.real);
+            }
+            match r.node {
+                Node::File(f) => (What::Read(f), deps),
+                Node::Submodule => (What::Problem(SUBMODULE.to_string()), deps),
+                Node::Unusable(m) => (What::Problem(m), deps),
+                Node::Missing | Node::Dir | Node::Link(_) => return Ok(()),
+            }
+        }
+    };
+    out.push(Found { shown, what, deps });
+    Ok(())
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+const SUBMODULE: &str = "is a submodule (or nested repository), not a file";
+
+impl<T: Tree> Walker<'_, T> {
+    /// `links`: the real paths of the symlinks followed to get here (empty when `shown`
+    /// is its own real path).
+    fn visit(
+        &mut self,
+        shown: String,
+        real: String,
+        node: Node<T::File>,
+        links: Vec<String>,
+    ) -> Result<(), SourceError> {
+        let is_file = is_cacheflow_path(&shown);
+        match node {
+            Node::File(f) if is_file => self.push(shown, real, What::Read(f), links),
+            Node::Dir if may_hold_files(&shown) => {
+                if self.stack.contains(&real) {
+                    let message =
+                        format!("symlink loop: points to an enclosing directory ({real})");
+                    self.push(shown, real, What::Problem(message), links);
+                    return Ok(());
+                }
+                let recurse = shown != "policies";
+                self.stack.push(real.clone());
+                for (name, child) in self.tree.list(&real)? {
+                    let child_shown = format!("{shown}/{name}");
+                    let wanted = match child {
+                        Node::Dir => recurse,
+                        _ => {
+                            is_cacheflow_path(&child_shown)
+                                || (recurse && may_hold_files(&child_shown))
+                        }
+                    };
+                    if wanted {
+                        let child_real = join(&real, &name);
+                        self.visit(child_shown, child_real, child, links.clone())?;
+                    }
+                }
+                self.stack.pop();
+            }
+            Node::Link(_) if is_file || may_hold_files(&shown) => {
+                match resolve(self.tree, &real)? {
+                    Err(message) if is_file => {
+                        let mut links = links;
+                        links.push(real.clone());
+                        self.push(shown, real, What::Problem(message), links);
+                    }
+                    Err(_) => {}
+                    Ok(r) => {
+                        let mut links = links;
+                        links.extend(r.links);
+                        if matches!(r.node, Node::Missing) {
+                            if is_file {
+                                let target = match self.tree.lookup(&real)? {
+                                    Node::Link(t) => t,
+                                    _ => real,
+                                };
+                                let message = format!("symlink target does not exist: {target}");
+                                self.push(shown, r.real, What::Problem(message), links);
+                            }
+                        } else {
+                            self.visit(shown, r.real, r.node, links)?;
+                        }
+                    }
+                }
+            }
+            Node::Submodule if is_file => {
+                self.push(shown, real, What::Problem(SUBMODULE.into()), links)
+            }
+            Node::Unusable(message) if is_file => {
+                self.push(shown, real, What::Problem(message), links)
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, shown: String, real: String, what: What<T::File>, links: Vec<String>) {
+        let mut deps = links;
+        if !deps.is_empty() {
+            deps.push(real);
+        }
+        self.found.push(Found { shown, what, deps });
+    }
+}
+
+/// The cacheflow paths touched by a set of changed real paths: those changed
+/// themselves, and those reached through a symlink whose link or target changed.
+fn changed_cacheflow_paths(changed: &BTreeSet<String>, linked: &[Linked]) -> Vec<String> {
+    let mut out: BTreeSet<String> = changed
+        .iter()
+        .filter(|p| is_cacheflow_path(p))
+        .cloned()
+        .collect();
+    for (shown, deps) in linked {
+        if deps.iter().any(|d| changed.contains(d)) {
+            out.insert(shown.clone());
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// A path reached through symlinks, with the real paths it depends on.
+type Linked = (String, Vec<String>);
+
+fn linked<F>(found: Vec<Found<F>>) -> impl Iterator<Item = Linked> {
+    found
+        .into_iter()
+        .filter(|f| !f.deps.is_empty())
+        .map(|f| (f.shown, f.deps))
+}
+
+fn delta_paths(diff: &git2::Diff<'_>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for delta in diff.deltas() {
+        for file in [delta.old_file(), delta.new_file()] {
+            if let Some(p) = file.path_bytes() {
+                out.insert(String::from_utf8_lossy(p).into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// A tree at one revision.
+struct GitTree<'r> {
+    repo: &'r Repository,
+    root: git2::Tree<'r>,
+    name: &'r str,
+}
+
+impl GitTree<'_> {
+    fn err(&self, e: git2::Error) -> SourceError {
+        SourceError::Git {
+            repo: self.name.to_string(),
+            message: e.message().to_string(),
+        }
+    }
+
+    fn node(&self, mode: i32, kind: Option<ObjectType>, id: Oid) -> Result<Node<Oid>, SourceError> {
+        Ok(match (mode, kind) {
+            (0o120000, _) => self.link_target(id)?,
+            (0o160000, _) | (_, Some(ObjectType::Commit)) => Node::Submodule,
+            (_, Some(ObjectType::Tree)) => Node::Dir,
+            (_, Some(ObjectType::Blob)) => Node::File(id),
+            _ => Node::Unusable("not a file".to_string()),
+        })
+    }
+
+    fn link_target(&self, id: Oid) -> Result<Node<Oid>, SourceError> {
+        let odb = self.repo.odb().map_err(|e| self.err(e))?;
+        let (size, _) = odb.read_header(id).map_err(|e| self.err(e))?;
+        if size > MAX_LINK_BYTES {
+            return Ok(Node::Unusable(format!(
+                "symlink target is {size} bytes long; cacheflow follows targets up to {MAX_LINK_BYTES}"
+            )));
+        }
+        let obj = odb.read(id).map_err(|e| self.err(e))?;
+        Ok(match std::str::from_utf8(obj.data()) {
+            Ok(t) => Node::Link(t.to_string()),
+            Err(_) => Node::Unusable("symlink target is not valid UTF-8".to_string()),
+        })
+    }
+}
+
+impl Tree for GitTree<'_> {
+    type File = Oid;
+
+    fn lookup(&self, path: &str) -> Result<Node<Oid>, SourceError> {
+        if path.is_empty() {
+            return Ok(Node::Dir);
+        }
+        match self.root.get_path(Path::new(path)) {
+            Ok(entry) => self.node(entry.filemode(), entry.kind(), entry.id()),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(Node::Missing),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    fn list(&self, path: &str) -> Result<Vec<(String, Node<Oid>)>, SourceError> {
+        let sub;
+        let tree = if path.is_empty() {
+            &self.root
+        } else {
+            let entry = self
+                .root
+                .get_path(Path::new(path))
+                .map_err(|e| self.err(e))?;
+            sub = self.repo.find_tree(entry.id()).map_err(|e| self.err(e))?;
+            &sub
+        };
+        let mut out = Vec::with_capacity(tree.len());
+        for entry in tree.iter() {
+            let node = self.node(entry.filemode(), entry.kind(), entry.id())?;
+            match std::str::from_utf8(entry.name_bytes()) {
+                Ok(name) => out.push((name.to_string(), node)),
+                Err(_) => out.push((
+                    String::from_utf8_lossy(entry.name_bytes()).into_owned(),
+                    Node::Unusable("file name is not valid UTF-8".to_string()),
+                )),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The working tree on disk.
+struct DiskTree {
+    root: PathBuf,
+}
+
+impl DiskTree {
+    fn node(&self, full: &Path, meta: std::io::Result<std::fs::Metadata>) -> Node<PathBuf> {
+        let meta = match meta {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Node::Missing,
+            Err(e) => return Node::Unusable(format!("cannot read: {e}")),
+        };
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            match std::fs::read_link(full) {
+                Ok(t) => match t.to_str() {
+                    Some(t) => Node::Link(t.to_string()),
+                    None => Node::Unusable("symlink target is not valid UTF-8".to_string()),
+                },
+                Err(e) => Node::Unusable(format!("cannot read symlink: {e}")),
+            }
+        } else if ft.is_dir() {
+            // A nested repository is not part of this one's tree, as in a commit.
+            if full.join(".git").symlink_metadata().is_ok() {
+                Node::Submodule
+            } else {
+                Node::Dir
+            }
+        } else if ft.is_file() {
+            Node::File(full.to_path_buf())
+        } else {
+            Node::Unusable("not a regular file".to_string())
+        }
+    }
+}
+
+impl Tree for DiskTree {
+    type File = PathBuf;
+
+    fn lookup(&self, path: &str) -> Result<Node<PathBuf>, SourceError> {
+        if path.is_empty() {
+            return Ok(Node::Dir);
+        }
+        let full = self.root.join(path);
+        let meta = full.symlink_metadata();
+        Ok(self.node(&full, meta))
+    }
+
+    fn list(&self, path: &str) -> Result<Vec<(String, Node<PathBuf>)>, SourceError> {
+        let dir = self.root.join(path);
+        let io = |source| SourceError::Io {
+            path: dir.clone(),
+            source,
+        };
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            if name == ".git" {
+                continue;
+            }
+            let full = entry.path();
+            let node = self.node(&full, full.symlink_metadata());
+            match name.to_str() {
+                Some(n) => out.push((n.to_string(), node)),
+                None => out.push((
+                    name.to_string_lossy().into_owned(),
+                    Node::Unusable("file name is not valid UTF-8".to_string()),
+                )),
+            }
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Remotes.
+
+/// A URL rather than a path: `scheme://...` or scp-like `user@host:path`.
+fn is_url(location: &str) -> bool {
+    if location.contains("://") {
+        return true;
+    }
+    match (location.find('@'), location.find(':')) {
+        (Some(at), Some(colon)) => at < colon && !location[..colon].contains('/'),
+        _ => false,
+    }
+}
+
+fn default_cache_dir() -> Result<PathBuf, SourceError> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("CACHEFLOW_CACHE_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = var("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(dir).join("cacheflow/repos"));
+    }
+    if let Some(home) = var("HOME") {
+        return Ok(PathBuf::from(home).join(".cache/cacheflow/repos"));
+    }
+    Err(SourceError::Io {
+        path: PathBuf::from("~/.cache/cacheflow/repos"),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no cache directory: set CACHEFLOW_CACHE_DIR, XDG_CACHE_HOME or HOME",
+        ),
+    })
+}
+
+/// `<last path segment, sanitised>-<12 hex of SHA-1 of the redacted URL>`: readable,
+/// unique per URL, and the same when only the credentials in the URL change.
+fn mirror_dir_name(url: &str) -> String {
+    let clean = redact_url(url);
+    let last = clean
+        .trim_end_matches('/')
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or("repo")
+        .trim_end_matches(".git");
+    let mut name: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name = name.trim_start_matches('.').chars().take(48).collect();
+    if name.is_empty() {
+        name = "repo".to_string();
+    }
+    let hash = Oid::hash_object(ObjectType::Blob, clean.as_bytes())
+        .map(|o| o.to_string())
+        .unwrap_or_default();
+    format!("{name}-{}", &hash[..hash.len().min(12)])
+}
+
+fn open_mirror(url: &str, cache: &Path) -> Result<ConfigRepo, SourceError> {
+    let shown = redact_url(url);
+    let dir = cache.join(mirror_dir_name(url));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SourceError::Io { path, source }
+    };
+    let failed = |e: git2::Error| SourceError::FetchFailed {
+        url: shown.clone(),
+        message: redact_url(e.message()),
+    };
+
+    if dir.exists() {
+        match Repository::open_bare(&dir) {
+            Ok(repo) => {
+                fetch_mirror(&repo, url).map_err(failed)?;
+                return Ok(ConfigRepo { repo, name: shown });
+            }
+            // Not a repository any more (an interrupted delete, a disk error): the
+            // directory is ours by its name, so start it over.
+            Err(_) => std::fs::remove_dir_all(&dir).map_err(io(&dir))?,
+        }
+    }
+
+    std::fs::create_dir_all(cache).map_err(io(cache))?;
+    let tmp = cache.join(format!(
+        ".{}.tmp-{}",
+        mirror_dir_name(url),
+        std::process::id()
+    ));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    let cloned = Repository::init_bare(&tmp).and_then(|repo| fetch_mirror(&repo, url));
+    if let Err(e) = cloned {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(failed(e));
+    }
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Another process won the race and put its mirror there: use that one.
+        if !dir.exists() {
+            return Err(io(&dir)(e));
+        }
+    }
+    let repo = Repository::open_bare(&dir).map_err(|source| SourceError::NotARepository {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(ConfigRepo { repo, name: shown })
+}
+
+/// Fetch every branch and tag, forced and pruned, then point `HEAD` at the remote's
+/// default branch.
+fn fetch_mirror(repo: &Repository, url: &str) -> Result<(), git2::Error> {
+    let mut remote = repo.remote_anonymous(url)?;
+    let mut opts = git2::FetchOptions::new();
+    opts.remote_callbacks(callbacks())
+        .prune(git2::FetchPrune::On)
+        .download_tags(git2::AutotagOption::None);
+    remote.fetch(
+        &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+        Some(&mut opts),
+        None,
+    )?;
+    let head = remote
+        .default_branch()
+        .ok()
+        .and_then(|b| b.as_str().ok().map(String::from));
+    let head = head.filter(|h| repo.find_reference(h).is_ok()).or_else(|| {
+        ["refs/heads/main", "refs/heads/master"]
+            .into_iter()
+            .find(|r| repo.find_reference(r).is_ok())
+            .map(String::from)
+    });
+    if let Some(head) = head {
+        repo.set_head(&head)?;
+    }
+    Ok(())
+}
+
+/// Credentials: those in the URL (libgit2 uses them first), then the ssh agent and
+/// the usual key files, then git's credential helpers. Bounded, because libgit2 asks
+/// again after every rejection.
+fn callbacks<'a>() -> git2::RemoteCallbacks<'a> {
+    let mut cb = git2::RemoteCallbacks::new();
+    let mut attempts = 0usize;
+    cb.credentials(move |url, username, allowed| {
+        attempts += 1;
+        let user = username.unwrap_or("git");
+        if allowed.contains(git2::CredentialType::USERNAME) && attempts <= 1 {
+            return git2::Cred::username(user);
+        }
+        if allowed.contains(git2::CredentialType::SSH_KEY) {
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            match (attempts, home) {
+                (1 | 2, _) => return git2::Cred::ssh_key_from_agent(user),
+                (3, Some(h)) => {
+                    return git2::Cred::ssh_key(user, None, &h.join(".ssh/id_ed25519"), None)
+                }
+                (4, Some(h)) => {
+                    return git2::Cred::ssh_key(user, None, &h.join(".ssh/id_rsa"), None)
+                }
+                _ => {}
+            }
+        }
+        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) && attempts <= 2 {
+            if let Ok(config) = git2::Config::open_default() {
+                return git2::Cred::credential_helper(&config, url, username);
+            }
+        }
+        Err(git2::Error::from_str("authentication failed"))
+    });
+    cb
+}
+
+/// Remove `user:password@` (or a bare token `user@`) from every URL in `text`, so a
+/// URL or an error message that quotes one can be logged. An ssh user without a
+/// password (`ssh://git@host`, `git@host:path`) is not a secret and stays.
+pub fn redact_url(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let scheme_start = rest[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
+            .map_or(0, |j| j + 1);
+        let scheme = &rest[scheme_start..i];
+        let after = i + 3;
+        out.push_str(&rest[..after]);
+        let tail = &rest[after..];
+        let end = tail
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '\'' | '"' | '`' | '<' | '>') || c.is_whitespace()
+            })
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                let ssh = scheme.eq_ignore_ascii_case("ssh") || scheme.ends_with("+ssh");
+                if ssh && !userinfo.contains(':') {
+                    out.push_str(authority);
+                } else {
+                    out.push_str(&authority[at + 1..]);
+                }
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (Howard Hinnant's civil-from-days).
+fn rfc3339_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// A work tree with a real git repository, committed with git2.
+    struct TestRepo {
+        dir: tempfile::TempDir,
+        repo: Repository,
+    }
+
+    impl TestRepo {
+        fn new() -> TestRepo {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = Repository::init(dir.path()).unwrap();
+            TestRepo { dir, repo }
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        fn write(&self, path: &str, content: impl AsRef<[u8]>) -> &Self {
+            let full = self.path().join(path);
+            fs::create_dir_all(full.parent().unwrap()).unwrap();
+            fs::write(full, content).unwrap();
+            self
+        }
+
+        #[cfg(unix)]
+        fn symlink(&self, path: &str, target: &str) -> &Self {
+            let full = self.path().join(path);
+            fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, full).unwrap();
+            self
+        }
+
+        fn remove(&self, path: &str) -> &Self {
+            fs::remove_file(self.path().join(path)).unwrap();
+            self
+        }
+
+        /// Stage everything (additions, changes, deletions) and commit.
+        fn commit(&self, message: &str) -> String {
+            let mut index = self.repo.index().unwrap();
+            index
+                .add_all(["*"], git2::IndexAddOption::FORCE, None)
+                .unwrap();
+            index.update_all(["*"], None).unwrap();
+            index.write().unwrap();
+            let tree = self.repo.find_tree(index.write_tree().unwrap()).unwrap();
+            let sig = git2::Signature::new(
+                "Ada Lovelace",
+                "ada@example.com",
+                &git2::Time::new(1_714_564_800, 120),
+            )
+            .unwrap();
+            let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+            let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+            self.repo
+                .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+                .unwrap()
+                .to_string()
+        }
+
+        fn open(&self) -> ConfigRepo {
+            ConfigRepo::open(self.path().to_str().unwrap(), None).unwrap()
+        }
+    }
+
+    fn problem(set: &FileSet, path: &str) -> String {
+        set.problems
+            .iter()
+            .find(|p| p.path == path)
+            .map(|p| p.message.clone())
+            .unwrap_or_else(|| panic!("no problem for {path} in {:?}", set.problems))
+    }
+
+    #[test]
+    fn cacheflow_paths_are_the_settings_profiles_clusters_and_policies() {
+        for yes in [
+            "cacheflow.yaml",
+            "profiles/small.yaml",
+            "profiles/team/a.yml",
+            "clusters/eu/west/sessions.yaml",
+            "policies/limits.schema.json",
+        ] {
+            assert!(is_cacheflow_path(yes), "{yes}");
+        }
+        for no in [
+            "cacheflow.yml",
+            "README.md",
+            "clusters/notes.txt",
+            "clusters/.yaml/x",
+            "policies/sub/x.schema.json",
+            "policies/x.json",
+            "policies/.schema.json",
+            "other/clusters/a.yaml",
+            "clusters//a.yaml",
+        ] {
+            assert!(!is_cacheflow_path(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn read_rev_reads_the_commit_not_the_working_tree() {
+        let t = TestRepo::new();
+        t.write("cacheflow.yaml", "v: 1\n")
+            .write("clusters/a.yaml", "a: 1\n");
+        let first = t.commit("first");
+        t.write("clusters/a.yaml", "a: 2\n")
+            .write("clusters/b.yaml", "b: 1\n");
+        let second = t.commit("second");
+        t.write("clusters/a.yaml", "a: uncommitted\n");
+
+        let repo = t.open();
+        let head = repo.read_rev("HEAD").unwrap();
+        assert_eq!(head.commit.as_deref(), Some(second.as_str()));
+        assert_eq!(head.files["clusters/a.yaml"], "a: 2\n");
+        assert_eq!(head.files.len(), 3);
+
+        let old = repo.read_rev(&first).unwrap();
+        assert_eq!(old.files["clusters/a.yaml"], "a: 1\n");
+        assert!(!old.files.contains_key("clusters/b.yaml"));
+        assert_eq!(repo.read_rev("HEAD~1").unwrap().files, old.files);
+        assert!(old.problems.is_empty());
+    }
+
+    #[test]
+    fn files_outside_the_cacheflow_areas_are_ignored() {
+        let t = TestRepo::new();
+        t.write("README.md", "hi")
+            .write("clusters/notes.txt", "x")
+            .write("docs/clusters/a.yaml", "x")
+            .write("policies/nested/x.schema.json", "{}")
+            .write("policies/ok.schema.json", "{}")
+            .write("profiles/deep/er/p.yml", "p: 1\n")
+            .write("clusters/bad.yaml", [0xff, 0xfe]);
+        t.commit("mixed");
+        let set = t.open().read_rev("HEAD").unwrap();
+        let paths: Vec<&str> = set.files.keys().map(String::as_str).collect();
+        assert_eq!(paths, ["policies/ok.schema.json", "profiles/deep/er/p.yml"]);
+        assert_eq!(set.problems.len(), 1);
+    }
+
+    #[test]
+    fn read_paths_reads_only_the_paths_asked_for() {
+        let t = TestRepo::new();
+        t.write("clusters/a.yaml", "a")
+            .write("clusters/b.yaml", "b")
+            .write("clusters/c.yaml", "c");
+        t.commit("three");
+        let asked = [
+            "clusters/b.yaml".to_string(),
+            "clusters/gone.yaml".to_string(),
+        ];
+        let set = t.open().read_paths("HEAD", &asked).unwrap();
+        assert_eq!(set.files.len(), 1);
+        assert_eq!(set.files["clusters/b.yaml"], "b");
+        assert!(set.problems.is_empty());
+    }
+
+    #[test]
+    fn the_worktree_includes_uncommitted_and_untracked_files() {
+        let t = TestRepo::new();
+        t.write("clusters/a.yaml", "a: 1\n")
+            .write("clusters/gone.yaml", "x")
+            .write(".gitignore", "clusters/ignored.yaml\n");
+        t.commit("first");
+        t.write("clusters/a.yaml", "a: edited\n")
+            .write("clusters/new.yaml", "n: 1\n")
+            .write("clusters/ignored.yaml", "i: 1\n")
+            .remove("clusters/gone.yaml");
+        let repo = t.open();
+        let set = repo.read_worktree().unwrap();
+        assert_eq!(set.commit, None);
+        assert_eq!(set.files["clusters/a.yaml"], "a: edited\n");
+        assert_eq!(set.files["clusters/new.yaml"], "n: 1\n");
+        assert_eq!(set.files["clusters/ignored.yaml"], "i: 1\n");
+        assert!(!set.files.contains_key("clusters/gone.yaml"));
+
+        let changed = repo.changed_paths_worktree("HEAD").unwrap();
+        assert_eq!(
+            changed,
+            [
+                "clusters/a.yaml",
+                "clusters/gone.yaml",
+                "clusters/ignored.yaml",
+                "clusters/new.yaml"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_repository_is_found_from_a_subdirectory() {
+        let t = TestRepo::new();
+        t.write("clusters/a.yaml", "a");
+        t.commit("one");
+        let sub = t.path().join("clusters");
+        let repo = ConfigRepo::open(sub.to_str().unwrap(), None).unwrap();
+        assert!(repo
+            .read_rev("HEAD")
+            .unwrap()
+            .files
+            .contains_key("clusters/a.yaml"));
+        assert!(repo
+            .read_worktree()
+            .unwrap()
+            .files
+            .contains_key("clusters/a.yaml"));
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_repository_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain");
+        fs::create_dir(&path).unwrap();
+        // Keep discovery from climbing into a repository that encloses the temp dir.
+        let err = Repository::open_ext(
+            &path,
+            git2::RepositoryOpenFlags::NO_SEARCH,
+            &[] as &[&std::ffi::OsStr],
+        );
+        assert!(err.is_err());
+        match ConfigRepo::open(path.to_str().unwrap(), None) {
+            Err(SourceError::NotARepository { path: p, .. }) => assert_eq!(p, path),
+            Err(e) => panic!("unexpected error {e}"),
+            // Only if the temp dir itself sits inside a repository.
+            Ok(r) => assert!(!r.name().starts_with(path.to_str().unwrap())),
+        }
+        let missing = dir.path().join("does-not-exist");
+        let err = ConfigRepo::open(missing.to_str().unwrap(), None).unwrap_err();
+        assert!(err.to_string().contains("does-not-exist"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_revision_is_revision_not_found() {
+        let t = TestRepo::new();
+        t.write("clusters/a.yaml", "a");
+        t.commit("one");
+        let repo = t.open();
+        for rev in [
+            "nope",
+            "HEAD~5",
+            "0123456789abcdef0123456789abcdef01234567",
+            "main@{",
+        ] {
+            match repo.read_rev(rev) {
+                Err(SourceError::RevisionNotFound { rev: r, .. }) => assert_eq!(r, rev),
+                other => panic!("{rev}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            repo.resolve("HEAD^{tree}"),
+            Err(SourceError::NotACommit { .. })
+        ));
+    }
+
+    #[test]
+    fn an_empty_repository_has_no_head_revision() {
+        let t = TestRepo::new();
+        assert!(matches!(
+            t.open().resolve("HEAD"),
+            Err(SourceError::RevisionNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn resolve_understands_branches_tags_and_relative_revisions() {
+        let t = TestRepo::new();
+        t.write("clusters/a.yaml", "1");
+        let first = t.commit("first");
+        t.write("clusters/a.yaml", "2");
+        let second = t.commit("second");
+        let head = t.repo.find_commit(Oid::from_str(&first).unwrap()).unwrap();
+        t.repo
+            .tag_lightweight("v1", head.as_object(), false)
+            .unwrap();
+        let repo = t.open();
+        assert_eq!(repo.resolve("HEAD").unwrap(), second);
+        assert_eq!(repo.resolve("HEAD~1").unwrap(), first);
+        assert_eq!(repo.resolve("v1").unwrap(), first);
+        assert_eq!(repo.resolve(&second[..8]).unwrap(), second);
+    }
+
+    #[test]
+    fn commit_info_has_author_time_in_utc_and_summary() {
+        let t = TestRepo::new();
+        t.write("clusters/a.yaml", "a");
+        let id = t.commit("Raise maxmemory\n\nBecause the hit ratio fell.");
+        let info = t.open().commit_info("HEAD").unwrap();
+        assert_eq!(
+            info,
+            CommitInfo {
+                id,
+                author_name: "Ada Lovelace".into(),
+                author_email: "ada@example.com".into(),
+                time: "2024-05-01T12:00:00Z".into(),
+                summary: "Raise maxmemory".into(),
+            }
+        );
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn an_over_size_file_is_a_file_problem() {
+        let t = TestRepo::new();
+        t.write("clusters/huge.yaml", vec![b'a'; MAX_FILE_BYTES * 6 / 5 + 1])
+            .write("clusters/edge.yaml", vec![b'a'; MAX_FILE_BYTES])
+            .write("clusters/just-over.yaml", vec![b'a'; MAX_FILE_BYTES + 1]);
+        t.commit("big");
+        let repo = t.open();
+        for set in [
+            repo.read_rev("HEAD").unwrap(),
+            repo.read_worktree().unwrap(),
+        ] {
+            assert_eq!(
+                problem(&set, "clusters/huge.yaml"),
+                "file is 1.2 MiB; cacheflow reads files up to 1 MiB"
+            );
+            assert_eq!(
+                problem(&set, "clusters/just-over.yaml"),
+                "file is 1048577 bytes; cacheflow reads files up to 1 MiB"
+            );
+            assert_eq!(set.files["clusters/edge.yaml"].len(), MAX_FILE_BYTES);
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_a_file_problem() {
+        let t = TestRepo::new();
+        t.write("clusters/latin1.yaml", b"name: caf\xe9\n");
+        t.commit("latin1");
+        let repo = t.open();
+        for set in [
+            repo.read_rev("HEAD").unwrap(),
+            repo.read_worktree().unwrap(),
+        ] {
+            assert_eq!(
+                problem(&set, "clusters/latin1.yaml"),
+                "not valid UTF-8 at byte 9"
+            );
+            assert!(set.files.is_empty());
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_leaving_the_tree_is_a_file_problem() {
+        let t = TestRepo::new();
+        t.write("clusters/a.yaml", "a")
+            .symlink("clusters/passwd.yaml", "../../etc/passwd")
+            .symlink("clusters/abs.yaml", "/etc/passwd")
+            .symlink("clusters/git.yaml", "../.git/config");
+        t.commit("escape");
+        let repo = t.open();
+        for set in [
+            repo.read_rev("HEAD").unwrap(),
+            repo.read_worktree().unwrap(),
+        ] {
+            assert_eq!(
+                problem(&set, "clusters/passwd.yaml"),
+                "symlink points outside the repository: ../../etc/passwd"
+            );
+            assert_eq!(
+                problem(&set, "clusters/abs.yaml"),
+                "symlink points outside the repository: /etc/passwd"
+            );
+            assert_eq!(
+                problem(&set, "clusters/git.yaml"),
+                "symlink points into .git: ../.git/config"
+            );
+            assert_eq!(set.files.len(), 1, "{:?}", set.files.keys());
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_inside_the_tree_is_followed() {
+        let t = TestRepo::new();
+        t.write("shared/base.yaml", "base: 1\n")
+            .write("shared/dir/x.yaml", "x: 1\n")
+            .symlink("clusters/a.yaml", "../shared/base.yaml")
+            .symlink("clusters/b.yaml", "a.yaml")
+            .symlink("clusters/linked", "../shared/dir")
+            .symlink("clusters/dangling.yaml", "nothing.yaml");
+        t.commit("links");
+        let repo = t.open();
+        for set in [
+            repo.read_rev("HEAD").unwrap(),
+            repo.read_worktree().unwrap(),
+        ] {
+            assert_eq!(set.files["clusters/a.yaml"], "base: 1\n");
+            assert_eq!(set.files["clusters/b.yaml"], "base: 1\n");
+            assert_eq!(set.files["clusters/linked/x.yaml"], "x: 1\n");
+            assert_eq!(
+                problem(&set, "clusters/dangling.yaml"),
+                "symlink target does not exist: nothing.yaml"
+            );
+        }
+        let asked = ["clusters/linked/x.yaml".to_string()];
+        let set = repo.read_paths("HEAD", &asked).unwrap();
+        assert_eq!(set.files["clusters/linked/x.yaml"], "x: 1\n");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlink_loops_are_file_problems_not_hangs() {
+        let t = TestRepo::new();
+        t.write("clusters/a.yaml", "a")
+            .symlink("clusters/ping.yaml", "pong.yaml")
+            .symlink("clusters/pong.yaml", "ping.yaml")
+            .symlink("clusters/self", ".")
+            .symlink("clusters/up", "..");
+        t.commit("loops");
+        let repo = t.open();
+        for set in [
+            repo.read_rev("HEAD").unwrap(),
+            repo.read_worktree().unwrap(),
+        ] {
+            assert!(problem(&set, "clusters/ping.yaml").starts_with("too many levels"));
+            assert!(problem(&set, "clusters/self").starts_with("symlink loop"));
+            assert!(problem(&set, "clusters/up").starts_with("symlink loop"));
+            assert_eq!(set.files.len(), 1, "{:?}", set.files.keys());
+        }
+    }
+
+    #[test]
+    fn a_submodule_where_a_file_is_expected_is_a_file_problem() {
+        let t = TestRepo::new();
+        let blob = t.repo.blob(b"a").unwrap();
+        let some_commit = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        let mut clusters = t.repo.treebuilder(None).unwrap();
+        clusters.insert("a.yaml", blob, 0o100644).unwrap();
+        clusters.insert("sub.yaml", some_commit, 0o160000).unwrap();
+        let clusters = clusters.write().unwrap();
+        let mut root = t.repo.treebuilder(None).unwrap();
+        root.insert("clusters", clusters, 0o040000).unwrap();
+        let tree = t.repo.find_tree(root.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("T", "t@example.com").unwrap();
+        t.repo
+            .commit(Some("HEAD"), &sig, &sig, "sub", &tree, &[])
+            .unwrap();
+        let set = t.open().read_rev("HEAD").unwrap();
+        assert_eq!(set.files.len(), 1);
+        assert!(problem(&set, "clusters/sub.yaml").contains("submodule"));
+    }
+
+    #[test]
+    fn changed_paths_lists_added_modified_deleted_and_renamed_files() {
+        let t = TestRepo::new();
+        t.write("clusters/keep.yaml", "k")
+            .write("clusters/edit.yaml", "1")
+            .write("clusters/drop.yaml", "d")
+            .write("clusters/old-name.yaml", "same content")
+            .write("README.md", "1");
+        let base = t.commit("base");
+        t.write("clusters/edit.yaml", "2")
+            .write("clusters/add.yaml", "a")
+            .remove("clusters/drop.yaml")
+            .remove("clusters/old-name.yaml")
+            .write("clusters/new-name.yaml", "same content")
+            .write("README.md", "2");
+        let head = t.commit("head");
+        let repo = t.open();
+        assert_eq!(
+            repo.changed_paths(&base, &head).unwrap(),
+            [
+                "clusters/add.yaml",
+                "clusters/drop.yaml",
+                "clusters/edit.yaml",
+                "clusters/new-name.yaml",
+                "clusters/old-name.yaml"
+            ]
+        );
+        assert!(repo.changed_paths(&head, &head).unwrap().is_empty());
+        assert!(repo.changed_paths_worktree("HEAD").unwrap().is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_change_behind_a_symlink_changes_the_linked_path() {
+        let t = TestRepo::new();
+        t.write("shared/base.yaml", "1")
+            .write("shared/dir/x.yaml", "1")
+            .symlink("clusters/a.yaml", "../shared/base.yaml")
+            .symlink("clusters/linked", "../shared/dir");
+        let base = t.commit("base");
+        t.write("shared/base.yaml", "2")
+            .write("shared/dir/x.yaml", "2");
+        let repo = t.open();
+        let expected = ["clusters/a.yaml", "clusters/linked/x.yaml"];
+        assert_eq!(repo.changed_paths_worktree(&base).unwrap(), expected);
+        let head = t.commit("head");
+        assert_eq!(repo.changed_paths(&base, &head).unwrap(), expected);
+    }
+
+    fn file_url(path: &Path) -> String {
+        format!("file://{}", path.display())
+    }
+
+    #[test]
+    fn a_file_url_is_mirrored_into_the_cache_and_fetched_again() {
+        let t = TestRepo::new();
+        t.write("clusters/a.yaml", "a: 1\n");
+        let first = t.commit("first");
+        // A bare remote, as a forge would hold it.
+        let remote_dir = tempfile::tempdir().unwrap();
+        let bare = Repository::init_bare(remote_dir.path()).unwrap();
+        let push = |refspec: &str| {
+            let mut r = t
+                .repo
+                .remote_anonymous(&file_url(remote_dir.path()))
+                .unwrap();
+            r.push(&[refspec], None).unwrap();
+        };
+        push("+HEAD:refs/heads/main");
+        bare.set_head("refs/heads/main").unwrap();
+        push("+HEAD:refs/heads/old-branch");
+
+        let cache = tempfile::tempdir().unwrap();
+        let url = file_url(remote_dir.path());
+        let repo = ConfigRepo::open(&url, Some(cache.path())).unwrap();
+        assert_eq!(repo.resolve("main").unwrap(), first);
+        assert_eq!(repo.resolve("origin/main").unwrap(), first);
+        assert_eq!(repo.resolve("HEAD").unwrap(), first);
+        assert!(matches!(
+            repo.read_worktree(),
+            Err(SourceError::NoWorktree { .. })
+        ));
+        let entries: Vec<_> = fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert!(entries[0].starts_with(&format!(
+            "{}-",
+            remote_dir
+                .path()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_start_matches('.')
+        )));
+
+        t.write("clusters/a.yaml", "a: 2\n");
+        let second = t.commit("second");
+        push("+HEAD:refs/heads/main");
+        bare.find_reference("refs/heads/old-branch")
+            .unwrap()
+            .delete()
+            .unwrap();
+
+        let again = ConfigRepo::open(&url, Some(cache.path())).unwrap();
+        assert_eq!(again.resolve("main").unwrap(), second);
+        assert_eq!(
+            again.read_rev("main").unwrap().files["clusters/a.yaml"],
+            "a: 2\n"
+        );
+        assert!(
+            matches!(
+                again.resolve("old-branch"),
+                Err(SourceError::RevisionNotFound { .. })
+            ),
+            "a branch deleted on the remote is pruned from the mirror"
+        );
+        assert_eq!(
+            again.changed_paths(&first, "main").unwrap(),
+            ["clusters/a.yaml"]
+        );
+    }
+
+    #[test]
+    fn credentials_never_appear_in_errors() {
+        let cache = tempfile::tempdir().unwrap();
+        // Port 1 on loopback refuses at once.
+        let url = "https://deploy:s3cr3t-token@127.0.0.1:1/team/config.git";
+        let err = ConfigRepo::open(url, Some(cache.path())).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(matches!(err, SourceError::FetchFailed { .. }), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(
+            text.contains("https://127.0.0.1:1/team/config.git"),
+            "{text}"
+        );
+        assert_eq!(
+            fs::read_dir(cache.path()).unwrap().count(),
+            0,
+            "no half clone left"
+        );
+    }
+
+    #[test]
+    fn redact_url_strips_user_and_password_wherever_a_url_appears() {
+        assert_eq!(
+            redact_url("https://user:pa55@git.example.com/a.git"),
+            "https://git.example.com/a.git"
+        );
+        assert_eq!(
+            redact_url("https://ghp_TOKEN@github.com/o/r"),
+            "https://github.com/o/r"
+        );
+        assert_eq!(
+            redact_url("failed to fetch 'http://u:p@h:8080/x' and https://a:b@c"),
+            "failed to fetch 'http://h:8080/x' and https://c"
+        );
+        assert_eq!(redact_url("ssh://git@host/r.git"), "ssh://git@host/r.git");
+        assert_eq!(redact_url("ssh://git:pw@host/r.git"), "ssh://host/r.git");
+        assert_eq!(
+            redact_url("git@github.com:o/r.git"),
+            "git@github.com:o/r.git"
+        );
+        assert_eq!(redact_url("no url here"), "no url here");
+    }
+
+    #[test]
+    fn urls_and_paths_are_told_apart() {
+        assert!(is_url("https://github.com/o/r.git"));
+        assert!(is_url("file:///srv/git/r.git"));
+        assert!(is_url("git@github.com:o/r.git"));
+        assert!(!is_url("./config"));
+        assert!(!is_url("/srv/git/r.git"));
+        assert!(!is_url("dir/a@b:c"));
+        let a = mirror_dir_name("https://u:p@github.com/team/Config.git");
+        let b = mirror_dir_name("https://other:x@github.com/team/Config.git");
+        assert_eq!(a, b, "credentials do not change the cache directory");
+        assert!(a.starts_with("Config-"), "{a}");
+        assert_ne!(a, mirror_dir_name("https://github.com/other/Config.git"));
+    }
 }
