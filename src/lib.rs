@@ -17,3 +17,8 @@ pub mod catalog;
 pub mod source;
 pub mod live;
 pub mod spec;
+pub mod diff;
+pub mod plan;
+pub mod render;
+pub mod pipeline;
+pub mod cli;

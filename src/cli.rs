@@ -1,0 +1,250 @@
+//! The command line: parse arguments (clap), call the pipeline, render, and map outcomes
+//! to the exit codes of DESIGN.md (validate: 0 valid / 1 invalid or error; diff and plan:
+//! 0 nothing to do / 2 changes / 1 error).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::pipeline::{self, PipelineError, Revision};
+use crate::render;
+use crate::source::{redact_url, ConfigRepo};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cacheflow",
+    version,
+    about = "GitOps for cache fleets: validate, diff and plan Redis and Memcached configuration kept in Git",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "CACHEFLOW_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RichFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct RepoArgs {
+    /// The config repository: a local path or a URL (cloned into the cache directory).
+    #[arg(long, default_value = ".", env = "CACHEFLOW_REPO")]
+    pub repo: String,
+    /// Where clones of remote repositories are kept.
+    #[arg(long, env = "CACHEFLOW_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate every document of a revision: schema, engine parameters, references,
+    /// policies. Exit 0 when valid, 1 otherwise.
+    Validate {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The revision to read from the object database.
+        #[arg(long, default_value = "HEAD", conflicts_with = "worktree")]
+        rev: String,
+        /// Read the uncommitted files of the working tree instead.
+        #[arg(long)]
+        worktree: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// What a change does, per cluster, with risk flags. Exit 0 no change, 2 changes, 1 error.
+    Diff {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The revision the change starts from (the pull request's base).
+        #[arg(long)]
+        base: String,
+        /// The revision the change ends at.
+        #[arg(long, default_value = "HEAD", conflicts_with = "worktree")]
+        head: String,
+        /// Compare against the uncommitted working tree instead of --head.
+        #[arg(long)]
+        worktree: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: RichFormat,
+    },
+    /// Desired state against a live-state snapshot: per-node changes, risks, staged
+    /// batches. Exit 0 converged, 2 changes, 1 error.
+    Plan {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, default_value = "HEAD", conflicts_with = "worktree")]
+        rev: String,
+        #[arg(long)]
+        worktree: bool,
+        /// A live-state snapshot (JSON, schemas/live-state.schema.json).
+        #[arg(long)]
+        live: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: RichFormat,
+    },
+}
+
+fn revision(rev: &str, worktree: bool) -> Revision {
+    if worktree {
+        Revision::Worktree
+    } else {
+        Revision::Rev(rev.to_owned())
+    }
+}
+
+fn open(repo: &RepoArgs) -> Result<ConfigRepo, String> {
+    ConfigRepo::open(&repo.repo, repo.cache_dir.as_deref())
+        .map_err(|e| redact_url(&e.to_string()))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CACHEFLOW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling `run` twice) is harmless; ignore it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Print an error and return exit code 1.
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {}", redact_url(message));
+    ExitCode::from(1)
+}
+
+/// Print a pipeline error: invalid revisions list their diagnostics.
+fn fail_pipeline(e: PipelineError, json: bool) -> ExitCode {
+    if let PipelineError::Invalid {
+        revision,
+        diagnostics,
+    } = &e
+    {
+        if json {
+            print!(
+                "{}",
+                render::json(&serde_json::json!({
+                    "error": format!("{revision} is invalid"),
+                    "errors": diagnostics,
+                }))
+            );
+        } else {
+            for d in diagnostics {
+                println!("{d}");
+            }
+        }
+    }
+    fail(&e.to_string())
+}
+
+/// Run the command line; returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Validate {
+            repo,
+            rev,
+            worktree,
+            format,
+        } => {
+            let repo = match open(&repo) {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match pipeline::validate(&repo, &revision(&rev, worktree)) {
+                Ok((commit, result)) => {
+                    let out = match format {
+                        Format::Text => render::validate_text(commit.as_deref(), &result),
+                        Format::Json => render::validate_json(commit.as_deref(), &result),
+                    };
+                    print!("{out}");
+                    if result.is_ok() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Diff {
+            repo,
+            base,
+            head,
+            worktree,
+            format,
+        } => {
+            let repo = match open(&repo) {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match pipeline::diff(&repo, &base, &revision(&head, worktree)) {
+                Ok(cs) => {
+                    let out = match format {
+                        RichFormat::Text => render::diff_text(&cs),
+                        RichFormat::Json => render::json(&cs),
+                        RichFormat::Markdown => render::diff_markdown(&cs),
+                    };
+                    print!("{out}");
+                    if cs.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(2)
+                    }
+                }
+                Err(e) => fail_pipeline(e, format == RichFormat::Json),
+            }
+        }
+        Command::Plan {
+            repo,
+            rev,
+            worktree,
+            live,
+            format,
+        } => {
+            let repo = match open(&repo) {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match pipeline::plan(&repo, &revision(&rev, worktree), &live) {
+                Ok(plan) => {
+                    let out = match format {
+                        RichFormat::Text => render::plan_text(&plan),
+                        RichFormat::Json => render::json(&plan),
+                        RichFormat::Markdown => render::plan_markdown(&plan),
+                    };
+                    print!("{out}");
+                    if plan.converged() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(2)
+                    }
+                }
+                Err(e) => fail_pipeline(e, format == RichFormat::Json),
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The one place that knows the order of the steps behind each command: read the files
+//! (source), load and validate them (spec), compare (diff) or plan against live state
+//! (plan). The CLI parses arguments and renders; everything in between happens here.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::diff::{self, ChangeSet};
+use crate::live::{LiveError, LiveState};
+use crate::plan::{self, Plan};
+use crate::source::{ConfigRepo, FileSet, SourceError};
+use crate::spec::{self, model::Desired, Diagnostic};
+
+/// Which files to read: a revision from the object database, or the working tree.
+#[derive(Debug, Clone)]
+pub enum Revision {
+    Rev(String),
+    Worktree,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    /// The revision does not validate; nothing is computed from it.
+    #[error("{revision} is invalid ({} error{})", .diagnostics.len(), if .diagnostics.len() == 1 { "" } else { "s" })]
+    Invalid {
+        revision: String,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+/// Read every cacheflow file of a revision.
+pub fn read(repo: &ConfigRepo, rev: &Revision) -> Result<FileSet, SourceError> {
+    match rev {
+        Revision::Rev(r) => repo.read_rev(r),
+        Revision::Worktree => repo.read_worktree(),
+    }
+}
+
+/// `cacheflow validate`: the commit read (if any) and the validated state or every error.
+pub fn validate(
+    repo: &ConfigRepo,
+    rev: &Revision,
+) -> Result<(Option<String>, Result<Desired, Vec<Diagnostic>>), SourceError> {
+    let files = read(repo, rev)?;
+    let commit = files.commit.clone();
+    Ok((commit, spec::load(&files)))
+}
+
+fn load_or_invalid(files: &FileSet, label: &str) -> Result<Desired, PipelineError> {
+    spec::load(files).map_err(|diagnostics| PipelineError::Invalid {
+        revision: label.to_owned(),
+        diagnostics,
+    })
+}
+
+fn cluster_paths(paths: &[String]) -> Vec<String> {
+    paths
+        .iter()
+        .filter(|p| p.starts_with("clusters/"))
+        .cloned()
+        .collect()
+}
+
+/// Read just the files a diff needs at `rev`: the changed clusters, Settings (rollout
+/// defaults) and the profiles the changed clusters name.
+fn read_for_diff(repo: &ConfigRepo, rev: &str, clusters: &[String]) -> Result<FileSet, SourceError> {
+    let mut paths = clusters.to_vec();
+    paths.push("cacheflow.yaml".to_owned());
+    let mut files = repo.read_paths(rev, &paths)?;
+    let mut profiles: BTreeSet<String> = BTreeSet::new();
+    for (path, text) in &files.files {
+        if !path.starts_with("clusters/") {
+            continue;
+        }
+        // A cheap look for `spec.profile`; a file that does not parse is reported by the
+        // full load below.
+        if let Ok(doc) = spec::yaml::parse(text) {
+            if let Some(name) = doc.value.pointer("/spec/profile").and_then(|v| v.as_str()) {
+                profiles.insert(name.to_owned());
+            }
+        }
+    }
+    if !profiles.is_empty() {
+        let wanted: Vec<String> = profiles
+            .iter()
+            .flat_map(|n| [format!("profiles/{n}.yaml"), format!("profiles/{n}.yml")])
+            .collect();
+        let extra = repo.read_paths(rev, &wanted)?;
+        files.files.extend(extra.files);
+        files.problems.extend(extra.problems);
+    }
+    Ok(files)
+}
+
+/// `cacheflow diff`: what the change from `base` to `head` does, per cluster. Only the
+/// files that changed are parsed, with the Settings and profiles they depend on; a change
+/// to Settings or to a profile can touch every cluster, so then both sides are read whole.
+pub fn diff(repo: &ConfigRepo, base: &str, head: &Revision) -> Result<ChangeSet, PipelineError> {
+    let base_commit = repo.resolve(base)?;
+    let (changed, head_commit) = match head {
+        Revision::Rev(h) => {
+            let head_commit = repo.resolve(h)?;
+            (repo.changed_paths(&base_commit, &head_commit)?, Some(head_commit))
+        }
+        Revision::Worktree => (repo.changed_paths_worktree(&base_commit)?, None),
+    };
+    if changed.is_empty() {
+        return Ok(ChangeSet {
+            base: Some(base_commit),
+            head: head_commit,
+            clusters: Vec::new(),
+        });
+    }
+    let shared_changed = changed
+        .iter()
+        .any(|p| p == "cacheflow.yaml" || p.starts_with("profiles/"));
+    let clusters = cluster_paths(&changed);
+    let base_files = if shared_changed {
+        repo.read_rev(&base_commit)?
+    } else {
+        read_for_diff(repo, &base_commit, &clusters)?
+    };
+    let head_files = match (head, &head_commit) {
+        (Revision::Rev(_), Some(c)) if !shared_changed => read_for_diff(repo, c, &clusters)?,
+        (Revision::Rev(_), Some(c)) => repo.read_rev(c)?,
+        _ => repo.read_worktree()?,
+    };
+    let head_label = head_commit
+        .as_deref()
+        .map(|c| format!("head {}", crate::render::short(Some(c))))
+        .unwrap_or_else(|| "the working tree".to_owned());
+    let head_state = load_or_invalid(&head_files, &head_label)?;
+    let base_state = load_or_invalid(
+        &base_files,
+        &format!("base {}", crate::render::short(Some(&base_commit))),
+    )?;
+    // With a partial read, only the clusters whose files changed are compared (a working
+    // tree is read whole, so the filter matters there).
+    let names: BTreeSet<String> = base_state
+        .clusters
+        .values()
+        .chain(head_state.clusters.values())
+        .filter(|c| shared_changed || changed.contains(&c.file))
+        .map(|c| c.name.clone())
+        .collect();
+    Ok(diff::diff(&base_state, &head_state, Some(&names)))
+}
+
+/// `cacheflow plan --live FILE`: the desired state at `rev` against a snapshot.
+pub fn plan(repo: &ConfigRepo, rev: &Revision, live: &Path) -> Result<Plan, PipelineError> {
+    let files = read(repo, rev)?;
+    let label = files
+        .commit
+        .as_deref()
+        .map(|c| format!("revision {}", crate::render::short(Some(c))))
+        .unwrap_or_else(|| "the working tree".to_owned());
+    let desired = load_or_invalid(&files, &label)?;
+    let live = LiveState::read(live)?;
+    Ok(plan::plan(&desired, &live))
+}
