@@ -1,1 +1,2 @@
 
+mod invalid_repos;
