@@ -1803,6 +1803,8 @@ mod tests {
             .unwrap();
 
         let again = ConfigRepo::open(&url, Some(cache.path())).unwrap();
+        let local_bare = ConfigRepo::open(remote_dir.path().to_str().unwrap(), None).unwrap();
+        assert_eq!(local_bare.resolve("HEAD").unwrap(), second);
         assert_eq!(again.resolve("main").unwrap(), second);
         assert_eq!(
             again.read_rev("main").unwrap().files["clusters/a.yaml"],
