@@ -1,2 +1,3 @@
 
 mod invalid_repos;
+mod support;
