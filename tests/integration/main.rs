@@ -1,3 +1,4 @@
 
 mod invalid_repos;
 mod support;
+mod example_repo;
