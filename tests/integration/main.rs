@@ -2,3 +2,4 @@
 mod invalid_repos;
 mod support;
 mod example_repo;
+mod plan_fixtures;
