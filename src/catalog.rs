@@ -68,12 +68,15 @@ pub enum ParamType {
         #[serde(default)]
         max: Option<f64>,
     },
-    /// A size in bytes; accepts `4gb`, `100mb`, `512k`, plain byte counts.
+    /// A size in bytes; accepts `4gb`, `100mb`, `512k`, plain byte counts. With
+    /// `percent`, also a percentage such as `5%` (Redis `maxmemory-clients`), kept as is.
     Size {
         #[serde(default)]
         min: Option<u64>,
         #[serde(default)]
         max: Option<u64>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        percent: bool,
     },
     /// A duration stored by the engine as an integer count of `unit`; accepts that
     /// integer or a string such as `30s`, `5m`, `250ms`.
@@ -107,6 +110,10 @@ pub enum ParamType {
     },
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 fn yes() -> String {
     "yes".to_owned()
 }
@@ -120,6 +127,8 @@ pub enum DurationUnit {
     Us,
     Ms,
     S,
+    /// Minutes (Redis `lfu-decay-time`).
+    Min,
 }
 
 impl DurationUnit {
@@ -128,6 +137,7 @@ impl DurationUnit {
             DurationUnit::Us => 1,
             DurationUnit::Ms => 1_000,
             DurationUnit::S => 1_000_000,
+            DurationUnit::Min => 60_000_000,
         }
     }
 }
@@ -142,13 +152,37 @@ pub struct ParamSpec {
     pub runtime: bool,
     #[serde(default)]
     pub description: String,
-    /// Memcached: the command-line flag that sets it at start (`-m`), with its unit.
+    /// Redis: the engine refuses `CONFIG SET` of this parameter unless
+    /// `enable-protected-configs` allows it (`dir`, `dbfilename`); `runtime` then says
+    /// what the engine can do once allowed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub protected: bool,
+    /// Memcached: the command-line words that set it at start. `{}` stands for the value
+    /// (in `flag_unit`, spelled through `flag_values`); without `{}` the value follows as
+    /// the next argument (`-m` → `-m 64`, `-o hot_lru_pct={}` → `-o hot_lru_pct=20`).
+    /// `{other_parameter}` stands for the value of another parameter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flag: Option<String>,
+    /// Memcached booleans: the command-line words that make it true / false. A missing one
+    /// means that value is the engine's default and needs no flag (`evictions`: `-M` is
+    /// `flag_false`, on needs nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_true: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_false: Option<String>,
+    /// Memcached: values spelled differently on the command line (`auto-negotiate` → `auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_values: Option<BTreeMap<String, String>>,
     /// Memcached: the protocol command that changes it at run time, `{}` standing for
-    /// the value in the flag's unit (`cache_memlimit {}`).
+    /// the value in the flag's unit (`cache_memlimit {}`) and `{other_parameter}` for the
+    /// value of another parameter the same command sets (`lru tune {} {warm_lru_pct} ...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// Memcached booleans: the protocol commands that make it true / false at run time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_true: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_false: Option<String>,
     /// Memcached: the multiplier from bytes to the unit of `flag`/`command` (1048576 for `-m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flag_unit: Option<u64>,
@@ -197,7 +231,10 @@ pub fn catalog(engine: Engine) -> &'static Catalog {
 /// Parse errors of the embedded catalogs (empty when both are well formed).
 pub fn catalog_errors() -> Vec<String> {
     let mut out = Vec::new();
-    for (name, text) in [("redis-7.json", REDIS_JSON), ("memcached-1.6.json", MEMCACHED_JSON)] {
+    for (name, text) in [
+        ("redis-7.json", REDIS_JSON),
+        ("memcached-1.6.json", MEMCACHED_JSON),
+    ] {
         if let Err(e) = serde_json::from_str::<Catalog>(text) {
             out.push(format!("schemas/engines/{name}: {e}"));
         }
@@ -281,7 +318,15 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
             check_range(n, *min, *max)?;
             Ok(format_float(n))
         }
-        ParamType::Size { min, max } => {
+        ParamType::Size { min, max, percent } => {
+            if let Some(digits) = text.strip_suffix('%').filter(|_| *percent) {
+                let n: u64 = digits
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("expected a percentage such as 5%, found `{text}`"))?;
+                check_range(n as f64, Some(0.0), Some(100.0))?;
+                return Ok(format!("{n}%"));
+            }
             let n = parse_size(&text)?;
             check_range(n as f64, min.map(|m| m as f64), max.map(|m| m as f64))?;
             Ok(n.to_string())
@@ -291,15 +336,16 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
             check_range(n as f64, min.map(|m| m as f64), max.map(|m| m as f64))?;
             Ok(n.to_string())
         }
-        ParamType::Bool { true_word, false_word } => {
-            match text.to_ascii_lowercase().as_str() {
-                "yes" | "true" | "on" | "1" => Ok(true_word.clone()),
-                "no" | "false" | "off" | "0" => Ok(false_word.clone()),
-                w if w == true_word => Ok(true_word.clone()),
-                w if w == false_word => Ok(false_word.clone()),
-                _ => Err(format!("expected yes or no, found `{text}`")),
-            }
-        }
+        ParamType::Bool {
+            true_word,
+            false_word,
+        } => match text.to_ascii_lowercase().as_str() {
+            "yes" | "true" | "on" | "1" => Ok(true_word.clone()),
+            "no" | "false" | "off" | "0" => Ok(false_word.clone()),
+            w if w == true_word => Ok(true_word.clone()),
+            w if w == false_word => Ok(false_word.clone()),
+            _ => Err(format!("expected yes or no, found `{text}`")),
+        },
         ParamType::Enum { values } => {
             let lower = text.to_ascii_lowercase();
             values
@@ -316,10 +362,7 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
                     match allowed.iter().find(|v| v.to_ascii_lowercase() == lower) {
                         Some(v) => *item = v.clone(),
                         None => {
-                            return Err(format!(
-                                "`{item}` is not one of {}",
-                                allowed.join(", ")
-                            ))
+                            return Err(format!("`{item}` is not one of {}", allowed.join(", ")))
                         }
                     }
                 }
@@ -355,12 +398,20 @@ fn regex_lite_match(pattern: &str, text: &str) -> bool {
 fn check_range(n: f64, min: Option<f64>, max: Option<f64>) -> Result<(), String> {
     if let Some(min) = min {
         if n < min {
-            return Err(format!("{} is below the minimum {}", format_float(n), format_float(min)));
+            return Err(format!(
+                "{} is below the minimum {}",
+                format_float(n),
+                format_float(min)
+            ));
         }
     }
     if let Some(max) = max {
         if n > max {
-            return Err(format!("{} is above the maximum {}", format_float(n), format_float(max)));
+            return Err(format!(
+                "{} is above the maximum {}",
+                format_float(n),
+                format_float(max)
+            ));
         }
     }
     Ok(())
@@ -381,7 +432,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
     if digits.is_empty() {
-        return Err(format!("expected a size such as 4gb or 1048576, found `{text}`"));
+        return Err(format!(
+            "expected a size such as 4gb or 1048576, found `{text}`"
+        ));
     }
     let mult: u64 = match unit.trim() {
         "" | "b" => 1,
@@ -391,7 +444,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mb" => 1 << 20,
         "g" => 1_000_000_000,
         "gb" => 1 << 30,
-        _ => return Err(format!("unknown size unit in `{text}` (use b, k, kb, m, mb, g or gb)")),
+        _ => {
+            return Err(format!(
+                "unknown size unit in `{text}` (use b, k, kb, m, mb, g or gb)"
+            ))
+        }
     };
     digits
         .parse::<u64>()
@@ -416,6 +473,7 @@ pub fn parse_duration_in(text: &str, unit: DurationUnit) -> Result<i64, String> 
                 DurationUnit::Us => "microseconds",
                 DurationUnit::Ms => "milliseconds",
                 DurationUnit::S => "seconds",
+                DurationUnit::Min => "minutes",
             }
         ));
     }
@@ -437,7 +495,9 @@ pub fn parse_duration_micros(text: &str) -> Option<u64> {
         }
         let n: u64 = rest[..digits_end].parse().ok()?;
         let after = &rest[digits_end..];
-        let unit_end = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
         let mult: u64 = match &after[..unit_end] {
             "us" => 1,
             "ms" => 1_000,
@@ -489,20 +549,78 @@ mod tests {
 
     #[test]
     fn booleans_and_enums_normalise() {
-        let ty = ParamType::Bool { true_word: yes(), false_word: no() };
+        let ty = ParamType::Bool {
+            true_word: yes(),
+            false_word: no(),
+        };
         assert_eq!(normalize_value(&ty, &json!(true)).unwrap(), "yes");
         assert_eq!(normalize_value(&ty, &json!("NO")).unwrap(), "no");
-        let ty = ParamType::Enum { values: vec!["allkeys-lru".into(), "noeviction".into()] };
-        assert_eq!(normalize_value(&ty, &json!("AllKeys-LRU")).unwrap(), "allkeys-lru");
+        let ty = ParamType::Enum {
+            values: vec!["allkeys-lru".into(), "noeviction".into()],
+        };
+        assert_eq!(
+            normalize_value(&ty, &json!("AllKeys-LRU")).unwrap(),
+            "allkeys-lru"
+        );
         assert!(normalize_value(&ty, &json!("lru")).is_err());
     }
 
     #[test]
     fn unordered_lists_compare_equal_in_any_order() {
-        let ty = ParamType::List { ordered: false, values: None };
+        let ty = ParamType::List {
+            ordered: false,
+            values: None,
+        };
         assert_eq!(
             normalize_value(&ty, &json!("b a")).unwrap(),
             normalize_value(&ty, &json!(["a", "b"])).unwrap()
         );
+    }
+
+    #[test]
+    fn percent_sizes_and_minutes_normalise() {
+        let c = catalog(Engine::Redis);
+        assert_eq!(
+            c.normalize("maxmemory-clients", &json!("5%")).unwrap(),
+            "5%"
+        );
+        assert_eq!(
+            c.normalize("maxmemory-clients", &json!("1kb")).unwrap(),
+            "1024"
+        );
+        assert!(c.normalize("maxmemory", &json!("5%")).is_err());
+        assert!(c.normalize("maxmemory-clients", &json!("101%")).is_err());
+        assert_eq!(c.normalize("lfu-decay-time", &json!("2h")).unwrap(), "120");
+        assert_eq!(
+            parse_duration_in("90s", DurationUnit::Min)
+                .unwrap_err()
+                .contains("minutes"),
+            true
+        );
+    }
+
+    #[test]
+    fn catalogs_are_complete_enough_and_consistent() {
+        let redis = catalog(Engine::Redis);
+        assert!(redis.parameters.len() >= 180, "{}", redis.parameters.len());
+        assert!(redis.needs_restart("databases"));
+        assert!(!redis.needs_restart("maxmemory"));
+        assert!(redis.get("dir").unwrap().protected);
+        let mc = catalog(Engine::Memcached);
+        for (name, p) in &mc.parameters {
+            let settable_at_start =
+                p.flag.is_some() || p.flag_true.is_some() || p.flag_false.is_some();
+            assert!(
+                p.runtime || settable_at_start,
+                "{name}: start-only without a flag"
+            );
+            if p.runtime {
+                let cmd = p.command.is_some() || p.command_true.is_some();
+                assert!(cmd, "{name}: runtime without a command");
+            }
+        }
+        let ev = mc.get("evictions").unwrap();
+        assert_eq!(ev.flag_false.as_deref(), Some("-M"));
+        assert_eq!(mc.normalize("evictions", &json!(false)).unwrap(), "off");
     }
 }
