@@ -591,12 +591,8 @@ mod tests {
         assert!(c.normalize("maxmemory", &json!("5%")).is_err());
         assert!(c.normalize("maxmemory-clients", &json!("101%")).is_err());
         assert_eq!(c.normalize("lfu-decay-time", &json!("2h")).unwrap(), "120");
-        assert_eq!(
-            parse_duration_in("90s", DurationUnit::Min)
-                .unwrap_err()
-                .contains("minutes"),
-            true
-        );
+        let err = parse_duration_in("90s", DurationUnit::Min).unwrap_err();
+        assert!(err.contains("minutes"), "{err}");
     }
 
     #[test]
@@ -622,5 +618,17 @@ mod tests {
         let ev = mc.get("evictions").unwrap();
         assert_eq!(ev.flag_false.as_deref(), Some("-M"));
         assert_eq!(mc.normalize("evictions", &json!(false)).unwrap(), "off");
+    }
+
+    #[test]
+    fn embedded_catalogs_conform_to_the_catalog_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../schemas/engines/catalog.schema.json")).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        for text in [REDIS_JSON, MEMCACHED_JSON] {
+            let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+            let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{errors:?}");
+        }
     }
 }
