@@ -12,6 +12,7 @@ use crate::spec::model::{Cluster, Desired, Node, Param, Role};
 /// One parameter that changes. Values are shown as written in the repository for a
 /// desired-vs-desired diff, and as the engine reports them for a plan against live state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ParamChange {
     pub name: String,
     /// `None`: not set before (or not reported by the node).
@@ -39,6 +40,7 @@ pub enum RiskKind {
 
 /// Something a reviewer should look at twice.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Risk {
     pub kind: RiskKind,
     pub message: String,
@@ -55,6 +57,7 @@ pub enum ClusterStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeSummary {
     pub id: String,
     pub address: String,
@@ -75,6 +78,7 @@ impl From<&Node> for NodeSummary {
 
 /// A field of a node or of the rollout policy that changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FieldChange {
     /// `node-id.field` for nodes, the policy field for rollout changes.
     pub field: String,
@@ -84,6 +88,7 @@ pub struct FieldChange {
 
 /// What a change does to one cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterDiff {
     pub cluster: String,
     pub file: String,
@@ -93,12 +98,15 @@ pub struct ClusterDiff {
     pub nodes_added: Vec<NodeSummary>,
     pub nodes_removed: Vec<NodeSummary>,
     pub nodes_changed: Vec<FieldChange>,
+    /// Profile, version, labels and credentials references.
+    pub cluster_fields: Vec<FieldChange>,
     pub rollout: Vec<FieldChange>,
     pub risks: Vec<Risk>,
 }
 
 /// What a change does to the fleet: one entry per cluster that changes, by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ChangeSet {
     pub base: Option<String>,
     pub head: Option<String>,
@@ -204,6 +212,10 @@ pub fn diff_cluster(old: Option<&Cluster>, new: Option<&Cluster>) -> Option<Clus
         _ => Vec::new(),
     };
 
+    let cluster_fields = match (old, new) {
+        (Some(o), Some(n)) => cluster_field_changes(o, n),
+        _ => Vec::new(),
+    };
     let mut d = ClusterDiff {
         cluster: any.name.clone(),
         file: any.file.clone(),
@@ -213,6 +225,7 @@ pub fn diff_cluster(old: Option<&Cluster>, new: Option<&Cluster>) -> Option<Clus
         nodes_added,
         nodes_removed,
         nodes_changed,
+        cluster_fields,
         rollout,
         risks: Vec::new(),
     };
@@ -221,14 +234,41 @@ pub fn diff_cluster(old: Option<&Cluster>, new: Option<&Cluster>) -> Option<Clus
         && d.nodes_added.is_empty()
         && d.nodes_removed.is_empty()
         && d.nodes_changed.is_empty()
-        && d.rollout.is_empty()
-        && old.map(|c| (&c.labels, &c.profile, &c.auth, &c.version))
-            == new.map(|c| (&c.labels, &c.profile, &c.auth, &c.version));
+        && d.cluster_fields.is_empty()
+        && d.rollout.is_empty();
     if unchanged {
         return None;
     }
     d.risks = risks(&d, old, new);
     Some(d)
+}
+
+/// Changes of the cluster's own fields. Credentials are references (`env:NAME`), so
+/// showing them reveals no secret.
+fn cluster_field_changes(old: &Cluster, new: &Cluster) -> Vec<FieldChange> {
+    let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".to_owned());
+    let mut out = Vec::new();
+    let mut push = |field: String, a: String, b: String| {
+        if a != b {
+            out.push(FieldChange { field, old: a, new: b });
+        }
+    };
+    push("profile".into(), show(old.profile.as_ref()), show(new.profile.as_ref()));
+    push("version".into(), show(old.version.as_ref()), show(new.version.as_ref()));
+    let keys: BTreeSet<&String> = old.labels.keys().chain(new.labels.keys()).collect();
+    for k in keys {
+        push(format!("labels.{k}"), show(old.labels.get(k)), show(new.labels.get(k)));
+    }
+    let user = |c: &Cluster| show(c.auth.as_ref().and_then(|a| a.username.as_ref()));
+    let pass = |c: &Cluster| {
+        c.auth
+            .as_ref()
+            .map(|a| a.password.to_string())
+            .unwrap_or_else(|| "(unset)".to_owned())
+    };
+    push("auth.username".into(), user(old), user(new));
+    push("auth.password".into(), pass(old), pass(new));
+    out
 }
 
 fn param_changes(
@@ -345,7 +385,7 @@ pub fn eviction_and_memory_risks(engine: Engine, changes: &[ParamChange], existe
             };
             if let (Some(o), Some(n)) = (bytes(old), bytes(new)) {
                 // 0 means "no limit" for Redis.
-                let lowered = (o == 0 && n > 0) || (n > 0 && n < o);
+                let lowered = n > 0 && (o == 0 || n < o);
                 if lowered {
                     out.push(Risk {
                         kind: RiskKind::MemoryLowered,
@@ -444,7 +484,7 @@ mod tests {
         let a = cluster(&[("databases", "16", "16")], &[("n1", "s", Role::Primary), ("n2", "s", Role::Replica)]);
         let b = cluster(&[("databases", "32", "32")], &[("n1", "s", Role::Primary), ("n2", "s", Role::Replica)]);
         let d = diff_cluster(Some(&a), Some(&b)).unwrap();
-        assert_eq!(d.parameters[0].restart, true);
+        assert!(d.parameters[0].restart);
         assert_eq!(d.risks.len(), 1);
         assert_eq!(d.risks[0].kind, RiskKind::PrimaryRestart);
         assert_eq!(d.risks[0].nodes, vec!["n1".to_string()]);

@@ -40,11 +40,11 @@ pub fn read(repo: &ConfigRepo, rev: &Revision) -> Result<FileSet, SourceError> {
     }
 }
 
-/// `cacheflow validate`: the commit read (if any) and the validated state or every error.
-pub fn validate(
-    repo: &ConfigRepo,
-    rev: &Revision,
-) -> Result<(Option<String>, Result<Desired, Vec<Diagnostic>>), SourceError> {
+/// The commit read (`None` for a working tree) and the validated state or every error.
+pub type Validation = (Option<String>, Result<Desired, Vec<Diagnostic>>);
+
+/// `cacheflow validate`: read a revision and load it.
+pub fn validate(repo: &ConfigRepo, rev: &Revision) -> Result<Validation, SourceError> {
     let files = read(repo, rev)?;
     let commit = files.commit.clone();
     Ok((commit, spec::load(&files)))

@@ -15,9 +15,10 @@ use serde::Serialize;
 use crate::catalog::Engine;
 use crate::diff::{self, ParamChange, Risk, RiskKind};
 use crate::live::LiveState;
-use crate::spec::model::{Cluster, Desired, Node, Role, Stage};
+use crate::spec::model::{Cluster, Desired, Role, Stage};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Plan {
     pub commit: Option<String>,
     pub clusters: Vec<ClusterPlan>,
@@ -35,6 +36,7 @@ impl Plan {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterPlan {
     pub cluster: String,
     pub engine: Engine,
@@ -65,7 +67,11 @@ pub struct Unreachable {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PlannedStage {
+    /// The stage's position in the rollout policy, from 1 (stages that add no node are
+    /// skipped, so the numbers can have gaps).
+    pub index: usize,
     /// The stage as written (`1`, `25%`).
     pub stage: String,
     /// The cumulative number of nodes done after this stage.
@@ -114,7 +120,10 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
         if !state.reachable {
             unreachable.push(Unreachable {
                 id: node.id.clone(),
-                reason: state.error.clone().unwrap_or_else(|| "unreachable".into()),
+                reason: state
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "reported as unreachable, no reason given".into()),
             });
             continue;
         }
@@ -175,27 +184,40 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
             nodes: evicting.into_iter().map(|(id, _, _)| id).collect(),
         });
     }
-    // Eviction-policy switches, deduplicated across nodes.
-    let mut seen: Vec<(String, Option<String>)> = Vec::new();
+    // Eviction-policy switches: one risk per distinct change (values normalised, so
+    // `ALLKEYS-LRU` and `allkeys-lru` are one), naming only the nodes making it.
+    let cat = crate::catalog::catalog(cluster.engine);
+    let mut switches: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
     for n in &nodes {
-        for r in diff::eviction_and_memory_risks(cluster.engine, &n.changes, true) {
+        for c in &n.changes {
+            if !cluster.engine.eviction_parameters().contains(&c.name.as_str()) {
+                continue;
+            }
+            let (Some(old), Some(new)) = (&c.old, &c.new) else {
+                continue;
+            };
+            let old = cat
+                .normalize(&c.name, &serde_json::Value::String(old.clone()))
+                .unwrap_or_else(|_| old.clone());
+            switches
+                .entry((c.name.clone(), old, new.clone()))
+                .or_default()
+                .push(n.id.clone());
+        }
+    }
+    for ((name, old, new), ids) in switches {
+        let change = ParamChange {
+            name,
+            old: Some(old),
+            new: Some(new),
+            restart: false,
+        };
+        for r in diff::eviction_and_memory_risks(cluster.engine, &[change], true) {
             if r.kind == RiskKind::EvictionPolicySwitch {
-                let key = (r.message.clone(), None);
-                if !seen.contains(&key) {
-                    seen.push(key);
-                    risks.push(Risk {
-                        nodes: nodes
-                            .iter()
-                            .filter(|m| {
-                                m.changes.iter().any(|c| {
-                                    cluster.engine.eviction_parameters().contains(&c.name.as_str())
-                                })
-                            })
-                            .map(|m| m.id.clone())
-                            .collect(),
-                        ..r
-                    });
-                }
+                risks.push(Risk {
+                    nodes: ids.clone(),
+                    ..r
+                });
             }
         }
     }
@@ -244,7 +266,7 @@ fn batches(order: &[(&str, &str)], stages: &[Stage], per_shard: usize) -> Vec<Pl
     let total = order.len();
     let mut out = Vec::new();
     let mut done = 0usize;
-    for stage in stages {
+    for (index, stage) in stages.iter().enumerate() {
         let target = stage.target(total).max(done);
         if target == done {
             continue;
@@ -268,6 +290,7 @@ fn batches(order: &[(&str, &str)], stages: &[Stage], per_shard: usize) -> Vec<Pl
             pending = rest;
         }
         out.push(PlannedStage {
+            index: index + 1,
             stage: stage.to_string(),
             target,
             batches: stage_batches,
@@ -275,11 +298,6 @@ fn batches(order: &[(&str, &str)], stages: &[Stage], per_shard: usize) -> Vec<Pl
         done = target;
     }
     out
-}
-
-/// Convenience for callers holding a node: is it a primary?
-pub fn is_primary(node: &Node) -> bool {
-    node.role == Role::Primary
 }
 
 #[cfg(test)]

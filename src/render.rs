@@ -192,7 +192,11 @@ pub fn diff_text(cs: &ChangeSet) -> String {
                 }
             }
         }
-        for (label, list) in [("node changes", &c.nodes_changed), ("rollout", &c.rollout)] {
+        for (label, list) in [
+            ("cluster", &c.cluster_fields),
+            ("node changes", &c.nodes_changed),
+            ("rollout", &c.rollout),
+        ] {
             if !list.is_empty() {
                 let _ = writeln!(out, "  {label}:");
                 for f in list.iter() {
@@ -301,7 +305,7 @@ fn cluster_markdown(out: &mut String, c: &ClusterDiff) {
     );
     if !c.risks.is_empty() {
         for r in &c.risks {
-            let _ = writeln!(out, "> ⚠️ **{}**", md_cell(&risk_line(r)));
+            let _ = writeln!(out, "- ⚠️ **{}**", md_cell(&risk_line(r)));
         }
         out.push('\n');
     }
@@ -335,9 +339,9 @@ fn cluster_markdown(out: &mut String, c: &ClusterDiff) {
         }
         out.push('\n');
     }
-    if !c.nodes_changed.is_empty() || !c.rollout.is_empty() {
+    if !c.nodes_changed.is_empty() || !c.rollout.is_empty() || !c.cluster_fields.is_empty() {
         out.push_str("| field | old | new |\n|---|---|---|\n");
-        for f in c.nodes_changed.iter().chain(&c.rollout) {
+        for f in c.cluster_fields.iter().chain(&c.nodes_changed).chain(&c.rollout) {
             let _ = writeln!(out, "| {} | {} | {} |", code(&f.field), code(&f.old), code(&f.new));
         }
         out.push('\n');
@@ -389,11 +393,11 @@ pub fn plan_text(p: &Plan) -> String {
         for r in &c.risks {
             let _ = writeln!(out, "  ! {}", risk_line(r));
         }
-        for (i, s) in c.stages.iter().enumerate() {
+        for s in &c.stages {
             let _ = writeln!(
                 out,
                 "  stage {} ({}, {} node{} in all):",
-                i + 1,
+                s.index,
                 s.stage,
                 s.target,
                 plural(s.target)
@@ -451,7 +455,7 @@ pub fn plan_markdown(p: &Plan) -> String {
             c.unreachable.len()
         );
         for r in &c.risks {
-            let _ = writeln!(out, "> ⚠️ **{}**", md_cell(&risk_line(r)));
+            let _ = writeln!(out, "- ⚠️ **{}**", md_cell(&risk_line(r)));
         }
         if !c.risks.is_empty() {
             out.push('\n');
@@ -498,6 +502,14 @@ pub fn plan_markdown(p: &Plan) -> String {
         for u in &c.unreachable {
             let _ = writeln!(out, "- {} unreachable: {}", code(&u.id), md_cell(&u.reason));
         }
+    }
+    if !p.undeclared.is_empty() {
+        let ids: Vec<String> = p.undeclared.iter().map(|id| code(id)).collect();
+        let _ = writeln!(
+            out,
+            "\nNodes in the snapshot that no cluster declares: {}",
+            ids.join(", ")
+        );
     }
     out
 }

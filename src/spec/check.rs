@@ -3,7 +3,7 @@
 //! parameters that exist and fit, unique node ids and addresses, one primary per shard,
 //! stages that grow to 100%, durations that parse, and the repository's policies.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -109,6 +109,7 @@ fn spec_of<T: for<'de> Deserialize<'de>>(ctx: &mut Ctx, p: &Parsed) -> Option<T>
 pub(super) fn build(
     commit: Option<String>,
     parsed: Vec<Parsed>,
+    failed: &HashSet<String>,
     policies: &[Policy],
     diags: &mut Vec<Diagnostic>,
 ) -> Desired {
@@ -129,6 +130,17 @@ pub(super) fn build(
                 p,
                 "/kind",
                 format!("kind `{}` in the wrong place: {place}", p.doc.kind.as_str()),
+            );
+            continue;
+        }
+        if expected == Kind::Profile && p.path.matches('/').count() > 1 {
+            ctx.at(
+                p,
+                "/metadata/name",
+                format!(
+                    "profiles live directly in profiles/: move this file to profiles/{}.yaml",
+                    stem(&p.path)
+                ),
             );
             continue;
         }
@@ -156,6 +168,8 @@ pub(super) fn build(
         .unwrap_or_default();
 
     let mut profiles: BTreeMap<String, Profile> = BTreeMap::new();
+    // The parameters of each profile as written, for policies (which see YAML types).
+    let mut profile_raw: HashMap<String, BTreeMap<String, Value>> = HashMap::new();
     let mut profile_files: HashMap<String, String> = HashMap::new();
     for p in profile_docs {
         let name = p.doc.metadata.name.clone();
@@ -172,6 +186,7 @@ pub(super) fn build(
             continue;
         };
         let parameters = parameters(&mut ctx, p, spec.engine, &spec.parameters, Some(&name));
+        profile_raw.insert(name.clone(), spec.parameters.clone());
         profiles.insert(
             name.clone(),
             Profile {
@@ -208,6 +223,9 @@ pub(super) fn build(
         // Profile first, cluster overrides on top.
         let mut params: BTreeMap<String, Param> = BTreeMap::new();
         let mut raw_params: serde_json::Map<String, Value> = serde_json::Map::new();
+        // A cluster whose profile is broken is not held to policies: its parameters are
+        // unknown, and the profile's own errors say what to fix.
+        let mut profile_broken = false;
         if let Some(profile_name) = &spec.profile {
             match profiles.get(profile_name) {
                 Some(profile) if profile.engine != spec.engine => ctx.at(
@@ -220,12 +238,16 @@ pub(super) fn build(
                 ),
                 Some(profile) => {
                     params.extend(profile.parameters.clone());
-                    for (k, v) in &profile.parameters {
-                        raw_params.insert(k.clone(), Value::String(v.written.clone()));
+                    if let Some(raw) = profile_raw.get(profile_name) {
+                        raw_params.extend(raw.iter().map(|(k, v)| (k.clone(), v.clone())));
                     }
                 }
-                None if profile_files.contains_key(profile_name) => {
+                None if profile_files.contains_key(profile_name)
+                    || failed.contains(&format!("profiles/{profile_name}.yaml"))
+                    || failed.contains(&format!("profiles/{profile_name}.yml")) =>
+                {
                     // The profile exists but is itself invalid; its own errors say why.
+                    profile_broken = true;
                 }
                 None => ctx.at(
                     p,
@@ -248,7 +270,7 @@ pub(super) fn build(
             spec.rollout.as_ref(),
         );
 
-        if !policies.is_empty() {
+        if !policies.is_empty() && !profile_broken {
             let mut doc = p.located.value.clone();
             if let Some(spec_obj) = doc.get_mut("spec").and_then(Value::as_object_mut) {
                 spec_obj.insert("parameters".into(), Value::Object(raw_params));

@@ -14,6 +14,7 @@ pub mod yaml;
 
 mod check;
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::Serialize;
@@ -181,8 +182,9 @@ pub fn load(files: &FileSet) -> Result<Desired, Vec<Diagnostic>> {
 
     let (parsed, parse_diags) = parse_all(&documents);
     diags.extend(parse_diags);
+    let failed: HashSet<String> = diags.iter().map(|d| d.file.clone()).collect();
     let policies = check::compile_policies(&policies, &mut diags);
-    let desired = check::build(files.commit.clone(), parsed, &policies, &mut diags);
+    let desired = check::build(files.commit.clone(), parsed, &failed, &policies, &mut diags);
     if diags.is_empty() {
         Ok(desired)
     } else {

@@ -116,6 +116,12 @@ pub fn findings(validator: &Validator, instance: &Value) -> Vec<Finding> {
                     at_key: false,
                 })
             }
+            // The validator's own text for `not` prints the schema; say it plainly.
+            ValidationErrorKind::Not { .. } => out.push(Finding {
+                message: format!("{} is not allowed here", error.instance()),
+                pointer,
+                at_key: false,
+            }),
             ValidationErrorKind::Enum { options } => out.push(Finding {
                 message: format!(
                     "{} is not one of {}",
