@@ -3,3 +3,4 @@ mod invalid_repos;
 mod support;
 mod example_repo;
 mod plan_fixtures;
+mod catalog;
