@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The main job on the built-in example: copy example-repo/ into a fresh git repository,
+# validate it, commit a change an engineer might open a pull request for, show what it
+# does (text and the Markdown a PR comment gets), and plan it against a live snapshot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --locked --quiet
+cf="$PWD/target/release/cacheflow"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cp -r example-repo/. "$work"
+git -C "$work" init -q -b main
+git -C "$work" -c user.name=alice -c user.email=alice@example.com add -A
+git -C "$work" -c user.name=alice -c user.email=alice@example.com commit -q -m "The fleet as it runs today"
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+run() { step "cacheflow ${*}"; "$cf" "$@" || echo "(exit code $?)"; }
+
+run validate --repo "$work"
+
+# A pull request: more memory for the EU sessions, a different eviction policy for the
+# staging catalog, and a restart-only change in the session profile.
+sed -i 's/^    maxmemory: 6gb$/    maxmemory: 8gb/' "$work/clusters/sessions-eu.yaml"
+sed -i 's/^    databases: 16$/    databases: 32/' "$work/profiles/redis-sessions.yaml"
+git -C "$work" -c user.name=bob -c user.email=bob@example.com commit -q -am "More memory for EU sessions; 32 databases"
+
+run diff --repo "$work" --base HEAD~1 --head HEAD
+run diff --repo "$work" --base HEAD~1 --head HEAD --format markdown
+run plan --repo "$work" --rev HEAD --live examples/live-state.json
+
+# A mistake caught before it is committed: a typo and a literal password.
+sed -i 's/^    maxmemory: 8gb$/    maxmemroy: 8gb/; s/password: env:SESSIONS_EU_REDIS_PASSWORD/password: hunter2/' "$work/clusters/sessions-eu.yaml"
+run validate --repo "$work" --worktree
+
+cat <<'MSG'
+
+What next:
+  cacheflow validate --repo <your config repo>                 errors as file:line:col
+  cacheflow diff --repo . --base origin/main --format markdown  a pull-request comment
+  cacheflow plan --repo . --live <snapshot.json>                the staged rollout
+  docs/config.md describes every field; example-repo/ is the starting point.
+MSG
