@@ -419,7 +419,7 @@ fn the_example_policies_refuse_noeviction_and_a_missing_memory_limit_in_prod() {
         "{text}"
     );
     assert!(
-        lines[1].ends_with(" for \"noeviction\" (at /spec/parameters/maxmemory-policy)"),
+        lines[1].ends_with("\"noeviction\" is not allowed here (at /spec/parameters/maxmemory-policy)"),
         "{text}"
     );
     // Inherited from the profile: reported at the cluster's `profile`, saying so.
@@ -429,7 +429,7 @@ fn the_example_policies_refuse_noeviction_and_a_missing_memory_limit_in_prod() {
     );
     assert!(
         lines[2].ends_with(
-            " for \"noeviction\" (inherited from profile `redis-sessions`) (at /spec/parameters/maxmemory-policy)"
+            "\"noeviction\" is not allowed here (inherited from profile `redis-sessions`) (at /spec/parameters/maxmemory-policy)"
         ),
         "{text}"
     );
