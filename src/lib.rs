@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `source` reads the config repository from git; `spec` turns its files into a validated
-//! [`spec::Desired`] or every error at once; `catalog` knows each engine's parameters;
+//! [`spec::model::Desired`] or every error at once; `catalog` knows each engine's parameters;
 //! `live` is what nodes report; `diff` and `plan` are pure functions over those; `render`
 //! prints them as text, JSON or Markdown; `cli` is the command line.
 #![forbid(unsafe_code)]
