@@ -22,7 +22,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log format on standard error.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "CACHEFLOW_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "CACHEFLOW_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -113,8 +119,7 @@ fn revision(rev: &str, worktree: bool) -> Revision {
 }
 
 fn open(repo: &RepoArgs) -> Result<ConfigRepo, String> {
-    ConfigRepo::open(&repo.repo, repo.cache_dir.as_deref())
-        .map_err(|e| redact_url(&e.to_string()))
+    ConfigRepo::open(&repo.repo, repo.cache_dir.as_deref()).map_err(|e| redact_url(&e.to_string()))
 }
 
 fn init_logging(format: LogFormat) {

@@ -250,14 +250,30 @@ fn cluster_field_changes(old: &Cluster, new: &Cluster) -> Vec<FieldChange> {
     let mut out = Vec::new();
     let mut push = |field: String, a: String, b: String| {
         if a != b {
-            out.push(FieldChange { field, old: a, new: b });
+            out.push(FieldChange {
+                field,
+                old: a,
+                new: b,
+            });
         }
     };
-    push("profile".into(), show(old.profile.as_ref()), show(new.profile.as_ref()));
-    push("version".into(), show(old.version.as_ref()), show(new.version.as_ref()));
+    push(
+        "profile".into(),
+        show(old.profile.as_ref()),
+        show(new.profile.as_ref()),
+    );
+    push(
+        "version".into(),
+        show(old.version.as_ref()),
+        show(new.version.as_ref()),
+    );
     let keys: BTreeSet<&String> = old.labels.keys().chain(new.labels.keys()).collect();
     for k in keys {
-        push(format!("labels.{k}"), show(old.labels.get(k)), show(new.labels.get(k)));
+        push(
+            format!("labels.{k}"),
+            show(old.labels.get(k)),
+            show(new.labels.get(k)),
+        );
     }
     let user = |c: &Cluster| show(c.auth.as_ref().and_then(|a| a.username.as_ref()));
     let pass = |c: &Cluster| {
@@ -328,7 +344,11 @@ fn risks(d: &ClusterDiff, old: Option<&Cluster>, new: Option<&Cluster>) -> Vec<R
             });
         }
     }
-    out.extend(eviction_and_memory_risks(new.engine, &d.parameters, old.is_some()));
+    out.extend(eviction_and_memory_risks(
+        new.engine,
+        &d.parameters,
+        old.is_some(),
+    ));
     if let Some(old) = old {
         let limit = new.rollout.max_unavailable_per_shard as usize;
         let mut removed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -355,7 +375,11 @@ fn risks(d: &ClusterDiff, old: Option<&Cluster>, new: Option<&Cluster>) -> Vec<R
 
 /// The eviction-policy and memory-limit risks of a set of parameter changes. Shared by
 /// the PR diff and the plan, which adds the live figures.
-pub fn eviction_and_memory_risks(engine: Engine, changes: &[ParamChange], existed: bool) -> Vec<Risk> {
+pub fn eviction_and_memory_risks(
+    engine: Engine,
+    changes: &[ParamChange],
+    existed: bool,
+) -> Vec<Risk> {
     let mut out = Vec::new();
     if !existed {
         return out;
@@ -474,15 +498,27 @@ mod tests {
 
     #[test]
     fn equal_values_written_differently_are_no_change() {
-        let a = cluster(&[("maxmemory", "1073741824", "1gb")], &[("n1", "s", Role::Primary)]);
-        let b = cluster(&[("maxmemory", "1073741824", "1024mb")], &[("n1", "s", Role::Primary)]);
+        let a = cluster(
+            &[("maxmemory", "1073741824", "1gb")],
+            &[("n1", "s", Role::Primary)],
+        );
+        let b = cluster(
+            &[("maxmemory", "1073741824", "1024mb")],
+            &[("n1", "s", Role::Primary)],
+        );
         assert_eq!(diff_cluster(Some(&a), Some(&b)), None);
     }
 
     #[test]
     fn a_restart_only_change_flags_the_primaries() {
-        let a = cluster(&[("databases", "16", "16")], &[("n1", "s", Role::Primary), ("n2", "s", Role::Replica)]);
-        let b = cluster(&[("databases", "32", "32")], &[("n1", "s", Role::Primary), ("n2", "s", Role::Replica)]);
+        let a = cluster(
+            &[("databases", "16", "16")],
+            &[("n1", "s", Role::Primary), ("n2", "s", Role::Replica)],
+        );
+        let b = cluster(
+            &[("databases", "32", "32")],
+            &[("n1", "s", Role::Primary), ("n2", "s", Role::Replica)],
+        );
         let d = diff_cluster(Some(&a), Some(&b)).unwrap();
         assert!(d.parameters[0].restart);
         assert_eq!(d.risks.len(), 1);
@@ -492,24 +528,38 @@ mod tests {
 
     #[test]
     fn removing_two_nodes_of_a_shard_with_limit_one_is_a_disruption() {
-        let a = cluster(&[], &[("n1", "s", Role::Primary), ("n2", "s", Role::Replica), ("n3", "s", Role::Replica)]);
+        let a = cluster(
+            &[],
+            &[
+                ("n1", "s", Role::Primary),
+                ("n2", "s", Role::Replica),
+                ("n3", "s", Role::Replica),
+            ],
+        );
         let b = cluster(&[], &[("n1", "s", Role::Primary)]);
         let d = diff_cluster(Some(&a), Some(&b)).unwrap();
         assert_eq!(d.nodes_removed.len(), 2);
         assert_eq!(d.risks[0].kind, RiskKind::ShardDisruption);
-        assert_eq!(d.risks[0].message, "shard s loses 2 of its 3 nodes at once; its disruption limit is 1");
+        assert_eq!(
+            d.risks[0].message,
+            "shard s loses 2 of its 3 nodes at once; its disruption limit is 1"
+        );
     }
 
     #[test]
     fn live_values_are_normalised_before_comparing() {
-        let want: BTreeMap<String, Param> =
-            [("maxmemory".to_string(), param("1073741824", "1gb")), ("appendonly".to_string(), param("yes", "yes"))]
-                .into_iter()
-                .collect();
-        let live: BTreeMap<String, String> =
-            [("maxmemory".to_string(), "1073741824".to_string()), ("appendonly".to_string(), "no".to_string())]
-                .into_iter()
-                .collect();
+        let want: BTreeMap<String, Param> = [
+            ("maxmemory".to_string(), param("1073741824", "1gb")),
+            ("appendonly".to_string(), param("yes", "yes")),
+        ]
+        .into_iter()
+        .collect();
+        let live: BTreeMap<String, String> = [
+            ("maxmemory".to_string(), "1073741824".to_string()),
+            ("appendonly".to_string(), "no".to_string()),
+        ]
+        .into_iter()
+        .collect();
         let c = node_changes(Engine::Redis, &want, &live);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].name, "appendonly");

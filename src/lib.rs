@@ -14,11 +14,11 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
-pub mod source;
-pub mod live;
-pub mod spec;
+pub mod cli;
 pub mod diff;
+pub mod live;
+pub mod pipeline;
 pub mod plan;
 pub mod render;
-pub mod pipeline;
-pub mod cli;
+pub mod source;
+pub mod spec;

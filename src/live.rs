@@ -130,13 +130,16 @@ impl LiveState {
 
     /// Parse and check snapshot bytes; `path` is only for messages.
     pub fn parse(path: &str, bytes: &[u8]) -> Result<LiveState, LiveError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| LiveError::NotJson {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            let text = String::from_utf8_lossy(bytes);
+            let (line, column, message) = crate::spec::json_error_position(&text, &e);
+            LiveError::NotJson {
                 path: path.to_owned(),
-                line: e.line(),
-                column: e.column(),
-                message: e.to_string(),
-            })?;
+                line,
+                column,
+                message,
+            }
+        })?;
         if let Some(v) = value.get("version") {
             if v.as_u64() != Some(LIVE_STATE_VERSION as u64) {
                 return Err(LiveError::UnsupportedVersion {
@@ -153,7 +156,11 @@ impl LiveState {
         let problems: Vec<String> = crate::spec::schema::findings(validator, &value)
             .into_iter()
             .map(|f| {
-                let at = if f.pointer.is_empty() { "/" } else { &f.pointer };
+                let at = if f.pointer.is_empty() {
+                    "/"
+                } else {
+                    &f.pointer
+                };
                 format!("  {at}: {}", f.message)
             })
             .collect();
@@ -179,7 +186,10 @@ mod tests {
         let text = br#"{"version":1,"nodes":{"n1":{"reachable":true,"engine":"redis","parameters":{"maxmemory":"100"},"health":{"usedMemory":5,"role":"primary"}}}}"#;
         let live = LiveState::parse("x.json", text).unwrap();
         assert_eq!(live.nodes["n1"].parameters["maxmemory"], "100");
-        assert_eq!(live.nodes["n1"].health.as_ref().unwrap().role, Some(Role::Primary));
+        assert_eq!(
+            live.nodes["n1"].health.as_ref().unwrap().role,
+            Some(Role::Primary)
+        );
     }
 
     #[test]
@@ -187,9 +197,15 @@ mod tests {
         let e = LiveState::parse("x.json", b"{\"version\": 1,\n \"nodes\": {").unwrap_err();
         assert!(e.to_string().starts_with("live state x.json:2:"), "{e}");
         let e = LiveState::parse("x.json", br#"{"version": 2, "nodes": {}}"#).unwrap_err();
-        assert!(e.to_string().contains("format version 2 is not supported"), "{e}");
-        let e = LiveState::parse("x.json", br#"{"version": 1, "nodes": {"n1": {"reachable": "yes"}}}"#)
-            .unwrap_err();
+        assert!(
+            e.to_string().contains("format version 2 is not supported"),
+            "{e}"
+        );
+        let e = LiveState::parse(
+            "x.json",
+            br#"{"version": 1, "nodes": {"n1": {"reachable": "yes"}}}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("/nodes/n1/reachable"), "{e}");
     }
 }

@@ -66,11 +66,19 @@ fn cluster_paths(paths: &[String]) -> Vec<String> {
 }
 
 /// Read just the files a diff needs at `rev`: the changed clusters, Settings (rollout
-/// defaults) and the profiles the changed clusters name.
-fn read_for_diff(repo: &ConfigRepo, rev: &str, clusters: &[String]) -> Result<FileSet, SourceError> {
+/// defaults), the profiles the changed clusters name, and the policies (few and small,
+/// and a change that breaks one must not pass as a mere diff).
+fn read_for_diff(
+    repo: &ConfigRepo,
+    rev: &str,
+    clusters: &[String],
+) -> Result<FileSet, SourceError> {
     let mut paths = clusters.to_vec();
     paths.push("cacheflow.yaml".to_owned());
     let mut files = repo.read_paths(rev, &paths)?;
+    let policies = repo.read_areas(rev, &["policies"])?;
+    files.files.extend(policies.files);
+    files.problems.extend(policies.problems);
     let mut profiles: BTreeSet<String> = BTreeSet::new();
     for (path, text) in &files.files {
         if !path.starts_with("clusters/") {
@@ -104,7 +112,10 @@ pub fn diff(repo: &ConfigRepo, base: &str, head: &Revision) -> Result<ChangeSet,
     let (changed, head_commit) = match head {
         Revision::Rev(h) => {
             let head_commit = repo.resolve(h)?;
-            (repo.changed_paths(&base_commit, &head_commit)?, Some(head_commit))
+            (
+                repo.changed_paths(&base_commit, &head_commit)?,
+                Some(head_commit),
+            )
         }
         Revision::Worktree => (repo.changed_paths_worktree(&base_commit)?, None),
     };

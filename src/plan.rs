@@ -162,7 +162,11 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
             message: format!(
                 "{} primar{} will restart for start-only parameters",
                 restarting_primaries.len(),
-                if restarting_primaries.len() == 1 { "y" } else { "ies" }
+                if restarting_primaries.len() == 1 {
+                    "y"
+                } else {
+                    "ies"
+                }
             ),
             nodes: restarting_primaries,
         });
@@ -190,7 +194,11 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
     let mut switches: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
     for n in &nodes {
         for c in &n.changes {
-            if !cluster.engine.eviction_parameters().contains(&c.name.as_str()) {
+            if !cluster
+                .engine
+                .eviction_parameters()
+                .contains(&c.name.as_str())
+            {
                 continue;
             }
             let (Some(old), Some(new)) = (&c.old, &c.new) else {
@@ -257,7 +265,10 @@ fn rollout_order(nodes: &[NodePlan]) -> Vec<(&str, &str)> {
         })
         .collect();
     keyed.sort();
-    keyed.into_iter().map(|(_, _, shard, id)| (id, shard)).collect()
+    keyed
+        .into_iter()
+        .map(|(_, _, shard, id)| (id, shard))
+        .collect()
 }
 
 /// Cut the ordered nodes into stages and batches.
@@ -344,7 +355,11 @@ mod tests {
     fn stages_that_add_nothing_are_skipped() {
         let nodes = vec![np("x", "x", Role::Primary), np("y", "y", Role::Primary)];
         let order = rollout_order(&nodes);
-        let stages = batches(&order, &[Stage::Count(1), Stage::Percent(50), Stage::Percent(100)], 1);
+        let stages = batches(
+            &order,
+            &[Stage::Count(1), Stage::Percent(50), Stage::Percent(100)],
+            1,
+        );
         let names: Vec<&str> = stages.iter().map(|s| s.stage.as_str()).collect();
         assert_eq!(names, vec!["1", "100%"]);
     }

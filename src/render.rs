@@ -180,7 +180,10 @@ pub fn diff_text(cs: &ChangeSet) -> String {
                 );
             }
         }
-        for (label, list) in [("nodes added", &c.nodes_added), ("nodes removed", &c.nodes_removed)] {
+        for (label, list) in [
+            ("nodes added", &c.nodes_added),
+            ("nodes removed", &c.nodes_removed),
+        ] {
             if !list.is_empty() {
                 let _ = writeln!(out, "  {label}:");
                 for n in list.iter() {
@@ -341,8 +344,19 @@ fn cluster_markdown(out: &mut String, c: &ClusterDiff) {
     }
     if !c.nodes_changed.is_empty() || !c.rollout.is_empty() || !c.cluster_fields.is_empty() {
         out.push_str("| field | old | new |\n|---|---|---|\n");
-        for f in c.cluster_fields.iter().chain(&c.nodes_changed).chain(&c.rollout) {
-            let _ = writeln!(out, "| {} | {} | {} |", code(&f.field), code(&f.old), code(&f.new));
+        for f in c
+            .cluster_fields
+            .iter()
+            .chain(&c.nodes_changed)
+            .chain(&c.rollout)
+        {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                code(&f.field),
+                code(&f.old),
+                code(&f.new)
+            );
         }
         out.push('\n');
     }
@@ -444,7 +458,11 @@ pub fn plan_markdown(p: &Plan) -> String {
             format!("{changing} node{} to change", plural(changing))
         }
     );
-    for c in p.clusters.iter().filter(|c| !c.nodes.is_empty() || !c.unreachable.is_empty()) {
+    for c in p
+        .clusters
+        .iter()
+        .filter(|c| !c.nodes.is_empty() || !c.unreachable.is_empty())
+    {
         let _ = writeln!(
             out,
             "#### {} ({}): {} to change, {} in sync, {} unreachable\n",

@@ -203,6 +203,23 @@ impl ConfigRepo {
         Ok(set)
     }
 
+    /// The cacheflow files under some of the top-level areas (`policies`, `profiles`,
+    /// `clusters`, `cacheflow.yaml`) at `rev`: a diff reads the policies whole.
+    pub fn read_areas(&self, rev: &str, areas: &[&str]) -> Result<FileSet, SourceError> {
+        let commit = self.find_commit(rev)?;
+        let tree = commit.tree().map_err(|e| self.git_err(e))?;
+        let src = GitTree::new(&self.repo, tree, &self.name);
+        let areas: Vec<&str> = areas
+            .iter()
+            .copied()
+            .filter(|a| AREAS.contains(a))
+            .collect();
+        let found = walk(&src, false, &areas)?;
+        let mut set = self.read_found(found)?;
+        set.commit = Some(commit.id().to_string());
+        Ok(set)
+    }
+
     /// The cacheflow files of the working tree as they are on disk: uncommitted and
     /// untracked files included, `.gitignore` not honoured, `.git` skipped.
     pub fn read_worktree(&self) -> Result<FileSet, SourceError> {
@@ -619,16 +636,22 @@ struct Walker<'a, T: Tree> {
 }
 
 /// Every cacheflow path in `tree`, with what to read or why it cannot be read.
+const AREAS: [&str; 4] = ["cacheflow.yaml", "profiles", "clusters", "policies"];
+
 fn walk_areas<T: Tree>(tree: &T) -> Result<Vec<Found<T::File>>, SourceError> {
-    walk(tree, false)
+    walk(tree, false, &AREAS)
 }
 
 /// Only the paths reached through symlinks (what a diff needs besides its own list).
 fn walk_links<T: Tree>(tree: &T) -> Result<Vec<Found<T::File>>, SourceError> {
-    walk(tree, true)
+    walk(tree, true, &AREAS)
 }
 
-fn walk<T: Tree>(tree: &T, links_only: bool) -> Result<Vec<Found<T::File>>, SourceError> {
+fn walk<T: Tree>(
+    tree: &T,
+    links_only: bool,
+    areas: &[&str],
+) -> Result<Vec<Found<T::File>>, SourceError> {
     let mut w = Walker {
         tree,
         links_only,
@@ -636,7 +659,7 @@ fn walk<T: Tree>(tree: &T, links_only: bool) -> Result<Vec<Found<T::File>>, Sour
         // Everything is under the root: a link to it is a loop too.
         stack: vec![String::new()],
     };
-    for top in ["cacheflow.yaml", "profiles", "clusters", "policies"] {
+    for top in areas {
         let node = tree.lookup(top)?;
         w.visit(top.to_string(), top.to_string(), node, Vec::new())?;
     }

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::model::{
-    Cluster, Desired, Gates, Managed, Millis, Node, Param, Profile, Role, RolloutPolicy,
-    Settings, Stage,
+    Cluster, Desired, Gates, Managed, Millis, Node, Param, Profile, Role, RolloutPolicy, Settings,
+    Stage,
 };
 use super::raw::{self, Kind, RawStage};
 use super::{diagnostic, file_level, schema, Diagnostic, Parsed};
@@ -33,11 +33,12 @@ pub(super) fn compile_policies(
         let value: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => {
+                let (line, column, message) = crate::spec::json_error_position(text, &e);
                 diags.push(Diagnostic {
                     file: path.to_string(),
-                    line: e.line().max(1),
-                    column: e.column().max(1),
-                    message: format!("not valid JSON: {e}"),
+                    line,
+                    column,
+                    message: format!("not valid JSON: {message}"),
                     pointer: String::new(),
                 });
                 continue;
@@ -310,10 +311,13 @@ pub(super) fn build(
                             .is_none()
                     })
                     .and_then(|_| p.doc.spec.get("profile").and_then(Value::as_str));
+                let name = if policy.title == policy.path {
+                    format!("`{}`", policy.path)
+                } else {
+                    format!("`{}` ({})", policy.title, policy.path)
+                };
                 let message = format!(
-                    "violates policy `{}` ({}): {}{}",
-                    policy.title,
-                    policy.path,
+                    "violates policy {name}: {}{}",
                     f.message,
                     inherited
                         .map(|prof| format!(" (inherited from profile `{prof}`)"))
@@ -356,7 +360,11 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
         let base = format!("/spec/windows/{i}");
         check_cron(ctx, p, &format!("{base}/schedule"), &w.schedule, &[5]);
         match catalog::parse_duration_micros(&w.duration) {
-            Some(0) => ctx.at(p, &format!("{base}/duration"), "a window must last longer than 0s"),
+            Some(0) => ctx.at(
+                p,
+                &format!("{base}/duration"),
+                "a window must last longer than 0s",
+            ),
             Some(_) => {}
             None => ctx.at(
                 p,
@@ -399,6 +407,17 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
 
 /// A crontab expression has the right number of fields; the scheduler parses it fully.
 fn check_cron(ctx: &mut Ctx, p: &Parsed, pointer: &str, expr: &str, fields: &[usize]) {
+    const MACROS: [&str; 6] = [
+        "@yearly",
+        "@annually",
+        "@monthly",
+        "@weekly",
+        "@daily",
+        "@hourly",
+    ];
+    if MACROS.contains(&expr.trim()) {
+        return;
+    }
     let n = expr.split_whitespace().count();
     if !fields.contains(&n) {
         let want = fields
@@ -409,7 +428,10 @@ fn check_cron(ctx: &mut Ctx, p: &Parsed, pointer: &str, expr: &str, fields: &[us
         ctx.at(
             p,
             pointer,
-            format!("`{expr}` has {n} fields; a crontab expression here has {want}"),
+            format!(
+                "`{expr}` has {n} field{}; a crontab expression here has {want} (or @hourly, @daily, ...)",
+                if n == 1 { "" } else { "s" }
+            ),
         );
     }
 }
@@ -431,7 +453,11 @@ fn parameters(
                     Value::String(s) => s.clone(),
                     Value::Array(items) => items
                         .iter()
-                        .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| v.to_string())
+                        })
                         .collect::<Vec<_>>()
                         .join(" "),
                     other => other.to_string(),
@@ -464,6 +490,7 @@ fn nodes(
     for (i, n) in spec.nodes.iter().enumerate() {
         let base = format!("/spec/nodes/{i}");
         let line = p.located.value_pos(&format!("{base}/id")).line;
+        let address_line = p.located.value_pos(&format!("{base}/address")).line;
         if let Some((file, first_line)) = ids.get(&n.id) {
             ctx.at(
                 p,
@@ -496,7 +523,7 @@ fn nodes(
                 ),
             );
         } else {
-            addresses.insert(address, (p.path.clone(), line));
+            addresses.insert(address, (p.path.clone(), address_line));
         }
         let role = n.role.unwrap_or(Role::Primary);
         let shard = n.shard.clone().unwrap_or_else(|| n.id.clone());
@@ -515,10 +542,15 @@ fn nodes(
                 } else {
                     format!("{base}/id")
                 };
+                let implicit = if n.role.is_none() {
+                    " (a node without `role` is a primary)"
+                } else {
+                    ""
+                };
                 ctx.at(
                     p,
                     &pointer,
-                    format!("shard `{shard_key}` has more than one primary: `{first}` is already its primary"),
+                    format!("shard `{shard_key}` has more than one primary: `{first}` is already its primary{implicit}"),
                 );
             } else {
                 primaries.insert(shard_key, &n.id);
@@ -537,7 +569,10 @@ fn nodes(
     let mut reported: Vec<&str> = Vec::new();
     for (i, n) in spec.nodes.iter().enumerate() {
         let shard = n.shard.as_deref().unwrap_or(&n.id);
-        if n.role == Some(Role::Replica) && !primaries.contains_key(shard) && !reported.contains(&shard) {
+        if n.role == Some(Role::Replica)
+            && !primaries.contains_key(shard)
+            && !reported.contains(&shard)
+        {
             reported.push(shard);
             ctx.at(
                 p,
@@ -558,7 +593,11 @@ fn duration_ms(ctx: &mut Ctx, p: &Parsed, pointer: &str, text: &str) -> Option<M
             None
         }
         None => {
-            ctx.at(p, pointer, format!("`{text}` is not a duration such as 30s or 5m"));
+            ctx.at(
+                p,
+                pointer,
+                format!("`{text}` is not a duration such as 30s or 5m"),
+            );
             None
         }
     }
@@ -593,7 +632,11 @@ fn rollout(
         }
     }
     if field_is_zero(&raw.apply_timeout) {
-        ctx.at(p, &format!("{at}/applyTimeout"), "applyTimeout must be longer than 0s");
+        ctx.at(
+            p,
+            &format!("{at}/applyTimeout"),
+            "applyTimeout must be longer than 0s",
+        );
     }
     if let Some(n) = raw.max_unavailable_per_shard {
         out.max_unavailable_per_shard = n;
@@ -637,10 +680,22 @@ fn stages_of(ctx: &mut Ctx, p: &Parsed, at: &str, raw: &[RawStage]) -> Option<Ve
     for (i, s) in raw.iter().enumerate() {
         let pointer = format!("{at}/{i}");
         let stage = match s {
-            RawStage::Count(n) => match u32::try_from(*n) {
-                Ok(n) if n >= 1 => Stage::Count(n),
+            RawStage::Count(n) => match n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                        .map(|f| f as u64)
+                })
+                .and_then(|n| u32::try_from(n).ok())
+            {
+                Some(n) if n >= 1 => Stage::Count(n),
                 _ => {
-                    ctx.at(p, &pointer, format!("{n} is not a node count between 1 and 4294967295"));
+                    ctx.at(
+                        p,
+                        &pointer,
+                        format!("{n} is not a node count between 1 and 4294967295"),
+                    );
                     ok = false;
                     continue;
                 }
@@ -648,7 +703,11 @@ fn stages_of(ctx: &mut Ctx, p: &Parsed, at: &str, raw: &[RawStage]) -> Option<Ve
             RawStage::Percent(t) => match t.strip_suffix('%').and_then(|n| n.parse::<u8>().ok()) {
                 Some(n) if (1..=100).contains(&n) => Stage::Percent(n),
                 _ => {
-                    ctx.at(p, &pointer, format!("`{t}` is not a percentage between 1% and 100%"));
+                    ctx.at(
+                        p,
+                        &pointer,
+                        format!("`{t}` is not a percentage between 1% and 100%"),
+                    );
                     ok = false;
                     continue;
                 }

@@ -48,6 +48,32 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// The 1-based line and character column of a serde_json error (serde counts bytes),
+/// and its message without the position serde appends.
+pub fn json_error_position(text: &str, e: &serde_json::Error) -> (usize, usize, String) {
+    let line = e.line().max(1);
+    let byte_col = e.column();
+    let column = text
+        .lines()
+        .nth(line - 1)
+        .map(|l| {
+            let end = byte_col.min(l.len());
+            let end = (0..=end)
+                .rev()
+                .find(|i| l.is_char_boundary(*i))
+                .unwrap_or(0);
+            l[..end].chars().count()
+        })
+        .unwrap_or(byte_col)
+        .max(1);
+    let full = e.to_string();
+    let message = match full.rfind(" at line ") {
+        Some(i) => full[..i].to_owned(),
+        None => full,
+    };
+    (line, column, message)
+}
+
 /// A document that parsed and passed the schema.
 pub(crate) struct Parsed {
     pub path: String,
@@ -151,7 +177,10 @@ fn parse_all(files: &[(&String, &String)]) -> (Vec<Parsed>, Vec<Diagnostic>) {
         return run(files);
     }
     std::thread::scope(|s| {
-        let handles: Vec<_> = files.chunks(chunk).map(|c| s.spawn(move || run(c))).collect();
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|c| s.spawn(move || run(c)))
+            .collect();
         let mut parsed = Vec::with_capacity(files.len());
         let mut diags = Vec::new();
         for h in handles {

@@ -123,7 +123,8 @@ pub struct Rollout {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum RawStage {
-    Count(u64),
+    /// A number: JSON Schema accepts `1.0` as an integer, so a whole float is a count.
+    Count(serde_json::Number),
     Percent(String),
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use jsonschema::error::ValidationErrorKind;
+use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::Validator;
 use serde_json::Value;
 
@@ -122,6 +122,42 @@ pub fn findings(validator: &Validator, instance: &Value) -> Vec<Finding> {
                 pointer,
                 at_key: false,
             }),
+            // Type and size errors never print the value: it may be a secret written
+            // where a reference belongs, or a whole document.
+            ValidationErrorKind::Type { kind } => {
+                let expected: Vec<String> = match kind {
+                    TypeKind::Single(t) => vec![a_type(&t.to_string())],
+                    TypeKind::Multiple(set) => set.iter().map(|t| a_type(&t.to_string())).collect(),
+                };
+                let instance = error.instance();
+                let mut found = a_type(&jsonschema::JsonType::from(instance.as_ref()).to_string());
+                // Show a short scalar, unless it may be a secret.
+                if !is_secret_path(&pointer)
+                    && !instance.is_object()
+                    && !instance.is_array()
+                    && instance.to_string().len() <= 40
+                {
+                    found = format!("{found}: {instance}");
+                }
+                out.push(Finding {
+                    message: format!("expected {}, found {found}", expected.join(" or ")),
+                    pointer,
+                    at_key: false,
+                })
+            }
+            ValidationErrorKind::MinItems { limit } => out.push(Finding {
+                message: format!(
+                    "needs at least {limit} item{}",
+                    if *limit == 1 { "" } else { "s" }
+                ),
+                pointer,
+                at_key: false,
+            }),
+            _ if is_secret_path(&pointer) => out.push(Finding {
+                message: error.masked().to_string(),
+                pointer,
+                at_key: false,
+            }),
             ValidationErrorKind::Enum { options } => out.push(Finding {
                 message: format!(
                     "{} is not one of {}",
@@ -144,6 +180,26 @@ pub fn findings(validator: &Validator, instance: &Value) -> Vec<Finding> {
     out.sort_by(|a, b| a.pointer.cmp(&b.pointer).then(a.message.cmp(&b.message)));
     out.dedup();
     out
+}
+
+/// "a string", "an object" — for messages.
+fn a_type(t: &str) -> String {
+    let t = match t {
+        "object" => "mapping",
+        "array" => "list",
+        other => other,
+    };
+    if t.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {t}")
+    } else {
+        format!("a {t}")
+    }
+}
+
+/// Values under these pointers may hold a secret someone wrote by mistake.
+fn is_secret_path(pointer: &str) -> bool {
+    pointer.starts_with("/spec/auth")
+        || (pointer.starts_with("/spec/notifications/") && pointer.ends_with("/url"))
 }
 
 /// A hint for the common misplacements.

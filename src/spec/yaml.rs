@@ -150,9 +150,10 @@ pub fn parse(text: &str) -> Result<Located, YamlError> {
                 }
             }
             Event::Alias(id) => {
-                let (value, size) = anchors.get(&id).cloned().ok_or_else(|| {
-                    err(pos, "", "alias to an unknown anchor".to_owned())
-                })?;
+                let (value, size) = anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| err(pos, "", "alias to an unknown anchor".to_owned()))?;
                 nodes = nodes.saturating_add(size);
                 if nodes > MAX_NODES {
                     return Err(err(
@@ -168,7 +169,11 @@ pub fn parse(text: &str) -> Result<Located, YamlError> {
             Event::Scalar(text, style, anchor, tag) => {
                 nodes += 1;
                 if nodes > MAX_NODES {
-                    return Err(err(pos, "", format!("document has more than {MAX_NODES} nodes")));
+                    return Err(err(
+                        pos,
+                        "",
+                        format!("document has more than {MAX_NODES} nodes"),
+                    ));
                 }
                 // A scalar in key position is a key, not a value.
                 if let Some(Frame::Map {
@@ -187,7 +192,7 @@ pub fn parse(text: &str) -> Result<Located, YamlError> {
                             .unwrap_or(0);
                         return Err(err(
                             pos,
-                            pointer,
+                            &format!("{pointer}/{}", escape_token(&key)),
                             format!("duplicate key `{key}` (first defined on line {first})"),
                         ));
                     }
@@ -199,8 +204,12 @@ pub fn parse(text: &str) -> Result<Located, YamlError> {
                     }
                     continue;
                 }
-                let value = resolve_scalar(&text, style, tag.as_deref().map(|t| (&*t.handle, &*t.suffix)))
-                    .map_err(|m| err(pos, &current_pointer(&stack), m))?;
+                let value = resolve_scalar(
+                    &text,
+                    style,
+                    tag.as_deref().map(|t| (&*t.handle, &*t.suffix)),
+                )
+                .map_err(|m| err(pos, &current_pointer(&stack), m))?;
                 let pointer = child_pointer(&mut stack, pos, &err)?;
                 out.values.insert(pointer, pos);
                 attach(&mut stack, &mut root, value, anchor, 1, &mut anchors);
@@ -258,7 +267,11 @@ pub fn parse(text: &str) -> Result<Located, YamlError> {
             out.value = value;
             Ok(out)
         }
-        None => Err(err(Pos { line: 1, column: 1 }, "", "the file is empty".to_owned())),
+        None => Err(err(
+            Pos { line: 1, column: 1 },
+            "",
+            "the file is empty".to_owned(),
+        )),
     }
 }
 
@@ -447,17 +460,27 @@ mod tests {
     #[test]
     fn values_and_keys_carry_their_line_and_column() {
         let doc = parse("a: 1\nb:\n  c: [x, y]\n  d: yes\n").unwrap();
-        assert_eq!(doc.value, json!({"a": 1, "b": {"c": ["x", "y"], "d": "yes"}}));
+        assert_eq!(
+            doc.value,
+            json!({"a": 1, "b": {"c": ["x", "y"], "d": "yes"}})
+        );
         assert_eq!(doc.value_pos("/a"), Pos { line: 1, column: 4 });
         assert_eq!(doc.key_pos("/b/d"), Pos { line: 4, column: 3 });
-        assert_eq!(doc.value_pos("/b/c/1"), Pos { line: 3, column: 10 });
+        assert_eq!(
+            doc.value_pos("/b/c/1"),
+            Pos {
+                line: 3,
+                column: 10
+            }
+        );
         // A missing pointer falls back to its nearest ancestor.
         assert_eq!(doc.value_pos("/b/c/7"), Pos { line: 3, column: 6 });
     }
 
     #[test]
     fn core_schema_keeps_yes_a_string_and_quoted_numbers_strings() {
-        let doc = parse("a: yes\nb: '5'\nc: 5\nd: 1.5\ne: ~\nf: 0x10\ng: 18446744073709551615\n").unwrap();
+        let doc = parse("a: yes\nb: '5'\nc: 5\nd: 1.5\ne: ~\nf: 0x10\ng: 18446744073709551615\n")
+            .unwrap();
         assert_eq!(
             doc.value,
             json!({"a": "yes", "b": "5", "c": 5, "d": 1.5, "e": null, "f": 16, "g": 18446744073709551615u64})
@@ -494,9 +517,15 @@ mod tests {
 
     #[test]
     fn several_documents_and_empty_files_are_refused() {
-        assert!(parse("a: 1\n---\nb: 2\n").unwrap_err().message.contains("one document"));
+        assert!(parse("a: 1\n---\nb: 2\n")
+            .unwrap_err()
+            .message
+            .contains("one document"));
         assert_eq!(parse("").unwrap_err().message, "the file is empty");
-        assert_eq!(parse("# only a comment\n").unwrap_err().message, "the file is empty");
+        assert_eq!(
+            parse("# only a comment\n").unwrap_err().message,
+            "the file is empty"
+        );
     }
 
     #[test]

@@ -419,7 +419,8 @@ fn the_example_policies_refuse_noeviction_and_a_missing_memory_limit_in_prod() {
         "{text}"
     );
     assert!(
-        lines[1].ends_with("\"noeviction\" is not allowed here (at /spec/parameters/maxmemory-policy)"),
+        lines[1]
+            .ends_with("\"noeviction\" is not allowed here (at /spec/parameters/maxmemory-policy)"),
         "{text}"
     );
     // Inherited from the profile: reported at the cluster's `profile`, saying so.

@@ -369,7 +369,6 @@ fn config(cases: u32) -> Config {
 /// columns in bytes, YAML positions count characters; a policy with non-ASCII text
 /// before the error is reported too far right. Un-ignore once fixed.
 #[test]
-#[ignore = "known bug: policy JSON error columns count bytes"]
 fn a_policy_json_error_column_counts_characters() {
     let set = file_set(&[(
         "policies/a.schema.json",

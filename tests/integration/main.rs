@@ -1,7 +1,6 @@
-
-mod invalid_repos;
-mod fuzz;
-mod support;
-mod example_repo;
-mod plan_fixtures;
 mod catalog;
+mod example_repo;
+mod fuzz;
+mod invalid_repos;
+mod plan_fixtures;
+mod support;
