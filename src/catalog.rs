@@ -387,12 +387,23 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
 
 /// Catalog patterns are simple anchored character-class checks; we validate them through
 /// the JSON Schema engine's regex support rather than carrying a second regex crate.
+/// Each thread compiles a pattern once (there are a handful) and keeps it.
 fn regex_lite_match(pattern: &str, text: &str) -> bool {
-    let schema = serde_json::json!({ "type": "string", "pattern": pattern });
-    match jsonschema::validator_for(&schema) {
-        Ok(v) => v.is_valid(&serde_json::Value::String(text.to_owned())),
-        Err(_) => true,
+    thread_local! {
+        static COMPILED: std::cell::RefCell<std::collections::HashMap<String, Option<jsonschema::Validator>>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
     }
+    COMPILED.with(|cell| {
+        let mut cache = cell.borrow_mut();
+        let validator = cache.entry(pattern.to_owned()).or_insert_with(|| {
+            let schema = serde_json::json!({ "type": "string", "pattern": pattern });
+            jsonschema::validator_for(&schema).ok()
+        });
+        match validator {
+            Some(v) => v.is_valid(&serde_json::Value::String(text.to_owned())),
+            None => true,
+        }
+    })
 }
 
 fn check_range(n: f64, min: Option<f64>, max: Option<f64>) -> Result<(), String> {

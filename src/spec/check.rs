@@ -9,11 +9,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::model::{
-    Cluster, Desired, Gates, Managed, Millis, Node, Param, Profile, Role, RolloutPolicy, Settings,
-    Stage,
+    Cluster, Gates, Managed, Millis, Node, Param, Profile, Role, RolloutPolicy, Settings, Stage,
 };
 use super::raw::{self, Kind, RawStage};
-use super::{diagnostic, file_level, schema, Diagnostic, Parsed};
+use super::{file_level, schema, Diagnostic, Parsed, Source};
 use crate::catalog::{self, Engine};
 
 /// A compiled repository policy.
@@ -63,18 +62,18 @@ pub(super) fn compile_policies(
     out
 }
 
-struct Ctx<'a> {
-    diags: &'a mut Vec<Diagnostic>,
+/// The diagnostics of one pass.
+#[derive(Default)]
+struct Ctx {
+    diags: Vec<Diagnostic>,
 }
 
-impl Ctx<'_> {
+impl Ctx {
     fn at(&mut self, p: &Parsed, pointer: &str, message: impl Into<String>) {
-        self.diags
-            .push(diagnostic(&p.path, &p.located, pointer, false, message));
+        self.diags.push(p.src.diag(pointer, false, message));
     }
     fn at_key(&mut self, p: &Parsed, pointer: &str, message: impl Into<String>) {
-        self.diags
-            .push(diagnostic(&p.path, &p.located, pointer, true, message));
+        self.diags.push(p.src.diag(pointer, true, message));
     }
 }
 
@@ -96,7 +95,7 @@ fn stem(path: &str) -> &str {
 }
 
 fn spec_of<T: for<'de> Deserialize<'de>>(ctx: &mut Ctx, p: &Parsed) -> Option<T> {
-    match T::deserialize(&p.doc.spec) {
+    match T::deserialize(p.value.get("spec").unwrap_or(&Value::Null)) {
         Ok(v) => Some(v),
         Err(e) => {
             ctx.at(p, "/spec", format!("unexpected spec shape: {e}"));
@@ -105,75 +104,89 @@ fn spec_of<T: for<'de> Deserialize<'de>>(ctx: &mut Ctx, p: &Parsed) -> Option<T>
     }
 }
 
-/// Run every check and build the model. Errors go to `diags`; the returned value is only
-/// meaningful when `diags` stays empty.
-pub(super) fn build(
-    commit: Option<String>,
-    parsed: Vec<Parsed>,
-    failed: &HashSet<String>,
-    policies: &[Policy],
-    diags: &mut Vec<Diagnostic>,
-) -> Desired {
-    let mut ctx = Ctx { diags };
-    let mut settings_doc: Option<&Parsed> = None;
-    let mut profile_docs: Vec<&Parsed> = Vec::new();
-    let mut cluster_docs: Vec<&Parsed> = Vec::new();
+/// Settings and profiles: what every cluster depends on.
+pub(super) struct Shared {
+    pub settings: Settings,
+    pub profiles: BTreeMap<String, Profile>,
+    /// The parameters of each profile as written, for policies (which see YAML types).
+    profile_raw: HashMap<String, BTreeMap<String, Value>>,
+    /// Profiles that exist but are broken: a cluster naming one is not told "not found".
+    broken_profiles: HashSet<String>,
+}
 
-    for p in &parsed {
-        let expected = expected_kind(&p.path);
-        if p.doc.kind != expected {
-            let place = match expected {
-                Kind::Settings => "cacheflow.yaml holds the Settings",
-                Kind::Profile => "files under profiles/ hold Profiles",
-                Kind::Cluster => "files under clusters/ hold Clusters",
-            };
-            ctx.at(
-                p,
-                "/kind",
-                format!("kind `{}` in the wrong place: {place}", p.doc.kind.as_str()),
-            );
-            continue;
-        }
-        if expected == Kind::Profile && p.path.matches('/').count() > 1 {
-            ctx.at(
-                p,
-                "/metadata/name",
-                format!(
-                    "profiles live directly in profiles/: move this file to profiles/{}.yaml",
-                    stem(&p.path)
-                ),
-            );
-            continue;
-        }
-        if expected != Kind::Settings && p.doc.metadata.name != stem(&p.path) {
-            ctx.at(
-                p,
-                "/metadata/name",
-                format!(
-                    "name `{}` must match the file name `{}`",
-                    p.doc.metadata.name,
-                    stem(&p.path)
-                ),
-            );
-            continue;
-        }
-        match expected {
-            Kind::Settings => settings_doc = Some(p),
-            Kind::Profile => profile_docs.push(p),
-            Kind::Cluster => cluster_docs.push(p),
+/// Is `kind` the one `p`'s directory holds? Reports the error when not.
+fn in_its_place(ctx: &mut Ctx, p: &Parsed) -> bool {
+    let expected = expected_kind(p.src.path);
+    if p.kind != expected {
+        let place = match expected {
+            Kind::Settings => "cacheflow.yaml holds the Settings",
+            Kind::Profile => "files under profiles/ hold Profiles",
+            Kind::Cluster => "files under clusters/ hold Clusters",
+        };
+        ctx.at(
+            p,
+            "/kind",
+            format!("kind `{}` in the wrong place: {place}", p.kind.as_str()),
+        );
+        return false;
+    }
+    if expected == Kind::Profile && p.src.path.matches('/').count() > 1 {
+        ctx.at(
+            p,
+            "/metadata/name",
+            format!(
+                "profiles live directly in profiles/: move this file to profiles/{}.yaml",
+                stem(p.src.path)
+            ),
+        );
+        return false;
+    }
+    if expected != Kind::Settings && p.metadata.name != stem(p.src.path) {
+        ctx.at(
+            p,
+            "/metadata/name",
+            format!(
+                "name `{}` must match the file name `{}`",
+                p.metadata.name,
+                stem(p.src.path)
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+/// Check Settings and profiles; `failed` holds the paths that did not parse.
+pub(super) fn shared(
+    parsed: Vec<Parsed>,
+    failed: &HashSet<&str>,
+    diags: &mut Vec<Diagnostic>,
+) -> Shared {
+    let mut ctx = Ctx::default();
+    let mut out = Shared {
+        settings: Settings::default(),
+        profiles: BTreeMap::new(),
+        profile_raw: HashMap::new(),
+        broken_profiles: HashSet::new(),
+    };
+    for path in failed {
+        if let Some(rest) = path.strip_prefix("profiles/") {
+            out.broken_profiles.insert(stem(rest).to_owned());
         }
     }
-
-    let settings = settings_doc
-        .map(|p| settings(&mut ctx, p))
-        .unwrap_or_default();
-
-    let mut profiles: BTreeMap<String, Profile> = BTreeMap::new();
-    // The parameters of each profile as written, for policies (which see YAML types).
-    let mut profile_raw: HashMap<String, BTreeMap<String, Value>> = HashMap::new();
     let mut profile_files: HashMap<String, String> = HashMap::new();
-    for p in profile_docs {
-        let name = p.doc.metadata.name.clone();
+    for p in &parsed {
+        if !in_its_place(&mut ctx, p) {
+            if p.src.path.starts_with("profiles/") {
+                out.broken_profiles.insert(stem(p.src.path).to_owned());
+            }
+            continue;
+        }
+        if p.kind == Kind::Settings {
+            out.settings = settings(&mut ctx, p);
+            continue;
+        }
+        let name = p.metadata.name.clone();
         if let Some(first) = profile_files.get(&name) {
             ctx.at(
                 p,
@@ -182,167 +195,281 @@ pub(super) fn build(
             );
             continue;
         }
-        profile_files.insert(name.clone(), p.path.clone());
+        profile_files.insert(name.clone(), p.src.path.to_owned());
         let Some(spec) = spec_of::<raw::ProfileSpec>(&mut ctx, p) else {
+            out.broken_profiles.insert(name);
             continue;
         };
         let parameters = parameters(&mut ctx, p, spec.engine, &spec.parameters, Some(&name));
-        profile_raw.insert(name.clone(), spec.parameters.clone());
-        profiles.insert(
+        out.profile_raw.insert(name.clone(), spec.parameters);
+        out.profiles.insert(
             name.clone(),
             Profile {
                 name,
-                file: p.path.clone(),
+                file: p.src.path.to_owned(),
                 engine: spec.engine,
                 parameters,
             },
         );
     }
+    diags.extend(ctx.diags);
+    out
+}
 
-    let mut clusters: BTreeMap<String, Cluster> = BTreeMap::new();
-    let mut cluster_files: HashMap<String, String> = HashMap::new();
-    // node id / address → (file, line) of the first use, for uniqueness across clusters.
-    let mut ids: HashMap<String, (String, usize)> = HashMap::new();
-    let mut addresses: HashMap<String, (String, usize)> = HashMap::new();
-    let mut effective: Vec<(&Parsed, Value)> = Vec::new();
+/// One cluster file, checked on its own: what `across_files` needs next.
+pub(super) struct ClusterOut<'a> {
+    src: Option<Source<'a>>,
+    cluster: Option<Cluster>,
+    /// (id, address as written) in file order, for uniqueness across files.
+    node_keys: Vec<(String, String)>,
+    diags: Vec<Diagnostic>,
+}
 
-    for p in cluster_docs {
-        let name = p.doc.metadata.name.clone();
-        if let Some(first) = cluster_files.get(&name) {
-            ctx.at(
-                p,
-                "/metadata/name",
-                format!("cluster `{name}` is also defined in {first}"),
-            );
-            continue;
+/// Parse, check and build one cluster: schema, its profile, parameters, nodes, rollout
+/// policy and the repository's policies. Runs in parallel with the other cluster files.
+pub(super) fn cluster_file<'a>(
+    path: &'a str,
+    text: &'a str,
+    shared: &Shared,
+    policies: &[Policy],
+) -> ClusterOut<'a> {
+    let mut p = match super::parse_file(path, text) {
+        Ok(p) => p,
+        Err(diags) => {
+            return ClusterOut {
+                src: None,
+                cluster: None,
+                node_keys: Vec::new(),
+                diags,
+            }
         }
-        cluster_files.insert(name.clone(), p.path.clone());
-        let Some(spec) = spec_of::<raw::ClusterSpec>(&mut ctx, p) else {
+    };
+    let mut ctx = Ctx::default();
+    let cluster = build_cluster(&mut ctx, &mut p, shared, policies);
+    let node_keys = cluster
+        .as_ref()
+        .map(|_| {
+            p.value
+                .pointer("/spec/nodes")
+                .and_then(Value::as_array)
+                .map(|nodes| {
+                    nodes
+                        .iter()
+                        .map(|n| {
+                            let field = |k: &str| {
+                                n.get(k)
+                                    .and_then(Value::as_str)
+                                    .unwrap_or_default()
+                                    .to_owned()
+                            };
+                            (field("id"), field("address"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    ClusterOut {
+        src: Some(p.src),
+        cluster,
+        node_keys,
+        diags: ctx.diags,
+    }
+}
+
+fn build_cluster(
+    ctx: &mut Ctx,
+    p: &mut Parsed,
+    shared: &Shared,
+    policies: &[Policy],
+) -> Option<Cluster> {
+    if !in_its_place(ctx, p) {
+        return None;
+    }
+    let name = p.metadata.name.clone();
+    let spec = spec_of::<raw::ClusterSpec>(ctx, p)?;
+
+    // Profile first, cluster overrides on top.
+    let mut params: BTreeMap<String, Param> = BTreeMap::new();
+    let mut raw_params: serde_json::Map<String, Value> = serde_json::Map::new();
+    // A cluster whose profile is broken is not held to policies: its parameters are
+    // unknown, and the profile's own errors say what to fix.
+    let mut profile_broken = false;
+    if let Some(profile_name) = &spec.profile {
+        match shared.profiles.get(profile_name) {
+            Some(profile) if profile.engine != spec.engine => ctx.at(
+                p,
+                "/spec/profile",
+                format!(
+                    "profile `{profile_name}` is for {}, this cluster runs {}",
+                    profile.engine, spec.engine
+                ),
+            ),
+            Some(profile) => {
+                params.extend(profile.parameters.clone());
+                if let Some(raw) = shared.profile_raw.get(profile_name) {
+                    raw_params.extend(raw.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+            None if shared.broken_profiles.contains(profile_name) => profile_broken = true,
+            None => ctx.at(
+                p,
+                "/spec/profile",
+                format!(
+                    "profile `{profile_name}` not found (expected profiles/{profile_name}.yaml)"
+                ),
+            ),
+        }
+    }
+    params.extend(parameters(ctx, p, spec.engine, &spec.parameters, None));
+    for (k, v) in &spec.parameters {
+        raw_params.insert(k.clone(), v.clone());
+    }
+    let nodes = nodes(ctx, p, &spec);
+    let rollout = rollout(
+        ctx,
+        p,
+        "/spec/rollout",
+        &shared.settings.rollout_defaults,
+        spec.rollout.as_ref(),
+    );
+
+    if !policies.is_empty() && !profile_broken {
+        // The policies see the cluster with its profile merged in. The tree is ours and
+        // read for nothing else, so the parameters are replaced in place.
+        let mut doc = std::mem::take(&mut p.value);
+        if let Some(spec_obj) = doc.get_mut("spec").and_then(Value::as_object_mut) {
+            spec_obj.insert("parameters".into(), Value::Object(raw_params));
+        }
+        for policy in policies {
+            for f in schema::findings(&policy.validator, &doc) {
+                apply_policy_finding(ctx, p, &spec, policy, f);
+            }
+        }
+        p.value = doc;
+    }
+
+    Some(Cluster {
+        name,
+        file: p.src.path.to_owned(),
+        labels: p.metadata.labels.clone(),
+        engine: spec.engine,
+        version: spec.version.clone(),
+        profile: spec.profile.clone(),
+        parameters: params,
+        auth: spec.auth.clone(),
+        nodes,
+        rollout,
+    })
+}
+
+fn apply_policy_finding(
+    ctx: &mut Ctx,
+    p: &Parsed,
+    spec: &raw::ClusterSpec,
+    policy: &Policy,
+    f: schema::Finding,
+) {
+    let inherited = f
+        .pointer
+        .strip_prefix("/spec/parameters/")
+        .map(|rest| rest.split('/').next().unwrap_or(rest))
+        .filter(|param| !spec.parameters.contains_key(*param))
+        .and(spec.profile.as_deref());
+    let name = if policy.title == policy.path {
+        format!("`{}`", policy.path)
+    } else {
+        format!("`{}` ({})", policy.title, policy.path)
+    };
+    let message = format!(
+        "violates policy {name}: {}{}",
+        f.message,
+        inherited
+            .map(|prof| format!(" (inherited from profile `{prof}`)"))
+            .unwrap_or_default()
+    );
+    if inherited.is_some() {
+        ctx.diags.push(Diagnostic {
+            pointer: f.pointer.clone(),
+            ..p.src.diag("/spec/profile", false, message)
+        });
+    } else if f.at_key {
+        ctx.at_key(p, &f.pointer, message);
+    } else {
+        ctx.at(p, &f.pointer, message);
+    }
+}
+
+/// The checks across files, in path order: cluster names, node ids and addresses are
+/// unique in the repository. The first use wins; later ones are errors.
+pub(super) fn across_files(
+    outs: Vec<ClusterOut>,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, Cluster> {
+    let mut clusters: BTreeMap<String, Cluster> = BTreeMap::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    // id / lower-case address → (index into outs, index of the node in its file).
+    let mut ids: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut addresses: HashMap<String, (usize, usize)> = HashMap::new();
+    for (i, out) in outs.iter().enumerate() {
+        diags.extend(out.diags.iter().cloned());
+        let (Some(src), Some(cluster)) = (&out.src, &out.cluster) else {
             continue;
         };
-
-        // Profile first, cluster overrides on top.
-        let mut params: BTreeMap<String, Param> = BTreeMap::new();
-        let mut raw_params: serde_json::Map<String, Value> = serde_json::Map::new();
-        // A cluster whose profile is broken is not held to policies: its parameters are
-        // unknown, and the profile's own errors say what to fix.
-        let mut profile_broken = false;
-        if let Some(profile_name) = &spec.profile {
-            match profiles.get(profile_name) {
-                Some(profile) if profile.engine != spec.engine => ctx.at(
-                    p,
-                    "/spec/profile",
+        if let Some(&first) = names.get(&cluster.name) {
+            let first_path = outs[first].src.as_ref().map(|s| s.path).unwrap_or_default();
+            diags.push(src.diag(
+                "/metadata/name",
+                false,
+                format!("cluster `{}` is also defined in {first_path}", cluster.name),
+            ));
+            continue;
+        }
+        names.insert(cluster.name.clone(), i);
+        for (k, (id, address)) in out.node_keys.iter().enumerate() {
+            let at = |field: &str| format!("/spec/nodes/{k}/{field}");
+            let first_at = |(j, n): (usize, usize), field: &str| match &outs[j].src {
+                Some(s) => format!(
+                    "{}:{}",
+                    s.path,
+                    s.line_of(&format!("/spec/nodes/{n}/{field}"))
+                ),
+                None => String::new(),
+            };
+            if let Some(&first) = ids.get(id) {
+                diags.push(src.diag(
+                    &at("id"),
+                    false,
                     format!(
-                        "profile `{profile_name}` is for {}, this cluster runs {}",
-                        profile.engine, spec.engine
+                        "node id `{id}` is already used at {}",
+                        first_at(first, "id")
                     ),
-                ),
-                Some(profile) => {
-                    params.extend(profile.parameters.clone());
-                    if let Some(raw) = profile_raw.get(profile_name) {
-                        raw_params.extend(raw.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    }
-                }
-                None if profile_files.contains_key(profile_name)
-                    || failed.contains(&format!("profiles/{profile_name}.yaml"))
-                    || failed.contains(&format!("profiles/{profile_name}.yml")) =>
-                {
-                    // The profile exists but is itself invalid; its own errors say why.
-                    profile_broken = true;
-                }
-                None => ctx.at(
-                    p,
-                    "/spec/profile",
-                    format!("profile `{profile_name}` not found (expected profiles/{profile_name}.yaml)"),
-                ),
+                ));
+            } else {
+                ids.insert(id.clone(), (i, k));
             }
-        }
-        params.extend(parameters(&mut ctx, p, spec.engine, &spec.parameters, None));
-        for (k, v) in &spec.parameters {
-            raw_params.insert(k.clone(), v.clone());
-        }
-
-        let nodes = nodes(&mut ctx, p, &spec, &mut ids, &mut addresses);
-        let rollout = rollout(
-            &mut ctx,
-            p,
-            "/spec/rollout",
-            &settings.rollout_defaults,
-            spec.rollout.as_ref(),
-        );
-
-        if !policies.is_empty() && !profile_broken {
-            let mut doc = p.located.value.clone();
-            if let Some(spec_obj) = doc.get_mut("spec").and_then(Value::as_object_mut) {
-                spec_obj.insert("parameters".into(), Value::Object(raw_params));
-            }
-            effective.push((p, doc));
-        }
-
-        clusters.insert(
-            name.clone(),
-            Cluster {
-                name,
-                file: p.path.clone(),
-                labels: p.doc.metadata.labels.clone(),
-                engine: spec.engine,
-                version: spec.version.clone(),
-                profile: spec.profile.clone(),
-                parameters: params,
-                auth: spec.auth.clone(),
-                nodes,
-                rollout,
-            },
-        );
-    }
-
-    for policy in policies {
-        for (p, doc) in &effective {
-            for f in schema::findings(&policy.validator, doc) {
-                let inherited = f
-                    .pointer
-                    .strip_prefix("/spec/parameters/")
-                    .map(|rest| rest.split('/').next().unwrap_or(rest))
-                    .filter(|param| {
-                        p.doc
-                            .spec
-                            .get("parameters")
-                            .and_then(|m| m.get(*param))
-                            .is_none()
-                    })
-                    .and_then(|_| p.doc.spec.get("profile").and_then(Value::as_str));
-                let name = if policy.title == policy.path {
-                    format!("`{}`", policy.path)
-                } else {
-                    format!("`{}` ({})", policy.title, policy.path)
-                };
-                let message = format!(
-                    "violates policy {name}: {}{}",
-                    f.message,
-                    inherited
-                        .map(|prof| format!(" (inherited from profile `{prof}`)"))
-                        .unwrap_or_default()
-                );
-                if inherited.is_some() {
-                    ctx.diags.push(Diagnostic {
-                        pointer: f.pointer.clone(),
-                        ..diagnostic(&p.path, &p.located, "/spec/profile", false, message)
-                    });
-                } else if f.at_key {
-                    ctx.at_key(p, &f.pointer, message);
-                } else {
-                    ctx.at(p, &f.pointer, message);
-                }
+            let key = address.to_ascii_lowercase();
+            if let Some(&first) = addresses.get(&key) {
+                diags.push(src.diag(
+                    &at("address"),
+                    false,
+                    format!(
+                        "address `{address}` is already used at {}",
+                        first_at(first, "address")
+                    ),
+                ));
+            } else {
+                addresses.insert(key, (i, k));
             }
         }
     }
-
-    Desired {
-        commit,
-        settings,
-        profiles,
-        clusters,
+    for (i, out) in outs.into_iter().enumerate() {
+        // Only the first definition of a name is kept.
+        if let Some(c) = out.cluster.filter(|c| names.get(&c.name) == Some(&i)) {
+            clusters.insert(c.name.clone(), c);
+        }
     }
+    clusters
 }
 
 fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
@@ -396,7 +523,7 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
         }
     }
     Settings {
-        file: Some(p.path.clone()),
+        file: Some(p.src.path.to_owned()),
         rollout_defaults,
         windows: spec.windows,
         drift: spec.drift,
@@ -478,30 +605,13 @@ fn parameters(
     out
 }
 
-fn nodes(
-    ctx: &mut Ctx,
-    p: &Parsed,
-    spec: &raw::ClusterSpec,
-    ids: &mut HashMap<String, (String, usize)>,
-    addresses: &mut HashMap<String, (String, usize)>,
-) -> Vec<Node> {
+fn nodes(ctx: &mut Ctx, p: &Parsed, spec: &raw::ClusterSpec) -> Vec<Node> {
     let mut out = Vec::with_capacity(spec.nodes.len());
     let mut primaries: HashMap<&str, &str> = HashMap::new();
     for (i, n) in spec.nodes.iter().enumerate() {
         let base = format!("/spec/nodes/{i}");
-        let line = p.located.value_pos(&format!("{base}/id")).line;
-        let address_line = p.located.value_pos(&format!("{base}/address")).line;
-        if let Some((file, first_line)) = ids.get(&n.id) {
-            ctx.at(
-                p,
-                &format!("{base}/id"),
-                format!("node id `{}` is already used at {file}:{first_line}", n.id),
-            );
-        } else {
-            ids.insert(n.id.clone(), (p.path.clone(), line));
-        }
-        let address = n.address.to_ascii_lowercase();
-        let port_ok = address
+        let port_ok = n
+            .address
             .rsplit(':')
             .next()
             .and_then(|port| port.parse::<u32>().ok())
@@ -512,18 +622,6 @@ fn nodes(
                 &format!("{base}/address"),
                 format!("`{}`: the port must be between 1 and 65535", n.address),
             );
-        }
-        if let Some((file, first_line)) = addresses.get(&address) {
-            ctx.at(
-                p,
-                &format!("{base}/address"),
-                format!(
-                    "address `{}` is already used at {file}:{first_line}",
-                    n.address
-                ),
-            );
-        } else {
-            addresses.insert(address, (p.path.clone(), address_line));
         }
         let role = n.role.unwrap_or(Role::Primary);
         let shard = n.shard.clone().unwrap_or_else(|| n.id.clone());

@@ -14,6 +14,7 @@ pub mod yaml;
 
 mod check;
 
+use std::cell::OnceCell;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -74,11 +75,46 @@ pub fn json_error_position(text: &str, e: &serde_json::Error) -> (usize, usize, 
     (line, column, message)
 }
 
+/// One file's path and text, with its node positions computed only when a diagnostic
+/// needs them: a valid file is parsed once, without positions; an error re-parses its
+/// file with positions to say `line:col`.
+pub(crate) struct Source<'a> {
+    pub path: &'a str,
+    text: &'a str,
+    positions: OnceCell<Located>,
+}
+
+impl<'a> Source<'a> {
+    pub fn new(path: &'a str, text: &'a str) -> Self {
+        Source {
+            path,
+            text,
+            positions: OnceCell::new(),
+        }
+    }
+
+    fn located(&self) -> &Located {
+        self.positions
+            .get_or_init(|| yaml::parse(self.text).unwrap_or_default())
+    }
+
+    /// A diagnostic at the value (or with `at_key`, the key) at `pointer`.
+    pub fn diag(&self, pointer: &str, at_key: bool, message: impl Into<String>) -> Diagnostic {
+        diagnostic(self.path, self.located(), pointer, at_key, message)
+    }
+
+    /// The line of the value at `pointer`.
+    pub fn line_of(&self, pointer: &str) -> usize {
+        self.located().value_pos(pointer).line
+    }
+}
+
 /// A document that parsed and passed the schema.
-pub(crate) struct Parsed {
-    pub path: String,
-    pub located: Located,
-    pub doc: raw::Document,
+pub(crate) struct Parsed<'a> {
+    pub src: Source<'a>,
+    pub value: serde_json::Value,
+    pub kind: raw::Kind,
+    pub metadata: raw::Metadata,
 }
 
 /// Where a diagnostic points inside a parsed file.
@@ -125,8 +161,9 @@ fn is_policy(path: &str) -> bool {
 }
 
 /// Parse one file and check it against the document schema.
-fn parse_file(path: &str, text: &str) -> Result<Parsed, Vec<Diagnostic>> {
-    let located = yaml::parse(text).map_err(|e| {
+pub(crate) fn parse_file<'a>(path: &'a str, text: &'a str) -> Result<Parsed<'a>, Vec<Diagnostic>> {
+    let src = Source::new(path, text);
+    let value = yaml::parse_value(text).map_err(|e| {
         vec![Diagnostic {
             file: path.to_owned(),
             line: e.pos.line,
@@ -136,86 +173,101 @@ fn parse_file(path: &str, text: &str) -> Result<Parsed, Vec<Diagnostic>> {
         }]
     })?;
     let validator = schema::document_validator().map_err(|e| vec![file_level(path, e)])?;
-    let findings = schema::findings(validator, &located.value);
+    let findings = schema::findings(validator, &value);
     if !findings.is_empty() {
         return Err(findings
             .into_iter()
-            .map(|f| diagnostic(path, &located, &f.pointer, f.at_key, f.message))
+            .map(|f| src.diag(&f.pointer, f.at_key, f.message))
             .collect());
     }
-    let doc = <raw::Document as serde::Deserialize>::deserialize(&located.value)
+    let header = <raw::Header as serde::Deserialize>::deserialize(&value)
         .map_err(|e| vec![file_level(path, format!("unexpected document shape: {e}"))])?;
     Ok(Parsed {
-        path: path.to_owned(),
-        located,
-        doc,
+        src,
+        value,
+        kind: header.kind,
+        metadata: header.metadata,
     })
 }
 
-/// Parse and schema-check every document, spreading the files over the machine's cores.
-/// Each worker takes a contiguous slice, so results come back in path order.
-fn parse_all(files: &[(&String, &String)]) -> (Vec<Parsed>, Vec<Diagnostic>) {
+/// Run `work` over `items`, spreading them over the machine's cores in contiguous
+/// slices, so results come back in input order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(8);
     // Below a few hundred files a thread costs more than it saves.
-    let workers = if files.len() < 256 { 1 } else { workers };
-    let chunk = files.len().div_ceil(workers.max(1)).max(1);
-    let run = |slice: &[(&String, &String)]| {
-        let mut parsed = Vec::with_capacity(slice.len());
-        let mut diags = Vec::new();
-        for (path, text) in slice {
-            match parse_file(path, text) {
-                Ok(p) => parsed.push(p),
-                Err(d) => diags.extend(d),
-            }
-        }
-        (parsed, diags)
-    };
-    if workers <= 1 {
-        return run(files);
+    if workers <= 1 || items.len() < 256 {
+        return items.iter().map(&work).collect();
     }
+    let chunk = items.len().div_ceil(workers);
     std::thread::scope(|s| {
-        let handles: Vec<_> = files
+        let work = &work;
+        let handles: Vec<_> = items
             .chunks(chunk)
-            .map(|c| s.spawn(move || run(c)))
+            .map(|c| s.spawn(move || c.iter().map(work).collect::<Vec<R>>()))
             .collect();
-        let mut parsed = Vec::with_capacity(files.len());
-        let mut diags = Vec::new();
+        let mut out = Vec::with_capacity(items.len());
         for h in handles {
             match h.join() {
-                Ok((p, d)) => {
-                    parsed.extend(p);
-                    diags.extend(d);
-                }
-                Err(_) => diags.push(file_level("", "internal error: a parser thread failed")),
+                Ok(part) => out.extend(part),
+                // A worker cannot panic on input (the fuzz tests hold this); should it
+                // anyway, re-raise rather than report a partial result as complete.
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        (parsed, diags)
+        out
     })
 }
 
 /// Load the desired state from the files of one revision. Every error is returned at
 /// once, sorted by file, line and column.
+///
+/// Settings and profiles (few files) are read first; then every cluster file is parsed,
+/// checked and merged with its profile on its own, in parallel, its YAML tree dropped as
+/// soon as its model is built; last come the checks across files (unique names, node
+/// ids and addresses).
 pub fn load(files: &FileSet) -> Result<Desired, Vec<Diagnostic>> {
     let mut diags: Vec<Diagnostic> = files
         .problems
         .iter()
         .map(|p| file_level(&p.path, &p.message))
         .collect();
-    let documents: Vec<(&String, &String)> =
-        files.files.iter().filter(|(p, _)| is_document(p)).collect();
-    let policies: Vec<(&String, &String)> =
-        files.files.iter().filter(|(p, _)| is_policy(p)).collect();
-
-    let (parsed, parse_diags) = parse_all(&documents);
-    diags.extend(parse_diags);
-    let failed: HashSet<String> = diags.iter().map(|d| d.file.clone()).collect();
+    let mut failed: HashSet<&str> = files.problems.iter().map(|p| p.path.as_str()).collect();
+    let mut shared: Vec<Parsed> = Vec::new();
+    let mut clusters: Vec<(&str, &str)> = Vec::new();
+    let mut policies: Vec<(&String, &String)> = Vec::new();
+    for (path, text) in &files.files {
+        if is_policy(path) {
+            policies.push((path, text));
+        } else if !is_document(path) {
+            continue;
+        } else if path.starts_with("clusters/") {
+            clusters.push((path, text));
+        } else {
+            match parse_file(path, text) {
+                Ok(p) => shared.push(p),
+                Err(d) => {
+                    failed.insert(path);
+                    diags.extend(d);
+                }
+            }
+        }
+    }
     let policies = check::compile_policies(&policies, &mut diags);
-    let desired = check::build(files.commit.clone(), parsed, &failed, &policies, &mut diags);
+    let shared = check::shared(shared, &failed, &mut diags);
+    let outs = parallel_map(&clusters, |(path, text)| {
+        check::cluster_file(path, text, &shared, &policies)
+    });
+    let clusters = check::across_files(outs, &mut diags);
     if diags.is_empty() {
-        Ok(desired)
+        Ok(Desired {
+            commit: files.commit.clone(),
+            settings: shared.settings,
+            profiles: shared.profiles,
+            clusters,
+        })
     } else {
         diags.sort();
         diags.dedup();

@@ -26,14 +26,11 @@ impl Kind {
     }
 }
 
+/// The kind and metadata of a document; `spec` is read into the type of its kind.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Document {
-    #[allow(dead_code)]
-    pub api_version: String,
+pub struct Header {
     pub kind: Kind,
     pub metadata: Metadata,
-    pub spec: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Deserialize)]
