@@ -44,10 +44,36 @@ pub fn read(repo: &ConfigRepo, rev: &Revision) -> Result<FileSet, SourceError> {
 pub type Validation = (Option<String>, Result<Desired, Vec<Diagnostic>>);
 
 /// `cacheflow validate`: read a revision and load it.
+///
+/// A revision is read on this thread while another loads the files as they arrive, so
+/// reading from git overlaps with parsing (git2 handles stay on the thread that opened
+/// them). The working tree is read first, then loaded.
 pub fn validate(repo: &ConfigRepo, rev: &Revision) -> Result<Validation, SourceError> {
-    let files = read(repo, rev)?;
-    let commit = files.commit.clone();
-    Ok((commit, spec::load(&files)))
+    let started = std::time::Instant::now();
+    let Revision::Rev(rev) = rev else {
+        let files = read(repo, rev)?;
+        return Ok((None, spec::load(&files)));
+    };
+    let commit = repo.resolve(rev)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+    let (read, result) = std::thread::scope(|s| {
+        let loader = s.spawn({
+            let commit = commit.clone();
+            move || spec::load_stream(Some(commit), rx)
+        });
+        let read = repo.stream_rev(&commit, &mut |item| {
+            // The loader only stops early by panicking, which join re-raises below.
+            let _ = tx.send(item);
+        });
+        drop(tx);
+        let result = loader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (read, result)
+    });
+    read?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis(), "validated");
+    Ok((Some(commit), result))
 }
 
 fn load_or_invalid(files: &FileSet, label: &str) -> Result<Desired, PipelineError> {

@@ -3,6 +3,7 @@
 //! parameters that exist and fit, unique node ids and addresses, one primary per shard,
 //! stages that grow to 100%, durations that parse, and the repository's policies.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Deserialize;
@@ -16,7 +17,7 @@ use super::{file_level, schema, Diagnostic, Parsed, Source};
 use crate::catalog::{self, Engine};
 
 /// A compiled repository policy.
-pub(super) struct Policy {
+pub(crate) struct Policy {
     path: String,
     title: String,
     validator: jsonschema::Validator,
@@ -105,7 +106,7 @@ fn spec_of<T: for<'de> Deserialize<'de>>(ctx: &mut Ctx, p: &Parsed) -> Option<T>
 }
 
 /// Settings and profiles: what every cluster depends on.
-pub(super) struct Shared {
+pub(crate) struct Shared {
     pub settings: Settings,
     pub profiles: BTreeMap<String, Profile>,
     /// The parameters of each profile as written, for policies (which see YAML types).
@@ -116,7 +117,7 @@ pub(super) struct Shared {
 
 /// Is `kind` the one `p`'s directory holds? Reports the error when not.
 fn in_its_place(ctx: &mut Ctx, p: &Parsed) -> bool {
-    let expected = expected_kind(p.src.path);
+    let expected = expected_kind(p.src.path());
     if p.kind != expected {
         let place = match expected {
             Kind::Settings => "cacheflow.yaml holds the Settings",
@@ -130,25 +131,25 @@ fn in_its_place(ctx: &mut Ctx, p: &Parsed) -> bool {
         );
         return false;
     }
-    if expected == Kind::Profile && p.src.path.matches('/').count() > 1 {
+    if expected == Kind::Profile && p.src.path().matches('/').count() > 1 {
         ctx.at(
             p,
             "/metadata/name",
             format!(
                 "profiles live directly in profiles/: move this file to profiles/{}.yaml",
-                stem(p.src.path)
+                stem(p.src.path())
             ),
         );
         return false;
     }
-    if expected != Kind::Settings && p.metadata.name != stem(p.src.path) {
+    if expected != Kind::Settings && p.metadata.name != stem(p.src.path()) {
         ctx.at(
             p,
             "/metadata/name",
             format!(
                 "name `{}` must match the file name `{}`",
                 p.metadata.name,
-                stem(p.src.path)
+                stem(p.src.path())
             ),
         );
         return false;
@@ -177,8 +178,8 @@ pub(super) fn shared(
     let mut profile_files: HashMap<String, String> = HashMap::new();
     for p in &parsed {
         if !in_its_place(&mut ctx, p) {
-            if p.src.path.starts_with("profiles/") {
-                out.broken_profiles.insert(stem(p.src.path).to_owned());
+            if p.src.path().starts_with("profiles/") {
+                out.broken_profiles.insert(stem(p.src.path()).to_owned());
             }
             continue;
         }
@@ -195,7 +196,7 @@ pub(super) fn shared(
             );
             continue;
         }
-        profile_files.insert(name.clone(), p.src.path.to_owned());
+        profile_files.insert(name.clone(), p.src.path().to_owned());
         let Some(spec) = spec_of::<raw::ProfileSpec>(&mut ctx, p) else {
             out.broken_profiles.insert(name);
             continue;
@@ -206,7 +207,7 @@ pub(super) fn shared(
             name.clone(),
             Profile {
                 name,
-                file: p.src.path.to_owned(),
+                file: p.src.path().to_owned(),
                 engine: spec.engine,
                 parameters,
             },
@@ -217,7 +218,8 @@ pub(super) fn shared(
 }
 
 /// One cluster file, checked on its own: what `across_files` needs next.
-pub(super) struct ClusterOut<'a> {
+pub(crate) struct ClusterOut<'a> {
+    path: String,
     src: Option<Source<'a>>,
     cluster: Option<Cluster>,
     /// (id, address as written) in file order, for uniqueness across files.
@@ -225,18 +227,26 @@ pub(super) struct ClusterOut<'a> {
     diags: Vec<Diagnostic>,
 }
 
+impl ClusterOut<'_> {
+    pub(super) fn path(&self) -> &str {
+        &self.path
+    }
+}
+
 /// Parse, check and build one cluster: schema, its profile, parameters, nodes, rollout
 /// policy and the repository's policies. Runs in parallel with the other cluster files.
 pub(super) fn cluster_file<'a>(
-    path: &'a str,
-    text: &'a str,
+    path: Cow<'a, str>,
+    text: Cow<'a, str>,
     shared: &Shared,
     policies: &[Policy],
 ) -> ClusterOut<'a> {
+    let shown = path.to_string();
     let mut p = match super::parse_file(path, text) {
         Ok(p) => p,
         Err(diags) => {
             return ClusterOut {
+                path: shown,
                 src: None,
                 cluster: None,
                 node_keys: Vec::new(),
@@ -270,6 +280,7 @@ pub(super) fn cluster_file<'a>(
         })
         .unwrap_or_default();
     ClusterOut {
+        path: shown,
         src: Some(p.src),
         cluster,
         node_keys,
@@ -351,7 +362,7 @@ fn build_cluster(
 
     Some(Cluster {
         name,
-        file: p.src.path.to_owned(),
+        file: p.src.path().to_owned(),
         labels: p.metadata.labels.clone(),
         engine: spec.engine,
         version: spec.version.clone(),
@@ -417,7 +428,11 @@ pub(super) fn across_files(
             continue;
         };
         if let Some(&first) = names.get(&cluster.name) {
-            let first_path = outs[first].src.as_ref().map(|s| s.path).unwrap_or_default();
+            let first_path = outs[first]
+                .src
+                .as_ref()
+                .map(|s| s.path().to_owned())
+                .unwrap_or_default();
             diags.push(src.diag(
                 "/metadata/name",
                 false,
@@ -431,7 +446,7 @@ pub(super) fn across_files(
             let first_at = |(j, n): (usize, usize), field: &str| match &outs[j].src {
                 Some(s) => format!(
                     "{}:{}",
-                    s.path,
+                    s.path(),
                     s.line_of(&format!("/spec/nodes/{n}/{field}"))
                 ),
                 None => String::new(),
@@ -523,7 +538,7 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
         }
     }
     Settings {
-        file: Some(p.src.path.to_owned()),
+        file: Some(p.src.path().to_owned()),
         rollout_defaults,
         windows: spec.windows,
         drift: spec.drift,

@@ -14,13 +14,14 @@ pub mod yaml;
 
 mod check;
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::HashSet;
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::source::FileSet;
+use crate::source::{FileItem, FileProblem, FileSet};
 use model::Desired;
 use yaml::Located;
 
@@ -79,13 +80,13 @@ pub fn json_error_position(text: &str, e: &serde_json::Error) -> (usize, usize, 
 /// needs them: a valid file is parsed once, without positions; an error re-parses its
 /// file with positions to say `line:col`.
 pub(crate) struct Source<'a> {
-    pub path: &'a str,
-    text: &'a str,
+    path: Cow<'a, str>,
+    text: Cow<'a, str>,
     positions: OnceCell<Located>,
 }
 
 impl<'a> Source<'a> {
-    pub fn new(path: &'a str, text: &'a str) -> Self {
+    pub fn new(path: Cow<'a, str>, text: Cow<'a, str>) -> Self {
         Source {
             path,
             text,
@@ -93,14 +94,18 @@ impl<'a> Source<'a> {
         }
     }
 
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     fn located(&self) -> &Located {
         self.positions
-            .get_or_init(|| yaml::parse(self.text).unwrap_or_default())
+            .get_or_init(|| yaml::parse(&self.text).unwrap_or_default())
     }
 
     /// A diagnostic at the value (or with `at_key`, the key) at `pointer`.
     pub fn diag(&self, pointer: &str, at_key: bool, message: impl Into<String>) -> Diagnostic {
-        diagnostic(self.path, self.located(), pointer, at_key, message)
+        diagnostic(&self.path, self.located(), pointer, at_key, message)
     }
 
     /// The line of the value at `pointer`.
@@ -161,17 +166,21 @@ fn is_policy(path: &str) -> bool {
 }
 
 /// Parse one file and check it against the document schema.
-pub(crate) fn parse_file<'a>(path: &'a str, text: &'a str) -> Result<Parsed<'a>, Vec<Diagnostic>> {
-    let src = Source::new(path, text);
-    let value = yaml::parse_value(text).map_err(|e| {
+pub(crate) fn parse_file<'a>(
+    path: Cow<'a, str>,
+    text: Cow<'a, str>,
+) -> Result<Parsed<'a>, Vec<Diagnostic>> {
+    let value = yaml::parse_value(&text).map_err(|e| {
         vec![Diagnostic {
-            file: path.to_owned(),
+            file: path.to_string(),
             line: e.pos.line,
             column: e.pos.column,
             message: e.message,
             pointer: e.pointer,
         }]
     })?;
+    let src = Source::new(path, text);
+    let path = src.path();
     let validator = schema::document_validator().map_err(|e| vec![file_level(path, e)])?;
     let findings = schema::findings(validator, &value);
     if !findings.is_empty() {
@@ -221,49 +230,55 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) ->
     })
 }
 
-/// Load the desired state from the files of one revision. Every error is returned at
-/// once, sorted by file, line and column.
-///
-/// Settings and profiles (few files) are read first; then every cluster file is parsed,
-/// checked and merged with its profile on its own, in parallel, its YAML tree dropped as
-/// soon as its model is built; last come the checks across files (unique names, node
-/// ids and addresses).
-pub fn load(files: &FileSet) -> Result<Desired, Vec<Diagnostic>> {
-    let mut diags: Vec<Diagnostic> = files
-        .problems
+/// The first phase: Settings, profiles and policies, which every cluster depends on.
+struct Prelude {
+    diags: Vec<Diagnostic>,
+    shared: check::Shared,
+    policies: Vec<check::Policy>,
+}
+
+fn prelude(
+    problems: &[FileProblem],
+    shared_files: Vec<(Cow<'_, str>, Cow<'_, str>)>,
+    policy_files: &[(&String, &String)],
+) -> Prelude {
+    let mut diags: Vec<Diagnostic> = problems
         .iter()
         .map(|p| file_level(&p.path, &p.message))
         .collect();
-    let mut failed: HashSet<&str> = files.problems.iter().map(|p| p.path.as_str()).collect();
-    let mut shared: Vec<Parsed> = Vec::new();
-    let mut clusters: Vec<(&str, &str)> = Vec::new();
-    let mut policies: Vec<(&String, &String)> = Vec::new();
-    for (path, text) in &files.files {
-        if is_policy(path) {
-            policies.push((path, text));
-        } else if !is_document(path) {
-            continue;
-        } else if path.starts_with("clusters/") {
-            clusters.push((path, text));
-        } else {
-            match parse_file(path, text) {
-                Ok(p) => shared.push(p),
-                Err(d) => {
-                    failed.insert(path);
-                    diags.extend(d);
-                }
+    let mut parsed = Vec::new();
+    let mut broken = Vec::new();
+    for (path, text) in shared_files {
+        let shown = path.to_string();
+        match parse_file(path, text) {
+            Ok(p) => parsed.push(p),
+            Err(d) => {
+                broken.push(shown);
+                diags.extend(d);
             }
         }
     }
-    let policies = check::compile_policies(&policies, &mut diags);
-    let shared = check::shared(shared, &failed, &mut diags);
-    let outs = parallel_map(&clusters, |(path, text)| {
-        check::cluster_file(path, text, &shared, &policies)
-    });
+    let mut failed: HashSet<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    failed.extend(broken.iter().map(String::as_str));
+    let policies = check::compile_policies(policy_files, &mut diags);
+    let shared = check::shared(parsed, &failed, &mut diags);
+    Prelude {
+        diags,
+        shared,
+        policies,
+    }
+}
+
+fn finish(
+    commit: Option<String>,
+    mut diags: Vec<Diagnostic>,
+    shared: check::Shared,
+    outs: Vec<check::ClusterOut>,
+) -> Result<Desired, Vec<Diagnostic>> {
     let clusters = check::across_files(outs, &mut diags);
     if diags.is_empty() {
         Ok(Desired {
-            commit: files.commit.clone(),
+            commit,
             settings: shared.settings,
             profiles: shared.profiles,
             clusters,
@@ -275,9 +290,133 @@ pub fn load(files: &FileSet) -> Result<Desired, Vec<Diagnostic>> {
     }
 }
 
+/// Load the desired state from the files of one revision. Every error is returned at
+/// once, sorted by file, line and column.
+///
+/// Settings and profiles (few files) are read first; then every cluster file is parsed,
+/// checked and merged with its profile on its own, in parallel, its YAML tree dropped as
+/// soon as its model is built; last come the checks across files (unique names, node
+/// ids and addresses).
+pub fn load(files: &FileSet) -> Result<Desired, Vec<Diagnostic>> {
+    let mut shared_files = Vec::new();
+    let mut clusters: Vec<(&str, &str)> = Vec::new();
+    let mut policies: Vec<(&String, &String)> = Vec::new();
+    for (path, text) in &files.files {
+        if is_policy(path) {
+            policies.push((path, text));
+        } else if !is_document(path) {
+            continue;
+        } else if path.starts_with("clusters/") {
+            clusters.push((path, text));
+        } else {
+            shared_files.push((Cow::Borrowed(path.as_str()), Cow::Borrowed(text.as_str())));
+        }
+    }
+    let Prelude {
+        diags,
+        shared,
+        policies,
+    } = prelude(&files.problems, shared_files, &policies);
+    let outs = parallel_map(&clusters, |(path, text)| {
+        check::cluster_file(Cow::Borrowed(path), Cow::Borrowed(text), &shared, &policies)
+    });
+    finish(files.commit.clone(), diags, shared, outs)
+}
+
+/// Load while the files are still being read: `items` arrive in the reader's order
+/// (Settings, profiles, policies, then clusters), and the cluster files are checked by
+/// worker threads as they come, so reading from git overlaps with parsing. Gives the
+/// same result as [`load`] on the same files.
+pub fn load_stream(
+    commit: Option<String>,
+    items: std::sync::mpsc::Receiver<FileItem>,
+) -> Result<Desired, Vec<Diagnostic>> {
+    let mut problems = Vec::new();
+    let mut shared_files = Vec::new();
+    let mut policy_files: Vec<(String, String)> = Vec::new();
+    let mut first_cluster = None;
+    for item in items.iter() {
+        match item {
+            FileItem::Problem(p) => problems.push(p),
+            FileItem::File { path, text } if path.starts_with("clusters/") => {
+                first_cluster = Some(FileItem::File { path, text });
+                break;
+            }
+            FileItem::File { path, text } if is_policy(&path) => policy_files.push((path, text)),
+            FileItem::File { path, text } if is_document(&path) => {
+                shared_files.push((Cow::Owned(path), Cow::Owned(text)))
+            }
+            FileItem::File { .. } => {}
+        }
+    }
+    let policy_refs: Vec<(&String, &String)> = policy_files.iter().map(|(p, t)| (p, t)).collect();
+    let Prelude {
+        mut diags,
+        shared,
+        policies,
+    } = prelude(&problems, shared_files, &policy_refs);
+
+    let queue = std::sync::Mutex::new((first_cluster, items));
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    let (mut outs, late_problems): (Vec<check::ClusterOut<'static>>, Vec<FileProblem>) =
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut outs = Vec::new();
+                        let mut problems = Vec::new();
+                        loop {
+                            let next = match queue.lock() {
+                                Ok(mut q) => q.0.take().or_else(|| q.1.recv().ok()),
+                                Err(_) => None,
+                            };
+                            match next {
+                                None => break,
+                                Some(FileItem::Problem(p)) => problems.push(p),
+                                Some(FileItem::File { path, text }) if is_document(&path) => outs
+                                    .push(check::cluster_file(
+                                        Cow::Owned(path),
+                                        Cow::Owned(text),
+                                        &shared,
+                                        &policies,
+                                    )),
+                                Some(FileItem::File { .. }) => {}
+                            }
+                        }
+                        (outs, problems)
+                    })
+                })
+                .collect();
+            let mut outs = Vec::new();
+            let mut problems = Vec::new();
+            for h in handles {
+                match h.join() {
+                    Ok((o, p)) => {
+                        outs.extend(o);
+                        problems.extend(p);
+                    }
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            (outs, problems)
+        });
+    diags.extend(
+        late_problems
+            .iter()
+            .map(|p| file_level(&p.path, &p.message)),
+    );
+    // Workers finish in any order; the checks across files go in path order.
+    outs.sort_by(|a, b| a.path().cmp(b.path()));
+    finish(commit, diags, shared, outs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render;
 
     fn files(list: &[(&str, &str)]) -> FileSet {
         FileSet {
@@ -300,6 +439,46 @@ mod tests {
         assert_eq!(c.parameters["maxmemory"].written, "1gb");
         assert_eq!(c.nodes.len(), 2);
         assert_eq!(c.rollout, model::RolloutPolicy::default());
+    }
+
+    #[test]
+    fn loading_a_stream_gives_what_loading_the_set_gives() {
+        let profile = "apiVersion: cacheflow/v1\nkind: Profile\nmetadata: {name: p}\nspec:\n  engine: redis\n  parameters: {hz: 20}\n";
+        let with_profile = CLUSTER
+            .replace("c1", "c2")
+            .replace("10.0.0.", "10.0.1.")
+            .replace("n1", "m1")
+            .replace("n2", "m2")
+            .replace("  engine: redis\n", "  engine: redis\n  profile: p\n");
+        let dup = CLUSTER.replace("c1", "c3");
+        let mut set = files(&[
+            ("profiles/p.yaml", profile),
+            ("clusters/c1.yaml", CLUSTER),
+            ("clusters/c2.yaml", &with_profile),
+        ]);
+        let run = |set: &FileSet| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            // The reader's order: profiles before clusters.
+            for (path, text) in set.files.iter().rev() {
+                tx.send(FileItem::File {
+                    path: path.clone(),
+                    text: text.clone(),
+                })
+                .unwrap();
+            }
+            for p in &set.problems {
+                tx.send(FileItem::Problem(p.clone())).unwrap();
+            }
+            drop(tx);
+            load_stream(None, rx)
+        };
+        let a = load(&set).unwrap();
+        let b = run(&set).unwrap();
+        assert_eq!(render::json(&a), render::json(&b));
+        assert_eq!(b.clusters["c2"].parameters["hz"].value, "20");
+        // Errors too, across files.
+        set.files.insert("clusters/c3.yaml".into(), dup);
+        assert_eq!(load(&set).unwrap_err(), run(&set).unwrap_err());
     }
 
     #[test]

@@ -374,7 +374,14 @@ fn every_memcached_runtime_parameter_changes_through_its_command() {
             failures.push(format!("{name}: `{command}` answered {err}"));
             continue;
         }
-        let got = c.settings()[name].clone();
+        // Some changes land asynchronously (`lru_crawler disable` waits for the crawler
+        // thread to stop), so the setting is polled for up to two seconds.
+        let mut got = c.settings()[name].clone();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !same_setting(name, &got, &normalised) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            got = c.settings()[name].clone();
+        }
         if !same_setting(name, &got, &normalised) {
             failures.push(format!(
                 "{name}: `{command}` (value `{value}`) left stats settings at `{got}`, expected `{normalised}`"
