@@ -113,7 +113,7 @@ echo "cacheflow diff: $n clusters modified (exit 2)"
 
 say "each tool reports an invalid file"
 python3 bench/gen-fleet.py --clusters 300 --seed "$SEED" --changed 0 --out "$BAD" 2>/dev/null
-victim=$(grep -l 'role: replica' "$BAD"/clusters/*.yaml | head -1)
+victim=$(grep -l 'role: replica' "$BAD"/clusters/*.yaml | sed -n 1p)  # sed reads all: no SIGPIPE under pipefail
 sed -i '0,/role: replica/s//role: leader/' "$victim"
 git -C "$BAD" -c user.name=bench -c user.email=bench@example.com commit -qam "one invalid node role"
 victim_rel=clusters/$(basename "$victim")
