@@ -22,3 +22,4 @@ pub mod plan;
 pub mod render;
 pub mod source;
 pub mod spec;
+pub mod nodes;
