@@ -78,3 +78,4 @@ pub trait NodeDriver: Send + Sync {
         params: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<Applied, NodeError>>;
 }
+pub mod simulated;
