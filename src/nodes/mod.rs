@@ -79,3 +79,4 @@ pub trait NodeDriver: Send + Sync {
     ) -> BoxFuture<'a, Result<Applied, NodeError>>;
 }
 pub mod simulated;
+pub mod fleet;
