@@ -80,3 +80,4 @@ pub trait NodeDriver: Send + Sync {
 }
 pub mod simulated;
 pub mod fleet;
+pub mod memcached;
