@@ -81,3 +81,5 @@ pub trait NodeDriver: Send + Sync {
 pub mod simulated;
 pub mod fleet;
 pub mod memcached;
+pub mod redis;
+pub mod secret;
