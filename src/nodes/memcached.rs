@@ -230,7 +230,7 @@ impl MemcachedDriver {
             hit_ratio,
             evicted_keys: evictions,
             evictions_per_sec,
-            // memcached counts its listening sockets and this connection too.
+            // Includes this connection of the driver.
             connected_clients: number("curr_connections")?,
             ops_per_sec,
             latency_ms: Some(latency.as_secs_f64() * 1000.0),
@@ -346,10 +346,11 @@ impl MemcachedDriver {
         let reply = self
             .command(conn, command)
             .await
-            .map_err(|error| Failure::transport(error))?;
+            .map_err(Failure::transport)?;
         if !accepted(&reply) {
+            // memcached's own words: `ERROR hot and warm pcts must not exceed 80`.
             return Err(Failure {
-                message: shown(&reply),
+                message: said(&reply),
                 transport: None,
                 untouched: true,
             });
@@ -648,6 +649,18 @@ fn rates(a: Sample, b: Sample) -> (Option<f64>, Option<f64>) {
         Some((b.ops - a.ops) as f64 / secs),
         Some((b.evictions - a.evictions) as f64 / secs),
     )
+}
+
+/// A refusal as memcached said it: its lines, clipped, joined by `; `.
+fn said(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return "an empty reply".to_owned();
+    }
+    let mut parts: Vec<String> = lines.iter().take(3).map(|l| clip(l)).collect();
+    if lines.len() > 3 {
+        parts.push(format!("and {} more lines", lines.len() - 3));
+    }
+    parts.join("; ")
 }
 
 /// Reply lines for a message: at most a few, each clipped.

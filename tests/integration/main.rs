@@ -4,3 +4,4 @@ mod fuzz;
 mod invalid_repos;
 mod plan_fixtures;
 mod support;
+mod memcached_driver;
