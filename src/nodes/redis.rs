@@ -196,6 +196,11 @@ impl RedisDriver {
                 address: self.address.clone(),
                 message,
             },
+            // "parse error - ParseError: Parse error at 1" says it three times.
+            redis::ErrorKind::ParseError => self.protocol(format!(
+                "not a RESP reply ({})",
+                e.detail().unwrap_or("unparseable")
+            )),
             _ => self.protocol(message),
         }
     }

@@ -5,3 +5,4 @@ mod invalid_repos;
 mod plan_fixtures;
 mod support;
 mod memcached_driver;
+mod redis_driver;
