@@ -400,8 +400,16 @@ impl MemcachedDriver {
             },
             None => conn,
         };
+        // What could not be put back, and why. A refused step does not stop the others
+        // (each command stands alone); a lost connection does.
+        let mut left: Vec<&Step> = Vec::new();
         let mut errors = Vec::new();
-        for step in done.iter().rev() {
+        let mut lost = false;
+        for step in done.iter().rev().copied() {
+            if lost {
+                left.push(step);
+                continue;
+            }
             // Some commands refuse while an earlier change is still landing (`lru_crawler
             // enable` right after `lru_crawler disable` answers "failed to start lru
             // crawler thread" until the old thread is gone): a rollback tries again
@@ -414,19 +422,23 @@ impl MemcachedDriver {
                         tokio::time::sleep(SETTLE_POLL).await;
                     }
                     Err(f) => {
+                        lost = f.transport.is_some();
                         errors.push(format!("{}: {}", step.name, f.message));
+                        left.push(step);
                         break;
                     }
                 }
             }
         }
-        if errors.is_empty() {
+        if left.is_empty() {
             failure.into_error(self, parameter)
         } else {
-            self.rollback_failed(failure, parameter, done, errors.join("; "))
+            left.reverse();
+            self.rollback_failed(failure, parameter, &left, errors.join("; "))
         }
     }
 
+    /// `left`: the changes still in force, in the order they were made.
     fn rollback_failed(
         &self,
         failure: Failure,

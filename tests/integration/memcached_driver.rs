@@ -638,3 +638,152 @@ async fn a_node_that_closes_at_once_is_unreachable() {
         "{error:?}"
     );
 }
+
+/// A line-by-line proxy in front of a real memcached that cuts the connection when it
+/// sees `trigger`, after memcached has carried it out and before the driver gets the
+/// answer: the reply is lost, the change is made. With `then_dead`, every later
+/// connection is closed as soon as it is accepted.
+async fn cutting_proxy(upstream: String, trigger: &'static str, then_dead: bool) -> String {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let fired = Arc::new(AtomicBool::new(false));
+    fake_node(move |client| {
+        let upstream = upstream.clone();
+        let fired = fired.clone();
+        async move {
+            if then_dead && fired.load(Ordering::SeqCst) {
+                return;
+            }
+            let server = TcpStream::connect(&upstream).await.expect("upstream");
+            let (server_read, mut server_write) = server.into_split();
+            let mut server_lines = BufReader::new(server_read).lines();
+            let (client_read, mut client_write) = client.into_split();
+            let mut client_lines = BufReader::new(client_read).lines();
+            while let Ok(Some(line)) = client_lines.next_line().await {
+                let cut = line == trigger && !fired.swap(true, Ordering::SeqCst);
+                let sent = if cut {
+                    format!("{line}\r\nmn\r\n")
+                } else {
+                    format!("{line}\r\n")
+                };
+                server_write
+                    .write_all(sent.as_bytes())
+                    .await
+                    .expect("upstream write");
+                if cut || line == "mn" {
+                    let mut reply = String::new();
+                    while let Ok(Some(l)) = server_lines.next_line().await {
+                        reply.push_str(&l);
+                        reply.push_str("\r\n");
+                        if l == "MN" {
+                            break;
+                        }
+                    }
+                    if cut {
+                        return;
+                    }
+                    if client_write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_connection_cut_in_the_middle_of_an_apply_is_put_back_over_a_new_one() {
+    let server = MemcachedServer::start();
+    let mut client = server.client();
+    let before = client.settings();
+    let proxy = cutting_proxy(server.addr(), "slabs automove 0", false).await;
+    let driver = MemcachedDriver::new(proxy.clone());
+
+    let error = driver
+        .apply(&params(&[
+            ("lru_crawler_sleep", "250"),
+            ("maxbytes", "33554432"),
+            ("slab_automove", "0"),
+            ("verbosity", "1"),
+        ]))
+        .await
+        .expect_err("cut");
+
+    assert_eq!(
+        error,
+        NodeError::Unreachable {
+            address: proxy,
+            message: "the node closed the connection during `slabs automove 0`".into(),
+        }
+    );
+    // slab_automove itself went through before the cut, and was put back too.
+    assert_eq!(client.settings(), before);
+}
+
+#[tokio::test]
+async fn a_rollback_that_cannot_reach_the_node_says_what_is_left_to_put_back() {
+    let server = MemcachedServer::start();
+    let mut client = server.client();
+    let proxy = cutting_proxy(server.addr(), "slabs automove 0", true).await;
+    let driver = MemcachedDriver::new(proxy.clone());
+
+    let error = driver
+        .apply(&params(&[
+            ("lru_crawler_sleep", "250"),
+            ("maxbytes", "33554432"),
+            ("slab_automove", "0"),
+            ("verbosity", "1"),
+        ]))
+        .await
+        .expect_err("cut, then unreachable");
+
+    match error {
+        NodeError::RollbackFailed {
+            address,
+            parameter,
+            message,
+            restore,
+            restore_error,
+        } => {
+            assert_eq!(address, proxy);
+            assert_eq!(parameter, "slab_automove");
+            assert_eq!(
+                message,
+                format!("{proxy}: unreachable: the node closed the connection during `slabs automove 0`")
+            );
+            assert_eq!(
+                restore,
+                "lru_crawler_sleep 100, maxbytes 67108864, slab_automove 1"
+            );
+            // The first put-back command goes to a connection the proxy drops at once
+            // (closed or reset, as the kernel has it); the others are not tried on it.
+            assert!(
+                restore_error.starts_with(&format!("slab_automove: {proxy}: unreachable: "))
+                    && !restore_error.contains("maxbytes"),
+                "{restore_error}"
+            );
+        }
+        other => panic!("expected RollbackFailed, got {other:?}"),
+    }
+    // The error is the truth about the node: these are what it says is left.
+    assert_eq!(
+        settings_of(
+            &mut client,
+            &[
+                "lru_crawler_sleep",
+                "maxbytes",
+                "slab_automove",
+                "verbosity"
+            ]
+        ),
+        params(&[
+            ("lru_crawler_sleep", "250"),
+            ("maxbytes", "33554432"),
+            ("slab_automove", "0"),
+            ("verbosity", "0"),
+        ])
+    );
+}
