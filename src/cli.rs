@@ -7,7 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::pipeline::{self, PipelineError, Revision};
+use std::time::Duration;
+
+use crate::nodes::fleet::SnapshotOptions;
+use crate::pipeline::{self, LiveSource, PipelineError, Revision};
 use crate::render;
 use crate::source::{redact_url, ConfigRepo};
 
@@ -103,11 +106,65 @@ pub enum Command {
         #[arg(long)]
         worktree: bool,
         /// A live-state snapshot (JSON, schemas/live-state.schema.json).
+        #[arg(long, required_unless_present = "direct", conflicts_with = "direct")]
+        live: Option<PathBuf>,
+        /// Read the live state straight from the nodes instead (as `snapshot` does).
         #[arg(long)]
-        live: PathBuf,
+        direct: bool,
+        #[command(flatten)]
+        reach: ReachArgs,
         #[arg(long, value_enum, default_value = "text")]
         format: RichFormat,
     },
+    /// Read every declared node straight from the nodes: parameters, version, health, and
+    /// the config file's view. Writes the live-state JSON that `plan --live` reads.
+    /// Unreachable nodes are reported in it, not fatal. Exit 0, or 1 on error.
+    Snapshot {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, default_value = "HEAD", conflicts_with = "worktree")]
+        rev: String,
+        #[arg(long)]
+        worktree: bool,
+        /// Only the nodes of this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Write the snapshot here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        reach: ReachArgs,
+        /// json: the snapshot; text: a line per node.
+        #[arg(long, value_enum, default_value = "json")]
+        format: Format,
+    },
+}
+
+/// How nodes are reached.
+#[derive(Debug, Args)]
+pub struct ReachArgs {
+    /// How long one node may take to answer (30s, 500ms).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Nodes read at the same time.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+impl ReachArgs {
+    fn options(&self) -> SnapshotOptions {
+        SnapshotOptions {
+            concurrency: self.concurrency,
+            timeout: self.timeout,
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::catalog::parse_duration_micros(text)
+        .filter(|us| *us > 0)
+        .map(Duration::from_micros)
+        .ok_or_else(|| format!("`{text}` is not a duration such as 2s or 500ms"))
 }
 
 fn revision(rev: &str, worktree: bool) -> Revision {
@@ -232,13 +289,19 @@ pub fn run(cli: Cli) -> ExitCode {
             rev,
             worktree,
             live,
+            direct,
+            reach,
             format,
         } => {
             let repo = match open(&repo) {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
             };
-            match pipeline::plan(&repo, &revision(&rev, worktree), &live) {
+            let source = match (&live, direct) {
+                (Some(path), false) => LiveSource::File(path),
+                _ => LiveSource::Direct(reach.options()),
+            };
+            match pipeline::plan(&repo, &revision(&rev, worktree), source) {
                 Ok(plan) => {
                     let out = match format {
                         RichFormat::Text => render::plan_text(&plan),
@@ -254,6 +317,39 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
                 Err(e) => fail_pipeline(e, format == RichFormat::Json),
             }
+        }
+        Command::Snapshot {
+            repo,
+            rev,
+            worktree,
+            cluster,
+            output,
+            reach,
+            format,
+        } => {
+            let repo = match open(&repo) {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            let state = pipeline::desired(&repo, &revision(&rev, worktree))
+                .and_then(|d| pipeline::snapshot(&d, cluster.as_deref(), reach.options()));
+            let state = match state {
+                Ok(s) => s,
+                Err(e) => return fail_pipeline(e, format == Format::Json),
+            };
+            let text = match format {
+                Format::Json => render::json(&state),
+                Format::Text => render::snapshot_text(&state),
+            };
+            match output {
+                Some(path) => {
+                    if let Err(e) = std::fs::write(&path, text) {
+                        return fail(&format!("cannot write {}: {e}", path.display()));
+                    }
+                }
+                None => print!("{text}"),
+            }
+            ExitCode::SUCCESS
         }
     }
 }

@@ -4,6 +4,15 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalog::Engine;
+use crate::nodes::fleet::{self, SnapshotOptions, Target};
+use crate::nodes::memcached::MemcachedDriver;
+use crate::nodes::redis::RedisDriver;
+use crate::nodes::NodeDriver;
+use crate::spec::model::{Cluster, Node};
 
 use crate::diff::{self, ChangeSet};
 use crate::live::{LiveError, LiveState};
@@ -25,6 +34,10 @@ pub enum PipelineError {
     #[error(transparent)]
     Live(#[from] LiveError),
     /// The revision does not validate; nothing is computed from it.
+    #[error("no cluster named `{0}` in this revision")]
+    UnknownCluster(String),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("{revision} is invalid ({} error{})", .diagnostics.len(), if .diagnostics.len() == 1 { "" } else { "s" })]
     Invalid {
         revision: String,
@@ -187,15 +200,77 @@ pub fn diff(repo: &ConfigRepo, base: &str, head: &Revision) -> Result<ChangeSet,
     Ok(diff::diff(&base_state, &head_state, Some(&names)))
 }
 
-/// `cacheflow plan --live FILE`: the desired state at `rev` against a snapshot.
-pub fn plan(repo: &ConfigRepo, rev: &Revision, live: &Path) -> Result<Plan, PipelineError> {
+/// Where `plan` takes the live state from.
+pub enum LiveSource<'a> {
+    /// A snapshot file (`--live FILE`).
+    File(&'a Path),
+    /// Straight from the nodes (`--direct`).
+    Direct(SnapshotOptions),
+}
+
+/// Read and validate a revision; an invalid one is an error listing its diagnostics.
+pub fn desired(repo: &ConfigRepo, rev: &Revision) -> Result<Desired, PipelineError> {
     let files = read(repo, rev)?;
     let label = files
         .commit
         .as_deref()
         .map(|c| format!("revision {}", crate::render::short(Some(c))))
         .unwrap_or_else(|| "the working tree".to_owned());
-    let desired = load_or_invalid(&files, &label)?;
-    let live = LiveState::read(live)?;
+    load_or_invalid(&files, &label)
+}
+
+/// `cacheflow plan`: the desired state at `rev` against a snapshot file or the nodes.
+pub fn plan(repo: &ConfigRepo, rev: &Revision, live: LiveSource) -> Result<Plan, PipelineError> {
+    let desired = desired(repo, rev)?;
+    let live = match live {
+        LiveSource::File(path) => LiveState::read(path)?,
+        LiveSource::Direct(options) => snapshot(&desired, None, options)?,
+    };
     Ok(plan::plan(&desired, &live))
+}
+
+/// The driver that reaches `node` of `cluster` directly.
+pub fn driver_for(cluster: &Cluster, node: &Node, timeout: Duration) -> Arc<dyn NodeDriver> {
+    match cluster.engine {
+        Engine::Redis => Arc::new(RedisDriver::new(
+            &node.address,
+            cluster.auth.as_ref(),
+            timeout,
+        )),
+        Engine::Memcached => {
+            Arc::new(MemcachedDriver::new(node.address.clone()).with_timeout(timeout))
+        }
+    }
+}
+
+/// `cacheflow snapshot`: read every declared node (of one cluster, or all) straight from
+/// the nodes, concurrently. Unreachable nodes are in the result, marked so.
+pub fn snapshot(
+    desired: &Desired,
+    cluster: Option<&str>,
+    options: SnapshotOptions,
+) -> Result<LiveState, PipelineError> {
+    if let Some(name) = cluster {
+        if !desired.clusters.contains_key(name) {
+            return Err(PipelineError::UnknownCluster(name.to_owned()));
+        }
+    }
+    let targets: Vec<Target> = desired
+        .clusters
+        .values()
+        .filter(|c| cluster.is_none_or(|name| c.name == name))
+        .flat_map(|c| {
+            c.nodes.iter().map(move |n| Target {
+                id: n.id.clone(),
+                cluster: c.name.clone(),
+                driver: driver_for(c, n, options.timeout),
+            })
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(PipelineError::Runtime)?;
+    Ok(runtime.block_on(fleet::snapshot(targets, options)))
 }

@@ -531,3 +531,52 @@ pub fn plan_markdown(p: &Plan) -> String {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------
+// snapshot
+
+/// A line per node: reachable or why not, version, memory and hit ratio.
+pub fn snapshot_text(state: &crate::live::LiveState) -> String {
+    let mut out = String::new();
+    let mut down = 0;
+    for (id, n) in &state.nodes {
+        let cluster = n.cluster.as_deref().unwrap_or("-");
+        if !n.reachable {
+            down += 1;
+            let _ = writeln!(
+                out,
+                "{id} ({cluster}): unreachable: {}",
+                n.error.as_deref().unwrap_or("no reason given")
+            );
+            continue;
+        }
+        let h = n.health.clone().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{id} ({cluster}): {} {}, {} parameters, memory {}/{}, hit ratio {}, ping {}",
+            n.engine.map(|e| e.as_str()).unwrap_or("?"),
+            n.version.as_deref().unwrap_or("?"),
+            n.parameters.len(),
+            h.used_memory
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into()),
+            h.max_memory
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into()),
+            h.hit_ratio
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            h.latency_ms
+                .map(|v| format!("{v:.2} ms"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} node{}, {} unreachable",
+        state.nodes.len(),
+        plural(state.nodes.len()),
+        down
+    );
+    out
+}
