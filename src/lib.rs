@@ -7,7 +7,8 @@
 //!                    plan ──► rollout ──► nodes
 //! ```
 //!
-//! `source` reads the config repository from git; `spec` turns its files into a validated
+//! `nodes` reads and changes cache nodes (Redis, Memcached, simulated) and snapshots a
+//! fleet. `source` reads the config repository from git; `spec` turns its files into a validated
 //! [`spec::model::Desired`] or every error at once; `catalog` knows each engine's parameters;
 //! `live` is what nodes report; `diff` and `plan` are pure functions over those; `render`
 //! prints them as text, JSON or Markdown; `cli` is the command line.
@@ -17,9 +18,9 @@ pub mod catalog;
 pub mod cli;
 pub mod diff;
 pub mod live;
+pub mod nodes;
 pub mod pipeline;
 pub mod plan;
 pub mod render;
 pub mod source;
 pub mod spec;
-pub mod nodes;

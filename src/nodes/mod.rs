@@ -5,6 +5,12 @@
 //! text protocol, and a simulated node for the demo and for scale tests. Values read from
 //! a node are the engine's own text; `catalog::Catalog::normalize` makes them comparable.
 
+pub mod fleet;
+pub mod memcached;
+pub mod redis;
+pub mod secret;
+pub mod simulated;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -78,8 +84,3 @@ pub trait NodeDriver: Send + Sync {
         params: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<Applied, NodeError>>;
 }
-pub mod simulated;
-pub mod fleet;
-pub mod memcached;
-pub mod redis;
-pub mod secret;
