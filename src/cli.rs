@@ -138,6 +138,15 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
     },
+    /// Print the token the agent of NODE_ID presents to the server: an HMAC of the node
+    /// id under the server's node-token secret, so no node can report as another.
+    AgentToken {
+        /// The node's id, as declared in its cluster.
+        node_id: String,
+        /// A file holding the server's node-token secret (at least 16 bytes).
+        #[arg(long, env = "CACHEFLOW_NODE_TOKEN_SECRET_FILE")]
+        secret_file: Option<PathBuf>,
+    },
 }
 
 /// How nodes are reached.
@@ -316,6 +325,35 @@ pub fn run(cli: Cli) -> ExitCode {
                     }
                 }
                 Err(e) => fail_pipeline(e, format == RichFormat::Json),
+            }
+        }
+        Command::AgentToken {
+            node_id,
+            secret_file,
+        } => {
+            // The secret comes from a file or the environment, never from a flag's value
+            // (which `ps` would show).
+            let secret = match (&secret_file, std::env::var("CACHEFLOW_NODE_TOKEN_SECRET")) {
+                (Some(path), _) => match std::fs::read(path) {
+                    Ok(mut bytes) => {
+                        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                            bytes.pop();
+                        }
+                        bytes
+                    }
+                    Err(e) => return fail(&format!("cannot read {}: {e}", path.display())),
+                },
+                (None, Ok(value)) => value.into_bytes(),
+                (None, Err(_)) => {
+                    return fail("no node-token secret: give --secret-file FILE or set CACHEFLOW_NODE_TOKEN_SECRET")
+                }
+            };
+            match crate::identity::node_token(&secret, &node_id) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e.to_string()),
             }
         }
         Command::Snapshot {

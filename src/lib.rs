@@ -17,6 +17,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod diff;
+pub mod identity;
 pub mod live;
 pub mod nodes;
 pub mod pipeline;
