@@ -41,16 +41,19 @@ done
 
 TMP=$(mktemp -d)
 cleanup() {
-    # Every server wrote its pid file; stop each by its own pid.
+    # Every server wrote its pid file; stop each by its own pid. A server removes its pid
+    # file as it shuts down, so remember the pids and wait on those.
+    local pids=() pid
     for f in "$TMP"/node-*/redis.pid; do
         [ -f "$f" ] || continue
-        kill "$(cat "$f" 2>/dev/null)" 2>/dev/null || true
+        pid=$(cat "$f" 2>/dev/null) || continue
+        [ -n "$pid" ] && pids+=("$pid") && kill "$pid" 2>/dev/null || true
     done
-    # Wait (briefly) until they are gone, so the ports are free for the next run.
-    for _ in $(seq 1 50); do
-        alive=0
-        for f in "$TMP"/node-*/redis.pid; do
-            [ -f "$f" ] && kill -0 "$(cat "$f" 2>/dev/null)" 2>/dev/null && alive=1
+    # Wait (up to 10 s) until they are gone, so the ports are free for the next run.
+    for _ in $(seq 1 100); do
+        local alive=0
+        for pid in "${pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1 && break
         done
         [ "$alive" = 0 ] && break
         sleep 0.1
