@@ -12,7 +12,9 @@
 #    - --full-config: each node also reports every parameter of its engine's catalog,
 #      as large as a real `CONFIG GET *`;
 # 3. times the whole process with hyperfine (loading the desired state from YAML,
-#    building the fleet, snapshot, plan) and measures peak RSS with /usr/bin/time -v;
+#    building the fleet, snapshot, plan) and measures peak RSS with /usr/bin/time -v; the
+#    example also reports its resident memory once the model and the simulated nodes are
+#    built, before the snapshot (the nodes' own state is not cacheflow's in a real fleet);
 # 4. prints a summary (also written to bench/work/simulated/summary.txt).
 #
 # Needs: cargo, python3, hyperfine, GNU time at /usr/bin/time.
@@ -60,8 +62,8 @@ def rss(variant):
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(f"{work}/rss-{variant}.txt").read())
     return int(m.group(1)) / 1024
 print(f"\n{n} simulated nodes; milliseconds inside the process (median [min-max] of the runs)")
-print("| variant | snapshot + plan | snapshot | plan | plan_cluster only | load (YAML → model) | whole process (hyperfine median [min-max]) | peak RSS | runs |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| variant | snapshot + plan | snapshot | plan | plan_cluster only | load (YAML → model) | whole process (hyperfine median [min-max]) | peak RSS (time -v) | RSS with model + simulated nodes built | runs |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 notes = []
 for variant, cmd in (("default", f"simulated_fleet {n}"), ("full-config", f"simulated_fleet {n} --full-config")):
     runs = [dict(kv.split("=", 1) for kv in line.split()) for line in open(f"{work}/runs-{variant}.txt")]
@@ -73,7 +75,7 @@ for variant, cmd in (("default", f"simulated_fleet {n}"), ("full-config", f"simu
     h = hf[cmd]
     print(f"| {variant} | {col('snapshot_plan_ms')} | {col('snapshot_ms')} | {col('plan_ms')} | "
           f"{col('plan_clusters_ms')} | {col('load_ms')} | "
-          f"{h['median'] * 1000:.0f} [{h['min'] * 1000:.0f}–{h['max'] * 1000:.0f}] | {rss(variant):.0f} MiB | {len(runs)} |")
+          f"{h['median'] * 1000:.0f} [{h['min'] * 1000:.0f}–{h['max'] * 1000:.0f}] | {rss(variant):.0f} MiB | {statistics.median(float(r['fleet_rss_mib']) for r in runs):.0f} MiB | {len(runs)} |")
     changed, in_sync, unreachable = counts.pop()
     sp = statistics.median(float(r["snapshot_plan_ms"]) for r in runs)
     notes.append(f"- {variant}: changed={changed} in_sync={in_sync} unreachable={unreachable}; "

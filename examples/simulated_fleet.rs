@@ -22,6 +22,9 @@
 //!    counts against what was injected (exit 1 if they differ). `snapshot_plan_ms` is the
 //!    figure; `plan_clusters_ms`, measured after it, is `plan::plan_cluster` over every
 //!    cluster alone, i.e. `plan` without its search for undeclared nodes.
+//!    `fleet_rss_mib` is the resident memory once the model and the simulated nodes are
+//!    built (the nodes' own state would live in the nodes in a real fleet),
+//!    `peak_rss_mib` the process's peak after snapshot and plan.
 //!
 //! The global allocator is mimalloc, as in the `cacheflow` binary.
 
@@ -39,6 +42,20 @@ use cacheflow::source::FileSet;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PER_CLUSTER: usize = 6;
+
+/// Resident memory of this process now and at its peak so far, in MiB (`VmRSS`, `VmHWM`
+/// of /proc/self/status; 0 where there is none).
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
 
 const SETTINGS: &str = "apiVersion: cacheflow/v1
 kind: Settings
@@ -183,6 +200,9 @@ fn run() -> anyhow::Result<()> {
         }
     }
     let total = k;
+    // What the simulated nodes themselves hold (with the model): in a real fleet that
+    // memory is in the nodes, not in cacheflow.
+    let (fleet_rss_mib, _) = rss_mib();
 
     // 3. Snapshot, then plan: the timed part.
     let started = Instant::now();
@@ -215,13 +235,14 @@ fn run() -> anyhow::Result<()> {
         .collect();
     let plan_clusters_ms = per_cluster_started.elapsed().as_secs_f64() * 1000.0;
     std::mem::forget(per_cluster);
+    let (_, peak_rss_mib) = rss_mib();
 
     // 4. Report and check.
     let changed: usize = plan.clusters.iter().map(|c| c.nodes.len()).sum();
     let in_sync: usize = plan.clusters.iter().map(|c| c.in_sync.len()).sum();
     let unreachable: usize = plan.clusters.iter().map(|c| c.unreachable.len()).sum();
     println!(
-        "nodes={total} clusters={} full_config={full_config} load_ms={load_ms:.1} snapshot_ms={snapshot_ms:.1} plan_ms={plan_ms:.1} snapshot_plan_ms={snapshot_plan_ms:.1} plan_clusters_ms={plan_clusters_ms:.1} changed={changed} in_sync={in_sync} unreachable={unreachable}",
+        "nodes={total} clusters={} full_config={full_config} load_ms={load_ms:.1} snapshot_ms={snapshot_ms:.1} plan_ms={plan_ms:.1} snapshot_plan_ms={snapshot_plan_ms:.1} plan_clusters_ms={plan_clusters_ms:.1} fleet_rss_mib={fleet_rss_mib:.0} peak_rss_mib={peak_rss_mib:.0} changed={changed} in_sync={in_sync} unreachable={unreachable}",
         desired.clusters.len(),
     );
     let ok = live.nodes.len() == total
