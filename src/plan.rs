@@ -87,13 +87,19 @@ pub fn plan(desired: &Desired, live: &LiveState) -> Plan {
         .values()
         .map(|c| plan_cluster(c, live))
         .collect();
-    let mut undeclared: Vec<String> = live
+    // One set of declared ids, not a search of every cluster per live node (which was
+    // quadratic: 0.46 s for 10,000 nodes).
+    let declared: std::collections::HashSet<&str> = desired
+        .clusters
+        .values()
+        .flat_map(|c| c.nodes.iter().map(|n| n.id.as_str()))
+        .collect();
+    let undeclared: Vec<String> = live
         .nodes
         .keys()
-        .filter(|id| !desired.clusters.values().any(|c| c.node(id).is_some()))
+        .filter(|id| !declared.contains(id.as_str()))
         .cloned()
         .collect();
-    undeclared.sort();
     Plan {
         commit: desired.commit.clone(),
         clusters,
