@@ -135,9 +135,10 @@ fn run() -> anyhow::Result<()> {
     let mut c = 0;
     while first < nodes_wanted {
         let n = PER_CLUSTER.min(nodes_wanted - first);
-        files
-            .files
-            .insert(format!("clusters/sim-{c:05}.yaml"), cluster_yaml(c, first, n));
+        files.files.insert(
+            format!("clusters/sim-{c:05}.yaml"),
+            cluster_yaml(c, first, n),
+        );
         first += n;
         c += 1;
     }
@@ -145,7 +146,10 @@ fn run() -> anyhow::Result<()> {
         for d in diags.iter().take(5) {
             eprintln!("{d}");
         }
-        anyhow::anyhow!("the generated desired state is invalid ({} errors)", diags.len())
+        anyhow::anyhow!(
+            "the generated desired state is invalid ({} errors)",
+            diags.len()
+        )
     })?;
     drop(files);
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
