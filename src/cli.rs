@@ -201,6 +201,16 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+/// Print a diff or plan; exit 2 when it has changes, 0 when there is nothing to do.
+fn print_with_changes(out: &str, changes: bool) -> ExitCode {
+    print!("{out}");
+    if changes {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// Print an error and return exit code 1.
 fn fail(message: &str) -> ExitCode {
     eprintln!("error: {}", redact_url(message));
@@ -283,12 +293,7 @@ pub fn run(cli: Cli) -> ExitCode {
                         RichFormat::Json => render::json(&cs),
                         RichFormat::Markdown => render::diff_markdown(&cs),
                     };
-                    print!("{out}");
-                    if cs.is_empty() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(2)
-                    }
+                    print_with_changes(&out, !cs.is_empty())
                 }
                 Err(e) => fail_pipeline(e, format == RichFormat::Json),
             }
@@ -317,12 +322,7 @@ pub fn run(cli: Cli) -> ExitCode {
                         RichFormat::Json => render::json(&plan),
                         RichFormat::Markdown => render::plan_markdown(&plan),
                     };
-                    print!("{out}");
-                    if plan.converged() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(2)
-                    }
+                    print_with_changes(&out, !plan.converged())
                 }
                 Err(e) => fail_pipeline(e, format == RichFormat::Json),
             }

@@ -204,10 +204,10 @@ fn is_secret_path(pointer: &str) -> bool {
 
 /// A hint for the common misplacements.
 fn suggestion(pointer: &str) -> &'static str {
-    match pointer {
-        "" => " (a document has apiVersion, kind, metadata and spec)",
-        "/spec" => "",
-        _ => "",
+    if pointer.is_empty() {
+        " (a document has apiVersion, kind, metadata and spec)"
+    } else {
+        ""
     }
 }
 
