@@ -138,6 +138,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
     },
+    /// Run beside one cache server: report it to the cacheflow server every interval,
+    /// apply the assignment the server answers with (restarting the engine for
+    /// start-only parameters when allowed), report the result at once. Runs until
+    /// SIGTERM or Ctrl-C; with --once, one exchange (exit 0 done, 1 failed).
+    Agent(Box<AgentArgs>),
     /// Print the token the agent of NODE_ID presents to the server: an HMAC of the node
     /// id under the server's node-token secret, so no node can report as another.
     AgentToken {
@@ -147,6 +152,58 @@ pub enum Command {
         #[arg(long, env = "CACHEFLOW_NODE_TOKEN_SECRET_FILE")]
         secret_file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This node's id, as declared in its cluster.
+    #[arg(long, env = "CACHEFLOW_NODE_ID")]
+    pub node_id: String,
+    /// The cacheflow server (http://host:port or https://host:port).
+    #[arg(long, env = "CACHEFLOW_SERVER")]
+    pub server: String,
+    /// A file holding this node's token (`cacheflow agent-token NODE_ID` prints it).
+    #[arg(long, env = "CACHEFLOW_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// The Redis server to manage, host:port.
+    #[arg(long, required_unless_present = "memcached", conflicts_with = "memcached")]
+    pub redis: Option<String>,
+    /// The memcached server to manage, host:port.
+    #[arg(long)]
+    pub memcached: Option<String>,
+    /// Redis ACL user name.
+    #[arg(long, requires = "redis_password")]
+    pub redis_user: Option<String>,
+    /// Redis password as a reference: env:NAME or file:PATH (never the password itself).
+    #[arg(long)]
+    pub redis_password: Option<String>,
+    /// Time between reports.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// How long the node may take to answer one read.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The engine's config file (Redis) or options file (memcached, e.g.
+    /// /etc/memcached.conf) where start-only parameters are written.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// A shell command that restarts the engine, e.g. `systemctl restart redis-server`.
+    /// It gets CACHEFLOW_CONFIG_FILE in its environment.
+    #[arg(long)]
+    pub restart_command: Option<String>,
+    /// How long the restart command and the engine's coming back may take.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub restart_timeout: Duration,
+    /// Time to wait after a restart before reporting the node ready (0s for none).
+    #[arg(long, default_value = "10s", value_parser = parse_duration_or_zero)]
+    pub warmup: Duration,
+    /// Longest pause between attempts while the server cannot be reached.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub max_backoff: Duration,
+    /// One exchange: report, apply the assignment if there is a new one, report the
+    /// result, exit (0 done, 1 failed).
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// How nodes are reached.
@@ -174,6 +231,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .filter(|us| *us > 0)
         .map(Duration::from_micros)
         .ok_or_else(|| format!("`{text}` is not a duration such as 2s or 500ms"))
+}
+
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    match text.trim() {
+        "0" | "0s" | "0ms" => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
 }
 
 fn revision(rev: &str, worktree: bool) -> Revision {
@@ -327,6 +391,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(e) => fail_pipeline(e, format == RichFormat::Json),
             }
         }
+        Command::Agent(args) => match run_agent(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
         Command::AgentToken {
             node_id,
             secret_file,
@@ -389,5 +457,95 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// `cacheflow agent`: build the driver, then run the agent until SIGTERM or Ctrl-C.
+fn run_agent(args: AgentArgs) -> Result<(), String> {
+    use crate::nodes::agent::{self, AgentOptions, ApplyOptions};
+    use crate::nodes::memcached::MemcachedDriver;
+    use crate::nodes::redis::RedisDriver;
+    use crate::nodes::NodeDriver;
+    use crate::spec::model::{Auth, SecretRef};
+    use std::sync::Arc;
+
+    let token = std::fs::read_to_string(&args.token_file)
+        .map_err(|e| format!("cannot read the token file {}: {e}", args.token_file.display()))?;
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", args.token_file.display()));
+    }
+    let driver: Arc<dyn NodeDriver> = match (&args.redis, &args.memcached) {
+        (Some(address), _) => {
+            let auth = match &args.redis_password {
+                Some(reference) => {
+                    if !(reference.starts_with("env:") || reference.starts_with("file:")) {
+                        return Err("--redis-password takes a reference, env:NAME or file:PATH, never the password itself".to_owned());
+                    }
+                    Some(Auth {
+                        username: args.redis_user.clone(),
+                        password: SecretRef(reference.clone()),
+                    })
+                }
+                None => None,
+            };
+            Arc::new(RedisDriver::new(address, auth.as_ref(), args.timeout))
+        }
+        (None, Some(address)) => {
+            Arc::new(MemcachedDriver::new(address.clone()).with_timeout(args.timeout))
+        }
+        (None, None) => return Err("give --redis ADDR or --memcached ADDR".to_owned()),
+    };
+    let mut options = AgentOptions::new(&args.node_id, &args.server, &token);
+    options.interval = args.interval;
+    options.node_timeout = args.timeout;
+    options.max_backoff = args.max_backoff;
+    options.once = args.once;
+    options.apply = ApplyOptions {
+        config_file: args.config_file.clone(),
+        restart_command: args.restart_command.clone(),
+        restart_timeout: args.restart_timeout,
+        warmup: args.warmup,
+        ..ApplyOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping after the current step");
+            let _ = stop_tx.send(true);
+        });
+        agent::run(driver, options, stop_rx)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

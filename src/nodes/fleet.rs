@@ -86,7 +86,8 @@ fn unreachable(driver: &dyn NodeDriver, error: String) -> NodeLive {
     }
 }
 
-fn now_rfc3339() -> String {
+/// Now, RFC 3339 UTC to the second.
+pub fn now_rfc3339() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

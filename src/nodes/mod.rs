@@ -5,8 +5,11 @@
 //! text protocol, and a simulated node for the demo and for scale tests. Values read from
 //! a node are the engine's own text; `catalog::Catalog::normalize` makes them comparable.
 
+pub mod agent;
+pub mod conffile;
 pub mod fleet;
 pub mod memcached;
+pub mod protocol;
 pub mod redis;
 pub mod secret;
 pub mod simulated;
