@@ -166,7 +166,11 @@ pub struct AgentArgs {
     #[arg(long, env = "CACHEFLOW_TOKEN_FILE")]
     pub token_file: PathBuf,
     /// The Redis server to manage, host:port.
-    #[arg(long, required_unless_present = "memcached", conflicts_with = "memcached")]
+    #[arg(
+        long,
+        required_unless_present = "memcached",
+        conflicts_with = "memcached"
+    )]
     pub redis: Option<String>,
     /// The memcached server to manage, host:port.
     #[arg(long)]
@@ -469,11 +473,18 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
     use crate::spec::model::{Auth, SecretRef};
     use std::sync::Arc;
 
-    let token = std::fs::read_to_string(&args.token_file)
-        .map_err(|e| format!("cannot read the token file {}: {e}", args.token_file.display()))?;
+    let token = std::fs::read_to_string(&args.token_file).map_err(|e| {
+        format!(
+            "cannot read the token file {}: {e}",
+            args.token_file.display()
+        )
+    })?;
     let token = token.trim().to_owned();
     if token.is_empty() {
-        return Err(format!("the token file {} is empty", args.token_file.display()));
+        return Err(format!(
+            "the token file {} is empty",
+            args.token_file.display()
+        ));
     }
     let driver: Arc<dyn NodeDriver> = match (&args.redis, &args.memcached) {
         (Some(address), _) => {

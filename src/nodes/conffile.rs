@@ -21,7 +21,8 @@ use std::path::Path;
 use crate::catalog::{catalog, Engine, ParamSpec, ParamType};
 
 /// The first and last line of the block the agent owns in a memcached options file.
-pub const BLOCK_BEGIN: &str = "# BEGIN cacheflow (managed by the cacheflow agent; edits inside are replaced)";
+pub const BLOCK_BEGIN: &str =
+    "# BEGIN cacheflow (managed by the cacheflow agent; edits inside are replaced)";
 pub const BLOCK_END: &str = "# END cacheflow";
 
 /// Set Redis directives in the text of a `redis.conf`.
@@ -266,7 +267,11 @@ mod tests {
         let text = "# my redis\nport 6379\ndatabases 16\n# keep me\nDatabases 8\nsave 60 1\n";
         let out = redis_set(
             text,
-            &map(&[("databases", "32"), ("logfile", ""), ("replicaof", "10.0.0.1 6379")]),
+            &map(&[
+                ("databases", "32"),
+                ("logfile", ""),
+                ("replicaof", "10.0.0.1 6379"),
+            ]),
         );
         assert_eq!(
             out,

@@ -114,7 +114,9 @@ pub enum PayloadError {
         column: usize,
         message: String,
     },
-    #[error("{what} has protocol version {found}; this cacheflow speaks version {PROTOCOL_VERSION}")]
+    #[error(
+        "{what} has protocol version {found}; this cacheflow speaks version {PROTOCOL_VERSION}"
+    )]
     UnsupportedVersion { what: &'static str, found: String },
     #[error("{what} does not match schemas/node-protocol.schema.json:\n{}", .problems.join("\n"))]
     Invalid {
@@ -229,7 +231,9 @@ impl jsonschema::Retrieve for EmbeddedSchemas {
         uri: &jsonschema::Uri<String>,
     ) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
         if uri.as_str().ends_with("/live-state.schema.json") {
-            Ok(serde_json::from_str(crate::spec::schema::LIVE_STATE_SCHEMA)?)
+            Ok(serde_json::from_str(
+                crate::spec::schema::LIVE_STATE_SCHEMA,
+            )?)
         } else {
             Err(format!("{} is not an embedded schema", uri.as_str()).into())
         }
@@ -282,21 +286,26 @@ mod tests {
     #[test]
     fn bad_payloads_say_where_and_why() {
         let e = Assignment::parse(b"{\"version\": 1,\n \"nodeId\": ").unwrap_err();
-        assert!(e.to_string().starts_with("assignment is not JSON: line 2"), "{e}");
+        assert!(
+            e.to_string().starts_with("assignment is not JSON: line 2"),
+            "{e}"
+        );
         let e = Assignment::parse(br#"{"version": 2, "nodeId": "n1"}"#).unwrap_err();
         assert_eq!(
             e.to_string(),
             "assignment has protocol version 2; this cacheflow speaks version 1"
         );
-        let e = Assignment::parse(br#"{"version": 1, "nodeId": "n1", "parameters": {"maxmemory": 5}}"#)
-            .unwrap_err();
+        let e =
+            Assignment::parse(br#"{"version": 1, "nodeId": "n1", "parameters": {"maxmemory": 5}}"#)
+                .unwrap_err();
         assert!(e.to_string().contains("/parameters/maxmemory"), "{e}");
         let e = Report::parse(br#"{"version": 1, "nodeId": "n1", "agent": "x", "sentAt": "t", "node": {"reachable": "yes"}}"#)
             .unwrap_err();
         assert!(e.to_string().contains("/node/reachable"), "{e}");
         // A report is not an assignment.
-        let e = Assignment::parse(br#"{"version": 1, "nodeId": "n1", "node": {"reachable": true}}"#)
-            .unwrap_err();
+        let e =
+            Assignment::parse(br#"{"version": 1, "nodeId": "n1", "node": {"reachable": true}}"#)
+                .unwrap_err();
         assert!(e.to_string().contains("unknown field `node`"), "{e}");
     }
 }

@@ -1,3 +1,4 @@
+mod agent;
 mod agent_token;
 mod catalog;
 mod example_repo;

@@ -212,7 +212,16 @@ async fn run(
         );
         let command = options.restart_command.as_deref().expect("checked above");
         if let Err(message) = restart_and_check(driver, options, command, &want).await {
-            return Err(roll_back_restart(driver, options, command, path, original, message).await);
+            let old_start: BTreeMap<String, String> = start_only
+                .keys()
+                .filter_map(|n| live.parameters.get(n).map(|v| (n.clone(), v.clone())))
+                .collect();
+            let old = Old {
+                file: original,
+                start_only: &old_start,
+                runtime: &before,
+            };
+            return Err(roll_back_restart(driver, options, command, path, old, message).await);
         }
         tokio::time::sleep(options.warmup).await;
     }
@@ -282,7 +291,11 @@ async fn restart_and_check(
                 .is_some_and(|have| same(driver.engine(), n, have, v))
         })
         .map(|(n, v)| {
-            let have = live.parameters.get(n).map(String::as_str).unwrap_or("nothing");
+            let have = live
+                .parameters
+                .get(n)
+                .map(String::as_str)
+                .unwrap_or("nothing");
             format!("`{n}` is `{have}`, not `{v}`")
         })
         .collect();
@@ -301,23 +314,55 @@ async fn restart_and_check(
     }
 }
 
-/// The restart went wrong: put the old file back, restart again, and check the engine
+/// What the node ran before the apply.
+struct Old<'a> {
+    file: &'a str,
+    start_only: &'a BTreeMap<String, String>,
+    runtime: &'a BTreeMap<String, String>,
+}
+
+/// The restart went wrong: put the old file back; if the engine answers with its old
+/// start-only values (the restart never happened, or started it from another file), set
+/// the run-time values back; otherwise restart it again with the old file and check it
 /// answers.
 async fn roll_back_restart(
     driver: &dyn NodeDriver,
     options: &ApplyOptions,
     command: &str,
     path: &Path,
-    original: &str,
+    old: Old<'_>,
     message: String,
 ) -> Failure {
-    if let Err(e) = conffile::write_atomic(path, original) {
+    if let Err(e) = conffile::write_atomic(path, old.file) {
         return Failure {
-            message: format!(
-                "{message}; putting back {} failed too: {e}",
-                path.display()
-            ),
+            message: format!("{message}; putting back {} failed too: {e}", path.display()),
             inconsistent: true,
+        };
+    }
+    let runs_old_values = match driver.read().await {
+        Ok(live) => old.start_only.iter().all(|(n, v)| {
+            live.parameters
+                .get(n)
+                .is_some_and(|have| same(driver.engine(), n, have, v))
+        }),
+        Err(_) => false,
+    };
+    if runs_old_values {
+        if old.runtime.is_empty() {
+            return Failure::clean(format!(
+                "{message}; the old config file was put back and the engine runs as before"
+            ));
+        }
+        return match driver.apply(old.runtime).await {
+            Ok(_) => Failure::clean(format!(
+                "{message}; the old config file was put back and the run-time change undone"
+            )),
+            Err(e) => Failure {
+                message: format!(
+                    "{message}; the old config file was put back but undoing the run-time change failed: {e}"
+                ),
+                inconsistent: true,
+            },
         };
     }
     let deadline = Instant::now() + options.restart_timeout;
@@ -343,7 +388,11 @@ const OUTPUT_TAIL: usize = 400;
 
 /// `sh -c COMMAND`, with `CACHEFLOW_CONFIG_FILE` in its environment; an error unless it
 /// exits 0 before `deadline`.
-async fn run_command(command: &str, options: &ApplyOptions, deadline: Instant) -> Result<(), String> {
+async fn run_command(
+    command: &str,
+    options: &ApplyOptions,
+    deadline: Instant,
+) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
         .arg(command)
@@ -440,9 +489,13 @@ mod tests {
             restart_timeout: Duration::from_millis(100),
             ..ApplyOptions::default()
         };
-        let e = run_command("sleep 5", &short, Instant::now() + Duration::from_millis(100))
-            .await
-            .unwrap_err();
+        let e = run_command(
+            "sleep 5",
+            &short,
+            Instant::now() + Duration::from_millis(100),
+        )
+        .await
+        .unwrap_err();
         assert!(e.contains("did not finish"), "{e}");
     }
 }

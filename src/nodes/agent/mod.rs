@@ -215,7 +215,11 @@ async fn exchange(
     Ok(Step::Applied)
 }
 
-async fn read_node(driver: &dyn NodeDriver, options: &AgentOptions, state: &AgentState) -> NodeLive {
+async fn read_node(
+    driver: &dyn NodeDriver,
+    options: &AgentOptions,
+    state: &AgentState,
+) -> NodeLive {
     let mut node = match tokio::time::timeout(options.node_timeout, driver.read()).await {
         Ok(Ok(live)) => live,
         Ok(Err(e)) => NodeLive {
@@ -245,10 +249,7 @@ async fn post_report(
     options: &AgentOptions,
     report: &Report,
 ) -> Result<Assignment, String> {
-    let url = format!(
-        "{}/api/v1/nodes/{}/report",
-        options.server, options.node_id
-    );
+    let url = format!("{}/api/v1/nodes/{}/report", options.server, options.node_id);
     let shown = crate::source::redact_url(&url);
     let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
     let mut response = client
@@ -280,7 +281,9 @@ async fn post_report(
             401 | 403 => " (is the token the one `cacheflow agent-token` prints for this node?)",
             _ => "",
         };
-        return Err(format!("{shown}: the server answered {status}{why}: {text}"));
+        return Err(format!(
+            "{shown}: the server answered {status}{why}: {text}"
+        ));
     }
     let assignment = Assignment::parse(&bytes).map_err(|e| format!("{shown}: {e}"))?;
     if assignment.node_id != options.node_id {
@@ -315,12 +318,18 @@ fn agent_name() -> String {
 /// second) doubled per failure, capped at `max`, and drawn at random from its upper half
 /// so that a fleet of agents that lost the server together does not come back together.
 pub fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
-    let base = interval.min(Duration::from_secs(1)).max(Duration::from_millis(10));
+    let base = interval
+        .min(Duration::from_secs(1))
+        .max(Duration::from_millis(10));
     let exp = failures.saturating_sub(1).min(20);
     let ceiling = base.saturating_mul(1 << exp).min(max.max(base));
     let half = ceiling / 2;
     let span = (ceiling - half).as_micros() as u64;
-    let jitter = if span == 0 { 0 } else { random_u64() % (span + 1) };
+    let jitter = if span == 0 {
+        0
+    } else {
+        random_u64() % (span + 1)
+    };
     half + Duration::from_micros(jitter)
 }
 

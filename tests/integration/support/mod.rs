@@ -1,2 +1,4 @@
+pub mod control;
 pub mod git;
 pub mod servers;
+pub mod service;

@@ -73,7 +73,7 @@ fn port_collision(log: &str) -> bool {
     l.contains("address already in use") || l.contains("failed to listen")
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
