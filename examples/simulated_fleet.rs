@@ -28,7 +28,7 @@
 //!
 //! The global allocator is mimalloc, as in the `cacheflow` binary.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
@@ -157,30 +157,39 @@ fn run() -> anyhow::Result<()> {
     // 2. The simulated fleet.
     let mut expect_changed = 0usize;
     let mut expect_down = 0usize;
-    let mut fleet_nodes: Vec<(String, String, Arc<SimulatedNode>)> = Vec::new();
+    type FleetNode = (String, String, Arc<SimulatedNode>, Arc<BTreeSet<String>>);
+    let mut fleet_nodes: Vec<FleetNode> = Vec::new();
     let mut k = 0usize;
     for cluster in desired.clusters.values() {
         let cat = catalog::catalog(cluster.engine);
+        // What every node of the cluster runs; nodes share it until one drifts, as a
+        // thousand identical real nodes would each hold their own copy in their own
+        // memory, not in cacheflow's.
+        let mut base: BTreeMap<String, String> = BTreeMap::new();
+        if full_config {
+            for name in cat.parameters.keys() {
+                base.insert(name.clone(), "0".to_owned());
+            }
+        }
+        for (name, p) in &cluster.parameters {
+            base.insert(name.clone(), p.value.clone());
+        }
+        let base = Arc::new(base);
+        let declared: Arc<BTreeSet<String>> =
+            Arc::new(cluster.parameters.keys().cloned().collect());
         for node in &cluster.nodes {
-            let mut params: BTreeMap<String, String> = BTreeMap::new();
-            if full_config {
-                for name in cat.parameters.keys() {
-                    params.insert(name.clone(), "0".to_owned());
-                }
-            }
-            for (name, p) in &cluster.parameters {
-                params.insert(name.clone(), p.value.clone());
-            }
+            let mut params = base.clone();
             let mem = cluster.engine.memory_limit_parameter();
             let mut drifted = false;
             if k % 10 == 3 {
-                params.insert(mem.to_owned(), "2147483648".to_owned());
+                Arc::make_mut(&mut params).insert(mem.to_owned(), "2147483648".to_owned());
                 drifted = true;
             }
             if k % 25 == 7 {
+                let p = Arc::make_mut(&mut params);
                 match cluster.engine {
-                    Engine::Redis => params.insert("maxmemory-policy".into(), "noeviction".into()),
-                    Engine::Memcached => params.insert("evictions".into(), "off".into()),
+                    Engine::Redis => p.insert("maxmemory-policy".into(), "noeviction".into()),
+                    Engine::Memcached => p.insert("evictions".into(), "off".into()),
                 };
                 drifted = true;
             }
@@ -199,7 +208,7 @@ fn run() -> anyhow::Result<()> {
             } else if drifted {
                 expect_changed += 1;
             }
-            fleet_nodes.push((node.id.clone(), cluster.name.clone(), sim));
+            fleet_nodes.push((node.id.clone(), cluster.name.clone(), sim, declared.clone()));
             k += 1;
         }
     }
@@ -212,10 +221,10 @@ fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let targets: Vec<Target> = fleet_nodes
         .iter()
-        .map(|(id, cluster, sim)| Target {
-            id: id.clone(),
-            cluster: cluster.clone(),
-            driver: sim.clone(),
+        .map(|(id, cluster, sim, declared)| Target {
+            // As `plan --direct` does: keep what the plan looks at.
+            keep: Some(declared.clone()),
+            ..Target::new(id.clone(), cluster.clone(), sim.clone())
         })
         .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()

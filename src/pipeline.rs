@@ -224,7 +224,7 @@ pub fn plan(repo: &ConfigRepo, rev: &Revision, live: LiveSource) -> Result<Plan,
     let desired = desired(repo, rev)?;
     let live = match live {
         LiveSource::File(path) => LiveState::read(path)?,
-        LiveSource::Direct(options) => snapshot(&desired, None, options)?,
+        LiveSource::Direct(options) => read_fleet(&desired, None, options, true)?,
     };
     Ok(plan::plan(&desired, &live))
 }
@@ -250,6 +250,18 @@ pub fn snapshot(
     cluster: Option<&str>,
     options: SnapshotOptions,
 ) -> Result<LiveState, PipelineError> {
+    read_fleet(desired, cluster, options, false)
+}
+
+/// Read the declared nodes; with `declared_only`, keep of each node only the parameters
+/// its cluster declares (all a plan looks at), so a plan of 10,000 real nodes does not
+/// hold 190 parameters of each in memory.
+fn read_fleet(
+    desired: &Desired,
+    cluster: Option<&str>,
+    options: SnapshotOptions,
+    declared_only: bool,
+) -> Result<LiveState, PipelineError> {
     if let Some(name) = cluster {
         if !desired.clusters.contains_key(name) {
             return Err(PipelineError::UnknownCluster(name.to_owned()));
@@ -260,10 +272,14 @@ pub fn snapshot(
         .values()
         .filter(|c| cluster.is_none_or(|name| c.name == name))
         .flat_map(|c| {
+            let keep = declared_only.then(|| Arc::new(c.parameters.keys().cloned().collect()));
             c.nodes.iter().map(move |n| Target {
-                id: n.id.clone(),
-                cluster: c.name.clone(),
-                driver: driver_for(c, n, options.timeout),
+                keep: keep.clone(),
+                ..Target::new(
+                    n.id.clone(),
+                    c.name.clone(),
+                    driver_for(c, n, options.timeout),
+                )
             })
         })
         .collect();
