@@ -96,8 +96,10 @@ fn redis_value(name: &str, value: &str) -> String {
     out
 }
 
-/// Replace (or add, last) the cacheflow block of a memcached options file.
-pub fn memcached_block(text: &str, options: &[String]) -> String {
+/// Replace (or add, last) the cacheflow block of a memcached options file. A block
+/// whose end line is missing is an error: what follows its start may be a person's own
+/// options, and guessing would drop them.
+pub fn memcached_block(text: &str, options: &[String]) -> Result<String, String> {
     let mut out = String::new();
     let mut inside = false;
     for line in text.lines() {
@@ -114,6 +116,11 @@ pub fn memcached_block(text: &str, options: &[String]) -> String {
         out.push_str(line);
         out.push('\n');
     }
+    if inside {
+        return Err(format!(
+            "the cacheflow block has no `{BLOCK_END}` line; mend the file by hand"
+        ));
+    }
     out.push_str(BLOCK_BEGIN);
     out.push('\n');
     for o in options {
@@ -122,7 +129,7 @@ pub fn memcached_block(text: &str, options: &[String]) -> String {
     }
     out.push_str(BLOCK_END);
     out.push('\n');
-    out
+    Ok(out)
 }
 
 /// The options of a memcached options file outside comments, one per line, as the
@@ -136,7 +143,9 @@ pub fn memcached_options(text: &str) -> Vec<String> {
 }
 
 /// The memcached start options for an assignment (normalised values): one line per
-/// parameter that has a flag, skipping booleans at their default (they have no flag).
+/// parameter that has a flag, skipping booleans at their default (they have no flag) and
+/// the few run-time parameters memcached has no start flag for (`verbosity`): those
+/// cannot be persisted and are lost when memcached restarts.
 pub fn memcached_start_options(params: &BTreeMap<String, String>) -> Result<Vec<String>, String> {
     let cat = catalog(Engine::Memcached);
     let mut out = Vec::new();
@@ -144,6 +153,10 @@ pub fn memcached_start_options(params: &BTreeMap<String, String>) -> Result<Vec<
         let spec = cat
             .get(name)
             .ok_or_else(|| format!("unknown memcached parameter `{name}`"))?;
+        let has_flag = spec.flag.is_some() || spec.flag_true.is_some() || spec.flag_false.is_some();
+        if !has_flag {
+            continue;
+        }
         if let Some(words) = start_words(name, spec, value, params)? {
             out.push(words);
         }
@@ -242,6 +255,13 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
         f.sync_all()?;
         if let Ok(meta) = std::fs::metadata(path) {
             std::fs::set_permissions(&tmp, meta.permissions())?;
+            // Keep the owner too (an agent running as root must not leave redis.conf
+            // owned by root); only root may give a file away, so a refusal is fine.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                let _ = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()));
+            }
         }
         std::fs::rename(&tmp, path)
     })();
@@ -292,16 +312,20 @@ mod tests {
     #[test]
     fn the_memcached_block_is_replaced_and_stays_last() {
         let text = "# Debian\n-m 64\n-p 11211\n";
-        let once = memcached_block(text, &["-m 128".into(), "-c 2048".into()]);
+        let once = memcached_block(text, &["-m 128".into(), "-c 2048".into()]).unwrap();
         assert_eq!(
             once,
             format!("# Debian\n-m 64\n-p 11211\n{BLOCK_BEGIN}\n-m 128\n-c 2048\n{BLOCK_END}\n")
         );
-        let twice = memcached_block(&once, &["-m 256".into()]);
+        let twice = memcached_block(&once, &["-m 256".into()]).unwrap();
         assert_eq!(
             twice,
             format!("# Debian\n-m 64\n-p 11211\n{BLOCK_BEGIN}\n-m 256\n{BLOCK_END}\n")
         );
+        let open = format!("-m 64\n{BLOCK_BEGIN}\n-m 128\n# mine\n-t 8\n");
+        assert!(memcached_block(&open, &[])
+            .unwrap_err()
+            .contains("no `# END cacheflow` line"));
         assert_eq!(
             memcached_options(&twice),
             vec!["-m 64", "-p 11211", "-m 256"]
@@ -322,6 +346,11 @@ mod tests {
         assert_eq!(
             opts,
             vec!["-B auto", "-M", "-o hot_lru_pct=20", "-m 128", "-c 2048"]
+        );
+        // verbosity has no start flag: not in the file.
+        assert_eq!(
+            memcached_start_options(&map(&[("verbosity", "1"), ("maxconns", "10")])).unwrap(),
+            vec!["-c 10"]
         );
         let e = memcached_start_options(&map(&[("maxbytes", "1000")])).unwrap_err();
         assert!(e.contains("not a whole number"), "{e}");

@@ -116,6 +116,14 @@ async fn run(
     let mut want: BTreeMap<String, String> = BTreeMap::new();
     let mut problems = Vec::new();
     for (name, value) in &assignment.parameters {
+        if engine == Engine::Redis
+            && crate::nodes::redis::SECRET_PARAMETERS.contains(&name.as_str())
+        {
+            problems.push(format!(
+                "`{name}` is a credential: set it with a secret reference in the cluster, not through an assignment"
+            ));
+            continue;
+        }
         match cat.normalize(name, &serde_json::Value::String(value.clone())) {
             Ok(v) => {
                 want.insert(name.clone(), v);
@@ -169,7 +177,10 @@ async fn run(
     // The config file as it was, to put back if the restart goes wrong.
     let file = options.config_file.as_deref();
     let original = match file {
-        Some(path) if restart || engine == Engine::Memcached => Some(read_config(path, engine)?),
+        Some(path) if restart || engine == Engine::Memcached => Some(
+            read_config(path, engine)
+                .map_err(|f| Failure::clean(format!("{}; nothing was changed", f.message)))?,
+        ),
         _ => None,
     };
 
@@ -192,8 +203,10 @@ async fn run(
             Engine::Redis => read_config(path, engine)
                 .map(|now| conffile::redis_set(&now, &start_only))
                 .map_err(|f| f.message),
-            Engine::Memcached => conffile::memcached_start_options(&want)
-                .map(|opts| conffile::memcached_block(original, &opts)),
+            Engine::Memcached => conffile::memcached_start_options(&want).and_then(|opts| {
+                conffile::memcached_block(original, &opts)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            }),
         }
         .and_then(|text| {
             conffile::write_atomic(path, &text)
@@ -212,9 +225,9 @@ async fn run(
         );
         let command = options.restart_command.as_deref().expect("checked above");
         if let Err(message) = restart_and_check(driver, options, command, &want).await {
-            let old_start: BTreeMap<String, String> = start_only
+            let old_start: BTreeMap<String, Option<String>> = start_only
                 .keys()
-                .filter_map(|n| live.parameters.get(n).map(|v| (n.clone(), v.clone())))
+                .map(|n| (n.clone(), live.parameters.get(n).cloned()))
                 .collect();
             let old = Old {
                 file: original,
@@ -248,7 +261,7 @@ fn read_config(path: &Path, engine: Engine) -> Result<String, Failure> {
             Ok(String::new())
         }
         Err(e) => Err(Failure::clean(format!(
-            "cannot read {}: {e}; nothing was changed",
+            "cannot read {}: {e}",
             path.display()
         ))),
     }
@@ -317,7 +330,8 @@ async fn restart_and_check(
 /// What the node ran before the apply.
 struct Old<'a> {
     file: &'a str,
-    start_only: &'a BTreeMap<String, String>,
+    /// `None` where the node did not report the parameter before.
+    start_only: &'a BTreeMap<String, Option<String>>,
     runtime: &'a BTreeMap<String, String>,
 }
 
@@ -340,11 +354,14 @@ async fn roll_back_restart(
         };
     }
     let runs_old_values = match driver.read().await {
-        Ok(live) => old.start_only.iter().all(|(n, v)| {
-            live.parameters
-                .get(n)
-                .is_some_and(|have| same(driver.engine(), n, have, v))
-        }),
+        // Only provable when the node reported every one of them before.
+        Ok(live) => old
+            .start_only
+            .iter()
+            .all(|(n, v)| match (v, live.parameters.get(n)) {
+                (Some(v), Some(have)) => have == v,
+                _ => false,
+            }),
         Err(_) => false,
     };
     if runs_old_values {
@@ -369,6 +386,16 @@ async fn roll_back_restart(
     let again = match run_command(command, options, deadline).await {
         Ok(()) => wait_until_up(driver, options, deadline).await.map(|_| ()),
         Err(e) => Err(e),
+    };
+    // The old file holds what the node ran at start; run-time values set since (by
+    // hand, or never persisted) are set back as they were before the apply.
+    let again = match again {
+        Ok(()) if !old.runtime.is_empty() => {
+            driver.apply(old.runtime).await.map(|_| ()).map_err(|e| {
+                format!("it came back, but setting the run-time values back failed: {e}")
+            })
+        }
+        other => other,
     };
     match again {
         Ok(()) => Failure::clean(format!(

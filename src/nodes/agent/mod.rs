@@ -115,15 +115,19 @@ pub async fn run(
         .map_err(|e| AgentError::Client(e.to_string()))?;
     let mut state = AgentState::default();
     loop {
-        let pause = match exchange(&client, driver.as_ref(), &options, &mut state).await {
+        // Once stopping, report but start nothing new.
+        let may_apply = !*stop.borrow();
+        let step = exchange(&client, driver.as_ref(), &options, &mut state, may_apply).await;
+        let pause = match step {
             Ok(Step::Applied) => {
+                state.failures = 0;
                 // Report the result at once.
                 continue;
             }
-            Ok(Step::Idle(next)) => {
+            Ok(Step::Idle { next, waiting }) => {
                 state.failures = 0;
                 if options.once {
-                    return finish_once(state);
+                    return finish_once(state, waiting);
                 }
                 next.unwrap_or(options.interval)
             }
@@ -152,7 +156,10 @@ pub async fn run(
     }
 }
 
-fn finish_once(state: AgentState) -> Result<AgentState, AgentError> {
+fn finish_once(state: AgentState, waiting: Option<String>) -> Result<AgentState, AgentError> {
+    if let Some(why) = waiting {
+        return Err(AgentError::Exchange(why));
+    }
     match &state.last_apply {
         Some(r) if r.outcome != Outcome::Applied => Err(AgentError::ApplyFailed {
             revision: r.revision.clone(),
@@ -165,8 +172,12 @@ fn finish_once(state: AgentState) -> Result<AgentState, AgentError> {
 enum Step {
     /// Something was applied (or tried): report again now.
     Applied,
-    /// Nothing to do; the server may have asked for the next report's time.
-    Idle(Option<Duration>),
+    /// Nothing done; the server may have asked for the next report's time. `waiting`
+    /// says why a new assignment was left for later (the node does not answer).
+    Idle {
+        next: Option<Duration>,
+        waiting: Option<String>,
+    },
 }
 
 /// One report and, when the answer is a new assignment, its apply.
@@ -175,9 +186,11 @@ async fn exchange(
     driver: &dyn NodeDriver,
     options: &AgentOptions,
     state: &mut AgentState,
+    may_apply: bool,
 ) -> Result<Step, String> {
     let node = read_node(driver, options, state).await;
     let reachable = node.reachable;
+    let node_error = node.error.clone();
     let report = Report {
         version: PROTOCOL_VERSION,
         node_id: options.node_id.clone(),
@@ -188,16 +201,26 @@ async fn exchange(
     };
     let assignment = post_report(client, options, &report).await?;
     let next = assignment.report_interval_secs.map(Duration::from_secs);
+    let idle = Step::Idle {
+        next,
+        waiting: None,
+    };
     let Some(revision) = assignment.revision.clone() else {
-        return Ok(Step::Idle(next));
+        return Ok(idle);
     };
     let key = (revision.clone(), assignment.generation);
-    if state.last_tried.as_ref() == Some(&key) {
-        return Ok(Step::Idle(next));
+    if state.last_tried.as_ref() == Some(&key) || !may_apply {
+        return Ok(idle);
     }
     if !reachable {
         // Nothing can be applied to a node that does not answer; try when it does.
-        return Ok(Step::Idle(next));
+        return Ok(Step::Idle {
+            next,
+            waiting: Some(format!(
+                "revision {revision} not applied: the node does not answer ({})",
+                node_error.unwrap_or_default()
+            )),
+        });
     }
     tracing::info!(node = %options.node_id, %revision, generation = assignment.generation, "applying assignment");
     let result = apply::apply(driver, &options.apply, &assignment).await;
