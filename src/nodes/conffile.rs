@@ -142,6 +142,102 @@ pub fn memcached_options(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// What a memcached options file makes memcached run with: the parameters its options
+/// set, normalised as `stats settings` prints them, later options winning (memcached
+/// reads its command line in order). `-o a=1,b` lists are split; options the catalog
+/// does not know (`-u`, `-P`, `-d`, ...) are skipped.
+pub fn memcached_persisted(text: &str) -> BTreeMap<String, String> {
+    let cat = catalog(Engine::Memcached);
+    let words: Vec<String> = memcached_options(text)
+        .iter()
+        .flat_map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let mut out = BTreeMap::new();
+    let mut set = |name: &str, spec: &ParamSpec, raw: &str| {
+        out.insert(name.to_owned(), from_flag_value(name, spec, raw));
+    };
+    let mut i = 0;
+    while i < words.len() {
+        let word = words[i].as_str();
+        if word == "-o" {
+            if let Some(list) = words.get(i + 1) {
+                for item in list.split(',') {
+                    let (key, value) = match item.split_once('=') {
+                        Some((k, v)) => (k, Some(v)),
+                        None => (item, None),
+                    };
+                    for (name, spec) in &cat.parameters {
+                        match value {
+                            Some(v) if spec.flag.as_deref() == Some(&format!("-o {key}={{}}")) => {
+                                set(name, spec, v)
+                            }
+                            None => {
+                                if let Some(word) = bool_word(spec, &format!("-o {key}")) {
+                                    set(name, spec, &word);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            i += 2;
+            continue;
+        }
+        let mut took_value = false;
+        for (name, spec) in &cat.parameters {
+            if spec.flag.as_deref() == Some(word) {
+                if let Some(v) = words.get(i + 1) {
+                    set(name, spec, v);
+                    took_value = true;
+                }
+            } else if let Some(w) = bool_word(spec, word) {
+                set(name, spec, &w);
+            }
+        }
+        i += if took_value { 2 } else { 1 };
+    }
+    out
+}
+
+/// The boolean word an option sets, when `option` is the parameter's true or false flag.
+fn bool_word(spec: &ParamSpec, option: &str) -> Option<String> {
+    let ParamType::Bool {
+        true_word,
+        false_word,
+    } = &spec.ty
+    else {
+        return None;
+    };
+    if spec.flag_true.as_deref() == Some(option) {
+        Some(true_word.clone())
+    } else if spec.flag_false.as_deref() == Some(option) {
+        Some(false_word.clone())
+    } else {
+        None
+    }
+}
+
+/// A value as written after its flag, back to what `stats settings` prints (`-m 64` →
+/// `67108864`, `-B auto` → `auto-negotiate`).
+fn from_flag_value(name: &str, spec: &ParamSpec, raw: &str) -> String {
+    let raw = spec
+        .flag_values
+        .as_ref()
+        .and_then(|m| {
+            m.iter()
+                .find(|(_, v)| v.as_str() == raw)
+                .map(|(k, _)| k.clone())
+        })
+        .unwrap_or_else(|| raw.to_owned());
+    if let (Some(unit), Ok(n)) = (spec.flag_unit.filter(|u| *u > 1), raw.parse::<u64>()) {
+        return n.saturating_mul(unit).to_string();
+    }
+    catalog(Engine::Memcached)
+        .normalize(name, &serde_json::Value::String(raw.clone()))
+        .unwrap_or(raw)
+}
+
 /// The memcached start options for an assignment (normalised values): one line per
 /// parameter that has a flag, skipping booleans at their default (they have no flag) and
 /// the few run-time parameters memcached has no start flag for (`verbosity`): those
@@ -330,6 +426,28 @@ mod tests {
             memcached_options(&twice),
             vec!["-m 64", "-p 11211", "-m 256"]
         );
+    }
+
+    #[test]
+    fn a_memcached_options_file_reads_back_as_parameters() {
+        let text = "# Debian\n-m 64\n-c 1024\n-u memcache\n-o hot_lru_pct=30,no_lru_crawler\n\
+                    -B auto\n-M\n-m 128\n";
+        let p = memcached_persisted(text);
+        assert_eq!(p["maxbytes"], "134217728", "the later -m wins");
+        assert_eq!(p["maxconns"], "1024");
+        assert_eq!(p["hot_lru_pct"], "30");
+        assert_eq!(p["lru_crawler"], "no");
+        assert_eq!(p["binding_protocol"], "auto-negotiate");
+        assert_eq!(p["evictions"], "off");
+        assert_eq!(p.len(), 6, "{p:?}");
+        // What the agent writes reads back as what it was given.
+        let given = map(&[
+            ("maxbytes", "268435456"),
+            ("maxconns", "4096"),
+            ("evictions", "off"),
+        ]);
+        let file = memcached_block("", &memcached_start_options(&given).unwrap()).unwrap();
+        assert_eq!(memcached_persisted(&file), given);
     }
 
     #[test]

@@ -494,7 +494,17 @@ async fn memcached_start_flags_go_to_the_options_file_and_take_effect_after_the_
             cacheflow::nodes::conffile::BLOCK_END
         )
     );
-    let result = control.reports().pop().unwrap().last_apply.unwrap();
+    let last = control.reports().pop().unwrap();
+    // The three-way view: what the options file will start memcached with.
+    assert_eq!(
+        last.node.persisted,
+        Some(params(&[
+            ("evictions", "off"),
+            ("maxbytes", "134217728"),
+            ("maxconns", "2048")
+        ]))
+    );
+    let result = last.last_apply.unwrap();
     assert!(result.restarted);
     assert_eq!(result.changed, vec!["evictions", "maxbytes", "maxconns"]);
 }

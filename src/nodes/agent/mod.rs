@@ -262,6 +262,14 @@ async fn read_node(
     };
     node.engine = Some(driver.engine());
     node.address = Some(driver.address().to_owned());
+    // The three-way view for memcached: what its options file will start it with.
+    if let (crate::catalog::Engine::Memcached, Some(path)) =
+        (driver.engine(), options.apply.config_file.as_deref())
+    {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            node.persisted = Some(crate::nodes::conffile::memcached_persisted(&text));
+        }
+    }
     node.revision = state.applied_revision.clone();
     node
 }
