@@ -153,17 +153,7 @@ impl LiveState {
                 path: path.to_owned(),
                 problems: vec![e],
             })?;
-        let problems: Vec<String> = crate::spec::schema::findings(validator, &value)
-            .into_iter()
-            .map(|f| {
-                let at = if f.pointer.is_empty() {
-                    "/"
-                } else {
-                    &f.pointer
-                };
-                format!("  {at}: {}", f.message)
-            })
-            .collect();
+        let problems = crate::spec::schema::problem_lines(validator, &value);
         if !problems.is_empty() {
             return Err(LiveError::Invalid {
                 path: path.to_owned(),

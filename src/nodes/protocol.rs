@@ -174,17 +174,7 @@ fn parse<T: serde::de::DeserializeOwned>(
     }
     let invalid = |problems| PayloadError::Invalid { what, problems };
     let validator = validator(def).map_err(|e| invalid(vec![e]))?;
-    let problems: Vec<String> = crate::spec::schema::findings(validator, &value)
-        .into_iter()
-        .map(|f| {
-            let at = if f.pointer.is_empty() {
-                "/"
-            } else {
-                &f.pointer
-            };
-            format!("  {at}: {}", f.message)
-        })
-        .collect();
+    let problems = crate::spec::schema::problem_lines(validator, &value);
     if !problems.is_empty() {
         return Err(invalid(problems));
     }

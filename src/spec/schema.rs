@@ -54,6 +54,22 @@ pub fn compile_policy(schema: &Value) -> Result<Validator, String> {
     jsonschema::validator_for(schema).map_err(|e| e.to_string())
 }
 
+/// Every violation as an indented line `  /pointer: message`, for errors about a whole
+/// JSON payload (a live-state file, a report, an assignment).
+pub fn problem_lines(validator: &Validator, instance: &Value) -> Vec<String> {
+    findings(validator, instance)
+        .into_iter()
+        .map(|f| {
+            let at = if f.pointer.is_empty() {
+                "/"
+            } else {
+                &f.pointer
+            };
+            format!("  {at}: {}", f.message)
+        })
+        .collect()
+}
+
 /// Validate `instance`, returning every violation with a readable message. Values under
 /// a secret reference are never echoed.
 pub fn findings(validator: &Validator, instance: &Value) -> Vec<Finding> {
