@@ -10,7 +10,8 @@
 //! `nodes` reads and changes cache nodes (Redis, Memcached, simulated) and snapshots a
 //! fleet. `source` reads the config repository from git; `spec` turns its files into a validated
 //! [`spec::model::Desired`] or every error at once; `catalog` knows each engine's parameters;
-//! `live` is what nodes report; `diff` and `plan` are pure functions over those; `render`
+//! `live` is what nodes report; `diff` and `plan` are pure functions over those; `rollout`
+//! is the pure state machine of one staged rollout; `render`
 //! prints them as text, JSON or Markdown; `cli` is the command line.
 #![forbid(unsafe_code)]
 
@@ -23,5 +24,6 @@ pub mod nodes;
 pub mod pipeline;
 pub mod plan;
 pub mod render;
+pub mod rollout;
 pub mod source;
 pub mod spec;
