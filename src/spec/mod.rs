@@ -53,21 +53,36 @@ impl fmt::Display for Diagnostic {
 /// The 1-based line and character column of a serde_json error (serde counts bytes),
 /// and its message without the position serde appends.
 pub fn json_error_position(text: &str, e: &serde_json::Error) -> (usize, usize, String) {
+    // serde_json counts lines by `\n` and columns in bytes; editors (and YAML) also break
+    // lines at a lone `\r`. Find the byte serde_json means, then count as editors do.
     let line = e.line().max(1);
-    let byte_col = e.column();
-    let column = text
-        .lines()
-        .nth(line - 1)
-        .map(|l| {
-            let end = byte_col.min(l.len());
-            let end = (0..=end)
-                .rev()
-                .find(|i| l.is_char_boundary(*i))
-                .unwrap_or(0);
-            l[..end].chars().count()
-        })
-        .unwrap_or(byte_col)
-        .max(1);
+    let mut start = 0;
+    for _ in 1..line {
+        match text[start..].find('\n') {
+            Some(i) => start += i + 1,
+            None => {
+                start = text.len();
+                break;
+            }
+        }
+    }
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let mut offset = (start + e.column()).min(line_end);
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let mut line = 1;
+    let mut line_start = 0;
+    let bytes = before.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        let is_break = *b == b'\n' || (*b == b'\r' && bytes.get(i + 1) != Some(&b'\n'));
+        if is_break {
+            line += 1;
+            line_start = i + 1;
+        }
+    }
+    let column = before[line_start..].chars().count().max(1);
     let full = e.to_string();
     let message = match full.rfind(" at line ") {
         Some(i) => full[..i].to_owned(),
@@ -415,6 +430,19 @@ pub fn load_stream(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn json_positions_count_a_lone_carriage_return_as_a_line_break() {
+        let text = "{\"a\": 1,\r\"b\" 2}";
+        let e = serde_json::from_str::<serde_json::Value>(text).unwrap_err();
+        let (line, column, message) = json_error_position(text, &e);
+        assert_eq!((line, column), (2, 5), "{message}");
+        assert_eq!(message, "expected `:`");
+        let text = "{\r\n\"a\" 1}";
+        let e = serde_json::from_str::<serde_json::Value>(text).unwrap_err();
+        assert_eq!(json_error_position(text, &e).0, 2);
+    }
+
     use super::*;
     use crate::render;
 
