@@ -262,6 +262,15 @@ impl Catalog {
         })
     }
 
+    /// Whether the engine's text `have` already is the normalised value `want` (`4gb`
+    /// and `4294967296`, `YES` and `yes`).
+    pub fn same(&self, name: &str, have: &str, want: &str) -> bool {
+        have == want
+            || self
+                .normalize(name, &serde_json::Value::String(have.to_owned()))
+                .is_ok_and(|n| n == want)
+    }
+
     /// Whether a change of `name` needs a restart (unknown parameters are treated as
     /// needing one: the safe side).
     pub fn needs_restart(&self, name: &str) -> bool {

@@ -437,7 +437,7 @@ impl RedisDriver {
         let to_set: Vec<(&str, &str)> = params
             .iter()
             .filter(|(name, want)| match before.get(name.as_str()) {
-                Some(have) => !same_value(name, have, want),
+                Some(have) => !cat.same(name, have, want),
                 None => true,
             })
             .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -712,16 +712,6 @@ pub fn health_from_info(info: &BTreeMap<String, String>) -> Health {
         replication_link,
         keys: Some(keys),
     }
-}
-
-/// Whether the engine's `have` already is the normalised `want`.
-fn same_value(name: &str, have: &str, want: &str) -> bool {
-    if have == want {
-        return true;
-    }
-    catalog::catalog(Engine::Redis)
-        .normalize(name, &serde_json::Value::String(have.to_owned()))
-        .is_ok_and(|n| n == want)
 }
 
 /// Which parameter a `CONFIG SET` error names: Redis 7 says `(possibly related to argument

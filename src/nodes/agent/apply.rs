@@ -144,7 +144,7 @@ async fn run(
         .await
         .map_err(|e| Failure::clean(format!("cannot read the node: {e}")))?;
     let differs = |name: &str, value: &str| match live.parameters.get(name) {
-        Some(have) => !same(engine, name, have, value),
+        Some(have) => !cat.same(name, have, value),
         None => true,
     };
     let mut runtime: BTreeMap<String, String> = BTreeMap::new();
@@ -244,14 +244,6 @@ async fn run(
     Ok((changed, restart))
 }
 
-/// Equal settings compare equal: the node's text normalised against the wanted value.
-fn same(engine: Engine, name: &str, have: &str, want: &str) -> bool {
-    have == want
-        || catalog(engine)
-            .normalize(name, &serde_json::Value::String(have.to_owned()))
-            .is_ok_and(|n| n == want)
-}
-
 /// The config file's text; a missing memcached options file is an empty one (the agent
 /// creates it), a missing Redis file is an error (the engine would not start without it).
 fn read_config(path: &Path, engine: Engine) -> Result<String, Failure> {
@@ -301,7 +293,7 @@ async fn restart_and_check(
             !live
                 .parameters
                 .get(*n)
-                .is_some_and(|have| same(driver.engine(), n, have, v))
+                .is_some_and(|have| catalog(driver.engine()).same(n, have, v))
         })
         .map(|(n, v)| {
             let have = live
