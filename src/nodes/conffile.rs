@@ -317,14 +317,8 @@ pub fn start_words(
 
 /// A normalised value in the unit and spelling of its flag (`67108864` → `64` for `-m`).
 fn flag_value(spec: &ParamSpec, value: &str) -> Result<String, String> {
-    if let Some(unit) = spec.flag_unit.filter(|u| *u > 1) {
-        let n: u64 = value
-            .parse()
-            .map_err(|_| format!("`{value}` is not a whole number of bytes"))?;
-        if n % unit != 0 {
-            return Err(format!("{n} is not a whole number of {unit} bytes"));
-        }
-        return Ok((n / unit).to_string());
+    if spec.flag_unit.is_some_and(|u| u > 1) {
+        return crate::nodes::memcached::in_command_unit(spec, value);
     }
     Ok(spec
         .flag_values

@@ -591,8 +591,9 @@ fn fill_template(
     Ok(out)
 }
 
-/// A normalised value in the unit its command takes (`maxbytes` bytes → megabytes).
-fn in_command_unit(spec: &ParamSpec, value: &str) -> Result<String, String> {
+/// A normalised value in the unit its command and its flag take (`maxbytes` bytes →
+/// megabytes).
+pub(crate) fn in_command_unit(spec: &ParamSpec, value: &str) -> Result<String, String> {
     let Some(unit) = spec.flag_unit.filter(|u| *u > 1) else {
         return Ok(value.to_owned());
     };

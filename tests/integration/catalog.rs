@@ -424,31 +424,10 @@ fn every_memcached_start_only_parameter_takes_its_flag_at_start() {
         let normalised = cat
             .normalize(name, &Value::String(value.clone()))
             .unwrap_or_else(|e| panic!("chosen value for {name} refused: {e}"));
-        let words = match &spec.ty {
-            ParamType::Bool { true_word, .. } => {
-                let which = if normalised == *true_word {
-                    &spec.flag_true
-                } else {
-                    &spec.flag_false
-                };
-                fill(
-                    which
-                        .as_deref()
-                        .unwrap_or_else(|| panic!("{name}: no flag to make it {normalised}")),
-                    "",
-                    &defaults,
-                )
-            }
-            _ => {
-                let flag = spec.flag.as_deref().expect("flag");
-                let v = in_flag_unit(spec, &normalised);
-                if flag.contains("{}") {
-                    fill(flag, &v, &defaults)
-                } else {
-                    format!("{} {v}", fill(flag, "", &defaults))
-                }
-            }
-        };
+        // The words the agent writes into a memcached options file.
+        let words = cacheflow::nodes::conffile::start_words(name, spec, &normalised, &defaults)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .unwrap_or_else(|| panic!("{name}: no flag to make it {normalised}"));
         let args: Vec<&str> = words.split_whitespace().collect();
         let server = match MemcachedServer::try_start_with_args(&args) {
             Ok(s) => s,
