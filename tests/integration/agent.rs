@@ -17,17 +17,11 @@ use cacheflow::nodes::NodeDriver;
 use tokio::sync::watch;
 
 use crate::support::control::{Answer, ControlPlane};
+use crate::support::params;
 use crate::support::servers::{RedisOptions, RedisServer};
 use crate::support::service::Service;
 
 const NODE: &str = "cache-eu-1";
-
-fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn assignment(revision: &str, generation: u64, pairs: &[(&str, &str)]) -> Assignment {
     Assignment {

@@ -13,14 +13,8 @@ use cacheflow::spec::model::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::support::params;
 use crate::support::servers::{free_port, MemcachedClient, MemcachedServer};
-
-fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn changed(pairs: &[(&str, &str)]) -> BTreeMap<String, Option<String>> {
     pairs

@@ -13,16 +13,10 @@ use cacheflow::spec::model::{Auth, Role, SecretRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::support::params;
 use crate::support::servers::{free_port, RedisClient, RedisOptions, RedisServer, Reply};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn changed(pairs: &[(&str, &str)]) -> BTreeMap<String, Option<String>> {
     pairs
