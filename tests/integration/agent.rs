@@ -364,6 +364,27 @@ async fn a_failing_restart_command_puts_the_file_and_the_values_back() {
         control.reports().pop().unwrap().last_apply.unwrap().outcome,
         Outcome::Failed
     );
+
+    // Start-only alone: no CONFIG REWRITE runs afterwards, so only the agent's own
+    // putting back restores the file, byte for byte.
+    let file_before = std::fs::read_to_string(service.config_path()).unwrap();
+    let mut a = assignment("r6", 1, &[("databases", "32")]);
+    a.restart_allowed = true;
+    control.assign(a);
+    let mut o = options(&control);
+    o.apply.config_file = Some(service.config_path());
+    o.apply.restart_command = Some("exit 4".into());
+    let e = once(redis_driver(&service.addr()), o).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("the old config file was put back and the engine runs as before"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(service.config_path()).unwrap(),
+        file_before
+    );
+    assert_eq!(redis_get(&service, &["databases"])["databases"], "16");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
