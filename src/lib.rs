@@ -18,6 +18,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod diff;
+pub mod gates;
 pub mod identity;
 pub mod live;
 pub mod nodes;

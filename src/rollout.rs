@@ -130,6 +130,8 @@ pub enum Event {
     ApplyTimedOut {
         batch: usize,
     },
+    /// The rollback's nodes did not all confirm the previous revision in time.
+    RollbackTimedOut,
     BakeElapsed {
         batch: usize,
     },
@@ -362,6 +364,23 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                 r.phase = Phase::RolledBack { reason };
             }
         }
+        (Phase::RollingBack { reason }, Event::RollbackTimedOut) => {
+            // A node that cannot confirm (it is down) must not hold the rollout forever;
+            // the outcome names it, so a person knows which node to look at.
+            let reason = format!(
+                "{reason}; {} did not confirm the rollback within {} ms",
+                r.restoring.iter().cloned().collect::<Vec<_>>().join(", "),
+                r.spec.apply_timeout_ms
+            );
+            journal(
+                &mut actions,
+                format!(
+                    "{}: rollback of {} incomplete: {reason}",
+                    r.spec.cluster, r.spec.revision
+                ),
+            );
+            r.phase = Phase::RolledBack { reason };
+        }
         _ => {}
     }
     (r, actions)
@@ -428,6 +447,10 @@ fn rollback(r: &mut Rollout, reason: String, actions: &mut Vec<Action>) {
             actions.push(Action::Assign {
                 nodes: r.touched.iter().cloned().collect(),
                 revision: previous.clone(),
+            });
+            actions.push(Action::Timer {
+                after_ms: r.spec.apply_timeout_ms,
+                event: Event::RollbackTimedOut,
             });
             r.phase = Phase::RollingBack { reason };
         }
@@ -594,6 +617,36 @@ mod tests {
         assert!(actions.contains(&Action::Journal {
             message: "c: rolled back to old".into()
         }));
+    }
+
+    #[test]
+    fn a_rollback_a_dead_node_cannot_confirm_ends_after_the_apply_timeout() {
+        let (r, actions) = run(
+            Rollout::new(spec(OnFailure::Rollback)),
+            vec![
+                Event::Begin,
+                applied("a", "new"),
+                Event::BakeElapsed { batch: 0 },
+                Event::Gates {
+                    batch: 0,
+                    verdict: Verdict::Fail {
+                        reason: "a is down".into(),
+                    },
+                },
+            ],
+        );
+        assert!(actions.contains(&Action::Timer {
+            after_ms: 5000,
+            event: Event::RollbackTimedOut
+        }));
+        let (r, _) = run(r, vec![Event::RollbackTimedOut]);
+        assert_eq!(
+            r.phase,
+            Phase::RolledBack {
+                reason: "gates failed: a is down; a did not confirm the rollback within 5000 ms"
+                    .into()
+            }
+        );
     }
 
     #[test]
