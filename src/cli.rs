@@ -138,6 +138,27 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
     },
+    /// One staged rollout in the foreground against the directly managed nodes: shows
+    /// the plan, asks (unless --yes), then canary, batches and gates with progress, and a
+    /// summary. Ctrl-C pauses safely; running it again resumes. Exit 0 converged, 1
+    /// failed, rolled back, paused or not applied.
+    Sync {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, default_value = "HEAD")]
+        rev: String,
+        /// Apply without asking.
+        #[arg(long)]
+        yes: bool,
+        /// Time between readings of idle nodes (the gates' data).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        #[command(flatten)]
+        reach: ReachArgs,
+        /// text: plan, progress and summary; json: the summary only.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Run beside one cache server: report it to the cacheflow server every interval,
     /// apply the assignment the server answers with (restarting the engine for
     /// start-only parameters when allowed), report the result at once. Runs until
@@ -393,6 +414,42 @@ pub fn run(cli: Cli) -> ExitCode {
                     print_with_changes(&out, !plan.converged())
                 }
                 Err(e) => fail_pipeline(e, format == RichFormat::Json),
+            }
+        }
+        Command::Sync {
+            repo,
+            rev,
+            yes,
+            interval,
+            reach,
+            format,
+        } => {
+            let repo = match open(&repo) {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            let options = crate::sync::SyncOptions {
+                rev,
+                yes,
+                reach: reach.options(),
+                interval,
+                json: format == Format::Json,
+            };
+            match crate::sync::sync(&repo, options) {
+                Ok(summary) => {
+                    if format == Format::Json {
+                        print!("{}", render::json(&summary));
+                    }
+                    if summary.ok() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(crate::sync::SyncError::Pipeline(e)) => {
+                    fail_pipeline(e, format == Format::Json)
+                }
+                Err(e) => fail(&e.to_string()),
             }
         }
         Command::Agent(args) => match run_agent(*args) {

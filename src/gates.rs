@@ -328,7 +328,9 @@ mod tests {
         assert_eq!(
             j.verdict,
             Verdict::Fail {
-                reason: "a: hit ratio fell from 90.0% to 50.0%, untouched nodes 90.0% (more than 5.0%)".into()
+                reason:
+                    "a: hit ratio fell from 90.0% to 50.0%, untouched nodes 90.0% (more than 5.0%)"
+                        .into()
             }
         );
         // b fell the same way: the traffic changed, the config did not do it.

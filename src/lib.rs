@@ -15,6 +15,7 @@
 //! prints them as text, JSON or Markdown; `cli` is the command line.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod catalog;
 pub mod cli;
 pub mod diff;
@@ -24,7 +25,9 @@ pub mod live;
 pub mod nodes;
 pub mod pipeline;
 pub mod plan;
+pub mod reconciler;
 pub mod render;
 pub mod rollout;
 pub mod source;
 pub mod spec;
+pub mod sync;

@@ -9,3 +9,4 @@ mod plan_fixtures;
 mod redis_driver;
 mod snapshot;
 mod support;
+mod sync;

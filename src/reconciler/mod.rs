@@ -1,0 +1,832 @@
+//! The reconciler: turns valid revisions into staged rollouts, one per cluster, and node
+//! reports into assignments. This module is the deterministic core: it holds the
+//! [`State`] (what the journal stores), takes one input at a time (a revision, a node's
+//! report, a timer, a person's command) with the time given by the caller, and returns
+//! [`Effect`]s for the runtime (`runtime.rs`) to carry out: write a journal entry, add a
+//! note, start a timer, wake a node whose assignment changed.
+//!
+//! ```text
+//! revision ─► per cluster: content changed? refused? ─► plan against live ─► Rollout
+//! report   ─► live sample; lastApply of the current (revision, generation)? ─► NodeApplied
+//! Rollout actions: Assign ─► assignments (+ generation)   JudgeGates ─► gates::judge
+//!                  Timer ─► Effect::Timer                  Journal ─► one entry per input
+//! ```
+//!
+//! Write-ahead: the runtime writes the journal entry of an input before it answers any
+//! node or starts any timer, so what a node was told is always in the journal.
+
+pub mod runtime;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::catalog;
+use crate::gates::{self, Sample};
+use crate::live::{LiveState, NodeLive};
+use crate::nodes::protocol::{Assignment, Outcome, Report, PROTOCOL_VERSION};
+use crate::plan;
+use crate::rollout::{self, Action, Event, Phase, Rollout, RolloutSpec};
+use crate::spec::model::{Cluster, Desired, Managed};
+
+/// The format version of the journal's state.
+pub const STATE_VERSION: u32 = 1;
+
+/// Everything the reconciler must remember across a restart; the journal's tree.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub version: u32,
+    /// The last valid revision taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// Raised for every assignment made.
+    pub generation: u64,
+    pub clusters: BTreeMap<String, ClusterState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterState {
+    /// The cluster's content being rolled out or rolled out last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutRecord>,
+    /// A revision rolled back: not applied again until the cluster's content changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refused>,
+    /// What each node of the cluster was told to run.
+    #[serde(default)]
+    pub assignments: BTreeMap<String, NodeAssignment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    pub revision: String,
+    /// A digest of the cluster's parameters: equal digests, equal assignments.
+    pub digest: String,
+    pub parameters: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refused {
+    pub revision: String,
+    pub digest: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    pub rollout: Rollout,
+    pub started_at: String,
+    /// Every node's health before the rollout began (parameters left out).
+    pub baseline: BTreeMap<String, Sample>,
+    /// Per touched node, what a rollback assigns: its previous assignment, and for
+    /// parameters it had none for, the value it ran before the rollout.
+    pub restore: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAssignment {
+    pub revision: String,
+    pub digest: String,
+    pub generation: u64,
+    pub parameters: BTreeMap<String, String>,
+    pub restart_allowed: bool,
+    /// The outcome the node reported for this (revision, generation), once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+/// What the runtime must do after an input, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Append one journal entry: `message` (first line the summary) with the state.
+    Journal { message: String },
+    /// Note `text` for `cluster` on config commit `revision` (`refs/notes/cacheflow`).
+    Note {
+        revision: String,
+        cluster: String,
+        text: String,
+    },
+    /// Feed `event` to `cluster`'s rollout after `after_ms`.
+    Timer {
+        cluster: String,
+        after_ms: u64,
+        event: Event,
+    },
+    /// These nodes' assignments changed: tell them now if they can be told.
+    Wake { nodes: Vec<String> },
+}
+
+/// Why a report or a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedInput {
+    #[error("node `{0}` is not declared in any cluster of the current revision")]
+    UnknownNode(String),
+    #[error("cluster `{0}` is not declared in the current revision")]
+    UnknownCluster(String),
+    #[error("cluster `{0}` has no rollout in progress")]
+    NoRollout(String),
+    #[error("the report is for node `{found}`, not `{expected}`")]
+    WrongNode { expected: String, found: String },
+}
+
+/// The reconciler's core. Not thread-safe by design: the runtime owns it in one task.
+pub struct Reconciler {
+    pub state: State,
+    desired: Option<Arc<Desired>>,
+    /// node id → cluster name, for the current revision.
+    node_cluster: HashMap<String, String>,
+    /// The latest reading of each node (declared parameters only).
+    live: HashMap<String, Sample>,
+    /// Journal lines of the input being handled.
+    lines: Vec<String>,
+    effects: Vec<Effect>,
+}
+
+fn digest(params: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in params {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn short(rev: &str) -> &str {
+    &rev[..rev.len().min(12)]
+}
+
+fn values(cluster: &Cluster) -> BTreeMap<String, String> {
+    cluster
+        .parameters
+        .iter()
+        .map(|(k, p)| (k.clone(), p.value.clone()))
+        .collect()
+}
+
+impl Reconciler {
+    /// A reconciler resuming from `state` (a fresh one from `State::default()`).
+    pub fn new(mut state: State) -> Reconciler {
+        state.version = STATE_VERSION;
+        Reconciler {
+            state,
+            desired: None,
+            node_cluster: HashMap::new(),
+            live: HashMap::new(),
+            lines: Vec::new(),
+            effects: Vec::new(),
+        }
+    }
+
+    pub fn desired(&self) -> Option<&Arc<Desired>> {
+        self.desired.as_ref()
+    }
+
+    /// The latest reading of every node.
+    pub fn live(&self) -> &HashMap<String, Sample> {
+        &self.live
+    }
+
+    /// After a restart: the timers the rollouts in flight were waiting on, started
+    /// again in full (the safe side: a bake interrupted by a crash bakes again), and a
+    /// judgement interrupted by the crash is made again after a bake. `grace_ms` is at
+    /// least the time the nodes need to report again, so gates are never judged on the
+    /// empty readings of a process that just started.
+    pub fn resume(&mut self, grace_ms: u64) -> Vec<Effect> {
+        let clusters: Vec<String> = self.state.clusters.keys().cloned().collect();
+        for name in clusters {
+            let Some(rec) = self
+                .state
+                .clusters
+                .get_mut(&name)
+                .and_then(|c| c.rollout.as_mut())
+            else {
+                continue;
+            };
+            let r = &mut rec.rollout;
+            let timer = match r.phase {
+                Phase::Applying { batch } => Some((
+                    r.spec.apply_timeout_ms.max(grace_ms),
+                    Event::ApplyTimedOut { batch },
+                )),
+                Phase::Baking { batch } | Phase::Judging { batch } => {
+                    r.phase = Phase::Baking { batch };
+                    Some((r.spec.bake_ms.max(grace_ms), Event::BakeElapsed { batch }))
+                }
+                Phase::RollingBack { .. } => Some((
+                    r.spec.apply_timeout_ms.max(grace_ms),
+                    Event::RollbackTimedOut,
+                )),
+                _ => None,
+            };
+            if let Some((after_ms, event)) = timer {
+                self.effects.push(Effect::Timer {
+                    cluster: name.clone(),
+                    after_ms,
+                    event,
+                });
+            }
+        }
+        std::mem::take(&mut self.effects)
+    }
+
+    fn rec_mut(&mut self, cluster: &str) -> &mut RolloutRecord {
+        self.state
+            .clusters
+            .get_mut(cluster)
+            .and_then(|c| c.rollout.as_mut())
+            .expect("a rollout record the caller saw")
+    }
+
+    /// A new valid revision; `live`, when given, is a reading of the nodes taken just
+    /// before (what `sync` showed the person who confirmed).
+    pub fn revision(
+        &mut self,
+        desired: Desired,
+        live: Option<&LiveState>,
+        now_ms: u64,
+    ) -> Vec<Effect> {
+        let desired = Arc::new(desired);
+        let revision = desired.commit.clone().unwrap_or_else(|| "worktree".into());
+        self.node_cluster = desired
+            .clusters
+            .values()
+            .flat_map(|c| c.nodes.iter().map(|n| (n.id.clone(), c.name.clone())))
+            .collect();
+        self.live.retain(|id, _| self.node_cluster.contains_key(id));
+        self.desired = Some(desired.clone());
+        for (id, node) in live.iter().flat_map(|l| l.nodes.iter()) {
+            if self.node_cluster.contains_key(id) {
+                self.observe(id, node.clone(), now_ms);
+            }
+        }
+        let new_head = self.state.head.as_deref() != Some(revision.as_str());
+        self.state.head = Some(revision.clone());
+        for cluster in desired.clusters.values() {
+            let params = values(cluster);
+            let dig = digest(&params);
+            let cs = self.state.clusters.entry(cluster.name.clone()).or_default();
+            if cs.target.as_ref().is_some_and(|t| t.digest == dig) {
+                continue;
+            }
+            if cs.refused.as_ref().is_some_and(|r| r.digest == dig) {
+                continue;
+            }
+            cs.refused = None;
+            let previous = cs.target.replace(Target {
+                revision: revision.clone(),
+                digest: dig,
+                parameters: params,
+            });
+            if let Some(rec) = cs.rollout.as_ref() {
+                if !rec.rollout.phase.is_final() {
+                    let revision = revision.clone();
+                    self.feed(&cluster.name, Event::Supersede { revision }, now_ms);
+                }
+            }
+            let _ = previous;
+            self.start(&cluster.name, now_ms);
+        }
+        if new_head && self.lines.is_empty() {
+            self.lines.push(format!(
+                "revision {} taken: no cluster changed",
+                short(&revision)
+            ));
+        }
+        self.finish()
+    }
+
+    /// A revision that failed validation or trust: journaled, nothing applied.
+    pub fn refuse_revision(&mut self, revision: &str, reason: &str) -> Vec<Effect> {
+        self.lines
+            .push(format!("revision {} refused: {reason}", short(revision)));
+        self.lines.push(match &self.state.head {
+            Some(h) => format!("keeping revision {}", short(h)),
+            None => "no revision was applied yet".to_owned(),
+        });
+        self.finish()
+    }
+
+    /// Start rolling out a cluster's target to the nodes whose assignment differs,
+    /// unless a rollout is in flight or the content is refused.
+    fn start(&mut self, name: &str, now_ms: u64) {
+        let Some(desired) = self.desired.clone() else {
+            return;
+        };
+        let Some(cluster) = desired.clusters.get(name) else {
+            return;
+        };
+        let cs = self.state.clusters.entry(name.to_owned()).or_default();
+        if cs
+            .rollout
+            .as_ref()
+            .is_some_and(|r| !r.rollout.phase.is_final())
+        {
+            return;
+        }
+        let Some(target) = cs.target.clone() else {
+            return;
+        };
+        if cs
+            .refused
+            .as_ref()
+            .is_some_and(|r| r.digest == target.digest)
+        {
+            return;
+        }
+        // Candidates: declared nodes, reachable, whose assignment is not the target.
+        let candidates: BTreeSet<&str> = cluster
+            .nodes
+            .iter()
+            .filter(|n| {
+                cs.assignments
+                    .get(&n.id)
+                    .is_none_or(|a| a.digest != target.digest)
+            })
+            .filter(|n| self.live.get(&n.id).is_some_and(|s| s.node.reachable))
+            .map(|n| n.id.as_str())
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let live = LiveState {
+            version: crate::live::LIVE_STATE_VERSION,
+            taken_at: None,
+            nodes: candidates
+                .iter()
+                .map(|id| (id.to_string(), self.live[*id].node.clone()))
+                .collect(),
+        };
+        let planned = plan::plan_cluster(cluster, &live);
+        // Nodes that already run the target: assigned without a rollout.
+        let mut woken = Vec::new();
+        for id in &planned.in_sync {
+            self.state.generation += 1;
+            let cs = self.state.clusters.get_mut(name).expect("entry made above");
+            cs.assignments.insert(
+                id.clone(),
+                NodeAssignment {
+                    revision: target.revision.clone(),
+                    digest: target.digest.clone(),
+                    generation: self.state.generation,
+                    parameters: target.parameters.clone(),
+                    restart_allowed: false,
+                    outcome: None,
+                },
+            );
+            woken.push(id.clone());
+        }
+        if !woken.is_empty() {
+            self.lines.push(format!(
+                "{name}: {} node(s) already run {}: {}",
+                woken.len(),
+                short(&target.revision),
+                woken.join(", ")
+            ));
+            self.effects.push(Effect::Wake { nodes: woken });
+        }
+        if planned.nodes.is_empty() {
+            return;
+        }
+        // Start-only changes need an agent that can restart the engine.
+        let direct_restarts: Vec<String> = planned
+            .nodes
+            .iter()
+            .filter(|n| n.restart)
+            .filter(|n| {
+                cluster
+                    .node(&n.id)
+                    .is_some_and(|d| d.managed == Managed::Direct)
+            })
+            .map(|n| {
+                let names: Vec<&str> = n
+                    .changes
+                    .iter()
+                    .filter(|c| c.restart)
+                    .map(|c| c.name.as_str())
+                    .collect();
+                format!("{} ({})", n.id, names.join(", "))
+            })
+            .collect();
+        if !direct_restarts.is_empty() {
+            let reason = format!(
+                "start-only parameters on directly managed nodes, which cacheflow cannot restart: {}; manage them with an agent that has --restart-command",
+                direct_restarts.join("; ")
+            );
+            self.refuse_cluster(name, &target, reason);
+            return;
+        }
+        let batches: Vec<Vec<String>> = planned
+            .stages
+            .iter()
+            .flat_map(|s| s.batches.iter().cloned())
+            .collect();
+        let cs = self.state.clusters.get_mut(name).expect("entry made above");
+        let previous_revision = {
+            let mut revs: Vec<&str> = batches
+                .iter()
+                .flatten()
+                .filter_map(|id| cs.assignments.get(id).map(|a| a.revision.as_str()))
+                .collect();
+            revs.dedup();
+            match revs.as_slice() {
+                [one] => one.to_string(),
+                _ => format!("before-{}", short(&target.revision)),
+            }
+        };
+        let restore: BTreeMap<String, BTreeMap<String, String>> = batches
+            .iter()
+            .flatten()
+            .map(|id| {
+                let mut params = cs
+                    .assignments
+                    .get(id)
+                    .map(|a| a.parameters.clone())
+                    .unwrap_or_default();
+                let cat = catalog(cluster.engine);
+                if let Some(sample) = self.live.get(id) {
+                    for key in target.parameters.keys() {
+                        if params.contains_key(key) {
+                            continue;
+                        }
+                        if let Some(v) = sample.node.parameters.get(key) {
+                            let v = cat
+                                .normalize(key, &serde_json::Value::String(v.clone()))
+                                .unwrap_or_else(|_| v.clone());
+                            params.insert(key.clone(), v);
+                        }
+                    }
+                }
+                (id.clone(), params)
+            })
+            .collect();
+        let baseline = cluster
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let s = self.live.get(&n.id)?;
+                Some((
+                    n.id.clone(),
+                    Sample {
+                        at_ms: s.at_ms,
+                        node: NodeLive {
+                            parameters: BTreeMap::new(),
+                            persisted: None,
+                            ..s.node.clone()
+                        },
+                    },
+                ))
+            })
+            .collect();
+        let policy = &cluster.rollout;
+        let spec = RolloutSpec {
+            cluster: name.to_owned(),
+            revision: target.revision.clone(),
+            previous: Some(previous_revision),
+            batches,
+            bake_ms: policy.bake.0,
+            apply_timeout_ms: policy.apply_timeout.0,
+            on_failure: policy.on_failure,
+        };
+        cs.rollout = Some(RolloutRecord {
+            rollout: Rollout::new(spec),
+            started_at: crate::nodes::fleet::now_rfc3339(),
+            baseline,
+            restore,
+        });
+        self.feed(name, Event::Begin, now_ms);
+    }
+
+    fn refuse_cluster(&mut self, name: &str, target: &Target, reason: String) {
+        self.lines.push(format!(
+            "{name}: revision {} refused: {reason}",
+            short(&target.revision)
+        ));
+        self.effects.push(Effect::Note {
+            revision: target.revision.clone(),
+            cluster: name.to_owned(),
+            text: format!("refused: {reason}"),
+        });
+        let cs = self.state.clusters.get_mut(name).expect("cluster state");
+        cs.refused = Some(Refused {
+            revision: target.revision.clone(),
+            digest: target.digest.clone(),
+            reason,
+        });
+    }
+
+    /// Feed an event to a cluster's rollout and carry out its actions.
+    fn feed(&mut self, name: &str, event: Event, now_ms: u64) {
+        let mut queue = vec![event];
+        while let Some(event) = queue.pop() {
+            let Some(rec) = self
+                .state
+                .clusters
+                .get_mut(name)
+                .and_then(|c| c.rollout.as_mut())
+            else {
+                return;
+            };
+            let was_final = rec.rollout.phase.is_final();
+            let (next, actions) = rollout::step(rec.rollout.clone(), event);
+            rec.rollout = next;
+            for action in actions {
+                match action {
+                    Action::Journal { message } => self.lines.push(message),
+                    Action::Timer { after_ms, event } => self.effects.push(Effect::Timer {
+                        cluster: name.to_owned(),
+                        after_ms,
+                        event,
+                    }),
+                    Action::Assign { nodes, revision } => self.assign(name, &nodes, &revision),
+                    Action::JudgeGates { batch, nodes } => {
+                        queue.push(self.judge(name, batch, &nodes, now_ms));
+                    }
+                }
+            }
+            let rec = self.rec_mut(name);
+            if !was_final && rec.rollout.phase.is_final() {
+                self.finished(name);
+            }
+        }
+    }
+
+    fn assign(&mut self, name: &str, nodes: &[String], revision: &str) {
+        let cs = self.state.clusters.get_mut(name).expect("cluster state");
+        let rec = cs.rollout.as_ref().expect("a rollout assigns");
+        let target = cs.target.clone().expect("a rollout has a target");
+        let forward = revision == rec.rollout.spec.revision;
+        for id in nodes {
+            self.state.generation += 1;
+            let (parameters, digest) = if forward {
+                (target.parameters.clone(), target.digest.clone())
+            } else {
+                let p = rec.restore.get(id).cloned().unwrap_or_default();
+                let d = digest(&p);
+                (p, d)
+            };
+            cs.assignments.insert(
+                id.clone(),
+                NodeAssignment {
+                    revision: revision.to_owned(),
+                    digest,
+                    generation: self.state.generation,
+                    parameters,
+                    restart_allowed: forward,
+                    outcome: None,
+                },
+            );
+        }
+        self.effects.push(Effect::Wake {
+            nodes: nodes.to_vec(),
+        });
+    }
+
+    fn judge(&mut self, name: &str, batch: usize, nodes: &[String], _now_ms: u64) -> Event {
+        let desired = self.desired.clone();
+        let cs = &self.state.clusters[name];
+        let rec = cs.rollout.as_ref().expect("judging a rollout");
+        let gates = desired
+            .as_ref()
+            .and_then(|d| d.clusters.get(name))
+            .map(|c| c.rollout.gates.clone())
+            .unwrap_or_default();
+        let untouched: Vec<String> = desired
+            .as_ref()
+            .and_then(|d| d.clusters.get(name))
+            .map(|c| {
+                c.nodes
+                    .iter()
+                    .filter(|n| !rec.rollout.touched.contains(&n.id))
+                    .map(|n| n.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now: BTreeMap<String, Sample> = nodes
+            .iter()
+            .chain(untouched.iter())
+            .filter_map(|id| self.live.get(id).map(|s| (id.clone(), s.clone())))
+            .collect();
+        let j = gates::judge(&gates, nodes, &untouched, &rec.baseline, &now);
+        let figures = serde_json::to_string(&j.figures).unwrap_or_default();
+        let verdict = match &j.verdict {
+            rollout::Verdict::Pass => "passed".to_owned(),
+            rollout::Verdict::Fail { reason } => format!("failed: {reason}"),
+            rollout::Verdict::Inconclusive { reason } => format!("inconclusive: {reason}"),
+        };
+        self.lines.push(format!(
+            "{name}: gates of batch {} {verdict}\nfigures: {figures}",
+            batch + 1
+        ));
+        Event::Gates {
+            batch,
+            verdict: j.verdict,
+        }
+    }
+
+    /// A rollout reached a final phase: note it on the config commit; a rolled-back
+    /// revision is refused for the cluster until its content changes.
+    fn finished(&mut self, name: &str) {
+        let now = crate::nodes::fleet::now_rfc3339();
+        let cs = self.state.clusters.get_mut(name).expect("cluster state");
+        let rec = cs.rollout.as_ref().expect("finished rollout");
+        let revision = rec.rollout.spec.revision.clone();
+        let nodes: Vec<String> = rec.rollout.touched.iter().cloned().collect();
+        let text = match &rec.rollout.phase {
+            Phase::Completed => format!(
+                "completed {now}: reached {} node(s): {}",
+                nodes.len(),
+                nodes.join(", ")
+            ),
+            Phase::RolledBack { reason } => {
+                let target = cs.target.clone().expect("target");
+                cs.refused = Some(Refused {
+                    revision: revision.clone(),
+                    digest: target.digest,
+                    reason: reason.clone(),
+                });
+                format!(
+                    "rolled back {now}: {reason}; {} node(s) back on {}",
+                    nodes.len(),
+                    rec.rollout.spec.previous.clone().unwrap_or_default()
+                )
+            }
+            Phase::Superseded { by } => {
+                format!(
+                    "superseded {now} by {} before it reached every node",
+                    short(by)
+                )
+            }
+            _ => return,
+        };
+        self.effects.push(Effect::Note {
+            revision,
+            cluster: name.to_owned(),
+            text,
+        });
+    }
+
+    /// A node's report: remember its reading, take its apply result, answer with its
+    /// assignment.
+    pub fn report(
+        &mut self,
+        node_id: &str,
+        report: Report,
+        now_ms: u64,
+    ) -> Result<(Assignment, Vec<Effect>), RefusedInput> {
+        if report.node_id != node_id {
+            return Err(RefusedInput::WrongNode {
+                expected: node_id.to_owned(),
+                found: report.node_id,
+            });
+        }
+        let Some(name) = self.node_cluster.get(node_id).cloned() else {
+            return Err(RefusedInput::UnknownNode(node_id.to_owned()));
+        };
+        self.observe(node_id, report.node, now_ms);
+        let cs = self.state.clusters.entry(name.clone()).or_default();
+        if let (Some(result), Some(a)) = (report.last_apply, cs.assignments.get_mut(node_id)) {
+            if result.revision == a.revision
+                && result.generation == a.generation
+                && a.outcome.is_none()
+            {
+                a.outcome = Some(result.outcome);
+                let ok = result.outcome == Outcome::Applied;
+                let event = Event::NodeApplied {
+                    node: node_id.to_owned(),
+                    revision: result.revision.clone(),
+                    ok,
+                    error: result.error.clone(),
+                };
+                let active = cs
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| !r.rollout.phase.is_final());
+                if active {
+                    self.feed(&name, event, now_ms);
+                } else if !ok {
+                    self.lines.push(format!(
+                        "{name}: {node_id} failed to apply {}: {}",
+                        short(&result.revision),
+                        result.error.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        let assignment = self.assignment(node_id);
+        Ok((assignment, self.finish()))
+    }
+
+    /// Keep a reading of a declared node: only the parameters its cluster declares (all
+    /// a plan compares), so 10,000 nodes do not cost 190 parameters each.
+    fn observe(&mut self, node_id: &str, mut node: NodeLive, now_ms: u64) {
+        let cluster = self
+            .node_cluster
+            .get(node_id)
+            .and_then(|c| self.desired.as_ref()?.clusters.get(c));
+        if let Some(c) = cluster {
+            node.parameters.retain(|k, _| c.parameters.contains_key(k));
+            if let Some(p) = node.persisted.as_mut() {
+                p.retain(|k, _| c.parameters.contains_key(k));
+            }
+        }
+        self.live.insert(
+            node_id.to_owned(),
+            Sample {
+                at_ms: now_ms,
+                node,
+            },
+        );
+    }
+
+    /// What `node_id` should run now.
+    pub fn assignment(&self, node_id: &str) -> Assignment {
+        let a = self
+            .node_cluster
+            .get(node_id)
+            .and_then(|c| self.state.clusters.get(c))
+            .and_then(|cs| cs.assignments.get(node_id));
+        Assignment {
+            version: PROTOCOL_VERSION,
+            node_id: node_id.to_owned(),
+            revision: a.map(|a| a.revision.clone()),
+            generation: a.map(|a| a.generation).unwrap_or(0),
+            parameters: a.map(|a| a.parameters.clone()).unwrap_or_default(),
+            restart_allowed: a.is_some_and(|a| a.restart_allowed),
+            report_interval_secs: None,
+        }
+    }
+
+    /// A timer fired.
+    pub fn timer(&mut self, cluster: &str, event: Event, now_ms: u64) -> Vec<Effect> {
+        self.feed(cluster, event, now_ms);
+        self.finish()
+    }
+
+    /// A person's command (pause, resume, promote, abort).
+    pub fn command(
+        &mut self,
+        cluster: &str,
+        event: Event,
+        now_ms: u64,
+    ) -> Result<Vec<Effect>, RefusedInput> {
+        let Some(cs) = self.state.clusters.get(cluster) else {
+            return Err(RefusedInput::UnknownCluster(cluster.to_owned()));
+        };
+        if cs
+            .rollout
+            .as_ref()
+            .is_none_or(|r| r.rollout.phase.is_final())
+        {
+            return Err(RefusedInput::NoRollout(cluster.to_owned()));
+        }
+        self.feed(cluster, event, now_ms);
+        Ok(self.finish())
+    }
+
+    /// Periodically: start rollouts for nodes that came up since (a node unreachable
+    /// when its cluster's rollout began gets the target through a rollout of its own).
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Effect> {
+        let names: Vec<String> = self.state.clusters.keys().cloned().collect();
+        for name in names {
+            self.start(&name, now_ms);
+        }
+        self.finish()
+    }
+
+    /// Node ids declared in the current revision, by cluster.
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.node_cluster
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.as_str()))
+    }
+
+    /// The journal entry of this input (if anything happened), then its other effects.
+    fn finish(&mut self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if !self.lines.is_empty() {
+            effects.push(Effect::Journal {
+                message: std::mem::take(&mut self.lines).join("\n"),
+            });
+        }
+        effects.append(&mut self.effects);
+        effects
+    }
+}
+
+#[cfg(test)]
+mod tests;

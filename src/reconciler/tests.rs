@@ -1,0 +1,1 @@
+//! The reconciler core under virtual time: inputs in, effects out.

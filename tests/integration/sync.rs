@@ -1,0 +1,304 @@
+//! `cacheflow sync` through the real binary: six real redis-server nodes in two shards
+//! (a primary and two replicas each, replicating for real), a real git repository, the
+//! journal and notes read back with git2.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::git::TestRepo;
+use crate::support::servers::RedisServer;
+
+/// Two shards: s1 = a1 (primary), a2, a3 (replicas of a1); s2 = b1, b2, b3.
+struct Fleet {
+    nodes: Vec<(String, RedisServer)>,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let mut nodes = Vec::new();
+        for shard in ["a", "b"] {
+            let primary = RedisServer::start();
+            let port = primary.port().to_string();
+            nodes.push((format!("{shard}1"), primary));
+            for i in 2..=3 {
+                let replica = RedisServer::start();
+                let reply = replica.client().cmd(&["REPLICAOF", "127.0.0.1", &port]);
+                assert!(reply.is_ok(), "REPLICAOF answered {reply:?}");
+                nodes.push((format!("{shard}{i}"), replica));
+            }
+        }
+        // Wait for every replica's link, so the gates see a healthy cluster.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for (id, n) in nodes.iter().filter(|(id, _)| !id.ends_with('1')) {
+            loop {
+                let info = n.client().cmd(&["INFO", "replication"]);
+                if info
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("master_link_status:up")
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{id}: replication link not up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Fleet { nodes }
+    }
+
+    fn get(&self, id: &str) -> &RedisServer {
+        &self.nodes.iter().find(|(n, _)| n == id).expect("node").1
+    }
+
+    fn config(&self, param: &str) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .map(|(id, n)| (id.clone(), n.client().config_get(param)[param].clone()))
+            .collect()
+    }
+
+    fn cluster_yaml(&self, params: &str) -> String {
+        let mut nodes = String::new();
+        for (id, n) in &self.nodes {
+            let shard = &id[..1];
+            let role = if id.ends_with('1') {
+                "primary"
+            } else {
+                "replica"
+            };
+            nodes.push_str(&format!(
+                "    - {{id: {id}, address: '{}', shard: {shard}, role: {role}}}\n",
+                n.addr()
+            ));
+        }
+        format!(
+            "apiVersion: cacheflow/v1
+kind: Cluster
+metadata: {{name: cache}}
+spec:
+  engine: redis
+  parameters:
+{params}
+  nodes:
+{nodes}  rollout:
+    stages: [1, '50%', '100%']
+    bake: 0s
+    applyTimeout: 10s
+    maxUnavailablePerShard: 1
+    gates: {{minOpsPerSec: 0}}
+"
+        )
+    }
+}
+
+fn sync(repo: &TestRepo, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["sync", "--repo"])
+        .arg(repo.path())
+        .args(["--interval", "200ms"])
+        .args(extra)
+        .output()
+        .expect("the cacheflow binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn journal(repo: &TestRepo) -> Vec<String> {
+    let r = repo.repository();
+    let Ok(head) = r.refname_to_id("refs/cacheflow/journal") else {
+        return Vec::new();
+    };
+    let mut walk = r.revwalk().unwrap();
+    walk.push(head).unwrap();
+    let mut out: Vec<String> = walk
+        .map(|oid| {
+            r.find_commit(oid.unwrap())
+                .unwrap()
+                .message()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+fn note(repo: &TestRepo, commit: &str) -> String {
+    let oid = git2::Oid::from_str(commit).unwrap();
+    repo.repository()
+        .find_note(Some("refs/notes/cacheflow"), oid)
+        .map(|n| n.message().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn sync_rolls_a_commit_out_replicas_first_batch_by_batch_and_every_node_matches() {
+    let fleet = Fleet::start();
+    let repo = TestRepo::new();
+    repo.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml("    maxmemory: 64mb\n    hz: 20\n    maxmemory-policy: allkeys-lru"),
+    );
+    let commit = repo.commit("cache: 64mb, hz 20, allkeys-lru");
+
+    // Without --yes and without a terminal, nothing is applied.
+    let (code, out) = sync(&repo, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("give --yes to apply without asking"), "{out}");
+    assert!(fleet.config("hz").iter().all(|(_, v)| v == "10"));
+
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 0, "{out}");
+    for param in ["maxmemory", "hz", "maxmemory-policy"] {
+        let want = match param {
+            "maxmemory" => "67108864",
+            "hz" => "20",
+            _ => "allkeys-lru",
+        };
+        for (id, v) in fleet.config(param) {
+            assert_eq!(v, want, "{id} {param}");
+        }
+    }
+    assert!(out.contains("cache: completed"), "{out}");
+
+    // The journal: the canary is one replica, replicas go before primaries, no batch
+    // holds two nodes of a shard.
+    let entries = journal(&repo);
+    let batches: Vec<Vec<String>> = entries
+        .iter()
+        .filter_map(|m| {
+            let line = m.lines().find(|l| l.contains("assigned"))?;
+            let nodes = line.rsplit_once(": ")?.1;
+            Some(nodes.split(", ").map(str::to_owned).collect())
+        })
+        .collect();
+    assert_eq!(batches.len(), 4, "{entries:#?}");
+    assert_eq!(batches[0].len(), 1, "the canary is one node: {batches:?}");
+    let order: Vec<&String> = batches.iter().flatten().collect();
+    let first_primary = order.iter().position(|n| n.ends_with('1')).unwrap();
+    assert!(
+        order[..first_primary].len() == 4,
+        "all four replicas before any primary: {order:?}"
+    );
+    for b in &batches {
+        let mut shards: Vec<char> = b.iter().map(|n| n.chars().next().unwrap()).collect();
+        shards.sort();
+        shards.dedup();
+        assert_eq!(shards.len(), b.len(), "two nodes of one shard in {b:?}");
+    }
+    assert!(
+        entries
+            .iter()
+            .any(|m| m.contains("gates of batch 1 passed")),
+        "{entries:#?}"
+    );
+    let n = note(&repo, &commit);
+    assert!(n.starts_with("cache: completed "), "{n}");
+    assert!(n.contains("reached 6 node(s)"), "{n}");
+
+    // Again: nothing to do, nothing journaled.
+    let before = journal(&repo).len();
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Nothing to do."), "{out}");
+    assert_eq!(journal(&repo).len(), before);
+}
+
+#[test]
+fn a_failing_gate_rolls_the_canary_back_and_the_revision_stays_refused() {
+    let fleet = Fleet::start();
+    // 3 MB of data on each shard's primary (replicated to its replicas).
+    let value = "x".repeat(1 << 20);
+    for p in ["a1", "b1"] {
+        let mut c = fleet.get(p).client();
+        for k in ["k1", "k2", "k3"] {
+            assert!(c.cmd(&["SET", k, &value]).is_ok());
+        }
+    }
+    let repo = TestRepo::new();
+    repo.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml("    maxmemory: 64mb\n    maxmemory-policy: noeviction"),
+    );
+    repo.commit("cache: 64mb");
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 0, "{out}");
+
+    // A limit below what the nodes hold: the canary's memory gate fails.
+    repo.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml("    maxmemory: 2mb\n    maxmemory-policy: noeviction"),
+    );
+    let bad = repo.commit("cache: 2mb (too small)");
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cache: rolled-back: gates failed: "), "{out}");
+    assert!(out.contains("is above 98.0%"), "{out}");
+    for (id, v) in fleet.config("maxmemory") {
+        assert_eq!(v, "67108864", "{id} was not rolled back");
+    }
+    let entries = journal(&repo);
+    let assigned: Vec<&String> = entries.iter().filter(|m| m.contains("assigned")).collect();
+    // Two from the first sync's... the first rollout had 4 batches; this one only 1.
+    assert_eq!(assigned.len(), 5, "{entries:#?}");
+    assert!(
+        entries
+            .iter()
+            .any(|m| m.contains("gates of batch 1 failed") && m.contains("\"memoryRatio\"")),
+        "the gate's figures are journaled: {entries:#?}"
+    );
+    assert!(
+        entries.iter().any(|m| m.contains("rolled back to ")),
+        "{entries:#?}"
+    );
+    let n = note(&repo, &bad);
+    assert!(n.starts_with("cache: rolled back "), "{n}");
+
+    // The next sync of the same revision does not try again.
+    let before = journal(&repo).len();
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cache: refused"), "{out}");
+    assert_eq!(
+        journal(&repo).len(),
+        before,
+        "nothing journaled: nothing happened"
+    );
+    for (id, v) in fleet.config("maxmemory") {
+        assert_eq!(v, "67108864", "{id}");
+    }
+
+    // A newer commit that changes the cluster is rolled out.
+    repo.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml("    maxmemory: 48mb\n    maxmemory-policy: noeviction"),
+    );
+    repo.commit("cache: 48mb");
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 0, "{out}");
+    for (id, v) in fleet.config("maxmemory") {
+        assert_eq!(v, "50331648", "{id}");
+    }
+}
+
+#[test]
+fn an_invalid_revision_is_refused_and_journaled_and_nothing_is_applied() {
+    let fleet = Fleet::start();
+    let repo = TestRepo::new();
+    repo.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 500000"));
+    repo.commit("cache: hz out of range");
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("clusters/cache.yaml:"), "{out}");
+    assert!(fleet.config("hz").iter().all(|(_, v)| v == "10"));
+    let entries = journal(&repo);
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    assert!(
+        entries[0].contains("refused by cacheflow sync: it is invalid"),
+        "{entries:#?}"
+    );
+}
