@@ -159,6 +159,27 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// The reconciler as a server: follows the config repository's branch (webhooks and
+    /// polling), rolls each valid new revision out in stages behind health gates, takes
+    /// node reports and answers with assignments, serves the status API and /metrics.
+    /// Runs until SIGTERM or Ctrl-C.
+    Serve(Box<ServeArgs>),
+    /// Look at or steer rollouts on a running server: status, pause, resume, promote
+    /// (skip the rest of the bake), abort (roll back). Exit 0, or 1 on error.
+    Rollout {
+        #[arg(value_enum)]
+        action: RolloutAction,
+        /// The cluster (required except for status).
+        cluster: Option<String>,
+        /// The cacheflow server (http://host:port).
+        #[arg(long, env = "CACHEFLOW_SERVER")]
+        server: String,
+        /// A file holding an admin token (or set CACHEFLOW_ADMIN_TOKEN).
+        #[arg(long, env = "CACHEFLOW_ADMIN_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Run beside one cache server: report it to the cacheflow server every interval,
     /// apply the assignment the server answers with (restarting the engine for
     /// start-only parameters when allowed), report the result at once. Runs until
@@ -173,6 +194,52 @@ pub enum Command {
         #[arg(long, env = "CACHEFLOW_NODE_TOKEN_SECRET_FILE")]
         secret_file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RolloutAction {
+    Status,
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The config repository: a URL (mirrored into the state directory) or a local path.
+    #[arg(long, env = "CACHEFLOW_REPO")]
+    pub repo: String,
+    /// The branch whose head is rolled out.
+    #[arg(long, default_value = "main", env = "CACHEFLOW_BRANCH")]
+    pub branch: String,
+    /// Where the mirror (with the journal and notes) is kept.
+    #[arg(long, env = "CACHEFLOW_STATE_DIR")]
+    pub state_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080", env = "CACHEFLOW_LISTEN")]
+    pub listen: std::net::SocketAddr,
+    /// How often the repository is fetched without a webhook.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "CACHEFLOW_POLL_INTERVAL")]
+    pub poll_interval: Duration,
+    /// A file holding the webhooks' shared secret (or set CACHEFLOW_WEBHOOK_SECRET).
+    #[arg(long, env = "CACHEFLOW_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// A file holding the node-token secret (or set CACHEFLOW_NODE_TOKEN_SECRET).
+    #[arg(long, env = "CACHEFLOW_NODE_TOKEN_SECRET_FILE")]
+    pub node_token_secret_file: Option<PathBuf>,
+    /// A file of admin tokens, one `name:token` per line; the name is journaled with
+    /// every command given with the token.
+    #[arg(long, env = "CACHEFLOW_ADMIN_TOKENS_FILE")]
+    pub admin_tokens_file: Option<PathBuf>,
+    /// Push refs/cacheflow/journal and refs/notes/cacheflow to the remote.
+    #[arg(long, env = "CACHEFLOW_PUSH_AUDIT")]
+    pub push_audit: bool,
+    /// How often directly managed nodes are read (the gates' data).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub direct_interval: Duration,
+    /// How long one node may take to answer.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -452,6 +519,23 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Command::Serve(args) => match run_serve(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Rollout {
+            action,
+            cluster,
+            server,
+            token_file,
+            format,
+        } => match run_rollout(action, cluster, &server, token_file, format) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Command::Agent(args) => match run_agent(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
@@ -592,6 +676,195 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
+    })
+}
+
+/// A secret from a file (trailing newline dropped) or, failing that, the environment.
+fn secret(file: Option<&PathBuf>, env: &str) -> Result<Option<Vec<u8>>, String> {
+    if let Some(path) = file {
+        let mut bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        if bytes.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        return Ok(Some(bytes));
+    }
+    Ok(std::env::var(env)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(String::into_bytes))
+}
+
+fn run_serve(args: ServeArgs) -> Result<(), String> {
+    use std::collections::BTreeMap;
+    let mut admin_tokens = BTreeMap::new();
+    if let Some(path) = &args.admin_tokens_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, token)) = line.split_once(':') else {
+                return Err(format!(
+                    "{}:{}: expected `name:token`",
+                    path.display(),
+                    i + 1
+                ));
+            };
+            if token.trim().len() < 16 {
+                return Err(format!(
+                    "{}:{}: the token of `{}` is shorter than 16 characters",
+                    path.display(),
+                    i + 1,
+                    name.trim()
+                ));
+            }
+            admin_tokens.insert(name.trim().to_owned(), token.trim().to_owned());
+        }
+    }
+    let options = crate::server::ServeOptions {
+        repo: args.repo,
+        branch: args.branch,
+        state_dir: args.state_dir,
+        listen: args.listen,
+        poll_interval: args.poll_interval,
+        webhook_secret: secret(
+            args.webhook_secret_file.as_ref(),
+            "CACHEFLOW_WEBHOOK_SECRET",
+        )?,
+        node_token_secret: secret(
+            args.node_token_secret_file.as_ref(),
+            "CACHEFLOW_NODE_TOKEN_SECRET",
+        )?,
+        admin_tokens,
+        push_audit: args.push_audit,
+        direct_interval: args.direct_interval,
+        node_timeout: args.timeout,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping");
+            let _ = stop_tx.send(true);
+        });
+        crate::server::serve(options, stop_rx)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn run_rollout(
+    action: RolloutAction,
+    cluster: Option<String>,
+    server: &str,
+    token_file: Option<PathBuf>,
+    format: Format,
+) -> Result<String, String> {
+    let server = server.trim_end_matches('/');
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        return Err(format!(
+            "the server URL `{}` must start with http:// or https://",
+            redact_url(server)
+        ));
+    }
+    let token = secret(token_file.as_ref(), "CACHEFLOW_ADMIN_TOKEN")?
+        .map(|t| String::from_utf8_lossy(&t).trim().to_owned());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let request = match action {
+            RolloutAction::Status => client.get(format!("{server}/api/v1/rollouts")),
+            other => {
+                let cluster = cluster
+                    .clone()
+                    .ok_or("give the cluster: cacheflow rollout ACTION CLUSTER")?;
+                let token = token.ok_or(
+                    "an admin token is required: --token-file FILE or CACHEFLOW_ADMIN_TOKEN",
+                )?;
+                let verb = format!("{other:?}").to_lowercase();
+                client
+                    .post(format!("{server}/api/v1/rollouts/{cluster}/{verb}"))
+                    .bearer_auth(token)
+            }
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", redact_url(server)))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| format!("{}: {e}", redact_url(server)))?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the server's answer ({status}) is not JSON: {e}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "{status}: {}",
+                body["error"].as_str().unwrap_or("no reason given")
+            ));
+        }
+        if format == Format::Json {
+            return Ok(render::json(&body));
+        }
+        let clusters = match action {
+            RolloutAction::Status => body["clusters"].as_array().cloned().unwrap_or_default(),
+            _ => vec![body["cluster"].clone()],
+        };
+        let mut out = String::new();
+        for c in clusters
+            .iter()
+            .filter(|c| cluster.as_deref().is_none_or(|n| c["cluster"] == n))
+        {
+            let name = c["cluster"].as_str().unwrap_or("?");
+            match c["rollout"].as_object() {
+                None => out.push_str(&format!("{name}: no rollout\n")),
+                Some(r) => {
+                    let rev: String = r["revision"]
+                        .as_str()
+                        .unwrap_or("")
+                        .chars()
+                        .take(12)
+                        .collect();
+                    let batch = match (r["batch"].as_u64(), r["batches"].as_u64()) {
+                        (Some(b), Some(n)) => format!(", batch {b} of {n}"),
+                        _ => String::new(),
+                    };
+                    let reason = r["reason"]
+                        .as_str()
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default();
+                    out.push_str(&format!(
+                        "{name}: {rev} {}{batch}{reason}\n",
+                        r["phase"].as_str().unwrap_or("?")
+                    ));
+                }
+            }
+            if let Some(refused) = c["refused"].as_object() {
+                out.push_str(&format!(
+                    "  refused: {}\n",
+                    refused["reason"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        Ok(out)
     })
 }
 

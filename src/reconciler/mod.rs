@@ -90,6 +90,10 @@ pub struct RolloutRecord {
     /// Per touched node, what a rollback assigns: its previous assignment, and for
     /// parameters it had none for, the value it ran before the rollout.
     pub restore: BTreeMap<String, BTreeMap<String, String>>,
+    /// When the current batch was assigned, on this process's clock (not kept: after a
+    /// restart the batch's time counts from the restart).
+    #[serde(skip)]
+    pub batch_started_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,7 +119,11 @@ pub enum Effect {
         revision: String,
         cluster: String,
         text: String,
+        /// `completed`, `rolled_back`, `superseded` or `refused` (for metrics).
+        outcome: &'static str,
     },
+    /// A batch passed (or was promoted) `ms` after it was assigned (for metrics).
+    StageDone { cluster: String, ms: u64 },
     /// Feed `event` to `cluster`'s rollout after `after_ms`.
     Timer {
         cluster: String,
@@ -164,6 +172,16 @@ fn digest(params: &BTreeMap<String, String>) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The batch a rollout is working on (assigned, baking or judging), if any.
+fn running_batch(phase: &Phase) -> Option<usize> {
+    match phase {
+        Phase::Applying { batch } | Phase::Baking { batch } | Phase::Judging { batch } => {
+            Some(*batch)
+        }
+        _ => None,
+    }
 }
 
 fn short(rev: &str) -> &str {
@@ -507,6 +525,7 @@ impl Reconciler {
             started_at: crate::nodes::fleet::now_rfc3339(),
             baseline,
             restore,
+            batch_started_ms: None,
         });
         self.feed(name, Event::Begin, now_ms);
     }
@@ -520,6 +539,7 @@ impl Reconciler {
             revision: target.revision.clone(),
             cluster: name.to_owned(),
             text: format!("refused: {reason}"),
+            outcome: "refused",
         });
         let cs = self.state.clusters.get_mut(name).expect("cluster state");
         cs.refused = Some(Refused {
@@ -542,8 +562,23 @@ impl Reconciler {
                 return;
             };
             let was_final = rec.rollout.phase.is_final();
+            let was_batch = running_batch(&rec.rollout.phase);
             let (next, actions) = rollout::step(rec.rollout.clone(), event);
             rec.rollout = next;
+            let batch = running_batch(&rec.rollout.phase);
+            if batch != was_batch || (was_batch.is_some() && rec.rollout.phase.is_final()) {
+                if let (Some(_), Some(started)) = (was_batch, rec.batch_started_ms) {
+                    let passed = matches!(rec.rollout.phase, Phase::Completed)
+                        || batch.is_some_and(|b| Some(b) > was_batch);
+                    if passed {
+                        self.effects.push(Effect::StageDone {
+                            cluster: name.to_owned(),
+                            ms: now_ms.saturating_sub(started),
+                        });
+                    }
+                }
+                rec.batch_started_ms = batch.map(|_| now_ms);
+            }
             for action in actions {
                 match action {
                     Action::Journal { message } => self.lines.push(message),
@@ -646,6 +681,11 @@ impl Reconciler {
         let rec = cs.rollout.as_ref().expect("finished rollout");
         let revision = rec.rollout.spec.revision.clone();
         let nodes: Vec<String> = rec.rollout.touched.iter().cloned().collect();
+        let outcome = match &rec.rollout.phase {
+            Phase::Completed => "completed",
+            Phase::RolledBack { .. } => "rolled_back",
+            _ => "superseded",
+        };
         let text = match &rec.rollout.phase {
             Phase::Completed => format!(
                 "completed {now}: reached {} node(s): {}",
@@ -677,6 +717,7 @@ impl Reconciler {
             revision,
             cluster: name.to_owned(),
             text,
+            outcome,
         });
     }
 

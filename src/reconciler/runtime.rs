@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use super::{Effect, Reconciler, RefusedInput, State};
 use crate::audit::{AuditError, Journal};
 use crate::live::{LiveState, NodeLive};
+use crate::metrics::Metrics;
 use crate::nodes::agent::ApplyOptions;
 use crate::nodes::fleet::now_rfc3339;
 use crate::nodes::protocol::{ApplyResult, Assignment, Report, PROTOCOL_VERSION};
@@ -68,6 +69,7 @@ pub struct Handle {
     /// Every journal message, for progress displays and logs.
     pub events: broadcast::Sender<String>,
     started: Instant,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The task ended (its journal failed, or it was stopped).
@@ -201,6 +203,7 @@ impl Default for DirectOptions {
 pub fn start(
     mut journal: Journal,
     grace_ms: u64,
+    metrics: Option<Arc<Metrics>>,
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), AuditError>>), AuditError> {
     let state = journal.load()?.unwrap_or_default();
     let mut core = Reconciler::new(state);
@@ -211,6 +214,7 @@ pub fn start(
         wakers: Arc::new(Mutex::new(HashMap::new())),
         events,
         started: Instant::now(),
+        metrics,
     };
     let resumed = core.resume(grace_ms);
     let h = handle.clone();
@@ -296,11 +300,20 @@ fn carry_out(
                 tracing::info!(target: "cacheflow::journal", "{message}");
                 let _ = h.events.send(message);
             }
+            Effect::StageDone { ms, .. } => {
+                if let Some(m) = &h.metrics {
+                    m.stage_duration.observe(ms as f64 / 1000.0);
+                }
+            }
             Effect::Note {
                 revision,
                 cluster,
                 text,
+                outcome,
             } => {
+                if let Some(m) = &h.metrics {
+                    m.rollout_ended(outcome);
+                }
                 if let Err(e) = journal.note(&revision, &cluster, &text) {
                     tracing::warn!("cannot write the note on {revision}: {e}");
                 }

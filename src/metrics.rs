@@ -1,0 +1,144 @@
+//! The server's metrics, in the Prometheus text format (`GET /metrics`), through the
+//! `prometheus-client` crate. Counters are bumped where things happen (webhooks, reports,
+//! rollouts ending); node gauges are computed from the reconciler's state at scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub forge: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub webhook_deliveries: Family<DeliveryLabels, Counter>,
+    pub reports: Family<ResultLabels, Counter>,
+    pub admin_calls: Family<ResultLabels, Counter>,
+    pub rollouts: Family<OutcomeLabels, Counter>,
+    pub revisions: Family<ResultLabels, Counter>,
+    pub stage_duration: Histogram,
+    pub nodes: Family<StateLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("cacheflow");
+        let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by forge and result (accepted, ignored, duplicate, unauthorized, bad_request, too_large, unsupported_media_type)",
+            webhook_deliveries.clone(),
+        );
+        let reports = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "node_reports",
+            "Node reports by result (ok, unauthorized, malformed, unknown_node, too_large)",
+            reports.clone(),
+        );
+        let admin_calls = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "admin_calls",
+            "Rollout commands by result (ok, unauthorized, refused)",
+            admin_calls.clone(),
+        );
+        let rollouts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "rollouts",
+            "Rollouts ended, by outcome (completed, rolled_back, superseded, refused)",
+            rollouts.clone(),
+        );
+        let revisions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "revisions",
+            "Revisions of the tracked branch seen, by result (taken, invalid, rewritten, fetch_failed)",
+            revisions.clone(),
+        );
+        let stage_duration =
+            Histogram::new([0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0]);
+        registry.register(
+            "stage_duration_seconds",
+            "Time from a batch's assignment to its gates passing",
+            stage_duration.clone(),
+        );
+        let nodes = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "nodes",
+            "Declared nodes by state (applied, pending, failed, unassigned, silent)",
+            nodes.clone(),
+        );
+        Metrics {
+            registry,
+            webhook_deliveries,
+            reports,
+            admin_calls,
+            rollouts,
+            revisions,
+            stage_duration,
+            nodes,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn delivery(&self, forge: &str, result: &str) {
+        self.webhook_deliveries
+            .get_or_create(&DeliveryLabels {
+                forge: forge.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn count(family: &Family<ResultLabels, Counter>, result: &str) {
+        family
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn rollout_ended(&self, outcome: &str) {
+        self.rollouts
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_nodes(&self, state: &str, n: i64) {
+        self.nodes
+            .get_or_create(&StateLabels {
+                state: state.to_owned(),
+            })
+            .set(n);
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
