@@ -94,6 +94,11 @@ pub struct RolloutRecord {
     /// restart the batch's time counts from the restart).
     #[serde(skip)]
     pub batch_started_ms: Option<u64>,
+    /// Which run of assignments the rollout is in: the generation of the last
+    /// assignment it made. Timers carry it, so a timer started before a supersede, a
+    /// resume or a rollback never acts on the run after it.
+    #[serde(default)]
+    pub run: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,11 +129,14 @@ pub enum Effect {
     },
     /// A batch passed (or was promoted) `ms` after it was assigned (for metrics).
     StageDone { cluster: String, ms: u64 },
-    /// Feed `event` to `cluster`'s rollout after `after_ms`.
+    /// Feed `event` to `cluster`'s rollout after `after_ms`, with `run` (the rollout
+    /// run that started it: a timer of an earlier run is ignored, see
+    /// [`Reconciler::timer_of`]).
     Timer {
         cluster: String,
         after_ms: u64,
         event: Event,
+        run: u64,
     },
     /// These nodes' assignments changed: tell them now if they can be told.
     Wake { nodes: Vec<String> },
@@ -256,6 +264,7 @@ impl Reconciler {
                     cluster: name.clone(),
                     after_ms,
                     event,
+                    run: rec.run,
                 });
             }
         }
@@ -526,6 +535,7 @@ impl Reconciler {
             baseline,
             restore,
             batch_started_ms: None,
+            run: 0,
         });
         self.feed(name, Event::Begin, now_ms);
     }
@@ -582,12 +592,20 @@ impl Reconciler {
             for action in actions {
                 match action {
                     Action::Journal { message } => self.lines.push(message),
-                    Action::Timer { after_ms, event } => self.effects.push(Effect::Timer {
-                        cluster: name.to_owned(),
-                        after_ms,
-                        event,
-                    }),
-                    Action::Assign { nodes, revision } => self.assign(name, &nodes, &revision),
+                    Action::Timer { after_ms, event } => {
+                        let run = self.rec_mut(name).run;
+                        self.effects.push(Effect::Timer {
+                            cluster: name.to_owned(),
+                            after_ms,
+                            event,
+                            run,
+                        })
+                    }
+                    Action::Assign { nodes, revision } => {
+                        self.assign(name, &nodes, &revision);
+                        let generation = self.state.generation;
+                        self.rec_mut(name).run = generation;
+                    }
                     Action::JudgeGates { batch, nodes } => {
                         queue.push(self.judge(name, batch, &nodes, now_ms));
                     }
@@ -812,7 +830,22 @@ impl Reconciler {
         }
     }
 
-    /// A timer fired.
+    /// A timer of rollout run `run` fired; one of an earlier run (before a supersede, a
+    /// resume, a rollback, or of another rollout) is ignored.
+    pub fn timer_of(&mut self, cluster: &str, event: Event, run: u64, now_ms: u64) -> Vec<Effect> {
+        let current = self
+            .state
+            .clusters
+            .get(cluster)
+            .and_then(|c| c.rollout.as_ref())
+            .map(|r| r.run);
+        if current != Some(run) {
+            return Vec::new();
+        }
+        self.timer(cluster, event, now_ms)
+    }
+
+    /// A timer of the rollout's current run fired.
     pub fn timer(&mut self, cluster: &str, event: Event, now_ms: u64) -> Vec<Effect> {
         self.feed(cluster, event, now_ms);
         self.finish()

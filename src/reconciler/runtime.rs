@@ -44,6 +44,7 @@ enum Msg {
     Timer {
         cluster: String,
         event: Event,
+        run: u64,
     },
     Command {
         cluster: String,
@@ -69,6 +70,7 @@ pub struct Handle {
     /// Every journal message, for progress displays and logs.
     pub events: broadcast::Sender<String>,
     started: Instant,
+    started_wall: u64,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -78,8 +80,15 @@ pub struct Handle {
 pub struct Stopped;
 
 impl Handle {
+    /// Milliseconds on the wall clock: gate baselines are kept in the journal and
+    /// compared with readings taken after a restart, so a per-process clock would not do.
+    /// Never earlier than a reading this process took before (the clock may step back).
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        wall.max(self.started_wall + self.started.elapsed().as_millis() as u64)
     }
 
     pub async fn report(
@@ -214,6 +223,10 @@ pub fn start(
         wakers: Arc::new(Mutex::new(HashMap::new())),
         events,
         started: Instant::now(),
+        started_wall: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
         metrics,
     };
     let resumed = core.resume(grace_ms);
@@ -254,8 +267,12 @@ pub fn start(
                     carry_out(&h, &mut journal, &core, effects)?;
                     let _ = reply.send(());
                 }
-                Msg::Timer { cluster, event } => {
-                    let effects = core.timer(&cluster, event, now);
+                Msg::Timer {
+                    cluster,
+                    event,
+                    run,
+                } => {
+                    let effects = core.timer_of(&cluster, event, run, now);
                     carry_out(&h, &mut journal, &core, effects)?;
                 }
                 Msg::Command {
@@ -322,11 +339,18 @@ fn carry_out(
                 cluster,
                 after_ms,
                 event,
+                run,
             } => {
                 let tx = h.tx.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(after_ms)).await;
-                    let _ = tx.send(Msg::Timer { cluster, event }).await;
+                    let _ = tx
+                        .send(Msg::Timer {
+                            cluster,
+                            event,
+                            run,
+                        })
+                        .await;
                 });
             }
             Effect::Wake { nodes } => {

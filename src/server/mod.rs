@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -368,21 +368,38 @@ fn push_audit(options: &ServeOptions, git_dir: &std::path::Path) -> Result<(), S
         .map_err(|e| redact_url(e.message()))
 }
 
-async fn hook_github(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn hook_github(State(app): State<Shared>, headers: HeaderMap, body: Body) -> Response {
     hook(app, Forge::GitHub, headers, body).await
 }
 
-async fn hook_gitlab(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn hook_gitlab(State(app): State<Shared>, headers: HeaderMap, body: Body) -> Response {
     hook(app, Forge::GitLab, headers, body).await
 }
 
-async fn hook_gitea(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn hook_gitea(State(app): State<Shared>, headers: HeaderMap, body: Body) -> Response {
     hook(app, Forge::Gitea, headers, body).await
 }
 
-async fn hook(app: Shared, forge: Forge, headers: HeaderMap, body: Bytes) -> Response {
+/// Read a body up to `limit` bytes; a larger one is a 413 (counted by the caller).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes"),
+        )
+    })
+}
+
+async fn hook(app: Shared, forge: Forge, headers: HeaderMap, body: Body) -> Response {
     let name = forge.name();
     let count = |result: &str| app.metrics.delivery(name, result);
+    let body = match read_body(body, MAX_WEBHOOK_BYTES).await {
+        Ok(b) => b,
+        Err(response) => {
+            count("too_large");
+            return response;
+        }
+    };
     let Some(secret) = app.options.webhook_secret.as_deref() else {
         count("unauthorized");
         return error(
@@ -474,9 +491,16 @@ async fn report(
     State(app): State<Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let count = |r: &str| Metrics::count(&app.metrics.reports, r);
+    let body = match read_body(body, MAX_PAYLOAD_BYTES).await {
+        Ok(b) => b,
+        Err(response) => {
+            count("too_large");
+            return response;
+        }
+    };
     let Some(secret) = app.options.node_token_secret.as_deref() else {
         count("unauthorized");
         return error(

@@ -7,6 +7,7 @@ mod invalid_repos;
 mod memcached_driver;
 mod plan_fixtures;
 mod redis_driver;
+mod serve;
 mod snapshot;
 mod support;
 mod sync;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 pub mod control;
+pub mod fleet;
 pub mod git;
 pub mod servers;
 pub mod service;

@@ -1,0 +1,566 @@
+//! `cacheflow serve` end to end: the real binary, a local bare repository as the remote,
+//! six real redis-server nodes in two replicating shards, webhooks signed the way GitHub
+//! signs them, and SIGKILL in the middle of rollouts.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cacheflow::server::webhook::github_signature;
+
+use crate::support::fleet::Fleet;
+use crate::support::git::TestRepo;
+use crate::support::servers::free_port;
+
+const SECRET: &str = "webhook-secret-for-tests";
+const NODE_SECRET: &str = "node-token-secret-for-tests";
+const ADMIN: &str = "alice:admin-token-0123456789";
+
+/// A bare repository standing in for the forge.
+struct Remote {
+    dir: tempfile::TempDir,
+}
+
+impl Remote {
+    fn new() -> Remote {
+        let dir = tempfile::Builder::new()
+            .prefix("cacheflow-remote-")
+            .tempdir()
+            .unwrap();
+        git2::Repository::init_bare(dir.path()).unwrap();
+        Remote { dir }
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.path().display())
+    }
+
+    fn push(&self, work: &TestRepo, force: bool) {
+        let mut remote = work
+            .repository()
+            .remote_anonymous(&self.dir.path().display().to_string())
+            .unwrap();
+        let spec = if force {
+            "+refs/heads/main:refs/heads/main"
+        } else {
+            "refs/heads/main:refs/heads/main"
+        };
+        remote.push(&[spec], None).expect("git push");
+    }
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    state: PathBuf,
+    args: Vec<String>,
+}
+
+impl Server {
+    fn start(remote: &Remote, state: &Path) -> Server {
+        let port = free_port();
+        let dir = state.to_path_buf();
+        std::fs::create_dir_all(&dir).unwrap();
+        let admin = dir.join("admin-tokens");
+        std::fs::write(&admin, format!("{ADMIN}\n")).unwrap();
+        let args: Vec<String> = vec![
+            "serve".into(),
+            "--repo".into(),
+            remote.url(),
+            "--state-dir".into(),
+            dir.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--poll-interval".into(),
+            "1h".into(),
+            "--direct-interval".into(),
+            "200ms".into(),
+            "--admin-tokens-file".into(),
+            admin.display().to_string(),
+        ];
+        let mut s = Server {
+            child: spawn(&args),
+            port,
+            state: dir,
+            args,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = self.try_http("GET", "/readyz", &[], b"") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("cacheflow serve exited: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cacheflow serve did not get ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        // SIGKILL: no shutdown path runs.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn restart(&mut self) {
+        self.child = spawn(&self.args);
+        self.wait_ready();
+    }
+
+    fn try_http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())?;
+        // A server may answer (413) before reading a large body; ignore write errors then.
+        let _ = s.write_all(body);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_owned();
+        Ok((status, body))
+    }
+
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> (u16, String) {
+        self.try_http(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// A push webhook for `main`, signed like GitHub signs it.
+    fn github_push(&self, delivery: &str) -> (u16, String) {
+        let body = br#"{"ref":"refs/heads/main","after":"0000"}"#;
+        self.http(
+            "POST",
+            "/hooks/github",
+            &[
+                ("Content-Type", "application/json".into()),
+                ("X-GitHub-Event", "push".into()),
+                ("X-GitHub-Delivery", delivery.into()),
+                (
+                    "X-Hub-Signature-256",
+                    github_signature(SECRET.as_bytes(), body),
+                ),
+            ],
+            body,
+        )
+    }
+
+    /// The mirror the server keeps (journal and notes live there).
+    fn mirror(&self) -> git2::Repository {
+        let dir = std::fs::read_dir(self.state.join("mirror"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .expect("a mirror");
+        git2::Repository::open_bare(dir).unwrap()
+    }
+
+    fn journal(&self) -> Vec<String> {
+        let r = self.mirror();
+        let Ok(head) = r.refname_to_id("refs/cacheflow/journal") else {
+            return Vec::new();
+        };
+        let mut walk = r.revwalk().unwrap();
+        walk.push(head).unwrap();
+        let mut out: Vec<String> = walk
+            .map(|o| {
+                r.find_commit(o.unwrap())
+                    .unwrap()
+                    .message()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        out.reverse();
+        out
+    }
+
+    fn note(&self, commit: &str) -> String {
+        self.mirror()
+            .find_note(
+                Some("refs/notes/cacheflow"),
+                git2::Oid::from_str(commit).unwrap(),
+            )
+            .map(|n| n.message().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(args)
+        .env("CACHEFLOW_WEBHOOK_SECRET", SECRET)
+        .env("CACHEFLOW_NODE_TOKEN_SECRET", NODE_SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cacheflow serve")
+}
+
+/// Wait until every node's `param` reads `want`.
+fn converge(fleet: &Fleet, param: &str, want: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = fleet.config(param);
+        if now.iter().all(|(_, v)| v == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{param} did not converge to {want}: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_signed_push_rolls_out_to_every_node_and_bad_input_is_refused() {
+    let fleet = Fleet::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    work.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml("    maxmemory: 64mb\n    hz: 20"),
+    );
+    let first = work.commit("cache: 64mb, hz 20");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::start(&remote, state.path());
+    // The head at start is rolled out without a webhook.
+    converge(&fleet, "hz", "20", Duration::from_secs(20));
+
+    work.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml("    maxmemory: 64mb\n    hz: 30"),
+    );
+    let second = work.commit("cache: hz 30");
+    remote.push(&work, false);
+    let (code, body) = server.github_push("delivery-1");
+    assert_eq!(code, 202, "{body}");
+    converge(&fleet, "hz", "30", Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.note(&second).contains("completed") {
+        assert!(Instant::now() < deadline, "no note on {second}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.note(&second).starts_with("cache: completed "));
+    assert!(server.note(&first).starts_with("cache: completed "));
+    let journal = server.journal();
+    assert_eq!(
+        journal
+            .iter()
+            .filter(|m| m.contains("rollout of ") && m.contains(" started"))
+            .count(),
+        2,
+        "{journal:#?}"
+    );
+
+    // Replays, forgeries and junk: each answered, none applied.
+    let (code, body) = server.github_push("delivery-1");
+    assert_eq!(
+        (code, body.contains("already received")),
+        (200, true),
+        "{body}"
+    );
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let signed = github_signature(SECRET.as_bytes(), body);
+    let post = |headers: &[(&str, String)], body: &[u8]| {
+        server.http("POST", "/hooks/github", headers, body)
+    };
+    let json = ("Content-Type", "application/json".to_owned());
+    let push = ("X-GitHub-Event", "push".to_owned());
+    let (code, text) = post(&[json.clone(), push.clone()], body);
+    assert_eq!(code, 401, "missing signature: {text}");
+    assert!(text.contains("the signature header is missing"), "{text}");
+    let forged = github_signature(b"not the secret", body);
+    let (code, text) = post(
+        &[json.clone(), push.clone(), ("X-Hub-Signature-256", forged)],
+        body,
+    );
+    assert_eq!(code, 401, "{text}");
+    let (code, text) = post(
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded".into()),
+            push.clone(),
+            ("X-Hub-Signature-256", signed.clone()),
+        ],
+        body,
+    );
+    assert_eq!(code, 415, "{text}");
+    let broken = b"{\"ref\": ";
+    let (code, text) = post(
+        &[
+            json.clone(),
+            push.clone(),
+            (
+                "X-Hub-Signature-256",
+                github_signature(SECRET.as_bytes(), broken),
+            ),
+        ],
+        broken,
+    );
+    assert_eq!(code, 400, "{text}");
+    let huge = vec![b' '; 2 << 20];
+    let (code, _) = post(&[json.clone(), push.clone()], &huge);
+    assert_eq!(code, 413);
+    let other = br#"{"ref":"refs/heads/feature"}"#;
+    let (code, text) = post(
+        &[
+            json.clone(),
+            push.clone(),
+            (
+                "X-Hub-Signature-256",
+                github_signature(SECRET.as_bytes(), other),
+            ),
+        ],
+        other,
+    );
+    assert_eq!(code, 202, "{text}");
+    assert!(
+        text.contains("this server tracks refs/heads/main"),
+        "{text}"
+    );
+
+    // Node reports: wrong token, unknown node, malformed.
+    let report = |id: &str, token: &str, body: &[u8]| {
+        server.http(
+            "POST",
+            &format!("/api/v1/nodes/{id}/report"),
+            &[("Authorization", format!("Bearer {token}")), json.clone()],
+            body,
+        )
+    };
+    let token = |id: &str| cacheflow::identity::node_token(NODE_SECRET.as_bytes(), id).unwrap();
+    let (code, text) = report("a1", "cf1.wrong", b"{}");
+    assert_eq!(code, 401, "{text}");
+    assert!(text.contains("cacheflow agent-token a1"), "{text}");
+    let ghost = r#"{"version":1,"nodeId":"ghost","agent":"t","sentAt":"2026-11-21T00:00:00Z","node":{"reachable":true}}"#;
+    let (code, text) = report("ghost", &token("ghost"), ghost.as_bytes());
+    assert_eq!(code, 404, "{text}");
+    assert!(text.contains("not declared"), "{text}");
+    let (code, text) = report("a1", &token("a1"), b"<html>");
+    assert_eq!(code, 400, "{text}");
+
+    // Admin calls need a token; a cluster with nothing in flight refuses.
+    let (code, _) = server.http("POST", "/api/v1/rollouts/cache/pause", &[], b"");
+    assert_eq!(code, 401);
+    let admin = ("Authorization", "Bearer admin-token-0123456789".to_owned());
+    let (code, text) = server.http(
+        "POST",
+        "/api/v1/rollouts/cache/pause",
+        std::slice::from_ref(&admin),
+        b"",
+    );
+    assert_eq!(code, 409, "{text}");
+    let (code, text) = server.http("POST", "/api/v1/rollouts/nope/pause", &[admin], b"");
+    assert_eq!(code, 404, "{text}");
+
+    let (code, metrics) = server.http("GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    for line in [
+        r#"cacheflow_webhook_deliveries_total{forge="github",result="accepted"} 1"#,
+        r#"cacheflow_webhook_deliveries_total{forge="github",result="duplicate"} 1"#,
+        r#"cacheflow_webhook_deliveries_total{forge="github",result="unauthorized"} 2"#,
+        r#"cacheflow_webhook_deliveries_total{forge="github",result="unsupported_media_type"} 1"#,
+        r#"cacheflow_webhook_deliveries_total{forge="github",result="bad_request"} 1"#,
+        r#"cacheflow_webhook_deliveries_total{forge="github",result="ignored"} 1"#,
+        r#"cacheflow_webhook_deliveries_total{forge="github",result="too_large"} 1"#,
+        r#"cacheflow_node_reports_total{result="unauthorized"} 1"#,
+        r#"cacheflow_node_reports_total{result="unknown_node"} 1"#,
+        r#"cacheflow_node_reports_total{result="malformed"} 1"#,
+        r#"cacheflow_rollouts_total{outcome="completed"} 2"#,
+        r#"cacheflow_nodes{state="applied"} 6"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    converge(&fleet, "hz", "30", Duration::from_secs(1));
+}
+
+#[test]
+fn a_failing_gate_rolls_back_and_a_rewritten_history_is_refused() {
+    let fleet = Fleet::start();
+    let value = "x".repeat(1 << 20);
+    for p in ["a1", "b1"] {
+        let mut c = fleet.get(p).client();
+        for k in ["k1", "k2", "k3"] {
+            assert!(c.cmd(&["SET", k, &value]).is_ok());
+        }
+    }
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    work.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml("    maxmemory: 64mb\n    maxmemory-policy: noeviction"),
+    );
+    let good = work.commit("cache: 64mb");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::start(&remote, state.path());
+    converge(&fleet, "maxmemory", "67108864", Duration::from_secs(20));
+
+    work.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml("    maxmemory: 2mb\n    maxmemory-policy: noeviction"),
+    );
+    let bad = work.commit("cache: 2mb");
+    remote.push(&work, false);
+    assert_eq!(server.github_push("d-bad").0, 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.note(&bad).contains("rolled back") {
+        assert!(
+            Instant::now() < deadline,
+            "no rollback note: {:#?}",
+            server.journal()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    converge(&fleet, "maxmemory", "67108864", Duration::from_secs(1));
+    let journal = server.journal();
+    assert!(
+        journal
+            .iter()
+            .any(|m| m.contains("gates of batch 1 failed") && m.contains("is above 98.0%")),
+        "{journal:#?}"
+    );
+    let (_, status) = server.http("GET", "/api/v1/rollouts", &[], b"");
+    assert!(status.contains("\"phase\":\"rolled-back\""), "{status}");
+
+    // Someone force-pushes a history that does not contain the last good revision.
+    let rewritten = TestRepo::new();
+    rewritten.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml("    maxmemory: 32mb\n    maxmemory-policy: noeviction"),
+    );
+    rewritten.commit("rewritten: 32mb");
+    remote.push(&rewritten, true);
+    assert_eq!(server.github_push("d-rewrite").0, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .journal()
+        .iter()
+        .any(|m| m.contains("history rewritten"))
+    {
+        assert!(Instant::now() < deadline, "{:#?}", server.journal());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for (id, v) in fleet.config("maxmemory") {
+        assert_eq!(v, "67108864", "{id} took a value from a rewritten history");
+    }
+    let (_, status) = server.http("GET", "/api/v1/rollouts", &[], b"");
+    assert!(status.contains(&format!("\"head\":\"{bad}\"")), "{status}");
+    let _ = good;
+}
+
+#[test]
+fn killed_at_any_point_of_a_rollout_the_server_resumes_without_skipping_or_repeating() {
+    let fleet = Fleet::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    let rollout = "stages: [1, 2, 4, '100%']\n    bake: 400ms";
+    work.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml_with("    hz: 20", rollout),
+    );
+    work.commit("cache: hz 20");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&remote, state.path());
+    converge(&fleet, "hz", "20", Duration::from_secs(30));
+
+    for (round, hz) in ["31", "32", "33"].iter().enumerate() {
+        work.write(
+            "clusters/cache.yaml",
+            &fleet.cluster_yaml_with(&format!("    hz: {hz}"), rollout),
+        );
+        let commit = work.commit(&format!("cache: hz {hz}"));
+        remote.push(&work, false);
+        assert_eq!(server.github_push(&format!("kill-{round}")).0, 202);
+        // Kill at different instants of the rollout, several times per rollout.
+        for delay in [150u64, 500, 900] {
+            std::thread::sleep(Duration::from_millis(delay + 97 * round as u64));
+            server.kill9();
+            server.restart();
+        }
+        converge(&fleet, "hz", hz, Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.note(&commit).contains("completed") {
+            assert!(Instant::now() < deadline, "{:#?}", server.journal());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The journal of this rollout: every batch assigned exactly once, in order,
+        // and every node confirmed exactly once.
+        let journal = server.journal();
+        let mine: Vec<&String> = journal.iter().filter(|m| m.contains(&commit)).collect();
+        let assigned: Vec<String> = mine
+            .iter()
+            .flat_map(|m| m.lines())
+            .filter(|l| l.contains(" assigned "))
+            .map(|l| l.split(" assigned ").next().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            assigned,
+            vec![
+                "cache: batch 1 of 4",
+                "cache: batch 2 of 4",
+                "cache: batch 3 of 4",
+                "cache: batch 4 of 4"
+            ],
+            "{journal:#?}"
+        );
+        for (id, _) in &fleet.nodes {
+            let confirmations = mine
+                .iter()
+                .flat_map(|m| m.lines())
+                .filter(|l| *l == format!("cache: {id} applied {commit}"))
+                .count();
+            assert_eq!(confirmations, 1, "{id}: {journal:#?}");
+        }
+    }
+}
