@@ -180,6 +180,25 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// One timeline of config commits (author, message, parameters changed) with what
+    /// the reconciler noted on each (completed, rolled back and why, refused). Exit 0.
+    History {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, default_value = "HEAD")]
+        rev: String,
+        /// Only changes to this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only changes of this parameter.
+        #[arg(long)]
+        param: Option<String>,
+        /// At most this many commits.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Run beside one cache server: report it to the cacheflow server every interval,
     /// apply the assignment the server answers with (restarting the engine for
     /// start-only parameters when allowed), report the result at once. Runs until
@@ -536,6 +555,35 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Command::History {
+            repo,
+            rev,
+            cluster,
+            param,
+            limit,
+            format,
+        } => {
+            let repo = match open(&repo) {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            let options = crate::history::HistoryOptions {
+                rev,
+                cluster,
+                param,
+                limit,
+            };
+            match crate::history::history(&repo, &options) {
+                Ok(entries) => {
+                    match format {
+                        Format::Text => print!("{}", crate::history::text(&entries)),
+                        Format::Json => print!("{}", render::json(&entries)),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e.to_string()),
+            }
+        }
         Command::Agent(args) => match run_agent(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),

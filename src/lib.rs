@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod cli;
 pub mod diff;
 pub mod gates;
+pub mod history;
 pub mod identity;
 pub mod live;
 pub mod metrics;

@@ -199,6 +199,38 @@ fn a_failing_gate_rolls_the_canary_back_and_the_revision_stays_refused() {
     for (id, v) in fleet.config("maxmemory") {
         assert_eq!(v, "50331648", "{id}");
     }
+
+    // `history` puts each change beside its outcome.
+    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["history", "--repo"])
+        .arg(repo.path())
+        .args(["--param", "maxmemory"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let blocks: Vec<&str> = text.split("\n").filter(|l| !l.starts_with("  ⇒")).collect();
+    assert_eq!(
+        blocks
+            .iter()
+            .filter(|l| l.starts_with("  cache: maxmemory"))
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![
+            "  cache: maxmemory 2mb → 48mb",
+            "  cache: maxmemory 64mb → 2mb",
+            "  cache: maxmemory (unset) → 64mb",
+        ],
+        "{text}"
+    );
+    let outcomes: Vec<&str> = text.lines().filter(|l| l.starts_with("  ⇒")).collect();
+    assert_eq!(outcomes.len(), 3, "{text}");
+    assert!(outcomes[0].starts_with("  ⇒ cache: completed "), "{text}");
+    assert!(
+        outcomes[1].starts_with("  ⇒ cache: rolled back ") && outcomes[1].contains("gates failed"),
+        "{text}"
+    );
+    assert!(outcomes[2].starts_with("  ⇒ cache: completed "), "{text}");
 }
 
 #[test]
