@@ -180,7 +180,7 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
     }
 
     runtime.block_on(async move {
-        let (handle, task) = runtime::start(journal, 0, None)?;
+        let (handle, task) = runtime::start(journal, 0, None, true)?;
         let mut events = handle.events.subscribe();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut agents = Vec::new();

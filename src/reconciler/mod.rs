@@ -165,6 +165,10 @@ pub struct Reconciler {
     live: HashMap<String, Sample>,
     /// Journal lines of the input being handled.
     lines: Vec<String>,
+    /// Roll out again to nodes whose live values differ from their assignment (drift).
+    /// `sync` sets it: a person asked to converge now. The server leaves drift to the
+    /// drift report unless told to correct it.
+    pub correct_drift: bool,
     effects: Vec<Effect>,
 }
 
@@ -215,6 +219,7 @@ impl Reconciler {
             live: HashMap::new(),
             lines: Vec::new(),
             effects: Vec::new(),
+            correct_drift: false,
         }
     }
 
@@ -308,6 +313,9 @@ impl Reconciler {
             let dig = digest(&params);
             let cs = self.state.clusters.entry(cluster.name.clone()).or_default();
             if cs.target.as_ref().is_some_and(|t| t.digest == dig) {
+                if self.correct_drift {
+                    self.start(&cluster.name, now_ms);
+                }
                 continue;
             }
             if cs.refused.as_ref().is_some_and(|r| r.digest == dig) {
@@ -380,9 +388,22 @@ impl Reconciler {
             .nodes
             .iter()
             .filter(|n| {
-                cs.assignments
+                let assigned = cs
+                    .assignments
                     .get(&n.id)
-                    .is_none_or(|a| a.digest != target.digest)
+                    .is_some_and(|a| a.digest == target.digest);
+                // With drift correction (`sync`), a node that runs something else than
+                // its assignment is rolled out to again.
+                !assigned
+                    || (self.correct_drift
+                        && self.live.get(&n.id).is_some_and(|s| {
+                            !crate::diff::node_changes(
+                                cluster.engine,
+                                &cluster.parameters,
+                                &s.node.parameters,
+                            )
+                            .is_empty()
+                        }))
             })
             .filter(|n| self.live.get(&n.id).is_some_and(|s| s.node.reachable))
             .map(|n| n.id.as_str())
@@ -471,7 +492,9 @@ impl Reconciler {
                 .collect();
             revs.dedup();
             match revs.as_slice() {
-                [one] => one.to_string(),
+                // Correcting drift re-rolls the revision the nodes were assigned: the
+                // rollback label must still differ from it.
+                [one] if *one != target.revision => one.to_string(),
                 _ => format!("before-{}", short(&target.revision)),
             }
         };

@@ -213,9 +213,11 @@ pub fn start(
     mut journal: Journal,
     grace_ms: u64,
     metrics: Option<Arc<Metrics>>,
+    correct_drift: bool,
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), AuditError>>), AuditError> {
     let state = journal.load()?.unwrap_or_default();
     let mut core = Reconciler::new(state);
+    core.correct_drift = correct_drift;
     let (tx, mut rx) = mpsc::channel::<Msg>(4096);
     let (events, _) = broadcast::channel(1024);
     let handle = Handle {

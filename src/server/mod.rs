@@ -127,7 +127,7 @@ pub async fn serve(
     let journal = Journal::open(&git_dir)?;
     // After a restart, nodes need about one report interval to be heard again.
     let grace = (options.direct_interval * 2).as_millis() as u64;
-    let (handle, task) = runtime::start(journal, grace, Some(metrics.clone()))?;
+    let (handle, task) = runtime::start(journal, grace, Some(metrics.clone()), false)?;
     let app = Arc::new(App {
         handle: handle.clone(),
         options: options.clone(),

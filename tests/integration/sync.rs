@@ -122,6 +122,29 @@ fn sync_rolls_a_commit_out_replicas_first_batch_by_batch_and_every_node_matches(
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Nothing to do."), "{out}");
     assert_eq!(journal(&repo).len(), before);
+
+    // Someone runs CONFIG SET by hand: sync converges that node again, and only it.
+    assert!(fleet
+        .get("b2")
+        .client()
+        .cmd(&["CONFIG", "SET", "hz", "11"])
+        .is_ok());
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("b2 (shard b, replica): hz 11 → 20"), "{out}");
+    for (id, v) in fleet.config("hz") {
+        assert_eq!(v, "20", "{id}");
+    }
+    let entries = journal(&repo);
+    let last_assigned = entries
+        .iter()
+        .rev()
+        .find(|m| m.contains("assigned"))
+        .unwrap();
+    assert!(
+        last_assigned.contains("batch 1 of 1 assigned") && last_assigned.ends_with(": b2\n"),
+        "{entries:#?}"
+    );
 }
 
 #[test]
