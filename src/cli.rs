@@ -259,6 +259,10 @@ pub struct ServeArgs {
     /// How long one node may take to answer.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// After a restart, how long a rollout in flight waits for the nodes to report again
+    /// before it judges gates or times out (at least the agents' report interval).
+    #[arg(long, default_value = "65s", value_parser = parse_duration)]
+    pub resume_grace: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -793,6 +797,7 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         push_audit: args.push_audit,
         direct_interval: args.direct_interval,
         node_timeout: args.timeout,
+        resume_grace: args.resume_grace,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -600,7 +600,7 @@ pub(crate) fn in_command_unit(spec: &ParamSpec, value: &str) -> Result<String, S
     let n: u64 = value
         .parse()
         .map_err(|_| format!("`{value}` is not a whole number of bytes"))?;
-    if n % unit != 0 {
+    if !n.is_multiple_of(unit) {
         return Err(format!(
             "{n} bytes is not a whole number of {}; memcached takes it in those",
             unit_name(unit)

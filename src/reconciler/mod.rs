@@ -502,9 +502,12 @@ impl Reconciler {
             .iter()
             .flatten()
             .map(|id| {
+                // The previous assignment, unless it is the target itself (correcting
+                // drift): then what the node ran before, read at the start.
                 let mut params = cs
                     .assignments
                     .get(id)
+                    .filter(|a| a.digest != target.digest)
                     .map(|a| a.parameters.clone())
                     .unwrap_or_default();
                 let cat = catalog(cluster.engine);

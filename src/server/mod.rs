@@ -61,6 +61,10 @@ pub struct ServeOptions {
     /// How often in-process agents read directly managed nodes.
     pub direct_interval: Duration,
     pub node_timeout: Duration,
+    /// After a restart, how long before a rollout in flight judges its gates or times
+    /// out: the time every node needs to report again (agents report every 30 s by
+    /// default).
+    pub resume_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +121,24 @@ pub async fn serve(
             options.state_dir.display()
         ))
     })?;
+    // One server per state directory: the lock is held for the life of the process
+    // (the OS drops it when the process dies, even by SIGKILL), which makes it safe to
+    // clear the lock files a killed predecessor left in the mirror.
+    let lock_path = options.state_dir.join("cacheflow.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| ServeError::Source(format!("cannot open {}: {e}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(ServeError::Source(format!(
+            "another cacheflow serve uses the state directory {} (it holds {})",
+            options.state_dir.display(),
+            lock_path.display()
+        )));
+    }
+    remove_stale_git_locks(&options.state_dir.join("mirror"));
     let opts = options.clone();
     let repo = tokio::task::spawn_blocking(move || open_repo(&opts))
         .await
@@ -125,8 +147,10 @@ pub async fn serve(
     drop(repo);
     let metrics = Arc::new(Metrics::default());
     let journal = Journal::open(&git_dir)?;
-    // After a restart, nodes need about one report interval to be heard again.
-    let grace = (options.direct_interval * 2).as_millis() as u64;
+    let grace = options
+        .resume_grace
+        .max(options.direct_interval * 2)
+        .as_millis() as u64;
     let (handle, task) = runtime::start(journal, grace, Some(metrics.clone()), false)?;
     let app = Arc::new(App {
         handle: handle.clone(),
@@ -183,21 +207,64 @@ pub async fn serve(
             }
         })
     };
+    // A reconciler that stopped (its journal could not be written) stops the server:
+    // answering without it would hide the failure; the supervisor restarts the process.
+    let (dead_tx, dead_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let result = task.await;
+        let _ = dead_tx.send(true);
+        result
+    });
     let mut stop_http = stop.clone();
+    let mut dead = dead_rx.clone();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        let _ = stop_http.wait_for(|s| *s).await;
+        tokio::select! {
+            _ = stop_http.wait_for(|s| *s) => {}
+            _ = dead.wait_for(|d| *d) => {}
+        }
     });
     let result = server.await;
+    if *dead_rx.borrow() {
+        let _ = follower.await;
+        let _ = ticker.await;
+        drop(handle);
+        let failure = match task.await {
+            Ok(Ok(Err(e))) => e.to_string(),
+            _ => "the reconciler stopped".to_owned(),
+        };
+        tracing::error!("{failure}");
+        return Err(ServeError::Source(format!(
+            "the reconciler stopped: {failure}"
+        )));
+    }
     let _ = stop.wait_for(|s| *s).await;
     let _ = follower.await;
     let _ = ticker.await;
     handle.stop().await;
     drop(handle);
     let _ = task.await;
+    drop(lock);
     result.map_err(|source| ServeError::Listen {
         addr: local,
         source,
     })
+}
+
+/// Delete the `*.lock` files git leaves behind when a process is killed in the middle of
+/// a ref update or a fetch; with them in place every later fetch fails.
+fn remove_stale_git_locks(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_stale_git_locks(&path);
+        } else if path.extension().is_some_and(|e| e == "lock") {
+            tracing::warn!("removing the stale git lock {}", path.display());
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Fetch, check and hand new heads of the tracked branch to the reconciler.

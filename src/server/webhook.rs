@@ -65,7 +65,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -31,9 +31,9 @@ fn nudge(current: i64, min: Option<i64>, max: Option<i64>) -> i64 {
 /// A size spelled the way a person would (`128mb`, `2kb`) so that sending it also
 /// exercises the unit parsing.
 fn spell_size(bytes: u64) -> String {
-    if bytes != 0 && bytes % (1 << 20) == 0 {
+    if bytes != 0 && bytes.is_multiple_of(1 << 20) {
         format!("{}mb", bytes >> 20)
-    } else if bytes != 0 && bytes % 1024 == 0 {
+    } else if bytes != 0 && bytes.is_multiple_of(1024) {
         format!("{}kb", bytes >> 10)
     } else {
         bytes.to_string()

@@ -77,6 +77,9 @@ impl Server {
             "1h".into(),
             "--direct-interval".into(),
             "200ms".into(),
+            // Only in-process agents here, reporting every 200 ms.
+            "--resume-grace".into(),
+            "1s".into(),
             "--admin-tokens-file".into(),
             admin.display().to_string(),
         ];

@@ -87,7 +87,9 @@ spec:
     {rollout}
     applyTimeout: 10s
     maxUnavailablePerShard: 1
-    gates: {{minOpsPerSec: 0}}
+    # The tests are not about latency and share a busy machine: a latency
+    # increase is not a failure here.
+    gates: {{minOpsPerSec: 0, maxLatencyIncreaseMs: 1000}}
 "
         )
     }
