@@ -34,6 +34,7 @@ cleanup() {
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
+[[ "${KEEP:-0}" == 1 ]] && trap - EXIT
 
 # A python with the redis module (the one on PATH, else the system's).
 PY=""

@@ -391,6 +391,7 @@ mod tests {
         let gates = Gates {
             max_evictions_per_sec: Some(5.0),
             max_latency_ms: Some(50.0),
+            max_latency_increase_ms: Some(5.0),
             min_ops_per_sec: 0.0,
             ..Gates::default()
         };

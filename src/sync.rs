@@ -183,8 +183,13 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         let (handle, task) = runtime::start(journal, 0, None, true)?;
         let mut events = handle.events.subscribe();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |_| SyncError::Other("the reconciler stopped; see the journal".into());
+        let names: Vec<String> = desired.clusters.keys().cloned().collect();
+        // The agents start after the revision: before it, no node is declared.
+        let clusters = desired.clusters.clone();
+        handle.revision(desired, Some(live)).await.map_err(stopped)?;
         let mut agents = Vec::new();
-        for c in desired.clusters.values() {
+        for c in clusters.values() {
             for n in &c.nodes {
                 agents.push(handle.spawn_direct_agent(
                     n.id.clone(),
@@ -197,9 +202,7 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
                 ));
             }
         }
-        let stopped = |_| SyncError::Other("the reconciler stopped; see the journal".into());
-        let names: Vec<String> = desired.clusters.keys().cloned().collect();
-        handle.revision(desired, Some(live)).await.map_err(stopped)?;
+
         for name in &resumable {
             let _ = handle
                 .command(

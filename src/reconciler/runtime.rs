@@ -235,69 +235,91 @@ pub fn start(
     let h = handle.clone();
     let task = tokio::spawn(async move {
         carry_out(&h, &mut journal, &core, resumed)?;
-        while let Some(msg) = rx.recv().await {
-            let now = h.now_ms();
-            match msg {
-                Msg::Report {
-                    node,
-                    report,
-                    reply,
-                } => match core.report(&node, *report, now) {
-                    Ok((assignment, effects)) => {
-                        carry_out(&h, &mut journal, &core, effects)?;
-                        let _ = reply.send(Ok(assignment));
+        // Inputs that arrived together (a batch of nodes confirming at once) are handled
+        // together and journaled as one commit holding every input's lines; nothing is
+        // answered or started before that commit is written (write-ahead).
+        while let Some(first) = rx.recv().await {
+            let mut effects = Vec::new();
+            let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+            let mut stop = false;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                let now = h.now_ms();
+                match msg {
+                    Msg::Report {
+                        node,
+                        report,
+                        reply,
+                    } => match core.report(&node, *report, now) {
+                        Ok((assignment, e)) => {
+                            effects.extend(e);
+                            replies.push(Box::new(move || {
+                                let _ = reply.send(Ok(assignment));
+                            }));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    },
+                    Msg::Revision {
+                        desired,
+                        live,
+                        reply,
+                    } => {
+                        effects.extend(core.revision(*desired, live.as_deref(), now));
+                        replies.push(Box::new(move || {
+                            let _ = reply.send(());
+                        }));
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
+                    Msg::Refuse {
+                        revision,
+                        reason,
+                        reply,
+                    } => {
+                        effects.extend(core.refuse_revision(&revision, &reason));
+                        replies.push(Box::new(move || {
+                            let _ = reply.send(());
+                        }));
                     }
-                },
-                Msg::Revision {
-                    desired,
-                    live,
-                    reply,
-                } => {
-                    let effects = core.revision(*desired, live.as_deref(), now);
-                    carry_out(&h, &mut journal, &core, effects)?;
-                    let _ = reply.send(());
-                }
-                Msg::Refuse {
-                    revision,
-                    reason,
-                    reply,
-                } => {
-                    let effects = core.refuse_revision(&revision, &reason);
-                    carry_out(&h, &mut journal, &core, effects)?;
-                    let _ = reply.send(());
-                }
-                Msg::Timer {
-                    cluster,
-                    event,
-                    run,
-                } => {
-                    let effects = core.timer_of(&cluster, event, run, now);
-                    carry_out(&h, &mut journal, &core, effects)?;
-                }
-                Msg::Command {
-                    cluster,
-                    event,
-                    reply,
-                } => match core.command(&cluster, event, now) {
-                    Ok(effects) => {
-                        carry_out(&h, &mut journal, &core, effects)?;
-                        let _ = reply.send(Ok(()));
+                    Msg::Timer {
+                        cluster,
+                        event,
+                        run,
+                    } => effects.extend(core.timer_of(&cluster, event, run, now)),
+                    Msg::Command {
+                        cluster,
+                        event,
+                        reply,
+                    } => match core.command(&cluster, event, now) {
+                        Ok(e) => {
+                            effects.extend(e);
+                            replies.push(Box::new(move || {
+                                let _ = reply.send(Ok(()));
+                            }));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    },
+                    Msg::Inspect { reply } => {
+                        let state = core.state.clone();
+                        replies.push(Box::new(move || {
+                            let _ = reply.send(state);
+                        }));
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                },
-                Msg::Inspect { reply } => {
-                    let _ = reply.send(core.state.clone());
+                    Msg::Stop => stop = true,
+                    Msg::Tick => effects.extend(core.tick(now)),
                 }
-                Msg::Stop => break,
-                Msg::Tick => {
-                    let effects = core.tick(now);
-                    carry_out(&h, &mut journal, &core, effects)?;
+                if !stop && replies.len() < 1024 {
+                    next = rx.try_recv().ok();
                 }
+            }
+            carry_out(&h, &mut journal, &core, effects)?;
+            for reply in replies {
+                reply();
+            }
+            if stop {
+                break;
             }
         }
         Ok(())
@@ -312,10 +334,19 @@ fn carry_out(
     core: &Reconciler,
     effects: Vec<Effect>,
 ) -> Result<(), AuditError> {
+    let messages: Vec<&str> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Journal { message } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !messages.is_empty() {
+        journal.append(&messages.join("\n"), &core.state)?;
+    }
     for effect in effects {
         match effect {
             Effect::Journal { message } => {
-                journal.append(&message, &core.state)?;
                 tracing::info!(target: "cacheflow::journal", "{message}");
                 let _ = h.events.send(message);
             }
