@@ -117,9 +117,15 @@ CMDS=(
     -n "redis-py (sequential)" "$PY $ROOT/bench/peers/redis_py_sync.py $WORK/ports hz=20 maxmemory=64mb maxmemory-policy=allkeys-lru timeout=300 tcp-keepalive=120"
 )
 if [[ "${ANSIBLE:-0}" == 1 ]]; then
+    # Modules run with the Python that runs Ansible (it has the redis module).
+    ANSIBLE_PY=$(ansible-playbook --version | grep 'python version' | sed 's/.*(\(\/[^)]*\))$/\1/')
     {
         echo "[redis]"
-        for port in "${PORTS[@]}"; do echo "127.0.0.1:$port ansible_connection=local redis_port=$port"; done
+        i=0
+        for port in "${PORTS[@]}"; do
+            i=$((i + 1))
+            echo "n$i ansible_connection=local ansible_python_interpreter=$ANSIBLE_PY redis_port=$port"
+        done
     } >"$WORK/inventory"
     cat >"$WORK/playbook.yml" <<'YML'
 - hosts: redis
