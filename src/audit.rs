@@ -1,4 +1,5 @@
-//! Git as the audit log. Every reconciler event is one commit on `refs/cacheflow/journal`
+//! Git as the audit log. Every reconciler input that changed something (or burst of
+//! inputs taken together) is one commit on `refs/cacheflow/journal`
 //! whose tree holds the reconciler's state (what it resumes from after a crash):
 //!
 //! ```text
