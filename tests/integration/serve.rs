@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cacheflow::server::webhook::github_signature;
 
 use crate::support::fleet::Fleet;
-use crate::support::git::TestRepo;
+use crate::support::git::{cacheflow_note, journal_messages, TestRepo};
 use crate::support::servers::free_port;
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -198,33 +198,11 @@ impl Server {
     }
 
     fn journal(&self) -> Vec<String> {
-        let r = self.mirror();
-        let Ok(head) = r.refname_to_id("refs/cacheflow/journal") else {
-            return Vec::new();
-        };
-        let mut walk = r.revwalk().unwrap();
-        walk.push(head).unwrap();
-        let mut out: Vec<String> = walk
-            .map(|o| {
-                r.find_commit(o.unwrap())
-                    .unwrap()
-                    .message()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        out.reverse();
-        out
+        journal_messages(&self.mirror())
     }
 
     fn note(&self, commit: &str) -> String {
-        self.mirror()
-            .find_note(
-                Some("refs/notes/cacheflow"),
-                git2::Oid::from_str(commit).unwrap(),
-            )
-            .map(|n| n.message().unwrap().to_owned())
-            .unwrap_or_default()
+        cacheflow_note(&self.mirror(), commit)
     }
 }
 

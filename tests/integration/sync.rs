@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use crate::support::fleet::Fleet;
-use crate::support::git::TestRepo;
+use crate::support::git::{cacheflow_note, journal_messages, TestRepo};
 
 fn sync(repo: &TestRepo, extra: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
@@ -24,31 +24,11 @@ fn sync(repo: &TestRepo, extra: &[&str]) -> (i32, String) {
 }
 
 fn journal(repo: &TestRepo) -> Vec<String> {
-    let r = repo.repository();
-    let Ok(head) = r.refname_to_id("refs/cacheflow/journal") else {
-        return Vec::new();
-    };
-    let mut walk = r.revwalk().unwrap();
-    walk.push(head).unwrap();
-    let mut out: Vec<String> = walk
-        .map(|oid| {
-            r.find_commit(oid.unwrap())
-                .unwrap()
-                .message()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    out.reverse();
-    out
+    journal_messages(repo.repository())
 }
 
 fn note(repo: &TestRepo, commit: &str) -> String {
-    let oid = git2::Oid::from_str(commit).unwrap();
-    repo.repository()
-        .find_note(Some("refs/notes/cacheflow"), oid)
-        .map(|n| n.message().unwrap().to_owned())
-        .unwrap_or_default()
+    cacheflow_note(repo.repository(), commit)
 }
 
 #[test]

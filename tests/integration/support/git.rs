@@ -151,3 +151,33 @@ impl TestRepo {
         self.path().join(path)
     }
 }
+
+/// The messages of `refs/cacheflow/journal`, oldest first (empty without a journal).
+pub fn journal_messages(r: &Repository) -> Vec<String> {
+    let Ok(head) = r.refname_to_id("refs/cacheflow/journal") else {
+        return Vec::new();
+    };
+    let mut walk = r.revwalk().unwrap();
+    walk.push(head).unwrap();
+    let mut out: Vec<String> = walk
+        .map(|oid| {
+            r.find_commit(oid.unwrap())
+                .unwrap()
+                .message()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+/// The `refs/notes/cacheflow` note on `commit` (empty without one).
+pub fn cacheflow_note(r: &Repository, commit: &str) -> String {
+    r.find_note(
+        Some("refs/notes/cacheflow"),
+        git2::Oid::from_str(commit).unwrap(),
+    )
+    .map(|n| n.message().unwrap().to_owned())
+    .unwrap_or_default()
+}
