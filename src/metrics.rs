@@ -78,13 +78,13 @@ impl Default for Metrics {
             Histogram::new([0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0]);
         registry.register(
             "stage_duration_seconds",
-            "Time from a batch's assignment to its gates passing",
+            "Time from a batch's assignment to its gates passing (or its promotion)",
             stage_duration.clone(),
         );
         let nodes = Family::<StateLabels, Gauge>::default();
         registry.register(
             "nodes",
-            "Declared nodes by state (applied, pending, failed, unassigned, silent)",
+            "Nodes with an assignment, by its outcome (applied, pending, failed)",
             nodes.clone(),
         );
         Metrics {

@@ -322,7 +322,7 @@ impl Reconciler {
                 continue;
             }
             cs.refused = None;
-            let previous = cs.target.replace(Target {
+            cs.target = Some(Target {
                 revision: revision.clone(),
                 digest: dig,
                 parameters: params,
@@ -333,7 +333,6 @@ impl Reconciler {
                     self.feed(&cluster.name, Event::Supersede { revision }, now_ms);
                 }
             }
-            let _ = previous;
             self.start(&cluster.name, now_ms);
         }
         if new_head && self.lines.is_empty() {
@@ -633,7 +632,7 @@ impl Reconciler {
                         self.rec_mut(name).run = generation;
                     }
                     Action::JudgeGates { batch, nodes } => {
-                        queue.push(self.judge(name, batch, &nodes, now_ms));
+                        queue.push(self.judge(name, batch, &nodes));
                     }
                 }
             }
@@ -675,7 +674,7 @@ impl Reconciler {
         });
     }
 
-    fn judge(&mut self, name: &str, batch: usize, nodes: &[String], _now_ms: u64) -> Event {
+    fn judge(&mut self, name: &str, batch: usize, nodes: &[String]) -> Event {
         let desired = self.desired.clone();
         let cs = &self.state.clusters[name];
         let rec = cs.rollout.as_ref().expect("judging a rollout");
@@ -906,13 +905,6 @@ impl Reconciler {
             self.start(&name, now_ms);
         }
         self.finish()
-    }
-
-    /// Node ids declared in the current revision, by cluster.
-    pub fn nodes(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.node_cluster
-            .iter()
-            .map(|(n, c)| (n.as_str(), c.as_str()))
     }
 
     /// The journal entry of this input (if anything happened), then its other effects.
