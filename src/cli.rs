@@ -598,20 +598,12 @@ pub fn run(cli: Cli) -> ExitCode {
         } => {
             // The secret comes from a file or the environment, never from a flag's value
             // (which `ps` would show).
-            let secret = match (&secret_file, std::env::var("CACHEFLOW_NODE_TOKEN_SECRET")) {
-                (Some(path), _) => match std::fs::read(path) {
-                    Ok(mut bytes) => {
-                        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                            bytes.pop();
-                        }
-                        bytes
-                    }
-                    Err(e) => return fail(&format!("cannot read {}: {e}", path.display())),
-                },
-                (None, Ok(value)) => value.into_bytes(),
-                (None, Err(_)) => {
+            let secret = match secret(secret_file.as_ref(), "CACHEFLOW_NODE_TOKEN_SECRET") {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => {
                     return fail("no node-token secret: give --secret-file FILE or set CACHEFLOW_NODE_TOKEN_SECRET")
                 }
+                Err(e) => return fail(&e),
             };
             match crate::identity::node_token(&secret, &node_id) {
                 Ok(token) => {
@@ -712,6 +704,21 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
         warmup: args.warmup,
         ..ApplyOptions::default()
     };
+    until_signal(|stop| async move {
+        agent::run(driver, options, stop)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Run `body` on a two-thread runtime; the receiver it gets turns true on SIGTERM or
+/// Ctrl-C (the long-running commands finish their current step and return).
+fn until_signal<F, Fut>(body: F) -> Result<(), String>
+where
+    F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -724,10 +731,7 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
             tracing::info!("stopping after the current step");
             let _ = stop_tx.send(true);
         });
-        agent::run(driver, options, stop_rx)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        body(stop_rx).await
     })
 }
 
@@ -799,19 +803,8 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         node_timeout: args.timeout,
         resume_grace: args.resume_grace,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async move {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!("stopping");
-            let _ = stop_tx.send(true);
-        });
-        crate::server::serve(options, stop_rx)
+    until_signal(|stop| async move {
+        crate::server::serve(options, stop)
             .await
             .map_err(|e| e.to_string())
     })
