@@ -318,9 +318,7 @@ impl Reconciler {
                 }
                 continue;
             }
-            if cs.refused.as_ref().is_some_and(|r| r.digest == dig) {
-                continue;
-            }
+            // New content: a refusal (always of the previous target's content) is lifted.
             cs.refused = None;
             cs.target = Some(Target {
                 revision: revision.clone(),
