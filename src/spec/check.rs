@@ -501,6 +501,9 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
     for (i, w) in spec.windows.iter().enumerate() {
         let base = format!("/spec/windows/{i}");
         check_cron(ctx, p, &format!("{base}/schedule"), &w.schedule, &[5]);
+        if let Err(e) = crate::windows::parse_zone(w.timezone.as_deref()) {
+            ctx.at(p, &format!("{base}/timezone"), e);
+        }
         match catalog::parse_duration_micros(&w.duration) {
             Some(0) => ctx.at(
                 p,
@@ -547,34 +550,10 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
     }
 }
 
-/// A crontab expression has the right number of fields; the scheduler parses it fully.
+/// A crontab expression the scheduler can run (`schedule::Crontab`, which says why not).
 fn check_cron(ctx: &mut Ctx, p: &Parsed, pointer: &str, expr: &str, fields: &[usize]) {
-    const MACROS: [&str; 6] = [
-        "@yearly",
-        "@annually",
-        "@monthly",
-        "@weekly",
-        "@daily",
-        "@hourly",
-    ];
-    if MACROS.contains(&expr.trim()) {
-        return;
-    }
-    let n = expr.split_whitespace().count();
-    if !fields.contains(&n) {
-        let want = fields
-            .iter()
-            .map(|f| f.to_string())
-            .collect::<Vec<_>>()
-            .join(" or ");
-        ctx.at(
-            p,
-            pointer,
-            format!(
-                "`{expr}` has {n} field{}; a crontab expression here has {want} (or @hourly, @daily, ...)",
-                if n == 1 { "" } else { "s" }
-            ),
-        );
+    if let Err(e) = crate::schedule::Crontab::parse(expr, fields) {
+        ctx.at(p, pointer, e);
     }
 }
 
