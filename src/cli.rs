@@ -153,6 +153,10 @@ pub enum Command {
         /// Time between readings of idle nodes (the gates' data).
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         interval: Duration,
+        /// Roll out now even outside the rollout windows; the reason is journaled with
+        /// your user name.
+        #[arg(long, value_name = "REASON")]
+        override_window: Option<String>,
         #[command(flatten)]
         reach: ReachArgs,
         /// text: plan, progress and summary; json: the summary only.
@@ -165,12 +169,16 @@ pub enum Command {
     /// Runs until SIGTERM or Ctrl-C.
     Serve(Box<ServeArgs>),
     /// Look at or steer rollouts on a running server: status, pause, resume, promote
-    /// (skip the rest of the bake), abort (roll back). Exit 0, or 1 on error.
+    /// (skip the rest of the bake), abort (roll back), override (start batches outside
+    /// the rollout windows; needs --reason). Exit 0, or 1 on error.
     Rollout {
         #[arg(value_enum)]
         action: RolloutAction,
         /// The cluster (required except for status).
         cluster: Option<String>,
+        /// Why the windows are overridden (override only; journaled with the token's name).
+        #[arg(long)]
+        reason: Option<String>,
         /// The cacheflow server (http://host:port).
         #[arg(long, env = "CACHEFLOW_SERVER")]
         server: String,
@@ -222,6 +230,7 @@ pub enum RolloutAction {
     Resume,
     Promote,
     Abort,
+    Override,
 }
 
 #[derive(Debug, Args)]
@@ -511,6 +520,7 @@ pub fn run(cli: Cli) -> ExitCode {
             rev,
             yes,
             interval,
+            override_window,
             reach,
             format,
         } => {
@@ -518,11 +528,18 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
             };
+            if override_window
+                .as_deref()
+                .is_some_and(|r| r.trim().is_empty())
+            {
+                return fail("--override-window needs a reason (it is journaled)");
+            }
             let options = crate::sync::SyncOptions {
                 rev,
                 yes,
                 reach: reach.options(),
                 interval,
+                override_window,
                 json: format == Format::Json,
             };
             match crate::sync::sync(&repo, options) {
@@ -549,10 +566,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Rollout {
             action,
             cluster,
+            reason,
             server,
             token_file,
             format,
-        } => match run_rollout(action, cluster, &server, token_file, format) {
+        } => match run_rollout(action, cluster, reason, &server, token_file, format) {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
@@ -813,6 +831,7 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
 fn run_rollout(
     action: RolloutAction,
     cluster: Option<String>,
+    reason: Option<String>,
     server: &str,
     token_file: Option<PathBuf>,
     format: Format,
@@ -823,6 +842,14 @@ fn run_rollout(
             "the server URL `{}` must start with http:// or https://",
             redact_url(server)
         ));
+    }
+    let reason = reason.filter(|r| !r.trim().is_empty());
+    match (action, &reason) {
+        (RolloutAction::Override, None) => {
+            return Err("override needs --reason REASON (it is journaled)".into())
+        }
+        (RolloutAction::Override, Some(_)) | (_, None) => {}
+        (_, Some(_)) => return Err("--reason is for override only".into()),
     }
     let token = secret(token_file.as_ref(), "CACHEFLOW_ADMIN_TOKEN")?
         .map(|t| String::from_utf8_lossy(&t).trim().to_owned());
@@ -845,9 +872,12 @@ fn run_rollout(
                     "an admin token is required: --token-file FILE or CACHEFLOW_ADMIN_TOKEN",
                 )?;
                 let verb = format!("{other:?}").to_lowercase();
+                let body = serde_json::json!({ "reason": reason });
                 client
                     .post(format!("{server}/api/v1/rollouts/{cluster}/{verb}"))
                     .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
             }
         };
         let response = request

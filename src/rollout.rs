@@ -14,6 +14,8 @@
 //!  failure: on_failure = rollback → RollingBack (previous assignment to every touched
 //!           node) → RolledBack;  on_failure = pause → Paused (a person decides)
 //!  inconclusive gates → Paused;  last batch passed → Completed
+//!  a batch due while `hold` is set (outside the rollout windows) → Waiting(b);
+//!  WindowOpened or Override (with a reason, recorded) → Applying(b)
 //! ```
 //!
 //! Timer and gate events carry the batch they were started for; an event for another
@@ -61,6 +63,12 @@ pub enum Phase {
     Judging {
         batch: usize,
     },
+    /// Batch `batch` is due but may not start: outside the rollout windows. Goes on at
+    /// `WindowOpened` (once the windows allow it) or a person's `Override`.
+    Waiting {
+        batch: usize,
+        reason: String,
+    },
     /// Stopped by a person or an inconclusive gate; `resume` goes back to `at`.
     Paused {
         batch: usize,
@@ -100,6 +108,13 @@ pub struct Rollout {
     pub confirmed: BTreeSet<String>,
     /// During a rollback: nodes still to confirm the previous revision.
     pub restoring: BTreeSet<String>,
+    /// Why no batch may start now (outside the rollout windows), set by the caller
+    /// before each step from the time it knows; `None`: batches may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
+    /// A person overrode the windows for this rollout: who and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_override: Option<String>,
 }
 
 /// The gates' judgement of a batch.
@@ -152,6 +167,13 @@ pub enum Event {
     Abort {
         by: String,
     },
+    /// The rollout windows may allow a waiting batch now (the caller has set `hold`).
+    WindowOpened,
+    /// Start batches whatever the windows say, for this rollout; `reason` is recorded.
+    Override {
+        by: String,
+        reason: String,
+    },
     /// A newer valid revision arrived.
     Supersede {
         revision: String,
@@ -182,6 +204,8 @@ impl Rollout {
             touched: BTreeSet::new(),
             confirmed: BTreeSet::new(),
             restoring: BTreeSet::new(),
+            hold: None,
+            window_override: None,
         }
     }
 
@@ -332,6 +356,38 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                 reason: format!("paused by {by}"),
             };
         }
+        (Phase::Waiting { batch, .. }, Event::WindowOpened) => {
+            let b = *batch;
+            start_batch(&mut r, b, &mut actions);
+        }
+        (phase, Event::Override { by, reason })
+            if !phase.is_final()
+                && !matches!(phase, Phase::RollingBack { .. })
+                && r.window_override.is_none() =>
+        {
+            journal(
+                &mut actions,
+                format!(
+                    "{}: rollout windows overridden by {by} for {}: {reason}",
+                    r.spec.cluster, r.spec.revision
+                ),
+            );
+            r.window_override = Some(format!("{by}: {reason}"));
+            if let Phase::Waiting { batch, .. } = r.phase {
+                start_batch(&mut r, batch, &mut actions);
+            }
+        }
+        (Phase::Waiting { batch, .. }, Event::Pause { by }) => {
+            let b = *batch;
+            journal(
+                &mut actions,
+                format!("{}: paused by {by} at batch {}", r.spec.cluster, b + 1),
+            );
+            r.phase = Phase::Paused {
+                batch: b,
+                reason: format!("paused by {by}"),
+            };
+        }
         (Phase::Paused { batch, .. }, Event::Resume { by }) => {
             // Resuming re-runs the batch from its assignment: nodes that already applied
             // it confirm again at once (the agent answers an assignment it runs with no
@@ -392,6 +448,24 @@ fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
             message: format!("{}: {} reached every node", r.spec.cluster, r.spec.revision),
         });
         r.phase = Phase::Completed;
+        return;
+    }
+    if let (Some(reason), None) = (&r.hold, &r.window_override) {
+        // Journaled once when the wait begins, not at every check that finds it closed.
+        if !matches!(&r.phase, Phase::Waiting { batch: b, .. } if *b == batch) {
+            actions.push(Action::Journal {
+                message: format!(
+                    "{}: batch {} of {} waits: {reason}",
+                    r.spec.cluster,
+                    batch + 1,
+                    r.spec.batches.len()
+                ),
+            });
+        }
+        r.phase = Phase::Waiting {
+            batch,
+            reason: reason.clone(),
+        };
         return;
     }
     let nodes = r.batch_nodes(batch).to_vec();
@@ -539,6 +613,70 @@ mod tests {
             batch: 1,
             nodes: vec!["b".into(), "c".into()]
         }));
+    }
+
+    #[test]
+    fn outside_the_windows_a_batch_waits_and_goes_on_when_they_open_or_on_override() {
+        let mut r = Rollout::new(spec(OnFailure::Rollback));
+        r.hold = Some("inside deny window `fri`".into());
+        let (mut r, actions) = run(r, vec![Event::Begin]);
+        assert_eq!(
+            r.phase,
+            Phase::Waiting {
+                batch: 0,
+                reason: "inside deny window `fri`".into()
+            }
+        );
+        assert!(assigns(&actions).is_empty());
+        assert!(actions.contains(&Action::Journal {
+            message: "c: batch 1 of 2 waits: inside deny window `fri`".into()
+        }));
+        // Still closed: nothing happens and nothing is journaled again.
+        let (r2, again) = step(r.clone(), Event::WindowOpened);
+        assert_eq!((r2.phase.clone(), again), (r.phase.clone(), vec![]));
+        // Open: batch 1 starts; a later batch due while closed waits again.
+        r.hold = None;
+        let (mut r, actions) = run(
+            r,
+            vec![
+                Event::WindowOpened,
+                applied("a", "new"),
+                Event::BakeElapsed { batch: 0 },
+            ],
+        );
+        assert_eq!(
+            assigns(&actions),
+            vec![(vec!["a".to_owned()], "new".to_owned())]
+        );
+        r.hold = Some("outside allow window(s) `day`".into());
+        let (r, _) = step(
+            r,
+            Event::Gates {
+                batch: 0,
+                verdict: Verdict::Pass,
+            },
+        );
+        assert!(matches!(r.phase, Phase::Waiting { batch: 1, .. }));
+        // A person overrides with a reason: recorded, and the batch starts.
+        let (r, actions) = step(
+            r,
+            Event::Override {
+                by: "alice".into(),
+                reason: "INC-42 hotfix".into(),
+            },
+        );
+        assert_eq!(r.phase, Phase::Applying { batch: 1 });
+        assert_eq!(r.window_override.as_deref(), Some("alice: INC-42 hotfix"));
+        assert_eq!(
+            actions[0],
+            Action::Journal {
+                message: "c: rollout windows overridden by alice for new: INC-42 hotfix".into()
+            }
+        );
+        assert_eq!(
+            assigns(&actions),
+            vec![(vec!["b".to_owned(), "c".to_owned()], "new".to_owned())]
+        );
     }
 
     #[test]

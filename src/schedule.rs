@@ -35,9 +35,11 @@ impl Crontab {
             "@weekly" => "0 0 * * 0".to_owned(),
             "@daily" | "@midnight" => "0 0 * * *".to_owned(),
             "@hourly" => "0 * * * *".to_owned(),
-            s if s.starts_with('@') => return Err(format!(
+            s if s.starts_with('@') => {
+                return Err(format!(
                 "`{source}` is not a crontab macro (@yearly, @monthly, @weekly, @daily, @hourly)"
-            )),
+            ))
+            }
             _ => source.clone(),
         };
         let parts: Vec<&str> = expanded.split_whitespace().collect();

@@ -30,6 +30,8 @@ pub struct SyncOptions {
     pub reach: SnapshotOptions,
     /// Time between the in-process agents' readings of idle nodes.
     pub interval: Duration,
+    /// Start batches outside the rollout windows, for this reason (journaled).
+    pub override_window: Option<String>,
     pub json: bool,
 }
 
@@ -38,7 +40,8 @@ pub struct SyncOptions {
 #[serde(rename_all = "camelCase")]
 pub struct ClusterOutcome {
     pub cluster: String,
-    /// `completed`, `in-sync`, `rolled-back`, `paused`, `refused`, `superseded`.
+    /// `completed`, `in-sync`, `rolled-back`, `paused`, `waiting` (outside the rollout
+    /// windows), `refused`, `superseded`.
     pub outcome: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -140,7 +143,7 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
     let resumable: Vec<String> = before
         .clusters
         .iter()
-        .filter(|(_, cs)| paused_at(cs, &revision))
+        .filter(|(_, cs)| paused_at(cs, &revision) || waiting_at(cs, &revision))
         .map(|(name, _)| name.clone())
         .collect();
 
@@ -152,7 +155,7 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
             );
         }
         for name in &resumable {
-            println!("{name}: a paused rollout of this revision is resumed.");
+            println!("{name}: a paused or waiting rollout of this revision goes on.");
         }
     }
     if planned.converged() && resumable.is_empty() {
@@ -204,14 +207,24 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         }
 
         for name in &resumable {
-            let _ = handle
-                .command(
-                    name,
-                    Event::Resume {
-                        by: "cacheflow sync".into(),
-                    },
-                )
-                .await;
+            let event = if before.clusters.get(name).is_some_and(|cs| waiting_at(cs, &revision)) {
+                Event::WindowOpened
+            } else {
+                Event::Resume {
+                    by: "cacheflow sync".into(),
+                }
+            };
+            let _ = handle.command(name, event).await;
+        }
+        if let Some(reason) = &options.override_window {
+            let state = handle.state().await.map_err(stopped)?;
+            for name in &names {
+                if state.clusters.get(name).is_some_and(|cs| waiting_at(cs, &revision)) {
+                    let by = format!("{} (cacheflow sync)", user());
+                    let reason = reason.clone();
+                    let _ = handle.command(name, Event::Override { by, reason }).await;
+                }
+            }
         }
         let mut interrupted = false;
         loop {
@@ -264,6 +277,12 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         };
         if text {
             print_summary(&summary);
+            if summary.clusters.iter().any(|c| c.outcome == "waiting") {
+                println!(
+                    "Outside the rollout windows: nothing more is started. Run `cacheflow sync --rev {}` again once they open, or add --override-window REASON to roll out now (the reason is journaled).",
+                    &revision[..revision.len().min(12)]
+                );
+            }
             if interrupted {
                 println!(
                     "Interrupted: rollouts in flight are paused (nodes keep what they run). Run `cacheflow sync --rev {}` again to resume.",
@@ -275,10 +294,29 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
     })
 }
 
+/// A rollout the foreground sync waits for: not final, not paused, not waiting for a
+/// window (which may be hours away).
 fn in_flight(cs: &ClusterState) -> bool {
     cs.rollout.as_ref().is_some_and(|r| {
-        !r.rollout.phase.is_final() && !matches!(r.rollout.phase, Phase::Paused { .. })
+        !r.rollout.phase.is_final()
+            && !matches!(
+                r.rollout.phase,
+                Phase::Paused { .. } | Phase::Waiting { .. }
+            )
     })
+}
+
+fn waiting_at(cs: &ClusterState, revision: &str) -> bool {
+    cs.rollout.as_ref().is_some_and(|r| {
+        r.rollout.spec.revision == revision && matches!(r.rollout.phase, Phase::Waiting { .. })
+    })
+}
+
+/// Who runs this sync, for the journal.
+fn user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown user".into())
 }
 
 fn paused_at(cs: &ClusterState, revision: &str) -> bool {
@@ -329,6 +367,7 @@ fn outcome(
             Phase::Completed => ("completed", None),
             Phase::RolledBack { reason } => ("rolled-back", Some(reason.clone())),
             Phase::Paused { reason, .. } => ("paused", Some(reason.clone())),
+            Phase::Waiting { reason, .. } => ("waiting", Some(reason.clone())),
             Phase::Superseded { by } => ("superseded", Some(format!("by {by}"))),
             other => ("in-progress", Some(format!("{other:?}"))),
         };

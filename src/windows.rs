@@ -40,7 +40,8 @@ pub enum Status {
     Closed {
         /// Why, naming the windows: journaled and shown.
         reason: String,
-        /// When the windows next let a batch start (ms since the epoch), if within a year.
+        /// When the windows next let a batch start (ms since the epoch), if found within a
+        /// year (or 10,000 window edges, for windows that open every minute).
         opens_at_ms: Option<u64>,
     },
 }
@@ -89,9 +90,11 @@ impl Windows {
         let mut opens_at_ms = None;
         for _ in 0..10_000 {
             let Some(next) = self.next_edge(at) else {
+                at = now_ms + HORIZON_MS;
                 break;
             };
             if next > now_ms + HORIZON_MS {
+                at = now_ms + HORIZON_MS;
                 break;
             }
             if self.closed_reason(next).is_none() {
@@ -102,7 +105,7 @@ impl Windows {
         }
         let reason = match opens_at_ms {
             Some(ms) => format!("{reason}; opens at {}", rfc3339(ms)),
-            None => format!("{reason}; no opening within a year"),
+            None => format!("{reason}; no opening before {}", rfc3339(at)),
         };
         Status::Closed {
             reason,

@@ -29,7 +29,8 @@ use crate::live::{LiveState, NodeLive};
 use crate::nodes::protocol::{Assignment, Outcome, Report, PROTOCOL_VERSION};
 use crate::plan;
 use crate::rollout::{self, Action, Event, Phase, Rollout, RolloutSpec};
-use crate::spec::model::{Cluster, Desired, Managed};
+use crate::spec::model::{Cluster, Desired, Managed, Window};
+use crate::windows::{self, Windows};
 
 /// The format version of the journal's state.
 pub const STATE_VERSION: u32 = 1;
@@ -45,6 +46,9 @@ pub struct State {
     /// Raised for every assignment made.
     pub generation: u64,
     pub clusters: BTreeMap<String, ClusterState>,
+    /// The rollout windows of the last valid revision (`Settings`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -170,6 +174,8 @@ pub struct Reconciler {
     /// drift report unless told to correct it.
     pub correct_drift: bool,
     effects: Vec<Effect>,
+    /// `state.windows`, compiled.
+    windows: Windows,
 }
 
 fn digest(params: &BTreeMap<String, String>) -> String {
@@ -196,6 +202,15 @@ fn running_batch(phase: &Phase) -> Option<usize> {
     }
 }
 
+/// Compile rollout windows (validated with the revision they came from; windows that do
+/// not compile here are logged and left out rather than holding rollouts forever).
+fn compile_windows(list: &[Window]) -> Windows {
+    Windows::new(list).unwrap_or_else(|e| {
+        tracing::error!("rollout windows ignored: {e}");
+        Windows::default()
+    })
+}
+
 fn short(rev: &str) -> &str {
     &rev[..rev.len().min(12)]
 }
@@ -213,13 +228,22 @@ impl Reconciler {
     pub fn new(mut state: State) -> Reconciler {
         state.version = STATE_VERSION;
         Reconciler {
-            state,
             desired: None,
             node_cluster: HashMap::new(),
             live: HashMap::new(),
             lines: Vec::new(),
             effects: Vec::new(),
             correct_drift: false,
+            windows: compile_windows(&state.windows),
+            state,
+        }
+    }
+
+    /// Why no batch may start at `now_ms`, if the windows say so.
+    fn hold(&self, now_ms: u64) -> Option<String> {
+        match self.windows.status(now_ms) {
+            windows::Status::Open => None,
+            windows::Status::Closed { reason, .. } => Some(reason),
         }
     }
 
@@ -305,6 +329,10 @@ impl Reconciler {
             if self.node_cluster.contains_key(id) {
                 self.observe(id, node.clone(), now_ms);
             }
+        }
+        if self.state.windows != desired.settings.windows {
+            self.state.windows = desired.settings.windows.clone();
+            self.windows = compile_windows(&self.state.windows);
         }
         let new_head = self.state.head.as_deref() != Some(revision.as_str());
         self.state.head = Some(revision.clone());
@@ -584,6 +612,7 @@ impl Reconciler {
 
     /// Feed an event to a cluster's rollout and carry out its actions.
     fn feed(&mut self, name: &str, event: Event, now_ms: u64) {
+        let hold = self.hold(now_ms);
         let mut queue = vec![event];
         while let Some(event) = queue.pop() {
             let Some(rec) = self
@@ -594,6 +623,7 @@ impl Reconciler {
             else {
                 return;
             };
+            rec.rollout.hold = hold.clone();
             let was_final = rec.rollout.phase.is_final();
             let was_batch = running_batch(&rec.rollout.phase);
             let (next, actions) = rollout::step(rec.rollout.clone(), event);
@@ -899,7 +929,15 @@ impl Reconciler {
     /// when its cluster's rollout began gets the target through a rollout of its own).
     pub fn tick(&mut self, now_ms: u64) -> Vec<Effect> {
         let names: Vec<String> = self.state.clusters.keys().cloned().collect();
+        let open = self.hold(now_ms).is_none();
         for name in names {
+            let waiting = self.state.clusters[&name]
+                .rollout
+                .as_ref()
+                .is_some_and(|r| matches!(r.rollout.phase, Phase::Waiting { .. }));
+            if waiting && open {
+                self.feed(&name, Event::WindowOpened, now_ms);
+            }
             self.start(&name, now_ms);
         }
         self.finish()

@@ -1011,3 +1011,106 @@ fn a_resumed_batch_gets_its_full_apply_timeout() {
     assert!(effects.is_empty(), "{effects:?}");
     assert_eq!(phase(&r), Phase::Applying { batch: 0 });
 }
+
+/// R1 with a deny window: Fridays from 13:00 Berlin time for 10 hours (until 23:00
+/// Berlin, 22:00 UTC in November).
+fn with_friday_window(commit: &str) -> Desired {
+    let set = FileSet {
+        commit: None,
+        files: [
+            (
+                "clusters/cache.yaml".to_owned(),
+                cluster_yaml("hz: 20", None, ROLLOUT),
+            ),
+            (
+                "cacheflow.yaml".to_owned(),
+                "apiVersion: cacheflow/v1
+kind: Settings
+metadata: {name: settings}
+spec:
+  windows:
+    - {name: no-friday-afternoon, action: deny, schedule: '0 13 * * 5', duration: 10h, timezone: Europe/Berlin}
+"
+                .to_owned(),
+            ),
+        ]
+        .into(),
+        problems: Vec::new(),
+    };
+    let mut desired = crate::spec::load(&set).expect("the test repository loads");
+    desired.commit = Some(commit.to_owned());
+    desired
+}
+
+fn epoch_ms(rfc3339: &str) -> u64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .expect("a time")
+        .timestamp_millis() as u64
+}
+
+#[test]
+fn outside_the_windows_a_rollout_waits_and_starts_by_itself_when_they_open() {
+    let friday = epoch_ms("2026-11-27T12:30:00Z");
+    let mut r = Reconciler::new(State::default());
+    let effects = core(r.revision(with_friday_window(R1), Some(&live(&[("hz", "10")])), friday));
+    assert_eq!(
+        effects,
+        vec![journal(&[
+            &format!("{CLUSTER}: rollout of {R1} started, 2 batch(es)"),
+            &format!("{CLUSTER}: batch 1 of 2 waits: inside deny window `no-friday-afternoon`; opens at 2026-11-27T22:00:00Z"),
+        ])]
+    );
+    assert!(r.assignment("a2").revision.is_none(), "nothing assigned");
+    // Ticks while closed change nothing and journal nothing.
+    assert_eq!(r.tick(friday + 3_600_000), vec![]);
+    assert_eq!(r.tick(epoch_ms("2026-11-27T21:59:59Z")), vec![]);
+    // The windows and the waiting phase survive a restart through the journal's state.
+    let state: State = serde_json::from_value(json(&r.state)).expect("the state reads back");
+    assert_eq!(state, r.state);
+    let mut r = Reconciler::new(state);
+    let later = epoch_ms("2026-11-27T21:59:59Z");
+    assert_eq!(r.revision(with_friday_window(R1), None, later), vec![]);
+    assert_eq!(r.tick(later), vec![]);
+    // The window closes at 23:00 Berlin: the canary batch is assigned by itself.
+    let open = epoch_ms("2026-11-27T22:00:00Z");
+    let effects = core(r.tick(open));
+    assert_eq!(
+        journals(&effects),
+        vec![format!("{CLUSTER}: batch 1 of 2 assigned {R1}: a2")]
+    );
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    assert_eq!(r.assignment("a2").revision.as_deref(), Some(R1));
+}
+
+#[test]
+fn a_person_overrides_the_windows_with_a_reason_that_is_journaled() {
+    let friday = epoch_ms("2026-11-27T12:30:00Z");
+    let mut r = Reconciler::new(State::default());
+    r.revision(with_friday_window(R1), Some(&live(&[("hz", "10")])), friday);
+    assert!(matches!(phase(&r), Phase::Waiting { batch: 0, .. }));
+    let effects = core(
+        r.command(
+            CLUSTER,
+            Event::Override {
+                by: "alice".into(),
+                reason: "INC-42: eviction storm".into(),
+            },
+            friday + 1_000,
+        )
+        .expect("a rollout in flight"),
+    );
+    assert_eq!(
+        journals(&effects),
+        vec![[
+            format!(
+                "{CLUSTER}: rollout windows overridden by alice for {R1}: INC-42: eviction storm"
+            ),
+            format!("{CLUSTER}: batch 1 of 2 assigned {R1}: a2"),
+        ]
+        .join("\n")]
+    );
+    // Later batches of this rollout start inside the window too.
+    confirm(&mut r, "a2", friday + 2_000);
+    r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, friday + 2_000);
+    assert_eq!(phase(&r), Phase::Applying { batch: 1 });
+}

@@ -623,6 +623,9 @@ pub fn rollout_status(state: &ReconcilerState) -> serde_json::Value {
                     Phase::Applying { batch } => ("applying", Some(*batch), None),
                     Phase::Baking { batch } => ("baking", Some(*batch), None),
                     Phase::Judging { batch } => ("judging", Some(*batch), None),
+                    Phase::Waiting { batch, reason } => {
+                        ("waiting", Some(*batch), Some(reason.clone()))
+                    }
                     Phase::Paused { batch, reason } => {
                         ("paused", Some(*batch), Some(reason.clone()))
                     }
@@ -700,6 +703,7 @@ async fn command(
     State(app): State<Shared>,
     Path((cluster, action)): Path<(String, String)>,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
     let count = |r: &str| Metrics::count(&app.metrics.admin_calls, r);
     let token = bearer(&headers).unwrap_or("");
@@ -721,11 +725,26 @@ async fn command(
         "resume" => Event::Resume { by },
         "promote" => Event::Promote { by },
         "abort" => Event::Abort { by },
+        "override" => {
+            // The reason is the point of an override: it is journaled with the name.
+            let reason = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(|r| r.trim().to_owned()))
+                .filter(|r| !r.is_empty());
+            let Some(reason) = reason else {
+                count("refused");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "an override needs a reason: a JSON body {\"reason\": \"...\"}",
+                );
+            };
+            Event::Override { by, reason }
+        }
         other => {
             count("refused");
             return error(
                 StatusCode::NOT_FOUND,
-                format!("unknown action `{other}`: pause, resume, promote or abort"),
+                format!("unknown action `{other}`: pause, resume, promote, abort or override"),
             );
         }
     };

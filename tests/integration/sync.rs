@@ -253,3 +253,76 @@ fn an_invalid_revision_is_refused_and_journaled_and_nothing_is_applied() {
         "{entries:#?}"
     );
 }
+
+#[test]
+fn outside_the_rollout_windows_sync_waits_and_an_override_with_a_reason_rolls_out() {
+    let fleet = Fleet::start();
+    let repo = TestRepo::new();
+    // Denied all the time: it opens every minute and lasts two hours.
+    repo.write(
+        "cacheflow.yaml",
+        "apiVersion: cacheflow/v1
+kind: Settings
+metadata: {name: settings}
+spec:
+  windows:
+    - {name: change-freeze, action: deny, schedule: '* * * * *', duration: 2h, timezone: Europe/Berlin}
+",
+    );
+    repo.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 20"));
+    let commit = repo.commit("cache: hz 20 during the freeze");
+
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cache: waiting: inside deny window `change-freeze`; no opening before "),
+        "{out}"
+    );
+    assert!(out.contains("--override-window REASON"), "{out}");
+    for (id, v) in fleet.config("hz") {
+        assert_eq!(v, "10", "{id} must not change inside the freeze");
+    }
+    let entries = journal(&repo);
+    assert!(
+        entries
+            .iter()
+            .any(|m| m.contains("cache: batch 1 of 4 waits: inside deny window `change-freeze`")),
+        "{entries:#?}"
+    );
+    assert!(
+        !entries.iter().any(|m| m.contains("assigned")),
+        "{entries:#?}"
+    );
+
+    // Again without an override: still waiting, nothing new assigned.
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cache: waiting"), "{out}");
+
+    // An empty reason is refused; a reason is journaled with the user's name.
+    let (code, out) = sync(&repo, &["--yes", "--override-window", " "]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--override-window needs a reason"), "{out}");
+    let (code, out) = sync(
+        &repo,
+        &["--yes", "--override-window", "INC-7: hz must go up now"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("cache: completed"), "{out}");
+    for (id, v) in fleet.config("hz") {
+        assert_eq!(v, "20", "{id}");
+    }
+    let entries = journal(&repo);
+    let overrides: Vec<&String> = entries
+        .iter()
+        .filter(|m| m.contains("rollout windows overridden by"))
+        .collect();
+    assert_eq!(overrides.len(), 1, "{entries:#?}");
+    assert!(
+        overrides[0].contains(&format!(
+            "(cacheflow sync) for {commit}: INC-7: hz must go up now"
+        )),
+        "{overrides:?}"
+    );
+    assert!(note(&repo, &commit).starts_with("cache: completed "));
+}
