@@ -9,6 +9,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# Commit-trust tests sign commits with real keys.
+command -v gpg >/dev/null 2>&1 || need+=(gnupg)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 [ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -35,4 +35,5 @@ pub mod server;
 pub mod source;
 pub mod spec;
 pub mod sync;
+pub mod trust;
 pub mod windows;

@@ -74,6 +74,8 @@ pub enum SyncError {
     Audit(#[from] crate::audit::AuditError),
     #[error("not applied: {0}")]
     NotConfirmed(String),
+    #[error("not applied: {0}")]
+    Untrusted(String),
     #[error("{0}")]
     Other(String),
 }
@@ -112,6 +114,23 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         }
     };
     let revision = desired.commit.clone().unwrap_or_default();
+    // Commit trust, judged by the policy of the last revision taken (from the journal).
+    {
+        let good = Journal::open(&git_dir)?.load()?.and_then(|s| s.head);
+        let policy = crate::trust::policy(repo, good.as_deref(), &desired);
+        if let Err(reason) = crate::trust::check(repo.repository(), &revision, &policy) {
+            let mut journal = Journal::open(&git_dir)?;
+            let state = journal.load()?.unwrap_or_default();
+            journal.append(
+                &format!(
+                    "revision {} refused by cacheflow sync: {reason}\nnothing applied",
+                    &revision[..revision.len().min(12)]
+                ),
+                &state,
+            )?;
+            return Err(SyncError::Untrusted(reason));
+        }
+    }
     let (desired, skipped) = direct_only(desired);
     let text = !options.json;
 

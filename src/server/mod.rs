@@ -374,6 +374,7 @@ fn check_head(
     if seen.as_deref() == Some(head.as_str()) {
         return Ok(Head::Unchanged);
     }
+    let good_for_trust = good.clone();
     if let Some(good) = good.filter(|g| *g != head) {
         let r = repo.repository();
         let descends = match (git2::Oid::from_str(&head), git2::Oid::from_str(&good)) {
@@ -395,10 +396,25 @@ fn check_head(
         }
     }
     match pipeline::desired(&repo, &Revision::Rev(head.clone())) {
-        Ok(desired) => Ok(Head::Valid {
-            head,
-            desired: Box::new(desired),
-        }),
+        Ok(desired) => {
+            let policy = crate::trust::policy(&repo, good_for_trust.as_deref(), &desired);
+            match crate::trust::check(repo.repository(), &head, &policy) {
+                Ok(signed) => {
+                    if let Some(s) = signed {
+                        tracing::info!(head = %head, signer = %s.signer, kind = s.kind, "signed head");
+                    }
+                    Ok(Head::Valid {
+                        head,
+                        desired: Box::new(desired),
+                    })
+                }
+                Err(reason) => Ok(Head::Refused {
+                    head,
+                    reason,
+                    kind: "untrusted",
+                }),
+            }
+        }
         Err(PipelineError::Invalid { diagnostics, .. }) => {
             let first = diagnostics
                 .first()

@@ -540,6 +540,20 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
             );
         }
     }
+    if spec.trust.require_signed_head && spec.trust.signers.is_empty() {
+        ctx.at(
+            p,
+            "/spec/trust/requireSignedHead",
+            "requireSignedHead needs at least one entry in trust.signers",
+        );
+    }
+    for (i, s) in spec.trust.signers.iter().enumerate() {
+        for (field, message) in
+            crate::trust::check_signer_keys(s.ssh.as_deref(), s.openpgp.as_deref())
+        {
+            ctx.at(p, &format!("/spec/trust/signers/{i}/{field}"), message);
+        }
+    }
     Settings {
         file: Some(p.src.path().to_owned()),
         rollout_defaults,

@@ -11,3 +11,4 @@ mod serve;
 mod snapshot;
 mod support;
 mod sync;
+mod trust;
