@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# 10,000 simulated agents reporting every 2 s to a real `cacheflow serve` (targets: the
+# server keeps up on 2 cores with report p99 under 20 ms and RSS under 300 MB; issue 4,
+# BENCHMARKS.md "Server under agent load").
+#
+#   bench/agents.sh                            # 100 clusters x 100 agents, 60 s measured
+#   CLUSTERS=10 PER_CLUSTER=100 DURATION=20 bench/agents.sh
+#   ROLLOUT=0 bench/agents.sh                  # steady state only, no rollout during the run
+#
+# 1. builds the release binary and examples/agent_swarm.rs;
+# 2. writes a config repository: CLUSTERS clusters of PER_CLUSTER agent-managed redis
+#    nodes (`c000-n000` ...), hz 10 and allkeys-lru, stages [1, 10%, 100%], zero bake;
+# 3. starts `cacheflow serve` on loopback (poll interval 1 s, file-descriptor limit
+#    raised for 10,000 connections) and waits for /readyz;
+# 4. runs the swarm (one thread, one keep-alive connection per agent, starts spread over
+#    the first interval, WARMUP s not measured); with ROLLOUT=1 (default), WARMUP+10 s in,
+#    a commit changes hz to 20 in every cluster, so the measured window includes 100
+#    staged rollouts over every agent while the reports go on;
+# 5. prints the swarm's line (reports, rate, p50/p90/p99/max) and the server's resident
+#    memory (VmRSS at the end, VmHWM the peak), also into bench/work/agents/summary.txt.
+#
+# Needs: cargo, python3, curl, git.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WORK=$ROOT/bench/work/agents
+CLUSTERS=${CLUSTERS:-100}
+PER_CLUSTER=${PER_CLUSTER:-100}
+INTERVAL=${INTERVAL:-2}
+DURATION=${DURATION:-60}
+WARMUP=${WARMUP:-15}
+ROLLOUT=${ROLLOUT:-1}
+PORT=${PORT:-18480}
+
+cargo build --release -q --bin cacheflow --example agent_swarm
+BIN=$ROOT/target/release/cacheflow
+SWARM=$ROOT/target/release/examples/agent_swarm
+
+rm -rf "$WORK"
+mkdir -p "$WORK/repo" "$WORK/state"
+REPO=$WORK/repo
+
+write_clusters() { # $1: hz
+  python3 - "$REPO" "$CLUSTERS" "$PER_CLUSTER" "$1" <<'PY'
+import os, sys
+repo, clusters, per, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+os.makedirs(f"{repo}/clusters", exist_ok=True)
+for c in range(clusters):
+    nodes = "".join(
+        f"    - {{id: c{c:03}-n{i:03}, address: '10.{c // 250}.{c % 250}.{i % 250}:{6379 + i // 250}', "
+        f"shard: s{i:03}, role: primary, managed: agent}}\n"
+        for i in range(per))
+    with open(f"{repo}/clusters/c{c:03}.yaml", "w") as f:
+        f.write(f"""apiVersion: cacheflow/v1
+kind: Cluster
+metadata: {{name: c{c:03}}}
+spec:
+  engine: redis
+  parameters:
+    hz: {hz}
+    maxmemory-policy: allkeys-lru
+  rollout:
+    stages: [1, '10%', '100%']
+    bake: 0s
+    applyTimeout: 30s
+    gates: {{minOpsPerSec: 0}}
+  nodes:
+{nodes}""")
+PY
+}
+
+git -C "$REPO" init -q -b main
+write_clusters 10
+git -C "$REPO" add -A
+git -C "$REPO" -c user.name=bench -c user.email=bench@localhost commit -qm "agents: hz 10"
+
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/secret"
+
+# One socket per agent on each side: raise the soft limit as far as the hard one allows.
+ulimit -n "$(ulimit -Hn)"
+"$BIN" serve --repo "$REPO" --state-dir "$WORK/state" --listen "127.0.0.1:$PORT" \
+  --node-token-secret-file "$WORK/secret" --poll-interval 1s \
+  >"$WORK/serve.log" 2>&1 &
+SERVE=$!
+trap 'kill $SERVE 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "serve did not become ready"; cat "$WORK/serve.log"; exit 1; }
+
+if [ "$ROLLOUT" = 1 ]; then
+  (
+    sleep $((WARMUP + 10))
+    write_clusters 20
+    git -C "$REPO" add -A
+    git -C "$REPO" -c user.name=bench -c user.email=bench@localhost commit -qm "agents: hz 20"
+  ) &
+fi
+
+LINE=$("$SWARM" --server "http://127.0.0.1:$PORT" --secret-file "$WORK/secret" \
+  --clusters "$CLUSTERS" --per-cluster "$PER_CLUSTER" --interval "${INTERVAL}s" \
+  --duration "${DURATION}s" --warmup "${WARMUP}s")
+RSS=$(awk '/VmRSS/ {print $2}' /proc/$SERVE/status)
+HWM=$(awk '/VmHWM/ {print $2}' /proc/$SERVE/status)
+COMPLETED=$(curl -fs "http://127.0.0.1:$PORT/api/v1/rollouts" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print(sum(1 for c in d["clusters"] if (c.get("rollout") or {}).get("phase") == "completed"))')
+{
+  echo "$LINE"
+  echo "serve_rss_mib=$((RSS / 1024)) serve_peak_rss_mib=$((HWM / 1024)) rollouts_completed=$COMPLETED"
+} | tee "$WORK/summary.txt"
