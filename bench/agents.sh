@@ -16,7 +16,10 @@
 #    the first interval, WARMUP s not measured); with ROLLOUT=1 (default), WARMUP+10 s in,
 #    a commit changes hz to 20 in every cluster, so the measured window includes 100
 #    staged rollouts over every agent while the reports go on;
-# 5. prints the swarm's line (reports, rate, p50/p90/p99/max) and the server's resident
+# 5. prints the swarm's line (reports, rate, p50/p90/p99/max as the agents saw them,
+#    which includes the swarm's own scheduling on its one thread), the server's own
+#    report latency over the measured window from /metrics (the histogram bucket that
+#    holds p50 and p99), and the server's resident
 #    memory (VmRSS at the end, VmHWM the peak), also into bench/work/agents/summary.txt.
 #
 # Needs: cargo, python3, curl, git.
@@ -99,9 +102,32 @@ if [ "$ROLLOUT" = 1 ]; then
   ) &
 fi
 
+# The server's own report-latency histogram, at the end of the warm-up and at the end.
+( sleep "$WARMUP"; curl -fs "http://127.0.0.1:$PORT/metrics" > "$WORK/metrics-before.txt" ) &
 LINE=$("$SWARM" --server "http://127.0.0.1:$PORT" --secret-file "$WORK/secret" \
   --clusters "$CLUSTERS" --per-cluster "$PER_CLUSTER" --interval "${INTERVAL}s" \
   --duration "${DURATION}s" --warmup "${WARMUP}s")
+curl -fs "http://127.0.0.1:$PORT/metrics" > "$WORK/metrics-after.txt"
+SERVER=$(python3 - "$WORK/metrics-before.txt" "$WORK/metrics-after.txt" <<'PY'
+import re, sys
+def buckets(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'cacheflow_report_duration_seconds_bucket\{le="([^"]+)"\} (\d+)', line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+b, a = buckets(sys.argv[1]), buckets(sys.argv[2])
+les = sorted(a, key=lambda k: float("inf") if k == "+Inf" else float(k))
+total = a["+Inf"] - b.get("+Inf", 0)
+def upper(q):
+    for le in les:
+        if a[le] - b.get(le, 0) >= q * total:
+            return "inf" if le == "+Inf" else f"{float(le) * 1000:g}"
+    return "inf"
+print(f"server_reports={total} server_p50_le_ms={upper(0.5)} server_p99_le_ms={upper(0.99)}")
+PY
+)
 RSS=$(awk '/VmRSS/ {print $2}' /proc/$SERVE/status)
 HWM=$(awk '/VmHWM/ {print $2}' /proc/$SERVE/status)
 COMPLETED=$(curl -fs "http://127.0.0.1:$PORT/api/v1/rollouts" | python3 -c '
@@ -110,5 +136,6 @@ d = json.load(sys.stdin)
 print(sum(1 for c in d["clusters"] if (c.get("rollout") or {}).get("phase") == "completed"))')
 {
   echo "$LINE"
+  echo "$SERVER"
   echo "serve_rss_mib=$((RSS / 1024)) serve_peak_rss_mib=$((HWM / 1024)) rollouts_completed=$COMPLETED"
 } | tee "$WORK/summary.txt"

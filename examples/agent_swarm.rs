@@ -184,7 +184,13 @@ struct Agent {
 }
 
 impl Agent {
-    async fn run(mut self, first: Instant, measure_from: Instant, end: Instant, totals: Arc<Totals>) {
+    async fn run(
+        mut self,
+        first: Instant,
+        measure_from: Instant,
+        end: Instant,
+        totals: Arc<Totals>,
+    ) {
         tokio::time::sleep_until(first.into()).await;
         let mut sender: Option<http1::SendRequest<Full<Bytes>>> = None;
         let mut next = first;

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub rollouts: Family<OutcomeLabels, Counter>,
     pub revisions: Family<ResultLabels, Counter>,
     pub stage_duration: Histogram,
+    pub report_duration: Histogram,
     pub nodes: Family<StateLabels, Gauge>,
 }
 
@@ -81,6 +82,13 @@ impl Default for Metrics {
             "Time from a batch's assignment to its gates passing (or its promotion)",
             stage_duration.clone(),
         );
+        let report_duration =
+            Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0]);
+        registry.register(
+            "report_duration_seconds",
+            "Time the server took to answer a node report (body read to answer), any result",
+            report_duration.clone(),
+        );
         let nodes = Family::<StateLabels, Gauge>::default();
         registry.register(
             "nodes",
@@ -95,6 +103,7 @@ impl Default for Metrics {
             rollouts,
             revisions,
             stage_duration,
+            report_duration,
             nodes,
         }
     }

@@ -54,6 +54,9 @@ enum Msg {
     Inspect {
         reply: oneshot::Sender<State>,
     },
+    Head {
+        reply: oneshot::Sender<Option<String>>,
+    },
     Tick,
     /// End the task (timers still pending are dropped).
     Stop,
@@ -157,6 +160,16 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Inspect { reply })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// The last valid revision taken (cheap, unlike [`Handle::state`]).
+    pub async fn head(&self) -> Result<Option<String>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Head { reply })
             .await
             .map_err(|_| Stopped)?;
         rx.await.map_err(|_| Stopped)
@@ -305,6 +318,12 @@ pub fn start(
                         let state = core.state.clone();
                         replies.push(Box::new(move || {
                             let _ = reply.send(state);
+                        }));
+                    }
+                    Msg::Head { reply } => {
+                        let head = core.state.head.clone();
+                        replies.push(Box::new(move || {
+                            let _ = reply.send(head);
                         }));
                     }
                     Msg::Stop => stop = true,

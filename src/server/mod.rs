@@ -287,11 +287,11 @@ async fn follow(app: Shared, git_dir: PathBuf, mut stop: watch::Receiver<bool>) 
         }
         let options = app.options.clone();
         let seen = last_seen.clone();
-        let state = match app.handle.state().await {
-            Ok(s) => s,
+        // Only the head: a copy of the whole state would stall reports on a large fleet.
+        let good = match app.handle.head().await {
+            Ok(h) => h,
             Err(_) => break,
         };
-        let good = state.head.clone();
         let step = tokio::task::spawn_blocking(move || check_head(&options, seen, good)).await;
         match step {
             Ok(Ok(Head::Unchanged)) => {}
@@ -576,6 +576,16 @@ async fn report(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let began = std::time::Instant::now();
+    let metrics = Arc::clone(&app.metrics);
+    let response = answer_report(app, id, headers, body).await;
+    metrics
+        .report_duration
+        .observe(began.elapsed().as_secs_f64());
+    response
+}
+
+async fn answer_report(app: Shared, id: String, headers: HeaderMap, body: Body) -> Response {
     let count = |r: &str| Metrics::count(&app.metrics.reports, r);
     let body = match read_body(body, MAX_PAYLOAD_BYTES).await {
         Ok(b) => b,
