@@ -59,6 +59,10 @@ pub struct Journal {
     /// The entry this process wrote or read last.
     head: Option<Oid>,
     who: String,
+    /// The blob last written per cluster file, by a hash of its JSON: most entries
+    /// change one cluster, and writing every cluster's blob again (zlib, a loose object
+    /// file each) made each entry cost as much as the whole fleet.
+    written: std::collections::HashMap<String, (u64, Oid)>,
 }
 
 impl Journal {
@@ -70,6 +74,7 @@ impl Journal {
         })?;
         let head = repo.refname_to_id(JOURNAL_REF).ok();
         Ok(Journal {
+            written: std::collections::HashMap::new(),
             repo,
             head,
             who: "cacheflow".to_owned(),
@@ -133,14 +138,32 @@ impl Journal {
             path: repo.path().display().to_string(),
             source: e,
         };
+        // The top file without the clusters (not a clone of the whole state).
         let top = State {
+            version: state.version,
+            head: state.head.clone(),
+            generation: state.generation,
             clusters: BTreeMap::new(),
-            ..state.clone()
+            windows: state.windows.clone(),
         };
         let top_blob = repo.blob(&to_json(&top)).map_err(git)?;
         let mut clusters = repo.treebuilder(None).map_err(git)?;
         for (name, cs) in &state.clusters {
-            let blob = repo.blob(&to_json(cs)).map_err(git)?;
+            let json = to_json(cs);
+            let hash = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                json.hash(&mut h);
+                h.finish()
+            };
+            let blob = match self.written.get(name) {
+                Some((h, oid)) if *h == hash => *oid,
+                _ => {
+                    let oid = repo.blob(&json).map_err(git)?;
+                    self.written.insert(name.clone(), (hash, oid));
+                    oid
+                }
+            };
             clusters
                 .insert(format!("{name}.json"), blob, 0o100644)
                 .map_err(git)?;
