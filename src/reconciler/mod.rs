@@ -176,6 +176,12 @@ pub struct Reconciler {
     effects: Vec<Effect>,
     /// `state.windows`, compiled.
     windows: Windows,
+    /// How long after a revision a rollout waits for declared nodes never heard from
+    /// (after a start, nodes report one by one: without the wait the first rollout would
+    /// hold only the nodes whose report came first). 0: no wait (`sync` read every node).
+    pub report_grace_ms: u64,
+    /// When the current revision was taken.
+    revision_at_ms: u64,
 }
 
 fn digest(params: &BTreeMap<String, String>) -> String {
@@ -235,6 +241,8 @@ impl Reconciler {
             effects: Vec::new(),
             correct_drift: false,
             windows: compile_windows(&state.windows),
+            report_grace_ms: 0,
+            revision_at_ms: 0,
             state,
         }
     }
@@ -317,6 +325,7 @@ impl Reconciler {
         now_ms: u64,
     ) -> Vec<Effect> {
         let desired = Arc::new(desired);
+        self.revision_at_ms = now_ms;
         let revision = desired.commit.clone().unwrap_or_else(|| "worktree".into());
         self.node_cluster = desired
             .clusters
@@ -405,6 +414,13 @@ impl Reconciler {
             .refused
             .as_ref()
             .is_some_and(|r| r.digest == target.digest)
+        {
+            return;
+        }
+        // Within the grace after a revision, wait until every declared node was heard
+        // from at least once, so one rollout covers them all.
+        if now_ms < self.revision_at_ms.saturating_add(self.report_grace_ms)
+            && cluster.nodes.iter().any(|n| !self.live.contains_key(&n.id))
         {
             return;
         }

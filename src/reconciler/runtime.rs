@@ -231,6 +231,7 @@ pub fn start(
     let state = journal.load()?.unwrap_or_default();
     let mut core = Reconciler::new(state);
     core.correct_drift = correct_drift;
+    core.report_grace_ms = grace_ms;
     let (tx, mut rx) = mpsc::channel::<Msg>(4096);
     let (events, _) = broadcast::channel(1024);
     let handle = Handle {

@@ -1114,3 +1114,47 @@ fn a_person_overrides_the_windows_with_a_reason_that_is_journaled() {
     r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, friday + 2_000);
     assert_eq!(phase(&r), Phase::Applying { batch: 1 });
 }
+
+#[test]
+fn after_a_start_the_first_rollout_waits_for_every_node_to_report_within_the_grace() {
+    let mut r = Reconciler::new(State::default());
+    r.report_grace_ms = 5_000;
+    r.revision(desired(R1, "hz: 20"), None, 0);
+    let hello = |r: &mut Reconciler, id: &str, now: u64| {
+        r.report(id, report(id, node(&[("hz", "10")]), None), now)
+            .expect("a declared node")
+    };
+    hello(&mut r, "a1", 100);
+    assert_eq!(r.tick(200), vec![], "a2 and b1 were not heard from yet");
+    hello(&mut r, "a2", 300);
+    hello(&mut r, "b1", 400);
+    let effects = core(r.tick(500));
+    assert_eq!(
+        journals(&effects),
+        vec![[
+            format!("{CLUSTER}: rollout of {R1} started, 2 batch(es)"),
+            format!("{CLUSTER}: batch 1 of 2 assigned {R1}: a2"),
+        ]
+        .join("\n")]
+    );
+    assert_eq!(
+        rollout(&r).spec.batches,
+        vec![
+            vec!["a2".to_owned()],
+            vec!["a1".to_owned(), "b1".to_owned()]
+        ]
+    );
+
+    // A node that stays silent holds the rollout only for the grace.
+    let mut r = Reconciler::new(State::default());
+    r.report_grace_ms = 5_000;
+    r.revision(desired(R1, "hz: 20"), None, 0);
+    hello(&mut r, "a1", 100);
+    hello(&mut r, "a2", 100);
+    assert_eq!(r.tick(4_999), vec![]);
+    r.tick(5_000);
+    assert_eq!(
+        rollout(&r).spec.batches.concat(),
+        vec!["a2".to_owned(), "a1".to_owned()]
+    );
+}
