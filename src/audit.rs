@@ -59,10 +59,10 @@ pub struct Journal {
     /// The entry this process wrote or read last.
     head: Option<Oid>,
     who: String,
-    /// The blob last written per cluster file, by a hash of its JSON: most entries
-    /// change one cluster, and writing every cluster's blob again (zlib, a loose object
-    /// file each) made each entry cost as much as the whole fleet.
-    written: std::collections::HashMap<String, (u64, Oid)>,
+    /// The blob last written per cluster file: most entries change one cluster, and
+    /// writing every cluster's blob again (zlib, a loose object file each) made each
+    /// entry cost as much as the whole fleet.
+    written: std::collections::HashMap<String, Oid>,
 }
 
 impl Journal {
@@ -149,20 +149,15 @@ impl Journal {
         let top_blob = repo.blob(&to_json(&top)).map_err(git)?;
         let mut clusters = repo.treebuilder(None).map_err(git)?;
         for (name, cs) in &state.clusters {
+            // Git's own identity of the content: no write when the file is unchanged.
             let json = to_json(cs);
-            let hash = {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                json.hash(&mut h);
-                h.finish()
-            };
-            let blob = match self.written.get(name) {
-                Some((h, oid)) if *h == hash => *oid,
-                _ => {
-                    let oid = repo.blob(&json).map_err(git)?;
-                    self.written.insert(name.clone(), (hash, oid));
-                    oid
-                }
+            let id = Oid::hash_object(git2::ObjectType::Blob, &json).map_err(git)?;
+            let blob = if self.written.get(name) == Some(&id) {
+                id
+            } else {
+                let oid = repo.blob(&json).map_err(git)?;
+                self.written.insert(name.clone(), oid);
+                oid
             };
             clusters
                 .insert(format!("{name}.json"), blob, 0o100644)

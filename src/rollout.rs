@@ -343,7 +343,10 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             next_batch(&mut r, b, &mut actions);
         }
         (
-            Phase::Applying { batch } | Phase::Baking { batch } | Phase::Judging { batch },
+            Phase::Applying { batch }
+            | Phase::Baking { batch }
+            | Phase::Judging { batch }
+            | Phase::Waiting { batch, .. },
             Event::Pause { by },
         ) => {
             let b = *batch;
@@ -376,17 +379,6 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             if let Phase::Waiting { batch, .. } = r.phase {
                 start_batch(&mut r, batch, &mut actions);
             }
-        }
-        (Phase::Waiting { batch, .. }, Event::Pause { by }) => {
-            let b = *batch;
-            journal(
-                &mut actions,
-                format!("{}: paused by {by} at batch {}", r.spec.cluster, b + 1),
-            );
-            r.phase = Phase::Paused {
-                batch: b,
-                reason: format!("paused by {by}"),
-            };
         }
         (Phase::Paused { batch, .. }, Event::Resume { by }) => {
             // Resuming re-runs the batch from its assignment: nodes that already applied

@@ -115,21 +115,18 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
     };
     let revision = desired.commit.clone().unwrap_or_default();
     // Commit trust, judged by the policy of the last revision taken (from the journal).
-    {
-        let good = Journal::open(&git_dir)?.load()?.and_then(|s| s.head);
-        let policy = crate::trust::policy(repo, good.as_deref(), &desired);
-        if let Err(reason) = crate::trust::check(repo.repository(), &revision, &policy) {
-            let mut journal = Journal::open(&git_dir)?;
-            let state = journal.load()?.unwrap_or_default();
-            journal.append(
-                &format!(
-                    "revision {} refused by cacheflow sync: {reason}\nnothing applied",
-                    &revision[..revision.len().min(12)]
-                ),
-                &state,
-            )?;
-            return Err(SyncError::Untrusted(reason));
-        }
+    let mut journal = Journal::open(&git_dir)?;
+    let before: State = journal.load()?.unwrap_or_default();
+    let policy = crate::trust::policy(repo, before.head.as_deref(), &desired);
+    if let Err(reason) = crate::trust::check(repo.repository(), &revision, &policy) {
+        journal.append(
+            &format!(
+                "revision {} refused by cacheflow sync: {reason}\nnothing applied",
+                &revision[..revision.len().min(12)]
+            ),
+            &before,
+        )?;
+        return Err(SyncError::Untrusted(reason));
     }
     let (desired, skipped) = direct_only(desired);
     let text = !options.json;
@@ -157,8 +154,6 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
     let live: LiveState = runtime.block_on(fleet::snapshot(targets, options.reach));
     let planned = plan::plan(&desired, &live);
 
-    let journal = Journal::open(&git_dir)?;
-    let before: State = journal.load()?.unwrap_or_default();
     let resumable: Vec<String> = before
         .clusters
         .iter()

@@ -75,10 +75,6 @@ impl Windows {
         Ok(Windows { windows })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.windows.is_empty()
-    }
-
     /// Whether a batch may start at `now_ms`, and if not, why and until when.
     pub fn status(&self, now_ms: u64) -> Status {
         let Some(reason) = self.closed_reason(now_ms) else {

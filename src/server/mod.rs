@@ -374,10 +374,9 @@ fn check_head(
     if seen.as_deref() == Some(head.as_str()) {
         return Ok(Head::Unchanged);
     }
-    let good_for_trust = good.clone();
-    if let Some(good) = good.filter(|g| *g != head) {
+    if let Some(good) = good.as_deref().filter(|g| *g != head) {
         let r = repo.repository();
-        let descends = match (git2::Oid::from_str(&head), git2::Oid::from_str(&good)) {
+        let descends = match (git2::Oid::from_str(&head), git2::Oid::from_str(good)) {
             (Ok(h), Ok(g)) => r.graph_descendant_of(h, g).unwrap_or(false),
             _ => false,
         };
@@ -397,7 +396,7 @@ fn check_head(
     }
     match pipeline::desired(&repo, &Revision::Rev(head.clone())) {
         Ok(desired) => {
-            let policy = crate::trust::policy(&repo, good_for_trust.as_deref(), &desired);
+            let policy = crate::trust::policy(&repo, good.as_deref(), &desired);
             match crate::trust::check(repo.repository(), &head, &policy) {
                 Ok(signed) => {
                     if let Some(s) = signed {

@@ -4,23 +4,12 @@
 
 use std::process::Command;
 
+use crate::support::cacheflow_sync;
 use crate::support::fleet::Fleet;
 use crate::support::git::{cacheflow_note, journal_messages, TestRepo};
 
 fn sync(repo: &TestRepo, extra: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
-        .args(["sync", "--repo"])
-        .arg(repo.path())
-        .args(["--interval", "200ms"])
-        .args(extra)
-        .output()
-        .expect("the cacheflow binary runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    cacheflow_sync(repo.path(), extra, &[])
 }
 
 fn journal(repo: &TestRepo) -> Vec<String> {

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::cacheflow_sync;
 use crate::support::fleet::Fleet;
 use crate::support::git::{journal_messages, TestRepo};
 
@@ -110,18 +111,7 @@ spec:
 }
 
 fn sync(repo: &TestRepo, gnupghome: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
-        .args(["sync", "--yes", "--interval", "200ms", "--repo"])
-        .arg(repo.path())
-        .env("GNUPGHOME", gnupghome)
-        .output()
-        .expect("the cacheflow binary runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    cacheflow_sync(repo.path(), &["--yes"], &[("GNUPGHOME", gnupghome)])
 }
 
 fn hz(fleet: &Fleet) -> Vec<String> {

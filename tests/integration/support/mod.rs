@@ -1,6 +1,8 @@
 //! Test support: real servers, git repositories, a control plane for the agent.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
 
 pub mod control;
 pub mod fleet;
@@ -14,4 +16,23 @@ pub fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// `cacheflow sync --repo REPO --interval 200ms EXTRA...` through the real binary, with
+/// `env` added: the exit code and stdout followed by stderr.
+pub fn cacheflow_sync(repo: &Path, extra: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["sync", "--repo"])
+        .arg(repo)
+        .args(["--interval", "200ms"])
+        .args(extra)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the cacheflow binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
 }
