@@ -9,13 +9,15 @@
 //! Ctrl-C: every rollout in flight is paused (journaled); `cacheflow sync` again resumes
 //! ```
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::audit::Journal;
-use crate::live::LiveState;
+use crate::live::{LiveState, NodeLive};
 use crate::nodes::fleet::{self, SnapshotOptions, Target};
+use crate::nodes::NodeDriver;
 use crate::pipeline::{self, PipelineError, Revision};
 use crate::plan;
 use crate::reconciler::runtime::{self, DirectOptions};
@@ -136,19 +138,22 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         .enable_all()
         .build()
         .map_err(|e| SyncError::Other(format!("cannot start the async runtime: {e}")))?;
+    // One driver (one connection) per node, for the snapshot and then its agent.
+    let mut drivers: HashMap<(String, String), Arc<dyn NodeDriver>> = HashMap::new();
     let targets: Vec<Target> = desired
         .clusters
         .values()
         .flat_map(|c| {
             let keep = Arc::new(c.parameters.keys().cloned().collect());
-            c.nodes.iter().map(move |n| Target {
-                keep: Some(Arc::clone(&keep)),
-                ..Target::new(
-                    n.id.clone(),
-                    c.name.clone(),
-                    pipeline::driver_for(c, n, options.reach.timeout),
-                )
-            })
+            c.nodes.iter().map(move |n| (c, n, Arc::clone(&keep)))
+        })
+        .map(|(c, n, keep)| {
+            let driver = pipeline::driver_for(c, n, options.reach.timeout);
+            drivers.insert((c.name.clone(), n.id.clone()), Arc::clone(&driver));
+            Target {
+                keep: Some(keep),
+                ..Target::new(n.id.clone(), c.name.clone(), driver)
+            }
         })
         .collect();
     let live: LiveState = runtime.block_on(fleet::snapshot(targets, options.reach));
@@ -204,16 +209,28 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         let names: Vec<String> = desired.clusters.keys().cloned().collect();
         // The agents start after the revision: before it, no node is declared.
         let clusters = desired.clusters.clone();
+        let mut first_readings: HashMap<String, NodeLive> = live
+            .nodes
+            .iter()
+            .filter(|(_, l)| l.reachable)
+            .map(|(id, l)| (id.clone(), l.clone()))
+            .collect();
         handle.revision(desired, Some(live)).await.map_err(stopped)?;
         let mut agents = Vec::new();
         for c in clusters.values() {
             for n in &c.nodes {
+                let key = (c.name.clone(), n.id.clone());
+                let driver = drivers
+                    .remove(&key)
+                    .unwrap_or_else(|| pipeline::driver_for(c, n, options.reach.timeout));
                 agents.push(handle.spawn_direct_agent(
                     n.id.clone(),
-                    pipeline::driver_for(c, n, options.reach.timeout),
+                    driver,
                     DirectOptions {
                         interval: options.interval,
                         timeout: options.reach.timeout,
+                        // Read a moment ago: the first report needs no second reading.
+                        first_reading: first_readings.remove(&n.id),
                     },
                     stop_rx.clone(),
                 ));

@@ -79,6 +79,21 @@ pub trait NodeDriver: Send + Sync {
     /// runs from a config file, what the file holds. `reachable` is always true in an
     /// `Ok`: an unreachable node is an `Err`.
     fn read(&self) -> BoxFuture<'_, Result<NodeLive, NodeError>>;
+    /// Only the live values of `names` (those the node knows): what an apply compares
+    /// against, without the health, version and config-file parts of a full [`read`].
+    /// The default reads everything and keeps `names`.
+    ///
+    /// [`read`]: NodeDriver::read
+    fn read_parameters<'a>(
+        &'a self,
+        names: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, NodeError>> {
+        Box::pin(async move {
+            let mut live = self.read().await?;
+            live.parameters.retain(|n, _| names.contains(n));
+            Ok(live.parameters)
+        })
+    }
     /// Apply `params` (normalised values, as the catalog gives them) as one unit: either
     /// all of them are in force afterwards, or none is (what was changed before a refusal
     /// is put back, and the error carries the engine's message).

@@ -555,6 +555,31 @@ impl NodeDriver for RedisDriver {
         Box::pin(self.read_node())
     }
 
+    fn read_parameters<'a>(
+        &'a self,
+        names: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, NodeError>> {
+        Box::pin(async move {
+            if names.is_empty() {
+                return Ok(BTreeMap::new());
+            }
+            // CONFIG GET takes glob patterns: a name with one would read other parameters.
+            if let Some(bad) = names
+                .iter()
+                .find(|n| n.is_empty() || n.contains(['*', '?', '[', ']', '\\', ' ']))
+            {
+                return Err(self.refused(bad, "not a parameter name".to_owned()));
+            }
+            let mut s = self.session().await?;
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut values = self.config_get(&mut s, &names).await?;
+            for name in SECRET_PARAMETERS {
+                values.remove(*name);
+            }
+            Ok(values)
+        })
+    }
+
     fn apply<'a>(
         &'a self,
         params: &'a BTreeMap<String, String>,

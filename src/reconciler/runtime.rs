@@ -209,6 +209,9 @@ pub struct DirectOptions {
     pub interval: Duration,
     /// Bound of one read of the node.
     pub timeout: Duration,
+    /// A reading taken just before (`sync`'s snapshot): the first report sends it
+    /// instead of reading the node again.
+    pub first_reading: Option<NodeLive>,
 }
 
 impl Default for DirectOptions {
@@ -216,6 +219,7 @@ impl Default for DirectOptions {
         DirectOptions {
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
+            first_reading: None,
         }
     }
 }
@@ -427,6 +431,7 @@ async fn direct_agent(
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut first_reading = options.first_reading.clone();
     let apply_options = ApplyOptions {
         warmup: Duration::ZERO,
         ..ApplyOptions::default()
@@ -434,7 +439,13 @@ async fn direct_agent(
     let mut last_tried: Option<(String, u64)> = None;
     let mut last_apply: Option<ApplyResult> = None;
     loop {
-        let live = match tokio::time::timeout(options.timeout, driver.read()).await {
+        let read = async {
+            match first_reading.take() {
+                Some(live) => Ok(Ok(live)),
+                None => tokio::time::timeout(options.timeout, driver.read()).await,
+            }
+        };
+        let live = match read.await {
             Ok(Ok(live)) => live,
             Ok(Err(e)) => NodeLive {
                 reachable: false,
@@ -486,6 +497,10 @@ async fn direct_agent(
             _ = wake.notified() => {}
             _ = tokio::time::sleep(options.interval) => {}
             _ = stop.changed() => {}
+        }
+        // Stopped while idle: no last reading nor report (nobody would read them).
+        if *stop.borrow() {
+            return;
         }
     }
 }

@@ -313,6 +313,7 @@ async fn follow(app: Shared, git_dir: PathBuf, mut stop: watch::Receiver<bool>) 
                                 DirectOptions {
                                     interval: app.options.direct_interval,
                                     timeout: app.options.node_timeout,
+                                    first_reading: None,
                                 },
                                 agents_stop.clone(),
                             );

@@ -139,11 +139,12 @@ async fn run(
     }
 
     // 2. What differs from what the node runs now.
+    let names: Vec<String> = want.keys().cloned().collect();
     let live = driver
-        .read()
+        .read_parameters(&names)
         .await
         .map_err(|e| Failure::clean(format!("cannot read the node: {e}")))?;
-    let differs = |name: &str, value: &str| match live.parameters.get(name) {
+    let differs = |name: &str, value: &str| match live.get(name) {
         Some(have) => !cat.same(name, have, value),
         None => true,
     };
@@ -193,7 +194,7 @@ async fn run(
     }
     let before: BTreeMap<String, String> = runtime
         .keys()
-        .filter_map(|n| live.parameters.get(n).map(|v| (n.clone(), v.clone())))
+        .filter_map(|n| live.get(n).map(|v| (n.clone(), v.clone())))
         .collect();
 
     // 4. The config file: start-only values for Redis (run-time ones were persisted by
@@ -227,7 +228,7 @@ async fn run(
         if let Err(message) = restart_and_check(driver, options, command, &want).await {
             let old_start: BTreeMap<String, Option<String>> = start_only
                 .keys()
-                .map(|n| (n.clone(), live.parameters.get(n).cloned()))
+                .map(|n| (n.clone(), live.get(n).cloned()))
                 .collect();
             let old = Old {
                 file: original,
