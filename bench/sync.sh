@@ -26,7 +26,11 @@ ROOT=$PWD
 WORK=$ROOT/bench/work/sync
 NODES=${NODES:-100}
 RUNS=${RUNS:-15}
-rm -rf "$WORK" && mkdir -p "$WORK/nodes"
+# Where the nodes keep their config files: CONFIG REWRITE fsyncs the file and its
+# directory, so the disk sets a floor under both tools (NODE_DIR=/dev/shm/... puts the
+# files in memory to show the tools' own cost).
+NODE_DIR=${NODE_DIR:-$WORK/nodes}
+rm -rf "$WORK" "$NODE_DIR" && mkdir -p "$WORK" "$NODE_DIR"
 
 PIDS=()
 cleanup() {
@@ -60,7 +64,7 @@ read -r -a PORTS <"$WORK/ports"
 
 # Each node runs from its own config file, so every change is also CONFIG REWRITE-n.
 for port in "${PORTS[@]}"; do
-    d=$WORK/nodes/$port && mkdir -p "$d"
+    d=$NODE_DIR/$port && mkdir -p "$d"
     printf 'port %s\nbind 127.0.0.1\ndir "%s"\nsave ""\nappendonly no\nlogfile "%s/redis.log"\n' \
         "$port" "$d" "$d" >"$d/redis.conf"
     redis-server "$d/redis.conf" >/dev/null 2>&1 &

@@ -430,6 +430,23 @@ fn fail_pipeline(e: PipelineError, json: bool) -> ExitCode {
 }
 
 /// Run the command line; returns the process exit code.
+impl Cli {
+    /// True when the command reads a local repository and opens no TLS connection
+    /// (see [`crate::source::skip_tls_roots`]).
+    pub fn local_only(&self) -> bool {
+        let repo = match &self.command {
+            Command::Validate { repo, .. }
+            | Command::Diff { repo, .. }
+            | Command::Plan { repo, .. }
+            | Command::Snapshot { repo, .. }
+            | Command::Sync { repo, .. }
+            | Command::History { repo, .. } => &repo.repo,
+            _ => return false,
+        };
+        !crate::source::is_url(repo)
+    }
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
@@ -964,5 +981,53 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    fn local_only(args: &[&str]) -> bool {
+        Cli::try_parse_from(args)
+            .expect("arguments parse")
+            .local_only()
+    }
+
+    #[test]
+    fn only_local_repositories_without_tls_skip_the_ca_bundle() {
+        assert!(local_only(&["cacheflow", "validate", "--repo", "./config"]));
+        assert!(local_only(&[
+            "cacheflow",
+            "sync",
+            "--repo",
+            "/srv/config",
+            "--yes"
+        ]));
+        assert!(!local_only(&[
+            "cacheflow",
+            "validate",
+            "--repo",
+            "https://github.com/o/r.git"
+        ]));
+        assert!(!local_only(&[
+            "cacheflow",
+            "diff",
+            "--repo",
+            "git@github.com:o/r.git",
+            "--base",
+            "HEAD~1"
+        ]));
+        // The server, the agent and the rollout client may speak TLS.
+        assert!(!local_only(&[
+            "cacheflow",
+            "rollout",
+            "--server",
+            "https://cacheflow.example",
+            "status",
+            "c"
+        ]));
     }
 }

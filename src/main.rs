@@ -10,5 +10,9 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    cacheflow::cli::run(cacheflow::cli::Cli::parse())
+    let cli = cacheflow::cli::Cli::parse();
+    if cli.local_only() {
+        cacheflow::source::skip_tls_roots();
+    }
+    cacheflow::cli::run(cli)
 }

@@ -1087,7 +1087,19 @@ impl Tree for DiskTree {
 // Remotes.
 
 /// A URL rather than a path: `scheme://...` or scp-like `user@host:path`.
-fn is_url(location: &str) -> bool {
+/// libgit2 built with HTTPS loads the system's whole CA bundle as it starts (OpenSSL's
+/// default verify paths, every certificate parsed): about 35 ms, more than the rest of
+/// `cacheflow validate` on a small repository. A command that reads a local repository
+/// and opens no TLS connection does not need them: the binary calls this first thing,
+/// before any thread exists, for those commands only (`serve`, `agent`, `rollout` and
+/// anything given a URL keep the system's roots).
+pub fn skip_tls_roots() {
+    // No certificate file or directory: OpenSSL starts with an empty store.
+    std::env::set_var("SSL_CERT_FILE", "/dev/null");
+    std::env::set_var("SSL_CERT_DIR", "/dev/null");
+}
+
+pub fn is_url(location: &str) -> bool {
     if location.contains("://") {
         return true;
     }
