@@ -48,6 +48,16 @@ pub struct NodeLive {
     pub health: Option<Health>,
 }
 
+impl NodeLive {
+    /// Keep only the parameters in `names`, live and persisted.
+    pub fn keep_only(&mut self, names: &std::collections::BTreeSet<String>) {
+        self.parameters.retain(|name, _| names.contains(name));
+        if let Some(persisted) = self.persisted.as_mut() {
+            persisted.retain(|name, _| names.contains(name));
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {

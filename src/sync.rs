@@ -9,7 +9,7 @@
 //! Ctrl-C: every rollout in flight is paused (journaled); `cacheflow sync` again resumes
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -218,6 +218,7 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         handle.revision(desired, Some(live)).await.map_err(stopped)?;
         let mut agents = Vec::new();
         for c in clusters.values() {
+            let declared: Arc<BTreeSet<String>> = Arc::new(c.parameters.keys().cloned().collect());
             for n in &c.nodes {
                 let key = (c.name.clone(), n.id.clone());
                 let driver = drivers
@@ -231,6 +232,7 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
                         timeout: options.reach.timeout,
                         // Read a moment ago: the first report needs no second reading.
                         first_reading: first_readings.remove(&n.id),
+                        declared: Some(Arc::clone(&declared)),
                     },
                     stop_rx.clone(),
                 ));

@@ -64,7 +64,13 @@ pub async fn snapshot(targets: Vec<Target>, options: SnapshotOptions) -> LiveSta
         tasks.spawn(async move {
             // The semaphore is never closed, so acquiring only waits.
             let _permit = permits.acquire_owned().await.ok();
-            let read = tokio::time::timeout(options.timeout, t.driver.read()).await;
+            let reading = async {
+                match &t.keep {
+                    Some(keep) => t.driver.read_declared(keep).await,
+                    None => t.driver.read().await,
+                }
+            };
+            let read = tokio::time::timeout(options.timeout, reading).await;
             let mut live = match read {
                 Ok(Ok(live)) => live,
                 Ok(Err(e)) => unreachable(t.driver.as_ref(), e.to_string()),
@@ -77,12 +83,6 @@ pub async fn snapshot(targets: Vec<Target>, options: SnapshotOptions) -> LiveSta
                     .to_string(),
                 ),
             };
-            if let Some(keep) = &t.keep {
-                live.parameters.retain(|name, _| keep.contains(name));
-                if let Some(persisted) = live.persisted.as_mut() {
-                    persisted.retain(|name, _| keep.contains(name));
-                }
-            }
             live.cluster = Some(t.cluster);
             live.engine = Some(t.driver.engine());
             live.address = Some(t.driver.address().to_owned());

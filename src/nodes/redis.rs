@@ -8,7 +8,7 @@
 //! patched server may not, and because a failed `CONFIG REWRITE` comes after the live
 //! change and has to be undone by hand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -319,7 +319,9 @@ impl RedisDriver {
         Ok(file)
     }
 
-    async fn read_node(&self) -> Result<NodeLive, NodeError> {
+    /// A full reading; with `only`, of those parameters alone (one `CONFIG GET` of their
+    /// names instead of `CONFIG GET *`).
+    async fn read_node(&self, only: Option<&BTreeSet<String>>) -> Result<NodeLive, NodeError> {
         let mut s = self.session().await?;
 
         // Latency: the best of three PING round trips. One sample measures this process's
@@ -339,7 +341,22 @@ impl RedisDriver {
         }
 
         let mut config = redis::cmd("CONFIG");
-        config.arg("GET").arg("*");
+        config.arg("GET");
+        match only {
+            // CONFIG GET takes glob patterns: only plain names are asked for by name.
+            Some(names) if names.iter().all(|n| plain_name(n)) => {
+                if names.is_empty() {
+                    // No name: a pattern that matches no parameter.
+                    config.arg("\u{1}");
+                }
+                for n in names {
+                    config.arg(n);
+                }
+            }
+            _ => {
+                config.arg("*");
+            }
+        }
         let mut info = redis::cmd("INFO");
         info.arg(
             &[
@@ -373,6 +390,14 @@ impl RedisDriver {
         } else {
             None
         };
+        let mut live = NodeLive {
+            parameters,
+            persisted,
+            ..NodeLive::default()
+        };
+        if let Some(names) = only {
+            live.keep_only(names);
+        }
 
         let mut health = health_from_info(&info);
         health.latency_ms = Some(latency_ms);
@@ -381,8 +406,8 @@ impl RedisDriver {
             address: Some(self.address.clone()),
             version: info.get("redis_version").cloned(),
             reachable: true,
-            parameters,
-            persisted,
+            parameters: live.parameters,
+            persisted: live.persisted,
             health: Some(health),
             ..NodeLive::default()
         })
@@ -432,7 +457,7 @@ impl RedisDriver {
                 });
             }
             // CONFIG GET takes glob patterns: a name with one would read other parameters.
-            if name.is_empty() || name.contains(['*', '?', '[', ']', '\\', ' ']) {
+            if !plain_name(name) {
                 return Err(self.refused(name, "not a parameter name".to_owned()));
             }
         }
@@ -552,7 +577,14 @@ impl NodeDriver for RedisDriver {
     }
 
     fn read(&self) -> BoxFuture<'_, Result<NodeLive, NodeError>> {
-        Box::pin(self.read_node())
+        Box::pin(self.read_node(None))
+    }
+
+    fn read_declared<'a>(
+        &'a self,
+        names: &'a BTreeSet<String>,
+    ) -> BoxFuture<'a, Result<NodeLive, NodeError>> {
+        Box::pin(self.read_node(Some(names)))
     }
 
     fn read_parameters<'a>(
@@ -564,10 +596,7 @@ impl NodeDriver for RedisDriver {
                 return Ok(BTreeMap::new());
             }
             // CONFIG GET takes glob patterns: a name with one would read other parameters.
-            if let Some(bad) = names
-                .iter()
-                .find(|n| n.is_empty() || n.contains(['*', '?', '[', ']', '\\', ' ']))
-            {
+            if let Some(bad) = names.iter().find(|n| !plain_name(n)) {
                 return Err(self.refused(bad, "not a parameter name".to_owned()));
             }
             let mut s = self.session().await?;
@@ -608,6 +637,11 @@ fn split_address(address: &str) -> (String, u16) {
 }
 
 /// Whether the node runs on this host, so that its config file path is ours to read.
+/// A parameter name `CONFIG GET` reads as itself (it takes glob patterns).
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['*', '?', '[', ']', '\\', ' '])
+}
+
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())

@@ -8,7 +8,7 @@
 //! the report goes through the channel instead of HTTP, so both kinds of node follow
 //! one assignment path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -212,6 +212,9 @@ pub struct DirectOptions {
     /// A reading taken just before (`sync`'s snapshot): the first report sends it
     /// instead of reading the node again.
     pub first_reading: Option<NodeLive>,
+    /// Read only these parameters (the revision's declared ones), when the revision
+    /// cannot change while the agent runs (`sync`); all of them when `None`.
+    pub declared: Option<Arc<BTreeSet<String>>>,
 }
 
 impl Default for DirectOptions {
@@ -220,6 +223,7 @@ impl Default for DirectOptions {
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
             first_reading: None,
+            declared: None,
         }
     }
 }
@@ -442,7 +446,15 @@ async fn direct_agent(
         let read = async {
             match first_reading.take() {
                 Some(live) => Ok(Ok(live)),
-                None => tokio::time::timeout(options.timeout, driver.read()).await,
+                None => {
+                    let reading = async {
+                        match &options.declared {
+                            Some(names) => driver.read_declared(names).await,
+                            None => driver.read().await,
+                        }
+                    };
+                    tokio::time::timeout(options.timeout, reading).await
+                }
             }
         };
         let live = match read.await {

@@ -314,6 +314,7 @@ async fn follow(app: Shared, git_dir: PathBuf, mut stop: watch::Receiver<bool>) 
                                     interval: app.options.direct_interval,
                                     timeout: app.options.node_timeout,
                                     first_reading: None,
+                                    declared: None,
                                 },
                                 agents_stop.clone(),
                             );

@@ -3,7 +3,7 @@
 //! refusals that leave every parameter as it was, the config file's view, credentials,
 //! and faults: a node that is down, one slower than the timeout, one that answers garbage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use cacheflow::catalog::Engine;
@@ -351,6 +351,53 @@ async fn an_apply_is_persisted_to_the_config_file_and_read_back_as_persisted() {
     );
     assert_eq!(persisted.get("hz").map(String::as_str), Some("20"));
     assert_eq!(persisted.get("save").map(String::as_str), Some(""));
+}
+
+#[tokio::test]
+async fn a_reading_of_declared_parameters_asks_for_those_alone() {
+    let server = RedisServer::start();
+    let mut client = server.client();
+    ok(client.cmd(&["CONFIG", "SET", "hz", "15"]));
+    let driver = RedisDriver::new(&server.addr(), None, TIMEOUT);
+    let names =
+        |list: &[&str]| -> BTreeSet<String> { list.iter().map(|n| n.to_string()).collect() };
+
+    // Live values as CONFIG GET gives them; the file's view of the same names; an
+    // unknown name is absent and a credential is never reported.
+    let live = driver
+        .read_declared(&names(&[
+            "hz",
+            "maxmemory",
+            "port",
+            "requirepass",
+            "no-such-thing",
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(
+        live.parameters,
+        params(&[
+            ("hz", "15"),
+            ("maxmemory", "0"),
+            ("port", &server.port().to_string())
+        ])
+    );
+    assert_eq!(
+        live.persisted,
+        Some(params(&[("port", &server.port().to_string())]))
+    );
+    // Health and version are those of a full reading.
+    assert!(live.reachable);
+    assert!(live.version.is_some());
+    assert!(live.health.as_ref().unwrap().used_memory.unwrap() > 0);
+    assert!(live.health.unwrap().latency_ms.is_some());
+
+    // A name with a glob character is not sent as a pattern: it matches nothing.
+    let glob = driver.read_declared(&names(&["h*", "hz"])).await.unwrap();
+    assert_eq!(glob.parameters, params(&[("hz", "15")]));
+    // No declared parameter: no parameter, still a reading.
+    let none = driver.read_declared(&BTreeSet::new()).await.unwrap();
+    assert!(none.parameters.is_empty() && none.health.is_some());
 }
 
 #[tokio::test]
