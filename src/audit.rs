@@ -17,7 +17,7 @@
 //! entry. `git log refs/cacheflow/journal` reads the events; `git log --notes=cacheflow`
 //! shows each config change with what became of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use git2::{Oid, Repository, Signature};
@@ -133,6 +133,18 @@ impl Journal {
 
     /// Append one entry: `message` with `state` as its tree. Returns the entry's id.
     pub fn append(&mut self, message: &str, state: &State) -> Result<Oid, AuditError> {
+        self.append_changed(message, state, None)
+    }
+
+    /// [`append`](Journal::append), serialising only the clusters in `changed` (all when
+    /// `None`); the others keep the file this journal wrote for them last. The caller
+    /// must name every cluster it changed since its previous entry.
+    pub fn append_changed(
+        &mut self,
+        message: &str,
+        state: &State,
+        changed: Option<&BTreeSet<String>>,
+    ) -> Result<Oid, AuditError> {
         let repo = &self.repo;
         let git = |e| AuditError::Git {
             path: repo.path().display().to_string(),
@@ -149,6 +161,19 @@ impl Journal {
         let top_blob = repo.blob(&to_json(&top)).map_err(git)?;
         let mut clusters = repo.treebuilder(None).map_err(git)?;
         for (name, cs) in &state.clusters {
+            let unchanged = changed.is_some_and(|c| !c.contains(name));
+            if let (true, Some(&blob)) = (unchanged, self.written.get(name)) {
+                // Tests run debug builds: a change the caller did not name fails there.
+                debug_assert_eq!(
+                    Oid::hash_object(git2::ObjectType::Blob, &to_json(cs)).ok(),
+                    Some(blob),
+                    "cluster {name} changed but was not named as changed"
+                );
+                clusters
+                    .insert(format!("{name}.json"), blob, 0o100644)
+                    .map_err(git)?;
+                continue;
+            }
             // Git's own identity of the content: no write when the file is unchanged.
             let json = to_json(cs);
             let id = Oid::hash_object(git2::ObjectType::Blob, &json).map_err(git)?;

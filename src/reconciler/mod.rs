@@ -182,6 +182,10 @@ pub struct Reconciler {
     pub report_grace_ms: u64,
     /// When the current revision was taken.
     revision_at_ms: u64,
+    /// Clusters whose state changed since the last [`Reconciler::take_changed`]: the
+    /// journal serialises only those (with 100 clusters, serialising all of them on
+    /// every entry was most of a report's wait during rollouts).
+    dirty: BTreeSet<String>,
 }
 
 fn digest(params: &BTreeMap<String, String>) -> String {
@@ -243,8 +247,15 @@ impl Reconciler {
             windows: compile_windows(&state.windows),
             report_grace_ms: 0,
             revision_at_ms: 0,
+            // Loaded state: every cluster is written once by the first entry.
+            dirty: state.clusters.keys().cloned().collect(),
             state,
         }
+    }
+
+    /// The clusters changed since the last call (every one at first).
+    pub fn take_changed(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.dirty)
     }
 
     /// Why no batch may start at `now_ms`, if the windows say so.
@@ -348,6 +359,7 @@ impl Reconciler {
         for cluster in desired.clusters.values() {
             let params = values(cluster);
             let dig = digest(&params);
+            self.dirty.insert(cluster.name.clone());
             let cs = self.state.clusters.entry(cluster.name.clone()).or_default();
             if cs.target.as_ref().is_some_and(|t| t.digest == dig) {
                 if self.correct_drift {
@@ -399,6 +411,7 @@ impl Reconciler {
         let Some(cluster) = desired.clusters.get(name) else {
             return;
         };
+        self.dirty.insert(name.to_owned());
         let cs = self.state.clusters.entry(name.to_owned()).or_default();
         if cs
             .rollout
@@ -465,6 +478,8 @@ impl Reconciler {
         let mut woken = Vec::new();
         for id in &planned.in_sync {
             self.state.generation += 1;
+            self.dirty.insert(name.to_owned());
+            self.dirty.insert(name.to_owned());
             let cs = self.state.clusters.get_mut(name).expect("entry made above");
             cs.assignments.insert(
                 id.clone(),
@@ -524,6 +539,7 @@ impl Reconciler {
             .iter()
             .flat_map(|s| s.batches.iter().cloned())
             .collect();
+        self.dirty.insert(name.to_owned());
         let cs = self.state.clusters.get_mut(name).expect("entry made above");
         let previous_revision = {
             let mut revs: Vec<&str> = batches
@@ -618,6 +634,7 @@ impl Reconciler {
             text: format!("refused: {reason}"),
             outcome: "refused",
         });
+        self.dirty.insert(name.to_owned());
         let cs = self.state.clusters.get_mut(name).expect("cluster state");
         cs.refused = Some(Refused {
             revision: target.revision.clone(),
@@ -688,6 +705,7 @@ impl Reconciler {
     }
 
     fn assign(&mut self, name: &str, nodes: &[String], revision: &str) {
+        self.dirty.insert(name.to_owned());
         let cs = self.state.clusters.get_mut(name).expect("cluster state");
         let rec = cs.rollout.as_ref().expect("a rollout assigns");
         let target = cs.target.clone().expect("a rollout has a target");
@@ -764,6 +782,7 @@ impl Reconciler {
     /// revision is refused for the cluster until its content changes.
     fn finished(&mut self, name: &str) {
         let now = crate::nodes::fleet::now_rfc3339();
+        self.dirty.insert(name.to_owned());
         let cs = self.state.clusters.get_mut(name).expect("cluster state");
         let rec = cs.rollout.as_ref().expect("finished rollout");
         let revision = rec.rollout.spec.revision.clone();
@@ -826,6 +845,7 @@ impl Reconciler {
             return Err(RefusedInput::UnknownNode(node_id.to_owned()));
         };
         self.observe(node_id, report.node, now_ms);
+        self.dirty.insert(name.clone());
         let cs = self.state.clusters.entry(name.clone()).or_default();
         if let (Some(result), Some(a)) = (report.last_apply, cs.assignments.get_mut(node_id)) {
             if result.revision == a.revision

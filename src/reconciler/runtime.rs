@@ -256,7 +256,7 @@ pub fn start(
     let resumed = core.resume(grace_ms);
     let h = handle.clone();
     let task = tokio::spawn(async move {
-        carry_out(&h, &mut journal, &core, resumed)?;
+        carry_out(&h, &mut journal, &mut core, resumed)?;
         // Inputs that arrived together (a batch of nodes confirming at once) are handled
         // together and journaled as one commit holding every input's lines; nothing is
         // answered or started before that commit is written (write-ahead).
@@ -342,7 +342,7 @@ pub fn start(
                     next = rx.try_recv().ok();
                 }
             }
-            carry_out(&h, &mut journal, &core, effects)?;
+            carry_out(&h, &mut journal, &mut core, effects)?;
             for reply in replies {
                 reply();
             }
@@ -359,7 +359,7 @@ pub fn start(
 fn carry_out(
     h: &Handle,
     journal: &mut Journal,
-    core: &Reconciler,
+    core: &mut Reconciler,
     effects: Vec<Effect>,
 ) -> Result<(), AuditError> {
     let messages: Vec<&str> = effects
@@ -370,7 +370,8 @@ fn carry_out(
         })
         .collect();
     if !messages.is_empty() {
-        journal.append(&messages.join("\n"), &core.state)?;
+        let changed = core.take_changed();
+        journal.append_changed(&messages.join("\n"), &core.state, Some(&changed))?;
     }
     for effect in effects {
         match effect {
