@@ -283,6 +283,7 @@ impl Reconciler {
     pub fn resume(&mut self, grace_ms: u64) -> Vec<Effect> {
         let clusters: Vec<String> = self.state.clusters.keys().cloned().collect();
         for name in clusters {
+            self.dirty.insert(name.clone());
             let Some(rec) = self
                 .state
                 .clusters
@@ -320,6 +321,7 @@ impl Reconciler {
     }
 
     fn rec_mut(&mut self, cluster: &str) -> &mut RolloutRecord {
+        self.dirty.insert(cluster.to_owned());
         self.state
             .clusters
             .get_mut(cluster)
@@ -646,6 +648,7 @@ impl Reconciler {
     /// Feed an event to a cluster's rollout and carry out its actions.
     fn feed(&mut self, name: &str, event: Event, now_ms: u64) {
         let hold = self.hold(now_ms);
+        self.dirty.insert(name.to_owned());
         let mut queue = vec![event];
         while let Some(event) = queue.pop() {
             let Some(rec) = self
@@ -845,13 +848,17 @@ impl Reconciler {
             return Err(RefusedInput::UnknownNode(node_id.to_owned()));
         };
         self.observe(node_id, report.node, now_ms);
-        self.dirty.insert(name.clone());
+        // A reading alone changes no cluster state (readings are not journaled).
+        if !self.state.clusters.contains_key(&name) {
+            self.dirty.insert(name.clone());
+        }
         let cs = self.state.clusters.entry(name.clone()).or_default();
         if let (Some(result), Some(a)) = (report.last_apply, cs.assignments.get_mut(node_id)) {
             if result.revision == a.revision
                 && result.generation == a.generation
                 && a.outcome.is_none()
             {
+                self.dirty.insert(name.clone());
                 a.outcome = Some(result.outcome);
                 let ok = result.outcome == Outcome::Applied;
                 let event = Event::NodeApplied {
