@@ -174,16 +174,9 @@ impl Journal {
                     .map_err(git)?;
                 continue;
             }
-            // Git's own identity of the content: no write when the file is unchanged.
-            let json = to_json(cs);
-            let id = Oid::hash_object(git2::ObjectType::Blob, &json).map_err(git)?;
-            let blob = if self.written.get(name) == Some(&id) {
-                id
-            } else {
-                let oid = repo.blob(&json).map_err(git)?;
-                self.written.insert(name.clone(), oid);
-                oid
-            };
+            // Named as changed (or not known yet): git skips writing a blob it has.
+            let blob = repo.blob(&to_json(cs)).map_err(git)?;
+            self.written.insert(name.clone(), blob);
             clusters
                 .insert(format!("{name}.json"), blob, 0o100644)
                 .map_err(git)?;

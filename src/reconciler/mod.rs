@@ -258,6 +258,15 @@ impl Reconciler {
         std::mem::take(&mut self.dirty)
     }
 
+    /// True when `node_id`'s assignment comes only from state already written to the
+    /// journal (its cluster is unchanged since the last entry): it may be answered
+    /// before the pending entry is written.
+    pub fn assignment_is_written(&self, node_id: &str) -> bool {
+        self.node_cluster
+            .get(node_id)
+            .is_some_and(|c| !self.dirty.contains(c))
+    }
+
     /// Why no batch may start at `now_ms`, if the windows say so.
     fn hold(&self, now_ms: u64) -> Option<String> {
         match self.windows.status(now_ms) {

@@ -273,6 +273,13 @@ pub fn start(
                         report,
                         reply,
                     } => match core.report(&node, *report, now) {
+                        // A reading that changed nothing, answered from journaled state:
+                        // no entry to wait for (most reports while others roll out).
+                        Ok((assignment, e))
+                            if e.is_empty() && core.assignment_is_written(&node) =>
+                        {
+                            let _ = reply.send(Ok(assignment));
+                        }
                         Ok((assignment, e)) => {
                             effects.extend(e);
                             replies.push(Box::new(move || {

@@ -420,6 +420,29 @@ fn the_same_applied_report_twice_journals_once() {
 }
 
 #[test]
+fn only_answers_from_journaled_state_skip_the_wait_for_the_entry() {
+    let mut r = started();
+    // The revision and the canary's assignment are not journaled yet.
+    assert!(!r.assignment_is_written("a2"));
+    assert_eq!(r.take_changed(), BTreeSet::from([CLUSTER.to_owned()]));
+    assert!(r.assignment_is_written("a2") && r.assignment_is_written("b1"));
+
+    // A reading alone changes nothing: still answerable at once.
+    let (_, effects) = r
+        .report("b1", report("b1", node(&[("hz", "10")]), None), 500)
+        .unwrap();
+    assert!(effects.is_empty(), "{effects:?}");
+    assert!(r.assignment_is_written("b1"));
+
+    // A confirmation changes the cluster: every node of it waits for the entry.
+    confirm(&mut r, "a2", 1_000);
+    assert!(!r.assignment_is_written("b1"));
+    assert_eq!(r.take_changed(), BTreeSet::from([CLUSTER.to_owned()]));
+    // An unknown node is never answered from the journal's state.
+    assert!(!r.assignment_is_written("zz"));
+}
+
+#[test]
 fn a_failed_apply_rolls_back_to_what_the_nodes_ran_and_refuses_the_revision() {
     let wanted = "hz: 20, maxmemory: 200mb, maxmemory-policy: allkeys-lru";
     let before = [
