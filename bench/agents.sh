@@ -35,9 +35,10 @@ DURATION=${DURATION:-60}
 WARMUP=${WARMUP:-15}
 ROLLOUT=${ROLLOUT:-1}
 PORT=${PORT:-18480}
+SERVE_WRAP=${SERVE_WRAP:-}  # e.g. 'heaptrack -o FILE' (RSS figures are then the wrapper's)
 
 cargo build --release -q --bin cacheflow --example agent_swarm
-BIN=$ROOT/target/release/cacheflow
+BIN=${BIN:-$ROOT/target/release/cacheflow}
 SWARM=$ROOT/target/release/examples/agent_swarm
 
 rm -rf "$WORK"
@@ -82,7 +83,7 @@ head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/secret"
 
 # One socket per agent on each side: raise the soft limit as far as the hard one allows.
 ulimit -n "$(ulimit -Hn)"
-"$BIN" serve --repo "$REPO" --state-dir "$WORK/state" --listen "127.0.0.1:$PORT" \
+$SERVE_WRAP "$BIN" serve --repo "$REPO" --state-dir "$WORK/state" --listen "127.0.0.1:$PORT" \
   --node-token-secret-file "$WORK/secret" --poll-interval 1s \
   >"$WORK/serve.log" 2>&1 &
 SERVE=$!

@@ -10,6 +10,7 @@
 //! GET  /metrics, /healthz, /readyz
 //! ```
 
+mod http;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashSet};
@@ -217,13 +218,13 @@ pub async fn serve(
     });
     let mut stop_http = stop.clone();
     let mut dead = dead_rx.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let server = http::serve(listener, router, async move {
         tokio::select! {
             _ = stop_http.wait_for(|s| *s) => {}
             _ = dead.wait_for(|d| *d) => {}
         }
     });
-    let result = server.await;
+    server.await;
     if *dead_rx.borrow() {
         let _ = follower.await;
         let _ = ticker.await;
@@ -244,10 +245,7 @@ pub async fn serve(
     drop(handle);
     let _ = task.await;
     drop(lock);
-    result.map_err(|source| ServeError::Listen {
-        addr: local,
-        source,
-    })
+    Ok(())
 }
 
 /// Delete the `*.lock` files git leaves behind when a process is killed in the middle of
