@@ -41,6 +41,8 @@ pub enum AuditError {
         what: String,
         message: String,
     },
+    #[error("cannot start the journal writer: {0}")]
+    Writer(String),
     #[error("the journal moved under this reconciler (now at {found}, expected {expected}): is another cacheflow serving the same state directory?")]
     Moved { expected: String, found: String },
 }
@@ -88,8 +90,19 @@ impl Journal {
         }
     }
 
-    /// The state of the last entry, or `None` for an empty journal.
-    pub fn load(&self) -> Result<Option<State>, AuditError> {
+    /// The state of the last entry, or `None` for an empty journal. The clusters' files
+    /// are remembered: a later entry that leaves a cluster unchanged reuses its file.
+    pub fn load(&mut self) -> Result<Option<State>, AuditError> {
+        let mut written = std::collections::HashMap::new();
+        let state = self.load_into(&mut written)?;
+        self.written = written;
+        Ok(state)
+    }
+
+    fn load_into(
+        &self,
+        written: &mut std::collections::HashMap<String, Oid>,
+    ) -> Result<Option<State>, AuditError> {
         let Some(head) = self.head else {
             return Ok(None);
         };
@@ -126,57 +139,42 @@ impl Journal {
                 let cs: ClusterState = serde_json::from_slice(&read(&path)?)
                     .map_err(|err| bad(&path, err.to_string()))?;
                 state.clusters.insert(name.to_owned(), cs);
+                written.insert(name.to_owned(), e.id());
             }
         }
         Ok(Some(state))
     }
 
-    /// Append one entry: `message` with `state` as its tree. Returns the entry's id.
+    /// Append one entry: `message` with the whole of `state` as its tree. Returns the
+    /// entry's id.
     pub fn append(&mut self, message: &str, state: &State) -> Result<Oid, AuditError> {
-        self.append_changed(message, state, None)
+        self.write(&Prepared::full(message, state))
     }
 
-    /// [`append`](Journal::append), serialising only the clusters in `changed` (all when
-    /// `None`); the others keep the file this journal wrote for them last. The caller
-    /// must name every cluster it changed since its previous entry.
-    pub fn append_changed(
-        &mut self,
-        message: &str,
-        state: &State,
-        changed: Option<&BTreeSet<String>>,
-    ) -> Result<Oid, AuditError> {
+    /// Write a prepared entry (see [`EntryMaker`]): the clusters it carries get new
+    /// files, the others keep the file this journal wrote or read for them last.
+    pub fn write(&mut self, entry: &Prepared) -> Result<Oid, AuditError> {
         let repo = &self.repo;
         let git = |e| AuditError::Git {
             path: repo.path().display().to_string(),
             source: e,
         };
-        // The top file without the clusters (not a clone of the whole state).
-        let top = State {
-            version: state.version,
-            head: state.head.clone(),
-            generation: state.generation,
-            clusters: BTreeMap::new(),
-            windows: state.windows.clone(),
-        };
-        let top_blob = repo.blob(&to_json(&top)).map_err(git)?;
+        let top_blob = repo.blob(&entry.top).map_err(git)?;
         let mut clusters = repo.treebuilder(None).map_err(git)?;
-        for (name, cs) in &state.clusters {
-            let unchanged = changed.is_some_and(|c| !c.contains(name));
-            if let (true, Some(&blob)) = (unchanged, self.written.get(name)) {
-                // Tests run debug builds: a change the caller did not name fails there.
-                debug_assert_eq!(
-                    Oid::hash_object(git2::ObjectType::Blob, &to_json(cs)).ok(),
-                    Some(blob),
-                    "cluster {name} changed but was not named as changed"
-                );
-                clusters
-                    .insert(format!("{name}.json"), blob, 0o100644)
-                    .map_err(git)?;
-                continue;
-            }
-            // Named as changed (or not known yet): git skips writing a blob it has.
-            let blob = repo.blob(&to_json(cs)).map_err(git)?;
-            self.written.insert(name.clone(), blob);
+        for (name, file) in &entry.clusters {
+            let blob = match file {
+                // git skips writing a blob it already has.
+                Some(json) => {
+                    let blob = repo.blob(json).map_err(git)?;
+                    self.written.insert(name.clone(), blob);
+                    blob
+                }
+                None => *self.written.get(name).ok_or_else(|| AuditError::BadState {
+                    commit: "(entry being written)".to_owned(),
+                    what: format!("clusters/{name}.json"),
+                    message: "named unchanged, but this journal never wrote or read it".to_owned(),
+                })?,
+            };
             clusters
                 .insert(format!("{name}.json"), blob, 0o100644)
                 .map_err(git)?;
@@ -192,13 +190,8 @@ impl Journal {
             None => None,
         };
         let parents: Vec<&git2::Commit> = parent.iter().collect();
-        let message = if message.ends_with('\n') {
-            message.to_owned()
-        } else {
-            format!("{message}\n")
-        };
         let oid = repo
-            .commit(None, &sig, &sig, &message, &tree, &parents)
+            .commit(None, &sig, &sig, &entry.message, &tree, &parents)
             .map_err(git)?;
         // Compare and swap: only from the entry this process knows.
         let result = match self.head {
@@ -285,6 +278,145 @@ impl Journal {
     }
 }
 
+/// One journal entry, serialised on the reconciler's side and written by
+/// [`Journal::write`] (possibly on another thread, possibly merged with the entries
+/// made while the previous write was in progress).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    message: String,
+    /// `state.json`: the state without its clusters.
+    top: Vec<u8>,
+    /// Every cluster of the state, with its file when it changed since the previous
+    /// entry (`None`: the file written or read for it last still holds).
+    clusters: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl Prepared {
+    /// An entry carrying every cluster's file.
+    pub fn full(message: &str, state: &State) -> Prepared {
+        Prepared {
+            message: with_newline(message),
+            top: top_json(state),
+            clusters: state
+                .clusters
+                .iter()
+                .map(|(name, cs)| (name.clone(), Some(to_json(cs))))
+                .collect(),
+        }
+    }
+
+    /// Fold `later` (made after `self`) into one entry: both messages, `later`'s
+    /// state; a cluster `later` left unchanged keeps the file `self` carried for it.
+    pub fn merge(&mut self, later: Prepared) {
+        self.message.push_str(&later.message);
+        self.top = later.top;
+        let mut earlier = std::mem::take(&mut self.clusters);
+        self.clusters = later
+            .clusters
+            .into_iter()
+            .map(|(name, file)| {
+                let file = file.or_else(|| earlier.remove(&name).flatten());
+                (name, file)
+            })
+            .collect();
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Serialises the reconciler's state into [`Prepared`] entries: only the clusters the
+/// reconciler names as changed since the previous entry, plus any it never serialised
+/// (entries otherwise cost as much as the whole fleet: a 100-node cluster's file is
+/// about 70 KB). Debug builds check that every other cluster really is unchanged.
+#[derive(Debug, Default)]
+pub struct EntryMaker {
+    /// Clusters serialised (or loaded) before, with the id of that file in debug builds.
+    known: std::collections::HashMap<String, Option<Oid>>,
+}
+
+impl EntryMaker {
+    /// After [`Journal::load`] of `state`: its clusters' files are in the journal.
+    pub fn loaded(state: &State) -> EntryMaker {
+        EntryMaker {
+            known: state
+                .clusters
+                .iter()
+                .map(|(name, cs)| (name.clone(), debug_id(cs)))
+                .collect(),
+        }
+    }
+
+    pub fn prepare(
+        &mut self,
+        message: &str,
+        state: &State,
+        changed: &BTreeSet<String>,
+    ) -> Prepared {
+        let mut clusters = BTreeMap::new();
+        for (name, cs) in &state.clusters {
+            let file = match self.known.get(name) {
+                Some(id) if !changed.contains(name) => {
+                    // Tests run debug builds: a change the caller did not name fails there.
+                    debug_assert_eq!(
+                        *id,
+                        debug_id(cs),
+                        "cluster {name} changed but was not named as changed"
+                    );
+                    None
+                }
+                _ => {
+                    let json = to_json(cs);
+                    let id = if cfg!(debug_assertions) {
+                        Oid::hash_object(git2::ObjectType::Blob, &json).ok()
+                    } else {
+                        None
+                    };
+                    self.known.insert(name.clone(), id);
+                    Some(json)
+                }
+            };
+            clusters.insert(name.clone(), file);
+        }
+        self.known
+            .retain(|name, _| state.clusters.contains_key(name));
+        Prepared {
+            message: with_newline(message),
+            top: top_json(state),
+            clusters,
+        }
+    }
+}
+
+/// The id of a cluster's file, computed in debug builds only (for the check above).
+fn debug_id(cs: &ClusterState) -> Option<Oid> {
+    if cfg!(debug_assertions) {
+        Oid::hash_object(git2::ObjectType::Blob, &to_json(cs)).ok()
+    } else {
+        None
+    }
+}
+
+/// The top file without the clusters (not a clone of the whole state).
+fn top_json(state: &State) -> Vec<u8> {
+    to_json(&State {
+        version: state.version,
+        head: state.head.clone(),
+        generation: state.generation,
+        clusters: BTreeMap::new(),
+        windows: state.windows.clone(),
+    })
+}
+
+fn with_newline(message: &str) -> String {
+    if message.ends_with('\n') {
+        message.to_owned()
+    } else {
+        format!("{message}\n")
+    }
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Plain data with string keys: serialising cannot fail.
     serde_json::to_vec_pretty(value).unwrap_or_default()
@@ -321,7 +453,7 @@ mod tests {
         j.append("first", &state).unwrap();
         state.generation = 8;
         j.append("second\nwith a body", &state).unwrap();
-        let again = Journal::open(dir.path()).unwrap();
+        let mut again = Journal::open(dir.path()).unwrap();
         assert_eq!(again.load().unwrap(), Some(state));
         let entries: Vec<String> = again
             .entries()
@@ -342,5 +474,88 @@ mod tests {
         b.append("b1", &State::default()).unwrap();
         let err = a.append("a2", &State::default()).unwrap_err();
         assert!(matches!(err, AuditError::Moved { .. }), "{err}");
+    }
+
+    fn cluster(hz: &str) -> ClusterState {
+        ClusterState {
+            target: Some(Target {
+                revision: "abc".into(),
+                digest: "d".into(),
+                parameters: BTreeMap::from([("hz".into(), hz.into())]),
+            }),
+            ..ClusterState::default()
+        }
+    }
+
+    #[test]
+    fn entries_made_while_a_write_was_in_progress_are_written_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init_bare(dir.path()).unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        let mut state = State::default();
+        state.clusters.insert("a".into(), cluster("10"));
+        state.clusters.insert("b".into(), cluster("10"));
+        let mut maker = EntryMaker::default();
+        let all = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        j.write(&maker.prepare("start", &state, &all)).unwrap();
+
+        // Three entries made before any is written: a changes, then b, then a again and
+        // c appears; b's file must survive the merge although the last entry left b alone.
+        state.clusters.insert("a".into(), cluster("11"));
+        let mut merged = maker.prepare("a to 11", &state, &BTreeSet::from(["a".to_owned()]));
+        state.clusters.insert("b".into(), cluster("12"));
+        let second = maker.prepare("b to 12", &state, &BTreeSet::from(["b".to_owned()]));
+        state.clusters.insert("a".into(), cluster("13"));
+        state.clusters.insert("c".into(), cluster("1"));
+        let third = maker.prepare("a to 13", &state, &BTreeSet::from(["a".to_owned()]));
+        assert!(
+            third.clusters["c"].is_some(),
+            "a cluster never serialised is carried"
+        );
+        assert!(third.clusters["b"].is_none());
+        merged.merge(second);
+        merged.merge(third);
+        assert_eq!(merged.message(), "a to 11\nb to 12\na to 13\n");
+        j.write(&merged).unwrap();
+
+        let mut again = Journal::open(dir.path()).unwrap();
+        assert_eq!(again.load().unwrap(), Some(state.clone()));
+        let entries: Vec<String> = again
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(entries, vec!["a to 11\nb to 12\na to 13", "start"]);
+
+        // After a restart the loaded files are reused: only b's is written anew.
+        let mut maker = EntryMaker::loaded(&state);
+        state.clusters.insert("b".into(), cluster("14"));
+        let entry = maker.prepare("b to 14", &state, &BTreeSet::from(["b".to_owned()]));
+        assert_eq!(
+            entry.clusters.iter().filter(|(_, f)| f.is_some()).count(),
+            1
+        );
+        again.write(&entry).unwrap();
+        assert_eq!(
+            Journal::open(dir.path()).unwrap().load().unwrap(),
+            Some(state)
+        );
+    }
+
+    #[test]
+    fn an_unchanged_cluster_this_journal_never_wrote_is_an_error_not_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init_bare(dir.path()).unwrap();
+        let mut state = State::default();
+        state.clusters.insert("a".into(), cluster("10"));
+        // A maker that believes `a` was written, a journal that never saw it.
+        let mut maker = EntryMaker::loaded(&state);
+        let entry = maker.prepare("x", &state, &BTreeSet::new());
+        let err = Journal::open(dir.path())
+            .unwrap()
+            .write(&entry)
+            .unwrap_err();
+        assert!(err.to_string().contains("clusters/a.json"), "{err}");
     }
 }

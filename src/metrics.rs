@@ -39,6 +39,7 @@ pub struct Metrics {
     pub revisions: Family<ResultLabels, Counter>,
     pub stage_duration: Histogram,
     pub report_duration: Histogram,
+    pub journal_commit: Histogram,
     pub nodes: Family<StateLabels, Gauge>,
 }
 
@@ -89,6 +90,13 @@ impl Default for Metrics {
             "Time the server took to answer a node report (body read to answer), any result",
             report_duration.clone(),
         );
+        let journal_commit =
+            Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0]);
+        registry.register(
+            "journal_commit_seconds",
+            "Time to write one journal entry (changed clusters' blobs, tree, commit, ref); answers wait for it",
+            journal_commit.clone(),
+        );
         let nodes = Family::<StateLabels, Gauge>::default();
         registry.register(
             "nodes",
@@ -104,6 +112,7 @@ impl Default for Metrics {
             revisions,
             stage_duration,
             report_duration,
+            journal_commit,
             nodes,
         }
     }

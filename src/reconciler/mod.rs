@@ -258,13 +258,17 @@ impl Reconciler {
         std::mem::take(&mut self.dirty)
     }
 
-    /// True when `node_id`'s assignment comes only from state already written to the
-    /// journal (its cluster is unchanged since the last entry): it may be answered
-    /// before the pending entry is written.
+    /// True when `node_id`'s assignment comes only from state already handed to the
+    /// journal (its cluster is unchanged since the last entry made); the runtime also
+    /// checks that entry's write is done before it answers without waiting.
     pub fn assignment_is_written(&self, node_id: &str) -> bool {
-        self.node_cluster
-            .get(node_id)
+        self.cluster_of(node_id)
             .is_some_and(|c| !self.dirty.contains(c))
+    }
+
+    /// The cluster a declared node belongs to.
+    pub fn cluster_of(&self, node_id: &str) -> Option<&str> {
+        self.node_cluster.get(node_id).map(String::as_str)
     }
 
     /// Why no batch may start at `now_ms`, if the windows say so.

@@ -9,13 +9,14 @@
 //! one assignment path.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use super::{Effect, Reconciler, RefusedInput, State};
-use crate::audit::{AuditError, Journal};
+use crate::audit::{AuditError, EntryMaker, Journal, Prepared};
 use crate::live::{LiveState, NodeLive};
 use crate::metrics::Metrics;
 use crate::nodes::agent::ApplyOptions;
@@ -237,6 +238,7 @@ pub fn start(
     correct_drift: bool,
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), AuditError>>), AuditError> {
     let state = journal.load()?.unwrap_or_default();
+    let maker = EntryMaker::loaded(&state);
     let mut core = Reconciler::new(state);
     core.correct_drift = correct_drift;
     core.report_grace_ms = grace_ms;
@@ -254,13 +256,56 @@ pub fn start(
         metrics,
     };
     let resumed = core.resume(grace_ms);
+
+    // The journal writer: its own thread, so git's file I/O never holds a runtime
+    // worker (and the HTTP connections queued on it) nor the reconciler's next inputs.
+    // As deep as the input channel: a slow write (a busy disk) must not stop the
+    // reconciler from answering the reports that need no entry.
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
+    let written = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done) = oneshot::channel();
+    {
+        let h = handle.clone();
+        let rt = tokio::runtime::Handle::current();
+        let written = written.clone();
+        std::thread::Builder::new()
+            .name("cacheflow-journal".to_owned())
+            .spawn(move || {
+                let _ = done_tx.send(write_jobs(&h, &rt, journal, jobs_rx, &written));
+            })
+            .map_err(|e| AuditError::Writer(e.to_string()))?;
+    }
+    let mut batches = Batches {
+        maker,
+        seq: 0,
+        pending: HashMap::new(),
+        written,
+        jobs: jobs_tx,
+    };
+
     let h = handle.clone();
     let task = tokio::spawn(async move {
-        carry_out(&h, &mut journal, &mut core, resumed)?;
+        // The writer ended early: its error (a journal that cannot be written) is ours.
+        let writer_failed = |r: Result<Result<(), AuditError>, _>| r.unwrap_or(Ok(()));
+        if batches
+            .submit(&mut core, resumed, Vec::new())
+            .await
+            .is_err()
+        {
+            return writer_failed(done.await);
+        }
         // Inputs that arrived together (a batch of nodes confirming at once) are handled
-        // together and journaled as one commit holding every input's lines; nothing is
-        // answered or started before that commit is written (write-ahead).
-        while let Some(first) = rx.recv().await {
+        // together and journaled as one entry holding every input's lines; nothing is
+        // answered or started before that entry is written (write-ahead), except
+        // reports that changed nothing, from clusters whose state is already written.
+        loop {
+            let first = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+                result = &mut done => return writer_failed(result),
+            };
             let mut effects = Vec::new();
             let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
             let mut stop = false;
@@ -275,9 +320,7 @@ pub fn start(
                     } => match core.report(&node, *report, now) {
                         // A reading that changed nothing, answered from journaled state:
                         // no entry to wait for (most reports while others roll out).
-                        Ok((assignment, e))
-                            if e.is_empty() && core.assignment_is_written(&node) =>
-                        {
+                        Ok((assignment, e)) if e.is_empty() && batches.durable(&core, &node) => {
                             let _ = reply.send(Ok(assignment));
                         }
                         Ok((assignment, e)) => {
@@ -349,37 +392,142 @@ pub fn start(
                     next = rx.try_recv().ok();
                 }
             }
-            carry_out(&h, &mut journal, &mut core, effects)?;
-            for reply in replies {
-                reply();
+            if batches.submit(&mut core, effects, replies).await.is_err() {
+                return writer_failed(done.await);
             }
             if stop {
                 break;
             }
         }
-        Ok(())
+        // The writer finishes what it was given, then ends.
+        drop(batches);
+        writer_failed(done.await)
     });
     Ok((handle, task))
 }
 
-/// Journal first, then everything else.
-fn carry_out(
-    h: &Handle,
-    journal: &mut Journal,
-    core: &mut Reconciler,
+/// One batch of inputs for the journal writer: its entry (when the batch changed
+/// something worth one), then what may happen only once that entry is written.
+struct Job {
+    /// The number of the last entry made so far (this one's, if it has one).
+    seq: u64,
+    entry: Option<Prepared>,
     effects: Vec<Effect>,
-) -> Result<(), AuditError> {
-    let messages: Vec<&str> = effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Journal { message } => Some(message.as_str()),
-            _ => None,
-        })
-        .collect();
-    if !messages.is_empty() {
-        let changed = core.take_changed();
-        journal.append_changed(&messages.join("\n"), &core.state, Some(&changed))?;
+    replies: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+/// The reconciler's side of the journal: makes the entries and knows which clusters
+/// have entries not yet written.
+struct Batches {
+    maker: EntryMaker,
+    seq: u64,
+    /// Cluster → the last entry that changed it.
+    pending: HashMap<String, u64>,
+    /// The last entry written (set by the writer).
+    written: Arc<AtomicU64>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Batches {
+    /// Hand a batch to the writer. `Err`: the writer has ended.
+    async fn submit(
+        &mut self,
+        core: &mut Reconciler,
+        effects: Vec<Effect>,
+        replies: Vec<Box<dyn FnOnce() + Send>>,
+    ) -> Result<(), ()> {
+        let messages: Vec<&str> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Journal { message } => Some(message.as_str()),
+                _ => None,
+            })
+            .collect();
+        let entry = if messages.is_empty() {
+            None
+        } else {
+            let changed = core.take_changed();
+            self.seq += 1;
+            for cluster in &changed {
+                self.pending.insert(cluster.clone(), self.seq);
+            }
+            Some(
+                self.maker
+                    .prepare(&messages.join("\n"), &core.state, &changed),
+            )
+        };
+        if entry.is_none() && effects.is_empty() && replies.is_empty() {
+            return Ok(());
+        }
+        let job = Job {
+            seq: self.seq,
+            entry,
+            effects,
+            replies,
+        };
+        self.jobs.send(job).await.map_err(|_| ())
     }
+
+    /// True when `node`'s assignment comes from state already written: its cluster is
+    /// unchanged since the last entry made, and that entry's write is done.
+    fn durable(&self, core: &Reconciler, node: &str) -> bool {
+        core.assignment_is_written(node)
+            && core.cluster_of(node).is_some_and(|cluster| {
+                self.pending
+                    .get(cluster)
+                    .is_none_or(|&seq| seq <= self.written.load(Ordering::Acquire))
+            })
+    }
+}
+
+/// The writer thread: takes the batches in order; the ones waiting while it wrote the
+/// previous entry are written as one (group commit), then their effects happen and
+/// their answers go out, in order.
+fn write_jobs(
+    h: &Handle,
+    rt: &tokio::runtime::Handle,
+    mut journal: Journal,
+    mut jobs: mpsc::Receiver<Job>,
+    written: &AtomicU64,
+) -> Result<(), AuditError> {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < 256 {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut entry: Option<Prepared> = None;
+        for job in &mut group {
+            if let Some(e) = job.entry.take() {
+                match &mut entry {
+                    Some(earlier) => earlier.merge(e),
+                    None => entry = Some(e),
+                }
+            }
+        }
+        if let Some(entry) = &entry {
+            let began = Instant::now();
+            journal.write(entry)?;
+            if let Some(m) = &h.metrics {
+                m.journal_commit.observe(began.elapsed().as_secs_f64());
+            }
+        }
+        let last = group.iter().map(|j| j.seq).max().unwrap_or(0);
+        written.fetch_max(last, Ordering::Release);
+        for job in group {
+            after_journal(h, rt, &journal, job.effects);
+            for reply in job.replies {
+                reply();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything an entry's inputs cause, once the entry is written.
+fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, effects: Vec<Effect>) {
     for effect in effects {
         match effect {
             Effect::Journal { message } => {
@@ -411,7 +559,7 @@ fn carry_out(
                 run,
             } => {
                 let tx = h.tx.clone();
-                tokio::spawn(async move {
+                rt.spawn(async move {
                     tokio::time::sleep(Duration::from_millis(after_ms)).await;
                     let _ = tx
                         .send(Msg::Timer {
@@ -432,7 +580,6 @@ fn carry_out(
             }
         }
     }
-    Ok(())
 }
 
 async fn direct_agent(

@@ -400,6 +400,13 @@ fn a_signed_push_rolls_out_to_every_node_and_bad_input_is_refused() {
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
+    // Every journal entry's write is timed: at least the two rollouts' starts and ends.
+    let commits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cacheflow_journal_commit_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no journal commit count in\n{metrics}"));
+    assert!(commits >= 4, "{commits} journal writes timed\n{metrics}");
     converge(&fleet, "hz", "30", Duration::from_secs(1));
 }
 
