@@ -43,6 +43,32 @@ pub struct RolloutSpec {
     pub bake_ms: u64,
     pub apply_timeout_ms: u64,
     pub on_failure: OnFailure,
+    /// Nodes whose change restarts the engine: a batch holding one bakes `warmup_ms`
+    /// longer, so its gates judge a warmed-up cache and the next batch waits for it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub restarting: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl RolloutSpec {
+    /// How long batch `batch` bakes once applied: the bake, plus the warm-up when one
+    /// of its nodes restarted.
+    pub fn bake_of(&self, batch: usize) -> u64 {
+        let restarts = self
+            .batches
+            .get(batch)
+            .is_some_and(|nodes| nodes.iter().any(|n| self.restarting.contains(n)));
+        if restarts {
+            self.bake_ms.saturating_add(self.warmup_ms)
+        } else {
+            self.bake_ms
+        }
+    }
 }
 
 /// Where a rollout is.
@@ -267,7 +293,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                 if r.batch_nodes(batch).iter().all(|n| r.confirmed.contains(n)) {
                     r.phase = Phase::Baking { batch };
                     actions.push(Action::Timer {
-                        after_ms: r.spec.bake_ms,
+                        after_ms: r.spec.bake_of(batch),
                         event: Event::BakeElapsed { batch },
                     });
                 }
@@ -539,6 +565,8 @@ mod tests {
             bake_ms: 1000,
             apply_timeout_ms: 5000,
             on_failure,
+            restarting: BTreeSet::new(),
+            warmup_ms: 0,
         }
     }
 
@@ -697,6 +725,39 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn a_batch_with_a_restart_bakes_for_the_warm_up_too() {
+        let mut spec = spec(OnFailure::Rollback);
+        spec.warmup_ms = 30_000;
+        spec.restarting = BTreeSet::from(["c".to_owned()]);
+        let bakes = |events: Vec<Event>| -> Vec<u64> {
+            run(Rollout::new(spec.clone()), events)
+                .1
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Timer {
+                        after_ms,
+                        event: Event::BakeElapsed { .. },
+                    } => Some(*after_ms),
+                    _ => None,
+                })
+                .collect()
+        };
+        let events = vec![
+            Event::Begin,
+            applied("a", "new"),
+            Event::BakeElapsed { batch: 0 },
+            Event::Gates {
+                batch: 0,
+                verdict: Verdict::Pass,
+            },
+            applied("b", "new"),
+            applied("c", "new"),
+        ];
+        // Batch 0 (a) restarts nothing; batch 1 holds c, which restarts.
+        assert_eq!(bakes(events), vec![1000, 31_000]);
     }
 
     #[test]

@@ -313,7 +313,10 @@ impl Reconciler {
                 )),
                 Phase::Baking { batch } | Phase::Judging { batch } => {
                     r.phase = Phase::Baking { batch };
-                    Some((r.spec.bake_ms.max(grace_ms), Event::BakeElapsed { batch }))
+                    Some((
+                        r.spec.bake_of(batch).max(grace_ms),
+                        Event::BakeElapsed { batch },
+                    ))
                 }
                 Phase::RollingBack { .. } => Some((
                     r.spec.apply_timeout_ms.max(grace_ms),
@@ -626,6 +629,13 @@ impl Reconciler {
             bake_ms: policy.bake.0,
             apply_timeout_ms: policy.apply_timeout.0,
             on_failure: policy.on_failure,
+            restarting: planned
+                .nodes
+                .iter()
+                .filter(|n| n.restart)
+                .map(|n| n.id.clone())
+                .collect(),
+            warmup_ms: policy.warmup.0,
         };
         cs.rollout = Some(RolloutRecord {
             rollout: Rollout::new(spec),
