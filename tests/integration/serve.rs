@@ -240,6 +240,19 @@ fn converge(fleet: &Fleet, param: &str, want: &str, within: Duration) {
     }
 }
 
+/// Every node keeps `param` at `value` for `during` (a refused webhook started nothing).
+fn stays(fleet: &Fleet, param: &str, value: &str, during: Duration) {
+    let deadline = Instant::now() + during;
+    while Instant::now() < deadline {
+        let now = fleet.config(param);
+        assert!(
+            now.iter().all(|(_, v)| v == value),
+            "{param} moved from {value}: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_signed_push_rolls_out_to_every_node_and_bad_input_is_refused() {
     let fleet = Fleet::start();
@@ -551,4 +564,100 @@ fn killed_at_any_point_of_a_rollout_the_server_resumes_without_skipping_or_repea
             assert_eq!(confirmations, 1, "{id}: {journal:#?}");
         }
     }
+}
+
+#[test]
+fn gitlab_and_gitea_pushes_start_rollouts_and_their_wrong_secrets_are_refused() {
+    let fleet = Fleet::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    work.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 20"));
+    work.commit("cache: hz 20");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    // Polling once an hour: only a webhook can bring the next commits in.
+    let server = Server::start(&remote, state.path());
+    converge(&fleet, "hz", "20", Duration::from_secs(20));
+    let body = br#"{"ref":"refs/heads/main","after":"0000"}"#;
+    let json = ("Content-Type", "application/json".to_owned());
+
+    // GitLab: the secret itself in X-Gitlab-Token.
+    work.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 30"));
+    work.commit("cache: hz 30");
+    remote.push(&work, false);
+    let gitlab = |token: &str, uuid: &str| {
+        server.http(
+            "POST",
+            "/hooks/gitlab",
+            &[
+                json.clone(),
+                ("X-Gitlab-Event", "Push Hook".into()),
+                ("X-Gitlab-Event-UUID", uuid.into()),
+                ("X-Gitlab-Token", token.into()),
+            ],
+            body,
+        )
+    };
+    let (code, text) = gitlab("not-the-secret", "gl-1");
+    assert_eq!(code, 401, "{text}");
+    stays(&fleet, "hz", "20", Duration::from_millis(800));
+    let (code, text) = gitlab(SECRET, "gl-2");
+    assert_eq!(code, 202, "{text}");
+    converge(&fleet, "hz", "30", Duration::from_secs(20));
+
+    // Gitea: the HMAC-SHA256 of the body, hex without a prefix, in X-Gitea-Signature.
+    work.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 40"));
+    work.commit("cache: hz 40");
+    remote.push(&work, false);
+    let signed = github_signature(SECRET.as_bytes(), body)
+        .trim_start_matches("sha256=")
+        .to_owned();
+    let gitea = |signature: &str, delivery: &str| {
+        server.http(
+            "POST",
+            "/hooks/gitea",
+            &[
+                json.clone(),
+                ("X-Gitea-Event", "push".into()),
+                ("X-Gitea-Delivery", delivery.into()),
+                ("X-Gitea-Signature", signature.into()),
+            ],
+            body,
+        )
+    };
+    let forged = github_signature(b"another secret", body)
+        .trim_start_matches("sha256=")
+        .to_owned();
+    let (code, text) = gitea(&forged, "gt-1");
+    assert_eq!(code, 401, "{text}");
+    // GitHub's prefixed form is not Gitea's.
+    let (code, text) = gitea(&format!("sha256={signed}"), "gt-2");
+    assert_eq!(code, 401, "{text}");
+    stays(&fleet, "hz", "30", Duration::from_millis(800));
+    let (code, text) = gitea(&signed, "gt-3");
+    assert_eq!(code, 202, "{text}");
+    converge(&fleet, "hz", "40", Duration::from_secs(20));
+    let (code, text) = gitea(&signed, "gt-3");
+    assert_eq!(
+        (code, text.contains("already received")),
+        (200, true),
+        "{text}"
+    );
+
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    for line in [
+        r#"cacheflow_webhook_deliveries_total{forge="gitlab",result="unauthorized"} 1"#,
+        r#"cacheflow_webhook_deliveries_total{forge="gitlab",result="accepted"} 1"#,
+        r#"cacheflow_webhook_deliveries_total{forge="gitea",result="unauthorized"} 2"#,
+        r#"cacheflow_webhook_deliveries_total{forge="gitea",result="accepted"} 1"#,
+        r#"cacheflow_webhook_deliveries_total{forge="gitea",result="duplicate"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    let started = server
+        .journal()
+        .iter()
+        .filter(|m| m.contains("rollout of ") && m.contains(" started"))
+        .count();
+    assert_eq!(started, 3, "{:#?}", server.journal());
 }
