@@ -54,6 +54,15 @@ pub enum RichFormat {
     Markdown,
 }
 
+/// `drift`'s formats: the three report files, or text for a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Markdown,
+    Html,
+}
+
 #[derive(Debug, Args)]
 pub struct RepoArgs {
     /// The config repository: a local path or a URL (cloned into the cache directory).
@@ -115,6 +124,30 @@ pub enum Command {
         reach: ReachArgs,
         #[arg(long, value_enum, default_value = "text")]
         format: RichFormat,
+    },
+    /// Where the live nodes have drifted from the declared state: values changed by
+    /// hand, values set live but not in the config file (lost on restart), silent and
+    /// undeclared nodes. Exit 0 no drift, 2 drift, 1 error.
+    Drift {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, default_value = "HEAD", conflicts_with = "worktree")]
+        rev: String,
+        #[arg(long)]
+        worktree: bool,
+        /// A live-state snapshot (JSON, as `snapshot` writes it).
+        #[arg(long, required_unless_present = "direct", conflicts_with = "direct")]
+        live: Option<PathBuf>,
+        /// Read the nodes straight away (as `snapshot` does).
+        #[arg(long)]
+        direct: bool,
+        #[command(flatten)]
+        reach: ReachArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
+        /// Also write the report as drift.md, drift.json and drift.html into this directory.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
     },
     /// Read every declared node straight from the nodes: parameters, version, health, and
     /// the config file's view. Writes the live-state JSON that `plan --live` reads.
@@ -399,6 +432,23 @@ fn print_with_changes(out: &str, changes: bool) -> ExitCode {
     }
 }
 
+/// `drift.md`, `drift.json` and `drift.html` in `dir` (created if missing).
+fn write_drift_files(
+    dir: &std::path::Path,
+    report: &crate::drift::DriftReport,
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (name, body) in [
+        ("drift.md", crate::drift::markdown(report)),
+        ("drift.json", render::json(report)),
+        ("drift.html", crate::drift::html(report, &[])),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, body).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Print an error and return exit code 1.
 fn fail(message: &str) -> ExitCode {
     eprintln!("error: {}", redact_url(message));
@@ -438,6 +488,7 @@ impl Cli {
             Command::Validate { repo, .. }
             | Command::Diff { repo, .. }
             | Command::Plan { repo, .. }
+            | Command::Drift { repo, .. }
             | Command::Snapshot { repo, .. }
             | Command::Sync { repo, .. }
             | Command::History { repo, .. } => &repo.repo,
@@ -530,6 +581,42 @@ pub fn run(cli: Cli) -> ExitCode {
                     print_with_changes(&out, !plan.converged())
                 }
                 Err(e) => fail_pipeline(e, format == RichFormat::Json),
+            }
+        }
+        Command::Drift {
+            repo,
+            rev,
+            worktree,
+            live,
+            direct,
+            reach,
+            format,
+            output_dir,
+        } => {
+            let repo = match open(&repo) {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            let source = match (&live, direct) {
+                (Some(path), false) => LiveSource::File(path),
+                _ => LiveSource::Direct(reach.options()),
+            };
+            match pipeline::drift(&repo, &revision(&rev, worktree), source) {
+                Ok(report) => {
+                    if let Some(dir) = &output_dir {
+                        if let Err(e) = write_drift_files(dir, &report) {
+                            return fail(&e);
+                        }
+                    }
+                    let out = match format {
+                        ReportFormat::Text => crate::drift::text(&report),
+                        ReportFormat::Json => render::json(&report),
+                        ReportFormat::Markdown => crate::drift::markdown(&report),
+                        ReportFormat::Html => crate::drift::html(&report, &[]),
+                    };
+                    print_with_changes(&out, !report.clean())
+                }
+                Err(e) => fail_pipeline(e, format == ReportFormat::Json),
             }
         }
         Command::Sync {

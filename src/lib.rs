@@ -10,7 +10,7 @@
 //! `nodes` reads and changes cache nodes (Redis, Memcached, simulated) and snapshots a
 //! fleet. `source` reads the config repository from git; `spec` turns its files into a validated
 //! [`spec::model::Desired`] or every error at once; `catalog` knows each engine's parameters;
-//! `live` is what nodes report; `diff` and `plan` are pure functions over those; `rollout`
+//! `live` is what nodes report; `diff`, `plan` and `drift` are pure functions over those; `rollout`
 //! is the pure state machine of one staged rollout; `render`
 //! prints them as text, JSON or Markdown; `cli` is the command line.
 #![forbid(unsafe_code)]
@@ -19,6 +19,7 @@ pub mod audit;
 pub mod catalog;
 pub mod cli;
 pub mod diff;
+pub mod drift;
 pub mod gates;
 pub mod history;
 pub mod identity;

@@ -229,6 +229,24 @@ pub fn plan(repo: &ConfigRepo, rev: &Revision, live: LiveSource) -> Result<Plan,
     Ok(plan::plan(&desired, &live))
 }
 
+/// `cacheflow drift`: the declared state at `rev` against a reading of the nodes.
+pub fn drift(
+    repo: &ConfigRepo,
+    rev: &Revision,
+    live: LiveSource,
+) -> Result<crate::drift::DriftReport, PipelineError> {
+    let desired = desired(repo, rev)?;
+    let live = match live {
+        LiveSource::File(path) => LiveState::read(path)?,
+        LiveSource::Direct(options) => read_fleet(&desired, None, options, true)?,
+    };
+    let at = live
+        .taken_at
+        .clone()
+        .unwrap_or_else(crate::nodes::fleet::now_rfc3339);
+    Ok(crate::drift::compute(&desired, &live, &at))
+}
+
 /// The driver that reaches `node` of `cluster` directly.
 pub fn driver_for(cluster: &Cluster, node: &Node, timeout: Duration) -> Arc<dyn NodeDriver> {
     match cluster.engine {
