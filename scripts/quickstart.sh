@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the built-in example: copy example-repo/ into a fresh git repository,
-# validate it, commit a change an engineer might open a pull request for, show what it
+# validate it, report its drift, commit a change an engineer might open a pull request for, show what it
 # does (text and the Markdown a PR comment gets), and plan it against a live snapshot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,10 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 run() { step "cacheflow ${*}"; "$cf" "$@" || echo "(exit code $?)"; }
 
 run validate --repo "$work"
+
+# On call: what drifted in the fleet as it runs today (someone's hand-made CONFIG SET),
+# against the live snapshot in examples/ (exit code 2: drift found).
+run drift --repo "$work" --live examples/live-state.json
 
 # A pull request: more memory for the EU sessions, a different eviction policy for the
 # staging catalog, and a restart-only change in the session profile.
