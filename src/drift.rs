@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::diff;
 use crate::live::LiveState;
+use crate::render::{code, md_cell, short};
 use crate::spec::model::Desired;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -84,6 +85,15 @@ impl DriftReport {
                 .clusters
                 .iter()
                 .all(|c| c.drifted.is_empty() && c.silent.is_empty())
+    }
+
+    /// One line for a heading: "no drift" or how many nodes drifted.
+    pub fn status(&self) -> String {
+        if self.clean() {
+            "no drift".to_owned()
+        } else {
+            format!("{} node(s) drifted or silent", self.drifted_nodes())
+        }
     }
 
     /// Nodes drifted or silent, over the fleet (the `/metrics` gauge, the chart's point).
@@ -191,27 +201,16 @@ fn kind_text(kind: DriftKind) -> &'static str {
     }
 }
 
-fn short(revision: &Option<String>) -> &str {
-    revision
-        .as_deref()
-        .map(|r| &r[..r.len().min(12)])
-        .unwrap_or("(working tree)")
-}
-
 /// Markdown for a chat message, a pull request or a file.
 pub fn markdown(r: &DriftReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## cacheflow drift report\n");
     let _ = writeln!(
         out,
-        "{} against `{}`: **{}**\n",
+        "{} against {}: **{}**\n",
         r.generated_at,
-        short(&r.revision),
-        if r.clean() {
-            "no drift".to_owned()
-        } else {
-            format!("{} node(s) drifted or silent", r.drifted_nodes())
-        }
+        code(&short(r.revision.as_deref())),
+        r.status()
     );
     let _ = writeln!(out, "| cluster | nodes | drifted | silent |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: |");
@@ -219,7 +218,7 @@ pub fn markdown(r: &DriftReport) -> String {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} |",
-            c.cluster,
+            md_cell(&c.cluster),
             c.nodes,
             c.drifted.len(),
             c.silent.len()
@@ -238,18 +237,18 @@ pub fn markdown(r: &DriftReport) -> String {
                 for p in &n.parameters {
                     let _ = writeln!(
                         out,
-                        "| {} | `{}` | `{}` | `{}` | {} |",
-                        n.node,
-                        p.name,
-                        p.expected,
-                        found(p),
+                        "| {} | {} | {} | {} | {} |",
+                        md_cell(&n.node),
+                        code(&p.name),
+                        code(&p.expected),
+                        code(found(p)),
                         kind_text(p.kind)
                     );
                 }
             }
         }
         for s in &c.silent {
-            let _ = writeln!(out, "- **{}** is silent: {}", s.node, s.reason);
+            let _ = writeln!(out, "- **{}** is silent: {}", s.node, md_cell(&s.reason));
         }
     }
     if !r.undeclared.is_empty() {
@@ -298,15 +297,7 @@ pub fn text(r: &DriftReport) -> String {
     for n in &r.undeclared {
         let _ = writeln!(out, "undeclared node reporting: {n}");
     }
-    let _ = writeln!(
-        out,
-        "{}",
-        if r.clean() {
-            "no drift".to_owned()
-        } else {
-            format!("{} node(s) drifted or silent", r.drifted_nodes())
-        }
-    );
+    let _ = writeln!(out, "{}", r.status());
     out
 }
 
@@ -330,11 +321,7 @@ fn esc(s: &str) -> String {
 /// chart; the report itself is its last point.
 pub fn html(r: &DriftReport, history: &[(String, usize)]) -> String {
     let mut out = String::new();
-    let status = if r.clean() {
-        "no drift".to_owned()
-    } else {
-        format!("{} node(s) drifted or silent", r.drifted_nodes())
-    };
+    let status = r.status();
     let _ = write!(
         out,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -346,7 +333,7 @@ pub fn html(r: &DriftReport, history: &[(String, usize)]) -> String {
          <p>{} against <code>{}</code>: <strong id=\"status\" class=\"{}\">{}</strong></p>\n",
         esc(&r.generated_at),
         esc(&r.generated_at),
-        esc(short(&r.revision)),
+        esc(&short(r.revision.as_deref())),
         if r.clean() { "ok" } else { "bad" },
         esc(&status)
     );
@@ -445,4 +432,62 @@ fn chart(points: &[(String, usize)]) -> String {
         points.len()
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> DriftReport {
+        DriftReport {
+            generated_at: "2026-11-21T03:00:00Z".into(),
+            revision: Some("0123456789abcdef".into()),
+            clusters: vec![ClusterDrift {
+                cluster: "cache".into(),
+                nodes: 3,
+                drifted: vec![NodeDrift {
+                    node: "a1".into(),
+                    parameters: vec![ParamDrift {
+                        name: "notify-keyspace-events".into(),
+                        kind: DriftKind::Differs,
+                        expected: "Ex".into(),
+                        found: Some("K|<b>".into()),
+                    }],
+                }],
+                silent: vec![Silent {
+                    node: "a2".into(),
+                    reason: "refused | reset".into(),
+                }],
+            }],
+            undeclared: vec!["stray".into()],
+        }
+    }
+
+    #[test]
+    fn markdown_and_html_escape_what_the_nodes_said() {
+        let r = report();
+        assert_eq!(r.drifted_nodes(), 3);
+        let md = markdown(&r);
+        assert!(
+            md.contains("against `0123456789ab`: **3 node(s) drifted or silent**"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| a1 | `notify-keyspace-events` | `Ex` | `K\\|<b>` | live value differs |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("- **a2** is silent: refused \\| reset"), "{md}");
+        assert!(md.contains("- stray"), "{md}");
+        let page = html(&r, &[("2026-11-20T03:00:00Z".into(), 0)]);
+        assert!(page.contains("<code>K|&lt;b&gt;</code>"), "{page}");
+        assert!(!page.contains("<b>"), "{page}");
+        // Two runs in the chart: the history's clean one and this one.
+        assert_eq!(page.matches("<rect ").count(), 2, "{page}");
+        assert!(
+            page.contains("<title>2026-11-20T03:00:00Z: 0</title>"),
+            "{page}"
+        );
+    }
 }

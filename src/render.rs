@@ -228,11 +228,11 @@ pub fn diff_text(cs: &ChangeSet) -> String {
 }
 
 /// Markdown-safe inline code.
-fn code(s: &str) -> String {
+pub(crate) fn code(s: &str) -> String {
     format!("`{}`", s.replace('`', "'").replace('|', "\\|"))
 }
 
-fn md_cell(s: &str) -> String {
+pub(crate) fn md_cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
