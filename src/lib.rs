@@ -26,6 +26,7 @@ pub mod identity;
 pub mod live;
 pub mod metrics;
 pub mod nodes;
+pub mod notify;
 pub mod pipeline;
 pub mod plan;
 pub mod reconciler;

@@ -30,6 +30,18 @@ pub struct StateLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub cluster: String,
+    pub kind: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub webhook_deliveries: Family<DeliveryLabels, Counter>,
@@ -41,6 +53,10 @@ pub struct Metrics {
     pub report_duration: Histogram,
     pub journal_commit: Histogram,
     pub nodes: Family<StateLabels, Gauge>,
+    pub notifications: Family<TargetLabels, Counter>,
+    pub drift_nodes: Family<DriftLabels, Gauge>,
+    pub drift_runs: Family<ResultLabels, Counter>,
+    pub pr_feedback: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -103,6 +119,30 @@ impl Default for Metrics {
             "Nodes with an assignment, by its outcome (applied, pending, failed)",
             nodes.clone(),
         );
+        let notifications = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notifications by target and result (sent, failed after every retry, dropped: the target's queue was full)",
+            notifications.clone(),
+        );
+        let drift_nodes = Family::<DriftLabels, Gauge>::default();
+        registry.register(
+            "drift_nodes",
+            "Nodes drifted at the last drift run, by cluster and kind (differs, not_persisted, silent)",
+            drift_nodes.clone(),
+        );
+        let drift_runs = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "drift_runs",
+            "Scheduled drift runs by result (clean, drift, error)",
+            drift_runs.clone(),
+        );
+        let pr_feedback = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "pr_feedback",
+            "Pull-request feedback by result (posted, failed, ignored)",
+            pr_feedback.clone(),
+        );
         Metrics {
             registry,
             webhook_deliveries,
@@ -114,6 +154,10 @@ impl Default for Metrics {
             report_duration,
             journal_commit,
             nodes,
+            notifications,
+            drift_nodes,
+            drift_runs,
+            pr_feedback,
         }
     }
 }
@@ -150,6 +194,15 @@ impl Metrics {
                 state: state.to_owned(),
             })
             .set(n);
+    }
+
+    pub fn notification(&self, target: &str, result: &str) {
+        self.notifications
+            .get_or_create(&TargetLabels {
+                target: target.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition.

@@ -27,6 +27,7 @@ use crate::catalog::catalog;
 use crate::gates::{self, Sample};
 use crate::live::{LiveState, NodeLive};
 use crate::nodes::protocol::{Assignment, Outcome, Report, PROTOCOL_VERSION};
+use crate::notify::{self, Notice};
 use crate::plan;
 use crate::rollout::{self, Action, Event, Phase, Rollout, RolloutSpec};
 use crate::spec::model::{Cluster, Desired, Managed, Window};
@@ -144,6 +145,11 @@ pub enum Effect {
     },
     /// These nodes' assignments changed: tell them now if they can be told.
     Wake { nodes: Vec<String> },
+    /// Tell these targets (the revision's `notifications:` subscribed to the event).
+    Notify {
+        notice: Notice,
+        targets: Vec<crate::spec::model::Notification>,
+    },
 }
 
 /// Why a report or a command was refused.
@@ -413,6 +419,14 @@ impl Reconciler {
     pub fn refuse_revision(&mut self, revision: &str, reason: &str) -> Vec<Effect> {
         self.lines
             .push(format!("revision {} refused: {reason}", short(revision)));
+        self.notify(
+            Notice::new(
+                notify::Kind::RevisionRefused,
+                format!("revision {} refused: nothing applied", short(revision)),
+            )
+            .revision(revision)
+            .details(reason),
+        );
         self.lines.push(match &self.state.head {
             Some(h) => format!("keeping revision {}", short(h)),
             None => "no revision was applied yet".to_owned(),
@@ -637,6 +651,18 @@ impl Reconciler {
                 .collect(),
             warmup_ms: policy.warmup.0,
         };
+        let batch_sizes: Vec<String> = spec.batches.iter().map(|b| b.len().to_string()).collect();
+        let started = Notice::new(
+            notify::Kind::RolloutStarted,
+            format!(
+                "{name}: rolling out {} to {} node(s) in batches of {}",
+                short(&spec.revision),
+                spec.batches.iter().map(Vec::len).sum::<usize>(),
+                batch_sizes.join(", ")
+            ),
+        )
+        .cluster(name)
+        .revision(&spec.revision);
         cs.rollout = Some(RolloutRecord {
             rollout: Rollout::new(spec),
             started_at: crate::nodes::fleet::now_rfc3339(),
@@ -645,6 +671,7 @@ impl Reconciler {
             batch_started_ms: None,
             run: 0,
         });
+        self.notify(started);
         self.feed(name, Event::Begin, now_ms);
     }
 
@@ -659,6 +686,18 @@ impl Reconciler {
             text: format!("refused: {reason}"),
             outcome: "refused",
         });
+        self.notify(
+            Notice::new(
+                notify::Kind::RevisionRefused,
+                format!(
+                    "{name}: revision {} refused for this cluster",
+                    short(&target.revision)
+                ),
+            )
+            .cluster(name)
+            .revision(&target.revision)
+            .details(reason.clone()),
+        );
         self.dirty.insert(name.to_owned());
         let cs = self.state.clusters.get_mut(name).expect("cluster state");
         cs.refused = Some(Refused {
@@ -684,6 +723,8 @@ impl Reconciler {
             };
             rec.rollout.hold = hold.clone();
             let was_final = rec.rollout.phase.is_final();
+            let was_rolling_back = matches!(rec.rollout.phase, Phase::RollingBack { .. });
+            let was_paused = matches!(rec.rollout.phase, Phase::Paused { .. });
             let was_batch = running_batch(&rec.rollout.phase);
             let (next, actions) = rollout::step(rec.rollout.clone(), event);
             rec.rollout = next;
@@ -722,6 +763,34 @@ impl Reconciler {
                         queue.push(self.judge(name, batch, &nodes));
                     }
                 }
+            }
+            let rec = self.rec_mut(name);
+            let revision = rec.rollout.spec.revision.clone();
+            match &rec.rollout.phase {
+                Phase::RollingBack { reason } if !was_rolling_back => {
+                    let notice = Notice::new(
+                        notify::Kind::RolloutFailed,
+                        format!(
+                            "{name}: rollout of {} failed, rolling back",
+                            short(&revision)
+                        ),
+                    )
+                    .details(reason.clone());
+                    self.notify(notice.cluster(name).revision(&revision));
+                }
+                Phase::Paused { batch, reason } if !was_paused => {
+                    let notice = Notice::new(
+                        notify::Kind::Paused,
+                        format!(
+                            "{name}: rollout of {} paused at batch {}: a person decides (resume, rollback)",
+                            short(&revision),
+                            batch + 1
+                        ),
+                    )
+                    .details(reason.clone());
+                    self.notify(notice.cluster(name).revision(&revision));
+                }
+                _ => {}
             }
             let rec = self.rec_mut(name);
             if !was_final && rec.rollout.phase.is_final() {
@@ -845,12 +914,49 @@ impl Reconciler {
             }
             _ => return,
         };
+        let event = match outcome {
+            "completed" => Some(notify::Kind::RolloutCompleted),
+            "rolled_back" => Some(notify::Kind::RolledBack),
+            _ => None,
+        };
+        if let Some(event) = event {
+            let summary = match event {
+                notify::Kind::RolloutCompleted => format!(
+                    "{name}: {} reached all {} node(s)",
+                    short(&revision),
+                    nodes.len()
+                ),
+                _ => format!("{name}: {} rolled back", short(&revision)),
+            };
+            let notice = Notice::new(event, summary)
+                .cluster(name)
+                .revision(&revision)
+                .details(text.clone());
+            self.notify(notice);
+        }
         self.effects.push(Effect::Note {
             revision,
             cluster: name.to_owned(),
             text,
             outcome,
         });
+    }
+
+    /// Queue `notice` for the targets of the current revision subscribed to it.
+    fn notify(&mut self, notice: Notice) {
+        let targets: Vec<_> = self
+            .desired
+            .as_ref()
+            .map(|d| {
+                notify::targets_for(&d.settings.notifications, notice.event)
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !targets.is_empty() {
+            self.effects.push(Effect::Notify { notice, targets });
+        }
     }
 
     /// A node's report: remember its reading, take its apply result, answer with its

@@ -76,6 +76,8 @@ pub struct Handle {
     started: Instant,
     started_wall: u64,
     metrics: Option<Arc<Metrics>>,
+    /// Where `Effect::Notify` goes (the server sets one; `sync` has none).
+    notifier: Arc<std::sync::OnceLock<crate::notify::Notifier>>,
 }
 
 /// The task ended (its journal failed, or it was stopped).
@@ -177,6 +179,11 @@ impl Handle {
     }
 
     /// Stop the reconciler task after the inputs before this one.
+    /// Send the reconciler's notices through `notifier` from now on (once).
+    pub fn set_notifier(&self, notifier: crate::notify::Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
     pub async fn stop(&self) {
         let _ = self.tx.send(Msg::Stop).await;
     }
@@ -254,6 +261,7 @@ pub fn start(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         metrics,
+        notifier: Arc::default(),
     };
     let resumed = core.resume(grace_ms);
 
@@ -569,6 +577,11 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                         })
                         .await;
                 });
+            }
+            Effect::Notify { notice, targets } => {
+                if let Some(n) = h.notifier.get() {
+                    n.send(&targets, &notice);
+                }
             }
             Effect::Wake { nodes } => {
                 let wakers = h.wakers.lock().expect("wakers lock");

@@ -153,6 +153,11 @@ pub async fn serve(
         .max(options.direct_interval * 2)
         .as_millis() as u64;
     let (handle, task) = runtime::start(journal, grace, Some(metrics.clone()), false)?;
+    // Notices of rollouts and drift runs to the revision's `notifications:` targets.
+    handle.set_notifier(crate::notify::Notifier::new(
+        crate::notify::NotifyOptions::default(),
+        Some(metrics.clone()),
+    ));
     let app = Arc::new(App {
         handle: handle.clone(),
         options: options.clone(),

@@ -12,6 +12,7 @@ use cacheflow::server::webhook::github_signature;
 
 use crate::support::fleet::Fleet;
 use crate::support::git::{cacheflow_note, journal_messages, TestRepo};
+use crate::support::receiver::Receiver;
 use crate::support::servers::free_port;
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -435,6 +436,26 @@ fn a_failing_gate_rolls_back_and_a_rewritten_history_is_refused() {
     }
     let remote = Remote::new();
     let work = TestRepo::new();
+    // Notifications: a generic webhook for every event, a Slack one for rollbacks only,
+    // and a target that never answers (it must not hold anything up). The URLs are
+    // secrets: files here.
+    let team = Receiver::start();
+    let chat = Receiver::start();
+    let stuck = Receiver::hanging();
+    let urls = tempfile::tempdir().unwrap();
+    for (name, r) in [("team", &team), ("chat", &chat), ("stuck", &stuck)] {
+        std::fs::write(urls.path().join(name), format!("{}\n", r.url)).unwrap();
+    }
+    let url = |name: &str| format!("file:{}", urls.path().join(name).display());
+    work.write(
+        "cacheflow.yaml",
+        &format!(
+            "apiVersion: cacheflow/v1\nkind: Settings\nmetadata:\n  name: settings\nspec:\n  notifications:\n    - name: stuck\n      type: webhook\n      url: {}\n    - name: team\n      type: webhook\n      url: {}\n    - name: chat\n      type: slack\n      url: {}\n      events: [rolled-back]\n",
+            url("stuck"),
+            url("team"),
+            url("chat")
+        ),
+    );
     work.write(
         "clusters/cache.yaml",
         &fleet.cluster_yaml("    maxmemory: 64mb\n    maxmemory-policy: noeviction"),
@@ -478,7 +499,7 @@ fn a_failing_gate_rolls_back_and_a_rewritten_history_is_refused() {
         "clusters/cache.yaml",
         &fleet.cluster_yaml("    maxmemory: 32mb\n    maxmemory-policy: noeviction"),
     );
-    rewritten.commit("rewritten: 32mb");
+    let rewritten_head = rewritten.commit("rewritten: 32mb");
     remote.push(&rewritten, true);
     assert_eq!(server.github_push("d-rewrite").0, 202);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -496,7 +517,86 @@ fn a_failing_gate_rolls_back_and_a_rewritten_history_is_refused() {
     }
     let (_, status) = server.http("GET", "/api/v1/rollouts", &[], b"");
     assert!(status.contains(&format!("\"head\":\"{bad}\"")), "{status}");
-    let _ = good;
+
+    // Every event reached the team's webhook, in order, while `stuck` never answered.
+    let events = team.wait_for(6, Duration::from_secs(5));
+    let json: Vec<serde_json::Value> = events
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let seen: Vec<(&str, &str)> = json
+        .iter()
+        .map(|j| (j["event"].as_str().unwrap(), j["summary"].as_str().unwrap()))
+        .collect();
+    let (g, b) = (&good[..12], &bad[..12]);
+    assert_eq!(
+        seen,
+        [
+            (
+                "rollout-started",
+                format!("cache: rolling out {g} to 6 node(s) in batches of 1, 2, 2, 1").as_str()
+            ),
+            (
+                "rollout-completed",
+                format!("cache: {g} reached all 6 node(s)").as_str()
+            ),
+            (
+                "rollout-started",
+                format!("cache: rolling out {b} to 6 node(s) in batches of 1, 2, 2, 1").as_str()
+            ),
+            (
+                "rollout-failed",
+                format!("cache: rollout of {b} failed, rolling back").as_str()
+            ),
+            ("rolled-back", format!("cache: {b} rolled back").as_str()),
+            (
+                "revision-refused",
+                format!(
+                    "revision {} refused: nothing applied",
+                    &rewritten_head[..12]
+                )
+                .as_str()
+            ),
+        ]
+    );
+    assert!(
+        json[3]["details"]
+            .as_str()
+            .unwrap()
+            .contains("is above 98.0%"),
+        "{json:#?}"
+    );
+    assert!(
+        json[5]["details"]
+            .as_str()
+            .unwrap()
+            .starts_with("history rewritten"),
+        "{json:#?}"
+    );
+    assert_eq!(json[4]["cluster"], "cache");
+    assert_eq!(json[4]["revision"], bad.as_str());
+    assert!(events
+        .iter()
+        .all(|r| r.method == "POST" && r.path == "/hook"));
+    // Slack gets its text form, and only the event it asked for.
+    let slack = chat.wait_for(1, Duration::from_secs(1));
+    assert_eq!(slack.len(), 1, "{slack:#?}");
+    assert!(
+        slack[0].body.starts_with(&format!(
+            "{{\"text\":\"*cacheflow* `rolled-back`: cache: {b} rolled back\\n```\\nrolled back "
+        )),
+        "{}",
+        slack[0].body
+    );
+    // The hanging target got the first notice and holds it; the rest wait behind it.
+    assert_eq!(stuck.requests().len(), 1);
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    for line in [
+        "cacheflow_notifications_total{target=\"team\",result=\"sent\"} 6",
+        "cacheflow_notifications_total{target=\"chat\",result=\"sent\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 }
 
 #[test]

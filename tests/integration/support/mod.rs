@@ -7,6 +7,7 @@ use std::process::Command;
 pub mod control;
 pub mod fleet;
 pub mod git;
+pub mod receiver;
 pub mod servers;
 pub mod service;
 
