@@ -141,7 +141,7 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// The targets of `all` that subscribe to `event` (no `events:` means every event).
-pub fn targets_for<'a>(all: &'a [Notification], event: Kind) -> Vec<&'a Notification> {
+pub fn targets_for(all: &[Notification], event: Kind) -> Vec<&Notification> {
     all.iter()
         .filter(|t| t.events.is_empty() || t.events.iter().any(|e| e == event.as_str()))
         .collect()
@@ -171,6 +171,9 @@ impl Default for NotifyOptions {
     }
 }
 
+/// A target's name, URL reference and kind.
+type TargetKey = (String, String, &'static str);
+
 /// Sends notices without ever waiting. Cheap to clone.
 #[derive(Clone)]
 pub struct Notifier {
@@ -183,7 +186,7 @@ struct Inner {
     metrics: Option<Arc<Metrics>>,
     rt: tokio::runtime::Handle,
     /// One queue per target (name, kind and URL reference: a changed target is a new one).
-    queues: Mutex<HashMap<(String, String, &'static str), mpsc::Sender<Notice>>>,
+    queues: Mutex<HashMap<TargetKey, mpsc::Sender<Notice>>>,
 }
 
 impl Notifier {
