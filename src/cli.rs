@@ -136,11 +136,18 @@ pub enum Command {
         #[arg(long)]
         worktree: bool,
         /// A live-state snapshot (JSON, as `snapshot` writes it).
-        #[arg(long, required_unless_present = "direct", conflicts_with = "direct")]
+        #[arg(long, required_unless_present_any = ["direct", "server"], conflicts_with_all = ["direct", "server"])]
         live: Option<PathBuf>,
         /// Read the nodes straight away (as `snapshot` does).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "server")]
         direct: bool,
+        /// Ask a cacheflow server (http://host:port): its revision against its nodes'
+        /// latest reports (needs an admin token).
+        #[arg(long)]
+        server: Option<String>,
+        /// A file holding an admin token for --server (or set CACHEFLOW_ADMIN_TOKEN).
+        #[arg(long, env = "CACHEFLOW_ADMIN_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
         #[command(flatten)]
         reach: ReachArgs,
         #[arg(long, value_enum, default_value = "text")]
@@ -305,6 +312,10 @@ pub struct ServeArgs {
     /// before it judges gates or times out (at least the agents' report interval).
     #[arg(long, default_value = "65s", value_parser = parse_duration)]
     pub resume_grace: Duration,
+    /// A node whose last report is older than this is silent in drift reports (at least
+    /// twice the agents' report interval).
+    #[arg(long, default_value = "2m", value_parser = parse_duration, env = "CACHEFLOW_SILENT_AFTER")]
+    pub silent_after: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -433,6 +444,54 @@ fn print_with_changes(out: &str, changes: bool) -> ExitCode {
 }
 
 /// `drift.md`, `drift.json` and `drift.html` in `dir` (created if missing).
+/// The drift report of a server at this moment (`GET /api/v1/drift`).
+fn server_drift(
+    server: &str,
+    token_file: Option<&PathBuf>,
+) -> Result<crate::drift::DriftReport, String> {
+    let server = server.trim_end_matches('/');
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        return Err(format!(
+            "the server URL `{}` must start with http:// or https://",
+            redact_url(server)
+        ));
+    }
+    let token = secret(token_file, "CACHEFLOW_ADMIN_TOKEN")?
+        .map(|t| String::from_utf8_lossy(&t).trim().to_owned())
+        .ok_or("an admin token is required: --token-file FILE or CACHEFLOW_ADMIN_TOKEN")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = client
+            .get(format!("{server}/api/v1/drift"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", redact_url(server)))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| format!("{}: {e}", redact_url(server)))?;
+        if !status.is_success() {
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(format!(
+                "{}: {status}: {}",
+                redact_url(server),
+                body["error"].as_str().unwrap_or("no reason given")
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the server's drift report ({status}) does not parse: {e}"))
+    })
+}
+
 fn write_drift_files(
     dir: &std::path::Path,
     report: &crate::drift::DriftReport,
@@ -589,19 +648,29 @@ pub fn run(cli: Cli) -> ExitCode {
             worktree,
             live,
             direct,
+            server,
+            token_file,
             reach,
             format,
             output_dir,
         } => {
-            let repo = match open(&repo) {
-                Ok(r) => r,
-                Err(e) => return fail(&e),
+            let report = if let Some(server) = &server {
+                match server_drift(server, token_file.as_ref()) {
+                    Ok(r) => Ok(r),
+                    Err(e) => return fail(&e),
+                }
+            } else {
+                let repo = match open(&repo) {
+                    Ok(r) => r,
+                    Err(e) => return fail(&e),
+                };
+                let source = match (&live, direct) {
+                    (Some(path), false) => LiveSource::File(path),
+                    _ => LiveSource::Direct(reach.options()),
+                };
+                pipeline::drift(&repo, &revision(&rev, worktree), source)
             };
-            let source = match (&live, direct) {
-                (Some(path), false) => LiveSource::File(path),
-                _ => LiveSource::Direct(reach.options()),
-            };
-            match pipeline::drift(&repo, &revision(&rev, worktree), source) {
+            match report {
                 Ok(report) => {
                     if let Some(dir) = &output_dir {
                         if let Err(e) = write_drift_files(dir, &report) {
@@ -924,6 +993,7 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         direct_interval: args.direct_interval,
         node_timeout: args.timeout,
         resume_grace: args.resume_grace,
+        silent_after: args.silent_after,
     };
     until_signal(|stop| async move {
         crate::server::serve(options, stop)

@@ -15,14 +15,14 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::diff;
 use crate::live::LiveState;
 use crate::render::{code, md_cell, short};
 use crate::spec::model::Desired;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DriftReport {
     /// When the reading was made (RFC 3339, UTC).
@@ -32,9 +32,20 @@ pub struct DriftReport {
     pub clusters: Vec<ClusterDrift>,
     /// Nodes in the reading that no cluster declares.
     pub undeclared: Vec<String>,
+    /// Clusters left out, with why (the server's runs: a rollout in flight changes
+    /// nodes on purpose; a rolled-back revision leaves them on the previous one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_compared: Vec<NotCompared>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotCompared {
+    pub cluster: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterDrift {
     pub cluster: String,
@@ -45,14 +56,14 @@ pub struct ClusterDrift {
     pub silent: Vec<Silent>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeDrift {
     pub node: String,
     pub parameters: Vec<ParamDrift>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParamDrift {
     pub name: String,
@@ -63,14 +74,14 @@ pub struct ParamDrift {
     pub found: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DriftKind {
     Differs,
     NotPersisted,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Silent {
     pub node: String,
@@ -183,6 +194,7 @@ pub fn compute(desired: &Desired, live: &LiveState, generated_at: &str) -> Drift
         revision: desired.commit.clone(),
         clusters,
         undeclared,
+        not_compared: Vec::new(),
     }
 }
 
@@ -251,6 +263,12 @@ pub fn markdown(r: &DriftReport) -> String {
             let _ = writeln!(out, "- **{}** is silent: {}", s.node, md_cell(&s.reason));
         }
     }
+    if !r.not_compared.is_empty() {
+        let _ = writeln!(out, "\n### Not compared\n");
+        for n in &r.not_compared {
+            let _ = writeln!(out, "- **{}**: {}", md_cell(&n.cluster), md_cell(&n.reason));
+        }
+    }
     if !r.undeclared.is_empty() {
         let _ = writeln!(
             out,
@@ -293,6 +311,9 @@ pub fn text(r: &DriftReport) -> String {
         for s in &c.silent {
             let _ = writeln!(out, "  {} silent: {}", s.node, s.reason);
         }
+    }
+    for n in &r.not_compared {
+        let _ = writeln!(out, "{}: not compared: {}", n.cluster, n.reason);
     }
     for n in &r.undeclared {
         let _ = writeln!(out, "undeclared node reporting: {n}");
@@ -393,6 +414,18 @@ pub fn html(r: &DriftReport, history: &[(String, usize)]) -> String {
         }
         out.push_str("</ul>\n");
     }
+    if !r.not_compared.is_empty() {
+        out.push_str("<h2>Not compared</h2>\n<ul id=\"not-compared\">\n");
+        for n in &r.not_compared {
+            let _ = writeln!(
+                out,
+                "<li><b>{}</b>: {}</li>",
+                esc(&n.cluster),
+                esc(&n.reason)
+            );
+        }
+        out.push_str("</ul>\n");
+    }
     if !r.undeclared.is_empty() {
         out.push_str("<h2>Undeclared nodes</h2>\n<ul id=\"undeclared\">\n");
         for n in &r.undeclared {
@@ -460,6 +493,7 @@ mod tests {
                 }],
             }],
             undeclared: vec!["stray".into()],
+            not_compared: Vec::new(),
         }
     }
 

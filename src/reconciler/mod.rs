@@ -173,6 +173,9 @@ pub struct Reconciler {
     node_cluster: HashMap<String, String>,
     /// The latest reading of each node (declared parameters only).
     live: HashMap<String, Sample>,
+    /// The latest reading of nodes that report but no cluster declares (for the drift
+    /// report; at most [`MAX_UNDECLARED`]).
+    undeclared: HashMap<String, Sample>,
     /// Journal lines of the input being handled.
     lines: Vec<String>,
     /// Roll out again to nodes whose live values differ from their assignment (drift).
@@ -227,6 +230,18 @@ fn compile_windows(list: &[Window]) -> Windows {
     })
 }
 
+/// What a drift report compares: the revision (without the clusters not compared), the
+/// readings, and the clusters left out with why.
+#[derive(Debug, Clone)]
+pub struct DriftInputs {
+    pub desired: Option<Arc<Desired>>,
+    pub live: LiveState,
+    pub not_compared: Vec<crate::drift::NotCompared>,
+}
+
+/// Undeclared nodes remembered for the drift report (they hold a valid node token).
+pub const MAX_UNDECLARED: usize = 10_000;
+
 fn short(rev: &str) -> &str {
     &rev[..rev.len().min(12)]
 }
@@ -247,6 +262,7 @@ impl Reconciler {
             desired: None,
             node_cluster: HashMap::new(),
             live: HashMap::new(),
+            undeclared: HashMap::new(),
             lines: Vec::new(),
             effects: Vec::new(),
             correct_drift: false,
@@ -974,6 +990,15 @@ impl Reconciler {
             });
         }
         let Some(name) = self.node_cluster.get(node_id).cloned() else {
+            if self.undeclared.len() < MAX_UNDECLARED || self.undeclared.contains_key(node_id) {
+                self.undeclared.insert(
+                    node_id.to_owned(),
+                    Sample {
+                        at_ms: now_ms,
+                        node: report.node,
+                    },
+                );
+            }
             return Err(RefusedInput::UnknownNode(node_id.to_owned()));
         };
         self.observe(node_id, report.node, now_ms);
@@ -1035,6 +1060,119 @@ impl Reconciler {
                 node,
             },
         );
+    }
+
+    /// What the drift report compares: the current revision and the latest reading of
+    /// every node heard from, declared or not. A reading older than `silent_after_ms`
+    /// counts as no answer.
+    pub fn drift_inputs(&self, now_ms: u64, silent_after_ms: u64) -> DriftInputs {
+        // Clusters whose nodes are meant to differ from the revision now.
+        let mut not_compared = Vec::new();
+        if let Some(d) = &self.desired {
+            for name in d.clusters.keys() {
+                let Some(cs) = self.state.clusters.get(name) else {
+                    continue;
+                };
+                let rolling = cs.rollout.as_ref().filter(|r| !r.rollout.phase.is_final());
+                if let Some(r) = rolling {
+                    not_compared.push(crate::drift::NotCompared {
+                        cluster: name.clone(),
+                        reason: format!("rolling out {} now", short(&r.rollout.spec.revision)),
+                    });
+                } else if let Some(refused) = cs
+                    .refused
+                    .as_ref()
+                    .filter(|r| cs.target.as_ref().is_some_and(|t| t.digest == r.digest))
+                {
+                    not_compared.push(crate::drift::NotCompared {
+                        cluster: name.clone(),
+                        reason: format!(
+                            "revision {} refused ({}): nodes stay on what they ran",
+                            short(&refused.revision),
+                            refused.reason
+                        ),
+                    });
+                }
+            }
+        }
+        let skipped = |id: &str| {
+            self.node_cluster
+                .get(id)
+                .is_some_and(|c| not_compared.iter().any(|n| &n.cluster == c))
+        };
+        let nodes = self
+            .live
+            .iter()
+            .chain(
+                self.undeclared
+                    .iter()
+                    .filter(|(id, _)| !self.node_cluster.contains_key(*id)),
+            )
+            .map(|(id, sample)| {
+                let age = now_ms.saturating_sub(sample.at_ms);
+                let mut node = sample.node.clone();
+                if age > silent_after_ms {
+                    node.reachable = false;
+                    node.error = Some(format!("no report for {} s", age / 1000));
+                }
+                (id.clone(), node)
+            })
+            .filter(|(id, node)| {
+                !skipped(id) && (self.node_cluster.contains_key(id) || node.reachable)
+            })
+            .collect();
+        let live = LiveState {
+            version: crate::live::LIVE_STATE_VERSION,
+            taken_at: None,
+            nodes,
+        };
+        let desired = match &self.desired {
+            Some(d) if !not_compared.is_empty() => {
+                let mut d = Desired::clone(d);
+                d.clusters
+                    .retain(|name, _| !not_compared.iter().any(|n| &n.cluster == name));
+                Some(Arc::new(d))
+            }
+            other => other.clone(),
+        };
+        DriftInputs {
+            desired,
+            live,
+            not_compared,
+        }
+    }
+
+    /// Roll the current revision out again to the nodes of `clusters` whose live values
+    /// differ from it (a drift report's correction), through the staged path: batches,
+    /// gates, rollback. A cluster with a rollout in flight is left alone.
+    pub fn correct(&mut self, clusters: &[String], now_ms: u64) -> Vec<Effect> {
+        let before = self.correct_drift;
+        self.correct_drift = true;
+        for name in clusters {
+            let busy = self
+                .state
+                .clusters
+                .get(name)
+                .and_then(|c| c.rollout.as_ref())
+                .is_some_and(|r| !r.rollout.phase.is_final());
+            if busy {
+                self.lines.push(format!(
+                    "{name}: drift not corrected now: a rollout is in progress"
+                ));
+                continue;
+            }
+            if self
+                .desired
+                .as_ref()
+                .is_some_and(|d| d.clusters.contains_key(name))
+            {
+                self.lines.push(format!("{name}: correcting drift"));
+                // A rolled-back revision stays refused: correcting would roll it out again.
+                self.start(name, now_ms);
+            }
+        }
+        self.correct_drift = before;
+        self.finish()
     }
 
     /// What `node_id` should run now.

@@ -58,6 +58,14 @@ enum Msg {
     Head {
         reply: oneshot::Sender<Option<String>>,
     },
+    DriftInputs {
+        silent_after_ms: u64,
+        reply: oneshot::Sender<crate::reconciler::DriftInputs>,
+    },
+    Correct {
+        clusters: Vec<String>,
+        reply: oneshot::Sender<()>,
+    },
     Tick,
     /// End the task (timers still pending are dropped).
     Stop,
@@ -178,12 +186,43 @@ impl Handle {
         rx.await.map_err(|_| Stopped)
     }
 
-    /// Stop the reconciler task after the inputs before this one.
+    /// Time since the reconciler started (nodes report again after a start).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// Send the reconciler's notices through `notifier` from now on (once).
     pub fn set_notifier(&self, notifier: crate::notify::Notifier) {
         let _ = self.notifier.set(notifier);
     }
 
+    /// What a drift report compares (see [`Reconciler::drift_inputs`]).
+    pub async fn drift_inputs(
+        &self,
+        silent_after: Duration,
+    ) -> Result<crate::reconciler::DriftInputs, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::DriftInputs {
+                silent_after_ms: silent_after.as_millis() as u64,
+                reply,
+            })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Correct the drift of `clusters` through staged rollouts (journaled first).
+    pub async fn correct(&self, clusters: Vec<String>) -> Result<(), Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Correct { clusters, reply })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Stop the reconciler task after the inputs before this one.
     pub async fn stop(&self) {
         let _ = self.tx.send(Msg::Stop).await;
     }
@@ -391,6 +430,19 @@ pub fn start(
                         let head = core.state.head.clone();
                         replies.push(Box::new(move || {
                             let _ = reply.send(head);
+                        }));
+                    }
+                    Msg::DriftInputs {
+                        silent_after_ms,
+                        reply,
+                    } => {
+                        // Readings are not journaled: answered at once.
+                        let _ = reply.send(core.drift_inputs(now, silent_after_ms));
+                    }
+                    Msg::Correct { clusters, reply } => {
+                        effects.extend(core.correct(&clusters, now));
+                        replies.push(Box::new(move || {
+                            let _ = reply.send(());
                         }));
                     }
                     Msg::Stop => stop = true,

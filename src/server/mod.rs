@@ -10,6 +10,7 @@
 //! GET  /metrics, /healthz, /readyz
 //! ```
 
+pub mod drift;
 mod http;
 pub mod webhook;
 
@@ -66,6 +67,8 @@ pub struct ServeOptions {
     /// out: the time every node needs to report again (agents report every 30 s by
     /// default).
     pub resume_grace: Duration,
+    /// A node whose last report is older than this is silent in drift reports.
+    pub silent_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,7 @@ pub enum ServeError {
 
 struct App {
     handle: Handle,
+    drift: drift::DriftRunner,
     options: ServeOptions,
     metrics: Arc<Metrics>,
     deliveries: Mutex<Deliveries>,
@@ -154,12 +158,21 @@ pub async fn serve(
         .as_millis() as u64;
     let (handle, task) = runtime::start(journal, grace, Some(metrics.clone()), false)?;
     // Notices of rollouts and drift runs to the revision's `notifications:` targets.
-    handle.set_notifier(crate::notify::Notifier::new(
+    let notifier = crate::notify::Notifier::new(
         crate::notify::NotifyOptions::default(),
         Some(metrics.clone()),
-    ));
+    );
+    handle.set_notifier(notifier.clone());
     let app = Arc::new(App {
         handle: handle.clone(),
+        drift: drift::DriftRunner {
+            handle: handle.clone(),
+            dir: options.state_dir.join("drift"),
+            metrics: metrics.clone(),
+            notifier,
+            silent_after: options.silent_after,
+            revision_taken: Arc::new(Notify::new()),
+        },
         options: options.clone(),
         metrics,
         deliveries: Mutex::new(Deliveries::default()),
@@ -175,6 +188,8 @@ pub async fn serve(
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/rollouts", get(rollouts))
         .route("/api/v1/rollouts/{cluster}/{action}", post(command))
+        .route("/api/v1/drift", get(drift_now))
+        .route("/api/v1/drift/run", post(drift_run))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -196,6 +211,8 @@ pub async fn serve(
     println!("cacheflow serve: listening on http://{local}");
 
     let follower = tokio::spawn(follow(app.clone(), git_dir.clone(), stop.clone()));
+    // Scheduled drift runs (`drift.schedule` of the current revision).
+    let drifts = tokio::spawn(app.drift.clone().run(stop.clone()));
     // Nodes heard from after their cluster's revision was taken get it through a
     // rollout of their own; the reconciler looks once a second.
     let ticker = {
@@ -231,6 +248,7 @@ pub async fn serve(
     });
     server.await;
     if *dead_rx.borrow() {
+        drifts.abort();
         let _ = follower.await;
         let _ = ticker.await;
         drop(handle);
@@ -244,6 +262,7 @@ pub async fn serve(
         )));
     }
     let _ = stop.wait_for(|s| *s).await;
+    let _ = drifts.await;
     let _ = follower.await;
     let _ = ticker.await;
     handle.stop().await;
@@ -327,6 +346,7 @@ async fn follow(app: Shared, git_dir: PathBuf, mut stop: watch::Receiver<bool>) 
                 if app.handle.revision(*desired, None).await.is_err() {
                     break;
                 }
+                app.drift.revision_taken.notify_one();
             }
             Ok(Err(message)) => {
                 Metrics::count(&app.metrics.revisions, "fetch_failed");
@@ -640,6 +660,69 @@ async fn answer_report(app: Shared, id: String, headers: HeaderMap, body: Body) 
     }
 }
 
+/// The name of the admin whose token the request carries, or the 401 to answer.
+fn admin(app: &App, headers: &HeaderMap) -> Result<String, Box<Response>> {
+    let token = bearer(headers).unwrap_or("");
+    let who = app
+        .options
+        .admin_tokens
+        .iter()
+        .find(|(_, t)| webhook::constant_time_eq(t.as_bytes(), token.as_bytes()))
+        .map(|(name, _)| name.clone());
+    who.filter(|_| !token.is_empty()).ok_or_else(|| {
+        Metrics::count(&app.metrics.admin_calls, "unauthorized");
+        Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "an admin token is required (Authorization: Bearer …, from CACHEFLOW_ADMIN_TOKENS_FILE)",
+        ))
+    })
+}
+
+/// `GET /api/v1/drift` (admin): the drift report of this moment, from the nodes' latest
+/// reports; nothing is written or sent (`cacheflow drift --server`).
+async fn drift_now(State(app): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(response) = admin(&app, &headers) {
+        return *response;
+    }
+    let Ok(inputs) = app.handle.drift_inputs(app.options.silent_after).await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the reconciler has stopped",
+        );
+    };
+    let (live, not_compared) = (inputs.live, inputs.not_compared);
+    let Some(desired) = inputs.desired else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no revision taken yet: nothing to compare the nodes with",
+        );
+    };
+    Metrics::count(&app.metrics.admin_calls, "ok");
+    let report = tokio::task::spawn_blocking(move || {
+        let mut r = crate::drift::compute(&desired, &live, &crate::nodes::fleet::now_rfc3339());
+        r.not_compared = not_compared;
+        r
+    })
+    .await;
+    match report {
+        Ok(r) => (StatusCode::OK, Json(r)).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST /api/v1/drift/run` (admin): a scheduled run now: the report is written into the
+/// state directory, sent, and corrected when `drift.mode` says so.
+async fn drift_run(State(app): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(response) = admin(&app, &headers) {
+        return *response;
+    }
+    Metrics::count(&app.metrics.admin_calls, "ok");
+    match app.drift.once().await {
+        Ok(r) => (StatusCode::OK, Json(r)).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
 /// The status of every cluster's rollout, for the API and `cacheflow rollout status`.
 pub fn rollout_status(state: &ReconcilerState) -> serde_json::Value {
     let clusters: Vec<serde_json::Value> = state
@@ -736,19 +819,9 @@ async fn command(
     body: axum::body::Bytes,
 ) -> Response {
     let count = |r: &str| Metrics::count(&app.metrics.admin_calls, r);
-    let token = bearer(&headers).unwrap_or("");
-    let who = app
-        .options
-        .admin_tokens
-        .iter()
-        .find(|(_, t)| webhook::constant_time_eq(t.as_bytes(), token.as_bytes()))
-        .map(|(name, _)| name.clone());
-    let Some(by) = who.filter(|_| !token.is_empty()) else {
-        count("unauthorized");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "an admin token is required (Authorization: Bearer …, from CACHEFLOW_ADMIN_TOKENS_FILE)",
-        );
+    let by = match admin(&app, &headers) {
+        Ok(name) => name,
+        Err(response) => return *response,
     };
     let event = match action.as_str() {
         "pause" => Event::Pause { by },

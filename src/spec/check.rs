@@ -521,6 +521,9 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
     if let Some(schedule) = &spec.drift.schedule {
         check_cron(ctx, p, "/spec/drift/schedule", schedule, &[5, 6]);
     }
+    if let Err(e) = crate::windows::parse_zone(spec.drift.timezone.as_deref()) {
+        ctx.at(p, "/spec/drift/timezone", e);
+    }
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, n) in spec.notifications.iter().enumerate() {
         if names.insert(&n.name, i).is_some() {

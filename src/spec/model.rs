@@ -55,6 +55,9 @@ pub struct Drift {
     pub mode: DriftMode,
     #[serde(default)]
     pub notify: Vec<String>,
+    /// The IANA zone the schedule is read in; UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -83,6 +83,9 @@ impl Server {
             "1s".into(),
             "--admin-tokens-file".into(),
             admin.display().to_string(),
+            // Agents report every 200 ms: 2 s without one is silence.
+            "--silent-after".into(),
+            "2s".into(),
         ];
         let mut s = Server {
             child: spawn(&args),
@@ -760,4 +763,178 @@ fn gitlab_and_gitea_pushes_start_rollouts_and_their_wrong_secrets_are_refused() 
         .filter(|m| m.contains("rollout of ") && m.contains(" started"))
         .count();
     assert_eq!(started, 3, "{:#?}", server.journal());
+}
+
+fn settings_yaml(drift: &str, hook: &str) -> String {
+    format!(
+        "apiVersion: cacheflow/v1\nkind: Settings\nmetadata:\n  name: settings\nspec:\n  drift:\n{drift}    notify: [oncall]\n  notifications:\n    - name: oncall\n      type: webhook\n      url: {hook}\n      events: [rollout-failed]\n"
+    )
+}
+
+/// `cacheflow drift --server` against the server: (exit code, stdout).
+fn drift_cli(server: &Server, format: &str) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args([
+            "drift",
+            "--server",
+            &format!("http://127.0.0.1:{}", server.port),
+            "--format",
+            format,
+        ])
+        .env("CACHEFLOW_ADMIN_TOKEN", ADMIN.split_once(':').unwrap().1)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn scheduled_drift_runs_report_a_hand_made_change_then_correct_it_through_a_rollout() {
+    let fleet = Fleet::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    let oncall = Receiver::start();
+    let urls = tempfile::tempdir().unwrap();
+    std::fs::write(urls.path().join("oncall"), &oncall.url).unwrap();
+    let hook = format!("file:{}", urls.path().join("oncall").display());
+    // Every second (six fields), in a zone that is not UTC; report only.
+    work.write(
+        "cacheflow.yaml",
+        &settings_yaml(
+            "    schedule: '* * * * * *'\n    timezone: Asia/Tokyo\n    mode: report\n",
+            &hook,
+        ),
+    );
+    work.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 20"));
+    work.commit("cache: hz 20, drift every second");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::start(&remote, state.path());
+    converge(&fleet, "hz", "20", Duration::from_secs(20));
+    let clean = "cache: 6 node(s), 0 drifted, 0 silent\nno drift\n";
+    until_clean(&server, clean);
+
+    // 3 am: someone runs CONFIG SET by hand on a replica.
+    assert!(fleet
+        .get("a2")
+        .client()
+        .cmd(&["CONFIG", "SET", "hz", "50"])
+        .is_ok());
+    let got = oncall.wait_for(1, Duration::from_secs(10));
+    let notice: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(notice["event"], "drift-found");
+    assert_eq!(
+        notice["summary"],
+        "drift: 1 node(s) drifted or silent (cache)"
+    );
+    assert!(
+        notice["details"].as_str().unwrap().contains("hz"),
+        "{notice:#}"
+    );
+    // Report mode: nothing corrected; the node keeps the hand-made value.
+    stays(&fleet, "hz", "20", Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        fleet.get("a2").client().config_get("hz")["hz"],
+        "50",
+        "report mode corrected the node"
+    );
+    let (code, json) = drift_cli(&server, "json");
+    assert_eq!(code, 2, "{json}");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        report["clusters"][0]["drifted"],
+        serde_json::json!([{"node": "a2", "parameters": [
+            {"name": "hz", "kind": "differs", "expected": "20", "found": "50"}
+        ]}])
+    );
+    // The scheduled run's files and the gauge.
+    let dir = state.path().join("drift");
+    let latest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("latest.json")).unwrap()).unwrap();
+    assert_eq!(latest["clusters"][0]["drifted"][0]["node"], "a2");
+    let md = std::fs::read_to_string(dir.join("latest.md")).unwrap();
+    assert!(md.contains("| a2 |"), "{md}");
+    let html = std::fs::read_to_string(dir.join("latest.html")).unwrap();
+    assert!(html.contains("id=\"chart\""), "{html}");
+    let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+    assert!(
+        history
+            .lines()
+            .any(|l| l.contains("\"drifted\":1,\"clean\":false")),
+        "{history}"
+    );
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "cacheflow_drift_nodes{cluster=\"cache\",kind=\"differs\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cacheflow_drift_runs_total{result=\"drift\"} ")),
+        "{metrics}"
+    );
+    // Without an admin token the report is refused.
+    assert_eq!(server.http("GET", "/api/v1/drift", &[], b"").0, 401);
+
+    // The team switches to correct: the next run rolls the declared value out again.
+    work.write(
+        "cacheflow.yaml",
+        &settings_yaml("    schedule: '* * * * * *'\n    mode: correct\n", &hook),
+    );
+    work.commit("drift: correct");
+    remote.push(&work, false);
+    assert_eq!(server.github_push("d-correct").0, 202);
+    converge(&fleet, "hz", "20", Duration::from_secs(15));
+    let journal = server.journal();
+    let from = journal
+        .iter()
+        .position(|m| m.starts_with("cache: correcting drift\n"))
+        .unwrap_or_else(|| panic!("no correction: {journal:#?}"));
+    // Only the drifted node is rolled out to, through the staged path.
+    assert!(
+        journal[from].contains("started, 1 batch(es)\ncache: batch 1 of 1 assigned ")
+            && journal[from].ends_with(": a2\n"),
+        "{:#?}",
+        &journal[from..]
+    );
+    until_clean(&server, clean);
+    // The scheduled runs after the correction are clean again: the history shows both.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+        let last = history.lines().last().unwrap_or_default().to_owned();
+        if last.contains("\"drifted\":0,\"clean\":true") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{history}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "cacheflow_drift_nodes{cluster=\"cache\",kind=\"differs\"} 0"),
+        "{metrics}"
+    );
+}
+
+/// Wait until `cacheflow drift --server` says exactly `clean` (a rollout in flight is
+/// "not compared", which is no drift but another text).
+fn until_clean(server: &Server, clean: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out) = drift_cli(server, "text");
+        if out == clean {
+            assert_eq!(code, 0);
+            return;
+        }
+        assert!(Instant::now() < deadline, "not clean: {code} {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
