@@ -735,8 +735,21 @@ impl ForgeClient {
             body["target_url"] = url.into();
         }
         let path = format!("{}/statuses/{}", self.repo_path(pr)?, segment(&pr.head_sha));
-        self.send(Method::POST, &path, "", Some(&body)).await?;
-        Ok(())
+        match self.send(Method::POST, &path, "", Some(&body)).await {
+            // GitLab refuses a status the commit already has (`pending` twice, as a
+            // redelivered webhook asks): what was asked for is true already.
+            Err(ForgeError::Status {
+                status: 400,
+                excerpt,
+                ..
+            }) if self.forge == Forge::GitLab
+                && excerpt.contains("Cannot transition status")
+                && excerpt.contains(&format!("from :{}", state.word(self.forge))) =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// Create or edit the pull request's cacheflow comment so that it reads `markdown`
@@ -910,6 +923,10 @@ mod tests {
         fail: Option<(u16, String)>,
         /// Answer every listing with the whole thread, as if paging were unknown.
         ignore_paging: bool,
+        /// GitLab: each commit's status, to refuse a repeat as GitLab does.
+        gitlab_states: HashMap<String, String>,
+        /// How many statuses were refused as repeats.
+        refused: usize,
     }
 
     type Shared = Arc<Mutex<Fake>>;
@@ -1000,8 +1017,30 @@ mod tests {
             _ => None,
         };
         match (method.as_str(), segs.as_slice(), thread) {
+            ("POST", ["projects", _, "statuses", sha], _)
+                if f.gitlab_states.get(*sha)
+                    == body["state"].as_str().map(str::to_owned).as_ref() =>
+            {
+                f.refused += 1;
+                let (from, via) = match body["state"].as_str().unwrap() {
+                    "pending" => ("pending", "enqueue"),
+                    other => (other, other),
+                };
+                let message = format!(
+                    "Cannot transition status via :{via} from :{from} (Reason(s): Status cannot transition via \\\"{via}\\\")"
+                );
+                (
+                    AxStatus::BAD_REQUEST,
+                    axum::Json(json!({ "message": message })),
+                )
+                    .into_response()
+            }
             ("POST", ["repos", _, _, "statuses", _], _)
             | ("POST", ["projects", _, "statuses", _], _) => {
+                if let ["projects", _, "statuses", sha] = segs.as_slice() {
+                    let state = body["state"].as_str().unwrap_or_default().to_owned();
+                    f.gitlab_states.insert(sha.to_string(), state);
+                }
                 f.next_id += 1;
                 (AxStatus::CREATED, axum::Json(json!({"id": f.next_id}))).into_response()
             }
@@ -1560,6 +1599,33 @@ mod tests {
         assert_eq!(d.chars().count(), MAX_DESCRIPTION_CHARS);
         assert!(d.ends_with('…'));
         assert!(f.threads.contains_key("acme/infra/cache config!7"));
+    }
+
+    #[tokio::test]
+    async fn forge_gitlab_repeated_status_is_not_an_error() {
+        let (root, fake) = serve().await;
+        let client = ForgeClient::new(Forge::GitLab, &base(Forge::GitLab, &root), TOKEN).unwrap();
+        let p = pr(Forge::GitLab, SHA1);
+        for _ in 0..2 {
+            client
+                .set_status(&p, StatusState::Pending, "checking", None)
+                .await
+                .unwrap();
+        }
+        // A refusal for another reason still is an error.
+        fake.lock().unwrap().fail = Some((
+            400,
+            r#"{"message":"Cannot transition status via :run from :success"}"#.into(),
+        ));
+        let e = client
+            .set_status(&p, StatusState::Pending, "checking", None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(400));
+        let f = fake.lock().unwrap();
+        assert_eq!(f.requests.len(), 3);
+        assert_eq!(f.refused, 1);
+        assert_eq!(f.gitlab_states[SHA1], "pending");
     }
 
     #[test]
