@@ -12,7 +12,9 @@
 //! [`spec::model::Desired`] or every error at once; `catalog` knows each engine's parameters;
 //! `live` is what nodes report; `diff`, `plan` and `drift` are pure functions over those; `rollout`
 //! is the pure state machine of one staged rollout; `render`
-//! prints them as text, JSON or Markdown; `cli` is the command line.
+//! prints them as text, JSON or Markdown; `forge` reads pull-request webhooks and answers them
+//! with a commit status and one edited comment through GitHub's, Gitea's or GitLab's REST API;
+//! `cli` is the command line.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -20,6 +22,7 @@ pub mod catalog;
 pub mod cli;
 pub mod diff;
 pub mod drift;
+pub mod forge;
 pub mod gates;
 pub mod history;
 pub mod identity;
