@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what cacheflow's build and tests need and a fresh Debian machine may lack:
-# the real cache servers the tests start (redis-server, memcached), git, and the C
-# headers git2 builds against. Does nothing when everything is present.
+# the real cache servers the tests start (redis-server, memcached), git, the C headers
+# git2 builds against, and Chromium (the drift report's HTML page is opened headless).
+# Does nothing when everything is present.
 set -euo pipefail
 
 need=()
@@ -13,6 +14,8 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v gpg >/dev/null 2>&1 || need+=(gnupg)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 [ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+# The drift test renders the HTML report in headless Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

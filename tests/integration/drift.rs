@@ -1,8 +1,12 @@
 //! `cacheflow drift` against six real redis-server nodes brought in line by
 //! `cacheflow sync`, then changed by hand: a live value changed, a value right live but
-//! wrong in the config file, a node stopped.
+//! wrong in the config file, a node stopped. The HTML page is then opened in headless
+//! Chromium (Debian's `chromium` package, installed by scripts/setup.sh) and checked as
+//! the browser parsed and rendered it.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::support::cacheflow_sync;
 use crate::support::fleet::Fleet;
@@ -99,4 +103,98 @@ fn hand_made_changes_unpersisted_values_and_silent_nodes_are_reported() {
     assert!(html.contains("<td>a2</td><td><code>hz</code></td><td><code>20</code></td><td class=\"bad\"><code>50</code></td>"), "{html}");
     assert!(html.contains("<svg id=\"chart\""), "{html}");
     assert!(!html.contains("<script"), "self-contained, no script");
+
+    // The page as a browser sees it: the DOM Chromium built from it (tables get their
+    // implied <tbody>, so this is the parsed page, not the file's text).
+    let page = out_dir.join("drift.html");
+    let dom = chromium(&page, dir.path(), &["--dump-dom"]);
+    let dom = String::from_utf8(dom).expect("the DOM is UTF-8");
+    for expected in [
+        "<title>cacheflow drift report ",
+        "<strong id=\"status\" class=\"bad\">3 node(s) drifted or silent</strong>",
+        "<table id=\"summary\"><tbody><tr><th>cluster</th><th>nodes</th><th>drifted</th><th>silent</th></tr>\n\
+         <tr><td>cache</td><td>6</td><td>2</td><td>1</td></tr>\n</tbody></table>",
+        "<table id=\"drifted\"><tbody><tr><th>cluster</th><th>node</th><th>parameter</th><th>expected</th><th>found</th><th>drift</th></tr>\n\
+         <tr><td>cache</td><td>a2</td><td><code>hz</code></td><td><code>20</code></td><td class=\"bad\"><code>50</code></td><td>live value differs</td></tr>\n\
+         <tr><td>cache</td><td>b2</td><td><code>hz</code></td><td><code>20</code></td><td class=\"bad\"><code>77</code></td><td>not persisted (lost on restart)</td></tr>\n\
+         </tbody></table>",
+        "<ul id=\"silent\">\n<li>cache / b3: ",
+        "<svg id=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"140\" role=\"img\" aria-label=\"nodes drifted per run\">",
+        "<text x=\"0\" y=\"135\" font-size=\"11\">max 3 node(s); 1 run(s)</text>\n</svg>",
+    ] {
+        assert!(dom.contains(expected), "missing {expected:?} in the DOM:\n{dom}");
+    }
+    assert_eq!(dom.matches("<rect ").count(), 1, "{dom}");
+    assert!(!dom.contains("<script"), "{dom}");
+
+    // And it renders: a PNG of the window's size, not a blank page (a blank 800×600
+    // page is about 3 KB; this one, with its text, tables and chart, over 30 KB).
+    let png = chromium(
+        &page,
+        dir.path(),
+        &["--window-size=800,600", "--screenshot=page.png"],
+    );
+    assert!(png.is_empty(), "--screenshot writes a file, not stdout");
+    let png = std::fs::read(dir.path().join("page.png")).expect("Chromium wrote page.png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+    assert_eq!(&png[12..16], b"IHDR");
+    let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    assert_eq!((size(16), size(20)), (800, 600), "the window's size");
+    assert!(png.len() > 10_000, "a blank page? {} bytes", png.len());
+}
+
+/// Run headless Chromium on `page` with `args`, in `work` (a fresh profile there), and
+/// return what it wrote on stdout. Its stderr is noise (D-Bus, GPU) unless it fails.
+fn chromium(page: &Path, work: &Path, args: &[&str]) -> Vec<u8> {
+    let profile = tempfile::tempdir_in(work).unwrap();
+    let stdout = work.join("chromium.out");
+    let stderr = work.join("chromium.err");
+    let spawned = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .current_dir(work)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "chromium is not installed (this test opens the HTML drift report in headless \
+             Chromium): run scripts/setup.sh, or apt-get install chromium"
+        ),
+        Err(e) => panic!("cannot start chromium: {e}"),
+    };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "chromium did not finish within 30 s:\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "chromium {args:?} failed ({status}):\n{}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    std::fs::read(&stdout).unwrap()
 }
