@@ -12,12 +12,14 @@
 //! [`spec::model::Desired`] or every error at once; `catalog` knows each engine's parameters;
 //! `live` is what nodes report; `diff`, `plan` and `drift` are pure functions over those; `rollout`
 //! is the pure state machine of one staged rollout; `render`
-//! prints them as text, JSON or Markdown; `cli` is the command line.
+//! prints them as text, JSON or Markdown; `cli` is the command line; `demo` runs the whole
+//! loop on a simulated fleet.
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod catalog;
 pub mod cli;
+pub mod demo;
 pub mod diff;
 pub mod drift;
 pub mod gates;
