@@ -112,8 +112,8 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
 
     out.line(
         "cacheflow demo: the whole loop (a config change in git, a staged rollout behind health\n\
-         gates, a rollback, drift, history) on a simulated fleet. It ends by itself in about\n\
-         half a minute.",
+         gates, a rollback, drift, history) on a simulated fleet. It ends by itself in well\n\
+         under a minute.",
     );
 
     // 1. The repository.
@@ -125,7 +125,10 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
     let today = git.commit(
         ALICE,
         "The fleet as it runs today",
-        &files.iter().map(|(p, t)| (*p, t.as_str())).collect::<Vec<_>>(),
+        &files
+            .iter()
+            .map(|(p, t)| (*p, t.as_str()))
+            .collect::<Vec<_>>(),
     )?;
     let sped: Vec<(&str, String)> = files
         .iter()
@@ -187,8 +190,7 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
     runtime.block_on(async {
         let traffic = fleet.drive_traffic();
         let journal = Journal::open(git.repo.path()).map_err(|e| e.to_string())?;
-        let (handle, task) =
-            runtime::start(journal, 0, None, false).map_err(|e| e.to_string())?;
+        let (handle, task) = runtime::start(journal, 0, None, false).map_err(|e| e.to_string())?;
         let mut events = handle.events.subscribe();
         let live = fleet.snapshot().await;
         handle
@@ -316,7 +318,10 @@ async fn story(
     out.commit(&good, BOB.0, &message);
     show_diff(out, git, base, &good)?;
     out.line(&format!(
-        "The reconciler takes the new head. Live, from its journal (bake {BAKE} per batch):"
+        "The reconciler takes the new head and rolls it out by the stages of {CLUSTER_FILE}, never\n\
+         more than one node of a shard at a time (so a stage may take two batches); each batch\n\
+         bakes {BAKE}, then its gates judge the nodes against their own baseline and the untouched\n\
+         nodes. Live, from the reconciler's journal:"
     ));
     let phase = take(out, git, handle, events, &good).await?;
     if !matches!(phase, Phase::Completed) {
@@ -354,10 +359,11 @@ async fn story(
         .and_then(|c| c.rollout.as_ref())
         .map(|r| r.rollout.touched.iter().cloned().collect())
         .unwrap_or_default();
-    out.line(&format!(
-        "Rolled back because {}",
-        reason.strip_prefix("gates failed: ").unwrap_or(reason)
-    ));
+    if !reason.starts_with("gates failed: ") {
+        return Err(format!(
+            "the bad change was rolled back for another reason: {reason}"
+        ));
+    }
     for id in &touched {
         let v = fleet.values(std::slice::from_ref(id), "maxmemory").await;
         out.line(&format!(
@@ -367,16 +373,13 @@ async fn story(
     }
     let untouched = members.iter().filter(|m| !touched.contains(m)).count();
     out.line(&format!(
-        "The other {untouched} nodes were never touched. The outcome is a git note on carol's commit:"
+        "The other {untouched} nodes were never touched. The outcome is a git note on carol's\n\
+         commit (see the history below), and this content stays refused until it changes."
     ));
-    let note = Journal::open(git.repo.path())
-        .ok()
-        .and_then(|j| j.read_note(&bad))
-        .unwrap_or_default();
-    for l in note.lines() {
-        out.line(&format!("  {}", shorten_hashes(l)));
-    }
-    out.line("Git stays the truth: carol reverts her commit, and every node already runs it.");
+    out.line(
+        "Git stays the source of truth: carol reverts her commit. Every node already runs what\n\
+         the revert declares, so nothing moves:",
+    );
     let message = format!("Revert \"Save memory: EU sessions down to {BAD_MEMORY}\"");
     let revert = git.commit(CAROL, &message, &[(CLUSTER_FILE, &good_file)])?;
     out.commit(&revert, CAROL.0, &message);
@@ -413,8 +416,8 @@ async fn story(
 /// `cacheflow diff` of a change, indented.
 fn show_diff(out: &mut Out, git: &Git, base: &str, head: &str) -> Result<(), String> {
     let repo = open(&git.dir)?;
-    let changes = pipeline::diff(&repo, base, &Revision::Rev(head.to_owned()))
-        .map_err(|e| e.to_string())?;
+    let changes =
+        pipeline::diff(&repo, base, &Revision::Rev(head.to_owned())).map_err(|e| e.to_string())?;
     out.line("`cacheflow diff` (what a pull request review shows):");
     out.block(&crate::render::diff_text(&changes));
     Ok(())
@@ -618,7 +621,8 @@ impl Git {
         for (path, text) in files {
             let full = self.dir.join(path);
             if let Some(parent) = full.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
             }
             std::fs::write(&full, text).map_err(|e| format!("{}: {e}", full.display()))?;
         }
@@ -884,7 +888,11 @@ mod tests {
                 if p.is_dir() {
                     dirs.push(p);
                 } else {
-                    let rel = p.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");
+                    let rel = p
+                        .strip_prefix(&root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .replace('\\', "/");
                     on_disk.push(rel);
                 }
             }
@@ -930,7 +938,10 @@ mod tests {
             shorten_hashes(&format!("sessions-eu: rolled back to {id}; before-{id}.")),
             "sessions-eu: rolled back to 0123456789ab; before-0123456789ab."
         );
-        assert_eq!(shorten_hashes("batch 1 of 3 assigned"), "batch 1 of 3 assigned");
+        assert_eq!(
+            shorten_hashes("batch 1 of 3 assigned"),
+            "batch 1 of 3 assigned"
+        );
         assert_eq!(shorten_hashes("deadbeef"), "deadbeef");
         assert_eq!(human("8589934592"), "8gb");
         assert_eq!(human("3221225472"), "3gb");
