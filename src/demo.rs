@@ -318,10 +318,10 @@ async fn story(
     out.commit(&good, BOB.0, &message);
     show_diff(out, git, base, &good)?;
     out.line(&format!(
-        "The reconciler takes the new head and rolls it out by the stages of {CLUSTER_FILE}, never\n\
-         more than one node of a shard at a time (so a stage may take two batches); each batch\n\
-         bakes {BAKE}, then its gates judge the nodes against their own baseline and the untouched\n\
-         nodes. Live, from the reconciler's journal:"
+        "The reconciler takes the new head and rolls it out by the stages of {CLUSTER_FILE},\n\
+         never more than one node of a shard at a time (so a stage may take two batches). Each\n\
+         batch bakes {BAKE}, then its gates judge its nodes against their own baseline and the\n\
+         untouched nodes. Live, from the reconciler's journal:"
     ));
     let phase = take(out, git, handle, events, &good).await?;
     if !matches!(phase, Phase::Completed) {
@@ -345,8 +345,8 @@ async fn story(
     out.commit(&bad, CAROL.0, &message);
     show_diff(out, git, &good, &bad)?;
     out.line(&format!(
-        "Each session node holds about 4gb of live keys: on {BAD_MEMORY} the canary evicts, and\n\
-         its hit ratio falls below the gate (maxHitRatioDrop 2% in {CLUSTER_FILE})."
+        "Each session node holds about 4gb of live keys: on {BAD_MEMORY} the canary is full and\n\
+         evicts, which its gates should catch (maxMemoryRatio 95%, maxHitRatioDrop 2%):"
     ));
     let phase = take(out, git, handle, events, &bad).await?;
     let Phase::RolledBack { reason } = &phase else {
@@ -908,9 +908,9 @@ mod tests {
             let fast = speed_up(text);
             for line in fast.lines().map(str::trim_start) {
                 for key in ["bake:", "warmup:", "applyTimeout:"] {
-                    if line.starts_with(key) {
+                    if let Some(value) = line.strip_prefix(key) {
                         assert!(
-                            [BAKE, WARMUP, APPLY_TIMEOUT].contains(&line[key.len()..].trim()),
+                            [BAKE, WARMUP, APPLY_TIMEOUT].contains(&value.trim()),
                             "{path}: {line}"
                         );
                     }
