@@ -137,12 +137,16 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
             (fast != *t).then_some((*p, fast))
         })
         .collect();
+    let speeds_message = format!(
+        "Demo speeds: bake {BAKE}, warm-up {WARMUP}, apply timeout {APPLY_TIMEOUT}, no rollout windows"
+    );
     let speeds = git.commit(
         DEMO,
-        &format!(
-            "Demo speeds: bake {BAKE}, warm-up {WARMUP}, apply timeout {APPLY_TIMEOUT}, no rollout windows"
-        ),
-        &sped.iter().map(|(p, t)| (*p, t.as_str())).collect::<Vec<_>>(),
+        &speeds_message,
+        &sped
+            .iter()
+            .map(|(p, t)| (*p, t.as_str()))
+            .collect::<Vec<_>>(),
     )?;
     let repo = open(&work.path)?;
     let desired = desired(&repo)?;
@@ -165,10 +169,9 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
         ));
     }
     out.commit(&today, ALICE.0, "The fleet as it runs today");
-    out.commit(
-        &speeds,
-        DEMO.0,
-        "Demo speeds (the example bakes each stage for minutes; the demo's own commit makes it seconds)",
+    out.commit(&speeds, DEMO.0, &speeds_message);
+    out.line(
+        "    (the example bakes each stage for minutes: the demo's own commit makes it seconds)",
     );
 
     let fleet = Fleet::build(&desired);
@@ -279,13 +282,13 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
 const WHAT_NEXT: &str = "\
 Copy example-repo/ into a repository of your own and point the nodes' addresses at your
 servers (docs/config.md describes every field), then:
-  cacheflow validate --repo .                        every error at once, as file:line:col
-  cacheflow diff --repo . --base origin/main          what a pull request changes, with risks
-  cacheflow plan --repo . --direct                   the staged rollout, against the live nodes
-  cacheflow sync --repo . --yes                      one rollout in the foreground, as above
-  cacheflow drift --repo . --direct --output-dir out/   the drift report (Markdown, JSON, HTML)
-  cacheflow history --repo .                         each change beside what became of it
-  cacheflow serve --repo URL --state-dir DIR         the reconciler as a server (docs/server.md)
+  cacheflow validate --repo .                          every error at once, as file:line:col
+  cacheflow diff --repo . --base origin/main           what a pull request changes, with risks
+  cacheflow plan --repo . --direct                     the staged rollout, against the live nodes
+  cacheflow sync --repo . --yes                        one rollout in the foreground, as above
+  cacheflow drift --repo . --direct --output-dir out/  the drift report (Markdown, JSON, HTML)
+  cacheflow history --repo .                           each change beside what became of it
+  cacheflow serve --repo URL --state-dir DIR           the reconciler as a server (docs/server.md)
 How this demo works: docs/demo.md.
 ";
 
@@ -451,7 +454,14 @@ async fn take(
                 out.drain(events, Some(began));
                 return Ok(Phase::Completed);
             }
-            Some(r) if r.rollout.phase.is_final() => {
+            // Paused or waiting: nobody will resume it in the demo.
+            Some(r)
+                if r.rollout.phase.is_final()
+                    || matches!(
+                        r.rollout.phase,
+                        Phase::Paused { .. } | Phase::Waiting { .. }
+                    ) =>
+            {
                 out.drain(events, Some(began));
                 return Ok(r.rollout.phase.clone());
             }
@@ -471,6 +481,8 @@ async fn take(
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            // Stop cleanly (the temporary repository is removed) rather than die.
+            _ = tokio::signal::ctrl_c() => return Err("interrupted".to_owned()),
         }
     }
 }

@@ -65,7 +65,10 @@ fn demo_runs_the_whole_loop_and_ends_by_itself() {
         at += found + heading.len();
     }
 
-    let speeds = commit_of(&out, "cacheflow demo: Demo speeds (the example bakes each stage for minutes; the demo's own commit makes it seconds)");
+    let speeds = commit_of(
+        &out,
+        "cacheflow demo: Demo speeds: bake 3s, warm-up 1s, apply timeout 10s, no rollout windows",
+    );
     let good = commit_of(
         &out,
         "bob: More memory for EU sessions: maxmemory 6gb → 8gb",
