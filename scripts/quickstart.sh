@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# The main job on the built-in example: copy example-repo/ into a fresh git repository,
-# validate it, report its drift, commit a change an engineer might open a pull request for, show what it
-# does (text and the Markdown a PR comment gets), and plan it against a live snapshot.
+# The main job on the built-in example. First `cacheflow demo`: the whole loop on a
+# simulated fleet (a staged rollout, a canary failing its gates and rolled back, a
+# hand-made drift, the history; about 15 seconds). Then the pull-request side by hand:
+# copy example-repo/ into a fresh git repository, validate it, report its drift, commit
+# a change an engineer might open a pull request for, show what it does (text and the
+# Markdown a PR comment gets), and plan it against a live snapshot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked --quiet
 cf="$PWD/target/release/cacheflow"
+
+printf '\n\033[1m$ cacheflow demo\033[0m\n'
+"$cf" demo
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -252,6 +252,16 @@ pub enum Command {
     /// start-only parameters when allowed), report the result at once. Runs until
     /// SIGTERM or Ctrl-C; with --once, one exchange (exit 0 done, 1 failed).
     Agent(Box<AgentArgs>),
+    /// The whole loop on a simulated fleet, no setup: a copy of the example repository
+    /// in a temporary git repository, a change rolled out in stages, a change whose
+    /// canary fails its gates and is rolled back, a hand-made drift and its report, the
+    /// history. About half a minute. Exit 0, or 1 if something went wrong.
+    Demo {
+        /// Keep the demo's repository in this directory (new or empty) to explore it
+        /// afterwards (`cacheflow history --repo DIR`, `git log --notes=cacheflow`).
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
     /// Print the token the agent of NODE_ID presents to the server: an HMAC of the node
     /// id under the server's node-token secret, so no node can report as another.
     AgentToken {
@@ -551,6 +561,7 @@ impl Cli {
             | Command::Snapshot { repo, .. }
             | Command::Sync { repo, .. }
             | Command::History { repo, .. } => &repo.repo,
+            Command::Demo { .. } => return true,
             _ => return false,
         };
         !crate::source::is_url(repo)
@@ -779,6 +790,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Command::Demo { keep } => match crate::demo::run(crate::demo::DemoOptions { keep }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
         Command::Agent(args) => match run_agent(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),

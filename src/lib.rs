@@ -12,14 +12,16 @@
 //! [`spec::model::Desired`] or every error at once; `catalog` knows each engine's parameters;
 //! `live` is what nodes report; `diff`, `plan` and `drift` are pure functions over those; `rollout`
 //! is the pure state machine of one staged rollout; `render`
-//! prints them as text, JSON or Markdown; `forge` reads pull-request webhooks and answers them
-//! with a commit status and one edited comment through GitHub's, Gitea's or GitLab's REST API;
-//! `cli` is the command line.
+//! prints them as text, JSON or Markdown; `notify` sends what happened to chat and webhook
+//! targets; `forge` reads pull-request webhooks and answers them with a commit status and one
+//! edited comment through GitHub's, Gitea's or GitLab's REST API; `demo` runs the whole loop
+//! on a simulated fleet; `cli` is the command line.
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod catalog;
 pub mod cli;
+pub mod demo;
 pub mod diff;
 pub mod drift;
 pub mod forge;
