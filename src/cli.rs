@@ -326,6 +326,14 @@ pub struct ServeArgs {
     /// twice the agents' report interval).
     #[arg(long, default_value = "2m", value_parser = parse_duration, env = "CACHEFLOW_SILENT_AFTER")]
     pub silent_after: Duration,
+    /// The forge's REST API for pull-request feedback: https://api.github.com (the
+    /// default), https://gitea.example.com/api/v1, https://gitlab.example.com/api/v4.
+    #[arg(long, env = "CACHEFLOW_FORGE_API_URL")]
+    pub forge_api_url: Option<String>,
+    /// A file holding the token pull-request feedback posts with (or set
+    /// CACHEFLOW_FORGE_TOKEN); without one, pull requests get no feedback.
+    #[arg(long, env = "CACHEFLOW_FORGE_TOKEN_FILE")]
+    pub forge_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -1009,6 +1017,9 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         node_timeout: args.timeout,
         resume_grace: args.resume_grace,
         silent_after: args.silent_after,
+        forge_api_url: args.forge_api_url,
+        forge_token: secret(args.forge_token_file.as_ref(), "CACHEFLOW_FORGE_TOKEN")?
+            .map(|t| String::from_utf8_lossy(&t).trim().to_owned()),
     };
     until_signal(|stop| async move {
         crate::server::serve(options, stop)

@@ -12,6 +12,7 @@
 
 pub mod drift;
 mod http;
+pub mod pr;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashSet};
@@ -69,6 +70,10 @@ pub struct ServeOptions {
     pub resume_grace: Duration,
     /// A node whose last report is older than this is silent in drift reports.
     pub silent_after: Duration,
+    /// The forge's REST API for pull-request feedback (GitHub's public API by default).
+    pub forge_api_url: Option<String>,
+    /// The token pull-request feedback posts with.
+    pub forge_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +92,7 @@ pub enum ServeError {
 
 struct App {
     handle: Handle,
+    feedback: pr::Feedback,
     drift: drift::DriftRunner,
     options: ServeOptions,
     metrics: Arc<Metrics>,
@@ -110,7 +116,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn open_repo(options: &ServeOptions) -> Result<ConfigRepo, ServeError> {
+pub(crate) fn open_repo(options: &ServeOptions) -> Result<ConfigRepo, ServeError> {
     ConfigRepo::open(&options.repo, Some(&options.state_dir.join("mirror")))
         .map_err(|e| ServeError::Source(redact_url(&e.to_string())))
 }
@@ -165,6 +171,7 @@ pub async fn serve(
     handle.set_notifier(notifier.clone());
     let app = Arc::new(App {
         handle: handle.clone(),
+        feedback: pr::Feedback::new(options.forge_api_url.clone(), options.forge_token.clone()),
         drift: drift::DriftRunner {
             handle: handle.clone(),
             dir: options.state_dir.join("drift"),
@@ -558,6 +565,9 @@ async fn hook(app: Shared, forge: Forge, headers: HeaderMap, body: Body) -> Resp
         count("ignored");
         return (StatusCode::OK, Json(json!({"pong": true}))).into_response();
     }
+    if crate::forge::is_pull_request(forge, event) {
+        return pull_request(&app, forge, event, &body).await;
+    }
     if !forge.is_push(event) {
         count("ignored");
         return (
@@ -592,6 +602,54 @@ async fn hook(app: Shared, forge: Forge, headers: HeaderMap, body: Body) -> Resp
         Json(json!({"accepted": true, "after": push.after})),
     )
         .into_response()
+}
+
+/// A pull-request event: answered at once; the feedback is posted in the background.
+async fn pull_request(app: &Shared, forge: Forge, event: &str, body: &[u8]) -> Response {
+    let name = forge.name();
+    let pr = match crate::forge::pull_request(forge, event, body) {
+        Ok(Some(pr)) => pr,
+        Ok(None) => {
+            app.metrics.delivery(name, "ignored");
+            Metrics::count(&app.metrics.pr_feedback, "ignored");
+            return (
+                StatusCode::ACCEPTED,
+                Json(json!({"ignored": "this pull-request action needs no feedback"})),
+            )
+                .into_response();
+        }
+        Err(e) => {
+            app.metrics.delivery(name, "bad_request");
+            return error(StatusCode::BAD_REQUEST, e);
+        }
+    };
+    let client = match app.feedback.client(forge) {
+        Ok(c) => c,
+        Err(why) => {
+            app.metrics.delivery(name, "ignored");
+            Metrics::count(&app.metrics.pr_feedback, "ignored");
+            return (StatusCode::ACCEPTED, Json(json!({"ignored": why}))).into_response();
+        }
+    };
+    app.metrics.delivery(name, "accepted");
+    let live = match app.handle.drift_inputs(app.options.silent_after).await {
+        Ok(inputs) => inputs.live,
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the reconciler has stopped",
+            )
+        }
+    };
+    let answer = json!({"accepted": true, "pullRequest": pr.number, "head": pr.head_sha});
+    tokio::spawn(pr::answer(
+        app.options.clone(),
+        client,
+        app.metrics.clone(),
+        pr,
+        live,
+    ));
+    (StatusCode::ACCEPTED, Json(answer)).into_response()
 }
 
 async fn report(

@@ -57,10 +57,19 @@ struct Server {
     port: u16,
     state: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     fn start(remote: &Remote, state: &Path) -> Server {
+        Server::start_with_env(remote, state, &[])
+    }
+
+    fn start_with_env(remote: &Remote, state: &Path, env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let port = free_port();
         let dir = state.to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
@@ -88,10 +97,11 @@ impl Server {
             "2s".into(),
         ];
         let mut s = Server {
-            child: spawn(&args),
+            child: spawn(&args, &env),
             port,
             state: dir,
             args,
+            env,
         };
         s.wait_ready();
         s
@@ -121,7 +131,7 @@ impl Server {
     }
 
     fn restart(&mut self) {
-        self.child = spawn(&self.args);
+        self.child = spawn(&self.args, &self.env);
         self.wait_ready();
     }
 
@@ -217,9 +227,10 @@ impl Drop for Server {
     }
 }
 
-fn spawn(args: &[String]) -> Child {
+fn spawn(args: &[String], env: &[(String, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cacheflow"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("CACHEFLOW_WEBHOOK_SECRET", SECRET)
         .env("CACHEFLOW_NODE_TOKEN_SECRET", NODE_SECRET)
         .stdout(Stdio::null())
@@ -936,5 +947,201 @@ fn until_clean(server: &Server, clean: &str) {
         }
         assert!(Instant::now() < deadline, "not clean: {code} {out}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A pull-request webhook for PR #7 of acme/caches, signed like GitHub signs it.
+fn github_pull_request(
+    server: &Server,
+    delivery: &str,
+    action: &str,
+    head: &str,
+    base: &str,
+) -> u16 {
+    let body = serde_json::json!({
+        "action": action,
+        "number": 7,
+        "pull_request": {
+            "number": 7,
+            "head": {"sha": head, "ref": "more-hz", "repo": {"full_name": "acme/caches"}},
+            "base": {"sha": base, "ref": "main", "repo": {"full_name": "acme/caches"}},
+        },
+        "repository": {"full_name": "acme/caches"},
+    })
+    .to_string();
+    server
+        .http(
+            "POST",
+            "/hooks/github",
+            &[
+                ("Content-Type", "application/json".into()),
+                ("X-GitHub-Event", "pull_request".into()),
+                ("X-GitHub-Delivery", delivery.into()),
+                (
+                    "X-Hub-Signature-256",
+                    github_signature(SECRET.as_bytes(), body.as_bytes()),
+                ),
+            ],
+            body.as_bytes(),
+        )
+        .0
+}
+
+#[test]
+fn a_pull_request_gets_a_status_and_one_comment_edited_on_each_push_and_nothing_rolls_out() {
+    let fleet = Fleet::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    work.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 20"));
+    let base = work.commit("cache: hz 20");
+    remote.push(&work, false);
+    // The forge: answers the comment list (empty), the comment's creation (id 901), its
+    // edits and the statuses, and records every request.
+    let forge = Receiver::answering(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("GET", p) if p.starts_with("/repos/acme/caches/issues/7/comments") => (200, "[]".into()),
+        ("POST", "/repos/acme/caches/issues/7/comments") => (201, r#"{"id": 901}"#.into()),
+        ("PATCH", "/repos/acme/caches/issues/comments/901") => (200, r#"{"id": 901}"#.into()),
+        ("POST", p) if p.starts_with("/repos/acme/caches/statuses/") => (201, "{}".into()),
+        _ => (404, r#"{"message": "Not Found"}"#.into()),
+    });
+    let api = forge.url.trim_end_matches("/hook").to_owned();
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        &remote,
+        state.path(),
+        &[
+            ("CACHEFLOW_FORGE_API_URL", api.as_str()),
+            ("CACHEFLOW_FORGE_TOKEN", "forge-token-for-tests"),
+        ],
+    );
+    converge(&fleet, "hz", "20", Duration::from_secs(20));
+
+    // A pull request: its head lives at refs/pull/7/head, as on GitHub, not on main.
+    let push_pr = |work: &TestRepo| {
+        let mut r = work
+            .repository()
+            .remote_anonymous(&remote.dir.path().display().to_string())
+            .unwrap();
+        r.push(&["+refs/heads/main:refs/pull/7/head"], None)
+            .unwrap();
+    };
+    work.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 30"));
+    let first = work.commit("cache: hz 30");
+    push_pr(&work);
+    assert_eq!(
+        github_pull_request(&server, "pr-1", "opened", &first, &base),
+        202
+    );
+    let got = forge.wait_for(4, Duration::from_secs(15));
+    let calls: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.method.clone(),
+                r.path.split('?').next().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let status_path = |sha: &str| format!("/repos/acme/caches/statuses/{sha}");
+    assert_eq!(
+        calls,
+        [
+            ("POST".to_owned(), status_path(&first)),
+            (
+                "GET".to_owned(),
+                "/repos/acme/caches/issues/7/comments".to_owned()
+            ),
+            (
+                "POST".to_owned(),
+                "/repos/acme/caches/issues/7/comments".to_owned()
+            ),
+            ("POST".to_owned(), status_path(&first)),
+        ]
+    );
+    let json = |r: &crate::support::receiver::Request| -> serde_json::Value {
+        serde_json::from_str(&r.body).unwrap()
+    };
+    assert_eq!(json(&got[0])["state"], "pending");
+    assert_eq!(json(&got[3])["state"], "success");
+    assert_eq!(json(&got[3])["context"], "cacheflow");
+    let comment = json(&got[2])["body"].as_str().unwrap().to_owned();
+    assert!(
+        comment.starts_with("<!-- cacheflow:pr-feedback -->\n"),
+        "{comment}"
+    );
+    assert!(comment.contains(&first[..12]), "{comment}");
+    assert!(
+        comment.contains("`hz`") && comment.contains("20") && comment.contains("30"),
+        "{comment}"
+    );
+    for r in &got {
+        assert_eq!(
+            r.header("authorization"),
+            Some("Bearer forge-token-for-tests")
+        );
+        assert!(!r.body.contains("forge-token-for-tests"));
+    }
+
+    // A second push to the pull request: the same comment is edited, not a new one.
+    work.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 40"));
+    let second = work.commit("cache: hz 40");
+    push_pr(&work);
+    assert_eq!(
+        github_pull_request(&server, "pr-2", "synchronize", &second, &base),
+        202
+    );
+    let got = forge.wait_for(7, Duration::from_secs(15));
+    let calls: Vec<(String, String)> = got[4..]
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("POST".to_owned(), status_path(&second)),
+            (
+                "PATCH".to_owned(),
+                "/repos/acme/caches/issues/comments/901".to_owned()
+            ),
+            ("POST".to_owned(), status_path(&second)),
+        ]
+    );
+    let edited = json(&got[5])["body"].as_str().unwrap().to_owned();
+    assert!(
+        edited.contains(&second[..12]) && edited.contains("40"),
+        "{edited}"
+    );
+
+    // A third push breaks the file: failure, with file:line:col, in the same comment.
+    work.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml("    hz: 40\n    maxmemory-policy: sometimes"),
+    );
+    let broken = work.commit("cache: a policy that does not exist");
+    push_pr(&work);
+    assert_eq!(
+        github_pull_request(&server, "pr-3", "synchronize", &broken, &base),
+        202
+    );
+    let got = forge.wait_for(10, Duration::from_secs(15));
+    assert_eq!(got[8].method, "PATCH");
+    let invalid = json(&got[8])["body"].as_str().unwrap().to_owned();
+    assert!(invalid.contains("**Invalid**: 1 error(s)"), "{invalid}");
+    assert!(invalid.contains("clusters/cache.yaml:"), "{invalid}");
+    assert_eq!(json(&got[9])["state"], "failure");
+    assert_eq!(got.len(), 10, "one comment only: {got:#?}");
+    // A closed pull request needs nothing; nothing of the pull request was rolled out.
+    assert_eq!(
+        github_pull_request(&server, "pr-4", "closed", &broken, &base),
+        202
+    );
+    stays(&fleet, "hz", "20", Duration::from_millis(500));
+    assert_eq!(forge.requests().len(), 10);
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    for line in [
+        "cacheflow_pr_feedback_total{result=\"posted\"} 3",
+        "cacheflow_pr_feedback_total{result=\"ignored\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
 }

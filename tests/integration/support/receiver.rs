@@ -1,5 +1,6 @@
 //! A local HTTP receiver for notifications and forge calls: records every request
-//! (method, path, headers, body) and answers 200, or never answers (`hang`).
+//! (method, path, headers, body) and answers 200 `{}`, what a handler says (a fake
+//! forge), or never (`hang`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,23 +15,42 @@ pub struct Request {
     pub body: String,
 }
 
+/// Status and JSON body for a request.
+type Handler = Arc<dyn Fn(&Request) -> (u16, String) + Send + Sync>;
+
 pub struct Receiver {
     pub url: String,
     requests: Arc<Mutex<Vec<Request>>>,
 }
 
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 impl Receiver {
     /// Answers every request with 200 `{}`.
     pub fn start() -> Receiver {
-        Receiver::start_with(false)
+        Receiver::start_with(false, Arc::new(|_| (200, "{}".to_owned())))
     }
 
     /// Reads every request and never answers.
     pub fn hanging() -> Receiver {
-        Receiver::start_with(true)
+        Receiver::start_with(true, Arc::new(|_| (200, "{}".to_owned())))
     }
 
-    fn start_with(hang: bool) -> Receiver {
+    /// Answers with `handler`.
+    pub fn answering(
+        handler: impl Fn(&Request) -> (u16, String) + Send + Sync + 'static,
+    ) -> Receiver {
+        Receiver::start_with(false, Arc::new(handler))
+    }
+
+    fn start_with(hang: bool, handler: Handler) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a receiver");
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -38,7 +58,8 @@ impl Receiver {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let recorded = recorded.clone();
-                std::thread::spawn(move || serve(stream, &recorded, hang));
+                let handler = handler.clone();
+                std::thread::spawn(move || serve(stream, &recorded, hang, &handler));
             }
         });
         Receiver { url, requests }
@@ -66,7 +87,7 @@ impl Receiver {
     }
 }
 
-fn serve(stream: TcpStream, recorded: &Mutex<Vec<Request>>, hang: bool) {
+fn serve(stream: TcpStream, recorded: &Mutex<Vec<Request>>, hang: bool, handler: &Handler) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     loop {
         let mut line = String::new();
@@ -98,19 +119,23 @@ fn serve(stream: TcpStream, recorded: &Mutex<Vec<Request>>, hang: bool) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        recorded.lock().unwrap().push(Request {
+        let request = Request {
             method,
             path,
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
-        });
+        };
+        let (status, body) = handler(&request);
+        recorded.lock().unwrap().push(request);
         if hang {
             std::thread::sleep(Duration::from_secs(3600));
             return;
         }
         let mut w = &stream;
-        let answer =
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        let answer = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         if w.write_all(answer.as_bytes()).is_err() {
             return;
         }
