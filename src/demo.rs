@@ -410,8 +410,9 @@ async fn story(
     let report = crate::drift::compute(&desired, &live, &at);
     out.block(&crate::drift::text(&report));
     out.line(
-        "The server leaves drift to this report (also as Markdown, JSON and an HTML page with\n\
-         --output-dir); `cacheflow sync` puts the declared values back.",
+        "`cacheflow serve` runs this report on `drift.schedule` (Markdown, JSON and an HTML page\n\
+         with a chart, sent to `drift.notify`); with `drift.mode: correct` it rolls the declared\n\
+         values out again through the same staged path. `cacheflow sync` does that now.",
     );
     Ok(())
 }
