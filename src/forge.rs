@@ -519,24 +519,6 @@ fn one_line(text: &str, max_chars: usize) -> String {
     }
 }
 
-/// A reqwest error with its causes, without any header.
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        format!("timed out: {e}")
-    } else {
-        e.to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
 
 impl ForgeClient {
     /// A client for `forge` at `base_url` (the API root, e.g. `https://api.github.com`,
@@ -601,7 +583,7 @@ impl ForgeClient {
             .user_agent(format!("cacheflow/{}", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
             .build()
-            .map_err(|e| ForgeError::Config(describe(&e)))?;
+            .map_err(|e| ForgeError::Config(crate::nodes::agent::describe(&e)))?;
         Ok(ForgeClient {
             forge,
             base,
@@ -667,7 +649,7 @@ impl ForgeClient {
             forge: self.forge.name(),
             method: method.clone(),
             path: path.to_owned(),
-            message: self.mask(&crate::source::redact_url(&describe(&e))),
+            message: self.mask(&crate::source::redact_url(&crate::nodes::agent::describe(&e))),
         };
         let response = request.send().await.map_err(transport)?;
         let status = response.status();

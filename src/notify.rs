@@ -306,7 +306,7 @@ async fn deliver(inner: &Inner, target: &Notification, notice: &Notice) -> Resul
                 last = if e.is_timeout() {
                     format!("no answer within {:?}", inner.options.timeout)
                 } else {
-                    e.without_url().to_string()
+                    crate::nodes::agent::describe(&e.without_url())
                 };
             }
         }

@@ -326,9 +326,14 @@ async fn post_report(
     Ok(assignment)
 }
 
-/// A reqwest error with its causes (`error sending request: connection refused`).
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
+/// A reqwest error with its causes (`error sending request: connection refused`); the
+/// agent, notifications and the forge client say it the same way.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        format!("timed out: {e}")
+    } else {
+        e.to_string()
+    };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let s_text = s.to_string();
