@@ -1181,3 +1181,88 @@ fn after_a_start_the_first_rollout_waits_for_every_node_to_report_within_the_gra
         vec!["a2".to_owned(), "a1".to_owned()]
     );
 }
+
+/// The notices of effects: (event, summary, targets).
+fn notices(effects: &[Effect]) -> Vec<(&'static str, String, Vec<String>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Notify { notice, targets } => Some((
+                notice.event.as_str(),
+                notice.summary.clone(),
+                targets.iter().map(|t| t.name.clone()).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn notices_go_to_the_targets_subscribed_to_them_after_the_event() {
+    let settings = "apiVersion: cacheflow/v1
+kind: Settings
+metadata: {name: settings}
+spec:
+  notifications:
+    - {name: all, type: webhook, url: 'env:ALL'}
+    - {name: pager, type: slack, url: 'env:PAGER', events: [paused, revision-refused]}
+";
+    let set = FileSet {
+        commit: None,
+        files: [
+            ("cacheflow.yaml".to_owned(), settings.to_owned()),
+            (
+                "clusters/cache.yaml".to_owned(),
+                cluster_yaml("hz: 20", None, ROLLOUT),
+            ),
+        ]
+        .into(),
+        problems: Vec::new(),
+    };
+    let mut d = crate::spec::load(&set).expect("loads");
+    d.commit = Some(R1.to_owned());
+    let mut r = Reconciler::new(State::default());
+    let started = r.revision(d, Some(&live(&[("hz", "10")])), 0);
+    assert_eq!(
+        notices(&started),
+        [(
+            "rollout-started",
+            "cache: rolling out 111111111111 to 3 node(s) in batches of 1, 2".to_owned(),
+            vec!["all".to_owned()]
+        )]
+    );
+    let paused = r
+        .command(CLUSTER, Event::Pause { by: "alice".into() }, 1_000)
+        .unwrap();
+    assert_eq!(
+        notices(&paused),
+        [(
+            "paused",
+            "cache: rollout of 111111111111 paused at batch 1: a person decides (resume, rollback)"
+                .to_owned(),
+            vec!["all".to_owned(), "pager".to_owned()]
+        )]
+    );
+    // Pausing again is no new pause.
+    let again = r.command(CLUSTER, Event::Pause { by: "bob".into() }, 2_000);
+    assert!(notices(&again.unwrap_or_default()).is_empty());
+    let refused = r.refuse_revision(R2, "invalid (1 error(s))");
+    assert_eq!(
+        notices(&refused),
+        [(
+            "revision-refused",
+            "revision 222222222222 refused: nothing applied".to_owned(),
+            vec!["all".to_owned(), "pager".to_owned()]
+        )]
+    );
+    // Each notice comes after the journal entry of the same input.
+    let journal_at = refused
+        .iter()
+        .position(|e| matches!(e, Effect::Journal { .. }))
+        .unwrap();
+    let notice_at = refused
+        .iter()
+        .position(|e| matches!(e, Effect::Notify { .. }))
+        .unwrap();
+    assert!(journal_at < notice_at);
+}
