@@ -255,7 +255,7 @@ pub enum Command {
     /// The whole loop on a simulated fleet, no setup: a copy of the example repository
     /// in a temporary git repository, a change rolled out in stages, a change whose
     /// canary fails its gates and is rolled back, a hand-made drift and its report, the
-    /// history. About half a minute. Exit 0, or 1 if something went wrong.
+    /// history. About 15 seconds. Exit 0, or 1 if something went wrong.
     Demo {
         /// Keep the demo's repository in this directory (new or empty) to explore it
         /// afterwards (`cacheflow history --repo DIR`, `git log --notes=cacheflow`).

@@ -519,7 +519,6 @@ fn one_line(text: &str, max_chars: usize) -> String {
     }
 }
 
-
 impl ForgeClient {
     /// A client for `forge` at `base_url` (the API root, e.g. `https://api.github.com`,
     /// `https://gitea.example.com/api/v1`, `https://gitlab.example.com/api/v4`) with
@@ -649,7 +648,9 @@ impl ForgeClient {
             forge: self.forge.name(),
             method: method.clone(),
             path: path.to_owned(),
-            message: self.mask(&crate::source::redact_url(&crate::nodes::agent::describe(&e))),
+            message: self.mask(&crate::source::redact_url(&crate::nodes::agent::describe(
+                &e,
+            ))),
         };
         let response = request.send().await.map_err(transport)?;
         let status = response.status();

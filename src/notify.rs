@@ -297,8 +297,10 @@ async fn deliver(inner: &Inner, target: &Notification, notice: &Notice) -> Resul
             Ok(answer) => {
                 let status = answer.status();
                 last = format!("answered {status}");
-                // A refusal (404 of a deleted hook, 400 of a bad payload) stays one.
-                if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408 {
+                // A refusal (404 of a deleted hook, 400 of a bad payload) stays one, and
+                // a redirect is not followed with the notice.
+                let retry = status.is_server_error() || matches!(status.as_u16(), 408 | 429);
+                if !retry {
                     return Err(last);
                 }
             }

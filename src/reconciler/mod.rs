@@ -182,6 +182,8 @@ pub struct Reconciler {
     /// `sync` sets it: a person asked to converge now. The server leaves drift to the
     /// drift report unless told to correct it.
     pub correct_drift: bool,
+    /// Inside [`Reconciler::correct`]: what cannot be corrected is said, not refused.
+    correcting: bool,
     effects: Vec<Effect>,
     /// `state.windows`, compiled.
     windows: Windows,
@@ -266,6 +268,7 @@ impl Reconciler {
             lines: Vec::new(),
             effects: Vec::new(),
             correct_drift: false,
+            correcting: false,
             windows: compile_windows(&state.windows),
             report_grace_ms: 0,
             revision_at_ms: 0,
@@ -574,6 +577,14 @@ impl Reconciler {
                 format!("{} ({})", n.id, names.join(", "))
             })
             .collect();
+        if !direct_restarts.is_empty() && self.correcting {
+            // A drift correction never refuses the revision: the drift stays reported.
+            self.lines.push(format!(
+                "{name}: drift not corrected: start-only parameters on directly managed nodes ({}): restart them by hand",
+                direct_restarts.join("; ")
+            ));
+            return;
+        }
         if !direct_restarts.is_empty() {
             let reason = format!(
                 "start-only parameters on directly managed nodes, which cacheflow cannot restart: {}; manage them with an agent that has --restart-command",
@@ -1065,10 +1076,25 @@ impl Reconciler {
     /// What the drift report compares: the current revision and the latest reading of
     /// every node heard from, declared or not. A reading older than `silent_after_ms`
     /// counts as no answer.
+    /// The latest reading of every node heard from, declared or not; a reading older
+    /// than `silent_after_ms` counts as no answer (what a pull request is planned against).
+    pub fn readings(&self, now_ms: u64, silent_after_ms: u64) -> LiveState {
+        self.drift_inputs_where(now_ms, silent_after_ms, false).live
+    }
+
     pub fn drift_inputs(&self, now_ms: u64, silent_after_ms: u64) -> DriftInputs {
+        self.drift_inputs_where(now_ms, silent_after_ms, true)
+    }
+
+    fn drift_inputs_where(
+        &self,
+        now_ms: u64,
+        silent_after_ms: u64,
+        leave_out: bool,
+    ) -> DriftInputs {
         // Clusters whose nodes are meant to differ from the revision now.
         let mut not_compared = Vec::new();
-        if let Some(d) = &self.desired {
+        if let Some(d) = self.desired.as_ref().filter(|_| leave_out) {
             for name in d.clusters.keys() {
                 let Some(cs) = self.state.clusters.get(name) else {
                     continue;
@@ -1166,9 +1192,22 @@ impl Reconciler {
                 .as_ref()
                 .is_some_and(|d| d.clusters.contains_key(name))
             {
-                self.lines.push(format!("{name}: correcting drift"));
+                let mark = self.lines.len();
+                let started = |r: &Reconciler| {
+                    r.state
+                        .clusters
+                        .get(name)
+                        .and_then(|c| c.rollout.as_ref())
+                        .map(|r| (r.started_at.clone(), r.run))
+                };
+                let was = started(self);
+                self.correcting = true;
                 // A rolled-back revision stays refused: correcting would roll it out again.
                 self.start(name, now_ms);
+                self.correcting = false;
+                if started(self) != was {
+                    self.lines.insert(mark, format!("{name}: correcting drift"));
+                }
             }
         }
         self.correct_drift = before;

@@ -62,6 +62,10 @@ enum Msg {
         silent_after_ms: u64,
         reply: oneshot::Sender<crate::reconciler::DriftInputs>,
     },
+    Readings {
+        silent_after_ms: u64,
+        reply: oneshot::Sender<LiveState>,
+    },
     Correct {
         clusters: Vec<String>,
         reply: oneshot::Sender<()>,
@@ -204,6 +208,19 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::DriftInputs {
+                silent_after_ms: silent_after.as_millis() as u64,
+                reply,
+            })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Every node's latest reading (see [`Reconciler::readings`]).
+    pub async fn readings(&self, silent_after: Duration) -> Result<LiveState, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Readings {
                 silent_after_ms: silent_after.as_millis() as u64,
                 reply,
             })
@@ -438,6 +455,12 @@ pub fn start(
                     } => {
                         // Readings are not journaled: answered at once.
                         let _ = reply.send(core.drift_inputs(now, silent_after_ms));
+                    }
+                    Msg::Readings {
+                        silent_after_ms,
+                        reply,
+                    } => {
+                        let _ = reply.send(core.readings(now, silent_after_ms));
                     }
                     Msg::Correct { clusters, reply } => {
                         effects.extend(core.correct(&clusters, now));
