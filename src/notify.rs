@@ -247,7 +247,13 @@ impl Notifier {
     }
 
     fn count(&self, target: &str, result: &str) {
-        if let Some(m) = &self.inner.metrics {
+        self.inner.count(target, result);
+    }
+}
+
+impl Inner {
+    fn count(&self, target: &str, result: &str) {
+        if let Some(m) = &self.metrics {
             m.notification(target, result);
         }
     }
@@ -255,12 +261,9 @@ impl Notifier {
 
 /// One target's deliveries, in order.
 async fn worker(inner: Arc<Inner>, target: Notification, mut rx: mpsc::Receiver<Notice>) {
-    let notifier = Notifier {
-        inner: inner.clone(),
-    };
     while let Some(notice) = rx.recv().await {
         match deliver(&inner, &target, &notice).await {
-            Ok(()) => notifier.count(&target.name, "sent"),
+            Ok(()) => inner.count(&target.name, "sent"),
             Err(why) => {
                 tracing::warn!(
                     target: "cacheflow::notify",
@@ -268,7 +271,7 @@ async fn worker(inner: Arc<Inner>, target: Notification, mut rx: mpsc::Receiver<
                     target.name,
                     notice.event.as_str()
                 );
-                notifier.count(&target.name, "failed");
+                inner.count(&target.name, "failed");
             }
         }
     }
