@@ -26,8 +26,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use cacheflow::live::NodeLive;
-use cacheflow::nodes::protocol::{ApplyResult, Assignment, Outcome, Report, PROTOCOL_VERSION};
+use cacheflow::pure::live::NodeLive;
+use cacheflow::pure::protocol::{ApplyResult, Assignment, Outcome, Report, PROTOCOL_VERSION};
 
 struct Args {
     server: String,
@@ -121,7 +121,7 @@ async fn run(args: Args) {
     for c in 0..args.clusters {
         for i in 0..args.per_cluster {
             let id = format!("c{c:03}-n{i:03}");
-            let token = cacheflow::identity::node_token(&args.secret, &id).expect("a token");
+            let token = cacheflow::pure::identity::node_token(&args.secret, &id).expect("a token");
             let k = c * args.per_cluster + i;
             let offset = args.interval.mul_f64(k as f64 / n as f64);
             let agent = Agent {
@@ -254,7 +254,7 @@ impl Agent {
             sent_at: "2026-01-01T00:00:00Z".into(),
             node: NodeLive {
                 reachable: true,
-                engine: Some(cacheflow::catalog::Engine::Redis),
+                engine: Some(cacheflow::pure::catalog::Engine::Redis),
                 version: Some("7.2.4".into()),
                 parameters: self.params.clone(),
                 ..NodeLive::default()

@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cacheflow::nodes::redis::RedisDriver;
-use cacheflow::nodes::NodeDriver;
+use cacheflow::edges::nodes::redis::RedisDriver;
+use cacheflow::edges::nodes::NodeDriver;
 
 const NAMES: [&str; 5] = [
     "hz",

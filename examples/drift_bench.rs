@@ -4,7 +4,7 @@
 //!     cargo run --release --example drift_bench -- [NODES] [--drift-percent P] [--runs N]
 //!
 //! 1. writes the desired state as YAML into a `FileSet` and loads it with
-//!    `cacheflow::spec::load`, as `cacheflow validate` does: clusters of 100 nodes (the
+//!    `cacheflow::pure::spec::load`, as `cacheflow validate` does: clusters of 100 nodes (the
 //!    last one smaller when NODES is not a multiple), four in five Redis (shards of a
 //!    primary and two replicas, 16 parameters each), one in five Memcached (10
 //!    parameters); a Settings file (not timed);
@@ -13,7 +13,7 @@
 //!    P% of the nodes (5 by default) changed by hand on 1 to 3 of their parameters
 //!    (`set_by_hand`), 1% down (`Fault::Down`: silent), and 10 more nodes of a
 //!    decommissioned cluster still reporting (undeclared). It reads them with
-//!    `cacheflow::nodes::fleet::snapshot`, keeping the declared parameters as
+//!    `cacheflow::edges::nodes::fleet::snapshot`, keeping the declared parameters as
 //!    `drift --direct` does (not timed). Every Redis node is given the config file's
 //!    view a real Redis reports (its declared values); on 1% of the Redis nodes the file
 //!    holds a different value, or lacks one (not persisted);
@@ -31,12 +31,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cacheflow::catalog::{self, Engine};
-use cacheflow::drift::{self, DriftKind};
-use cacheflow::nodes::fleet::{self, SnapshotOptions, Target};
-use cacheflow::nodes::simulated::{Fault, SimulatedNode};
-use cacheflow::source::FileSet;
-use cacheflow::spec::model::Role;
+use cacheflow::edges::nodes::fleet::{self, SnapshotOptions, Target};
+use cacheflow::edges::nodes::simulated::{Fault, SimulatedNode};
+use cacheflow::edges::source::FileSet;
+use cacheflow::pure::catalog::{self, Engine};
+use cacheflow::pure::drift::{self, DriftKind};
+use cacheflow::pure::spec::model::Role;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -229,7 +229,7 @@ fn run() -> anyhow::Result<()> {
         first += n;
         c += 1;
     }
-    let mut desired = cacheflow::spec::load(&files).map_err(|diags| {
+    let mut desired = cacheflow::pure::spec::load(&files).map_err(|diags| {
         for d in diags.iter().take(5) {
             eprintln!("{d}");
         }
@@ -383,7 +383,7 @@ fn run() -> anyhow::Result<()> {
         let md = drift::markdown(&report);
         samples[2].push(ms(t));
         let t = Instant::now();
-        let json = cacheflow::render::json(&report);
+        let json = cacheflow::pure::render::json(&report);
         samples[3].push(ms(t));
         let t = Instant::now();
         let html = drift::html(&report, &history);

@@ -5,7 +5,7 @@
 //!
 //! 1. writes the desired state as YAML files into a `FileSet` (a Settings file and one
 //!    file per cluster of 6 nodes: Redis shards of a primary and two replicas; one
-//!    cluster in five is Memcached, six primaries) and loads it with `cacheflow::spec::load`, so the model is built
+//!    cluster in five is Memcached, six primaries) and loads it with `cacheflow::pure::spec::load`, so the model is built
 //!    and validated exactly as `cacheflow validate` does (not timed in the figure);
 //! 2. makes one `SimulatedNode` per declared node, running what its cluster declares
 //!    (the normalised values the engine would report), except: one node in ten has a
@@ -14,9 +14,9 @@
 //!    every parameter of its engine's catalog (192 for Redis, 58 for Memcached, short
 //!    placeholder values), as a real `CONFIG GET *` would, instead of only the declared
 //!    ones;
-//! 3. times `cacheflow::nodes::fleet::snapshot` (default options: concurrency 64, 2 s
+//! 3. times `cacheflow::edges::nodes::fleet::snapshot` (default options: concurrency 64, 2 s
 //!    timeout, on a 2-worker multi-thread runtime built inside the timed part, as
-//!    `pipeline::snapshot` does) and then `cacheflow::plan::plan`;
+//!    `pipeline::snapshot` does) and then `cacheflow::pure::plan::plan`;
 //! 4. prints one line: `nodes= clusters= full_config= load_ms= snapshot_ms= plan_ms=
 //!    snapshot_plan_ms= plan_clusters_ms= changed= in_sync= unreachable=` and checks the
 //!    counts against what was injected (exit 1 if they differ). `snapshot_plan_ms` is the
@@ -33,10 +33,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cacheflow::catalog::{self, Engine};
-use cacheflow::nodes::fleet::{self, SnapshotOptions, Target};
-use cacheflow::nodes::simulated::{Fault, SimulatedNode};
-use cacheflow::source::FileSet;
+use cacheflow::edges::nodes::fleet::{self, SnapshotOptions, Target};
+use cacheflow::edges::nodes::simulated::{Fault, SimulatedNode};
+use cacheflow::edges::source::FileSet;
+use cacheflow::pure::catalog::{self, Engine};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -142,7 +142,7 @@ fn run() -> anyhow::Result<()> {
         first += n;
         c += 1;
     }
-    let desired = cacheflow::spec::load(&files).map_err(|diags| {
+    let desired = cacheflow::pure::spec::load(&files).map_err(|diags| {
         for d in diags.iter().take(5) {
             eprintln!("{d}");
         }
@@ -235,7 +235,7 @@ fn run() -> anyhow::Result<()> {
     drop(runtime);
     let snapshot_ms = started.elapsed().as_secs_f64() * 1000.0;
     let plan_started = Instant::now();
-    let plan = cacheflow::plan::plan(&desired, &live);
+    let plan = cacheflow::pure::plan::plan(&desired, &live);
     let plan_ms = plan_started.elapsed().as_secs_f64() * 1000.0;
     let snapshot_plan_ms = started.elapsed().as_secs_f64() * 1000.0;
     // Not part of the figure: the per-cluster part of `plan` alone (what `plan` costs
@@ -244,7 +244,7 @@ fn run() -> anyhow::Result<()> {
     let per_cluster: Vec<_> = desired
         .clusters
         .values()
-        .map(|c| cacheflow::plan::plan_cluster(c, &live))
+        .map(|c| cacheflow::pure::plan::plan_cluster(c, &live))
         .collect();
     let plan_clusters_ms = per_cluster_started.elapsed().as_secs_f64() * 1000.0;
     std::mem::forget(per_cluster);

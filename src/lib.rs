@@ -1,46 +1,72 @@
 //! cacheflow: GitOps for cache fleets.
 //!
+//! The crate is four layers; an arrow only ever points down or sideways within a layer.
+//!
 //! ```text
-//! source ──► spec ──► diff ◄── live ◄── nodes
-//!  (git)   (load,      │
-//!          validate)   ▼
-//!                    plan ──► rollout ──► nodes
+//! entry   cli ── server ── sync ── demo            the commands and the HTTP server
+//!           │       │        │       │
+//! flow    pipeline (read-only commands, intake of a new head) ── runtime (the
+//!         reconciler's task, journal writer, Host) ── agent ── history
+//!           │                    │                     │
+//! edges   source (git) · audit (journal, notes) · trust (signatures) · nodes (Redis,
+//!         Memcached, simulated) · secret · forge · notify · metrics      one system each
+//!           │
+//! pure    spec ─► diff ─► plan ─► rollout ◄─ gates     owned data in, owned data out:
+//!         catalog · live · protocol · drift · schedule  no tokio, git2, reqwest or clock
+//!         windows · identity · reconciler (the core) · render
 //! ```
 //!
-//! `nodes` reads and changes cache nodes (Redis, Memcached, simulated) and snapshots a
-//! fleet. `source` reads the config repository from git; `spec` turns its files into a validated
-//! [`spec::model::Desired`] or every error at once; `catalog` knows each engine's parameters;
-//! `live` is what nodes report; `diff`, `plan` and `drift` are pure functions over those; `rollout`
-//! is the pure state machine of one staged rollout; `render`
-//! prints them as text, JSON or Markdown; `notify` sends what happened to chat and webhook
-//! targets; `forge` reads pull-request webhooks and answers them with a commit status and one
-//! edited comment through GitHub's, Gitea's or GitLab's REST API; `demo` runs the whole loop
-//! on a simulated fleet; `cli` is the command line.
+//! - [`pure`]: the decisions. `spec` turns a file set into a validated
+//!   [`pure::spec::model::Desired`] or every error at once; `diff`, `plan`, `drift` compare;
+//!   `rollout` is the staged rollout's state machine; `reconciler` is the core that turns
+//!   revisions and reports into rollouts and assignments; `render` is every output.
+//! - [`edges`]: one external system per module.
+//! - [`flow`]: the one place that knows the order of each job.
+//! - [`entry`]: what a user or a forge calls.
 #![forbid(unsafe_code)]
 
-pub mod audit;
-pub mod catalog;
-pub mod cli;
-pub mod demo;
-pub mod diff;
-pub mod drift;
-pub mod forge;
-pub mod gates;
-pub mod history;
-pub mod identity;
-pub mod live;
-pub mod metrics;
-pub mod nodes;
-pub mod notify;
-pub mod pipeline;
-pub mod plan;
-pub mod reconciler;
-pub mod render;
-pub mod rollout;
-pub mod schedule;
-pub mod server;
-pub mod source;
-pub mod spec;
-pub mod sync;
-pub mod trust;
-pub mod windows;
+pub mod pure {
+    //! The pure core: owned data in, owned data out, tested without servers.
+    pub mod catalog;
+    pub mod diff;
+    pub mod drift;
+    pub mod gates;
+    pub mod identity;
+    pub mod live;
+    pub mod plan;
+    pub mod protocol;
+    pub mod reconciler;
+    pub mod render;
+    pub mod rollout;
+    pub mod schedule;
+    pub mod spec;
+    pub mod windows;
+}
+
+pub mod edges {
+    //! The edges: each module talks to one external system.
+    pub mod audit;
+    pub mod forge;
+    pub mod metrics;
+    pub mod nodes;
+    pub mod notify;
+    pub mod secret;
+    pub mod source;
+    pub mod trust;
+}
+
+pub mod flow {
+    //! Orchestration: the one place that knows the order of the steps of each job.
+    pub mod agent;
+    pub mod history;
+    pub mod pipeline;
+    pub mod runtime;
+}
+
+pub mod entry {
+    //! The entry points: the command line, the server, and the jobs they start.
+    pub mod cli;
+    pub mod demo;
+    pub mod server;
+    pub mod sync;
+}

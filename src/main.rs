@@ -1,4 +1,4 @@
-//! The `cacheflow` binary: all behaviour lives in the library; see `cacheflow::cli`.
+//! The `cacheflow` binary: all behaviour lives in the library; see `cacheflow::entry::cli`.
 
 use std::process::ExitCode;
 
@@ -10,9 +10,9 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = cacheflow::cli::Cli::parse();
+    let cli = cacheflow::entry::cli::Cli::parse();
     if cli.local_only() {
-        cacheflow::source::skip_tls_roots();
+        cacheflow::edges::source::skip_tls_roots();
     }
-    cacheflow::cli::run(cli)
+    cacheflow::entry::cli::run(cli)
 }

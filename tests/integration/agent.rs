@@ -9,11 +9,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cacheflow::nodes::agent::{self, AgentError, AgentOptions, ApplyOptions};
-use cacheflow::nodes::memcached::MemcachedDriver;
-use cacheflow::nodes::protocol::{Assignment, Outcome};
-use cacheflow::nodes::redis::{parse_config_file, RedisDriver};
-use cacheflow::nodes::NodeDriver;
+use cacheflow::edges::nodes::memcached::MemcachedDriver;
+use cacheflow::edges::nodes::redis::{parse_config_file, RedisDriver};
+use cacheflow::edges::nodes::NodeDriver;
+use cacheflow::flow::agent::{self, AgentError, AgentOptions, ApplyOptions};
+use cacheflow::pure::protocol::{Assignment, Outcome};
 use tokio::sync::watch;
 
 use crate::support::control::{Answer, ControlPlane};
@@ -505,8 +505,8 @@ async fn memcached_start_flags_go_to_the_options_file_and_take_effect_after_the_
         std::fs::read_to_string(service.config_path()).unwrap(),
         format!(
             "# memcached options, one per line\n-c 1024\n{}\n-M\n-m 128\n-c 2048\n{}\n",
-            cacheflow::nodes::conffile::BLOCK_BEGIN,
-            cacheflow::nodes::conffile::BLOCK_END
+            cacheflow::flow::agent::conffile::BLOCK_BEGIN,
+            cacheflow::flow::agent::conffile::BLOCK_END
         )
     );
     let last = control.reports().pop().unwrap();
@@ -676,9 +676,11 @@ async fn the_agent_authenticates_to_redis_with_a_password_reference() {
         "~* &* +@all",
     ));
     std::env::set_var("CACHEFLOW_TEST_AGENT_PASSWORD", "s3cret-agent");
-    let auth = cacheflow::spec::model::Auth {
+    let auth = cacheflow::pure::spec::model::Auth {
         username: Some("agent".into()),
-        password: cacheflow::spec::model::SecretRef("env:CACHEFLOW_TEST_AGENT_PASSWORD".into()),
+        password: cacheflow::pure::spec::model::SecretRef(
+            "env:CACHEFLOW_TEST_AGENT_PASSWORD".into(),
+        ),
     };
     let driver: Arc<dyn NodeDriver> = Arc::new(RedisDriver::new(
         &server.addr(),

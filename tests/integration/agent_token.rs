@@ -33,7 +33,7 @@ fn agent_token_prints_the_hmac_of_the_node_id_from_a_file_or_the_environment() {
         )],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
-    assert!(cacheflow::identity::verify(
+    assert!(cacheflow::pure::identity::verify(
         b"abcdefghijklmnopqrstuvwxyz012345",
         "n1",
         expected.trim()

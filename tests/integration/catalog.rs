@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use cacheflow::catalog::{catalog, DurationUnit, Engine, ParamSpec, ParamType};
+use cacheflow::pure::catalog::{catalog, DurationUnit, Engine, ParamSpec, ParamType};
 use serde_json::Value;
 
 use crate::support::servers::{memcached_error, MemcachedServer, RedisOptions, RedisServer, Reply};
@@ -425,9 +425,10 @@ fn every_memcached_start_only_parameter_takes_its_flag_at_start() {
             .normalize(name, &Value::String(value.clone()))
             .unwrap_or_else(|e| panic!("chosen value for {name} refused: {e}"));
         // The words the agent writes into a memcached options file.
-        let words = cacheflow::nodes::conffile::start_words(name, spec, &normalised, &defaults)
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-            .unwrap_or_else(|| panic!("{name}: no flag to make it {normalised}"));
+        let words =
+            cacheflow::flow::agent::conffile::start_words(name, spec, &normalised, &defaults)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .unwrap_or_else(|| panic!("{name}: no flag to make it {normalised}"));
         let args: Vec<&str> = words.split_whitespace().collect();
         let server = match MemcachedServer::try_start_with_args(&args) {
             Ok(s) => s,

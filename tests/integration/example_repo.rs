@@ -12,9 +12,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cacheflow::catalog::Engine;
-use cacheflow::source::{is_cacheflow_path, FileSet};
-use cacheflow::spec::{
+use cacheflow::edges::source::{is_cacheflow_path, FileSet};
+use cacheflow::pure::catalog::Engine;
+use cacheflow::pure::spec::{
     self,
     model::{Managed, Millis, NotificationKind, OnFailure, Role, SecretRef, Stage, WindowAction},
 };

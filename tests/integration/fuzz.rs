@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 
-use cacheflow::source::{FileProblem, FileSet};
-use cacheflow::spec::{self, yaml, Diagnostic};
+use cacheflow::edges::source::{FileProblem, FileSet};
+use cacheflow::pure::spec::{self, yaml, Diagnostic};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::Value;

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cacheflow::catalog::Engine;
-use cacheflow::nodes::memcached::MemcachedDriver;
-use cacheflow::nodes::{Applied, NodeDriver, NodeError};
-use cacheflow::spec::model::Role;
+use cacheflow::edges::nodes::memcached::MemcachedDriver;
+use cacheflow::edges::nodes::{Applied, NodeDriver, NodeError};
+use cacheflow::pure::catalog::Engine;
+use cacheflow::pure::spec::model::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

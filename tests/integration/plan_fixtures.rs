@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 
-use cacheflow::live::LiveState;
-use cacheflow::plan::{self, Plan};
-use cacheflow::source::FileSet;
-use cacheflow::spec::{self, model::Desired, model::Role};
+use cacheflow::edges::source::FileSet;
+use cacheflow::pure::live::LiveState;
+use cacheflow::pure::plan::{self, Plan};
+use cacheflow::pure::spec::{self, model::Desired, model::Role};
 
 use crate::example_repo::{
     cacheflow, check_golden, crate_dir, example_dir, example_repo, files_under, placeholders,

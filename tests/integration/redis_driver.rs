@@ -6,10 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use cacheflow::catalog::Engine;
-use cacheflow::nodes::redis::RedisDriver;
-use cacheflow::nodes::{Applied, NodeDriver, NodeError};
-use cacheflow::spec::model::{Auth, Role, SecretRef};
+use cacheflow::edges::nodes::redis::RedisDriver;
+use cacheflow::edges::nodes::{Applied, NodeDriver, NodeError};
+use cacheflow::pure::catalog::Engine;
+use cacheflow::pure::spec::model::{Auth, Role, SecretRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

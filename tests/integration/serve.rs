@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cacheflow::server::webhook::github_signature;
+use cacheflow::edges::forge::webhook::github_signature;
 
 use crate::support::fleet::Fleet;
 use crate::support::git::{cacheflow_note, journal_messages, TestRepo};
@@ -385,7 +385,8 @@ fn a_signed_push_rolls_out_to_every_node_and_bad_input_is_refused() {
             body,
         )
     };
-    let token = |id: &str| cacheflow::identity::node_token(NODE_SECRET.as_bytes(), id).unwrap();
+    let token =
+        |id: &str| cacheflow::pure::identity::node_token(NODE_SECRET.as_bytes(), id).unwrap();
     let (code, text) = report("a1", "cf1.wrong", b"{}");
     assert_eq!(code, 401, "{text}");
     assert!(text.contains("cacheflow agent-token a1"), "{text}");

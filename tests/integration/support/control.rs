@@ -1,5 +1,5 @@
 //! A control plane for agent tests: `POST /api/v1/nodes/{id}/report` over real HTTP on a
-//! loopback port, checking the bearer token with `cacheflow::identity` and every report
+//! loopback port, checking the bearer token with `cacheflow::pure::identity` and every report
 //! against the protocol schema, recording what it got and answering with the assignment
 //! the test set. The reconciler's real server replaces it in the end-to-end tests of that
 //! issue; the agent cannot tell the difference (same route, same payloads).
@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use cacheflow::nodes::protocol::{Assignment, Report};
+use cacheflow::pure::protocol::{Assignment, Report};
 
 pub const SECRET: &[u8] = b"a test node-token secret of 32 b";
 
@@ -59,7 +59,7 @@ impl ControlPlane {
 
     /// The token of `node_id` under the control plane's secret.
     pub fn token(node_id: &str) -> String {
-        cacheflow::identity::node_token(SECRET, node_id).unwrap()
+        cacheflow::pure::identity::node_token(SECRET, node_id).unwrap()
     }
 
     pub fn assign(&self, assignment: Assignment) {
@@ -118,7 +118,7 @@ async fn report(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !cacheflow::identity::verify(SECRET, &id, token) {
+    if !cacheflow::pure::identity::verify(SECRET, &id, token) {
         return (StatusCode::UNAUTHORIZED, "bad node token").into_response();
     }
     let report = match Report::parse(&body) {

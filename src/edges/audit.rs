@@ -1,0 +1,561 @@
+//! Git as the audit log. Every reconciler input that changed something (or burst of
+//! inputs taken together) is one commit on `refs/cacheflow/journal`
+//! whose tree holds the reconciler's state (what it resumes from after a crash):
+//!
+//! ```text
+//! refs/cacheflow/journal ── commit "cache-main: batch 1 of 3 assigned 1a2b3c…: r1"
+//!                             tree: state.json           head revision, generation
+//!                                   clusters/<name>.json one per cluster: rollout,
+//!                                                        assignments, refusal
+//! refs/notes/cacheflow   ── a note per config commit, one line per cluster:
+//!                             "cache-main: completed 2026-11-21T14:02:11Z: reached 6 node(s): …"
+//! ```
+//!
+//! A commit and its ref update are one step: the ref moves only if it still points at
+//! the entry this process wrote last (compare and swap), so two reconcilers on one
+//! state directory cannot interleave, and a crash leaves the journal at the last whole
+//! entry. `git log refs/cacheflow/journal` reads the events; `git log --notes=cacheflow`
+//! shows each config change with what became of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use git2::{Oid, Repository, Signature};
+
+use crate::pure::reconciler::{ClusterState, State};
+
+pub const JOURNAL_REF: &str = "refs/cacheflow/journal";
+pub const NOTES_REF: &str = "refs/notes/cacheflow";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log in {path}: {source}")]
+    Git {
+        path: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("journal entry {commit}: {what} is not a readable state: {message}")]
+    BadState {
+        commit: String,
+        what: String,
+        message: String,
+    },
+    #[error("cannot start the journal writer: {0}")]
+    Writer(String),
+    #[error("the journal moved under this reconciler (now at {found}, expected {expected}): is another cacheflow serving the same state directory?")]
+    Moved { expected: String, found: String },
+}
+
+/// One journal entry, for `history` and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub commit: String,
+    pub time: i64,
+    pub author: String,
+    pub message: String,
+}
+
+pub struct Journal {
+    repo: Repository,
+    /// The entry this process wrote or read last.
+    head: Option<Oid>,
+    who: String,
+    /// The blob last written per cluster file: most entries change one cluster, and
+    /// writing every cluster's blob again (zlib, a loose object file each) made each
+    /// entry cost as much as the whole fleet.
+    written: std::collections::HashMap<String, Oid>,
+}
+
+impl Journal {
+    /// Open the journal of the repository at `path` (bare or not).
+    pub fn open(path: &Path) -> Result<Journal, AuditError> {
+        let repo = Repository::open(path).map_err(|source| AuditError::Git {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let head = repo.refname_to_id(JOURNAL_REF).ok();
+        Ok(Journal {
+            written: std::collections::HashMap::new(),
+            repo,
+            head,
+            who: "cacheflow".to_owned(),
+        })
+    }
+
+    fn git(&self, source: git2::Error) -> AuditError {
+        AuditError::Git {
+            path: self.repo.path().display().to_string(),
+            source,
+        }
+    }
+
+    /// The state of the last entry, or `None` for an empty journal. The clusters' files
+    /// are remembered: a later entry that leaves a cluster unchanged reuses its file.
+    pub fn load(&mut self) -> Result<Option<State>, AuditError> {
+        let mut written = std::collections::HashMap::new();
+        let state = self.load_into(&mut written)?;
+        self.written = written;
+        Ok(state)
+    }
+
+    fn load_into(
+        &self,
+        written: &mut std::collections::HashMap<String, Oid>,
+    ) -> Result<Option<State>, AuditError> {
+        let Some(head) = self.head else {
+            return Ok(None);
+        };
+        let commit = self.repo.find_commit(head).map_err(|e| self.git(e))?;
+        let tree = commit.tree().map_err(|e| self.git(e))?;
+        let bad = |what: &str, message: String| AuditError::BadState {
+            commit: head.to_string(),
+            what: what.to_owned(),
+            message,
+        };
+        let read = |path: &str| -> Result<Vec<u8>, AuditError> {
+            let entry = tree
+                .get_path(Path::new(path))
+                .map_err(|e| bad(path, e.message().to_owned()))?;
+            let blob = self
+                .repo
+                .find_blob(entry.id())
+                .map_err(|e| bad(path, e.message().to_owned()))?;
+            Ok(blob.content().to_vec())
+        };
+        let mut state: State = serde_json::from_slice(&read("state.json")?)
+            .map_err(|e| bad("state.json", e.to_string()))?;
+        if let Ok(entry) = tree.get_path(Path::new("clusters")) {
+            let sub = self
+                .repo
+                .find_tree(entry.id())
+                .map_err(|e| bad("clusters", e.message().to_owned()))?;
+            for e in sub.iter() {
+                let Ok(file) = e.name() else { continue };
+                let Some(name) = file.strip_suffix(".json") else {
+                    continue;
+                };
+                let path = format!("clusters/{file}");
+                let cs: ClusterState = serde_json::from_slice(&read(&path)?)
+                    .map_err(|err| bad(&path, err.to_string()))?;
+                state.clusters.insert(name.to_owned(), cs);
+                written.insert(name.to_owned(), e.id());
+            }
+        }
+        Ok(Some(state))
+    }
+
+    /// Append one entry: `message` with the whole of `state` as its tree. Returns the
+    /// entry's id.
+    pub fn append(&mut self, message: &str, state: &State) -> Result<Oid, AuditError> {
+        self.write(&Prepared::full(message, state))
+    }
+
+    /// Write a prepared entry (see [`EntryMaker`]): the clusters it carries get new
+    /// files, the others keep the file this journal wrote or read for them last.
+    pub fn write(&mut self, entry: &Prepared) -> Result<Oid, AuditError> {
+        let repo = &self.repo;
+        let git = |e| AuditError::Git {
+            path: repo.path().display().to_string(),
+            source: e,
+        };
+        let top_blob = repo.blob(&entry.top).map_err(git)?;
+        let mut clusters = repo.treebuilder(None).map_err(git)?;
+        for (name, file) in &entry.clusters {
+            let blob = match file {
+                // git skips writing a blob it already has.
+                Some(json) => {
+                    let blob = repo.blob(json).map_err(git)?;
+                    self.written.insert(name.clone(), blob);
+                    blob
+                }
+                None => *self.written.get(name).ok_or_else(|| AuditError::BadState {
+                    commit: "(entry being written)".to_owned(),
+                    what: format!("clusters/{name}.json"),
+                    message: "named unchanged, but this journal never wrote or read it".to_owned(),
+                })?,
+            };
+            clusters
+                .insert(format!("{name}.json"), blob, 0o100644)
+                .map_err(git)?;
+        }
+        let clusters = clusters.write().map_err(git)?;
+        let mut root = repo.treebuilder(None).map_err(git)?;
+        root.insert("state.json", top_blob, 0o100644).map_err(git)?;
+        root.insert("clusters", clusters, 0o040000).map_err(git)?;
+        let tree = repo.find_tree(root.write().map_err(git)?).map_err(git)?;
+        let sig = Signature::now(&self.who, "cacheflow@localhost").map_err(git)?;
+        let parent = match self.head {
+            Some(h) => Some(repo.find_commit(h).map_err(git)?),
+            None => None,
+        };
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let oid = repo
+            .commit(None, &sig, &sig, &entry.message, &tree, &parents)
+            .map_err(git)?;
+        // Compare and swap: only from the entry this process knows.
+        let result = match self.head {
+            Some(old) => repo.reference_matching(JOURNAL_REF, oid, true, old, "cacheflow journal"),
+            None => repo.reference(JOURNAL_REF, oid, false, "cacheflow journal"),
+        };
+        if let Err(e) = result {
+            let found = repo
+                .refname_to_id(JOURNAL_REF)
+                .map(|o| o.to_string())
+                .unwrap_or_else(|_| "nothing".into());
+            if found != oid.to_string() {
+                return Err(AuditError::Moved {
+                    expected: self
+                        .head
+                        .map(|o| o.to_string())
+                        .unwrap_or_else(|| "nothing".into()),
+                    found: format!("{found} ({})", e.message()),
+                });
+            }
+        }
+        self.head = Some(oid);
+        Ok(oid)
+    }
+
+    /// Set `cluster`'s line of the note on config commit `revision`.
+    pub fn note(&self, revision: &str, cluster: &str, text: &str) -> Result<(), AuditError> {
+        let repo = &self.repo;
+        let git = |e| AuditError::Git {
+            path: repo.path().display().to_string(),
+            source: e,
+        };
+        let Ok(oid) = Oid::from_str(revision) else {
+            return Ok(()); // a working tree or a label: nothing to note on
+        };
+        if repo.find_commit(oid).is_err() {
+            return Ok(());
+        }
+        let old = repo
+            .find_note(Some(NOTES_REF), oid)
+            .ok()
+            .and_then(|n| n.message().ok().map(str::to_owned))
+            .unwrap_or_default();
+        let prefix = format!("{cluster}: ");
+        let mut lines: Vec<String> = old
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect();
+        lines.push(format!("{prefix}{text}"));
+        lines.sort();
+        let sig = Signature::now(&self.who, "cacheflow@localhost").map_err(git)?;
+        repo.note(&sig, &sig, Some(NOTES_REF), oid, &lines.join("\n"), true)
+            .map_err(git)?;
+        Ok(())
+    }
+
+    /// The note on a config commit, if any.
+    pub fn read_note(&self, revision: &str) -> Option<String> {
+        let oid = Oid::from_str(revision).ok()?;
+        let note = self.repo.find_note(Some(NOTES_REF), oid).ok()?;
+        note.message().ok().map(str::to_owned)
+    }
+
+    /// Every entry, newest first.
+    pub fn entries(&self) -> Result<Vec<Entry>, AuditError> {
+        let Some(head) = self.head else {
+            return Ok(Vec::new());
+        };
+        let mut walk = self.repo.revwalk().map_err(|e| self.git(e))?;
+        walk.push(head).map_err(|e| self.git(e))?;
+        let mut out = Vec::new();
+        for oid in walk {
+            let oid = oid.map_err(|e| self.git(e))?;
+            let c = self.repo.find_commit(oid).map_err(|e| self.git(e))?;
+            out.push(Entry {
+                commit: oid.to_string(),
+                time: c.time().seconds(),
+                author: c.author().name().unwrap_or("").to_owned(),
+                message: c.message().unwrap_or("").trim_end().to_owned(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One journal entry, serialised on the reconciler's side and written by
+/// [`Journal::write`] (possibly on another thread, possibly merged with the entries
+/// made while the previous write was in progress).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    message: String,
+    /// `state.json`: the state without its clusters.
+    top: Vec<u8>,
+    /// Every cluster of the state, with its file when it changed since the previous
+    /// entry (`None`: the file written or read for it last still holds).
+    clusters: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl Prepared {
+    /// An entry carrying every cluster's file.
+    pub fn full(message: &str, state: &State) -> Prepared {
+        Prepared {
+            message: with_newline(message),
+            top: top_json(state),
+            clusters: state
+                .clusters
+                .iter()
+                .map(|(name, cs)| (name.clone(), Some(to_json(cs))))
+                .collect(),
+        }
+    }
+
+    /// Fold `later` (made after `self`) into one entry: both messages, `later`'s
+    /// state; a cluster `later` left unchanged keeps the file `self` carried for it.
+    pub fn merge(&mut self, later: Prepared) {
+        self.message.push_str(&later.message);
+        self.top = later.top;
+        let mut earlier = std::mem::take(&mut self.clusters);
+        self.clusters = later
+            .clusters
+            .into_iter()
+            .map(|(name, file)| {
+                let file = file.or_else(|| earlier.remove(&name).flatten());
+                (name, file)
+            })
+            .collect();
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Serialises the reconciler's state into [`Prepared`] entries: only the clusters the
+/// reconciler names as changed since the previous entry, plus any it never serialised
+/// (entries otherwise cost as much as the whole fleet: a 100-node cluster's file is
+/// about 70 KB). Debug builds check that every other cluster really is unchanged.
+#[derive(Debug, Default)]
+pub struct EntryMaker {
+    /// Clusters serialised (or loaded) before, with the id of that file in debug builds.
+    known: std::collections::HashMap<String, Option<Oid>>,
+}
+
+impl EntryMaker {
+    /// After [`Journal::load`] of `state`: its clusters' files are in the journal.
+    pub fn loaded(state: &State) -> EntryMaker {
+        EntryMaker {
+            known: state
+                .clusters
+                .iter()
+                .map(|(name, cs)| (name.clone(), debug_id(cs)))
+                .collect(),
+        }
+    }
+
+    pub fn prepare(
+        &mut self,
+        message: &str,
+        state: &State,
+        changed: &BTreeSet<String>,
+    ) -> Prepared {
+        let mut clusters = BTreeMap::new();
+        for (name, cs) in &state.clusters {
+            let file = match self.known.get(name) {
+                Some(id) if !changed.contains(name) => {
+                    // Tests run debug builds: a change the caller did not name fails there.
+                    debug_assert_eq!(
+                        *id,
+                        debug_id(cs),
+                        "cluster {name} changed but was not named as changed"
+                    );
+                    None
+                }
+                _ => {
+                    let json = to_json(cs);
+                    let id = if cfg!(debug_assertions) {
+                        Oid::hash_object(git2::ObjectType::Blob, &json).ok()
+                    } else {
+                        None
+                    };
+                    self.known.insert(name.clone(), id);
+                    Some(json)
+                }
+            };
+            clusters.insert(name.clone(), file);
+        }
+        self.known
+            .retain(|name, _| state.clusters.contains_key(name));
+        Prepared {
+            message: with_newline(message),
+            top: top_json(state),
+            clusters,
+        }
+    }
+}
+
+/// The id of a cluster's file, computed in debug builds only (for the check above).
+fn debug_id(cs: &ClusterState) -> Option<Oid> {
+    if cfg!(debug_assertions) {
+        Oid::hash_object(git2::ObjectType::Blob, &to_json(cs)).ok()
+    } else {
+        None
+    }
+}
+
+/// The top file without the clusters (not a clone of the whole state).
+fn top_json(state: &State) -> Vec<u8> {
+    to_json(&State {
+        version: state.version,
+        head: state.head.clone(),
+        generation: state.generation,
+        clusters: BTreeMap::new(),
+        windows: state.windows.clone(),
+    })
+}
+
+fn with_newline(message: &str) -> String {
+    if message.ends_with('\n') {
+        message.to_owned()
+    } else {
+        format!("{message}\n")
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Plain data with string keys: serialising cannot fail.
+    serde_json::to_vec_pretty(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pure::reconciler::Target;
+
+    #[test]
+    fn entries_chain_and_the_state_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init_bare(dir.path()).unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.load().unwrap(), None);
+        let mut state = State {
+            version: 1,
+            head: Some("abc".into()),
+            generation: 7,
+            ..State::default()
+        };
+        state.clusters.insert(
+            "cache-main".into(),
+            ClusterState {
+                target: Some(Target {
+                    revision: "abc".into(),
+                    digest: "d".into(),
+                    parameters: BTreeMap::from([("hz".into(), "20".into())]),
+                }),
+                ..ClusterState::default()
+            },
+        );
+        j.append("first", &state).unwrap();
+        state.generation = 8;
+        j.append("second\nwith a body", &state).unwrap();
+        let mut again = Journal::open(dir.path()).unwrap();
+        assert_eq!(again.load().unwrap(), Some(state));
+        let entries: Vec<String> = again
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(entries, vec!["second\nwith a body", "first"]);
+    }
+
+    #[test]
+    fn a_journal_moved_by_someone_else_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init_bare(dir.path()).unwrap();
+        let mut a = Journal::open(dir.path()).unwrap();
+        a.append("a1", &State::default()).unwrap();
+        let mut b = Journal::open(dir.path()).unwrap();
+        b.append("b1", &State::default()).unwrap();
+        let err = a.append("a2", &State::default()).unwrap_err();
+        assert!(matches!(err, AuditError::Moved { .. }), "{err}");
+    }
+
+    fn cluster(hz: &str) -> ClusterState {
+        ClusterState {
+            target: Some(Target {
+                revision: "abc".into(),
+                digest: "d".into(),
+                parameters: BTreeMap::from([("hz".into(), hz.into())]),
+            }),
+            ..ClusterState::default()
+        }
+    }
+
+    #[test]
+    fn entries_made_while_a_write_was_in_progress_are_written_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init_bare(dir.path()).unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        let mut state = State::default();
+        state.clusters.insert("a".into(), cluster("10"));
+        state.clusters.insert("b".into(), cluster("10"));
+        let mut maker = EntryMaker::default();
+        let all = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        j.write(&maker.prepare("start", &state, &all)).unwrap();
+
+        // Three entries made before any is written: a changes, then b, then a again and
+        // c appears; b's file must survive the merge although the last entry left b alone.
+        state.clusters.insert("a".into(), cluster("11"));
+        let mut merged = maker.prepare("a to 11", &state, &BTreeSet::from(["a".to_owned()]));
+        state.clusters.insert("b".into(), cluster("12"));
+        let second = maker.prepare("b to 12", &state, &BTreeSet::from(["b".to_owned()]));
+        state.clusters.insert("a".into(), cluster("13"));
+        state.clusters.insert("c".into(), cluster("1"));
+        let third = maker.prepare("a to 13", &state, &BTreeSet::from(["a".to_owned()]));
+        assert!(
+            third.clusters["c"].is_some(),
+            "a cluster never serialised is carried"
+        );
+        assert!(third.clusters["b"].is_none());
+        merged.merge(second);
+        merged.merge(third);
+        assert_eq!(merged.message(), "a to 11\nb to 12\na to 13\n");
+        j.write(&merged).unwrap();
+
+        let mut again = Journal::open(dir.path()).unwrap();
+        assert_eq!(again.load().unwrap(), Some(state.clone()));
+        let entries: Vec<String> = again
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(entries, vec!["a to 11\nb to 12\na to 13", "start"]);
+
+        // After a restart the loaded files are reused: only b's is written anew.
+        let mut maker = EntryMaker::loaded(&state);
+        state.clusters.insert("b".into(), cluster("14"));
+        let entry = maker.prepare("b to 14", &state, &BTreeSet::from(["b".to_owned()]));
+        assert_eq!(
+            entry.clusters.iter().filter(|(_, f)| f.is_some()).count(),
+            1
+        );
+        again.write(&entry).unwrap();
+        assert_eq!(
+            Journal::open(dir.path()).unwrap().load().unwrap(),
+            Some(state)
+        );
+    }
+
+    #[test]
+    fn an_unchanged_cluster_this_journal_never_wrote_is_an_error_not_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init_bare(dir.path()).unwrap();
+        let mut state = State::default();
+        state.clusters.insert("a".into(), cluster("10"));
+        // A maker that believes `a` was written, a journal that never saw it.
+        let mut maker = EntryMaker::loaded(&state);
+        let entry = maker.prepare("x", &state, &BTreeSet::new());
+        let err = Journal::open(dir.path())
+            .unwrap()
+            .write(&entry)
+            .unwrap_err();
+        assert!(err.to_string().contains("clusters/a.json"), "{err}");
+    }
+}

@@ -1,0 +1,1056 @@
+//! The Redis driver: reads a node over RESP (`CONFIG GET *`, `INFO`, `PING`, its config
+//! file) and applies a parameter set as one unit (`CONFIG SET` of all of them at once,
+//! then `CONFIG REWRITE` when the server runs from a config file).
+//!
+//! All or nothing: Redis 7 applies a multi-parameter `CONFIG SET` atomically (one refused
+//! value and none is changed; checked against the real server by the integration tests).
+//! The driver still re-reads and puts back after an error reply, because an older or
+//! patched server may not, and because a failed `CONFIG REWRITE` comes after the live
+//! change and has to be undone by hand.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, RedisConnectionInfo};
+use tokio::sync::Mutex;
+
+use crate::edges::nodes::{Applied, BoxFuture, NodeDriver, NodeError};
+use crate::edges::secret;
+use crate::pure::catalog::{self, Engine};
+use crate::pure::live::{Health, LinkState, NodeLive};
+use crate::pure::spec::model::{Auth, Role};
+
+/// Largest config file read for the persisted view.
+const MAX_CONFIG_FILE_BYTES: u64 = 4 << 20;
+
+/// Parameters whose values are credentials: never reported, neither live nor persisted.
+pub const SECRET_PARAMETERS: &[&str] = &["requirepass", "masterauth"];
+
+/// A Redis node over RESP. Connects on first use and keeps one multiplexed connection;
+/// a connection that failed at the transport level is dropped and made again next time.
+pub struct RedisDriver {
+    address: String,
+    host: String,
+    port: u16,
+    auth: Option<Auth>,
+    timeout: Duration,
+    session: Mutex<Option<Session>>,
+    /// One apply at a time per node: two interleaved applies would read each other's
+    /// half-way values as "the value before".
+    apply_lock: Mutex<()>,
+}
+
+#[derive(Clone)]
+struct Session {
+    con: MultiplexedConnection,
+    /// `INFO server` `config_file` once known: empty when the server runs without one.
+    /// It cannot change while the server runs, so it is learnt once per connection.
+    config_file: Option<String>,
+}
+
+/// What a call gave back when it did not fail at the transport level: a value, or the
+/// engine's error reply as it wrote it (`ERR CONFIG SET failed ...`).
+type Reply = Result<Value, String>;
+
+impl RedisDriver {
+    /// A driver for `address` (`host:port`, `[v6]:port`; port 6379 when omitted) that
+    /// connects on first use. Secret references in `auth` are resolved at each connect,
+    /// so a rotated secret is picked up on the next connection. Every network call is
+    /// bounded by `timeout`.
+    pub fn new(address: &str, auth: Option<&Auth>, timeout: Duration) -> RedisDriver {
+        let (host, port) = split_address(address);
+        RedisDriver {
+            address: address.to_owned(),
+            host,
+            port,
+            auth: auth.cloned(),
+            timeout,
+            session: Mutex::new(None),
+            apply_lock: Mutex::new(()),
+        }
+    }
+
+    /// Like [`RedisDriver::new`], but connects and authenticates now, so that a wrong
+    /// address or password shows at once.
+    pub async fn connect(
+        address: &str,
+        auth: Option<&Auth>,
+        timeout: Duration,
+    ) -> Result<RedisDriver, NodeError> {
+        let driver = RedisDriver::new(address, auth, timeout);
+        driver.session().await?;
+        Ok(driver)
+    }
+
+    fn timed_out(&self) -> NodeError {
+        NodeError::TimedOut {
+            address: self.address.clone(),
+            timeout_ms: self.timeout.as_millis().min(u64::MAX as u128) as u64,
+        }
+    }
+
+    fn protocol(&self, message: impl Into<String>) -> NodeError {
+        NodeError::Protocol {
+            address: self.address.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn refused(&self, parameter: &str, message: String) -> NodeError {
+        NodeError::Refused {
+            address: self.address.clone(),
+            parameter: parameter.to_owned(),
+            message,
+        }
+    }
+
+    /// The current connection, or a new one (connected, authenticated).
+    async fn session(&self) -> Result<Session, NodeError> {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let s = self.open().await?;
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn forget_session(&self) {
+        *self.session.lock().await = None;
+    }
+
+    async fn remember_config_file(&self, file: &str) {
+        if let Some(s) = self.session.lock().await.as_mut() {
+            s.config_file = Some(file.to_owned());
+        }
+    }
+
+    async fn open(&self) -> Result<Session, NodeError> {
+        // Resolve before connecting: a missing secret is not the node's fault.
+        let credentials = match &self.auth {
+            Some(a) => Some((a.username.clone(), secret::resolve(&a.password)?)),
+            None => None,
+        };
+        let info = ConnectionInfo {
+            addr: ConnectionAddr::Tcp(self.host.clone(), self.port),
+            // No credentials here: AUTH is sent below, so that its error reply is the
+            // engine's own words rather than the client library's summary.
+            redis: RedisConnectionInfo::default(),
+        };
+        let client = redis::Client::open(info).map_err(|e| self.protocol(e.to_string()))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout);
+        let mut con = tokio::time::timeout(
+            self.timeout,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| self.timed_out())?
+        .map_err(|e| self.transport_error(e, None))?;
+        if let Some((user, password)) = credentials {
+            let mut cmd = redis::cmd("AUTH");
+            if let Some(user) = &user {
+                cmd.arg(user);
+            }
+            cmd.arg(&password);
+            let reply = tokio::time::timeout(self.timeout, con.send_packed_command(&cmd))
+                .await
+                .map_err(|_| self.timed_out())?
+                .map_err(|e| self.transport_error(e, Some(&password)))?;
+            match reply {
+                Value::Okay => {}
+                Value::ServerError(e) => {
+                    return Err(NodeError::AuthFailed {
+                        address: self.address.clone(),
+                        message: scrub(&engine_message(e.code(), e.details()), &password),
+                    })
+                }
+                other => return Err(self.protocol(format!("AUTH answered {}", describe(&other)))),
+            }
+        }
+        Ok(Session {
+            con,
+            config_file: None,
+        })
+    }
+
+    /// A transport-level failure of the client library as a `NodeError`. `secret` is
+    /// scrubbed from the message should the library ever quote it.
+    fn transport_error(&self, e: redis::RedisError, secret: Option<&str>) -> NodeError {
+        let message = match secret {
+            Some(s) => scrub(&e.to_string(), s),
+            None => e.to_string(),
+        };
+        if e.is_timeout() {
+            return self.timed_out();
+        }
+        match e.kind() {
+            redis::ErrorKind::IoError => NodeError::Unreachable {
+                address: self.address.clone(),
+                message,
+            },
+            redis::ErrorKind::AuthenticationFailed => NodeError::AuthFailed {
+                address: self.address.clone(),
+                message,
+            },
+            // "parse error - ParseError: Parse error at 1" says it three times.
+            redis::ErrorKind::ParseError => self.protocol(format!(
+                "not a RESP reply ({})",
+                e.detail().unwrap_or("unparseable")
+            )),
+            _ => self.protocol(message),
+        }
+    }
+
+    /// Send one command; an error reply is returned as `Err` inside `Ok`, so the caller
+    /// decides what a refusal means. Transport failures drop the connection.
+    async fn call(&self, s: &mut Session, cmd: &Cmd) -> Result<Reply, NodeError> {
+        let mut replies = self.call_many(s, std::slice::from_ref(cmd)).await?;
+        replies.pop().ok_or_else(|| self.protocol("no reply"))
+    }
+
+    /// Send several commands in one round trip and read one reply each.
+    async fn call_many(&self, s: &mut Session, cmds: &[Cmd]) -> Result<Vec<Reply>, NodeError> {
+        let outcome = if let [cmd] = cmds {
+            tokio::time::timeout(self.timeout, s.con.send_packed_command(cmd))
+                .await
+                .map(|r| r.map(|v| vec![v]))
+        } else {
+            let mut pipe = redis::pipe();
+            for cmd in cmds {
+                pipe.add_command(cmd.clone());
+            }
+            tokio::time::timeout(
+                self.timeout,
+                s.con.send_packed_commands(&pipe, 0, cmds.len()),
+            )
+            .await
+        };
+        let values = match outcome {
+            Err(_) => {
+                // The reply may still come; the connection is no longer in step.
+                self.forget_session().await;
+                return Err(self.timed_out());
+            }
+            Ok(Err(e)) => {
+                self.forget_session().await;
+                return Err(self.transport_error(e, None));
+            }
+            Ok(Ok(values)) => values,
+        };
+        if values.len() != cmds.len() {
+            self.forget_session().await;
+            return Err(self.protocol(format!(
+                "{} replies to {} commands",
+                values.len(),
+                cmds.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(values.len());
+        for v in values {
+            match v {
+                Value::ServerError(e) => {
+                    let message = engine_message(e.code(), e.details());
+                    if is_auth_error(e.code()) {
+                        return Err(NodeError::AuthFailed {
+                            address: self.address.clone(),
+                            message,
+                        });
+                    }
+                    out.push(Err(message));
+                }
+                v => out.push(Ok(v)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `CONFIG GET` of several names in one call (Redis 7), as a map of those it knows.
+    async fn config_get(
+        &self,
+        s: &mut Session,
+        names: &[&str],
+    ) -> Result<BTreeMap<String, String>, NodeError> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(names);
+        let reply = self.call(s, &cmd).await?;
+        let value = reply.map_err(|e| self.refused("CONFIG GET", e))?;
+        config_map(&value).map_err(|m| self.protocol(format!("CONFIG GET answered {m}")))
+    }
+
+    /// `CONFIG SET` of `values` in one call: `Ok(Err(message))` when the engine refused.
+    async fn config_set(
+        &self,
+        s: &mut Session,
+        values: &[(&str, &str)],
+    ) -> Result<Result<(), String>, NodeError> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET");
+        for (name, value) in values {
+            cmd.arg(*name).arg(*value);
+        }
+        match self.call(s, &cmd).await? {
+            Ok(Value::Okay) => Ok(Ok(())),
+            Ok(other) => Err(self.protocol(format!("CONFIG SET answered {}", describe(&other)))),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// The server's config file path (empty without one), learnt once per connection.
+    async fn config_file(&self, s: &mut Session) -> Result<String, NodeError> {
+        if let Some(f) = &s.config_file {
+            return Ok(f.clone());
+        }
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        let reply = self.call(s, &cmd).await?;
+        let value = reply.map_err(|e| self.refused("INFO", e))?;
+        let text = value_text(&value)
+            .ok_or_else(|| self.protocol(format!("INFO server answered {}", describe(&value))))?;
+        let file = parse_info(&text)
+            .get("config_file")
+            .cloned()
+            .unwrap_or_default();
+        s.config_file = Some(file.clone());
+        self.remember_config_file(&file).await;
+        Ok(file)
+    }
+
+    /// A full reading; with `only`, of those parameters alone (one `CONFIG GET` of their
+    /// names instead of `CONFIG GET *`).
+    async fn read_node(&self, only: Option<&BTreeSet<String>>) -> Result<NodeLive, NodeError> {
+        let mut s = self.session().await?;
+
+        // Latency: the best of three PING round trips. One sample measures this process's
+        // scheduling as much as the node (a rollout reads many nodes at once on a busy
+        // host), and the latency gate must not fail a change for that.
+        let mut latency_ms = f64::INFINITY;
+        for _ in 0..3 {
+            let started = Instant::now();
+            match self.call(&mut s, &redis::cmd("PING")).await? {
+                Ok(Value::SimpleString(p)) if p == "PONG" => {}
+                Ok(other) => {
+                    return Err(self.protocol(format!("PING answered {}", describe(&other))))
+                }
+                Err(e) => return Err(self.refused("PING", e)),
+            }
+            latency_ms = latency_ms.min(started.elapsed().as_secs_f64() * 1000.0);
+        }
+
+        let mut config = redis::cmd("CONFIG");
+        config.arg("GET");
+        match only {
+            // CONFIG GET takes glob patterns: only plain names are asked for by name.
+            Some(names) if names.iter().all(|n| plain_name(n)) => {
+                if names.is_empty() {
+                    // No name: a pattern that matches no parameter.
+                    config.arg("\u{1}");
+                }
+                for n in names {
+                    config.arg(n);
+                }
+            }
+            _ => {
+                config.arg("*");
+            }
+        }
+        let mut info = redis::cmd("INFO");
+        info.arg(
+            &[
+                "server",
+                "memory",
+                "stats",
+                "clients",
+                "replication",
+                "keyspace",
+            ][..],
+        );
+        let mut replies = self.call_many(&mut s, &[config, info]).await?.into_iter();
+        let (Some(config), Some(info)) = (replies.next(), replies.next()) else {
+            return Err(self.protocol("missing replies to CONFIG GET and INFO"));
+        };
+        let config = config.map_err(|e| self.refused("CONFIG GET", e))?;
+        let mut parameters =
+            config_map(&config).map_err(|m| self.protocol(format!("CONFIG GET answered {m}")))?;
+        for name in SECRET_PARAMETERS {
+            parameters.remove(*name);
+        }
+        let info = info.map_err(|e| self.refused("INFO", e))?;
+        let info = value_text(&info)
+            .ok_or_else(|| self.protocol(format!("INFO answered {}", describe(&info))))?;
+        let info = parse_info(&info);
+
+        let config_file = info.get("config_file").cloned().unwrap_or_default();
+        self.remember_config_file(&config_file).await;
+        let persisted = if !config_file.is_empty() && is_loopback(&self.host) {
+            self.read_config_file(&config_file).await
+        } else {
+            None
+        };
+        let mut live = NodeLive {
+            parameters,
+            persisted,
+            ..NodeLive::default()
+        };
+        if let Some(names) = only {
+            live.keep_only(names);
+        }
+
+        let mut health = health_from_info(&info);
+        health.latency_ms = Some(latency_ms);
+        Ok(NodeLive {
+            engine: Some(Engine::Redis),
+            address: Some(self.address.clone()),
+            version: info.get("redis_version").cloned(),
+            reachable: true,
+            parameters: live.parameters,
+            persisted: live.persisted,
+            health: Some(health),
+            ..NodeLive::default()
+        })
+    }
+
+    /// The parameters the config file sets, or `None` when it cannot be read (the view
+    /// is then unknown rather than empty; the live view still stands).
+    async fn read_config_file(&self, path: &str) -> Option<BTreeMap<String, String>> {
+        let read = async {
+            let meta = tokio::fs::metadata(path).await?;
+            if meta.len() > MAX_CONFIG_FILE_BYTES {
+                return Err(std::io::Error::other("config file too large"));
+            }
+            tokio::fs::read(path).await
+        };
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(bytes)) => {
+                let mut map = parse_config_file(&String::from_utf8_lossy(&bytes));
+                for name in SECRET_PARAMETERS {
+                    map.remove(*name);
+                }
+                Some(map)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(address = %self.address, path, error = %e, "cannot read the node's config file");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(address = %self.address, path, "reading the node's config file timed out");
+                None
+            }
+        }
+    }
+
+    async fn apply_params(&self, params: &BTreeMap<String, String>) -> Result<Applied, NodeError> {
+        if params.is_empty() {
+            return Ok(Applied::default());
+        }
+        let cat = catalog::catalog(Engine::Redis);
+        for name in params.keys() {
+            // Parameters the catalog does not know go to the engine, which refuses them
+            // in its own words if it does not know them either.
+            if cat.get(name).is_some_and(|p| !p.runtime) {
+                return Err(NodeError::NeedsRestart {
+                    address: self.address.clone(),
+                    parameter: name.clone(),
+                });
+            }
+            // CONFIG GET takes glob patterns: a name with one would read other parameters.
+            if !plain_name(name) {
+                return Err(self.refused(name, "not a parameter name".to_owned()));
+            }
+        }
+
+        let _one_at_a_time = self.apply_lock.lock().await;
+        let mut s = self.session().await?;
+        let names: Vec<&str> = params.keys().map(String::as_str).collect();
+        let before = self.config_get(&mut s, &names).await?;
+
+        let to_set: Vec<(&str, &str)> = params
+            .iter()
+            .filter(|(name, want)| match before.get(name.as_str()) {
+                Some(have) => !cat.same(name, have, want),
+                None => true,
+            })
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        if to_set.is_empty() {
+            return Ok(Applied::default());
+        }
+        let changed: BTreeMap<String, Option<String>> = to_set
+            .iter()
+            .map(|(name, _)| (name.to_string(), before.get(*name).cloned()))
+            .collect();
+
+        if let Err(message) = self.config_set(&mut s, &to_set).await? {
+            let parameter = refused_parameter(&message, &to_set);
+            self.put_back(&mut s, &changed, &parameter, &message)
+                .await?;
+            return Err(self.refused(&parameter, message));
+        }
+
+        let config_file = self.config_file(&mut s).await?;
+        if config_file.is_empty() {
+            return Ok(Applied {
+                changed,
+                persisted: false,
+            });
+        }
+        let rewrite = {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("REWRITE");
+            self.call(&mut s, &cmd).await
+        };
+        let message = match rewrite {
+            Ok(Ok(Value::Okay)) => {
+                return Ok(Applied {
+                    changed,
+                    persisted: true,
+                })
+            }
+            Ok(Ok(other)) => format!("CONFIG REWRITE answered {}", describe(&other)),
+            Ok(Err(e)) => e,
+            Err(e) => e.to_string(),
+        };
+        // The file was not rewritten, so the live change must not stay either: put every
+        // value back in one atomic CONFIG SET (one by one if that is refused).
+        let mut s = self.session().await?;
+        let old: Vec<(&str, &str)> = changed
+            .iter()
+            .filter_map(|(n, v)| v.as_deref().map(|v| (n.as_str(), v)))
+            .collect();
+        match self.config_set(&mut s, &old).await {
+            Ok(Ok(())) => {}
+            _ => {
+                self.put_back(&mut s, &changed, "CONFIG REWRITE", &message)
+                    .await?
+            }
+        }
+        Err(self.refused("CONFIG REWRITE", message))
+    }
+
+    /// After a refusal: read the parameters again and set back, one by one, those that
+    /// no longer hold their value from before. `Err(RollbackFailed)` if that fails.
+    async fn put_back(
+        &self,
+        s: &mut Session,
+        before: &BTreeMap<String, Option<String>>,
+        parameter: &str,
+        message: &str,
+    ) -> Result<(), NodeError> {
+        let failed = |restore: &str, restore_error: String| NodeError::RollbackFailed {
+            address: self.address.clone(),
+            parameter: parameter.to_owned(),
+            message: message.to_owned(),
+            restore: restore.to_owned(),
+            restore_error,
+        };
+        let names: Vec<&str> = before.keys().map(String::as_str).collect();
+        let now = match self.config_get(s, &names).await {
+            Ok(now) => now,
+            Err(e) => return Err(failed(&names.join(", "), e.to_string())),
+        };
+        for (name, old) in before {
+            let Some(old) = old else { continue };
+            let unchanged = now.get(name).is_some_and(|v| v == old);
+            if unchanged {
+                continue;
+            }
+            match self.config_set(s, &[(name.as_str(), old.as_str())]).await {
+                Ok(Ok(())) => {}
+                Ok(Err(m)) => return Err(failed(name, m)),
+                Err(e) => return Err(failed(name, e.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NodeDriver for RedisDriver {
+    fn engine(&self) -> Engine {
+        Engine::Redis
+    }
+
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn read(&self) -> BoxFuture<'_, Result<NodeLive, NodeError>> {
+        Box::pin(self.read_node(None))
+    }
+
+    fn read_declared<'a>(
+        &'a self,
+        names: &'a BTreeSet<String>,
+    ) -> BoxFuture<'a, Result<NodeLive, NodeError>> {
+        Box::pin(self.read_node(Some(names)))
+    }
+
+    fn read_parameters<'a>(
+        &'a self,
+        names: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, NodeError>> {
+        Box::pin(async move {
+            if names.is_empty() {
+                return Ok(BTreeMap::new());
+            }
+            // CONFIG GET takes glob patterns: a name with one would read other parameters.
+            if let Some(bad) = names.iter().find(|n| !plain_name(n)) {
+                return Err(self.refused(bad, "not a parameter name".to_owned()));
+            }
+            let mut s = self.session().await?;
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut values = self.config_get(&mut s, &names).await?;
+            for name in SECRET_PARAMETERS {
+                values.remove(*name);
+            }
+            Ok(values)
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        params: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<Applied, NodeError>> {
+        Box::pin(self.apply_params(params))
+    }
+}
+
+/// `host:port` → (host, port); `[::1]:6379` → (`::1`, 6379); no port → 6379.
+fn split_address(address: &str) -> (String, u16) {
+    if let Some(rest) = address.strip_prefix('[') {
+        if let Some((host, tail)) = rest.split_once(']') {
+            let port = tail
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(6379);
+            return (host.to_owned(), port);
+        }
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            (host.to_owned(), port.parse().unwrap_or(6379))
+        }
+        _ => (address.to_owned(), 6379),
+    }
+}
+
+/// Whether the node runs on this host, so that its config file path is ours to read.
+/// A parameter name `CONFIG GET` reads as itself (it takes glob patterns).
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['*', '?', '[', ']', '\\', ' '])
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The engine's error reply as it wrote it: `ERR CONFIG SET failed ...`.
+fn engine_message(code: &str, details: Option<&str>) -> String {
+    match details {
+        Some(d) => format!("{code} {d}"),
+        None => code.to_owned(),
+    }
+}
+
+fn is_auth_error(code: &str) -> bool {
+    matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM")
+}
+
+fn scrub(message: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        message.to_owned()
+    } else {
+        message.replace(secret, "***")
+    }
+}
+
+/// A short description of an unexpected reply, for protocol errors.
+fn describe(v: &Value) -> String {
+    let text = format!("{v:?}");
+    let mut short: String = text.chars().take(80).collect();
+    if short.len() < text.len() {
+        short.push_str("...");
+    }
+    short
+}
+
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Okay => Some("OK".to_owned()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// A `CONFIG GET` reply (a flat array in RESP2, a map in RESP3) as a map.
+fn config_map(v: &Value) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    match v {
+        Value::Array(items) => {
+            if items.len() % 2 != 0 {
+                return Err(format!("an array of {} items", items.len()));
+            }
+            for pair in items.chunks(2) {
+                let (Some(k), Some(v)) = (value_text(&pair[0]), value_text(&pair[1])) else {
+                    return Err(format!("{} as a name and value", describe(&pair[0])));
+                };
+                out.insert(k, v);
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                let (Some(k), Some(v)) = (value_text(k), value_text(v)) else {
+                    return Err(format!("{} as a name and value", describe(k)));
+                };
+                out.insert(k, v);
+            }
+        }
+        other => return Err(describe(other)),
+    }
+    Ok(out)
+}
+
+/// `INFO` text as `field → value` (section headers and blank lines skipped).
+pub fn parse_info(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Health from parsed `INFO` fields; fields the server does not report stay `None`.
+pub fn health_from_info(info: &BTreeMap<String, String>) -> Health {
+    let num = |k: &str| info.get(k).and_then(|v| v.trim().parse::<u64>().ok());
+    let hits = num("keyspace_hits");
+    let misses = num("keyspace_misses");
+    let hit_ratio = match (hits, misses) {
+        (Some(h), Some(m)) if h + m > 0 => Some(h as f64 / (h + m) as f64),
+        _ => None,
+    };
+    let role = match info.get("role").map(String::as_str) {
+        Some("master") => Some(Role::Primary),
+        Some("slave") => Some(Role::Replica),
+        _ => None,
+    };
+    let replication_link = if role == Some(Role::Replica) {
+        match info.get("master_link_status").map(String::as_str) {
+            Some("up") => Some(LinkState::Up),
+            Some(_) => Some(LinkState::Down),
+            None => None,
+        }
+    } else {
+        None
+    };
+    // `db0:keys=3,expires=0,avg_ttl=0`, one line per database that has keys.
+    let keys = info
+        .iter()
+        .filter(|(k, _)| {
+            k.strip_prefix("db")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|(_, v)| {
+            v.split(',')
+                .find_map(|kv| kv.strip_prefix("keys="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum::<u64>();
+    Health {
+        used_memory: num("used_memory"),
+        max_memory: num("maxmemory"),
+        keyspace_hits: hits,
+        keyspace_misses: misses,
+        hit_ratio,
+        evicted_keys: num("evicted_keys"),
+        evictions_per_sec: None,
+        connected_clients: num("connected_clients"),
+        ops_per_sec: info
+            .get("instantaneous_ops_per_sec")
+            .and_then(|v| v.trim().parse::<f64>().ok()),
+        latency_ms: None,
+        role,
+        replication_link,
+        keys: Some(keys),
+    }
+}
+
+/// Which parameter a `CONFIG SET` error names: Redis 7 says `(possibly related to argument
+/// 'x')` or `... CONFIG SET - 'x'`; otherwise every parameter sent.
+fn refused_parameter(message: &str, sent: &[(&str, &str)]) -> String {
+    let quoted = message
+        .split_once("argument '")
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map(|(name, _)| name)
+        .or_else(|| {
+            let rest = message.strip_suffix('\'')?;
+            rest.rsplit_once('\'').map(|(_, name)| name)
+        });
+    match quoted {
+        Some(name) if sent.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) => {
+            name.to_ascii_lowercase()
+        }
+        _ => sent.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// Directives of a config file that are not parameters (`CONFIG GET` does not know them).
+const NOT_PARAMETERS: &[&str] = &["include", "user", "loadmodule", "rename-command"];
+/// Directives whose repeated lines add up rather than replace each other.
+const ACCUMULATING: &[&str] = &["save", "client-output-buffer-limit"];
+
+/// The parameters a Redis config file sets, with Redis's own syntax: one directive per
+/// line, `name arg...`, arguments split like `sdssplitargs` (double quotes with escapes,
+/// single quotes), comments from `#` at the start of a line. Names are lower-cased; a
+/// multi-word value is its words joined by one space; `save` lines add up (`save ""`
+/// clears), other repeated directives keep the last. `include`d files are not followed.
+pub fn parse_config_file(text: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some(words) = split_args(line) else {
+            continue;
+        };
+        let Some((name, args)) = words.split_first() else {
+            continue;
+        };
+        let name = name.to_ascii_lowercase();
+        if NOT_PARAMETERS.contains(&name.as_str()) {
+            continue;
+        }
+        let value = args.join(" ");
+        if ACCUMULATING.contains(&name.as_str()) {
+            let slot = out.entry(name).or_default();
+            if value.is_empty() {
+                slot.clear();
+            } else if slot.is_empty() {
+                *slot = value;
+            } else {
+                slot.push(' ');
+                slot.push_str(&value);
+            }
+        } else {
+            out.insert(name, value);
+        }
+    }
+    out
+}
+
+/// Split one config line into arguments as Redis's `sdssplitargs` does; `None` for
+/// unbalanced quotes (Redis refuses such a file).
+fn split_args(line: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let Some(&first) = chars.peek() else {
+            return Some(out);
+        };
+        let mut word = String::new();
+        match first {
+            '"' => {
+                chars.next();
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => match chars.next()? {
+                            'n' => word.push('\n'),
+                            'r' => word.push('\r'),
+                            't' => word.push('\t'),
+                            'b' => word.push('\u{8}'),
+                            'a' => word.push('\u{7}'),
+                            'x' => {
+                                let hex: String = chars.by_ref().take(2).collect();
+                                match u8::from_str_radix(&hex, 16) {
+                                    Ok(b) if hex.len() == 2 => word.push(char::from(b)),
+                                    _ => {
+                                        word.push('x');
+                                        word.push_str(&hex);
+                                    }
+                                }
+                            }
+                            c => word.push(c),
+                        },
+                        c => word.push(c),
+                    }
+                }
+                // A closing quote must be followed by a space or the end.
+                if chars.peek().is_some_and(|c| !c.is_whitespace()) {
+                    return None;
+                }
+            }
+            '\'' => {
+                chars.next();
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        '\\' if chars.peek() == Some(&'\'') => {
+                            chars.next();
+                            word.push('\'');
+                        }
+                        c => word.push(c),
+                    }
+                }
+                if chars.peek().is_some_and(|c| !c.is_whitespace()) {
+                    return None;
+                }
+            }
+            _ => {
+                while let Some(&c) = chars.peek() {
+                    if c.is_whitespace() {
+                        break;
+                    }
+                    word.push(c);
+                    chars.next();
+                }
+            }
+        }
+        out.push(word);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split_into_host_and_port() {
+        assert_eq!(split_address("127.0.0.1:7000"), ("127.0.0.1".into(), 7000));
+        assert_eq!(split_address("[::1]:7001"), ("::1".into(), 7001));
+        assert_eq!(split_address("cache-1"), ("cache-1".into(), 6379));
+        assert!(is_loopback("127.0.0.1"));
+        assert!(is_loopback("::1"));
+        assert!(is_loopback("localhost"));
+        assert!(!is_loopback("10.0.0.1"));
+    }
+
+    #[test]
+    fn config_files_parse_as_redis_reads_them() {
+        let text = "# a comment\n\
+            port 7000\n\
+            dir \"/tmp/with space\"\n\
+            save 3600 1\n\
+            save 300 100\n\
+            MaxMemory 100mb\n\
+            maxmemory-policy allkeys-lru\n\
+            maxmemory-policy allkeys-lfu\n\
+            logfile \"\"\n\
+            requirepass \"hunter2\"\n\
+            user app on >pw ~* +@all\n\
+            notify-keyspace-events 'K\\'x'\n\
+            client-output-buffer-limit normal 0 0 0\n\
+            client-output-buffer-limit pubsub 32mb 8mb 60\n\
+            broken \"unbalanced\n";
+        let mut map = parse_config_file(text);
+        // The driver drops secret parameters after parsing.
+        assert_eq!(map.remove("requirepass").as_deref(), Some("hunter2"));
+        let expected: BTreeMap<String, String> = [
+            ("port", "7000"),
+            ("dir", "/tmp/with space"),
+            ("save", "3600 1 300 100"),
+            ("maxmemory", "100mb"),
+            ("maxmemory-policy", "allkeys-lfu"),
+            ("logfile", ""),
+            ("notify-keyspace-events", "K'x"),
+            (
+                "client-output-buffer-limit",
+                "normal 0 0 0 pubsub 32mb 8mb 60",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(map, expected);
+    }
+
+    #[test]
+    fn an_empty_save_line_clears_the_snapshot_points() {
+        let map = parse_config_file("save 60 1\nsave \"\"\n");
+        assert_eq!(map["save"], "");
+        let map = parse_config_file("save \"\"\nsave 60 1\n");
+        assert_eq!(map["save"], "60 1");
+    }
+
+    #[test]
+    fn escapes_in_double_quotes_are_decoded() {
+        assert_eq!(
+            split_args(r#"a "b\x41\n\"c" 'd'"#).unwrap(),
+            vec!["a", "bA\n\"c", "d"]
+        );
+        assert_eq!(split_args(r#"a "b"c"#), None);
+    }
+
+    #[test]
+    fn health_comes_from_info_fields() {
+        let info = parse_info(
+            "# Server\r\nredis_version:7.0.15\r\n\r\n# Memory\r\nused_memory:1000\r\n\
+             maxmemory:2000\r\n# Stats\r\nkeyspace_hits:3\r\nkeyspace_misses:1\r\n\
+             evicted_keys:7\r\ninstantaneous_ops_per_sec:12\r\n# Clients\r\n\
+             connected_clients:2\r\n# Replication\r\nrole:slave\r\nmaster_link_status:down\r\n\
+             # Keyspace\r\ndb0:keys=5,expires=0,avg_ttl=0\r\ndb3:keys=2,expires=1,avg_ttl=9\r\n",
+        );
+        let h = health_from_info(&info);
+        assert_eq!(h.used_memory, Some(1000));
+        assert_eq!(h.max_memory, Some(2000));
+        assert_eq!(h.keyspace_hits, Some(3));
+        assert_eq!(h.keyspace_misses, Some(1));
+        assert_eq!(h.hit_ratio, Some(0.75));
+        assert_eq!(h.evicted_keys, Some(7));
+        assert_eq!(h.ops_per_sec, Some(12.0));
+        assert_eq!(h.connected_clients, Some(2));
+        assert_eq!(h.role, Some(Role::Replica));
+        assert_eq!(h.replication_link, Some(LinkState::Down));
+        assert_eq!(h.keys, Some(7));
+    }
+
+    #[test]
+    fn no_hits_and_no_misses_give_no_hit_ratio() {
+        let h = health_from_info(&parse_info(
+            "keyspace_hits:0\r\nkeyspace_misses:0\r\nrole:master\r\n",
+        ));
+        assert_eq!(h.hit_ratio, None);
+        assert_eq!(h.role, Some(Role::Primary));
+        assert_eq!(h.replication_link, None);
+        assert_eq!(h.keys, Some(0));
+    }
+
+    #[test]
+    fn the_refused_parameter_is_read_from_the_engine_message() {
+        let sent = [("hz", "20"), ("maxmemory-policy", "bogus")];
+        assert_eq!(
+            refused_parameter(
+                "ERR CONFIG SET failed (possibly related to argument 'maxmemory-policy') - argument(s) must be one of the following: ...",
+                &sent
+            ),
+            "maxmemory-policy"
+        );
+        assert_eq!(
+            refused_parameter(
+                "ERR Unknown option or number of arguments for CONFIG SET - 'hz'",
+                &sent
+            ),
+            "hz"
+        );
+        assert_eq!(
+            refused_parameter("ERR something else", &sent),
+            "hz, maxmemory-policy"
+        );
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_from_messages() {
+        assert_eq!(scrub("bad pw hunter2 here", "hunter2"), "bad pw *** here");
+    }
+}

@@ -1,0 +1,993 @@
+//! `cacheflow demo`: the whole loop on an embedded simulated fleet, with no setup, in
+//! about 15 seconds. Nothing in it is staged: the reconciler is the one `serve` and
+//! `sync` run (rollout state machine, gates, journal and notes in the repository's git),
+//! the nodes are [`SimulatedNode`]s driven by in-process agents, and every value shown
+//! is read back from the nodes or from git.
+//!
+//! ```text
+//! example-repo/ (embedded) ─► a new git repository: "the fleet as it runs today", then
+//!   the demo's own commit (bakes of seconds, no rollout windows)
+//! ─► one simulated node per declared node, running HEAD, serving traffic
+//! ─► the reconciler, its journal in the repository, an in-process agent per node
+//! 1. the repository   2. a change: canary, batches, gates, live
+//! 3. a change whose canary fails its gates: rolled back (values read back), reverted
+//! 4. a hand-made CONFIG SET: the drift report   5. `cacheflow history`   what next
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+
+use crate::edges::audit::Journal;
+use crate::edges::nodes::fleet::{self, SnapshotOptions, Target};
+use crate::edges::nodes::simulated::SimulatedNode;
+use crate::edges::nodes::NodeDriver;
+use crate::edges::source::ConfigRepo;
+use crate::flow::pipeline::{self, Revision};
+use crate::flow::runtime::{self, DirectOptions, Handle};
+use crate::pure::catalog::Engine;
+use crate::pure::live::LiveState;
+use crate::pure::rollout::Phase;
+use crate::pure::spec::model::Desired;
+
+/// The example repository, built into the binary so the demo runs from anywhere.
+const EXAMPLE_REPO: &[(&str, &str)] = &[
+    (
+        "cacheflow.yaml",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/example-repo/cacheflow.yaml"
+        )),
+    ),
+    (
+        "clusters/catalog-staging.yaml",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/example-repo/clusters/catalog-staging.yaml"
+        )),
+    ),
+    (
+        "clusters/page-cache.yaml",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/example-repo/clusters/page-cache.yaml"
+        )),
+    ),
+    (
+        "clusters/sessions-eu.yaml",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/example-repo/clusters/sessions-eu.yaml"
+        )),
+    ),
+    (
+        "clusters/sessions-us.yaml",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/example-repo/clusters/sessions-us.yaml"
+        )),
+    ),
+    (
+        "policies/no-noeviction-in-prod.schema.json",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/example-repo/policies/no-noeviction-in-prod.schema.json"
+        )),
+    ),
+    (
+        "policies/prod-sets-a-memory-limit.schema.json",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/example-repo/policies/prod-sets-a-memory-limit.schema.json"
+        )),
+    ),
+    (
+        "profiles/memcached-default.yaml",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/example-repo/profiles/memcached-default.yaml"
+        )),
+    ),
+    (
+        "profiles/redis-cache.yaml",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/example-repo/profiles/redis-cache.yaml"
+        )),
+    ),
+    (
+        "profiles/redis-sessions.yaml",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/example-repo/profiles/redis-sessions.yaml"
+        )),
+    ),
+];
+
+/// The demo's rollout timings, written into the repository by its own commit.
+const BAKE: &str = "3s";
+const WARMUP: &str = "1s";
+const APPLY_TIMEOUT: &str = "10s";
+
+/// The cluster the changes are made to, and what they change.
+const CLUSTER: &str = "sessions-eu";
+const CLUSTER_FILE: &str = "clusters/sessions-eu.yaml";
+const MEMORY_LINE: &str = "    maxmemory: 6gb\n";
+const GOOD_MEMORY: &str = "8gb";
+const BAD_MEMORY: &str = "3gb";
+/// The node changed by hand, and how.
+const DRIFT_NODE: &str = "sessions-eu-2a";
+const DRIFT_PARAM: &str = "maxmemory-policy";
+const DRIFT_VALUE: &str = "allkeys-lru";
+
+/// How long any one rollout of the demo may take before the demo gives up.
+const ROLLOUT_LIMIT: Duration = Duration::from_secs(60);
+
+pub struct DemoOptions {
+    /// Keep the repository in this directory (new or empty) instead of a temporary one
+    /// removed at the end.
+    pub keep: Option<PathBuf>,
+}
+
+/// Run the demo, printing as it goes. `Err` says what went wrong (exit code 1).
+pub fn run(options: DemoOptions) -> Result<(), String> {
+    let started = Instant::now();
+    let work = WorkDir::new(options.keep.as_deref())?;
+    let git = Git::init(&work.path)?;
+    let mut out = Out::new();
+
+    out.line(
+        "cacheflow demo: the whole loop (a config change in git, a staged rollout behind health\n\
+         gates, a rollback, drift, history) on a simulated fleet. It ends by itself in well\n\
+         under a minute.",
+    );
+
+    // 1. The repository.
+    out.section("1. The repository");
+    let files: Vec<(&str, String)> = EXAMPLE_REPO
+        .iter()
+        .map(|(p, t)| (*p, (*t).to_owned()))
+        .collect();
+    let today = git.commit(
+        ALICE,
+        "The fleet as it runs today",
+        &files
+            .iter()
+            .map(|(p, t)| (*p, t.as_str()))
+            .collect::<Vec<_>>(),
+    )?;
+    let sped: Vec<(&str, String)> = files
+        .iter()
+        .filter_map(|(p, t)| {
+            let fast = speed_up(t);
+            (fast != *t).then_some((*p, fast))
+        })
+        .collect();
+    let speeds_message = format!(
+        "Demo speeds: bake {BAKE}, warm-up {WARMUP}, apply timeout {APPLY_TIMEOUT}, no rollout windows"
+    );
+    let speeds = git.commit(
+        DEMO,
+        &speeds_message,
+        &sped
+            .iter()
+            .map(|(p, t)| (*p, t.as_str()))
+            .collect::<Vec<_>>(),
+    )?;
+    let repo = open(&work.path)?;
+    let desired = desired(&repo)?;
+    out.line(&format!(
+        "A copy of example-repo/ in a new git repository ({}):",
+        work.path.display()
+    ));
+    for c in desired.clusters.values() {
+        out.line(&format!(
+            "  {:<16} {:<10} {} node(s), stages {}",
+            c.name,
+            c.engine.to_string(),
+            c.nodes.len(),
+            c.rollout
+                .stages
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(" → ")
+        ));
+    }
+    out.commit(&today, ALICE.0, "The fleet as it runs today");
+    out.commit(&speeds, DEMO.0, &speeds_message);
+    out.line(
+        "    (the example bakes each stage for minutes: the demo's own commit makes it seconds)",
+    );
+
+    let fleet = Fleet::build(&desired);
+    // A minute of traffic before the demo starts: every node has a hit ratio to compare.
+    for n in fleet.nodes.values() {
+        n.node.advance(60.0);
+    }
+    out.line(&format!(
+        "{} simulated nodes run this configuration and serve traffic; the reconciler (the one\n\
+         `cacheflow serve` runs) starts with its journal in the repository:",
+        fleet.nodes.len()
+    ));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let traffic = fleet.drive_traffic();
+        let journal = Journal::open(git.repo.path()).map_err(|e| e.to_string())?;
+        let (handle, task) = runtime::start(journal, 0, None, false).map_err(|e| e.to_string())?;
+        let mut events = handle.events.subscribe();
+        let live = fleet.snapshot().await;
+        handle
+            .revision(desired, Some(live))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let agents: Vec<_> = fleet
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                handle.spawn_direct_agent(
+                    id.clone(),
+                    n.node.clone() as Arc<dyn NodeDriver>,
+                    DirectOptions {
+                        interval: Duration::from_millis(250),
+                        timeout: Duration::from_secs(2),
+                        first_reading: None,
+                        declared: None,
+                    },
+                    stop_rx.clone(),
+                )
+            })
+            .collect();
+        out.drain(&mut events, None);
+
+        let result = story(&mut out, &git, &fleet, &handle, &mut events, &speeds).await;
+
+        let _ = stop_tx.send(true);
+        for a in agents {
+            let _ = a.await;
+        }
+        handle.stop().await;
+        drop(handle);
+        let journaled = task.await;
+        traffic.abort();
+        result?;
+        match journaled {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("the journal could not be written: {e}")),
+            Err(e) => Err(format!("the reconciler failed: {e}")),
+        }
+    })?;
+
+    // 5. History.
+    out.section("5. History: `cacheflow history`");
+    out.line("Each config commit beside what the reconciler noted on it (refs/notes/cacheflow):");
+    let repo = open(&work.path)?;
+    let entries = crate::flow::history::history(
+        &repo,
+        &crate::flow::history::HistoryOptions {
+            rev: "HEAD".into(),
+            cluster: None,
+            param: None,
+            limit: 50,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    out.block(&crate::flow::history::text(&entries));
+    let journal = Journal::open(git.repo.path()).map_err(|e| e.to_string())?;
+    let entries = journal.entries().map_err(|e| e.to_string())?;
+    out.line(&format!(
+        "The journal holds {} entries on refs/cacheflow/journal: every event above, with the\n\
+         reconciler's state as its tree (what a restarted server resumes from).",
+        entries.len()
+    ));
+
+    out.line(&format!(
+        "\nDone in {:.1} s.",
+        started.elapsed().as_secs_f64()
+    ));
+    out.section("What next: the same commands against real Redis and Memcached");
+    out.block(WHAT_NEXT);
+    if options.keep.is_some() {
+        let dir = work.path.display();
+        out.line(&format!(
+            "The demo's repository is kept in {dir}:\n  \
+             cacheflow history --repo {dir}\n  \
+             git -C {dir} log --notes=cacheflow --oneline\n  \
+             git -C {dir} log --oneline refs/cacheflow/journal"
+        ));
+    }
+    Ok(())
+}
+
+const WHAT_NEXT: &str = "\
+Copy example-repo/ into a repository of your own and point the nodes' addresses at your
+servers (docs/config.md describes every field), then:
+  cacheflow validate --repo .                          every error at once, as file:line:col
+  cacheflow diff --repo . --base origin/main           what a pull request changes, with risks
+  cacheflow plan --repo . --direct                     the staged rollout, against the live nodes
+  cacheflow sync --repo . --yes                        one rollout in the foreground, as above
+  cacheflow drift --repo . --direct --output-dir out/  the drift report (Markdown, JSON, HTML)
+  cacheflow history --repo .                           each change beside what became of it
+  cacheflow serve --repo URL --state-dir DIR           the reconciler as a server (docs/server.md)
+How this demo works: docs/demo.md.
+";
+
+/// Steps 2 to 4, with the reconciler running.
+async fn story(
+    out: &mut Out,
+    git: &Git,
+    fleet: &Fleet,
+    handle: &Handle,
+    events: &mut broadcast::Receiver<String>,
+    base: &str,
+) -> Result<(), String> {
+    let file = EXAMPLE_REPO
+        .iter()
+        .find(|(p, _)| *p == CLUSTER_FILE)
+        .map(|(_, t)| speed_up(t))
+        .ok_or("the example repository has no sessions-eu cluster")?;
+    let with_memory = |value: &str| file.replace(MEMORY_LINE, &format!("    maxmemory: {value}\n"));
+    let good_file = with_memory(GOOD_MEMORY);
+    let bad_file = with_memory(BAD_MEMORY);
+    if good_file == file {
+        return Err(format!("{CLUSTER_FILE} no longer sets `maxmemory: 6gb`"));
+    }
+    let members = fleet.members(CLUSTER);
+
+    // 2. A change rolls out.
+    out.section("2. A change rolls out: a canary, then larger batches, each behind its gates");
+    let message = format!("More memory for EU sessions: maxmemory 6gb → {GOOD_MEMORY}");
+    let good = git.commit(BOB, &message, &[(CLUSTER_FILE, &good_file)])?;
+    out.commit(&good, BOB.0, &message);
+    show_diff(out, git, base, &good)?;
+    out.line(&format!(
+        "The reconciler takes the new head and rolls it out by the stages of {CLUSTER_FILE},\n\
+         never more than one node of a shard at a time (so a stage may take two batches). Each\n\
+         batch bakes {BAKE}, then its gates judge its nodes against their own baseline and the\n\
+         untouched nodes. Live, from the reconciler's journal:"
+    ));
+    let phase = take(out, git, handle, events, &good).await?;
+    if !matches!(phase, Phase::Completed) {
+        return Err(format!("the first change did not complete: {phase:?}"));
+    }
+    let values = fleet.values(&members, "maxmemory").await;
+    out.line(&format!(
+        "Read back from the nodes: maxmemory is {} on {}.",
+        summarize(&values),
+        if values.len() == members.len() {
+            format!("all {} nodes of {CLUSTER}", members.len())
+        } else {
+            format!("{} of {} nodes", values.len(), members.len())
+        }
+    ));
+
+    // 3. A bad change.
+    out.section("3. A bad change: the canary fails its gates and is rolled back");
+    let message = format!("Save memory: EU sessions down to {BAD_MEMORY}");
+    let bad = git.commit(CAROL, &message, &[(CLUSTER_FILE, &bad_file)])?;
+    out.commit(&bad, CAROL.0, &message);
+    show_diff(out, git, &good, &bad)?;
+    out.line(&format!(
+        "Each session node holds about 4gb of live keys: on {BAD_MEMORY} the canary is full and\n\
+         evicts, which its gates should catch (maxMemoryRatio 95%, maxHitRatioDrop 2%):"
+    ));
+    let phase = take(out, git, handle, events, &bad).await?;
+    let Phase::RolledBack { reason } = &phase else {
+        return Err(format!("the bad change was not rolled back: {phase:?}"));
+    };
+    let state = handle.state().await.map_err(|e| e.to_string())?;
+    let touched: Vec<String> = state
+        .clusters
+        .get(CLUSTER)
+        .and_then(|c| c.rollout.as_ref())
+        .map(|r| r.rollout.touched.iter().cloned().collect())
+        .unwrap_or_default();
+    if !reason.starts_with("gates failed: ") {
+        return Err(format!(
+            "the bad change was rolled back for another reason: {reason}"
+        ));
+    }
+    for id in &touched {
+        let v = fleet.values(std::slice::from_ref(id), "maxmemory").await;
+        out.line(&format!(
+            "Read back from {id}: maxmemory is {} again.",
+            summarize(&v)
+        ));
+    }
+    let untouched = members.iter().filter(|m| !touched.contains(m)).count();
+    out.line(&format!(
+        "The other {untouched} nodes were never touched. The outcome is a git note on carol's\n\
+         commit (see the history below), and this content stays refused until it changes."
+    ));
+    out.line(
+        "Git stays the source of truth: carol reverts her commit. Every node already runs what\n\
+         the revert declares, so nothing moves:",
+    );
+    let message = format!("Revert \"Save memory: EU sessions down to {BAD_MEMORY}\"");
+    let revert = git.commit(CAROL, &message, &[(CLUSTER_FILE, &good_file)])?;
+    out.commit(&revert, CAROL.0, &message);
+    take(out, git, handle, events, &revert).await?;
+
+    // 4. Drift.
+    out.section("4. Someone ran CONFIG SET by hand: the drift report");
+    let node = fleet
+        .nodes
+        .get(DRIFT_NODE)
+        .ok_or_else(|| format!("no node {DRIFT_NODE} in the example"))?;
+    out.line(&format!(
+        "At 3 a.m. someone ran `redis-cli -h {} CONFIG SET {DRIFT_PARAM} {DRIFT_VALUE}`\n\
+         (on the simulated {DRIFT_NODE}). `cacheflow drift --direct` reads every node:",
+        node.address.split(':').next().unwrap_or(&node.address)
+    ));
+    node.node.set_by_hand(DRIFT_PARAM, DRIFT_VALUE);
+    let repo = open(&git.dir)?;
+    let desired = desired(&repo)?;
+    let live = fleet.snapshot().await;
+    let at = live
+        .taken_at
+        .clone()
+        .unwrap_or_else(crate::edges::nodes::fleet::now_rfc3339);
+    let report = crate::pure::drift::compute(&desired, &live, &at);
+    out.block(&crate::pure::drift::text(&report));
+    out.line(
+        "`cacheflow serve` runs this report on `drift.schedule` (Markdown, JSON and an HTML page\n\
+         with a chart, sent to `drift.notify`); with `drift.mode: correct` it rolls the declared\n\
+         values out again through the same staged path. `cacheflow sync` does that now.",
+    );
+    Ok(())
+}
+
+/// `cacheflow diff` of a change, indented.
+fn show_diff(out: &mut Out, git: &Git, base: &str, head: &str) -> Result<(), String> {
+    let repo = open(&git.dir)?;
+    let changes =
+        pipeline::diff(&repo, base, &Revision::Rev(head.to_owned())).map_err(|e| e.to_string())?;
+    out.line("`cacheflow diff` (what a pull request review shows):");
+    out.block(&crate::pure::render::diff_text(&changes));
+    Ok(())
+}
+
+/// Hand the repository's head to the reconciler and print its journal lines until the
+/// rollout of that revision ends (or, when nothing needed to change, at once). Returns
+/// how the rollout ended (`Completed` when nothing was rolled out).
+async fn take(
+    out: &mut Out,
+    git: &Git,
+    handle: &Handle,
+    events: &mut broadcast::Receiver<String>,
+    revision: &str,
+) -> Result<Phase, String> {
+    let stopped = |_| "the reconciler stopped; see its journal".to_owned();
+    let repo = open(&git.dir)?;
+    let desired = desired(&repo)?;
+    let began = Instant::now();
+    handle.revision(desired, None).await.map_err(stopped)?;
+    loop {
+        out.drain(events, Some(began));
+        let state = handle.state().await.map_err(stopped)?;
+        let rollout = state
+            .clusters
+            .get(CLUSTER)
+            .and_then(|c| c.rollout.as_ref())
+            .filter(|r| r.rollout.spec.revision == revision);
+        match rollout {
+            None => {
+                out.drain(events, Some(began));
+                return Ok(Phase::Completed);
+            }
+            // Paused or waiting: nobody will resume it in the demo.
+            Some(r)
+                if r.rollout.phase.is_final()
+                    || matches!(
+                        r.rollout.phase,
+                        Phase::Paused { .. } | Phase::Waiting { .. }
+                    ) =>
+            {
+                out.drain(events, Some(began));
+                return Ok(r.rollout.phase.clone());
+            }
+            Some(_) if began.elapsed() > ROLLOUT_LIMIT => {
+                return Err(format!(
+                    "the rollout of {} did not end within {} s",
+                    &revision[..12],
+                    ROLLOUT_LIMIT.as_secs()
+                ))
+            }
+            Some(_) => {}
+        }
+        tokio::select! {
+            line = events.recv() => {
+                if let Ok(line) = line {
+                    out.event(&line, Some(began));
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            // Stop cleanly (the temporary repository is removed) rather than die.
+            _ = tokio::signal::ctrl_c() => return Err("interrupted".to_owned()),
+        }
+    }
+}
+
+/// Who makes the commits: a name and an address.
+type Person = (&'static str, &'static str);
+const ALICE: Person = ("alice", "alice@example.com");
+const BOB: Person = ("bob", "bob@example.com");
+const CAROL: Person = ("carol", "carol@example.com");
+const DEMO: Person = ("cacheflow demo", "demo@example.com");
+
+/// Standard output, flushed line by line (the demo is watched live).
+struct Out {
+    stdout: std::io::Stdout,
+}
+
+impl Out {
+    fn new() -> Out {
+        Out {
+            stdout: std::io::stdout(),
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        let mut lock = self.stdout.lock();
+        let _ = writeln!(lock, "{text}");
+        let _ = lock.flush();
+    }
+
+    fn section(&mut self, title: &str) {
+        self.line(&format!("\n== {title}\n"));
+    }
+
+    /// Output of another command, indented.
+    fn block(&mut self, text: &str) {
+        for l in text.trim_end().lines() {
+            self.line(&format!("    {l}"));
+        }
+    }
+
+    fn commit(&mut self, id: &str, author: &str, message: &str) {
+        self.line(&format!("  commit {} by {author}: {message}", &id[..12]));
+    }
+
+    /// One journal message, a line per event (the figures the gates judged are left to
+    /// the journal), with the seconds since `began`.
+    fn event(&mut self, message: &str, began: Option<Instant>) {
+        for l in message.lines().filter(|l| !l.starts_with("figures: ")) {
+            let at = began
+                .map(|b| format!("{:>5.1}s", b.elapsed().as_secs_f64()))
+                .unwrap_or_else(|| "      ".to_owned());
+            self.line(&format!("  {at}  {}", shorten_hashes(l)));
+        }
+    }
+
+    /// Print the journal messages already there.
+    fn drain(&mut self, events: &mut broadcast::Receiver<String>, began: Option<Instant>) {
+        loop {
+            match events.try_recv() {
+                Ok(m) => self.event(&m, began),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    self.line(&format!("  ({n} journal lines skipped)"))
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Where the repository lives; a temporary one is removed when the demo ends.
+struct WorkDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl WorkDir {
+    fn new(keep: Option<&Path>) -> Result<WorkDir, String> {
+        if let Some(dir) = keep {
+            let used = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+            if used {
+                return Err(format!(
+                    "{} is not empty: --keep takes a new or empty directory",
+                    dir.display()
+                ));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let path = dir
+                .canonicalize()
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            return Ok(WorkDir {
+                path,
+                remove: false,
+            });
+        }
+        let base = std::env::temp_dir();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        for attempt in 0..100u32 {
+            let path = base.join(format!(
+                "cacheflow-demo-{}-{}",
+                std::process::id(),
+                nanos.wrapping_add(attempt)
+            ));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(WorkDir { path, remove: true }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+        Err(format!(
+            "cannot make a temporary directory in {}",
+            base.display()
+        ))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The demo's git repository: files written into its work tree and committed.
+struct Git {
+    repo: git2::Repository,
+    dir: PathBuf,
+}
+
+impl Git {
+    fn init(dir: &Path) -> Result<Git, String> {
+        let mut opts = git2::RepositoryInitOptions::new();
+        opts.initial_head("main");
+        let repo = git2::Repository::init_opts(dir, &opts)
+            .map_err(|e| format!("git init {}: {}", dir.display(), e.message()))?;
+        Ok(Git {
+            repo,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Write `files` and commit them on the current branch; the new commit's id.
+    fn commit(&self, who: Person, message: &str, files: &[(&str, &str)]) -> Result<String, String> {
+        let err = |e: git2::Error| format!("git commit: {}", e.message());
+        for (path, text) in files {
+            let full = self.dir.join(path);
+            if let Some(parent) = full.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            std::fs::write(&full, text).map_err(|e| format!("{}: {e}", full.display()))?;
+        }
+        let mut index = self.repo.index().map_err(err)?;
+        for (path, _) in files {
+            index.add_path(Path::new(path)).map_err(err)?;
+        }
+        index.write().map_err(err)?;
+        let tree = self
+            .repo
+            .find_tree(index.write_tree().map_err(err)?)
+            .map_err(err)?;
+        let sig = git2::Signature::now(who.0, who.1).map_err(err)?;
+        let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let oid = self
+            .repo
+            .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+            .map_err(err)?;
+        Ok(oid.to_string())
+    }
+}
+
+fn open(dir: &Path) -> Result<ConfigRepo, String> {
+    ConfigRepo::open(&dir.display().to_string(), None).map_err(|e| e.to_string())
+}
+
+/// The validated head of the demo's repository.
+fn desired(repo: &ConfigRepo) -> Result<Desired, String> {
+    pipeline::desired(repo, &Revision::Rev("HEAD".into())).map_err(|e| match e {
+        pipeline::PipelineError::Invalid { diagnostics, .. } => format!(
+            "the demo's repository does not validate:\n{}",
+            diagnostics
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        e => e.to_string(),
+    })
+}
+
+struct SimNode {
+    cluster: String,
+    address: String,
+    node: Arc<SimulatedNode>,
+}
+
+/// One simulated node per declared node, running what the repository declares.
+struct Fleet {
+    nodes: BTreeMap<String, SimNode>,
+}
+
+impl Fleet {
+    fn build(desired: &Desired) -> Fleet {
+        let mut nodes = BTreeMap::new();
+        for c in desired.clusters.values() {
+            let params: Arc<BTreeMap<String, String>> = Arc::new(
+                c.parameters
+                    .iter()
+                    .map(|(k, p)| (k.clone(), p.value.clone()))
+                    .collect(),
+            );
+            // The live keys fill two thirds of the memory limit: room to spare, and a
+            // cut to half of it shows in the hit ratio.
+            let limit = params
+                .get(c.engine.memory_limit_parameter())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1 << 30);
+            let working_set = limit / 3 * 2;
+            let ops = match c.engine {
+                Engine::Redis => 2000.0,
+                Engine::Memcached => 5000.0,
+            };
+            for n in &c.nodes {
+                nodes.insert(
+                    n.id.clone(),
+                    SimNode {
+                        cluster: c.name.clone(),
+                        address: n.address.clone(),
+                        node: Arc::new(SimulatedNode::new(
+                            n.address.clone(),
+                            c.engine,
+                            n.role,
+                            Arc::clone(&params),
+                            working_set,
+                            ops,
+                        )),
+                    },
+                );
+            }
+        }
+        Fleet { nodes }
+    }
+
+    /// Traffic on every node, as time passes, until the task is aborted.
+    fn drive_traffic(&self) -> tokio::task::JoinHandle<()> {
+        let nodes: Vec<Arc<SimulatedNode>> =
+            self.nodes.values().map(|n| Arc::clone(&n.node)).collect();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut last = Instant::now();
+            loop {
+                tick.tick().await;
+                let seconds = last.elapsed().as_secs_f64();
+                last = Instant::now();
+                for n in &nodes {
+                    n.advance(seconds);
+                }
+            }
+        })
+    }
+
+    /// A reading of every node, as `cacheflow snapshot` takes it.
+    async fn snapshot(&self) -> LiveState {
+        let targets = self
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                Target::new(
+                    id.clone(),
+                    n.cluster.clone(),
+                    Arc::clone(&n.node) as Arc<dyn NodeDriver>,
+                )
+            })
+            .collect();
+        fleet::snapshot(
+            targets,
+            SnapshotOptions {
+                concurrency: 64,
+                timeout: Duration::from_secs(2),
+            },
+        )
+        .await
+    }
+
+    fn members(&self, cluster: &str) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.cluster == cluster)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// `param` as each of `ids` reports it now.
+    async fn values(&self, ids: &[String], param: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for id in ids {
+            if let Some(n) = self.nodes.get(id) {
+                if let Ok(live) = n.node.read().await {
+                    if let Some(v) = live.parameters.get(param) {
+                        out.insert(id.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The demo's own commit: every bake, warm-up and apply timeout of the repository made
+/// seconds, and the rollout windows left out (a demo on a Friday afternoon would wait).
+fn speed_up(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_windows = false;
+    for line in text.split_inclusive('\n') {
+        let indent = line.len() - line.trim_start().len();
+        let key = line.trim_start();
+        if in_windows {
+            // The block ends at the next key of the same depth.
+            if indent <= 2 && !key.trim().is_empty() && !key.starts_with('#') {
+                in_windows = false;
+            } else {
+                continue;
+            }
+        }
+        if indent == 2 && key.starts_with("windows:") {
+            in_windows = true;
+            continue;
+        }
+        let timing = [
+            ("bake:", BAKE),
+            ("warmup:", WARMUP),
+            ("applyTimeout:", APPLY_TIMEOUT),
+        ]
+        .into_iter()
+        .find(|(k, _)| key.starts_with(k));
+        match timing {
+            Some((k, value)) => {
+                out.push_str(&line[..indent]);
+                out.push_str(&format!("{k} {value}\n"));
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
+/// Commit ids (40 hex digits) in a journal line, shortened to 12.
+fn shorten_hashes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while !rest.is_empty() {
+        let end = rest
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(rest.len());
+        if end == 40 && rest[..end].chars().all(|c| !c.is_ascii_uppercase()) {
+            out.push_str(&rest[..12]);
+        } else {
+            out.push_str(&rest[..end]);
+        }
+        rest = &rest[end..];
+        let skip = rest
+            .find(|c: char| c.is_ascii_hexdigit())
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..skip]);
+        rest = &rest[skip..];
+    }
+    out
+}
+
+/// Bytes as people write them in the repository (`8gb`), when they divide evenly.
+fn human(value: &str) -> String {
+    let Ok(n) = value.parse::<u64>() else {
+        return value.to_owned();
+    };
+    for (unit, size) in [("gb", 1u64 << 30), ("mb", 1 << 20)] {
+        if n >= size && n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    value.to_owned()
+}
+
+/// Values read from several nodes: the one value they share, or each node's.
+fn summarize(values: &BTreeMap<String, String>) -> String {
+    let mut distinct: Vec<&String> = values.values().collect();
+    distinct.sort();
+    distinct.dedup();
+    match distinct.as_slice() {
+        [] => "(not reported)".to_owned(),
+        [one] => format!("{} ({one} bytes)", human(one)),
+        _ => values
+            .iter()
+            .map(|(id, v)| format!("{id}: {}", human(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_example_is_the_whole_example_repo() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("example-repo");
+        let mut on_disk = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    let rel = p
+                        .strip_prefix(&root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .replace('\\', "/");
+                    on_disk.push(rel);
+                }
+            }
+        }
+        on_disk.sort();
+        let embedded: Vec<String> = EXAMPLE_REPO.iter().map(|(p, _)| p.to_string()).collect();
+        assert_eq!(embedded, on_disk);
+    }
+
+    #[test]
+    fn speeding_up_makes_every_bake_seconds_and_drops_the_windows() {
+        for (path, text) in EXAMPLE_REPO {
+            let fast = speed_up(text);
+            for line in fast.lines().map(str::trim_start) {
+                for key in ["bake:", "warmup:", "applyTimeout:"] {
+                    if let Some(value) = line.strip_prefix(key) {
+                        assert!(
+                            [BAKE, WARMUP, APPLY_TIMEOUT].contains(&value.trim()),
+                            "{path}: {line}"
+                        );
+                    }
+                }
+            }
+            assert!(!fast.contains("windows:"), "{path}");
+            assert!(!fast.contains("no-friday-afternoon"), "{path}");
+        }
+        let settings = speed_up(EXAMPLE_REPO[0].1);
+        assert!(settings.contains("\n  drift:\n"), "{settings}");
+        assert!(settings.contains("    bake: 3s\n"), "{settings}");
+        // The change the demo makes is there to make.
+        let eu = EXAMPLE_REPO
+            .iter()
+            .find(|(p, _)| *p == CLUSTER_FILE)
+            .unwrap()
+            .1;
+        assert!(eu.contains(MEMORY_LINE));
+    }
+
+    #[test]
+    fn journal_lines_show_short_commit_ids() {
+        let id = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            shorten_hashes(&format!("sessions-eu: rolled back to {id}; before-{id}.")),
+            "sessions-eu: rolled back to 0123456789ab; before-0123456789ab."
+        );
+        assert_eq!(
+            shorten_hashes("batch 1 of 3 assigned"),
+            "batch 1 of 3 assigned"
+        );
+        assert_eq!(shorten_hashes("deadbeef"), "deadbeef");
+        assert_eq!(human("8589934592"), "8gb");
+        assert_eq!(human("3221225472"), "3gb");
+        assert_eq!(human("1000"), "1000");
+    }
+}

@@ -1,0 +1,491 @@
+//! Scheduled drift runs of `cacheflow serve`: on `drift.schedule` (crontab, 5 fields or 6
+//! with seconds, in `drift.timezone`), compare the current revision with the nodes' latest
+//! reports, write the report into `<state-dir>/drift/` and tell the targets.
+//!
+//! ```text
+//! DriftTimer::poll(schedule, now) ─► due ─► Handle::drift_inputs (revision + readings)
+//!   ─► drift::compute ─► latest.{md,json,html} + one line of history.jsonl
+//!   ─► cacheflow_drift_nodes / cacheflow_drift_runs_total
+//!   ─► drift-found to drift.notify (or every target subscribed to drift-found)
+//!   ─► drift.mode: correct ─► Handle::correct: staged rollouts, journaled
+//! ```
+//!
+//! A node whose last report is older than `--silent-after` counts as silent; a node that
+//! reports but no cluster declares is listed as undeclared.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::edges::metrics::{DriftLabels, Metrics};
+use crate::edges::notify::{self, Notice, Notifier};
+use crate::flow::runtime::Handle;
+use crate::pure::drift::{self, DriftKind, DriftReport};
+use crate::pure::schedule::Crontab;
+use crate::pure::spec::model::{Desired, DriftMode, Notification};
+
+/// Points of the chart in the HTML page: the last runs.
+pub const HISTORY_POINTS: usize = 48;
+
+/// Longest wait between two looks at the schedule (a new revision may change it).
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// When the next scheduled run is due. Missed firings (the process was stopped, the
+/// machine suspended) collapse into one run, not a burst.
+#[derive(Debug, Clone)]
+pub struct DriftTimer {
+    /// Runs are due at firings strictly after this instant.
+    from: DateTime<Utc>,
+}
+
+/// What [`DriftTimer::poll`] says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll {
+    /// Run now: the schedule fired at this instant.
+    Due(DateTime<Utc>),
+    /// Look again after this long.
+    Wait(Duration),
+}
+
+impl DriftTimer {
+    pub fn new(now: DateTime<Utc>) -> DriftTimer {
+        DriftTimer { from: now }
+    }
+
+    /// With the schedule in force now (`None`: no scheduled runs) and its zone.
+    pub fn poll(
+        &mut self,
+        schedule: Option<(&Crontab, chrono_tz::Tz)>,
+        now: DateTime<Utc>,
+    ) -> Poll {
+        let Some((cron, zone)) = schedule else {
+            // Only firings after the schedule appears count.
+            self.from = now;
+            return Poll::Wait(RECHECK);
+        };
+        let Some(next) = cron
+            .next_after(&self.from.with_timezone(&zone))
+            .map(|t| t.with_timezone(&Utc))
+        else {
+            self.from = now;
+            return Poll::Wait(RECHECK);
+        };
+        if next <= now {
+            self.from = now;
+            Poll::Due(next)
+        } else {
+            let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
+            Poll::Wait(wait.min(RECHECK))
+        }
+    }
+}
+
+/// One line of `history.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryLine {
+    pub at: String,
+    pub revision: Option<String>,
+    /// Nodes drifted, silent or undeclared.
+    pub drifted: usize,
+    pub clean: bool,
+}
+
+/// The schedule of a revision's settings, if it has a valid one.
+fn schedule_of(desired: &Desired) -> Option<(Crontab, chrono_tz::Tz)> {
+    let drift = &desired.settings.drift;
+    let expr = drift.schedule.as_deref()?;
+    // Validated with the revision; a failure here is logged, not fatal.
+    match (
+        Crontab::parse(expr, &[5, 6]),
+        crate::pure::windows::parse_zone(drift.timezone.as_deref()),
+    ) {
+        (Ok(c), Ok(z)) => Some((c, z)),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("drift schedule ignored: {e}");
+            None
+        }
+    }
+}
+
+/// The targets of a drift run: `drift.notify` by name when given (whatever their
+/// `events:`), else every target subscribed to `drift-found`.
+pub fn drift_targets(desired: &Desired) -> Vec<Notification> {
+    let settings = &desired.settings;
+    if settings.drift.notify.is_empty() {
+        return notify::targets_for(&settings.notifications, notify::Kind::DriftFound)
+            .into_iter()
+            .cloned()
+            .collect();
+    }
+    settings
+        .notifications
+        .iter()
+        .filter(|n| settings.drift.notify.contains(&n.name))
+        .map(|n| Notification {
+            events: Vec::new(),
+            ..n.clone()
+        })
+        .collect()
+}
+
+/// Everything a run needs.
+#[derive(Clone)]
+pub struct DriftRunner {
+    pub handle: Handle,
+    pub dir: PathBuf,
+    pub metrics: Arc<Metrics>,
+    pub notifier: Notifier,
+    pub silent_after: Duration,
+    /// Signalled when a revision is taken: its schedule may differ.
+    pub revision_taken: Arc<tokio::sync::Notify>,
+}
+
+impl DriftRunner {
+    /// Run on the schedule until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut timer = DriftTimer::new(Utc::now());
+        loop {
+            let desired = match self.handle.drift_inputs(self.silent_after).await {
+                Ok(inputs) => inputs.desired,
+                Err(_) => return,
+            };
+            let schedule = desired.as_deref().and_then(schedule_of);
+            let poll = timer.poll(schedule.as_ref().map(|(c, z)| (c, *z)), Utc::now());
+            match poll {
+                // Just started: nodes not heard from yet are not silent.
+                Poll::Due(at) if self.handle.uptime() < self.silent_after => {
+                    tracing::info!(
+                        "scheduled drift run ({at}) skipped: nodes are still reporting after the start"
+                    );
+                }
+                Poll::Due(at) => {
+                    tracing::info!("scheduled drift run ({at})");
+                    if let Err(e) = self.once().await {
+                        tracing::warn!("the drift run failed: {e}");
+                    }
+                }
+                Poll::Wait(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = self.revision_taken.notified() => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// One run: report, files, metrics, notification, correction.
+    pub async fn once(&self) -> Result<DriftReport, String> {
+        let inputs = self
+            .handle
+            .drift_inputs(self.silent_after)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (live, not_compared) = (inputs.live, inputs.not_compared);
+        let Some(desired) = inputs.desired else {
+            Metrics::count(&self.metrics.drift_runs, "error");
+            return Err("no revision taken yet: nothing to compare".to_owned());
+        };
+        let dir = self.dir.clone();
+        let d = desired.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut report = drift::compute(&d, &live, &crate::edges::nodes::fleet::now_rfc3339());
+            report.not_compared = not_compared;
+            write_report(&dir, &report).map(|()| report)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let report = match written {
+            Ok(r) => r,
+            Err(e) => {
+                Metrics::count(&self.metrics.drift_runs, "error");
+                return Err(e);
+            }
+        };
+        self.gauges(&report);
+        let clean = report.clean();
+        Metrics::count(
+            &self.metrics.drift_runs,
+            if clean { "clean" } else { "drift" },
+        );
+        if !clean {
+            let clusters: Vec<&str> = report
+                .clusters
+                .iter()
+                .filter(|c| !c.drifted.is_empty() || !c.silent.is_empty())
+                .map(|c| c.cluster.as_str())
+                .collect();
+            let mut notice = Notice::new(
+                notify::Kind::DriftFound,
+                format!(
+                    "drift: {} node(s) drifted or silent ({})",
+                    report.drifted_nodes(),
+                    if clusters.is_empty() {
+                        "undeclared nodes".to_owned()
+                    } else {
+                        clusters.join(", ")
+                    }
+                ),
+            )
+            .details(drift::text(&report));
+            if let Some(r) = &report.revision {
+                notice = notice.revision(r);
+            }
+            self.notifier.send(&drift_targets(&desired), &notice);
+        }
+        if desired.settings.drift.mode == DriftMode::Correct {
+            let to_correct: Vec<String> = report
+                .clusters
+                .iter()
+                .filter(|c| {
+                    c.drifted
+                        .iter()
+                        .any(|n| n.parameters.iter().any(|p| p.kind == DriftKind::Differs))
+                })
+                .map(|c| c.cluster.clone())
+                .collect();
+            if !to_correct.is_empty() {
+                self.handle
+                    .correct(to_correct)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(report)
+    }
+
+    fn gauges(&self, report: &DriftReport) {
+        self.metrics.drift_nodes.clear();
+        for c in &report.clusters {
+            let mut differs = 0;
+            let mut not_persisted = 0;
+            for n in &c.drifted {
+                if n.parameters.iter().any(|p| p.kind == DriftKind::Differs) {
+                    differs += 1;
+                } else {
+                    not_persisted += 1;
+                }
+            }
+            for (kind, n) in [
+                ("differs", differs),
+                ("not_persisted", not_persisted),
+                ("silent", c.silent.len()),
+            ] {
+                self.metrics
+                    .drift_nodes
+                    .get_or_create(&DriftLabels {
+                        cluster: c.cluster.clone(),
+                        kind: kind.to_owned(),
+                    })
+                    .set(n as i64);
+            }
+        }
+    }
+}
+
+/// Write `latest.{json,md,html}` (each replaced whole: a reader never sees half a file)
+/// and append the run to `history.jsonl`.
+pub fn write_report(dir: &Path, report: &DriftReport) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let history_path = dir.join("history.jsonl");
+    let line = HistoryLine {
+        at: report.generated_at.clone(),
+        revision: report.revision.clone(),
+        drifted: report.drifted_nodes(),
+        clean: report.clean(),
+    };
+    let mut points = read_history(&history_path, HISTORY_POINTS.saturating_sub(1));
+    points.push((line.at.clone(), line.drifted));
+    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    for (name, contents) in [
+        ("latest.json", json),
+        ("latest.md", drift::markdown(report)),
+        ("latest.html", drift::html(report, &points)),
+    ] {
+        replace(&dir.join(name), contents.as_bytes())?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&history_path)
+        .map_err(|e| format!("cannot open {}: {e}", history_path.display()))?;
+    let mut text = serde_json::to_string(&line).map_err(|e| e.to_string())?;
+    text.push('\n');
+    file.write_all(text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", history_path.display()))
+}
+
+/// The last `n` runs of a history file, oldest first (lines that do not parse are
+/// skipped: a line cut short by a crash).
+pub fn read_history(path: &Path, n: usize) -> Vec<(String, usize)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let all: Vec<(String, usize)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<HistoryLine>(l).ok())
+        .map(|h| (h.at, h.drifted))
+        .collect();
+    all[all.len().saturating_sub(n)..].to_vec()
+}
+
+fn replace(path: &Path, contents: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// Drive the timer over virtual time, one poll every `step`, and list the firings.
+    fn firings(expr: &str, zone: &str, from: &str, until: &str, step: Duration) -> Vec<String> {
+        let cron = Crontab::parse(expr, &[5, 6]).unwrap();
+        let zone: chrono_tz::Tz = zone.parse().unwrap();
+        let mut now = utc(from);
+        let end = utc(until);
+        let mut timer = DriftTimer::new(now);
+        let mut out = Vec::new();
+        while now < end {
+            match timer.poll(Some((&cron, zone)), now) {
+                Poll::Due(at) => out.push(format!(
+                    "{} ran {}",
+                    at.with_timezone(&zone).format("%a %H:%M:%S %Z"),
+                    now.format("%H:%M:%S")
+                )),
+                Poll::Wait(d) => {
+                    assert!(d <= RECHECK && d > Duration::ZERO, "{d:?}");
+                    now += chrono::Duration::from_std(d.min(step)).unwrap();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_five_field_schedule_fires_on_its_minutes_and_waits_no_longer_than_needed() {
+        assert_eq!(
+            firings(
+                "*/30 * * * *",
+                "UTC",
+                "2026-11-20T10:07:00Z",
+                "2026-11-20T11:31:00Z",
+                Duration::from_secs(3600)
+            ),
+            [
+                "Fri 10:30:00 UTC ran 10:30:00",
+                "Fri 11:00:00 UTC ran 11:00:00",
+                "Fri 11:30:00 UTC ran 11:30:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn six_fields_with_seconds_in_berlin_across_midnight_and_the_dst_change() {
+        // 23:59:30 and 00:00:30 Berlin time, every day: one firing on each side of
+        // midnight; Berlin is UTC+1 in November, so midnight is 23:00 UTC.
+        assert_eq!(
+            firings(
+                "30 59 23,0 * * *",
+                "Europe/Berlin",
+                "2026-11-20T22:00:00Z",
+                "2026-11-21T23:30:00Z",
+                Duration::from_secs(3600)
+            ),
+            [
+                "Fri 23:59:30 CET ran 22:59:30",
+                "Sat 00:59:30 CET ran 23:59:30",
+                "Sat 23:59:30 CET ran 22:59:30",
+            ]
+        );
+        // Daily at 02:30 Berlin across the end of summer time (25 October 2026): 02:30
+        // happens twice that night and fires once.
+        let cron = Crontab::parse("30 2 * * *", &[5]).unwrap();
+        let zone = chrono_tz::Europe::Berlin;
+        let mut timer = DriftTimer::new(utc("2026-10-24T12:00:00Z"));
+        let mut now = utc("2026-10-24T12:00:00Z");
+        let mut runs = Vec::new();
+        while now < utc("2026-10-26T12:00:00Z") {
+            match timer.poll(Some((&cron, zone)), now) {
+                Poll::Due(at) => runs.push(at.to_rfc3339()),
+                Poll::Wait(d) => now += chrono::Duration::from_std(d).unwrap(),
+            }
+        }
+        assert_eq!(
+            runs,
+            ["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]
+        );
+    }
+
+    #[test]
+    fn missed_firings_run_once_and_no_schedule_runs_nothing() {
+        let cron = Crontab::parse("* * * * *", &[5]).unwrap();
+        let mut timer = DriftTimer::new(utc("2026-11-20T10:00:10Z"));
+        // Asleep for an hour: one run, then the next minute.
+        assert_eq!(
+            timer.poll(Some((&cron, chrono_tz::UTC)), utc("2026-11-20T11:00:05Z")),
+            Poll::Due(utc("2026-11-20T10:01:00Z"))
+        );
+        assert_eq!(
+            timer.poll(Some((&cron, chrono_tz::UTC)), utc("2026-11-20T11:00:05Z")),
+            Poll::Wait(Duration::from_secs(30))
+        );
+        assert_eq!(
+            timer.poll(Some((&cron, chrono_tz::UTC)), utc("2026-11-20T11:00:40Z")),
+            Poll::Wait(Duration::from_secs(20))
+        );
+        // No schedule: nothing, and a schedule that appears later fires only after.
+        let mut timer = DriftTimer::new(utc("2026-11-20T10:00:00Z"));
+        assert_eq!(
+            timer.poll(None, utc("2026-11-20T12:00:00Z")),
+            Poll::Wait(RECHECK)
+        );
+        assert_eq!(
+            timer.poll(Some((&cron, chrono_tz::UTC)), utc("2026-11-20T12:00:30Z")),
+            Poll::Wait(Duration::from_secs(30))
+        );
+        assert_eq!(
+            timer.poll(Some((&cron, chrono_tz::UTC)), utc("2026-11-20T12:01:00Z")),
+            Poll::Due(utc("2026-11-20T12:01:00Z"))
+        );
+    }
+
+    #[test]
+    fn history_keeps_the_last_points_and_skips_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let mut text = String::new();
+        for i in 0..5 {
+            text.push_str(&format!(
+                "{{\"at\":\"t{i}\",\"revision\":null,\"drifted\":{i},\"clean\":false}}\n"
+            ));
+        }
+        text.push_str("{\"at\":\"t5\",\"drif");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(
+            read_history(&path, 3),
+            [
+                ("t2".to_owned(), 2),
+                ("t3".to_owned(), 3),
+                ("t4".to_owned(), 4)
+            ]
+        );
+        assert!(read_history(&dir.path().join("none"), 3).is_empty());
+    }
+}

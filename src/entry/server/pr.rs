@@ -1,0 +1,204 @@
+//! Pull-request feedback of `cacheflow serve`: a `pull_request` (GitHub, Gitea) or
+//! `Merge Request Hook` (GitLab) webhook ─► fetch the head ─► validate it ─► diff against
+//! the base and plan against the nodes' latest reports ─► a commit status and one
+//! Markdown comment, edited on every new push (see [`crate::edges::forge`]).
+//!
+//! Nothing from a pull request is applied: its head is only read. The head is fetched
+//! from the forge's pull-request ref (`refs/pull/N/head`, GitLab's
+//! `refs/merge-requests/N/head`), so pull requests from forks work, into
+//! `refs/cacheflow/pull/N` of the mirror.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use crate::edges::forge::webhook::Forge;
+use crate::edges::forge::{self, ForgeClient, PullRequest, StatusState, Verdict};
+use crate::edges::metrics::Metrics;
+use crate::edges::source::redact_url;
+use crate::entry::server::{open_repo, ServeOptions};
+use crate::flow::pipeline::{self, Revision};
+use crate::pure::live::LiveState;
+
+/// Where pull-request feedback goes: the forges' API (one client per forge, which keeps
+/// the comment of each pull request known).
+pub struct Feedback {
+    api_url: Option<String>,
+    token: Option<String>,
+    clients: Mutex<HashMap<&'static str, Arc<ForgeClient>>>,
+}
+
+impl Feedback {
+    pub fn new(api_url: Option<String>, token: Option<String>) -> Feedback {
+        Feedback {
+            api_url,
+            token,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client for `forge`, or why there is none.
+    pub fn client(&self, forge: Forge) -> Result<Arc<ForgeClient>, String> {
+        let Some(token) = &self.token else {
+            return Err(
+                "no forge token (CACHEFLOW_FORGE_TOKEN_FILE): pull requests get no feedback"
+                    .to_owned(),
+            );
+        };
+        let base = match (&self.api_url, forge) {
+            (Some(url), _) => url.clone(),
+            (None, Forge::GitHub) => "https://api.github.com".to_owned(),
+            (None, _) => {
+                return Err(format!(
+                    "no forge API URL (--forge-api-url) for {}: pull requests get no feedback",
+                    forge.name()
+                ))
+            }
+        };
+        let mut clients = self.clients.lock().expect("forge clients lock");
+        if let Some(c) = clients.get(forge.name()) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(ForgeClient::new(forge, &base, token).map_err(|e| e.to_string())?);
+        clients.insert(forge.name(), client.clone());
+        Ok(client)
+    }
+}
+
+/// Validate, diff and plan `pr`, then post the status and the comment.
+pub async fn answer(
+    options: ServeOptions,
+    client: Arc<ForgeClient>,
+    metrics: Arc<Metrics>,
+    pr: PullRequest,
+    live: LiveState,
+) {
+    let forge = client.forge();
+    let tag = format!("{} #{} at {}", pr.repo, pr.number, &pr.head_sha[..12]);
+    if let Err(e) = client
+        .set_status(
+            &pr,
+            StatusState::Pending,
+            "cacheflow is checking this change",
+            None,
+        )
+        .await
+    {
+        tracing::warn!("pull request {tag}: cannot set the pending status: {e}");
+    }
+    let p = pr.clone();
+    let evaluated = tokio::task::spawn_blocking(move || evaluate(&options, forge, &p, &live)).await;
+    let (verdict, markdown) = match evaluated {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => (
+            Verdict::Error,
+            format!("cacheflow could not check this head:\n\n```\n{e}\n```\n"),
+        ),
+        Err(e) => (
+            Verdict::Error,
+            format!("cacheflow could not check this head: {e}\n"),
+        ),
+    };
+    let body = forge::comment(&pr.head_sha, verdict, &markdown);
+    let posted = async {
+        let action = client.upsert_comment(&pr, &body).await?;
+        client
+            .set_status(&pr, verdict.state(), &verdict.description(), None)
+            .await?;
+        Ok::<_, forge::ForgeError>(action)
+    }
+    .await;
+    match posted {
+        Ok(action) => {
+            tracing::info!("pull request {tag}: {} ({action:?})", verdict.description());
+            Metrics::count(&metrics.pr_feedback, "posted");
+        }
+        Err(e) => {
+            tracing::warn!("pull request {tag}: feedback not posted: {e}");
+            Metrics::count(&metrics.pr_feedback, "failed");
+        }
+    }
+}
+
+/// The pull-request ref a forge keeps for `pr`.
+fn pull_ref(forge: Forge, pr: &PullRequest) -> String {
+    match forge {
+        Forge::GitLab => format!("refs/merge-requests/{}/head", pr.number),
+        Forge::GitHub | Forge::Gitea => format!("refs/pull/{}/head", pr.number),
+    }
+}
+
+/// Fetch the head, validate it, diff it against the base, plan it against `live`.
+fn evaluate(
+    options: &ServeOptions,
+    forge: Forge,
+    pr: &PullRequest,
+    live: &LiveState,
+) -> Result<(Verdict, String), String> {
+    let repo = open_repo(options).map_err(|e| e.to_string())?;
+    let local = format!("refs/cacheflow/pull/{}", pr.number);
+    let git = repo.repository();
+    let have = |sha: &str| {
+        git2::Oid::from_str(sha)
+            .ok()
+            .and_then(|oid| git.find_commit(oid).ok())
+            .is_some()
+    };
+    if !have(&pr.head_sha) {
+        let mut remote = git
+            .remote_anonymous(&options.repo)
+            .map_err(|e| redact_url(e.message()))?;
+        let mut errors = Vec::new();
+        for spec in [
+            format!("+{}:{local}", pull_ref(forge, pr)),
+            format!("+refs/heads/{}:{local}", pr.head_ref),
+        ] {
+            match remote.fetch(&[spec.as_str()], None, None) {
+                Ok(()) if have(&pr.head_sha) => break,
+                Ok(()) => errors.push(format!("{spec}: the head is not there")),
+                Err(e) => errors.push(format!("{spec}: {}", redact_url(e.message()))),
+            }
+        }
+        if !have(&pr.head_sha) {
+            return Err(format!(
+                "cannot fetch the head {}: {}",
+                pr.head_sha,
+                errors.join("; ")
+            ));
+        }
+    }
+    let head = Revision::Rev(pr.head_sha.clone());
+    let (_, validation) = pipeline::validate(&repo, &head).map_err(|e| e.to_string())?;
+    let desired = match validation {
+        Ok(d) => d,
+        Err(diagnostics) => {
+            let mut md = format!(
+                "**Invalid**: {} error(s); nothing from this head can be rolled out.\n\n",
+                diagnostics.len()
+            );
+            for d in diagnostics.iter().take(50) {
+                let _ = writeln!(md, "- {}", crate::pure::render::code(&d.to_string()));
+            }
+            if diagnostics.len() > 50 {
+                let _ = writeln!(md, "- … and {} more", diagnostics.len() - 50);
+            }
+            return Ok((Verdict::Invalid, md));
+        }
+    };
+    let base = match &pr.base_sha {
+        Some(sha) if have(sha) => sha.clone(),
+        _ => repo
+            .resolve(&format!("refs/heads/{}", pr.base_ref))
+            .map_err(|e| format!("the base branch {}: {e}", pr.base_ref))?,
+    };
+    let changes = pipeline::diff(&repo, &base, &head).map_err(|e| e.to_string())?;
+    let plan = crate::pure::plan::plan(&desired, live);
+    let verdict = if changes.is_empty() {
+        Verdict::NoChanges
+    } else {
+        Verdict::Changes {
+            risks: changes.clusters.iter().map(|c| c.risks.len()).sum(),
+        }
+    };
+    Ok((verdict, forge::pr_markdown(&changes, Some(&plan))))
+}

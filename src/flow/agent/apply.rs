@@ -1,0 +1,521 @@
+//! Applying one assignment to the node beside the agent, all or nothing.
+//!
+//! ```text
+//! check every value against the catalog ─ refuse the assignment, touch nothing
+//! read the node; split what differs into run-time and start-only parameters
+//! start-only ones need restart permission, --config-file and --restart-command
+//! run-time ones:  driver.apply (CONFIG SET + CONFIG REWRITE / memcached commands)
+//! config file:    write the start-only values (memcached: every value) ── on error: put
+//!                 the run-time values back
+//! restart:        run the command, wait until the engine answers (and a replica's link
+//!                 is up), check every value, warm up ── on error: put the old file back,
+//!                 restart again, check the node answers
+//! ```
+//!
+//! The outcome is `applied`, `failed` (the node runs what it ran before) or, only when
+//! putting it back failed too, `inconsistent`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+
+use crate::edges::nodes::fleet::now_rfc3339;
+use crate::edges::nodes::{NodeDriver, NodeError};
+use crate::flow::agent::conffile;
+use crate::pure::catalog::{catalog, Engine};
+use crate::pure::live::{LinkState, NodeLive};
+use crate::pure::protocol::{ApplyResult, Assignment, Outcome};
+use crate::pure::spec::model::Role;
+
+/// How the agent may change the engine beyond run-time commands.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// The engine's config file (Redis) or options file (memcached) to write start-only
+    /// parameters to.
+    pub config_file: Option<PathBuf>,
+    /// A shell command that restarts the engine (`systemctl restart redis-server`).
+    pub restart_command: Option<String>,
+    /// How long the restart command and the engine's coming back may take together.
+    pub restart_timeout: Duration,
+    /// How long to wait after the engine answers again before reporting it applied, so
+    /// the next batch of a rollout does not start against a cold node.
+    pub warmup: Duration,
+    /// How often the engine is asked whether it is back.
+    pub poll: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            config_file: None,
+            restart_command: None,
+            restart_timeout: Duration::from_secs(120),
+            warmup: Duration::from_secs(10),
+            poll: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Why an apply did not happen, before anything was touched or after it was put back.
+struct Failure {
+    message: String,
+    /// True when putting the node back failed too.
+    inconsistent: bool,
+}
+
+impl Failure {
+    fn clean(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            inconsistent: false,
+        }
+    }
+}
+
+/// Apply `assignment` (which must carry a revision) to the node behind `driver`.
+pub async fn apply(
+    driver: &dyn NodeDriver,
+    options: &ApplyOptions,
+    assignment: &Assignment,
+) -> ApplyResult {
+    let revision = assignment.revision.clone().unwrap_or_default();
+    let (outcome, changed, restarted, error) = match run(driver, options, assignment).await {
+        Ok((changed, restarted)) => (Outcome::Applied, changed, restarted, None),
+        Err(f) => {
+            let outcome = if f.inconsistent {
+                Outcome::Inconsistent
+            } else {
+                Outcome::Failed
+            };
+            (outcome, Vec::new(), false, Some(f.message))
+        }
+    };
+    ApplyResult {
+        revision,
+        generation: assignment.generation,
+        outcome,
+        changed,
+        restarted,
+        error,
+        finished_at: now_rfc3339(),
+    }
+}
+
+async fn run(
+    driver: &dyn NodeDriver,
+    options: &ApplyOptions,
+    assignment: &Assignment,
+) -> Result<(Vec<String>, bool), Failure> {
+    let engine = driver.engine();
+    let cat = catalog(engine);
+
+    // 1. Every value must be one the catalog accepts; normalise again, whoever sent it.
+    let mut want: BTreeMap<String, String> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (name, value) in &assignment.parameters {
+        if engine == Engine::Redis
+            && crate::edges::nodes::redis::SECRET_PARAMETERS.contains(&name.as_str())
+        {
+            problems.push(format!(
+                "`{name}` is a credential: set it with a secret reference in the cluster, not through an assignment"
+            ));
+            continue;
+        }
+        match cat.normalize(name, &serde_json::Value::String(value.clone())) {
+            Ok(v) => {
+                want.insert(name.clone(), v);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Failure::clean(format!(
+            "the assignment is refused, nothing was changed: {}",
+            problems.join("; ")
+        )));
+    }
+
+    // 2. What differs from what the node runs now.
+    let names: Vec<String> = want.keys().cloned().collect();
+    let live = driver
+        .read_parameters(&names)
+        .await
+        .map_err(|e| Failure::clean(format!("cannot read the node: {e}")))?;
+    let differs = |name: &str, value: &str| match live.get(name) {
+        Some(have) => !cat.same(name, have, value),
+        None => true,
+    };
+    let mut runtime: BTreeMap<String, String> = BTreeMap::new();
+    let mut start_only: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &want {
+        if differs(name, value) {
+            let at_runtime = cat.get(name).is_some_and(|p| p.runtime);
+            if at_runtime {
+                runtime.insert(name.clone(), value.clone());
+            } else {
+                start_only.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    let restart = !start_only.is_empty();
+    if restart {
+        let names = start_only.keys().cloned().collect::<Vec<_>>().join(", ");
+        if !assignment.restart_allowed {
+            return Err(Failure::clean(format!(
+                "{names} only take effect at start and the server has not allowed a restart now; nothing was changed"
+            )));
+        }
+        if options.config_file.is_none() || options.restart_command.is_none() {
+            return Err(Failure::clean(format!(
+                "{names} only take effect at start; run the agent with --config-file and --restart-command to apply them; nothing was changed"
+            )));
+        }
+    }
+
+    // The config file as it was, to put back if the restart goes wrong.
+    let file = options.config_file.as_deref();
+    let original = match file {
+        Some(path) if restart || engine == Engine::Memcached => Some(
+            read_config(path, engine)
+                .map_err(|f| Failure::clean(format!("{}; nothing was changed", f.message)))?,
+        ),
+        _ => None,
+    };
+
+    // 3. Run-time parameters, as one unit (the driver puts back on a refusal).
+    if !runtime.is_empty() {
+        driver.apply(&runtime).await.map_err(|e| Failure {
+            inconsistent: matches!(e, NodeError::RollbackFailed { .. }),
+            message: e.to_string(),
+        })?;
+    }
+    let before: BTreeMap<String, String> = runtime
+        .keys()
+        .filter_map(|n| live.get(n).map(|v| (n.clone(), v.clone())))
+        .collect();
+
+    // 4. The config file: start-only values for Redis (run-time ones were persisted by
+    // CONFIG REWRITE), every assigned value for memcached.
+    if let (Some(path), Some(original)) = (file, &original) {
+        let written = match engine {
+            Engine::Redis => read_config(path, engine)
+                .map(|now| conffile::redis_set(&now, &start_only))
+                .map_err(|f| f.message),
+            Engine::Memcached => conffile::memcached_start_options(&want).and_then(|opts| {
+                conffile::memcached_block(original, &opts)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            }),
+        }
+        .and_then(|text| {
+            conffile::write_atomic(path, &text)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        });
+        if let Err(message) = written {
+            return Err(put_back_runtime(driver, &before, message).await);
+        }
+    }
+
+    // 5. Restart for start-only parameters, then check and warm up.
+    if restart {
+        let (path, original) = (
+            file.expect("checked above"),
+            original.as_deref().unwrap_or(""),
+        );
+        let command = options.restart_command.as_deref().expect("checked above");
+        if let Err(message) = restart_and_check(driver, options, command, &want).await {
+            let old_start: BTreeMap<String, Option<String>> = start_only
+                .keys()
+                .map(|n| (n.clone(), live.get(n).cloned()))
+                .collect();
+            let old = Old {
+                file: original,
+                start_only: &old_start,
+                runtime: &before,
+            };
+            return Err(roll_back_restart(driver, options, command, path, old, message).await);
+        }
+        tokio::time::sleep(options.warmup).await;
+    }
+
+    let mut changed: Vec<String> = runtime.into_keys().chain(start_only.into_keys()).collect();
+    changed.sort();
+    Ok((changed, restart))
+}
+
+/// The config file's text; a missing memcached options file is an empty one (the agent
+/// creates it), a missing Redis file is an error (the engine would not start without it).
+fn read_config(path: &Path, engine: Engine) -> Result<String, Failure> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && engine == Engine::Memcached => {
+            Ok(String::new())
+        }
+        Err(e) => Err(Failure::clean(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// After a failure past the run-time apply: set the run-time values back.
+async fn put_back_runtime(
+    driver: &dyn NodeDriver,
+    before: &BTreeMap<String, String>,
+    message: String,
+) -> Failure {
+    if before.is_empty() {
+        return Failure::clean(format!("{message}; nothing was changed"));
+    }
+    match driver.apply(before).await {
+        Ok(_) => Failure::clean(format!("{message}; the run-time change was put back")),
+        Err(e) => Failure {
+            message: format!("{message}; putting the run-time change back failed: {e}"),
+            inconsistent: true,
+        },
+    }
+}
+
+/// Run the restart command, wait for the engine, and check it runs `want`.
+async fn restart_and_check(
+    driver: &dyn NodeDriver,
+    options: &ApplyOptions,
+    command: &str,
+    want: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + options.restart_timeout;
+    run_command(command, options, deadline).await?;
+    let live = wait_until_up(driver, options, deadline).await?;
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|(n, v)| {
+            !live
+                .parameters
+                .get(*n)
+                .is_some_and(|have| catalog(driver.engine()).same(n, have, v))
+        })
+        .map(|(n, v)| {
+            let have = live
+                .parameters
+                .get(n)
+                .map(String::as_str)
+                .unwrap_or("nothing");
+            format!("`{n}` is `{have}`, not `{v}`")
+        })
+        .collect();
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "after the restart {} (does the restart command start the engine from {}?)",
+            wrong.join(", "),
+            options
+                .config_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ))
+    }
+}
+
+/// What the node ran before the apply.
+struct Old<'a> {
+    file: &'a str,
+    /// `None` where the node did not report the parameter before.
+    start_only: &'a BTreeMap<String, Option<String>>,
+    runtime: &'a BTreeMap<String, String>,
+}
+
+/// The restart went wrong: put the old file back; if the engine answers with its old
+/// start-only values (the restart never happened, or started it from another file), set
+/// the run-time values back; otherwise restart it again with the old file and check it
+/// answers.
+async fn roll_back_restart(
+    driver: &dyn NodeDriver,
+    options: &ApplyOptions,
+    command: &str,
+    path: &Path,
+    old: Old<'_>,
+    message: String,
+) -> Failure {
+    if let Err(e) = conffile::write_atomic(path, old.file) {
+        return Failure {
+            message: format!("{message}; putting back {} failed too: {e}", path.display()),
+            inconsistent: true,
+        };
+    }
+    let runs_old_values = match driver.read().await {
+        // Only provable when the node reported every one of them before.
+        Ok(live) => old
+            .start_only
+            .iter()
+            .all(|(n, v)| match (v, live.parameters.get(n)) {
+                (Some(v), Some(have)) => have == v,
+                _ => false,
+            }),
+        Err(_) => false,
+    };
+    if runs_old_values {
+        if old.runtime.is_empty() {
+            return Failure::clean(format!(
+                "{message}; the old config file was put back and the engine runs as before"
+            ));
+        }
+        return match driver.apply(old.runtime).await {
+            Ok(_) => Failure::clean(format!(
+                "{message}; the old config file was put back and the run-time change undone"
+            )),
+            Err(e) => Failure {
+                message: format!(
+                    "{message}; the old config file was put back but undoing the run-time change failed: {e}"
+                ),
+                inconsistent: true,
+            },
+        };
+    }
+    let deadline = Instant::now() + options.restart_timeout;
+    let again = match run_command(command, options, deadline).await {
+        Ok(()) => wait_until_up(driver, options, deadline).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    // The old file holds what the node ran at start; run-time values set since (by
+    // hand, or never persisted) are set back as they were before the apply.
+    let again = match again {
+        Ok(()) if !old.runtime.is_empty() => {
+            driver.apply(old.runtime).await.map(|_| ()).map_err(|e| {
+                format!("it came back, but setting the run-time values back failed: {e}")
+            })
+        }
+        other => other,
+    };
+    match again {
+        Ok(()) => Failure::clean(format!(
+            "{message}; the old config file was put back and the engine restarted with it"
+        )),
+        Err(e) => Failure {
+            message: format!(
+                "{message}; the old config file was put back but restarting with it failed: {e}"
+            ),
+            inconsistent: true,
+        },
+    }
+}
+
+/// Largest part of the restart command's output kept for the message.
+const OUTPUT_TAIL: usize = 400;
+
+/// `sh -c COMMAND`, with `CACHEFLOW_CONFIG_FILE` in its environment; an error unless it
+/// exits 0 before `deadline`.
+async fn run_command(
+    command: &str,
+    options: &ApplyOptions,
+    deadline: Instant,
+) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(f) = &options.config_file {
+        cmd.env("CACHEFLOW_CONFIG_FILE", f);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run the restart command: {e}"))?;
+    let mut stderr = child.stderr.take();
+    let wait = async {
+        let mut err = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_end(&mut err).await;
+        }
+        (child.wait().await, err)
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, wait).await {
+        Err(_) => Err(format!(
+            "the restart command did not finish within {} s",
+            options.restart_timeout.as_secs()
+        )),
+        Ok((Err(e), _)) => Err(format!("the restart command failed: {e}")),
+        Ok((Ok(status), err)) if !status.success() => {
+            let text = String::from_utf8_lossy(&err);
+            let text = text.trim();
+            let tail = match text.char_indices().rev().nth(OUTPUT_TAIL) {
+                Some((i, _)) => &text[i..],
+                None => text,
+            };
+            let code = status
+                .code()
+                .map(|c| format!("exit code {c}"))
+                .unwrap_or_else(|| "a signal".to_owned());
+            if tail.is_empty() {
+                Err(format!("the restart command failed with {code}"))
+            } else {
+                Err(format!("the restart command failed with {code}: {tail}"))
+            }
+        }
+        Ok((Ok(_), _)) => Ok(()),
+    }
+}
+
+/// Ask the engine until it answers and, on a replica, its replication link is up.
+async fn wait_until_up(
+    driver: &dyn NodeDriver,
+    options: &ApplyOptions,
+    deadline: Instant,
+) -> Result<NodeLive, String> {
+    loop {
+        let last = match driver.read().await {
+            Ok(live) => {
+                let health = live.health.as_ref();
+                let replica_down = health.is_some_and(|h| {
+                    h.role == Some(Role::Replica) && h.replication_link == Some(LinkState::Down)
+                });
+                if !replica_down {
+                    return Ok(live);
+                }
+                "it answers but its replication link is down".to_owned()
+            }
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() + options.poll > deadline {
+            return Err(format!(
+                "the engine was not back within {} s of the restart ({last})",
+                options.restart_timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(options.poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failing_commands_say_how() {
+        let options = ApplyOptions::default();
+        let soon = Instant::now() + Duration::from_secs(5);
+        assert_eq!(run_command("true", &options, soon).await, Ok(()));
+        assert_eq!(
+            run_command("echo no such unit >&2; exit 5", &options, soon).await,
+            Err("the restart command failed with exit code 5: no such unit".to_owned())
+        );
+        let short = ApplyOptions {
+            restart_timeout: Duration::from_millis(100),
+            ..ApplyOptions::default()
+        };
+        let e = run_command(
+            "sleep 5",
+            &short,
+            Instant::now() + Duration::from_millis(100),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("did not finish"), "{e}");
+    }
+}

@@ -1,0 +1,415 @@
+//! The node agent: runs beside one cache server, reports it to the cacheflow server and
+//! applies the assignment it gets back.
+//!
+//! ```text
+//! loop:
+//!   read the node (driver) ──► POST /api/v1/nodes/{id}/report ──► assignment
+//!   new (revision, generation)? apply it (see `apply`), then report again at once
+//!   otherwise sleep the interval (or what the server asked for)
+//!   server unreachable or refusing: back off, doubling up to a cap, with jitter;
+//!   the node is left as it is
+//! ```
+//!
+//! The agent never changes the node on its own: only an assignment it has not tried
+//! yet makes it act, and it tries each (revision, generation) once. A failed apply is
+//! reported; retrying or rolling back is the server's decision (it raises the
+//! generation or assigns another revision). On SIGTERM the agent finishes the step it is
+//! in (never half an apply) and stops.
+
+pub mod apply;
+pub mod conffile;
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use apply::ApplyOptions;
+
+use crate::edges::nodes::fleet::now_rfc3339;
+use crate::edges::nodes::NodeDriver;
+use crate::pure::live::NodeLive;
+use crate::pure::protocol::{
+    ApplyResult, Assignment, Outcome, Report, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION,
+};
+
+/// The agent's settings.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub node_id: String,
+    /// The cacheflow server, `https://cacheflow.internal:8080`.
+    pub server: String,
+    /// This node's token (`cacheflow agent-token ID`).
+    pub token: String,
+    /// Time between reports when nothing happens.
+    pub interval: Duration,
+    /// Bound of one report round trip.
+    pub http_timeout: Duration,
+    /// Bound of one read of the node.
+    pub node_timeout: Duration,
+    /// Longest pause between attempts while the server cannot be reached.
+    pub max_backoff: Duration,
+    /// Stop after one exchange (report, apply if assigned, report the result).
+    pub once: bool,
+    pub apply: ApplyOptions,
+}
+
+impl AgentOptions {
+    pub fn new(node_id: &str, server: &str, token: &str) -> AgentOptions {
+        AgentOptions {
+            node_id: node_id.to_owned(),
+            server: server.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            interval: Duration::from_secs(30),
+            http_timeout: Duration::from_secs(10),
+            node_timeout: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(300),
+            once: false,
+            apply: ApplyOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    #[error("the server URL `{0}` must start with http:// or https://")]
+    BadServerUrl(String),
+    #[error("cannot make the HTTP client: {0}")]
+    Client(String),
+    /// Only with `once`: the exchange did not happen.
+    #[error("{0}")]
+    Exchange(String),
+    /// Only with `once`: the assignment was applied and failed.
+    #[error("applying revision {revision} failed: {message}")]
+    ApplyFailed { revision: String, message: String },
+}
+
+/// What the agent remembers between reports.
+#[derive(Debug, Default, Clone)]
+pub struct AgentState {
+    /// The revision the node last applied in full.
+    pub applied_revision: Option<String>,
+    /// The last (revision, generation) tried, so each is tried once.
+    pub last_tried: Option<(String, u64)>,
+    pub last_apply: Option<ApplyResult>,
+    /// Consecutive failed exchanges with the server.
+    pub failures: u32,
+}
+
+/// Run the agent until `stop` turns true (or after one exchange with `once`).
+pub async fn run(
+    driver: Arc<dyn NodeDriver>,
+    options: AgentOptions,
+    mut stop: watch::Receiver<bool>,
+) -> Result<AgentState, AgentError> {
+    if !(options.server.starts_with("http://") || options.server.starts_with("https://")) {
+        return Err(AgentError::BadServerUrl(crate::edges::source::redact_url(
+            &options.server,
+        )));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(options.http_timeout)
+        .user_agent(agent_name())
+        .build()
+        .map_err(|e| AgentError::Client(e.to_string()))?;
+    let mut state = AgentState::default();
+    loop {
+        // Once stopping, report but start nothing new.
+        let may_apply = !*stop.borrow();
+        let step = exchange(&client, driver.as_ref(), &options, &mut state, may_apply).await;
+        let pause = match step {
+            Ok(Step::Applied) => {
+                state.failures = 0;
+                // Report the result at once.
+                continue;
+            }
+            Ok(Step::Idle { next, waiting }) => {
+                state.failures = 0;
+                if options.once {
+                    return finish_once(state, waiting);
+                }
+                next.unwrap_or(options.interval)
+            }
+            Err(message) => {
+                state.failures = state.failures.saturating_add(1);
+                let pause = backoff(options.interval, options.max_backoff, state.failures);
+                tracing::warn!(
+                    node = %options.node_id,
+                    error = %message,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "report failed; the node is left as it is"
+                );
+                if options.once {
+                    return Err(AgentError::Exchange(message));
+                }
+                pause
+            }
+        };
+        if *stop.borrow() {
+            return Ok(state);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return Ok(state),
+        }
+    }
+}
+
+fn finish_once(state: AgentState, waiting: Option<String>) -> Result<AgentState, AgentError> {
+    if let Some(why) = waiting {
+        return Err(AgentError::Exchange(why));
+    }
+    match &state.last_apply {
+        Some(r) if r.outcome != Outcome::Applied => Err(AgentError::ApplyFailed {
+            revision: r.revision.clone(),
+            message: r.error.clone().unwrap_or_default(),
+        }),
+        _ => Ok(state),
+    }
+}
+
+enum Step {
+    /// Something was applied (or tried): report again now.
+    Applied,
+    /// Nothing done; the server may have asked for the next report's time. `waiting`
+    /// says why a new assignment was left for later (the node does not answer).
+    Idle {
+        next: Option<Duration>,
+        waiting: Option<String>,
+    },
+}
+
+/// One report and, when the answer is a new assignment, its apply.
+async fn exchange(
+    client: &reqwest::Client,
+    driver: &dyn NodeDriver,
+    options: &AgentOptions,
+    state: &mut AgentState,
+    may_apply: bool,
+) -> Result<Step, String> {
+    let node = read_node(driver, options, state).await;
+    let reachable = node.reachable;
+    let node_error = node.error.clone();
+    let report = Report {
+        version: PROTOCOL_VERSION,
+        node_id: options.node_id.clone(),
+        agent: agent_name(),
+        sent_at: now_rfc3339(),
+        node,
+        last_apply: state.last_apply.clone(),
+    };
+    let assignment = post_report(client, options, &report).await?;
+    let next = assignment.report_interval_secs.map(Duration::from_secs);
+    let idle = Step::Idle {
+        next,
+        waiting: None,
+    };
+    let Some(revision) = assignment.revision.clone() else {
+        return Ok(idle);
+    };
+    let key = (revision.clone(), assignment.generation);
+    if state.last_tried.as_ref() == Some(&key) || !may_apply {
+        return Ok(idle);
+    }
+    if !reachable {
+        // Nothing can be applied to a node that does not answer; try when it does.
+        return Ok(Step::Idle {
+            next,
+            waiting: Some(format!(
+                "revision {revision} not applied: the node does not answer ({})",
+                node_error.unwrap_or_default()
+            )),
+        });
+    }
+    tracing::info!(node = %options.node_id, %revision, generation = assignment.generation, "applying assignment");
+    let result = apply::apply(driver, &options.apply, &assignment).await;
+    match result.outcome {
+        Outcome::Applied => {
+            tracing::info!(node = %options.node_id, %revision, changed = ?result.changed, restarted = result.restarted, "applied");
+            state.applied_revision = Some(revision);
+        }
+        _ => {
+            tracing::error!(node = %options.node_id, %revision, error = result.error.as_deref().unwrap_or(""), outcome = ?result.outcome, "apply failed")
+        }
+    }
+    state.last_tried = Some(key);
+    state.last_apply = Some(result);
+    Ok(Step::Applied)
+}
+
+async fn read_node(
+    driver: &dyn NodeDriver,
+    options: &AgentOptions,
+    state: &AgentState,
+) -> NodeLive {
+    let mut node = match tokio::time::timeout(options.node_timeout, driver.read()).await {
+        Ok(Ok(live)) => live,
+        Ok(Err(e)) => NodeLive {
+            reachable: false,
+            error: Some(e.to_string()),
+            ..NodeLive::default()
+        },
+        Err(_) => NodeLive {
+            reachable: false,
+            error: Some(format!(
+                "{}: no answer within {} ms",
+                driver.address(),
+                options.node_timeout.as_millis()
+            )),
+            ..NodeLive::default()
+        },
+    };
+    node.engine = Some(driver.engine());
+    node.address = Some(driver.address().to_owned());
+    // The three-way view for memcached: what its options file will start it with.
+    if let (crate::pure::catalog::Engine::Memcached, Some(path)) =
+        (driver.engine(), options.apply.config_file.as_deref())
+    {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            node.persisted = Some(crate::flow::agent::conffile::memcached_persisted(&text));
+        }
+    }
+    node.revision = state.applied_revision.clone();
+    node
+}
+
+/// POST the report; the answer must be an assignment for this node.
+async fn post_report(
+    client: &reqwest::Client,
+    options: &AgentOptions,
+    report: &Report,
+) -> Result<Assignment, String> {
+    let url = format!("{}/api/v1/nodes/{}/report", options.server, options.node_id);
+    let shown = crate::edges::source::redact_url(&url);
+    let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
+    let mut response = client
+        .post(&url)
+        .bearer_auth(&options.token)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "{shown}: {}",
+                crate::edges::source::redact_url(&describe(&e))
+            )
+        })?;
+    let status = response.status();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("{shown}: reading the answer: {}", describe(&e)))?
+    {
+        if bytes.len() + chunk.len() > MAX_PAYLOAD_BYTES {
+            return Err(format!(
+                "{shown}: the answer is larger than {MAX_PAYLOAD_BYTES} bytes"
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&bytes);
+        let text: String = text.trim().chars().take(300).collect();
+        let why = match status.as_u16() {
+            401 | 403 => " (is the token the one `cacheflow agent-token` prints for this node?)",
+            _ => "",
+        };
+        return Err(format!(
+            "{shown}: the server answered {status}{why}: {text}"
+        ));
+    }
+    let assignment = Assignment::parse(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+    if assignment.node_id != options.node_id {
+        return Err(format!(
+            "{shown}: the assignment is for node `{}`, not `{}`; ignored",
+            assignment.node_id, options.node_id
+        ));
+    }
+    Ok(assignment)
+}
+
+/// A reqwest error with its causes (`error sending request: connection refused`); the
+/// agent, notifications and the forge client say it the same way.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        format!("timed out: {e}")
+    } else {
+        e.to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn agent_name() -> String {
+    format!("cacheflow/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The pause after `failures` failed exchanges in a row: the interval (at most one
+/// second) doubled per failure, capped at `max`, and drawn at random from its upper half
+/// so that a fleet of agents that lost the server together does not come back together.
+pub fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
+    let base = interval
+        .min(Duration::from_secs(1))
+        .max(Duration::from_millis(10));
+    let exp = failures.saturating_sub(1).min(20);
+    let ceiling = base.saturating_mul(1 << exp).min(max.max(base));
+    let half = ceiling / 2;
+    let span = (ceiling - half).as_micros() as u64;
+    let jitter = if span == 0 {
+        0
+    } else {
+        random_u64() % (span + 1)
+    };
+    half + Duration::from_micros(jitter)
+}
+
+/// A random number from the standard library's per-process random hash keys; enough for
+/// jitter, without a dependency.
+fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let i = Duration::from_millis(200);
+        let max = Duration::from_secs(5);
+        for _ in 0..200 {
+            let b1 = backoff(i, max, 1);
+            assert!(b1 >= Duration::from_millis(100) && b1 <= i, "{b1:?}");
+            let b3 = backoff(i, max, 3);
+            assert!(
+                b3 >= Duration::from_millis(400) && b3 <= Duration::from_millis(800),
+                "{b3:?}"
+            );
+            let b30 = backoff(i, max, 30);
+            assert!(b30 >= max / 2 && b30 <= max, "{b30:?}");
+        }
+        // Not all the same: the jitter spreads a fleet out.
+        let draws: std::collections::BTreeSet<Duration> =
+            (0..50).map(|_| backoff(i, max, 4)).collect();
+        assert!(draws.len() > 10, "{draws:?}");
+    }
+}

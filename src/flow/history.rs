@@ -1,0 +1,195 @@
+//! `cacheflow history`: one timeline of the config repository's commits (author, message,
+//! the parameters each changed per cluster) beside what the reconciler noted on them
+//! (`refs/notes/cacheflow`: completed, rolled back and why, refused).
+//!
+//! Reads the first-parent history of a revision; commits that touch no cacheflow file
+//! are left out. A commit whose own tree or parent's tree is invalid is shown as such
+//! (it was never applied).
+
+use serde::Serialize;
+
+use crate::edges::audit::Journal;
+use crate::edges::source::{ConfigRepo, SourceError};
+use crate::flow::pipeline::{self, Revision};
+use crate::pure::diff::ParamChange;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub commit: String,
+    pub author: String,
+    pub time: String,
+    pub summary: String,
+    /// Per cluster the commit changed: its parameter changes.
+    pub clusters: Vec<ClusterChange>,
+    /// Set when the commit (or its parent) does not validate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
+    /// The reconciler's note, one line per cluster.
+    pub outcomes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterChange {
+    pub cluster: String,
+    pub parameters: Vec<ParamChange>,
+}
+
+pub struct HistoryOptions {
+    pub rev: String,
+    pub cluster: Option<String>,
+    pub param: Option<String>,
+    pub limit: usize,
+}
+
+/// The timeline, newest first.
+pub fn history(
+    repo: &ConfigRepo,
+    options: &HistoryOptions,
+) -> Result<Vec<HistoryEntry>, SourceError> {
+    let git = repo.repository();
+    let journal = Journal::open(git.path()).ok();
+    let start = repo.resolve(&options.rev)?;
+    let err = |e: git2::Error| SourceError::Git {
+        repo: repo.name().to_owned(),
+        message: e.message().to_owned(),
+    };
+    let mut walk = git.revwalk().map_err(err)?;
+    let oid = git2::Oid::from_str(&start).map_err(err)?;
+    walk.simplify_first_parent().map_err(err)?;
+    walk.push(oid).map_err(err)?;
+    let mut out = Vec::new();
+    for oid in walk {
+        if out.len() >= options.limit {
+            break;
+        }
+        let Ok(oid) = oid else { continue };
+        let commit = oid.to_string();
+        let Ok(c) = git.find_commit(oid) else {
+            continue;
+        };
+        let parent = c.parent_id(0).ok().map(|p| p.to_string());
+        let paths = match &parent {
+            Some(p) => repo.changed_paths(p, &commit)?,
+            // The first commit: everything in it is new.
+            None => vec![String::new()],
+        };
+        if paths.is_empty() {
+            continue;
+        }
+        let info = repo.commit_info(&commit)?;
+        let mut entry = HistoryEntry {
+            commit: commit.clone(),
+            author: info.author_name,
+            time: info.time,
+            summary: info.summary,
+            clusters: Vec::new(),
+            invalid: None,
+            outcomes: journal
+                .as_ref()
+                .and_then(|j| j.read_note(&commit))
+                .map(|n| n.lines().map(str::to_owned).collect())
+                .unwrap_or_default(),
+        };
+        let changes = match &parent {
+            Some(p) => pipeline::diff(repo, p, &Revision::Rev(commit.clone())),
+            None => pipeline::desired(repo, &Revision::Rev(commit.clone())).map(|d| {
+                crate::pure::diff::diff(
+                    &crate::pure::spec::model::Desired {
+                        clusters: Default::default(),
+                        profiles: Default::default(),
+                        ..d.clone()
+                    },
+                    &d,
+                    None,
+                )
+            }),
+        };
+        match changes {
+            Ok(cs) => {
+                entry.clusters = cs
+                    .clusters
+                    .into_iter()
+                    .map(|c| ClusterChange {
+                        cluster: c.cluster,
+                        parameters: c.parameters,
+                    })
+                    .collect();
+            }
+            Err(e) => entry.invalid = Some(e.to_string()),
+        }
+        if let Some(name) = &options.cluster {
+            entry.clusters.retain(|c| &c.cluster == name);
+            entry
+                .outcomes
+                .retain(|l| l.starts_with(&format!("{name}: ")));
+            if entry.clusters.is_empty() && entry.invalid.is_none() {
+                continue;
+            }
+        }
+        if let Some(param) = &options.param {
+            for c in &mut entry.clusters {
+                c.parameters.retain(|p| &p.name == param);
+            }
+            entry.clusters.retain(|c| !c.parameters.is_empty());
+            if entry.clusters.is_empty() {
+                continue;
+            }
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// The timeline as text, one block per commit.
+pub fn text(entries: &[HistoryEntry]) -> String {
+    let mut out = String::new();
+    if entries.is_empty() {
+        out.push_str("no config change in this history\n");
+    }
+    for e in entries {
+        out.push_str(&format!(
+            "{} {} {}: {}\n",
+            &e.commit[..12],
+            e.time,
+            e.author,
+            e.summary
+        ));
+        if let Some(why) = &e.invalid {
+            out.push_str(&format!(
+                "  invalid, never applied: {}\n",
+                why.lines().next().unwrap_or("")
+            ));
+        }
+        for c in &e.clusters {
+            let params: Vec<String> = c
+                .parameters
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} → {}",
+                        p.name,
+                        p.old.as_deref().unwrap_or("(unset)"),
+                        p.new.as_deref().unwrap_or("(unset)")
+                    )
+                })
+                .collect();
+            if params.is_empty() {
+                out.push_str(&format!(
+                    "  {}: nodes or rollout policy changed\n",
+                    c.cluster
+                ));
+            } else {
+                out.push_str(&format!("  {}: {}\n", c.cluster, params.join(", ")));
+            }
+        }
+        if e.outcomes.is_empty() {
+            out.push_str("  outcome: not rolled out (no note)\n");
+        }
+        for o in &e.outcomes {
+            out.push_str(&format!("  ⇒ {o}\n"));
+        }
+    }
+    out
+}

@@ -1,0 +1,310 @@
+//! The one place that knows the order of the steps behind each command: read the files
+//! (source), load and validate them (spec), compare (diff) or plan against live state
+//! (plan). The CLI parses arguments and renders; everything in between happens here.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::edges::nodes::fleet::{self, SnapshotOptions, Target};
+use crate::edges::nodes::memcached::MemcachedDriver;
+use crate::edges::nodes::redis::RedisDriver;
+use crate::edges::nodes::NodeDriver;
+use crate::pure::catalog::Engine;
+use crate::pure::spec::model::{Cluster, Node};
+
+use crate::edges::source::{ConfigRepo, FileSet, SourceError};
+use crate::pure::diff::{self, ChangeSet};
+use crate::pure::live::{LiveError, LiveState};
+use crate::pure::plan::{self, Plan};
+use crate::pure::spec::{self, model::Desired, Diagnostic};
+
+/// Which files to read: a revision from the object database, or the working tree.
+#[derive(Debug, Clone)]
+pub enum Revision {
+    Rev(String),
+    Worktree,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    /// The revision does not validate; nothing is computed from it.
+    #[error("no cluster named `{0}` in this revision")]
+    UnknownCluster(String),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("{revision} is invalid ({} error{})", .diagnostics.len(), if .diagnostics.len() == 1 { "" } else { "s" })]
+    Invalid {
+        revision: String,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+/// Read every cacheflow file of a revision.
+pub fn read(repo: &ConfigRepo, rev: &Revision) -> Result<FileSet, SourceError> {
+    match rev {
+        Revision::Rev(r) => repo.read_rev(r),
+        Revision::Worktree => repo.read_worktree(),
+    }
+}
+
+/// The commit read (`None` for a working tree) and the validated state or every error.
+pub type Validation = (Option<String>, Result<Desired, Vec<Diagnostic>>);
+
+/// `cacheflow validate`: read a revision and load it.
+///
+/// A revision is read on this thread while another loads the files as they arrive, so
+/// reading from git overlaps with parsing (git2 handles stay on the thread that opened
+/// them). The working tree is read first, then loaded.
+pub fn validate(repo: &ConfigRepo, rev: &Revision) -> Result<Validation, SourceError> {
+    let started = std::time::Instant::now();
+    let Revision::Rev(rev) = rev else {
+        let files = read(repo, rev)?;
+        return Ok((None, spec::load(&files)));
+    };
+    let commit = repo.resolve(rev)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+    let (read, result) = std::thread::scope(|s| {
+        let loader = s.spawn({
+            let commit = commit.clone();
+            move || spec::load_stream(Some(commit), rx)
+        });
+        let read = repo.stream_rev(&commit, &mut |item| {
+            // The loader only stops early by panicking, which join re-raises below.
+            let _ = tx.send(item);
+        });
+        drop(tx);
+        let result = loader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (read, result)
+    });
+    read?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis(), "validated");
+    Ok((Some(commit), result))
+}
+
+fn load_or_invalid(files: &FileSet, label: &str) -> Result<Desired, PipelineError> {
+    spec::load(files).map_err(|diagnostics| PipelineError::Invalid {
+        revision: label.to_owned(),
+        diagnostics,
+    })
+}
+
+fn cluster_paths(paths: &[String]) -> Vec<String> {
+    paths
+        .iter()
+        .filter(|p| p.starts_with("clusters/"))
+        .cloned()
+        .collect()
+}
+
+/// Read just the files a diff needs at `rev`: the changed clusters, Settings (rollout
+/// defaults), the profiles the changed clusters name, and the policies (few and small,
+/// and a change that breaks one must not pass as a mere diff).
+fn read_for_diff(
+    repo: &ConfigRepo,
+    rev: &str,
+    clusters: &[String],
+) -> Result<FileSet, SourceError> {
+    let mut paths = clusters.to_vec();
+    paths.push("cacheflow.yaml".to_owned());
+    let mut files = repo.read_paths(rev, &paths)?;
+    let policies = repo.read_areas(rev, &["policies"])?;
+    files.files.extend(policies.files);
+    files.problems.extend(policies.problems);
+    let mut profiles: BTreeSet<String> = BTreeSet::new();
+    for (path, text) in &files.files {
+        if !path.starts_with("clusters/") {
+            continue;
+        }
+        // A cheap look for `spec.profile`; a file that does not parse is reported by the
+        // full load below.
+        if let Ok(doc) = spec::yaml::parse(text) {
+            if let Some(name) = doc.value.pointer("/spec/profile").and_then(|v| v.as_str()) {
+                profiles.insert(name.to_owned());
+            }
+        }
+    }
+    if !profiles.is_empty() {
+        let wanted: Vec<String> = profiles
+            .iter()
+            .flat_map(|n| [format!("profiles/{n}.yaml"), format!("profiles/{n}.yml")])
+            .collect();
+        let extra = repo.read_paths(rev, &wanted)?;
+        files.files.extend(extra.files);
+        files.problems.extend(extra.problems);
+    }
+    Ok(files)
+}
+
+/// `cacheflow diff`: what the change from `base` to `head` does, per cluster. Only the
+/// files that changed are parsed, with the Settings and profiles they depend on; a change
+/// to Settings or to a profile can touch every cluster, so then both sides are read whole.
+pub fn diff(repo: &ConfigRepo, base: &str, head: &Revision) -> Result<ChangeSet, PipelineError> {
+    let base_commit = repo.resolve(base)?;
+    let (changed, head_commit) = match head {
+        Revision::Rev(h) => {
+            let head_commit = repo.resolve(h)?;
+            (
+                repo.changed_paths(&base_commit, &head_commit)?,
+                Some(head_commit),
+            )
+        }
+        Revision::Worktree => (repo.changed_paths_worktree(&base_commit)?, None),
+    };
+    if changed.is_empty() {
+        return Ok(ChangeSet {
+            base: Some(base_commit),
+            head: head_commit,
+            clusters: Vec::new(),
+        });
+    }
+    let shared_changed = changed
+        .iter()
+        .any(|p| p == "cacheflow.yaml" || p.starts_with("profiles/"));
+    let clusters = cluster_paths(&changed);
+    let base_files = if shared_changed {
+        repo.read_rev(&base_commit)?
+    } else {
+        read_for_diff(repo, &base_commit, &clusters)?
+    };
+    let head_files = match (head, &head_commit) {
+        (Revision::Rev(_), Some(c)) if !shared_changed => read_for_diff(repo, c, &clusters)?,
+        (Revision::Rev(_), Some(c)) => repo.read_rev(c)?,
+        _ => repo.read_worktree()?,
+    };
+    let head_label = head_commit
+        .as_deref()
+        .map(|c| format!("head {}", crate::pure::render::short(Some(c))))
+        .unwrap_or_else(|| "the working tree".to_owned());
+    let head_state = load_or_invalid(&head_files, &head_label)?;
+    let base_state = load_or_invalid(
+        &base_files,
+        &format!("base {}", crate::pure::render::short(Some(&base_commit))),
+    )?;
+    // With a partial read, only the clusters whose files changed are compared (a working
+    // tree is read whole, so the filter matters there).
+    let names: BTreeSet<String> = base_state
+        .clusters
+        .values()
+        .chain(head_state.clusters.values())
+        .filter(|c| shared_changed || changed.contains(&c.file))
+        .map(|c| c.name.clone())
+        .collect();
+    Ok(diff::diff(&base_state, &head_state, Some(&names)))
+}
+
+/// Where `plan` takes the live state from.
+pub enum LiveSource<'a> {
+    /// A snapshot file (`--live FILE`).
+    File(&'a Path),
+    /// Straight from the nodes (`--direct`).
+    Direct(SnapshotOptions),
+}
+
+/// Read and validate a revision; an invalid one is an error listing its diagnostics.
+pub fn desired(repo: &ConfigRepo, rev: &Revision) -> Result<Desired, PipelineError> {
+    let files = read(repo, rev)?;
+    let label = files
+        .commit
+        .as_deref()
+        .map(|c| format!("revision {}", crate::pure::render::short(Some(c))))
+        .unwrap_or_else(|| "the working tree".to_owned());
+    load_or_invalid(&files, &label)
+}
+
+/// `cacheflow plan`: the desired state at `rev` against a snapshot file or the nodes.
+pub fn plan(repo: &ConfigRepo, rev: &Revision, live: LiveSource) -> Result<Plan, PipelineError> {
+    let desired = desired(repo, rev)?;
+    let live = match live {
+        LiveSource::File(path) => LiveState::read(path)?,
+        LiveSource::Direct(options) => read_fleet(&desired, None, options, true)?,
+    };
+    Ok(plan::plan(&desired, &live))
+}
+
+/// `cacheflow drift`: the declared state at `rev` against a reading of the nodes.
+pub fn drift(
+    repo: &ConfigRepo,
+    rev: &Revision,
+    live: LiveSource,
+) -> Result<crate::pure::drift::DriftReport, PipelineError> {
+    let desired = desired(repo, rev)?;
+    let live = match live {
+        LiveSource::File(path) => LiveState::read(path)?,
+        LiveSource::Direct(options) => read_fleet(&desired, None, options, true)?,
+    };
+    let at = live
+        .taken_at
+        .clone()
+        .unwrap_or_else(crate::edges::nodes::fleet::now_rfc3339);
+    Ok(crate::pure::drift::compute(&desired, &live, &at))
+}
+
+/// The driver that reaches `node` of `cluster` directly.
+pub fn driver_for(cluster: &Cluster, node: &Node, timeout: Duration) -> Arc<dyn NodeDriver> {
+    match cluster.engine {
+        Engine::Redis => Arc::new(RedisDriver::new(
+            &node.address,
+            cluster.auth.as_ref(),
+            timeout,
+        )),
+        Engine::Memcached => {
+            Arc::new(MemcachedDriver::new(node.address.clone()).with_timeout(timeout))
+        }
+    }
+}
+
+/// `cacheflow snapshot`: read every declared node (of one cluster, or all) straight from
+/// the nodes, concurrently. Unreachable nodes are in the result, marked so.
+pub fn snapshot(
+    desired: &Desired,
+    cluster: Option<&str>,
+    options: SnapshotOptions,
+) -> Result<LiveState, PipelineError> {
+    read_fleet(desired, cluster, options, false)
+}
+
+/// Read the declared nodes; with `declared_only`, keep of each node only the parameters
+/// its cluster declares (all a plan looks at), so a plan of 10,000 real nodes does not
+/// hold 190 parameters of each in memory.
+fn read_fleet(
+    desired: &Desired,
+    cluster: Option<&str>,
+    options: SnapshotOptions,
+    declared_only: bool,
+) -> Result<LiveState, PipelineError> {
+    if let Some(name) = cluster {
+        if !desired.clusters.contains_key(name) {
+            return Err(PipelineError::UnknownCluster(name.to_owned()));
+        }
+    }
+    let targets: Vec<Target> = desired
+        .clusters
+        .values()
+        .filter(|c| cluster.is_none_or(|name| c.name == name))
+        .flat_map(|c| {
+            let keep = declared_only.then(|| Arc::new(c.parameters.keys().cloned().collect()));
+            c.nodes.iter().map(move |n| Target {
+                keep: keep.clone(),
+                ..Target::new(
+                    n.id.clone(),
+                    c.name.clone(),
+                    driver_for(c, n, options.timeout),
+                )
+            })
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(PipelineError::Runtime)?;
+    Ok(runtime.block_on(fleet::snapshot(targets, options)))
+}

@@ -1,0 +1,761 @@
+//! The reconciler's runtime: one task owns the [`Reconciler`] and takes its inputs from
+//! a channel (reports, revisions, timers, commands), writes the journal entry of each
+//! input before it answers (write-ahead), starts timers as tasks and wakes the
+//! in-process agents of directly managed nodes when their assignment changes.
+//!
+//! Directly managed nodes get an in-process agent: the same loop as `cacheflow agent`
+//! (read the node, report, apply a new (revision, generation) once, report again), only
+//! the report goes through the channel instead of HTTP, so both kinds of node follow
+//! one assignment path.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+
+use crate::edges::audit::{AuditError, EntryMaker, Journal, Prepared};
+use crate::edges::metrics::Metrics;
+use crate::edges::nodes::fleet::now_rfc3339;
+use crate::edges::nodes::NodeDriver;
+use crate::flow::agent::ApplyOptions;
+use crate::pure::live::{LiveState, NodeLive};
+use crate::pure::protocol::{ApplyResult, Assignment, Report, PROTOCOL_VERSION};
+use crate::pure::reconciler::{Effect, Reconciler, RefusedInput, State};
+use crate::pure::rollout::Event;
+use crate::pure::spec::model::Desired;
+
+enum Msg {
+    Report {
+        node: String,
+        report: Box<Report>,
+        reply: oneshot::Sender<Result<Assignment, RefusedInput>>,
+    },
+    Revision {
+        desired: Box<Desired>,
+        live: Option<Box<LiveState>>,
+        reply: oneshot::Sender<()>,
+    },
+    Refuse {
+        revision: String,
+        reason: String,
+        reply: oneshot::Sender<()>,
+    },
+    Timer {
+        cluster: String,
+        event: Event,
+        run: u64,
+    },
+    Command {
+        cluster: String,
+        event: Event,
+        reply: oneshot::Sender<Result<(), RefusedInput>>,
+    },
+    Inspect {
+        reply: oneshot::Sender<State>,
+    },
+    Head {
+        reply: oneshot::Sender<Option<String>>,
+    },
+    DriftInputs {
+        silent_after_ms: u64,
+        reply: oneshot::Sender<crate::pure::reconciler::DriftInputs>,
+    },
+    Readings {
+        silent_after_ms: u64,
+        reply: oneshot::Sender<LiveState>,
+    },
+    Correct {
+        clusters: Vec<String>,
+        reply: oneshot::Sender<()>,
+    },
+    Tick,
+    /// End the task (timers still pending are dropped).
+    Stop,
+}
+
+/// Wakers of in-process agents, by node id.
+type Wakers = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+
+/// A cheap, cloneable way to talk to the reconciler task.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Msg>,
+    wakers: Wakers,
+    /// Every journal message, for progress displays and logs.
+    pub events: broadcast::Sender<String>,
+    started: Instant,
+    started_wall: u64,
+    metrics: Option<Arc<Metrics>>,
+    /// Where `Effect::Notify` goes (the server sets one; `sync` has none).
+    notifier: Arc<std::sync::OnceLock<crate::edges::notify::Notifier>>,
+}
+
+/// The task ended (its journal failed, or it was stopped).
+#[derive(Debug, thiserror::Error)]
+#[error("the reconciler has stopped")]
+pub struct Stopped;
+
+impl Handle {
+    /// Milliseconds on the wall clock: gate baselines are kept in the journal and
+    /// compared with readings taken after a restart, so a per-process clock would not do.
+    /// Never earlier than a reading this process took before (the clock may step back).
+    fn now_ms(&self) -> u64 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        wall.max(self.started_wall + self.started.elapsed().as_millis() as u64)
+    }
+
+    pub async fn report(
+        &self,
+        node: &str,
+        report: Report,
+    ) -> Result<Result<Assignment, RefusedInput>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Report {
+                node: node.to_owned(),
+                report: Box::new(report),
+                reply,
+            })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// A new valid revision, with a reading of the nodes taken just before if there is one.
+    pub async fn revision(&self, desired: Desired, live: Option<LiveState>) -> Result<(), Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Revision {
+                desired: Box::new(desired),
+                live: live.map(Box::new),
+                reply,
+            })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    pub async fn refuse(&self, revision: &str, reason: &str) -> Result<(), Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Refuse {
+                revision: revision.to_owned(),
+                reason: reason.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    pub async fn command(
+        &self,
+        cluster: &str,
+        event: Event,
+    ) -> Result<Result<(), RefusedInput>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Command {
+                cluster: cluster.to_owned(),
+                event,
+                reply,
+            })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// A copy of the reconciler's state.
+    pub async fn state(&self) -> Result<State, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Inspect { reply })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// The last valid revision taken (cheap, unlike [`Handle::state`]).
+    pub async fn head(&self) -> Result<Option<String>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Head { reply })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Time since the reconciler started (nodes report again after a start).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Send the reconciler's notices through `notifier` from now on (once).
+    pub fn set_notifier(&self, notifier: crate::edges::notify::Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// What a drift report compares (see [`Reconciler::drift_inputs`]).
+    pub async fn drift_inputs(
+        &self,
+        silent_after: Duration,
+    ) -> Result<crate::pure::reconciler::DriftInputs, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::DriftInputs {
+                silent_after_ms: silent_after.as_millis() as u64,
+                reply,
+            })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Every node's latest reading (see [`Reconciler::readings`]).
+    pub async fn readings(&self, silent_after: Duration) -> Result<LiveState, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Readings {
+                silent_after_ms: silent_after.as_millis() as u64,
+                reply,
+            })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Correct the drift of `clusters` through staged rollouts (journaled first).
+    pub async fn correct(&self, clusters: Vec<String>) -> Result<(), Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Correct { clusters, reply })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Stop the reconciler task after the inputs before this one.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop).await;
+    }
+
+    pub async fn tick(&self) -> Result<(), Stopped> {
+        self.tx.send(Msg::Tick).await.map_err(|_| Stopped)
+    }
+
+    /// Drive `node` with an in-process agent until `stop` turns true.
+    pub fn spawn_direct_agent(
+        &self,
+        node: String,
+        driver: Arc<dyn NodeDriver>,
+        options: DirectOptions,
+        stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let wake = Arc::new(Notify::new());
+        self.wakers
+            .lock()
+            .expect("wakers lock")
+            .insert(node.clone(), wake.clone());
+        let handle = self.clone();
+        tokio::spawn(direct_agent(handle, node, driver, options, wake, stop))
+    }
+}
+
+/// How in-process agents read and apply.
+#[derive(Debug, Clone)]
+pub struct DirectOptions {
+    /// Time between reports when nothing happens (the gates' readings).
+    pub interval: Duration,
+    /// Bound of one read of the node.
+    pub timeout: Duration,
+    /// A reading taken just before (`sync`'s snapshot): the first report sends it
+    /// instead of reading the node again.
+    pub first_reading: Option<NodeLive>,
+    /// Read only these parameters (the revision's declared ones), when the revision
+    /// cannot change while the agent runs (`sync`); all of them when `None`.
+    pub declared: Option<Arc<BTreeSet<String>>>,
+}
+
+impl Default for DirectOptions {
+    fn default() -> Self {
+        DirectOptions {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            first_reading: None,
+            declared: None,
+        }
+    }
+}
+
+/// Start the reconciler task from the journal's last state. `grace_ms` is how long
+/// nodes need to report after a restart (see [`Reconciler::resume`]).
+pub fn start(
+    mut journal: Journal,
+    grace_ms: u64,
+    metrics: Option<Arc<Metrics>>,
+    correct_drift: bool,
+) -> Result<(Handle, tokio::task::JoinHandle<Result<(), AuditError>>), AuditError> {
+    let state = journal.load()?.unwrap_or_default();
+    let maker = EntryMaker::loaded(&state);
+    let mut core = Reconciler::new(state);
+    core.correct_drift = correct_drift;
+    core.report_grace_ms = grace_ms;
+    let (tx, mut rx) = mpsc::channel::<Msg>(4096);
+    let (events, _) = broadcast::channel(1024);
+    let handle = Handle {
+        tx,
+        wakers: Arc::new(Mutex::new(HashMap::new())),
+        events,
+        started: Instant::now(),
+        started_wall: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        metrics,
+        notifier: Arc::default(),
+    };
+    let resumed = core.resume(grace_ms);
+
+    // The journal writer: its own thread, so git's file I/O never holds a runtime
+    // worker (and the HTTP connections queued on it) nor the reconciler's next inputs.
+    // As deep as the input channel: a slow write (a busy disk) must not stop the
+    // reconciler from answering the reports that need no entry.
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
+    let written = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done) = oneshot::channel();
+    {
+        let h = handle.clone();
+        let rt = tokio::runtime::Handle::current();
+        let written = written.clone();
+        std::thread::Builder::new()
+            .name("cacheflow-journal".to_owned())
+            .spawn(move || {
+                let _ = done_tx.send(write_jobs(&h, &rt, journal, jobs_rx, &written));
+            })
+            .map_err(|e| AuditError::Writer(e.to_string()))?;
+    }
+    let mut batches = Batches {
+        maker,
+        seq: 0,
+        pending: HashMap::new(),
+        written,
+        jobs: jobs_tx,
+    };
+
+    let h = handle.clone();
+    let task = tokio::spawn(async move {
+        // The writer ended early: its error (a journal that cannot be written) is ours.
+        let writer_failed = |r: Result<Result<(), AuditError>, _>| r.unwrap_or(Ok(()));
+        if batches
+            .submit(&mut core, resumed, Vec::new())
+            .await
+            .is_err()
+        {
+            return writer_failed(done.await);
+        }
+        // Inputs that arrived together (a batch of nodes confirming at once) are handled
+        // together and journaled as one entry holding every input's lines; nothing is
+        // answered or started before that entry is written (write-ahead), except
+        // reports that changed nothing, from clusters whose state is already written.
+        loop {
+            let first = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+                result = &mut done => return writer_failed(result),
+            };
+            let mut effects = Vec::new();
+            let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+            let mut stop = false;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                let now = h.now_ms();
+                match msg {
+                    Msg::Report {
+                        node,
+                        report,
+                        reply,
+                    } => match core.report(&node, *report, now) {
+                        // A reading that changed nothing, answered from journaled state:
+                        // no entry to wait for (most reports while others roll out).
+                        Ok((assignment, e)) if e.is_empty() && batches.durable(&core, &node) => {
+                            let _ = reply.send(Ok(assignment));
+                        }
+                        Ok((assignment, e)) => {
+                            effects.extend(e);
+                            replies.push(Box::new(move || {
+                                let _ = reply.send(Ok(assignment));
+                            }));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    },
+                    Msg::Revision {
+                        desired,
+                        live,
+                        reply,
+                    } => {
+                        effects.extend(core.revision(*desired, live.as_deref(), now));
+                        replies.push(Box::new(move || {
+                            let _ = reply.send(());
+                        }));
+                    }
+                    Msg::Refuse {
+                        revision,
+                        reason,
+                        reply,
+                    } => {
+                        effects.extend(core.refuse_revision(&revision, &reason));
+                        replies.push(Box::new(move || {
+                            let _ = reply.send(());
+                        }));
+                    }
+                    Msg::Timer {
+                        cluster,
+                        event,
+                        run,
+                    } => effects.extend(core.timer_of(&cluster, event, run, now)),
+                    Msg::Command {
+                        cluster,
+                        event,
+                        reply,
+                    } => match core.command(&cluster, event, now) {
+                        Ok(e) => {
+                            effects.extend(e);
+                            replies.push(Box::new(move || {
+                                let _ = reply.send(Ok(()));
+                            }));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    },
+                    Msg::Inspect { reply } => {
+                        let state = core.state.clone();
+                        replies.push(Box::new(move || {
+                            let _ = reply.send(state);
+                        }));
+                    }
+                    Msg::Head { reply } => {
+                        let head = core.state.head.clone();
+                        replies.push(Box::new(move || {
+                            let _ = reply.send(head);
+                        }));
+                    }
+                    Msg::DriftInputs {
+                        silent_after_ms,
+                        reply,
+                    } => {
+                        // Readings are not journaled: answered at once.
+                        let _ = reply.send(core.drift_inputs(now, silent_after_ms));
+                    }
+                    Msg::Readings {
+                        silent_after_ms,
+                        reply,
+                    } => {
+                        let _ = reply.send(core.readings(now, silent_after_ms));
+                    }
+                    Msg::Correct { clusters, reply } => {
+                        effects.extend(core.correct(&clusters, now));
+                        replies.push(Box::new(move || {
+                            let _ = reply.send(());
+                        }));
+                    }
+                    Msg::Stop => stop = true,
+                    Msg::Tick => effects.extend(core.tick(now)),
+                }
+                if !stop && replies.len() < 1024 {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if batches.submit(&mut core, effects, replies).await.is_err() {
+                return writer_failed(done.await);
+            }
+            if stop {
+                break;
+            }
+        }
+        // The writer finishes what it was given, then ends.
+        drop(batches);
+        writer_failed(done.await)
+    });
+    Ok((handle, task))
+}
+
+/// One batch of inputs for the journal writer: its entry (when the batch changed
+/// something worth one), then what may happen only once that entry is written.
+struct Job {
+    /// The number of the last entry made so far (this one's, if it has one).
+    seq: u64,
+    entry: Option<Prepared>,
+    effects: Vec<Effect>,
+    replies: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+/// The reconciler's side of the journal: makes the entries and knows which clusters
+/// have entries not yet written.
+struct Batches {
+    maker: EntryMaker,
+    seq: u64,
+    /// Cluster → the last entry that changed it.
+    pending: HashMap<String, u64>,
+    /// The last entry written (set by the writer).
+    written: Arc<AtomicU64>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Batches {
+    /// Hand a batch to the writer. `Err`: the writer has ended.
+    async fn submit(
+        &mut self,
+        core: &mut Reconciler,
+        effects: Vec<Effect>,
+        replies: Vec<Box<dyn FnOnce() + Send>>,
+    ) -> Result<(), ()> {
+        let messages: Vec<&str> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Journal { message } => Some(message.as_str()),
+                _ => None,
+            })
+            .collect();
+        let entry = if messages.is_empty() {
+            None
+        } else {
+            let changed = core.take_changed();
+            self.seq += 1;
+            for cluster in &changed {
+                self.pending.insert(cluster.clone(), self.seq);
+            }
+            Some(
+                self.maker
+                    .prepare(&messages.join("\n"), &core.state, &changed),
+            )
+        };
+        if entry.is_none() && effects.is_empty() && replies.is_empty() {
+            return Ok(());
+        }
+        let job = Job {
+            seq: self.seq,
+            entry,
+            effects,
+            replies,
+        };
+        self.jobs.send(job).await.map_err(|_| ())
+    }
+
+    /// True when `node`'s assignment comes from state already written: its cluster is
+    /// unchanged since the last entry made, and that entry's write is done.
+    fn durable(&self, core: &Reconciler, node: &str) -> bool {
+        core.assignment_is_written(node)
+            && core.cluster_of(node).is_some_and(|cluster| {
+                self.pending
+                    .get(cluster)
+                    .is_none_or(|&seq| seq <= self.written.load(Ordering::Acquire))
+            })
+    }
+}
+
+/// The writer thread: takes the batches in order; the ones waiting while it wrote the
+/// previous entry are written as one (group commit), then their effects happen and
+/// their answers go out, in order.
+fn write_jobs(
+    h: &Handle,
+    rt: &tokio::runtime::Handle,
+    mut journal: Journal,
+    mut jobs: mpsc::Receiver<Job>,
+    written: &AtomicU64,
+) -> Result<(), AuditError> {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < 256 {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut entry: Option<Prepared> = None;
+        for job in &mut group {
+            if let Some(e) = job.entry.take() {
+                match &mut entry {
+                    Some(earlier) => earlier.merge(e),
+                    None => entry = Some(e),
+                }
+            }
+        }
+        if let Some(entry) = &entry {
+            let began = Instant::now();
+            journal.write(entry)?;
+            if let Some(m) = &h.metrics {
+                m.journal_commit.observe(began.elapsed().as_secs_f64());
+            }
+        }
+        let last = group.iter().map(|j| j.seq).max().unwrap_or(0);
+        written.fetch_max(last, Ordering::Release);
+        for job in group {
+            after_journal(h, rt, &journal, job.effects);
+            for reply in job.replies {
+                reply();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything an entry's inputs cause, once the entry is written.
+fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, effects: Vec<Effect>) {
+    for effect in effects {
+        match effect {
+            Effect::Journal { message } => {
+                tracing::info!(target: "cacheflow::journal", "{message}");
+                let _ = h.events.send(message);
+            }
+            Effect::StageDone { ms, .. } => {
+                if let Some(m) = &h.metrics {
+                    m.stage_duration.observe(ms as f64 / 1000.0);
+                }
+            }
+            Effect::Note {
+                revision,
+                cluster,
+                text,
+                outcome,
+            } => {
+                if let Some(m) = &h.metrics {
+                    m.rollout_ended(outcome);
+                }
+                if let Err(e) = journal.note(&revision, &cluster, &text) {
+                    tracing::warn!("cannot write the note on {revision}: {e}");
+                }
+            }
+            Effect::Timer {
+                cluster,
+                after_ms,
+                event,
+                run,
+            } => {
+                let tx = h.tx.clone();
+                rt.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                    let _ = tx
+                        .send(Msg::Timer {
+                            cluster,
+                            event,
+                            run,
+                        })
+                        .await;
+                });
+            }
+            Effect::Notify { notice, targets } => {
+                if let Some(n) = h.notifier.get() {
+                    n.send(&targets, &notice);
+                }
+            }
+            Effect::Wake { nodes } => {
+                let wakers = h.wakers.lock().expect("wakers lock");
+                for n in nodes {
+                    if let Some(w) = wakers.get(&n) {
+                        w.notify_one();
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn direct_agent(
+    handle: Handle,
+    node: String,
+    driver: Arc<dyn NodeDriver>,
+    options: DirectOptions,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut first_reading = options.first_reading.clone();
+    let apply_options = ApplyOptions {
+        warmup: Duration::ZERO,
+        ..ApplyOptions::default()
+    };
+    let mut last_tried: Option<(String, u64)> = None;
+    let mut last_apply: Option<ApplyResult> = None;
+    loop {
+        let read = async {
+            match first_reading.take() {
+                Some(live) => Ok(Ok(live)),
+                None => {
+                    let reading = async {
+                        match &options.declared {
+                            Some(names) => driver.read_declared(names).await,
+                            None => driver.read().await,
+                        }
+                    };
+                    tokio::time::timeout(options.timeout, reading).await
+                }
+            }
+        };
+        let live = match read.await {
+            Ok(Ok(live)) => live,
+            Ok(Err(e)) => NodeLive {
+                reachable: false,
+                error: Some(e.to_string()),
+                ..NodeLive::default()
+            },
+            Err(_) => NodeLive {
+                reachable: false,
+                error: Some(format!(
+                    "{}: no answer within {} ms",
+                    driver.address(),
+                    options.timeout.as_millis()
+                )),
+                ..NodeLive::default()
+            },
+        };
+        let reachable = live.reachable;
+        let report = Report {
+            version: PROTOCOL_VERSION,
+            node_id: node.clone(),
+            agent: format!("cacheflow/{} (in-process)", env!("CARGO_PKG_VERSION")),
+            sent_at: now_rfc3339(),
+            node: live,
+            last_apply: last_apply.clone(),
+        };
+        let assignment = match handle.report(&node, report).await {
+            Ok(Ok(a)) => Some(a),
+            Ok(Err(e)) => {
+                tracing::warn!("{node}: {e}");
+                None
+            }
+            Err(Stopped) => return,
+        };
+        if let Some((rev, assignment)) = assignment.and_then(|a| Some((a.revision.clone()?, a))) {
+            let key = (rev, assignment.generation);
+            if reachable && !*stop.borrow() && last_tried.as_ref() != Some(&key) {
+                last_tried = Some(key);
+                let result =
+                    crate::flow::agent::apply::apply(driver.as_ref(), &apply_options, &assignment)
+                        .await;
+                last_apply = Some(result);
+                continue; // report the result at once
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(options.interval) => {}
+            _ = stop.changed() => {}
+        }
+        // Stopped while idle: no last reading nor report (nobody would read them).
+        if *stop.borrow() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,663 @@
+//! Engine parameter catalogs: which parameters Redis 7 and Memcached 1.6 have, their
+//! types and units, and whether the engine takes them at run time or only at start.
+//!
+//! The catalogs are data (`schemas/engines/*.json`, embedded in the binary) so that a test
+//! can hold them against a real server. This module parses them once and normalises
+//! values, so that `4gb` and `4294967296` compare equal.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+/// A cache engine cacheflow manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Redis,
+    Memcached,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Redis => "redis",
+            Engine::Memcached => "memcached",
+        }
+    }
+
+    /// The parameter whose change switches how the engine evicts keys.
+    pub fn eviction_parameters(self) -> &'static [&'static str] {
+        match self {
+            Engine::Redis => &["maxmemory-policy"],
+            Engine::Memcached => &["evictions"],
+        }
+    }
+
+    /// The parameter that caps the engine's memory, in bytes once normalised.
+    pub fn memory_limit_parameter(self) -> &'static str {
+        match self {
+            Engine::Redis => "maxmemory",
+            Engine::Memcached => "maxbytes",
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The value type of one parameter.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ParamType {
+    /// An integer, optionally bounded.
+    Int {
+        #[serde(default)]
+        min: Option<i64>,
+        #[serde(default)]
+        max: Option<i64>,
+    },
+    /// A floating point number, optionally bounded.
+    Float {
+        #[serde(default)]
+        min: Option<f64>,
+        #[serde(default)]
+        max: Option<f64>,
+    },
+    /// A size in bytes; accepts `4gb`, `100mb`, `512k`, plain byte counts. With
+    /// `percent`, also a percentage such as `5%` (Redis `maxmemory-clients`), kept as is.
+    Size {
+        #[serde(default)]
+        min: Option<u64>,
+        #[serde(default)]
+        max: Option<u64>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        percent: bool,
+    },
+    /// A duration stored by the engine as an integer count of `unit`; accepts that
+    /// integer or a string such as `30s`, `5m`, `250ms`.
+    Duration {
+        unit: DurationUnit,
+        #[serde(default)]
+        min: Option<i64>,
+        #[serde(default)]
+        max: Option<i64>,
+    },
+    /// A boolean; the engine spells it `yes`/`no` (Redis) or as `true_word`/`false_word`.
+    Bool {
+        #[serde(default = "yes")]
+        true_word: String,
+        #[serde(default = "no")]
+        false_word: String,
+    },
+    /// One of a fixed set of words (compared case-insensitively).
+    Enum { values: Vec<String> },
+    /// A space separated list; `ordered: false` when the engine ignores the order.
+    List {
+        #[serde(default)]
+        ordered: bool,
+        #[serde(default)]
+        values: Option<Vec<String>>,
+    },
+    /// Free text, compared exactly.
+    String {
+        #[serde(default)]
+        pattern: Option<String>,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn yes() -> String {
+    "yes".to_owned()
+}
+fn no() -> String {
+    "no".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurationUnit {
+    Us,
+    Ms,
+    S,
+    /// Minutes (Redis `lfu-decay-time`).
+    Min,
+}
+
+impl DurationUnit {
+    fn micros(self) -> u64 {
+        match self {
+            DurationUnit::Us => 1,
+            DurationUnit::Ms => 1_000,
+            DurationUnit::S => 1_000_000,
+            DurationUnit::Min => 60_000_000,
+        }
+    }
+}
+
+/// One parameter of an engine.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ParamSpec {
+    #[serde(flatten)]
+    pub ty: ParamType,
+    /// True when the engine accepts a change at run time (`CONFIG SET` for Redis, a
+    /// protocol command for Memcached); false when it needs a restart.
+    pub runtime: bool,
+    #[serde(default)]
+    pub description: String,
+    /// Redis: the engine refuses `CONFIG SET` of this parameter unless
+    /// `enable-protected-configs` allows it (`dir`, `dbfilename`); `runtime` then says
+    /// what the engine can do once allowed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub protected: bool,
+    /// Memcached: the command-line words that set it at start. `{}` stands for the value
+    /// (in `flag_unit`, spelled through `flag_values`); without `{}` the value follows as
+    /// the next argument (`-m` → `-m 64`, `-o hot_lru_pct={}` → `-o hot_lru_pct=20`).
+    /// `{other_parameter}` stands for the value of another parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
+    /// Memcached booleans: the command-line words that make it true / false. A missing one
+    /// means that value is the engine's default and needs no flag (`evictions`: `-M` is
+    /// `flag_false`, on needs nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_true: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_false: Option<String>,
+    /// Memcached: values spelled differently on the command line (`auto-negotiate` → `auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_values: Option<BTreeMap<String, String>>,
+    /// Memcached: the protocol command that changes it at run time, `{}` standing for
+    /// the value in the flag's unit (`cache_memlimit {}`) and `{other_parameter}` for the
+    /// value of another parameter the same command sets (`lru tune {} {warm_lru_pct} ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Memcached booleans: the protocol commands that make it true / false at run time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_true: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_false: Option<String>,
+    /// Memcached: the multiplier from bytes to the unit of `flag`/`command` (1048576 for `-m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_unit: Option<u64>,
+}
+
+/// The catalog of one engine.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Catalog {
+    pub engine: Engine,
+    pub version: String,
+    pub parameters: BTreeMap<String, ParamSpec>,
+}
+
+/// Why a value does not fit its parameter. The message never repeats a secret: no
+/// catalog parameter is a secret (credentials are references, outside `parameters`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("unknown {engine} parameter `{name}`")]
+    Unknown { engine: Engine, name: String },
+    #[error("`{name}`: {reason}")]
+    Invalid { name: String, reason: String },
+}
+
+const REDIS_JSON: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/schemas/engines/redis-7.json"
+));
+const MEMCACHED_JSON: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/schemas/engines/memcached-1.6.json"
+));
+
+/// The catalog of `engine`, parsed once. The embedded data is checked by unit tests, so a
+/// broken catalog fails the build's tests rather than a user's run; should it still fail
+/// to parse, this returns an empty catalog and `catalog_errors` says why.
+pub fn catalog(engine: Engine) -> &'static Catalog {
+    static REDIS: OnceLock<Catalog> = OnceLock::new();
+    static MEMCACHED: OnceLock<Catalog> = OnceLock::new();
+    let (cell, text) = match engine {
+        Engine::Redis => (&REDIS, REDIS_JSON),
+        Engine::Memcached => (&MEMCACHED, MEMCACHED_JSON),
+    };
+    cell.get_or_init(|| {
+        serde_json::from_str(text).unwrap_or_else(|_| Catalog {
+            engine,
+            version: String::new(),
+            parameters: BTreeMap::new(),
+        })
+    })
+}
+
+/// Parse errors of the embedded catalogs (empty when both are well formed).
+pub fn catalog_errors() -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, text) in [
+        ("redis-7.json", REDIS_JSON),
+        ("memcached-1.6.json", MEMCACHED_JSON),
+    ] {
+        if let Err(e) = serde_json::from_str::<Catalog>(text) {
+            out.push(format!("schemas/engines/{name}: {e}"));
+        }
+    }
+    out
+}
+
+impl Catalog {
+    pub fn get(&self, name: &str) -> Option<&ParamSpec> {
+        self.parameters.get(name)
+    }
+
+    /// Normalise `value` for parameter `name` into the canonical text the engine itself
+    /// reports (`CONFIG GET`, `stats settings`): sizes and durations as integers in the
+    /// engine's unit, booleans as the engine's words, enums lower-case, unordered lists
+    /// sorted.
+    pub fn normalize(&self, name: &str, value: &serde_json::Value) -> Result<String, ValueError> {
+        let spec = self.get(name).ok_or_else(|| ValueError::Unknown {
+            engine: self.engine,
+            name: name.to_owned(),
+        })?;
+        normalize_value(&spec.ty, value).map_err(|reason| ValueError::Invalid {
+            name: name.to_owned(),
+            reason,
+        })
+    }
+
+    /// Whether the engine's text `have` already is the normalised value `want` (`4gb`
+    /// and `4294967296`, `YES` and `yes`).
+    pub fn same(&self, name: &str, have: &str, want: &str) -> bool {
+        have == want
+            || self
+                .normalize(name, &serde_json::Value::String(have.to_owned()))
+                .is_ok_and(|n| n == want)
+    }
+
+    /// Whether a change of `name` needs a restart (unknown parameters are treated as
+    /// needing one: the safe side).
+    pub fn needs_restart(&self, name: &str) -> bool {
+        self.get(name).map(|p| !p.runtime).unwrap_or(true)
+    }
+}
+
+fn scalar_text(value: &serde_json::Value) -> Result<String, String> {
+    match value {
+        serde_json::Value::String(s) => Ok(s.trim().to_owned()),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::Bool(b) => Ok(if *b { "yes" } else { "no" }.to_owned()),
+        serde_json::Value::Null => Err("a value is required".to_owned()),
+        serde_json::Value::Array(items) => {
+            let mut parts = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
+                        return Err("a list may hold only plain values".to_owned())
+                    }
+                    other => parts.push(scalar_text(other)?),
+                }
+            }
+            Ok(parts.join(" "))
+        }
+        serde_json::Value::Object(_) => Err("expected a plain value, found a mapping".to_owned()),
+    }
+}
+
+/// Normalise one value against its type; the error is a reason without the name.
+pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<String, String> {
+    if let (ParamType::String { .. } | ParamType::List { .. }, serde_json::Value::Array(_)) =
+        (ty, value)
+    {
+        // lists may be written as YAML sequences; handled by scalar_text below
+    } else if value.is_array() {
+        return Err("expected a single value, found a list".to_owned());
+    }
+    let text = scalar_text(value)?;
+    match ty {
+        ParamType::Int { min, max } => {
+            let n: i64 = text
+                .parse()
+                .map_err(|_| format!("expected an integer, found `{text}`"))?;
+            check_range(n as f64, min.map(|m| m as f64), max.map(|m| m as f64))?;
+            Ok(n.to_string())
+        }
+        ParamType::Float { min, max } => {
+            let n: f64 = text
+                .parse()
+                .ok()
+                .filter(|n: &f64| n.is_finite())
+                .ok_or_else(|| format!("expected a number, found `{text}`"))?;
+            check_range(n, *min, *max)?;
+            Ok(format_float(n))
+        }
+        ParamType::Size { min, max, percent } => {
+            if let Some(digits) = text.strip_suffix('%').filter(|_| *percent) {
+                let n: u64 = digits
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("expected a percentage such as 5%, found `{text}`"))?;
+                check_range(n as f64, Some(0.0), Some(100.0))?;
+                return Ok(format!("{n}%"));
+            }
+            let n = parse_size(&text)?;
+            check_range(n as f64, min.map(|m| m as f64), max.map(|m| m as f64))?;
+            Ok(n.to_string())
+        }
+        ParamType::Duration { unit, min, max } => {
+            let n = parse_duration_in(&text, *unit)?;
+            check_range(n as f64, min.map(|m| m as f64), max.map(|m| m as f64))?;
+            Ok(n.to_string())
+        }
+        ParamType::Bool {
+            true_word,
+            false_word,
+        } => match text.to_ascii_lowercase().as_str() {
+            "yes" | "true" | "on" | "1" => Ok(true_word.clone()),
+            "no" | "false" | "off" | "0" => Ok(false_word.clone()),
+            w if w == true_word => Ok(true_word.clone()),
+            w if w == false_word => Ok(false_word.clone()),
+            _ => Err(format!("expected yes or no, found `{text}`")),
+        },
+        ParamType::Enum { values } => {
+            let lower = text.to_ascii_lowercase();
+            values
+                .iter()
+                .find(|v| v.to_ascii_lowercase() == lower)
+                .cloned()
+                .ok_or_else(|| format!("expected one of {}, found `{text}`", values.join(", ")))
+        }
+        ParamType::List { ordered, values } => {
+            let mut items: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+            if let Some(allowed) = values {
+                for item in &mut items {
+                    let lower = item.to_ascii_lowercase();
+                    match allowed.iter().find(|v| v.to_ascii_lowercase() == lower) {
+                        Some(v) => *item = v.clone(),
+                        None => {
+                            return Err(format!("`{item}` is not one of {}", allowed.join(", ")))
+                        }
+                    }
+                }
+            }
+            if !ordered {
+                items.sort();
+                items.dedup();
+            }
+            Ok(items.join(" "))
+        }
+        ParamType::String { pattern } => {
+            if let Some(p) = pattern {
+                let ok = regex_lite_match(p, &text);
+                if !ok {
+                    return Err(format!("`{text}` does not match the expected format {p}"));
+                }
+            }
+            Ok(text)
+        }
+    }
+}
+
+/// Catalog patterns are simple anchored character-class checks; we validate them through
+/// the JSON Schema engine's regex support rather than carrying a second regex crate.
+/// Each thread compiles a pattern once (there are a handful) and keeps it.
+fn regex_lite_match(pattern: &str, text: &str) -> bool {
+    thread_local! {
+        static COMPILED: std::cell::RefCell<std::collections::HashMap<String, Option<jsonschema::Validator>>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    COMPILED.with(|cell| {
+        let mut cache = cell.borrow_mut();
+        let validator = cache.entry(pattern.to_owned()).or_insert_with(|| {
+            let schema = serde_json::json!({ "type": "string", "pattern": pattern });
+            jsonschema::validator_for(&schema).ok()
+        });
+        match validator {
+            Some(v) => v.is_valid(&serde_json::Value::String(text.to_owned())),
+            None => true,
+        }
+    })
+}
+
+fn check_range(n: f64, min: Option<f64>, max: Option<f64>) -> Result<(), String> {
+    if let Some(min) = min {
+        if n < min {
+            return Err(format!(
+                "{} is below the minimum {}",
+                format_float(n),
+                format_float(min)
+            ));
+        }
+    }
+    if let Some(max) = max {
+        if n > max {
+            return Err(format!(
+                "{} is above the maximum {}",
+                format_float(n),
+                format_float(max)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn format_float(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
+/// Parse a size the way Redis does: `k`=1000, `kb`=1024, `m`, `mb`, `g`, `gb`, case
+/// insensitive; a plain integer is bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    if digits.is_empty() {
+        return Err(format!(
+            "expected a size such as 4gb or 1048576, found `{text}`"
+        ));
+    }
+    let mult: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" => 1_000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown size unit in `{text}` (use b, k, kb, m, mb, g or gb)"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+/// Parse a duration (`250ms`, `30s`, `5m`, `2h`, `1d`, or a plain integer of `unit`)
+/// into an integer count of `unit`, refusing values that do not divide evenly.
+pub fn parse_duration_in(text: &str, unit: DurationUnit) -> Result<i64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    if let Ok(n) = t.parse::<i64>() {
+        return Ok(n);
+    }
+    let micros = parse_duration_micros(&t)
+        .ok_or_else(|| format!("expected a duration such as 30s, 5m or 250ms, found `{text}`"))?;
+    if micros % unit.micros() != 0 {
+        return Err(format!(
+            "`{text}` is not a whole number of {}",
+            match unit {
+                DurationUnit::Us => "microseconds",
+                DurationUnit::Ms => "milliseconds",
+                DurationUnit::S => "seconds",
+                DurationUnit::Min => "minutes",
+            }
+        ));
+    }
+    i64::try_from(micros / unit.micros()).map_err(|_| format!("duration `{text}` is too large"))
+}
+
+/// `1h30m`, `250ms`, `10s` into microseconds; `None` when it does not parse.
+pub fn parse_duration_micros(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if t.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits_end = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits_end == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits_end].parse().ok()?;
+        let after = &rest[digits_end..];
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let mult: u64 = match &after[..unit_end] {
+            "us" => 1,
+            "ms" => 1_000,
+            "s" => 1_000_000,
+            "m" => 60_000_000,
+            "h" => 3_600_000_000,
+            "d" => 86_400_000_000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(mult)?)?;
+        rest = &after[unit_end..];
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn embedded_catalogs_parse() {
+        assert_eq!(catalog_errors(), Vec::<String>::new());
+        assert!(catalog(Engine::Redis).get("maxmemory").is_some());
+        assert!(catalog(Engine::Memcached).get("maxbytes").is_some());
+    }
+
+    #[test]
+    fn sizes_in_every_spelling_compare_equal() {
+        let c = catalog(Engine::Redis);
+        let a = c.normalize("maxmemory", &json!("4gb")).unwrap();
+        let b = c.normalize("maxmemory", &json!(4294967296u64)).unwrap();
+        let d = c.normalize("maxmemory", &json!("4GB")).unwrap();
+        assert_eq!(a, "4294967296");
+        assert_eq!(a, b);
+        assert_eq!(a, d);
+        assert_eq!(parse_size("1k").unwrap(), 1000);
+        assert!(parse_size("4 parsecs").is_err());
+    }
+
+    #[test]
+    fn durations_parse_into_the_engine_unit() {
+        assert_eq!(parse_duration_in("5m", DurationUnit::S).unwrap(), 300);
+        assert_eq!(parse_duration_in("250ms", DurationUnit::Ms).unwrap(), 250);
+        assert_eq!(parse_duration_in("1h30m", DurationUnit::S).unwrap(), 5400);
+        assert!(parse_duration_in("250ms", DurationUnit::S).is_err());
+        assert!(parse_duration_in("soon", DurationUnit::S).is_err());
+    }
+
+    #[test]
+    fn booleans_and_enums_normalise() {
+        let ty = ParamType::Bool {
+            true_word: yes(),
+            false_word: no(),
+        };
+        assert_eq!(normalize_value(&ty, &json!(true)).unwrap(), "yes");
+        assert_eq!(normalize_value(&ty, &json!("NO")).unwrap(), "no");
+        let ty = ParamType::Enum {
+            values: vec!["allkeys-lru".into(), "noeviction".into()],
+        };
+        assert_eq!(
+            normalize_value(&ty, &json!("AllKeys-LRU")).unwrap(),
+            "allkeys-lru"
+        );
+        assert!(normalize_value(&ty, &json!("lru")).is_err());
+    }
+
+    #[test]
+    fn unordered_lists_compare_equal_in_any_order() {
+        let ty = ParamType::List {
+            ordered: false,
+            values: None,
+        };
+        assert_eq!(
+            normalize_value(&ty, &json!("b a")).unwrap(),
+            normalize_value(&ty, &json!(["a", "b"])).unwrap()
+        );
+    }
+
+    #[test]
+    fn percent_sizes_and_minutes_normalise() {
+        let c = catalog(Engine::Redis);
+        assert_eq!(
+            c.normalize("maxmemory-clients", &json!("5%")).unwrap(),
+            "5%"
+        );
+        assert_eq!(
+            c.normalize("maxmemory-clients", &json!("1kb")).unwrap(),
+            "1024"
+        );
+        assert!(c.normalize("maxmemory", &json!("5%")).is_err());
+        assert!(c.normalize("maxmemory-clients", &json!("101%")).is_err());
+        assert_eq!(c.normalize("lfu-decay-time", &json!("2h")).unwrap(), "120");
+        let err = parse_duration_in("90s", DurationUnit::Min).unwrap_err();
+        assert!(err.contains("minutes"), "{err}");
+    }
+
+    #[test]
+    fn catalogs_are_complete_enough_and_consistent() {
+        let redis = catalog(Engine::Redis);
+        assert!(redis.parameters.len() >= 180, "{}", redis.parameters.len());
+        assert!(redis.needs_restart("databases"));
+        assert!(!redis.needs_restart("maxmemory"));
+        assert!(redis.get("dir").unwrap().protected);
+        let mc = catalog(Engine::Memcached);
+        for (name, p) in &mc.parameters {
+            let settable_at_start =
+                p.flag.is_some() || p.flag_true.is_some() || p.flag_false.is_some();
+            assert!(
+                p.runtime || settable_at_start,
+                "{name}: start-only without a flag"
+            );
+            if p.runtime {
+                let cmd = p.command.is_some() || p.command_true.is_some();
+                assert!(cmd, "{name}: runtime without a command");
+            }
+        }
+        let ev = mc.get("evictions").unwrap();
+        assert_eq!(ev.flag_false.as_deref(), Some("-M"));
+        assert_eq!(mc.normalize("evictions", &json!(false)).unwrap(), "off");
+    }
+
+    #[test]
+    fn embedded_catalogs_conform_to_the_catalog_schema() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/engines/catalog.schema.json"
+        )))
+        .unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        for text in [REDIS_JSON, MEMCACHED_JSON] {
+            let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+            let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+    }
+}

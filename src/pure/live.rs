@@ -1,0 +1,211 @@
+//! Live state: what each node reports it runs (parameters, version, applied revision,
+//! health). This is the snapshot `cacheflow snapshot` writes and `plan --live` reads; its
+//! JSON format is versioned and described by `schemas/live-state.schema.json`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pure::catalog::Engine;
+use crate::pure::spec::model::Role;
+
+/// The format version this build reads and writes.
+pub const LIVE_STATE_VERSION: u32 = 1;
+/// Largest snapshot file read (a 10,000-node fleet is a few MiB).
+pub const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveState {
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_at: Option<String>,
+    pub nodes: BTreeMap<String, NodeLive>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLive {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub reachable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+impl NodeLive {
+    /// Keep only the parameters in `names`, live and persisted.
+    pub fn keep_only(&mut self, names: &std::collections::BTreeSet<String>) {
+        self.parameters.retain(|name, _| names.contains(name));
+        if let Some(persisted) = self.persisted.as_mut() {
+            persisted.retain(|name, _| names.contains(name));
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyspace_hits: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyspace_misses: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hit_ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted_keys: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evictions_per_sec: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_clients: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_per_sec: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_link: Option<LinkState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    Up,
+    Down,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("cannot read live state {path}: {source}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("live state {path} is {size} bytes; the limit is {MAX_SNAPSHOT_BYTES}")]
+    TooLarge { path: String, size: u64 },
+    #[error("live state {path}:{line}:{column}: not valid JSON: {message}")]
+    NotJson {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("live state {path}: format version {found} is not supported (this cacheflow reads version {LIVE_STATE_VERSION})")]
+    UnsupportedVersion { path: String, found: String },
+    #[error("live state {path} does not match schemas/live-state.schema.json:\n{}", .problems.join("\n"))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+impl LiveState {
+    /// Read and check a snapshot file.
+    pub fn read(path: &Path) -> Result<LiveState, LiveError> {
+        let shown = path.display().to_string();
+        let unreadable = |source| LiveError::Unreadable {
+            path: shown.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
+        if meta.len() > MAX_SNAPSHOT_BYTES {
+            return Err(LiveError::TooLarge {
+                path: shown,
+                size: meta.len(),
+            });
+        }
+        let text = std::fs::read(path).map_err(unreadable)?;
+        Self::parse(&shown, &text)
+    }
+
+    /// Parse and check snapshot bytes; `path` is only for messages.
+    pub fn parse(path: &str, bytes: &[u8]) -> Result<LiveState, LiveError> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            let text = String::from_utf8_lossy(bytes);
+            let (line, column, message) = crate::pure::spec::json_error_position(&text, &e);
+            LiveError::NotJson {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        })?;
+        if let Some(v) = value.get("version") {
+            if v.as_u64() != Some(LIVE_STATE_VERSION as u64) {
+                return Err(LiveError::UnsupportedVersion {
+                    path: path.to_owned(),
+                    found: v.to_string(),
+                });
+            }
+        }
+        let validator =
+            crate::pure::spec::schema::live_state_validator().map_err(|e| LiveError::Invalid {
+                path: path.to_owned(),
+                problems: vec![e],
+            })?;
+        let problems = crate::pure::spec::schema::problem_lines(validator, &value);
+        if !problems.is_empty() {
+            return Err(LiveError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        serde_json::from_value(value).map_err(|e| LiveError::Invalid {
+            path: path.to_owned(),
+            problems: vec![format!("  {e}")],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_round_trips() {
+        let text = br#"{"version":1,"nodes":{"n1":{"reachable":true,"engine":"redis","parameters":{"maxmemory":"100"},"health":{"usedMemory":5,"role":"primary"}}}}"#;
+        let live = LiveState::parse("x.json", text).unwrap();
+        assert_eq!(live.nodes["n1"].parameters["maxmemory"], "100");
+        assert_eq!(
+            live.nodes["n1"].health.as_ref().unwrap().role,
+            Some(Role::Primary)
+        );
+    }
+
+    #[test]
+    fn broken_snapshots_say_where_and_why() {
+        let e = LiveState::parse("x.json", b"{\"version\": 1,\n \"nodes\": {").unwrap_err();
+        assert!(e.to_string().starts_with("live state x.json:2:"), "{e}");
+        let e = LiveState::parse("x.json", br#"{"version": 2, "nodes": {}}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("format version 2 is not supported"),
+            "{e}"
+        );
+        let e = LiveState::parse(
+            "x.json",
+            br#"{"version": 1, "nodes": {"n1": {"reachable": "yes"}}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("/nodes/n1/reachable"), "{e}");
+    }
+}

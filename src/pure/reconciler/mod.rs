@@ -1,0 +1,1307 @@
+//! The reconciler: turns valid revisions into staged rollouts, one per cluster, and node
+//! reports into assignments. This module is the deterministic core: it holds the
+//! [`State`] (what the journal stores), takes one input at a time (a revision, a node's
+//! report, a timer, a person's command) with the time given by the caller, and returns
+//! [`Effect`]s for the runtime (`runtime.rs`) to carry out: write a journal entry, add a
+//! note, start a timer, wake a node whose assignment changed.
+//!
+//! ```text
+//! revision ─► per cluster: content changed? refused? ─► plan against live ─► Rollout
+//! report   ─► live sample; lastApply of the current (revision, generation)? ─► NodeApplied
+//! Rollout actions: Assign ─► assignments (+ generation)   JudgeGates ─► gates::judge
+//!                  Timer ─► Effect::Timer                  Journal ─► one entry per input
+//! ```
+//!
+//! Write-ahead: the runtime writes the journal entry of an input before it answers any
+//! node or starts any timer, so what a node was told is always in the journal.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::edges::notify::{self, Notice};
+use crate::pure::catalog::catalog;
+use crate::pure::gates::{self, Sample};
+use crate::pure::live::{LiveState, NodeLive};
+use crate::pure::plan;
+use crate::pure::protocol::{Assignment, Outcome, Report, PROTOCOL_VERSION};
+use crate::pure::rollout::{self, Action, Event, Phase, Rollout, RolloutSpec};
+use crate::pure::spec::model::{Cluster, Desired, Managed, Window};
+use crate::pure::windows::{self, Windows};
+
+/// The format version of the journal's state.
+pub const STATE_VERSION: u32 = 1;
+
+/// Everything the reconciler must remember across a restart; the journal's tree.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub version: u32,
+    /// The last valid revision taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// Raised for every assignment made.
+    pub generation: u64,
+    pub clusters: BTreeMap<String, ClusterState>,
+    /// The rollout windows of the last valid revision (`Settings`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterState {
+    /// The cluster's content being rolled out or rolled out last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutRecord>,
+    /// A revision rolled back: not applied again until the cluster's content changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refused>,
+    /// What each node of the cluster was told to run.
+    #[serde(default)]
+    pub assignments: BTreeMap<String, NodeAssignment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    pub revision: String,
+    /// A digest of the cluster's parameters: equal digests, equal assignments.
+    pub digest: String,
+    pub parameters: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refused {
+    pub revision: String,
+    pub digest: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    pub rollout: Rollout,
+    pub started_at: String,
+    /// Every node's health before the rollout began (parameters left out).
+    pub baseline: BTreeMap<String, Sample>,
+    /// Per touched node, what a rollback assigns: its previous assignment, and for
+    /// parameters it had none for, the value it ran before the rollout.
+    pub restore: BTreeMap<String, BTreeMap<String, String>>,
+    /// When the current batch was assigned, on this process's clock (not kept: after a
+    /// restart the batch's time counts from the restart).
+    #[serde(skip)]
+    pub batch_started_ms: Option<u64>,
+    /// Which run of assignments the rollout is in: the generation of the last
+    /// assignment it made. Timers carry it, so a timer started before a supersede, a
+    /// resume or a rollback never acts on the run after it.
+    #[serde(default)]
+    pub run: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAssignment {
+    pub revision: String,
+    pub digest: String,
+    pub generation: u64,
+    pub parameters: BTreeMap<String, String>,
+    pub restart_allowed: bool,
+    /// The outcome the node reported for this (revision, generation), once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+/// What the runtime must do after an input, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Append one journal entry: `message` (first line the summary) with the state.
+    Journal { message: String },
+    /// Note `text` for `cluster` on config commit `revision` (`refs/notes/cacheflow`).
+    Note {
+        revision: String,
+        cluster: String,
+        text: String,
+        /// `completed`, `rolled_back`, `superseded` or `refused` (for metrics).
+        outcome: &'static str,
+    },
+    /// A batch passed (or was promoted) `ms` after it was assigned (for metrics).
+    StageDone { cluster: String, ms: u64 },
+    /// Feed `event` to `cluster`'s rollout after `after_ms`, with `run` (the rollout
+    /// run that started it: a timer of an earlier run is ignored, see
+    /// [`Reconciler::timer_of`]).
+    Timer {
+        cluster: String,
+        after_ms: u64,
+        event: Event,
+        run: u64,
+    },
+    /// These nodes' assignments changed: tell them now if they can be told.
+    Wake { nodes: Vec<String> },
+    /// Tell these targets (the revision's `notifications:` subscribed to the event).
+    Notify {
+        notice: Notice,
+        targets: Vec<crate::pure::spec::model::Notification>,
+    },
+}
+
+/// Why a report or a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedInput {
+    #[error("node `{0}` is not declared in any cluster of the current revision")]
+    UnknownNode(String),
+    #[error("cluster `{0}` is not declared in the current revision")]
+    UnknownCluster(String),
+    #[error("cluster `{0}` has no rollout in progress")]
+    NoRollout(String),
+    #[error("the report is for node `{found}`, not `{expected}`")]
+    WrongNode { expected: String, found: String },
+}
+
+/// The reconciler's core. Not thread-safe by design: the runtime owns it in one task.
+pub struct Reconciler {
+    pub state: State,
+    desired: Option<Arc<Desired>>,
+    /// node id → cluster name, for the current revision.
+    node_cluster: HashMap<String, String>,
+    /// The latest reading of each node (declared parameters only).
+    live: HashMap<String, Sample>,
+    /// The latest reading of nodes that report but no cluster declares (for the drift
+    /// report; at most [`MAX_UNDECLARED`]).
+    undeclared: HashMap<String, Sample>,
+    /// Journal lines of the input being handled.
+    lines: Vec<String>,
+    /// Roll out again to nodes whose live values differ from their assignment (drift).
+    /// `sync` sets it: a person asked to converge now. The server leaves drift to the
+    /// drift report unless told to correct it.
+    pub correct_drift: bool,
+    /// Inside [`Reconciler::correct`]: what cannot be corrected is said, not refused.
+    correcting: bool,
+    effects: Vec<Effect>,
+    /// `state.windows`, compiled.
+    windows: Windows,
+    /// How long after a revision a rollout waits for declared nodes never heard from
+    /// (after a start, nodes report one by one: without the wait the first rollout would
+    /// hold only the nodes whose report came first). 0: no wait (`sync` read every node).
+    pub report_grace_ms: u64,
+    /// When the current revision was taken.
+    revision_at_ms: u64,
+    /// Clusters whose state changed since the last [`Reconciler::take_changed`]: the
+    /// journal serialises only those (with 100 clusters, serialising all of them on
+    /// every entry was most of a report's wait during rollouts).
+    dirty: BTreeSet<String>,
+}
+
+fn digest(params: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in params {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The batch a rollout is working on (assigned, baking or judging), if any.
+fn running_batch(phase: &Phase) -> Option<usize> {
+    match phase {
+        Phase::Applying { batch } | Phase::Baking { batch } | Phase::Judging { batch } => {
+            Some(*batch)
+        }
+        _ => None,
+    }
+}
+
+/// Compile rollout windows (validated with the revision they came from; windows that do
+/// not compile here are logged and left out rather than holding rollouts forever).
+fn compile_windows(list: &[Window]) -> Windows {
+    Windows::new(list).unwrap_or_else(|e| {
+        tracing::error!("rollout windows ignored: {e}");
+        Windows::default()
+    })
+}
+
+/// What a drift report compares: the revision (without the clusters not compared), the
+/// readings, and the clusters left out with why.
+#[derive(Debug, Clone)]
+pub struct DriftInputs {
+    pub desired: Option<Arc<Desired>>,
+    pub live: LiveState,
+    pub not_compared: Vec<crate::pure::drift::NotCompared>,
+}
+
+/// Undeclared nodes remembered for the drift report (they hold a valid node token).
+pub const MAX_UNDECLARED: usize = 10_000;
+
+fn short(rev: &str) -> &str {
+    &rev[..rev.len().min(12)]
+}
+
+fn values(cluster: &Cluster) -> BTreeMap<String, String> {
+    cluster
+        .parameters
+        .iter()
+        .map(|(k, p)| (k.clone(), p.value.clone()))
+        .collect()
+}
+
+impl Reconciler {
+    /// A reconciler resuming from `state` (a fresh one from `State::default()`).
+    pub fn new(mut state: State) -> Reconciler {
+        state.version = STATE_VERSION;
+        Reconciler {
+            desired: None,
+            node_cluster: HashMap::new(),
+            live: HashMap::new(),
+            undeclared: HashMap::new(),
+            lines: Vec::new(),
+            effects: Vec::new(),
+            correct_drift: false,
+            correcting: false,
+            windows: compile_windows(&state.windows),
+            report_grace_ms: 0,
+            revision_at_ms: 0,
+            // Loaded state: every cluster is written once by the first entry.
+            dirty: state.clusters.keys().cloned().collect(),
+            state,
+        }
+    }
+
+    /// The clusters changed since the last call (every one at first).
+    pub fn take_changed(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// True when `node_id`'s assignment comes only from state already handed to the
+    /// journal (its cluster is unchanged since the last entry made); the runtime also
+    /// checks that entry's write is done before it answers without waiting.
+    pub fn assignment_is_written(&self, node_id: &str) -> bool {
+        self.cluster_of(node_id)
+            .is_some_and(|c| !self.dirty.contains(c))
+    }
+
+    /// The cluster a declared node belongs to.
+    pub fn cluster_of(&self, node_id: &str) -> Option<&str> {
+        self.node_cluster.get(node_id).map(String::as_str)
+    }
+
+    /// Why no batch may start at `now_ms`, if the windows say so.
+    fn hold(&self, now_ms: u64) -> Option<String> {
+        match self.windows.status(now_ms) {
+            windows::Status::Open => None,
+            windows::Status::Closed { reason, .. } => Some(reason),
+        }
+    }
+
+    pub fn desired(&self) -> Option<&Arc<Desired>> {
+        self.desired.as_ref()
+    }
+
+    /// The latest reading of every node.
+    pub fn live(&self) -> &HashMap<String, Sample> {
+        &self.live
+    }
+
+    /// After a restart: the timers the rollouts in flight were waiting on, started
+    /// again in full (the safe side: a bake interrupted by a crash bakes again), and a
+    /// judgement interrupted by the crash is made again after a bake. `grace_ms` is at
+    /// least the time the nodes need to report again, so gates are never judged on the
+    /// empty readings of a process that just started.
+    pub fn resume(&mut self, grace_ms: u64) -> Vec<Effect> {
+        let clusters: Vec<String> = self.state.clusters.keys().cloned().collect();
+        for name in clusters {
+            self.dirty.insert(name.clone());
+            let Some(rec) = self
+                .state
+                .clusters
+                .get_mut(&name)
+                .and_then(|c| c.rollout.as_mut())
+            else {
+                continue;
+            };
+            let r = &mut rec.rollout;
+            let timer = match r.phase {
+                Phase::Applying { batch } => Some((
+                    r.spec.apply_timeout_ms.max(grace_ms),
+                    Event::ApplyTimedOut { batch },
+                )),
+                Phase::Baking { batch } | Phase::Judging { batch } => {
+                    r.phase = Phase::Baking { batch };
+                    Some((
+                        r.spec.bake_of(batch).max(grace_ms),
+                        Event::BakeElapsed { batch },
+                    ))
+                }
+                Phase::RollingBack { .. } => Some((
+                    r.spec.apply_timeout_ms.max(grace_ms),
+                    Event::RollbackTimedOut,
+                )),
+                _ => None,
+            };
+            if let Some((after_ms, event)) = timer {
+                self.effects.push(Effect::Timer {
+                    cluster: name.clone(),
+                    after_ms,
+                    event,
+                    run: rec.run,
+                });
+            }
+        }
+        std::mem::take(&mut self.effects)
+    }
+
+    fn rec_mut(&mut self, cluster: &str) -> &mut RolloutRecord {
+        self.dirty.insert(cluster.to_owned());
+        self.state
+            .clusters
+            .get_mut(cluster)
+            .and_then(|c| c.rollout.as_mut())
+            .expect("a rollout record the caller saw")
+    }
+
+    /// A new valid revision; `live`, when given, is a reading of the nodes taken just
+    /// before (what `sync` showed the person who confirmed).
+    pub fn revision(
+        &mut self,
+        desired: Desired,
+        live: Option<&LiveState>,
+        now_ms: u64,
+    ) -> Vec<Effect> {
+        let desired = Arc::new(desired);
+        self.revision_at_ms = now_ms;
+        let revision = desired.commit.clone().unwrap_or_else(|| "worktree".into());
+        self.node_cluster = desired
+            .clusters
+            .values()
+            .flat_map(|c| c.nodes.iter().map(|n| (n.id.clone(), c.name.clone())))
+            .collect();
+        self.live.retain(|id, _| self.node_cluster.contains_key(id));
+        self.desired = Some(desired.clone());
+        for (id, node) in live.iter().flat_map(|l| l.nodes.iter()) {
+            if self.node_cluster.contains_key(id) {
+                self.observe(id, node.clone(), now_ms);
+            }
+        }
+        if self.state.windows != desired.settings.windows {
+            self.state.windows = desired.settings.windows.clone();
+            self.windows = compile_windows(&self.state.windows);
+        }
+        let new_head = self.state.head.as_deref() != Some(revision.as_str());
+        self.state.head = Some(revision.clone());
+        for cluster in desired.clusters.values() {
+            let params = values(cluster);
+            let dig = digest(&params);
+            self.dirty.insert(cluster.name.clone());
+            let cs = self.state.clusters.entry(cluster.name.clone()).or_default();
+            if cs.target.as_ref().is_some_and(|t| t.digest == dig) {
+                if self.correct_drift {
+                    self.start(&cluster.name, now_ms);
+                }
+                continue;
+            }
+            // New content: a refusal (always of the previous target's content) is lifted.
+            cs.refused = None;
+            cs.target = Some(Target {
+                revision: revision.clone(),
+                digest: dig,
+                parameters: params,
+            });
+            if let Some(rec) = cs.rollout.as_ref() {
+                if !rec.rollout.phase.is_final() {
+                    let revision = revision.clone();
+                    self.feed(&cluster.name, Event::Supersede { revision }, now_ms);
+                }
+            }
+            self.start(&cluster.name, now_ms);
+        }
+        if new_head && self.lines.is_empty() {
+            self.lines.push(format!(
+                "revision {} taken: no cluster changed",
+                short(&revision)
+            ));
+        }
+        self.finish()
+    }
+
+    /// A revision that failed validation or trust: journaled, nothing applied.
+    pub fn refuse_revision(&mut self, revision: &str, reason: &str) -> Vec<Effect> {
+        self.lines
+            .push(format!("revision {} refused: {reason}", short(revision)));
+        self.notify(
+            Notice::new(
+                notify::Kind::RevisionRefused,
+                format!("revision {} refused: nothing applied", short(revision)),
+            )
+            .revision(revision)
+            .details(reason),
+        );
+        self.lines.push(match &self.state.head {
+            Some(h) => format!("keeping revision {}", short(h)),
+            None => "no revision was applied yet".to_owned(),
+        });
+        self.finish()
+    }
+
+    /// Start rolling out a cluster's target to the nodes whose assignment differs,
+    /// unless a rollout is in flight or the content is refused.
+    fn start(&mut self, name: &str, now_ms: u64) {
+        let Some(desired) = self.desired.clone() else {
+            return;
+        };
+        let Some(cluster) = desired.clusters.get(name) else {
+            return;
+        };
+        self.dirty.insert(name.to_owned());
+        let cs = self.state.clusters.entry(name.to_owned()).or_default();
+        if cs
+            .rollout
+            .as_ref()
+            .is_some_and(|r| !r.rollout.phase.is_final())
+        {
+            return;
+        }
+        let Some(target) = cs.target.clone() else {
+            return;
+        };
+        if cs
+            .refused
+            .as_ref()
+            .is_some_and(|r| r.digest == target.digest)
+        {
+            return;
+        }
+        // Within the grace after a revision, wait until every declared node was heard
+        // from at least once, so one rollout covers them all.
+        if now_ms < self.revision_at_ms.saturating_add(self.report_grace_ms)
+            && cluster.nodes.iter().any(|n| !self.live.contains_key(&n.id))
+        {
+            return;
+        }
+        // Candidates: declared nodes, reachable, whose assignment is not the target.
+        let candidates: BTreeSet<&str> = cluster
+            .nodes
+            .iter()
+            .filter(|n| {
+                let assigned = cs
+                    .assignments
+                    .get(&n.id)
+                    .is_some_and(|a| a.digest == target.digest);
+                // With drift correction (`sync`), a node that runs something else than
+                // its assignment is rolled out to again.
+                !assigned
+                    || (self.correct_drift
+                        && self.live.get(&n.id).is_some_and(|s| {
+                            !crate::pure::diff::node_changes(
+                                cluster.engine,
+                                &cluster.parameters,
+                                &s.node.parameters,
+                            )
+                            .is_empty()
+                        }))
+            })
+            .filter(|n| self.live.get(&n.id).is_some_and(|s| s.node.reachable))
+            .map(|n| n.id.as_str())
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let live = LiveState {
+            version: crate::pure::live::LIVE_STATE_VERSION,
+            taken_at: None,
+            nodes: candidates
+                .iter()
+                .map(|id| (id.to_string(), self.live[*id].node.clone()))
+                .collect(),
+        };
+        let planned = plan::plan_cluster(cluster, &live);
+        // Nodes that already run the target: assigned without a rollout.
+        let mut woken = Vec::new();
+        for id in &planned.in_sync {
+            self.state.generation += 1;
+            self.dirty.insert(name.to_owned());
+            self.dirty.insert(name.to_owned());
+            let cs = self.state.clusters.get_mut(name).expect("entry made above");
+            cs.assignments.insert(
+                id.clone(),
+                NodeAssignment {
+                    revision: target.revision.clone(),
+                    digest: target.digest.clone(),
+                    generation: self.state.generation,
+                    parameters: target.parameters.clone(),
+                    restart_allowed: false,
+                    outcome: None,
+                },
+            );
+            woken.push(id.clone());
+        }
+        if !woken.is_empty() {
+            self.lines.push(format!(
+                "{name}: {} node(s) already run {}: {}",
+                woken.len(),
+                short(&target.revision),
+                woken.join(", ")
+            ));
+            self.effects.push(Effect::Wake { nodes: woken });
+        }
+        if planned.nodes.is_empty() {
+            return;
+        }
+        // Start-only changes need an agent that can restart the engine.
+        let direct_restarts: Vec<String> = planned
+            .nodes
+            .iter()
+            .filter(|n| n.restart)
+            .filter(|n| {
+                cluster
+                    .node(&n.id)
+                    .is_some_and(|d| d.managed == Managed::Direct)
+            })
+            .map(|n| {
+                let names: Vec<&str> = n
+                    .changes
+                    .iter()
+                    .filter(|c| c.restart)
+                    .map(|c| c.name.as_str())
+                    .collect();
+                format!("{} ({})", n.id, names.join(", "))
+            })
+            .collect();
+        if !direct_restarts.is_empty() && self.correcting {
+            // A drift correction never refuses the revision: the drift stays reported.
+            self.lines.push(format!(
+                "{name}: drift not corrected: start-only parameters on directly managed nodes ({}): restart them by hand",
+                direct_restarts.join("; ")
+            ));
+            return;
+        }
+        if !direct_restarts.is_empty() {
+            let reason = format!(
+                "start-only parameters on directly managed nodes, which cacheflow cannot restart: {}; manage them with an agent that has --restart-command",
+                direct_restarts.join("; ")
+            );
+            self.refuse_cluster(name, &target, reason);
+            return;
+        }
+        let batches: Vec<Vec<String>> = planned
+            .stages
+            .iter()
+            .flat_map(|s| s.batches.iter().cloned())
+            .collect();
+        self.dirty.insert(name.to_owned());
+        let cs = self.state.clusters.get_mut(name).expect("entry made above");
+        let previous_revision = {
+            let mut revs: Vec<&str> = batches
+                .iter()
+                .flatten()
+                .filter_map(|id| cs.assignments.get(id).map(|a| a.revision.as_str()))
+                .collect();
+            revs.dedup();
+            match revs.as_slice() {
+                // Correcting drift re-rolls the revision the nodes were assigned: the
+                // rollback label must still differ from it.
+                [one] if *one != target.revision => one.to_string(),
+                _ => format!("before-{}", short(&target.revision)),
+            }
+        };
+        let restore: BTreeMap<String, BTreeMap<String, String>> = batches
+            .iter()
+            .flatten()
+            .map(|id| {
+                // The previous assignment, unless it is the target itself (correcting
+                // drift): then what the node ran before, read at the start.
+                let mut params = cs
+                    .assignments
+                    .get(id)
+                    .filter(|a| a.digest != target.digest)
+                    .map(|a| a.parameters.clone())
+                    .unwrap_or_default();
+                let cat = catalog(cluster.engine);
+                if let Some(sample) = self.live.get(id) {
+                    for key in target.parameters.keys() {
+                        if params.contains_key(key) {
+                            continue;
+                        }
+                        if let Some(v) = sample.node.parameters.get(key) {
+                            let v = cat
+                                .normalize(key, &serde_json::Value::String(v.clone()))
+                                .unwrap_or_else(|_| v.clone());
+                            params.insert(key.clone(), v);
+                        }
+                    }
+                }
+                (id.clone(), params)
+            })
+            .collect();
+        let baseline = cluster
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let s = self.live.get(&n.id)?;
+                Some((
+                    n.id.clone(),
+                    Sample {
+                        at_ms: s.at_ms,
+                        node: NodeLive {
+                            parameters: BTreeMap::new(),
+                            persisted: None,
+                            ..s.node.clone()
+                        },
+                    },
+                ))
+            })
+            .collect();
+        let policy = &cluster.rollout;
+        let spec = RolloutSpec {
+            cluster: name.to_owned(),
+            revision: target.revision.clone(),
+            previous: Some(previous_revision),
+            batches,
+            bake_ms: policy.bake.0,
+            apply_timeout_ms: policy.apply_timeout.0,
+            on_failure: policy.on_failure,
+            restarting: planned
+                .nodes
+                .iter()
+                .filter(|n| n.restart)
+                .map(|n| n.id.clone())
+                .collect(),
+            warmup_ms: policy.warmup.0,
+        };
+        let batch_sizes: Vec<String> = spec.batches.iter().map(|b| b.len().to_string()).collect();
+        let started = Notice::new(
+            notify::Kind::RolloutStarted,
+            format!(
+                "{name}: rolling out {} to {} node(s) in batches of {}",
+                short(&spec.revision),
+                spec.batches.iter().map(Vec::len).sum::<usize>(),
+                batch_sizes.join(", ")
+            ),
+        )
+        .cluster(name)
+        .revision(&spec.revision);
+        cs.rollout = Some(RolloutRecord {
+            rollout: Rollout::new(spec),
+            started_at: crate::edges::nodes::fleet::now_rfc3339(),
+            baseline,
+            restore,
+            batch_started_ms: None,
+            run: 0,
+        });
+        self.notify(started);
+        self.feed(name, Event::Begin, now_ms);
+    }
+
+    fn refuse_cluster(&mut self, name: &str, target: &Target, reason: String) {
+        self.lines.push(format!(
+            "{name}: revision {} refused: {reason}",
+            short(&target.revision)
+        ));
+        self.effects.push(Effect::Note {
+            revision: target.revision.clone(),
+            cluster: name.to_owned(),
+            text: format!("refused: {reason}"),
+            outcome: "refused",
+        });
+        self.notify(
+            Notice::new(
+                notify::Kind::RevisionRefused,
+                format!(
+                    "{name}: revision {} refused for this cluster",
+                    short(&target.revision)
+                ),
+            )
+            .cluster(name)
+            .revision(&target.revision)
+            .details(reason.clone()),
+        );
+        self.dirty.insert(name.to_owned());
+        let cs = self.state.clusters.get_mut(name).expect("cluster state");
+        cs.refused = Some(Refused {
+            revision: target.revision.clone(),
+            digest: target.digest.clone(),
+            reason,
+        });
+    }
+
+    /// Feed an event to a cluster's rollout and carry out its actions.
+    fn feed(&mut self, name: &str, event: Event, now_ms: u64) {
+        let hold = self.hold(now_ms);
+        self.dirty.insert(name.to_owned());
+        let mut queue = vec![event];
+        while let Some(event) = queue.pop() {
+            let Some(rec) = self
+                .state
+                .clusters
+                .get_mut(name)
+                .and_then(|c| c.rollout.as_mut())
+            else {
+                return;
+            };
+            rec.rollout.hold = hold.clone();
+            let was_final = rec.rollout.phase.is_final();
+            let was_rolling_back = matches!(rec.rollout.phase, Phase::RollingBack { .. });
+            let was_paused = matches!(rec.rollout.phase, Phase::Paused { .. });
+            let was_batch = running_batch(&rec.rollout.phase);
+            let (next, actions) = rollout::step(rec.rollout.clone(), event);
+            rec.rollout = next;
+            let batch = running_batch(&rec.rollout.phase);
+            if batch != was_batch || (was_batch.is_some() && rec.rollout.phase.is_final()) {
+                if let (Some(_), Some(started)) = (was_batch, rec.batch_started_ms) {
+                    let passed = matches!(rec.rollout.phase, Phase::Completed)
+                        || batch.is_some_and(|b| Some(b) > was_batch);
+                    if passed {
+                        self.effects.push(Effect::StageDone {
+                            cluster: name.to_owned(),
+                            ms: now_ms.saturating_sub(started),
+                        });
+                    }
+                }
+                rec.batch_started_ms = batch.map(|_| now_ms);
+            }
+            for action in actions {
+                match action {
+                    Action::Journal { message } => self.lines.push(message),
+                    Action::Timer { after_ms, event } => {
+                        let run = self.rec_mut(name).run;
+                        self.effects.push(Effect::Timer {
+                            cluster: name.to_owned(),
+                            after_ms,
+                            event,
+                            run,
+                        })
+                    }
+                    Action::Assign { nodes, revision } => {
+                        self.assign(name, &nodes, &revision);
+                        let generation = self.state.generation;
+                        self.rec_mut(name).run = generation;
+                    }
+                    Action::JudgeGates { batch, nodes } => {
+                        queue.push(self.judge(name, batch, &nodes));
+                    }
+                }
+            }
+            let rec = self.rec_mut(name);
+            let revision = rec.rollout.spec.revision.clone();
+            match &rec.rollout.phase {
+                Phase::RollingBack { reason } if !was_rolling_back => {
+                    let notice = Notice::new(
+                        notify::Kind::RolloutFailed,
+                        format!(
+                            "{name}: rollout of {} failed, rolling back",
+                            short(&revision)
+                        ),
+                    )
+                    .details(reason.clone());
+                    self.notify(notice.cluster(name).revision(&revision));
+                }
+                Phase::Paused { batch, reason } if !was_paused => {
+                    let notice = Notice::new(
+                        notify::Kind::Paused,
+                        format!(
+                            "{name}: rollout of {} paused at batch {}: a person decides (resume, rollback)",
+                            short(&revision),
+                            batch + 1
+                        ),
+                    )
+                    .details(reason.clone());
+                    self.notify(notice.cluster(name).revision(&revision));
+                }
+                _ => {}
+            }
+            let rec = self.rec_mut(name);
+            if !was_final && rec.rollout.phase.is_final() {
+                self.finished(name);
+            }
+        }
+    }
+
+    fn assign(&mut self, name: &str, nodes: &[String], revision: &str) {
+        self.dirty.insert(name.to_owned());
+        let cs = self.state.clusters.get_mut(name).expect("cluster state");
+        let rec = cs.rollout.as_ref().expect("a rollout assigns");
+        let target = cs.target.clone().expect("a rollout has a target");
+        let forward = revision == rec.rollout.spec.revision;
+        for id in nodes {
+            self.state.generation += 1;
+            let (parameters, digest) = if forward {
+                (target.parameters.clone(), target.digest.clone())
+            } else {
+                let p = rec.restore.get(id).cloned().unwrap_or_default();
+                let d = digest(&p);
+                (p, d)
+            };
+            cs.assignments.insert(
+                id.clone(),
+                NodeAssignment {
+                    revision: revision.to_owned(),
+                    digest,
+                    generation: self.state.generation,
+                    parameters,
+                    restart_allowed: forward,
+                    outcome: None,
+                },
+            );
+        }
+        self.effects.push(Effect::Wake {
+            nodes: nodes.to_vec(),
+        });
+    }
+
+    fn judge(&mut self, name: &str, batch: usize, nodes: &[String]) -> Event {
+        let desired = self.desired.clone();
+        let cs = &self.state.clusters[name];
+        let rec = cs.rollout.as_ref().expect("judging a rollout");
+        let gates = desired
+            .as_ref()
+            .and_then(|d| d.clusters.get(name))
+            .map(|c| c.rollout.gates.clone())
+            .unwrap_or_default();
+        let untouched: Vec<String> = desired
+            .as_ref()
+            .and_then(|d| d.clusters.get(name))
+            .map(|c| {
+                c.nodes
+                    .iter()
+                    .filter(|n| !rec.rollout.touched.contains(&n.id))
+                    .map(|n| n.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now: BTreeMap<String, Sample> = nodes
+            .iter()
+            .chain(untouched.iter())
+            .filter_map(|id| self.live.get(id).map(|s| (id.clone(), s.clone())))
+            .collect();
+        let j = gates::judge(&gates, nodes, &untouched, &rec.baseline, &now);
+        let figures = serde_json::to_string(&j.figures).unwrap_or_default();
+        let verdict = match &j.verdict {
+            rollout::Verdict::Pass => "passed".to_owned(),
+            rollout::Verdict::Fail { reason } => format!("failed: {reason}"),
+            rollout::Verdict::Inconclusive { reason } => format!("inconclusive: {reason}"),
+        };
+        self.lines.push(format!(
+            "{name}: gates of batch {} {verdict}\nfigures: {figures}",
+            batch + 1
+        ));
+        Event::Gates {
+            batch,
+            verdict: j.verdict,
+        }
+    }
+
+    /// A rollout reached a final phase: note it on the config commit; a rolled-back
+    /// revision is refused for the cluster until its content changes.
+    fn finished(&mut self, name: &str) {
+        let now = crate::edges::nodes::fleet::now_rfc3339();
+        self.dirty.insert(name.to_owned());
+        let cs = self.state.clusters.get_mut(name).expect("cluster state");
+        let rec = cs.rollout.as_ref().expect("finished rollout");
+        let revision = rec.rollout.spec.revision.clone();
+        let nodes: Vec<String> = rec.rollout.touched.iter().cloned().collect();
+        let outcome = match &rec.rollout.phase {
+            Phase::Completed => "completed",
+            Phase::RolledBack { .. } => "rolled_back",
+            _ => "superseded",
+        };
+        let text = match &rec.rollout.phase {
+            Phase::Completed => format!(
+                "completed {now}: reached {} node(s): {}",
+                nodes.len(),
+                nodes.join(", ")
+            ),
+            Phase::RolledBack { reason } => {
+                let target = cs.target.clone().expect("target");
+                cs.refused = Some(Refused {
+                    revision: revision.clone(),
+                    digest: target.digest,
+                    reason: reason.clone(),
+                });
+                format!(
+                    "rolled back {now}: {reason}; {} node(s) back on {}",
+                    nodes.len(),
+                    rec.rollout.spec.previous.clone().unwrap_or_default()
+                )
+            }
+            Phase::Superseded { by } => {
+                format!(
+                    "superseded {now} by {} before it reached every node",
+                    short(by)
+                )
+            }
+            _ => return,
+        };
+        let event = match outcome {
+            "completed" => Some(notify::Kind::RolloutCompleted),
+            "rolled_back" => Some(notify::Kind::RolledBack),
+            _ => None,
+        };
+        if let Some(event) = event {
+            let summary = match event {
+                notify::Kind::RolloutCompleted => format!(
+                    "{name}: {} reached all {} node(s)",
+                    short(&revision),
+                    nodes.len()
+                ),
+                _ => format!("{name}: {} rolled back", short(&revision)),
+            };
+            let notice = Notice::new(event, summary)
+                .cluster(name)
+                .revision(&revision)
+                .details(text.clone());
+            self.notify(notice);
+        }
+        self.effects.push(Effect::Note {
+            revision,
+            cluster: name.to_owned(),
+            text,
+            outcome,
+        });
+    }
+
+    /// Queue `notice` for the targets of the current revision subscribed to it.
+    fn notify(&mut self, notice: Notice) {
+        let targets: Vec<_> = self
+            .desired
+            .as_ref()
+            .map(|d| {
+                notify::targets_for(&d.settings.notifications, notice.event)
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !targets.is_empty() {
+            self.effects.push(Effect::Notify { notice, targets });
+        }
+    }
+
+    /// A node's report: remember its reading, take its apply result, answer with its
+    /// assignment.
+    pub fn report(
+        &mut self,
+        node_id: &str,
+        report: Report,
+        now_ms: u64,
+    ) -> Result<(Assignment, Vec<Effect>), RefusedInput> {
+        if report.node_id != node_id {
+            return Err(RefusedInput::WrongNode {
+                expected: node_id.to_owned(),
+                found: report.node_id,
+            });
+        }
+        let Some(name) = self.node_cluster.get(node_id).cloned() else {
+            if self.undeclared.len() < MAX_UNDECLARED || self.undeclared.contains_key(node_id) {
+                self.undeclared.insert(
+                    node_id.to_owned(),
+                    Sample {
+                        at_ms: now_ms,
+                        node: report.node,
+                    },
+                );
+            }
+            return Err(RefusedInput::UnknownNode(node_id.to_owned()));
+        };
+        self.observe(node_id, report.node, now_ms);
+        // A reading alone changes no cluster state (readings are not journaled).
+        if !self.state.clusters.contains_key(&name) {
+            self.dirty.insert(name.clone());
+        }
+        let cs = self.state.clusters.entry(name.clone()).or_default();
+        if let (Some(result), Some(a)) = (report.last_apply, cs.assignments.get_mut(node_id)) {
+            if result.revision == a.revision
+                && result.generation == a.generation
+                && a.outcome.is_none()
+            {
+                self.dirty.insert(name.clone());
+                a.outcome = Some(result.outcome);
+                let ok = result.outcome == Outcome::Applied;
+                let event = Event::NodeApplied {
+                    node: node_id.to_owned(),
+                    revision: result.revision.clone(),
+                    ok,
+                    error: result.error.clone(),
+                };
+                let active = cs
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| !r.rollout.phase.is_final());
+                if active {
+                    self.feed(&name, event, now_ms);
+                } else if !ok {
+                    self.lines.push(format!(
+                        "{name}: {node_id} failed to apply {}: {}",
+                        short(&result.revision),
+                        result.error.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        let assignment = self.assignment(node_id);
+        Ok((assignment, self.finish()))
+    }
+
+    /// Keep a reading of a declared node: only the parameters its cluster declares (all
+    /// a plan compares), so 10,000 nodes do not cost 190 parameters each.
+    fn observe(&mut self, node_id: &str, mut node: NodeLive, now_ms: u64) {
+        let cluster = self
+            .node_cluster
+            .get(node_id)
+            .and_then(|c| self.desired.as_ref()?.clusters.get(c));
+        if let Some(c) = cluster {
+            node.parameters.retain(|k, _| c.parameters.contains_key(k));
+            if let Some(p) = node.persisted.as_mut() {
+                p.retain(|k, _| c.parameters.contains_key(k));
+            }
+        }
+        self.live.insert(
+            node_id.to_owned(),
+            Sample {
+                at_ms: now_ms,
+                node,
+            },
+        );
+    }
+
+    /// What the drift report compares: the current revision and the latest reading of
+    /// every node heard from, declared or not. A reading older than `silent_after_ms`
+    /// counts as no answer.
+    /// The latest reading of every node heard from, declared or not; a reading older
+    /// than `silent_after_ms` counts as no answer (what a pull request is planned against).
+    pub fn readings(&self, now_ms: u64, silent_after_ms: u64) -> LiveState {
+        self.drift_inputs_where(now_ms, silent_after_ms, false).live
+    }
+
+    pub fn drift_inputs(&self, now_ms: u64, silent_after_ms: u64) -> DriftInputs {
+        self.drift_inputs_where(now_ms, silent_after_ms, true)
+    }
+
+    fn drift_inputs_where(
+        &self,
+        now_ms: u64,
+        silent_after_ms: u64,
+        leave_out: bool,
+    ) -> DriftInputs {
+        // Clusters whose nodes are meant to differ from the revision now.
+        let mut not_compared = Vec::new();
+        if let Some(d) = self.desired.as_ref().filter(|_| leave_out) {
+            for name in d.clusters.keys() {
+                let Some(cs) = self.state.clusters.get(name) else {
+                    continue;
+                };
+                let rolling = cs.rollout.as_ref().filter(|r| !r.rollout.phase.is_final());
+                if let Some(r) = rolling {
+                    not_compared.push(crate::pure::drift::NotCompared {
+                        cluster: name.clone(),
+                        reason: format!("rolling out {} now", short(&r.rollout.spec.revision)),
+                    });
+                } else if let Some(refused) = cs
+                    .refused
+                    .as_ref()
+                    .filter(|r| cs.target.as_ref().is_some_and(|t| t.digest == r.digest))
+                {
+                    not_compared.push(crate::pure::drift::NotCompared {
+                        cluster: name.clone(),
+                        reason: format!(
+                            "revision {} refused ({}): nodes stay on what they ran",
+                            short(&refused.revision),
+                            refused.reason
+                        ),
+                    });
+                }
+            }
+        }
+        let skipped = |id: &str| {
+            self.node_cluster
+                .get(id)
+                .is_some_and(|c| not_compared.iter().any(|n| &n.cluster == c))
+        };
+        let nodes = self
+            .live
+            .iter()
+            .chain(
+                self.undeclared
+                    .iter()
+                    .filter(|(id, _)| !self.node_cluster.contains_key(*id)),
+            )
+            .map(|(id, sample)| {
+                let age = now_ms.saturating_sub(sample.at_ms);
+                let mut node = sample.node.clone();
+                if age > silent_after_ms {
+                    node.reachable = false;
+                    node.error = Some(format!("no report for {} s", age / 1000));
+                }
+                (id.clone(), node)
+            })
+            .filter(|(id, node)| {
+                !skipped(id) && (self.node_cluster.contains_key(id) || node.reachable)
+            })
+            .collect();
+        let live = LiveState {
+            version: crate::pure::live::LIVE_STATE_VERSION,
+            taken_at: None,
+            nodes,
+        };
+        let desired = match &self.desired {
+            Some(d) if !not_compared.is_empty() => {
+                let mut d = Desired::clone(d);
+                d.clusters
+                    .retain(|name, _| !not_compared.iter().any(|n| &n.cluster == name));
+                Some(Arc::new(d))
+            }
+            other => other.clone(),
+        };
+        DriftInputs {
+            desired,
+            live,
+            not_compared,
+        }
+    }
+
+    /// Roll the current revision out again to the nodes of `clusters` whose live values
+    /// differ from it (a drift report's correction), through the staged path: batches,
+    /// gates, rollback. A cluster with a rollout in flight is left alone.
+    pub fn correct(&mut self, clusters: &[String], now_ms: u64) -> Vec<Effect> {
+        let before = self.correct_drift;
+        self.correct_drift = true;
+        for name in clusters {
+            let busy = self
+                .state
+                .clusters
+                .get(name)
+                .and_then(|c| c.rollout.as_ref())
+                .is_some_and(|r| !r.rollout.phase.is_final());
+            if busy {
+                self.lines.push(format!(
+                    "{name}: drift not corrected now: a rollout is in progress"
+                ));
+                continue;
+            }
+            if self
+                .desired
+                .as_ref()
+                .is_some_and(|d| d.clusters.contains_key(name))
+            {
+                let mark = self.lines.len();
+                let started = |r: &Reconciler| {
+                    r.state
+                        .clusters
+                        .get(name)
+                        .and_then(|c| c.rollout.as_ref())
+                        .map(|r| (r.started_at.clone(), r.run))
+                };
+                let was = started(self);
+                self.correcting = true;
+                // A rolled-back revision stays refused: correcting would roll it out again.
+                self.start(name, now_ms);
+                self.correcting = false;
+                if started(self) != was {
+                    self.lines.insert(mark, format!("{name}: correcting drift"));
+                }
+            }
+        }
+        self.correct_drift = before;
+        self.finish()
+    }
+
+    /// What `node_id` should run now.
+    pub fn assignment(&self, node_id: &str) -> Assignment {
+        let a = self
+            .node_cluster
+            .get(node_id)
+            .and_then(|c| self.state.clusters.get(c))
+            .and_then(|cs| cs.assignments.get(node_id));
+        Assignment {
+            version: PROTOCOL_VERSION,
+            node_id: node_id.to_owned(),
+            revision: a.map(|a| a.revision.clone()),
+            generation: a.map(|a| a.generation).unwrap_or(0),
+            parameters: a.map(|a| a.parameters.clone()).unwrap_or_default(),
+            restart_allowed: a.is_some_and(|a| a.restart_allowed),
+            report_interval_secs: None,
+        }
+    }
+
+    /// A timer of rollout run `run` fired; one of an earlier run (before a supersede, a
+    /// resume, a rollback, or of another rollout) is ignored.
+    pub fn timer_of(&mut self, cluster: &str, event: Event, run: u64, now_ms: u64) -> Vec<Effect> {
+        let current = self
+            .state
+            .clusters
+            .get(cluster)
+            .and_then(|c| c.rollout.as_ref())
+            .map(|r| r.run);
+        if current != Some(run) {
+            return Vec::new();
+        }
+        self.timer(cluster, event, now_ms)
+    }
+
+    /// A timer of the rollout's current run fired.
+    pub fn timer(&mut self, cluster: &str, event: Event, now_ms: u64) -> Vec<Effect> {
+        self.feed(cluster, event, now_ms);
+        self.finish()
+    }
+
+    /// A person's command (pause, resume, promote, abort).
+    pub fn command(
+        &mut self,
+        cluster: &str,
+        event: Event,
+        now_ms: u64,
+    ) -> Result<Vec<Effect>, RefusedInput> {
+        let Some(cs) = self.state.clusters.get(cluster) else {
+            return Err(RefusedInput::UnknownCluster(cluster.to_owned()));
+        };
+        if cs
+            .rollout
+            .as_ref()
+            .is_none_or(|r| r.rollout.phase.is_final())
+        {
+            return Err(RefusedInput::NoRollout(cluster.to_owned()));
+        }
+        self.feed(cluster, event, now_ms);
+        Ok(self.finish())
+    }
+
+    /// Periodically: start rollouts for nodes that came up since (a node unreachable
+    /// when its cluster's rollout began gets the target through a rollout of its own).
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Effect> {
+        let names: Vec<String> = self.state.clusters.keys().cloned().collect();
+        let open = self.hold(now_ms).is_none();
+        for name in names {
+            let waiting = self.state.clusters[&name]
+                .rollout
+                .as_ref()
+                .is_some_and(|r| matches!(r.rollout.phase, Phase::Waiting { .. }));
+            if waiting && open {
+                self.feed(&name, Event::WindowOpened, now_ms);
+            }
+            self.start(&name, now_ms);
+        }
+        self.finish()
+    }
+
+    /// The journal entry of this input (if anything happened), then its other effects.
+    fn finish(&mut self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if !self.lines.is_empty() {
+            effects.push(Effect::Journal {
+                message: std::mem::take(&mut self.lines).join("\n"),
+            });
+        }
+        effects.append(&mut self.effects);
+        effects
+    }
+}
+
+#[cfg(test)]
+mod tests;

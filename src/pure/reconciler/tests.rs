@@ -1,0 +1,1268 @@
+//! The reconciler core under virtual time: inputs in, effects out.
+//!
+//! Agents are simulated by calling [`Reconciler::report`] with a report whose
+//! `lastApply` answers the node's current assignment; timers by calling
+//! [`Reconciler::timer`] with the event of the `Effect::Timer` the core asked for.
+
+use super::*;
+use crate::edges::source::FileSet;
+use crate::pure::catalog::Engine;
+use crate::pure::live::Health;
+use crate::pure::protocol::ApplyResult;
+
+const R1: &str = "1111111111111111111111111111111111111111";
+const R2: &str = "2222222222222222222222222222222222222222";
+const R3: &str = "3333333333333333333333333333333333333333";
+const CLUSTER: &str = "cache";
+
+/// Three redis nodes in two shards: a1 (primary) and a2 (replica) in `a`, b1 in `b`.
+/// With stages `[1, 100%]` the batches are `[a2]`, then `[a1, b1]`.
+fn cluster_yaml(parameters: &str, managed: Option<&str>, rollout: &str) -> String {
+    let managed = managed
+        .map(|m| format!(", managed: {m}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: cacheflow/v1
+kind: Cluster
+metadata: {{name: {CLUSTER}}}
+spec:
+  engine: redis
+  parameters: {{{parameters}}}
+  nodes:
+    - {{id: a1, address: '127.0.0.1:7001', shard: a, role: primary{managed}}}
+    - {{id: a2, address: '127.0.0.1:7002', shard: a, role: replica{managed}}}
+    - {{id: b1, address: '127.0.0.1:7003', shard: b, role: primary{managed}}}
+  rollout: {{{rollout}}}
+"
+    )
+}
+
+const ROLLOUT: &str = "stages: [1, '100%'], bake: 0s, applyTimeout: 10s, gates: {minOpsPerSec: 0}";
+
+/// Load a one-cluster repository through the real loader, at revision `commit`.
+fn load(commit: &str, yaml: &str) -> Desired {
+    let set = FileSet {
+        commit: None,
+        files: [("clusters/cache.yaml".to_owned(), yaml.to_owned())].into(),
+        problems: Vec::new(),
+    };
+    let mut desired = crate::pure::spec::load(&set).unwrap_or_else(|e| {
+        let lines: Vec<String> = e.iter().map(|d| d.to_string()).collect();
+        panic!("the test repository does not load:\n{}", lines.join("\n"))
+    });
+    desired.commit = Some(commit.to_owned());
+    desired
+}
+
+fn desired(commit: &str, parameters: &str) -> Desired {
+    load(commit, &cluster_yaml(parameters, None, ROLLOUT))
+}
+
+fn params(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn node(list: &[(&str, &str)]) -> NodeLive {
+    NodeLive {
+        reachable: true,
+        engine: Some(Engine::Redis),
+        parameters: params(list),
+        ..NodeLive::default()
+    }
+}
+
+/// Every node of the cluster running `list`.
+fn live(list: &[(&str, &str)]) -> LiveState {
+    LiveState {
+        version: crate::pure::live::LIVE_STATE_VERSION,
+        taken_at: None,
+        nodes: ["a1", "a2", "b1"]
+            .iter()
+            .map(|id| (id.to_string(), node(list)))
+            .collect(),
+    }
+}
+
+fn report(id: &str, node: NodeLive, last_apply: Option<ApplyResult>) -> Report {
+    Report {
+        version: PROTOCOL_VERSION,
+        node_id: id.to_owned(),
+        agent: "cacheflow/test".into(),
+        sent_at: "2026-01-01T00:00:00Z".into(),
+        node,
+        last_apply,
+    }
+}
+
+/// What an agent says after applying `a` with outcome `outcome`.
+fn result(a: &Assignment, outcome: Outcome, error: Option<&str>) -> ApplyResult {
+    ApplyResult {
+        revision: a.revision.clone().expect("an assignment with a revision"),
+        generation: a.generation,
+        outcome,
+        changed: Vec::new(),
+        restarted: false,
+        error: error.map(str::to_owned),
+        finished_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+/// The agent of `id` applies its current assignment and reports that it runs it.
+fn confirm(r: &mut Reconciler, id: &str, now_ms: u64) -> Vec<Effect> {
+    let a = r.assignment(id);
+    let pairs: Vec<(&str, &str)> = a
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let rep = report(id, node(&pairs), Some(result(&a, Outcome::Applied, None)));
+    let (answer, effects) = r.report(id, rep, now_ms).expect("a declared node");
+    assert_eq!(
+        answer, a,
+        "the answer to a confirmation is the same assignment"
+    );
+    core(effects)
+}
+
+/// The effects this file is about (journal, notes, timers, wakes), in order; metrics
+/// effects are left out.
+/// Timers' run tokens are set to 0 (the tests of stale timers look at them directly).
+fn core(effects: Vec<Effect>) -> Vec<Effect> {
+    effects
+        .into_iter()
+        .map(|e| match e {
+            Effect::Timer {
+                cluster,
+                after_ms,
+                event,
+                ..
+            } => Effect::Timer {
+                cluster,
+                after_ms,
+                event,
+                run: 0,
+            },
+            other => other,
+        })
+        .filter(|e| {
+            matches!(
+                e,
+                Effect::Journal { .. }
+                    | Effect::Note { .. }
+                    | Effect::Timer { .. }
+                    | Effect::Wake { .. }
+            )
+        })
+        .collect()
+}
+
+fn journals(effects: &[Effect]) -> Vec<&str> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Journal { message } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn notes(effects: &[Effect]) -> Vec<(&str, &str)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Note { revision, text, .. } => Some((revision.as_str(), text.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The state as the journal stores it.
+fn json(state: &State) -> serde_json::Value {
+    serde_json::to_value(state).expect("the state serialises")
+}
+
+fn rollout(r: &Reconciler) -> &Rollout {
+    &r.state.clusters[CLUSTER]
+        .rollout
+        .as_ref()
+        .expect("a rollout record")
+        .rollout
+}
+
+fn phase(r: &Reconciler) -> Phase {
+    rollout(r).phase.clone()
+}
+
+fn timer(after_ms: u64, event: Event) -> Effect {
+    Effect::Timer {
+        cluster: CLUSTER.into(),
+        after_ms,
+        event,
+        run: 0,
+    }
+}
+
+/// The run token of the rollout in flight.
+fn run_of(r: &Reconciler) -> u64 {
+    r.state.clusters[CLUSTER]
+        .rollout
+        .as_ref()
+        .expect("a rollout record")
+        .run
+}
+
+fn wake(nodes: &[&str]) -> Effect {
+    Effect::Wake {
+        nodes: nodes.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn journal(lines: &[&str]) -> Effect {
+    Effect::Journal {
+        message: lines.join("\n"),
+    }
+}
+
+fn figures(nodes: &[&str]) -> String {
+    let f: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{{\"node\":\"{n}\",\"up\":true}}"))
+        .collect();
+    format!("figures: [{}]", f.join(","))
+}
+
+/// A reconciler that took R1 (`hz: 20`) over nodes running `hz 10`, and has assigned
+/// the canary batch.
+fn started() -> Reconciler {
+    let mut r = Reconciler::new(State::default());
+    r.revision(desired(R1, "hz: 20"), Some(&live(&[("hz", "10")])), 0);
+    r
+}
+
+/// Drive `started()` to the point where batch 2 (`a1`, `b1`) is assigned.
+fn at_batch_two() -> Reconciler {
+    let mut r = started();
+    confirm(&mut r, "a2", 1_000);
+    r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, 1_000);
+    assert_eq!(phase(&r), Phase::Applying { batch: 1 });
+    r
+}
+
+#[test]
+fn a_full_rollout_goes_canary_first_then_the_rest_to_completed() {
+    let mut r = Reconciler::new(State::default());
+    let effects = core(r.revision(desired(R1, "hz: 20"), Some(&live(&[("hz", "10")])), 0));
+    assert_eq!(
+        effects,
+        vec![
+            journal(&[
+                &format!("cache: rollout of {R1} started, 2 batch(es)"),
+                &format!("cache: batch 1 of 2 assigned {R1}: a2"),
+            ]),
+            wake(&["a2"]),
+            timer(10_000, Event::ApplyTimedOut { batch: 0 }),
+        ]
+    );
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    assert_eq!(
+        rollout(&r).spec.batches,
+        vec![
+            vec!["a2".to_owned()],
+            vec!["a1".to_owned(), "b1".to_owned()]
+        ]
+    );
+    assert_eq!(
+        rollout(&r).spec.previous.as_deref(),
+        Some(format!("before-{}", &R1[..12]).as_str())
+    );
+
+    // The canary, a replica, is the only node assigned.
+    let a2 = r.assignment("a2");
+    assert_eq!(a2.revision.as_deref(), Some(R1));
+    assert_eq!(a2.generation, 1);
+    assert_eq!(a2.parameters, params(&[("hz", "20")]));
+    assert!(a2.restart_allowed);
+    for id in ["a1", "b1"] {
+        let a = r.assignment(id);
+        assert_eq!((a.revision, a.generation), (None, 0), "{id}");
+        assert!(a.parameters.is_empty());
+    }
+
+    // The canary confirms: the bake starts.
+    let effects = core(confirm(&mut r, "a2", 2_000));
+    assert_eq!(
+        effects,
+        vec![
+            journal(&[&format!("cache: a2 applied {R1}")]),
+            timer(0, Event::BakeElapsed { batch: 0 }),
+        ]
+    );
+    assert_eq!(phase(&r), Phase::Baking { batch: 0 });
+
+    // The bake ends, the gates pass, batch 2 is assigned.
+    let effects = core(r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, 2_000));
+    assert_eq!(
+        effects,
+        vec![
+            journal(&[
+                "cache: gates of batch 1 passed",
+                &figures(&["a2"]),
+                "cache: batch 1 passed its gates",
+                &format!("cache: batch 2 of 2 assigned {R1}: a1, b1"),
+            ]),
+            wake(&["a1", "b1"]),
+            timer(10_000, Event::ApplyTimedOut { batch: 1 }),
+        ]
+    );
+    assert_eq!(phase(&r), Phase::Applying { batch: 1 });
+    assert_eq!(r.assignment("a1").generation, 2);
+    assert_eq!(r.assignment("b1").generation, 3);
+
+    // A late apply timer of the first batch (index 0) changes nothing.
+    assert!(core(r.timer(CLUSTER, Event::ApplyTimedOut { batch: 0 }, 3_000)).is_empty());
+
+    // One confirmation is not the batch; the second is.
+    let effects = confirm(&mut r, "a1", 3_000);
+    assert_eq!(
+        effects,
+        vec![journal(&[&format!("cache: a1 applied {R1}")])]
+    );
+    assert_eq!(phase(&r), Phase::Applying { batch: 1 });
+    let effects = confirm(&mut r, "b1", 3_500);
+    assert_eq!(
+        effects,
+        vec![
+            journal(&[&format!("cache: b1 applied {R1}")]),
+            timer(0, Event::BakeElapsed { batch: 1 }),
+        ]
+    );
+
+    let effects = core(r.timer(CLUSTER, Event::BakeElapsed { batch: 1 }, 3_500));
+    assert_eq!(
+        journals(&effects),
+        vec![[
+            "cache: gates of batch 2 passed",
+            &figures(&["a1", "b1"]),
+            "cache: batch 2 passed its gates",
+            &format!("cache: {R1} reached every node"),
+        ]
+        .join("\n")]
+    );
+    let n = notes(&effects);
+    assert_eq!(n.len(), 1, "{effects:?}");
+    assert_eq!(n[0].0, R1);
+    assert!(n[0].1.starts_with("completed "), "{}", n[0].1);
+    assert!(
+        n[0].1.ends_with(": reached 3 node(s): a1, a2, b1"),
+        "{}",
+        n[0].1
+    );
+    assert_eq!(effects.len(), 2, "a journal entry and a note: {effects:?}");
+    assert_eq!(phase(&r), Phase::Completed);
+
+    let cs = &r.state.clusters[CLUSTER];
+    assert_eq!(cs.target.as_ref().unwrap().revision, R1);
+    assert!(cs.refused.is_none());
+    for (id, generation) in [("a2", 1), ("a1", 2), ("b1", 3)] {
+        let a = r.assignment(id);
+        assert_eq!(a.revision.as_deref(), Some(R1), "{id}");
+        assert_eq!(a.generation, generation, "{id}");
+        assert_eq!(a.parameters, params(&[("hz", "20")]), "{id}");
+        assert_eq!(cs.assignments[id].outcome, Some(Outcome::Applied), "{id}");
+    }
+    assert_eq!(r.state.generation, 3);
+    assert_eq!(r.state.head.as_deref(), Some(R1));
+
+    // Nothing more happens: ticks and the same revision again start nothing.
+    assert!(core(r.tick(10_000)).is_empty());
+    assert!(
+        core(r.revision(desired(R1, "hz: 20"), Some(&live(&[("hz", "20")])), 10_000)).is_empty()
+    );
+    assert_eq!(
+        r.command(CLUSTER, Event::Pause { by: "x".into() }, 10_000),
+        Err(RefusedInput::NoRollout(CLUSTER.into()))
+    );
+    assert_eq!(
+        r.command("nope", Event::Pause { by: "x".into() }, 10_000),
+        Err(RefusedInput::UnknownCluster("nope".into()))
+    );
+}
+
+#[test]
+fn the_same_applied_report_twice_journals_once() {
+    let mut r = started();
+    let first = confirm(&mut r, "a2", 1_000);
+    assert_eq!(journals(&first), vec![format!("cache: a2 applied {R1}")]);
+    let state = r.state.clone();
+
+    // The agent reports again (its interval) with the same lastApply.
+    let again = confirm(&mut r, "a2", 6_000);
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(r.state, state);
+    assert_eq!(phase(&r), Phase::Baking { batch: 0 });
+
+    // A report of an older generation is not an outcome either.
+    let a = r.assignment("a2");
+    let mut stale = result(&a, Outcome::Failed, Some("old news"));
+    stale.generation -= 1;
+    let (answer, effects) = r
+        .report(
+            "a2",
+            report("a2", node(&[("hz", "20")]), Some(stale)),
+            7_000,
+        )
+        .unwrap();
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(answer, a);
+    assert_eq!(r.state, state);
+}
+
+#[test]
+fn only_answers_from_journaled_state_skip_the_wait_for_the_entry() {
+    let mut r = started();
+    // The revision and the canary's assignment are not journaled yet.
+    assert!(!r.assignment_is_written("a2"));
+    assert_eq!(r.take_changed(), BTreeSet::from([CLUSTER.to_owned()]));
+    assert!(r.assignment_is_written("a2") && r.assignment_is_written("b1"));
+
+    // A reading alone changes nothing: still answerable at once.
+    let (_, effects) = r
+        .report("b1", report("b1", node(&[("hz", "10")]), None), 500)
+        .unwrap();
+    assert!(effects.is_empty(), "{effects:?}");
+    assert!(r.assignment_is_written("b1"));
+
+    // A confirmation changes the cluster: every node of it waits for the entry.
+    confirm(&mut r, "a2", 1_000);
+    assert!(!r.assignment_is_written("b1"));
+    assert_eq!(r.take_changed(), BTreeSet::from([CLUSTER.to_owned()]));
+    // An unknown node is never answered from the journal's state.
+    assert!(!r.assignment_is_written("zz"));
+}
+
+#[test]
+fn a_failed_apply_rolls_back_to_what_the_nodes_ran_and_refuses_the_revision() {
+    let wanted = "hz: 20, maxmemory: 200mb, maxmemory-policy: allkeys-lru";
+    let before = [
+        ("hz", "10"),
+        ("maxmemory", "100mb"),
+        ("maxmemory-policy", "NOEVICTION"),
+    ];
+    let mut r = Reconciler::new(State::default());
+    r.revision(desired(R1, wanted), Some(&live(&before)), 0);
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    let a2 = r.assignment("a2");
+    assert_eq!(
+        a2.parameters,
+        params(&[
+            ("hz", "20"),
+            ("maxmemory", "209715200"),
+            ("maxmemory-policy", "allkeys-lru"),
+        ])
+    );
+
+    // The canary fails: nothing was applied, it still runs what it ran.
+    let error = "ERR CONFIG SET failed (possibly related to argument 'maxmemory')";
+    let (answer, effects) = r
+        .report(
+            "a2",
+            report(
+                "a2",
+                node(&before),
+                Some(result(&a2, Outcome::Failed, Some(error))),
+            ),
+            1_000,
+        )
+        .unwrap();
+    let previous = format!("before-{}", &R1[..12]);
+    let reason = format!("a2 failed to apply {R1}: {error}");
+    assert_eq!(
+        core(effects),
+        vec![
+            journal(&[&format!("cache: rolling back {R1}: {reason}")]),
+            wake(&["a2"]),
+            timer(10_000, Event::RollbackTimedOut),
+        ]
+    );
+    assert_eq!(
+        phase(&r),
+        Phase::RollingBack {
+            reason: reason.clone()
+        }
+    );
+    // The restore assignment: the values it ran before, normalised.
+    let restore = params(&[
+        ("hz", "10"),
+        ("maxmemory", "104857600"),
+        ("maxmemory-policy", "noeviction"),
+    ]);
+    assert_eq!(
+        answer,
+        Assignment {
+            version: PROTOCOL_VERSION,
+            node_id: "a2".into(),
+            revision: Some(previous.clone()),
+            generation: 2,
+            parameters: restore.clone(),
+            restart_allowed: false,
+            report_interval_secs: None,
+        }
+    );
+    // Untouched nodes were never assigned anything.
+    assert_eq!(r.assignment("a1").revision, None);
+    assert_eq!(r.assignment("b1").revision, None);
+
+    // a2 confirms the rollback.
+    let effects = confirm(&mut r, "a2", 2_000);
+    assert_eq!(
+        journals(&effects),
+        vec![format!("cache: rolled back to {previous}")]
+    );
+    let n = notes(&effects);
+    assert_eq!(n.len(), 1, "{effects:?}");
+    assert_eq!(n[0].0, R1);
+    assert!(n[0].1.starts_with("rolled back "), "{}", n[0].1);
+    assert!(
+        n[0].1
+            .ends_with(&format!(": {reason}; 1 node(s) back on {previous}")),
+        "{}",
+        n[0].1
+    );
+    assert_eq!(
+        phase(&r),
+        Phase::RolledBack {
+            reason: reason.clone()
+        }
+    );
+    let cs = &r.state.clusters[CLUSTER];
+    let refused = cs.refused.clone().expect("the revision is refused");
+    assert_eq!(refused.revision, R1);
+    assert_eq!(refused.reason, reason);
+    assert_eq!(refused.digest, cs.target.as_ref().unwrap().digest);
+    let generation = r.state.generation;
+
+    // The same revision again (the server restarted, or a poll): nothing starts.
+    let effects = core(r.revision(desired(R1, wanted), Some(&live(&before)), 3_000));
+    assert!(effects.is_empty(), "{effects:?}");
+    assert!(core(r.tick(4_000)).is_empty());
+    assert_eq!(r.state.generation, generation);
+    assert!(r.state.clusters[CLUSTER].refused.is_some());
+
+    // A new commit with the same content is still refused; only the head moves.
+    let effects = core(r.revision(desired(R2, wanted), Some(&live(&before)), 5_000));
+    assert_eq!(
+        effects,
+        vec![journal(&[&format!(
+            "revision {} taken: no cluster changed",
+            &R2[..12]
+        )])]
+    );
+    assert_eq!(r.state.generation, generation);
+
+    // Changed content: a new rollout, starting again from the canary.
+    let effects = r.revision(
+        desired(
+            R3,
+            "hz: 20, maxmemory: 150mb, maxmemory-policy: allkeys-lru",
+        ),
+        Some(&live(&before)),
+        6_000,
+    );
+    assert_eq!(
+        journals(&effects),
+        vec![format!(
+            "cache: rollout of {R3} started, 2 batch(es)\ncache: batch 1 of 2 assigned {R3}: a2"
+        )]
+    );
+    assert!(r.state.clusters[CLUSTER].refused.is_none());
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    assert_eq!(rollout(&r).spec.revision, R3);
+    // a2's previous assignment is the restore one: a rollback of R3 goes back to it.
+    assert_eq!(
+        rollout(&r).spec.previous.as_deref(),
+        Some(previous.as_str())
+    );
+    let a2 = r.assignment("a2");
+    assert_eq!(a2.revision.as_deref(), Some(R3));
+    assert_eq!(a2.generation, generation + 1);
+    assert_eq!(a2.parameters["maxmemory"], "157286400");
+}
+
+#[test]
+fn a_new_revision_supersedes_the_rollout_in_flight() {
+    let mut r = at_batch_two();
+    let effects = core(r.revision(desired(R2, "hz: 30"), None, 2_000));
+    assert_eq!(
+        journals(&effects),
+        vec![[
+            format!("cache: rollout of {R1} superseded by {R2}"),
+            format!("cache: rollout of {R2} started, 2 batch(es)"),
+            format!("cache: batch 1 of 2 assigned {R2}: a2"),
+        ]
+        .join("\n")]
+    );
+    let n = notes(&effects);
+    assert_eq!(n.len(), 1, "{effects:?}");
+    assert_eq!(n[0].0, R1);
+    assert!(n[0].1.starts_with("superseded "), "{}", n[0].1);
+    assert!(
+        n[0].1
+            .ends_with(&format!(" by {} before it reached every node", &R2[..12])),
+        "{}",
+        n[0].1
+    );
+    assert_eq!(
+        &effects[2..],
+        &[
+            wake(&["a2"]),
+            timer(10_000, Event::ApplyTimedOut { batch: 0 })
+        ]
+    );
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    assert_eq!(rollout(&r).spec.revision, R2);
+    assert_eq!(
+        r.state.clusters[CLUSTER].target.as_ref().unwrap().revision,
+        R2
+    );
+    let a2 = r.assignment("a2");
+    assert_eq!(a2.revision.as_deref(), Some(R2));
+    assert_eq!(a2.generation, 4);
+    assert_eq!(a2.parameters, params(&[("hz", "30")]));
+    // a1 and b1 keep what R1 told them until R2 reaches them.
+    assert_eq!(r.assignment("a1").revision.as_deref(), Some(R1));
+    assert_eq!(r.assignment("b1").generation, 3);
+
+    // A late confirmation of R1 by a1 is taken (its outcome) but moves nothing.
+    let effects = confirm(&mut r, "a1", 2_500);
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+
+    // R2 then completes over all three nodes.
+    confirm(&mut r, "a2", 3_000);
+    r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, 3_000);
+    assert_eq!(phase(&r), Phase::Applying { batch: 1 });
+    confirm(&mut r, "a1", 4_000);
+    confirm(&mut r, "b1", 4_000);
+    let effects = core(r.timer(CLUSTER, Event::BakeElapsed { batch: 1 }, 4_000));
+    assert_eq!(phase(&r), Phase::Completed);
+    assert_eq!(notes(&effects).len(), 1);
+    for id in ["a1", "a2", "b1"] {
+        assert_eq!(r.assignment(id).parameters, params(&[("hz", "30")]), "{id}");
+        assert_eq!(r.assignment(id).revision.as_deref(), Some(R2), "{id}");
+    }
+}
+
+#[test]
+fn a_restart_mid_rollout_resumes_without_reassigning_or_skipping_a_batch() {
+    let mut r = at_batch_two();
+    confirm(&mut r, "a1", 2_000);
+    assert_eq!(phase(&r), Phase::Applying { batch: 1 });
+    let before = r.state.clone();
+
+    // The process dies; a new one loads the journal's state.
+    let text = serde_json::to_string(&r.state).unwrap();
+    drop(r);
+    let state: State = serde_json::from_str(&text).unwrap();
+    assert_eq!(json(&state), json(&before));
+    let mut r = Reconciler::new(state);
+    let effects = core(r.resume(30_000));
+    assert_eq!(
+        effects,
+        vec![timer(30_000, Event::ApplyTimedOut { batch: 1 })]
+    );
+    // The new process takes the same revision again at start.
+    let effects = core(r.revision(desired(R1, "hz: 20"), None, 0));
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(
+        json(&r.state),
+        json(&before),
+        "nothing reassigned, nothing skipped"
+    );
+    assert_eq!(phase(&r), Phase::Applying { batch: 1 });
+    for (id, generation) in [("a2", 1), ("a1", 2), ("b1", 3)] {
+        let a = r.assignment(id);
+        assert_eq!(a.revision.as_deref(), Some(R1), "{id}");
+        assert_eq!(a.generation, generation, "{id}");
+    }
+    // A tick does not start anything either.
+    assert!(core(r.tick(1_000)).is_empty());
+
+    // a1 reports again (nothing new), b1 confirms: the batch is complete.
+    assert!(confirm(&mut r, "a1", 2_000).is_empty());
+    let effects = core(confirm(&mut r, "b1", 3_000));
+    assert_eq!(
+        effects,
+        vec![
+            journal(&[&format!("cache: b1 applied {R1}")]),
+            timer(0, Event::BakeElapsed { batch: 1 }),
+        ]
+    );
+    let effects = core(r.timer(CLUSTER, Event::BakeElapsed { batch: 1 }, 3_000));
+    assert_eq!(phase(&r), Phase::Completed, "{effects:?}");
+    assert_eq!(notes(&effects).len(), 1);
+    // The timer re-armed by resume fires late and is ignored.
+    assert!(core(r.timer(CLUSTER, Event::ApplyTimedOut { batch: 1 }, 30_000)).is_empty());
+}
+
+#[test]
+fn a_restart_while_baking_or_judging_bakes_again_then_judges() {
+    // The process dies in the bake of batch 2, or while its gates were being judged.
+    for crashed_in in [Phase::Baking { batch: 1 }, Phase::Judging { batch: 1 }] {
+        let mut r = at_batch_two();
+        confirm(&mut r, "a1", 2_000);
+        confirm(&mut r, "b1", 2_000);
+        let mut state = r.state.clone();
+        state
+            .clusters
+            .get_mut(CLUSTER)
+            .unwrap()
+            .rollout
+            .as_mut()
+            .unwrap()
+            .rollout
+            .phase = crashed_in.clone();
+        let state: State = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        let mut r = Reconciler::new(state);
+        assert_eq!(
+            core(r.resume(5_000)),
+            vec![timer(5_000, Event::BakeElapsed { batch: 1 })],
+            "{crashed_in:?}"
+        );
+        assert_eq!(phase(&r), Phase::Baking { batch: 1 });
+        assert!(core(r.revision(desired(R1, "hz: 20"), None, 0)).is_empty());
+        for id in ["a1", "b1", "a2"] {
+            assert!(confirm(&mut r, id, 1_000).is_empty());
+        }
+        let effects = core(r.timer(CLUSTER, Event::BakeElapsed { batch: 1 }, 5_000));
+        assert_eq!(
+            journals(&effects),
+            vec![[
+                "cache: gates of batch 2 passed",
+                &figures(&["a1", "b1"]),
+                "cache: batch 2 passed its gates",
+                &format!("cache: {R1} reached every node"),
+            ]
+            .join("\n")]
+        );
+        assert_eq!(phase(&r), Phase::Completed, "{crashed_in:?}");
+    }
+}
+
+#[test]
+fn reports_of_unknown_or_other_nodes_are_refused() {
+    let mut r = started();
+    let state = r.state.clone();
+    let e = r
+        .report("zz", report("zz", node(&[]), None), 1_000)
+        .unwrap_err();
+    assert_eq!(e, RefusedInput::UnknownNode("zz".into()));
+    assert_eq!(
+        e.to_string(),
+        "node `zz` is not declared in any cluster of the current revision"
+    );
+    let e = r
+        .report("a1", report("a2", node(&[]), None), 1_000)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        RefusedInput::WrongNode {
+            expected: "a1".into(),
+            found: "a2".into()
+        }
+    );
+    assert_eq!(r.state, state);
+    assert!(!r.live().contains_key("zz"));
+
+    // Before any revision every node is unknown.
+    let mut fresh = Reconciler::new(State::default());
+    assert_eq!(
+        fresh
+            .report("a1", report("a1", node(&[]), None), 0)
+            .unwrap_err(),
+        RefusedInput::UnknownNode("a1".into())
+    );
+}
+
+#[test]
+fn a_refused_revision_is_journaled_and_the_head_kept() {
+    let mut r = Reconciler::new(State::default());
+    assert_eq!(
+        core(r.refuse_revision(R1, "clusters/cache.yaml:3:1: unknown field")),
+        vec![journal(&[
+            &format!(
+                "revision {} refused: clusters/cache.yaml:3:1: unknown field",
+                &R1[..12]
+            ),
+            "no revision was applied yet",
+        ])]
+    );
+
+    let mut r = started();
+    let state = r.state.clone();
+    let effects = core(r.refuse_revision(R2, "commit is not signed by a trusted signer"));
+    assert_eq!(
+        effects,
+        vec![journal(&[
+            &format!(
+                "revision {} refused: commit is not signed by a trusted signer",
+                &R2[..12]
+            ),
+            &format!("keeping revision {}", &R1[..12]),
+        ])]
+    );
+    assert_eq!(r.state, state, "nothing applied, nothing changed");
+}
+
+#[test]
+fn start_only_changes_on_direct_nodes_are_refused_not_assigned() {
+    let yaml = cluster_yaml("databases: 32", None, ROLLOUT);
+    let mut r = Reconciler::new(State::default());
+    let effects = core(r.revision(load(R1, &yaml), Some(&live(&[("databases", "16")])), 0));
+    let reason =
+        "start-only parameters on directly managed nodes, which cacheflow cannot restart: \
+                  a1 (databases); a2 (databases); b1 (databases); \
+                  manage them with an agent that has --restart-command";
+    assert_eq!(
+        journals(&effects),
+        vec![format!("cache: revision {} refused: {reason}", &R1[..12])]
+    );
+    assert_eq!(
+        notes(&effects),
+        vec![(R1, format!("refused: {reason}").as_str())]
+    );
+    assert_eq!(effects.len(), 2, "{effects:?}");
+    let cs = &r.state.clusters[CLUSTER];
+    assert!(cs.rollout.is_none());
+    assert!(cs.assignments.is_empty());
+    assert_eq!(
+        cs.refused,
+        Some(Refused {
+            revision: R1.into(),
+            digest: cs.target.as_ref().unwrap().digest.clone(),
+            reason: reason.into(),
+        })
+    );
+    assert_eq!(r.state.generation, 0);
+    for id in ["a1", "a2", "b1"] {
+        assert_eq!(r.assignment(id).revision, None, "{id}");
+    }
+    // Neither a tick nor the same revision try again.
+    assert!(core(r.tick(1_000)).is_empty());
+    assert!(
+        core(r.revision(load(R1, &yaml), Some(&live(&[("databases", "16")])), 2_000)).is_empty()
+    );
+
+    // The same change on agent-managed nodes rolls out, with restarts allowed.
+    let yaml = cluster_yaml("databases: 32", Some("agent"), ROLLOUT);
+    let mut r = Reconciler::new(State::default());
+    r.revision(load(R1, &yaml), Some(&live(&[("databases", "16")])), 0);
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    let a2 = r.assignment("a2");
+    assert_eq!(a2.parameters, params(&[("databases", "32")]));
+    assert!(a2.restart_allowed);
+    assert!(r.state.clusters[CLUSTER].refused.is_none());
+}
+
+#[test]
+fn nodes_already_running_the_target_are_assigned_without_a_rollout() {
+    let mut r = Reconciler::new(State::default());
+    let effects = core(r.revision(desired(R1, "hz: 20"), Some(&live(&[("hz", "20")])), 0));
+    assert_eq!(
+        effects,
+        vec![
+            journal(&[&format!(
+                "cache: 3 node(s) already run {}: a1, a2, b1",
+                &R1[..12]
+            )]),
+            wake(&["a1", "a2", "b1"]),
+        ]
+    );
+    assert!(r.state.clusters[CLUSTER].rollout.is_none());
+    let a = r.assignment("b1");
+    assert_eq!(a.revision.as_deref(), Some(R1));
+    assert_eq!(a.generation, 3);
+    assert!(!a.restart_allowed);
+}
+
+/// Health counters as redis reports them: hits and misses since the engine started.
+fn traffic(hits: u64, misses: u64) -> NodeLive {
+    NodeLive {
+        health: Some(Health {
+            keyspace_hits: Some(hits),
+            keyspace_misses: Some(misses),
+            hit_ratio: Some(hits as f64 / (hits + misses) as f64),
+            ops_per_sec: Some(100.0),
+            ..Health::default()
+        }),
+        ..node(&[("hz", "10")])
+    }
+}
+
+const GATED: &str =
+    "stages: [1, '100%'], bake: 60s, applyTimeout: 10s, gates: {minOpsPerSec: 10, maxHitRatioDrop: 0.05}";
+
+/// The canary's hit ratio falls from 90% to 50% during its bake while the untouched
+/// nodes stay at 90%. With `restart`, the process restarts right after the canary was
+/// assigned and the new process's clock starts at 0, as the runtime's does
+/// (`runtime::Handle::now_ms` counts from the process's start).
+fn hit_ratio_collapse(restart: bool) -> Reconciler {
+    let d = || load(R1, &cluster_yaml("hz: 20", None, GATED));
+    let before = LiveState {
+        version: crate::pure::live::LIVE_STATE_VERSION,
+        taken_at: None,
+        nodes: ["a1", "a2", "b1"]
+            .iter()
+            .map(|id| (id.to_string(), traffic(9_000, 1_000)))
+            .collect(),
+    };
+    // The old process has been up for ten minutes when it takes the revision.
+    let t0 = 600_000;
+    let mut r = Reconciler::new(State::default());
+    r.revision(d(), Some(&before), t0);
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    let mut clock = t0;
+    if restart {
+        let state: State = serde_json::from_str(&serde_json::to_string(&r.state).unwrap()).unwrap();
+        r = Reconciler::new(state);
+        r.resume(30_000);
+        // The runtime's clock is the wall clock, so time goes on across the restart
+        // (5 s of downtime here) and the journaled baseline stays comparable.
+        clock = t0 + 5_000;
+        r.revision(d(), None, clock);
+    }
+    let a = r.assignment("a2");
+    let mut canary = traffic(9_500, 1_500);
+    canary.parameters = a.parameters.clone();
+    r.report(
+        "a2",
+        report("a2", canary, Some(result(&a, Outcome::Applied, None))),
+        clock + 1_000,
+    )
+    .unwrap();
+    assert_eq!(phase(&r), Phase::Baking { batch: 0 });
+    clock += 61_000;
+    for id in ["a1", "b1"] {
+        r.report(id, report(id, traffic(9_900, 1_100), None), clock)
+            .unwrap();
+    }
+    let mut canary = traffic(9_500, 1_500);
+    canary.parameters = a.parameters.clone();
+    r.report("a2", report("a2", canary, None), clock).unwrap();
+    r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, clock);
+    r
+}
+
+const COLLAPSE: &str = "gates failed: a2: hit ratio fell from 90.0% to 50.0%, \
+                        untouched nodes 90.0% (more than 5.0%)";
+
+#[test]
+fn failed_gates_roll_the_batch_back() {
+    let r = hit_ratio_collapse(false);
+    assert_eq!(
+        phase(&r),
+        Phase::RollingBack {
+            reason: COLLAPSE.into()
+        }
+    );
+    let a2 = r.assignment("a2");
+    assert_eq!(a2.revision, Some(format!("before-{}", &R1[..12])));
+    assert_eq!(a2.parameters, params(&[("hz", "10")]));
+}
+
+#[test]
+fn gates_still_judge_the_hit_ratio_after_a_restart() {
+    // `RolloutRecord::baseline` keeps `Sample::at_ms` from the old process; the runtime
+    // feeds the core wall-clock milliseconds (a per-process clock made the window 0 s
+    // after a restart and skipped the hit-ratio gate), so the window is still right.
+    let r = hit_ratio_collapse(true);
+    assert_eq!(
+        phase(&r),
+        Phase::RollingBack {
+            reason: COLLAPSE.into()
+        }
+    );
+}
+
+#[test]
+fn a_timer_of_a_superseded_rollout_does_not_fail_the_new_one() {
+    // Timer events carry only the cluster and the batch index, and the runtime never
+    // cancels a timer; R2's rollout is also in `Applying { batch: 0 }`, so R1's late
+    // `ApplyTimedOut { batch: 0 }` fails R2 after 1 s: R2 is rolled back and, once the
+    // rollback is confirmed, refused for the cluster.
+    // R1's canary is assigned at 0 ms with a 10 s apply timeout.
+    let mut r = started();
+    let r1_run = run_of(&r);
+    // 9 s later R2 supersedes it; R2's canary gets its own 10 s.
+    let effects = core(r.revision(desired(R2, "hz: 30"), None, 9_000));
+    assert!(effects.contains(&timer(10_000, Event::ApplyTimedOut { batch: 0 })));
+    assert_eq!(rollout(&r).spec.revision, R2);
+    assert_ne!(run_of(&r), r1_run);
+    // R1's timer fires at 10 s: it was R1's, R2's canary still has 9 s.
+    let effects = core(r.timer_of(CLUSTER, Event::ApplyTimedOut { batch: 0 }, r1_run, 10_000));
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    assert!(r.state.clusters[CLUSTER].refused.is_none());
+}
+
+#[test]
+fn a_resumed_batch_gets_its_full_apply_timeout() {
+    // `rollout::step` on `Resume` re-runs the batch with a new assignment and a new
+    // `ApplyTimedOut { batch }` timer, but the first run's timer for the same batch is
+    // still pending and matches `Applying { batch }` (the same happens to a stale
+    // `BakeElapsed`, cutting a re-run bake short).
+    let mut r = started();
+    let first_run = run_of(&r);
+    core(
+        r.command(CLUSTER, Event::Pause { by: "alice".into() }, 1_000)
+            .unwrap(),
+    );
+    let effects = core(
+        r.command(CLUSTER, Event::Resume { by: "alice".into() }, 9_000)
+            .unwrap(),
+    );
+    assert!(effects.contains(&timer(10_000, Event::ApplyTimedOut { batch: 0 })));
+    assert_eq!(r.assignment("a2").generation, 2);
+    // The timer of the first run fires at 10 s: the resumed run has until 19 s.
+    let effects = core(r.timer_of(
+        CLUSTER,
+        Event::ApplyTimedOut { batch: 0 },
+        first_run,
+        10_000,
+    ));
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+}
+
+/// R1 with a deny window: Fridays from 13:00 Berlin time for 10 hours (until 23:00
+/// Berlin, 22:00 UTC in November).
+fn with_friday_window(commit: &str) -> Desired {
+    let set = FileSet {
+        commit: None,
+        files: [
+            (
+                "clusters/cache.yaml".to_owned(),
+                cluster_yaml("hz: 20", None, ROLLOUT),
+            ),
+            (
+                "cacheflow.yaml".to_owned(),
+                "apiVersion: cacheflow/v1
+kind: Settings
+metadata: {name: settings}
+spec:
+  windows:
+    - {name: no-friday-afternoon, action: deny, schedule: '0 13 * * 5', duration: 10h, timezone: Europe/Berlin}
+"
+                .to_owned(),
+            ),
+        ]
+        .into(),
+        problems: Vec::new(),
+    };
+    let mut desired = crate::pure::spec::load(&set).expect("the test repository loads");
+    desired.commit = Some(commit.to_owned());
+    desired
+}
+
+fn epoch_ms(rfc3339: &str) -> u64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .expect("a time")
+        .timestamp_millis() as u64
+}
+
+#[test]
+fn outside_the_windows_a_rollout_waits_and_starts_by_itself_when_they_open() {
+    let friday = epoch_ms("2026-11-27T12:30:00Z");
+    let mut r = Reconciler::new(State::default());
+    let effects = core(r.revision(with_friday_window(R1), Some(&live(&[("hz", "10")])), friday));
+    assert_eq!(
+        effects,
+        vec![journal(&[
+            &format!("{CLUSTER}: rollout of {R1} started, 2 batch(es)"),
+            &format!("{CLUSTER}: batch 1 of 2 waits: inside deny window `no-friday-afternoon`; opens at 2026-11-27T22:00:00Z"),
+        ])]
+    );
+    assert!(r.assignment("a2").revision.is_none(), "nothing assigned");
+    // Ticks while closed change nothing and journal nothing.
+    assert_eq!(r.tick(friday + 3_600_000), vec![]);
+    assert_eq!(r.tick(epoch_ms("2026-11-27T21:59:59Z")), vec![]);
+    // The windows and the waiting phase survive a restart through the journal's state.
+    let state: State = serde_json::from_value(json(&r.state)).expect("the state reads back");
+    assert_eq!(state, r.state);
+    let mut r = Reconciler::new(state);
+    let later = epoch_ms("2026-11-27T21:59:59Z");
+    assert_eq!(r.revision(with_friday_window(R1), None, later), vec![]);
+    assert_eq!(r.tick(later), vec![]);
+    // The window closes at 23:00 Berlin: the canary batch is assigned by itself.
+    let open = epoch_ms("2026-11-27T22:00:00Z");
+    let effects = core(r.tick(open));
+    assert_eq!(
+        journals(&effects),
+        vec![format!("{CLUSTER}: batch 1 of 2 assigned {R1}: a2")]
+    );
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    assert_eq!(r.assignment("a2").revision.as_deref(), Some(R1));
+}
+
+#[test]
+fn a_person_overrides_the_windows_with_a_reason_that_is_journaled() {
+    let friday = epoch_ms("2026-11-27T12:30:00Z");
+    let mut r = Reconciler::new(State::default());
+    r.revision(with_friday_window(R1), Some(&live(&[("hz", "10")])), friday);
+    assert!(matches!(phase(&r), Phase::Waiting { batch: 0, .. }));
+    let effects = core(
+        r.command(
+            CLUSTER,
+            Event::Override {
+                by: "alice".into(),
+                reason: "INC-42: eviction storm".into(),
+            },
+            friday + 1_000,
+        )
+        .expect("a rollout in flight"),
+    );
+    assert_eq!(
+        journals(&effects),
+        vec![[
+            format!(
+                "{CLUSTER}: rollout windows overridden by alice for {R1}: INC-42: eviction storm"
+            ),
+            format!("{CLUSTER}: batch 1 of 2 assigned {R1}: a2"),
+        ]
+        .join("\n")]
+    );
+    // Later batches of this rollout start inside the window too.
+    confirm(&mut r, "a2", friday + 2_000);
+    r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, friday + 2_000);
+    assert_eq!(phase(&r), Phase::Applying { batch: 1 });
+}
+
+#[test]
+fn after_a_start_the_first_rollout_waits_for_every_node_to_report_within_the_grace() {
+    let mut r = Reconciler::new(State::default());
+    r.report_grace_ms = 5_000;
+    r.revision(desired(R1, "hz: 20"), None, 0);
+    let hello = |r: &mut Reconciler, id: &str, now: u64| {
+        r.report(id, report(id, node(&[("hz", "10")]), None), now)
+            .expect("a declared node")
+    };
+    hello(&mut r, "a1", 100);
+    assert_eq!(r.tick(200), vec![], "a2 and b1 were not heard from yet");
+    hello(&mut r, "a2", 300);
+    hello(&mut r, "b1", 400);
+    let effects = core(r.tick(500));
+    assert_eq!(
+        journals(&effects),
+        vec![[
+            format!("{CLUSTER}: rollout of {R1} started, 2 batch(es)"),
+            format!("{CLUSTER}: batch 1 of 2 assigned {R1}: a2"),
+        ]
+        .join("\n")]
+    );
+    assert_eq!(
+        rollout(&r).spec.batches,
+        vec![
+            vec!["a2".to_owned()],
+            vec!["a1".to_owned(), "b1".to_owned()]
+        ]
+    );
+
+    // A node that stays silent holds the rollout only for the grace.
+    let mut r = Reconciler::new(State::default());
+    r.report_grace_ms = 5_000;
+    r.revision(desired(R1, "hz: 20"), None, 0);
+    hello(&mut r, "a1", 100);
+    hello(&mut r, "a2", 100);
+    assert_eq!(r.tick(4_999), vec![]);
+    r.tick(5_000);
+    assert_eq!(
+        rollout(&r).spec.batches.concat(),
+        vec!["a2".to_owned(), "a1".to_owned()]
+    );
+}
+
+/// The notices of effects: (event, summary, targets).
+fn notices(effects: &[Effect]) -> Vec<(&'static str, String, Vec<String>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Notify { notice, targets } => Some((
+                notice.event.as_str(),
+                notice.summary.clone(),
+                targets.iter().map(|t| t.name.clone()).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn notices_go_to_the_targets_subscribed_to_them_after_the_event() {
+    let settings = "apiVersion: cacheflow/v1
+kind: Settings
+metadata: {name: settings}
+spec:
+  notifications:
+    - {name: all, type: webhook, url: 'env:ALL'}
+    - {name: pager, type: slack, url: 'env:PAGER', events: [paused, revision-refused]}
+";
+    let set = FileSet {
+        commit: None,
+        files: [
+            ("cacheflow.yaml".to_owned(), settings.to_owned()),
+            (
+                "clusters/cache.yaml".to_owned(),
+                cluster_yaml("hz: 20", None, ROLLOUT),
+            ),
+        ]
+        .into(),
+        problems: Vec::new(),
+    };
+    let mut d = crate::pure::spec::load(&set).expect("loads");
+    d.commit = Some(R1.to_owned());
+    let mut r = Reconciler::new(State::default());
+    let started = r.revision(d, Some(&live(&[("hz", "10")])), 0);
+    assert_eq!(
+        notices(&started),
+        [(
+            "rollout-started",
+            "cache: rolling out 111111111111 to 3 node(s) in batches of 1, 2".to_owned(),
+            vec!["all".to_owned()]
+        )]
+    );
+    let paused = r
+        .command(CLUSTER, Event::Pause { by: "alice".into() }, 1_000)
+        .unwrap();
+    assert_eq!(
+        notices(&paused),
+        [(
+            "paused",
+            "cache: rollout of 111111111111 paused at batch 1: a person decides (resume, rollback)"
+                .to_owned(),
+            vec!["all".to_owned(), "pager".to_owned()]
+        )]
+    );
+    // Pausing again is no new pause.
+    let again = r.command(CLUSTER, Event::Pause { by: "bob".into() }, 2_000);
+    assert!(notices(&again.unwrap_or_default()).is_empty());
+    let refused = r.refuse_revision(R2, "invalid (1 error(s))");
+    assert_eq!(
+        notices(&refused),
+        [(
+            "revision-refused",
+            "revision 222222222222 refused: nothing applied".to_owned(),
+            vec!["all".to_owned(), "pager".to_owned()]
+        )]
+    );
+    // Each notice comes after the journal entry of the same input.
+    let journal_at = refused
+        .iter()
+        .position(|e| matches!(e, Effect::Journal { .. }))
+        .unwrap();
+    let notice_at = refused
+        .iter()
+        .position(|e| matches!(e, Effect::Notify { .. }))
+        .unwrap();
+    assert!(journal_at < notice_at);
+}

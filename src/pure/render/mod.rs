@@ -1,0 +1,582 @@
+//! Output for people and programs: validation results, diffs and plans as text, JSON or
+//! Markdown (a pull-request comment). JSON is the serde form of the model types, which are
+//! sorted, so it is stable byte for byte. Nothing here prints a secret: the model holds
+//! only secret references.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::pure::diff::{ChangeSet, ClusterDiff, ClusterStatus, ParamChange, Risk};
+use crate::pure::plan::Plan;
+use crate::pure::spec::model::Desired;
+use crate::pure::spec::Diagnostic;
+
+/// A short commit id for people.
+pub fn short(commit: Option<&str>) -> String {
+    match commit {
+        Some(c) => c.chars().take(12).collect(),
+        None => "the working tree".to_owned(),
+    }
+}
+
+pub fn json<T: Serialize>(value: &T) -> String {
+    // Serialising our own plain data types cannot fail; fall back to an error object anyway.
+    serde_json::to_string_pretty(value)
+        .unwrap_or_else(|e| format!("{{\"error\": \"cannot render JSON: {e}\"}}"))
+        + "\n"
+}
+
+// ---------------------------------------------------------------------------------------
+// validate
+
+#[derive(Serialize)]
+struct ValidateJson<'a> {
+    valid: bool,
+    commit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<Summary>,
+    errors: &'a [Diagnostic],
+}
+
+#[derive(Serialize)]
+struct Summary {
+    clusters: usize,
+    profiles: usize,
+    nodes: usize,
+}
+
+fn summary(d: &Desired) -> Summary {
+    Summary {
+        clusters: d.clusters.len(),
+        profiles: d.profiles.len(),
+        nodes: d.clusters.values().map(|c| c.nodes.len()).sum(),
+    }
+}
+
+pub fn validate_text(commit: Option<&str>, result: &Result<Desired, Vec<Diagnostic>>) -> String {
+    match result {
+        Ok(d) => {
+            let s = summary(d);
+            format!(
+                "valid: {} cluster{}, {} profile{}, {} node{} at {}\n",
+                s.clusters,
+                plural(s.clusters),
+                s.profiles,
+                plural(s.profiles),
+                s.nodes,
+                plural(s.nodes),
+                short(commit)
+            )
+        }
+        Err(diags) => {
+            let mut out = String::new();
+            for d in diags {
+                let _ = writeln!(out, "{d}");
+            }
+            let mut files: Vec<&str> = diags.iter().map(|d| d.file.as_str()).collect();
+            files.dedup();
+            let _ = writeln!(
+                out,
+                "invalid: {} error{} in {} file{} at {}",
+                diags.len(),
+                plural(diags.len()),
+                files.len(),
+                plural(files.len()),
+                short(commit)
+            );
+            out
+        }
+    }
+}
+
+pub fn validate_json(commit: Option<&str>, result: &Result<Desired, Vec<Diagnostic>>) -> String {
+    let (summary, errors): (Option<Summary>, &[Diagnostic]) = match result {
+        Ok(d) => (Some(summary(d)), &[]),
+        Err(e) => (None, e),
+    };
+    json(&ValidateJson {
+        valid: result.is_ok(),
+        commit,
+        summary,
+        errors,
+    })
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// diff
+
+fn value(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("(unset)")
+}
+
+fn applied(c: &ParamChange) -> &'static str {
+    match (&c.new, c.restart) {
+        (None, _) => "no longer managed: nodes keep their value",
+        (_, true) => "restart",
+        (_, false) => "run time",
+    }
+}
+
+fn status_word(s: ClusterStatus) -> &'static str {
+    match s {
+        ClusterStatus::Added => "added",
+        ClusterStatus::Removed => "removed",
+        ClusterStatus::Modified => "modified",
+    }
+}
+
+fn risk_line(r: &Risk) -> String {
+    let kind = serde_json::to_value(r.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if r.nodes.is_empty() {
+        format!("{kind}: {}", r.message)
+    } else {
+        format!("{kind}: {} [{}]", r.message, r.nodes.join(", "))
+    }
+}
+
+pub fn diff_text(cs: &ChangeSet) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "diff {} → {}",
+        short(cs.base.as_deref()),
+        short(cs.head.as_deref())
+    );
+    if cs.is_empty() {
+        out.push_str("no cluster changes\n");
+        return out;
+    }
+    for c in &cs.clusters {
+        let _ = writeln!(
+            out,
+            "\ncluster {} ({}, {}): {}",
+            c.cluster,
+            c.engine,
+            c.file,
+            status_word(c.status)
+        );
+        if !c.parameters.is_empty() {
+            out.push_str("  parameters:\n");
+            for p in &c.parameters {
+                let _ = writeln!(
+                    out,
+                    "    {}: {} → {} ({})",
+                    p.name,
+                    value(&p.old),
+                    value(&p.new),
+                    applied(p)
+                );
+            }
+        }
+        for (label, list) in [
+            ("nodes added", &c.nodes_added),
+            ("nodes removed", &c.nodes_removed),
+        ] {
+            if !list.is_empty() {
+                let _ = writeln!(out, "  {label}:");
+                for n in list.iter() {
+                    let _ = writeln!(
+                        out,
+                        "    {} ({}, shard {}, {})",
+                        n.id, n.address, n.shard, n.role
+                    );
+                }
+            }
+        }
+        for (label, list) in [
+            ("cluster", &c.cluster_fields),
+            ("node changes", &c.nodes_changed),
+            ("rollout", &c.rollout),
+        ] {
+            if !list.is_empty() {
+                let _ = writeln!(out, "  {label}:");
+                for f in list.iter() {
+                    let _ = writeln!(out, "    {}: {} → {}", f.field, f.old, f.new);
+                }
+            }
+        }
+        if !c.risks.is_empty() {
+            out.push_str("  risks:\n");
+            for r in &c.risks {
+                let _ = writeln!(out, "    ! {}", risk_line(r));
+            }
+        }
+    }
+    let risks: usize = cs.clusters.iter().map(|c| c.risks.len()).sum();
+    let _ = writeln!(
+        out,
+        "\n{} cluster{} change{}, {} risk{} flagged",
+        cs.clusters.len(),
+        plural(cs.clusters.len()),
+        if cs.clusters.len() == 1 { "s" } else { "" },
+        risks,
+        plural(risks)
+    );
+    out
+}
+
+/// Markdown-safe inline code.
+pub(crate) fn code(s: &str) -> String {
+    format!("`{}`", s.replace('`', "'").replace('|', "\\|"))
+}
+
+pub(crate) fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+pub fn diff_markdown(cs: &ChangeSet) -> String {
+    let mut out = String::new();
+    let risks: usize = cs.clusters.iter().map(|c| c.risks.len()).sum();
+    if cs.is_empty() {
+        let _ = writeln!(
+            out,
+            "### cacheflow: no cluster changes\n\n{} → {}",
+            code(&short(cs.base.as_deref())),
+            code(&short(cs.head.as_deref()))
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "### cacheflow: {} cluster{} change{}{}\n",
+        cs.clusters.len(),
+        plural(cs.clusters.len()),
+        if cs.clusters.len() == 1 { "s" } else { "" },
+        if risks > 0 {
+            format!(", ⚠️ {risks} risk{}", plural(risks))
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "{} → {}\n",
+        code(&short(cs.base.as_deref())),
+        code(&short(cs.head.as_deref()))
+    );
+    out.push_str("| cluster | status | parameters | nodes | rollout | risks |\n");
+    out.push_str("|---|---|---|---|---|---|\n");
+    for c in &cs.clusters {
+        let restarts = c.parameters.iter().filter(|p| p.restart).count();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {}{} | +{} −{} | {} | {} |",
+            code(&c.cluster),
+            status_word(c.status),
+            c.parameters.len(),
+            if restarts > 0 {
+                format!(" ({restarts} restart)")
+            } else {
+                String::new()
+            },
+            c.nodes_added.len(),
+            c.nodes_removed.len(),
+            c.rollout.len(),
+            if c.risks.is_empty() {
+                "—".to_owned()
+            } else {
+                format!("⚠️ {}", c.risks.len())
+            }
+        );
+    }
+    for c in &cs.clusters {
+        cluster_markdown(&mut out, c);
+    }
+    out
+}
+
+fn cluster_markdown(out: &mut String, c: &ClusterDiff) {
+    let _ = writeln!(
+        out,
+        "\n#### {} — {} ({}, {})\n",
+        code(&c.cluster),
+        status_word(c.status),
+        c.engine,
+        code(&c.file)
+    );
+    if !c.risks.is_empty() {
+        for r in &c.risks {
+            let _ = writeln!(out, "- ⚠️ **{}**", md_cell(&risk_line(r)));
+        }
+        out.push('\n');
+    }
+    if !c.parameters.is_empty() {
+        out.push_str("| parameter | old | new | applied |\n|---|---|---|---|\n");
+        for p in &c.parameters {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                code(&p.name),
+                code(value(&p.old)),
+                code(value(&p.new)),
+                applied(p)
+            );
+        }
+        out.push('\n');
+    }
+    if !c.nodes_added.is_empty() || !c.nodes_removed.is_empty() {
+        out.push_str("| node | change | address | shard | role |\n|---|---|---|---|---|\n");
+        for (sign, list) in [("added", &c.nodes_added), ("removed", &c.nodes_removed)] {
+            for n in list.iter() {
+                let _ = writeln!(
+                    out,
+                    "| {} | {sign} | {} | {} | {} |",
+                    code(&n.id),
+                    code(&n.address),
+                    code(&n.shard),
+                    n.role
+                );
+            }
+        }
+        out.push('\n');
+    }
+    if !c.nodes_changed.is_empty() || !c.rollout.is_empty() || !c.cluster_fields.is_empty() {
+        out.push_str("| field | old | new |\n|---|---|---|\n");
+        for f in c
+            .cluster_fields
+            .iter()
+            .chain(&c.nodes_changed)
+            .chain(&c.rollout)
+        {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                code(&f.field),
+                code(&f.old),
+                code(&f.new)
+            );
+        }
+        out.push('\n');
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// plan
+
+pub fn plan_text(p: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "plan for {}", short(p.commit.as_deref()));
+    for c in &p.clusters {
+        let _ = writeln!(
+            out,
+            "\ncluster {} ({}): {} to change, {} in sync, {} unreachable",
+            c.cluster,
+            c.engine,
+            c.nodes.len(),
+            c.in_sync.len(),
+            c.unreachable.len()
+        );
+        for n in &c.nodes {
+            let changes: Vec<String> = n
+                .changes
+                .iter()
+                .map(|ch| {
+                    format!(
+                        "{} {} → {}{}",
+                        ch.name,
+                        value(&ch.old),
+                        value(&ch.new),
+                        if ch.restart { " (restart)" } else { "" }
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} (shard {}, {}): {}",
+                n.id,
+                n.shard,
+                n.role,
+                changes.join("; ")
+            );
+        }
+        for u in &c.unreachable {
+            let _ = writeln!(out, "  {}: unreachable: {}", u.id, u.reason);
+        }
+        for r in &c.risks {
+            let _ = writeln!(out, "  ! {}", risk_line(r));
+        }
+        for s in &c.stages {
+            let _ = writeln!(
+                out,
+                "  stage {} ({}, {} node{} in all):",
+                s.index,
+                s.stage,
+                s.target,
+                plural(s.target)
+            );
+            for (j, b) in s.batches.iter().enumerate() {
+                let _ = writeln!(out, "    batch {}: {}", j + 1, b.join(", "));
+            }
+        }
+    }
+    if !p.undeclared.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nnodes in the snapshot that no cluster declares: {}",
+            p.undeclared.join(", ")
+        );
+    }
+    let changing: usize = p.clusters.iter().map(|c| c.nodes.len()).sum();
+    let unreachable: usize = p.clusters.iter().map(|c| c.unreachable.len()).sum();
+    let _ = writeln!(
+        out,
+        "\n{}",
+        if p.converged() {
+            "converged: every node matches".to_owned()
+        } else {
+            format!(
+                "{changing} node{} to change, {unreachable} unreachable",
+                plural(changing)
+            )
+        }
+    );
+    out
+}
+
+pub fn plan_markdown(p: &Plan) -> String {
+    let mut out = String::new();
+    let changing: usize = p.clusters.iter().map(|c| c.nodes.len()).sum();
+    let _ = writeln!(
+        out,
+        "### cacheflow plan for {}: {}\n",
+        code(&short(p.commit.as_deref())),
+        if p.converged() {
+            "converged".to_owned()
+        } else {
+            format!("{changing} node{} to change", plural(changing))
+        }
+    );
+    for c in p
+        .clusters
+        .iter()
+        .filter(|c| !c.nodes.is_empty() || !c.unreachable.is_empty())
+    {
+        let _ = writeln!(
+            out,
+            "#### {} ({}): {} to change, {} in sync, {} unreachable\n",
+            code(&c.cluster),
+            c.engine,
+            c.nodes.len(),
+            c.in_sync.len(),
+            c.unreachable.len()
+        );
+        for r in &c.risks {
+            let _ = writeln!(out, "- ⚠️ **{}**", md_cell(&risk_line(r)));
+        }
+        if !c.risks.is_empty() {
+            out.push('\n');
+        }
+        if !c.nodes.is_empty() {
+            out.push_str("| node | shard | role | changes |\n|---|---|---|---|\n");
+            for n in &c.nodes {
+                let changes: Vec<String> = n
+                    .changes
+                    .iter()
+                    .map(|ch| {
+                        format!(
+                            "{} {} → {}{}",
+                            code(&ch.name),
+                            code(value(&ch.old)),
+                            code(value(&ch.new)),
+                            if ch.restart { " (restart)" } else { "" }
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} |",
+                    code(&n.id),
+                    code(&n.shard),
+                    n.role,
+                    changes.join("<br>")
+                );
+            }
+            out.push('\n');
+        }
+        if !c.stages.is_empty() {
+            out.push_str("| stage | batches |\n|---|---|\n");
+            for s in &c.stages {
+                let batches: Vec<String> = s
+                    .batches
+                    .iter()
+                    .map(|b| b.iter().map(|id| code(id)).collect::<Vec<_>>().join(", "))
+                    .collect();
+                let _ = writeln!(out, "| {} | {} |", code(&s.stage), batches.join(" → "));
+            }
+            out.push('\n');
+        }
+        for u in &c.unreachable {
+            let _ = writeln!(out, "- {} unreachable: {}", code(&u.id), md_cell(&u.reason));
+        }
+    }
+    if !p.undeclared.is_empty() {
+        let ids: Vec<String> = p.undeclared.iter().map(|id| code(id)).collect();
+        let _ = writeln!(
+            out,
+            "\nNodes in the snapshot that no cluster declares: {}",
+            ids.join(", ")
+        );
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// snapshot
+
+/// A line per node: reachable or why not, version, memory and hit ratio.
+pub fn snapshot_text(state: &crate::pure::live::LiveState) -> String {
+    let mut out = String::new();
+    let mut down = 0;
+    for (id, n) in &state.nodes {
+        let cluster = n.cluster.as_deref().unwrap_or("-");
+        if !n.reachable {
+            down += 1;
+            let _ = writeln!(
+                out,
+                "{id} ({cluster}): unreachable: {}",
+                n.error.as_deref().unwrap_or("no reason given")
+            );
+            continue;
+        }
+        let h = n.health.clone().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{id} ({cluster}): {} {}, {} parameters, memory {}/{}, hit ratio {}, ping {}",
+            n.engine.map(|e| e.as_str()).unwrap_or("?"),
+            n.version.as_deref().unwrap_or("?"),
+            n.parameters.len(),
+            h.used_memory
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into()),
+            h.max_memory
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into()),
+            h.hit_ratio
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            h.latency_ms
+                .map(|v| format!("{v:.2} ms"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} node{}, {} unreachable",
+        state.nodes.len(),
+        plural(state.nodes.len()),
+        down
+    );
+    out
+}

@@ -1,0 +1,954 @@
+//! The staged rollout of one revision to one cluster, as a pure state machine:
+//! `step(state, event) -> (state, actions)`. No clock and no I/O inside: the runtime feeds
+//! it events (nodes confirming, timers firing, gate verdicts, a person's commands) and
+//! carries out the actions it returns (assign a revision to nodes, start a timer, judge the
+//! gates, write a journal entry). The same code runs under virtual time in tests, and the
+//! whole state is serialisable, so the reconciler can store it in the journal and resume.
+//!
+//! ```text
+//!             ┌──────────── node failed / apply timeout / gates failed ─────────────┐
+//!             ▼                                                                     │
+//! Begin ─► Applying(b) ── every node of b confirmed ─► Baking(b) ── bake elapsed ─► Judging(b)
+//!             ▲                                          │ promote                  │ pass
+//!             └──────────────── next batch ◄─────────────┴──────────────────────────┘
+//!  failure: on_failure = rollback → RollingBack (previous assignment to every touched
+//!           node) → RolledBack;  on_failure = pause → Paused (a person decides)
+//!  inconclusive gates → Paused;  last batch passed → Completed
+//!  a batch due while `hold` is set (outside the rollout windows) → Waiting(b);
+//!  WindowOpened or Override (with a reason, recorded) → Applying(b)
+//! ```
+//!
+//! Timer and gate events carry the batch they were started for; an event for another
+//! batch (a timer that fired after the rollout moved on) is ignored, so the runtime never
+//! has to cancel anything.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pure::spec::model::OnFailure;
+
+/// What a rollout needs to know, fixed when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    pub cluster: String,
+    /// The revision being rolled out.
+    pub revision: String,
+    /// The revision the nodes ran before, assigned back on rollback (`None`: nothing was
+    /// assigned before; a rollback then only reports).
+    pub previous: Option<String>,
+    /// Node batches in order (from `plan`): replicas first, shard limits respected.
+    pub batches: Vec<Vec<String>>,
+    pub bake_ms: u64,
+    pub apply_timeout_ms: u64,
+    pub on_failure: OnFailure,
+    /// Nodes whose change restarts the engine: a batch holding one bakes `warmup_ms`
+    /// longer, so its gates judge a warmed-up cache and the next batch waits for it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub restarting: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl RolloutSpec {
+    /// How long batch `batch` bakes once applied: the bake, plus the warm-up when one
+    /// of its nodes restarted.
+    pub fn bake_of(&self, batch: usize) -> u64 {
+        let restarts = self
+            .batches
+            .get(batch)
+            .is_some_and(|nodes| nodes.iter().any(|n| self.restarting.contains(n)));
+        if restarts {
+            self.bake_ms.saturating_add(self.warmup_ms)
+        } else {
+            self.bake_ms
+        }
+    }
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "phase")]
+pub enum Phase {
+    /// Created, not begun (waiting for a window, say).
+    Pending,
+    /// Batch `batch` was assigned; waiting for its nodes to confirm.
+    Applying {
+        batch: usize,
+    },
+    /// Batch `batch` applied; waiting out the bake time.
+    Baking {
+        batch: usize,
+    },
+    /// Waiting for the gates' verdict on batch `batch`.
+    Judging {
+        batch: usize,
+    },
+    /// Batch `batch` is due but may not start: outside the rollout windows. Goes on at
+    /// `WindowOpened` (once the windows allow it) or a person's `Override`.
+    Waiting {
+        batch: usize,
+        reason: String,
+    },
+    /// Stopped by a person or an inconclusive gate; `resume` goes back to `at`.
+    Paused {
+        batch: usize,
+        reason: String,
+    },
+    /// Assigning the previous revision back to every touched node.
+    RollingBack {
+        reason: String,
+    },
+    Completed,
+    RolledBack {
+        reason: String,
+    },
+    /// A newer revision took over; nodes keep what they have until it assigns them.
+    Superseded {
+        by: String,
+    },
+}
+
+impl Phase {
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Phase::Completed | Phase::RolledBack { .. } | Phase::Superseded { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    pub spec: RolloutSpec,
+    pub phase: Phase,
+    /// Nodes that were assigned the new revision (what a rollback must undo).
+    pub touched: BTreeSet<String>,
+    /// Nodes of the current batch that confirmed the new revision.
+    pub confirmed: BTreeSet<String>,
+    /// During a rollback: nodes still to confirm the previous revision.
+    pub restoring: BTreeSet<String>,
+    /// Why no batch may start now (outside the rollout windows), set by the caller
+    /// before each step from the time it knows; `None`: batches may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
+    /// A person overrode the windows for this rollout: who and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_override: Option<String>,
+}
+
+/// The gates' judgement of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "verdict")]
+pub enum Verdict {
+    Pass,
+    Fail {
+        reason: String,
+    },
+    /// Too little traffic to judge: a person decides.
+    Inconclusive {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "event")]
+pub enum Event {
+    Begin,
+    /// A node reported the outcome of applying `revision`.
+    NodeApplied {
+        node: String,
+        revision: String,
+        ok: bool,
+        error: Option<String>,
+    },
+    ApplyTimedOut {
+        batch: usize,
+    },
+    /// The rollback's nodes did not all confirm the previous revision in time.
+    RollbackTimedOut,
+    BakeElapsed {
+        batch: usize,
+    },
+    Gates {
+        batch: usize,
+        verdict: Verdict,
+    },
+    Pause {
+        by: String,
+    },
+    Resume {
+        by: String,
+    },
+    /// Skip the rest of the bake (and the gates) of the current batch.
+    Promote {
+        by: String,
+    },
+    Abort {
+        by: String,
+    },
+    /// The rollout windows may allow a waiting batch now (the caller has set `hold`).
+    WindowOpened,
+    /// Start batches whatever the windows say, for this rollout; `reason` is recorded.
+    Override {
+        by: String,
+        reason: String,
+    },
+    /// A newer valid revision arrived.
+    Supersede {
+        revision: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "action")]
+pub enum Action {
+    /// Give these nodes this revision's assignment.
+    Assign {
+        nodes: Vec<String>,
+        revision: String,
+    },
+    /// Fire `event` after `after_ms` (ApplyTimedOut or BakeElapsed).
+    Timer { after_ms: u64, event: Event },
+    /// Judge the gates for these nodes and answer with `Event::Gates`.
+    JudgeGates { batch: usize, nodes: Vec<String> },
+    /// Record what happened (one journal commit each).
+    Journal { message: String },
+}
+
+impl Rollout {
+    pub fn new(spec: RolloutSpec) -> Rollout {
+        Rollout {
+            spec,
+            phase: Phase::Pending,
+            touched: BTreeSet::new(),
+            confirmed: BTreeSet::new(),
+            restoring: BTreeSet::new(),
+            hold: None,
+            window_override: None,
+        }
+    }
+
+    fn batch_nodes(&self, batch: usize) -> &[String] {
+        self.spec
+            .batches
+            .get(batch)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+/// One transition. Events that do not apply in the current phase change nothing and
+/// return no action (a late timer, a node confirming twice, a resume while running).
+pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
+    let mut actions = Vec::new();
+    let journal =
+        |actions: &mut Vec<Action>, message: String| actions.push(Action::Journal { message });
+    match (&r.phase.clone(), event) {
+        (_, Event::Supersede { revision }) if !r.phase.is_final() => {
+            journal(
+                &mut actions,
+                format!(
+                    "{}: rollout of {} superseded by {revision}",
+                    r.spec.cluster, r.spec.revision
+                ),
+            );
+            r.phase = Phase::Superseded { by: revision };
+        }
+        (Phase::Pending, Event::Begin) => {
+            journal(
+                &mut actions,
+                format!(
+                    "{}: rollout of {} started, {} batch(es)",
+                    r.spec.cluster,
+                    r.spec.revision,
+                    r.spec.batches.len()
+                ),
+            );
+            start_batch(&mut r, 0, &mut actions);
+        }
+        (
+            Phase::Applying { batch },
+            Event::NodeApplied {
+                node,
+                revision,
+                ok,
+                error,
+            },
+        ) if revision == r.spec.revision && r.batch_nodes(*batch).contains(&node) => {
+            let batch = *batch;
+            if ok {
+                if r.confirmed.insert(node.clone()) {
+                    journal(
+                        &mut actions,
+                        format!("{}: {node} applied {revision}", r.spec.cluster),
+                    );
+                }
+                if r.batch_nodes(batch).iter().all(|n| r.confirmed.contains(n)) {
+                    r.phase = Phase::Baking { batch };
+                    actions.push(Action::Timer {
+                        after_ms: r.spec.bake_of(batch),
+                        event: Event::BakeElapsed { batch },
+                    });
+                }
+            } else {
+                let why = format!(
+                    "{node} failed to apply {revision}: {}",
+                    error.unwrap_or_else(|| "no reason given".to_owned())
+                );
+                fail(&mut r, batch, why, &mut actions);
+            }
+        }
+        (Phase::Applying { batch }, Event::ApplyTimedOut { batch: b }) if *batch == b => {
+            let missing: Vec<&String> = r
+                .batch_nodes(b)
+                .iter()
+                .filter(|n| !r.confirmed.contains(*n))
+                .collect();
+            let why = format!(
+                "{} did not confirm {} within {} ms",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.spec.revision,
+                r.spec.apply_timeout_ms
+            );
+            fail(&mut r, b, why, &mut actions);
+        }
+        (Phase::Baking { batch }, Event::BakeElapsed { batch: b }) if *batch == b => {
+            r.phase = Phase::Judging { batch: b };
+            actions.push(Action::JudgeGates {
+                batch: b,
+                nodes: r.batch_nodes(b).to_vec(),
+            });
+        }
+        (Phase::Judging { batch }, Event::Gates { batch: b, verdict }) if *batch == b => {
+            match verdict {
+                Verdict::Pass => {
+                    journal(
+                        &mut actions,
+                        format!("{}: batch {} passed its gates", r.spec.cluster, b + 1),
+                    );
+                    next_batch(&mut r, b, &mut actions);
+                }
+                Verdict::Fail { reason } => {
+                    fail(&mut r, b, format!("gates failed: {reason}"), &mut actions);
+                }
+                Verdict::Inconclusive { reason } => {
+                    let reason = format!("gates inconclusive: {reason}");
+                    journal(
+                        &mut actions,
+                        format!("{}: paused at batch {}: {reason}", r.spec.cluster, b + 1),
+                    );
+                    r.phase = Phase::Paused { batch: b, reason };
+                }
+            }
+        }
+        (Phase::Baking { batch } | Phase::Judging { batch }, Event::Promote { by }) => {
+            let b = *batch;
+            journal(
+                &mut actions,
+                format!("{}: batch {} promoted by {by}", r.spec.cluster, b + 1),
+            );
+            next_batch(&mut r, b, &mut actions);
+        }
+        (Phase::Paused { batch, .. }, Event::Promote { by }) => {
+            let b = *batch;
+            journal(
+                &mut actions,
+                format!("{}: batch {} promoted by {by}", r.spec.cluster, b + 1),
+            );
+            next_batch(&mut r, b, &mut actions);
+        }
+        (
+            Phase::Applying { batch }
+            | Phase::Baking { batch }
+            | Phase::Judging { batch }
+            | Phase::Waiting { batch, .. },
+            Event::Pause { by },
+        ) => {
+            let b = *batch;
+            journal(
+                &mut actions,
+                format!("{}: paused by {by} at batch {}", r.spec.cluster, b + 1),
+            );
+            r.phase = Phase::Paused {
+                batch: b,
+                reason: format!("paused by {by}"),
+            };
+        }
+        (Phase::Waiting { batch, .. }, Event::WindowOpened) => {
+            let b = *batch;
+            start_batch(&mut r, b, &mut actions);
+        }
+        (phase, Event::Override { by, reason })
+            if !phase.is_final()
+                && !matches!(phase, Phase::RollingBack { .. })
+                && r.window_override.is_none() =>
+        {
+            journal(
+                &mut actions,
+                format!(
+                    "{}: rollout windows overridden by {by} for {}: {reason}",
+                    r.spec.cluster, r.spec.revision
+                ),
+            );
+            r.window_override = Some(format!("{by}: {reason}"));
+            if let Phase::Waiting { batch, .. } = r.phase {
+                start_batch(&mut r, batch, &mut actions);
+            }
+        }
+        (Phase::Paused { batch, .. }, Event::Resume { by }) => {
+            // Resuming re-runs the batch from its assignment: nodes that already applied
+            // it confirm again at once (the agent answers an assignment it runs with no
+            // change), and the bake starts over, which is the safe side.
+            let b = *batch;
+            journal(
+                &mut actions,
+                format!("{}: resumed by {by} at batch {}", r.spec.cluster, b + 1),
+            );
+            start_batch(&mut r, b, &mut actions);
+        }
+        (phase, Event::Abort { by })
+            if !phase.is_final() && !matches!(phase, Phase::RollingBack { .. }) =>
+        {
+            rollback(&mut r, format!("aborted by {by}"), &mut actions);
+        }
+        (
+            Phase::RollingBack { reason },
+            Event::NodeApplied {
+                node, revision, ok, ..
+            },
+        ) if Some(&revision) == r.spec.previous.as_ref() && ok => {
+            let reason = reason.clone();
+            r.restoring.remove(&node);
+            if r.restoring.is_empty() {
+                journal(
+                    &mut actions,
+                    format!("{}: rolled back to {revision}", r.spec.cluster),
+                );
+                r.phase = Phase::RolledBack { reason };
+            }
+        }
+        (Phase::RollingBack { reason }, Event::RollbackTimedOut) => {
+            // A node that cannot confirm (it is down) must not hold the rollout forever;
+            // the outcome names it, so a person knows which node to look at.
+            let reason = format!(
+                "{reason}; {} did not confirm the rollback within {} ms",
+                r.restoring.iter().cloned().collect::<Vec<_>>().join(", "),
+                r.spec.apply_timeout_ms
+            );
+            journal(
+                &mut actions,
+                format!(
+                    "{}: rollback of {} incomplete: {reason}",
+                    r.spec.cluster, r.spec.revision
+                ),
+            );
+            r.phase = Phase::RolledBack { reason };
+        }
+        _ => {}
+    }
+    (r, actions)
+}
+
+fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
+    if batch >= r.spec.batches.len() {
+        actions.push(Action::Journal {
+            message: format!("{}: {} reached every node", r.spec.cluster, r.spec.revision),
+        });
+        r.phase = Phase::Completed;
+        return;
+    }
+    if let (Some(reason), None) = (&r.hold, &r.window_override) {
+        // Journaled once when the wait begins, not at every check that finds it closed.
+        if !matches!(&r.phase, Phase::Waiting { batch: b, .. } if *b == batch) {
+            actions.push(Action::Journal {
+                message: format!(
+                    "{}: batch {} of {} waits: {reason}",
+                    r.spec.cluster,
+                    batch + 1,
+                    r.spec.batches.len()
+                ),
+            });
+        }
+        r.phase = Phase::Waiting {
+            batch,
+            reason: reason.clone(),
+        };
+        return;
+    }
+    let nodes = r.batch_nodes(batch).to_vec();
+    r.confirmed.clear();
+    r.touched.extend(nodes.iter().cloned());
+    r.phase = Phase::Applying { batch };
+    actions.push(Action::Journal {
+        message: format!(
+            "{}: batch {} of {} assigned {}: {}",
+            r.spec.cluster,
+            batch + 1,
+            r.spec.batches.len(),
+            r.spec.revision,
+            nodes.join(", ")
+        ),
+    });
+    actions.push(Action::Assign {
+        nodes,
+        revision: r.spec.revision.clone(),
+    });
+    actions.push(Action::Timer {
+        after_ms: r.spec.apply_timeout_ms,
+        event: Event::ApplyTimedOut { batch },
+    });
+}
+
+fn next_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
+    start_batch(r, batch + 1, actions);
+}
+
+fn fail(r: &mut Rollout, batch: usize, why: String, actions: &mut Vec<Action>) {
+    match r.spec.on_failure {
+        OnFailure::Rollback => rollback(r, why, actions),
+        OnFailure::Pause => {
+            actions.push(Action::Journal {
+                message: format!("{}: paused at batch {}: {why}", r.spec.cluster, batch + 1),
+            });
+            r.phase = Phase::Paused { batch, reason: why };
+        }
+    }
+}
+
+fn rollback(r: &mut Rollout, reason: String, actions: &mut Vec<Action>) {
+    actions.push(Action::Journal {
+        message: format!(
+            "{}: rolling back {}: {reason}",
+            r.spec.cluster, r.spec.revision
+        ),
+    });
+    match (&r.spec.previous, r.touched.is_empty()) {
+        (Some(previous), false) => {
+            r.restoring = r.touched.clone();
+            actions.push(Action::Assign {
+                nodes: r.touched.iter().cloned().collect(),
+                revision: previous.clone(),
+            });
+            actions.push(Action::Timer {
+                after_ms: r.spec.apply_timeout_ms,
+                event: Event::RollbackTimedOut,
+            });
+            r.phase = Phase::RollingBack { reason };
+        }
+        _ => {
+            r.phase = Phase::RolledBack { reason };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(on_failure: OnFailure) -> RolloutSpec {
+        RolloutSpec {
+            cluster: "c".into(),
+            revision: "new".into(),
+            previous: Some("old".into()),
+            batches: vec![vec!["a".into()], vec!["b".into(), "c".into()]],
+            bake_ms: 1000,
+            apply_timeout_ms: 5000,
+            on_failure,
+            restarting: BTreeSet::new(),
+            warmup_ms: 0,
+        }
+    }
+
+    fn applied(node: &str, revision: &str) -> Event {
+        Event::NodeApplied {
+            node: node.into(),
+            revision: revision.into(),
+            ok: true,
+            error: None,
+        }
+    }
+
+    fn assigns(actions: &[Action]) -> Vec<(Vec<String>, String)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Assign { nodes, revision } => Some((nodes.clone(), revision.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Feed events in order; every action list, flattened.
+    fn run(mut r: Rollout, events: Vec<Event>) -> (Rollout, Vec<Action>) {
+        let mut all = Vec::new();
+        for e in events {
+            let (next, actions) = step(r, e);
+            r = next;
+            all.extend(actions);
+        }
+        (r, all)
+    }
+
+    #[test]
+    fn a_clean_rollout_goes_batch_by_batch_to_completed() {
+        let (r, actions) = run(
+            Rollout::new(spec(OnFailure::Rollback)),
+            vec![
+                Event::Begin,
+                applied("a", "new"),
+                Event::BakeElapsed { batch: 0 },
+                Event::Gates {
+                    batch: 0,
+                    verdict: Verdict::Pass,
+                },
+                applied("b", "new"),
+                applied("c", "new"),
+                Event::BakeElapsed { batch: 1 },
+                Event::Gates {
+                    batch: 1,
+                    verdict: Verdict::Pass,
+                },
+            ],
+        );
+        assert_eq!(r.phase, Phase::Completed);
+        assert_eq!(
+            assigns(&actions),
+            vec![
+                (vec!["a".to_owned()], "new".to_owned()),
+                (vec!["b".to_owned(), "c".to_owned()], "new".to_owned())
+            ]
+        );
+        assert!(actions.contains(&Action::JudgeGates {
+            batch: 1,
+            nodes: vec!["b".into(), "c".into()]
+        }));
+    }
+
+    #[test]
+    fn outside_the_windows_a_batch_waits_and_goes_on_when_they_open_or_on_override() {
+        let mut r = Rollout::new(spec(OnFailure::Rollback));
+        r.hold = Some("inside deny window `fri`".into());
+        let (mut r, actions) = run(r, vec![Event::Begin]);
+        assert_eq!(
+            r.phase,
+            Phase::Waiting {
+                batch: 0,
+                reason: "inside deny window `fri`".into()
+            }
+        );
+        assert!(assigns(&actions).is_empty());
+        assert!(actions.contains(&Action::Journal {
+            message: "c: batch 1 of 2 waits: inside deny window `fri`".into()
+        }));
+        // Still closed: nothing happens and nothing is journaled again.
+        let (r2, again) = step(r.clone(), Event::WindowOpened);
+        assert_eq!((r2.phase.clone(), again), (r.phase.clone(), vec![]));
+        // Open: batch 1 starts; a later batch due while closed waits again.
+        r.hold = None;
+        let (mut r, actions) = run(
+            r,
+            vec![
+                Event::WindowOpened,
+                applied("a", "new"),
+                Event::BakeElapsed { batch: 0 },
+            ],
+        );
+        assert_eq!(
+            assigns(&actions),
+            vec![(vec!["a".to_owned()], "new".to_owned())]
+        );
+        r.hold = Some("outside allow window(s) `day`".into());
+        let (r, _) = step(
+            r,
+            Event::Gates {
+                batch: 0,
+                verdict: Verdict::Pass,
+            },
+        );
+        assert!(matches!(r.phase, Phase::Waiting { batch: 1, .. }));
+        // A person overrides with a reason: recorded, and the batch starts.
+        let (r, actions) = step(
+            r,
+            Event::Override {
+                by: "alice".into(),
+                reason: "INC-42 hotfix".into(),
+            },
+        );
+        assert_eq!(r.phase, Phase::Applying { batch: 1 });
+        assert_eq!(r.window_override.as_deref(), Some("alice: INC-42 hotfix"));
+        assert_eq!(
+            actions[0],
+            Action::Journal {
+                message: "c: rollout windows overridden by alice for new: INC-42 hotfix".into()
+            }
+        );
+        assert_eq!(
+            assigns(&actions),
+            vec![(vec!["b".to_owned(), "c".to_owned()], "new".to_owned())]
+        );
+    }
+
+    #[test]
+    fn the_bake_starts_only_when_the_whole_batch_confirmed() {
+        let (r, actions) = run(
+            Rollout::new(spec(OnFailure::Rollback)),
+            vec![
+                Event::Begin,
+                applied("a", "new"),
+                Event::BakeElapsed { batch: 0 },
+                Event::Gates {
+                    batch: 0,
+                    verdict: Verdict::Pass,
+                },
+                applied("b", "new"),
+                // A late timer of batch 0 and a confirmation of another revision: ignored.
+                Event::BakeElapsed { batch: 0 },
+                applied("c", "old"),
+            ],
+        );
+        assert_eq!(r.phase, Phase::Applying { batch: 1 });
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::JudgeGates { .. }))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_batch_with_a_restart_bakes_for_the_warm_up_too() {
+        let mut spec = spec(OnFailure::Rollback);
+        spec.warmup_ms = 30_000;
+        spec.restarting = BTreeSet::from(["c".to_owned()]);
+        let bakes = |events: Vec<Event>| -> Vec<u64> {
+            run(Rollout::new(spec.clone()), events)
+                .1
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Timer {
+                        after_ms,
+                        event: Event::BakeElapsed { .. },
+                    } => Some(*after_ms),
+                    _ => None,
+                })
+                .collect()
+        };
+        let events = vec![
+            Event::Begin,
+            applied("a", "new"),
+            Event::BakeElapsed { batch: 0 },
+            Event::Gates {
+                batch: 0,
+                verdict: Verdict::Pass,
+            },
+            applied("b", "new"),
+            applied("c", "new"),
+        ];
+        // Batch 0 (a) restarts nothing; batch 1 holds c, which restarts.
+        assert_eq!(bakes(events), vec![1000, 31_000]);
+    }
+
+    #[test]
+    fn a_failed_gate_rolls_every_touched_node_back() {
+        let (r, actions) = run(
+            Rollout::new(spec(OnFailure::Rollback)),
+            vec![
+                Event::Begin,
+                applied("a", "new"),
+                Event::BakeElapsed { batch: 0 },
+                Event::Gates {
+                    batch: 0,
+                    verdict: Verdict::Pass,
+                },
+                applied("b", "new"),
+                applied("c", "new"),
+                Event::BakeElapsed { batch: 1 },
+                Event::Gates {
+                    batch: 1,
+                    verdict: Verdict::Fail {
+                        reason: "hit ratio of b fell 30%".into(),
+                    },
+                },
+            ],
+        );
+        assert_eq!(
+            r.phase,
+            Phase::RollingBack {
+                reason: "gates failed: hit ratio of b fell 30%".into()
+            }
+        );
+        assert_eq!(
+            assigns(&actions).last().unwrap(),
+            &(
+                vec!["a".to_owned(), "b".to_owned(), "c".to_owned()],
+                "old".to_owned()
+            )
+        );
+        let (r, _) = run(r, vec![applied("a", "old"), applied("b", "old")]);
+        assert!(matches!(r.phase, Phase::RollingBack { .. }));
+        let (r, actions) = run(r, vec![applied("c", "old")]);
+        assert_eq!(
+            r.phase,
+            Phase::RolledBack {
+                reason: "gates failed: hit ratio of b fell 30%".into()
+            }
+        );
+        assert!(actions.contains(&Action::Journal {
+            message: "c: rolled back to old".into()
+        }));
+    }
+
+    #[test]
+    fn a_rollback_a_dead_node_cannot_confirm_ends_after_the_apply_timeout() {
+        let (r, actions) = run(
+            Rollout::new(spec(OnFailure::Rollback)),
+            vec![
+                Event::Begin,
+                applied("a", "new"),
+                Event::BakeElapsed { batch: 0 },
+                Event::Gates {
+                    batch: 0,
+                    verdict: Verdict::Fail {
+                        reason: "a is down".into(),
+                    },
+                },
+            ],
+        );
+        assert!(actions.contains(&Action::Timer {
+            after_ms: 5000,
+            event: Event::RollbackTimedOut
+        }));
+        let (r, _) = run(r, vec![Event::RollbackTimedOut]);
+        assert_eq!(
+            r.phase,
+            Phase::RolledBack {
+                reason: "gates failed: a is down; a did not confirm the rollback within 5000 ms"
+                    .into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_node_that_fails_or_times_out_fails_the_batch() {
+        let failing = Event::NodeApplied {
+            node: "a".into(),
+            revision: "new".into(),
+            ok: false,
+            error: Some("`maxmemory-policy` refused".into()),
+        };
+        let (r, _) = run(
+            Rollout::new(spec(OnFailure::Pause)),
+            vec![Event::Begin, failing],
+        );
+        assert_eq!(
+            r.phase,
+            Phase::Paused {
+                batch: 0,
+                reason: "a failed to apply new: `maxmemory-policy` refused".into()
+            }
+        );
+        let (r, _) = run(
+            Rollout::new(spec(OnFailure::Rollback)),
+            vec![Event::Begin, Event::ApplyTimedOut { batch: 0 }],
+        );
+        assert_eq!(
+            r.phase,
+            Phase::RollingBack {
+                reason: "a did not confirm new within 5000 ms".into()
+            }
+        );
+    }
+
+    #[test]
+    fn inconclusive_gates_pause_and_a_person_resumes_or_promotes() {
+        let (r, _) = run(
+            Rollout::new(spec(OnFailure::Rollback)),
+            vec![
+                Event::Begin,
+                applied("a", "new"),
+                Event::BakeElapsed { batch: 0 },
+                Event::Gates {
+                    batch: 0,
+                    verdict: Verdict::Inconclusive {
+                        reason: "3 ops/s".into(),
+                    },
+                },
+            ],
+        );
+        assert_eq!(
+            r.phase,
+            Phase::Paused {
+                batch: 0,
+                reason: "gates inconclusive: 3 ops/s".into()
+            }
+        );
+        let (promoted, actions) = run(r.clone(), vec![Event::Promote { by: "alice".into() }]);
+        assert_eq!(promoted.phase, Phase::Applying { batch: 1 });
+        assert!(actions.contains(&Action::Journal {
+            message: "c: batch 1 promoted by alice".into()
+        }));
+        let (resumed, actions) = run(r, vec![Event::Resume { by: "bob".into() }]);
+        assert_eq!(resumed.phase, Phase::Applying { batch: 0 });
+        assert_eq!(
+            assigns(&actions),
+            vec![(vec!["a".to_owned()], "new".to_owned())]
+        );
+    }
+
+    #[test]
+    fn abort_and_supersede_end_a_rollout_in_flight() {
+        let (r, actions) = run(
+            Rollout::new(spec(OnFailure::Pause)),
+            vec![Event::Begin, Event::Abort { by: "carol".into() }],
+        );
+        assert_eq!(
+            r.phase,
+            Phase::RollingBack {
+                reason: "aborted by carol".into()
+            }
+        );
+        assert_eq!(
+            assigns(&actions).last().unwrap(),
+            &(vec!["a".to_owned()], "old".to_owned())
+        );
+        let (r, _) = run(
+            Rollout::new(spec(OnFailure::Rollback)),
+            vec![
+                Event::Begin,
+                Event::Supersede {
+                    revision: "newer".into(),
+                },
+                applied("a", "new"),
+            ],
+        );
+        assert_eq!(r.phase, Phase::Superseded { by: "newer".into() });
+        // Final states take no more events.
+        let (same, actions) = step(r.clone(), Event::Resume { by: "x".into() });
+        assert_eq!(same, r);
+        assert!(actions.is_empty());
+    }
+
+    #[test]
+    fn the_state_round_trips_through_json_for_the_journal() {
+        let (r, _) = run(
+            Rollout::new(spec(OnFailure::Rollback)),
+            vec![Event::Begin, applied("a", "new")],
+        );
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Rollout = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.phase, Phase::Baking { batch: 0 });
+    }
+}

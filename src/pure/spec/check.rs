@@ -1,0 +1,862 @@
+//! Semantic checks a schema cannot express, and the building of the validated model:
+//! kinds in their directories, names matching files, profiles that resolve, engine
+//! parameters that exist and fit, unique node ids and addresses, one primary per shard,
+//! stages that grow to 100%, durations that parse, and the repository's policies.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::model::{
+    Cluster, Gates, Managed, Millis, Node, Param, Profile, Role, RolloutPolicy, Settings, Stage,
+};
+use super::raw::{self, Kind, RawStage};
+use super::{file_level, schema, Diagnostic, Parsed, Source};
+use crate::pure::catalog::{self, Engine};
+
+/// A compiled repository policy.
+pub(crate) struct Policy {
+    path: String,
+    title: String,
+    validator: jsonschema::Validator,
+}
+
+/// Compile `policies/*.schema.json`; a broken policy is an error of its file.
+pub(super) fn compile_policies(
+    files: &[(&String, &String)],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Policy> {
+    let mut out = Vec::new();
+    for (path, text) in files {
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                let (line, column, message) = crate::pure::spec::json_error_position(text, &e);
+                diags.push(Diagnostic {
+                    file: path.to_string(),
+                    line,
+                    column,
+                    message: format!("not valid JSON: {message}"),
+                    pointer: String::new(),
+                });
+                continue;
+            }
+        };
+        match schema::compile_policy(&value) {
+            Ok(validator) => {
+                let title = value
+                    .get("title")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| path.to_string());
+                out.push(Policy {
+                    path: path.to_string(),
+                    title,
+                    validator,
+                });
+            }
+            Err(e) => diags.push(file_level(path, format!("not a valid JSON Schema: {e}"))),
+        }
+    }
+    out
+}
+
+/// The diagnostics of one pass.
+#[derive(Default)]
+struct Ctx {
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx {
+    fn at(&mut self, p: &Parsed, pointer: &str, message: impl Into<String>) {
+        self.diags.push(p.src.diag(pointer, false, message));
+    }
+    fn at_key(&mut self, p: &Parsed, pointer: &str, message: impl Into<String>) {
+        self.diags.push(p.src.diag(pointer, true, message));
+    }
+}
+
+fn expected_kind(path: &str) -> Kind {
+    if path.starts_with("profiles/") {
+        Kind::Profile
+    } else if path.starts_with("clusters/") {
+        Kind::Cluster
+    } else {
+        Kind::Settings
+    }
+}
+
+fn stem(path: &str) -> &str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.strip_suffix(".yaml")
+        .or_else(|| file.strip_suffix(".yml"))
+        .unwrap_or(file)
+}
+
+fn spec_of<T: for<'de> Deserialize<'de>>(ctx: &mut Ctx, p: &Parsed) -> Option<T> {
+    match T::deserialize(p.value.get("spec").unwrap_or(&Value::Null)) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            ctx.at(p, "/spec", format!("unexpected spec shape: {e}"));
+            None
+        }
+    }
+}
+
+/// Settings and profiles: what every cluster depends on.
+pub(crate) struct Shared {
+    pub settings: Settings,
+    pub profiles: BTreeMap<String, Profile>,
+    /// The parameters of each profile as written, for policies (which see YAML types).
+    profile_raw: HashMap<String, BTreeMap<String, Value>>,
+    /// Profiles that exist but are broken: a cluster naming one is not told "not found".
+    broken_profiles: HashSet<String>,
+}
+
+/// Is `kind` the one `p`'s directory holds? Reports the error when not.
+fn in_its_place(ctx: &mut Ctx, p: &Parsed) -> bool {
+    let expected = expected_kind(p.src.path());
+    if p.kind != expected {
+        let place = match expected {
+            Kind::Settings => "cacheflow.yaml holds the Settings",
+            Kind::Profile => "files under profiles/ hold Profiles",
+            Kind::Cluster => "files under clusters/ hold Clusters",
+        };
+        ctx.at(
+            p,
+            "/kind",
+            format!("kind `{}` in the wrong place: {place}", p.kind.as_str()),
+        );
+        return false;
+    }
+    if expected == Kind::Profile && p.src.path().matches('/').count() > 1 {
+        ctx.at(
+            p,
+            "/metadata/name",
+            format!(
+                "profiles live directly in profiles/: move this file to profiles/{}.yaml",
+                stem(p.src.path())
+            ),
+        );
+        return false;
+    }
+    if expected != Kind::Settings && p.metadata.name != stem(p.src.path()) {
+        ctx.at(
+            p,
+            "/metadata/name",
+            format!(
+                "name `{}` must match the file name `{}`",
+                p.metadata.name,
+                stem(p.src.path())
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+/// Check Settings and profiles; `failed` holds the paths that did not parse.
+pub(super) fn shared(
+    parsed: Vec<Parsed>,
+    failed: &HashSet<&str>,
+    diags: &mut Vec<Diagnostic>,
+) -> Shared {
+    let mut ctx = Ctx::default();
+    let mut out = Shared {
+        settings: Settings::default(),
+        profiles: BTreeMap::new(),
+        profile_raw: HashMap::new(),
+        broken_profiles: HashSet::new(),
+    };
+    for path in failed {
+        if let Some(rest) = path.strip_prefix("profiles/") {
+            out.broken_profiles.insert(stem(rest).to_owned());
+        }
+    }
+    let mut profile_files: HashMap<String, String> = HashMap::new();
+    for p in &parsed {
+        if !in_its_place(&mut ctx, p) {
+            if p.src.path().starts_with("profiles/") {
+                out.broken_profiles.insert(stem(p.src.path()).to_owned());
+            }
+            continue;
+        }
+        if p.kind == Kind::Settings {
+            out.settings = settings(&mut ctx, p);
+            continue;
+        }
+        let name = p.metadata.name.clone();
+        if let Some(first) = profile_files.get(&name) {
+            ctx.at(
+                p,
+                "/metadata/name",
+                format!("profile `{name}` is also defined in {first}"),
+            );
+            continue;
+        }
+        profile_files.insert(name.clone(), p.src.path().to_owned());
+        let Some(spec) = spec_of::<raw::ProfileSpec>(&mut ctx, p) else {
+            out.broken_profiles.insert(name);
+            continue;
+        };
+        let parameters = parameters(&mut ctx, p, spec.engine, &spec.parameters, Some(&name));
+        out.profile_raw.insert(name.clone(), spec.parameters);
+        out.profiles.insert(
+            name.clone(),
+            Profile {
+                name,
+                file: p.src.path().to_owned(),
+                engine: spec.engine,
+                parameters,
+            },
+        );
+    }
+    diags.extend(ctx.diags);
+    out
+}
+
+/// One cluster file, checked on its own: what `across_files` needs next.
+pub(crate) struct ClusterOut<'a> {
+    path: String,
+    src: Option<Source<'a>>,
+    cluster: Option<Cluster>,
+    /// (id, address as written) in file order, for uniqueness across files.
+    node_keys: Vec<(String, String)>,
+    diags: Vec<Diagnostic>,
+}
+
+impl ClusterOut<'_> {
+    pub(super) fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// Parse, check and build one cluster: schema, its profile, parameters, nodes, rollout
+/// policy and the repository's policies. Runs in parallel with the other cluster files.
+pub(super) fn cluster_file<'a>(
+    path: Cow<'a, str>,
+    text: Cow<'a, str>,
+    shared: &Shared,
+    policies: &[Policy],
+) -> ClusterOut<'a> {
+    let shown = path.to_string();
+    let mut p = match super::parse_file(path, text) {
+        Ok(p) => p,
+        Err(diags) => {
+            return ClusterOut {
+                path: shown,
+                src: None,
+                cluster: None,
+                node_keys: Vec::new(),
+                diags,
+            }
+        }
+    };
+    let mut ctx = Ctx::default();
+    let cluster = build_cluster(&mut ctx, &mut p, shared, policies);
+    let node_keys = cluster
+        .as_ref()
+        .map(|_| {
+            p.value
+                .pointer("/spec/nodes")
+                .and_then(Value::as_array)
+                .map(|nodes| {
+                    nodes
+                        .iter()
+                        .map(|n| {
+                            let field = |k: &str| {
+                                n.get(k)
+                                    .and_then(Value::as_str)
+                                    .unwrap_or_default()
+                                    .to_owned()
+                            };
+                            (field("id"), field("address"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    ClusterOut {
+        path: shown,
+        src: Some(p.src),
+        cluster,
+        node_keys,
+        diags: ctx.diags,
+    }
+}
+
+fn build_cluster(
+    ctx: &mut Ctx,
+    p: &mut Parsed,
+    shared: &Shared,
+    policies: &[Policy],
+) -> Option<Cluster> {
+    if !in_its_place(ctx, p) {
+        return None;
+    }
+    let name = p.metadata.name.clone();
+    let spec = spec_of::<raw::ClusterSpec>(ctx, p)?;
+
+    // Profile first, cluster overrides on top.
+    let mut params: BTreeMap<String, Param> = BTreeMap::new();
+    let mut raw_params: serde_json::Map<String, Value> = serde_json::Map::new();
+    // A cluster whose profile is broken is not held to policies: its parameters are
+    // unknown, and the profile's own errors say what to fix.
+    let mut profile_broken = false;
+    if let Some(profile_name) = &spec.profile {
+        match shared.profiles.get(profile_name) {
+            Some(profile) if profile.engine != spec.engine => ctx.at(
+                p,
+                "/spec/profile",
+                format!(
+                    "profile `{profile_name}` is for {}, this cluster runs {}",
+                    profile.engine, spec.engine
+                ),
+            ),
+            Some(profile) => {
+                params.extend(profile.parameters.clone());
+                if let Some(raw) = shared.profile_raw.get(profile_name) {
+                    raw_params.extend(raw.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+            None if shared.broken_profiles.contains(profile_name) => profile_broken = true,
+            None => ctx.at(
+                p,
+                "/spec/profile",
+                format!(
+                    "profile `{profile_name}` not found (expected profiles/{profile_name}.yaml)"
+                ),
+            ),
+        }
+    }
+    params.extend(parameters(ctx, p, spec.engine, &spec.parameters, None));
+    for (k, v) in &spec.parameters {
+        raw_params.insert(k.clone(), v.clone());
+    }
+    let nodes = nodes(ctx, p, &spec);
+    let rollout = rollout(
+        ctx,
+        p,
+        "/spec/rollout",
+        &shared.settings.rollout_defaults,
+        spec.rollout.as_ref(),
+    );
+
+    if !policies.is_empty() && !profile_broken {
+        // The policies see the cluster with its profile merged in. The tree is ours and
+        // read for nothing else, so the parameters are replaced in place.
+        let mut doc = std::mem::take(&mut p.value);
+        if let Some(spec_obj) = doc.get_mut("spec").and_then(Value::as_object_mut) {
+            spec_obj.insert("parameters".into(), Value::Object(raw_params));
+        }
+        for policy in policies {
+            for f in schema::findings(&policy.validator, &doc) {
+                apply_policy_finding(ctx, p, &spec, policy, f);
+            }
+        }
+        p.value = doc;
+    }
+
+    Some(Cluster {
+        name,
+        file: p.src.path().to_owned(),
+        labels: p.metadata.labels.clone(),
+        engine: spec.engine,
+        version: spec.version.clone(),
+        profile: spec.profile.clone(),
+        parameters: params,
+        auth: spec.auth.clone(),
+        nodes,
+        rollout,
+    })
+}
+
+fn apply_policy_finding(
+    ctx: &mut Ctx,
+    p: &Parsed,
+    spec: &raw::ClusterSpec,
+    policy: &Policy,
+    f: schema::Finding,
+) {
+    let inherited = f
+        .pointer
+        .strip_prefix("/spec/parameters/")
+        .map(|rest| rest.split('/').next().unwrap_or(rest))
+        .filter(|param| !spec.parameters.contains_key(*param))
+        .and(spec.profile.as_deref());
+    let name = if policy.title == policy.path {
+        format!("`{}`", policy.path)
+    } else {
+        format!("`{}` ({})", policy.title, policy.path)
+    };
+    let message = format!(
+        "violates policy {name}: {}{}",
+        f.message,
+        inherited
+            .map(|prof| format!(" (inherited from profile `{prof}`)"))
+            .unwrap_or_default()
+    );
+    if inherited.is_some() {
+        ctx.diags.push(Diagnostic {
+            pointer: f.pointer.clone(),
+            ..p.src.diag("/spec/profile", false, message)
+        });
+    } else if f.at_key {
+        ctx.at_key(p, &f.pointer, message);
+    } else {
+        ctx.at(p, &f.pointer, message);
+    }
+}
+
+/// The checks across files, in path order: cluster names, node ids and addresses are
+/// unique in the repository. The first use wins; later ones are errors.
+pub(super) fn across_files(
+    outs: Vec<ClusterOut>,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, Cluster> {
+    let mut clusters: BTreeMap<String, Cluster> = BTreeMap::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    // id / lower-case address → (index into outs, index of the node in its file).
+    let mut ids: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut addresses: HashMap<String, (usize, usize)> = HashMap::new();
+    for (i, out) in outs.iter().enumerate() {
+        diags.extend(out.diags.iter().cloned());
+        let (Some(src), Some(cluster)) = (&out.src, &out.cluster) else {
+            continue;
+        };
+        if let Some(&first) = names.get(&cluster.name) {
+            let first_path = outs[first]
+                .src
+                .as_ref()
+                .map(|s| s.path().to_owned())
+                .unwrap_or_default();
+            diags.push(src.diag(
+                "/metadata/name",
+                false,
+                format!("cluster `{}` is also defined in {first_path}", cluster.name),
+            ));
+            continue;
+        }
+        names.insert(cluster.name.clone(), i);
+        for (k, (id, address)) in out.node_keys.iter().enumerate() {
+            let at = |field: &str| format!("/spec/nodes/{k}/{field}");
+            let first_at = |(j, n): (usize, usize), field: &str| match &outs[j].src {
+                Some(s) => format!(
+                    "{}:{}",
+                    s.path(),
+                    s.line_of(&format!("/spec/nodes/{n}/{field}"))
+                ),
+                None => String::new(),
+            };
+            if let Some(&first) = ids.get(id) {
+                diags.push(src.diag(
+                    &at("id"),
+                    false,
+                    format!(
+                        "node id `{id}` is already used at {}",
+                        first_at(first, "id")
+                    ),
+                ));
+            } else {
+                ids.insert(id.clone(), (i, k));
+            }
+            let key = address.to_ascii_lowercase();
+            if let Some(&first) = addresses.get(&key) {
+                diags.push(src.diag(
+                    &at("address"),
+                    false,
+                    format!(
+                        "address `{address}` is already used at {}",
+                        first_at(first, "address")
+                    ),
+                ));
+            } else {
+                addresses.insert(key, (i, k));
+            }
+        }
+    }
+    for (i, out) in outs.into_iter().enumerate() {
+        // Only the first definition of a name is kept.
+        if let Some(c) = out.cluster.filter(|c| names.get(&c.name) == Some(&i)) {
+            clusters.insert(c.name.clone(), c);
+        }
+    }
+    clusters
+}
+
+fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
+    let Some(spec) = spec_of::<raw::SettingsSpec>(ctx, p) else {
+        return Settings::default();
+    };
+    let rollout_defaults = rollout(
+        ctx,
+        p,
+        "/spec/rolloutDefaults",
+        &RolloutPolicy::default(),
+        spec.rollout_defaults.as_ref(),
+    );
+    for (i, w) in spec.windows.iter().enumerate() {
+        let base = format!("/spec/windows/{i}");
+        check_cron(ctx, p, &format!("{base}/schedule"), &w.schedule, &[5]);
+        if let Err(e) = crate::pure::windows::parse_zone(w.timezone.as_deref()) {
+            ctx.at(p, &format!("{base}/timezone"), e);
+        }
+        match catalog::parse_duration_micros(&w.duration) {
+            Some(0) => ctx.at(
+                p,
+                &format!("{base}/duration"),
+                "a window must last longer than 0s",
+            ),
+            Some(_) => {}
+            None => ctx.at(
+                p,
+                &format!("{base}/duration"),
+                format!("`{}` is not a duration", w.duration),
+            ),
+        }
+    }
+    if let Some(schedule) = &spec.drift.schedule {
+        check_cron(ctx, p, "/spec/drift/schedule", schedule, &[5, 6]);
+    }
+    if let Err(e) = crate::pure::windows::parse_zone(spec.drift.timezone.as_deref()) {
+        ctx.at(p, "/spec/drift/timezone", e);
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in spec.notifications.iter().enumerate() {
+        if names.insert(&n.name, i).is_some() {
+            ctx.at(
+                p,
+                &format!("/spec/notifications/{i}/name"),
+                format!("notification `{}` is defined twice", n.name),
+            );
+        }
+    }
+    for (i, target) in spec.drift.notify.iter().enumerate() {
+        if !names.contains_key(target.as_str()) {
+            ctx.at(
+                p,
+                &format!("/spec/drift/notify/{i}"),
+                format!("no notification named `{target}` in spec.notifications"),
+            );
+        }
+    }
+    if spec.trust.require_signed_head && spec.trust.signers.is_empty() {
+        ctx.at(
+            p,
+            "/spec/trust/requireSignedHead",
+            "requireSignedHead needs at least one entry in trust.signers",
+        );
+    }
+    for (i, s) in spec.trust.signers.iter().enumerate() {
+        for (field, message) in
+            crate::edges::trust::check_signer_keys(s.ssh.as_deref(), s.openpgp.as_deref())
+        {
+            ctx.at(p, &format!("/spec/trust/signers/{i}/{field}"), message);
+        }
+    }
+    Settings {
+        file: Some(p.src.path().to_owned()),
+        rollout_defaults,
+        windows: spec.windows,
+        drift: spec.drift,
+        notifications: spec.notifications,
+        trust: spec.trust,
+    }
+}
+
+/// A crontab expression the scheduler can run (`schedule::Crontab`, which says why not).
+fn check_cron(ctx: &mut Ctx, p: &Parsed, pointer: &str, expr: &str, fields: &[usize]) {
+    if let Err(e) = crate::pure::schedule::Crontab::parse(expr, fields) {
+        ctx.at(p, pointer, e);
+    }
+}
+
+fn parameters(
+    ctx: &mut Ctx,
+    p: &Parsed,
+    engine: Engine,
+    raw: &BTreeMap<String, Value>,
+    profile: Option<&str>,
+) -> BTreeMap<String, Param> {
+    let cat = catalog::catalog(engine);
+    let mut out = BTreeMap::new();
+    for (name, value) in raw {
+        let pointer = format!("/spec/parameters/{}", super::yaml::escape_token(name));
+        match cat.normalize(name, value) {
+            Ok(normalized) => {
+                let written = match value {
+                    Value::String(s) => s.clone(),
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| v.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    other => other.to_string(),
+                };
+                out.insert(
+                    name.clone(),
+                    Param {
+                        value: normalized,
+                        written,
+                        profile: profile.map(str::to_owned),
+                    },
+                );
+            }
+            Err(e @ catalog::ValueError::Unknown { .. }) => ctx.at_key(p, &pointer, e.to_string()),
+            Err(e) => ctx.at(p, &pointer, e.to_string()),
+        }
+    }
+    out
+}
+
+fn nodes(ctx: &mut Ctx, p: &Parsed, spec: &raw::ClusterSpec) -> Vec<Node> {
+    let mut out = Vec::with_capacity(spec.nodes.len());
+    let mut primaries: HashMap<&str, &str> = HashMap::new();
+    for (i, n) in spec.nodes.iter().enumerate() {
+        let base = format!("/spec/nodes/{i}");
+        let port_ok = n
+            .address
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse::<u32>().ok())
+            .is_some_and(|port| (1..=65535).contains(&port));
+        if !port_ok {
+            ctx.at(
+                p,
+                &format!("{base}/address"),
+                format!("`{}`: the port must be between 1 and 65535", n.address),
+            );
+        }
+        let role = n.role.unwrap_or(Role::Primary);
+        let shard = n.shard.clone().unwrap_or_else(|| n.id.clone());
+        if spec.engine == Engine::Memcached && role == Role::Replica {
+            ctx.at(
+                p,
+                &format!("{base}/role"),
+                "memcached has no replication: every node is a primary of its own",
+            );
+        }
+        if role == Role::Primary {
+            let shard_key = n.shard.as_deref().unwrap_or(&n.id);
+            if let Some(first) = primaries.get(shard_key) {
+                let pointer = if n.role.is_some() {
+                    format!("{base}/role")
+                } else {
+                    format!("{base}/id")
+                };
+                let implicit = if n.role.is_none() {
+                    " (a node without `role` is a primary)"
+                } else {
+                    ""
+                };
+                ctx.at(
+                    p,
+                    &pointer,
+                    format!("shard `{shard_key}` has more than one primary: `{first}` is already its primary{implicit}"),
+                );
+            } else {
+                primaries.insert(shard_key, &n.id);
+            }
+        }
+        out.push(Node {
+            id: n.id.clone(),
+            address: n.address.clone(),
+            shard,
+            role,
+            managed: n.managed.unwrap_or(Managed::Direct),
+            labels: n.labels.clone(),
+        });
+    }
+    // A shard of replicas without a primary cannot be rolled out safely.
+    let mut reported: Vec<&str> = Vec::new();
+    for (i, n) in spec.nodes.iter().enumerate() {
+        let shard = n.shard.as_deref().unwrap_or(&n.id);
+        if n.role == Some(Role::Replica)
+            && !primaries.contains_key(shard)
+            && !reported.contains(&shard)
+        {
+            reported.push(shard);
+            ctx.at(
+                p,
+                &format!("/spec/nodes/{i}/shard"),
+                format!("shard `{shard}` has replicas but no primary"),
+            );
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+fn duration_ms(ctx: &mut Ctx, p: &Parsed, pointer: &str, text: &str) -> Option<Millis> {
+    match catalog::parse_duration_micros(text) {
+        Some(us) if us % 1000 == 0 => Some(Millis(us / 1000)),
+        Some(_) => {
+            ctx.at(p, pointer, format!("`{text}` is finer than a millisecond"));
+            None
+        }
+        None => {
+            ctx.at(
+                p,
+                pointer,
+                format!("`{text}` is not a duration such as 30s or 5m"),
+            );
+            None
+        }
+    }
+}
+
+/// Lay `raw` over `base`, field by field, checking durations and stages.
+fn rollout(
+    ctx: &mut Ctx,
+    p: &Parsed,
+    at: &str,
+    base: &RolloutPolicy,
+    raw: Option<&raw::Rollout>,
+) -> RolloutPolicy {
+    let mut out = base.clone();
+    let Some(raw) = raw else {
+        return out;
+    };
+    if let Some(stages) = &raw.stages {
+        if let Some(s) = stages_of(ctx, p, &format!("{at}/stages"), stages) {
+            out.stages = s;
+        }
+    }
+    for (field, value, slot) in [
+        ("bake", &raw.bake, &mut out.bake),
+        ("applyTimeout", &raw.apply_timeout, &mut out.apply_timeout),
+        ("warmup", &raw.warmup, &mut out.warmup),
+    ] {
+        if let Some(text) = value {
+            if let Some(ms) = duration_ms(ctx, p, &format!("{at}/{field}"), text) {
+                *slot = ms;
+            }
+        }
+    }
+    if field_is_zero(&raw.apply_timeout) {
+        ctx.at(
+            p,
+            &format!("{at}/applyTimeout"),
+            "applyTimeout must be longer than 0s",
+        );
+    }
+    if let Some(n) = raw.max_unavailable_per_shard {
+        out.max_unavailable_per_shard = n;
+    }
+    if let Some(f) = raw.on_failure {
+        out.on_failure = f;
+    }
+    if let Some(g) = &raw.gates {
+        out.gates = gates(&out.gates, g);
+    }
+    out
+}
+
+fn field_is_zero(text: &Option<String>) -> bool {
+    text.as_deref()
+        .and_then(catalog::parse_duration_micros)
+        .is_some_and(|us| us == 0)
+}
+
+fn gates(base: &Gates, g: &raw::Gates) -> Gates {
+    Gates {
+        max_hit_ratio_drop: g.max_hit_ratio_drop.unwrap_or(base.max_hit_ratio_drop),
+        max_evictions_per_sec: g.max_evictions_per_sec.or(base.max_evictions_per_sec),
+        max_latency_ms: g.max_latency_ms.or(base.max_latency_ms),
+        max_latency_increase_ms: g.max_latency_increase_ms.or(base.max_latency_increase_ms),
+        max_memory_ratio: g.max_memory_ratio.unwrap_or(base.max_memory_ratio),
+        require_up: g.require_up.unwrap_or(base.require_up),
+        require_replication_link: g
+            .require_replication_link
+            .unwrap_or(base.require_replication_link),
+        min_ops_per_sec: g.min_ops_per_sec.unwrap_or(base.min_ops_per_sec),
+    }
+}
+
+/// Stages are cumulative: node counts first, then percentages, each strictly growing,
+/// ending at 100%. A count after a percentage is refused because for a large cluster it
+/// would be a step backwards.
+fn stages_of(ctx: &mut Ctx, p: &Parsed, at: &str, raw: &[RawStage]) -> Option<Vec<Stage>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut ok = true;
+    for (i, s) in raw.iter().enumerate() {
+        let pointer = format!("{at}/{i}");
+        let stage = match s {
+            RawStage::Count(n) => match n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                        .map(|f| f as u64)
+                })
+                .and_then(|n| u32::try_from(n).ok())
+            {
+                Some(n) if n >= 1 => Stage::Count(n),
+                _ => {
+                    ctx.at(
+                        p,
+                        &pointer,
+                        format!("{n} is not a node count between 1 and 4294967295"),
+                    );
+                    ok = false;
+                    continue;
+                }
+            },
+            RawStage::Percent(t) => match t.strip_suffix('%').and_then(|n| n.parse::<u8>().ok()) {
+                Some(n) if (1..=100).contains(&n) => Stage::Percent(n),
+                _ => {
+                    ctx.at(
+                        p,
+                        &pointer,
+                        format!("`{t}` is not a percentage between 1% and 100%"),
+                    );
+                    ok = false;
+                    continue;
+                }
+            },
+        };
+        if let Some(prev) = out.last() {
+            let grows = match (prev, &stage) {
+                (Stage::Count(a), Stage::Count(b)) => b > a,
+                (Stage::Percent(a), Stage::Percent(b)) => b > a,
+                (Stage::Count(_), Stage::Percent(_)) => true,
+                (Stage::Percent(_), Stage::Count(_)) => {
+                    ctx.at(
+                        p,
+                        &pointer,
+                        format!("stage {stage} is a node count after the percentage {prev}: put counts first"),
+                    );
+                    ok = false;
+                    out.push(stage);
+                    continue;
+                }
+            };
+            if !grows {
+                ctx.at(
+                    p,
+                    &pointer,
+                    format!("stages must grow: {stage} does not exceed the previous stage {prev}"),
+                );
+                ok = false;
+            }
+        }
+        out.push(stage);
+    }
+    if ok && out.last() != Some(&Stage::Percent(100)) {
+        let last = raw.len().saturating_sub(1);
+        ctx.at(
+            p,
+            &format!("{at}/{last}"),
+            "the last stage must be \"100%\" so that a rollout reaches every node",
+        );
+        ok = false;
+    }
+    ok.then_some(out)
+}
