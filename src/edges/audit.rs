@@ -22,7 +22,7 @@ use std::path::Path;
 
 use git2::{Oid, Repository, Signature};
 
-use crate::pure::reconciler::{ClusterState, State};
+use crate::pure::reconciler::{ClusterState, State, STATE_VERSION};
 
 pub const JOURNAL_REF: &str = "refs/cacheflow/journal";
 pub const NOTES_REF: &str = "refs/notes/cacheflow";
@@ -40,6 +40,14 @@ pub enum AuditError {
         commit: String,
         what: String,
         message: String,
+    },
+    /// A journal written by a newer cacheflow: reading it as this build's format would
+    /// drop what the newer one recorded, and the next entry would overwrite it.
+    #[error("journal entry {commit}: state format version {found} is newer than this build reads (version {reads}): upgrade cacheflow")]
+    NewerFormat {
+        commit: String,
+        found: u32,
+        reads: u32,
     },
     #[error("cannot start the journal writer: {0}")]
     Writer(String),
@@ -123,8 +131,24 @@ impl Journal {
                 .map_err(|e| bad(path, e.message().to_owned()))?;
             Ok(blob.content().to_vec())
         };
-        let mut state: State = serde_json::from_slice(&read("state.json")?)
-            .map_err(|e| bad("state.json", e.to_string()))?;
+        let top = read("state.json")?;
+        // The version first: a newer format need not parse as this one.
+        #[derive(serde::Deserialize)]
+        struct Version {
+            #[serde(default)]
+            version: u32,
+        }
+        let Version { version } =
+            serde_json::from_slice(&top).map_err(|e| bad("state.json", e.to_string()))?;
+        if version > STATE_VERSION {
+            return Err(AuditError::NewerFormat {
+                commit: head.to_string(),
+                found: version,
+                reads: STATE_VERSION,
+            });
+        }
+        let mut state: State =
+            serde_json::from_slice(&top).map_err(|e| bad("state.json", e.to_string()))?;
         if let Ok(entry) = tree.get_path(Path::new("clusters")) {
             let sub = self
                 .repo
@@ -462,6 +486,51 @@ mod tests {
             .map(|e| e.message)
             .collect();
         assert_eq!(entries, vec!["second\nwith a body", "first"]);
+    }
+
+    #[test]
+    fn a_journal_in_a_newer_format_is_refused_not_read_as_this_one() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init_bare(dir.path()).unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        let state = State {
+            version: 99,
+            generation: 3,
+            ..State::default()
+        };
+        j.append("from the future", &state).unwrap();
+        let err = Journal::open(dir.path()).unwrap().load().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuditError::NewerFormat {
+                    found: 99,
+                    reads: STATE_VERSION,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("version 99"), "{text}");
+        assert!(text.contains(&format!("version {STATE_VERSION}")), "{text}");
+        assert!(text.contains("upgrade cacheflow"), "{text}");
+
+        // This build's version and older ones still load.
+        for version in [0, STATE_VERSION] {
+            let dir = tempfile::tempdir().unwrap();
+            Repository::init_bare(dir.path()).unwrap();
+            let state = State {
+                version,
+                ..State::default()
+            };
+            Journal::open(dir.path())
+                .unwrap()
+                .append("now", &state)
+                .unwrap();
+            let loaded = Journal::open(dir.path()).unwrap().load().unwrap();
+            assert_eq!(loaded, Some(state));
+        }
     }
 
     #[test]

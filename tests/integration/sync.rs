@@ -315,3 +315,53 @@ spec:
     );
     assert!(note(&repo, &commit).starts_with("cache: completed "));
 }
+
+#[test]
+fn a_journal_written_by_a_newer_cacheflow_is_refused_and_left_as_it_was() {
+    // The journal is read before any node is touched: no fleet needed.
+    let repo = TestRepo::new();
+    repo.write(
+        "clusters/cache.yaml",
+        "apiVersion: cacheflow/v1
+kind: Cluster
+metadata: {name: cache}
+spec:
+  engine: redis
+  parameters:
+    hz: 20
+  nodes:
+    - {id: a1, address: '127.0.0.1:1', shard: a, role: primary}
+",
+    );
+    repo.commit("cache: hz 20");
+    // A journal entry whose state.json says version 99.
+    let r = repo.repository();
+    let blob = r
+        .blob(br#"{"version": 99, "generation": 5, "clusters": {}, "future": true}"#)
+        .unwrap();
+    let mut tree = r.treebuilder(None).unwrap();
+    tree.insert("state.json", blob, 0o100644).unwrap();
+    let tree = r.find_tree(tree.write().unwrap()).unwrap();
+    let sig = git2::Signature::now("cacheflow 99", "cacheflow@localhost").unwrap();
+    let entry = r
+        .commit(
+            Some("refs/cacheflow/journal"),
+            &sig,
+            &sig,
+            "written by a newer cacheflow\n",
+            &tree,
+            &[],
+        )
+        .unwrap();
+
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("state format version 99"), "{out}");
+    assert!(out.contains("this build reads (version 1)"), "{out}");
+    assert!(out.contains("upgrade cacheflow"), "{out}");
+    assert_eq!(
+        r.refname_to_id("refs/cacheflow/journal").unwrap(),
+        entry,
+        "the newer journal is not written over"
+    );
+}
