@@ -58,6 +58,7 @@ pub mod edges {
 pub mod flow {
     //! Orchestration: the one place that knows the order of the steps of each job.
     pub mod agent;
+    pub mod backoff;
     pub mod history;
     pub mod pipeline;
     pub mod runtime;

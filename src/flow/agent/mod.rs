@@ -19,8 +19,6 @@
 pub mod apply;
 pub mod conffile;
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -356,37 +354,9 @@ fn agent_name() -> String {
     format!("cacheflow/{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The pause after `failures` failed exchanges in a row: the interval (at most one
-/// second) doubled per failure, capped at `max`, and drawn at random from its upper half
-/// so that a fleet of agents that lost the server together does not come back together.
-pub fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
-    let base = interval
-        .min(Duration::from_secs(1))
-        .max(Duration::from_millis(10));
-    let exp = failures.saturating_sub(1).min(20);
-    let ceiling = base.saturating_mul(1 << exp).min(max.max(base));
-    let half = ceiling / 2;
-    let span = (ceiling - half).as_micros() as u64;
-    let jitter = if span == 0 {
-        0
-    } else {
-        random_u64() % (span + 1)
-    };
-    half + Duration::from_micros(jitter)
-}
-
-/// A random number from the standard library's per-process random hash keys; enough for
-/// jitter, without a dependency.
-fn random_u64() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
+/// The pause after `failures` failed exchanges in a row (shared with the server's
+/// follower).
+pub use crate::flow::backoff::backoff;
 
 #[cfg(test)]
 mod tests {
