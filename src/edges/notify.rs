@@ -221,7 +221,12 @@ impl Notifier {
             };
             let key = (target.name.clone(), target.url.0.clone(), kind);
             let tx = {
-                let mut queues = self.inner.queues.lock().expect("notifier lock");
+                // The map stays whole if a holder panicked: insertions are single calls.
+                let mut queues = self
+                    .inner
+                    .queues
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 queues
                     .entry(key)
                     .or_insert_with(|| {
@@ -277,13 +282,38 @@ async fn worker(inner: Arc<Inner>, target: Notification, mut rx: mpsc::Receiver<
     }
 }
 
+/// Why a notice was not delivered. Never holds the URL (it may carry a token).
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error(transparent)]
+    Secret(#[from] crate::edges::secret::SecretError),
+    /// A refusal (404 of a deleted hook, 400 of a bad payload): not retried.
+    #[error("answered {0}")]
+    Refused(reqwest::StatusCode),
+    #[error("{last} (after {attempts} attempts)")]
+    GaveUp { last: Attempt, attempts: u32 },
+}
+
+/// How one attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Attempt {
+    #[error("answered {0}")]
+    Answered(reqwest::StatusCode),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    /// The client's error, described without its URL.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Deliver one notice, retrying what may succeed later. The error never holds the URL.
-async fn deliver(inner: &Inner, target: &Notification, notice: &Notice) -> Result<(), String> {
-    let url = crate::edges::secret::resolve(&target.url).map_err(|e| e.to_string())?;
+async fn deliver(inner: &Inner, target: &Notification, notice: &Notice) -> Result<(), NotifyError> {
+    let url = crate::edges::secret::resolve(&target.url)?;
     let body = notice.body(target.kind);
     let mut wait = inner.options.backoff;
-    let mut last = String::new();
-    for attempt in 1..=inner.options.attempts.max(1) {
+    let attempts = inner.options.attempts.max(1);
+    let mut last = Attempt::Failed(String::new());
+    for attempt in 1..=attempts {
         if attempt > 1 {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(60));
@@ -299,19 +329,19 @@ async fn deliver(inner: &Inner, target: &Notification, notice: &Notice) -> Resul
             Ok(answer) if answer.status().is_success() => return Ok(()),
             Ok(answer) => {
                 let status = answer.status();
-                last = format!("answered {status}");
                 // A refusal (404 of a deleted hook, 400 of a bad payload) stays one, and
                 // a redirect is not followed with the notice.
                 let retry = status.is_server_error() || matches!(status.as_u16(), 408 | 429);
                 if !retry {
-                    return Err(last);
+                    return Err(NotifyError::Refused(status));
                 }
+                last = Attempt::Answered(status);
             }
             Err(e) => {
                 last = if e.is_timeout() {
-                    format!("no answer within {:?}", inner.options.timeout)
+                    Attempt::NoAnswer(inner.options.timeout)
                 } else {
-                    crate::flow::agent::describe(&e.without_url())
+                    Attempt::Failed(crate::flow::agent::describe(&e.without_url()))
                 };
             }
         }
@@ -321,10 +351,7 @@ async fn deliver(inner: &Inner, target: &Notification, notice: &Notice) -> Resul
             target.name
         );
     }
-    Err(format!(
-        "{last} (after {} attempts)",
-        inner.options.attempts.max(1)
-    ))
+    Err(NotifyError::GaveUp { last, attempts })
 }
 
 #[cfg(test)]

@@ -7,64 +7,123 @@ use crate::pure::spec::model::SecretRef;
 /// Largest secret file read: a password or token, not a document.
 const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
+/// A secret reference that gave no value. Names the reference, never the value.
+#[derive(Debug, thiserror::Error)]
+#[error("secret {reference}: {problem}")]
+pub struct SecretError {
+    /// The reference as written, or `(value not shown)` when it is not one.
+    pub reference: String,
+    #[source]
+    pub problem: SecretProblem,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretProblem {
+    #[error("names no environment variable")]
+    NoVariableName,
+    #[error("environment variable {0} is not set")]
+    NotSet(String),
+    #[error("environment variable {0} is not valid UTF-8")]
+    NotUnicode(String),
+    #[error("names no file")]
+    NoFile,
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_SECRET_BYTES} bytes; a secret file holds one value")]
+    TooLarge { path: String },
+    // Must not quote the bytes: they are the secret.
+    #[error("{path} is not valid UTF-8")]
+    NotUtf8 { path: String },
+    #[error("is empty")]
+    Empty,
+    #[error("is not a secret reference: expected env:NAME or file:PATH")]
+    NotAReference,
+}
+
+/// A driver reports a secret that gave no value as a [`NodeError`] (plain data, compared
+/// in tests and sent in reports).
+impl From<SecretError> for NodeError {
+    fn from(e: SecretError) -> NodeError {
+        NodeError::Secret {
+            reference: e.reference,
+            message: e.problem.to_string(),
+        }
+    }
+}
+
 /// The value behind `reference`: the environment variable of `env:NAME`, or the contents
 /// of `file:PATH` without one trailing newline (`\n` or `\r\n`), as editors and
 /// `echo pw > file` leave one there.
-pub fn resolve(reference: &SecretRef) -> Result<String, NodeError> {
+pub fn resolve(reference: &SecretRef) -> Result<String, SecretError> {
     let text = reference.0.as_str();
-    let fail = |message: String| NodeError::Secret {
+    let fail = |problem: SecretProblem| SecretError {
         reference: text.to_owned(),
-        message,
+        problem,
     };
     let value = if let Some(name) = text.strip_prefix("env:") {
         if name.is_empty() {
-            return Err(fail("names no environment variable".to_owned()));
+            return Err(fail(SecretProblem::NoVariableName));
         }
         match std::env::var(name) {
             Ok(v) => v,
             Err(std::env::VarError::NotPresent) => {
-                return Err(fail(format!("environment variable {name} is not set")))
+                return Err(fail(SecretProblem::NotSet(name.to_owned())))
             }
             Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(fail(format!(
-                    "environment variable {name} is not valid UTF-8"
-                )))
+                return Err(fail(SecretProblem::NotUnicode(name.to_owned())))
             }
         }
     } else if let Some(path) = text.strip_prefix("file:") {
         if path.is_empty() {
-            return Err(fail("names no file".to_owned()));
+            return Err(fail(SecretProblem::NoFile));
         }
         read_secret_file(path).map_err(fail)?
     } else {
         // Not a reference, so possibly the secret itself: never repeat it.
-        return Err(NodeError::Secret {
+        return Err(SecretError {
             reference: "(value not shown)".to_owned(),
-            message: "is not a secret reference: expected env:NAME or file:PATH".to_owned(),
+            problem: SecretProblem::NotAReference,
         });
     };
     if value.is_empty() {
-        return Err(fail("is empty".to_owned()));
+        return Err(fail(SecretProblem::Empty));
     }
     Ok(value)
 }
 
-fn read_secret_file(path: &str) -> Result<String, String> {
+fn read_secret_file(path: &str) -> Result<String, SecretProblem> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {path}: {e}"))?;
+    let file = std::fs::File::open(path).map_err(|source| SecretProblem::Open {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut bytes = Vec::new();
     // Read one byte past the limit, so that an oversized file is told apart from one
     // exactly at the limit without trusting metadata (a FIFO or /proc file has none).
     file.take(MAX_SECRET_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {path}: {e}"))?;
+        .map_err(|source| SecretProblem::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     if bytes.len() as u64 > MAX_SECRET_BYTES {
-        return Err(format!(
-            "{path} is larger than {MAX_SECRET_BYTES} bytes; a secret file holds one value"
-        ));
+        return Err(SecretProblem::TooLarge {
+            path: path.to_owned(),
+        });
     }
-    // The error must not quote the bytes: they are the secret.
-    let mut text = String::from_utf8(bytes).map_err(|_| format!("{path} is not valid UTF-8"))?;
+    let mut text = String::from_utf8(bytes).map_err(|_| SecretProblem::NotUtf8 {
+        path: path.to_owned(),
+    })?;
     if text.ends_with("\r\n") {
         text.truncate(text.len() - 2);
     } else if text.ends_with('\n') {
@@ -81,8 +140,11 @@ mod tests {
         SecretRef(text.to_owned())
     }
 
-    fn message(e: NodeError) -> String {
-        e.to_string()
+    fn message(e: SecretError) -> String {
+        // What a driver reports: the same words.
+        let text = e.to_string();
+        assert_eq!(NodeError::from(e).to_string(), text);
+        text
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
             ),
             &before,
         )?;
-        return Err(SyncError::Untrusted(reason));
+        return Err(SyncError::Untrusted(reason.to_string()));
     }
     let (desired, skipped) = direct_only(desired);
     let text = !options.json;

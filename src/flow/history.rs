@@ -51,10 +51,7 @@ pub fn history(
     let git = repo.repository();
     let journal = Journal::open(git.path()).ok();
     let start = repo.resolve(&options.rev)?;
-    let err = |e: git2::Error| SourceError::Git {
-        repo: repo.name().to_owned(),
-        message: e.message().to_owned(),
-    };
+    let err = |e: git2::Error| SourceError::git(repo.name(), &e);
     let mut walk = git.revwalk().map_err(err)?;
     let oid = git2::Oid::from_str(&start).map_err(err)?;
     walk.simplify_first_parent().map_err(err)?;

@@ -203,7 +203,56 @@ pub enum ValueError {
     #[error("unknown {engine} parameter `{name}`")]
     Unknown { engine: Engine, name: String },
     #[error("`{name}`: {reason}")]
-    Invalid { name: String, reason: String },
+    Invalid {
+        name: String,
+        #[source]
+        reason: BadValue,
+    },
+}
+
+/// Why a value does not fit its type (the parameter's name is the caller's to add).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadValue {
+    #[error("a value is required")]
+    Required,
+    #[error("a list may hold only plain values")]
+    NestedList,
+    #[error("expected a plain value, found a mapping")]
+    Mapping,
+    #[error("expected a single value, found a list")]
+    List,
+    #[error("expected an integer, found `{0}`")]
+    NotAnInteger(String),
+    #[error("expected a number, found `{0}`")]
+    NotANumber(String),
+    #[error("expected a percentage such as 5%, found `{0}`")]
+    NotAPercentage(String),
+    #[error("expected yes or no, found `{0}`")]
+    NotABool(String),
+    #[error("expected one of {allowed}, found `{text}`")]
+    NotOneOf { text: String, allowed: String },
+    #[error("`{item}` is not one of {allowed}")]
+    ItemNotOneOf { item: String, allowed: String },
+    #[error("`{text}` does not match the expected format {pattern}")]
+    Format { text: String, pattern: String },
+    /// Both numbers as shown to the user.
+    #[error("{value} is below the minimum {min}")]
+    BelowMinimum { value: String, min: String },
+    #[error("{value} is above the maximum {max}")]
+    AboveMaximum { value: String, max: String },
+    #[error("expected a size such as 4gb or 1048576, found `{0}`")]
+    NotASize(String),
+    #[error("unknown size unit in `{0}` (use b, k, kb, m, mb, g or gb)")]
+    SizeUnit(String),
+    #[error("size `{0}` is too large")]
+    SizeTooLarge(String),
+    #[error("expected a duration such as 30s, 5m or 250ms, found `{0}`")]
+    NotADuration(String),
+    /// `unit` in words: `minutes`, `seconds`, …
+    #[error("`{text}` is not a whole number of {unit}")]
+    NotWhole { text: String, unit: &'static str },
+    #[error("duration `{0}` is too large")]
+    DurationTooLarge(String),
 }
 
 const REDIS_JSON: &str = include_str!(concat!(
@@ -284,43 +333,43 @@ impl Catalog {
     }
 }
 
-fn scalar_text(value: &serde_json::Value) -> Result<String, String> {
+fn scalar_text(value: &serde_json::Value) -> Result<String, BadValue> {
     match value {
         serde_json::Value::String(s) => Ok(s.trim().to_owned()),
         serde_json::Value::Number(n) => Ok(n.to_string()),
         serde_json::Value::Bool(b) => Ok(if *b { "yes" } else { "no" }.to_owned()),
-        serde_json::Value::Null => Err("a value is required".to_owned()),
+        serde_json::Value::Null => Err(BadValue::Required),
         serde_json::Value::Array(items) => {
             let mut parts = Vec::with_capacity(items.len());
             for item in items {
                 match item {
                     serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
-                        return Err("a list may hold only plain values".to_owned())
+                        return Err(BadValue::NestedList)
                     }
                     other => parts.push(scalar_text(other)?),
                 }
             }
             Ok(parts.join(" "))
         }
-        serde_json::Value::Object(_) => Err("expected a plain value, found a mapping".to_owned()),
+        serde_json::Value::Object(_) => Err(BadValue::Mapping),
     }
 }
 
 /// Normalise one value against its type; the error is a reason without the name.
-pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<String, String> {
+pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<String, BadValue> {
     if let (ParamType::String { .. } | ParamType::List { .. }, serde_json::Value::Array(_)) =
         (ty, value)
     {
         // lists may be written as YAML sequences; handled by scalar_text below
     } else if value.is_array() {
-        return Err("expected a single value, found a list".to_owned());
+        return Err(BadValue::List);
     }
     let text = scalar_text(value)?;
     match ty {
         ParamType::Int { min, max } => {
             let n: i64 = text
                 .parse()
-                .map_err(|_| format!("expected an integer, found `{text}`"))?;
+                .map_err(|_| BadValue::NotAnInteger(text.clone()))?;
             check_range(n as f64, min.map(|m| m as f64), max.map(|m| m as f64))?;
             Ok(n.to_string())
         }
@@ -329,7 +378,7 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
                 .parse()
                 .ok()
                 .filter(|n: &f64| n.is_finite())
-                .ok_or_else(|| format!("expected a number, found `{text}`"))?;
+                .ok_or_else(|| BadValue::NotANumber(text.clone()))?;
             check_range(n, *min, *max)?;
             Ok(format_float(n))
         }
@@ -338,7 +387,7 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
                 let n: u64 = digits
                     .trim()
                     .parse()
-                    .map_err(|_| format!("expected a percentage such as 5%, found `{text}`"))?;
+                    .map_err(|_| BadValue::NotAPercentage(text.clone()))?;
                 check_range(n as f64, Some(0.0), Some(100.0))?;
                 return Ok(format!("{n}%"));
             }
@@ -359,7 +408,7 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
             "no" | "false" | "off" | "0" => Ok(false_word.clone()),
             w if w == true_word => Ok(true_word.clone()),
             w if w == false_word => Ok(false_word.clone()),
-            _ => Err(format!("expected yes or no, found `{text}`")),
+            _ => Err(BadValue::NotABool(text.clone())),
         },
         ParamType::Enum { values } => {
             let lower = text.to_ascii_lowercase();
@@ -367,7 +416,10 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
                 .iter()
                 .find(|v| v.to_ascii_lowercase() == lower)
                 .cloned()
-                .ok_or_else(|| format!("expected one of {}, found `{text}`", values.join(", ")))
+                .ok_or_else(|| BadValue::NotOneOf {
+                    text: text.clone(),
+                    allowed: values.join(", "),
+                })
         }
         ParamType::List { ordered, values } => {
             let mut items: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
@@ -377,7 +429,10 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
                     match allowed.iter().find(|v| v.to_ascii_lowercase() == lower) {
                         Some(v) => *item = v.clone(),
                         None => {
-                            return Err(format!("`{item}` is not one of {}", allowed.join(", ")))
+                            return Err(BadValue::ItemNotOneOf {
+                                item: item.clone(),
+                                allowed: allowed.join(", "),
+                            })
                         }
                     }
                 }
@@ -392,7 +447,10 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
             if let Some(p) = pattern {
                 let ok = regex_lite_match(p, &text);
                 if !ok {
-                    return Err(format!("`{text}` does not match the expected format {p}"));
+                    return Err(BadValue::Format {
+                        text,
+                        pattern: p.clone(),
+                    });
                 }
             }
             Ok(text)
@@ -421,23 +479,21 @@ fn regex_lite_match(pattern: &str, text: &str) -> bool {
     })
 }
 
-fn check_range(n: f64, min: Option<f64>, max: Option<f64>) -> Result<(), String> {
+fn check_range(n: f64, min: Option<f64>, max: Option<f64>) -> Result<(), BadValue> {
     if let Some(min) = min {
         if n < min {
-            return Err(format!(
-                "{} is below the minimum {}",
-                format_float(n),
-                format_float(min)
-            ));
+            return Err(BadValue::BelowMinimum {
+                value: format_float(n),
+                min: format_float(min),
+            });
         }
     }
     if let Some(max) = max {
         if n > max {
-            return Err(format!(
-                "{} is above the maximum {}",
-                format_float(n),
-                format_float(max)
-            ));
+            return Err(BadValue::AboveMaximum {
+                value: format_float(n),
+                max: format_float(max),
+            });
         }
     }
     Ok(())
@@ -453,14 +509,12 @@ fn format_float(n: f64) -> String {
 
 /// Parse a size the way Redis does: `k`=1000, `kb`=1024, `m`, `mb`, `g`, `gb`, case
 /// insensitive; a plain integer is bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, BadValue> {
     let t = text.trim().to_ascii_lowercase();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
     if digits.is_empty() {
-        return Err(format!(
-            "expected a size such as 4gb or 1048576, found `{text}`"
-        ));
+        return Err(BadValue::NotASize(text.to_owned()));
     }
     let mult: u64 = match unit.trim() {
         "" | "b" => 1,
@@ -470,40 +524,36 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mb" => 1 << 20,
         "g" => 1_000_000_000,
         "gb" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "unknown size unit in `{text}` (use b, k, kb, m, mb, g or gb)"
-            ))
-        }
+        _ => return Err(BadValue::SizeUnit(text.to_owned())),
     };
     digits
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("size `{text}` is too large"))
+        .ok_or_else(|| BadValue::SizeTooLarge(text.to_owned()))
 }
 
 /// Parse a duration (`250ms`, `30s`, `5m`, `2h`, `1d`, or a plain integer of `unit`)
 /// into an integer count of `unit`, refusing values that do not divide evenly.
-pub fn parse_duration_in(text: &str, unit: DurationUnit) -> Result<i64, String> {
+pub fn parse_duration_in(text: &str, unit: DurationUnit) -> Result<i64, BadValue> {
     let t = text.trim().to_ascii_lowercase();
     if let Ok(n) = t.parse::<i64>() {
         return Ok(n);
     }
-    let micros = parse_duration_micros(&t)
-        .ok_or_else(|| format!("expected a duration such as 30s, 5m or 250ms, found `{text}`"))?;
+    let micros =
+        parse_duration_micros(&t).ok_or_else(|| BadValue::NotADuration(text.to_owned()))?;
     if micros % unit.micros() != 0 {
-        return Err(format!(
-            "`{text}` is not a whole number of {}",
-            match unit {
+        return Err(BadValue::NotWhole {
+            text: text.to_owned(),
+            unit: match unit {
                 DurationUnit::Us => "microseconds",
                 DurationUnit::Ms => "milliseconds",
                 DurationUnit::S => "seconds",
                 DurationUnit::Min => "minutes",
-            }
-        ));
+            },
+        });
     }
-    i64::try_from(micros / unit.micros()).map_err(|_| format!("duration `{text}` is too large"))
+    i64::try_from(micros / unit.micros()).map_err(|_| BadValue::DurationTooLarge(text.to_owned()))
 }
 
 /// `1h30m`, `250ms`, `10s` into microseconds; `None` when it does not parse.
@@ -617,7 +667,9 @@ mod tests {
         assert!(c.normalize("maxmemory", &json!("5%")).is_err());
         assert!(c.normalize("maxmemory-clients", &json!("101%")).is_err());
         assert_eq!(c.normalize("lfu-decay-time", &json!("2h")).unwrap(), "120");
-        let err = parse_duration_in("90s", DurationUnit::Min).unwrap_err();
+        let err = parse_duration_in("90s", DurationUnit::Min)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("minutes"), "{err}");
     }
 

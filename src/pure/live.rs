@@ -161,7 +161,7 @@ impl LiveState {
         let validator =
             crate::pure::spec::schema::live_state_validator().map_err(|e| LiveError::Invalid {
                 path: path.to_owned(),
-                problems: vec![e],
+                problems: vec![e.to_string()],
             })?;
         let problems = crate::pure::spec::schema::problem_lines(validator, &value);
         if !problems.is_empty() {

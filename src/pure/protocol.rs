@@ -176,7 +176,7 @@ fn parse<T: serde::de::DeserializeOwned>(
         }
     }
     let invalid = |problems| PayloadError::Invalid { what, problems };
-    let validator = validator(def).map_err(|e| invalid(vec![e]))?;
+    let validator = validator(def).map_err(|e| invalid(vec![e.to_string()]))?;
     let problems = crate::pure::spec::schema::problem_lines(validator, &value);
     if !problems.is_empty() {
         return Err(invalid(problems));
@@ -184,20 +184,28 @@ fn parse<T: serde::de::DeserializeOwned>(
     serde_json::from_value(value).map_err(|e| invalid(vec![format!("  {e}")]))
 }
 
+/// The embedded protocol schema does not compile (the unit tests make sure it does). A
+/// text, not the cause: it is kept for every later call, so it must be `Clone`, and
+/// jsonschema's error borrows the schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("embedded schemas/node-protocol.schema.json: {0}")]
+pub struct EmbeddedSchemaError(String);
+
 /// The validator of `$defs/{def}` of the protocol schema. The schema refers to the
 /// live-state schema for the node; that reference is served from the embedded copy,
 /// never fetched.
-fn validator(def: &str) -> Result<&'static jsonschema::Validator, String> {
-    static REPORT: OnceLock<Result<jsonschema::Validator, String>> = OnceLock::new();
-    static ASSIGNMENT: OnceLock<Result<jsonschema::Validator, String>> = OnceLock::new();
+fn validator(def: &str) -> Result<&'static jsonschema::Validator, EmbeddedSchemaError> {
+    type Cell = OnceLock<Result<jsonschema::Validator, EmbeddedSchemaError>>;
+    static REPORT: Cell = OnceLock::new();
+    static ASSIGNMENT: Cell = OnceLock::new();
     let cell = if def == "report" {
         &REPORT
     } else {
         &ASSIGNMENT
     };
     cell.get_or_init(|| {
-        let mut schema: serde_json::Value =
-            serde_json::from_str(PROTOCOL_SCHEMA).map_err(|e| e.to_string())?;
+        let mut schema: serde_json::Value = serde_json::from_str(PROTOCOL_SCHEMA)
+            .map_err(|e| EmbeddedSchemaError(e.to_string()))?;
         // Validate against one definition: the root of the file says "a report or an
         // assignment", and each side accepts only the one it expects.
         schema["$ref"] = serde_json::Value::String(format!("#/$defs/{def}"));
@@ -208,7 +216,7 @@ fn validator(def: &str) -> Result<&'static jsonschema::Validator, String> {
             .with_draft(jsonschema::Draft::Draft202012)
             .with_retriever(EmbeddedSchemas)
             .build(&schema)
-            .map_err(|e| format!("embedded schemas/node-protocol.schema.json: {e}"))
+            .map_err(|e| EmbeddedSchemaError(e.to_string()))
     })
     .as_ref()
     .map_err(Clone::clone)

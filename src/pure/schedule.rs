@@ -22,12 +22,57 @@ pub struct Crontab {
     schedules: Vec<cron::Schedule>,
 }
 
+/// A crontab expression that cannot be used, naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum CrontabError {
+    #[error("`{0}` is not a crontab macro (@yearly, @monthly, @weekly, @daily, @hourly)")]
+    NotAMacro(String),
+    /// `want` lists the counts accepted (`5 or 6`); `plural` and `seconds` finish the
+    /// sentence.
+    #[error("`{expr}` has {found} field{plural}; a crontab expression here has {want} (minute hour day-of-month month day-of-week{seconds}), or @hourly, @daily, ...")]
+    FieldCount {
+        expr: String,
+        found: usize,
+        plural: &'static str,
+        want: String,
+        seconds: &'static str,
+    },
+    #[error("`{expr}`: day-of-week `{field}`: {problem}")]
+    DayOfWeek {
+        expr: String,
+        field: String,
+        #[source]
+        problem: DayError,
+    },
+    #[error("`{expr}`: {cause}")]
+    Cron {
+        expr: String,
+        #[source]
+        cause: cron::error::Error,
+    },
+    #[error("`{0}` never fires")]
+    NeverFires(String),
+}
+
+/// A day-of-week field the crontab form does not allow.
+#[derive(Debug, thiserror::Error)]
+pub enum DayError {
+    #[error("`{0}` is not a step (a number from 1)")]
+    NotAStep(String),
+    #[error("`{0}` runs backwards")]
+    Backwards(String),
+    #[error("`{0}` is not a day (0-7, Sunday is 0 or 7)")]
+    NotADayNumber(String),
+    #[error("`{0}` is not a day (0-7 or sun..sat)")]
+    NotADay(String),
+}
+
 const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 
 impl Crontab {
     /// `fields` lists the field counts accepted here: `&[5]` for windows, `&[5, 6]` where a
     /// leading seconds field is allowed.
-    pub fn parse(expr: &str, fields: &[usize]) -> Result<Crontab, String> {
+    pub fn parse(expr: &str, fields: &[usize]) -> Result<Crontab, CrontabError> {
         let source = expr.trim().to_owned();
         let expanded = match source.to_ascii_lowercase().as_str() {
             "@yearly" | "@annually" => "0 0 1 1 *".to_owned(),
@@ -35,11 +80,7 @@ impl Crontab {
             "@weekly" => "0 0 * * 0".to_owned(),
             "@daily" | "@midnight" => "0 0 * * *".to_owned(),
             "@hourly" => "0 * * * *".to_owned(),
-            s if s.starts_with('@') => {
-                return Err(format!(
-                "`{source}` is not a crontab macro (@yearly, @monthly, @weekly, @daily, @hourly)"
-            ))
-            }
+            s if s.starts_with('@') => return Err(CrontabError::NotAMacro(source)),
             _ => source.clone(),
         };
         let parts: Vec<&str> = expanded.split_whitespace().collect();
@@ -49,12 +90,17 @@ impl Crontab {
                 .map(|f| f.to_string())
                 .collect::<Vec<_>>()
                 .join(" or ");
-            return Err(format!(
-                "`{source}` has {} field{}; a crontab expression here has {want} (minute hour day-of-month month day-of-week{}), or @hourly, @daily, ...",
-                parts.len(),
-                if parts.len() == 1 { "" } else { "s" },
-                if fields.contains(&6) { ", with seconds first for 6" } else { "" }
-            ));
+            return Err(CrontabError::FieldCount {
+                expr: source,
+                found: parts.len(),
+                plural: if parts.len() == 1 { "" } else { "s" },
+                want,
+                seconds: if fields.contains(&6) {
+                    ", with seconds first for 6"
+                } else {
+                    ""
+                },
+            });
         }
         let (seconds, rest) = if parts.len() == 6 {
             (parts[0], &parts[1..])
@@ -67,11 +113,18 @@ impl Crontab {
         let days = if dow_any {
             "*".to_owned()
         } else {
-            days_of_week(dow).map_err(|e| format!("`{source}`: day-of-week `{dow}`: {e}"))?
+            days_of_week(dow).map_err(|problem| CrontabError::DayOfWeek {
+                expr: source.clone(),
+                field: dow.to_owned(),
+                problem,
+            })?
         };
         let build = |dom: &str, dow: &str| {
             let quartz = format!("{seconds} {minute} {hour} {dom} {month} {dow}");
-            cron::Schedule::from_str(&quartz).map_err(|e| format!("`{source}`: {e}"))
+            cron::Schedule::from_str(&quartz).map_err(|cause| CrontabError::Cron {
+                expr: source.clone(),
+                cause,
+            })
         };
         let schedules = if !dom_any && !dow_any {
             vec![build(dom, "*")?, build("*", &days)?]
@@ -79,10 +132,11 @@ impl Crontab {
             vec![build(dom, &days)?]
         };
         // An expression that can never fire (`0 0 31 2 *`) is a mistake, not a schedule.
-        let probe = chrono::Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap();
+        // 2000-01-01T00:00:00Z.
+        let probe = DateTime::from_timestamp(946_684_800, 0).unwrap_or_default();
         let c = Crontab { source, schedules };
         if c.next_after(&probe).is_none() {
-            return Err(format!("`{}` never fires", c.source));
+            return Err(CrontabError::NeverFires(c.source));
         }
         Ok(c)
     }
@@ -102,7 +156,7 @@ impl Crontab {
 
 /// A crontab day-of-week field (0-7, Sunday 0 or 7, names, ranges, lists, steps) as a
 /// list of day names, which the `cron` crate reads unambiguously.
-fn days_of_week(field: &str) -> Result<String, String> {
+fn days_of_week(field: &str) -> Result<String, DayError> {
     let mut days = BTreeSet::new();
     for item in field.split(',') {
         let (range, step) = match item.split_once('/') {
@@ -111,7 +165,7 @@ fn days_of_week(field: &str) -> Result<String, String> {
                     .parse()
                     .ok()
                     .filter(|s| *s > 0)
-                    .ok_or_else(|| format!("`{s}` is not a step (a number from 1)"))?;
+                    .ok_or_else(|| DayError::NotAStep(s.to_owned()))?;
                 (r, step)
             }
             None => (item, 1),
@@ -128,7 +182,7 @@ fn days_of_week(field: &str) -> Result<String, String> {
         // `7` is Sunday at the end of a range (`5-7`): count it as 7, then fold.
         let hi = if hi < lo && hi == 0 { 7 } else { hi };
         if hi < lo {
-            return Err(format!("`{range}` runs backwards"));
+            return Err(DayError::Backwards(range.to_owned()));
         }
         for d in (lo..=hi).step_by(step) {
             days.insert(d % 7);
@@ -141,20 +195,20 @@ fn days_of_week(field: &str) -> Result<String, String> {
         .join(","))
 }
 
-fn day(s: &str) -> Result<usize, String> {
+fn day(s: &str) -> Result<usize, DayError> {
     if let Ok(n) = s.parse::<usize>() {
         return match n {
             0..=6 => Ok(n),
             // Sunday as 7: kept as 7 so that `5-7` is a forward range.
             7 => Ok(7),
-            _ => Err(format!("`{s}` is not a day (0-7, Sunday is 0 or 7)")),
+            _ => Err(DayError::NotADayNumber(s.to_owned())),
         };
     }
     let lower = s.to_ascii_lowercase();
     DAY_NAMES
         .iter()
         .position(|n| n.eq_ignore_ascii_case(&lower) || full_name(n).eq_ignore_ascii_case(&lower))
-        .ok_or_else(|| format!("`{s}` is not a day (0-7 or sun..sat)"))
+        .ok_or_else(|| DayError::NotADay(s.to_owned()))
 }
 
 fn full_name(short: &str) -> &'static str {
@@ -254,7 +308,7 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
-        let err = |e: &str, f: &[usize]| Crontab::parse(e, f).unwrap_err();
+        let err = |e: &str, f: &[usize]| Crontab::parse(e, f).unwrap_err().to_string();
         assert!(err("0 13 * *", &[5]).contains("has 4 fields; a crontab expression here has 5"));
         assert!(err("0 0 13 * * 5", &[5]).contains("has 6 fields"));
         assert!(err("0 13 * * 8", &[5]).contains("`8` is not a day"));

@@ -12,7 +12,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use crate::pure::schedule::Crontab;
+use crate::pure::schedule::{Crontab, CrontabError};
 use crate::pure::spec::model::{Window, WindowAction};
 
 /// How far ahead [`Windows::status`] looks for the next opening.
@@ -25,6 +25,21 @@ struct Compiled {
     crontab: Crontab,
     duration_ms: u64,
     tz: Tz,
+}
+
+impl Compiled {
+    fn new(w: &Window) -> Result<Compiled, WindowProblem> {
+        Ok(Compiled {
+            name: w.name.clone(),
+            action: w.action,
+            crontab: Crontab::parse(&w.schedule, &[5])?,
+            duration_ms: crate::pure::catalog::parse_duration_micros(&w.duration)
+                .map(|us| us / 1000)
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| WindowProblem::Duration(w.duration.clone()))?,
+            tz: parse_zone(w.timezone.as_deref())?,
+        })
+    }
 }
 
 /// The windows of a revision, ready to be asked.
@@ -46,32 +61,43 @@ pub enum Status {
     },
 }
 
+/// A window that does not compile, naming it.
+#[derive(Debug, thiserror::Error)]
+#[error("window `{window}`: {problem}")]
+pub struct WindowError {
+    pub window: String,
+    #[source]
+    pub problem: WindowProblem,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WindowProblem {
+    #[error(transparent)]
+    Schedule(#[from] CrontabError),
+    #[error("`{0}` is not a duration")]
+    Duration(String),
+    #[error(transparent)]
+    Zone(#[from] ZoneError),
+}
+
+/// A time zone name that is not in the IANA database.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an IANA time zone (such as Europe/Berlin or UTC)")]
+pub struct ZoneError(pub String);
+
 impl Windows {
     /// Compile validated windows. Validation (`spec::load`) already checked the
     /// expressions, durations and zones; an error here names the window anyway.
-    pub fn new(windows: &[Window]) -> Result<Windows, String> {
+    pub fn new(windows: &[Window]) -> Result<Windows, WindowError> {
         let windows = windows
             .iter()
             .map(|w| {
-                let crontab = Crontab::parse(&w.schedule, &[5])
-                    .map_err(|e| format!("window `{}`: {e}", w.name))?;
-                let duration_ms = crate::pure::catalog::parse_duration_micros(&w.duration)
-                    .map(|us| us / 1000)
-                    .filter(|ms| *ms > 0)
-                    .ok_or_else(|| {
-                        format!("window `{}`: `{}` is not a duration", w.name, w.duration)
-                    })?;
-                let tz = parse_zone(w.timezone.as_deref())
-                    .map_err(|e| format!("window `{}`: {e}", w.name))?;
-                Ok(Compiled {
-                    name: w.name.clone(),
-                    action: w.action,
-                    crontab,
-                    duration_ms,
-                    tz,
+                Compiled::new(w).map_err(|problem| WindowError {
+                    window: w.name.clone(),
+                    problem,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, WindowError>>()?;
         Ok(Windows { windows })
     }
 
@@ -176,12 +202,10 @@ fn rfc3339(ms: u64) -> String {
 }
 
 /// An IANA zone name (`Europe/Berlin`); UTC when none is given.
-pub fn parse_zone(name: Option<&str>) -> Result<Tz, String> {
+pub fn parse_zone(name: Option<&str>) -> Result<Tz, ZoneError> {
     match name {
         None => Ok(Tz::UTC),
-        Some(n) => n
-            .parse::<Tz>()
-            .map_err(|_| format!("`{n}` is not an IANA time zone (such as Europe/Berlin or UTC)")),
+        Some(n) => n.parse::<Tz>().map_err(|_| ZoneError(n.to_owned())),
     }
 }
 
@@ -309,7 +333,8 @@ mod tests {
             "1h",
             Some("Mars/Olympus"),
         )])
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             err,
             "window `w`: `Mars/Olympus` is not an IANA time zone (such as Europe/Berlin or UTC)"

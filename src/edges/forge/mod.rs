@@ -176,111 +176,152 @@ fn branch(name: &str) -> String {
     name.strip_prefix("refs/heads/").unwrap_or(name).to_owned()
 }
 
+/// A pull-request payload that is not what the forge sends.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("the {event} payload is not what {forge} sends: {source}")]
+    Shape {
+        event: String,
+        forge: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the {event} payload has object_kind `{kind}`, not `merge_request`")]
+    NotAMergeRequest { event: String, kind: String },
+    /// `which` is `head` or `base`; `value` is cut to 80 characters.
+    #[error("the {event} payload's {which} commit `{value}` is not a commit id")]
+    NotACommitId {
+        event: String,
+        which: &'static str,
+        value: String,
+    },
+    /// `value` is cut to 200 characters.
+    #[error("the {event} payload's repository `{value}` is not `owner/name`")]
+    NotOwnerName { event: String, value: String },
+}
+
 /// What a pull-request webhook asks for: `Ok(Some(pr))` when the head needs validating
 /// and feedback, `Ok(None)` for other events and actions (closed, labeled, approved, a
 /// title edit, …), `Err` naming what is wrong for a payload that is not what the forge
-/// sends.
+/// sends. The steps: is it a pull-request event; read the forge's payload (and whether
+/// its action needs an answer); check the ids it carries.
 pub fn pull_request(
     forge: Forge,
     event_header: &str,
     body: &[u8],
-) -> Result<Option<PullRequest>, String> {
+) -> Result<Option<PullRequest>, PayloadError> {
     if !is_pull_request(forge, event_header) {
         return Ok(None);
     }
-    let forge_name = match forge {
+    let pr = match forge {
+        Forge::GitHub | Forge::Gitea => from_hub(forge, event_header, body)?,
+        Forge::GitLab => from_lab(event_header, body)?,
+    };
+    let Some(pr) = pr else { return Ok(None) };
+    check_ids(forge, event_header, &pr)?;
+    Ok(Some(pr))
+}
+
+fn shape(forge: Forge, event: &str) -> impl Fn(serde_json::Error) -> PayloadError + '_ {
+    let forge = match forge {
         Forge::GitHub => "GitHub",
         Forge::Gitea => "Gitea",
         Forge::GitLab => "GitLab",
     };
-    let bad = |e: serde_json::Error| {
-        format!("the {event_header} payload is not what {forge_name} sends: {e}")
+    move |source| PayloadError::Shape {
+        event: event.to_owned(),
+        forge,
+        source,
+    }
+}
+
+/// A GitHub or Gitea `pull_request` payload; `None` for an action that needs no answer.
+fn from_hub(forge: Forge, event: &str, body: &[u8]) -> Result<Option<PullRequest>, PayloadError> {
+    let hub: HubEvent = serde_json::from_slice(body).map_err(shape(forge, event))?;
+    let wanted = match hub.action.as_str() {
+        "opened" | "reopened" | "synchronize" | "synchronized" => true,
+        // A retargeted pull request: the diff is against another base now.
+        "edited" => hub
+            .changes
+            .as_ref()
+            .is_some_and(|c| c.get("base").is_some()),
+        _ => false,
     };
-    let pr = match forge {
-        Forge::GitHub | Forge::Gitea => {
-            let event: HubEvent = serde_json::from_slice(body).map_err(bad)?;
-            let wanted = match event.action.as_str() {
-                "opened" | "reopened" | "synchronize" | "synchronized" => true,
-                // A retargeted pull request: the diff is against another base now.
-                "edited" => event
+    if !wanted {
+        return Ok(None);
+    }
+    let p = hub.pull_request;
+    Ok(Some(PullRequest {
+        repo: hub.repository.full_name,
+        number: p.number,
+        head_sha: p.head.sha,
+        head_ref: branch(&p.head.git_ref),
+        base_sha: Some(p.base.sha).filter(|s| !s.is_empty()),
+        base_ref: branch(&p.base.git_ref),
+        head_clone_url: p.head.repo.and_then(|r| r.clone_url),
+    }))
+}
+
+/// A GitLab merge-request hook; `None` for an action that needs no answer.
+fn from_lab(event: &str, body: &[u8]) -> Result<Option<PullRequest>, PayloadError> {
+    let lab: LabEvent = serde_json::from_slice(body).map_err(shape(Forge::GitLab, event))?;
+    if lab.object_kind != "merge_request" {
+        return Err(PayloadError::NotAMergeRequest {
+            event: event.to_owned(),
+            kind: lab.object_kind,
+        });
+    }
+    let a = lab.object_attributes;
+    let wanted = match a.action.as_deref() {
+        Some("open") | Some("reopen") => true,
+        // `oldrev` is there when the update brought new commits; a new target
+        // branch shows in `changes`. Title, label or assignee updates have neither.
+        Some("update") => {
+            a.oldrev.as_deref().is_some_and(|r| !r.is_empty())
+                || lab
                     .changes
                     .as_ref()
-                    .is_some_and(|c| c.get("base").is_some()),
-                _ => false,
-            };
-            if !wanted {
-                return Ok(None);
-            }
-            let p = event.pull_request;
-            PullRequest {
-                repo: event.repository.full_name,
-                number: p.number,
-                head_sha: p.head.sha,
-                head_ref: branch(&p.head.git_ref),
-                base_sha: Some(p.base.sha).filter(|s| !s.is_empty()),
-                base_ref: branch(&p.base.git_ref),
-                head_clone_url: p.head.repo.and_then(|r| r.clone_url),
-            }
+                    .is_some_and(|c| c.get("target_branch").is_some())
         }
-        Forge::GitLab => {
-            let event: LabEvent = serde_json::from_slice(body).map_err(bad)?;
-            if event.object_kind != "merge_request" {
-                return Err(format!(
-                    "the {event_header} payload has object_kind `{}`, not `merge_request`",
-                    event.object_kind
-                ));
-            }
-            let a = event.object_attributes;
-            let wanted = match a.action.as_deref() {
-                Some("open") | Some("reopen") => true,
-                // `oldrev` is there when the update brought new commits; a new target
-                // branch shows in `changes`. Title, label or assignee updates have neither.
-                Some("update") => {
-                    a.oldrev.as_deref().is_some_and(|r| !r.is_empty())
-                        || event
-                            .changes
-                            .as_ref()
-                            .is_some_and(|c| c.get("target_branch").is_some())
-                }
-                Some(_) => false,
-                // Very old GitLab sends no action: answer while the request is open.
-                None => a.state.as_deref() == Some("opened"),
-            };
-            if !wanted {
-                return Ok(None);
-            }
-            PullRequest {
-                repo: event.project.id.to_string(),
-                number: a.iid,
-                head_sha: a.last_commit.id,
-                head_ref: branch(&a.source_branch),
-                base_sha: None,
-                base_ref: branch(&a.target_branch),
-                head_clone_url: a.source.and_then(|s| s.git_http_url),
-            }
-        }
+        Some(_) => false,
+        // Very old GitLab sends no action: answer while the request is open.
+        None => a.state.as_deref() == Some("opened"),
+    };
+    if !wanted {
+        return Ok(None);
+    }
+    Ok(Some(PullRequest {
+        repo: lab.project.id.to_string(),
+        number: a.iid,
+        head_sha: a.last_commit.id,
+        head_ref: branch(&a.source_branch),
+        base_sha: None,
+        base_ref: branch(&a.target_branch),
+        head_clone_url: a.source.and_then(|s| s.git_http_url),
+    }))
+}
+
+/// The head and base are commit ids (they end up in URLs and git commands), and a
+/// GitHub or Gitea repository is `owner/name`.
+fn check_ids(forge: Forge, event: &str, pr: &PullRequest) -> Result<(), PayloadError> {
+    let not_an_id = |which, value: &str| PayloadError::NotACommitId {
+        event: event.to_owned(),
+        which,
+        value: value.chars().take(80).collect(),
     };
     if !is_commit_id(&pr.head_sha) {
-        return Err(format!(
-            "the {event_header} payload's head commit `{}` is not a commit id",
-            pr.head_sha.chars().take(80).collect::<String>()
-        ));
+        return Err(not_an_id("head", &pr.head_sha));
     }
-    if let Some(base) = &pr.base_sha {
-        if !is_commit_id(base) {
-            return Err(format!(
-                "the {event_header} payload's base commit `{}` is not a commit id",
-                base.chars().take(80).collect::<String>()
-            ));
-        }
+    if let Some(base) = pr.base_sha.as_deref().filter(|b| !is_commit_id(b)) {
+        return Err(not_an_id("base", base));
     }
     if matches!(forge, Forge::GitHub | Forge::Gitea) && split_repo(&pr.repo).is_none() {
-        return Err(format!(
-            "the {event_header} payload's repository `{}` is not `owner/name`",
-            pr.repo.chars().take(200).collect::<String>()
-        ));
+        return Err(PayloadError::NotOwnerName {
+            event: event.to_owned(),
+            value: pr.repo.chars().take(200).collect(),
+        });
     }
-    Ok(Some(pr))
+    Ok(())
 }
 
 fn split_repo(repo: &str) -> Option<(&str, &str)> {
@@ -860,6 +901,15 @@ impl ForgeClient {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    /// The payload checks, with their errors as the words the webhook answers.
+    fn pull_request(
+        forge: Forge,
+        event_header: &str,
+        body: &[u8],
+    ) -> Result<Option<PullRequest>, String> {
+        super::pull_request(forge, event_header, body).map_err(|e| e.to_string())
+    }
 
     use axum::body::Bytes;
     use axum::extract::State;

@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::{Applied, BoxFuture, NodeDriver, NodeError};
-use crate::pure::catalog::{catalog, Catalog, Engine, ParamSpec, ParamType};
+use crate::pure::catalog::{catalog, Catalog, Engine, ParamSpec, ParamType, ValueError};
 use crate::pure::live::{Health, NodeLive};
 use crate::pure::spec::model::Role;
 
@@ -255,7 +255,8 @@ impl MemcachedDriver {
                     parameter: name.clone(),
                 });
             }
-            let target = normalize(cat, name, value).map_err(|e| self.refused(name, e))?;
+            let target =
+                normalize(cat, name, value).map_err(|e| self.refused(name, e.to_string()))?;
             targets.insert(name.clone(), (spec, target));
         }
 
@@ -294,8 +295,8 @@ impl MemcachedDriver {
             if old[name] == *target {
                 continue;
             }
-            let forward =
-                command_for(cat, spec, target, &fill_new).map_err(|e| self.refused(name, e))?;
+            let forward = command_for(cat, spec, target, &fill_new)
+                .map_err(|e| self.refused(name, e.to_string()))?;
             let back = command_for(cat, spec, &old[name], &fill_old)
                 .map_err(|e| self.refused(name, format!("cannot be put back afterwards: {e}")))?;
             steps.push(Step {
@@ -530,9 +531,32 @@ impl Failure {
 }
 
 /// Normalise a value the way the catalog does, as text.
-fn normalize(cat: &Catalog, name: &str, value: &str) -> Result<String, String> {
+fn normalize(cat: &Catalog, name: &str, value: &str) -> Result<String, ValueError> {
     cat.normalize(name, &serde_json::Value::String(value.to_owned()))
-        .map_err(|e| e.to_string())
+}
+
+/// Why no command sets a parameter to a value.
+#[derive(Debug, thiserror::Error)]
+enum CommandError {
+    #[error("memcached has no command that makes it {0}")]
+    NoCommandFor(String),
+    #[error("memcached has no command that changes it")]
+    NoCommand,
+    #[error("`{template}` needs {other}, which this memcached does not report")]
+    Unreported { template: String, other: String },
+    #[error("unclosed `{{` in `{0}`")]
+    Unclosed(String),
+    #[error(transparent)]
+    Unit(#[from] UnitError),
+}
+
+/// A value that is not a whole number of the unit its command takes.
+#[derive(Debug, thiserror::Error)]
+pub enum UnitError {
+    #[error("`{0}` is not a whole number of bytes")]
+    NotBytes(String),
+    #[error("{bytes} bytes is not a whole number of {unit}; memcached takes it in those")]
+    NotWhole { bytes: u64, unit: String },
 }
 
 /// The protocol command that sets `name` to the normalised `value`; `fill` holds the
@@ -542,7 +566,7 @@ fn command_for(
     spec: &ParamSpec,
     value: &str,
     fill: &BTreeMap<String, String>,
-) -> Result<String, String> {
+) -> Result<String, CommandError> {
     if let ParamType::Bool { true_word, .. } = &spec.ty {
         let command = if value == true_word {
             &spec.command_true
@@ -551,21 +575,19 @@ fn command_for(
         };
         return command
             .clone()
-            .ok_or_else(|| format!("memcached has no command that makes it {value}"));
+            .ok_or_else(|| CommandError::NoCommandFor(value.to_owned()));
     }
-    let template = spec
-        .command
-        .as_deref()
-        .ok_or_else(|| "memcached has no command that changes it".to_owned())?;
+    let template = spec.command.as_deref().ok_or(CommandError::NoCommand)?;
     fill_template(template, &|other| {
         if other.is_empty() {
-            return in_command_unit(spec, value);
+            return Ok(in_command_unit(spec, value)?);
         }
-        let v = fill.get(other).ok_or_else(|| {
-            format!("`{template}` needs {other}, which this memcached does not report")
+        let v = fill.get(other).ok_or_else(|| CommandError::Unreported {
+            template: template.to_owned(),
+            other: other.to_owned(),
         })?;
         match cat.get(other) {
-            Some(s) => in_command_unit(s, v),
+            Some(s) => Ok(in_command_unit(s, v)?),
             None => Ok(v.clone()),
         }
     })
@@ -574,8 +596,8 @@ fn command_for(
 /// `{}` and `{name}` in `template`, replaced by `value_of("")` / `value_of("name")`.
 fn fill_template(
     template: &str,
-    value_of: &dyn Fn(&str) -> Result<String, String>,
-) -> Result<String, String> {
+    value_of: &dyn Fn(&str) -> Result<String, CommandError>,
+) -> Result<String, CommandError> {
     let mut out = String::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -583,7 +605,7 @@ fn fill_template(
         let close = rest[open..]
             .find('}')
             .map(|c| c + open)
-            .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?;
+            .ok_or_else(|| CommandError::Unclosed(template.to_owned()))?;
         out.push_str(&value_of(&rest[open + 1..close])?);
         rest = &rest[close + 1..];
     }
@@ -593,18 +615,18 @@ fn fill_template(
 
 /// A normalised value in the unit its command and its flag take (`maxbytes` bytes →
 /// megabytes).
-pub(crate) fn in_command_unit(spec: &ParamSpec, value: &str) -> Result<String, String> {
+pub(crate) fn in_command_unit(spec: &ParamSpec, value: &str) -> Result<String, UnitError> {
     let Some(unit) = spec.flag_unit.filter(|u| *u > 1) else {
         return Ok(value.to_owned());
     };
     let n: u64 = value
         .parse()
-        .map_err(|_| format!("`{value}` is not a whole number of bytes"))?;
+        .map_err(|_| UnitError::NotBytes(value.to_owned()))?;
     if !n.is_multiple_of(unit) {
-        return Err(format!(
-            "{n} bytes is not a whole number of {}; memcached takes it in those",
-            unit_name(unit)
-        ));
+        return Err(UnitError::NotWhole {
+            bytes: n,
+            unit: unit_name(unit),
+        });
     }
     Ok((n / unit).to_string())
 }
@@ -632,13 +654,24 @@ fn accepted(reply: &[String]) -> bool {
     }
 }
 
+/// A reply that is not a stats reply; the lines shown are clipped.
+#[derive(Debug, thiserror::Error)]
+enum StatsError {
+    #[error("empty reply")]
+    Empty,
+    #[error("expected STAT lines and END, got {0}")]
+    NoEnd(String),
+    #[error("expected a STAT line, got `{0}`")]
+    NotAStat(String),
+}
+
 /// `STAT name value` lines up to `END` as a map; anything else is not a stats reply.
-fn parse_stats(lines: &[String]) -> Result<BTreeMap<String, String>, String> {
+fn parse_stats(lines: &[String]) -> Result<BTreeMap<String, String>, StatsError> {
     let Some((last, stats)) = lines.split_last() else {
-        return Err("empty reply".to_owned());
+        return Err(StatsError::Empty);
     };
     if last != "END" {
-        return Err(format!("expected STAT lines and END, got {}", shown(lines)));
+        return Err(StatsError::NoEnd(shown(lines)));
     }
     let mut out = BTreeMap::new();
     for line in stats {
@@ -646,7 +679,7 @@ fn parse_stats(lines: &[String]) -> Result<BTreeMap<String, String>, String> {
             .strip_prefix("STAT ")
             .and_then(|rest| rest.split_once(' ').or(Some((rest, ""))))
             .filter(|(name, _)| !name.is_empty())
-            .ok_or_else(|| format!("expected a STAT line, got `{}`", clip(line)))?;
+            .ok_or_else(|| StatsError::NotAStat(clip(line)))?;
         out.insert(name.to_owned(), value.to_owned());
     }
     Ok(out)
@@ -845,7 +878,10 @@ mod tests {
         .collect();
         let c = |name: &str, value: &str| command_for(cat, cat.get(name).unwrap(), value, &fill);
         assert_eq!(c("maxbytes", "33554432").unwrap(), "cache_memlimit 32");
-        assert!(c("maxbytes", "33554433").unwrap_err().contains("megabytes"));
+        assert!(c("maxbytes", "33554433")
+            .unwrap_err()
+            .to_string()
+            .contains("megabytes"));
         assert_eq!(c("warm_lru_pct", "30").unwrap(), "lru tune 20 30 0.5 2");
         assert_eq!(c("lru_crawler", "no").unwrap(), "lru_crawler disable");
         assert_eq!(c("track_sizes", "yes").unwrap(), "stats sizes_enable");

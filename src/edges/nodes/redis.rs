@@ -689,17 +689,28 @@ fn value_text(v: &Value) -> Option<String> {
     }
 }
 
+/// A `CONFIG GET` reply that is not names and values (what it was, described).
+#[derive(Debug, thiserror::Error)]
+enum ConfigReplyError {
+    #[error("an array of {0} items")]
+    OddArray(usize),
+    #[error("{0} as a name and value")]
+    NotAPair(String),
+    #[error("{0}")]
+    Unexpected(String),
+}
+
 /// A `CONFIG GET` reply (a flat array in RESP2, a map in RESP3) as a map.
-fn config_map(v: &Value) -> Result<BTreeMap<String, String>, String> {
+fn config_map(v: &Value) -> Result<BTreeMap<String, String>, ConfigReplyError> {
     let mut out = BTreeMap::new();
     match v {
         Value::Array(items) => {
             if items.len() % 2 != 0 {
-                return Err(format!("an array of {} items", items.len()));
+                return Err(ConfigReplyError::OddArray(items.len()));
             }
             for pair in items.chunks(2) {
                 let (Some(k), Some(v)) = (value_text(&pair[0]), value_text(&pair[1])) else {
-                    return Err(format!("{} as a name and value", describe(&pair[0])));
+                    return Err(ConfigReplyError::NotAPair(describe(&pair[0])));
                 };
                 out.insert(k, v);
             }
@@ -707,12 +718,12 @@ fn config_map(v: &Value) -> Result<BTreeMap<String, String>, String> {
         Value::Map(pairs) => {
             for (k, v) in pairs {
                 let (Some(k), Some(v)) = (value_text(k), value_text(v)) else {
-                    return Err(format!("{} as a name and value", describe(k)));
+                    return Err(ConfigReplyError::NotAPair(describe(k)));
                 };
                 out.insert(k, v);
             }
         }
-        other => return Err(describe(other)),
+        other => return Err(ConfigReplyError::Unexpected(describe(other))),
     }
     Ok(out)
 }

@@ -103,18 +103,78 @@ pub enum SourceError {
     RevisionNotFound { rev: String, repo: String },
     #[error("revision `{rev}` in {repo} is not a commit")]
     NotACommit { rev: String, repo: String },
+    /// The cause is kept as its redacted text and its code, not as the `git2::Error`:
+    /// libgit2's message may quote the URL with its credentials.
     #[error("cannot clone or fetch {url}: {message}")]
-    FetchFailed { url: String, message: String },
+    FetchFailed {
+        url: String,
+        message: String,
+        code: git2::ErrorCode,
+    },
     #[error("{repo} has no working tree (a bare repository): --worktree needs one")]
     NoWorktree { repo: String },
+    /// As for `FetchFailed`, the cause is its redacted text and its code.
     #[error("git error in {repo}: {message}")]
-    Git { repo: String, message: String },
+    Git {
+        repo: String,
+        message: String,
+        code: git2::ErrorCode,
+    },
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What a failure asks of whoever follows a branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Stalled: the same input fails the same way again (an invalid revision, an
+    /// untrusted signature, rewritten history, a missing branch). Wait for a new commit.
+    Refusal,
+    /// The input may be fine and the world was not (the remote unreachable, a git lock,
+    /// a disk error): try again after a backoff with jitter.
+    Transient,
+}
+
+impl SourceError {
+    /// Whether trying the same thing again later may succeed.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            SourceError::RevisionNotFound { .. }
+            | SourceError::NotACommit { .. }
+            | SourceError::NoWorktree { .. } => FailureKind::Refusal,
+            // A path that is not a repository may be one being cloned or restored.
+            SourceError::NotARepository { .. }
+            | SourceError::FetchFailed { .. }
+            | SourceError::Io { .. } => FailureKind::Transient,
+            SourceError::Git { code, .. } => match code {
+                git2::ErrorCode::NotFound
+                | git2::ErrorCode::InvalidSpec
+                | git2::ErrorCode::Invalid
+                | git2::ErrorCode::UnbornBranch
+                | git2::ErrorCode::Ambiguous => FailureKind::Refusal,
+                // Locked, a failed read of the object database, and the rest.
+                _ => FailureKind::Transient,
+            },
+        }
+    }
+
+    /// `kind() == Transient`: back off with jitter and try again.
+    pub fn is_transient(&self) -> bool {
+        self.kind() == FailureKind::Transient
+    }
+
+    /// A git error in `repo`, its text redacted (it may quote a URL).
+    pub fn git(repo: &str, e: &git2::Error) -> SourceError {
+        SourceError::Git {
+            repo: repo.to_owned(),
+            message: redact_url(e.message()),
+            code: e.code(),
+        }
+    }
 }
 
 /// A config repository: a local work tree or bare repository, or the cached mirror of
@@ -219,9 +279,9 @@ impl ConfigRepo {
                         path: f.shown,
                         text,
                     },
-                    Err(message) => FileItem::Problem(FileProblem {
+                    Err(problem) => FileItem::Problem(FileProblem {
                         path: f.shown,
-                        message,
+                        message: problem.to_string(),
                     }),
                 },
                 What::Problem(message) => FileItem::Problem(FileProblem {
@@ -279,9 +339,9 @@ impl ConfigRepo {
                     Ok(text) => {
                         set.files.insert(f.shown, text);
                     }
-                    Err(message) => set.problems.push(FileProblem {
+                    Err(problem) => set.problems.push(FileProblem {
                         path: f.shown,
-                        message,
+                        message: problem.to_string(),
                     }),
                 },
                 What::Problem(message) => set.problems.push(FileProblem {
@@ -435,7 +495,10 @@ impl ConfigRepo {
                 Ok(text) => {
                     set.files.insert(path, text);
                 }
-                Err(message) => set.problems.push(FileProblem { path, message }),
+                Err(problem) => set.problems.push(FileProblem {
+                    path,
+                    message: problem.to_string(),
+                }),
             }
         }
         finish(&mut set);
@@ -450,10 +513,7 @@ impl ConfigRepo {
     }
 
     fn git_err(&self, e: git2::Error) -> SourceError {
-        SourceError::Git {
-            repo: self.name.clone(),
-            message: redact_url(e.message()),
-        }
+        SourceError::git(&self.name, &e)
     }
 }
 
@@ -464,7 +524,18 @@ fn is_not_found(e: &git2::Error) -> bool {
     )
 }
 
-type Blobs = Vec<(String, Result<String, String>)>;
+type Blobs = Vec<(String, Result<String, Unreadable>)>;
+
+/// Why a file that exists cannot be used (shown as a [`FileProblem`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("file is {}; cacheflow reads files up to 1 MiB", shown_size(.0))]
+    TooBig(u64),
+    #[error("not valid UTF-8 at byte {0}")]
+    NotUtf8(usize),
+}
 
 /// Read blobs: size from the header first, so an oversized blob is never inflated.
 fn read_blobs(odb: &git2::Odb<'_>, blobs: Vec<(String, Oid)>) -> Result<Blobs, git2::Error> {
@@ -476,51 +547,47 @@ fn read_blobs(odb: &git2::Odb<'_>, blobs: Vec<(String, Oid)>) -> Result<Blobs, g
 }
 
 /// One blob as text, or why it cannot be used (too large, not UTF-8).
-fn read_blob(odb: &git2::Odb<'_>, oid: Oid) -> Result<Result<String, String>, git2::Error> {
+fn read_blob(odb: &git2::Odb<'_>, oid: Oid) -> Result<Result<String, Unreadable>, git2::Error> {
     let (size, _) = odb.read_header(oid)?;
     if size > MAX_FILE_BYTES {
-        return Ok(Err(too_big(size as u64)));
+        return Ok(Err(Unreadable::TooBig(size as u64)));
     }
     let obj = odb.read(oid)?;
     Ok(utf8(obj.data()))
 }
 
-fn read_disk_file(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot read: {e}"))?
-        .len();
+fn read_disk_file(path: &Path) -> Result<String, Unreadable> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
     if len > MAX_FILE_BYTES as u64 {
-        return Err(too_big(len));
+        return Err(Unreadable::TooBig(len));
     }
     // `take` guards against a file that grows between the size check and the read.
     let mut bytes = Vec::with_capacity(len as usize);
     file.take(MAX_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
+        .read_to_end(&mut bytes)?;
     if bytes.len() > MAX_FILE_BYTES {
-        return Err(too_big(bytes.len() as u64));
+        return Err(Unreadable::TooBig(bytes.len() as u64));
     }
     utf8(&bytes)
 }
 
-fn utf8(bytes: &[u8]) -> Result<String, String> {
+fn utf8(bytes: &[u8]) -> Result<String, Unreadable> {
     match std::str::from_utf8(bytes) {
         Ok(s) => Ok(s.to_owned()),
-        Err(e) => Err(format!("not valid UTF-8 at byte {}", e.valid_up_to())),
+        Err(e) => Err(Unreadable::NotUtf8(e.valid_up_to())),
     }
 }
 
-fn too_big(size: u64) -> String {
+fn shown_size(size: &u64) -> String {
+    let size = *size;
     let mib = size as f64 / (1u64 << 20) as f64;
     // "1.0 MiB; ... up to 1 MiB" would read as a contradiction: show bytes then.
-    let shown = if mib < 1.05 {
+    if mib < 1.05 {
         format!("{size} bytes")
     } else {
         format!("{mib:.1} MiB")
-    };
-    format!("file is {shown}; cacheflow reads files up to 1 MiB")
+    }
 }
 
 fn finish(set: &mut FileSet) {
@@ -928,10 +995,7 @@ impl<'r> GitTree<'r> {
     }
 
     fn err(&self, e: git2::Error) -> SourceError {
-        SourceError::Git {
-            repo: self.name.to_string(),
-            message: e.message().to_string(),
-        }
+        SourceError::git(self.name, &e)
     }
 
     fn node(&self, mode: i32, kind: Option<ObjectType>, id: Oid) -> Result<Node<Oid>, SourceError> {
@@ -1169,6 +1233,7 @@ fn open_mirror(url: &str, cache: &Path) -> Result<ConfigRepo, SourceError> {
     let failed = |e: git2::Error| SourceError::FetchFailed {
         url: shown.clone(),
         message: redact_url(e.message()),
+        code: e.code(),
     };
 
     if dir.exists() {

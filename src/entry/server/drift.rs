@@ -106,7 +106,11 @@ fn schedule_of(desired: &Desired) -> Option<(Crontab, chrono_tz::Tz)> {
         crate::pure::windows::parse_zone(drift.timezone.as_deref()),
     ) {
         (Ok(c), Ok(z)) => Some((c, z)),
-        (Err(e), _) | (_, Err(e)) => {
+        (Err(e), _) => {
+            tracing::error!("drift schedule ignored: {e}");
+            None
+        }
+        (_, Err(e)) => {
             tracing::error!("drift schedule ignored: {e}");
             None
         }

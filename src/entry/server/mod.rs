@@ -440,7 +440,7 @@ fn check_head(
                 }
                 Err(reason) => Ok(Head::Refused {
                     head,
-                    reason,
+                    reason: reason.to_string(),
                     kind: "untrusted",
                 }),
             }
@@ -619,7 +619,7 @@ async fn pull_request(app: &Shared, forge: Forge, event: &str, body: &[u8]) -> R
         }
         Err(e) => {
             app.metrics.delivery(name, "bad_request");
-            return error(StatusCode::BAD_REQUEST, e);
+            return error(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
     let client = match app.feedback.client(forge) {

@@ -204,10 +204,12 @@ async fn run(
             Engine::Redis => read_config(path, engine)
                 .map(|now| conffile::redis_set(&now, &start_only))
                 .map_err(|f| f.message),
-            Engine::Memcached => conffile::memcached_start_options(&want).and_then(|opts| {
-                conffile::memcached_block(original, &opts)
-                    .map_err(|e| format!("{}: {e}", path.display()))
-            }),
+            Engine::Memcached => conffile::memcached_start_options(&want)
+                .map_err(|e| e.to_string())
+                .and_then(|opts| {
+                    conffile::memcached_block(original, &opts)
+                        .map_err(|e| format!("{}: {e}", path.display()))
+                }),
         }
         .and_then(|text| {
             conffile::write_atomic(path, &text)

@@ -96,10 +96,27 @@ fn redis_value(name: &str, value: &str) -> String {
     out
 }
 
+/// Why a memcached options file cannot be written for an assignment.
+#[derive(Debug, thiserror::Error)]
+pub enum ConffileError {
+    #[error("the cacheflow block has no `{BLOCK_END}` line; mend the file by hand")]
+    UnclosedBlock,
+    #[error("unknown memcached parameter `{0}`")]
+    UnknownParameter(String),
+    #[error("`{0}` has no start flag")]
+    NoStartFlag(String),
+    #[error("unclosed `{{` in the flag of `{0}`")]
+    UnclosedFlag(String),
+    #[error("`{name}` is set at start together with `{other}`, which is not assigned")]
+    NotAssigned { name: String, other: String },
+    #[error(transparent)]
+    Unit(#[from] crate::edges::nodes::memcached::UnitError),
+}
+
 /// Replace (or add, last) the cacheflow block of a memcached options file. A block
 /// whose end line is missing is an error: what follows its start may be a person's own
 /// options, and guessing would drop them.
-pub fn memcached_block(text: &str, options: &[String]) -> Result<String, String> {
+pub fn memcached_block(text: &str, options: &[String]) -> Result<String, ConffileError> {
     let mut out = String::new();
     let mut inside = false;
     for line in text.lines() {
@@ -117,9 +134,7 @@ pub fn memcached_block(text: &str, options: &[String]) -> Result<String, String>
         out.push('\n');
     }
     if inside {
-        return Err(format!(
-            "the cacheflow block has no `{BLOCK_END}` line; mend the file by hand"
-        ));
+        return Err(ConffileError::UnclosedBlock);
     }
     out.push_str(BLOCK_BEGIN);
     out.push('\n');
@@ -242,13 +257,15 @@ fn from_flag_value(name: &str, spec: &ParamSpec, raw: &str) -> String {
 /// parameter that has a flag, skipping booleans at their default (they have no flag) and
 /// the few run-time parameters memcached has no start flag for (`verbosity`): those
 /// cannot be persisted and are lost when memcached restarts.
-pub fn memcached_start_options(params: &BTreeMap<String, String>) -> Result<Vec<String>, String> {
+pub fn memcached_start_options(
+    params: &BTreeMap<String, String>,
+) -> Result<Vec<String>, ConffileError> {
     let cat = catalog(Engine::Memcached);
     let mut out = Vec::new();
     for (name, value) in params {
         let spec = cat
             .get(name)
-            .ok_or_else(|| format!("unknown memcached parameter `{name}`"))?;
+            .ok_or_else(|| ConffileError::UnknownParameter(name.clone()))?;
         let has_flag = spec.flag.is_some() || spec.flag_true.is_some() || spec.flag_false.is_some();
         if !has_flag {
             continue;
@@ -267,7 +284,7 @@ pub fn start_words(
     spec: &ParamSpec,
     value: &str,
     all: &BTreeMap<String, String>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, ConffileError> {
     let template = match &spec.ty {
         ParamType::Bool { true_word, .. } => {
             let flag = if value == true_word {
@@ -282,7 +299,7 @@ pub fn start_words(
         }
         _ => {
             let Some(flag) = &spec.flag else {
-                return Err(format!("`{name}` has no start flag"));
+                return Err(ConffileError::NoStartFlag(name.to_owned()));
             };
             let v = flag_value(spec, value)?;
             if flag.contains("{}") {
@@ -300,14 +317,15 @@ pub fn start_words(
         let close = rest[open..]
             .find('}')
             .map(|c| c + open)
-            .ok_or_else(|| format!("unclosed `{{` in the flag of `{name}`"))?;
+            .ok_or_else(|| ConffileError::UnclosedFlag(name.to_owned()))?;
         let other = &rest[open + 1..close];
-        let v = all.get(other).ok_or_else(|| {
-            format!("`{name}` is set at start together with `{other}`, which is not assigned")
+        let v = all.get(other).ok_or_else(|| ConffileError::NotAssigned {
+            name: name.to_owned(),
+            other: other.to_owned(),
         })?;
         let other_spec = catalog(Engine::Memcached)
             .get(other)
-            .ok_or_else(|| format!("unknown memcached parameter `{other}`"))?;
+            .ok_or_else(|| ConffileError::UnknownParameter(other.to_owned()))?;
         out.push_str(&flag_value(other_spec, v)?);
         rest = &rest[close + 1..];
     }
@@ -316,9 +334,11 @@ pub fn start_words(
 }
 
 /// A normalised value in the unit and spelling of its flag (`67108864` → `64` for `-m`).
-fn flag_value(spec: &ParamSpec, value: &str) -> Result<String, String> {
+fn flag_value(spec: &ParamSpec, value: &str) -> Result<String, ConffileError> {
     if spec.flag_unit.is_some_and(|u| u > 1) {
-        return crate::edges::nodes::memcached::in_command_unit(spec, value);
+        return Ok(crate::edges::nodes::memcached::in_command_unit(
+            spec, value,
+        )?);
     }
     Ok(spec
         .flag_values
@@ -415,6 +435,7 @@ mod tests {
         let open = format!("-m 64\n{BLOCK_BEGIN}\n-m 128\n# mine\n-t 8\n");
         assert!(memcached_block(&open, &[])
             .unwrap_err()
+            .to_string()
             .contains("no `# END cacheflow` line"));
         assert_eq!(
             memcached_options(&twice),
@@ -464,9 +485,13 @@ mod tests {
             memcached_start_options(&map(&[("verbosity", "1"), ("maxconns", "10")])).unwrap(),
             vec!["-c 10"]
         );
-        let e = memcached_start_options(&map(&[("maxbytes", "1000")])).unwrap_err();
+        let e = memcached_start_options(&map(&[("maxbytes", "1000")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a whole number"), "{e}");
-        let e = memcached_start_options(&map(&[("nope", "1")])).unwrap_err();
+        let e = memcached_start_options(&map(&[("nope", "1")]))
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "unknown memcached parameter `nope`");
     }
 }

@@ -502,7 +502,7 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
         let base = format!("/spec/windows/{i}");
         check_cron(ctx, p, &format!("{base}/schedule"), &w.schedule, &[5]);
         if let Err(e) = crate::pure::windows::parse_zone(w.timezone.as_deref()) {
-            ctx.at(p, &format!("{base}/timezone"), e);
+            ctx.at(p, &format!("{base}/timezone"), e.to_string());
         }
         match catalog::parse_duration_micros(&w.duration) {
             Some(0) => ctx.at(
@@ -522,7 +522,7 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
         check_cron(ctx, p, "/spec/drift/schedule", schedule, &[5, 6]);
     }
     if let Err(e) = crate::pure::windows::parse_zone(spec.drift.timezone.as_deref()) {
-        ctx.at(p, "/spec/drift/timezone", e);
+        ctx.at(p, "/spec/drift/timezone", e.to_string());
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, n) in spec.notifications.iter().enumerate() {
@@ -570,7 +570,7 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
 /// A crontab expression the scheduler can run (`schedule::Crontab`, which says why not).
 fn check_cron(ctx: &mut Ctx, p: &Parsed, pointer: &str, expr: &str, fields: &[usize]) {
     if let Err(e) = crate::pure::schedule::Crontab::parse(expr, fields) {
-        ctx.at(p, pointer, e);
+        ctx.at(p, pointer, e.to_string());
     }
 }
 

@@ -196,7 +196,8 @@ pub(crate) fn parse_file<'a>(
     })?;
     let src = Source::new(path, text);
     let path = src.path();
-    let validator = schema::document_validator().map_err(|e| vec![file_level(path, e)])?;
+    let validator =
+        schema::document_validator().map_err(|e| vec![file_level(path, e.to_string())])?;
     let findings = schema::findings(validator, &value);
     if !findings.is_empty() {
         return Err(findings

@@ -29,35 +29,43 @@ pub struct Finding {
     pub message: String,
 }
 
-fn compile(text: &str) -> Result<Validator, String> {
-    let schema: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+/// A JSON Schema that does not compile. The cause is kept as text: jsonschema's error
+/// borrows the schema, and an embedded schema's error is kept (`Clone`) for every later
+/// call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SchemaError(String);
+
+fn compile(text: &str, name: &str) -> Result<Validator, SchemaError> {
+    let broken = |e: &dyn std::fmt::Display| SchemaError(format!("embedded {name}: {e}"));
+    let schema: Value = serde_json::from_str(text).map_err(|e| broken(&e))?;
     jsonschema::options()
         .with_draft(jsonschema::Draft::Draft202012)
         .build(&schema)
-        .map_err(|e| e.to_string())
+        .map_err(|e| broken(&e))
 }
 
 /// The compiled document validator. The embedded schema is checked by a unit test.
-pub fn document_validator() -> Result<&'static Validator, String> {
-    static V: OnceLock<Result<Validator, String>> = OnceLock::new();
-    V.get_or_init(|| compile(DOCUMENT_SCHEMA))
+pub fn document_validator() -> Result<&'static Validator, SchemaError> {
+    static V: OnceLock<Result<Validator, SchemaError>> = OnceLock::new();
+    V.get_or_init(|| compile(DOCUMENT_SCHEMA, "schemas/cacheflow.schema.json"))
         .as_ref()
-        .map_err(|e| format!("embedded schemas/cacheflow.schema.json: {e}"))
+        .map_err(Clone::clone)
 }
 
 /// The compiled live-state validator.
-pub fn live_state_validator() -> Result<&'static Validator, String> {
-    static V: OnceLock<Result<Validator, String>> = OnceLock::new();
-    V.get_or_init(|| compile(LIVE_STATE_SCHEMA))
+pub fn live_state_validator() -> Result<&'static Validator, SchemaError> {
+    static V: OnceLock<Result<Validator, SchemaError>> = OnceLock::new();
+    V.get_or_init(|| compile(LIVE_STATE_SCHEMA, "schemas/live-state.schema.json"))
         .as_ref()
-        .map_err(|e| format!("embedded schemas/live-state.schema.json: {e}"))
+        .map_err(Clone::clone)
 }
 
 /// Compile a user-supplied schema (a repository's `policies/*.schema.json`). Draft
 /// 2020-12 unless the schema names another in `$schema`. No remote references are
 /// fetched: the crate is built without HTTP resolving.
-pub fn compile_policy(schema: &Value) -> Result<Validator, String> {
-    jsonschema::validator_for(schema).map_err(|e| e.to_string())
+pub fn compile_policy(schema: &Value) -> Result<Validator, SchemaError> {
+    jsonschema::validator_for(schema).map_err(|e| SchemaError(e.to_string()))
 }
 
 /// Every violation as an indented line `  /pointer: message`, for errors about a whole
