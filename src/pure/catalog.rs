@@ -421,28 +421,7 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
                     allowed: values.join(", "),
                 })
         }
-        ParamType::List { ordered, values } => {
-            let mut items: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
-            if let Some(allowed) = values {
-                for item in &mut items {
-                    let lower = item.to_ascii_lowercase();
-                    match allowed.iter().find(|v| v.to_ascii_lowercase() == lower) {
-                        Some(v) => *item = v.clone(),
-                        None => {
-                            return Err(BadValue::ItemNotOneOf {
-                                item: item.clone(),
-                                allowed: allowed.join(", "),
-                            })
-                        }
-                    }
-                }
-            }
-            if !ordered {
-                items.sort();
-                items.dedup();
-            }
-            Ok(items.join(" "))
-        }
+        ParamType::List { ordered, values } => normalize_list(&text, *ordered, values.as_deref()),
         ParamType::String { pattern } => {
             if let Some(p) = pattern {
                 let ok = regex_lite_match(p, &text);
@@ -456,6 +435,35 @@ pub fn normalize_value(ty: &ParamType, value: &serde_json::Value) -> Result<Stri
             Ok(text)
         }
     }
+}
+
+/// A list of words: each one of `allowed` (in its spelling) if given; sorted and without
+/// repeats unless `ordered`.
+fn normalize_list(
+    text: &str,
+    ordered: bool,
+    allowed: Option<&[String]>,
+) -> Result<String, BadValue> {
+    let mut items: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+    if let Some(allowed) = allowed {
+        for item in &mut items {
+            let lower = item.to_ascii_lowercase();
+            match allowed.iter().find(|v| v.to_ascii_lowercase() == lower) {
+                Some(v) => *item = v.clone(),
+                None => {
+                    return Err(BadValue::ItemNotOneOf {
+                        item: item.clone(),
+                        allowed: allowed.join(", "),
+                    })
+                }
+            }
+        }
+    }
+    if !ordered {
+        items.sort();
+        items.dedup();
+    }
+    Ok(items.join(" "))
 }
 
 /// Catalog patterns are simple anchored character-class checks; we validate them through

@@ -502,6 +502,19 @@ pub enum ForgeError {
 }
 
 impl ForgeError {
+    /// No answer, a server error or a rate limit may go away; any other answer or a
+    /// client that cannot be made will not.
+    pub fn kind(&self) -> crate::edges::source::FailureKind {
+        use crate::edges::source::FailureKind;
+        match self {
+            ForgeError::Transport { .. } => FailureKind::Transient,
+            ForgeError::Status { status, .. } if *status >= 500 || *status == 429 => {
+                FailureKind::Transient
+            }
+            _ => FailureKind::Refusal,
+        }
+    }
+
     /// The HTTP status the forge answered, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -66,6 +66,19 @@ pub enum NodeError {
     Secret { reference: String, message: String },
 }
 
+impl NodeError {
+    /// A node that did not answer may answer later: back off with jitter and try again.
+    /// The rest (a refusal, a failed login, a missing secret) stays as it is until the
+    /// assignment or the configuration changes.
+    pub fn kind(&self) -> crate::edges::source::FailureKind {
+        use crate::edges::source::FailureKind;
+        match self {
+            NodeError::Unreachable { .. } | NodeError::TimedOut { .. } => FailureKind::Transient,
+            _ => FailureKind::Refusal,
+        }
+    }
+}
+
 /// One cache node as cacheflow sees it.
 pub trait NodeDriver: Send + Sync {
     fn engine(&self) -> Engine;

@@ -1647,7 +1647,11 @@ mod tests {
             "main@{",
         ] {
             match repo.read_rev(rev) {
-                Err(SourceError::RevisionNotFound { rev: r, .. }) => assert_eq!(r, rev),
+                Err(e @ SourceError::RevisionNotFound { .. }) => {
+                    assert!(matches!(&e, SourceError::RevisionNotFound { rev: r, .. } if r == rev));
+                    // Fetching again will not bring it: wait for a new commit.
+                    assert_eq!(e.kind(), FailureKind::Refusal);
+                }
                 other => panic!("{rev}: {other:?}"),
             }
         }
@@ -1977,6 +1981,25 @@ mod tests {
     }
 
     #[test]
+    fn a_git_lock_is_transient_and_a_bad_spec_a_refusal() {
+        let locked = git2::Error::new(
+            git2::ErrorCode::Locked,
+            git2::ErrorClass::Reference,
+            "failed to lock file 'refs/heads/main.lock' for writing",
+        );
+        assert_eq!(
+            SourceError::git("repo", &locked).kind(),
+            FailureKind::Transient
+        );
+        let spec = git2::Error::new(
+            git2::ErrorCode::InvalidSpec,
+            git2::ErrorClass::Reference,
+            "not a valid reference",
+        );
+        assert_eq!(SourceError::git("repo", &spec).kind(), FailureKind::Refusal);
+    }
+
+    #[test]
     fn credentials_never_appear_in_errors() {
         let cache = tempfile::tempdir().unwrap();
         // Port 1 on loopback refuses at once.
@@ -1984,6 +2007,7 @@ mod tests {
         let err = ConfigRepo::open(url, Some(cache.path())).unwrap_err();
         let text = format!("{err} {err:?}");
         assert!(matches!(err, SourceError::FetchFailed { .. }), "{text}");
+        assert!(err.is_transient(), "a failed fetch is tried again: {text}");
         assert!(!text.contains("s3cr3t"), "{text}");
         assert!(
             text.contains("https://127.0.0.1:1/team/config.git"),
