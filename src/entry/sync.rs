@@ -104,8 +104,13 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         Err(e) => {
             // Journal the refusal too: the audit log says what was not applied and why.
             if let PipelineError::Invalid { revision, .. } = &e {
-                if let Ok(mut journal) = Journal::open(&git_dir) {
-                    let state = journal.load().ok().flatten().unwrap_or_default();
+                // Not on a journal this build cannot read (a newer format): it would
+                // be written over with an empty state.
+                if let Some((mut journal, state)) = Journal::open(&git_dir)
+                    .ok()
+                    .and_then(|mut j| j.load().ok().map(|state| (j, state)))
+                {
+                    let state = state.unwrap_or_default();
                     let _ = journal.append(
                         &format!("{revision} refused by cacheflow sync: it is invalid"),
                         &state,

@@ -364,4 +364,27 @@ spec:
         entry,
         "the newer journal is not written over"
     );
+
+    // Nor by the refusal of an invalid revision.
+    repo.write(
+        "clusters/cache.yaml",
+        "apiVersion: cacheflow/v1
+kind: Cluster
+metadata: {name: cache}
+spec:
+  engine: redis
+  parameters:
+    hz: 500000
+  nodes:
+    - {id: a1, address: '127.0.0.1:1', shard: a, role: primary}
+",
+    );
+    repo.commit("cache: hz out of range");
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        r.refname_to_id("refs/cacheflow/journal").unwrap(),
+        entry,
+        "the newer journal is not written over by a refusal"
+    );
 }
