@@ -178,7 +178,7 @@ fn branch(name: &str) -> String {
 
 /// A pull-request payload that is not what the forge sends.
 #[derive(Debug, thiserror::Error)]
-pub enum PayloadError {
+pub enum PullRequestPayloadError {
     #[error("the {event} payload is not what {forge} sends: {source}")]
     Shape {
         event: String,
@@ -209,7 +209,7 @@ pub fn pull_request(
     forge: Forge,
     event_header: &str,
     body: &[u8],
-) -> Result<Option<PullRequest>, PayloadError> {
+) -> Result<Option<PullRequest>, PullRequestPayloadError> {
     if !is_pull_request(forge, event_header) {
         return Ok(None);
     }
@@ -222,13 +222,13 @@ pub fn pull_request(
     Ok(Some(pr))
 }
 
-fn shape(forge: Forge, event: &str) -> impl Fn(serde_json::Error) -> PayloadError + '_ {
+fn shape(forge: Forge, event: &str) -> impl Fn(serde_json::Error) -> PullRequestPayloadError + '_ {
     let forge = match forge {
         Forge::GitHub => "GitHub",
         Forge::Gitea => "Gitea",
         Forge::GitLab => "GitLab",
     };
-    move |source| PayloadError::Shape {
+    move |source| PullRequestPayloadError::Shape {
         event: event.to_owned(),
         forge,
         source,
@@ -236,7 +236,11 @@ fn shape(forge: Forge, event: &str) -> impl Fn(serde_json::Error) -> PayloadErro
 }
 
 /// A GitHub or Gitea `pull_request` payload; `None` for an action that needs no answer.
-fn from_hub(forge: Forge, event: &str, body: &[u8]) -> Result<Option<PullRequest>, PayloadError> {
+fn from_hub(
+    forge: Forge,
+    event: &str,
+    body: &[u8],
+) -> Result<Option<PullRequest>, PullRequestPayloadError> {
     let hub: HubEvent = serde_json::from_slice(body).map_err(shape(forge, event))?;
     let wanted = match hub.action.as_str() {
         "opened" | "reopened" | "synchronize" | "synchronized" => true,
@@ -263,10 +267,10 @@ fn from_hub(forge: Forge, event: &str, body: &[u8]) -> Result<Option<PullRequest
 }
 
 /// A GitLab merge-request hook; `None` for an action that needs no answer.
-fn from_lab(event: &str, body: &[u8]) -> Result<Option<PullRequest>, PayloadError> {
+fn from_lab(event: &str, body: &[u8]) -> Result<Option<PullRequest>, PullRequestPayloadError> {
     let lab: LabEvent = serde_json::from_slice(body).map_err(shape(Forge::GitLab, event))?;
     if lab.object_kind != "merge_request" {
-        return Err(PayloadError::NotAMergeRequest {
+        return Err(PullRequestPayloadError::NotAMergeRequest {
             event: event.to_owned(),
             kind: lab.object_kind,
         });
@@ -303,8 +307,8 @@ fn from_lab(event: &str, body: &[u8]) -> Result<Option<PullRequest>, PayloadErro
 
 /// The head and base are commit ids (they end up in URLs and git commands), and a
 /// GitHub or Gitea repository is `owner/name`.
-fn check_ids(forge: Forge, event: &str, pr: &PullRequest) -> Result<(), PayloadError> {
-    let not_an_id = |which, value: &str| PayloadError::NotACommitId {
+fn check_ids(forge: Forge, event: &str, pr: &PullRequest) -> Result<(), PullRequestPayloadError> {
+    let not_an_id = |which, value: &str| PullRequestPayloadError::NotACommitId {
         event: event.to_owned(),
         which,
         value: value.chars().take(80).collect(),
@@ -316,7 +320,7 @@ fn check_ids(forge: Forge, event: &str, pr: &PullRequest) -> Result<(), PayloadE
         return Err(not_an_id("base", base));
     }
     if matches!(forge, Forge::GitHub | Forge::Gitea) && split_repo(&pr.repo).is_none() {
-        return Err(PayloadError::NotOwnerName {
+        return Err(PullRequestPayloadError::NotOwnerName {
             event: event.to_owned(),
             value: pr.repo.chars().take(200).collect(),
         });
