@@ -231,7 +231,7 @@ fn parse_impl(text: &str, track: bool) -> Result<Located, YamlError> {
                     style,
                     tag.as_deref().map(|t| (&*t.handle, &*t.suffix)),
                 )
-                .map_err(|m| err(pos, &current_pointer(&stack), m))?;
+                .map_err(|m| err(pos, &current_pointer(&stack), m.to_string()))?;
                 let pointer = child_pointer(&mut stack, pos, &err, track)?;
                 if track {
                     out.values.insert(pointer, pos);
@@ -411,28 +411,44 @@ fn count_nodes(value: &Value) -> usize {
     }
 }
 
+/// A tagged scalar that is not what its tag says, or a tag outside the core schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ScalarError {
+    #[error("`{0}` is not an integer")]
+    NotAnInteger(String),
+    #[error("`{0}` is not a number")]
+    NotANumber(String),
+    #[error("`{0}` is not a boolean")]
+    NotABoolean(String),
+    /// The tag as written (`!!set`, `!custom`).
+    #[error("YAML tag `{0}` is not supported")]
+    UnsupportedTag(String),
+}
+
 /// Resolve a scalar with the YAML 1.2 core schema.
 fn resolve_scalar(
     text: &str,
     style: ScalarStyle,
     tag: Option<(&str, &str)>,
-) -> Result<Value, String> {
+) -> Result<Value, ScalarError> {
     if let Some((handle, suffix)) = tag {
         if handle == "tag:yaml.org,2002:" || handle == "!!" {
             return match suffix {
                 "str" => Ok(Value::String(text.to_owned())),
-                "int" => parse_int(text).ok_or_else(|| format!("`{text}` is not an integer")),
-                "float" => parse_float(text).ok_or_else(|| format!("`{text}` is not a number")),
+                "int" => parse_int(text).ok_or_else(|| ScalarError::NotAnInteger(text.to_owned())),
+                "float" => {
+                    parse_float(text).ok_or_else(|| ScalarError::NotANumber(text.to_owned()))
+                }
                 "bool" => match text {
                     "true" | "True" | "TRUE" => Ok(Value::Bool(true)),
                     "false" | "False" | "FALSE" => Ok(Value::Bool(false)),
-                    _ => Err(format!("`{text}` is not a boolean")),
+                    _ => Err(ScalarError::NotABoolean(text.to_owned())),
                 },
                 "null" => Ok(Value::Null),
-                other => Err(format!("YAML tag `!!{other}` is not supported")),
+                other => Err(ScalarError::UnsupportedTag(format!("!!{other}"))),
             };
         }
-        return Err(format!("YAML tag `{handle}{suffix}` is not supported"));
+        return Err(ScalarError::UnsupportedTag(format!("{handle}{suffix}")));
     }
     if style != ScalarStyle::Plain {
         return Ok(Value::String(text.to_owned()));
