@@ -237,6 +237,7 @@ async fn run(
                 start_only: &old_start,
                 runtime: &before,
             };
+            let message = message.to_string();
             return Err(roll_back_restart(driver, options, command, path, old, message).await);
         }
         tokio::time::sleep(options.warmup).await;
@@ -280,13 +281,35 @@ async fn put_back_runtime(
     }
 }
 
+/// Why a restart did not bring the engine back with what was assigned.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    #[error("cannot run the restart command: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("the restart command did not finish within {0} s")]
+    Timeout(u64),
+    #[error("the restart command failed: {0}")]
+    Wait(#[source] std::io::Error),
+    /// `code`: `exit code N` or `a signal`.
+    #[error("the restart command failed with {code}")]
+    Failed { code: String },
+    /// `output`: the end of what it wrote on standard error.
+    #[error("the restart command failed with {code}: {output}")]
+    FailedSaying { code: String, output: String },
+    #[error("the engine was not back within {secs} s of the restart ({last})")]
+    NotBack { secs: u64, last: String },
+    /// `wrong`: each parameter with what it is and what it should be.
+    #[error("after the restart {wrong} (does the restart command start the engine from {file}?)")]
+    WrongValues { wrong: String, file: String },
+}
+
 /// Run the restart command, wait for the engine, and check it runs `want`.
 async fn restart_and_check(
     driver: &dyn NodeDriver,
     options: &ApplyOptions,
     command: &str,
     want: &BTreeMap<String, String>,
-) -> Result<(), String> {
+) -> Result<(), RestartError> {
     let deadline = Instant::now() + options.restart_timeout;
     run_command(command, options, deadline).await?;
     let live = wait_until_up(driver, options, deadline).await?;
@@ -310,15 +333,14 @@ async fn restart_and_check(
     if wrong.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "after the restart {} (does the restart command start the engine from {}?)",
-            wrong.join(", "),
-            options
+        Err(RestartError::WrongValues {
+            wrong: wrong.join(", "),
+            file: options
                 .config_file
                 .as_deref()
                 .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        ))
+                .unwrap_or_default(),
+        })
     }
 }
 
@@ -381,7 +403,8 @@ async fn roll_back_restart(
     let again = match run_command(command, options, deadline).await {
         Ok(()) => wait_until_up(driver, options, deadline).await.map(|_| ()),
         Err(e) => Err(e),
-    };
+    }
+    .map_err(|e| e.to_string());
     // The old file holds what the node ran at start; run-time values set since (by
     // hand, or never persisted) are set back as they were before the apply.
     let again = match again {
@@ -414,7 +437,7 @@ async fn run_command(
     command: &str,
     options: &ApplyOptions,
     deadline: Instant,
-) -> Result<(), String> {
+) -> Result<(), RestartError> {
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
         .arg(command)
@@ -425,9 +448,7 @@ async fn run_command(
     if let Some(f) = &options.config_file {
         cmd.env("CACHEFLOW_CONFIG_FILE", f);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run the restart command: {e}"))?;
+    let mut child = cmd.spawn().map_err(RestartError::Spawn)?;
     let mut stderr = child.stderr.take();
     let wait = async {
         let mut err = Vec::new();
@@ -438,11 +459,8 @@ async fn run_command(
     };
     let left = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(left, wait).await {
-        Err(_) => Err(format!(
-            "the restart command did not finish within {} s",
-            options.restart_timeout.as_secs()
-        )),
-        Ok((Err(e), _)) => Err(format!("the restart command failed: {e}")),
+        Err(_) => Err(RestartError::Timeout(options.restart_timeout.as_secs())),
+        Ok((Err(e), _)) => Err(RestartError::Wait(e)),
         Ok((Ok(status), err)) if !status.success() => {
             let text = String::from_utf8_lossy(&err);
             let text = text.trim();
@@ -455,9 +473,12 @@ async fn run_command(
                 .map(|c| format!("exit code {c}"))
                 .unwrap_or_else(|| "a signal".to_owned());
             if tail.is_empty() {
-                Err(format!("the restart command failed with {code}"))
+                Err(RestartError::Failed { code })
             } else {
-                Err(format!("the restart command failed with {code}: {tail}"))
+                Err(RestartError::FailedSaying {
+                    code,
+                    output: tail.to_owned(),
+                })
             }
         }
         Ok((Ok(_), _)) => Ok(()),
@@ -469,7 +490,7 @@ async fn wait_until_up(
     driver: &dyn NodeDriver,
     options: &ApplyOptions,
     deadline: Instant,
-) -> Result<NodeLive, String> {
+) -> Result<NodeLive, RestartError> {
     loop {
         let last = match driver.read().await {
             Ok(live) => {
@@ -485,10 +506,10 @@ async fn wait_until_up(
             Err(e) => e.to_string(),
         };
         if Instant::now() + options.poll > deadline {
-            return Err(format!(
-                "the engine was not back within {} s of the restart ({last})",
-                options.restart_timeout.as_secs()
-            ));
+            return Err(RestartError::NotBack {
+                secs: options.restart_timeout.as_secs(),
+                last,
+            });
         }
         tokio::time::sleep(options.poll).await;
     }
@@ -497,6 +518,17 @@ async fn wait_until_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The restart command, its error as the words the agent reports.
+    async fn run_command(
+        command: &str,
+        options: &ApplyOptions,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        super::run_command(command, options, deadline)
+            .await
+            .map_err(|e| e.to_string())
+    }
 
     #[tokio::test]
     async fn failing_commands_say_how() {
