@@ -10,6 +10,7 @@ mod memcached_driver;
 mod plan_fixtures;
 mod redis_driver;
 mod serve;
+mod server_client;
 mod setup_script;
 mod snapshot;
 mod support;
