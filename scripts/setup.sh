@@ -100,7 +100,8 @@ if [ "$mode" = test ]; then
     case " $os_id $os_like " in
       *" ubuntu "*)
         # Ubuntu ships Chromium only as a snap; its apt package is a stub for it.
-        if command -v snap >/dev/null 2>&1 && snap version >/dev/null 2>&1; then
+        # `snap list` needs snapd running (in a container it usually is not).
+        if command -v snap >/dev/null 2>&1 && snap list >/dev/null 2>&1; then
           snap_browser=1
         else
           fail "the tests need a headless browser (the drift report's HTML page) and none was found" \
@@ -136,5 +137,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 if [ "${snap_browser:-}" = 1 ]; then
   echo "setup: installing chromium (snap)" >&2
-  $sudo snap install chromium
+  $sudo snap install chromium || fail "snap install chromium failed (see above)." "${browser_how[@]}"
 fi
