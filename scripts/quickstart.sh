@@ -7,8 +7,11 @@
 # Markdown a PR comment gets), and plan it against a live snapshot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The build's needs only: the demo and the steps below use no browser and no cache server.
 scripts/setup.sh
-cargo build --release --locked --quiet
+# A release build takes minutes the first time: cargo shows its progress on stderr.
+echo "building cacheflow (release)..." >&2
+cargo build --release --locked
 cf="$PWD/target/release/cacheflow"
 
 printf '\n\033[1m$ cacheflow demo\033[0m\n'

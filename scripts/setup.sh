@@ -1,26 +1,141 @@
 #!/usr/bin/env bash
-# Install what cacheflow's build and tests need and a fresh Debian machine may lack:
-# the real cache servers the tests start (redis-server, memcached), git, the C headers
-# git2 builds against, and Chromium (the drift report's HTML page is opened headless).
+# What cacheflow needs on a fresh Debian or Ubuntu machine: checked, installed with apt
+# where it can be, and otherwise named with how to get it (exit 1).
+#
+#   scripts/setup.sh          the build (the main job): cargo at least Cargo.toml's
+#                             rust-version, a C compiler and C headers (libgit2, libssh2
+#                             and mimalloc are built from C), pkg-config, OpenSSL's
+#                             headers, git
+#   scripts/setup.sh --test   also what the tests start or use: redis-server, memcached,
+#                             gpg and ssh-keygen (signed commits), and a headless browser
+#                             (the drift report's HTML page): chromium, chromium-browser,
+#                             google-chrome or google-chrome-stable, or CACHEFLOW_BROWSER
+#
 # Does nothing when everything is present.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
+mode=build
+case "${1:-}" in
+  "") ;;
+  --test) mode=test ;;
+  *)
+    echo "usage: scripts/setup.sh [--test]" >&2
+    exit 1
+    ;;
+esac
+
+fail() {
+  printf 'setup: %s\n' "$@" >&2
+  exit 1
+}
+
+# --- Rust: cargo at least the crate's rust-version --------------------------------------
+# Checked first: nothing else is worth installing without it.
+want=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' Cargo.toml | head -n1)
+rustup_how=(
+  "Install Rust with rustup (https://rustup.rs), as the user who builds:"
+  "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y"
+  "  . \"\$HOME/.cargo/env\""
+  "(Debian's and Ubuntu's own rustc and cargo packages are usually older than $want.)"
+)
+if ! command -v cargo >/dev/null 2>&1; then
+  fail "cargo is not installed: cacheflow needs Rust $want or newer." "${rustup_how[@]}"
+fi
+have=$(cargo --version 2>/dev/null | awk '{print $2}')
+have=${have%%-*}
+# $1 >= $2 for dotted version numbers.
+at_least() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+if [ -z "$have" ] || ! at_least "$have" "$want"; then
+  where=$(command -v cargo)
+  if command -v rustup >/dev/null 2>&1; then
+    fail "$where is cargo ${have:-of an unknown version}; cacheflow needs Rust $want or newer (Cargo.toml's rust-version)." \
+      "Update it: rustup update stable && rustup default stable"
+  fi
+  fail "$where is cargo ${have:-of an unknown version}; cacheflow needs Rust $want or newer (Cargo.toml's rust-version)." \
+    "${rustup_how[@]}" \
+    "Then make sure ~/.cargo/bin comes before $(dirname "$where") in PATH."
+fi
+
+# --- packages ---------------------------------------------------------------------------
 need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v memcached >/dev/null 2>&1 || need+=(memcached)
-command -v git >/dev/null 2>&1 || need+=(git)
+# A C compiler with the C library's headers (build-essential: gcc, libc6-dev, make).
+if ! { command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1; } ||
+  [ ! -f /usr/include/stdio.h ]; then
+  need+=(build-essential)
+fi
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-# Commit-trust tests sign commits with real keys.
-command -v gpg >/dev/null 2>&1 || need+=(gnupg)
-command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 [ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
-# The drift test renders the HTML report in headless Chromium.
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v git >/dev/null 2>&1 || need+=(git)
 
+browser=""
+if [ "$mode" = test ]; then
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  command -v memcached >/dev/null 2>&1 || need+=(memcached)
+  # Commit-trust tests sign commits with real keys.
+  command -v gpg >/dev/null 2>&1 || need+=(gnupg)
+  command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+
+  # The browser, under any of its names (the drift test looks for the same ones). A name
+  # counts only when it runs: Ubuntu's chromium-browser package is a stub asking for the
+  # snap.
+  for name in "${CACHEFLOW_BROWSER:-}" chromium chromium-browser google-chrome google-chrome-stable; do
+    [ -n "$name" ] || continue
+    path=$(command -v "$name" 2>/dev/null) || continue
+    if "$path" --version >/dev/null 2>&1; then
+      browser=$path
+      break
+    fi
+  done
+  if [ -z "$browser" ]; then
+    os_id="" os_like=""
+    if [ -r "${CACHEFLOW_OS_RELEASE:-/etc/os-release}" ]; then
+      os_id=$(. "${CACHEFLOW_OS_RELEASE:-/etc/os-release}" && echo "${ID:-}")
+      os_like=$(. "${CACHEFLOW_OS_RELEASE:-/etc/os-release}" && echo "${ID_LIKE:-}")
+    fi
+    browser_how=(
+      "Or install Google Chrome from Google's .deb (it is in no distribution's apt), or any"
+      "Chromium build, and set CACHEFLOW_BROWSER to its path."
+    )
+    case " $os_id $os_like " in
+      *" ubuntu "*)
+        # Ubuntu ships Chromium only as a snap; its apt package is a stub for it.
+        # `snap list` needs snapd running (in a container it usually is not).
+        if command -v snap >/dev/null 2>&1 && snap list >/dev/null 2>&1; then
+          snap_browser=1
+        else
+          fail "the tests need a headless browser (the drift report's HTML page) and none was found" \
+            "(looked for ${CACHEFLOW_BROWSER:+$CACHEFLOW_BROWSER, }chromium, chromium-browser, google-chrome, google-chrome-stable)." \
+            "Ubuntu packages Chromium only as a snap (its chromium-browser package is a stub), and snap" \
+            "does not work here. Where it does: snap install chromium." \
+            "${browser_how[@]}"
+        fi
+        ;;
+      *" debian "*) need+=(chromium) ;;
+      *)
+        fail "the tests need a headless browser (the drift report's HTML page) and none was found" \
+          "(looked for ${CACHEFLOW_BROWSER:+$CACHEFLOW_BROWSER, }chromium, chromium-browser, google-chrome, google-chrome-stable)." \
+          "This is not Debian or Ubuntu (${os_id:-unknown system}): install Chromium with its package manager." \
+          "${browser_how[@]}"
+        ;;
+    esac
+  fi
+fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 if [ ${#need[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    fail "missing: ${need[*]} (Debian package names), and there is no apt-get here: install them with this system's package manager."
+  fi
+  if [ -n "$sudo" ] && ! command -v sudo >/dev/null 2>&1; then
+    fail "missing: ${need[*]}; as root: apt-get update && apt-get install ${need[*]}"
+  fi
   echo "setup: installing ${need[*]}" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ "${snap_browser:-}" = 1 ]; then
+  echo "setup: installing chromium (snap)" >&2
+  $sudo snap install chromium || fail "snap install chromium failed (see above)." "${browser_how[@]}"
 fi

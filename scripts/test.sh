@@ -3,7 +3,8 @@
 # redis-server and memcached processes and real git repositories on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# The build's needs, and what the tests start: redis-server, memcached, a browser.
+scripts/setup.sh --test
 # The benchmark programs in examples/ must keep compiling; they are not tests.
 cargo build --examples --locked
 # Unit tests first, then the integration suite (one binary), whose summary closes the run.

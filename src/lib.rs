@@ -45,6 +45,7 @@ pub mod pure {
 
 pub mod edges {
     //! The edges: each module talks to one external system.
+    pub mod api;
     pub mod audit;
     pub mod forge;
     pub mod metrics;

@@ -10,7 +10,19 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = cacheflow::entry::cli::Cli::parse();
+    let cli = match cacheflow::entry::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // clap exits 2 on a usage error, the code diff, plan and drift give "changes":
+        // a typo in a CI script would pass. Usage errors exit 1; --help and --version 0.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     if cli.local_only() {
         cacheflow::edges::source::skip_tls_roots();
     }

@@ -1,6 +1,11 @@
 //! The server's metrics, in the Prometheus text format (`GET /metrics`), through the
 //! `prometheus-client` crate. Counters are bumped where things happen (webhooks, reports,
 //! rollouts ending); node gauges are computed from the reconciler's state at scrape time.
+//!
+//! Every counter series whose labels are known is there at 0 from the start (the results
+//! of each family below; a notification target's when a revision naming it is taken), so
+//! `increase()` sees the first refusal, rollback or fetch failure after a restart: a
+//! series that appears at 1 has no earlier sample to increase from.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -41,6 +46,40 @@ pub struct DriftLabels {
     pub cluster: String,
     pub kind: String,
 }
+
+/// The forges whose webhooks are counted (`/hooks/{forge}`).
+pub const FORGES: [&str; 3] = ["github", "gitlab", "gitea"];
+/// `cacheflow_webhook_deliveries_total{result}`.
+pub const DELIVERY_RESULTS: [&str; 7] = [
+    "accepted",
+    "ignored",
+    "duplicate",
+    "unauthorized",
+    "bad_request",
+    "too_large",
+    "unsupported_media_type",
+];
+/// `cacheflow_node_reports_total{result}`.
+pub const REPORT_RESULTS: [&str; 5] = [
+    "ok",
+    "unauthorized",
+    "malformed",
+    "unknown_node",
+    "too_large",
+];
+/// `cacheflow_admin_calls_total{result}`.
+pub const ADMIN_RESULTS: [&str; 3] = ["ok", "unauthorized", "refused"];
+/// `cacheflow_rollouts_total{outcome}`.
+pub const ROLLOUT_OUTCOMES: [&str; 4] = ["completed", "rolled_back", "superseded", "refused"];
+/// `cacheflow_revisions_total{result}`.
+pub const REVISION_RESULTS: [&str; 5] =
+    ["taken", "invalid", "untrusted", "rewritten", "fetch_failed"];
+/// `cacheflow_notifications_total{result}`, per target.
+pub const NOTIFICATION_RESULTS: [&str; 3] = ["sent", "failed", "dropped"];
+/// `cacheflow_drift_runs_total{result}`.
+pub const DRIFT_RUN_RESULTS: [&str; 3] = ["clean", "drift", "error"];
+/// `cacheflow_pr_feedback_total{result}`.
+pub const PR_FEEDBACK_RESULTS: [&str; 3] = ["posted", "failed", "ignored"];
 
 pub struct Metrics {
     registry: Registry,
@@ -143,6 +182,31 @@ impl Default for Metrics {
             "Pull-request feedback by result (posted, failed, ignored)",
             pr_feedback.clone(),
         );
+        let results = |family: &Family<ResultLabels, Counter>, all: &[&str]| {
+            for result in all {
+                let _ = family.get_or_create(&ResultLabels {
+                    result: (*result).to_owned(),
+                });
+            }
+        };
+        for forge in FORGES {
+            for result in DELIVERY_RESULTS {
+                let _ = webhook_deliveries.get_or_create(&DeliveryLabels {
+                    forge: forge.to_owned(),
+                    result: result.to_owned(),
+                });
+            }
+        }
+        results(&reports, &REPORT_RESULTS);
+        results(&admin_calls, &ADMIN_RESULTS);
+        for outcome in ROLLOUT_OUTCOMES {
+            let _ = rollouts.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            });
+        }
+        results(&revisions, &REVISION_RESULTS);
+        results(&drift_runs, &DRIFT_RUN_RESULTS);
+        results(&pr_feedback, &PR_FEEDBACK_RESULTS);
         Metrics {
             registry,
             webhook_deliveries,
@@ -205,11 +269,70 @@ impl Metrics {
             .inc();
     }
 
+    /// Register `targets`' notification series at 0 (those already there keep their
+    /// counts): called when a revision is taken, before any notice to them is sent.
+    pub fn notification_targets<'a>(&self, targets: impl IntoIterator<Item = &'a str>) {
+        for target in targets {
+            for result in NOTIFICATION_RESULTS {
+                let _ = self.notifications.get_or_create(&TargetLabels {
+                    target: target.to_owned(),
+                    result: result.to_owned(),
+                });
+            }
+        }
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_counter_series_is_there_at_zero_from_the_start() {
+        let m = Metrics::default();
+        m.notification_targets(["ops"]);
+        let text = m.encode();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        for forge in FORGES {
+            for result in DELIVERY_RESULTS {
+                let line = format!(
+                    "cacheflow_webhook_deliveries_total{{forge=\"{forge}\",result=\"{result}\"}} 0"
+                );
+                assert!(has(&line), "{line}\n{text}");
+            }
+        }
+        for (name, label, values) in [
+            ("node_reports", "result", &REPORT_RESULTS[..]),
+            ("admin_calls", "result", &ADMIN_RESULTS[..]),
+            ("rollouts", "outcome", &ROLLOUT_OUTCOMES[..]),
+            ("revisions", "result", &REVISION_RESULTS[..]),
+            ("drift_runs", "result", &DRIFT_RUN_RESULTS[..]),
+            ("pr_feedback", "result", &PR_FEEDBACK_RESULTS[..]),
+        ] {
+            for v in values {
+                let line = format!("cacheflow_{name}_total{{{label}=\"{v}\"}} 0");
+                assert!(has(&line), "{line}\n{text}");
+            }
+        }
+        for result in NOTIFICATION_RESULTS {
+            let line =
+                format!("cacheflow_notifications_total{{target=\"ops\",result=\"{result}\"}} 0");
+            assert!(has(&line), "{line}\n{text}");
+        }
+        // A count is kept when the targets are registered again.
+        m.notification("ops", "failed");
+        m.notification_targets(["ops"]);
+        assert!(m
+            .encode()
+            .lines()
+            .any(|l| l == r#"cacheflow_notifications_total{target="ops",result="failed"} 1"#));
     }
 }

@@ -157,6 +157,11 @@ pub struct ParamSpec {
     /// what the engine can do once allowed.
     #[serde(default, skip_serializing_if = "is_false")]
     pub protected: bool,
+    /// A credential (`requirepass`, `masterauth`, `masteruser`, the TLS key passphrases):
+    /// refused in `parameters` (credentials are secret references under `auth:`), never
+    /// normalised, and never read from a node (the drivers drop it from every reading).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secret: bool,
     /// Memcached: the command-line words that set it at start. `{}` stands for the value
     /// (in `flag_unit`, spelled through `flag_values`); without `{}` the value follows as
     /// the next argument (`-m` → `-m 64`, `-o hot_lru_pct={}` → `-o hot_lru_pct=20`).
@@ -196,8 +201,8 @@ pub struct Catalog {
     pub parameters: BTreeMap<String, ParamSpec>,
 }
 
-/// Why a value does not fit its parameter. The message never repeats a secret: no
-/// catalog parameter is a secret (credentials are references, outside `parameters`).
+/// Why a value does not fit its parameter. The message never repeats a value of a
+/// credential parameter (`Secret`): those are refused by name, the value unread.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
     #[error("unknown {engine} parameter `{name}`")]
@@ -208,6 +213,8 @@ pub enum ValueError {
         #[source]
         reason: BadValue,
     },
+    #[error("`{name}` is a credential: it never belongs in `parameters` (value redacted); give the cluster `auth:` with a secret reference (env:NAME or file:PATH) instead")]
+    Secret { name: String },
 }
 
 /// Why a value does not fit its type (the parameter's name is the caller's to add).
@@ -311,6 +318,11 @@ impl Catalog {
             engine: self.engine,
             name: name.to_owned(),
         })?;
+        if spec.secret {
+            return Err(ValueError::Secret {
+                name: name.to_owned(),
+            });
+        }
         normalize_value(&spec.ty, value).map_err(|reason| ValueError::Invalid {
             name: name.to_owned(),
             reason,
@@ -324,6 +336,11 @@ impl Catalog {
             || self
                 .normalize(name, &serde_json::Value::String(have.to_owned()))
                 .is_ok_and(|n| n == want)
+    }
+
+    /// Whether `name` is a credential parameter (`ParamSpec::secret`).
+    pub fn is_secret(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|p| p.secret)
     }
 
     /// Whether a change of `name` needs a restart (unknown parameters are treated as
@@ -701,6 +718,30 @@ mod tests {
                 assert!(cmd, "{name}: runtime without a command");
             }
         }
+        // Memcached has no credential parameter (SASL and `-Y auth_file` are not in its
+        // catalog, so they are refused as unknown).
+        assert!(mc.parameters.values().all(|p| !p.secret));
+        let secrets: Vec<&str> = redis
+            .parameters
+            .iter()
+            .filter(|(_, p)| p.secret)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                "masterauth",
+                "masteruser",
+                "requirepass",
+                "tls-client-key-file-pass",
+                "tls-key-file-pass"
+            ]
+        );
+        let refused = redis
+            .normalize("requirepass", &json!("hunter2"))
+            .unwrap_err();
+        assert!(matches!(refused, ValueError::Secret { .. }));
+        assert!(!refused.to_string().contains("hunter2"));
         let ev = mc.get("evictions").unwrap();
         assert_eq!(ev.flag_false.as_deref(), Some("-M"));
         assert_eq!(mc.normalize("evictions", &json!(false)).unwrap(), "off");

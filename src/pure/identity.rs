@@ -18,6 +18,20 @@ pub const MIN_SECRET_BYTES: usize = 16;
 pub enum IdentityError {
     #[error("the node-token secret is {0} bytes; use at least {MIN_SECRET_BYTES} random bytes")]
     SecretTooShort(usize),
+    #[error("`{0}` is no node id a cluster can declare: lower-case letters, digits and dashes, 1 to 63 characters, starting and ending with a letter or digit")]
+    NotANodeId(String),
+}
+
+/// Whether `id` is a name the config schema accepts as a node id (`$defs/name` of
+/// schemas/cacheflow.schema.json: a DNS label).
+pub fn is_node_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| inner(c) || *c == b'-')
+        && b.first().is_some_and(inner)
+        && b.last().is_some_and(inner)
 }
 
 fn mac(secret: &[u8], node_id: &str) -> Result<Hmac<Sha256>, IdentityError> {
@@ -32,8 +46,13 @@ fn mac(secret: &[u8], node_id: &str) -> Result<Hmac<Sha256>, IdentityError> {
     Ok(m)
 }
 
-/// The token of `node_id` under `secret`: `cf1.` and 64 hex digits.
+/// The token of `node_id` under `secret`: `cf1.` and 64 hex digits. An id no cluster
+/// could declare has none (a token for it would only ever be refused).
 pub fn node_token(secret: &[u8], node_id: &str) -> Result<String, IdentityError> {
+    if !is_node_id(node_id) {
+        let shown: String = node_id.chars().take(80).collect();
+        return Err(IdentityError::NotANodeId(shown));
+    }
     let tag = mac(secret, node_id)?.finalize().into_bytes();
     let mut out = String::with_capacity(PREFIX.len() + tag.len() * 2);
     out.push_str(PREFIX);
@@ -72,6 +91,30 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn only_ids_the_schema_accepts_get_a_token() {
+        for ok in ["n1", "a", "sessions-eu-1a", &"x".repeat(63)] {
+            assert!(is_node_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "N1",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            "a b",
+            "é",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_node_id(bad), "{bad}");
+            assert_eq!(
+                node_token(SECRET, bad),
+                Err(IdentityError::NotANodeId(bad.to_owned()))
+            );
+        }
+    }
 
     #[test]
     fn a_token_verifies_for_its_node_only() {

@@ -131,7 +131,39 @@ pub enum PayloadError {
 impl Report {
     /// Parse and check a report (the server side).
     pub fn parse(bytes: &[u8]) -> Result<Report, PayloadError> {
-        parse(bytes, "report", "report")
+        let mut report: Report = parse(bytes, "report", "report")?;
+        let mut problems = Vec::new();
+        let mut time = |pointer: &str, text: &str| {
+            if chrono::DateTime::parse_from_rfc3339(text).is_err() {
+                problems.push(format!(
+                    "  {pointer}: `{}` is not an RFC 3339 time such as 2026-01-01T00:00:00Z",
+                    text.chars().take(64).collect::<String>()
+                ));
+            }
+        };
+        time("/sentAt", &report.sent_at);
+        if let Some(a) = &report.last_apply {
+            time("/lastApply/finishedAt", &a.finished_at);
+        }
+        if !problems.is_empty() {
+            return Err(PayloadError::Invalid {
+                what: "report",
+                problems,
+            });
+        }
+        // Credentials a node holds never enter the server's state (an agent of this
+        // build leaves them out; one of another build may not).
+        if let Some(engine) = report.node.engine {
+            let cat = crate::pure::catalog::catalog(engine);
+            report
+                .node
+                .parameters
+                .retain(|name, _| !cat.is_secret(name));
+            if let Some(persisted) = &mut report.node.persisted {
+                persisted.retain(|name, _| !cat.is_secret(name));
+            }
+        }
+        Ok(report)
     }
 
     pub fn engine(&self) -> Option<Engine> {
@@ -282,6 +314,15 @@ mod tests {
         };
         let text = serde_json::to_vec(&r).unwrap();
         assert_eq!(Report::parse(&text).unwrap(), r);
+        // Credentials a node holds are dropped on the server's side too.
+        let mut with = r.clone();
+        for name in ["requirepass", "masteruser", "tls-key-file-pass"] {
+            with.node.parameters.insert(name.into(), "s3cret".into());
+        }
+        with.node.persisted = Some([("masterauth".to_owned(), "s3cret".to_owned())].into());
+        let parsed = Report::parse(&serde_json::to_vec(&with).unwrap()).unwrap();
+        assert_eq!(parsed.node.parameters, r.node.parameters);
+        assert_eq!(parsed.node.persisted, Some(BTreeMap::new()));
     }
 
     #[test]
@@ -303,6 +344,15 @@ mod tests {
         let e = Report::parse(br#"{"version": 1, "nodeId": "n1", "agent": "x", "sentAt": "t", "node": {"reachable": "yes"}}"#)
             .unwrap_err();
         assert!(e.to_string().contains("/node/reachable"), "{e}");
+        // Times are RFC 3339; the value is quoted (a time is no secret), cut at 64 chars.
+        let e = Report::parse(
+            br#"{"version": 1, "nodeId": "n1", "agent": "x", "sentAt": "yesterday", "node": {"reachable": true}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "report does not match schemas/node-protocol.schema.json:\n  /sentAt: `yesterday` is not an RFC 3339 time such as 2026-01-01T00:00:00Z"
+        );
         // A report is not an assignment.
         let e =
             Assignment::parse(br#"{"version": 1, "nodeId": "n1", "node": {"reachable": true}}"#)

@@ -58,3 +58,22 @@ fn agent_token_refuses_a_missing_or_short_secret() {
         "error: the node-token secret is 5 bytes; use at least 16 random bytes\n"
     );
 }
+
+#[test]
+fn agent_token_refuses_an_id_no_cluster_could_declare() {
+    for id in ["Node_1", "n1_", "n1.example", "n1-"] {
+        let out = run(
+            &["agent-token", id],
+            &[(
+                "CACHEFLOW_NODE_TOKEN_SECRET",
+                "abcdefghijklmnopqrstuvwxyz012345",
+            )],
+        );
+        assert_eq!(out.status.code(), Some(1), "{id}");
+        assert!(out.stdout.is_empty(), "{id}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("error: `{id}` is no node id a cluster can declare: lower-case letters, digits and dashes, 1 to 63 characters, starting and ending with a letter or digit\n")
+        );
+    }
+}

@@ -1,8 +1,8 @@
 //! `cacheflow drift` against six real redis-server nodes brought in line by
 //! `cacheflow sync`, then changed by hand: a live value changed, a value right live but
 //! wrong in the config file, a node stopped. The HTML page is then opened in headless
-//! Chromium (Debian's `chromium` package, installed by scripts/setup.sh) and checked as
-//! the browser parsed and rendered it.
+//! Chromium (Debian's `chromium`, or Chrome: see `browser()`; scripts/setup.sh --test
+//! installs it) and checked as the browser parsed and rendered it.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -143,13 +143,40 @@ fn hand_made_changes_unpersisted_values_and_silent_nodes_are_reported() {
     assert!(png.len() > 10_000, "a blank page? {} bytes", png.len());
 }
 
+/// The names Chromium goes by (Debian, Ubuntu's snap, Google's package), as
+/// scripts/setup.sh looks for them.
+const BROWSERS: [&str; 4] = [
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "google-chrome-stable",
+];
+
+/// `$CACHEFLOW_BROWSER`, else the first of `BROWSERS` on PATH (else `chromium`, which then
+/// fails to start with the message of `chromium()`): never a skipped test.
+fn browser() -> std::path::PathBuf {
+    if let Some(b) = std::env::var_os("CACHEFLOW_BROWSER").filter(|b| !b.is_empty()) {
+        return b.into();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in BROWSERS {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    "chromium".into()
+}
+
 /// Run headless Chromium on `page` with `args`, in `work` (a fresh profile there), and
 /// return what it wrote on stdout. Its stderr is noise (D-Bus, GPU) unless it fails.
 fn chromium(page: &Path, work: &Path, args: &[&str]) -> Vec<u8> {
     let profile = tempfile::tempdir_in(work).unwrap();
     let stdout = work.join("chromium.out");
     let stderr = work.join("chromium.err");
-    let spawned = Command::new("chromium")
+    let spawned = Command::new(browser())
         .args([
             "--headless",
             "--no-sandbox",
@@ -171,8 +198,11 @@ fn chromium(page: &Path, work: &Path, args: &[&str]) -> Vec<u8> {
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "chromium is not installed (this test opens the HTML drift report in headless \
-             Chromium): run scripts/setup.sh, or apt-get install chromium"
+            "no browser found (this test opens the HTML drift report in headless Chromium): \
+             looked for $CACHEFLOW_BROWSER, {}; run scripts/setup.sh --test (Debian: apt-get \
+             install chromium; Ubuntu: snap install chromium, or Google Chrome's .deb), or set \
+             CACHEFLOW_BROWSER to a Chromium or Chrome binary",
+            BROWSERS.join(", ")
         ),
         Err(e) => panic!("cannot start chromium: {e}"),
     };

@@ -1148,3 +1148,136 @@ fn a_pull_request_gets_a_status_and_one_comment_edited_on_each_push_and_nothing_
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
 }
+
+#[test]
+fn a_fresh_server_shows_every_known_counter_at_zero() {
+    // `increase()` needs a sample before the first count: every series whose labels are
+    // known is there at 0 from the start, notification targets from the revision's.
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    work.write(
+        "cacheflow.yaml",
+        "apiVersion: cacheflow/v1\nkind: Settings\nmetadata:\n  name: settings\nspec:\n  notifications:\n    - name: oncall\n      type: webhook\n      url: env:ONCALL_HOOK\n    - name: chat\n      type: slack\n      url: env:CHAT_HOOK\n",
+    );
+    work.write(
+        "clusters/cache.yaml",
+        &format!(
+            "apiVersion: cacheflow/v1\nkind: Cluster\nmetadata: {{name: cache}}\nspec:\n  engine: redis\n  nodes:\n    - {{id: c-1, address: '127.0.0.1:{}', managed: agent}}\n",
+            free_port()
+        ),
+    );
+    work.commit("one cluster, two notification targets");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::start(&remote, state.path());
+    let (code, metrics) = server.http("GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    let mut want = Vec::new();
+    for forge in ["github", "gitlab", "gitea"] {
+        for result in [
+            "accepted",
+            "ignored",
+            "duplicate",
+            "unauthorized",
+            "bad_request",
+            "too_large",
+            "unsupported_media_type",
+        ] {
+            want.push(format!(
+                "cacheflow_webhook_deliveries_total{{forge=\"{forge}\",result=\"{result}\"}} 0"
+            ));
+        }
+    }
+    for (name, label, values) in [
+        (
+            "node_reports",
+            "result",
+            &[
+                "ok",
+                "unauthorized",
+                "malformed",
+                "unknown_node",
+                "too_large",
+            ][..],
+        ),
+        (
+            "admin_calls",
+            "result",
+            &["ok", "unauthorized", "refused"][..],
+        ),
+        (
+            "rollouts",
+            "outcome",
+            &["completed", "rolled_back", "superseded", "refused"][..],
+        ),
+        (
+            "revisions",
+            "result",
+            &["invalid", "untrusted", "rewritten", "fetch_failed"][..],
+        ),
+        ("drift_runs", "result", &["clean", "drift", "error"][..]),
+        (
+            "pr_feedback",
+            "result",
+            &["posted", "failed", "ignored"][..],
+        ),
+    ] {
+        for v in values {
+            want.push(format!("cacheflow_{name}_total{{{label}=\"{v}\"}} 0"));
+        }
+    }
+    for target in ["oncall", "chat"] {
+        for result in ["sent", "failed", "dropped"] {
+            want.push(format!(
+                "cacheflow_notifications_total{{target=\"{target}\",result=\"{result}\"}} 0"
+            ));
+        }
+    }
+    // The head at start was taken once.
+    want.push("cacheflow_revisions_total{result=\"taken\"} 1".to_owned());
+    for line in &want {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+
+    // A report's times are RFC 3339: another text is a malformed report, nothing taken.
+    let token = cacheflow::pure::identity::node_token(NODE_SECRET.as_bytes(), "c-1").unwrap();
+    let report = |sent_at: &str| {
+        let body = format!(
+            r#"{{"version":1,"nodeId":"c-1","agent":"t","sentAt":"{sent_at}","node":{{"reachable":true,"engine":"redis","parameters":{{"requirepass":"hand-pass-9z"}}}}}}"#
+        );
+        server.http(
+            "POST",
+            "/api/v1/nodes/c-1/report",
+            &[
+                ("Authorization", format!("Bearer {token}")),
+                ("Content-Type", "application/json".to_owned()),
+            ],
+            body.as_bytes(),
+        )
+    };
+    let (code, text) = report("last tuesday");
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("/sentAt: `last tuesday` is not an RFC 3339 time"),
+        "{text}"
+    );
+    let (code, text) = report("2026-11-21T00:00:00Z");
+    assert_eq!(code, 200, "{text}");
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    for line in [
+        r#"cacheflow_node_reports_total{result="malformed"} 1"#,
+        r#"cacheflow_node_reports_total{result="ok"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+    // A credential in a report (an agent of another build) is not kept.
+    let (code, clusters) = server.http("GET", "/api/v1/clusters", &[], b"");
+    assert_eq!(code, 200);
+    assert!(!clusters.contains("hand-pass-9z"), "{clusters}");
+}

@@ -252,3 +252,62 @@ fn a_wrong_password_is_an_unreachable_node_without_the_password() {
         "error: no cluster named `nope` in this revision\n"
     );
 }
+
+#[test]
+fn credentials_set_on_a_node_by_hand_appear_in_no_reading() {
+    // Set in the node's config file, so the live view (CONFIG GET *) and the persisted
+    // view (the config file) both hold them.
+    let secrets = [
+        ("masteruser", "hand-user-2x"),
+        ("masterauth", "hand-auth-3x"),
+        ("tls-key-file-pass", "hand-keypass-4x"),
+        ("tls-client-key-file-pass", "hand-clientpass-5x"),
+    ];
+    let mut options = RedisOptions::new().requirepass("hand-pass-1x");
+    for (name, value) in secrets {
+        options = options.config(name, value);
+    }
+    let a = RedisServer::start_with(options);
+    let b = RedisServer::start_with(RedisOptions::new().requirepass("hand-pass-1x"));
+    // The node holds them: this test would prove nothing otherwise.
+    let held = a.client().config_get("*");
+    for (name, value) in secrets {
+        assert_eq!(held.get(name).map(String::as_str), Some(value), "{name}");
+    }
+    let m = MemcachedServer::start();
+    let repo = fleet_repo(&a, &b, &m, free_port());
+    let path = repo.path().to_str().unwrap();
+    let env = [("TEST_REDIS_PASSWORD", "hand-pass-1x")];
+    let work = tempfile::tempdir().unwrap();
+    let live = work.path().join("live.json");
+    let mut outputs = Vec::new();
+    for args in [
+        &["snapshot", "--repo", path, "--format", "json"][..],
+        &["snapshot", "--repo", path, "--format", "text"][..],
+        &["snapshot", "--repo", path, "-o", live.to_str().unwrap()][..],
+        &["drift", "--repo", path, "--direct", "--format", "json"][..],
+        &["drift", "--repo", path, "--direct", "--format", "markdown"][..],
+        &["drift", "--repo", path, "--direct", "--format", "text"][..],
+        &["plan", "--repo", path, "--direct", "--format", "json"][..],
+        &["plan", "--repo", path, "--direct", "--format", "markdown"][..],
+    ] {
+        let out = cacheflow(args, &env);
+        let text = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(2)),
+            "{args:?}: {text}"
+        );
+        outputs.push((args.to_vec().join(" "), text));
+    }
+    let snapshot = std::fs::read_to_string(&live).unwrap();
+    assert!(snapshot.contains("\"s-1\""), "{snapshot}");
+    outputs.push(("live.json".to_owned(), snapshot));
+    for (what, text) in &outputs {
+        for secret in ["hand-pass-1x"]
+            .into_iter()
+            .chain(secrets.iter().map(|(_, v)| *v))
+        {
+            assert!(!text.contains(secret), "{what} shows `{secret}`:\n{text}");
+        }
+    }
+}

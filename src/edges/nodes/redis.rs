@@ -26,8 +26,15 @@ use crate::pure::spec::model::{Auth, Role};
 /// Largest config file read for the persisted view.
 const MAX_CONFIG_FILE_BYTES: u64 = 4 << 20;
 
-/// Parameters whose values are credentials: never reported, neither live nor persisted.
-pub const SECRET_PARAMETERS: &[&str] = &["requirepass", "masterauth"];
+/// Parameters whose values are credentials (the catalog's `secret`): never reported,
+/// neither live nor persisted, so no snapshot, plan, drift report or journal carries them.
+pub const SECRET_PARAMETERS: &[&str] = &[
+    "requirepass",
+    "masterauth",
+    "masteruser",
+    "tls-key-file-pass",
+    "tls-client-key-file-pass",
+];
 
 /// A Redis node over RESP. Connects on first use and keeps one multiplexed connection;
 /// a connection that failed at the transport level is dropped and made again next time.
@@ -935,6 +942,21 @@ fn split_args(line: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_secret_parameters_are_the_catalog_s_credentials() {
+        let cat = crate::pure::catalog::catalog(Engine::Redis);
+        let mut from_catalog: Vec<&str> = cat
+            .parameters
+            .iter()
+            .filter(|(_, p)| p.secret)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut here = SECRET_PARAMETERS.to_vec();
+        from_catalog.sort_unstable();
+        here.sort_unstable();
+        assert_eq!(here, from_catalog);
+    }
 
     #[test]
     fn addresses_split_into_host_and_port() {

@@ -491,7 +491,9 @@ fn server_drift(
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| format!("{}: {e}", redact_url(server)))?;
+            .map_err(|e| {
+                crate::edges::api::request_error(&redact_url(server), &e, Duration::from_secs(60))
+            })?;
         let status = response.status();
         let bytes = response
             .bytes()
@@ -1082,10 +1084,9 @@ fn run_rollout(
                     .body(body.to_string())
             }
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("{}: {e}", redact_url(server)))?;
+        let response = request.send().await.map_err(|e| {
+            crate::edges::api::request_error(&redact_url(server), &e, Duration::from_secs(30))
+        })?;
         let status = response.status();
         let bytes = response
             .bytes()

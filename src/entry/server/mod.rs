@@ -330,6 +330,13 @@ async fn follow(app: Shared, git_dir: PathBuf, mut stop: watch::Receiver<bool>) 
             }
             Ok(Ok(Head::Valid { head, desired })) => {
                 Metrics::count(&app.metrics.revisions, "taken");
+                app.metrics.notification_targets(
+                    desired
+                        .settings
+                        .notifications
+                        .iter()
+                        .map(|n| n.name.as_str()),
+                );
                 last_seen = Some(head);
                 // In-process agents for directly managed nodes not driven yet.
                 for c in desired.clusters.values() {

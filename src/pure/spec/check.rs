@@ -609,7 +609,9 @@ fn parameters(
                     },
                 );
             }
-            Err(e @ catalog::ValueError::Unknown { .. }) => ctx.at_key(p, &pointer, e.to_string()),
+            Err(e @ (catalog::ValueError::Unknown { .. } | catalog::ValueError::Secret { .. })) => {
+                ctx.at_key(p, &pointer, e.to_string())
+            }
             Err(e) => ctx.at(p, &pointer, e.to_string()),
         }
     }
