@@ -46,10 +46,13 @@ pub mod pure {
 pub mod edges {
     //! The edges: each module talks to one external system.
     pub mod audit;
+    pub mod clock;
     pub mod forge;
+    pub mod http_error;
     pub mod metrics;
     pub mod nodes;
     pub mod notify;
+    pub mod redact;
     pub mod secret;
     pub mod source;
     pub mod trust;

@@ -541,7 +541,7 @@ impl ForgeClient {
             return Err(ForgeError::Config(format!(
                 "the {} API URL `{}` is not http(s)://",
                 forge.name(),
-                crate::edges::source::redact_url(&base)
+                crate::edges::redact::redact_url(&base)
             )));
         }
         let token = token.trim();
@@ -584,7 +584,7 @@ impl ForgeClient {
             .user_agent(format!("cacheflow/{}", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
             .build()
-            .map_err(|e| ForgeError::Config(crate::flow::agent::describe(&e)))?;
+            .map_err(|e| ForgeError::Config(crate::edges::http_error::describe(&e)))?;
         Ok(ForgeClient {
             forge,
             base,
@@ -650,8 +650,8 @@ impl ForgeClient {
             forge: self.forge.name(),
             method: method.clone(),
             path: path.to_owned(),
-            message: self.mask(&crate::edges::source::redact_url(
-                &crate::flow::agent::describe(&e),
+            message: self.mask(&crate::edges::redact::redact_url(
+                &crate::edges::http_error::describe(&e),
             )),
         };
         let response = request.send().await.map_err(transport)?;

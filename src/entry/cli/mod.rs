@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 
 use crate::edges::nodes::fleet::SnapshotOptions;
-use crate::edges::source::{redact_url, ConfigRepo};
+use crate::edges::redact::redact_url;
+use crate::edges::source::ConfigRepo;
 use crate::flow::pipeline::{self, LiveSource, PipelineError, Revision};
 use crate::pure::render;
 

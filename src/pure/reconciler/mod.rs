@@ -18,137 +18,25 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::edges::notify::{self, Notice};
 use crate::pure::catalog::catalog;
 use crate::pure::gates::{self, Sample};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::plan;
 use crate::pure::protocol::{Assignment, Outcome, Report, PROTOCOL_VERSION};
+use crate::pure::render::rfc3339_utc;
 use crate::pure::rollout::{self, Action, Event, Phase, Rollout, RolloutSpec};
 use crate::pure::spec::model::{Cluster, Desired, Managed, Window};
 use crate::pure::windows::{self, Windows};
 
-/// The format version of the journal's state.
-pub const STATE_VERSION: u32 = 1;
+pub mod effect;
+pub mod state;
 
-/// Everything the reconciler must remember across a restart; the journal's tree.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct State {
-    pub version: u32,
-    /// The last valid revision taken.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub head: Option<String>,
-    /// Raised for every assignment made.
-    pub generation: u64,
-    pub clusters: BTreeMap<String, ClusterState>,
-    /// The rollout windows of the last valid revision (`Settings`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub windows: Vec<Window>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterState {
-    /// The cluster's content being rolled out or rolled out last.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<Target>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<RolloutRecord>,
-    /// A revision rolled back: not applied again until the cluster's content changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refused: Option<Refused>,
-    /// What each node of the cluster was told to run.
-    #[serde(default)]
-    pub assignments: BTreeMap<String, NodeAssignment>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Target {
-    pub revision: String,
-    /// A digest of the cluster's parameters: equal digests, equal assignments.
-    pub digest: String,
-    pub parameters: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Refused {
-    pub revision: String,
-    pub digest: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RolloutRecord {
-    pub rollout: Rollout,
-    pub started_at: String,
-    /// Every node's health before the rollout began (parameters left out).
-    pub baseline: BTreeMap<String, Sample>,
-    /// Per touched node, what a rollback assigns: its previous assignment, and for
-    /// parameters it had none for, the value it ran before the rollout.
-    pub restore: BTreeMap<String, BTreeMap<String, String>>,
-    /// When the current batch was assigned, on this process's clock (not kept: after a
-    /// restart the batch's time counts from the restart).
-    #[serde(skip)]
-    pub batch_started_ms: Option<u64>,
-    /// Which run of assignments the rollout is in: the generation of the last
-    /// assignment it made. Timers carry it, so a timer started before a supersede, a
-    /// resume or a rollback never acts on the run after it.
-    #[serde(default)]
-    pub run: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeAssignment {
-    pub revision: String,
-    pub digest: String,
-    pub generation: u64,
-    pub parameters: BTreeMap<String, String>,
-    pub restart_allowed: bool,
-    /// The outcome the node reported for this (revision, generation), once it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<Outcome>,
-}
-
-/// What the runtime must do after an input, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    /// Append one journal entry: `message` (first line the summary) with the state.
-    Journal { message: String },
-    /// Note `text` for `cluster` on config commit `revision` (`refs/notes/cacheflow`).
-    Note {
-        revision: String,
-        cluster: String,
-        text: String,
-        /// `completed`, `rolled_back`, `superseded` or `refused` (for metrics).
-        outcome: &'static str,
-    },
-    /// A batch passed (or was promoted) `ms` after it was assigned (for metrics).
-    StageDone { cluster: String, ms: u64 },
-    /// Feed `event` to `cluster`'s rollout after `after_ms`, with `run` (the rollout
-    /// run that started it: a timer of an earlier run is ignored, see
-    /// [`Reconciler::timer_of`]).
-    Timer {
-        cluster: String,
-        after_ms: u64,
-        event: Event,
-        run: u64,
-    },
-    /// These nodes' assignments changed: tell them now if they can be told.
-    Wake { nodes: Vec<String> },
-    /// Tell these targets (the revision's `notifications:` subscribed to the event).
-    Notify {
-        notice: Notice,
-        targets: Vec<crate::pure::spec::model::Notification>,
-    },
-}
+pub use effect::{targets_for, Effect, Notice, NoticeKind};
+pub use state::{
+    ClusterState, NodeAssignment, Refused, RolloutRecord, State, Target, STATE_VERSION,
+};
 
 /// Why a report or a command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -241,6 +129,11 @@ pub struct DriftInputs {
 
 /// Undeclared nodes remembered for the drift report (they hold a valid node token).
 pub const MAX_UNDECLARED: usize = 10_000;
+
+/// The time of an input (milliseconds on the wall clock, given by the caller) as RFC 3339.
+fn rfc3339(now_ms: u64) -> String {
+    rfc3339_utc((now_ms / 1000) as i64)
+}
 
 fn short(rev: &str) -> &str {
     &rev[..rev.len().min(12)]
@@ -433,13 +326,14 @@ impl Reconciler {
     }
 
     /// A revision that failed validation or trust: journaled, nothing applied.
-    pub fn refuse_revision(&mut self, revision: &str, reason: &str) -> Vec<Effect> {
+    pub fn refuse_revision(&mut self, revision: &str, reason: &str, now_ms: u64) -> Vec<Effect> {
         self.lines
             .push(format!("revision {} refused: {reason}", short(revision)));
         self.notify(
-            Notice::new(
-                notify::Kind::RevisionRefused,
+            Notice::new_at(
+                NoticeKind::RevisionRefused,
                 format!("revision {} refused: nothing applied", short(revision)),
+                rfc3339(now_ms),
             )
             .revision(revision)
             .details(reason),
@@ -588,7 +482,7 @@ impl Reconciler {
                 "start-only parameters on directly managed nodes, which cacheflow cannot restart: {}; manage them with an agent that has --restart-command",
                 direct_restarts.join("; ")
             );
-            self.refuse_cluster(name, &target, reason);
+            self.refuse_cluster(name, &target, reason, now_ms);
             return;
         }
         let batches: Vec<Vec<String>> = planned
@@ -677,20 +571,21 @@ impl Reconciler {
             warmup_ms: policy.warmup.0,
         };
         let batch_sizes: Vec<String> = spec.batches.iter().map(|b| b.len().to_string()).collect();
-        let started = Notice::new(
-            notify::Kind::RolloutStarted,
+        let started = Notice::new_at(
+            NoticeKind::RolloutStarted,
             format!(
                 "{name}: rolling out {} to {} node(s) in batches of {}",
                 short(&spec.revision),
                 spec.batches.iter().map(Vec::len).sum::<usize>(),
                 batch_sizes.join(", ")
             ),
+            rfc3339(now_ms),
         )
         .cluster(name)
         .revision(&spec.revision);
         cs.rollout = Some(RolloutRecord {
             rollout: Rollout::new(spec),
-            started_at: crate::edges::nodes::fleet::now_rfc3339(),
+            started_at: rfc3339(now_ms),
             baseline,
             restore,
             batch_started_ms: None,
@@ -700,7 +595,7 @@ impl Reconciler {
         self.feed(name, Event::Begin, now_ms);
     }
 
-    fn refuse_cluster(&mut self, name: &str, target: &Target, reason: String) {
+    fn refuse_cluster(&mut self, name: &str, target: &Target, reason: String, now_ms: u64) {
         self.lines.push(format!(
             "{name}: revision {} refused: {reason}",
             short(&target.revision)
@@ -712,12 +607,13 @@ impl Reconciler {
             outcome: "refused",
         });
         self.notify(
-            Notice::new(
-                notify::Kind::RevisionRefused,
+            Notice::new_at(
+                NoticeKind::RevisionRefused,
                 format!(
                     "{name}: revision {} refused for this cluster",
                     short(&target.revision)
                 ),
+                rfc3339(now_ms),
             )
             .cluster(name)
             .revision(&target.revision)
@@ -793,25 +689,25 @@ impl Reconciler {
             let revision = rec.rollout.spec.revision.clone();
             match &rec.rollout.phase {
                 Phase::RollingBack { reason } if !was_rolling_back => {
-                    let notice = Notice::new(
-                        notify::Kind::RolloutFailed,
+                    let notice = Notice::new_at(
+                        NoticeKind::RolloutFailed,
                         format!(
                             "{name}: rollout of {} failed, rolling back",
                             short(&revision)
                         ),
+                        rfc3339(now_ms),
                     )
                     .details(reason.clone());
                     self.notify(notice.cluster(name).revision(&revision));
                 }
                 Phase::Paused { batch, reason } if !was_paused => {
-                    let notice = Notice::new(
-                        notify::Kind::Paused,
+                    let notice = Notice::new_at(
+                        NoticeKind::Paused,
                         format!(
                             "{name}: rollout of {} paused at batch {}: a person decides (resume, rollback)",
                             short(&revision),
                             batch + 1
-                        ),
-                    )
+                        ), rfc3339(now_ms))
                     .details(reason.clone());
                     self.notify(notice.cluster(name).revision(&revision));
                 }
@@ -819,7 +715,7 @@ impl Reconciler {
             }
             let rec = self.rec_mut(name);
             if !was_final && rec.rollout.phase.is_final() {
-                self.finished(name);
+                self.finished(name, now_ms);
             }
         }
     }
@@ -900,8 +796,8 @@ impl Reconciler {
 
     /// A rollout reached a final phase: note it on the config commit; a rolled-back
     /// revision is refused for the cluster until its content changes.
-    fn finished(&mut self, name: &str) {
-        let now = crate::edges::nodes::fleet::now_rfc3339();
+    fn finished(&mut self, name: &str, now_ms: u64) {
+        let now = rfc3339(now_ms);
         self.dirty.insert(name.to_owned());
         let cs = self.state.clusters.get_mut(name).expect("cluster state");
         let rec = cs.rollout.as_ref().expect("finished rollout");
@@ -940,20 +836,20 @@ impl Reconciler {
             _ => return,
         };
         let event = match outcome {
-            "completed" => Some(notify::Kind::RolloutCompleted),
-            "rolled_back" => Some(notify::Kind::RolledBack),
+            "completed" => Some(NoticeKind::RolloutCompleted),
+            "rolled_back" => Some(NoticeKind::RolledBack),
             _ => None,
         };
         if let Some(event) = event {
             let summary = match event {
-                notify::Kind::RolloutCompleted => format!(
+                NoticeKind::RolloutCompleted => format!(
                     "{name}: {} reached all {} node(s)",
                     short(&revision),
                     nodes.len()
                 ),
                 _ => format!("{name}: {} rolled back", short(&revision)),
             };
-            let notice = Notice::new(event, summary)
+            let notice = Notice::new_at(event, summary, rfc3339(now_ms))
                 .cluster(name)
                 .revision(&revision)
                 .details(text.clone());
@@ -973,7 +869,7 @@ impl Reconciler {
             .desired
             .as_ref()
             .map(|d| {
-                notify::targets_for(&d.settings.notifications, notice.event)
+                targets_for(&d.settings.notifications, notice.event)
                     .into_iter()
                     .cloned()
                     .collect()
