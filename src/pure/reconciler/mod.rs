@@ -147,6 +147,34 @@ fn values(cluster: &Cluster) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The rollout of `batches` under the cluster's policy.
+fn rollout_spec(
+    name: &str,
+    cluster: &Cluster,
+    target: &Target,
+    planned: &plan::ClusterPlan,
+    batches: Vec<Vec<String>>,
+    previous: String,
+) -> RolloutSpec {
+    let policy = &cluster.rollout;
+    RolloutSpec {
+        cluster: name.to_owned(),
+        revision: target.revision.clone(),
+        previous: Some(previous),
+        batches,
+        bake_ms: policy.bake.0,
+        apply_timeout_ms: policy.apply_timeout.0,
+        on_failure: policy.on_failure,
+        restarting: planned
+            .nodes
+            .iter()
+            .filter(|n| n.restart)
+            .map(|n| n.id.clone())
+            .collect(),
+        warmup_ms: policy.warmup.0,
+    }
+}
+
 impl Reconciler {
     /// A reconciler resuming from `state` (a fresh one from `State::default()`).
     pub fn new(mut state: State) -> Reconciler {
@@ -346,7 +374,10 @@ impl Reconciler {
     }
 
     /// Start rolling out a cluster's target to the nodes whose assignment differs,
-    /// unless a rollout is in flight or the content is refused.
+    /// unless a rollout is in flight or the content is refused. Its steps: whether the
+    /// cluster may start, the nodes to roll out to, those already running the target
+    /// (assigned at once), a refusal for start-only changes on directly managed nodes,
+    /// then the rollout: batches, rollback label, restore map, baseline, spec.
     fn start(&mut self, name: &str, now_ms: u64) {
         let Some(desired) = self.desired.clone() else {
             return;
@@ -354,6 +385,68 @@ impl Reconciler {
         let Some(cluster) = desired.clusters.get(name) else {
             return;
         };
+        let Some(target) = self.startable(name, cluster, now_ms) else {
+            return;
+        };
+        let candidates = self.candidates(name, cluster, &target);
+        if candidates.is_empty() {
+            return;
+        }
+        let live = LiveState {
+            version: crate::pure::live::LIVE_STATE_VERSION,
+            taken_at: None,
+            nodes: candidates
+                .iter()
+                .map(|id| (id.to_string(), self.live[*id].node.clone()))
+                .collect(),
+        };
+        let planned = plan::plan_cluster(cluster, &live);
+        self.assign_in_sync(name, &target, &planned.in_sync);
+        if planned.nodes.is_empty()
+            || self.refuse_direct_restarts(name, cluster, &target, &planned, now_ms)
+        {
+            return;
+        }
+        let batches: Vec<Vec<String>> = planned
+            .stages
+            .iter()
+            .flat_map(|s| s.batches.iter().cloned())
+            .collect();
+        self.dirty.insert(name.to_owned());
+        let previous = self.previous_revision(name, &target, &batches);
+        let restore = self.restore_map(name, cluster, &target, &batches);
+        let baseline = self.baseline(cluster);
+        let spec = rollout_spec(name, cluster, &target, &planned, batches, previous);
+        let batch_sizes: Vec<String> = spec.batches.iter().map(|b| b.len().to_string()).collect();
+        let started = Notice::new_at(
+            NoticeKind::RolloutStarted,
+            format!(
+                "{name}: rolling out {} to {} node(s) in batches of {}",
+                short(&spec.revision),
+                spec.batches.iter().map(Vec::len).sum::<usize>(),
+                batch_sizes.join(", ")
+            ),
+            rfc3339(now_ms),
+        )
+        .cluster(name)
+        .revision(&spec.revision);
+        let cs = self.state.clusters.get_mut(name).expect("entry made above");
+        cs.rollout = Some(RolloutRecord {
+            rollout: Rollout::new(spec),
+            started_at: rfc3339(now_ms),
+            baseline,
+            restore,
+            batch_started_ms: None,
+            run: 0,
+        });
+        self.notify(started);
+        self.feed(name, Event::Begin, now_ms);
+    }
+
+    /// The cluster's target, if a rollout may start: none in flight, the content not
+    /// refused, and (within the grace after a revision) every declared node heard from
+    /// at least once, so one rollout covers them all.
+    fn startable(&mut self, name: &str, cluster: &Cluster, now_ms: u64) -> Option<Target> {
         self.dirty.insert(name.to_owned());
         let cs = self.state.clusters.entry(name.to_owned()).or_default();
         if cs
@@ -361,27 +454,36 @@ impl Reconciler {
             .as_ref()
             .is_some_and(|r| !r.rollout.phase.is_final())
         {
-            return;
+            return None;
         }
-        let Some(target) = cs.target.clone() else {
-            return;
-        };
+        let target = cs.target.clone()?;
         if cs
             .refused
             .as_ref()
             .is_some_and(|r| r.digest == target.digest)
         {
-            return;
+            return None;
         }
-        // Within the grace after a revision, wait until every declared node was heard
-        // from at least once, so one rollout covers them all.
         if now_ms < self.revision_at_ms.saturating_add(self.report_grace_ms)
             && cluster.nodes.iter().any(|n| !self.live.contains_key(&n.id))
         {
-            return;
+            return None;
         }
-        // Candidates: declared nodes, reachable, whose assignment is not the target.
-        let candidates: BTreeSet<&str> = cluster
+        Some(target)
+    }
+
+    /// Declared nodes, reachable, whose assignment is not the target (with drift
+    /// correction, also those that run something else than their assignment).
+    fn candidates<'c>(
+        &self,
+        name: &str,
+        cluster: &'c Cluster,
+        target: &Target,
+    ) -> BTreeSet<&'c str> {
+        let Some(cs) = self.state.clusters.get(name) else {
+            return BTreeSet::new();
+        };
+        cluster
             .nodes
             .iter()
             .filter(|n| {
@@ -389,8 +491,6 @@ impl Reconciler {
                     .assignments
                     .get(&n.id)
                     .is_some_and(|a| a.digest == target.digest);
-                // With drift correction (`sync`), a node that runs something else than
-                // its assignment is rolled out to again.
                 !assigned
                     || (self.correct_drift
                         && self.live.get(&n.id).is_some_and(|s| {
@@ -404,24 +504,14 @@ impl Reconciler {
             })
             .filter(|n| self.live.get(&n.id).is_some_and(|s| s.node.reachable))
             .map(|n| n.id.as_str())
-            .collect();
-        if candidates.is_empty() {
-            return;
-        }
-        let live = LiveState {
-            version: crate::pure::live::LIVE_STATE_VERSION,
-            taken_at: None,
-            nodes: candidates
-                .iter()
-                .map(|id| (id.to_string(), self.live[*id].node.clone()))
-                .collect(),
-        };
-        let planned = plan::plan_cluster(cluster, &live);
-        // Nodes that already run the target: assigned without a rollout.
+            .collect()
+    }
+
+    /// Nodes that already run the target: assigned without a rollout, and woken.
+    fn assign_in_sync(&mut self, name: &str, target: &Target, in_sync: &[String]) {
         let mut woken = Vec::new();
-        for id in &planned.in_sync {
+        for id in in_sync {
             self.state.generation += 1;
-            self.dirty.insert(name.to_owned());
             self.dirty.insert(name.to_owned());
             let cs = self.state.clusters.get_mut(name).expect("entry made above");
             cs.assignments.insert(
@@ -446,10 +536,19 @@ impl Reconciler {
             ));
             self.effects.push(Effect::Wake { nodes: woken });
         }
-        if planned.nodes.is_empty() {
-            return;
-        }
-        // Start-only changes need an agent that can restart the engine.
+    }
+
+    /// Start-only changes need an agent that can restart the engine: on directly
+    /// managed nodes they refuse the revision for the cluster (or, when correcting
+    /// drift, leave the drift reported). True when the rollout must not start.
+    fn refuse_direct_restarts(
+        &mut self,
+        name: &str,
+        cluster: &Cluster,
+        target: &Target,
+        planned: &plan::ClusterPlan,
+        now_ms: u64,
+    ) -> bool {
         let direct_restarts: Vec<String> = planned
             .nodes
             .iter()
@@ -469,56 +568,66 @@ impl Reconciler {
                 format!("{} ({})", n.id, names.join(", "))
             })
             .collect();
-        if !direct_restarts.is_empty() && self.correcting {
+        if direct_restarts.is_empty() {
+            return false;
+        }
+        if self.correcting {
             // A drift correction never refuses the revision: the drift stays reported.
             self.lines.push(format!(
                 "{name}: drift not corrected: start-only parameters on directly managed nodes ({}): restart them by hand",
                 direct_restarts.join("; ")
             ));
-            return;
+            return true;
         }
-        if !direct_restarts.is_empty() {
-            let reason = format!(
-                "start-only parameters on directly managed nodes, which cacheflow cannot restart: {}; manage them with an agent that has --restart-command",
-                direct_restarts.join("; ")
-            );
-            self.refuse_cluster(name, &target, reason, now_ms);
-            return;
-        }
-        let batches: Vec<Vec<String>> = planned
-            .stages
+        let reason = format!(
+            "start-only parameters on directly managed nodes, which cacheflow cannot restart: {}; manage them with an agent that has --restart-command",
+            direct_restarts.join("; ")
+        );
+        self.refuse_cluster(name, target, reason, now_ms);
+        true
+    }
+
+    /// The label a rollback returns to: the one revision the nodes were assigned, or
+    /// `before-<target>`.
+    fn previous_revision(&self, name: &str, target: &Target, batches: &[Vec<String>]) -> String {
+        let mut revs: Vec<&str> = batches
             .iter()
-            .flat_map(|s| s.batches.iter().cloned())
+            .flatten()
+            .filter_map(|id| {
+                let cs = self.state.clusters.get(name)?;
+                cs.assignments.get(id).map(|a| a.revision.as_str())
+            })
             .collect();
-        self.dirty.insert(name.to_owned());
-        let cs = self.state.clusters.get_mut(name).expect("entry made above");
-        let previous_revision = {
-            let mut revs: Vec<&str> = batches
-                .iter()
-                .flatten()
-                .filter_map(|id| cs.assignments.get(id).map(|a| a.revision.as_str()))
-                .collect();
-            revs.dedup();
-            match revs.as_slice() {
-                // Correcting drift re-rolls the revision the nodes were assigned: the
-                // rollback label must still differ from it.
-                [one] if *one != target.revision => one.to_string(),
-                _ => format!("before-{}", short(&target.revision)),
-            }
-        };
-        let restore: BTreeMap<String, BTreeMap<String, String>> = batches
+        revs.dedup();
+        match revs.as_slice() {
+            // Correcting drift re-rolls the revision the nodes were assigned: the
+            // rollback label must still differ from it.
+            [one] if *one != target.revision => one.to_string(),
+            _ => format!("before-{}", short(&target.revision)),
+        }
+    }
+
+    /// Per node to roll out to, what a rollback assigns: the previous assignment,
+    /// unless it is the target itself (correcting drift), and for parameters it has none
+    /// for, what the node ran before, read at the start.
+    fn restore_map(
+        &self,
+        name: &str,
+        cluster: &Cluster,
+        target: &Target,
+        batches: &[Vec<String>],
+    ) -> BTreeMap<String, BTreeMap<String, String>> {
+        let assignments = self.state.clusters.get(name).map(|cs| &cs.assignments);
+        let cat = catalog(cluster.engine);
+        batches
             .iter()
             .flatten()
             .map(|id| {
-                // The previous assignment, unless it is the target itself (correcting
-                // drift): then what the node ran before, read at the start.
-                let mut params = cs
-                    .assignments
-                    .get(id)
+                let mut params = assignments
+                    .and_then(|a| a.get(id))
                     .filter(|a| a.digest != target.digest)
                     .map(|a| a.parameters.clone())
                     .unwrap_or_default();
-                let cat = catalog(cluster.engine);
                 if let Some(sample) = self.live.get(id) {
                     for key in target.parameters.keys() {
                         if params.contains_key(key) {
@@ -534,8 +643,13 @@ impl Reconciler {
                 }
                 (id.clone(), params)
             })
-            .collect();
-        let baseline = cluster
+            .collect()
+    }
+
+    /// Every node's health before the rollout began (parameters left out): the gates
+    /// compare against it.
+    fn baseline(&self, cluster: &Cluster) -> BTreeMap<String, Sample> {
+        cluster
             .nodes
             .iter()
             .filter_map(|n| {
@@ -552,47 +666,7 @@ impl Reconciler {
                     },
                 ))
             })
-            .collect();
-        let policy = &cluster.rollout;
-        let spec = RolloutSpec {
-            cluster: name.to_owned(),
-            revision: target.revision.clone(),
-            previous: Some(previous_revision),
-            batches,
-            bake_ms: policy.bake.0,
-            apply_timeout_ms: policy.apply_timeout.0,
-            on_failure: policy.on_failure,
-            restarting: planned
-                .nodes
-                .iter()
-                .filter(|n| n.restart)
-                .map(|n| n.id.clone())
-                .collect(),
-            warmup_ms: policy.warmup.0,
-        };
-        let batch_sizes: Vec<String> = spec.batches.iter().map(|b| b.len().to_string()).collect();
-        let started = Notice::new_at(
-            NoticeKind::RolloutStarted,
-            format!(
-                "{name}: rolling out {} to {} node(s) in batches of {}",
-                short(&spec.revision),
-                spec.batches.iter().map(Vec::len).sum::<usize>(),
-                batch_sizes.join(", ")
-            ),
-            rfc3339(now_ms),
-        )
-        .cluster(name)
-        .revision(&spec.revision);
-        cs.rollout = Some(RolloutRecord {
-            rollout: Rollout::new(spec),
-            started_at: rfc3339(now_ms),
-            baseline,
-            restore,
-            batch_started_ms: None,
-            run: 0,
-        });
-        self.notify(started);
-        self.feed(name, Event::Begin, now_ms);
+            .collect()
     }
 
     fn refuse_cluster(&mut self, name: &str, target: &Target, reason: String, now_ms: u64) {
