@@ -169,6 +169,16 @@ fn full_name(short: &str) -> &'static str {
     }
 }
 
+/// An IANA zone name (`Europe/Berlin`); UTC when none is given.
+pub fn parse_zone(name: Option<&str>) -> Result<chrono_tz::Tz, String> {
+    match name {
+        None => Ok(chrono_tz::Tz::UTC),
+        Some(n) => n
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| format!("`{n}` is not an IANA time zone (such as Europe/Berlin or UTC)")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,8 @@
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
+// `parse_zone` lives in `schedule`; re-exported for callers not yet moved.
+pub use crate::pure::schedule::parse_zone;
 use crate::pure::schedule::Crontab;
 use crate::pure::spec::model::{Window, WindowAction};
 
@@ -173,16 +175,6 @@ fn utc(ms: u64) -> DateTime<Utc> {
 
 fn rfc3339(ms: u64) -> String {
     utc(ms).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// An IANA zone name (`Europe/Berlin`); UTC when none is given.
-pub fn parse_zone(name: Option<&str>) -> Result<Tz, String> {
-    match name {
-        None => Ok(Tz::UTC),
-        Some(n) => n
-            .parse::<Tz>()
-            .map_err(|_| format!("`{n}` is not an IANA time zone (such as Europe/Berlin or UTC)")),
-    }
 }
 
 #[cfg(test)]

@@ -342,11 +342,11 @@ impl Verdict {
 /// The comment body: [`MARKER`], a heading naming the verdict and the commit, then
 /// `body_markdown`, cut to [`MAX_COMMENT_BYTES`] on a line boundary with a note.
 pub fn comment(head_sha: &str, verdict: Verdict, body_markdown: &str) -> String {
-    let short: String = head_sha.chars().take(12).collect();
+    let short = crate::pure::render::short_id(head_sha);
     let mut out = format!(
         "{MARKER}\n## cacheflow: {} at {}\n\n",
         verdict.heading(),
-        crate::pure::render::code(&short)
+        crate::pure::render::code(short)
     );
     let note = "\n\n…cut here: the full report is longer than a comment may be. Run \
                 `cacheflow diff --format markdown` and `cacheflow plan --format markdown` \

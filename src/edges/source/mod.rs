@@ -1160,7 +1160,7 @@ fn mirror_dir_name(url: &str) -> String {
     let hash = Oid::hash_object(ObjectType::Blob, clean.as_bytes())
         .map(|o| o.to_string())
         .unwrap_or_default();
-    format!("{name}-{}", &hash[..hash.len().min(12)])
+    format!("{name}-{}", crate::pure::render::short_id(&hash))
 }
 
 fn open_mirror(url: &str, cache: &Path) -> Result<ConfigRepo, SourceError> {

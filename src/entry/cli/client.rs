@@ -170,12 +170,7 @@ fn render_rollouts(
         match c["rollout"].as_object() {
             None => out.push_str(&format!("{name}: no rollout\n")),
             Some(r) => {
-                let rev: String = r["revision"]
-                    .as_str()
-                    .unwrap_or("")
-                    .chars()
-                    .take(12)
-                    .collect();
+                let rev = render::short_id(r["revision"].as_str().unwrap_or(""));
                 let batch = match (r["batch"].as_u64(), r["batches"].as_u64()) {
                     (Some(b), Some(n)) => format!(", batch {b} of {n}"),
                     _ => String::new(),

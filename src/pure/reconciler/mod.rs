@@ -25,7 +25,7 @@ use crate::pure::gates::{self, Sample};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::plan;
 use crate::pure::protocol::{Assignment, Outcome, Report, PROTOCOL_VERSION};
-use crate::pure::render::rfc3339_utc;
+use crate::pure::render::{rfc3339_utc, short_id};
 use crate::pure::rollout::{self, Action, Event, Phase, Rollout, RolloutSpec};
 use crate::pure::spec::model::{Cluster, Desired, Managed, Window};
 use crate::pure::windows::{self, Windows};
@@ -133,10 +133,6 @@ pub const MAX_UNDECLARED: usize = 10_000;
 /// The time of an input (milliseconds on the wall clock, given by the caller) as RFC 3339.
 fn rfc3339(now_ms: u64) -> String {
     rfc3339_utc((now_ms / 1000) as i64)
-}
-
-fn short(rev: &str) -> &str {
-    &rev[..rev.len().min(12)]
 }
 
 fn values(cluster: &Cluster) -> BTreeMap<String, String> {
@@ -347,7 +343,7 @@ impl Reconciler {
         if new_head && self.lines.is_empty() {
             self.lines.push(format!(
                 "revision {} taken: no cluster changed",
-                short(&revision)
+                short_id(&revision)
             ));
         }
         self.finish()
@@ -356,18 +352,18 @@ impl Reconciler {
     /// A revision that failed validation or trust: journaled, nothing applied.
     pub fn refuse_revision(&mut self, revision: &str, reason: &str, now_ms: u64) -> Vec<Effect> {
         self.lines
-            .push(format!("revision {} refused: {reason}", short(revision)));
+            .push(format!("revision {} refused: {reason}", short_id(revision)));
         self.notify(
             Notice::new_at(
                 NoticeKind::RevisionRefused,
-                format!("revision {} refused: nothing applied", short(revision)),
+                format!("revision {} refused: nothing applied", short_id(revision)),
                 rfc3339(now_ms),
             )
             .revision(revision)
             .details(reason),
         );
         self.lines.push(match &self.state.head {
-            Some(h) => format!("keeping revision {}", short(h)),
+            Some(h) => format!("keeping revision {}", short_id(h)),
             None => "no revision was applied yet".to_owned(),
         });
         self.finish()
@@ -422,7 +418,7 @@ impl Reconciler {
             NoticeKind::RolloutStarted,
             format!(
                 "{name}: rolling out {} to {} node(s) in batches of {}",
-                short(&spec.revision),
+                short_id(&spec.revision),
                 spec.batches.iter().map(Vec::len).sum::<usize>(),
                 batch_sizes.join(", ")
             ),
@@ -531,7 +527,7 @@ impl Reconciler {
             self.lines.push(format!(
                 "{name}: {} node(s) already run {}: {}",
                 woken.len(),
-                short(&target.revision),
+                short_id(&target.revision),
                 woken.join(", ")
             ));
             self.effects.push(Effect::Wake { nodes: woken });
@@ -603,7 +599,7 @@ impl Reconciler {
             // Correcting drift re-rolls the revision the nodes were assigned: the
             // rollback label must still differ from it.
             [one] if *one != target.revision => one.to_string(),
-            _ => format!("before-{}", short(&target.revision)),
+            _ => format!("before-{}", short_id(&target.revision)),
         }
     }
 
@@ -672,7 +668,7 @@ impl Reconciler {
     fn refuse_cluster(&mut self, name: &str, target: &Target, reason: String, now_ms: u64) {
         self.lines.push(format!(
             "{name}: revision {} refused: {reason}",
-            short(&target.revision)
+            short_id(&target.revision)
         ));
         self.effects.push(Effect::Note {
             revision: target.revision.clone(),
@@ -685,7 +681,7 @@ impl Reconciler {
                 NoticeKind::RevisionRefused,
                 format!(
                     "{name}: revision {} refused for this cluster",
-                    short(&target.revision)
+                    short_id(&target.revision)
                 ),
                 rfc3339(now_ms),
             )
@@ -767,7 +763,7 @@ impl Reconciler {
                         NoticeKind::RolloutFailed,
                         format!(
                             "{name}: rollout of {} failed, rolling back",
-                            short(&revision)
+                            short_id(&revision)
                         ),
                         rfc3339(now_ms),
                     )
@@ -779,7 +775,7 @@ impl Reconciler {
                         NoticeKind::Paused,
                         format!(
                             "{name}: rollout of {} paused at batch {}: a person decides (resume, rollback)",
-                            short(&revision),
+                            short_id(&revision),
                             batch + 1
                         ), rfc3339(now_ms))
                     .details(reason.clone());
@@ -904,7 +900,7 @@ impl Reconciler {
             Phase::Superseded { by } => {
                 format!(
                     "superseded {now} by {} before it reached every node",
-                    short(by)
+                    short_id(by)
                 )
             }
             _ => return,
@@ -918,10 +914,10 @@ impl Reconciler {
             let summary = match event {
                 NoticeKind::RolloutCompleted => format!(
                     "{name}: {} reached all {} node(s)",
-                    short(&revision),
+                    short_id(&revision),
                     nodes.len()
                 ),
-                _ => format!("{name}: {} rolled back", short(&revision)),
+                _ => format!("{name}: {} rolled back", short_id(&revision)),
             };
             let notice = Notice::new_at(event, summary, rfc3339(now_ms))
                 .cluster(name)
@@ -1009,7 +1005,7 @@ impl Reconciler {
                 } else if !ok {
                     self.lines.push(format!(
                         "{name}: {node_id} failed to apply {}: {}",
-                        short(&result.revision),
+                        short_id(&result.revision),
                         result.error.unwrap_or_default()
                     ));
                 }
@@ -1071,7 +1067,7 @@ impl Reconciler {
                 if let Some(r) = rolling {
                     not_compared.push(crate::pure::drift::NotCompared {
                         cluster: name.clone(),
-                        reason: format!("rolling out {} now", short(&r.rollout.spec.revision)),
+                        reason: format!("rolling out {} now", short_id(&r.rollout.spec.revision)),
                     });
                 } else if let Some(refused) = cs
                     .refused
@@ -1082,7 +1078,7 @@ impl Reconciler {
                         cluster: name.clone(),
                         reason: format!(
                             "revision {} refused ({}): nodes stay on what they ran",
-                            short(&refused.revision),
+                            short_id(&refused.revision),
                             refused.reason
                         ),
                     });
