@@ -10,6 +10,7 @@
 //!           │                    │                     │
 //! edges   source (git) · audit (journal, notes) · trust (signatures) · nodes (Redis,
 //!         Memcached, simulated) · secret · forge · notify · metrics      one system each
+//!         (and their small utilities: redact · clock · http_error)
 //!           │
 //! pure    spec ─► diff ─► plan ─► rollout ◄─ gates     owned data in, owned data out:
 //!         catalog · live · protocol · drift · schedule  no tokio, git2, reqwest or clock

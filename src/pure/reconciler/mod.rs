@@ -1,9 +1,11 @@
 //! The reconciler: turns valid revisions into staged rollouts, one per cluster, and node
 //! reports into assignments. This module is the deterministic core: it holds the
-//! [`State`] (what the journal stores), takes one input at a time (a revision, a node's
-//! report, a timer, a person's command) with the time given by the caller, and returns
-//! [`Effect`]s for the runtime (`runtime.rs`) to carry out: write a journal entry, add a
-//! note, start a timer, wake a node whose assignment changed.
+//! [`State`] (what the journal stores, in `state.rs`), takes one input at a time (a
+//! revision, a node's report, a timer, a person's command) with the time given by the
+//! caller, and returns [`Effect`]s (plain data, in `effect.rs`) for the runtime
+//! (`flow::runtime`) to carry out: write a journal entry, add a note, start a timer, wake
+//! a node whose assignment changed, hand a [`Notice`] to `edges::notify`. It reads no
+//! clock and imports nothing that does I/O.
 //!
 //! ```text
 //! revision ─► per cluster: content changed? refused? ─► plan against live ─► Rollout
