@@ -10,6 +10,7 @@
 //!           │                    │                     │
 //! edges   source (git) · audit (journal, notes) · trust (signatures) · nodes (Redis,
 //!         Memcached, simulated) · secret · forge · notify · metrics      one system each
+//!         (and their small utilities: redact · clock · http_error)
 //!           │
 //! pure    spec ─► diff ─► plan ─► rollout ◄─ gates     owned data in, owned data out:
 //!         catalog · live · protocol · drift · schedule  no tokio, git2, reqwest or clock
@@ -47,10 +48,13 @@ pub mod edges {
     //! The edges: each module talks to one external system.
     pub mod api;
     pub mod audit;
+    pub mod clock;
     pub mod forge;
+    pub mod http_error;
     pub mod metrics;
     pub mod nodes;
     pub mod notify;
+    pub mod redact;
     pub mod secret;
     pub mod source;
     pub mod trust;

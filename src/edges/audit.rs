@@ -22,7 +22,7 @@ use std::path::Path;
 
 use git2::{Oid, Repository, Signature};
 
-use crate::pure::reconciler::{ClusterState, State, STATE_VERSION};
+use crate::pure::reconciler::state::{ClusterState, State, STATE_VERSION};
 
 pub const JOURNAL_REF: &str = "refs/cacheflow/journal";
 pub const NOTES_REF: &str = "refs/notes/cacheflow";
@@ -449,7 +449,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pure::reconciler::Target;
+    use crate::pure::reconciler::state::Target;
 
     #[test]
     fn entries_chain_and_the_state_reads_back() {

@@ -18,91 +18,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::edges::metrics::Metrics;
 use crate::pure::spec::model::{Notification, NotificationKind};
 
-/// The events targets subscribe to (`events:` in `cacheflow.yaml`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    RolloutStarted,
-    RolloutCompleted,
-    RolloutFailed,
-    RolledBack,
-    Paused,
-    RevisionRefused,
-    DriftFound,
-}
+pub use crate::pure::reconciler::effect::{targets_for, Notice, NoticeKind as Kind};
 
-impl Kind {
-    pub const ALL: [Kind; 7] = [
-        Kind::RolloutStarted,
-        Kind::RolloutCompleted,
-        Kind::RolloutFailed,
-        Kind::RolledBack,
-        Kind::Paused,
-        Kind::RevisionRefused,
-        Kind::DriftFound,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::RolloutStarted => "rollout-started",
-            Kind::RolloutCompleted => "rollout-completed",
-            Kind::RolloutFailed => "rollout-failed",
-            Kind::RolledBack => "rolled-back",
-            Kind::Paused => "paused",
-            Kind::RevisionRefused => "revision-refused",
-            Kind::DriftFound => "drift-found",
-        }
-    }
-}
-
-/// One thing that happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Notice {
-    pub event: Kind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-    /// One line: what happened.
-    pub summary: String,
-    /// More lines (the reason, the figures, the report's summary); may be empty.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub details: String,
-    /// RFC 3339, when it happened.
-    pub at: String,
-}
-
+/// Delivery's side of a notice: the core builds notices with the time of its input
+/// ([`Notice::new_at`]); the shell's own notices (the drift runs) are stamped now.
 impl Notice {
     pub fn new(event: Kind, summary: impl Into<String>) -> Notice {
-        Notice {
-            event,
-            cluster: None,
-            revision: None,
-            summary: summary.into(),
-            details: String::new(),
-            at: crate::edges::nodes::fleet::now_rfc3339(),
-        }
-    }
-
-    pub fn cluster(mut self, cluster: &str) -> Notice {
-        self.cluster = Some(cluster.to_owned());
-        self
-    }
-
-    pub fn revision(mut self, revision: &str) -> Notice {
-        self.revision = Some(revision.to_owned());
-        self
-    }
-
-    pub fn details(mut self, details: impl Into<String>) -> Notice {
-        self.details = details.into();
-        self
+        Notice::new_at(event, summary, crate::edges::clock::now_rfc3339())
     }
 
     /// The request body for a target of `kind`.
@@ -138,13 +65,6 @@ fn truncate(s: &str, max: usize) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
-}
-
-/// The targets of `all` that subscribe to `event` (no `events:` means every event).
-pub fn targets_for(all: &[Notification], event: Kind) -> Vec<&Notification> {
-    all.iter()
-        .filter(|t| t.events.is_empty() || t.events.iter().any(|e| e == event.as_str()))
-        .collect()
 }
 
 /// How deliveries are attempted.
@@ -341,7 +261,7 @@ async fn deliver(inner: &Inner, target: &Notification, notice: &Notice) -> Resul
                 last = if e.is_timeout() {
                     Attempt::NoAnswer(inner.options.timeout)
                 } else {
-                    Attempt::Failed(crate::flow::agent::describe(&e.without_url()))
+                    Attempt::Failed(crate::edges::http_error::describe(&e.without_url()))
                 };
             }
         }

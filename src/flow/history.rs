@@ -148,7 +148,7 @@ pub fn text(entries: &[HistoryEntry]) -> String {
     for e in entries {
         out.push_str(&format!(
             "{} {} {}: {}\n",
-            &e.commit[..12],
+            crate::pure::render::short_id(&e.commit),
             e.time,
             e.author,
             e.summary

@@ -129,7 +129,10 @@ fn pct(x: f64) -> String {
 
 /// Judge `batch` after its bake. `baseline` holds the readings taken before the rollout
 /// began, `now` the latest ones; `untouched` are the cluster's nodes the rollout has not
-/// assigned yet.
+/// assigned yet. Each node of the batch is judged on its health (up, replication link,
+/// memory, latency) and its traffic (evictions, hit ratio against its own and its
+/// untouched peers' figures); a failure fails the batch, too little traffic leaves it
+/// inconclusive.
 pub fn judge(
     gates: &Gates,
     batch: &[String],
@@ -137,19 +140,7 @@ pub fn judge(
     baseline: &BTreeMap<String, Sample>,
     now: &BTreeMap<String, Sample>,
 ) -> Judgement {
-    let peers: Vec<f64> = untouched
-        .iter()
-        .filter_map(|id| {
-            let s = now.get(id).filter(|s| s.node.reachable)?;
-            let w = window(baseline.get(id), s);
-            if w.ops_per_sec.unwrap_or(0.0) < gates.min_ops_per_sec.max(f64::MIN_POSITIVE) {
-                return None;
-            }
-            w.hit_ratio
-        })
-        .collect();
-    let untouched_hit_ratio = median(peers);
-
+    let untouched_hit_ratio = peer_hit_ratio(gates, untouched, baseline, now);
     let mut failures = Vec::new();
     let mut idle = Vec::new();
     let mut figures = Vec::new();
@@ -171,83 +162,20 @@ pub fn judge(
             continue;
         };
         f.up = true;
-        let health = sample.node.health.clone().unwrap_or_default();
-        let before_health = before.and_then(|b| b.node.health.clone());
-
-        f.replication_link = health.replication_link;
-        if gates.require_replication_link
-            && health.role == Some(Role::Replica)
-            && health.replication_link == Some(LinkState::Down)
-        {
-            failures.push(format!("{id}: replication link to its primary is down"));
-        }
-
-        if let (Some(used), Some(max)) = (health.used_memory, health.max_memory) {
-            if max > 0 {
-                let ratio = used as f64 / max as f64;
-                f.memory_ratio = Some(ratio);
-                if ratio > gates.max_memory_ratio {
-                    failures.push(format!(
-                        "{id}: memory {used} of {max} bytes ({}) is above {}",
-                        pct(ratio),
-                        pct(gates.max_memory_ratio)
-                    ));
-                }
-            }
-        }
-
-        f.latency_ms = health.latency_ms;
-        f.latency_ms_before = before_health.as_ref().and_then(|h| h.latency_ms);
-        if let Some(lat) = health.latency_ms {
-            if let Some(max) = gates.max_latency_ms {
-                if lat > max {
-                    failures.push(format!("{id}: latency {lat:.2} ms is above {max} ms"));
-                }
-            }
-            if let (Some(inc), Some(was)) = (gates.max_latency_increase_ms, f.latency_ms_before) {
-                if lat - was > inc {
-                    failures.push(format!(
-                        "{id}: latency rose from {was:.2} ms to {lat:.2} ms (more than {inc} ms)"
-                    ));
-                }
-            }
-        }
-
-        let w = window(before, sample);
-        f.ops_per_sec = w.ops_per_sec;
-        f.evictions_per_sec = w.evictions_per_sec;
-        if let (Some(max), Some(eps)) = (gates.max_evictions_per_sec, w.evictions_per_sec) {
-            if eps > max {
-                failures.push(format!("{id}: {eps:.1} evictions/s is above {max}"));
-            }
-        }
-
-        f.hit_ratio_before = before_health.as_ref().and_then(|h| h.hit_ratio);
-        f.hit_ratio_during = w.hit_ratio;
-        let ops = w.ops_per_sec.unwrap_or(0.0);
-        let judged = ops > 0.0 && ops >= gates.min_ops_per_sec;
-        if !judged {
-            if gates.min_ops_per_sec > 0.0 {
-                idle.push(format!(
-                    "{id} served {ops:.1} ops/s (fewer than {})",
-                    gates.min_ops_per_sec
-                ));
-            }
-        } else if let (Some(during), Some(was)) = (f.hit_ratio_during, f.hit_ratio_before) {
-            let own = was - during > gates.max_hit_ratio_drop;
-            let peers = untouched_hit_ratio.is_none_or(|p| p - during > gates.max_hit_ratio_drop);
-            if own && peers {
-                let vs = untouched_hit_ratio
-                    .map(|p| format!(", untouched nodes {}", pct(p)))
-                    .unwrap_or_default();
-                failures.push(format!(
-                    "{id}: hit ratio fell from {} to {}{vs} (more than {})",
-                    pct(was),
-                    pct(during),
-                    pct(gates.max_hit_ratio_drop)
-                ));
-            }
-        }
+        judge_health(gates, id, before, sample, &mut f, &mut failures);
+        let judged = Judged {
+            failures: &mut failures,
+            idle: &mut idle,
+        };
+        judge_traffic(
+            gates,
+            id,
+            before,
+            sample,
+            untouched_hit_ratio,
+            &mut f,
+            judged,
+        );
         figures.push(f);
     }
     let verdict = if !failures.is_empty() {
@@ -265,6 +193,134 @@ pub fn judge(
         verdict,
         figures,
         untouched_hit_ratio,
+    }
+}
+
+/// The median hit ratio of the untouched nodes that serve enough traffic to count.
+fn peer_hit_ratio(
+    gates: &Gates,
+    untouched: &[String],
+    baseline: &BTreeMap<String, Sample>,
+    now: &BTreeMap<String, Sample>,
+) -> Option<f64> {
+    let peers: Vec<f64> = untouched
+        .iter()
+        .filter_map(|id| {
+            let s = now.get(id).filter(|s| s.node.reachable)?;
+            let w = window(baseline.get(id), s);
+            if w.ops_per_sec.unwrap_or(0.0) < gates.min_ops_per_sec.max(f64::MIN_POSITIVE) {
+                return None;
+            }
+            w.hit_ratio
+        })
+        .collect();
+    median(peers)
+}
+
+/// A node's health gates: replication link, memory, latency (absolute and its rise).
+fn judge_health(
+    gates: &Gates,
+    id: &str,
+    before: Option<&Sample>,
+    sample: &Sample,
+    f: &mut NodeFigures,
+    failures: &mut Vec<String>,
+) {
+    let health = sample.node.health.clone().unwrap_or_default();
+    let before_health = before.and_then(|b| b.node.health.clone());
+    f.replication_link = health.replication_link;
+    if gates.require_replication_link
+        && health.role == Some(Role::Replica)
+        && health.replication_link == Some(LinkState::Down)
+    {
+        failures.push(format!("{id}: replication link to its primary is down"));
+    }
+
+    if let (Some(used), Some(max)) = (health.used_memory, health.max_memory) {
+        if max > 0 {
+            let ratio = used as f64 / max as f64;
+            f.memory_ratio = Some(ratio);
+            if ratio > gates.max_memory_ratio {
+                failures.push(format!(
+                    "{id}: memory {used} of {max} bytes ({}) is above {}",
+                    pct(ratio),
+                    pct(gates.max_memory_ratio)
+                ));
+            }
+        }
+    }
+
+    f.latency_ms = health.latency_ms;
+    f.latency_ms_before = before_health.as_ref().and_then(|h| h.latency_ms);
+    if let Some(lat) = health.latency_ms {
+        if let Some(max) = gates.max_latency_ms {
+            if lat > max {
+                failures.push(format!("{id}: latency {lat:.2} ms is above {max} ms"));
+            }
+        }
+        if let (Some(inc), Some(was)) = (gates.max_latency_increase_ms, f.latency_ms_before) {
+            if lat - was > inc {
+                failures.push(format!(
+                    "{id}: latency rose from {was:.2} ms to {lat:.2} ms (more than {inc} ms)"
+                ));
+            }
+        }
+    }
+}
+
+/// Where a node's traffic findings go: failures, or too little traffic to judge.
+struct Judged<'a> {
+    failures: &'a mut Vec<String>,
+    idle: &'a mut Vec<String>,
+}
+
+/// A node's traffic gates over its bake: evictions per second, and a hit ratio that
+/// fell by more than the allowed drop both against its own and its untouched peers'.
+fn judge_traffic(
+    gates: &Gates,
+    id: &str,
+    before: Option<&Sample>,
+    sample: &Sample,
+    untouched_hit_ratio: Option<f64>,
+    f: &mut NodeFigures,
+    judged: Judged<'_>,
+) {
+    let Judged { failures, idle } = judged;
+    let before_health = before.and_then(|b| b.node.health.as_ref());
+    let w = window(before, sample);
+    f.ops_per_sec = w.ops_per_sec;
+    f.evictions_per_sec = w.evictions_per_sec;
+    if let (Some(max), Some(eps)) = (gates.max_evictions_per_sec, w.evictions_per_sec) {
+        if eps > max {
+            failures.push(format!("{id}: {eps:.1} evictions/s is above {max}"));
+        }
+    }
+
+    f.hit_ratio_before = before_health.and_then(|h| h.hit_ratio);
+    f.hit_ratio_during = w.hit_ratio;
+    let ops = w.ops_per_sec.unwrap_or(0.0);
+    let judged = ops > 0.0 && ops >= gates.min_ops_per_sec;
+    if !judged {
+        if gates.min_ops_per_sec > 0.0 {
+            idle.push(format!(
+                "{id} served {ops:.1} ops/s (fewer than {})",
+                gates.min_ops_per_sec
+            ));
+        }
+    } else if let (Some(during), Some(was)) = (f.hit_ratio_during, f.hit_ratio_before) {
+        let own = was - during > gates.max_hit_ratio_drop;
+        let peers = untouched_hit_ratio.is_none_or(|p| p - during > gates.max_hit_ratio_drop);
+        if own && peers {
+            let vs = untouched_hit_ratio
+                .map(|p| format!(", untouched nodes {}", pct(p)))
+                .unwrap_or_default();
+            failures.push(format!(
+                "{id}: hit ratio fell from {} to {}{vs} (more than {})",
+                pct(was),
+                pct(during),
+                pct(gates.max_hit_ratio_drop)
+            ));
+        }
     }
 }
 

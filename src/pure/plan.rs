@@ -107,14 +107,56 @@ pub fn plan(desired: &Desired, live: &LiveState) -> Plan {
     }
 }
 
+/// One cluster's plan against its nodes' live state. Its steps: each node's changes
+/// (or why it is left out), the risks (primaries restarting, data evicted, eviction
+/// policies switched), the rollout order and the batches.
 pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
+    let NodePlans {
+        nodes,
+        in_sync,
+        unreachable,
+        evicting,
+    } = node_plans(cluster, live);
+    let mut risks: Vec<Risk> = Vec::new();
+    risks.extend(primary_restart_risk(&nodes));
+    risks.extend(eviction_risk(cluster, evicting));
+    risks.extend(policy_switch_risks(cluster, &nodes));
+    risks.sort();
+
+    let order = rollout_order(&nodes);
+    let stages = batches(
+        &order,
+        &cluster.rollout.stages,
+        cluster.rollout.max_unavailable_per_shard as usize,
+    );
+    ClusterPlan {
+        cluster: cluster.name.clone(),
+        engine: cluster.engine,
+        nodes,
+        in_sync,
+        unreachable,
+        risks,
+        stages,
+    }
+}
+
+/// The nodes of a cluster sorted by what the plan does with them.
+struct NodePlans {
+    nodes: Vec<NodePlan>,
+    in_sync: Vec<String>,
+    unreachable: Vec<Unreachable>,
+    /// (node, used memory, new limit) where the new memory limit is below the usage.
+    evicting: Vec<(String, u64, u64)>,
+}
+
+/// Each declared node: left out (not in the snapshot, unreachable), in sync, or its
+/// changes.
+fn node_plans(cluster: &Cluster, live: &LiveState) -> NodePlans {
     let mut nodes = Vec::new();
     let mut in_sync = Vec::new();
     let mut unreachable = Vec::new();
-    let mut risks: Vec<Risk> = Vec::new();
     let mut evicting: Vec<(String, u64, u64)> = Vec::new();
     let mem_param = cluster.engine.memory_limit_parameter();
-
     for node in &cluster.nodes {
         let Some(state) = live.nodes.get(&node.id) else {
             unreachable.push(Unreachable {
@@ -157,48 +199,69 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
         });
     }
 
+    NodePlans {
+        nodes,
+        in_sync,
+        unreachable,
+        evicting,
+    }
+}
+
+/// Primaries that restart for start-only parameters.
+fn primary_restart_risk(nodes: &[NodePlan]) -> Option<Risk> {
     let restarting_primaries: Vec<String> = nodes
         .iter()
         .filter(|n| n.restart && n.role == Role::Primary)
         .map(|n| n.id.clone())
         .collect();
-    if !restarting_primaries.is_empty() {
-        risks.push(Risk {
-            kind: RiskKind::PrimaryRestart,
-            message: format!(
-                "{} primar{} will restart for start-only parameters",
-                restarting_primaries.len(),
-                if restarting_primaries.len() == 1 {
-                    "y"
-                } else {
-                    "ies"
-                }
-            ),
-            nodes: restarting_primaries,
-        });
+    if restarting_primaries.is_empty() {
+        return None;
     }
-    if !evicting.is_empty() {
-        let total: u64 = evicting.iter().map(|(_, used, limit)| used - limit).sum();
-        let detail: Vec<String> = evicting
-            .iter()
-            .map(|(id, used, limit)| format!("{id} uses {used} > {limit}"))
-            .collect();
-        risks.push(Risk {
-            kind: RiskKind::EvictsData,
-            message: format!(
-                "{mem_param} below current usage on {} node{}: about {total} bytes would be evicted ({})",
-                evicting.len(),
-                if evicting.len() == 1 { "" } else { "s" },
-                detail.join("; ")
-            ),
-            nodes: evicting.into_iter().map(|(id, _, _)| id).collect(),
-        });
+    Some(Risk {
+        kind: RiskKind::PrimaryRestart,
+        message: format!(
+            "{} primar{} will restart for start-only parameters",
+            restarting_primaries.len(),
+            if restarting_primaries.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        ),
+        nodes: restarting_primaries,
+    })
+}
+
+/// A memory limit set below what the nodes use: the difference is evicted.
+fn eviction_risk(cluster: &Cluster, evicting: Vec<(String, u64, u64)>) -> Option<Risk> {
+    let mem_param = cluster.engine.memory_limit_parameter();
+    if evicting.is_empty() {
+        return None;
     }
+    let total: u64 = evicting.iter().map(|(_, used, limit)| used - limit).sum();
+    let detail: Vec<String> = evicting
+        .iter()
+        .map(|(id, used, limit)| format!("{id} uses {used} > {limit}"))
+        .collect();
+    Some(Risk {
+        kind: RiskKind::EvictsData,
+        message: format!(
+            "{mem_param} below current usage on {} node{}: about {total} bytes would be evicted ({})",
+            evicting.len(),
+            if evicting.len() == 1 { "" } else { "s" },
+            detail.join("; ")
+        ),
+        nodes: evicting.into_iter().map(|(id, _, _)| id).collect(),
+    })
+}
+
+fn policy_switch_risks(cluster: &Cluster, nodes: &[NodePlan]) -> Vec<Risk> {
+    let mut risks = Vec::new();
     // Eviction-policy switches: one risk per distinct change (values normalised, so
     // `ALLKEYS-LRU` and `allkeys-lru` are one), naming only the nodes making it.
     let cat = crate::pure::catalog::catalog(cluster.engine);
     let mut switches: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
-    for n in &nodes {
+    for n in nodes {
         for c in &n.changes {
             if !cluster
                 .engine
@@ -235,23 +298,7 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
             }
         }
     }
-    risks.sort();
-
-    let order = rollout_order(&nodes);
-    let stages = batches(
-        &order,
-        &cluster.rollout.stages,
-        cluster.rollout.max_unavailable_per_shard as usize,
-    );
-    ClusterPlan {
-        cluster: cluster.name.clone(),
-        engine: cluster.engine,
-        nodes,
-        in_sync,
-        unreachable,
-        risks,
-        stages,
-    }
+    risks
 }
 
 /// Replicas before primaries; within a role, round-robin over shards.

@@ -223,6 +223,21 @@ fn full_name(short: &str) -> &'static str {
     }
 }
 
+/// An IANA zone name (`Europe/Berlin`); UTC when none is given.
+/// A time zone name that is not in the IANA database.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an IANA time zone (such as Europe/Berlin or UTC)")]
+pub struct ZoneError(pub String);
+
+pub fn parse_zone(name: Option<&str>) -> Result<chrono_tz::Tz, ZoneError> {
+    match name {
+        None => Ok(chrono_tz::Tz::UTC),
+        Some(n) => n
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| ZoneError(n.to_owned())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

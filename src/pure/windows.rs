@@ -12,6 +12,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
+pub use crate::pure::schedule::{parse_zone, ZoneError};
 use crate::pure::schedule::{Crontab, CrontabError};
 use crate::pure::spec::model::{Window, WindowAction};
 
@@ -79,11 +80,6 @@ pub enum WindowProblem {
     #[error(transparent)]
     Zone(#[from] ZoneError),
 }
-
-/// A time zone name that is not in the IANA database.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not an IANA time zone (such as Europe/Berlin or UTC)")]
-pub struct ZoneError(pub String);
 
 impl Windows {
     /// Compile validated windows. Validation (`spec::load`) already checked the
@@ -199,14 +195,6 @@ fn utc(ms: u64) -> DateTime<Utc> {
 
 fn rfc3339(ms: u64) -> String {
     utc(ms).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// An IANA zone name (`Europe/Berlin`); UTC when none is given.
-pub fn parse_zone(name: Option<&str>) -> Result<Tz, ZoneError> {
-    match name {
-        None => Ok(Tz::UTC),
-        Some(n) => n.parse::<Tz>().map_err(|_| ZoneError(n.to_owned())),
-    }
 }
 
 #[cfg(test)]

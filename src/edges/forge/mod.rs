@@ -387,11 +387,11 @@ impl Verdict {
 /// The comment body: [`MARKER`], a heading naming the verdict and the commit, then
 /// `body_markdown`, cut to [`MAX_COMMENT_BYTES`] on a line boundary with a note.
 pub fn comment(head_sha: &str, verdict: Verdict, body_markdown: &str) -> String {
-    let short: String = head_sha.chars().take(12).collect();
+    let short = crate::pure::render::short_id(head_sha);
     let mut out = format!(
         "{MARKER}\n## cacheflow: {} at {}\n\n",
         verdict.heading(),
-        crate::pure::render::code(&short)
+        crate::pure::render::code(short)
     );
     let note = "\n\n…cut here: the full report is longer than a comment may be. Run \
                 `cacheflow diff --format markdown` and `cacheflow plan --format markdown` \
@@ -599,7 +599,7 @@ impl ForgeClient {
             return Err(ForgeError::Config(format!(
                 "the {} API URL `{}` is not http(s)://",
                 forge.name(),
-                crate::edges::source::redact_url(&base)
+                crate::edges::redact::redact_url(&base)
             )));
         }
         let token = token.trim();
@@ -642,7 +642,7 @@ impl ForgeClient {
             .user_agent(format!("cacheflow/{}", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
             .build()
-            .map_err(|e| ForgeError::Config(crate::flow::agent::describe(&e)))?;
+            .map_err(|e| ForgeError::Config(crate::edges::http_error::describe(&e)))?;
         Ok(ForgeClient {
             forge,
             base,
@@ -708,8 +708,8 @@ impl ForgeClient {
             forge: self.forge.name(),
             method: method.clone(),
             path: path.to_owned(),
-            message: self.mask(&crate::edges::source::redact_url(
-                &crate::flow::agent::describe(&e),
+            message: self.mask(&crate::edges::redact::redact_url(
+                &crate::edges::http_error::describe(&e),
             )),
         };
         let response = request.send().await.map_err(transport)?;

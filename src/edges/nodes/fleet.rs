@@ -4,12 +4,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{NodeDriver, NodeError};
+// Kept at its old path for callers not yet moved to `edges::clock`.
+pub use crate::edges::clock::now_rfc3339;
 use crate::pure::live::{LiveState, NodeLive, LIVE_STATE_VERSION};
 
 /// One node to read: its id, its cluster, and the driver that reaches it.
@@ -110,15 +112,6 @@ fn unreachable(driver: &dyn NodeDriver, error: String) -> NodeLive {
         error: Some(error),
         ..NodeLive::default()
     }
-}
-
-/// Now, RFC 3339 UTC to the second.
-pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    crate::edges::source::rfc3339_utc(secs)
 }
 
 #[cfg(test)]

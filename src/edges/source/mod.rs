@@ -44,6 +44,10 @@ use std::path::{Path, PathBuf};
 
 use git2::{ErrorCode, ObjectType, Oid, Repository};
 
+use crate::pure::render::rfc3339_utc;
+// Re-exported for callers not yet moved to `edges::redact`.
+pub use crate::edges::redact::redact_url;
+
 /// Largest file cacheflow reads.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
 
@@ -1220,7 +1224,7 @@ fn mirror_dir_name(url: &str) -> String {
     let hash = Oid::hash_object(ObjectType::Blob, clean.as_bytes())
         .map(|o| o.to_string())
         .unwrap_or_default();
-    format!("{name}-{}", &hash[..hash.len().min(12)])
+    format!("{name}-{}", crate::pure::render::short_id(&hash))
 }
 
 fn open_mirror(url: &str, cache: &Path) -> Result<ConfigRepo, SourceError> {
@@ -1338,65 +1342,6 @@ fn callbacks<'a>() -> git2::RemoteCallbacks<'a> {
         Err(git2::Error::from_str("authentication failed"))
     });
     cb
-}
-
-/// Remove `user:password@` (or a bare token `user@`) from every URL in `text`, so a
-/// URL or an error message that quotes one can be logged. An ssh user without a
-/// password (`ssh://git@host`, `git@host:path`) is not a secret and stays.
-pub fn redact_url(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let scheme_start = rest[..i]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
-            .map_or(0, |j| j + 1);
-        let scheme = &rest[scheme_start..i];
-        let after = i + 3;
-        out.push_str(&rest[..after]);
-        let tail = &rest[after..];
-        let end = tail
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '\'' | '"' | '`' | '<' | '>') || c.is_whitespace()
-            })
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) => {
-                let userinfo = &authority[..at];
-                let ssh = scheme.eq_ignore_ascii_case("ssh") || scheme.ends_with("+ssh");
-                if ssh && !userinfo.contains(':') {
-                    out.push_str(authority);
-                } else {
-                    out.push_str(&authority[at + 1..]);
-                }
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (Howard Hinnant's civil-from-days).
-pub fn rfc3339_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
 }
 
 #[cfg(test)]
@@ -1704,9 +1649,6 @@ mod tests {
                 summary: "Raise maxmemory".into(),
             }
         );
-        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339_utc(-1), "1969-12-31T23:59:59Z");
     }
 
     #[test]
@@ -2018,29 +1960,6 @@ mod tests {
             0,
             "no half clone left"
         );
-    }
-
-    #[test]
-    fn redact_url_strips_user_and_password_wherever_a_url_appears() {
-        assert_eq!(
-            redact_url("https://user:pa55@git.example.com/a.git"),
-            "https://git.example.com/a.git"
-        );
-        assert_eq!(
-            redact_url("https://ghp_TOKEN@github.com/o/r"),
-            "https://github.com/o/r"
-        );
-        assert_eq!(
-            redact_url("failed to fetch 'http://u:p@h:8080/x' and https://a:b@c"),
-            "failed to fetch 'http://h:8080/x' and https://c"
-        );
-        assert_eq!(redact_url("ssh://git@host/r.git"), "ssh://git@host/r.git");
-        assert_eq!(redact_url("ssh://git:pw@host/r.git"), "ssh://host/r.git");
-        assert_eq!(
-            redact_url("git@github.com:o/r.git"),
-            "git@github.com:o/r.git"
-        );
-        assert_eq!(redact_url("no url here"), "no url here");
     }
 
     #[test]

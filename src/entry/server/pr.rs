@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use crate::edges::forge::webhook::Forge;
 use crate::edges::forge::{self, ForgeClient, PullRequest, StatusState, Verdict};
 use crate::edges::metrics::Metrics;
-use crate::edges::source::redact_url;
+use crate::edges::redact::redact_url;
 use crate::entry::server::{open_repo, ServeOptions};
 use crate::flow::pipeline::{self, Revision};
 use crate::pure::live::LiveState;

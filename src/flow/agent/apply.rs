@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
-use crate::edges::nodes::fleet::now_rfc3339;
+use crate::edges::clock::now_rfc3339;
 use crate::edges::nodes::{NodeDriver, NodeError};
 use crate::flow::agent::conffile;
 use crate::pure::catalog::{catalog, Engine};

@@ -26,7 +26,8 @@ use tokio::sync::watch;
 
 pub use apply::ApplyOptions;
 
-use crate::edges::nodes::fleet::now_rfc3339;
+use crate::edges::clock::now_rfc3339;
+use crate::edges::http_error::describe;
 use crate::edges::nodes::NodeDriver;
 use crate::pure::live::NodeLive;
 use crate::pure::protocol::{
@@ -328,26 +329,6 @@ async fn post_report(
         ));
     }
     Ok(assignment)
-}
-
-/// A reqwest error with its causes (`error sending request: connection refused`); the
-/// agent, notifications and the forge client say it the same way.
-pub(crate) fn describe(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        format!("timed out: {e}")
-    } else {
-        e.to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn agent_name() -> String {

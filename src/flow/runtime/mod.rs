@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::edges::audit::{AuditError, EntryMaker, Journal, Prepared};
+use crate::edges::clock::now_rfc3339;
 use crate::edges::metrics::Metrics;
-use crate::edges::nodes::fleet::now_rfc3339;
 use crate::edges::nodes::NodeDriver;
 use crate::flow::agent::ApplyOptions;
 use crate::pure::live::{LiveState, NodeLive};
@@ -412,7 +412,7 @@ pub fn start(
                         reason,
                         reply,
                     } => {
-                        effects.extend(core.refuse_revision(&revision, &reason));
+                        effects.extend(core.refuse_revision(&revision, &reason, now));
                         replies.push(Box::new(move || {
                             let _ = reply.send(());
                         }));

@@ -1,9 +1,11 @@
 //! The reconciler: turns valid revisions into staged rollouts, one per cluster, and node
 //! reports into assignments. This module is the deterministic core: it holds the
-//! [`State`] (what the journal stores), takes one input at a time (a revision, a node's
-//! report, a timer, a person's command) with the time given by the caller, and returns
-//! [`Effect`]s for the runtime (`runtime.rs`) to carry out: write a journal entry, add a
-//! note, start a timer, wake a node whose assignment changed.
+//! [`State`] (what the journal stores, in `state.rs`), takes one input at a time (a
+//! revision, a node's report, a timer, a person's command) with the time given by the
+//! caller, and returns [`Effect`]s (plain data, in `effect.rs`) for the runtime
+//! (`flow::runtime`) to carry out: write a journal entry, add a note, start a timer, wake
+//! a node whose assignment changed, hand a [`Notice`] to `edges::notify`. It reads no
+//! clock and imports nothing that does I/O.
 //!
 //! ```text
 //! revision ─► per cluster: content changed? refused? ─► plan against live ─► Rollout
@@ -18,137 +20,25 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::edges::notify::{self, Notice};
 use crate::pure::catalog::catalog;
 use crate::pure::gates::{self, Sample};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::plan;
 use crate::pure::protocol::{Assignment, Outcome, Report, PROTOCOL_VERSION};
+use crate::pure::render::{rfc3339_utc, short_id};
 use crate::pure::rollout::{self, Action, Event, Phase, Rollout, RolloutSpec};
 use crate::pure::spec::model::{Cluster, Desired, Managed, Window};
 use crate::pure::windows::{self, Windows};
 
-/// The format version of the journal's state.
-pub const STATE_VERSION: u32 = 1;
+pub mod effect;
+pub mod state;
 
-/// Everything the reconciler must remember across a restart; the journal's tree.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct State {
-    pub version: u32,
-    /// The last valid revision taken.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub head: Option<String>,
-    /// Raised for every assignment made.
-    pub generation: u64,
-    pub clusters: BTreeMap<String, ClusterState>,
-    /// The rollout windows of the last valid revision (`Settings`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub windows: Vec<Window>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterState {
-    /// The cluster's content being rolled out or rolled out last.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<Target>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<RolloutRecord>,
-    /// A revision rolled back: not applied again until the cluster's content changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refused: Option<Refused>,
-    /// What each node of the cluster was told to run.
-    #[serde(default)]
-    pub assignments: BTreeMap<String, NodeAssignment>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Target {
-    pub revision: String,
-    /// A digest of the cluster's parameters: equal digests, equal assignments.
-    pub digest: String,
-    pub parameters: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Refused {
-    pub revision: String,
-    pub digest: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RolloutRecord {
-    pub rollout: Rollout,
-    pub started_at: String,
-    /// Every node's health before the rollout began (parameters left out).
-    pub baseline: BTreeMap<String, Sample>,
-    /// Per touched node, what a rollback assigns: its previous assignment, and for
-    /// parameters it had none for, the value it ran before the rollout.
-    pub restore: BTreeMap<String, BTreeMap<String, String>>,
-    /// When the current batch was assigned, on this process's clock (not kept: after a
-    /// restart the batch's time counts from the restart).
-    #[serde(skip)]
-    pub batch_started_ms: Option<u64>,
-    /// Which run of assignments the rollout is in: the generation of the last
-    /// assignment it made. Timers carry it, so a timer started before a supersede, a
-    /// resume or a rollback never acts on the run after it.
-    #[serde(default)]
-    pub run: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeAssignment {
-    pub revision: String,
-    pub digest: String,
-    pub generation: u64,
-    pub parameters: BTreeMap<String, String>,
-    pub restart_allowed: bool,
-    /// The outcome the node reported for this (revision, generation), once it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<Outcome>,
-}
-
-/// What the runtime must do after an input, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    /// Append one journal entry: `message` (first line the summary) with the state.
-    Journal { message: String },
-    /// Note `text` for `cluster` on config commit `revision` (`refs/notes/cacheflow`).
-    Note {
-        revision: String,
-        cluster: String,
-        text: String,
-        /// `completed`, `rolled_back`, `superseded` or `refused` (for metrics).
-        outcome: &'static str,
-    },
-    /// A batch passed (or was promoted) `ms` after it was assigned (for metrics).
-    StageDone { cluster: String, ms: u64 },
-    /// Feed `event` to `cluster`'s rollout after `after_ms`, with `run` (the rollout
-    /// run that started it: a timer of an earlier run is ignored, see
-    /// [`Reconciler::timer_of`]).
-    Timer {
-        cluster: String,
-        after_ms: u64,
-        event: Event,
-        run: u64,
-    },
-    /// These nodes' assignments changed: tell them now if they can be told.
-    Wake { nodes: Vec<String> },
-    /// Tell these targets (the revision's `notifications:` subscribed to the event).
-    Notify {
-        notice: Notice,
-        targets: Vec<crate::pure::spec::model::Notification>,
-    },
-}
+pub use effect::{targets_for, Effect, Notice, NoticeKind};
+pub use state::{
+    ClusterState, NodeAssignment, Refused, RolloutRecord, State, Target, STATE_VERSION,
+};
 
 /// Why a report or a command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -242,8 +132,9 @@ pub struct DriftInputs {
 /// Undeclared nodes remembered for the drift report (they hold a valid node token).
 pub const MAX_UNDECLARED: usize = 10_000;
 
-fn short(rev: &str) -> &str {
-    &rev[..rev.len().min(12)]
+/// The time of an input (milliseconds on the wall clock, given by the caller) as RFC 3339.
+fn rfc3339(now_ms: u64) -> String {
+    rfc3339_utc((now_ms / 1000) as i64)
 }
 
 fn values(cluster: &Cluster) -> BTreeMap<String, String> {
@@ -252,6 +143,34 @@ fn values(cluster: &Cluster) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, p)| (k.clone(), p.value.clone()))
         .collect()
+}
+
+/// The rollout of `batches` under the cluster's policy.
+fn rollout_spec(
+    name: &str,
+    cluster: &Cluster,
+    target: &Target,
+    planned: &plan::ClusterPlan,
+    batches: Vec<Vec<String>>,
+    previous: String,
+) -> RolloutSpec {
+    let policy = &cluster.rollout;
+    RolloutSpec {
+        cluster: name.to_owned(),
+        revision: target.revision.clone(),
+        previous: Some(previous),
+        batches,
+        bake_ms: policy.bake.0,
+        apply_timeout_ms: policy.apply_timeout.0,
+        on_failure: policy.on_failure,
+        restarting: planned
+            .nodes
+            .iter()
+            .filter(|n| n.restart)
+            .map(|n| n.id.clone())
+            .collect(),
+        warmup_ms: policy.warmup.0,
+    }
 }
 
 impl Reconciler {
@@ -426,33 +345,37 @@ impl Reconciler {
         if new_head && self.lines.is_empty() {
             self.lines.push(format!(
                 "revision {} taken: no cluster changed",
-                short(&revision)
+                short_id(&revision)
             ));
         }
         self.finish()
     }
 
     /// A revision that failed validation or trust: journaled, nothing applied.
-    pub fn refuse_revision(&mut self, revision: &str, reason: &str) -> Vec<Effect> {
+    pub fn refuse_revision(&mut self, revision: &str, reason: &str, now_ms: u64) -> Vec<Effect> {
         self.lines
-            .push(format!("revision {} refused: {reason}", short(revision)));
+            .push(format!("revision {} refused: {reason}", short_id(revision)));
         self.notify(
-            Notice::new(
-                notify::Kind::RevisionRefused,
-                format!("revision {} refused: nothing applied", short(revision)),
+            Notice::new_at(
+                NoticeKind::RevisionRefused,
+                format!("revision {} refused: nothing applied", short_id(revision)),
+                rfc3339(now_ms),
             )
             .revision(revision)
             .details(reason),
         );
         self.lines.push(match &self.state.head {
-            Some(h) => format!("keeping revision {}", short(h)),
+            Some(h) => format!("keeping revision {}", short_id(h)),
             None => "no revision was applied yet".to_owned(),
         });
         self.finish()
     }
 
     /// Start rolling out a cluster's target to the nodes whose assignment differs,
-    /// unless a rollout is in flight or the content is refused.
+    /// unless a rollout is in flight or the content is refused. Its steps: whether the
+    /// cluster may start, the nodes to roll out to, those already running the target
+    /// (assigned at once), a refusal for start-only changes on directly managed nodes,
+    /// then the rollout: batches, rollback label, restore map, baseline, spec.
     fn start(&mut self, name: &str, now_ms: u64) {
         let Some(desired) = self.desired.clone() else {
             return;
@@ -460,6 +383,68 @@ impl Reconciler {
         let Some(cluster) = desired.clusters.get(name) else {
             return;
         };
+        let Some(target) = self.startable(name, cluster, now_ms) else {
+            return;
+        };
+        let candidates = self.candidates(name, cluster, &target);
+        if candidates.is_empty() {
+            return;
+        }
+        let live = LiveState {
+            version: crate::pure::live::LIVE_STATE_VERSION,
+            taken_at: None,
+            nodes: candidates
+                .iter()
+                .map(|id| (id.to_string(), self.live[*id].node.clone()))
+                .collect(),
+        };
+        let planned = plan::plan_cluster(cluster, &live);
+        self.assign_in_sync(name, &target, &planned.in_sync);
+        if planned.nodes.is_empty()
+            || self.refuse_direct_restarts(name, cluster, &target, &planned, now_ms)
+        {
+            return;
+        }
+        let batches: Vec<Vec<String>> = planned
+            .stages
+            .iter()
+            .flat_map(|s| s.batches.iter().cloned())
+            .collect();
+        self.dirty.insert(name.to_owned());
+        let previous = self.previous_revision(name, &target, &batches);
+        let restore = self.restore_map(name, cluster, &target, &batches);
+        let baseline = self.baseline(cluster);
+        let spec = rollout_spec(name, cluster, &target, &planned, batches, previous);
+        let batch_sizes: Vec<String> = spec.batches.iter().map(|b| b.len().to_string()).collect();
+        let started = Notice::new_at(
+            NoticeKind::RolloutStarted,
+            format!(
+                "{name}: rolling out {} to {} node(s) in batches of {}",
+                short_id(&spec.revision),
+                spec.batches.iter().map(Vec::len).sum::<usize>(),
+                batch_sizes.join(", ")
+            ),
+            rfc3339(now_ms),
+        )
+        .cluster(name)
+        .revision(&spec.revision);
+        let cs = self.state.clusters.get_mut(name).expect("entry made above");
+        cs.rollout = Some(RolloutRecord {
+            rollout: Rollout::new(spec),
+            started_at: rfc3339(now_ms),
+            baseline,
+            restore,
+            batch_started_ms: None,
+            run: 0,
+        });
+        self.notify(started);
+        self.feed(name, Event::Begin, now_ms);
+    }
+
+    /// The cluster's target, if a rollout may start: none in flight, the content not
+    /// refused, and (within the grace after a revision) every declared node heard from
+    /// at least once, so one rollout covers them all.
+    fn startable(&mut self, name: &str, cluster: &Cluster, now_ms: u64) -> Option<Target> {
         self.dirty.insert(name.to_owned());
         let cs = self.state.clusters.entry(name.to_owned()).or_default();
         if cs
@@ -467,27 +452,36 @@ impl Reconciler {
             .as_ref()
             .is_some_and(|r| !r.rollout.phase.is_final())
         {
-            return;
+            return None;
         }
-        let Some(target) = cs.target.clone() else {
-            return;
-        };
+        let target = cs.target.clone()?;
         if cs
             .refused
             .as_ref()
             .is_some_and(|r| r.digest == target.digest)
         {
-            return;
+            return None;
         }
-        // Within the grace after a revision, wait until every declared node was heard
-        // from at least once, so one rollout covers them all.
         if now_ms < self.revision_at_ms.saturating_add(self.report_grace_ms)
             && cluster.nodes.iter().any(|n| !self.live.contains_key(&n.id))
         {
-            return;
+            return None;
         }
-        // Candidates: declared nodes, reachable, whose assignment is not the target.
-        let candidates: BTreeSet<&str> = cluster
+        Some(target)
+    }
+
+    /// Declared nodes, reachable, whose assignment is not the target (with drift
+    /// correction, also those that run something else than their assignment).
+    fn candidates<'c>(
+        &self,
+        name: &str,
+        cluster: &'c Cluster,
+        target: &Target,
+    ) -> BTreeSet<&'c str> {
+        let Some(cs) = self.state.clusters.get(name) else {
+            return BTreeSet::new();
+        };
+        cluster
             .nodes
             .iter()
             .filter(|n| {
@@ -495,8 +489,6 @@ impl Reconciler {
                     .assignments
                     .get(&n.id)
                     .is_some_and(|a| a.digest == target.digest);
-                // With drift correction (`sync`), a node that runs something else than
-                // its assignment is rolled out to again.
                 !assigned
                     || (self.correct_drift
                         && self.live.get(&n.id).is_some_and(|s| {
@@ -510,24 +502,14 @@ impl Reconciler {
             })
             .filter(|n| self.live.get(&n.id).is_some_and(|s| s.node.reachable))
             .map(|n| n.id.as_str())
-            .collect();
-        if candidates.is_empty() {
-            return;
-        }
-        let live = LiveState {
-            version: crate::pure::live::LIVE_STATE_VERSION,
-            taken_at: None,
-            nodes: candidates
-                .iter()
-                .map(|id| (id.to_string(), self.live[*id].node.clone()))
-                .collect(),
-        };
-        let planned = plan::plan_cluster(cluster, &live);
-        // Nodes that already run the target: assigned without a rollout.
+            .collect()
+    }
+
+    /// Nodes that already run the target: assigned without a rollout, and woken.
+    fn assign_in_sync(&mut self, name: &str, target: &Target, in_sync: &[String]) {
         let mut woken = Vec::new();
-        for id in &planned.in_sync {
+        for id in in_sync {
             self.state.generation += 1;
-            self.dirty.insert(name.to_owned());
             self.dirty.insert(name.to_owned());
             let cs = self.state.clusters.get_mut(name).expect("entry made above");
             cs.assignments.insert(
@@ -547,15 +529,24 @@ impl Reconciler {
             self.lines.push(format!(
                 "{name}: {} node(s) already run {}: {}",
                 woken.len(),
-                short(&target.revision),
+                short_id(&target.revision),
                 woken.join(", ")
             ));
             self.effects.push(Effect::Wake { nodes: woken });
         }
-        if planned.nodes.is_empty() {
-            return;
-        }
-        // Start-only changes need an agent that can restart the engine.
+    }
+
+    /// Start-only changes need an agent that can restart the engine: on directly
+    /// managed nodes they refuse the revision for the cluster (or, when correcting
+    /// drift, leave the drift reported). True when the rollout must not start.
+    fn refuse_direct_restarts(
+        &mut self,
+        name: &str,
+        cluster: &Cluster,
+        target: &Target,
+        planned: &plan::ClusterPlan,
+        now_ms: u64,
+    ) -> bool {
         let direct_restarts: Vec<String> = planned
             .nodes
             .iter()
@@ -575,56 +566,66 @@ impl Reconciler {
                 format!("{} ({})", n.id, names.join(", "))
             })
             .collect();
-        if !direct_restarts.is_empty() && self.correcting {
+        if direct_restarts.is_empty() {
+            return false;
+        }
+        if self.correcting {
             // A drift correction never refuses the revision: the drift stays reported.
             self.lines.push(format!(
                 "{name}: drift not corrected: start-only parameters on directly managed nodes ({}): restart them by hand",
                 direct_restarts.join("; ")
             ));
-            return;
+            return true;
         }
-        if !direct_restarts.is_empty() {
-            let reason = format!(
-                "start-only parameters on directly managed nodes, which cacheflow cannot restart: {}; manage them with an agent that has --restart-command",
-                direct_restarts.join("; ")
-            );
-            self.refuse_cluster(name, &target, reason);
-            return;
-        }
-        let batches: Vec<Vec<String>> = planned
-            .stages
+        let reason = format!(
+            "start-only parameters on directly managed nodes, which cacheflow cannot restart: {}; manage them with an agent that has --restart-command",
+            direct_restarts.join("; ")
+        );
+        self.refuse_cluster(name, target, reason, now_ms);
+        true
+    }
+
+    /// The label a rollback returns to: the one revision the nodes were assigned, or
+    /// `before-<target>`.
+    fn previous_revision(&self, name: &str, target: &Target, batches: &[Vec<String>]) -> String {
+        let mut revs: Vec<&str> = batches
             .iter()
-            .flat_map(|s| s.batches.iter().cloned())
+            .flatten()
+            .filter_map(|id| {
+                let cs = self.state.clusters.get(name)?;
+                cs.assignments.get(id).map(|a| a.revision.as_str())
+            })
             .collect();
-        self.dirty.insert(name.to_owned());
-        let cs = self.state.clusters.get_mut(name).expect("entry made above");
-        let previous_revision = {
-            let mut revs: Vec<&str> = batches
-                .iter()
-                .flatten()
-                .filter_map(|id| cs.assignments.get(id).map(|a| a.revision.as_str()))
-                .collect();
-            revs.dedup();
-            match revs.as_slice() {
-                // Correcting drift re-rolls the revision the nodes were assigned: the
-                // rollback label must still differ from it.
-                [one] if *one != target.revision => one.to_string(),
-                _ => format!("before-{}", short(&target.revision)),
-            }
-        };
-        let restore: BTreeMap<String, BTreeMap<String, String>> = batches
+        revs.dedup();
+        match revs.as_slice() {
+            // Correcting drift re-rolls the revision the nodes were assigned: the
+            // rollback label must still differ from it.
+            [one] if *one != target.revision => one.to_string(),
+            _ => format!("before-{}", short_id(&target.revision)),
+        }
+    }
+
+    /// Per node to roll out to, what a rollback assigns: the previous assignment,
+    /// unless it is the target itself (correcting drift), and for parameters it has none
+    /// for, what the node ran before, read at the start.
+    fn restore_map(
+        &self,
+        name: &str,
+        cluster: &Cluster,
+        target: &Target,
+        batches: &[Vec<String>],
+    ) -> BTreeMap<String, BTreeMap<String, String>> {
+        let assignments = self.state.clusters.get(name).map(|cs| &cs.assignments);
+        let cat = catalog(cluster.engine);
+        batches
             .iter()
             .flatten()
             .map(|id| {
-                // The previous assignment, unless it is the target itself (correcting
-                // drift): then what the node ran before, read at the start.
-                let mut params = cs
-                    .assignments
-                    .get(id)
+                let mut params = assignments
+                    .and_then(|a| a.get(id))
                     .filter(|a| a.digest != target.digest)
                     .map(|a| a.parameters.clone())
                     .unwrap_or_default();
-                let cat = catalog(cluster.engine);
                 if let Some(sample) = self.live.get(id) {
                     for key in target.parameters.keys() {
                         if params.contains_key(key) {
@@ -640,8 +641,13 @@ impl Reconciler {
                 }
                 (id.clone(), params)
             })
-            .collect();
-        let baseline = cluster
+            .collect()
+    }
+
+    /// Every node's health before the rollout began (parameters left out): the gates
+    /// compare against it.
+    fn baseline(&self, cluster: &Cluster) -> BTreeMap<String, Sample> {
+        cluster
             .nodes
             .iter()
             .filter_map(|n| {
@@ -658,52 +664,13 @@ impl Reconciler {
                     },
                 ))
             })
-            .collect();
-        let policy = &cluster.rollout;
-        let spec = RolloutSpec {
-            cluster: name.to_owned(),
-            revision: target.revision.clone(),
-            previous: Some(previous_revision),
-            batches,
-            bake_ms: policy.bake.0,
-            apply_timeout_ms: policy.apply_timeout.0,
-            on_failure: policy.on_failure,
-            restarting: planned
-                .nodes
-                .iter()
-                .filter(|n| n.restart)
-                .map(|n| n.id.clone())
-                .collect(),
-            warmup_ms: policy.warmup.0,
-        };
-        let batch_sizes: Vec<String> = spec.batches.iter().map(|b| b.len().to_string()).collect();
-        let started = Notice::new(
-            notify::Kind::RolloutStarted,
-            format!(
-                "{name}: rolling out {} to {} node(s) in batches of {}",
-                short(&spec.revision),
-                spec.batches.iter().map(Vec::len).sum::<usize>(),
-                batch_sizes.join(", ")
-            ),
-        )
-        .cluster(name)
-        .revision(&spec.revision);
-        cs.rollout = Some(RolloutRecord {
-            rollout: Rollout::new(spec),
-            started_at: crate::edges::nodes::fleet::now_rfc3339(),
-            baseline,
-            restore,
-            batch_started_ms: None,
-            run: 0,
-        });
-        self.notify(started);
-        self.feed(name, Event::Begin, now_ms);
+            .collect()
     }
 
-    fn refuse_cluster(&mut self, name: &str, target: &Target, reason: String) {
+    fn refuse_cluster(&mut self, name: &str, target: &Target, reason: String, now_ms: u64) {
         self.lines.push(format!(
             "{name}: revision {} refused: {reason}",
-            short(&target.revision)
+            short_id(&target.revision)
         ));
         self.effects.push(Effect::Note {
             revision: target.revision.clone(),
@@ -712,12 +679,13 @@ impl Reconciler {
             outcome: "refused",
         });
         self.notify(
-            Notice::new(
-                notify::Kind::RevisionRefused,
+            Notice::new_at(
+                NoticeKind::RevisionRefused,
                 format!(
                     "{name}: revision {} refused for this cluster",
-                    short(&target.revision)
+                    short_id(&target.revision)
                 ),
+                rfc3339(now_ms),
             )
             .cluster(name)
             .revision(&target.revision)
@@ -793,25 +761,25 @@ impl Reconciler {
             let revision = rec.rollout.spec.revision.clone();
             match &rec.rollout.phase {
                 Phase::RollingBack { reason } if !was_rolling_back => {
-                    let notice = Notice::new(
-                        notify::Kind::RolloutFailed,
+                    let notice = Notice::new_at(
+                        NoticeKind::RolloutFailed,
                         format!(
                             "{name}: rollout of {} failed, rolling back",
-                            short(&revision)
+                            short_id(&revision)
                         ),
+                        rfc3339(now_ms),
                     )
                     .details(reason.clone());
                     self.notify(notice.cluster(name).revision(&revision));
                 }
                 Phase::Paused { batch, reason } if !was_paused => {
-                    let notice = Notice::new(
-                        notify::Kind::Paused,
+                    let notice = Notice::new_at(
+                        NoticeKind::Paused,
                         format!(
                             "{name}: rollout of {} paused at batch {}: a person decides (resume, rollback)",
-                            short(&revision),
+                            short_id(&revision),
                             batch + 1
-                        ),
-                    )
+                        ), rfc3339(now_ms))
                     .details(reason.clone());
                     self.notify(notice.cluster(name).revision(&revision));
                 }
@@ -819,7 +787,7 @@ impl Reconciler {
             }
             let rec = self.rec_mut(name);
             if !was_final && rec.rollout.phase.is_final() {
-                self.finished(name);
+                self.finished(name, now_ms);
             }
         }
     }
@@ -900,8 +868,8 @@ impl Reconciler {
 
     /// A rollout reached a final phase: note it on the config commit; a rolled-back
     /// revision is refused for the cluster until its content changes.
-    fn finished(&mut self, name: &str) {
-        let now = crate::edges::nodes::fleet::now_rfc3339();
+    fn finished(&mut self, name: &str, now_ms: u64) {
+        let now = rfc3339(now_ms);
         self.dirty.insert(name.to_owned());
         let cs = self.state.clusters.get_mut(name).expect("cluster state");
         let rec = cs.rollout.as_ref().expect("finished rollout");
@@ -934,26 +902,26 @@ impl Reconciler {
             Phase::Superseded { by } => {
                 format!(
                     "superseded {now} by {} before it reached every node",
-                    short(by)
+                    short_id(by)
                 )
             }
             _ => return,
         };
         let event = match outcome {
-            "completed" => Some(notify::Kind::RolloutCompleted),
-            "rolled_back" => Some(notify::Kind::RolledBack),
+            "completed" => Some(NoticeKind::RolloutCompleted),
+            "rolled_back" => Some(NoticeKind::RolledBack),
             _ => None,
         };
         if let Some(event) = event {
             let summary = match event {
-                notify::Kind::RolloutCompleted => format!(
+                NoticeKind::RolloutCompleted => format!(
                     "{name}: {} reached all {} node(s)",
-                    short(&revision),
+                    short_id(&revision),
                     nodes.len()
                 ),
-                _ => format!("{name}: {} rolled back", short(&revision)),
+                _ => format!("{name}: {} rolled back", short_id(&revision)),
             };
-            let notice = Notice::new(event, summary)
+            let notice = Notice::new_at(event, summary, rfc3339(now_ms))
                 .cluster(name)
                 .revision(&revision)
                 .details(text.clone());
@@ -973,7 +941,7 @@ impl Reconciler {
             .desired
             .as_ref()
             .map(|d| {
-                notify::targets_for(&d.settings.notifications, notice.event)
+                targets_for(&d.settings.notifications, notice.event)
                     .into_iter()
                     .cloned()
                     .collect()
@@ -1039,7 +1007,7 @@ impl Reconciler {
                 } else if !ok {
                     self.lines.push(format!(
                         "{name}: {node_id} failed to apply {}: {}",
-                        short(&result.revision),
+                        short_id(&result.revision),
                         result.error.unwrap_or_default()
                     ));
                 }
@@ -1101,7 +1069,7 @@ impl Reconciler {
                 if let Some(r) = rolling {
                     not_compared.push(crate::pure::drift::NotCompared {
                         cluster: name.clone(),
-                        reason: format!("rolling out {} now", short(&r.rollout.spec.revision)),
+                        reason: format!("rolling out {} now", short_id(&r.rollout.spec.revision)),
                     });
                 } else if let Some(refused) = cs
                     .refused
@@ -1112,7 +1080,7 @@ impl Reconciler {
                         cluster: name.clone(),
                         reason: format!(
                             "revision {} refused ({}): nodes stay on what they ran",
-                            short(&refused.revision),
+                            short_id(&refused.revision),
                             refused.reason
                         ),
                     });

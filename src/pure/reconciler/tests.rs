@@ -789,7 +789,7 @@ fn reports_of_unknown_or_other_nodes_are_refused() {
 fn a_refused_revision_is_journaled_and_the_head_kept() {
     let mut r = Reconciler::new(State::default());
     assert_eq!(
-        core(r.refuse_revision(R1, "clusters/cache.yaml:3:1: unknown field")),
+        core(r.refuse_revision(R1, "clusters/cache.yaml:3:1: unknown field", 0)),
         vec![journal(&[
             &format!(
                 "revision {} refused: clusters/cache.yaml:3:1: unknown field",
@@ -801,7 +801,7 @@ fn a_refused_revision_is_journaled_and_the_head_kept() {
 
     let mut r = started();
     let state = r.state.clone();
-    let effects = core(r.refuse_revision(R2, "commit is not signed by a trusted signer"));
+    let effects = core(r.refuse_revision(R2, "commit is not signed by a trusted signer", 0));
     assert_eq!(
         effects,
         vec![journal(&[
@@ -1246,7 +1246,7 @@ spec:
     // Pausing again is no new pause.
     let again = r.command(CLUSTER, Event::Pause { by: "bob".into() }, 2_000);
     assert!(notices(&again.unwrap_or_default()).is_empty());
-    let refused = r.refuse_revision(R2, "invalid (1 error(s))");
+    let refused = r.refuse_revision(R2, "invalid (1 error(s))", 2_000);
     assert_eq!(
         notices(&refused),
         [(

@@ -9,15 +9,62 @@ use serde::Serialize;
 
 use crate::pure::diff::{ChangeSet, ClusterDiff, ClusterStatus, ParamChange, Risk};
 use crate::pure::plan::Plan;
+use crate::pure::rollout::Phase;
 use crate::pure::spec::model::Desired;
 use crate::pure::spec::Diagnostic;
 
 /// A short commit id for people.
 pub fn short(commit: Option<&str>) -> String {
     match commit {
-        Some(c) => c.chars().take(12).collect(),
+        Some(c) => short_id(c).to_owned(),
         None => "the working tree".to_owned(),
     }
+}
+
+/// The first 12 characters of a commit id (or all of a shorter one): how every output
+/// shows a revision.
+pub fn short_id(id: &str) -> &str {
+    match id.char_indices().nth(12) {
+        Some((end, _)) => &id[..end],
+        None => id,
+    }
+}
+
+/// The word for a rollout's phase, as the status API and `sync`'s summary say it.
+pub fn phase_word(phase: &Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "pending",
+        Phase::Applying { .. } => "applying",
+        Phase::Baking { .. } => "baking",
+        Phase::Judging { .. } => "judging",
+        Phase::Waiting { .. } => "waiting",
+        Phase::Paused { .. } => "paused",
+        Phase::RollingBack { .. } => "rolling-back",
+        Phase::Completed => "completed",
+        Phase::RolledBack { .. } => "rolled-back",
+        Phase::Superseded { .. } => "superseded",
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (Howard Hinnant's civil-from-days).
+pub fn rfc3339_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
 }
 
 pub fn json<T: Serialize>(value: &T) -> String {
@@ -579,4 +626,44 @@ pub fn snapshot_text(state: &crate::pure::live::LiveState) -> String {
         down
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_since_the_epoch_read_as_rfc3339_utc() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn a_short_id_is_twelve_characters_and_never_cuts_a_short_or_odd_one() {
+        assert_eq!(
+            short_id("1111111111111111111111111111111111111111"),
+            "111111111111"
+        );
+        assert_eq!(short_id("abc"), "abc");
+        assert_eq!(short_id("ééééééééééééé"), "éééééééééééé");
+        assert_eq!(short(None), "the working tree");
+    }
+
+    #[test]
+    fn every_phase_has_one_word() {
+        assert_eq!(
+            phase_word(&Phase::RollingBack {
+                reason: String::new()
+            }),
+            "rolling-back"
+        );
+        assert_eq!(
+            phase_word(&Phase::RolledBack {
+                reason: String::new()
+            }),
+            "rolled-back"
+        );
+        assert_eq!(phase_word(&Phase::Baking { batch: 0 }), "baking");
+    }
 }

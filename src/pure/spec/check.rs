@@ -501,7 +501,7 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
     for (i, w) in spec.windows.iter().enumerate() {
         let base = format!("/spec/windows/{i}");
         check_cron(ctx, p, &format!("{base}/schedule"), &w.schedule, &[5]);
-        if let Err(e) = crate::pure::windows::parse_zone(w.timezone.as_deref()) {
+        if let Err(e) = crate::pure::schedule::parse_zone(w.timezone.as_deref()) {
             ctx.at(p, &format!("{base}/timezone"), e.to_string());
         }
         match catalog::parse_duration_micros(&w.duration) {
@@ -521,7 +521,7 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
     if let Some(schedule) = &spec.drift.schedule {
         check_cron(ctx, p, "/spec/drift/schedule", schedule, &[5, 6]);
     }
-    if let Err(e) = crate::pure::windows::parse_zone(spec.drift.timezone.as_deref()) {
+    if let Err(e) = crate::pure::schedule::parse_zone(spec.drift.timezone.as_deref()) {
         ctx.at(p, "/spec/drift/timezone", e.to_string());
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -552,7 +552,7 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
     }
     for (i, s) in spec.trust.signers.iter().enumerate() {
         for (field, message) in
-            crate::edges::trust::check_signer_keys(s.ssh.as_deref(), s.openpgp.as_deref())
+            super::signers::check_signer_keys(s.ssh.as_deref(), s.openpgp.as_deref())
         {
             ctx.at(p, &format!("/spec/trust/signers/{i}/{field}"), message);
         }

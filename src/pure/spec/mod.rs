@@ -10,6 +10,7 @@
 pub mod model;
 pub mod raw;
 pub mod schema;
+pub mod signers;
 pub mod yaml;
 
 mod check;

@@ -89,127 +89,142 @@ pub fn problem_lines(validator: &Validator, instance: &Value) -> Vec<String> {
 pub fn findings(validator: &Validator, instance: &Value) -> Vec<Finding> {
     let mut out: Vec<Finding> = Vec::new();
     for error in validator.iter_errors(instance) {
-        let pointer = error.instance_path().as_str().to_owned();
-        let keyword_location = error
-            .absolute_keyword_location()
-            .map(|u| u.as_str().to_owned())
-            .unwrap_or_default();
-        let schema_path = error.schema_path().as_str().to_owned();
-        let location = format!("{keyword_location} {schema_path}");
-        let is = |def: &str| location.contains(&format!("/$defs/{def}/"));
-        match error.kind() {
-            ValidationErrorKind::AdditionalProperties { unexpected } => {
-                for name in unexpected {
-                    out.push(Finding {
-                        pointer: format!("{pointer}/{}", super::yaml::escape_token(name)),
-                        at_key: true,
-                        message: format!("unknown field `{name}`{}", suggestion(&pointer)),
-                    });
-                }
-            }
-            ValidationErrorKind::Required { property } => {
-                let name = property.as_str().unwrap_or_default();
-                out.push(Finding {
-                    pointer: pointer.clone(),
-                    at_key: false,
-                    message: format!("missing required field `{name}`"),
-                });
-            }
-            _ if is("secretRef") => out.push(Finding {
-                pointer,
-                at_key: false,
-                message: "must be a secret reference (env:NAME or file:PATH); the secret itself never belongs in the repository (value redacted)".to_owned(),
-            }),
-            _ if is("duration") => out.push(Finding {
-                message: format!(
-                    "{} is not a duration such as 30s, 5m, 1h30m or 250ms",
-                    error.instance()
-                ),
-                pointer,
-                at_key: false,
-            }),
-            _ if is("stage") => out.push(Finding {
-                message: format!(
-                    "{} is not a stage: use a node count (1) or a percentage (\"25%\")",
-                    error.instance()
-                ),
-                pointer,
-                at_key: false,
-            }),
-            _ if is("name") && matches!(error.kind(), ValidationErrorKind::Pattern { .. }) => {
-                out.push(Finding {
-                    message: format!(
-                        "{} is not a valid name: use lower-case letters, digits and dashes",
-                        error.instance()
-                    ),
-                    pointer,
-                    at_key: false,
-                })
-            }
-            // The validator's own text for `not` prints the schema; say it plainly.
-            ValidationErrorKind::Not { .. } => out.push(Finding {
-                message: format!("{} is not allowed here", error.instance()),
-                pointer,
-                at_key: false,
-            }),
-            // Type and size errors never print the value: it may be a secret written
-            // where a reference belongs, or a whole document.
-            ValidationErrorKind::Type { kind } => {
-                let expected: Vec<String> = match kind {
-                    TypeKind::Single(t) => vec![a_type(&t.to_string())],
-                    TypeKind::Multiple(set) => set.iter().map(|t| a_type(&t.to_string())).collect(),
-                };
-                let instance = error.instance();
-                let mut found = a_type(&jsonschema::JsonType::from(instance.as_ref()).to_string());
-                // Show a short scalar, unless it may be a secret.
-                if !is_secret_path(&pointer)
-                    && !instance.is_object()
-                    && !instance.is_array()
-                    && instance.to_string().len() <= 40
-                {
-                    found = format!("{found}: {instance}");
-                }
-                out.push(Finding {
-                    message: format!("expected {}, found {found}", expected.join(" or ")),
-                    pointer,
-                    at_key: false,
-                })
-            }
-            ValidationErrorKind::MinItems { limit } => out.push(Finding {
-                message: format!(
-                    "needs at least {limit} item{}",
-                    if *limit == 1 { "" } else { "s" }
-                ),
-                pointer,
-                at_key: false,
-            }),
-            _ if is_secret_path(&pointer) => out.push(Finding {
-                message: error.masked().to_string(),
-                pointer,
-                at_key: false,
-            }),
-            ValidationErrorKind::Enum { options } => out.push(Finding {
-                message: format!(
-                    "{} is not one of {}",
-                    error.instance(),
-                    options
-                        .as_array()
-                        .map(|a| a.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "))
-                        .unwrap_or_else(|| options.to_string())
-                ),
-                pointer,
-                at_key: false,
-            }),
-            _ => out.push(Finding {
-                message: error.to_string(),
-                pointer,
-                at_key: false,
-            }),
-        }
+        error_findings(&error, &mut out);
     }
     out.sort_by(|a, b| a.pointer.cmp(&b.pointer).then(a.message.cmp(&b.message)));
     out.dedup();
     out
+}
+
+/// One validation error as findings (an unknown-fields error is one per field).
+fn error_findings(error: &jsonschema::ValidationError<'_>, out: &mut Vec<Finding>) {
+    let pointer = error.instance_path().as_str().to_owned();
+    let keyword_location = error
+        .absolute_keyword_location()
+        .map(|u| u.as_str().to_owned())
+        .unwrap_or_default();
+    let schema_path = error.schema_path().as_str().to_owned();
+    let location = format!("{keyword_location} {schema_path}");
+    let is = |def: &str| location.contains(&format!("/$defs/{def}/"));
+    match error.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            for name in unexpected {
+                out.push(Finding {
+                    pointer: format!("{pointer}/{}", super::yaml::escape_token(name)),
+                    at_key: true,
+                    message: format!("unknown field `{name}`{}", suggestion(&pointer)),
+                });
+            }
+        }
+        ValidationErrorKind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            out.push(Finding {
+                pointer: pointer.clone(),
+                at_key: false,
+                message: format!("missing required field `{name}`"),
+            });
+        }
+        _ if is("secretRef") => out.push(Finding {
+            pointer,
+            at_key: false,
+            message: "must be a secret reference (env:NAME or file:PATH); the secret itself never belongs in the repository (value redacted)".to_owned(),
+        }),
+        _ if is("duration") => out.push(Finding {
+            message: format!(
+                "{} is not a duration such as 30s, 5m, 1h30m or 250ms",
+                error.instance()
+            ),
+            pointer,
+            at_key: false,
+        }),
+        _ if is("stage") => out.push(Finding {
+            message: format!(
+                "{} is not a stage: use a node count (1) or a percentage (\"25%\")",
+                error.instance()
+            ),
+            pointer,
+            at_key: false,
+        }),
+        _ if is("name") && matches!(error.kind(), ValidationErrorKind::Pattern { .. }) => {
+            out.push(Finding {
+                message: format!(
+                    "{} is not a valid name: use lower-case letters, digits and dashes",
+                    error.instance()
+                ),
+                pointer,
+                at_key: false,
+            })
+        }
+        // The validator's own text for `not` prints the schema; say it plainly.
+        ValidationErrorKind::Not { .. } => out.push(Finding {
+            message: format!("{} is not allowed here", error.instance()),
+            pointer,
+            at_key: false,
+        }),
+        // Type and size errors never print the value: it may be a secret written
+        // where a reference belongs, or a whole document.
+        ValidationErrorKind::Type { kind } => out.push(Finding {
+            message: type_message(kind, error.instance(), &pointer),
+            pointer,
+            at_key: false,
+        }),
+        ValidationErrorKind::MinItems { limit } => out.push(Finding {
+            message: format!(
+                "needs at least {limit} item{}",
+                if *limit == 1 { "" } else { "s" }
+            ),
+            pointer,
+            at_key: false,
+        }),
+        _ if is_secret_path(&pointer) => out.push(Finding {
+            message: error.masked().to_string(),
+            pointer,
+            at_key: false,
+        }),
+        ValidationErrorKind::Enum { options } => out.push(Finding {
+            message: format!("{} is not one of {}", error.instance(), one_of(options)),
+            pointer,
+            at_key: false,
+        }),
+        _ => out.push(Finding {
+            message: error.to_string(),
+            pointer,
+            at_key: false,
+        }),
+    }
+}
+
+/// "expected a string, found an integer: 3". Type errors never print a long value or
+/// one under a secret: it may be a secret written where a reference belongs, or a whole
+/// document.
+fn type_message(kind: &TypeKind, instance: &Value, pointer: &str) -> String {
+    let expected: Vec<String> = match kind {
+        TypeKind::Single(t) => vec![a_type(&t.to_string())],
+        TypeKind::Multiple(set) => set.iter().map(|t| a_type(&t.to_string())).collect(),
+    };
+    let mut found = a_type(&jsonschema::JsonType::from(instance).to_string());
+    // Show a short scalar, unless it may be a secret.
+    if !is_secret_path(pointer)
+        && !instance.is_object()
+        && !instance.is_array()
+        && instance.to_string().len() <= 40
+    {
+        found = format!("{found}: {instance}");
+    }
+    format!("expected {}, found {found}", expected.join(" or "))
+}
+
+/// An enum's options, comma-separated.
+fn one_of(options: &Value) -> String {
+    options
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|| options.to_string())
 }
 
 /// "a string", "an object" — for messages.

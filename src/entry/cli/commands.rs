@@ -1,0 +1,463 @@
+//! One function per command: read the arguments, call the pipeline (or the server, the
+//! agent, `sync`, the demo), print, and say the exit code. An error comes back as
+//! `anyhow::Error` and [`super::run`] prints it (exit 1); the exit codes of DESIGN.md
+//! are decided here (validate: 0 valid / 1 invalid; diff, plan, drift: 0 nothing to do /
+//! 2 changes).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail};
+
+use super::{
+    client, AgentArgs, AgentTokenArgs, DemoArgs, DiffArgs, DriftArgs, Format, HistoryArgs,
+    PlanArgs, ReachArgs, RepoArgs, ReportFormat, RichFormat, RolloutArgs, ServeArgs, SnapshotArgs,
+    SyncArgs, ValidateArgs,
+};
+use crate::edges::redact::redact_url;
+use crate::edges::source::ConfigRepo;
+use crate::flow::pipeline::{self, LiveSource, PipelineError, Revision};
+use crate::pure::drift::DriftReport;
+use crate::pure::render;
+
+pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let repo = open(&args.repo)?;
+    let (commit, result) = pipeline::validate(&repo, &revision(&args.rev, args.worktree))
+        .map_err(|e| anyhow!(e.to_string()))?;
+    let out = match args.format {
+        Format::Text => render::validate_text(commit.as_deref(), &result),
+        Format::Json => render::validate_json(commit.as_deref(), &result),
+    };
+    print!("{out}");
+    let code = if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
+    // The process ends next: freeing a model of 10,000 clusters node by node would cost
+    // tens of milliseconds and give nothing back.
+    std::mem::forget(result);
+    Ok(code)
+}
+
+pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
+    let repo = open(&args.repo)?;
+    let json = args.format == RichFormat::Json;
+    let cs = pipeline::diff(&repo, &args.base, &revision(&args.head, args.worktree))
+        .map_err(|e| pipeline_failed(e, json))?;
+    let out = match args.format {
+        RichFormat::Text => render::diff_text(&cs),
+        RichFormat::Json => render::json(&cs),
+        RichFormat::Markdown => render::diff_markdown(&cs),
+    };
+    Ok(print_with_changes(&out, !cs.is_empty()))
+}
+
+pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let repo = open(&args.repo)?;
+    let json = args.format == RichFormat::Json;
+    let source = live_source(args.live.as_deref(), args.direct, &args.reach);
+    let plan = pipeline::plan(&repo, &revision(&args.rev, args.worktree), source)
+        .map_err(|e| pipeline_failed(e, json))?;
+    let out = match args.format {
+        RichFormat::Text => render::plan_text(&plan),
+        RichFormat::Json => render::json(&plan),
+        RichFormat::Markdown => render::plan_markdown(&plan),
+    };
+    Ok(print_with_changes(&out, !plan.converged()))
+}
+
+pub fn drift(args: DriftArgs) -> anyhow::Result<ExitCode> {
+    let report = match &args.server {
+        Some(server) => client::server_drift(server, args.token_file.as_ref())?,
+        None => {
+            let repo = open(&args.repo)?;
+            let source = live_source(args.live.as_deref(), args.direct, &args.reach);
+            pipeline::drift(&repo, &revision(&args.rev, args.worktree), source)
+                .map_err(|e| pipeline_failed(e, args.format == ReportFormat::Json))?
+        }
+    };
+    if let Some(dir) = &args.output_dir {
+        write_drift_files(dir, &report)?;
+    }
+    let out = match args.format {
+        ReportFormat::Text => crate::pure::drift::text(&report),
+        ReportFormat::Json => render::json(&report),
+        ReportFormat::Markdown => crate::pure::drift::markdown(&report),
+        ReportFormat::Html => crate::pure::drift::html(&report, &[]),
+    };
+    Ok(print_with_changes(&out, !report.clean()))
+}
+
+pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
+    let repo = open(&args.repo)?;
+    let state = pipeline::desired(&repo, &revision(&args.rev, args.worktree))
+        .and_then(|d| pipeline::snapshot(&d, args.cluster.as_deref(), args.reach.options()))
+        .map_err(|e| pipeline_failed(e, args.format == Format::Json))?;
+    let text = match args.format {
+        Format::Json => render::json(&state),
+        Format::Text => render::snapshot_text(&state),
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    let repo = open(&args.repo)?;
+    if args
+        .override_window
+        .as_deref()
+        .is_some_and(|r| r.trim().is_empty())
+    {
+        bail!("--override-window needs a reason (it is journaled)");
+    }
+    let json = args.format == Format::Json;
+    let options = crate::entry::sync::SyncOptions {
+        rev: args.rev,
+        yes: args.yes,
+        reach: args.reach.options(),
+        interval: args.interval,
+        override_window: args.override_window,
+        json,
+    };
+    let summary = crate::entry::sync::sync(&repo, options).map_err(|e| match e {
+        crate::entry::sync::SyncError::Pipeline(e) => pipeline_failed(e, json),
+        e => anyhow!(e.to_string()),
+    })?;
+    if json {
+        print!("{}", render::json(&summary));
+    }
+    Ok(if summary.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `cacheflow serve`: read the secrets and the admin tokens, then serve until SIGTERM
+/// or Ctrl-C.
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let admin_tokens = match &args.admin_tokens_file {
+        Some(path) => admin_tokens(path).map_err(anyhow::Error::msg)?,
+        None => BTreeMap::new(),
+    };
+    let options = crate::entry::server::ServeOptions {
+        repo: args.repo,
+        branch: args.branch,
+        state_dir: args.state_dir,
+        listen: args.listen,
+        poll_interval: args.poll_interval,
+        webhook_secret: secret(
+            args.webhook_secret_file.as_ref(),
+            "CACHEFLOW_WEBHOOK_SECRET",
+        )?,
+        node_token_secret: secret(
+            args.node_token_secret_file.as_ref(),
+            "CACHEFLOW_NODE_TOKEN_SECRET",
+        )?,
+        admin_tokens,
+        push_audit: args.push_audit,
+        direct_interval: args.direct_interval,
+        node_timeout: args.timeout,
+        resume_grace: args.resume_grace,
+        silent_after: args.silent_after,
+        forge_api_url: args.forge_api_url,
+        forge_token: secret(args.forge_token_file.as_ref(), "CACHEFLOW_FORGE_TOKEN")?
+            .map(|t| String::from_utf8_lossy(&t).trim().to_owned()),
+    };
+    until_signal(|stop| async move {
+        crate::entry::server::serve(options, stop)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The admin tokens file: one `name:token` per line, `#` comments, tokens of at least
+/// 16 characters.
+fn admin_tokens(path: &Path) -> Result<BTreeMap<String, String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut tokens = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, token)) = line.split_once(':') else {
+            return Err(format!(
+                "{}:{}: expected `name:token`",
+                path.display(),
+                i + 1
+            ));
+        };
+        if token.trim().len() < 16 {
+            return Err(format!(
+                "{}:{}: the token of `{}` is shorter than 16 characters",
+                path.display(),
+                i + 1,
+                name.trim()
+            ));
+        }
+        tokens.insert(name.trim().to_owned(), token.trim().to_owned());
+    }
+    Ok(tokens)
+}
+
+pub fn rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
+    let out = client::rollout(
+        args.action,
+        args.cluster,
+        args.reason,
+        &args.server,
+        args.token_file,
+        args.format,
+    )?;
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let repo = open(&args.repo)?;
+    let options = crate::flow::history::HistoryOptions {
+        rev: args.rev,
+        cluster: args.cluster,
+        param: args.param,
+        limit: args.limit,
+    };
+    let entries =
+        crate::flow::history::history(&repo, &options).map_err(|e| anyhow!(e.to_string()))?;
+    match args.format {
+        Format::Text => print!("{}", crate::flow::history::text(&entries)),
+        Format::Json => print!("{}", render::json(&entries)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    crate::entry::demo::run(crate::entry::demo::DemoOptions { keep: args.keep })
+        .map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn agent_token(args: AgentTokenArgs) -> anyhow::Result<ExitCode> {
+    // The secret comes from a file or the environment, never from a flag's value (which
+    // `ps` would show).
+    let Some(secret) = secret(args.secret_file.as_ref(), "CACHEFLOW_NODE_TOKEN_SECRET")? else {
+        bail!("no node-token secret: give --secret-file FILE or set CACHEFLOW_NODE_TOKEN_SECRET");
+    };
+    let token = crate::pure::identity::node_token(&secret, &args.node_id)
+        .map_err(|e| anyhow!(e.to_string()))?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cacheflow agent`: build the driver, then run the agent until SIGTERM or Ctrl-C.
+pub fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    run_agent(args).map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_agent(args: AgentArgs) -> Result<(), String> {
+    use crate::edges::nodes::memcached::MemcachedDriver;
+    use crate::edges::nodes::redis::RedisDriver;
+    use crate::edges::nodes::NodeDriver;
+    use crate::flow::agent::{self, AgentOptions, ApplyOptions};
+    use crate::pure::spec::model::{Auth, SecretRef};
+
+    let token = std::fs::read_to_string(&args.token_file).map_err(|e| {
+        format!(
+            "cannot read the token file {}: {e}",
+            args.token_file.display()
+        )
+    })?;
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        return Err(format!(
+            "the token file {} is empty",
+            args.token_file.display()
+        ));
+    }
+    let driver: Arc<dyn NodeDriver> = match (&args.redis, &args.memcached) {
+        (Some(address), _) => {
+            let auth = match &args.redis_password {
+                Some(reference) => {
+                    if !(reference.starts_with("env:") || reference.starts_with("file:")) {
+                        return Err("--redis-password takes a reference, env:NAME or file:PATH, never the password itself".to_owned());
+                    }
+                    Some(Auth {
+                        username: args.redis_user.clone(),
+                        password: SecretRef(reference.clone()),
+                    })
+                }
+                None => None,
+            };
+            Arc::new(RedisDriver::new(address, auth.as_ref(), args.timeout))
+        }
+        (None, Some(address)) => {
+            Arc::new(MemcachedDriver::new(address.clone()).with_timeout(args.timeout))
+        }
+        (None, None) => return Err("give --redis ADDR or --memcached ADDR".to_owned()),
+    };
+    let mut options = AgentOptions::new(&args.node_id, &args.server, &token);
+    options.interval = args.interval;
+    options.node_timeout = args.timeout;
+    options.max_backoff = args.max_backoff;
+    options.once = args.once;
+    options.apply = ApplyOptions {
+        config_file: args.config_file.clone(),
+        restart_command: args.restart_command.clone(),
+        restart_timeout: args.restart_timeout,
+        warmup: args.warmup,
+        ..ApplyOptions::default()
+    };
+    until_signal(|stop| async move {
+        agent::run(driver, options, stop)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn revision(rev: &str, worktree: bool) -> Revision {
+    if worktree {
+        Revision::Worktree
+    } else {
+        Revision::Rev(rev.to_owned())
+    }
+}
+
+fn open(repo: &RepoArgs) -> anyhow::Result<ConfigRepo> {
+    ConfigRepo::open(&repo.repo, repo.cache_dir.as_deref())
+        .map_err(|e| anyhow!(redact_url(&e.to_string())))
+}
+
+/// A snapshot file, or the nodes read straight away.
+fn live_source<'a>(live: Option<&'a Path>, direct: bool, reach: &ReachArgs) -> LiveSource<'a> {
+    match (live, direct) {
+        (Some(path), false) => LiveSource::File(path),
+        _ => LiveSource::Direct(reach.options()),
+    }
+}
+
+/// Print a diff, plan or drift report; exit 2 when it has changes, 0 when there is
+/// nothing to do.
+fn print_with_changes(out: &str, changes: bool) -> ExitCode {
+    print!("{out}");
+    if changes {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// A pipeline error as the command's error; an invalid revision first prints its
+/// diagnostics (on standard output: they are the command's answer).
+fn pipeline_failed(e: PipelineError, json: bool) -> anyhow::Error {
+    if let PipelineError::Invalid {
+        revision,
+        diagnostics,
+    } = &e
+    {
+        if json {
+            print!(
+                "{}",
+                render::json(&serde_json::json!({
+                    "error": format!("{revision} is invalid"),
+                    "errors": diagnostics,
+                }))
+            );
+        } else {
+            for d in diagnostics {
+                println!("{d}");
+            }
+        }
+    }
+    anyhow!(e.to_string())
+}
+
+/// `drift.md`, `drift.json` and `drift.html` in `dir` (created if missing).
+fn write_drift_files(dir: &Path, report: &DriftReport) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    for (name, body) in [
+        ("drift.md", crate::pure::drift::markdown(report)),
+        ("drift.json", render::json(report)),
+        ("drift.html", crate::pure::drift::html(report, &[])),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, body).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A secret from a file (trailing newline dropped) or, failing that, the environment.
+pub(super) fn secret(file: Option<&PathBuf>, env: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    if let Some(path) = file {
+        let mut bytes =
+            std::fs::read(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        if bytes.is_empty() {
+            bail!("{} is empty", path.display());
+        }
+        return Ok(Some(bytes));
+    }
+    Ok(std::env::var(env)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(String::into_bytes))
+}
+
+/// Run `body` on a two-thread runtime; the receiver it gets turns true on SIGTERM or
+/// Ctrl-C (the long-running commands finish their current step and return).
+fn until_signal<F, Fut>(body: F) -> Result<(), String>
+where
+    F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping after the current step");
+            let _ = stop_tx.send(true);
+        });
+        body(stop_rx).await
+    })
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,131 @@
+//! What the core asks of its shell, as plain data: [`Effect`]s for the runtime to carry
+//! out and [`Notice`]s for `edges::notify` to deliver. Nothing here does I/O or reads a
+//! clock: a notice carries the time its input was given.
+
+use serde::Serialize;
+
+use crate::pure::rollout::Event;
+use crate::pure::spec::model::Notification;
+
+/// What the runtime must do after an input, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Append one journal entry: `message` (first line the summary) with the state.
+    Journal { message: String },
+    /// Note `text` for `cluster` on config commit `revision` (`refs/notes/cacheflow`).
+    Note {
+        revision: String,
+        cluster: String,
+        text: String,
+        /// `completed`, `rolled_back`, `superseded` or `refused` (for metrics).
+        outcome: &'static str,
+    },
+    /// A batch passed (or was promoted) `ms` after it was assigned (for metrics).
+    StageDone { cluster: String, ms: u64 },
+    /// Feed `event` to `cluster`'s rollout after `after_ms`, with `run` (the rollout
+    /// run that started it: a timer of an earlier run is ignored, see
+    /// [`Reconciler::timer_of`]).
+    Timer {
+        cluster: String,
+        after_ms: u64,
+        event: Event,
+        run: u64,
+    },
+    /// These nodes' assignments changed: tell them now if they can be told.
+    Wake { nodes: Vec<String> },
+    /// Tell these targets (the revision's `notifications:` subscribed to the event).
+    Notify {
+        notice: Notice,
+        targets: Vec<Notification>,
+    },
+}
+
+/// The events targets subscribe to (`events:` in `cacheflow.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoticeKind {
+    RolloutStarted,
+    RolloutCompleted,
+    RolloutFailed,
+    RolledBack,
+    Paused,
+    RevisionRefused,
+    DriftFound,
+}
+
+impl NoticeKind {
+    pub const ALL: [NoticeKind; 7] = [
+        NoticeKind::RolloutStarted,
+        NoticeKind::RolloutCompleted,
+        NoticeKind::RolloutFailed,
+        NoticeKind::RolledBack,
+        NoticeKind::Paused,
+        NoticeKind::RevisionRefused,
+        NoticeKind::DriftFound,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::RolloutStarted => "rollout-started",
+            NoticeKind::RolloutCompleted => "rollout-completed",
+            NoticeKind::RolloutFailed => "rollout-failed",
+            NoticeKind::RolledBack => "rolled-back",
+            NoticeKind::Paused => "paused",
+            NoticeKind::RevisionRefused => "revision-refused",
+            NoticeKind::DriftFound => "drift-found",
+        }
+    }
+}
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notice {
+    pub event: NoticeKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// One line: what happened.
+    pub summary: String,
+    /// More lines (the reason, the figures, the report's summary); may be empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub details: String,
+    /// RFC 3339, when it happened.
+    pub at: String,
+}
+
+impl Notice {
+    /// A notice of `event` that happened `at` (RFC 3339, given by the caller).
+    pub fn new_at(event: NoticeKind, summary: impl Into<String>, at: String) -> Notice {
+        Notice {
+            event,
+            cluster: None,
+            revision: None,
+            summary: summary.into(),
+            details: String::new(),
+            at,
+        }
+    }
+
+    pub fn cluster(mut self, cluster: &str) -> Notice {
+        self.cluster = Some(cluster.to_owned());
+        self
+    }
+
+    pub fn revision(mut self, revision: &str) -> Notice {
+        self.revision = Some(revision.to_owned());
+        self
+    }
+
+    pub fn details(mut self, details: impl Into<String>) -> Notice {
+        self.details = details.into();
+        self
+    }
+}
+
+/// The targets of `all` that subscribe to `event` (no `events:` means every event).
+pub fn targets_for(all: &[Notification], event: NoticeKind) -> Vec<&Notification> {
+    all.iter()
+        .filter(|t| t.events.is_empty() || t.events.iter().any(|e| e == event.as_str()))
+        .collect()
+}

@@ -1,0 +1,97 @@
+//! What the journal stores: the reconciler's state, as plain serde data. The journal
+//! (`edges::audit`) reads and writes these types and nothing else of the reconciler.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pure::gates::Sample;
+use crate::pure::protocol::Outcome;
+use crate::pure::rollout::Rollout;
+use crate::pure::spec::model::Window;
+
+/// The format version of the journal's state.
+pub const STATE_VERSION: u32 = 1;
+
+/// Everything the reconciler must remember across a restart; the journal's tree.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub version: u32,
+    /// The last valid revision taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// Raised for every assignment made.
+    pub generation: u64,
+    pub clusters: BTreeMap<String, ClusterState>,
+    /// The rollout windows of the last valid revision (`Settings`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterState {
+    /// The cluster's content being rolled out or rolled out last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutRecord>,
+    /// A revision rolled back: not applied again until the cluster's content changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refused>,
+    /// What each node of the cluster was told to run.
+    #[serde(default)]
+    pub assignments: BTreeMap<String, NodeAssignment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    pub revision: String,
+    /// A digest of the cluster's parameters: equal digests, equal assignments.
+    pub digest: String,
+    pub parameters: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refused {
+    pub revision: String,
+    pub digest: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    pub rollout: Rollout,
+    pub started_at: String,
+    /// Every node's health before the rollout began (parameters left out).
+    pub baseline: BTreeMap<String, Sample>,
+    /// Per touched node, what a rollback assigns: its previous assignment, and for
+    /// parameters it had none for, the value it ran before the rollout.
+    pub restore: BTreeMap<String, BTreeMap<String, String>>,
+    /// When the current batch was assigned, on this process's clock (not kept: after a
+    /// restart the batch's time counts from the restart).
+    #[serde(skip)]
+    pub batch_started_ms: Option<u64>,
+    /// Which run of assignments the rollout is in: the generation of the last
+    /// assignment it made. Timers carry it, so a timer started before a supersede, a
+    /// resume or a rollback never acts on the run after it.
+    #[serde(default)]
+    pub run: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAssignment {
+    pub revision: String,
+    pub digest: String,
+    pub generation: u64,
+    pub parameters: BTreeMap<String, String>,
+    pub restart_allowed: bool,
+    /// The outcome the node reported for this (revision, generation), once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
