@@ -51,6 +51,7 @@ pub mod edges {
     pub mod clock;
     pub mod forge;
     pub mod http_error;
+    pub mod live_file;
     pub mod metrics;
     pub mod nodes;
     pub mod notify;

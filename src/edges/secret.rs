@@ -1,7 +1,6 @@
 //! Secret references (`env:NAME`, `file:PATH`) resolved to their values at the moment a
 //! driver needs them. Errors name the reference, never the value.
 
-use crate::edges::nodes::NodeError;
 use crate::pure::spec::model::SecretRef;
 
 /// Largest secret file read: a password or token, not a document.
@@ -48,17 +47,6 @@ pub enum SecretProblem {
     Empty,
     #[error("is not a secret reference: expected env:NAME or file:PATH")]
     NotAReference,
-}
-
-/// A driver reports a secret that gave no value as a [`NodeError`] (plain data, compared
-/// in tests and sent in reports).
-impl From<SecretError> for NodeError {
-    fn from(e: SecretError) -> NodeError {
-        NodeError::Secret {
-            reference: e.reference,
-            message: e.problem.to_string(),
-        }
-    }
 }
 
 /// The value behind `reference`: the environment variable of `env:NAME`, or the contents
@@ -135,6 +123,7 @@ fn read_secret_file(path: &str) -> Result<String, SecretProblem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edges::nodes::NodeError;
 
     fn secret(text: &str) -> SecretRef {
         SecretRef(text.to_owned())

@@ -3,7 +3,6 @@
 //! JSON format is versioned and described by `schemas/live-state.schema.json`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -120,24 +119,6 @@ pub enum LiveError {
 }
 
 impl LiveState {
-    /// Read and check a snapshot file.
-    pub fn read(path: &Path) -> Result<LiveState, LiveError> {
-        let shown = path.display().to_string();
-        let unreadable = |source| LiveError::Unreadable {
-            path: shown.clone(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(unreadable)?;
-        if meta.len() > MAX_SNAPSHOT_BYTES {
-            return Err(LiveError::TooLarge {
-                path: shown,
-                size: meta.len(),
-            });
-        }
-        let text = std::fs::read(path).map_err(unreadable)?;
-        Self::parse(&shown, &text)
-    }
-
     /// Parse and check snapshot bytes; `path` is only for messages.
     pub fn parse(path: &str, bytes: &[u8]) -> Result<LiveState, LiveError> {
         let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {

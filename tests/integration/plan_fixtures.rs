@@ -212,7 +212,7 @@ fn check_rules(case: &str, desired: &Desired, live: &LiveState, p: &Plan) {
 fn every_plan_fixture_keeps_the_rules_of_a_staged_rollout() {
     let desired = desired();
     for (case, dir) in cases() {
-        let live = LiveState::read(&dir.join("live.json")).unwrap();
+        let live = cacheflow::edges::live_file::read(&dir.join("live.json")).unwrap();
         let p = plan::plan(&desired, &live);
         check_rules(&case, &desired, &live, &p);
         assert_eq!(
@@ -226,7 +226,8 @@ fn every_plan_fixture_keeps_the_rules_of_a_staged_rollout() {
 #[test]
 fn the_quick_start_snapshot_shows_hand_made_drift_a_lagging_node_and_an_unreachable_one() {
     let desired = desired();
-    let live = LiveState::read(&crate_dir().join("examples/live-state.json")).unwrap();
+    let live =
+        cacheflow::edges::live_file::read(&crate_dir().join("examples/live-state.json")).unwrap();
     let p = plan::plan(&desired, &live);
     check_rules("examples/live-state.json", &desired, &live, &p);
     let changes: Vec<(String, String, Option<String>, Option<String>)> = p

@@ -126,3 +126,14 @@ pub trait NodeDriver: Send + Sync {
         params: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<Applied, NodeError>>;
 }
+
+/// A driver reports a secret that gave no value as a `NodeError` (plain data, compared
+/// in tests and sent in reports).
+impl From<crate::edges::secret::SecretError> for NodeError {
+    fn from(e: crate::edges::secret::SecretError) -> NodeError {
+        NodeError::Secret {
+            reference: e.reference,
+            message: e.problem.to_string(),
+        }
+    }
+}

@@ -37,7 +37,7 @@
 //!   config. Every URL shown in an error goes through [`redact_url`].
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -47,6 +47,7 @@ use git2::{ErrorCode, ObjectType, Oid, Repository};
 use crate::pure::render::rfc3339_utc;
 // Re-exported for callers not yet moved to `edges::redact`.
 pub use crate::edges::redact::redact_url;
+pub use crate::pure::spec::files::{FileItem, FileProblem, FileSet};
 
 /// Largest file cacheflow reads.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
@@ -57,30 +58,6 @@ pub const MAX_SYMLINK_HOPS: usize = 8;
 
 /// Longest symlink target read (Linux `PATH_MAX`).
 const MAX_LINK_BYTES: usize = 4096;
-
-/// The files of one revision (or of the working tree).
-#[derive(Debug, Clone, Default)]
-pub struct FileSet {
-    /// The commit id the files were read from; `None` for the working tree.
-    pub commit: Option<String>,
-    /// Repository-relative path (with `/`) → UTF-8 text.
-    pub files: BTreeMap<String, String>,
-    /// Files that exist but cannot be read, with the reason.
-    pub problems: Vec<FileProblem>,
-}
-
-/// A file as a stream hands it over: its text, or why it cannot be read.
-#[derive(Debug)]
-pub enum FileItem {
-    File { path: String, text: String },
-    Problem(FileProblem),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileProblem {
-    pub path: String,
-    pub message: String,
-}
 
 /// Who made a commit, when, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -223,7 +223,7 @@ pub fn desired(repo: &ConfigRepo, rev: &Revision) -> Result<Desired, PipelineErr
 pub fn plan(repo: &ConfigRepo, rev: &Revision, live: LiveSource) -> Result<Plan, PipelineError> {
     let desired = desired(repo, rev)?;
     let live = match live {
-        LiveSource::File(path) => LiveState::read(path)?,
+        LiveSource::File(path) => crate::edges::live_file::read(path)?,
         LiveSource::Direct(options) => read_fleet(&desired, None, options, true)?,
     };
     Ok(plan::plan(&desired, &live))
@@ -237,7 +237,7 @@ pub fn drift(
 ) -> Result<crate::pure::drift::DriftReport, PipelineError> {
     let desired = desired(repo, rev)?;
     let live = match live {
-        LiveSource::File(path) => LiveState::read(path)?,
+        LiveSource::File(path) => crate::edges::live_file::read(path)?,
         LiveSource::Direct(options) => read_fleet(&desired, None, options, true)?,
     };
     let at = live

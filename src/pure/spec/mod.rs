@@ -7,6 +7,7 @@
 //! engine parameters, stage growth); then the repository's own `policies/*.schema.json`
 //! are applied to every cluster. Errors are sorted, so the output is deterministic.
 
+pub mod files;
 pub mod model;
 pub mod raw;
 pub mod schema;
@@ -22,7 +23,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::edges::source::{FileItem, FileProblem, FileSet};
+pub use files::{FileItem, FileProblem, FileSet};
 use model::Desired;
 use yaml::Located;
 
