@@ -6,6 +6,7 @@
 #
 #   bench/sync.sh              # 100 nodes, 15 runs each
 #   NODES=20 RUNS=5 bench/sync.sh
+#   BASELINE=old/cacheflow bench/sync.sh   # also time an older build, same nodes, same run
 #
 # Every run starts from the same state: hyperfine's --prepare puts the 5 parameters
 # back to the "before" values on every node (not timed), so each timed run changes all
@@ -120,6 +121,10 @@ CMDS=(
     -n "cacheflow sync" "$CACHEFLOW sync --repo $REPO --yes --format json"
     -n "redis-py (sequential)" "$PY $ROOT/bench/peers/redis_py_sync.py $WORK/ports hz=20 maxmemory=64mb maxmemory-policy=allkeys-lru timeout=300 tcp-keepalive=120"
 )
+# BASELINE=/path/to/an/older/cacheflow times that binary too, side by side in the same run.
+if [[ -n "${BASELINE:-}" ]]; then
+    CMDS+=(-n "cacheflow sync (baseline)" "$BASELINE sync --repo $REPO --yes --format json")
+fi
 if [[ "${ANSIBLE:-0}" == 1 ]]; then
     # Modules run with the Python that runs Ansible (it has the redis module).
     ANSIBLE_PY=$(ansible-playbook --version | grep 'python version' | sed 's/.*(\(\/[^)]*\))$/\1/')
