@@ -8,6 +8,10 @@
 //! the report goes through the channel instead of HTTP, so both kinds of node follow
 //! one assignment path.
 
+pub mod host;
+
+pub use host::{Host, HostError, HostOptions};
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -293,8 +297,9 @@ impl Default for DirectOptions {
 }
 
 /// Start the reconciler task from the journal's last state. `grace_ms` is how long
-/// nodes need to report after a restart (see [`Reconciler::resume`]).
-pub fn start(
+/// nodes need to report after a restart (see [`Reconciler::resume`]). Callers start it
+/// through [`Host`], which also stops it with its in-process agents.
+pub(crate) fn start(
     mut journal: Journal,
     grace_ms: u64,
     metrics: Option<Arc<Metrics>>,
@@ -305,188 +310,217 @@ pub fn start(
     let mut core = Reconciler::new(state);
     core.correct_drift = correct_drift;
     core.report_grace_ms = grace_ms;
-    let (tx, mut rx) = mpsc::channel::<Msg>(4096);
-    let (events, _) = broadcast::channel(1024);
-    let handle = Handle {
-        tx,
-        wakers: Arc::new(Mutex::new(HashMap::new())),
-        events,
-        started: Instant::now(),
-        started_wall: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        metrics,
-        notifier: Arc::default(),
-    };
+    let (tx, rx) = mpsc::channel::<Msg>(4096);
+    let handle = Handle::new(tx, metrics);
     let resumed = core.resume(grace_ms);
+    let (batches, done) = spawn_writer(&handle, journal, maker)?;
+    let task = tokio::spawn(run(handle.clone(), core, rx, batches, done, resumed));
+    Ok((handle, task))
+}
 
-    // The journal writer: its own thread, so git's file I/O never holds a runtime
-    // worker (and the HTTP connections queued on it) nor the reconciler's next inputs.
-    // As deep as the input channel: a slow write (a busy disk) must not stop the
-    // reconciler from answering the reports that need no entry.
+impl Handle {
+    fn new(tx: mpsc::Sender<Msg>, metrics: Option<Arc<Metrics>>) -> Handle {
+        let (events, _) = broadcast::channel(1024);
+        Handle {
+            tx,
+            wakers: Arc::new(Mutex::new(HashMap::new())),
+            events,
+            started: Instant::now(),
+            started_wall: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            metrics,
+            notifier: Arc::default(),
+        }
+    }
+}
+
+/// The writer's end: `Err` is a journal that could not be written.
+type WriterDone = oneshot::Receiver<Result<(), AuditError>>;
+
+/// The journal writer: its own thread, so git's file I/O never holds a runtime worker
+/// (and the HTTP connections queued on it) nor the reconciler's next inputs. As deep as
+/// the input channel: a slow write (a busy disk) must not stop the reconciler from
+/// answering the reports that need no entry.
+fn spawn_writer(
+    handle: &Handle,
+    journal: Journal,
+    maker: EntryMaker,
+) -> Result<(Batches, WriterDone), AuditError> {
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
     let written = Arc::new(AtomicU64::new(0));
-    let (done_tx, mut done) = oneshot::channel();
-    {
-        let h = handle.clone();
-        let rt = tokio::runtime::Handle::current();
-        let written = written.clone();
-        std::thread::Builder::new()
-            .name("cacheflow-journal".to_owned())
-            .spawn(move || {
-                let _ = done_tx.send(write_jobs(&h, &rt, journal, jobs_rx, &written));
-            })
-            .map_err(|e| AuditError::Writer(e.to_string()))?;
-    }
-    let mut batches = Batches {
+    let (done_tx, done) = oneshot::channel();
+    let h = handle.clone();
+    let rt = tokio::runtime::Handle::current();
+    let w = written.clone();
+    std::thread::Builder::new()
+        .name("cacheflow-journal".to_owned())
+        .spawn(move || {
+            let _ = done_tx.send(write_jobs(&h, &rt, journal, jobs_rx, &w));
+        })
+        .map_err(|e| AuditError::Writer(e.to_string()))?;
+    let batches = Batches {
         maker,
         seq: 0,
         pending: HashMap::new(),
         written,
         jobs: jobs_tx,
     };
+    Ok((batches, done))
+}
 
-    let h = handle.clone();
-    let task = tokio::spawn(async move {
-        // The writer ended early: its error (a journal that cannot be written) is ours.
-        let writer_failed = |r: Result<Result<(), AuditError>, _>| r.unwrap_or(Ok(()));
+/// The reconciler's task. Inputs that arrived together (a batch of nodes confirming at
+/// once) are handled together and journaled as one entry holding every input's lines;
+/// nothing is answered or started before that entry is written (write-ahead), except
+/// reports that changed nothing, from clusters whose state is already written.
+async fn run(
+    h: Handle,
+    mut core: Reconciler,
+    mut rx: mpsc::Receiver<Msg>,
+    mut batches: Batches,
+    mut done: WriterDone,
+    resumed: Vec<Effect>,
+) -> Result<(), AuditError> {
+    // The writer ended early: its error (a journal that cannot be written) is ours.
+    let writer_failed = |r: Result<Result<(), AuditError>, _>| r.unwrap_or(Ok(()));
+    if batches
+        .submit(&mut core, resumed, Vec::new())
+        .await
+        .is_err()
+    {
+        return writer_failed(done.await);
+    }
+    loop {
+        let first = tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+            result = &mut done => return writer_failed(result),
+        };
+        let mut inputs = Inputs::default();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            inputs.take(&mut core, &batches, msg, h.now_ms());
+            if !inputs.stop && inputs.replies.len() < 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        let stop = inputs.stop;
         if batches
-            .submit(&mut core, resumed, Vec::new())
+            .submit(&mut core, inputs.effects, inputs.replies)
             .await
             .is_err()
         {
             return writer_failed(done.await);
         }
-        // Inputs that arrived together (a batch of nodes confirming at once) are handled
-        // together and journaled as one entry holding every input's lines; nothing is
-        // answered or started before that entry is written (write-ahead), except
-        // reports that changed nothing, from clusters whose state is already written.
-        loop {
-            let first = tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(msg) => msg,
-                    None => break,
-                },
-                result = &mut done => return writer_failed(result),
-            };
-            let mut effects = Vec::new();
-            let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
-            let mut stop = false;
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                let now = h.now_ms();
-                match msg {
-                    Msg::Report {
-                        node,
-                        report,
-                        reply,
-                    } => match core.report(&node, *report, now) {
-                        // A reading that changed nothing, answered from journaled state:
-                        // no entry to wait for (most reports while others roll out).
-                        Ok((assignment, e)) if e.is_empty() && batches.durable(&core, &node) => {
-                            let _ = reply.send(Ok(assignment));
-                        }
-                        Ok((assignment, e)) => {
-                            effects.extend(e);
-                            replies.push(Box::new(move || {
-                                let _ = reply.send(Ok(assignment));
-                            }));
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    },
-                    Msg::Revision {
-                        desired,
-                        live,
-                        reply,
-                    } => {
-                        effects.extend(core.revision(*desired, live.as_deref(), now));
-                        replies.push(Box::new(move || {
-                            let _ = reply.send(());
-                        }));
-                    }
-                    Msg::Refuse {
-                        revision,
-                        reason,
-                        reply,
-                    } => {
-                        effects.extend(core.refuse_revision(&revision, &reason));
-                        replies.push(Box::new(move || {
-                            let _ = reply.send(());
-                        }));
-                    }
-                    Msg::Timer {
-                        cluster,
-                        event,
-                        run,
-                    } => effects.extend(core.timer_of(&cluster, event, run, now)),
-                    Msg::Command {
-                        cluster,
-                        event,
-                        reply,
-                    } => match core.command(&cluster, event, now) {
-                        Ok(e) => {
-                            effects.extend(e);
-                            replies.push(Box::new(move || {
-                                let _ = reply.send(Ok(()));
-                            }));
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    },
-                    Msg::Inspect { reply } => {
-                        let state = core.state.clone();
-                        replies.push(Box::new(move || {
-                            let _ = reply.send(state);
-                        }));
-                    }
-                    Msg::Head { reply } => {
-                        let head = core.state.head.clone();
-                        replies.push(Box::new(move || {
-                            let _ = reply.send(head);
-                        }));
-                    }
-                    Msg::DriftInputs {
-                        silent_after_ms,
-                        reply,
-                    } => {
-                        // Readings are not journaled: answered at once.
-                        let _ = reply.send(core.drift_inputs(now, silent_after_ms));
-                    }
-                    Msg::Readings {
-                        silent_after_ms,
-                        reply,
-                    } => {
-                        let _ = reply.send(core.readings(now, silent_after_ms));
-                    }
-                    Msg::Correct { clusters, reply } => {
-                        effects.extend(core.correct(&clusters, now));
-                        replies.push(Box::new(move || {
-                            let _ = reply.send(());
-                        }));
-                    }
-                    Msg::Stop => stop = true,
-                    Msg::Tick => effects.extend(core.tick(now)),
-                }
-                if !stop && replies.len() < 1024 {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if batches.submit(&mut core, effects, replies).await.is_err() {
-                return writer_failed(done.await);
-            }
-            if stop {
-                break;
-            }
+        if stop {
+            break;
         }
-        // The writer finishes what it was given, then ends.
-        drop(batches);
-        writer_failed(done.await)
-    });
-    Ok((handle, task))
+    }
+    // The writer finishes what it was given, then ends.
+    drop(batches);
+    writer_failed(done.await)
+}
+
+/// The inputs of one batch: what they caused, and the answers that wait for its entry.
+#[derive(Default)]
+struct Inputs {
+    effects: Vec<Effect>,
+    replies: Vec<Box<dyn FnOnce() + Send>>,
+    stop: bool,
+}
+
+impl Inputs {
+    fn later<T: Send + 'static>(&mut self, reply: oneshot::Sender<T>, value: T) {
+        self.replies.push(Box::new(move || {
+            let _ = reply.send(value);
+        }));
+    }
+
+    /// Hand one input to the core.
+    fn take(&mut self, core: &mut Reconciler, batches: &Batches, msg: Msg, now: u64) {
+        match msg {
+            Msg::Report {
+                node,
+                report,
+                reply,
+            } => match core.report(&node, *report, now) {
+                // A reading that changed nothing, answered from journaled state: no
+                // entry to wait for (most reports while others roll out).
+                Ok((assignment, e)) if e.is_empty() && batches.durable(core, &node) => {
+                    let _ = reply.send(Ok(assignment));
+                }
+                Ok((assignment, e)) => {
+                    self.effects.extend(e);
+                    self.later(reply, Ok(assignment));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Msg::Revision {
+                desired,
+                live,
+                reply,
+            } => {
+                self.effects
+                    .extend(core.revision(*desired, live.as_deref(), now));
+                self.later(reply, ());
+            }
+            Msg::Refuse {
+                revision,
+                reason,
+                reply,
+            } => {
+                self.effects
+                    .extend(core.refuse_revision(&revision, &reason));
+                self.later(reply, ());
+            }
+            Msg::Timer {
+                cluster,
+                event,
+                run,
+            } => self
+                .effects
+                .extend(core.timer_of(&cluster, event, run, now)),
+            Msg::Command {
+                cluster,
+                event,
+                reply,
+            } => match core.command(&cluster, event, now) {
+                Ok(e) => {
+                    self.effects.extend(e);
+                    self.later(reply, Ok(()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Msg::Inspect { reply } => self.later(reply, core.state.clone()),
+            Msg::Head { reply } => self.later(reply, core.state.head.clone()),
+            // Readings are not journaled: answered at once.
+            Msg::DriftInputs {
+                silent_after_ms,
+                reply,
+            } => {
+                let _ = reply.send(core.drift_inputs(now, silent_after_ms));
+            }
+            Msg::Readings {
+                silent_after_ms,
+                reply,
+            } => {
+                let _ = reply.send(core.readings(now, silent_after_ms));
+            }
+            Msg::Correct { clusters, reply } => {
+                self.effects.extend(core.correct(&clusters, now));
+                self.later(reply, ());
+            }
+            Msg::Stop => self.stop = true,
+            Msg::Tick => self.effects.extend(core.tick(now)),
+        }
+    }
 }
 
 /// One batch of inputs for the journal writer: its entry (when the batch changed
