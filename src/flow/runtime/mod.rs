@@ -21,11 +21,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::edges::audit::{AuditError, EntryMaker, Journal, Prepared};
 use crate::edges::metrics::Metrics;
-use crate::edges::nodes::fleet::now_rfc3339;
 use crate::edges::nodes::NodeDriver;
-use crate::flow::agent::ApplyOptions;
+use crate::flow::agent::{ApplyOptions, LoopOptions, Reporter, Unreported};
 use crate::pure::live::{LiveState, NodeLive};
-use crate::pure::protocol::{ApplyResult, Assignment, Report, PROTOCOL_VERSION};
+use crate::pure::protocol::{Assignment, Report};
 use crate::pure::reconciler::{Effect, Reconciler, RefusedInput, State};
 use crate::pure::rollout::Event;
 use crate::pure::spec::model::Desired;
@@ -704,92 +703,52 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
     }
 }
 
+/// The in-process agents' reporter: the reconciler's channel.
+struct Channel {
+    handle: Handle,
+    node: String,
+}
+
+impl Reporter for Channel {
+    fn agent(&self) -> String {
+        format!("cacheflow/{} (in-process)", env!("CARGO_PKG_VERSION"))
+    }
+
+    async fn report(&self, report: Report) -> Result<Option<Assignment>, Unreported> {
+        match self.handle.report(&self.node, report).await {
+            Ok(Ok(a)) => Ok(Some(a)),
+            Ok(Err(e)) => {
+                tracing::warn!("{}: {e}", self.node);
+                Ok(None)
+            }
+            Err(Stopped) => Err(Unreported::Gone),
+        }
+    }
+}
+
+/// The agent loop of `cacheflow agent` for a directly managed node, reporting through
+/// the channel; woken when its assignment changes.
 async fn direct_agent(
     handle: Handle,
     node: String,
     driver: Arc<dyn NodeDriver>,
     options: DirectOptions,
     wake: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut first_reading = options.first_reading.clone();
-    let apply_options = ApplyOptions {
-        warmup: Duration::ZERO,
-        ..ApplyOptions::default()
+    let looped = LoopOptions {
+        node_id: node.clone(),
+        interval: options.interval,
+        node_timeout: options.timeout,
+        max_backoff: options.interval,
+        once: false,
+        apply: ApplyOptions {
+            warmup: Duration::ZERO,
+            ..ApplyOptions::default()
+        },
+        first_reading: options.first_reading,
+        declared: options.declared,
     };
-    let mut last_tried: Option<(String, u64)> = None;
-    let mut last_apply: Option<ApplyResult> = None;
-    loop {
-        let read = async {
-            match first_reading.take() {
-                Some(live) => Ok(Ok(live)),
-                None => {
-                    let reading = async {
-                        match &options.declared {
-                            Some(names) => driver.read_declared(names).await,
-                            None => driver.read().await,
-                        }
-                    };
-                    tokio::time::timeout(options.timeout, reading).await
-                }
-            }
-        };
-        let live = match read.await {
-            Ok(Ok(live)) => live,
-            Ok(Err(e)) => NodeLive {
-                reachable: false,
-                error: Some(e.to_string()),
-                ..NodeLive::default()
-            },
-            Err(_) => NodeLive {
-                reachable: false,
-                error: Some(format!(
-                    "{}: no answer within {} ms",
-                    driver.address(),
-                    options.timeout.as_millis()
-                )),
-                ..NodeLive::default()
-            },
-        };
-        let reachable = live.reachable;
-        let report = Report {
-            version: PROTOCOL_VERSION,
-            node_id: node.clone(),
-            agent: format!("cacheflow/{} (in-process)", env!("CARGO_PKG_VERSION")),
-            sent_at: now_rfc3339(),
-            node: live,
-            last_apply: last_apply.clone(),
-        };
-        let assignment = match handle.report(&node, report).await {
-            Ok(Ok(a)) => Some(a),
-            Ok(Err(e)) => {
-                tracing::warn!("{node}: {e}");
-                None
-            }
-            Err(Stopped) => return,
-        };
-        if let Some((rev, assignment)) = assignment.and_then(|a| Some((a.revision.clone()?, a))) {
-            let key = (rev, assignment.generation);
-            if reachable && !*stop.borrow() && last_tried.as_ref() != Some(&key) {
-                last_tried = Some(key);
-                let result =
-                    crate::flow::agent::apply::apply(driver.as_ref(), &apply_options, &assignment)
-                        .await;
-                last_apply = Some(result);
-                continue; // report the result at once
-            }
-        }
-        if *stop.borrow() {
-            return;
-        }
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(options.interval) => {}
-            _ = stop.changed() => {}
-        }
-        // Stopped while idle: no last reading nor report (nobody would read them).
-        if *stop.borrow() {
-            return;
-        }
-    }
+    let reporter = Channel { handle, node };
+    let _ = crate::flow::agent::drive(driver, &reporter, looped, Some(wake), stop).await;
 }
