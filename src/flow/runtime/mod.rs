@@ -3,10 +3,11 @@
 //! input before it answers (write-ahead), starts timers as tasks and wakes the
 //! in-process agents of directly managed nodes when their assignment changes.
 //!
-//! Directly managed nodes get an in-process agent: the same loop as `cacheflow agent`
-//! (read the node, report, apply a new (revision, generation) once, report again), only
-//! the report goes through the channel instead of HTTP, so both kinds of node follow
-//! one assignment path.
+//! Directly managed nodes get an in-process agent: the loop of `cacheflow agent`
+//! ([`crate::flow::agent::drive`]: read the node, report, apply a new (revision,
+//! generation) once, report again) with a [`Reporter`] that sends through the channel
+//! instead of HTTP, so both kinds of node follow one assignment path. [`Host`] starts
+//! the task and stops it with its agents.
 
 pub mod host;
 
