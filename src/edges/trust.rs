@@ -18,23 +18,15 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::edges::source::ConfigRepo;
-use crate::flow::pipeline::{self, Revision};
 use crate::pure::spec::model::{Desired, Trust};
 use crate::pure::spec::signers::normalise_fingerprint;
 
-/// The policy that judges `head`: the one of `good`, the last revision taken, so a head
-/// cannot lift the check for itself; for the first revision ever taken (or when the last
-/// one cannot be read any more), the head's own.
-pub fn policy(repo: &ConfigRepo, good: Option<&str>, head: &Desired) -> Trust {
-    match good.filter(|g| Some(*g) != head.commit.as_deref()) {
-        Some(g) => match pipeline::desired(repo, &Revision::Rev(g.to_owned())) {
-            Ok(d) => d.settings.trust,
-            Err(e) => {
-                tracing::warn!("cannot read the trust policy of {g}: {e}; using the head's");
-                head.settings.trust.clone()
-            }
-        },
+/// The policy that judges `head`: the one of `previous`, the last revision taken, so a
+/// head cannot lift the check for itself; for the first revision ever taken (or when the
+/// last one cannot be read any more: `None`), the head's own.
+pub fn policy(previous: Option<&Desired>, head: &Desired) -> Trust {
+    match previous {
+        Some(d) => d.settings.trust.clone(),
         None => head.settings.trust.clone(),
     }
 }

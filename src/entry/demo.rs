@@ -27,8 +27,9 @@ use crate::edges::nodes::fleet::{self, SnapshotOptions, Target};
 use crate::edges::nodes::simulated::SimulatedNode;
 use crate::edges::nodes::NodeDriver;
 use crate::edges::source::ConfigRepo;
+use crate::flow::pipeline::intake::{self, Outcome, Refusal};
 use crate::flow::pipeline::{self, Revision};
-use crate::flow::runtime::{self, DirectOptions, Handle};
+use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
 use crate::pure::catalog::Engine;
 use crate::pure::live::LiveState;
 use crate::pure::rollout::Phase;
@@ -139,27 +140,39 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
     let work = WorkDir::new(options.keep.as_deref())?;
     let git = Git::init(&work.path)?;
     let mut out = Out::new();
-
     out.line(
         "cacheflow demo: the whole loop (a config change in git, a staged rollout behind health\n\
          gates, a rollback, drift, history) on a simulated fleet. It ends by itself in well\n\
          under a minute.",
     );
+    let (desired, speeds) = repository(&mut out, &git, &work)?;
+    let fleet = Fleet::build(&desired);
+    // A minute of traffic before the demo starts: every node has a hit ratio to compare.
+    for n in fleet.nodes.values() {
+        n.node.advance(60.0);
+    }
+    out.line(&format!(
+        "{} simulated nodes run this configuration and serve traffic; the reconciler (the one\n\
+         `cacheflow serve` runs) starts with its journal in the repository:",
+        fleet.nodes.len()
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(live(&mut out, &git, &fleet, desired, &speeds))?;
+    history(&mut out, &work, &git)?;
+    what_next(&mut out, started, &options, &work);
+    Ok(())
+}
 
-    // 1. The repository.
+/// Step 1, the repository: the example as the fleet runs it today, then the demo's
+/// speeds. Returns the validated head and the demo's commit.
+fn repository(out: &mut Out, git: &Git, work: &WorkDir) -> Result<(Desired, String), String> {
     out.section("1. The repository");
-    let files: Vec<(&str, String)> = EXAMPLE_REPO
-        .iter()
-        .map(|(p, t)| (*p, (*t).to_owned()))
-        .collect();
-    let today = git.commit(
-        ALICE,
-        "The fleet as it runs today",
-        &files
-            .iter()
-            .map(|(p, t)| (*p, t.as_str()))
-            .collect::<Vec<_>>(),
-    )?;
+    let files: Vec<(&str, &str)> = EXAMPLE_REPO.to_vec();
+    let today = git.commit(ALICE, "The fleet as it runs today", &files)?;
     let sped: Vec<(&str, String)> = files
         .iter()
         .filter_map(|(p, t)| {
@@ -178,8 +191,7 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
             .map(|(p, t)| (*p, t.as_str()))
             .collect::<Vec<_>>(),
     )?;
-    let repo = open(&work.path)?;
-    let desired = desired(&repo)?;
+    let desired = desired(&open(&work.path)?, None)?;
     out.line(&format!(
         "A copy of example-repo/ in a new git repository ({}):",
         work.path.display()
@@ -203,72 +215,48 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
     out.line(
         "    (the example bakes each stage for minutes: the demo's own commit makes it seconds)",
     );
+    Ok((desired, speeds))
+}
 
-    let fleet = Fleet::build(&desired);
-    // A minute of traffic before the demo starts: every node has a hit ratio to compare.
-    for n in fleet.nodes.values() {
-        n.node.advance(60.0);
+/// Steps 2 to 4 with the reconciler and an in-process agent per node running ([`Host`]),
+/// the journal in the demo's repository.
+async fn live(
+    out: &mut Out,
+    git: &Git,
+    fleet: &Fleet,
+    desired: Desired,
+    speeds: &str,
+) -> Result<(), String> {
+    let traffic = fleet.drive_traffic();
+    let journal = Journal::open(git.repo.path()).map_err(|e| e.to_string())?;
+    let host = Host::start(journal, HostOptions::default()).map_err(|e| e.to_string())?;
+    let handle = host.handle().clone();
+    let mut events = handle.events.subscribe();
+    let live = fleet.snapshot().await;
+    handle
+        .revision(desired, Some(live))
+        .await
+        .map_err(|e| e.to_string())?;
+    for (id, n) in &fleet.nodes {
+        let options = DirectOptions {
+            interval: Duration::from_millis(250),
+            timeout: Duration::from_secs(2),
+            first_reading: None,
+            declared: None,
+        };
+        host.drive(id, n.node.clone() as Arc<dyn NodeDriver>, options);
     }
-    out.line(&format!(
-        "{} simulated nodes run this configuration and serve traffic; the reconciler (the one\n\
-         `cacheflow serve` runs) starts with its journal in the repository:",
-        fleet.nodes.len()
-    ));
+    out.drain(&mut events, None);
+    let result = story(out, git, fleet, &handle, &mut events, speeds).await;
+    drop(handle);
+    let stopped = host.stop().await;
+    traffic.abort();
+    result?;
+    stopped.map_err(|e| e.to_string())
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async {
-        let traffic = fleet.drive_traffic();
-        let journal = Journal::open(git.repo.path()).map_err(|e| e.to_string())?;
-        let (handle, task) = runtime::start(journal, 0, None, false).map_err(|e| e.to_string())?;
-        let mut events = handle.events.subscribe();
-        let live = fleet.snapshot().await;
-        handle
-            .revision(desired, Some(live))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let agents: Vec<_> = fleet
-            .nodes
-            .iter()
-            .map(|(id, n)| {
-                handle.spawn_direct_agent(
-                    id.clone(),
-                    n.node.clone() as Arc<dyn NodeDriver>,
-                    DirectOptions {
-                        interval: Duration::from_millis(250),
-                        timeout: Duration::from_secs(2),
-                        first_reading: None,
-                        declared: None,
-                    },
-                    stop_rx.clone(),
-                )
-            })
-            .collect();
-        out.drain(&mut events, None);
-
-        let result = story(&mut out, &git, &fleet, &handle, &mut events, &speeds).await;
-
-        let _ = stop_tx.send(true);
-        for a in agents {
-            let _ = a.await;
-        }
-        handle.stop().await;
-        drop(handle);
-        let journaled = task.await;
-        traffic.abort();
-        result?;
-        match journaled {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("the journal could not be written: {e}")),
-            Err(e) => Err(format!("the reconciler failed: {e}")),
-        }
-    })?;
-
-    // 5. History.
+/// 5. History: `cacheflow history` and the journal's length.
+fn history(out: &mut Out, work: &WorkDir, git: &Git) -> Result<(), String> {
     out.section("5. History: `cacheflow history`");
     out.line("Each config commit beside what the reconciler noted on it (refs/notes/cacheflow):");
     let repo = open(&work.path)?;
@@ -290,7 +278,11 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
          reconciler's state as its tree (what a restarted server resumes from).",
         entries.len()
     ));
+    Ok(())
+}
 
+/// The time taken, and the same commands against real nodes.
+fn what_next(out: &mut Out, started: Instant, options: &DemoOptions, work: &WorkDir) {
     out.line(&format!(
         "\nDone in {:.1} s.",
         started.elapsed().as_secs_f64()
@@ -306,7 +298,6 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
              git -C {dir} log --oneline refs/cacheflow/journal"
         ));
     }
-    Ok(())
 }
 
 const WHAT_NEXT: &str = "\
@@ -342,109 +333,155 @@ async fn story(
     if good_file == file {
         return Err(format!("{CLUSTER_FILE} no longer sets `maxmemory: 6gb`"));
     }
-    let members = fleet.members(CLUSTER);
-
-    // 2. A change rolls out.
-    out.section("2. A change rolls out: a canary, then larger batches, each behind its gates");
-    let message = format!("More memory for EU sessions: maxmemory 6gb → {GOOD_MEMORY}");
-    let good = git.commit(BOB, &message, &[(CLUSTER_FILE, &good_file)])?;
-    out.commit(&good, BOB.0, &message);
-    show_diff(out, git, base, &good)?;
-    out.line(&format!(
-        "The reconciler takes the new head and rolls it out by the stages of {CLUSTER_FILE},\n\
-         never more than one node of a shard at a time (so a stage may take two batches). Each\n\
-         batch bakes {BAKE}, then its gates judge its nodes against their own baseline and the\n\
-         untouched nodes. Live, from the reconciler's journal:"
-    ));
-    let phase = take(out, git, handle, events, &good).await?;
-    if !matches!(phase, Phase::Completed) {
-        return Err(format!("the first change did not complete: {phase:?}"));
-    }
-    let values = fleet.values(&members, "maxmemory").await;
-    out.line(&format!(
-        "Read back from the nodes: maxmemory is {} on {}.",
-        summarize(&values),
-        if values.len() == members.len() {
-            format!("all {} nodes of {CLUSTER}", members.len())
-        } else {
-            format!("{} of {} nodes", values.len(), members.len())
-        }
-    ));
-
-    // 3. A bad change.
-    out.section("3. A bad change: the canary fails its gates and is rolled back");
-    let message = format!("Save memory: EU sessions down to {BAD_MEMORY}");
-    let bad = git.commit(CAROL, &message, &[(CLUSTER_FILE, &bad_file)])?;
-    out.commit(&bad, CAROL.0, &message);
-    show_diff(out, git, &good, &bad)?;
-    out.line(&format!(
-        "Each session node holds about 4gb of live keys: on {BAD_MEMORY} the canary is full and\n\
-         evicts, which its gates should catch (maxMemoryRatio 95%, maxHitRatioDrop 2%):"
-    ));
-    let phase = take(out, git, handle, events, &bad).await?;
-    let Phase::RolledBack { reason } = &phase else {
-        return Err(format!("the bad change was not rolled back: {phase:?}"));
+    let mut live = Live {
+        out,
+        git,
+        fleet,
+        handle,
+        events,
     };
-    let state = handle.state().await.map_err(|e| e.to_string())?;
-    let touched: Vec<String> = state
-        .clusters
-        .get(CLUSTER)
-        .and_then(|c| c.rollout.as_ref())
-        .map(|r| r.rollout.touched.iter().cloned().collect())
-        .unwrap_or_default();
-    if !reason.starts_with("gates failed: ") {
-        return Err(format!(
-            "the bad change was rolled back for another reason: {reason}"
-        ));
-    }
-    for id in &touched {
-        let v = fleet.values(std::slice::from_ref(id), "maxmemory").await;
-        out.line(&format!(
-            "Read back from {id}: maxmemory is {} again.",
-            summarize(&v)
-        ));
-    }
-    let untouched = members.iter().filter(|m| !touched.contains(m)).count();
-    out.line(&format!(
-        "The other {untouched} nodes were never touched. The outcome is a git note on carol's\n\
-         commit (see the history below), and this content stays refused until it changes."
-    ));
-    out.line(
-        "Git stays the source of truth: carol reverts her commit. Every node already runs what\n\
-         the revert declares, so nothing moves:",
-    );
-    let message = format!("Revert \"Save memory: EU sessions down to {BAD_MEMORY}\"");
-    let revert = git.commit(CAROL, &message, &[(CLUSTER_FILE, &good_file)])?;
-    out.commit(&revert, CAROL.0, &message);
-    take(out, git, handle, events, &revert).await?;
+    let good = live.good_change(base, &good_file).await?;
+    live.bad_change(&good, &good_file, &bad_file).await?;
+    live.drift().await
+}
 
-    // 4. Drift.
-    out.section("4. Someone ran CONFIG SET by hand: the drift report");
-    let node = fleet
-        .nodes
-        .get(DRIFT_NODE)
-        .ok_or_else(|| format!("no node {DRIFT_NODE} in the example"))?;
-    out.line(&format!(
-        "At 3 a.m. someone ran `redis-cli -h {} CONFIG SET {DRIFT_PARAM} {DRIFT_VALUE}`\n\
-         (on the simulated {DRIFT_NODE}). `cacheflow drift --direct` reads every node:",
-        node.address.split(':').next().unwrap_or(&node.address)
-    ));
-    node.node.set_by_hand(DRIFT_PARAM, DRIFT_VALUE);
-    let repo = open(&git.dir)?;
-    let desired = desired(&repo)?;
-    let live = fleet.snapshot().await;
-    let at = live
-        .taken_at
-        .clone()
-        .unwrap_or_else(crate::edges::nodes::fleet::now_rfc3339);
-    let report = crate::pure::drift::compute(&desired, &live, &at);
-    out.block(&crate::pure::drift::text(&report));
-    out.line(
-        "`cacheflow serve` runs this report on `drift.schedule` (Markdown, JSON and an HTML page\n\
-         with a chart, sent to `drift.notify`); with `drift.mode: correct` it rolls the declared\n\
-         values out again through the same staged path. `cacheflow sync` does that now.",
-    );
-    Ok(())
+/// What steps 2 to 4 work with.
+struct Live<'a> {
+    out: &'a mut Out,
+    git: &'a Git,
+    fleet: &'a Fleet,
+    handle: &'a Handle,
+    events: &'a mut broadcast::Receiver<String>,
+}
+
+impl Live<'_> {
+    /// Hand the repository's head to the reconciler and follow its rollout.
+    async fn take(&mut self, revision: &str) -> Result<Phase, String> {
+        take(self.out, self.git, self.handle, self.events, revision).await
+    }
+
+    /// 2. A change rolls out; its commit.
+    async fn good_change(&mut self, base: &str, good_file: &str) -> Result<String, String> {
+        let (git, fleet) = (self.git, self.fleet);
+        let members = fleet.members(CLUSTER);
+        let out = &mut *self.out;
+        out.section("2. A change rolls out: a canary, then larger batches, each behind its gates");
+        let message = format!("More memory for EU sessions: maxmemory 6gb → {GOOD_MEMORY}");
+        let good = git.commit(BOB, &message, &[(CLUSTER_FILE, good_file)])?;
+        out.commit(&good, BOB.0, &message);
+        show_diff(out, git, base, &good)?;
+        out.line(&format!(
+            "The reconciler takes the new head and rolls it out by the stages of {CLUSTER_FILE},\n\
+             never more than one node of a shard at a time (so a stage may take two batches). Each\n\
+             batch bakes {BAKE}, then its gates judge its nodes against their own baseline and the\n\
+             untouched nodes. Live, from the reconciler's journal:"
+        ));
+        let phase = self.take(&good).await?;
+        let out = &mut *self.out;
+        if !matches!(phase, Phase::Completed) {
+            return Err(format!("the first change did not complete: {phase:?}"));
+        }
+        let values = fleet.values(&members, "maxmemory").await;
+        out.line(&format!(
+            "Read back from the nodes: maxmemory is {} on {}.",
+            summarize(&values),
+            if values.len() == members.len() {
+                format!("all {} nodes of {CLUSTER}", members.len())
+            } else {
+                format!("{} of {} nodes", values.len(), members.len())
+            }
+        ));
+        Ok(good)
+    }
+
+    /// 3. A bad change: rolled back, then reverted.
+    async fn bad_change(
+        &mut self,
+        good: &str,
+        good_file: &str,
+        bad_file: &str,
+    ) -> Result<(), String> {
+        let (git, fleet, handle) = (self.git, self.fleet, self.handle);
+        let members = fleet.members(CLUSTER);
+        self.out
+            .section("3. A bad change: the canary fails its gates and is rolled back");
+        let message = format!("Save memory: EU sessions down to {BAD_MEMORY}");
+        let bad = git.commit(CAROL, &message, &[(CLUSTER_FILE, bad_file)])?;
+        self.out.commit(&bad, CAROL.0, &message);
+        show_diff(self.out, git, good, &bad)?;
+        self.out.line(&format!(
+            "Each session node holds about 4gb of live keys: on {BAD_MEMORY} the canary is full and\n\
+             evicts, which its gates should catch (maxMemoryRatio 95%, maxHitRatioDrop 2%):"
+        ));
+        let phase = self.take(&bad).await?;
+        let Phase::RolledBack { reason } = &phase else {
+            return Err(format!("the bad change was not rolled back: {phase:?}"));
+        };
+        let state = handle.state().await.map_err(|e| e.to_string())?;
+        let touched: Vec<String> = state
+            .clusters
+            .get(CLUSTER)
+            .and_then(|c| c.rollout.as_ref())
+            .map(|r| r.rollout.touched.iter().cloned().collect())
+            .unwrap_or_default();
+        if !reason.starts_with("gates failed: ") {
+            return Err(format!(
+                "the bad change was rolled back for another reason: {reason}"
+            ));
+        }
+        for id in &touched {
+            let v = fleet.values(std::slice::from_ref(id), "maxmemory").await;
+            self.out.line(&format!(
+                "Read back from {id}: maxmemory is {} again.",
+                summarize(&v)
+            ));
+        }
+        let untouched = members.iter().filter(|m| !touched.contains(m)).count();
+        self.out.line(&format!(
+            "The other {untouched} nodes were never touched. The outcome is a git note on carol's\n\
+             commit (see the history below), and this content stays refused until it changes."
+        ));
+        self.out.line(
+            "Git stays the source of truth: carol reverts her commit. Every node already runs what\n\
+             the revert declares, so nothing moves:",
+        );
+        let message = format!("Revert \"Save memory: EU sessions down to {BAD_MEMORY}\"");
+        let revert = git.commit(CAROL, &message, &[(CLUSTER_FILE, good_file)])?;
+        self.out.commit(&revert, CAROL.0, &message);
+        self.take(&revert).await?;
+        Ok(())
+    }
+
+    /// 4. A hand-made CONFIG SET: the drift report.
+    async fn drift(&mut self) -> Result<(), String> {
+        let (out, git, fleet) = (&mut *self.out, self.git, self.fleet);
+        out.section("4. Someone ran CONFIG SET by hand: the drift report");
+        let node = fleet
+            .nodes
+            .get(DRIFT_NODE)
+            .ok_or_else(|| format!("no node {DRIFT_NODE} in the example"))?;
+        out.line(&format!(
+            "At 3 a.m. someone ran `redis-cli -h {} CONFIG SET {DRIFT_PARAM} {DRIFT_VALUE}`\n\
+             (on the simulated {DRIFT_NODE}). `cacheflow drift --direct` reads every node:",
+            node.address.split(':').next().unwrap_or(&node.address)
+        ));
+        node.node.set_by_hand(DRIFT_PARAM, DRIFT_VALUE);
+        let repo = open(&git.dir)?;
+        let desired = desired(&repo, None)?;
+        let live = fleet.snapshot().await;
+        let at = live
+            .taken_at
+            .clone()
+            .unwrap_or_else(crate::edges::nodes::fleet::now_rfc3339);
+        let report = crate::pure::drift::compute(&desired, &live, &at);
+        out.block(&crate::pure::drift::text(&report));
+        out.line(
+            "`cacheflow serve` runs this report on `drift.schedule` (Markdown, JSON and an HTML page\n\
+             with a chart, sent to `drift.notify`); with `drift.mode: correct` it rolls the declared\n\
+             values out again through the same staged path. `cacheflow sync` does that now.",
+        );
+        Ok(())
+    }
 }
 
 /// `cacheflow diff` of a change, indented.
@@ -469,7 +506,8 @@ async fn take(
 ) -> Result<Phase, String> {
     let stopped = |_| "the reconciler stopped; see its journal".to_owned();
     let repo = open(&git.dir)?;
-    let desired = desired(&repo)?;
+    let good = handle.head().await.map_err(stopped)?;
+    let desired = desired(&repo, good.as_deref())?;
     let began = Instant::now();
     handle.revision(desired, None).await.map_err(stopped)?;
     loop {
@@ -693,19 +731,23 @@ fn open(dir: &Path) -> Result<ConfigRepo, String> {
     ConfigRepo::open(&dir.display().to_string(), None).map_err(|e| e.to_string())
 }
 
-/// The validated head of the demo's repository.
-fn desired(repo: &ConfigRepo) -> Result<Desired, String> {
-    pipeline::desired(repo, &Revision::Rev("HEAD".into())).map_err(|e| match e {
-        pipeline::PipelineError::Invalid { diagnostics, .. } => format!(
+/// The head of the demo's repository through the one intake (`good`: the reconciler's
+/// last good revision); a refusal is the demo's error.
+fn desired(repo: &ConfigRepo, good: Option<&str>) -> Result<Desired, String> {
+    match intake::take(repo, "HEAD", good, None) {
+        Outcome::Valid(taken) => Ok(*taken.desired),
+        Outcome::Refused(Refusal::Invalid { diagnostics, .. }) => Err(format!(
             "the demo's repository does not validate:\n{}",
             diagnostics
                 .iter()
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()
                 .join("\n")
-        ),
-        e => e.to_string(),
-    })
+        )),
+        Outcome::Refused(r) => Err(format!("the demo's head is refused: {r}")),
+        Outcome::FetchFailed(e) => Err(e.to_string()),
+        Outcome::Unchanged { head } => Err(format!("{head}: nothing to take")),
+    }
 }
 
 struct SimNode {

@@ -4,8 +4,11 @@
 //! in-process agents for the nodes:
 //!
 //! ```text
-//! validate the revision ─► read the nodes ─► show the plan ─► confirm (or --yes)
-//!   ─► reconciler: canary, batches, gates ─► progress per event ─► summary, exit code
+//! the intake (resolve, descends from the last good revision, load, trust; a refusal
+//!   goes to the reconciler, journaled as `serve` journals it)
+//!   ─► read the nodes ─► show the plan ─► confirm (or --yes)
+//!   ─► Host: reconciler and agents: canary, batches, gates ─► progress per event
+//!   ─► summary, exit code
 //! Ctrl-C: every rollout in flight is paused (journaled); `cacheflow sync` again resumes
 //! ```
 
@@ -18,8 +21,9 @@ use crate::edges::audit::Journal;
 use crate::edges::nodes::fleet::{self, SnapshotOptions, Target};
 use crate::edges::nodes::NodeDriver;
 use crate::edges::source::ConfigRepo;
-use crate::flow::pipeline::{self, PipelineError, Revision};
-use crate::flow::runtime::{self, DirectOptions};
+use crate::flow::pipeline::intake::{self, IntakeError, Outcome, Refusal};
+use crate::flow::pipeline::{self, PipelineError};
+use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::plan;
 use crate::pure::reconciler::{ClusterState, State};
@@ -76,8 +80,11 @@ pub enum SyncError {
     Audit(#[from] crate::edges::audit::AuditError),
     #[error("not applied: {0}")]
     NotConfirmed(String),
+    /// The head was refused (journaled through the reconciler, as `serve` does).
     #[error("not applied: {0}")]
-    Untrusted(String),
+    Refused(Refusal),
+    #[error(transparent)]
+    Host(#[from] crate::flow::runtime::HostError),
     #[error("{0}")]
     Other(String),
 }
@@ -93,58 +100,114 @@ fn direct_only(mut desired: Desired) -> (Desired, usize) {
     (desired, skipped)
 }
 
+/// One driver (one connection) per node, for the snapshot and then its agent.
+type Drivers = HashMap<(String, String), Arc<dyn NodeDriver>>;
+
+/// What a sync goes on with once its head is taken and its nodes read.
+struct Run {
+    started: Instant,
+    revision: String,
+    drivers: Drivers,
+    /// The journal's state before this sync.
+    before: State,
+    /// Clusters whose paused or waiting rollout of this revision goes on.
+    resumable: Vec<String>,
+    skipped: usize,
+}
+
 /// Run one sync. Prints the plan and progress to standard output (as text) and returns
-/// the summary; `Err` when nothing was applied (invalid revision, not confirmed).
+/// the summary; `Err` when nothing was applied (refused revision, not confirmed).
 pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncError> {
     let started = Instant::now();
-    let git_dir = repo.repository().path().to_path_buf();
-    let rev = Revision::Rev(options.rev.clone());
-    let desired = match pipeline::desired(repo, &rev) {
-        Ok(d) => d,
-        Err(e) => {
-            // Journal the refusal too: the audit log says what was not applied and why.
-            if let PipelineError::Invalid { revision, .. } = &e {
-                // Not on a journal this build cannot read (a newer format): it would
-                // be written over with an empty state.
-                if let Some((mut journal, state)) = Journal::open(&git_dir)
-                    .ok()
-                    .and_then(|mut j| j.load().ok().map(|state| (j, state)))
-                {
-                    let state = state.unwrap_or_default();
-                    let _ = journal.append(
-                        &format!("{revision} refused by cacheflow sync: it is invalid"),
-                        &state,
-                    );
-                }
-            }
-            return Err(e.into());
-        }
-    };
-    let revision = desired.commit.clone().unwrap_or_default();
-    // Commit trust, judged by the policy of the last revision taken (from the journal).
-    let mut journal = Journal::open(&git_dir)?;
-    let before: State = journal.load()?.unwrap_or_default();
-    let policy = crate::edges::trust::policy(repo, before.head.as_deref(), &desired);
-    if let Err(reason) = crate::edges::trust::check(repo.repository(), &revision, &policy) {
-        journal.append(
-            &format!(
-                "revision {} refused by cacheflow sync: {reason}\nnothing applied",
-                &revision[..revision.len().min(12)]
-            ),
-            &before,
-        )?;
-        return Err(SyncError::Untrusted(reason.to_string()));
-    }
-    let (desired, skipped) = direct_only(desired);
-    let text = !options.json;
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| SyncError::Other(format!("cannot start the async runtime: {e}")))?;
-    // One driver (one connection) per node, for the snapshot and then its agent.
-    let mut drivers: HashMap<(String, String), Arc<dyn NodeDriver>> = HashMap::new();
+    let mut journal = Journal::open(repo.repository().path())?;
+    let before: State = journal.load()?.unwrap_or_default();
+    let desired = match intake(repo, &options.rev, &before) {
+        Ok(desired) => desired,
+        Err(Intake::Refused(refusal)) => {
+            runtime.block_on(refuse(journal, &refusal))?;
+            return Err(refused(refusal));
+        }
+        Err(Intake::Failed(e)) => return Err(e),
+    };
+    let (desired, skipped) = direct_only(desired);
+    let revision = desired.commit.clone().unwrap_or_default();
+    let (live, drivers) = runtime.block_on(read_nodes(&desired, options.reach));
+    let resumable: Vec<String> = before
+        .clusters
+        .iter()
+        .filter(|(_, cs)| paused_at(cs, &revision) || waiting_at(cs, &revision))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let run = Run {
+        started,
+        revision,
+        drivers,
+        before,
+        resumable,
+        skipped,
+    };
+    if !show_plan(&run, &desired, &live, !options.json) {
+        return Ok(in_sync(&run, &desired));
+    }
+    if !options.yes {
+        confirm()?;
+    }
+    runtime.block_on(roll_out(journal, run, desired, live, &options))
+}
+
+/// Why the intake did not give a head to roll out.
+enum Intake {
+    Refused(Refusal),
+    Failed(SyncError),
+}
+
+/// The head of `rev` through the one intake, judged against the last good revision of
+/// the journal (`before.head`).
+fn intake(repo: &ConfigRepo, rev: &str, before: &State) -> Result<Desired, Intake> {
+    match intake::take(repo, rev, before.head.as_deref(), None) {
+        Outcome::Valid(taken) => Ok(*taken.desired),
+        Outcome::Refused(r) => Err(Intake::Refused(r)),
+        Outcome::FetchFailed(IntakeError::Resolve { source, .. } | IntakeError::Read(source)) => {
+            Err(Intake::Failed(PipelineError::Source(source).into()))
+        }
+        Outcome::FetchFailed(e) => Err(Intake::Failed(SyncError::Other(e.to_string()))),
+        Outcome::Unchanged { head } => Err(Intake::Failed(SyncError::Other(format!(
+            "{head}: nothing to take"
+        )))),
+    }
+}
+
+/// Journal (and notify) a refused head through the reconciler: the same input `serve`
+/// gives it, so the words are the same.
+async fn refuse(journal: Journal, refusal: &Refusal) -> Result<(), SyncError> {
+    let host = Host::start(journal, HostOptions::default())?;
+    let refused = host
+        .handle()
+        .refuse(refusal.head(), &refusal.reason())
+        .await;
+    host.stop().await?;
+    refused.map_err(|_| SyncError::Other("the reconciler stopped; see the journal".into()))
+}
+
+/// The error a refusal ends `sync` with: an invalid head lists its diagnostics.
+fn refused(refusal: Refusal) -> SyncError {
+    match refusal {
+        Refusal::Invalid { head, diagnostics } => SyncError::Pipeline(PipelineError::Invalid {
+            revision: format!("revision {}", crate::pure::render::short(Some(&head))),
+            diagnostics,
+        }),
+        other => SyncError::Refused(other),
+    }
+}
+
+/// Read every node of `desired` at once, keeping the drivers for the agents.
+async fn read_nodes(desired: &Desired, reach: SnapshotOptions) -> (LiveState, Drivers) {
+    let mut drivers: Drivers = HashMap::new();
     let targets: Vec<Target> = desired
         .clusters
         .values()
@@ -153,7 +216,7 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
             c.nodes.iter().map(move |n| (c, n, Arc::clone(&keep)))
         })
         .map(|(c, n, keep)| {
-            let driver = pipeline::driver_for(c, n, options.reach.timeout);
+            let driver = pipeline::driver_for(c, n, reach.timeout);
             drivers.insert((c.name.clone(), n.id.clone()), Arc::clone(&driver));
             Target {
                 keep: Some(keep),
@@ -161,175 +224,228 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
             }
         })
         .collect();
-    let live: LiveState = runtime.block_on(fleet::snapshot(targets, options.reach));
-    let planned = plan::plan(&desired, &live);
+    (fleet::snapshot(targets, reach).await, drivers)
+}
 
-    let resumable: Vec<String> = before
-        .clusters
-        .iter()
-        .filter(|(_, cs)| paused_at(cs, &revision) || waiting_at(cs, &revision))
-        .map(|(name, _)| name.clone())
-        .collect();
-
+/// Print the plan (as text); `false` when there is nothing to do.
+fn show_plan(run: &Run, desired: &Desired, live: &LiveState, text: bool) -> bool {
+    let planned = plan::plan(desired, live);
     if text {
         print!("{}", crate::pure::render::plan_text(&planned));
-        if skipped > 0 {
+        if run.skipped > 0 {
             println!(
-                "{skipped} agent-managed node(s) are left to `cacheflow serve`: sync drives directly managed nodes only."
+                "{} agent-managed node(s) are left to `cacheflow serve`: sync drives directly managed nodes only.",
+                run.skipped
             );
         }
-        for name in &resumable {
+        for name in &run.resumable {
             println!("{name}: a paused or waiting rollout of this revision goes on.");
         }
     }
-    if planned.converged() && resumable.is_empty() {
-        if text {
-            println!("Nothing to do.");
-        }
-        return Ok(Summary {
-            revision,
-            clusters: desired
-                .clusters
-                .keys()
-                .map(|c| ClusterOutcome {
-                    cluster: c.clone(),
-                    outcome: "in-sync".into(),
-                    reason: None,
-                    nodes: Vec::new(),
-                })
-                .collect(),
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            skipped_agent_nodes: skipped,
-        });
+    let todo = !planned.converged() || !run.resumable.is_empty();
+    if !todo && text {
+        println!("Nothing to do.");
     }
-    if !options.yes {
-        confirm()?;
+    todo
+}
+
+/// The summary when every cluster already runs the revision.
+fn in_sync(run: &Run, desired: &Desired) -> Summary {
+    Summary {
+        revision: run.revision.clone(),
+        clusters: desired
+            .clusters
+            .keys()
+            .map(|c| ClusterOutcome {
+                cluster: c.clone(),
+                outcome: "in-sync".into(),
+                reason: None,
+                nodes: Vec::new(),
+            })
+            .collect(),
+        elapsed_ms: run.started.elapsed().as_millis() as u64,
+        skipped_agent_nodes: run.skipped,
     }
+}
 
-    runtime.block_on(async move {
-        let (handle, task) = runtime::start(journal, 0, None, true)?;
-        let mut events = handle.events.subscribe();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |_| SyncError::Other("the reconciler stopped; see the journal".into());
-        let names: Vec<String> = desired.clusters.keys().cloned().collect();
-        // The agents start after the revision: before it, no node is declared.
-        let clusters = desired.clusters.clone();
-        let mut first_readings: HashMap<String, NodeLive> = live
-            .nodes
-            .iter()
-            .filter(|(_, l)| l.reachable)
-            .map(|(id, l)| (id.clone(), l.clone()))
-            .collect();
-        handle.revision(desired, Some(live)).await.map_err(stopped)?;
-        let mut agents = Vec::new();
-        for c in clusters.values() {
-            let declared: Arc<BTreeSet<String>> = Arc::new(c.parameters.keys().cloned().collect());
-            for n in &c.nodes {
-                let key = (c.name.clone(), n.id.clone());
-                let driver = drivers
-                    .remove(&key)
-                    .unwrap_or_else(|| pipeline::driver_for(c, n, options.reach.timeout));
-                agents.push(handle.spawn_direct_agent(
-                    n.id.clone(),
-                    driver,
-                    DirectOptions {
-                        interval: options.interval,
-                        timeout: options.reach.timeout,
-                        // Read a moment ago: the first report needs no second reading.
-                        first_reading: first_readings.remove(&n.id),
-                        declared: Some(Arc::clone(&declared)),
-                    },
-                    stop_rx.clone(),
-                ));
-            }
-        }
+fn stopped(_: crate::flow::runtime::Stopped) -> SyncError {
+    SyncError::Other("the reconciler stopped; see the journal".into())
+}
 
-        for name in &resumable {
-            let event = if before.clusters.get(name).is_some_and(|cs| waiting_at(cs, &revision)) {
-                Event::WindowOpened
-            } else {
-                Event::Resume {
-                    by: "cacheflow sync".into(),
-                }
+/// The rollout: the reconciler and an agent per node ([`Host`]), the revision, the
+/// rollouts to resume or override, then watch until none is in flight.
+async fn roll_out(
+    journal: Journal,
+    mut run: Run,
+    desired: Desired,
+    live: LiveState,
+    options: &SyncOptions,
+) -> Result<Summary, SyncError> {
+    let host = Host::start(
+        journal,
+        HostOptions {
+            correct_drift: true,
+            ..HostOptions::default()
+        },
+    )?;
+    let handle = host.handle().clone();
+    let mut events = handle.events.subscribe();
+    let names: Vec<String> = desired.clusters.keys().cloned().collect();
+    // The agents start after the revision: before it, no node is declared.
+    let clusters = desired.clusters.clone();
+    let mut first_readings: HashMap<String, NodeLive> = live
+        .nodes
+        .iter()
+        .filter(|(_, l)| l.reachable)
+        .map(|(id, l)| (id.clone(), l.clone()))
+        .collect();
+    handle
+        .revision(desired, Some(live))
+        .await
+        .map_err(stopped)?;
+    for c in clusters.values() {
+        let declared: Arc<BTreeSet<String>> = Arc::new(c.parameters.keys().cloned().collect());
+        for n in &c.nodes {
+            let driver = run
+                .drivers
+                .remove(&(c.name.clone(), n.id.clone()))
+                .unwrap_or_else(|| pipeline::driver_for(c, n, options.reach.timeout));
+            let direct = DirectOptions {
+                interval: options.interval,
+                timeout: options.reach.timeout,
+                // Read a moment ago: the first report needs no second reading.
+                first_reading: first_readings.remove(&n.id),
+                declared: Some(Arc::clone(&declared)),
             };
-            let _ = handle.command(name, event).await;
+            host.drive(&n.id, driver, direct);
         }
-        if let Some(reason) = &options.override_window {
-            let state = handle.state().await.map_err(stopped)?;
-            for name in &names {
-                if state.clusters.get(name).is_some_and(|cs| waiting_at(cs, &revision)) {
-                    let by = format!("{} (cacheflow sync)", user());
-                    let reason = reason.clone();
-                    let _ = handle.command(name, Event::Override { by, reason }).await;
-                }
+    }
+    go_on(&handle, &run, &names, options.override_window.as_deref()).await?;
+    let interrupted = watch(&handle, &mut events, &names, run.started, !options.json).await?;
+    let state = handle.state().await.map_err(stopped)?;
+    drop(handle);
+    // The journal's outcome is the reconciler's: a failed write ended it already.
+    let _ = host.stop().await;
+    let summary = Summary {
+        revision: run.revision.clone(),
+        clusters: names
+            .iter()
+            .map(|n| {
+                outcome(
+                    n,
+                    state.clusters.get(n),
+                    run.before.clusters.get(n),
+                    &run.revision,
+                )
+            })
+            .collect(),
+        elapsed_ms: run.started.elapsed().as_millis() as u64,
+        skipped_agent_nodes: run.skipped,
+    };
+    if !options.json {
+        print_end(&summary, interrupted);
+    }
+    Ok(summary)
+}
+
+/// Resume the paused rollouts of this revision, open the waiting ones, and override the
+/// rollout windows of the waiting ones when asked (with the reason, journaled).
+async fn go_on(
+    handle: &Handle,
+    run: &Run,
+    names: &[String],
+    override_window: Option<&str>,
+) -> Result<(), SyncError> {
+    let revision = &run.revision;
+    for name in &run.resumable {
+        let waiting = run
+            .before
+            .clusters
+            .get(name)
+            .is_some_and(|cs| waiting_at(cs, revision));
+        let event = if waiting {
+            Event::WindowOpened
+        } else {
+            Event::Resume {
+                by: "cacheflow sync".into(),
+            }
+        };
+        let _ = handle.command(name, event).await;
+    }
+    if let Some(reason) = override_window {
+        let state = handle.state().await.map_err(stopped)?;
+        for name in names {
+            if state
+                .clusters
+                .get(name)
+                .is_some_and(|cs| waiting_at(cs, revision))
+            {
+                let by = format!("{} (cacheflow sync)", user());
+                let reason = reason.to_owned();
+                let _ = handle.command(name, Event::Override { by, reason }).await;
             }
         }
-        let mut interrupted = false;
-        loop {
-            let state = handle.state().await.map_err(stopped)?;
-            if names
-                .iter()
-                .all(|n| state.clusters.get(n).is_none_or(|cs| !in_flight(cs)))
-            {
+    }
+    Ok(())
+}
+
+/// Show progress until no rollout of `names` is in flight; Ctrl-C pauses them all.
+/// `true` when interrupted.
+async fn watch(
+    handle: &Handle,
+    events: &mut tokio::sync::broadcast::Receiver<String>,
+    names: &[String],
+    started: Instant,
+    text: bool,
+) -> Result<bool, SyncError> {
+    let mut interrupted = false;
+    loop {
+        let state = handle.state().await.map_err(stopped)?;
+        if names
+            .iter()
+            .all(|n| state.clusters.get(n).is_none_or(|cs| !in_flight(cs)))
+        {
+            break;
+        }
+        tokio::select! {
+            line = events.recv() => {
+                if let (true, Ok(line)) = (text, line) {
+                    progress(&line, &handle.state().await.map_err(stopped)?, started);
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                for n in names {
+                    let _ = handle.command(n, Event::Pause { by: "ctrl-c".into() }).await;
+                }
                 break;
             }
-            tokio::select! {
-                line = events.recv() => {
-                    if let (true, Ok(line)) = (text, line) {
-                        progress(&line, &handle.state().await.map_err(stopped)?, started);
-                    }
-                }
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = tokio::signal::ctrl_c(), if !interrupted => {
-                    interrupted = true;
-                    for n in &names {
-                        let _ = handle.command(n, Event::Pause { by: "ctrl-c".into() }).await;
-                    }
-                    break;
-                }
-            }
         }
-        // Show the last lines (the final journal entries).
-        while let Ok(line) = events.try_recv() {
-            if text {
-                progress(&line, &handle.state().await.map_err(stopped)?, started);
-            }
-        }
-        let state = handle.state().await.map_err(stopped)?;
-        let _ = stop_tx.send(true);
-        for a in agents {
-            let _ = a.await;
-        }
-        handle.stop().await;
-        drop(handle);
-        let _ = task.await;
-        let clusters: Vec<ClusterOutcome> = names
-            .iter()
-            .map(|n| outcome(n, state.clusters.get(n), before.clusters.get(n), &revision))
-            .collect();
-        let summary = Summary {
-            revision: revision.clone(),
-            clusters,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            skipped_agent_nodes: skipped,
-        };
+    }
+    // Show the last lines (the final journal entries).
+    while let Ok(line) = events.try_recv() {
         if text {
-            print_summary(&summary);
-            if summary.clusters.iter().any(|c| c.outcome == "waiting") {
-                println!(
-                    "Outside the rollout windows: nothing more is started. Run `cacheflow sync --rev {}` again once they open, or add --override-window REASON to roll out now (the reason is journaled).",
-                    &revision[..revision.len().min(12)]
-                );
-            }
-            if interrupted {
-                println!(
-                    "Interrupted: rollouts in flight are paused (nodes keep what they run). Run `cacheflow sync --rev {}` again to resume.",
-                    &revision[..revision.len().min(12)]
-                );
-            }
+            progress(&line, &handle.state().await.map_err(stopped)?, started);
         }
-        Ok(summary)
-    })
+    }
+    Ok(interrupted)
+}
+
+/// The summary, and what to do next when a rollout waits or was interrupted.
+fn print_end(summary: &Summary, interrupted: bool) {
+    let short = &summary.revision[..summary.revision.len().min(12)];
+    print_summary(summary);
+    if summary.clusters.iter().any(|c| c.outcome == "waiting") {
+        println!(
+            "Outside the rollout windows: nothing more is started. Run `cacheflow sync --rev {short}` again once they open, or add --override-window REASON to roll out now (the reason is journaled)."
+        );
+    }
+    if interrupted {
+        println!(
+            "Interrupted: rollouts in flight are paused (nodes keep what they run). Run `cacheflow sync --rev {short}` again to resume."
+        );
+    }
 }
 
 /// A rollout the foreground sync waits for: not final, not paused, not waiting for a

@@ -58,6 +58,8 @@ struct Server {
     state: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Where its standard error goes (discarded when `None`).
+    log: Option<PathBuf>,
 }
 
 impl Server {
@@ -66,6 +68,15 @@ impl Server {
     }
 
     fn start_with_env(remote: &Remote, state: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_logged(remote, state, env, None)
+    }
+
+    fn start_logged(
+        remote: &Remote,
+        state: &Path,
+        env: &[(&str, &str)],
+        log: Option<PathBuf>,
+    ) -> Server {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -97,11 +108,12 @@ impl Server {
             "2s".into(),
         ];
         let mut s = Server {
-            child: spawn(&args, &env),
+            child: spawn(&args, &env, log.as_deref()),
             port,
             state: dir,
             args,
             env,
+            log,
         };
         s.wait_ready();
         s
@@ -131,7 +143,7 @@ impl Server {
     }
 
     fn restart(&mut self) {
-        self.child = spawn(&self.args, &self.env);
+        self.child = spawn(&self.args, &self.env, self.log.as_deref());
         self.wait_ready();
     }
 
@@ -227,14 +239,18 @@ impl Drop for Server {
     }
 }
 
-fn spawn(args: &[String], env: &[(String, String)]) -> Child {
+fn spawn(args: &[String], env: &[(String, String)], log: Option<&Path>) -> Child {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("the server's log file")),
+        None => Stdio::null(),
+    };
     Command::new(env!("CARGO_BIN_EXE_cacheflow"))
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("CACHEFLOW_WEBHOOK_SECRET", SECRET)
         .env("CACHEFLOW_NODE_TOKEN_SECRET", NODE_SECRET)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start cacheflow serve")
 }
@@ -1280,4 +1296,60 @@ fn a_fresh_server_shows_every_known_counter_at_zero() {
     let (code, clusters) = server.http("GET", "/api/v1/clusters", &[], b"");
     assert_eq!(code, 200);
     assert!(!clusters.contains("hand-pass-9z"), "{clusters}");
+}
+
+#[test]
+fn a_journal_that_cannot_be_written_stops_the_server_at_once_saying_why() {
+    let fleet = Fleet::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    // What the nodes run already: the first revision journals once, then all is quiet.
+    work.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 10"));
+    work.commit("cache: as it runs");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let log = state.path().join("serve.log");
+    let mut server = Server::start_logged(&remote, state.path(), &[], Some(log.clone()));
+    assert!(
+        !server.journal().is_empty(),
+        "the first revision is journaled"
+    );
+
+    // The journal's ref can no longer be locked (as on a full or read-only disk): the
+    // next entry fails.
+    let lock = server.mirror().path().join("refs/cacheflow/journal.lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    work.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 20"));
+    work.commit("cache: hz 20");
+    remote.push(&work, false);
+    let pushed = Instant::now();
+    assert_eq!(server.github_push("journal-1").0, 202);
+    let deadline = pushed + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cacheflow serve is still running 10 s after its journal failed (poll interval 1 h)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = pushed.elapsed();
+    eprintln!(
+        "from the push webhook to the exit: {} ms",
+        elapsed.as_millis()
+    );
+    assert_eq!(status.code(), Some(1), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("ERROR") && text.contains("the reconciler stopped: "),
+        "the reason is logged: {text}"
+    );
+    assert!(text.contains("journal.lock"), "{text}");
+    for (id, v) in fleet.config("hz") {
+        assert_eq!(v, "10", "{id}: nothing applied without its journal entry");
+    }
+    // Released for the next start.
+    std::fs::remove_dir(&lock).unwrap();
 }

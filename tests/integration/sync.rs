@@ -230,16 +230,87 @@ fn an_invalid_revision_is_refused_and_journaled_and_nothing_is_applied() {
     let fleet = Fleet::start();
     let repo = TestRepo::new();
     repo.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 500000"));
-    repo.commit("cache: hz out of range");
+    let commit = repo.commit("cache: hz out of range");
     let (code, out) = sync(&repo, &["--yes"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("clusters/cache.yaml:"), "{out}");
     assert!(fleet.config("hz").iter().all(|(_, v)| v == "10"));
     let entries = journal(&repo);
     assert_eq!(entries.len(), 1, "{entries:#?}");
+    // Refused through the reconciler: the words `serve` journals.
     assert!(
-        entries[0].contains("refused by cacheflow sync: it is invalid"),
+        entries[0].starts_with(&format!(
+            "revision {} refused: invalid (1 error(s)); first: clusters/cache.yaml:",
+            &commit[..12]
+        )),
         "{entries:#?}"
+    );
+}
+
+#[test]
+fn a_head_that_does_not_descend_from_the_last_good_revision_is_refused() {
+    let fleet = Fleet::start();
+    let repo = TestRepo::new();
+    repo.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 20"));
+    let first = repo.commit("cache: hz 20");
+    repo.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 21"));
+    let good = repo.commit("cache: hz 21");
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(fleet.config("hz").iter().all(|(_, v)| v == "21"));
+
+    // History rewritten: main now points at a commit whose parent is `first`, not `good`.
+    let r = repo.repository();
+    let parent = r.find_commit(git2::Oid::from_str(&first).unwrap()).unwrap();
+    repo.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 30"));
+    let mut index = r.index().unwrap();
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
+    index.write().unwrap();
+    let tree = r.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = git2::Signature::now("mallory", "mallory@cacheflow.invalid").unwrap();
+    let rewritten = r
+        .commit(
+            None,
+            &sig,
+            &sig,
+            "cache: hz 30, rewritten",
+            &tree,
+            &[&parent],
+        )
+        .unwrap()
+        .to_string();
+    r.reference(
+        "refs/heads/main",
+        git2::Oid::from_str(&rewritten).unwrap(),
+        true,
+        "rewrite",
+    )
+    .unwrap();
+    let before = journal(&repo).len();
+
+    let (code, out) = sync(&repo, &["--yes"]);
+    assert_eq!(code, 1, "{out}");
+    let why = format!(
+        "history rewritten: {} does not descend from the last good revision {}",
+        &rewritten[..12],
+        &good[..12]
+    );
+    assert!(out.contains(&why), "{out}");
+    for (id, v) in fleet.config("hz") {
+        assert_eq!(v, "21", "{id} keeps the last good revision");
+    }
+    let entries = journal(&repo);
+    assert_eq!(entries.len(), before + 1, "{entries:#?}");
+    assert_eq!(
+        entries[before].trim_end(),
+        format!(
+            "revision {} refused: {why}\nkeeping revision {}",
+            &rewritten[..12],
+            &good[..12]
+        ),
+        "refused through the reconciler, in the words serve uses"
     );
 }
 

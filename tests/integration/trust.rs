@@ -154,7 +154,7 @@ fn only_heads_signed_by_a_listed_ssh_or_openpgp_key_are_applied() {
     assert!(
         journal_messages(repo.repository())
             .iter()
-            .any(|m| m.contains("refused by cacheflow sync") && m.contains(&why)),
+            .any(|m| m.contains(&format!("revision {} refused: {why}", &unsigned[..12]))),
         "the refusal is journaled"
     );
 

@@ -14,7 +14,7 @@ pub mod drift;
 mod http;
 pub mod pr;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,8 +35,9 @@ use crate::edges::forge::webhook::{self, Deliveries, Forge, Push};
 use crate::edges::metrics::Metrics;
 use crate::edges::redact::redact_url;
 use crate::edges::source::ConfigRepo;
-use crate::flow::pipeline::{self, PipelineError, Revision};
-use crate::flow::runtime::{self, DirectOptions, Handle};
+use crate::flow::pipeline::intake::{self, IntakeError, Origin, Outcome};
+use crate::flow::pipeline::{self};
+use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
 use crate::pure::protocol::{Report, MAX_PAYLOAD_BYTES};
 use crate::pure::reconciler::{RefusedInput, State as ReconcilerState};
 use crate::pure::rollout::{Event, Phase};
@@ -116,59 +117,35 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-pub(crate) fn open_repo(options: &ServeOptions) -> Result<ConfigRepo, ServeError> {
-    ConfigRepo::open(&options.repo, Some(&options.state_dir.join("mirror")))
-        .map_err(|e| ServeError::Source(redact_url(&e.to_string())))
+/// Where the server's heads come from: the remote, mirrored into the state directory.
+pub(crate) fn origin(options: &ServeOptions) -> Origin {
+    Origin {
+        url: options.repo.clone(),
+        mirror: options.state_dir.join("mirror"),
+    }
 }
 
-/// Run the server until SIGTERM / Ctrl-C (`stop` turns true).
+pub(crate) fn open_repo(options: &ServeOptions) -> Result<ConfigRepo, ServeError> {
+    origin(options).open().map_err(ServeError::Source)
+}
+
+/// Run the server until SIGTERM / Ctrl-C (`stop` turns true). A reconciler that stops
+/// (its journal could not be written) stops the server at once with its error:
+/// answering without it would hide the failure; the supervisor restarts the process.
 pub async fn serve(
     options: ServeOptions,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&options.state_dir).map_err(|e| {
-        ServeError::Source(format!(
-            "cannot create the state directory {}: {e}",
-            options.state_dir.display()
-        ))
-    })?;
-    // One server per state directory: the lock is held for the life of the process
-    // (the OS drops it when the process dies, even by SIGKILL), which makes it safe to
-    // clear the lock files a killed predecessor left in the mirror.
-    let lock_path = options.state_dir.join("cacheflow.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| ServeError::Source(format!("cannot open {}: {e}", lock_path.display())))?;
-    if lock.try_lock().is_err() {
-        return Err(ServeError::Source(format!(
-            "another cacheflow serve uses the state directory {} (it holds {})",
-            options.state_dir.display(),
-            lock_path.display()
-        )));
-    }
-    remove_stale_git_locks(&options.state_dir.join("mirror"));
-    let opts = options.clone();
-    let repo = tokio::task::spawn_blocking(move || open_repo(&opts))
-        .await
-        .map_err(|e| ServeError::Source(e.to_string()))??;
-    let git_dir = repo.repository().path().to_path_buf();
-    drop(repo);
+    let lock = lock_state_dir(&options)?;
+    let git_dir = mirror(&options).await?;
     let metrics = Arc::new(Metrics::default());
-    let journal = Journal::open(&git_dir)?;
-    let grace = options
-        .resume_grace
-        .max(options.direct_interval * 2)
-        .as_millis() as u64;
-    let (handle, task) = runtime::start(journal, grace, Some(metrics.clone()), false)?;
     // Notices of rollouts and drift runs to the revision's `notifications:` targets.
     let notifier = crate::edges::notify::Notifier::new(
         crate::edges::notify::NotifyOptions::default(),
         Some(metrics.clone()),
     );
-    handle.set_notifier(notifier.clone());
+    let host = Arc::new(start_host(&options, &git_dir, &metrics, notifier.clone())?);
+    let handle = host.handle().clone();
     let app = Arc::new(App {
         handle: handle.clone(),
         feedback: pr::Feedback::new(options.forge_api_url.clone(), options.forge_token.clone()),
@@ -186,8 +163,99 @@ pub async fn serve(
         wake_follower: Notify::new(),
         ready: AtomicBool::new(false),
     });
+    let router = routes(app.clone());
+    let listener = listen(options.listen).await?;
+    let background = Background::spawn(&app, &host, git_dir, &stop);
+    let mut ended = host.ended();
+    let mut stop_http = stop.clone();
+    http::serve(listener, router, async move {
+        tokio::select! {
+            _ = stop_http.wait_for(|s| *s) => {}
+            _ = ended.wait_for(|d| *d) => {}
+        }
+    })
+    .await;
+    if *host.ended().borrow() {
+        background.abort();
+        let failure = match host.stop().await {
+            Err(crate::flow::runtime::HostError::Journal(e)) => e.to_string(),
+            _ => "the reconciler stopped".to_owned(),
+        };
+        tracing::error!("the reconciler stopped: {failure}");
+        return Err(ServeError::Source(format!(
+            "the reconciler stopped: {failure}"
+        )));
+    }
+    let _ = stop.wait_for(|s| *s).await;
+    background.join().await;
+    let _ = host.stop().await;
+    drop(lock);
+    Ok(())
+}
 
-    let router = Router::new()
+/// One server per state directory: the lock is held for the life of the process (the
+/// OS drops it when the process dies, even by SIGKILL), which makes it safe to clear the
+/// lock files a killed predecessor left in the mirror.
+fn lock_state_dir(options: &ServeOptions) -> Result<std::fs::File, ServeError> {
+    std::fs::create_dir_all(&options.state_dir).map_err(|e| {
+        ServeError::Source(format!(
+            "cannot create the state directory {}: {e}",
+            options.state_dir.display()
+        ))
+    })?;
+    let lock_path = options.state_dir.join("cacheflow.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| ServeError::Source(format!("cannot open {}: {e}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(ServeError::Source(format!(
+            "another cacheflow serve uses the state directory {} (it holds {})",
+            options.state_dir.display(),
+            lock_path.display()
+        )));
+    }
+    remove_stale_git_locks(&options.state_dir.join("mirror"));
+    Ok(lock)
+}
+
+/// Open (clone or fetch) the mirror; its git directory.
+async fn mirror(options: &ServeOptions) -> Result<PathBuf, ServeError> {
+    let opts = options.clone();
+    let repo = tokio::task::spawn_blocking(move || open_repo(&opts))
+        .await
+        .map_err(|e| ServeError::Source(e.to_string()))??;
+    Ok(repo.repository().path().to_path_buf())
+}
+
+/// The reconciler, its journal in the mirror, with the in-process agents to come.
+fn start_host(
+    options: &ServeOptions,
+    git_dir: &std::path::Path,
+    metrics: &Arc<Metrics>,
+    notifier: crate::edges::notify::Notifier,
+) -> Result<Host, ServeError> {
+    let journal = Journal::open(git_dir)?;
+    let grace = options
+        .resume_grace
+        .max(options.direct_interval * 2)
+        .as_millis() as u64;
+    Ok(Host::start(
+        journal,
+        HostOptions {
+            grace_ms: grace,
+            metrics: Some(metrics.clone()),
+            correct_drift: false,
+            notifier: Some(notifier),
+        },
+    )?)
+}
+
+/// The route table.
+fn routes(app: Shared) -> Router {
+    Router::new()
         .route("/hooks/github", post(hook_github))
         .route("/hooks/gitlab", post(hook_gitlab))
         .route("/hooks/gitea", post(hook_gitea))
@@ -203,29 +271,43 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(
             MAX_WEBHOOK_BYTES.max(MAX_PAYLOAD_BYTES),
         ))
-        .with_state(app.clone());
-    let listener = tokio::net::TcpListener::bind(options.listen)
+        .with_state(app)
+}
+
+async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Listen {
-            addr: options.listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Listen {
-        addr: options.listen,
-        source,
-    })?;
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::Listen { addr, source })?;
     tracing::info!("listening on {local}");
     println!("cacheflow serve: listening on http://{local}");
+    Ok(listener)
+}
 
-    let follower = tokio::spawn(follow(app.clone(), git_dir.clone(), stop.clone()));
-    // Scheduled drift runs (`drift.schedule` of the current revision).
-    let drifts = tokio::spawn(app.drift.clone().run(stop.clone()));
-    // Nodes heard from after their cluster's revision was taken get it through a
-    // rollout of their own; the reconciler looks once a second.
-    let ticker = {
-        let handle = handle.clone();
+/// The server's own tasks beside HTTP: the follower, scheduled drift runs, the ticker.
+struct Background {
+    follower: tokio::task::JoinHandle<()>,
+    drifts: tokio::task::JoinHandle<()>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    fn spawn(
+        app: &Shared,
+        host: &Arc<Host>,
+        git_dir: PathBuf,
+        stop: &watch::Receiver<bool>,
+    ) -> Background {
+        let follower = tokio::spawn(follow(app.clone(), host.clone(), git_dir, stop.clone()));
+        // Scheduled drift runs (`drift.schedule` of the current revision).
+        let drifts = tokio::spawn(app.drift.clone().run(stop.clone()));
+        // Nodes heard from after their cluster's revision was taken get it through a
+        // rollout of their own; the reconciler looks once a second.
+        let handle = app.handle.clone();
         let mut stop = stop.clone();
-        tokio::spawn(async move {
+        let ticker = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -235,48 +317,27 @@ pub async fn serve(
                     return;
                 }
             }
-        })
-    };
-    // A reconciler that stopped (its journal could not be written) stops the server:
-    // answering without it would hide the failure; the supervisor restarts the process.
-    let (dead_tx, dead_rx) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        let result = task.await;
-        let _ = dead_tx.send(true);
-        result
-    });
-    let mut stop_http = stop.clone();
-    let mut dead = dead_rx.clone();
-    let server = http::serve(listener, router, async move {
-        tokio::select! {
-            _ = stop_http.wait_for(|s| *s) => {}
-            _ = dead.wait_for(|d| *d) => {}
+        });
+        Background {
+            follower,
+            drifts,
+            ticker,
         }
-    });
-    server.await;
-    if *dead_rx.borrow() {
-        drifts.abort();
-        let _ = follower.await;
-        let _ = ticker.await;
-        drop(handle);
-        let failure = match task.await {
-            Ok(Ok(Err(e))) => e.to_string(),
-            _ => "the reconciler stopped".to_owned(),
-        };
-        tracing::error!("{failure}");
-        return Err(ServeError::Source(format!(
-            "the reconciler stopped: {failure}"
-        )));
     }
-    let _ = stop.wait_for(|s| *s).await;
-    let _ = drifts.await;
-    let _ = follower.await;
-    let _ = ticker.await;
-    handle.stop().await;
-    drop(handle);
-    let _ = task.await;
-    drop(lock);
-    Ok(())
+
+    /// After `stop`: each finishes its step.
+    async fn join(self) {
+        let _ = self.drifts.await;
+        let _ = self.follower.await;
+        let _ = self.ticker.await;
+    }
+
+    /// The reconciler is gone: nothing they would do can be journaled.
+    fn abort(self) {
+        self.drifts.abort();
+        self.follower.abort();
+        self.ticker.abort();
+    }
 }
 
 /// Delete the `*.lock` files git leaves behind when a process is killed in the middle of
@@ -297,9 +358,7 @@ fn remove_stale_git_locks(dir: &std::path::Path) {
 }
 
 /// Fetch, check and hand new heads of the tracked branch to the reconciler.
-async fn follow(app: Shared, git_dir: PathBuf, mut stop: watch::Receiver<bool>) {
-    let (agents_stop_tx, agents_stop) = watch::channel(false);
-    let mut driven: HashSet<String> = HashSet::new();
+async fn follow(app: Shared, host: Arc<Host>, git_dir: PathBuf, mut stop: watch::Receiver<bool>) {
     let mut last_seen: Option<String> = None;
     let mut first = true;
     loop {
@@ -317,56 +376,19 @@ async fn follow(app: Shared, git_dir: PathBuf, mut stop: watch::Receiver<bool>) 
         let options = app.options.clone();
         let seen = last_seen.clone();
         // Only the head: a copy of the whole state would stall reports on a large fleet.
-        let good = match app.handle.head().await {
-            Ok(h) => h,
-            Err(_) => break,
+        let Ok(good) = app.handle.head().await else {
+            break;
         };
         let step = tokio::task::spawn_blocking(move || check_head(&options, seen, good)).await;
-        match step {
-            Ok(Ok(Head::Unchanged)) => {}
-            Ok(Ok(Head::Refused { head, reason, kind })) => {
-                Metrics::count(&app.metrics.revisions, kind);
-                last_seen = Some(head.clone());
-                let _ = app.handle.refuse(&head, &reason).await;
+        let taken = match step {
+            Ok(outcome) => take(&app, &host, outcome, &mut last_seen).await,
+            Err(e) => {
+                tracing::error!("the follower failed: {e}");
+                Ok(())
             }
-            Ok(Ok(Head::Valid { head, desired })) => {
-                Metrics::count(&app.metrics.revisions, "taken");
-                app.metrics.notification_targets(
-                    desired
-                        .settings
-                        .notifications
-                        .iter()
-                        .map(|n| n.name.as_str()),
-                );
-                last_seen = Some(head);
-                // In-process agents for directly managed nodes not driven yet.
-                for c in desired.clusters.values() {
-                    for n in c.nodes.iter().filter(|n| n.managed == Managed::Direct) {
-                        if driven.insert(n.id.clone()) {
-                            app.handle.spawn_direct_agent(
-                                n.id.clone(),
-                                pipeline::driver_for(c, n, app.options.node_timeout),
-                                DirectOptions {
-                                    interval: app.options.direct_interval,
-                                    timeout: app.options.node_timeout,
-                                    first_reading: None,
-                                    declared: None,
-                                },
-                                agents_stop.clone(),
-                            );
-                        }
-                    }
-                }
-                if app.handle.revision(*desired, None).await.is_err() {
-                    break;
-                }
-                app.drift.revision_taken.notify_one();
-            }
-            Ok(Err(message)) => {
-                Metrics::count(&app.metrics.revisions, "fetch_failed");
-                tracing::warn!("{message}; keeping the last good revision");
-            }
-            Err(e) => tracing::error!("the follower failed: {e}"),
+        };
+        if taken.is_err() {
+            break;
         }
         app.ready.store(true, Ordering::Relaxed);
         if app.handle.tick().await.is_err() {
@@ -382,90 +404,79 @@ async fn follow(app: Shared, git_dir: PathBuf, mut stop: watch::Receiver<bool>) 
             }
         }
     }
-    let _ = agents_stop_tx.send(true);
 }
 
-enum Head {
-    Unchanged,
-    Refused {
-        head: String,
-        reason: String,
-        kind: &'static str,
-    },
-    Valid {
-        head: String,
-        desired: Box<crate::pure::spec::model::Desired>,
-    },
-}
-
-/// Fetch and look at the tracked branch's head (blocking: git).
-fn check_head(
-    options: &ServeOptions,
-    seen: Option<String>,
-    good: Option<String>,
-) -> Result<Head, String> {
-    let repo = open_repo(options)
-        .map_err(|e| format!("cannot fetch {}: {e}", redact_url(&options.repo)))?;
-    let branch = format!("refs/heads/{}", options.branch);
-    let head = repo
-        .resolve(&branch)
-        .map_err(|e| format!("the tracked branch {branch}: {e}"))?;
-    if seen.as_deref() == Some(head.as_str()) {
-        return Ok(Head::Unchanged);
-    }
-    if let Some(good) = good.as_deref().filter(|g| *g != head) {
-        let r = repo.repository();
-        let descends = match (git2::Oid::from_str(&head), git2::Oid::from_str(good)) {
-            (Ok(h), Ok(g)) => r.graph_descendant_of(h, g).unwrap_or(false),
-            _ => false,
-        };
-        // A good head that is no longer in the repository, or a head that does not
-        // descend from it: history was rewritten.
-        if !descends {
-            return Ok(Head::Refused {
-                reason: format!(
-                    "history rewritten: {} does not descend from the last good revision {}",
-                    &head[..12],
-                    &good[..good.len().min(12)]
-                ),
-                head,
-                kind: "rewritten",
-            });
+/// Hand the intake's outcome to the reconciler; `Err`: the reconciler has stopped.
+async fn take(
+    app: &Shared,
+    host: &Host,
+    outcome: Outcome,
+    last_seen: &mut Option<String>,
+) -> Result<(), crate::flow::runtime::Stopped> {
+    match outcome {
+        Outcome::Unchanged { .. } => {}
+        Outcome::Refused(refusal) => {
+            Metrics::count(&app.metrics.revisions, refusal.kind());
+            *last_seen = Some(refusal.head().to_owned());
+            let _ = app.handle.refuse(refusal.head(), &refusal.reason()).await;
         }
-    }
-    match pipeline::desired(&repo, &Revision::Rev(head.clone())) {
-        Ok(desired) => {
-            let policy = crate::edges::trust::policy(&repo, good.as_deref(), &desired);
-            match crate::edges::trust::check(repo.repository(), &head, &policy) {
-                Ok(signed) => {
-                    if let Some(s) = signed {
-                        tracing::info!(head = %head, signer = %s.signer, kind = s.kind, "signed head");
-                    }
-                    Ok(Head::Valid {
-                        head,
-                        desired: Box::new(desired),
-                    })
-                }
-                Err(reason) => Ok(Head::Refused {
-                    head,
-                    reason: reason.to_string(),
-                    kind: "untrusted",
-                }),
+        Outcome::Valid(taken) => {
+            Metrics::count(&app.metrics.revisions, "taken");
+            app.metrics.notification_targets(
+                taken
+                    .desired
+                    .settings
+                    .notifications
+                    .iter()
+                    .map(|n| n.name.as_str()),
+            );
+            if let Some(s) = &taken.signed {
+                tracing::info!(head = %taken.head, signer = %s.signer, kind = s.kind, "signed head");
             }
+            *last_seen = Some(taken.head);
+            // In-process agents for directly managed nodes not driven yet.
+            for c in taken.desired.clusters.values() {
+                for n in c.nodes.iter().filter(|n| n.managed == Managed::Direct) {
+                    host.drive(
+                        &n.id,
+                        pipeline::driver_for(c, n, app.options.node_timeout),
+                        DirectOptions {
+                            interval: app.options.direct_interval,
+                            timeout: app.options.node_timeout,
+                            first_reading: None,
+                            declared: None,
+                        },
+                    );
+                }
+            }
+            app.handle.revision(*taken.desired, None).await?;
+            app.drift.revision_taken.notify_one();
         }
-        Err(PipelineError::Invalid { diagnostics, .. }) => {
-            let first = diagnostics
-                .first()
-                .map(|d| d.to_string())
-                .unwrap_or_default();
-            Ok(Head::Refused {
-                reason: format!("invalid ({} error(s)); first: {first}", diagnostics.len()),
-                head,
-                kind: "invalid",
-            })
+        Outcome::FetchFailed(e) => {
+            Metrics::count(&app.metrics.revisions, "fetch_failed");
+            let why = match &e {
+                IntakeError::Resolve { .. } => format!("the tracked branch {e}"),
+                _ => e.to_string(),
+            };
+            tracing::warn!("{why}; keeping the last good revision");
         }
-        Err(e) => Err(e.to_string()),
     }
+    Ok(())
+}
+
+/// Fetch the mirror and take the tracked branch's head in (blocking: git).
+fn check_head(options: &ServeOptions, seen: Option<String>, good: Option<String>) -> Outcome {
+    let repo = match open_repo(options) {
+        Ok(repo) => repo,
+        Err(e) => {
+            return Outcome::FetchFailed(IntakeError::Fetch(format!(
+                "cannot fetch {}: {e}",
+                redact_url(&options.repo)
+            )))
+        }
+    };
+    let branch = format!("refs/heads/{}", options.branch);
+    intake::take(&repo, &branch, good.as_deref(), seen.as_deref())
 }
 
 /// Push the journal and the notes to the remote.
@@ -650,7 +661,7 @@ async fn pull_request(app: &Shared, forge: Forge, event: &str, body: &[u8]) -> R
     };
     let answer = json!({"accepted": true, "pullRequest": pr.number, "head": pr.head_sha});
     tokio::spawn(pr::answer(
-        app.options.clone(),
+        origin(&app.options),
         client,
         app.metrics.clone(),
         pr,

@@ -1,5 +1,6 @@
 //! Pull-request feedback of `cacheflow serve`: a `pull_request` (GitHub, Gitea) or
-//! `Merge Request Hook` (GitLab) webhook ─► fetch the head ─► validate it ─► diff against
+//! `Merge Request Hook` (GitLab) webhook ─► fetch the head ─► validate it (the intake's
+//! load step) ─► diff against
 //! the base and plan against the nodes' latest reports ─► a commit status and one
 //! Markdown comment, edited on every new push (see [`crate::edges::forge`]).
 //!
@@ -16,7 +17,7 @@ use crate::edges::forge::webhook::Forge;
 use crate::edges::forge::{self, ForgeClient, PullRequest, StatusState, Verdict};
 use crate::edges::metrics::Metrics;
 use crate::edges::redact::redact_url;
-use crate::entry::server::{open_repo, ServeOptions};
+use crate::flow::pipeline::intake::{self, Candidate, Origin, Refusal, Stop};
 use crate::flow::pipeline::{self, Revision};
 use crate::pure::live::LiveState;
 
@@ -67,7 +68,7 @@ impl Feedback {
 
 /// Validate, diff and plan `pr`, then post the status and the comment.
 pub async fn answer(
-    options: ServeOptions,
+    origin: Origin,
     client: Arc<ForgeClient>,
     metrics: Arc<Metrics>,
     pr: PullRequest,
@@ -87,7 +88,7 @@ pub async fn answer(
         tracing::warn!("pull request {tag}: cannot set the pending status: {e}");
     }
     let p = pr.clone();
-    let evaluated = tokio::task::spawn_blocking(move || evaluate(&options, forge, &p, &live)).await;
+    let evaluated = tokio::task::spawn_blocking(move || evaluate(&origin, forge, &p, &live)).await;
     let (verdict, markdown) = match evaluated {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => (
@@ -130,12 +131,12 @@ fn pull_ref(forge: Forge, pr: &PullRequest) -> String {
 
 /// Fetch the head, validate it, diff it against the base, plan it against `live`.
 fn evaluate(
-    options: &ServeOptions,
+    origin: &Origin,
     forge: Forge,
     pr: &PullRequest,
     live: &LiveState,
 ) -> Result<(Verdict, String), String> {
-    let repo = open_repo(options).map_err(|e| e.to_string())?;
+    let repo = origin.open()?;
     let local = format!("refs/cacheflow/pull/{}", pr.number);
     let git = repo.repository();
     let have = |sha: &str| {
@@ -146,7 +147,7 @@ fn evaluate(
     };
     if !have(&pr.head_sha) {
         let mut remote = git
-            .remote_anonymous(&options.repo)
+            .remote_anonymous(&origin.url)
             .map_err(|e| redact_url(e.message()))?;
         let mut errors = Vec::new();
         for spec in [
@@ -168,22 +169,21 @@ fn evaluate(
         }
     }
     let head = Revision::Rev(pr.head_sha.clone());
-    let (_, validation) = pipeline::validate(&repo, &head).map_err(|e| e.to_string())?;
-    let desired = match validation {
-        Ok(d) => d,
-        Err(diagnostics) => {
-            let mut md = format!(
-                "**Invalid**: {} error(s); nothing from this head can be rolled out.\n\n",
-                diagnostics.len()
-            );
-            for d in diagnostics.iter().take(50) {
-                let _ = writeln!(md, "- {}", crate::pure::render::code(&d.to_string()));
-            }
-            if diagnostics.len() > 50 {
-                let _ = writeln!(md, "- … and {} more", diagnostics.len() - 50);
-            }
-            return Ok((Verdict::Invalid, md));
+    // The intake's load step: nothing from a pull request is taken, only judged.
+    let mut candidate = Candidate {
+        rev: pr.head_sha.clone(),
+        head: pr.head_sha.clone(),
+        ..Candidate::default()
+    };
+    let desired = match intake::load(&repo, &mut candidate) {
+        Ok(()) => candidate
+            .desired
+            .ok_or_else(|| format!("{} was not loaded", pr.head_sha))?,
+        Err(Stop::Refused(Refusal::Invalid { diagnostics, .. })) => {
+            return Ok((Verdict::Invalid, invalid_markdown(&diagnostics)))
         }
+        Err(Stop::Refused(other)) => return Err(other.reason()),
+        Err(Stop::Failed(e)) => return Err(e.to_string()),
     };
     let base = match &pr.base_sha {
         Some(sha) if have(sha) => sha.clone(),
@@ -201,4 +201,19 @@ fn evaluate(
         }
     };
     Ok((verdict, forge::pr_markdown(&changes, Some(&plan))))
+}
+
+/// The comment of an invalid head: its diagnostics (the first 50).
+fn invalid_markdown(diagnostics: &[crate::pure::spec::Diagnostic]) -> String {
+    let mut md = format!(
+        "**Invalid**: {} error(s); nothing from this head can be rolled out.\n\n",
+        diagnostics.len()
+    );
+    for d in diagnostics.iter().take(50) {
+        let _ = writeln!(md, "- {}", crate::pure::render::code(&d.to_string()));
+    }
+    if diagnostics.len() > 50 {
+        let _ = writeln!(md, "- … and {} more", diagnostics.len() - 50);
+    }
+    md
 }

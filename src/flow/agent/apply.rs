@@ -104,15 +104,62 @@ pub async fn apply(
     }
 }
 
+/// What differs from what the node runs, split by how it is applied.
+struct Changes {
+    /// Every assigned value, normalised.
+    want: BTreeMap<String, String>,
+    /// What the node ran before, for the assigned names.
+    live: BTreeMap<String, String>,
+    /// Differing values a running engine takes.
+    runtime: BTreeMap<String, String>,
+    /// Differing values that take effect at start only (a restart).
+    start_only: BTreeMap<String, String>,
+}
+
+/// The apply, step by step; each step says how it fails and what it puts back.
 async fn run(
     driver: &dyn NodeDriver,
     options: &ApplyOptions,
     assignment: &Assignment,
 ) -> Result<(Vec<String>, bool), Failure> {
     let engine = driver.engine();
-    let cat = catalog(engine);
+    let want = wanted(engine, assignment)?;
+    let changes = differences(driver, want).await?;
+    let restart = !changes.start_only.is_empty();
+    if restart {
+        may_restart(&changes, assignment, options)?;
+    }
+    // The config file as it was, to put back if the restart goes wrong.
+    let file = options.config_file.as_deref();
+    let original = match file {
+        Some(path) if restart || engine == Engine::Memcached => Some(
+            read_config(path, engine)
+                .map_err(|f| Failure::clean(format!("{}; nothing was changed", f.message)))?,
+        ),
+        _ => None,
+    };
+    let before = apply_runtime(driver, &changes).await?;
+    if let (Some(path), Some(original)) = (file, &original) {
+        write_config(driver, path, original, &changes, &before).await?;
+    }
+    if let (true, Some(path), Some(command)) = (restart, file, options.restart_command.as_deref()) {
+        let original = original.as_deref().unwrap_or("");
+        restart_step(driver, options, command, path, original, &changes, &before).await?;
+    }
+    let Changes {
+        runtime,
+        start_only,
+        ..
+    } = changes;
+    let mut changed: Vec<String> = runtime.into_keys().chain(start_only.into_keys()).collect();
+    changed.sort();
+    Ok((changed, restart))
+}
 
-    // 1. Every value must be one the catalog accepts; normalise again, whoever sent it.
+/// Step 1: every value must be one the catalog accepts; normalise again, whoever sent it.
+/// Refuses the whole assignment, touching nothing.
+fn wanted(engine: Engine, assignment: &Assignment) -> Result<BTreeMap<String, String>, Failure> {
+    let cat = catalog(engine);
     let mut want: BTreeMap<String, String> = BTreeMap::new();
     let mut problems = Vec::new();
     for (name, value) in &assignment.parameters {
@@ -137,8 +184,15 @@ async fn run(
             problems.join("; ")
         )));
     }
+    Ok(want)
+}
 
-    // 2. What differs from what the node runs now.
+/// Step 2: what differs from what the node runs now.
+async fn differences(
+    driver: &dyn NodeDriver,
+    want: BTreeMap<String, String>,
+) -> Result<Changes, Failure> {
+    let cat = catalog(driver.engine());
     let names: Vec<String> = want.keys().cloned().collect();
     let live = driver
         .read_parameters(&names)
@@ -160,92 +214,117 @@ async fn run(
             }
         }
     }
-    let restart = !start_only.is_empty();
-    if restart {
-        let names = start_only.keys().cloned().collect::<Vec<_>>().join(", ");
-        if !assignment.restart_allowed {
-            return Err(Failure::clean(format!(
-                "{names} only take effect at start and the server has not allowed a restart now; nothing was changed"
-            )));
-        }
-        if options.config_file.is_none() || options.restart_command.is_none() {
-            return Err(Failure::clean(format!(
-                "{names} only take effect at start; run the agent with --config-file and --restart-command to apply them; nothing was changed"
-            )));
-        }
+    Ok(Changes {
+        want,
+        live,
+        runtime,
+        start_only,
+    })
+}
+
+/// Start-only parameters need the server's permission, a config file and a restart
+/// command; without them nothing is changed.
+fn may_restart(
+    changes: &Changes,
+    assignment: &Assignment,
+    options: &ApplyOptions,
+) -> Result<(), Failure> {
+    let names = changes
+        .start_only
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !assignment.restart_allowed {
+        return Err(Failure::clean(format!(
+            "{names} only take effect at start and the server has not allowed a restart now; nothing was changed"
+        )));
     }
+    if options.config_file.is_none() || options.restart_command.is_none() {
+        return Err(Failure::clean(format!(
+            "{names} only take effect at start; run the agent with --config-file and --restart-command to apply them; nothing was changed"
+        )));
+    }
+    Ok(())
+}
 
-    // The config file as it was, to put back if the restart goes wrong.
-    let file = options.config_file.as_deref();
-    let original = match file {
-        Some(path) if restart || engine == Engine::Memcached => Some(
-            read_config(path, engine)
-                .map_err(|f| Failure::clean(format!("{}; nothing was changed", f.message)))?,
-        ),
-        _ => None,
-    };
-
-    // 3. Run-time parameters, as one unit (the driver puts back on a refusal).
-    if !runtime.is_empty() {
-        driver.apply(&runtime).await.map_err(|e| Failure {
+/// Step 3: run-time parameters, as one unit (the driver puts back on a refusal). Returns
+/// their values before, to put back if a later step fails.
+async fn apply_runtime(
+    driver: &dyn NodeDriver,
+    changes: &Changes,
+) -> Result<BTreeMap<String, String>, Failure> {
+    if !changes.runtime.is_empty() {
+        driver.apply(&changes.runtime).await.map_err(|e| Failure {
             inconsistent: matches!(e, NodeError::RollbackFailed { .. }),
             message: e.to_string(),
         })?;
     }
-    let before: BTreeMap<String, String> = runtime
+    Ok(changes
+        .runtime
         .keys()
-        .filter_map(|n| live.get(n).map(|v| (n.clone(), v.clone())))
-        .collect();
+        .filter_map(|n| changes.live.get(n).map(|v| (n.clone(), v.clone())))
+        .collect())
+}
 
-    // 4. The config file: start-only values for Redis (run-time ones were persisted by
-    // CONFIG REWRITE), every assigned value for memcached.
-    if let (Some(path), Some(original)) = (file, &original) {
-        let written = match engine {
-            Engine::Redis => read_config(path, engine)
-                .map(|now| conffile::redis_set(&now, &start_only))
-                .map_err(|f| f.message),
-            Engine::Memcached => conffile::memcached_start_options(&want)
-                .map_err(|e| e.to_string())
-                .and_then(|opts| {
-                    conffile::memcached_block(original, &opts)
-                        .map_err(|e| format!("{}: {e}", path.display()))
-                }),
-        }
-        .and_then(|text| {
-            conffile::write_atomic(path, &text)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))
-        });
-        if let Err(message) = written {
-            return Err(put_back_runtime(driver, &before, message).await);
-        }
+/// Step 4: the config file: start-only values for Redis (run-time ones were persisted by
+/// CONFIG REWRITE), every assigned value for memcached. On error the run-time values
+/// are put back.
+async fn write_config(
+    driver: &dyn NodeDriver,
+    path: &Path,
+    original: &str,
+    changes: &Changes,
+    before: &BTreeMap<String, String>,
+) -> Result<(), Failure> {
+    let written = match driver.engine() {
+        Engine::Redis => read_config(path, Engine::Redis)
+            .map(|now| conffile::redis_set(&now, &changes.start_only))
+            .map_err(|f| f.message),
+        Engine::Memcached => conffile::memcached_start_options(&changes.want)
+            .map_err(|e| e.to_string())
+            .and_then(|opts| {
+                conffile::memcached_block(original, &opts)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            }),
     }
-
-    // 5. Restart for start-only parameters, then check and warm up.
-    if restart {
-        let (path, original) = (
-            file.expect("checked above"),
-            original.as_deref().unwrap_or(""),
-        );
-        let command = options.restart_command.as_deref().expect("checked above");
-        if let Err(message) = restart_and_check(driver, options, command, &want).await {
-            let old_start: BTreeMap<String, Option<String>> = start_only
-                .keys()
-                .map(|n| (n.clone(), live.get(n).cloned()))
-                .collect();
-            let old = Old {
-                file: original,
-                start_only: &old_start,
-                runtime: &before,
-            };
-            let message = message.to_string();
-            return Err(roll_back_restart(driver, options, command, path, old, message).await);
-        }
-        tokio::time::sleep(options.warmup).await;
+    .and_then(|text| {
+        conffile::write_atomic(path, &text)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    });
+    match written {
+        Ok(()) => Ok(()),
+        Err(message) => Err(put_back_runtime(driver, before, message).await),
     }
+}
 
-    let mut changed: Vec<String> = runtime.into_keys().chain(start_only.into_keys()).collect();
-    changed.sort();
-    Ok((changed, restart))
+/// Step 5: restart for start-only parameters, then check and warm up; on error the old file
+/// goes back and the engine restarts again.
+async fn restart_step(
+    driver: &dyn NodeDriver,
+    options: &ApplyOptions,
+    command: &str,
+    path: &Path,
+    original: &str,
+    changes: &Changes,
+    before: &BTreeMap<String, String>,
+) -> Result<(), Failure> {
+    if let Err(message) = restart_and_check(driver, options, command, &changes.want).await {
+        let old_start: BTreeMap<String, Option<String>> = changes
+            .start_only
+            .keys()
+            .map(|n| (n.clone(), changes.live.get(n).cloned()))
+            .collect();
+        let old = Old {
+            file: original,
+            start_only: &old_start,
+            runtime: before,
+        };
+        let message = message.to_string();
+        return Err(roll_back_restart(driver, options, command, path, old, message).await);
+    }
+    tokio::time::sleep(options.warmup).await;
+    Ok(())
 }
 
 /// The config file's text; a missing memcached options file is an empty one (the agent

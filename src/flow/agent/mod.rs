@@ -1,5 +1,7 @@
 //! The node agent: runs beside one cache server, reports it to the cacheflow server and
-//! applies the assignment it gets back.
+//! applies the assignment it gets back. The same loop ([`drive`]) drives directly
+//! managed nodes in process; only the [`Reporter`] differs (HTTP here, the reconciler's
+//! channel there).
 //!
 //! ```text
 //! loop:
@@ -19,10 +21,11 @@
 pub mod apply;
 pub mod conffile;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 pub use apply::ApplyOptions;
 
@@ -97,11 +100,74 @@ pub struct AgentState {
     pub failures: u32,
 }
 
+/// Where an agent's reports go: the server over HTTP (`cacheflow agent`, [`run`]) or the
+/// reconciler's channel (the in-process agents of directly managed nodes, see
+/// [`crate::flow::runtime`]). Everything else is the one loop, [`drive`].
+pub trait Reporter: Send + Sync {
+    /// The `agent` field of reports.
+    fn agent(&self) -> String;
+    /// Send `report`. `Ok(None)`: answered, without an assignment (the report was
+    /// refused; it is logged and the loop waits its interval).
+    fn report(
+        &self,
+        report: Report,
+    ) -> impl std::future::Future<Output = Result<Option<Assignment>, Unreported>> + Send;
+    /// Add to a reading what only this kind of agent knows (by default nothing).
+    fn describe(&self, _node: &mut NodeLive, _driver: &dyn NodeDriver, _state: &AgentState) {}
+    /// Log each apply (the standalone agent's log is the node's own record).
+    fn logs_applies(&self) -> bool {
+        false
+    }
+}
+
+/// Why a report got no answer.
+#[derive(Debug)]
+pub enum Unreported {
+    /// The server could not be reached or refused the report: back off and try again.
+    Failed(String),
+    /// Nothing takes reports any more (the reconciler stopped): the loop ends.
+    Gone,
+}
+
+/// How the loop reads, applies and waits.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    pub node_id: String,
+    /// Time between reports when nothing happens.
+    pub interval: Duration,
+    /// Bound of one read of the node.
+    pub node_timeout: Duration,
+    /// Longest pause between attempts while reports fail.
+    pub max_backoff: Duration,
+    /// Stop after one exchange (report, apply if assigned, report the result).
+    pub once: bool,
+    pub apply: ApplyOptions,
+    /// A reading taken just before: the first report sends it instead of reading again.
+    pub first_reading: Option<NodeLive>,
+    /// Read only these parameters; all of them when `None`.
+    pub declared: Option<Arc<BTreeSet<String>>>,
+}
+
+impl LoopOptions {
+    fn of(options: &AgentOptions) -> LoopOptions {
+        LoopOptions {
+            node_id: options.node_id.clone(),
+            interval: options.interval,
+            node_timeout: options.node_timeout,
+            max_backoff: options.max_backoff,
+            once: options.once,
+            apply: options.apply.clone(),
+            first_reading: None,
+            declared: None,
+        }
+    }
+}
+
 /// Run the agent until `stop` turns true (or after one exchange with `once`).
 pub async fn run(
     driver: Arc<dyn NodeDriver>,
     options: AgentOptions,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<AgentState, AgentError> {
     if !(options.server.starts_with("http://") || options.server.starts_with("https://")) {
         return Err(AgentError::BadServerUrl(crate::edges::source::redact_url(
@@ -113,11 +179,24 @@ pub async fn run(
         .user_agent(agent_name())
         .build()
         .map_err(|e| AgentError::Client(e.to_string()))?;
+    let looped = LoopOptions::of(&options);
+    let reporter = Http { client, options };
+    drive(driver, &reporter, looped, None, stop).await
+}
+
+/// The one agent loop: read the node, report, apply a new (revision, generation) once and
+/// report again at once; otherwise wait the interval (or until `wake`, or `stop`). Failed
+/// reports back off with jitter. Once stopping, it reports but starts nothing new.
+pub async fn drive<R: Reporter>(
+    driver: Arc<dyn NodeDriver>,
+    reporter: &R,
+    mut options: LoopOptions,
+    wake: Option<Arc<Notify>>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<AgentState, AgentError> {
     let mut state = AgentState::default();
     loop {
-        // Once stopping, report but start nothing new.
-        let may_apply = !*stop.borrow();
-        let step = exchange(&client, driver.as_ref(), &options, &mut state, may_apply).await;
+        let step = exchange(driver.as_ref(), reporter, &mut options, &mut state, &stop).await;
         let pause = match step {
             Ok(Step::Applied) => {
                 state.failures = 0;
@@ -131,7 +210,8 @@ pub async fn run(
                 }
                 next.unwrap_or(options.interval)
             }
-            Err(message) => {
+            Err(Unreported::Gone) => return Ok(state),
+            Err(Unreported::Failed(message)) => {
                 state.failures = state.failures.saturating_add(1);
                 let pause = backoff(options.interval, options.max_backoff, state.failures);
                 tracing::warn!(
@@ -151,8 +231,21 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => return Ok(state),
+            _ = woken(wake.as_deref()) => {}
+            changed = stop.changed() => if changed.is_err() { return Ok(state) },
         }
+        // Stopped while idle: no last reading nor report (nobody would read them).
+        if *stop.borrow() {
+            return Ok(state);
+        }
+    }
+}
+
+/// Until `wake` is notified; never without one.
+async fn woken(wake: Option<&Notify>) {
+    match wake {
+        Some(w) => w.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -181,25 +274,31 @@ enum Step {
 }
 
 /// One report and, when the answer is a new assignment, its apply.
-async fn exchange(
-    client: &reqwest::Client,
+async fn exchange<R: Reporter>(
     driver: &dyn NodeDriver,
-    options: &AgentOptions,
+    reporter: &R,
+    options: &mut LoopOptions,
     state: &mut AgentState,
-    may_apply: bool,
-) -> Result<Step, String> {
-    let node = read_node(driver, options, state).await;
+    stop: &watch::Receiver<bool>,
+) -> Result<Step, Unreported> {
+    let mut node = read_node(driver, options).await;
+    reporter.describe(&mut node, driver, state);
     let reachable = node.reachable;
     let node_error = node.error.clone();
     let report = Report {
         version: PROTOCOL_VERSION,
         node_id: options.node_id.clone(),
-        agent: agent_name(),
+        agent: reporter.agent(),
         sent_at: now_rfc3339(),
         node,
         last_apply: state.last_apply.clone(),
     };
-    let assignment = post_report(client, options, &report).await?;
+    let Some(assignment) = reporter.report(report).await? else {
+        return Ok(Step::Idle {
+            next: None,
+            waiting: None,
+        });
+    };
     let next = assignment.report_interval_secs.map(Duration::from_secs);
     let idle = Step::Idle {
         next,
@@ -209,7 +308,7 @@ async fn exchange(
         return Ok(idle);
     };
     let key = (revision.clone(), assignment.generation);
-    if state.last_tried.as_ref() == Some(&key) || !may_apply {
+    if state.last_tried.as_ref() == Some(&key) || *stop.borrow() {
         return Ok(idle);
     }
     if !reachable {
@@ -222,28 +321,41 @@ async fn exchange(
             )),
         });
     }
-    tracing::info!(node = %options.node_id, %revision, generation = assignment.generation, "applying assignment");
+    let logs = reporter.logs_applies();
+    if logs {
+        tracing::info!(node = %options.node_id, %revision, generation = assignment.generation, "applying assignment");
+    }
     let result = apply::apply(driver, &options.apply, &assignment).await;
     match result.outcome {
         Outcome::Applied => {
-            tracing::info!(node = %options.node_id, %revision, changed = ?result.changed, restarted = result.restarted, "applied");
+            if logs {
+                tracing::info!(node = %options.node_id, %revision, changed = ?result.changed, restarted = result.restarted, "applied");
+            }
             state.applied_revision = Some(revision);
         }
-        _ => {
+        _ if logs => {
             tracing::error!(node = %options.node_id, %revision, error = result.error.as_deref().unwrap_or(""), outcome = ?result.outcome, "apply failed")
         }
+        _ => {}
     }
     state.last_tried = Some(key);
     state.last_apply = Some(result);
     Ok(Step::Applied)
 }
 
-async fn read_node(
-    driver: &dyn NodeDriver,
-    options: &AgentOptions,
-    state: &AgentState,
-) -> NodeLive {
-    let mut node = match tokio::time::timeout(options.node_timeout, driver.read()).await {
+/// Read the node (or take the reading given for the first report); a node that does not
+/// answer is a reading that says so.
+async fn read_node(driver: &dyn NodeDriver, options: &mut LoopOptions) -> NodeLive {
+    if let Some(live) = options.first_reading.take() {
+        return live;
+    }
+    let reading = async {
+        match &options.declared {
+            Some(names) => driver.read_declared(names).await,
+            None => driver.read().await,
+        }
+    };
+    match tokio::time::timeout(options.node_timeout, reading).await {
         Ok(Ok(live)) => live,
         Ok(Err(e)) => NodeLive {
             reachable: false,
@@ -259,19 +371,45 @@ async fn read_node(
             )),
             ..NodeLive::default()
         },
-    };
-    node.engine = Some(driver.engine());
-    node.address = Some(driver.address().to_owned());
-    // The three-way view for memcached: what its options file will start it with.
-    if let (crate::pure::catalog::Engine::Memcached, Some(path)) =
-        (driver.engine(), options.apply.config_file.as_deref())
-    {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            node.persisted = Some(crate::flow::agent::conffile::memcached_persisted(&text));
-        }
     }
-    node.revision = state.applied_revision.clone();
-    node
+}
+
+/// `cacheflow agent`'s reporter: POST to the server.
+struct Http {
+    client: reqwest::Client,
+    options: AgentOptions,
+}
+
+impl Reporter for Http {
+    fn agent(&self) -> String {
+        agent_name()
+    }
+
+    async fn report(&self, report: Report) -> Result<Option<Assignment>, Unreported> {
+        post_report(&self.client, &self.options, &report)
+            .await
+            .map(Some)
+            .map_err(Unreported::Failed)
+    }
+
+    /// The engine, its address, the revision last applied, and for memcached what its
+    /// options file will start it with (the three-way view).
+    fn describe(&self, node: &mut NodeLive, driver: &dyn NodeDriver, state: &AgentState) {
+        node.engine = Some(driver.engine());
+        node.address = Some(driver.address().to_owned());
+        if let (crate::pure::catalog::Engine::Memcached, Some(path)) =
+            (driver.engine(), self.options.apply.config_file.as_deref())
+        {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                node.persisted = Some(crate::flow::agent::conffile::memcached_persisted(&text));
+            }
+        }
+        node.revision = state.applied_revision.clone();
+    }
+
+    fn logs_applies(&self) -> bool {
+        true
+    }
 }
 
 /// POST the report; the answer must be an assignment for this node.

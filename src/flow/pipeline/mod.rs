@@ -1,6 +1,9 @@
 //! The one place that knows the order of the steps behind each command: read the files
 //! (source), load and validate them (spec), compare (diff) or plan against live state
 //! (plan). The CLI parses arguments and renders; everything in between happens here.
+//! [`intake`] is the one way a new head is taken in (resolve, descends, load, trust).
+
+pub mod intake;
 
 use std::collections::BTreeSet;
 use std::path::Path;

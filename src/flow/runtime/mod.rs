@@ -3,10 +3,15 @@
 //! input before it answers (write-ahead), starts timers as tasks and wakes the
 //! in-process agents of directly managed nodes when their assignment changes.
 //!
-//! Directly managed nodes get an in-process agent: the same loop as `cacheflow agent`
-//! (read the node, report, apply a new (revision, generation) once, report again), only
-//! the report goes through the channel instead of HTTP, so both kinds of node follow
-//! one assignment path.
+//! Directly managed nodes get an in-process agent: the loop of `cacheflow agent`
+//! ([`crate::flow::agent::drive`]: read the node, report, apply a new (revision,
+//! generation) once, report again) with a [`Reporter`] that sends through the channel
+//! instead of HTTP, so both kinds of node follow one assignment path. [`Host`] starts
+//! the task and stops it with its agents.
+
+pub mod host;
+
+pub use host::{Host, HostError, HostOptions};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,12 +21,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::edges::audit::{AuditError, EntryMaker, Journal, Prepared};
-use crate::edges::clock::now_rfc3339;
 use crate::edges::metrics::Metrics;
 use crate::edges::nodes::NodeDriver;
-use crate::flow::agent::ApplyOptions;
+use crate::flow::agent::{ApplyOptions, LoopOptions, Reporter, Unreported};
 use crate::pure::live::{LiveState, NodeLive};
-use crate::pure::protocol::{ApplyResult, Assignment, Report, PROTOCOL_VERSION};
+use crate::pure::protocol::{Assignment, Report};
 use crate::pure::reconciler::{Effect, Reconciler, RefusedInput, State};
 use crate::pure::rollout::Event;
 use crate::pure::spec::model::Desired;
@@ -293,8 +297,9 @@ impl Default for DirectOptions {
 }
 
 /// Start the reconciler task from the journal's last state. `grace_ms` is how long
-/// nodes need to report after a restart (see [`Reconciler::resume`]).
-pub fn start(
+/// nodes need to report after a restart (see [`Reconciler::resume`]). Callers start it
+/// through [`Host`], which also stops it with its in-process agents.
+pub(crate) fn start(
     mut journal: Journal,
     grace_ms: u64,
     metrics: Option<Arc<Metrics>>,
@@ -305,188 +310,217 @@ pub fn start(
     let mut core = Reconciler::new(state);
     core.correct_drift = correct_drift;
     core.report_grace_ms = grace_ms;
-    let (tx, mut rx) = mpsc::channel::<Msg>(4096);
-    let (events, _) = broadcast::channel(1024);
-    let handle = Handle {
-        tx,
-        wakers: Arc::new(Mutex::new(HashMap::new())),
-        events,
-        started: Instant::now(),
-        started_wall: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        metrics,
-        notifier: Arc::default(),
-    };
+    let (tx, rx) = mpsc::channel::<Msg>(4096);
+    let handle = Handle::new(tx, metrics);
     let resumed = core.resume(grace_ms);
+    let (batches, done) = spawn_writer(&handle, journal, maker)?;
+    let task = tokio::spawn(run(handle.clone(), core, rx, batches, done, resumed));
+    Ok((handle, task))
+}
 
-    // The journal writer: its own thread, so git's file I/O never holds a runtime
-    // worker (and the HTTP connections queued on it) nor the reconciler's next inputs.
-    // As deep as the input channel: a slow write (a busy disk) must not stop the
-    // reconciler from answering the reports that need no entry.
+impl Handle {
+    fn new(tx: mpsc::Sender<Msg>, metrics: Option<Arc<Metrics>>) -> Handle {
+        let (events, _) = broadcast::channel(1024);
+        Handle {
+            tx,
+            wakers: Arc::new(Mutex::new(HashMap::new())),
+            events,
+            started: Instant::now(),
+            started_wall: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            metrics,
+            notifier: Arc::default(),
+        }
+    }
+}
+
+/// The writer's end: `Err` is a journal that could not be written.
+type WriterDone = oneshot::Receiver<Result<(), AuditError>>;
+
+/// The journal writer: its own thread, so git's file I/O never holds a runtime worker
+/// (and the HTTP connections queued on it) nor the reconciler's next inputs. As deep as
+/// the input channel: a slow write (a busy disk) must not stop the reconciler from
+/// answering the reports that need no entry.
+fn spawn_writer(
+    handle: &Handle,
+    journal: Journal,
+    maker: EntryMaker,
+) -> Result<(Batches, WriterDone), AuditError> {
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
     let written = Arc::new(AtomicU64::new(0));
-    let (done_tx, mut done) = oneshot::channel();
-    {
-        let h = handle.clone();
-        let rt = tokio::runtime::Handle::current();
-        let written = written.clone();
-        std::thread::Builder::new()
-            .name("cacheflow-journal".to_owned())
-            .spawn(move || {
-                let _ = done_tx.send(write_jobs(&h, &rt, journal, jobs_rx, &written));
-            })
-            .map_err(|e| AuditError::Writer(e.to_string()))?;
-    }
-    let mut batches = Batches {
+    let (done_tx, done) = oneshot::channel();
+    let h = handle.clone();
+    let rt = tokio::runtime::Handle::current();
+    let w = written.clone();
+    std::thread::Builder::new()
+        .name("cacheflow-journal".to_owned())
+        .spawn(move || {
+            let _ = done_tx.send(write_jobs(&h, &rt, journal, jobs_rx, &w));
+        })
+        .map_err(|e| AuditError::Writer(e.to_string()))?;
+    let batches = Batches {
         maker,
         seq: 0,
         pending: HashMap::new(),
         written,
         jobs: jobs_tx,
     };
+    Ok((batches, done))
+}
 
-    let h = handle.clone();
-    let task = tokio::spawn(async move {
-        // The writer ended early: its error (a journal that cannot be written) is ours.
-        let writer_failed = |r: Result<Result<(), AuditError>, _>| r.unwrap_or(Ok(()));
+/// The reconciler's task. Inputs that arrived together (a batch of nodes confirming at
+/// once) are handled together and journaled as one entry holding every input's lines;
+/// nothing is answered or started before that entry is written (write-ahead), except
+/// reports that changed nothing, from clusters whose state is already written.
+async fn run(
+    h: Handle,
+    mut core: Reconciler,
+    mut rx: mpsc::Receiver<Msg>,
+    mut batches: Batches,
+    mut done: WriterDone,
+    resumed: Vec<Effect>,
+) -> Result<(), AuditError> {
+    // The writer ended early: its error (a journal that cannot be written) is ours.
+    let writer_failed = |r: Result<Result<(), AuditError>, _>| r.unwrap_or(Ok(()));
+    if batches
+        .submit(&mut core, resumed, Vec::new())
+        .await
+        .is_err()
+    {
+        return writer_failed(done.await);
+    }
+    loop {
+        let first = tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+            result = &mut done => return writer_failed(result),
+        };
+        let mut inputs = Inputs::default();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            inputs.take(&mut core, &batches, msg, h.now_ms());
+            if !inputs.stop && inputs.replies.len() < 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        let stop = inputs.stop;
         if batches
-            .submit(&mut core, resumed, Vec::new())
+            .submit(&mut core, inputs.effects, inputs.replies)
             .await
             .is_err()
         {
             return writer_failed(done.await);
         }
-        // Inputs that arrived together (a batch of nodes confirming at once) are handled
-        // together and journaled as one entry holding every input's lines; nothing is
-        // answered or started before that entry is written (write-ahead), except
-        // reports that changed nothing, from clusters whose state is already written.
-        loop {
-            let first = tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(msg) => msg,
-                    None => break,
-                },
-                result = &mut done => return writer_failed(result),
-            };
-            let mut effects = Vec::new();
-            let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
-            let mut stop = false;
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                let now = h.now_ms();
-                match msg {
-                    Msg::Report {
-                        node,
-                        report,
-                        reply,
-                    } => match core.report(&node, *report, now) {
-                        // A reading that changed nothing, answered from journaled state:
-                        // no entry to wait for (most reports while others roll out).
-                        Ok((assignment, e)) if e.is_empty() && batches.durable(&core, &node) => {
-                            let _ = reply.send(Ok(assignment));
-                        }
-                        Ok((assignment, e)) => {
-                            effects.extend(e);
-                            replies.push(Box::new(move || {
-                                let _ = reply.send(Ok(assignment));
-                            }));
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    },
-                    Msg::Revision {
-                        desired,
-                        live,
-                        reply,
-                    } => {
-                        effects.extend(core.revision(*desired, live.as_deref(), now));
-                        replies.push(Box::new(move || {
-                            let _ = reply.send(());
-                        }));
-                    }
-                    Msg::Refuse {
-                        revision,
-                        reason,
-                        reply,
-                    } => {
-                        effects.extend(core.refuse_revision(&revision, &reason, now));
-                        replies.push(Box::new(move || {
-                            let _ = reply.send(());
-                        }));
-                    }
-                    Msg::Timer {
-                        cluster,
-                        event,
-                        run,
-                    } => effects.extend(core.timer_of(&cluster, event, run, now)),
-                    Msg::Command {
-                        cluster,
-                        event,
-                        reply,
-                    } => match core.command(&cluster, event, now) {
-                        Ok(e) => {
-                            effects.extend(e);
-                            replies.push(Box::new(move || {
-                                let _ = reply.send(Ok(()));
-                            }));
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    },
-                    Msg::Inspect { reply } => {
-                        let state = core.state.clone();
-                        replies.push(Box::new(move || {
-                            let _ = reply.send(state);
-                        }));
-                    }
-                    Msg::Head { reply } => {
-                        let head = core.state.head.clone();
-                        replies.push(Box::new(move || {
-                            let _ = reply.send(head);
-                        }));
-                    }
-                    Msg::DriftInputs {
-                        silent_after_ms,
-                        reply,
-                    } => {
-                        // Readings are not journaled: answered at once.
-                        let _ = reply.send(core.drift_inputs(now, silent_after_ms));
-                    }
-                    Msg::Readings {
-                        silent_after_ms,
-                        reply,
-                    } => {
-                        let _ = reply.send(core.readings(now, silent_after_ms));
-                    }
-                    Msg::Correct { clusters, reply } => {
-                        effects.extend(core.correct(&clusters, now));
-                        replies.push(Box::new(move || {
-                            let _ = reply.send(());
-                        }));
-                    }
-                    Msg::Stop => stop = true,
-                    Msg::Tick => effects.extend(core.tick(now)),
-                }
-                if !stop && replies.len() < 1024 {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if batches.submit(&mut core, effects, replies).await.is_err() {
-                return writer_failed(done.await);
-            }
-            if stop {
-                break;
-            }
+        if stop {
+            break;
         }
-        // The writer finishes what it was given, then ends.
-        drop(batches);
-        writer_failed(done.await)
-    });
-    Ok((handle, task))
+    }
+    // The writer finishes what it was given, then ends.
+    drop(batches);
+    writer_failed(done.await)
+}
+
+/// The inputs of one batch: what they caused, and the answers that wait for its entry.
+#[derive(Default)]
+struct Inputs {
+    effects: Vec<Effect>,
+    replies: Vec<Box<dyn FnOnce() + Send>>,
+    stop: bool,
+}
+
+impl Inputs {
+    fn later<T: Send + 'static>(&mut self, reply: oneshot::Sender<T>, value: T) {
+        self.replies.push(Box::new(move || {
+            let _ = reply.send(value);
+        }));
+    }
+
+    /// Hand one input to the core.
+    fn take(&mut self, core: &mut Reconciler, batches: &Batches, msg: Msg, now: u64) {
+        match msg {
+            Msg::Report {
+                node,
+                report,
+                reply,
+            } => match core.report(&node, *report, now) {
+                // A reading that changed nothing, answered from journaled state: no
+                // entry to wait for (most reports while others roll out).
+                Ok((assignment, e)) if e.is_empty() && batches.durable(core, &node) => {
+                    let _ = reply.send(Ok(assignment));
+                }
+                Ok((assignment, e)) => {
+                    self.effects.extend(e);
+                    self.later(reply, Ok(assignment));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Msg::Revision {
+                desired,
+                live,
+                reply,
+            } => {
+                self.effects
+                    .extend(core.revision(*desired, live.as_deref(), now));
+                self.later(reply, ());
+            }
+            Msg::Refuse {
+                revision,
+                reason,
+                reply,
+            } => {
+                self.effects
+                    .extend(core.refuse_revision(&revision, &reason, now));
+                self.later(reply, ());
+            }
+            Msg::Timer {
+                cluster,
+                event,
+                run,
+            } => self
+                .effects
+                .extend(core.timer_of(&cluster, event, run, now)),
+            Msg::Command {
+                cluster,
+                event,
+                reply,
+            } => match core.command(&cluster, event, now) {
+                Ok(e) => {
+                    self.effects.extend(e);
+                    self.later(reply, Ok(()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Msg::Inspect { reply } => self.later(reply, core.state.clone()),
+            Msg::Head { reply } => self.later(reply, core.state.head.clone()),
+            // Readings are not journaled: answered at once.
+            Msg::DriftInputs {
+                silent_after_ms,
+                reply,
+            } => {
+                let _ = reply.send(core.drift_inputs(now, silent_after_ms));
+            }
+            Msg::Readings {
+                silent_after_ms,
+                reply,
+            } => {
+                let _ = reply.send(core.readings(now, silent_after_ms));
+            }
+            Msg::Correct { clusters, reply } => {
+                self.effects.extend(core.correct(&clusters, now));
+                self.later(reply, ());
+            }
+            Msg::Stop => self.stop = true,
+            Msg::Tick => self.effects.extend(core.tick(now)),
+        }
+    }
 }
 
 /// One batch of inputs for the journal writer: its entry (when the batch changed
@@ -670,92 +704,52 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
     }
 }
 
+/// The in-process agents' reporter: the reconciler's channel.
+struct Channel {
+    handle: Handle,
+    node: String,
+}
+
+impl Reporter for Channel {
+    fn agent(&self) -> String {
+        format!("cacheflow/{} (in-process)", env!("CARGO_PKG_VERSION"))
+    }
+
+    async fn report(&self, report: Report) -> Result<Option<Assignment>, Unreported> {
+        match self.handle.report(&self.node, report).await {
+            Ok(Ok(a)) => Ok(Some(a)),
+            Ok(Err(e)) => {
+                tracing::warn!("{}: {e}", self.node);
+                Ok(None)
+            }
+            Err(Stopped) => Err(Unreported::Gone),
+        }
+    }
+}
+
+/// The agent loop of `cacheflow agent` for a directly managed node, reporting through
+/// the channel; woken when its assignment changes.
 async fn direct_agent(
     handle: Handle,
     node: String,
     driver: Arc<dyn NodeDriver>,
     options: DirectOptions,
     wake: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut first_reading = options.first_reading.clone();
-    let apply_options = ApplyOptions {
-        warmup: Duration::ZERO,
-        ..ApplyOptions::default()
+    let looped = LoopOptions {
+        node_id: node.clone(),
+        interval: options.interval,
+        node_timeout: options.timeout,
+        max_backoff: options.interval,
+        once: false,
+        apply: ApplyOptions {
+            warmup: Duration::ZERO,
+            ..ApplyOptions::default()
+        },
+        first_reading: options.first_reading,
+        declared: options.declared,
     };
-    let mut last_tried: Option<(String, u64)> = None;
-    let mut last_apply: Option<ApplyResult> = None;
-    loop {
-        let read = async {
-            match first_reading.take() {
-                Some(live) => Ok(Ok(live)),
-                None => {
-                    let reading = async {
-                        match &options.declared {
-                            Some(names) => driver.read_declared(names).await,
-                            None => driver.read().await,
-                        }
-                    };
-                    tokio::time::timeout(options.timeout, reading).await
-                }
-            }
-        };
-        let live = match read.await {
-            Ok(Ok(live)) => live,
-            Ok(Err(e)) => NodeLive {
-                reachable: false,
-                error: Some(e.to_string()),
-                ..NodeLive::default()
-            },
-            Err(_) => NodeLive {
-                reachable: false,
-                error: Some(format!(
-                    "{}: no answer within {} ms",
-                    driver.address(),
-                    options.timeout.as_millis()
-                )),
-                ..NodeLive::default()
-            },
-        };
-        let reachable = live.reachable;
-        let report = Report {
-            version: PROTOCOL_VERSION,
-            node_id: node.clone(),
-            agent: format!("cacheflow/{} (in-process)", env!("CARGO_PKG_VERSION")),
-            sent_at: now_rfc3339(),
-            node: live,
-            last_apply: last_apply.clone(),
-        };
-        let assignment = match handle.report(&node, report).await {
-            Ok(Ok(a)) => Some(a),
-            Ok(Err(e)) => {
-                tracing::warn!("{node}: {e}");
-                None
-            }
-            Err(Stopped) => return,
-        };
-        if let Some((rev, assignment)) = assignment.and_then(|a| Some((a.revision.clone()?, a))) {
-            let key = (rev, assignment.generation);
-            if reachable && !*stop.borrow() && last_tried.as_ref() != Some(&key) {
-                last_tried = Some(key);
-                let result =
-                    crate::flow::agent::apply::apply(driver.as_ref(), &apply_options, &assignment)
-                        .await;
-                last_apply = Some(result);
-                continue; // report the result at once
-            }
-        }
-        if *stop.borrow() {
-            return;
-        }
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(options.interval) => {}
-            _ = stop.changed() => {}
-        }
-        // Stopped while idle: no last reading nor report (nobody would read them).
-        if *stop.borrow() {
-            return;
-        }
-    }
+    let reporter = Channel { handle, node };
+    let _ = crate::flow::agent::drive(driver, &reporter, looped, Some(wake), stop).await;
 }
