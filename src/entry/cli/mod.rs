@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use crate::edges::nodes::fleet::SnapshotOptions;
 use crate::edges::source::{redact_url, ConfigRepo};
+use crate::entry::server::error::ErrorBody;
 use crate::flow::pipeline::{self, LiveSource, PipelineError, Revision};
 use crate::pure::render;
+use crate::pure::render::status::{CommandAnswer, Rollouts};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -498,11 +500,10 @@ fn server_drift(
             .await
             .map_err(|e| format!("{}: {e}", redact_url(server)))?;
         if !status.is_success() {
-            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             return Err(format!(
                 "{}: {status}: {}",
                 redact_url(server),
-                body["error"].as_str().unwrap_or("no reason given")
+                ErrorBody::reason(&bytes)
             ));
         }
         serde_json::from_slice(&bytes)
@@ -1091,58 +1092,24 @@ fn run_rollout(
             .bytes()
             .await
             .map_err(|e| format!("{}: {e}", redact_url(server)))?;
-        let body: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("the server's answer ({status}) is not JSON: {e}"))?;
         if !status.is_success() {
-            return Err(format!(
-                "{status}: {}",
-                body["error"].as_str().unwrap_or("no reason given")
-            ));
+            return Err(format!("{status}: {}", ErrorBody::reason(&bytes)));
         }
+        let not_json = |e: serde_json::Error| format!("the server's answer ({status}): {e}");
         if format == Format::Json {
+            let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(not_json)?;
             return Ok(render::json(&body));
         }
-        let clusters = match action {
-            RolloutAction::Status => body["clusters"].as_array().cloned().unwrap_or_default(),
-            _ => vec![body["cluster"].clone()],
-        };
-        let mut out = String::new();
-        for c in clusters
-            .iter()
-            .filter(|c| cluster.as_deref().is_none_or(|n| c["cluster"] == n))
-        {
-            let name = c["cluster"].as_str().unwrap_or("?");
-            match c["rollout"].as_object() {
-                None => out.push_str(&format!("{name}: no rollout\n")),
-                Some(r) => {
-                    let rev: String = r["revision"]
-                        .as_str()
-                        .unwrap_or("")
-                        .chars()
-                        .take(12)
-                        .collect();
-                    let batch = match (r["batch"].as_u64(), r["batches"].as_u64()) {
-                        (Some(b), Some(n)) => format!(", batch {b} of {n}"),
-                        _ => String::new(),
-                    };
-                    let reason = r["reason"]
-                        .as_str()
-                        .map(|s| format!(": {s}"))
-                        .unwrap_or_default();
-                    out.push_str(&format!(
-                        "{name}: {rev} {}{batch}{reason}\n",
-                        r["phase"].as_str().unwrap_or("?")
-                    ));
-                }
-            }
-            if let Some(refused) = c["refused"].as_object() {
-                out.push_str(&format!(
-                    "  refused: {}\n",
-                    refused["reason"].as_str().unwrap_or("")
-                ));
-            }
-        }
-        Ok(out)
+        Ok(match action {
+            RolloutAction::Status => serde_json::from_slice::<Rollouts>(&bytes)
+                .map_err(not_json)?
+                .text(cluster.as_deref()),
+            _ => serde_json::from_slice::<CommandAnswer>(&bytes)
+                .map_err(not_json)?
+                .cluster
+                .map(|c| c.text())
+                .unwrap_or_default(),
+        })
     })
 }
 

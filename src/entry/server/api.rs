@@ -4,13 +4,12 @@
 //! ```text
 //! POST /api/v1/nodes/{id}/report   declared length (413) ─► node token (401) ─► body
 //!                                  (413, 408, 503, 400) ─► reconciler.report ─► assignment
-//! GET  /api/v1/clusters, /api/v1/rollouts            the reconciler's status
+//! GET  /api/v1/clusters, /api/v1/rollouts            the status the runtime published
 //! POST /api/v1/rollouts/{cluster}/{action}  (admin)  ─► reconciler.command
 //! GET  /api/v1/drift, POST /api/v1/drift/run (admin) ─► drift report
 //! GET  /metrics, /healthz, /readyz
 //! ```
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,7 +18,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use super::body::Bodies;
 use super::error::ApiError;
@@ -27,8 +25,9 @@ use super::{App, Shared, MAX_WEBHOOK_BYTES};
 use crate::edges::forge::webhook;
 use crate::edges::metrics::Metrics;
 use crate::pure::protocol::{Assignment, Report, MAX_PAYLOAD_BYTES};
-use crate::pure::reconciler::{RefusedInput, State as ReconcilerState};
-use crate::pure::rollout::{Event, Phase};
+use crate::pure::reconciler::RefusedInput;
+use crate::pure::render::status::CommandAnswer;
+use crate::pure::rollout::Event;
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -163,85 +162,20 @@ pub(super) async fn drift_run(
     }
 }
 
-/// The status of every cluster's rollout, for the API and `cacheflow rollout status`.
-pub fn rollout_status(state: &ReconcilerState) -> serde_json::Value {
-    let clusters: Vec<serde_json::Value> = state
-        .clusters
-        .iter()
-        .map(|(name, cs)| {
-            let rollout = cs.rollout.as_ref().map(|rec| {
-                let r = &rec.rollout;
-                let (phase, batch, reason) = match &r.phase {
-                    Phase::Pending => ("pending", None, None),
-                    Phase::Applying { batch } => ("applying", Some(*batch), None),
-                    Phase::Baking { batch } => ("baking", Some(*batch), None),
-                    Phase::Judging { batch } => ("judging", Some(*batch), None),
-                    Phase::Waiting { batch, reason } => {
-                        ("waiting", Some(*batch), Some(reason.clone()))
-                    }
-                    Phase::Paused { batch, reason } => {
-                        ("paused", Some(*batch), Some(reason.clone()))
-                    }
-                    Phase::RollingBack { reason } => ("rolling-back", None, Some(reason.clone())),
-                    Phase::Completed => ("completed", None, None),
-                    Phase::RolledBack { reason } => ("rolled-back", None, Some(reason.clone())),
-                    Phase::Superseded { by } => ("superseded", None, Some(format!("by {by}"))),
-                };
-                json!({
-                    "revision": r.spec.revision,
-                    "phase": phase,
-                    "batch": batch.map(|b| b + 1),
-                    "batches": r.spec.batches.len(),
-                    "reason": reason,
-                    "touched": r.touched,
-                    "confirmed": r.confirmed,
-                    "startedAt": rec.started_at,
-                })
-            });
-            json!({
-                "cluster": name,
-                "target": cs.target.as_ref().map(|t| &t.revision),
-                "refused": cs.refused,
-                "rollout": rollout,
-            })
-        })
-        .collect();
-    json!({ "head": state.head, "clusters": clusters })
+/// A typed body as JSON with its keys sorted (the status routes' documented form).
+fn sorted_json(body: &impl serde::Serialize) -> Result<Response, ApiError> {
+    let value = serde_json::to_value(body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(value).into_response())
 }
 
-/// `GET /api/v1/rollouts`: every cluster's rollout.
+/// `GET /api/v1/rollouts`: every cluster's rollout, from the published status.
 pub(super) async fn rollouts(State(app): State<Shared>) -> Result<Response, ApiError> {
-    let state = app.handle.state().await?;
-    Ok(Json(rollout_status(&state)).into_response())
+    sorted_json(&app.handle.status()?.rollouts())
 }
 
 /// `GET /api/v1/clusters`: every cluster's target and assignments.
 pub(super) async fn clusters(State(app): State<Shared>) -> Result<Response, ApiError> {
-    let state = app.handle.state().await?;
-    let list: Vec<serde_json::Value> = state
-        .clusters
-        .iter()
-        .map(|(name, cs)| {
-            let mut by_outcome: BTreeMap<&str, usize> = BTreeMap::new();
-            for a in cs.assignments.values() {
-                let k = match a.outcome {
-                    Some(crate::pure::protocol::Outcome::Applied) => "applied",
-                    Some(_) => "failed",
-                    None => "pending",
-                };
-                *by_outcome.entry(k).or_default() += 1;
-            }
-            json!({
-                "cluster": name,
-                "target": cs.target,
-                "nodes": by_outcome,
-                "assignments": cs.assignments.iter().map(|(id, a)| (id.clone(), json!({
-                    "revision": a.revision, "generation": a.generation, "outcome": a.outcome,
-                }))).collect::<BTreeMap<_, _>>(),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "head": state.head, "clusters": list })).into_response())
+    sorted_json(&app.handle.status()?.clusters())
 }
 
 /// `POST /api/v1/rollouts/{cluster}/{action}` (admin): pause, resume, promote, abort or
@@ -288,15 +222,9 @@ pub(super) async fn command(
     match app.handle.command(&cluster, event).await? {
         Ok(()) => {
             Metrics::count(&app.metrics.admin_calls, "ok");
-            let state = app.handle.state().await.map(|s| rollout_status(&s)).ok();
-            let this = state.and_then(|s| {
-                s["clusters"]
-                    .as_array()?
-                    .iter()
-                    .find(|c| c["cluster"] == cluster.as_str())
-                    .cloned()
-            });
-            Ok((StatusCode::OK, Json(json!({"ok": true, "cluster": this}))).into_response())
+            // Published before the command was answered.
+            let cluster = app.handle.status()?.rollout_of(&cluster);
+            sorted_json(&CommandAnswer { ok: true, cluster })
         }
         Err(e @ RefusedInput::UnknownCluster(_)) => Err(refused(ApiError::NotFound(e.to_string()))),
         Err(e) => Err(refused(ApiError::Conflict(e.to_string()))),
@@ -305,21 +233,12 @@ pub(super) async fn command(
 
 /// `GET /metrics`: the Prometheus text, with the nodes' assignment outcomes counted now.
 pub(super) async fn metrics_text(State(app): State<Shared>) -> Response {
-    if let Ok(state) = app.handle.state().await {
-        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-        for cs in state.clusters.values() {
-            for a in cs.assignments.values() {
-                let k = match a.outcome {
-                    Some(crate::pure::protocol::Outcome::Applied) => "applied",
-                    Some(_) => "failed",
-                    None => "pending",
-                };
-                *counts.entry(k).or_default() += 1;
-            }
-        }
+    if let Ok(status) = app.handle.status() {
+        let counts = status.nodes();
         for k in ["applied", "failed", "pending"] {
+            let n = counts.get(k).copied().unwrap_or(0);
             app.metrics
-                .set_nodes(k, counts.get(k).copied().unwrap_or(0));
+                .set_nodes(k, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
     (

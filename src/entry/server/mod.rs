@@ -39,8 +39,6 @@ use crate::flow::pipeline::{self, PipelineError, Revision};
 use crate::flow::runtime::{self, DirectOptions, Handle};
 use crate::pure::spec::model::Managed;
 
-pub use api::rollout_status;
-
 /// Largest webhook body accepted (GitHub caps payloads at 25 MB; pushes are far smaller).
 pub const MAX_WEBHOOK_BYTES: usize = 1 << 20;
 

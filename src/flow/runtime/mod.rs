@@ -3,6 +3,10 @@
 //! input before it answers (write-ahead), starts timers as tasks and wakes the
 //! in-process agents of directly managed nodes when their assignment changes.
 //!
+//! After each entry is written the runtime publishes the reconciler's [`Status`] (a
+//! `watch` of an `Arc`): the API, `/metrics` and progress displays read it without
+//! sending anything to the task.
+//!
 //! Directly managed nodes get an in-process agent: the same loop as `cacheflow agent`
 //! (read the node, report, apply a new (revision, generation) once, report again), only
 //! the report goes through the channel instead of HTTP, so both kinds of node follow
@@ -23,6 +27,7 @@ use crate::flow::agent::ApplyOptions;
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::protocol::{ApplyResult, Assignment, Report, PROTOCOL_VERSION};
 use crate::pure::reconciler::{Effect, Reconciler, RefusedInput, State};
+use crate::pure::render::status::Status;
 use crate::pure::rollout::Event;
 use crate::pure::spec::model::Desired;
 
@@ -90,6 +95,8 @@ pub struct Handle {
     metrics: Option<Arc<Metrics>>,
     /// Where `Effect::Notify` goes (the server sets one; `sync` has none).
     notifier: Arc<std::sync::OnceLock<crate::edges::notify::Notifier>>,
+    /// The status published after each journal write (see [`Handle::status`]).
+    status: watch::Receiver<Arc<Status>>,
 }
 
 /// The task ended (its journal failed, or it was stopped).
@@ -178,6 +185,22 @@ impl Handle {
             .await
             .map_err(|_| Stopped)?;
         rx.await.map_err(|_| Stopped)
+    }
+
+    /// The status as of the last journal write (and of changes no entry was needed
+    /// for), without a round trip through the reconciler's inputs: readers never queue
+    /// behind reports and revisions.
+    pub fn status(&self) -> Result<Arc<Status>, Stopped> {
+        // The writer holds the sender: closed, the reconciler has stopped.
+        if self.status.has_changed().is_err() {
+            return Err(Stopped);
+        }
+        Ok(self.status.borrow().clone())
+    }
+
+    /// The status as it is published, to wait for its changes.
+    pub fn watch_status(&self) -> watch::Receiver<Arc<Status>> {
+        self.status.clone()
     }
 
     /// The last valid revision taken (cheap, unlike [`Handle::state`]).
@@ -302,6 +325,8 @@ pub fn start(
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), AuditError>>), AuditError> {
     let state = journal.load()?.unwrap_or_default();
     let maker = EntryMaker::loaded(&state);
+    let status = Arc::new(Status::of(&state));
+    let (status_tx, status_rx) = watch::channel(status.clone());
     let mut core = Reconciler::new(state);
     core.correct_drift = correct_drift;
     core.report_grace_ms = grace_ms;
@@ -318,6 +343,7 @@ pub fn start(
             .unwrap_or(0),
         metrics,
         notifier: Arc::default(),
+        status: status_rx,
     };
     let resumed = core.resume(grace_ms);
 
@@ -335,7 +361,8 @@ pub fn start(
         std::thread::Builder::new()
             .name("cacheflow-journal".to_owned())
             .spawn(move || {
-                let _ = done_tx.send(write_jobs(&h, &rt, journal, jobs_rx, &written));
+                let published = write_jobs(&h, &rt, journal, jobs_rx, &written, &status_tx);
+                let _ = done_tx.send(published);
             })
             .map_err(|e| AuditError::Writer(e.to_string()))?;
     }
@@ -345,6 +372,7 @@ pub fn start(
         pending: HashMap::new(),
         written,
         jobs: jobs_tx,
+        status,
     };
 
     let h = handle.clone();
@@ -495,6 +523,8 @@ struct Job {
     /// The number of the last entry made so far (this one's, if it has one).
     seq: u64,
     entry: Option<Prepared>,
+    /// The status to publish once the entry is written.
+    status: Option<Arc<Status>>,
     effects: Vec<Effect>,
     replies: Vec<Box<dyn FnOnce() + Send>>,
 }
@@ -509,6 +539,8 @@ struct Batches {
     /// The last entry written (set by the writer).
     written: Arc<AtomicU64>,
     jobs: mpsc::Sender<Job>,
+    /// The last status made.
+    status: Arc<Status>,
 }
 
 impl Batches {
@@ -526,6 +558,7 @@ impl Batches {
                 _ => None,
             })
             .collect();
+        let mut status = None;
         let entry = if messages.is_empty() {
             None
         } else {
@@ -534,17 +567,28 @@ impl Batches {
             for cluster in &changed {
                 self.pending.insert(cluster.clone(), self.seq);
             }
+            status = Some(self.status.updated(&core.state, &changed));
             Some(
                 self.maker
                     .prepare(&messages.join("\n"), &core.state, &changed),
             )
         };
-        if entry.is_none() && effects.is_empty() && replies.is_empty() {
+        // Changes made without an entry (an outcome reported after its rollout ended)
+        // are seen too, as a copy of the state would show them.
+        if status.is_none() && (!core.changed().is_empty() || core.state.head != self.status.head) {
+            status = Some(self.status.updated(&core.state, core.changed()));
+        }
+        let status = status.map(|s| {
+            self.status = Arc::new(s);
+            self.status.clone()
+        });
+        if entry.is_none() && status.is_none() && effects.is_empty() && replies.is_empty() {
             return Ok(());
         }
         let job = Job {
             seq: self.seq,
             entry,
+            status,
             effects,
             replies,
         };
@@ -572,6 +616,7 @@ fn write_jobs(
     mut journal: Journal,
     mut jobs: mpsc::Receiver<Job>,
     written: &AtomicU64,
+    status: &watch::Sender<Arc<Status>>,
 ) -> Result<(), AuditError> {
     while let Some(first) = jobs.blocking_recv() {
         let mut group = vec![first];
@@ -599,6 +644,10 @@ fn write_jobs(
         }
         let last = group.iter().map(|j| j.seq).max().unwrap_or(0);
         written.fetch_max(last, Ordering::Release);
+        // Published before anyone is answered: an answered command is in the status.
+        if let Some(latest) = group.iter_mut().rev().find_map(|j| j.status.take()) {
+            status.send_replace(latest);
+        }
         for job in group {
             after_journal(h, rt, &journal, job.effects);
             for reply in job.replies {
