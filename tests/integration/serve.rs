@@ -1353,3 +1353,114 @@ fn a_journal_that_cannot_be_written_stops_the_server_at_once_saying_why() {
     // Released for the next start.
     std::fs::remove_dir(&lock).unwrap();
 }
+
+/// Write `request` on a new connection and wait up to `wait` for the status line; the
+/// connection stays open (what the request did not send is never sent).
+fn raw_status(port: u16, request: &[u8], wait: Duration) -> (Option<u16>, Duration) {
+    let began = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(request).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let status = String::from_utf8_lossy(&got)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok());
+    (status, began.elapsed())
+}
+
+#[test]
+fn bodies_are_refused_before_they_are_read_and_a_stalled_one_is_cut_off() {
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    // A node nobody listens on: the checks here need a server, not a fleet.
+    work.write(
+        "clusters/cache.yaml",
+        "apiVersion: cacheflow/v1
+kind: Cluster
+metadata: {name: cache}
+spec:
+  engine: redis
+  parameters:
+    hz: 20
+  nodes:
+    - {id: a1, address: '127.0.0.1:1', shard: a, role: primary}
+",
+    );
+    work.commit("cache");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::start(&remote, state.path());
+    let hook = |extra: &str| {
+        format!(
+            "POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             X-GitHub-Event: push\r\n{extra}\r\n"
+        )
+    };
+    let well_formed = format!("X-Hub-Signature-256: sha256={}\r\n", "0".repeat(64));
+    // A body that stalls after 10 bytes: cut off at the 10 s bound with 408.
+    let stalled = {
+        let request = hook(&format!("{well_formed}Content-Length: 900000\r\n")) + "{\"ref\": \"";
+        let port = server.port;
+        std::thread::spawn(move || raw_status(port, request.as_bytes(), Duration::from_secs(20)))
+    };
+    let quick = Duration::from_secs(3);
+    // A declared length over 1 MiB with a short body: 413 at once.
+    let (code, took) = raw_status(
+        server.port,
+        (hook(&format!("{well_formed}Content-Length: 100000000\r\n")) + "short").as_bytes(),
+        quick,
+    );
+    assert_eq!(code, Some(413), "after {took:?}");
+    // No signature, no node token: 401 before the body is sent.
+    let (code, took) = raw_status(
+        server.port,
+        hook("Content-Length: 900000\r\n").as_bytes(),
+        quick,
+    );
+    assert_eq!(code, Some(401), "after {took:?}");
+    let (code, took) = raw_status(
+        server.port,
+        b"POST /api/v1/nodes/a1/report HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n",
+        quick,
+    );
+    assert_eq!(code, Some(401), "after {took:?}");
+    let admin = raw_status(
+        server.port,
+        b"POST /api/v1/rollouts/cache/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n",
+        quick,
+    );
+    assert_eq!(admin.0, Some(401), "after {:?}", admin.1);
+    // A malformed chunked body is a bad request, not a large one.
+    let (code, took) = raw_status(
+        server.port,
+        (hook(&format!("{well_formed}Transfer-Encoding: chunked\r\n"))
+            + "zz\r\nhello\r\n0\r\n\r\n")
+            .as_bytes(),
+        quick,
+    );
+    assert_eq!(code, Some(400), "after {took:?}");
+    let (code, took) = stalled.join().unwrap();
+    assert_eq!(code, Some(408), "after {took:?}");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(13),
+        "408 after {took:?}"
+    );
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    for line in [
+        r#"cacheflow_webhook_deliveries_total{forge="github",result="too_large"} 1"#,
+        r#"cacheflow_webhook_deliveries_total{forge="github",result="unauthorized"} 1"#,
+        r#"cacheflow_webhook_deliveries_total{forge="github",result="bad_request"} 1"#,
+        r#"cacheflow_webhook_deliveries_total{forge="github",result="timeout"} 1"#,
+        r#"cacheflow_node_reports_total{result="unauthorized"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+}

@@ -74,6 +74,32 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// What can be checked of a delivery's signature header before its body arrives: that
+/// it is there and well formed (GitLab's token is checked whole: it does not depend on
+/// the body). The same refusals as [`verify`].
+pub fn precheck(forge: Forge, secret: &[u8], header: Option<&str>) -> Result<(), &'static str> {
+    let Some(header) = header else {
+        return Err("the signature header is missing");
+    };
+    match forge {
+        Forge::GitLab => verify(forge, secret, Some(header), b""),
+        Forge::GitHub | Forge::Gitea => {
+            let hex = match forge {
+                Forge::GitHub => header
+                    .strip_prefix("sha256=")
+                    .ok_or("the signature is not `sha256=<hex>`")?,
+                _ => header,
+            };
+            let given = hex_decode(hex).ok_or("the signature is not hexadecimal")?;
+            // No body matches a MAC that is not SHA-256's 32 bytes.
+            if given.len() != 32 {
+                return Err("the signature does not match the body");
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Check a delivery's signature header (`None`: the header is missing).
 pub fn verify(
     forge: Forge,
@@ -159,6 +185,35 @@ impl Deliveries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signature_header_is_checked_before_the_body_as_far_as_it_can_be() {
+        let sig = github_signature(b"s3cret", b"any body");
+        assert_eq!(precheck(Forge::GitHub, b"s3cret", Some(&sig)), Ok(()));
+        // The HMAC itself needs the body.
+        assert_eq!(precheck(Forge::GitHub, b"other", Some(&sig)), Ok(()));
+        assert_eq!(
+            precheck(Forge::GitHub, b"s3cret", None),
+            Err("the signature header is missing")
+        );
+        assert_eq!(
+            precheck(Forge::GitHub, b"s3cret", Some("sha1=abc")),
+            Err("the signature is not `sha256=<hex>`")
+        );
+        assert_eq!(
+            precheck(Forge::Gitea, b"s3cret", Some("zz")),
+            Err("the signature is not hexadecimal")
+        );
+        assert_eq!(
+            precheck(Forge::Gitea, b"s3cret", Some("abcd")),
+            Err("the signature does not match the body")
+        );
+        assert_eq!(precheck(Forge::GitLab, b"s3cret", Some("s3cret")), Ok(()));
+        assert_eq!(
+            precheck(Forge::GitLab, b"s3cret", Some("guess")),
+            Err("the token does not match")
+        );
+    }
 
     #[test]
     fn github_signatures_check_the_body() {

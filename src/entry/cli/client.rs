@@ -7,8 +7,10 @@ use std::time::Duration;
 use super::commands::secret;
 use super::{Format, RolloutAction};
 use crate::edges::redact::redact_url;
+use crate::entry::server::error::ErrorBody;
 use crate::pure::drift::DriftReport;
 use crate::pure::render;
+use crate::pure::render::status::{CommandAnswer, Rollouts};
 
 /// The drift report of a server at this moment (`GET /api/v1/drift`).
 pub fn server_drift(server: &str, token_file: Option<&PathBuf>) -> anyhow::Result<DriftReport> {
@@ -63,11 +65,10 @@ fn fetch_drift(server: &str, token_file: Option<&PathBuf>) -> Result<DriftReport
             .await
             .map_err(|e| format!("{}: {e}", redact_url(server)))?;
         if !status.is_success() {
-            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             return Err(format!(
                 "{}: {status}: {}",
                 redact_url(server),
-                body["error"].as_str().unwrap_or("no reason given")
+                ErrorBody::reason(&bytes)
             ));
         }
         serde_json::from_slice(&bytes)
@@ -136,62 +137,23 @@ fn request_rollout(
             .bytes()
             .await
             .map_err(|e| format!("{}: {e}", redact_url(server)))?;
-        let body: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("the server's answer ({status}) is not JSON: {e}"))?;
         if !status.is_success() {
-            return Err(format!(
-                "{status}: {}",
-                body["error"].as_str().unwrap_or("no reason given")
-            ));
+            return Err(format!("{status}: {}", ErrorBody::reason(&bytes)));
         }
+        let not_json = |e: serde_json::Error| format!("the server's answer ({status}): {e}");
         if format == Format::Json {
+            let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(not_json)?;
             return Ok(render::json(&body));
         }
-        Ok(render_rollouts(action, cluster.as_deref(), &body))
+        Ok(match action {
+            RolloutAction::Status => serde_json::from_slice::<Rollouts>(&bytes)
+                .map_err(not_json)?
+                .text(cluster.as_deref()),
+            _ => serde_json::from_slice::<CommandAnswer>(&bytes)
+                .map_err(not_json)?
+                .cluster
+                .map(|c| c.text())
+                .unwrap_or_default(),
+        })
     })
-}
-
-/// The server's answer to a rollout command as text: one line per cluster (and one for
-/// a refused revision).
-fn render_rollouts(
-    action: RolloutAction,
-    cluster: Option<&str>,
-    body: &serde_json::Value,
-) -> String {
-    let clusters = match action {
-        RolloutAction::Status => body["clusters"].as_array().cloned().unwrap_or_default(),
-        _ => vec![body["cluster"].clone()],
-    };
-    let mut out = String::new();
-    for c in clusters
-        .iter()
-        .filter(|c| cluster.is_none_or(|n| c["cluster"] == n))
-    {
-        let name = c["cluster"].as_str().unwrap_or("?");
-        match c["rollout"].as_object() {
-            None => out.push_str(&format!("{name}: no rollout\n")),
-            Some(r) => {
-                let rev = render::short_id(r["revision"].as_str().unwrap_or(""));
-                let batch = match (r["batch"].as_u64(), r["batches"].as_u64()) {
-                    (Some(b), Some(n)) => format!(", batch {b} of {n}"),
-                    _ => String::new(),
-                };
-                let reason = r["reason"]
-                    .as_str()
-                    .map(|s| format!(": {s}"))
-                    .unwrap_or_default();
-                out.push_str(&format!(
-                    "{name}: {rev} {}{batch}{reason}\n",
-                    r["phase"].as_str().unwrap_or("?")
-                ));
-            }
-        }
-        if let Some(refused) = c["refused"].as_object() {
-            out.push_str(&format!(
-                "  refused: {}\n",
-                refused["reason"].as_str().unwrap_or("")
-            ));
-        }
-    }
-    out
 }

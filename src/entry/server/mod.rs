@@ -1,5 +1,8 @@
 //! `cacheflow serve`: the long-running reconciler behind HTTP. Thin: it turns requests
-//! into reconciler inputs and answers with what the reconciler says.
+//! into reconciler inputs and answers with what the reconciler says. This file starts
+//! and follows; the routes are `app.rs` (the router), `hooks.rs` (webhooks), `api.rs`
+//! (reports, status, admin, metrics, health), `error.rs` (the one error answer) and
+//! `body.rs` (the bounds of request bodies).
 //!
 //! ```text
 //! POST /hooks/{github,gitlab,gitea}  signature ─► tracked branch? new delivery? ─► wake the follower
@@ -10,7 +13,12 @@
 //! GET  /metrics, /healthz, /readyz
 //! ```
 
+mod api;
+mod app;
+mod body;
 pub mod drift;
+pub mod error;
+mod hooks;
 mod http;
 pub mod pr;
 
@@ -21,26 +29,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
 use tokio::sync::{watch, Notify};
 
 use crate::edges::audit::{Journal, JOURNAL_REF, NOTES_REF};
-use crate::edges::forge::webhook::{self, Deliveries, Forge, Push};
+use crate::edges::forge::webhook::Deliveries;
 use crate::edges::metrics::Metrics;
 use crate::edges::redact::redact_url;
 use crate::edges::source::ConfigRepo;
 use crate::flow::pipeline::intake::{self, IntakeError, Origin, Outcome};
 use crate::flow::pipeline::{self};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
-use crate::pure::protocol::{Report, MAX_PAYLOAD_BYTES};
-use crate::pure::reconciler::{RefusedInput, State as ReconcilerState};
-use crate::pure::rollout::{Event, Phase};
 use crate::pure::spec::model::Managed;
 
 /// Largest webhook body accepted (GitHub caps payloads at 25 MB; pushes are far smaller).
@@ -104,19 +102,6 @@ struct App {
 
 type Shared = Arc<App>;
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
 /// Where the server's heads come from: the remote, mirrored into the state directory.
 pub(crate) fn origin(options: &ServeOptions) -> Origin {
     Origin {
@@ -163,7 +148,7 @@ pub async fn serve(
         wake_follower: Notify::new(),
         ready: AtomicBool::new(false),
     });
-    let router = routes(app.clone());
+    let router = app::app(app.clone());
     let listener = listen(options.listen).await?;
     let background = Background::spawn(&app, &host, git_dir, &stop);
     let mut ended = host.ended();
@@ -251,27 +236,6 @@ fn start_host(
             notifier: Some(notifier),
         },
     )?)
-}
-
-/// The route table.
-fn routes(app: Shared) -> Router {
-    Router::new()
-        .route("/hooks/github", post(hook_github))
-        .route("/hooks/gitlab", post(hook_gitlab))
-        .route("/hooks/gitea", post(hook_gitea))
-        .route("/api/v1/nodes/{id}/report", post(report))
-        .route("/api/v1/clusters", get(clusters))
-        .route("/api/v1/rollouts", get(rollouts))
-        .route("/api/v1/rollouts/{cluster}/{action}", post(command))
-        .route("/api/v1/drift", get(drift_now))
-        .route("/api/v1/drift/run", post(drift_run))
-        .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .layer(DefaultBodyLimit::max(
-            MAX_WEBHOOK_BYTES.max(MAX_PAYLOAD_BYTES),
-        ))
-        .with_state(app)
 }
 
 async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
@@ -498,503 +462,4 @@ fn push_audit(options: &ServeOptions, git_dir: &std::path::Path) -> Result<(), S
     remote
         .push(&specs, None)
         .map_err(|e| redact_url(e.message()))
-}
-
-async fn hook_github(State(app): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    hook(app, Forge::GitHub, headers, body).await
-}
-
-async fn hook_gitlab(State(app): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    hook(app, Forge::GitLab, headers, body).await
-}
-
-async fn hook_gitea(State(app): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    hook(app, Forge::Gitea, headers, body).await
-}
-
-/// Read a body up to `limit` bytes; a larger one is a 413 (counted by the caller).
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {limit} bytes"),
-        )
-    })
-}
-
-async fn hook(app: Shared, forge: Forge, headers: HeaderMap, body: Body) -> Response {
-    let name = forge.name();
-    let count = |result: &str| app.metrics.delivery(name, result);
-    let body = match read_body(body, MAX_WEBHOOK_BYTES).await {
-        Ok(b) => b,
-        Err(response) => {
-            count("too_large");
-            return response;
-        }
-    };
-    let Some(secret) = app.options.webhook_secret.as_deref() else {
-        count("unauthorized");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "this server has no webhook secret (CACHEFLOW_WEBHOOK_SECRET_FILE): webhooks are refused",
-        );
-    };
-    let sig_header = match forge {
-        Forge::GitHub => "x-hub-signature-256",
-        Forge::GitLab => "x-gitlab-token",
-        Forge::Gitea => "x-gitea-signature",
-    };
-    let sig = headers.get(sig_header).and_then(|v| v.to_str().ok());
-    if let Err(why) = webhook::verify(forge, secret, sig, &body) {
-        count("unauthorized");
-        return error(StatusCode::UNAUTHORIZED, format!("{sig_header}: {why}"));
-    }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !content_type.starts_with("application/json") {
-        count("unsupported_media_type");
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "content type `{content_type}`: set the webhook's content type to application/json"
-            ),
-        );
-    }
-    let event = headers
-        .get(forge.event_header())
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if let Some(id) = headers
-        .get(forge.delivery_header())
-        .and_then(|v| v.to_str().ok())
-    {
-        if !app.deliveries.lock().expect("deliveries lock").first(id) {
-            count("duplicate");
-            return (
-                StatusCode::OK,
-                Json(json!({"ignored": format!("delivery {id} was already received")})),
-            )
-                .into_response();
-        }
-    }
-    if event == "ping" {
-        count("ignored");
-        return (StatusCode::OK, Json(json!({"pong": true}))).into_response();
-    }
-    if crate::edges::forge::is_pull_request(forge, event) {
-        return pull_request(&app, forge, event, &body).await;
-    }
-    if !forge.is_push(event) {
-        count("ignored");
-        return (
-            StatusCode::ACCEPTED,
-            Json(json!({"ignored": format!("event `{event}` is not a push")})),
-        )
-            .into_response();
-    }
-    let push: Push = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => {
-            count("bad_request");
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the push payload is not what {name} sends: {e}"),
-            );
-        }
-    };
-    let tracked = format!("refs/heads/{}", app.options.branch);
-    if push.git_ref != tracked {
-        count("ignored");
-        return (
-            StatusCode::ACCEPTED,
-            Json(json!({"ignored": format!("push to {}, this server tracks {tracked}", push.git_ref)})),
-        )
-            .into_response();
-    }
-    count("accepted");
-    app.wake_follower.notify_one();
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({"accepted": true, "after": push.after})),
-    )
-        .into_response()
-}
-
-/// A pull-request event: answered at once; the feedback is posted in the background.
-async fn pull_request(app: &Shared, forge: Forge, event: &str, body: &[u8]) -> Response {
-    let name = forge.name();
-    let pr = match crate::edges::forge::pull_request(forge, event, body) {
-        Ok(Some(pr)) => pr,
-        Ok(None) => {
-            app.metrics.delivery(name, "ignored");
-            Metrics::count(&app.metrics.pr_feedback, "ignored");
-            return (
-                StatusCode::ACCEPTED,
-                Json(json!({"ignored": "this pull-request action needs no feedback"})),
-            )
-                .into_response();
-        }
-        Err(e) => {
-            app.metrics.delivery(name, "bad_request");
-            return error(StatusCode::BAD_REQUEST, e.to_string());
-        }
-    };
-    let client = match app.feedback.client(forge) {
-        Ok(c) => c,
-        Err(why) => {
-            app.metrics.delivery(name, "ignored");
-            Metrics::count(&app.metrics.pr_feedback, "ignored");
-            return (StatusCode::ACCEPTED, Json(json!({"ignored": why}))).into_response();
-        }
-    };
-    app.metrics.delivery(name, "accepted");
-    let live = match app.handle.drift_inputs(app.options.silent_after).await {
-        Ok(inputs) => inputs.live,
-        Err(_) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the reconciler has stopped",
-            )
-        }
-    };
-    let answer = json!({"accepted": true, "pullRequest": pr.number, "head": pr.head_sha});
-    tokio::spawn(pr::answer(
-        origin(&app.options),
-        client,
-        app.metrics.clone(),
-        pr,
-        live,
-    ));
-    (StatusCode::ACCEPTED, Json(answer)).into_response()
-}
-
-async fn report(
-    State(app): State<Shared>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let began = std::time::Instant::now();
-    let metrics = Arc::clone(&app.metrics);
-    let response = answer_report(app, id, headers, body).await;
-    metrics
-        .report_duration
-        .observe(began.elapsed().as_secs_f64());
-    response
-}
-
-async fn answer_report(app: Shared, id: String, headers: HeaderMap, body: Body) -> Response {
-    let count = |r: &str| Metrics::count(&app.metrics.reports, r);
-    let body = match read_body(body, MAX_PAYLOAD_BYTES).await {
-        Ok(b) => b,
-        Err(response) => {
-            count("too_large");
-            return response;
-        }
-    };
-    let Some(secret) = app.options.node_token_secret.as_deref() else {
-        count("unauthorized");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "this server has no node-token secret (CACHEFLOW_NODE_TOKEN_SECRET_FILE): agents cannot report",
-        );
-    };
-    let token = bearer(&headers).unwrap_or("");
-    if !crate::pure::identity::verify(secret, &id, token) {
-        count("unauthorized");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            format!("no valid token for node `{id}`: give the agent the output of `cacheflow agent-token {id}`"),
-        );
-    }
-    let report = match Report::parse(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            count("malformed");
-            return error(StatusCode::BAD_REQUEST, e.to_string());
-        }
-    };
-    match app.handle.report(&id, report).await {
-        Ok(Ok(assignment)) => {
-            count("ok");
-            (StatusCode::OK, Json(assignment)).into_response()
-        }
-        Ok(Err(e @ RefusedInput::UnknownNode(_))) => {
-            count("unknown_node");
-            error(StatusCode::NOT_FOUND, e.to_string())
-        }
-        Ok(Err(e)) => {
-            count("malformed");
-            error(StatusCode::BAD_REQUEST, e.to_string())
-        }
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the reconciler has stopped",
-        ),
-    }
-}
-
-/// The name of the admin whose token the request carries, or the 401 to answer.
-fn admin(app: &App, headers: &HeaderMap) -> Result<String, Box<Response>> {
-    let token = bearer(headers).unwrap_or("");
-    let who = app
-        .options
-        .admin_tokens
-        .iter()
-        .find(|(_, t)| webhook::constant_time_eq(t.as_bytes(), token.as_bytes()))
-        .map(|(name, _)| name.clone());
-    who.filter(|_| !token.is_empty()).ok_or_else(|| {
-        Metrics::count(&app.metrics.admin_calls, "unauthorized");
-        Box::new(error(
-            StatusCode::UNAUTHORIZED,
-            "an admin token is required (Authorization: Bearer …, from CACHEFLOW_ADMIN_TOKENS_FILE)",
-        ))
-    })
-}
-
-/// `GET /api/v1/drift` (admin): the drift report of this moment, from the nodes' latest
-/// reports; nothing is written or sent (`cacheflow drift --server`).
-async fn drift_now(State(app): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(response) = admin(&app, &headers) {
-        return *response;
-    }
-    let Ok(inputs) = app.handle.drift_inputs(app.options.silent_after).await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the reconciler has stopped",
-        );
-    };
-    let (live, not_compared) = (inputs.live, inputs.not_compared);
-    let Some(desired) = inputs.desired else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no revision taken yet: nothing to compare the nodes with",
-        );
-    };
-    Metrics::count(&app.metrics.admin_calls, "ok");
-    let report = tokio::task::spawn_blocking(move || {
-        let mut r = crate::pure::drift::compute(
-            &desired,
-            &live,
-            &crate::edges::nodes::fleet::now_rfc3339(),
-        );
-        r.not_compared = not_compared;
-        r
-    })
-    .await;
-    match report {
-        Ok(r) => (StatusCode::OK, Json(r)).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// `POST /api/v1/drift/run` (admin): a scheduled run now: the report is written into the
-/// state directory, sent, and corrected when `drift.mode` says so.
-async fn drift_run(State(app): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(response) = admin(&app, &headers) {
-        return *response;
-    }
-    Metrics::count(&app.metrics.admin_calls, "ok");
-    match app.drift.once().await {
-        Ok(r) => (StatusCode::OK, Json(r)).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
-    }
-}
-
-/// The status of every cluster's rollout, for the API and `cacheflow rollout status`.
-pub fn rollout_status(state: &ReconcilerState) -> serde_json::Value {
-    let clusters: Vec<serde_json::Value> = state
-        .clusters
-        .iter()
-        .map(|(name, cs)| {
-            let rollout = cs.rollout.as_ref().map(|rec| {
-                let r = &rec.rollout;
-                let (phase, batch, reason) = match &r.phase {
-                    Phase::Pending => ("pending", None, None),
-                    Phase::Applying { batch } => ("applying", Some(*batch), None),
-                    Phase::Baking { batch } => ("baking", Some(*batch), None),
-                    Phase::Judging { batch } => ("judging", Some(*batch), None),
-                    Phase::Waiting { batch, reason } => {
-                        ("waiting", Some(*batch), Some(reason.clone()))
-                    }
-                    Phase::Paused { batch, reason } => {
-                        ("paused", Some(*batch), Some(reason.clone()))
-                    }
-                    Phase::RollingBack { reason } => ("rolling-back", None, Some(reason.clone())),
-                    Phase::Completed => ("completed", None, None),
-                    Phase::RolledBack { reason } => ("rolled-back", None, Some(reason.clone())),
-                    Phase::Superseded { by } => ("superseded", None, Some(format!("by {by}"))),
-                };
-                json!({
-                    "revision": r.spec.revision,
-                    "phase": phase,
-                    "batch": batch.map(|b| b + 1),
-                    "batches": r.spec.batches.len(),
-                    "reason": reason,
-                    "touched": r.touched,
-                    "confirmed": r.confirmed,
-                    "startedAt": rec.started_at,
-                })
-            });
-            json!({
-                "cluster": name,
-                "target": cs.target.as_ref().map(|t| &t.revision),
-                "refused": cs.refused,
-                "rollout": rollout,
-            })
-        })
-        .collect();
-    json!({ "head": state.head, "clusters": clusters })
-}
-
-async fn rollouts(State(app): State<Shared>) -> Response {
-    match app.handle.state().await {
-        Ok(state) => Json(rollout_status(&state)).into_response(),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the reconciler has stopped",
-        ),
-    }
-}
-
-async fn clusters(State(app): State<Shared>) -> Response {
-    let Ok(state) = app.handle.state().await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the reconciler has stopped",
-        );
-    };
-    let list: Vec<serde_json::Value> = state
-        .clusters
-        .iter()
-        .map(|(name, cs)| {
-            let mut by_outcome: BTreeMap<&str, usize> = BTreeMap::new();
-            for a in cs.assignments.values() {
-                let k = match a.outcome {
-                    Some(crate::pure::protocol::Outcome::Applied) => "applied",
-                    Some(_) => "failed",
-                    None => "pending",
-                };
-                *by_outcome.entry(k).or_default() += 1;
-            }
-            json!({
-                "cluster": name,
-                "target": cs.target,
-                "nodes": by_outcome,
-                "assignments": cs.assignments.iter().map(|(id, a)| (id.clone(), json!({
-                    "revision": a.revision, "generation": a.generation, "outcome": a.outcome,
-                }))).collect::<BTreeMap<_, _>>(),
-            })
-        })
-        .collect();
-    Json(json!({ "head": state.head, "clusters": list })).into_response()
-}
-
-async fn command(
-    State(app): State<Shared>,
-    Path((cluster, action)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let count = |r: &str| Metrics::count(&app.metrics.admin_calls, r);
-    let by = match admin(&app, &headers) {
-        Ok(name) => name,
-        Err(response) => return *response,
-    };
-    let event = match action.as_str() {
-        "pause" => Event::Pause { by },
-        "resume" => Event::Resume { by },
-        "promote" => Event::Promote { by },
-        "abort" => Event::Abort { by },
-        "override" => {
-            // The reason is the point of an override: it is journaled with the name.
-            let reason = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["reason"].as_str().map(|r| r.trim().to_owned()))
-                .filter(|r| !r.is_empty());
-            let Some(reason) = reason else {
-                count("refused");
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "an override needs a reason: a JSON body {\"reason\": \"...\"}",
-                );
-            };
-            Event::Override { by, reason }
-        }
-        other => {
-            count("refused");
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("unknown action `{other}`: pause, resume, promote, abort or override"),
-            );
-        }
-    };
-    match app.handle.command(&cluster, event).await {
-        Ok(Ok(())) => {
-            count("ok");
-            let state = app.handle.state().await.map(|s| rollout_status(&s)).ok();
-            let this = state.and_then(|s| {
-                s["clusters"]
-                    .as_array()?
-                    .iter()
-                    .find(|c| c["cluster"] == cluster.as_str())
-                    .cloned()
-            });
-            (StatusCode::OK, Json(json!({"ok": true, "cluster": this}))).into_response()
-        }
-        Ok(Err(e @ RefusedInput::UnknownCluster(_))) => {
-            count("refused");
-            error(StatusCode::NOT_FOUND, e.to_string())
-        }
-        Ok(Err(e)) => {
-            count("refused");
-            error(StatusCode::CONFLICT, e.to_string())
-        }
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the reconciler has stopped",
-        ),
-    }
-}
-
-async fn metrics_text(State(app): State<Shared>) -> Response {
-    if let Ok(state) = app.handle.state().await {
-        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-        for cs in state.clusters.values() {
-            for a in cs.assignments.values() {
-                let k = match a.outcome {
-                    Some(crate::pure::protocol::Outcome::Applied) => "applied",
-                    Some(_) => "failed",
-                    None => "pending",
-                };
-                *counts.entry(k).or_default() += 1;
-            }
-        }
-        for k in ["applied", "failed", "pending"] {
-            app.metrics
-                .set_nodes(k, counts.get(k).copied().unwrap_or(0));
-        }
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.encode(),
-    )
-        .into_response()
-}
-
-async fn readyz(State(app): State<Shared>) -> Response {
-    if app.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the config repository was not read yet\n",
-        )
-            .into_response()
-    }
 }

@@ -3,6 +3,10 @@
 //! input before it answers (write-ahead), starts timers as tasks and wakes the
 //! in-process agents of directly managed nodes when their assignment changes.
 //!
+//! After each entry is written the runtime publishes the reconciler's [`Status`] (a
+//! `watch` of an `Arc`): the API, `/metrics` and progress displays read it without
+//! sending anything to the task.
+//!
 //! Directly managed nodes get an in-process agent: the loop of `cacheflow agent`
 //! ([`crate::flow::agent::drive`]: read the node, report, apply a new (revision,
 //! generation) once, report again) with a [`Reporter`] that sends through the channel
@@ -27,6 +31,7 @@ use crate::flow::agent::{ApplyOptions, LoopOptions, Reporter, Unreported};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::protocol::{Assignment, Report};
 use crate::pure::reconciler::{Effect, Reconciler, RefusedInput, State};
+use crate::pure::render::status::Status;
 use crate::pure::rollout::Event;
 use crate::pure::spec::model::Desired;
 
@@ -94,6 +99,8 @@ pub struct Handle {
     metrics: Option<Arc<Metrics>>,
     /// Where `Effect::Notify` goes (the server sets one; `sync` has none).
     notifier: Arc<std::sync::OnceLock<crate::edges::notify::Notifier>>,
+    /// The status published after each journal write (see [`Handle::status`]).
+    status: watch::Receiver<Arc<Status>>,
 }
 
 /// The task ended (its journal failed, or it was stopped).
@@ -182,6 +189,22 @@ impl Handle {
             .await
             .map_err(|_| Stopped)?;
         rx.await.map_err(|_| Stopped)
+    }
+
+    /// The status as of the last journal write (and of changes no entry was needed
+    /// for), without a round trip through the reconciler's inputs: readers never queue
+    /// behind reports and revisions.
+    pub fn status(&self) -> Result<Arc<Status>, Stopped> {
+        // The writer holds the sender: closed, the reconciler has stopped.
+        if self.status.has_changed().is_err() {
+            return Err(Stopped);
+        }
+        Ok(self.status.borrow().clone())
+    }
+
+    /// The status as it is published, to wait for its changes.
+    pub fn watch_status(&self) -> watch::Receiver<Arc<Status>> {
+        self.status.clone()
     }
 
     /// The last valid revision taken (cheap, unlike [`Handle::state`]).
@@ -307,19 +330,25 @@ pub(crate) fn start(
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), AuditError>>), AuditError> {
     let state = journal.load()?.unwrap_or_default();
     let maker = EntryMaker::loaded(&state);
+    let status = Arc::new(Status::of(&state));
+    let (status_tx, status_rx) = watch::channel(status.clone());
     let mut core = Reconciler::new(state);
     core.correct_drift = correct_drift;
     core.report_grace_ms = grace_ms;
     let (tx, rx) = mpsc::channel::<Msg>(4096);
-    let handle = Handle::new(tx, metrics);
+    let handle = Handle::new(tx, metrics, status_rx);
     let resumed = core.resume(grace_ms);
-    let (batches, done) = spawn_writer(&handle, journal, maker)?;
+    let (batches, done) = spawn_writer(&handle, journal, maker, status, status_tx)?;
     let task = tokio::spawn(run(handle.clone(), core, rx, batches, done, resumed));
     Ok((handle, task))
 }
 
 impl Handle {
-    fn new(tx: mpsc::Sender<Msg>, metrics: Option<Arc<Metrics>>) -> Handle {
+    fn new(
+        tx: mpsc::Sender<Msg>,
+        metrics: Option<Arc<Metrics>>,
+        status: watch::Receiver<Arc<Status>>,
+    ) -> Handle {
         let (events, _) = broadcast::channel(1024);
         Handle {
             tx,
@@ -332,6 +361,7 @@ impl Handle {
                 .unwrap_or(0),
             metrics,
             notifier: Arc::default(),
+            status,
         }
     }
 }
@@ -347,6 +377,8 @@ fn spawn_writer(
     handle: &Handle,
     journal: Journal,
     maker: EntryMaker,
+    status: Arc<Status>,
+    status_tx: watch::Sender<Arc<Status>>,
 ) -> Result<(Batches, WriterDone), AuditError> {
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
     let written = Arc::new(AtomicU64::new(0));
@@ -357,7 +389,7 @@ fn spawn_writer(
     std::thread::Builder::new()
         .name("cacheflow-journal".to_owned())
         .spawn(move || {
-            let _ = done_tx.send(write_jobs(&h, &rt, journal, jobs_rx, &w));
+            let _ = done_tx.send(write_jobs(&h, &rt, journal, jobs_rx, &w, &status_tx));
         })
         .map_err(|e| AuditError::Writer(e.to_string()))?;
     let batches = Batches {
@@ -366,6 +398,7 @@ fn spawn_writer(
         pending: HashMap::new(),
         written,
         jobs: jobs_tx,
+        status,
     };
     Ok((batches, done))
 }
@@ -529,6 +562,8 @@ struct Job {
     /// The number of the last entry made so far (this one's, if it has one).
     seq: u64,
     entry: Option<Prepared>,
+    /// The status to publish once the entry is written.
+    status: Option<Arc<Status>>,
     effects: Vec<Effect>,
     replies: Vec<Box<dyn FnOnce() + Send>>,
 }
@@ -543,6 +578,8 @@ struct Batches {
     /// The last entry written (set by the writer).
     written: Arc<AtomicU64>,
     jobs: mpsc::Sender<Job>,
+    /// The last status made.
+    status: Arc<Status>,
 }
 
 impl Batches {
@@ -560,6 +597,7 @@ impl Batches {
                 _ => None,
             })
             .collect();
+        let mut status = None;
         let entry = if messages.is_empty() {
             None
         } else {
@@ -568,17 +606,28 @@ impl Batches {
             for cluster in &changed {
                 self.pending.insert(cluster.clone(), self.seq);
             }
+            status = Some(self.status.updated(&core.state, &changed));
             Some(
                 self.maker
                     .prepare(&messages.join("\n"), &core.state, &changed),
             )
         };
-        if entry.is_none() && effects.is_empty() && replies.is_empty() {
+        // Changes made without an entry (an outcome reported after its rollout ended)
+        // are seen too, as a copy of the state would show them.
+        if status.is_none() && (!core.changed().is_empty() || core.state.head != self.status.head) {
+            status = Some(self.status.updated(&core.state, core.changed()));
+        }
+        let status = status.map(|s| {
+            self.status = Arc::new(s);
+            self.status.clone()
+        });
+        if entry.is_none() && status.is_none() && effects.is_empty() && replies.is_empty() {
             return Ok(());
         }
         let job = Job {
             seq: self.seq,
             entry,
+            status,
             effects,
             replies,
         };
@@ -606,6 +655,7 @@ fn write_jobs(
     mut journal: Journal,
     mut jobs: mpsc::Receiver<Job>,
     written: &AtomicU64,
+    status: &watch::Sender<Arc<Status>>,
 ) -> Result<(), AuditError> {
     while let Some(first) = jobs.blocking_recv() {
         let mut group = vec![first];
@@ -633,6 +683,10 @@ fn write_jobs(
         }
         let last = group.iter().map(|j| j.seq).max().unwrap_or(0);
         written.fetch_max(last, Ordering::Release);
+        // Published before anyone is answered: an answered command is in the status.
+        if let Some(latest) = group.iter_mut().rev().find_map(|j| j.status.take()) {
+            status.send_replace(latest);
+        }
         for job in group {
             after_journal(h, rt, &journal, job.effects);
             for reply in job.replies {

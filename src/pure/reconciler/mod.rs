@@ -200,6 +200,12 @@ impl Reconciler {
         std::mem::take(&mut self.dirty)
     }
 
+    /// The clusters changed since the last [`Reconciler::take_changed`], left in place
+    /// (the runtime reads them again for the status it publishes).
+    pub fn changed(&self) -> &BTreeSet<String> {
+        &self.dirty
+    }
+
     /// True when `node_id`'s assignment comes only from state already handed to the
     /// journal (its cluster is unchanged since the last entry made); the runtime also
     /// checks that entry's write is done before it answers without waiting.

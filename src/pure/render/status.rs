@@ -1,0 +1,385 @@
+//! What readers see of the reconciler: its [`Status`], published by the runtime after
+//! each journal write (a `watch` of an `Arc`, so the API, `/metrics` and progress
+//! displays never queue behind the reconciler's inputs), and the typed bodies of the
+//! status routes, which the `cacheflow rollout` client reads back.
+//!
+//! ```text
+//! reconciler State ─► Status (per cluster, rebuilt only for the clusters an entry changed)
+//!   ─► Rollouts      GET /api/v1/rollouts, `cacheflow rollout status`
+//!   ─► ClusterView   GET /api/v1/clusters
+//!   ─► node counts   cacheflow_nodes{state}
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pure::protocol::Outcome;
+use crate::pure::reconciler::{ClusterState, Refused, RolloutRecord, State, Target};
+use crate::pure::rollout::Phase;
+
+/// The reconciler's state as readers see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Status {
+    /// The last valid revision taken.
+    pub head: Option<String>,
+    pub clusters: BTreeMap<String, Arc<ClusterStatus>>,
+}
+
+/// One cluster of the [`Status`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterStatus {
+    pub target: Option<Target>,
+    pub refused: Option<Refused>,
+    pub rollout: Option<RolloutStatus>,
+    pub assignments: BTreeMap<String, AssignmentStatus>,
+}
+
+/// A cluster's current or last rollout. Fields in the order of their JSON names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The batch (from 1) while waiting, applying, baking, judging or paused.
+    pub batch: Option<usize>,
+    pub batches: usize,
+    pub confirmed: BTreeSet<String>,
+    /// `pending`, `waiting`, `applying`, `baking`, `judging`, `paused`, `rolling-back`,
+    /// `completed`, `rolled-back` or `superseded`.
+    pub phase: String,
+    /// Why it is waiting, paused, rolling back or rolled back; `by <revision>` when
+    /// superseded.
+    pub reason: Option<String>,
+    pub revision: String,
+    pub started_at: String,
+    pub touched: BTreeSet<String>,
+}
+
+/// What a node was told and what it said of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentStatus {
+    pub generation: u64,
+    pub outcome: Option<Outcome>,
+    pub revision: String,
+}
+
+/// The body of `GET /api/v1/rollouts`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollouts {
+    pub clusters: Vec<ClusterRollout>,
+    pub head: Option<String>,
+}
+
+/// One cluster in [`Rollouts`] (and the `cluster` of a command's answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRollout {
+    pub cluster: String,
+    pub refused: Option<Refused>,
+    pub rollout: Option<RolloutStatus>,
+    /// The revision of the cluster's content being (or last) rolled out.
+    pub target: Option<String>,
+}
+
+/// The body of `POST /api/v1/rollouts/{cluster}/{action}` when it was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandAnswer {
+    pub cluster: Option<ClusterRollout>,
+    pub ok: bool,
+}
+
+/// One cluster of `GET /api/v1/clusters`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterView<'a> {
+    pub assignments: &'a BTreeMap<String, AssignmentStatus>,
+    pub cluster: &'a str,
+    /// Nodes by the outcome of their assignment: `applied`, `failed`, `pending`.
+    pub nodes: BTreeMap<&'static str, usize>,
+    pub target: &'a Option<Target>,
+}
+
+/// The body of `GET /api/v1/clusters`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Clusters<'a> {
+    pub clusters: Vec<ClusterView<'a>>,
+    pub head: &'a Option<String>,
+}
+
+/// `applied`, `failed` (either failure) or `pending` (no outcome yet).
+fn outcome_name(outcome: Option<Outcome>) -> &'static str {
+    match outcome {
+        Some(Outcome::Applied) => "applied",
+        Some(_) => "failed",
+        None => "pending",
+    }
+}
+
+impl RolloutStatus {
+    pub fn of(record: &RolloutRecord) -> RolloutStatus {
+        let r = &record.rollout;
+        let (phase, batch, reason) = match &r.phase {
+            Phase::Pending => ("pending", None, None),
+            Phase::Applying { batch } => ("applying", Some(*batch), None),
+            Phase::Baking { batch } => ("baking", Some(*batch), None),
+            Phase::Judging { batch } => ("judging", Some(*batch), None),
+            Phase::Waiting { batch, reason } => ("waiting", Some(*batch), Some(reason.clone())),
+            Phase::Paused { batch, reason } => ("paused", Some(*batch), Some(reason.clone())),
+            Phase::RollingBack { reason } => ("rolling-back", None, Some(reason.clone())),
+            Phase::Completed => ("completed", None, None),
+            Phase::RolledBack { reason } => ("rolled-back", None, Some(reason.clone())),
+            Phase::Superseded { by } => ("superseded", None, Some(format!("by {by}"))),
+        };
+        RolloutStatus {
+            batch: batch.map(|b| b + 1),
+            batches: r.spec.batches.len(),
+            confirmed: r.confirmed.clone(),
+            phase: phase.to_owned(),
+            reason,
+            revision: r.spec.revision.clone(),
+            started_at: record.started_at.clone(),
+            touched: r.touched.clone(),
+        }
+    }
+}
+
+impl ClusterStatus {
+    pub fn of(cs: &ClusterState) -> ClusterStatus {
+        ClusterStatus {
+            target: cs.target.clone(),
+            refused: cs.refused.clone(),
+            rollout: cs.rollout.as_ref().map(RolloutStatus::of),
+            assignments: cs
+                .assignments
+                .iter()
+                .map(|(id, a)| {
+                    let status = AssignmentStatus {
+                        generation: a.generation,
+                        outcome: a.outcome,
+                        revision: a.revision.clone(),
+                    };
+                    (id.clone(), status)
+                })
+                .collect(),
+        }
+    }
+
+    /// Nodes by the outcome of their assignment.
+    pub fn nodes(&self) -> BTreeMap<&'static str, usize> {
+        let mut by_outcome = BTreeMap::new();
+        for a in self.assignments.values() {
+            *by_outcome.entry(outcome_name(a.outcome)).or_default() += 1;
+        }
+        by_outcome
+    }
+}
+
+impl Status {
+    /// The status of the whole state.
+    pub fn of(state: &State) -> Status {
+        Status::default().updated(state, state.clusters.keys())
+    }
+
+    /// This status with the head and the clusters `changed` read again from `state`
+    /// (the others are shared with `self`).
+    pub fn updated<'a>(
+        &self,
+        state: &State,
+        changed: impl IntoIterator<Item = &'a String>,
+    ) -> Status {
+        let mut clusters = self.clusters.clone();
+        for name in changed {
+            match state.clusters.get(name) {
+                Some(cs) => clusters.insert(name.clone(), Arc::new(ClusterStatus::of(cs))),
+                None => clusters.remove(name),
+            };
+        }
+        Status {
+            head: state.head.clone(),
+            clusters,
+        }
+    }
+
+    /// The body of `GET /api/v1/rollouts`.
+    pub fn rollouts(&self) -> Rollouts {
+        Rollouts {
+            head: self.head.clone(),
+            clusters: self
+                .clusters
+                .keys()
+                .filter_map(|name| self.rollout_of(name))
+                .collect(),
+        }
+    }
+
+    /// One cluster of [`Status::rollouts`].
+    pub fn rollout_of(&self, name: &str) -> Option<ClusterRollout> {
+        let cs = self.clusters.get(name)?;
+        Some(ClusterRollout {
+            cluster: name.to_owned(),
+            refused: cs.refused.clone(),
+            rollout: cs.rollout.clone(),
+            target: cs.target.as_ref().map(|t| t.revision.clone()),
+        })
+    }
+
+    /// The body of `GET /api/v1/clusters`.
+    pub fn clusters(&self) -> Clusters<'_> {
+        Clusters {
+            head: &self.head,
+            clusters: self
+                .clusters
+                .iter()
+                .map(|(name, cs)| ClusterView {
+                    assignments: &cs.assignments,
+                    cluster: name,
+                    nodes: cs.nodes(),
+                    target: &cs.target,
+                })
+                .collect(),
+        }
+    }
+
+    /// Nodes of every cluster by the outcome of their assignment (`cacheflow_nodes`).
+    pub fn nodes(&self) -> BTreeMap<&'static str, usize> {
+        let mut all = BTreeMap::new();
+        for cs in self.clusters.values() {
+            for (k, n) in cs.nodes() {
+                *all.entry(k).or_default() += n;
+            }
+        }
+        all
+    }
+}
+
+impl Rollouts {
+    /// `cacheflow rollout status`: one line per cluster (and one more when refused).
+    pub fn text(&self, only: Option<&str>) -> String {
+        self.clusters
+            .iter()
+            .filter(|c| only.is_none_or(|n| c.cluster == n))
+            .map(ClusterRollout::text)
+            .collect()
+    }
+}
+
+impl ClusterRollout {
+    /// `cache: 9da30030a5b4 applying, batch 2 of 2` (and `  refused: <reason>`).
+    pub fn text(&self) -> String {
+        let name = &self.cluster;
+        let mut out = match &self.rollout {
+            None => format!("{name}: no rollout\n"),
+            Some(r) => {
+                let rev: String = r.revision.chars().take(12).collect();
+                let batch = r
+                    .batch
+                    .map(|b| format!(", batch {b} of {}", r.batches))
+                    .unwrap_or_default();
+                let reason = r
+                    .reason
+                    .as_ref()
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                format!("{name}: {rev} {}{batch}{reason}\n", r.phase)
+            }
+        };
+        if let Some(refused) = &self.refused {
+            out.push_str(&format!("  refused: {}\n", refused.reason));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pure::reconciler::NodeAssignment;
+
+    fn state() -> State {
+        let assignment = |outcome| NodeAssignment {
+            revision: "r1".into(),
+            digest: "d".into(),
+            generation: 3,
+            parameters: BTreeMap::new(),
+            restart_allowed: true,
+            outcome,
+        };
+        let cache = ClusterState {
+            target: Some(Target {
+                revision: "r1".into(),
+                digest: "d".into(),
+                parameters: BTreeMap::from([("hz".into(), "20".into())]),
+            }),
+            refused: Some(Refused {
+                revision: "r2".into(),
+                digest: "e".into(),
+                reason: "rolled back".into(),
+            }),
+            assignments: BTreeMap::from([
+                ("a1".into(), assignment(Some(Outcome::Applied))),
+                ("a2".into(), assignment(None)),
+            ]),
+            ..ClusterState::default()
+        };
+        State {
+            head: Some("r2".into()),
+            clusters: BTreeMap::from([
+                ("cache".into(), cache),
+                ("other".into(), ClusterState::default()),
+            ]),
+            ..State::default()
+        }
+    }
+
+    #[test]
+    fn the_status_routes_keep_their_json_and_the_client_reads_it_back() {
+        let status = Status::of(&state());
+        let rollouts = serde_json::to_value(status.rollouts()).unwrap();
+        assert_eq!(
+            rollouts,
+            serde_json::json!({"head": "r2", "clusters": [
+                {"cluster": "cache", "target": "r1", "rollout": null,
+                 "refused": {"revision": "r2", "digest": "e", "reason": "rolled back"}},
+                {"cluster": "other", "target": null, "rollout": null, "refused": null},
+            ]})
+        );
+        let back: Rollouts = serde_json::from_value(rollouts).unwrap();
+        assert_eq!(back, status.rollouts());
+        assert_eq!(
+            back.text(None),
+            "cache: no rollout\n  refused: rolled back\nother: no rollout\n"
+        );
+        assert_eq!(back.text(Some("other")), "other: no rollout\n");
+        let clusters = serde_json::to_value(status.clusters()).unwrap();
+        assert_eq!(
+            clusters["clusters"][0]["nodes"],
+            serde_json::json!({"applied": 1, "pending": 1})
+        );
+        assert_eq!(
+            clusters["clusters"][0]["assignments"]["a2"],
+            serde_json::json!({"revision": "r1", "generation": 3, "outcome": null})
+        );
+        assert_eq!(clusters["clusters"][0]["target"]["parameters"]["hz"], "20");
+        assert_eq!(
+            status.nodes(),
+            BTreeMap::from([("applied", 2 - 1), ("pending", 1)])
+        );
+    }
+
+    #[test]
+    fn an_update_reads_again_only_the_clusters_changed() {
+        let mut state = state();
+        let before = Status::of(&state);
+        state.clusters.remove("other");
+        state.clusters.get_mut("cache").unwrap().refused = None;
+        state.head = Some("r3".into());
+        let only_cache = before.updated(&state, &["cache".to_owned()]);
+        assert_eq!(only_cache.head.as_deref(), Some("r3"));
+        assert!(only_cache.clusters["cache"].refused.is_none());
+        // Not said to have changed: shared, as it was.
+        assert!(Arc::ptr_eq(
+            &only_cache.clusters["other"],
+            &before.clusters["other"]
+        ));
+        let both = before.updated(&state, &["cache".to_owned(), "other".to_owned()]);
+        assert_eq!(both, Status::of(&state));
+    }
+}
