@@ -102,7 +102,7 @@ pub struct AgentState {
 
 /// Where an agent's reports go: the server over HTTP (`cacheflow agent`, [`run`]) or the
 /// reconciler's channel (the in-process agents of directly managed nodes, see
-/// [`crate::flow::runtime`]). Everything else is the one loop, [`drive`].
+/// the runtime, which implements it). Everything else is the one loop, [`drive`].
 pub trait Reporter: Send + Sync {
     /// The `agent` field of reports.
     fn agent(&self) -> String;
