@@ -597,7 +597,6 @@ impl Batches {
                 _ => None,
             })
             .collect();
-        let mut status = None;
         let entry = if messages.is_empty() {
             None
         } else {
@@ -606,19 +605,16 @@ impl Batches {
             for cluster in &changed {
                 self.pending.insert(cluster.clone(), self.seq);
             }
-            status = Some(self.status.updated(&core.state, &changed));
             Some(
                 self.maker
                     .prepare(&messages.join("\n"), &core.state, &changed),
             )
         };
-        // Changes made without an entry (an outcome reported after its rollout ended)
-        // are seen too, as a copy of the state would show them.
-        if status.is_none() && (!core.changed().is_empty() || core.state.head != self.status.head) {
-            status = Some(self.status.updated(&core.state, core.changed()));
-        }
-        let status = status.map(|s| {
-            self.status = Arc::new(s);
+        // Only the clusters changed since the last status are made again, entry or not
+        // (an outcome reported after its rollout ended changes state without a line).
+        let unpublished = core.take_unpublished();
+        let status = (!unpublished.is_empty() || core.state.head != self.status.head).then(|| {
+            self.status = Arc::new(self.status.updated(&core.state, &unpublished));
             self.status.clone()
         });
         if entry.is_none() && status.is_none() && effects.is_empty() && replies.is_empty() {

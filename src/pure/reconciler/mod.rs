@@ -85,6 +85,12 @@ pub struct Reconciler {
     /// journal serialises only those (with 100 clusters, serialising all of them on
     /// every entry was most of a report's wait during rollouts).
     dirty: BTreeSet<String>,
+    /// Clusters whose state changed since the last [`Reconciler::take_unpublished`]: the
+    /// runtime rebuilds only their part of the published status. Apart from `dirty`: an
+    /// outcome recorded without a journal line leaves its cluster dirty until the next
+    /// entry, and rebuilding every dirty cluster on every batch of reports took 10,000
+    /// agents from 3 ms to 3 s per report.
+    unpublished: BTreeSet<String>,
 }
 
 fn digest(params: &BTreeMap<String, String>) -> String {
@@ -191,6 +197,8 @@ impl Reconciler {
             revision_at_ms: 0,
             // Loaded state: every cluster is written once by the first entry.
             dirty: state.clusters.keys().cloned().collect(),
+            // The first status is made from the loaded state.
+            unpublished: BTreeSet::new(),
             state,
         }
     }
@@ -200,10 +208,21 @@ impl Reconciler {
         std::mem::take(&mut self.dirty)
     }
 
-    /// The clusters changed since the last [`Reconciler::take_changed`], left in place
-    /// (the runtime reads them again for the status it publishes).
-    pub fn changed(&self) -> &BTreeSet<String> {
-        &self.dirty
+    /// The clusters changed since the last call: the parts of the published status to
+    /// make again.
+    pub fn take_unpublished(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.unpublished)
+    }
+
+    /// A cluster's state changed: journal it with the next entry, publish it after this
+    /// batch.
+    fn touch(&mut self, cluster: &str) {
+        if !self.dirty.contains(cluster) {
+            self.dirty.insert(cluster.to_owned());
+        }
+        if !self.unpublished.contains(cluster) {
+            self.unpublished.insert(cluster.to_owned());
+        }
     }
 
     /// True when `node_id`'s assignment comes only from state already handed to the
@@ -244,7 +263,7 @@ impl Reconciler {
     pub fn resume(&mut self, grace_ms: u64) -> Vec<Effect> {
         let clusters: Vec<String> = self.state.clusters.keys().cloned().collect();
         for name in clusters {
-            self.dirty.insert(name.clone());
+            self.touch(&name);
             let Some(rec) = self
                 .state
                 .clusters
@@ -285,7 +304,7 @@ impl Reconciler {
     }
 
     fn rec_mut(&mut self, cluster: &str) -> &mut RolloutRecord {
-        self.dirty.insert(cluster.to_owned());
+        self.touch(cluster);
         self.state
             .clusters
             .get_mut(cluster)
@@ -325,7 +344,7 @@ impl Reconciler {
         for cluster in desired.clusters.values() {
             let params = values(cluster);
             let dig = digest(&params);
-            self.dirty.insert(cluster.name.clone());
+            self.touch(&cluster.name);
             let cs = self.state.clusters.entry(cluster.name.clone()).or_default();
             if cs.target.as_ref().is_some_and(|t| t.digest == dig) {
                 if self.correct_drift {
@@ -416,7 +435,7 @@ impl Reconciler {
             .iter()
             .flat_map(|s| s.batches.iter().cloned())
             .collect();
-        self.dirty.insert(name.to_owned());
+        self.touch(name);
         let previous = self.previous_revision(name, &target, &batches);
         let restore = self.restore_map(name, cluster, &target, &batches);
         let baseline = self.baseline(cluster);
@@ -451,7 +470,7 @@ impl Reconciler {
     /// refused, and (within the grace after a revision) every declared node heard from
     /// at least once, so one rollout covers them all.
     fn startable(&mut self, name: &str, cluster: &Cluster, now_ms: u64) -> Option<Target> {
-        self.dirty.insert(name.to_owned());
+        self.touch(name);
         let cs = self.state.clusters.entry(name.to_owned()).or_default();
         if cs
             .rollout
@@ -516,7 +535,7 @@ impl Reconciler {
         let mut woken = Vec::new();
         for id in in_sync {
             self.state.generation += 1;
-            self.dirty.insert(name.to_owned());
+            self.touch(name);
             let cs = self.state.clusters.get_mut(name).expect("entry made above");
             cs.assignments.insert(
                 id.clone(),
@@ -697,7 +716,7 @@ impl Reconciler {
             .revision(&target.revision)
             .details(reason.clone()),
         );
-        self.dirty.insert(name.to_owned());
+        self.touch(name);
         let cs = self.state.clusters.get_mut(name).expect("cluster state");
         cs.refused = Some(Refused {
             revision: target.revision.clone(),
@@ -709,7 +728,7 @@ impl Reconciler {
     /// Feed an event to a cluster's rollout and carry out its actions.
     fn feed(&mut self, name: &str, event: Event, now_ms: u64) {
         let hold = self.hold(now_ms);
-        self.dirty.insert(name.to_owned());
+        self.touch(name);
         let mut queue = vec![event];
         while let Some(event) = queue.pop() {
             let Some(rec) = self
@@ -799,7 +818,7 @@ impl Reconciler {
     }
 
     fn assign(&mut self, name: &str, nodes: &[String], revision: &str) {
-        self.dirty.insert(name.to_owned());
+        self.touch(name);
         let cs = self.state.clusters.get_mut(name).expect("cluster state");
         let rec = cs.rollout.as_ref().expect("a rollout assigns");
         let target = cs.target.clone().expect("a rollout has a target");
@@ -876,7 +895,7 @@ impl Reconciler {
     /// revision is refused for the cluster until its content changes.
     fn finished(&mut self, name: &str, now_ms: u64) {
         let now = rfc3339(now_ms);
-        self.dirty.insert(name.to_owned());
+        self.touch(name);
         let cs = self.state.clusters.get_mut(name).expect("cluster state");
         let rec = cs.rollout.as_ref().expect("finished rollout");
         let revision = rec.rollout.spec.revision.clone();
@@ -987,7 +1006,7 @@ impl Reconciler {
         self.observe(node_id, report.node, now_ms);
         // A reading alone changes no cluster state (readings are not journaled).
         if !self.state.clusters.contains_key(&name) {
-            self.dirty.insert(name.clone());
+            self.touch(&name);
         }
         let cs = self.state.clusters.entry(name.clone()).or_default();
         if let (Some(result), Some(a)) = (report.last_apply, cs.assignments.get_mut(node_id)) {
@@ -996,6 +1015,7 @@ impl Reconciler {
                 && a.outcome.is_none()
             {
                 self.dirty.insert(name.clone());
+                self.unpublished.insert(name.clone());
                 a.outcome = Some(result.outcome);
                 let ok = result.outcome == Outcome::Applied;
                 let event = Event::NodeApplied {
