@@ -175,7 +175,7 @@ fn node_plans(cluster: &Cluster, live: &LiveState) -> NodePlans {
             });
             continue;
         }
-        let changes = diff::node_changes(cluster.engine, &cluster.parameters, &state.parameters);
+        let changes = diff::node_changes(cluster.catalog(), &cluster.parameters, &state.parameters);
         if changes.is_empty() {
             in_sync.push(node.id.clone());
             continue;
@@ -259,7 +259,7 @@ fn policy_switch_risks(cluster: &Cluster, nodes: &[NodePlan]) -> Vec<Risk> {
     let mut risks = Vec::new();
     // Eviction-policy switches: one risk per distinct change (values normalised, so
     // `ALLKEYS-LRU` and `allkeys-lru` are one), naming only the nodes making it.
-    let cat = crate::pure::catalog::catalog(cluster.engine);
+    let cat = cluster.catalog();
     let mut switches: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
     for n in nodes {
         for c in &n.changes {
@@ -288,6 +288,7 @@ fn policy_switch_risks(cluster: &Cluster, nodes: &[NodePlan]) -> Vec<Risk> {
             old: Some(old),
             new: Some(new),
             restart: false,
+            unchecked: false,
         };
         for r in diff::eviction_and_memory_risks(cluster.engine, &[change], true) {
             if r.kind == RiskKind::EvictionPolicySwitch {
