@@ -303,6 +303,12 @@ def merge(name, kind, p, note):
         out["unit"] = note["unit"]
     if ty in ("int", "duration", "size"):
         lo, hi = p.get("min", note.get("min")), p.get("max", note.get("max"))
+        # A note may narrow the table's range to what the engine keeps: `hz` is accepted
+        # up to INT_MAX but clamped to 1..500, so a larger value would never read back.
+        if note.get("min") is not None and lo is not None:
+            lo = max(lo, note["min"])
+        if note.get("max") is not None and hi is not None:
+            hi = min(hi, note["max"])
         if ty == "size":
             lo = max(lo, 0) if lo is not None else None
             hi = hi if hi is not None and hi < I64_MAX else None

@@ -17,3 +17,4 @@ mod support;
 mod sync;
 mod trust;
 mod usage;
+mod versions;
