@@ -525,11 +525,18 @@ pub fn newest_with(product: Product, name: &str) -> Option<CatalogId> {
 /// `uncheckedParameters`, which no catalog checks.
 pub fn is_credential(engine: Engine, name: &str) -> bool {
     name.to_ascii_lowercase().contains("pass")
-        || EMBEDDED
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.product.engine() == engine)
-            .any(|(i, _)| parsed(i).is_secret(name))
+        || catalogs_of(engine).iter().any(|c| c.is_secret(name))
+}
+
+/// Every catalog of the engines speaking `engine`'s protocol (Redis and Valkey for
+/// [`Engine::Redis`]), parsing those not parsed yet.
+pub fn catalogs_of(engine: Engine) -> Vec<&'static Catalog> {
+    EMBEDDED
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.product.engine() == engine)
+        .map(|(i, _)| parsed(i))
+        .collect()
 }
 
 fn version_key(v: &str) -> (u32, u32) {

@@ -20,8 +20,8 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `key-load-delay` is a real parameter of redis-server that no catalog lists (the engine
-/// hides it from `CONFIG GET *`): the stand-in for a module's parameter.
+/// `key-load-delay` is a real parameter of redis-server that no catalog lists (a debugging
+/// knob, HIDDEN_CONFIG in later versions): the stand-in for a module's parameter.
 fn repo(redis: &RedisServer, valkey_like: &RedisServer) -> TestRepo {
     let repo = TestRepo::new();
     repo.write(
@@ -103,9 +103,20 @@ fn clusters_of_several_versions_validate_and_plan_their_unchecked_parameters_fla
     assert_eq!(timeout["unchecked"], true);
 
     let text = stdout(&cacheflow(&["plan", "--repo", path, "--direct"]));
-    assert!(
-        text.contains("key-load-delay (unset) → 5 (unchecked)")
-            || text.contains("key-load-delay") && text.contains("(unchecked)"),
-        "{text}"
-    );
+    assert!(text.contains("key-load-delay 0 → 5 (unchecked)"), "{text}");
+
+    // Once the node holds the value as written, the parameter is in sync.
+    assert!(a
+        .client()
+        .cmd(&["CONFIG", "SET", "key-load-delay", "5", "maxmemory", "64mb"])
+        .is_ok());
+    let out = cacheflow(&["plan", "--repo", path, "--direct", "--format", "json"]);
+    let plan: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let search = plan["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == "search")
+        .unwrap();
+    assert_eq!(search["inSync"], serde_json::json!(["r-1"]), "{search}");
 }
