@@ -96,7 +96,8 @@ pub struct ClusterDiff {
     pub cluster: String,
     pub file: String,
     pub status: ClusterStatus,
-    pub engine: Engine,
+    /// What the cluster's `spec.engine` says (valkey for Valkey).
+    pub engine: catalog::Product,
     pub parameters: Vec<ParamChange>,
     pub nodes_added: Vec<NodeSummary>,
     pub nodes_removed: Vec<NodeSummary>,
@@ -155,7 +156,7 @@ pub fn diff_cluster(old: Option<&Cluster>, new: Option<&Cluster>) -> Option<Clus
     let empty = BTreeMap::new();
     let old_params = old.map(|c| &c.parameters).unwrap_or(&empty);
     let new_params = new.map(|c| &c.parameters).unwrap_or(&empty);
-    let engine = any.engine;
+    let engine = any.product;
     // An engine switch replaces every parameter: all of them are compared by name only.
     let parameters = if status == ClusterStatus::Removed {
         Vec::new()

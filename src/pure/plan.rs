@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::pure::catalog::Engine;
+use crate::pure::catalog::Product;
 use crate::pure::diff::{self, ParamChange, Risk, RiskKind};
 use crate::pure::live::LiveState;
 use crate::pure::spec::model::{Cluster, Desired, Role, Stage};
@@ -39,7 +39,8 @@ impl Plan {
 #[serde(rename_all = "camelCase")]
 pub struct ClusterPlan {
     pub cluster: String,
-    pub engine: Engine,
+    /// What the cluster's `spec.engine` says (valkey for Valkey).
+    pub engine: Product,
     /// Nodes that need a change, by id.
     pub nodes: Vec<NodePlan>,
     /// Nodes that already match.
@@ -131,7 +132,7 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
     );
     ClusterPlan {
         cluster: cluster.name.clone(),
-        engine: cluster.engine,
+        engine: cluster.product,
         nodes,
         in_sync,
         unreachable,

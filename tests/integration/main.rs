@@ -5,6 +5,7 @@ mod demo;
 mod drift;
 mod example_repo;
 mod fuzz;
+mod generator;
 mod invalid_repos;
 mod memcached_driver;
 mod plan_fixtures;

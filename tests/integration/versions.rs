@@ -103,6 +103,7 @@ fn clusters_of_several_versions_validate_and_plan_their_unchecked_parameters_fla
     assert_eq!(timeout["unchecked"], true);
 
     let text = stdout(&cacheflow(&["plan", "--repo", path, "--direct"]));
+    assert!(text.contains("cluster vk (valkey): "), "{text}");
     assert!(text.contains("key-load-delay 0 → 5 (unchecked)"), "{text}");
 
     // Once the node holds the value as written, the parameter is in sync.
