@@ -174,7 +174,7 @@ POLICY_MEMORY_LIMIT = {
 
 
 def check_catalogs():
-    for engine, path, params in (("redis", "redis-7.json", REDIS_PARAMS),
+    for engine, path, params in (("redis", "redis-7.0.json", REDIS_PARAMS),
                                  ("memcached", "memcached-1.6.json", MEMCACHED_PARAMS)):
         with open(os.path.join(ROOT, "schemas", "engines", path)) as f:
             known = json.load(f)["parameters"]

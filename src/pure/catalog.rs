@@ -1,9 +1,12 @@
-//! Engine parameter catalogs: which parameters Redis 7 and Memcached 1.6 have, their
-//! types and units, and whether the engine takes them at run time or only at start.
+//! Engine parameter catalogs: which parameters each version of Redis, Valkey and
+//! Memcached has, their types and units, and whether the engine takes them at run time or
+//! only at start; which catalog a cluster's `engine` and `version` select.
 //!
-//! The catalogs are data (`schemas/engines/*.json`, embedded in the binary) so that a test
-//! can hold them against a real server. This module parses them once and normalises
-//! values, so that `4gb` and `4294967296` compare equal.
+//! The catalogs are data (`schemas/engines/*.json`, embedded in the binary; the Redis and
+//! Valkey ones generated from the engines' config tables by `scripts/gen-catalogs.py`) so
+//! that a test can hold them against a real server. This module parses each one once, the
+//! first time a cluster of that version needs it, and normalises values, so that `4gb` and
+//! `4294967296` compare equal.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -47,6 +50,69 @@ impl Engine {
 impl fmt::Display for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What a cluster's `spec.engine` names. Valkey speaks the Redis protocol (its nodes are
+/// driven as [`Engine::Redis`]) but has catalogs of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Product {
+    Redis,
+    Valkey,
+    Memcached,
+}
+
+impl Product {
+    /// The protocol its nodes speak.
+    pub fn engine(self) -> Engine {
+        match self {
+            Product::Redis | Product::Valkey => Engine::Redis,
+            Product::Memcached => Engine::Memcached,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Product::Redis => "redis",
+            Product::Valkey => "valkey",
+            Product::Memcached => "memcached",
+        }
+    }
+
+    /// The name in prose ("needs Redis 7.2 or later").
+    pub fn title(self) -> &'static str {
+        match self {
+            Product::Redis => "Redis",
+            Product::Valkey => "Valkey",
+            Product::Memcached => "Memcached",
+        }
+    }
+
+    /// The catalog version of a cluster that names none: the one cacheflow checked every
+    /// cluster against before catalogs were per version (Redis 7.0, Memcached 1.6), so
+    /// that a repository written then means what it meant; Valkey's oldest (7.2).
+    pub fn default_version(self) -> &'static str {
+        match self {
+            Product::Redis => "7.0",
+            Product::Valkey => "7.2",
+            Product::Memcached => "1.6",
+        }
+    }
+}
+
+impl fmt::Display for Product {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Engine> for Product {
+    fn from(e: Engine) -> Self {
+        match e {
+            Engine::Redis => Product::Redis,
+            Engine::Memcached => Product::Memcached,
+        }
     }
 }
 
@@ -152,6 +218,9 @@ pub struct ParamSpec {
     pub runtime: bool,
     #[serde(default)]
     pub description: String,
+    /// The engine's default as its config table writes it (generated catalogs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
     /// Redis: the engine refuses `CONFIG SET` of this parameter unless
     /// `enable-protected-configs` allows it (`dir`, `dbfilename`); `runtime` then says
     /// what the engine can do once allowed.
@@ -193,12 +262,28 @@ pub struct ParamSpec {
     pub flag_unit: Option<u64>,
 }
 
-/// The catalog of one engine.
+/// The catalog of one engine version.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Catalog {
-    pub engine: Engine,
+    /// What the catalog is for (`valkey` for Valkey; [`Catalog::engine`] is the protocol).
+    #[serde(rename = "engine")]
+    pub product: Product,
+    /// major.minor.
     pub version: String,
+    /// Where a generated catalog was read from (the upstream tag and commit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
     pub parameters: BTreeMap<String, ParamSpec>,
+}
+
+/// The upstream source a generated catalog was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Source {
+    pub repository: String,
+    pub tag: String,
+    pub commit: String,
+    pub file: String,
+    pub generator: String,
 }
 
 /// Why a value does not fit its parameter. The message never repeats a value of a
@@ -206,7 +291,7 @@ pub struct Catalog {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
     #[error("unknown {engine} parameter `{name}`")]
-    Unknown { engine: Engine, name: String },
+    Unknown { engine: Product, name: String },
     #[error("`{name}`: {reason}")]
     Invalid {
         name: String,
@@ -262,49 +347,234 @@ pub enum BadValue {
     DurationTooLarge(String),
 }
 
-const REDIS_JSON: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/schemas/engines/redis-7.json"
-));
-const MEMCACHED_JSON: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/schemas/engines/memcached-1.6.json"
-));
+/// Why a cluster's `version` selects no catalog.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    #[error("`{text}` is not a version: write major.minor, such as {example}")]
+    NotAVersion { text: String, example: &'static str },
+    #[error("{} {version} has no catalog; known {engine} versions: {known}", .engine.title())]
+    Unknown {
+        engine: Product,
+        version: String,
+        known: String,
+    },
+}
 
-/// The catalog of `engine`, parsed once. The embedded data is checked by unit tests, so a
-/// broken catalog fails the build's tests rather than a user's run; should it still fail
-/// to parse, this returns an empty catalog and `catalog_errors` says why.
-pub fn catalog(engine: Engine) -> &'static Catalog {
-    static REDIS: OnceLock<Catalog> = OnceLock::new();
-    static MEMCACHED: OnceLock<Catalog> = OnceLock::new();
-    let (cell, text) = match engine {
-        Engine::Redis => (&REDIS, REDIS_JSON),
-        Engine::Memcached => (&MEMCACHED, MEMCACHED_JSON),
+/// One embedded catalog: parsed the first time a cluster of its version needs it.
+struct Embedded {
+    product: Product,
+    version: &'static str,
+    file: &'static str,
+    text: &'static str,
+}
+
+macro_rules! embedded {
+    ($product:ident, $version:literal, $file:literal) => {
+        Embedded {
+            product: Product::$product,
+            version: $version,
+            file: $file,
+            text: include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/schemas/engines/",
+                $file
+            )),
+        }
     };
-    cell.get_or_init(|| {
-        serde_json::from_str(text).unwrap_or_else(|_| Catalog {
-            engine,
-            version: String::new(),
+}
+
+/// Every catalog, oldest version first within a product.
+static EMBEDDED: [Embedded; 8] = [
+    embedded!(Redis, "6.2", "redis-6.2.json"),
+    embedded!(Redis, "7.0", "redis-7.0.json"),
+    embedded!(Redis, "7.2", "redis-7.2.json"),
+    embedded!(Redis, "7.4", "redis-7.4.json"),
+    embedded!(Redis, "8.0", "redis-8.0.json"),
+    embedded!(Valkey, "7.2", "valkey-7.2.json"),
+    embedded!(Valkey, "8.0", "valkey-8.0.json"),
+    embedded!(Memcached, "1.6", "memcached-1.6.json"),
+];
+
+static PARSED: [OnceLock<Catalog>; 8] = [const { OnceLock::new() }; 8];
+
+fn parsed(i: usize) -> &'static Catalog {
+    let e = &EMBEDDED[i];
+    PARSED[i].get_or_init(|| {
+        serde_json::from_str(e.text).unwrap_or_else(|_| Catalog {
+            product: e.product,
+            version: e.version.to_owned(),
+            source: None,
             parameters: BTreeMap::new(),
         })
     })
 }
 
-/// Parse errors of the embedded catalogs (empty when both are well formed).
+/// Which catalog a cluster uses: its product and catalog version. Small and `Copy`, so a
+/// cluster carries it; [`CatalogId::get`] gives the (lazily parsed) catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CatalogId {
+    index: usize,
+}
+
+impl CatalogId {
+    /// The catalog of `product` at `version` (major.minor, a patch level is ignored:
+    /// `7.2.4` is 7.2); `None` selects the product's default version.
+    pub fn select(product: Product, version: Option<&str>) -> Result<Self, VersionError> {
+        let wanted = match version {
+            None => product.default_version().to_owned(),
+            Some(text) => major_minor(text).ok_or_else(|| VersionError::NotAVersion {
+                text: text.to_owned(),
+                example: product.default_version(),
+            })?,
+        };
+        EMBEDDED
+            .iter()
+            .position(|e| e.product == product && e.version == wanted)
+            .map(|index| CatalogId { index })
+            .ok_or_else(|| VersionError::Unknown {
+                engine: product,
+                version: wanted,
+                known: known_versions(product).join(", "),
+            })
+    }
+
+    /// The default catalog of a protocol (Redis 7.0, Memcached 1.6): what code that knows
+    /// only the protocol (a node driver, the agent) checks against.
+    pub fn default_for(engine: Engine) -> Self {
+        let product = Product::from(engine);
+        let index = EMBEDDED
+            .iter()
+            .position(|e| e.product == product && e.version == product.default_version())
+            .unwrap_or(0);
+        CatalogId { index }
+    }
+
+    pub fn get(self) -> &'static Catalog {
+        parsed(self.index)
+    }
+
+    pub fn product(self) -> Product {
+        EMBEDDED[self.index].product
+    }
+
+    pub fn version(self) -> &'static str {
+        EMBEDDED[self.index].version
+    }
+}
+
+/// `7.2`, `7.2.4` → `7.2`; anything else is not a version.
+fn major_minor(text: &str) -> Option<String> {
+    let parts: Vec<&str> = text.trim().split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit());
+    if !(2..=3).contains(&parts.len()) || !parts.iter().all(numeric) {
+        return None;
+    }
+    let n = |p: &str| p.parse::<u32>().ok();
+    Some(format!("{}.{}", n(parts[0])?, n(parts[1])?))
+}
+
+/// The catalog versions cacheflow knows for `product`, oldest first.
+pub fn known_versions(product: Product) -> Vec<&'static str> {
+    EMBEDDED
+        .iter()
+        .filter(|e| e.product == product)
+        .map(|e| e.version)
+        .collect()
+}
+
+/// Where a parameter unknown to `id`'s version exists in other versions of the same
+/// product, in words: "needs Redis 7.2 or later", "was removed after Redis 7.0", "exists
+/// only in Redis 6.2, 7.4". `None` when no version knows it. Parses the other catalogs of
+/// the product, which only an error needs.
+pub fn elsewhere(id: CatalogId, name: &str) -> Option<String> {
+    let product = id.product();
+    let mine = version_key(id.version());
+    let having: Vec<&'static str> = EMBEDDED
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.product == product)
+        .filter(|(i, _)| parsed(*i).parameters.contains_key(name))
+        .map(|(_, e)| e.version)
+        .collect();
+    let (first, last) = (*having.first()?, *having.last()?);
+    let title = product.title();
+    Some(if having.iter().all(|v| version_key(v) > mine) {
+        format!("needs {title} {first} or later")
+    } else if having.iter().all(|v| version_key(v) < mine) {
+        format!("was removed after {title} {last}")
+    } else {
+        format!("exists only in {title} {}", having.join(", "))
+    })
+}
+
+/// The newest catalog of `product` that has parameter `name` (what a profile, which names
+/// no version, is checked against).
+pub fn newest_with(product: Product, name: &str) -> Option<CatalogId> {
+    EMBEDDED
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, e)| e.product == product)
+        .find(|(i, _)| parsed(*i).parameters.contains_key(name))
+        .map(|(index, _)| CatalogId { index })
+}
+
+/// Whether `name` is a credential for nodes speaking `engine`: marked `secret` in any
+/// catalog of that protocol (Valkey's `primaryauth` is one on a Redis 7.0 cluster too), or
+/// named like one (`…pass…`: module passwords and passphrases). Used for
+/// `uncheckedParameters`, which no catalog checks.
+pub fn is_credential(engine: Engine, name: &str) -> bool {
+    name.to_ascii_lowercase().contains("pass")
+        || catalogs_of(engine).iter().any(|c| c.is_secret(name))
+}
+
+/// Every catalog of the engines speaking `engine`'s protocol (Redis and Valkey for
+/// [`Engine::Redis`]), parsing those not parsed yet.
+pub fn catalogs_of(engine: Engine) -> Vec<&'static Catalog> {
+    EMBEDDED
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.product.engine() == engine)
+        .map(|(i, _)| parsed(i))
+        .collect()
+}
+
+fn version_key(v: &str) -> (u32, u32) {
+    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// The default catalog of `engine` (Redis 7.0, Memcached 1.6), parsed once. For code that
+/// knows a node's protocol but not its cluster's version (node drivers, the agent); a
+/// cluster's own catalog is `Cluster::catalog()`. The embedded data is checked by unit
+/// tests, so a broken catalog fails the build's tests rather than a user's run; should it
+/// still fail to parse, this returns an empty catalog and `catalog_errors` says why.
+pub fn catalog(engine: Engine) -> &'static Catalog {
+    CatalogId::default_for(engine).get()
+}
+
+/// Parse errors of the embedded catalogs (empty when all are well formed).
 pub fn catalog_errors() -> Vec<String> {
     let mut out = Vec::new();
-    for (name, text) in [
-        ("redis-7.json", REDIS_JSON),
-        ("memcached-1.6.json", MEMCACHED_JSON),
-    ] {
-        if let Err(e) = serde_json::from_str::<Catalog>(text) {
-            out.push(format!("schemas/engines/{name}: {e}"));
+    for e in &EMBEDDED {
+        match serde_json::from_str::<Catalog>(e.text) {
+            Err(err) => out.push(format!("schemas/engines/{}: {err}", e.file)),
+            Ok(c) if c.product != e.product || c.version != e.version => out.push(format!(
+                "schemas/engines/{}: says {} {}",
+                e.file, c.product, c.version
+            )),
+            Ok(_) => {}
         }
     }
     out
 }
 
 impl Catalog {
+    /// The protocol of the engine the catalog is for.
+    pub fn engine(&self) -> Engine {
+        self.product.engine()
+    }
+
     pub fn get(&self, name: &str) -> Option<&ParamSpec> {
         self.parameters.get(name)
     }
@@ -315,7 +585,7 @@ impl Catalog {
     /// sorted.
     pub fn normalize(&self, name: &str, value: &serde_json::Value) -> Result<String, ValueError> {
         let spec = self.get(name).ok_or_else(|| ValueError::Unknown {
-            engine: self.engine,
+            engine: self.product,
             name: name.to_owned(),
         })?;
         if spec.secret {
@@ -755,10 +1025,143 @@ mod tests {
         )))
         .unwrap();
         let validator = jsonschema::validator_for(&schema).unwrap();
-        for text in [REDIS_JSON, MEMCACHED_JSON] {
-            let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(EMBEDDED.len(), PARSED.len());
+        for e in &EMBEDDED {
+            let doc: serde_json::Value = serde_json::from_str(e.text).unwrap();
             let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
-            assert!(errors.is_empty(), "{errors:?}");
+            assert!(errors.is_empty(), "{}: {errors:?}", e.file);
         }
+    }
+
+    #[test]
+    fn a_version_selects_its_catalog_and_omitted_means_the_old_default() {
+        let id = |p, v| CatalogId::select(p, v).unwrap();
+        assert_eq!(id(Product::Redis, None).version(), "7.0");
+        assert_eq!(id(Product::Memcached, None).version(), "1.6");
+        assert_eq!(id(Product::Valkey, None).version(), "7.2");
+        assert_eq!(id(Product::Redis, Some("7.2.4")).version(), "7.2");
+        assert_eq!(id(Product::Memcached, Some("1.6.21")).version(), "1.6");
+        assert_eq!(
+            id(Product::Redis, None),
+            CatalogId::default_for(Engine::Redis)
+        );
+        assert_eq!(
+            id(Product::Valkey, Some("8.0")).get().product,
+            Product::Valkey
+        );
+        assert_eq!(
+            id(Product::Valkey, Some("8.0")).get().engine(),
+            Engine::Redis
+        );
+        assert!(id(Product::Redis, Some("7.2"))
+            .get()
+            .get("locale-collate")
+            .is_some());
+        assert!(id(Product::Redis, Some("7.0"))
+            .get()
+            .get("locale-collate")
+            .is_none());
+        for p in [Product::Redis, Product::Valkey, Product::Memcached] {
+            for v in known_versions(p) {
+                let c = id(p, Some(v)).get();
+                assert_eq!((c.product, c.version.as_str()), (p, v));
+                assert!(c.parameters.len() > 10, "{p} {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_or_malformed_version_is_an_error_listing_the_known_ones() {
+        let e = CatalogId::select(Product::Redis, Some("5.0")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Redis 5.0 has no catalog; known redis versions: 6.2, 7.0, 7.2, 7.4, 8.0"
+        );
+        let e = CatalogId::select(Product::Valkey, Some("7.0")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Valkey 7.0 has no catalog; known valkey versions: 7.2, 8.0"
+        );
+        for bad in ["seven", "7", "7.x", "7.2.4.1", "", "-1.0"] {
+            let e = CatalogId::select(Product::Redis, Some(bad)).unwrap_err();
+            assert!(matches!(e, VersionError::NotAVersion { .. }), "{bad}: {e}");
+        }
+        assert_eq!(
+            CatalogId::select(Product::Redis, Some("7"))
+                .unwrap_err()
+                .to_string(),
+            "`7` is not a version: write major.minor, such as 7.0"
+        );
+    }
+
+    #[test]
+    fn a_parameter_of_another_version_says_which() {
+        let r70 = CatalogId::select(Product::Redis, Some("7.0")).unwrap();
+        let r72 = CatalogId::select(Product::Redis, Some("7.2")).unwrap();
+        let r62 = CatalogId::select(Product::Redis, Some("6.2")).unwrap();
+        assert_eq!(
+            elsewhere(r70, "locale-collate").as_deref(),
+            Some("needs Redis 7.2 or later")
+        );
+        assert_eq!(
+            elsewhere(r72, "aof-disable-auto-gc").as_deref(),
+            Some("was removed after Redis 7.0")
+        );
+        assert_eq!(
+            elsewhere(r62, "hide-user-data-from-log").as_deref(),
+            Some("needs Redis 7.4 or later")
+        );
+        assert_eq!(elsewhere(r70, "no-such-thing"), None);
+        assert_eq!(
+            newest_with(Product::Redis, "aof-disable-auto-gc").map(CatalogId::version),
+            Some("7.0")
+        );
+    }
+
+    #[test]
+    fn generated_catalogs_record_their_upstream_and_keep_the_curated_marks() {
+        for e in EMBEDDED.iter().filter(|e| e.product != Product::Memcached) {
+            let c: Catalog = serde_json::from_str(e.text).unwrap();
+            let src = c.source.as_ref().expect(e.file);
+            assert_eq!(src.commit.len(), 40, "{}", e.file);
+            assert!(src.tag.starts_with(e.version), "{}: {}", e.file, src.tag);
+            assert_eq!(src.file, "src/config.c");
+            for name in [
+                "requirepass",
+                "masterauth",
+                "masteruser",
+                "tls-key-file-pass",
+            ] {
+                assert!(c.is_secret(name), "{}: {name}", e.file);
+            }
+            // Read from the source: start-only, protected, an enum's words, a size.
+            assert!(c.needs_restart("databases"), "{}", e.file);
+            assert!(!c.needs_restart("maxmemory"), "{}", e.file);
+            assert!(
+                c.get("dir").unwrap().protected || e.version == "6.2",
+                "{}",
+                e.file
+            );
+            assert!(matches!(
+                c.get("maxmemory").unwrap().ty,
+                ParamType::Size { .. }
+            ));
+            // Kept from the curated notes: a duration's unit and a description.
+            assert!(matches!(
+                c.get("timeout").unwrap().ty,
+                ParamType::Duration {
+                    unit: DurationUnit::S,
+                    ..
+                }
+            ));
+            assert!(!c.get("maxmemory").unwrap().description.is_empty());
+        }
+        let v8 = CatalogId::select(Product::Valkey, Some("8.0"))
+            .unwrap()
+            .get();
+        assert!(v8.is_secret("primaryauth") && v8.is_secret("primaryuser"));
+        assert!(is_credential(Engine::Redis, "primaryauth"));
+        assert!(is_credential(Engine::Redis, "search-password"));
+        assert!(!is_credential(Engine::Redis, "search-timeout"));
     }
 }

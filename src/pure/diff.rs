@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::pure::catalog::{self, Engine};
+use crate::pure::catalog::{self, Catalog, Engine};
 use crate::pure::spec::model::{Cluster, Desired, Node, Param, Role};
 
 /// One parameter that changes. Values are shown as written in the repository for a
@@ -21,6 +21,9 @@ pub struct ParamChange {
     pub new: Option<String>,
     /// True when the engine takes the change only at start.
     pub restart: bool,
+    /// Set under `uncheckedParameters`: no catalog checked the value; it is sent as written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchecked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -93,7 +96,8 @@ pub struct ClusterDiff {
     pub cluster: String,
     pub file: String,
     pub status: ClusterStatus,
-    pub engine: Engine,
+    /// What the cluster's `spec.engine` says (valkey for Valkey).
+    pub engine: catalog::Product,
     pub parameters: Vec<ParamChange>,
     pub nodes_added: Vec<NodeSummary>,
     pub nodes_removed: Vec<NodeSummary>,
@@ -152,12 +156,12 @@ pub fn diff_cluster(old: Option<&Cluster>, new: Option<&Cluster>) -> Option<Clus
     let empty = BTreeMap::new();
     let old_params = old.map(|c| &c.parameters).unwrap_or(&empty);
     let new_params = new.map(|c| &c.parameters).unwrap_or(&empty);
-    let engine = any.engine;
+    let engine = any.product;
     // An engine switch replaces every parameter: all of them are compared by name only.
     let parameters = if status == ClusterStatus::Removed {
         Vec::new()
     } else {
-        param_changes(engine, old_params, new_params)
+        param_changes(any.catalog(), old_params, new_params)
     };
 
     let old_nodes: BTreeMap<&str, &Node> = old
@@ -263,10 +267,17 @@ fn cluster_field_changes(old: &Cluster, new: &Cluster) -> Vec<FieldChange> {
         show(new.profile.as_ref()),
     );
     push(
+        "engine".into(),
+        old.product.to_string(),
+        new.product.to_string(),
+    );
+    push(
         "version".into(),
         show(old.version.as_ref()),
         show(new.version.as_ref()),
     );
+    let catalog_name = |c: &Cluster| format!("{} {}", c.catalog.product(), c.catalog.version());
+    push("catalog".into(), catalog_name(old), catalog_name(new));
     let keys: BTreeSet<&String> = old.labels.keys().chain(new.labels.keys()).collect();
     for k in keys {
         push(
@@ -284,15 +295,41 @@ fn cluster_field_changes(old: &Cluster, new: &Cluster) -> Vec<FieldChange> {
     };
     push("auth.username".into(), user(old), user(new));
     push("auth.password".into(), pass(old), pass(new));
+    if old.catalog != new.catalog {
+        out.extend(catalog_changes(old.catalog(), new.catalog()));
+    }
     out
 }
 
+/// What a change of catalog (a version or engine change) does to the parameters: those
+/// that appear, vanish or change their class (run-time ↔ start-only), as
+/// `catalog.NAME` fields whose old/new are the class or `(absent)`.
+pub fn catalog_changes(old: &Catalog, new: &Catalog) -> Vec<FieldChange> {
+    let class = |c: &Catalog, name: &str| {
+        c.get(name)
+            .map(|p| if p.runtime { "run-time" } else { "start-only" })
+            .unwrap_or("(absent)")
+            .to_owned()
+    };
+    let names: BTreeSet<&String> = old.parameters.keys().chain(new.parameters.keys()).collect();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (a, b) = (class(old, name), class(new, name));
+            (a != b).then(|| FieldChange {
+                field: format!("catalog.{name}"),
+                old: a,
+                new: b,
+            })
+        })
+        .collect()
+}
+
 fn param_changes(
-    engine: Engine,
+    cat: &Catalog,
     old: &BTreeMap<String, Param>,
     new: &BTreeMap<String, Param>,
 ) -> Vec<ParamChange> {
-    let cat = catalog::catalog(engine);
     let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     names
         .into_iter()
@@ -306,7 +343,9 @@ fn param_changes(
                 old: o.map(|p| p.written.clone()),
                 new: n.map(|p| p.written.clone()),
                 // Dropping a parameter from management changes nothing on the node.
-                restart: n.is_some() && cat.needs_restart(name),
+                // Unchecked parameters are applied at run time, as written.
+                restart: n.is_some_and(|p| !p.unchecked) && cat.needs_restart(name),
+                unchecked: n.or(o).is_some_and(|p| p.unchecked),
             })
         })
         .collect()
@@ -429,16 +468,19 @@ pub fn eviction_and_memory_risks(
 /// Desired parameters of one node against what it reports: the changes to apply. A
 /// live value is normalised through the catalog so that `4gb` and `4294967296` match.
 pub fn node_changes(
-    engine: Engine,
+    cat: &Catalog,
     desired: &BTreeMap<String, Param>,
     live: &BTreeMap<String, String>,
 ) -> Vec<ParamChange> {
-    let cat = catalog::catalog(engine);
     desired
         .iter()
         .filter_map(|(name, want)| {
             let have = live.get(name);
+            // An unchecked parameter is compared as the engine reports it.
             let have_norm = have.map(|v| {
+                if want.unchecked {
+                    return v.trim().to_owned();
+                }
                 cat.normalize(name, &serde_json::Value::String(v.clone()))
                     .unwrap_or_else(|_| v.clone())
             });
@@ -449,7 +491,8 @@ pub fn node_changes(
                 name: name.clone(),
                 old: have.cloned(),
                 new: Some(want.value.clone()),
-                restart: cat.needs_restart(name),
+                restart: !want.unchecked && cat.needs_restart(name),
+                unchecked: want.unchecked,
             })
         })
         .collect()
@@ -465,6 +508,7 @@ mod tests {
             value: v.into(),
             written: w.into(),
             profile: None,
+            unchecked: false,
         }
     }
 
@@ -474,7 +518,9 @@ mod tests {
             file: "clusters/c.yaml".into(),
             labels: BTreeMap::new(),
             engine: Engine::Redis,
+            product: catalog::Product::Redis,
             version: None,
+            catalog: catalog::CatalogId::default_for(Engine::Redis),
             profile: None,
             parameters: params
                 .iter()
@@ -560,9 +606,68 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let c = node_changes(Engine::Redis, &want, &live);
+        let c = node_changes(catalog::catalog(Engine::Redis), &want, &live);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].name, "appendonly");
         assert_eq!(c[0].old.as_deref(), Some("no"));
+    }
+
+    #[test]
+    fn a_version_change_shows_the_parameters_that_appear_vanish_or_change_class() {
+        let a = cluster(&[], &[("n1", "s", Role::Primary)]);
+        let mut b = a.clone();
+        b.version = Some("7.2".into());
+        b.catalog = catalog::CatalogId::select(catalog::Product::Redis, Some("7.2")).unwrap();
+        let d = diff_cluster(Some(&a), Some(&b)).unwrap();
+        let field = |name: &str| {
+            d.cluster_fields
+                .iter()
+                .find(|f| f.field == name)
+                .map(|f| (f.old.as_str(), f.new.as_str()))
+        };
+        assert_eq!(field("version"), Some(("(unset)", "7.2")));
+        assert_eq!(field("catalog"), Some(("redis 7.0", "redis 7.2")));
+        assert_eq!(
+            field("catalog.locale-collate"),
+            Some(("(absent)", "run-time"))
+        );
+        assert_eq!(
+            field("catalog.aof-disable-auto-gc"),
+            Some(("run-time", "(absent)"))
+        );
+        assert_eq!(field("catalog.maxmemory"), None);
+    }
+
+    #[test]
+    fn unchecked_parameters_are_flagged_and_applied_at_run_time() {
+        let mut want: BTreeMap<String, Param> = BTreeMap::new();
+        want.insert(
+            "search-timeout".into(),
+            Param {
+                unchecked: true,
+                ..param("600", "600")
+            },
+        );
+        let live: BTreeMap<String, String> = [("search-timeout".to_string(), "500".to_string())]
+            .into_iter()
+            .collect();
+        let c = node_changes(catalog::catalog(Engine::Redis), &want, &live);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].unchecked);
+        assert!(
+            !c[0].restart,
+            "an unknown parameter would otherwise count as start-only"
+        );
+        let same: BTreeMap<String, String> = [("search-timeout".to_string(), "600".to_string())]
+            .into_iter()
+            .collect();
+        assert!(node_changes(catalog::catalog(Engine::Redis), &want, &same).is_empty());
+
+        let a = cluster(&[], &[("n1", "s", Role::Primary)]);
+        let mut b = a.clone();
+        b.parameters = want;
+        let d = diff_cluster(Some(&a), Some(&b)).unwrap();
+        assert!(d.parameters[0].unchecked && !d.parameters[0].restart);
+        assert!(d.risks.is_empty(), "{:?}", d.risks);
     }
 }

@@ -139,7 +139,7 @@ pub fn compute(desired: &Desired, live: &LiveState, generated_at: &str) -> Drift
                 continue;
             };
             let mut parameters: Vec<ParamDrift> =
-                diff::node_changes(cluster.engine, &cluster.parameters, &reading.parameters)
+                diff::node_changes(cluster.catalog(), &cluster.parameters, &reading.parameters)
                     .into_iter()
                     .filter_map(|c| {
                         Some(ParamDrift {
@@ -155,7 +155,7 @@ pub fn compute(desired: &Desired, live: &LiveState, generated_at: &str) -> Drift
                     parameters.iter().map(|p| p.name.clone()).collect();
                 // Only what the file can hold: start-only parameters are in it by nature.
                 parameters.extend(
-                    diff::node_changes(cluster.engine, &cluster.parameters, file)
+                    diff::node_changes(cluster.catalog(), &cluster.parameters, file)
                         .into_iter()
                         .filter(|c| !live_wrong.contains(&c.name))
                         .filter_map(|c| {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::pure::catalog::Engine;
+use crate::pure::catalog::Product;
 use crate::pure::diff::{self, ParamChange, Risk, RiskKind};
 use crate::pure::live::LiveState;
 use crate::pure::spec::model::{Cluster, Desired, Role, Stage};
@@ -39,7 +39,8 @@ impl Plan {
 #[serde(rename_all = "camelCase")]
 pub struct ClusterPlan {
     pub cluster: String,
-    pub engine: Engine,
+    /// What the cluster's `spec.engine` says (valkey for Valkey).
+    pub engine: Product,
     /// Nodes that need a change, by id.
     pub nodes: Vec<NodePlan>,
     /// Nodes that already match.
@@ -131,7 +132,7 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
     );
     ClusterPlan {
         cluster: cluster.name.clone(),
-        engine: cluster.engine,
+        engine: cluster.product,
         nodes,
         in_sync,
         unreachable,
@@ -175,7 +176,7 @@ fn node_plans(cluster: &Cluster, live: &LiveState) -> NodePlans {
             });
             continue;
         }
-        let changes = diff::node_changes(cluster.engine, &cluster.parameters, &state.parameters);
+        let changes = diff::node_changes(cluster.catalog(), &cluster.parameters, &state.parameters);
         if changes.is_empty() {
             in_sync.push(node.id.clone());
             continue;
@@ -259,7 +260,7 @@ fn policy_switch_risks(cluster: &Cluster, nodes: &[NodePlan]) -> Vec<Risk> {
     let mut risks = Vec::new();
     // Eviction-policy switches: one risk per distinct change (values normalised, so
     // `ALLKEYS-LRU` and `allkeys-lru` are one), naming only the nodes making it.
-    let cat = crate::pure::catalog::catalog(cluster.engine);
+    let cat = cluster.catalog();
     let mut switches: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
     for n in nodes {
         for c in &n.changes {
@@ -288,6 +289,7 @@ fn policy_switch_risks(cluster: &Cluster, nodes: &[NodePlan]) -> Vec<Risk> {
             old: Some(old),
             new: Some(new),
             restart: false,
+            unchecked: false,
         };
         for r in diff::eviction_and_memory_risks(cluster.engine, &[change], true) {
             if r.kind == RiskKind::EvictionPolicySwitch {

@@ -154,13 +154,11 @@ impl Report {
         // Credentials a node holds never enter the server's state (an agent of this
         // build leaves them out; one of another build may not).
         if let Some(engine) = report.node.engine {
-            let cat = crate::pure::catalog::catalog(engine);
-            report
-                .node
-                .parameters
-                .retain(|name, _| !cat.is_secret(name));
+            // Any version's credentials: the server does not know the node's version.
+            let secret = |name: &str| crate::pure::catalog::is_credential(engine, name);
+            report.node.parameters.retain(|name, _| !secret(name));
             if let Some(persisted) = &mut report.node.persisted {
-                persisted.retain(|name, _| !cat.is_secret(name));
+                persisted.retain(|name, _| !secret(name));
             }
         }
         Ok(report)

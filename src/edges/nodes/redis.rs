@@ -26,12 +26,15 @@ use crate::pure::spec::model::{Auth, Role};
 /// Largest config file read for the persisted view.
 const MAX_CONFIG_FILE_BYTES: u64 = 4 << 20;
 
-/// Parameters whose values are credentials (the catalog's `secret`): never reported,
-/// neither live nor persisted, so no snapshot, plan, drift report or journal carries them.
+/// Parameters whose values are credentials (`secret` in any Redis or Valkey catalog;
+/// `primaryauth`/`primaryuser` are Valkey 8's names): never reported, neither live nor
+/// persisted, so no snapshot, plan, drift report or journal carries them.
 pub const SECRET_PARAMETERS: &[&str] = &[
     "requirepass",
     "masterauth",
     "masteruser",
+    "primaryauth",
+    "primaryuser",
     "tls-key-file-pass",
     "tls-client-key-file-pass",
 ];
@@ -945,15 +948,15 @@ mod tests {
 
     #[test]
     fn the_secret_parameters_are_the_catalog_s_credentials() {
-        let cat = crate::pure::catalog::catalog(Engine::Redis);
-        let mut from_catalog: Vec<&str> = cat
-            .parameters
-            .iter()
+        let mut from_catalog: Vec<&str> = crate::pure::catalog::catalogs_of(Engine::Redis)
+            .into_iter()
+            .flat_map(|cat| cat.parameters.iter())
             .filter(|(_, p)| p.secret)
             .map(|(n, _)| n.as_str())
             .collect();
         let mut here = SECRET_PARAMETERS.to_vec();
         from_catalog.sort_unstable();
+        from_catalog.dedup();
         here.sort_unstable();
         assert_eq!(here, from_catalog);
     }

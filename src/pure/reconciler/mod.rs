@@ -22,7 +22,6 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::pure::catalog::catalog;
 use crate::pure::gates::{self, Sample};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::plan;
@@ -518,7 +517,7 @@ impl Reconciler {
                     || (self.correct_drift
                         && self.live.get(&n.id).is_some_and(|s| {
                             !crate::pure::diff::node_changes(
-                                cluster.engine,
+                                cluster.catalog(),
                                 &cluster.parameters,
                                 &s.node.parameters,
                             )
@@ -641,7 +640,7 @@ impl Reconciler {
         batches: &[Vec<String>],
     ) -> BTreeMap<String, BTreeMap<String, String>> {
         let assignments = self.state.clusters.get(name).map(|cs| &cs.assignments);
-        let cat = catalog(cluster.engine);
+        let cat = cluster.catalog();
         batches
             .iter()
             .flatten()

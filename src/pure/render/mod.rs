@@ -169,10 +169,22 @@ fn value(v: &Option<String>) -> &str {
 }
 
 fn applied(c: &ParamChange) -> &'static str {
-    match (&c.new, c.restart) {
-        (None, _) => "no longer managed: nodes keep their value",
-        (_, true) => "restart",
-        (_, false) => "run time",
+    match (&c.new, c.restart, c.unchecked) {
+        (None, _, _) => "no longer managed: nodes keep their value",
+        (_, _, true) => "run time, unchecked",
+        (_, true, _) => "restart",
+        (_, false, _) => "run time",
+    }
+}
+
+/// What a plan line adds after a change: start-only, or sent unchecked.
+fn change_note(ch: &ParamChange) -> &'static str {
+    if ch.unchecked {
+        " (unchecked)"
+    } else if ch.restart {
+        " (restart)"
+    } else {
+        ""
     }
 }
 
@@ -438,7 +450,7 @@ pub fn plan_text(p: &Plan) -> String {
                         ch.name,
                         value(&ch.old),
                         value(&ch.new),
-                        if ch.restart { " (restart)" } else { "" }
+                        change_note(ch)
                     )
                 })
                 .collect();
@@ -540,7 +552,7 @@ pub fn plan_markdown(p: &Plan) -> String {
                             code(&ch.name),
                             code(value(&ch.old)),
                             code(value(&ch.new)),
-                            if ch.restart { " (restart)" } else { "" }
+                            change_note(ch)
                         )
                     })
                     .collect();

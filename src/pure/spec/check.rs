@@ -14,7 +14,7 @@ use super::model::{
 };
 use super::raw::{self, Kind, RawStage};
 use super::{file_level, schema, Diagnostic, Parsed, Source};
-use crate::pure::catalog::{self, Engine};
+use crate::pure::catalog::{self, CatalogId, Engine, Product};
 
 /// A compiled repository policy.
 pub(crate) struct Policy {
@@ -201,7 +201,7 @@ pub(super) fn shared(
             out.broken_profiles.insert(name);
             continue;
         };
-        let parameters = parameters(&mut ctx, p, spec.engine, &spec.parameters, Some(&name));
+        let parameters = profile_parameters(&mut ctx, p, spec.engine, &spec.parameters, &name);
         out.profile_raw.insert(name.clone(), spec.parameters);
         out.profiles.insert(
             name.clone(),
@@ -299,6 +299,20 @@ fn build_cluster(
     }
     let name = p.metadata.name.clone();
     let spec = spec_of::<raw::ClusterSpec>(ctx, p)?;
+    // The catalog its engine and version select. With a version that selects none, the
+    // parameters are not checked (against which version?): the version's error says why.
+    let selected = CatalogId::select(spec.engine, spec.version.as_deref());
+    let catalog_id = match &selected {
+        Ok(id) => *id,
+        Err(e) => {
+            ctx.at(p, "/spec/version", e.to_string());
+            CatalogId::default_for(spec.engine.engine())
+        }
+    };
+    let declared = Declared {
+        id: catalog_id,
+        written: spec.version.is_some(),
+    };
 
     // Profile first, cluster overrides on top.
     let mut params: BTreeMap<String, Param> = BTreeMap::new();
@@ -317,6 +331,21 @@ fn build_cluster(
                 ),
             ),
             Some(profile) => {
+                // A profile names no version: what it sets must exist in this cluster's.
+                for name in profile.parameters.keys() {
+                    if catalog_id.get().get(name).is_none() && selected.is_ok() {
+                        let why = catalog::elsewhere(catalog_id, name)
+                            .unwrap_or_else(|| "is unknown".to_owned());
+                        ctx.at(
+                            p,
+                            "/spec/profile",
+                            format!(
+                                "`{name}` (from profile `{profile_name}`) {why}; {}",
+                                declared.clause()
+                            ),
+                        );
+                    }
+                }
                 params.extend(profile.parameters.clone());
                 if let Some(raw) = shared.profile_raw.get(profile_name) {
                     raw_params.extend(raw.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -332,7 +361,10 @@ fn build_cluster(
             ),
         }
     }
-    params.extend(parameters(ctx, p, spec.engine, &spec.parameters, None));
+    if selected.is_ok() {
+        params.extend(parameters(ctx, p, declared, &spec.parameters));
+        params.extend(unchecked_parameters(ctx, p, declared, &spec));
+    }
     for (k, v) in &spec.parameters {
         raw_params.insert(k.clone(), v.clone());
     }
@@ -364,8 +396,10 @@ fn build_cluster(
         name,
         file: p.src.path().to_owned(),
         labels: p.metadata.labels.clone(),
-        engine: spec.engine,
+        engine: spec.engine.engine(),
+        product: spec.engine,
         version: spec.version.clone(),
+        catalog: catalog_id,
         profile: spec.profile.clone(),
         parameters: params,
         auth: spec.auth.clone(),
@@ -574,38 +608,112 @@ fn check_cron(ctx: &mut Ctx, p: &Parsed, pointer: &str, expr: &str, fields: &[us
     }
 }
 
+/// The catalog a cluster uses and whether its file names the version (for messages).
+#[derive(Clone, Copy)]
+struct Declared {
+    id: CatalogId,
+    written: bool,
+}
+
+impl Declared {
+    /// "this cluster declares 7.0" / "… declares no version, which means Redis 7.0".
+    fn clause(self) -> String {
+        if self.written {
+            format!("this cluster declares {}", self.id.version())
+        } else {
+            format!(
+                "this cluster declares no version, which means {} {}",
+                self.id.product().title(),
+                self.id.version()
+            )
+        }
+    }
+}
+
+/// The value as written, for people (a YAML list joined with spaces).
+fn written_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}
+
+/// A cluster's `parameters`, against the catalog of its engine and version. A parameter
+/// that only other versions have says which.
 fn parameters(
     ctx: &mut Ctx,
     p: &Parsed,
-    engine: Engine,
+    declared: Declared,
     raw: &BTreeMap<String, Value>,
-    profile: Option<&str>,
 ) -> BTreeMap<String, Param> {
-    let cat = catalog::catalog(engine);
+    let cat = declared.id.get();
     let mut out = BTreeMap::new();
     for (name, value) in raw {
         let pointer = format!("/spec/parameters/{}", super::yaml::escape_token(name));
         match cat.normalize(name, value) {
             Ok(normalized) => {
-                let written = match value {
-                    Value::String(s) => s.clone(),
-                    Value::Array(items) => items
-                        .iter()
-                        .map(|v| {
-                            v.as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| v.to_string())
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    other => other.to_string(),
-                };
                 out.insert(
                     name.clone(),
                     Param {
                         value: normalized,
-                        written,
-                        profile: profile.map(str::to_owned),
+                        written: written_text(value),
+                        profile: None,
+                        unchecked: false,
+                    },
+                );
+            }
+            Err(catalog::ValueError::Unknown { .. })
+                if catalog::elsewhere(declared.id, name).is_some() =>
+            {
+                let why = catalog::elsewhere(declared.id, name).unwrap_or_default();
+                ctx.at_key(
+                    p,
+                    &pointer,
+                    format!("`{name}` {why}; {}", declared.clause()),
+                )
+            }
+            Err(e @ (catalog::ValueError::Unknown { .. } | catalog::ValueError::Secret { .. })) => {
+                ctx.at_key(p, &pointer, e.to_string())
+            }
+            Err(e) => ctx.at(p, &pointer, e.to_string()),
+        }
+    }
+    out
+}
+
+/// A profile's parameters. A profile names no version, so each is checked against the
+/// newest catalog of its engine that has it; a cluster using the profile then checks that
+/// its own version has them.
+fn profile_parameters(
+    ctx: &mut Ctx,
+    p: &Parsed,
+    product: Product,
+    raw: &BTreeMap<String, Value>,
+    profile: &str,
+) -> BTreeMap<String, Param> {
+    let mut out = BTreeMap::new();
+    for (name, value) in raw {
+        let pointer = format!("/spec/parameters/{}", super::yaml::escape_token(name));
+        let id = catalog::newest_with(product, name)
+            .unwrap_or_else(|| CatalogId::default_for(product.engine()));
+        match id.get().normalize(name, value) {
+            Ok(normalized) => {
+                out.insert(
+                    name.clone(),
+                    Param {
+                        value: normalized,
+                        written: written_text(value),
+                        profile: Some(profile.to_owned()),
+                        unchecked: false,
                     },
                 );
             }
@@ -613,6 +721,80 @@ fn parameters(
                 ctx.at_key(p, &pointer, e.to_string())
             }
             Err(e) => ctx.at(p, &pointer, e.to_string()),
+        }
+    }
+    out
+}
+
+/// `uncheckedParameters`: what no catalog knows (a module's parameters), kept as written
+/// and sent as written. Refused there: a parameter the cluster's catalog knows (it belongs
+/// under `parameters`, where it is checked), a credential (the same rule as in
+/// `parameters`), and any on Memcached, which has no generic run-time setting.
+fn unchecked_parameters(
+    ctx: &mut Ctx,
+    p: &Parsed,
+    declared: Declared,
+    spec: &raw::ClusterSpec,
+) -> BTreeMap<String, Param> {
+    let mut out = BTreeMap::new();
+    if spec.unchecked_parameters.is_empty() {
+        return out;
+    }
+    if spec.engine.engine() == Engine::Memcached {
+        ctx.at_key(
+            p,
+            "/spec/uncheckedParameters",
+            "`uncheckedParameters` is for Redis and Valkey clusters: Memcached has no run-time command that sets an arbitrary parameter",
+        );
+        return out;
+    }
+    let cat = declared.id.get();
+    for (name, value) in &spec.unchecked_parameters {
+        let pointer = format!(
+            "/spec/uncheckedParameters/{}",
+            super::yaml::escape_token(name)
+        );
+        if catalog::is_credential(spec.engine.engine(), name) {
+            let e = catalog::ValueError::Secret { name: name.clone() };
+            ctx.at_key(p, &pointer, e.to_string());
+            continue;
+        }
+        if cat.get(name).is_some() {
+            ctx.at_key(
+                p,
+                &pointer,
+                format!(
+                    "`{name}` is a {} {} parameter: set it under `parameters`, where its value is checked",
+                    declared.id.product().title(),
+                    declared.id.version()
+                ),
+            );
+            continue;
+        }
+        if spec.parameters.contains_key(name) {
+            continue; // reported as unknown under `parameters`
+        }
+        let text = match value {
+            Value::Null => Err(catalog::BadValue::Required),
+            Value::Object(_) => Err(catalog::BadValue::Mapping),
+            Value::Array(items) if items.iter().any(|v| v.is_array() || v.is_object()) => {
+                Err(catalog::BadValue::NestedList)
+            }
+            other => Ok(written_text(other).trim().to_owned()),
+        };
+        match text {
+            Ok(text) => {
+                out.insert(
+                    name.clone(),
+                    Param {
+                        value: text.clone(),
+                        written: text,
+                        profile: None,
+                        unchecked: true,
+                    },
+                );
+            }
+            Err(reason) => ctx.at(p, &pointer, format!("`{name}`: {reason}")),
         }
     }
     out
@@ -638,7 +820,7 @@ fn nodes(ctx: &mut Ctx, p: &Parsed, spec: &raw::ClusterSpec) -> Vec<Node> {
         }
         let role = n.role.unwrap_or(Role::Primary);
         let shard = n.shard.clone().unwrap_or_else(|| n.id.clone());
-        if spec.engine == Engine::Memcached && role == Role::Replica {
+        if spec.engine == Product::Memcached && role == Role::Replica {
             ctx.at(
                 p,
                 &format!("{base}/role"),

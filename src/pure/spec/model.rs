@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pure::catalog::Engine;
+use crate::pure::catalog::{Catalog, CatalogId, Engine, Product};
 
 /// The desired state of every cluster at one revision.
 #[derive(Debug, Clone, Serialize)]
@@ -121,7 +121,7 @@ impl fmt::Display for SecretRef {
 pub struct Profile {
     pub name: String,
     pub file: String,
-    pub engine: Engine,
+    pub engine: Product,
     pub parameters: BTreeMap<String, Param>,
 }
 
@@ -134,6 +134,10 @@ pub struct Param {
     /// `None` when the cluster sets it; the profile's name when inherited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// Set under `uncheckedParameters`: no catalog knows it (a module's parameter), so
+    /// the value is sent as written and the engine alone judges it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchecked: bool,
 }
 
 /// One cluster, profile merged, rollout policy resolved.
@@ -142,11 +146,22 @@ pub struct Cluster {
     pub name: String,
     pub file: String,
     pub labels: BTreeMap<String, String>,
+    /// The protocol its nodes speak (Valkey speaks Redis's).
+    #[serde(skip)]
     pub engine: Engine,
+    /// What `spec.engine` says: redis, valkey or memcached.
+    #[serde(rename = "engine")]
+    pub product: Product,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The parameter catalog `engine` and `version` select (the product's default
+    /// version when `version` is omitted).
+    #[serde(skip)]
+    pub catalog: CatalogId,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// Parameters set under `uncheckedParameters` are also here, marked
+    /// `Param::unchecked`, so that they are planned and applied like the others.
     pub parameters: BTreeMap<String, Param>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
@@ -156,6 +171,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The cluster's parameter catalog (its engine at its version).
+    pub fn catalog(&self) -> &'static Catalog {
+        self.catalog.get()
+    }
+
     pub fn node(&self, id: &str) -> Option<&Node> {
         self.nodes
             .binary_search_by(|n| n.id.as_str().cmp(id))

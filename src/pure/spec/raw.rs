@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::model::{Auth, Drift, Managed, Notification, OnFailure, Role, Trust, Window};
-use crate::pure::catalog::Engine;
+use crate::pure::catalog::Product;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Kind {
@@ -62,20 +62,22 @@ pub struct SettingsSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSpec {
-    pub engine: Engine,
+    pub engine: Product,
     pub parameters: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSpec {
-    pub engine: Engine,
+    pub engine: Product,
     #[serde(default)]
     pub version: Option<String>,
     #[serde(default)]
     pub profile: Option<String>,
     #[serde(default)]
     pub parameters: BTreeMap<String, serde_json::Value>,
+    #[serde(default, rename = "uncheckedParameters")]
+    pub unchecked_parameters: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub auth: Option<Auth>,
     pub nodes: Vec<Node>,
