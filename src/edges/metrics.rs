@@ -96,6 +96,10 @@ pub struct Metrics {
     pub drift_nodes: Family<DriftLabels, Gauge>,
     pub drift_runs: Family<ResultLabels, Counter>,
     pub pr_feedback: Family<ResultLabels, Counter>,
+    /// 1 while the last fetch of the remote succeeded, 0 while it fails (the server then
+    /// serves the mirror's revision).
+    pub remote_reachable: Gauge,
+    pub fetch_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -182,6 +186,18 @@ impl Default for Metrics {
             "Pull-request feedback by result (posted, failed, ignored)",
             pr_feedback.clone(),
         );
+        let remote_reachable = Gauge::default();
+        registry.register(
+            "remote_reachable",
+            "1 when the last fetch of the config repository's remote succeeded, 0 while it fails (the server serves the revision its mirror holds)",
+            remote_reachable.clone(),
+        );
+        let fetch_failures = Counter::default();
+        registry.register(
+            "fetch_failures",
+            "Fetches of the config repository's remote that failed (retried after a backoff)",
+            fetch_failures.clone(),
+        );
         let results = |family: &Family<ResultLabels, Counter>, all: &[&str]| {
             for result in all {
                 let _ = family.get_or_create(&ResultLabels {
@@ -222,6 +238,8 @@ impl Default for Metrics {
             drift_nodes,
             drift_runs,
             pr_feedback,
+            remote_reachable,
+            fetch_failures,
         }
     }
 }

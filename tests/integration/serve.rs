@@ -1464,3 +1464,118 @@ spec:
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
 }
+
+/// The remote's bare repository moved away (the forge is down) and back.
+fn move_remote(remote: &Remote, away: bool) {
+    let there = remote.dir.path().to_path_buf();
+    let aside = there.with_extension("away");
+    if away {
+        std::fs::rename(&there, &aside).unwrap();
+    } else {
+        std::fs::rename(&aside, &there).unwrap();
+    }
+}
+
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{metrics}"))
+}
+
+#[test]
+fn a_restart_while_the_remote_is_away_serves_the_mirror_and_resumes_the_rollout() {
+    let fleet = Fleet::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    let rollout = "stages: [1, 2, 4, '100%']\n    bake: 600ms";
+    work.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml_with("    hz: 20", rollout),
+    );
+    work.commit("cache: hz 20");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let log = state.path().join("serve.log");
+    let mut server = Server::start_logged(&remote, state.path(), &[], Some(log.clone()));
+    converge(&fleet, "hz", "20", Duration::from_secs(30));
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    assert_eq!(metric(&metrics, "cacheflow_remote_reachable"), 1.0);
+    assert_eq!(metric(&metrics, "cacheflow_fetch_failures_total"), 0.0);
+
+    // A rollout in flight when the server dies and the forge goes away.
+    work.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml_with("    hz: 31", rollout),
+    );
+    let commit = work.commit("cache: hz 31");
+    remote.push(&work, false);
+    assert_eq!(server.github_push("away-1").0, 202);
+    std::thread::sleep(Duration::from_millis(400));
+    server.kill9();
+    assert!(
+        !server.note(&commit).contains("completed"),
+        "the rollout is still in flight"
+    );
+    move_remote(&remote, true);
+
+    // It starts from the mirror, says so, and the journal's rollout goes on.
+    server.restart();
+    let (code, ready) = server.http("GET", "/readyz", &[], b"");
+    assert_eq!(code, 200, "{ready}");
+    assert!(ready.contains("remote unreachable since "), "{ready}");
+    assert!(
+        ready.contains(&format!("serving revision {commit} from the mirror")),
+        "{ready}"
+    );
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    assert_eq!(metric(&metrics, "cacheflow_remote_reachable"), 0.0);
+    assert!(metric(&metrics, "cacheflow_fetch_failures_total") >= 1.0);
+    converge(&fleet, "hz", "31", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.note(&commit).contains("completed") {
+        assert!(Instant::now() < deadline, "{:#?}", server.journal());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Fetched again with a backoff, not once an hour (the poll interval).
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    assert!(metric(&metrics, "cacheflow_fetch_failures_total") >= 2.0);
+
+    // The forge is back: a push and its webhook are taken.
+    move_remote(&remote, false);
+    work.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml_with("    hz: 32", rollout),
+    );
+    work.commit("cache: hz 32");
+    remote.push(&work, false);
+    assert_eq!(server.github_push("back-1").0, 202);
+    converge(&fleet, "hz", "32", Duration::from_secs(30));
+    let (code, ready) = server.http("GET", "/readyz", &[], b"");
+    assert_eq!((code, ready.as_str()), (200, "ready\n"));
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    assert_eq!(metric(&metrics, "cacheflow_remote_reachable"), 1.0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("starting from the mirror"), "{text}");
+    assert!(text.contains("answers again"), "{text}");
+
+    // A first start with neither a mirror nor the remote is still an error, saying why.
+    move_remote(&remote, true);
+    let fresh = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["serve", "--repo", &remote.url(), "--state-dir"])
+        .arg(fresh.path())
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("CACHEFLOW_WEBHOOK_SECRET", SECRET)
+        .env("CACHEFLOW_NODE_TOKEN_SECRET", NODE_SECRET)
+        .output()
+        .unwrap();
+    move_remote(&remote, false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("holds no mirror of the branch `main` to start from"),
+        "{stderr}"
+    );
+}

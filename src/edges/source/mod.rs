@@ -34,7 +34,10 @@
 //!   the cache directory, cloned into a temporary directory and renamed into place, so
 //!   an interrupted clone never leaves a half repository behind. Fetches use an
 //!   anonymous remote so credentials in the URL are never written to the mirror's
-//!   config. Every URL shown in an error goes through [`redact_url`].
+//!   config. Every URL shown in an error goes through [`redact_url`]. Credentials come
+//!   from [`credentials`] (a token file, helpers, ssh keys), and the host is reached
+//!   within a bound first ([`reach`]). [`open_cached`] opens a mirror without fetching,
+//!   for a server whose remote is away.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -43,6 +46,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use git2::{ErrorCode, ObjectType, Oid, Repository};
+
+pub mod credentials;
+pub mod reach;
 
 use crate::pure::render::rfc3339_utc;
 // Re-exported for callers not yet moved to `edges::redact`.
@@ -1217,6 +1223,14 @@ fn open_mirror(url: &str, cache: &Path) -> Result<ConfigRepo, SourceError> {
         code: e.code(),
     };
 
+    // A host that does not answer is named within a bound, not after the kernel's 130 s.
+    if let Err(unreached) = reach::check(url, reach::connect_timeout()) {
+        return Err(SourceError::FetchFailed {
+            url: shown.clone(),
+            message: unreached.to_string(),
+            code: ErrorCode::GenericError,
+        });
+    }
     if dir.exists() {
         match Repository::open_bare(&dir) {
             Ok(repo) => {
@@ -1257,12 +1271,24 @@ fn open_mirror(url: &str, cache: &Path) -> Result<ConfigRepo, SourceError> {
     Ok(ConfigRepo { repo, name: shown })
 }
 
+/// The mirror of `url` in `cache` as it is, without fetching: what a server starts from
+/// while the remote cannot be reached. `NotARepository` when there is none.
+pub fn open_cached(url: &str, cache: &Path) -> Result<ConfigRepo, SourceError> {
+    let dir = cache.join(mirror_dir_name(url));
+    let repo = Repository::open_bare(&dir)
+        .map_err(|source| SourceError::NotARepository { path: dir, source })?;
+    Ok(ConfigRepo {
+        repo,
+        name: redact_url(url),
+    })
+}
+
 /// Fetch every branch and tag, forced and pruned, then point `HEAD` at the remote's
 /// default branch.
 fn fetch_mirror(repo: &Repository, url: &str) -> Result<(), git2::Error> {
     let mut remote = repo.remote_anonymous(url)?;
     let mut opts = git2::FetchOptions::new();
-    opts.remote_callbacks(callbacks())
+    opts.remote_callbacks(credentials::callbacks())
         .prune(git2::FetchPrune::On)
         .download_tags(git2::AutotagOption::None);
     remote.fetch(
@@ -1284,41 +1310,6 @@ fn fetch_mirror(repo: &Repository, url: &str) -> Result<(), git2::Error> {
         repo.set_head(&head)?;
     }
     Ok(())
-}
-
-/// Credentials: those in the URL (libgit2 uses them first), then the ssh agent and
-/// the usual key files, then git's credential helpers. Bounded, because libgit2 asks
-/// again after every rejection.
-fn callbacks<'a>() -> git2::RemoteCallbacks<'a> {
-    let mut cb = git2::RemoteCallbacks::new();
-    let mut attempts = 0usize;
-    cb.credentials(move |url, username, allowed| {
-        attempts += 1;
-        let user = username.unwrap_or("git");
-        if allowed.contains(git2::CredentialType::USERNAME) && attempts <= 1 {
-            return git2::Cred::username(user);
-        }
-        if allowed.contains(git2::CredentialType::SSH_KEY) {
-            let home = std::env::var_os("HOME").map(PathBuf::from);
-            match (attempts, home) {
-                (1 | 2, _) => return git2::Cred::ssh_key_from_agent(user),
-                (3, Some(h)) => {
-                    return git2::Cred::ssh_key(user, None, &h.join(".ssh/id_ed25519"), None)
-                }
-                (4, Some(h)) => {
-                    return git2::Cred::ssh_key(user, None, &h.join(".ssh/id_rsa"), None)
-                }
-                _ => {}
-            }
-        }
-        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) && attempts <= 2 {
-            if let Ok(config) = git2::Config::open_default() {
-                return git2::Cred::credential_helper(&config, url, username);
-            }
-        }
-        Err(git2::Error::from_str("authentication failed"))
-    });
-    cb
 }
 
 #[cfg(test)]

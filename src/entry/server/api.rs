@@ -255,9 +255,25 @@ pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready once the first head was read. A remote that cannot be fetched does not make
+/// the server unready (it serves the revision its mirror holds and its rollouts go on):
+/// the answer says so, and since when.
 pub(super) async fn readyz(State(app): State<Shared>) -> Response {
     if app.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
+        let remote = app.remote.lock().map(|r| r.clone()).unwrap_or_default();
+        let Some(since) = remote.since.filter(|_| remote.failures > 0) else {
+            return (StatusCode::OK, "ready\n").into_response();
+        };
+        let head = app.handle.head().await.ok().flatten();
+        let serving = head.map_or_else(
+            || "no revision yet".to_owned(),
+            |h| format!("revision {h} from the mirror"),
+        );
+        let body = format!(
+            "ready: remote unreachable since {since} ({} failed fetches; the last: {}), serving {serving}\n",
+            remote.failures, remote.error
+        );
+        (StatusCode::OK, body).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -143,6 +143,7 @@ mod tests {
             deliveries: Mutex::new(Deliveries::default()),
             wake_follower: Notify::new(),
             ready: AtomicBool::new(false),
+            remote: Mutex::new(crate::entry::server::RemoteHealth::default()),
         });
         let router = super::app_with(
             app.clone(),

@@ -35,7 +35,7 @@ use crate::edges::audit::{Journal, JOURNAL_REF, NOTES_REF};
 use crate::edges::forge::webhook::Deliveries;
 use crate::edges::metrics::Metrics;
 use crate::edges::redact::redact_url;
-use crate::edges::source::ConfigRepo;
+use crate::edges::source::{self, ConfigRepo, SourceError};
 use crate::flow::pipeline::intake::{self, IntakeError, Origin, Outcome};
 use crate::flow::pipeline::{self};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
@@ -98,6 +98,31 @@ struct App {
     deliveries: Mutex<Deliveries>,
     wake_follower: Notify,
     ready: AtomicBool,
+    /// Whether the remote answers; `/readyz` and the log say when it does not.
+    remote: Mutex<RemoteHealth>,
+}
+
+/// The remote as the follower last found it.
+#[derive(Debug, Default, Clone)]
+struct RemoteHealth {
+    /// Failed fetches in a row (0: the last one succeeded).
+    failures: u32,
+    /// When the first of them failed (RFC 3339).
+    since: Option<String>,
+    /// Why the last one failed.
+    error: String,
+}
+
+impl RemoteHealth {
+    /// A fetch failed: the wait before the next one.
+    fn failed(&mut self, error: String) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        if self.since.is_none() {
+            self.since = Some(crate::edges::clock::now_rfc3339());
+        }
+        self.error = error;
+        crate::flow::backoff::backoff_with_jitter(self.failures)
+    }
 }
 
 type Shared = Arc<App>;
@@ -110,8 +135,22 @@ pub(crate) fn origin(options: &ServeOptions) -> Origin {
     }
 }
 
-pub(crate) fn open_repo(options: &ServeOptions) -> Result<ConfigRepo, ServeError> {
-    origin(options).open().map_err(ServeError::Source)
+/// Fetch the mirror (or open the local repository); the typed error, to tell a remote
+/// that is away from one that refuses.
+fn fetch_repo(options: &ServeOptions) -> Result<ConfigRepo, SourceError> {
+    let origin = origin(options);
+    ConfigRepo::open(&origin.url, Some(&origin.mirror))
+}
+
+/// The mirror as it is, without fetching, when it holds the tracked branch.
+fn cached_repo(options: &ServeOptions) -> Option<ConfigRepo> {
+    if !source::is_url(&options.repo) {
+        return None;
+    }
+    let repo = source::open_cached(&options.repo, &origin(options).mirror).ok()?;
+    repo.resolve(&format!("refs/heads/{}", options.branch))
+        .is_ok()
+        .then_some(repo)
 }
 
 /// Run the server until SIGTERM / Ctrl-C (`stop` turns true). A reconciler that stops
@@ -122,8 +161,18 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let lock = lock_state_dir(&options)?;
-    let git_dir = mirror(&options).await?;
+    let (git_dir, fetch_error) = mirror(&options).await?;
     let metrics = Arc::new(Metrics::default());
+    let mut remote = RemoteHealth::default();
+    match fetch_error {
+        None => {
+            metrics.remote_reachable.set(1);
+        }
+        Some(e) => {
+            metrics.fetch_failures.inc();
+            remote.failed(e);
+        }
+    }
     // Notices of rollouts and drift runs to the revision's `notifications:` targets.
     let notifier = crate::edges::notify::Notifier::new(
         crate::edges::notify::NotifyOptions::default(),
@@ -147,6 +196,7 @@ pub async fn serve(
         deliveries: Mutex::new(Deliveries::default()),
         wake_follower: Notify::new(),
         ready: AtomicBool::new(false),
+        remote: Mutex::new(remote),
     });
     let router = app::app(app.clone());
     let listener = listen(options.listen).await?;
@@ -206,13 +256,39 @@ fn lock_state_dir(options: &ServeOptions) -> Result<std::fs::File, ServeError> {
     Ok(lock)
 }
 
-/// Open (clone or fetch) the mirror; its git directory.
-async fn mirror(options: &ServeOptions) -> Result<PathBuf, ServeError> {
+/// Open (clone or fetch) the mirror; its git directory, and why the fetch failed when
+/// the server starts from the mirror as it is: a remote that cannot be reached does not
+/// keep a server whose mirror holds the branch (and whose journal holds the rollouts in
+/// flight) from starting. With no such mirror it is an error.
+async fn mirror(options: &ServeOptions) -> Result<(PathBuf, Option<String>), ServeError> {
     let opts = options.clone();
-    let repo = tokio::task::spawn_blocking(move || open_repo(&opts))
-        .await
-        .map_err(|e| ServeError::Source(e.to_string()))??;
-    Ok(repo.repository().path().to_path_buf())
+    tokio::task::spawn_blocking(move || {
+        let failed = match fetch_repo(&opts) {
+            Ok(repo) => return Ok((repo.repository().path().to_path_buf(), None)),
+            Err(e) => e,
+        };
+        let why = redact_url(&failed.to_string());
+        match cached_repo(&opts).filter(|_| failed.is_transient()) {
+            Some(repo) => {
+                tracing::warn!(
+                    "{why}; starting from the mirror in {} and fetching again with backoff",
+                    opts.state_dir.join("mirror").display()
+                );
+                Ok((repo.repository().path().to_path_buf(), Some(why)))
+            }
+            None if source::is_url(&opts.repo) && failed.is_transient() => {
+                Err(ServeError::Source(format!(
+                    "{why}; and {} holds no mirror of the branch `{}` to start from: \
+                     the first start needs the remote",
+                    opts.state_dir.join("mirror").display(),
+                    opts.branch
+                )))
+            }
+            None => Err(ServeError::Source(why)),
+        }
+    })
+    .await
+    .map_err(|e| ServeError::Source(e.to_string()))?
 }
 
 /// The reconciler, its journal in the mirror, with the in-process agents to come.
@@ -325,11 +401,13 @@ fn remove_stale_git_locks(dir: &std::path::Path) {
 async fn follow(app: Shared, host: Arc<Host>, git_dir: PathBuf, mut stop: watch::Receiver<bool>) {
     let mut last_seen: Option<String> = None;
     let mut first = true;
+    // After a failed fetch, the backoff's wait in place of the poll interval.
+    let mut wait = app.options.poll_interval;
     loop {
         if !first {
             tokio::select! {
                 _ = app.wake_follower.notified() => {}
-                _ = tokio::time::sleep(app.options.poll_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
             }
         }
@@ -345,7 +423,10 @@ async fn follow(app: Shared, host: Arc<Host>, git_dir: PathBuf, mut stop: watch:
         };
         let step = tokio::task::spawn_blocking(move || check_head(&options, seen, good)).await;
         let taken = match step {
-            Ok(outcome) => take(&app, &host, outcome, &mut last_seen).await,
+            Ok((outcome, fetch_error)) => {
+                wait = remote_health(&app, fetch_error, &outcome);
+                take(&app, &host, outcome, &mut last_seen).await
+            }
             Err(e) => {
                 tracing::error!("the follower failed: {e}");
                 Ok(())
@@ -366,6 +447,45 @@ async fn follow(app: Shared, host: Arc<Host>, git_dir: PathBuf, mut stop: watch:
             {
                 tracing::warn!("cannot push the audit log: {e}");
             }
+        }
+    }
+}
+
+/// Record how the fetch went (metrics, log, `/readyz`); the wait before the next one:
+/// the poll interval, or after a failed fetch the backoff with jitter.
+fn remote_health(app: &Shared, fetch_error: Option<SourceError>, outcome: &Outcome) -> Duration {
+    let Ok(mut remote) = app.remote.lock() else {
+        return app.options.poll_interval;
+    };
+    match fetch_error {
+        None => {
+            // At the level of the warnings it ends, so that the default log shows both.
+            if remote.failures > 0 {
+                tracing::warn!(
+                    "the remote {} answers again after {} failed fetches",
+                    redact_url(&app.options.repo),
+                    remote.failures
+                );
+            }
+            *remote = RemoteHealth::default();
+            let _ = app.metrics.remote_reachable.set(1);
+            app.options.poll_interval
+        }
+        Some(e) => {
+            let why = redact_url(&e.to_string());
+            app.metrics.fetch_failures.inc();
+            let _ = app.metrics.remote_reachable.set(0);
+            // A failure the intake did not see is counted here, once, as before.
+            if !matches!(outcome, Outcome::FetchFailed(_)) {
+                Metrics::count(&app.metrics.revisions, "fetch_failed");
+            }
+            let wait = remote.failed(why.clone());
+            tracing::warn!(
+                "{why}; serving the mirror's revision, fetching again in {:.1} s (failure {})",
+                wait.as_secs_f64(),
+                remote.failures
+            );
+            wait
         }
     }
 }
@@ -428,19 +548,32 @@ async fn take(
     Ok(())
 }
 
-/// Fetch the mirror and take the tracked branch's head in (blocking: git).
-fn check_head(options: &ServeOptions, seen: Option<String>, good: Option<String>) -> Outcome {
-    let repo = match open_repo(options) {
-        Ok(repo) => repo,
-        Err(e) => {
-            return Outcome::FetchFailed(IntakeError::Fetch(format!(
-                "cannot fetch {}: {e}",
-                redact_url(&options.repo)
-            )))
-        }
-    };
+/// Fetch the mirror and take the tracked branch's head in (blocking: git). When the
+/// remote cannot be reached (a transient failure), the head the mirror holds is taken
+/// in instead, and the failure comes back beside the outcome.
+fn check_head(
+    options: &ServeOptions,
+    seen: Option<String>,
+    good: Option<String>,
+) -> (Outcome, Option<SourceError>) {
     let branch = format!("refs/heads/{}", options.branch);
-    intake::take(&repo, &branch, good.as_deref(), seen.as_deref())
+    let take = |repo: &ConfigRepo| intake::take(repo, &branch, good.as_deref(), seen.as_deref());
+    let failed = |e: &SourceError| {
+        Outcome::FetchFailed(IntakeError::Fetch(format!(
+            "cannot fetch {}: {}",
+            redact_url(&options.repo),
+            redact_url(&e.to_string())
+        )))
+    };
+    match fetch_repo(options) {
+        Ok(repo) => (take(&repo), None),
+        Err(e) if e.is_transient() => match cached_repo(options) {
+            Some(repo) => (take(&repo), Some(e)),
+            None => (failed(&e), Some(e)),
+        },
+        // A refusal (a missing branch, a bad spec): the poll interval, not the backoff.
+        Err(e) => (failed(&e), None),
+    }
 }
 
 /// Push the journal and the notes to the remote.
