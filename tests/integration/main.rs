@@ -5,6 +5,7 @@ mod demo;
 mod drift;
 mod example_repo;
 mod fuzz;
+mod honest;
 mod invalid_repos;
 mod layers;
 mod memcached_driver;

@@ -2,7 +2,7 @@
 //! agent, `sync`, the demo), print, and say the exit code. An error comes back as
 //! `anyhow::Error` and [`super::run`] prints it (exit 1); the exit codes of DESIGN.md
 //! are decided here (validate: 0 valid / 1 invalid; diff, plan, drift: 0 nothing to do /
-//! 2 changes).
+//! 2 changes; plan: 1 when a node could not be read).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,21 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         RichFormat::Json => render::json(&plan),
         RichFormat::Markdown => render::plan_markdown(&plan),
     };
+    // Nodes that could not be read make the plan incomplete: it is printed, and the
+    // exit is 1 (error), not 2 (changes to apply) or 0 (converged).
+    let unreachable: Vec<&str> = plan
+        .clusters
+        .iter()
+        .flat_map(|c| c.unreachable.iter().map(|u| u.id.as_str()))
+        .collect();
+    if !unreachable.is_empty() {
+        print!("{out}");
+        bail!(
+            "the plan is incomplete: {} node(s) could not be read: {}",
+            unreachable.len(),
+            unreachable.join(", ")
+        );
+    }
     Ok(print_with_changes(&out, !plan.converged()))
 }
 
@@ -149,6 +164,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let options = crate::entry::server::ServeOptions {
         repo: args.repo,
+        path: args.path,
         branch: args.branch,
         state_dir: args.state_dir,
         listen: args.listen,
@@ -336,6 +352,7 @@ fn revision(rev: &str, worktree: bool) -> Revision {
 
 fn open(repo: &RepoArgs) -> anyhow::Result<ConfigRepo> {
     ConfigRepo::open(&repo.repo, repo.cache_dir.as_deref())
+        .and_then(|r| r.with_root(&repo.path))
         .map_err(|e| anyhow!(redact_url(&e.to_string())))
 }
 
