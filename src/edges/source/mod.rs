@@ -74,7 +74,7 @@ pub struct CommitInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("{path}: not a git repository (give --repo the repository's own directory, where `.git` is, or its URL)")]
+    #[error("{path}: not a git repository")]
     NotARepository {
         path: PathBuf,
         #[source]
@@ -1608,22 +1608,29 @@ mod tests {
     }
 
     #[test]
-    fn a_repository_is_found_from_a_subdirectory() {
+    fn a_subdirectory_is_not_taken_for_its_repository() {
         let t = TestRepo::new();
         t.write("clusters/a.yaml", "a");
         t.commit("one");
         let sub = t.path().join("clusters");
-        let repo = ConfigRepo::open(sub.to_str().unwrap(), None).unwrap();
-        assert!(repo
-            .read_rev("HEAD")
+        let err = ConfigRepo::open(sub.to_str().unwrap(), None).unwrap_err();
+        assert!(matches!(err, SourceError::NotARepository { .. }), "{err}");
+        // `--path` is the way to a config root inside a repository.
+        t.write("deploy/caches/clusters/b.yaml", "b");
+        t.commit("two");
+        let repo = ConfigRepo::open(t.path().to_str().unwrap(), None)
             .unwrap()
-            .files
-            .contains_key("clusters/a.yaml"));
-        assert!(repo
-            .read_worktree()
-            .unwrap()
-            .files
-            .contains_key("clusters/a.yaml"));
+            .with_root("./deploy/caches/")
+            .unwrap();
+        assert_eq!(repo.root(), "deploy/caches");
+        let set = repo.read_rev("HEAD").unwrap();
+        assert_eq!(set.files.keys().collect::<Vec<_>>(), ["clusters/b.yaml"]);
+        let set = repo.read_worktree().unwrap();
+        assert_eq!(set.files.keys().collect::<Vec<_>>(), ["clusters/b.yaml"]);
+        assert_eq!(
+            repo.shown("clusters/b.yaml"),
+            "deploy/caches/clusters/b.yaml"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! agent, `sync`, the demo), print, and say the exit code. An error comes back as
 //! `anyhow::Error` and [`super::run`] prints it (exit 1); the exit codes of DESIGN.md
 //! are decided here (validate: 0 valid / 1 invalid; diff, plan, drift: 0 nothing to do /
-//! 2 changes; plan: 1 when a node could not be read).
+//! 2 changes, never 0 when a declared node could not be read).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,21 +66,6 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         RichFormat::Json => render::json(&plan),
         RichFormat::Markdown => render::plan_markdown(&plan),
     };
-    // Nodes that could not be read make the plan incomplete: it is printed, and the
-    // exit is 1 (error), not 2 (changes to apply) or 0 (converged).
-    let unreachable: Vec<&str> = plan
-        .clusters
-        .iter()
-        .flat_map(|c| c.unreachable.iter().map(|u| u.id.as_str()))
-        .collect();
-    if !unreachable.is_empty() {
-        print!("{out}");
-        bail!(
-            "the plan is incomplete: {} node(s) could not be read: {}",
-            unreachable.len(),
-            unreachable.join(", ")
-        );
-    }
     Ok(print_with_changes(&out, !plan.converged()))
 }
 
