@@ -12,7 +12,7 @@
 //! Ctrl-C: every rollout in flight is paused (journaled); `cacheflow sync` again resumes
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,7 +47,8 @@ pub struct SyncOptions {
 pub struct ClusterOutcome {
     pub cluster: String,
     /// `completed`, `in-sync`, `rolled-back`, `paused`, `waiting` (outside the rollout
-    /// windows), `refused`, `superseded`.
+    /// windows), `refused`, `superseded`, `unreached` (nodes that could not be read and
+    /// got nothing: never "in sync").
     pub outcome: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -113,6 +114,8 @@ struct Run {
     /// Clusters whose paused or waiting rollout of this revision goes on.
     resumable: Vec<String>,
     skipped: usize,
+    /// The nodes that could not be read, by cluster: `id (why)`.
+    unreached: BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// Run one sync. Prints the plan and progress to standard output (as text) and returns
@@ -135,8 +138,13 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         Err(Intake::Failed(e)) => return Err(e),
     };
     let (desired, skipped) = direct_only(desired);
+    let missing = pipeline::missing_secrets(desired.clusters.values(), true);
+    if !missing.is_empty() {
+        return Err(PipelineError::MissingSecrets(missing).into());
+    }
     let revision = desired.commit.clone().unwrap_or_default();
     let (live, drivers) = runtime.block_on(read_nodes(&desired, options.reach));
+    let unreached = unreached(&desired, &live);
     let resumable: Vec<String> = before
         .clusters
         .iter()
@@ -150,6 +158,7 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         before,
         resumable,
         skipped,
+        unreached,
     };
     if !show_plan(&run, &desired, &live, !options.json) {
         return Ok(in_sync(&run, &desired));
@@ -249,6 +258,52 @@ fn show_plan(run: &Run, desired: &Desired, live: &LiveState, text: bool) -> bool
     todo
 }
 
+/// The declared nodes the reading before the sync could not read, by cluster.
+fn unreached(desired: &Desired, live: &LiveState) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for c in desired.clusters.values() {
+        for n in &c.nodes {
+            let why = match live.nodes.get(&n.id) {
+                Some(l) if l.reachable => continue,
+                Some(l) => l.error.clone().unwrap_or_else(|| "unreachable".into()),
+                None => "not read".into(),
+            };
+            out.entry(c.name.clone())
+                .or_default()
+                .push((n.id.clone(), why));
+        }
+    }
+    out
+}
+
+/// A cluster whose nodes could not be read and that got nothing is not "in sync":
+/// `unreached`, with the nodes and why (the sync then exits 1).
+fn mark_unreached(
+    mut summary: Summary,
+    unreached: &BTreeMap<String, Vec<(String, String)>>,
+) -> Summary {
+    for c in &mut summary.clusters {
+        let Some(nodes) = unreached.get(&c.cluster) else {
+            continue;
+        };
+        if c.outcome != "in-sync" {
+            continue;
+        }
+        c.outcome = "unreached".into();
+        c.reason = Some(format!(
+            "{} node(s) could not be read, so nothing is known of them: {}",
+            nodes.len(),
+            nodes
+                .iter()
+                .map(|(id, why)| format!("{id} ({why})"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        c.nodes = nodes.iter().map(|(id, _)| id.clone()).collect();
+    }
+    summary
+}
+
 /// The summary when every cluster already runs the revision.
 fn in_sync(run: &Run, desired: &Desired) -> Summary {
     Summary {
@@ -342,6 +397,7 @@ async fn roll_out(
         elapsed_ms: run.started.elapsed().as_millis() as u64,
         skipped_agent_nodes: run.skipped,
     };
+    let summary = mark_unreached(summary, &run.unreached);
     if !options.json {
         print_end(&summary, interrupted);
     }

@@ -7,6 +7,7 @@ mod example_repo;
 mod fuzz;
 mod generator;
 mod git_remote;
+mod honest;
 mod invalid_repos;
 mod layers;
 mod memcached_driver;

@@ -113,6 +113,9 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    /// `--path` is not a relative directory inside the repository.
+    #[error("--path {root}: {reason}")]
+    BadRoot { root: String, reason: &'static str },
 }
 
 /// What a failure asks of whoever follows a branch.
@@ -132,7 +135,8 @@ impl SourceError {
         match self {
             SourceError::RevisionNotFound { .. }
             | SourceError::NotACommit { .. }
-            | SourceError::NoWorktree { .. } => FailureKind::Refusal,
+            | SourceError::NoWorktree { .. }
+            | SourceError::BadRoot { .. } => FailureKind::Refusal,
             // A path that is not a repository may be one being cloned or restored.
             SourceError::NotARepository { .. }
             | SourceError::FetchFailed { .. }
@@ -170,6 +174,9 @@ pub struct ConfigRepo {
     repo: Repository,
     /// What errors call the repository: its path, or the redacted URL.
     name: String,
+    /// The config root inside the repository (`--path`): `` for the repository's root,
+    /// else a relative directory such as `deploy/caches`, no trailing slash.
+    root: String,
 }
 
 impl fmt::Debug for ConfigRepo {
@@ -177,13 +184,15 @@ impl fmt::Debug for ConfigRepo {
         f.debug_struct("ConfigRepo")
             .field("name", &self.name)
             .field("git_dir", &self.repo.path())
+            .field("root", &self.root)
             .finish()
     }
 }
 
 impl ConfigRepo {
-    /// `location` is a local path (a work tree or a bare repo; discovered upward like
-    /// git does) or a URL (`https://`, `ssh://`, `git@host:path`, `file://`). A URL is
+    /// `location` is a local path (a work tree or a bare repository: that directory
+    /// itself, never one that encloses it, so a mistyped `--repo` is an error rather
+    /// than the enclosing project) or a URL (`https://`, `ssh://`, `git@host:path`, `file://`). A URL is
     /// cloned as a bare mirror into `cache_dir/<name>-<hash of url>` (default cache dir:
     /// `$CACHEFLOW_CACHE_DIR`, else `$XDG_CACHE_HOME/cacheflow/repos`, else
     /// `~/.cache/cacheflow/repos`), and fetched if already there.
@@ -202,7 +211,7 @@ impl ConfigRepo {
         let path = Path::new(location);
         let repo = Repository::open_ext(
             path,
-            git2::RepositoryOpenFlags::empty(),
+            git2::RepositoryOpenFlags::NO_SEARCH,
             &[] as &[&std::ffi::OsStr],
         )
         .map_err(|source| SourceError::NotARepository {
@@ -214,7 +223,61 @@ impl ConfigRepo {
             .unwrap_or_else(|| repo.path())
             .display()
             .to_string();
-        Ok(ConfigRepo { repo, name })
+        Ok(ConfigRepo {
+            repo,
+            name,
+            root: String::new(),
+        })
+    }
+
+    /// Read the config from `root`, a directory inside the repository (`--path`, for a
+    /// monorepo), instead of the repository's root. `""` and `.` are the root itself.
+    pub fn with_root(mut self, root: &str) -> Result<ConfigRepo, SourceError> {
+        let bad = |reason| SourceError::BadRoot {
+            root: root.to_owned(),
+            reason,
+        };
+        if root.starts_with('/') || root.starts_with('\\') {
+            return Err(bad("give a directory relative to the repository's root"));
+        }
+        let mut parts = Vec::new();
+        for part in root.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => return Err(bad("must stay inside the repository (no `..`)")),
+                p => parts.push(p),
+            }
+        }
+        self.root = parts.join("/");
+        Ok(self)
+    }
+
+    /// The config root inside the repository (`""`: the repository's root).
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// A path relative to the config root as a path relative to the repository's root
+    /// (what diagnostics show, so editors and CI annotations find the file).
+    pub fn shown(&self, path: &str) -> String {
+        if self.root.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{}/{path}", self.root)
+        }
+    }
+
+    /// Paths relative to the repository's root, kept when under the config root and
+    /// made relative to it.
+    fn under_root(&self, paths: BTreeSet<String>) -> BTreeSet<String> {
+        if self.root.is_empty() {
+            return paths;
+        }
+        let prefix = format!("{}/", self.root);
+        paths
+            .into_iter()
+            .filter_map(|p| p.strip_prefix(&prefix).map(str::to_owned))
+            .collect()
     }
 
     /// The repository's name in messages: its path, or the redacted URL of a remote.
@@ -238,7 +301,7 @@ impl ConfigRepo {
     pub fn read_rev(&self, rev: &str) -> Result<FileSet, SourceError> {
         let commit = self.find_commit(rev)?;
         let tree = commit.tree().map_err(|e| self.git_err(e))?;
-        let src = GitTree::new(&self.repo, tree, &self.name);
+        let src = GitTree::new(&self.repo, tree, &self.name, &self.root);
         let found = walk_areas(&src)?;
         let mut set = self.read_found(found)?;
         set.commit = Some(commit.id().to_string());
@@ -256,7 +319,7 @@ impl ConfigRepo {
     ) -> Result<String, SourceError> {
         let commit = self.find_commit(rev)?;
         let tree = commit.tree().map_err(|e| self.git_err(e))?;
-        let src = GitTree::new(&self.repo, tree, &self.name);
+        let src = GitTree::new(&self.repo, tree, &self.name, &self.root);
         let found = walk_areas(&src)?;
         let odb = self.repo.odb().map_err(|e| self.git_err(e))?;
         for f in found {
@@ -287,7 +350,7 @@ impl ConfigRepo {
     pub fn read_paths(&self, rev: &str, paths: &[String]) -> Result<FileSet, SourceError> {
         let commit = self.find_commit(rev)?;
         let tree = commit.tree().map_err(|e| self.git_err(e))?;
-        let src = GitTree::new(&self.repo, tree, &self.name);
+        let src = GitTree::new(&self.repo, tree, &self.name, &self.root);
         let mut found = Vec::new();
         for path in paths {
             found_at_path(&src, path, &mut found)?;
@@ -302,7 +365,7 @@ impl ConfigRepo {
     pub fn read_areas(&self, rev: &str, areas: &[&str]) -> Result<FileSet, SourceError> {
         let commit = self.find_commit(rev)?;
         let tree = commit.tree().map_err(|e| self.git_err(e))?;
-        let src = GitTree::new(&self.repo, tree, &self.name);
+        let src = GitTree::new(&self.repo, tree, &self.name, &self.root);
         let areas: Vec<&str> = areas
             .iter()
             .copied()
@@ -358,12 +421,12 @@ impl ConfigRepo {
             .repo
             .diff_tree_to_tree(Some(&base_tree), Some(&head_tree), Some(&mut opts))
             .map_err(|e| self.git_err(e))?;
-        let changed = delta_paths(&diff);
+        let changed = self.under_root(delta_paths(&diff));
         if changed.is_empty() {
             return Ok(Vec::new());
         }
-        let base_src = GitTree::new(&self.repo, base_tree, &self.name);
-        let head_src = GitTree::new(&self.repo, head_tree, &self.name);
+        let base_src = GitTree::new(&self.repo, base_tree, &self.name, &self.root);
+        let head_src = GitTree::new(&self.repo, head_tree, &self.name, &self.root);
         let mut found: Vec<Linked> = linked(walk_links(&base_src)?).collect();
         found.extend(linked(walk_links(&head_src)?));
         Ok(changed_cacheflow_paths(&changed, &found))
@@ -377,7 +440,7 @@ impl ConfigRepo {
             .tree()
             .map_err(|e| self.git_err(e))?;
         let disk = self.worktree()?;
-        let base_src = GitTree::new(&self.repo, base_tree, &self.name);
+        let base_src = GitTree::new(&self.repo, base_tree, &self.name, &self.root);
         let mut found: Vec<Linked> = linked(walk_links(&base_src)?).collect();
         found.extend(linked(walk_links(&disk)?));
 
@@ -391,6 +454,8 @@ impl ConfigRepo {
         for (_, deps) in &found {
             spec.extend(deps.iter().cloned());
         }
+        // The pathspec is relative to the repository's root; the walks, to the config root.
+        let spec: BTreeSet<String> = spec.iter().map(|p| self.shown(p)).collect();
         let mut opts = git2::DiffOptions::new();
         opts.include_typechange(true)
             .include_untracked(true)
@@ -406,7 +471,7 @@ impl ConfigRepo {
             .repo
             .diff_tree_to_workdir_with_index(Some(&base_src.root), Some(&mut opts))
             .map_err(|e| self.git_err(e))?;
-        let changed = delta_paths(&diff);
+        let changed = self.under_root(delta_paths(&diff));
         Ok(changed_cacheflow_paths(&changed, &found))
     }
 
@@ -454,7 +519,7 @@ impl ConfigRepo {
     fn worktree(&self) -> Result<DiskTree, SourceError> {
         match self.repo.workdir() {
             Some(root) => Ok(DiskTree {
-                root: root.to_path_buf(),
+                root: root.join(&self.root),
             }),
             None => Err(SourceError::NoWorktree {
                 repo: self.name.clone(),
@@ -941,25 +1006,45 @@ fn delta_paths(diff: &git2::Diff<'_>) -> BTreeSet<String> {
 /// A tree at one revision.
 struct GitTree<'r> {
     repo: &'r Repository,
+    /// The commit's whole tree.
     root: git2::Tree<'r>,
     name: &'r str,
+    /// The config root inside it (`--path`): the paths this tree is asked about are
+    /// relative to it.
+    prefix: &'r str,
     /// Subtrees by path. libgit2 does not cache trees over 4 KiB, and a `clusters/`
     /// of 10,000 entries is 400 KiB: without this, every lookup re-parses it.
     trees: RefCell<HashMap<String, git2::Tree<'r>>>,
 }
 
 impl<'r> GitTree<'r> {
-    fn new(repo: &'r Repository, root: git2::Tree<'r>, name: &'r str) -> GitTree<'r> {
+    fn new(
+        repo: &'r Repository,
+        root: git2::Tree<'r>,
+        name: &'r str,
+        prefix: &'r str,
+    ) -> GitTree<'r> {
         GitTree {
             repo,
             root,
             name,
+            prefix,
             trees: RefCell::new(HashMap::new()),
         }
     }
 
-    /// The tree at directory `dir` (no symlinks followed), if there is one.
+    /// The tree at directory `dir` under the config root (no symlinks followed), if
+    /// there is one.
     fn tree_at(&self, dir: &str) -> Result<Option<git2::Tree<'r>>, SourceError> {
+        match (self.prefix.is_empty(), dir.is_empty()) {
+            (true, _) => self.full_tree_at(dir),
+            (false, true) => self.full_tree_at(self.prefix),
+            (false, false) => self.full_tree_at(&format!("{}/{dir}", self.prefix)),
+        }
+    }
+
+    /// The tree at directory `dir` of the commit's whole tree.
+    fn full_tree_at(&self, dir: &str) -> Result<Option<git2::Tree<'r>>, SourceError> {
         if dir.is_empty() {
             return Ok(Some(self.root.clone()));
         }
@@ -967,7 +1052,7 @@ impl<'r> GitTree<'r> {
             return Ok(Some(tree.clone()));
         }
         let (parent, name) = split_last(dir);
-        let Some(parent) = self.tree_at(parent)? else {
+        let Some(parent) = self.full_tree_at(parent)? else {
             return Ok(None);
         };
         let id = match parent.get_name(name) {
@@ -1235,7 +1320,11 @@ fn open_mirror(url: &str, cache: &Path) -> Result<ConfigRepo, SourceError> {
         match Repository::open_bare(&dir) {
             Ok(repo) => {
                 fetch_mirror(&repo, url).map_err(failed)?;
-                return Ok(ConfigRepo { repo, name: shown });
+                return Ok(ConfigRepo {
+                    repo,
+                    name: shown,
+                    root: String::new(),
+                });
             }
             // Not a repository any more (an interrupted delete, a disk error): the
             // directory is ours by its name, so start it over.
@@ -1268,7 +1357,11 @@ fn open_mirror(url: &str, cache: &Path) -> Result<ConfigRepo, SourceError> {
         path: dir.clone(),
         source,
     })?;
-    Ok(ConfigRepo { repo, name: shown })
+    Ok(ConfigRepo {
+        repo,
+        name: shown,
+        root: String::new(),
+    })
 }
 
 /// The mirror of `url` in `cache` as it is, without fetching: what a server starts from
@@ -1280,6 +1373,7 @@ pub fn open_cached(url: &str, cache: &Path) -> Result<ConfigRepo, SourceError> {
     Ok(ConfigRepo {
         repo,
         name: redact_url(url),
+        root: String::new(),
     })
 }
 
@@ -1506,22 +1600,29 @@ mod tests {
     }
 
     #[test]
-    fn a_repository_is_found_from_a_subdirectory() {
+    fn a_subdirectory_is_not_taken_for_its_repository() {
         let t = TestRepo::new();
         t.write("clusters/a.yaml", "a");
         t.commit("one");
         let sub = t.path().join("clusters");
-        let repo = ConfigRepo::open(sub.to_str().unwrap(), None).unwrap();
-        assert!(repo
-            .read_rev("HEAD")
+        let err = ConfigRepo::open(sub.to_str().unwrap(), None).unwrap_err();
+        assert!(matches!(err, SourceError::NotARepository { .. }), "{err}");
+        // `--path` is the way to a config root inside a repository.
+        t.write("deploy/caches/clusters/b.yaml", "b");
+        t.commit("two");
+        let repo = ConfigRepo::open(t.path().to_str().unwrap(), None)
             .unwrap()
-            .files
-            .contains_key("clusters/a.yaml"));
-        assert!(repo
-            .read_worktree()
-            .unwrap()
-            .files
-            .contains_key("clusters/a.yaml"));
+            .with_root("./deploy/caches/")
+            .unwrap();
+        assert_eq!(repo.root(), "deploy/caches");
+        let set = repo.read_rev("HEAD").unwrap();
+        assert_eq!(set.files.keys().collect::<Vec<_>>(), ["clusters/b.yaml"]);
+        let set = repo.read_worktree().unwrap();
+        assert_eq!(set.files.keys().collect::<Vec<_>>(), ["clusters/b.yaml"]);
+        assert_eq!(
+            repo.shown("clusters/b.yaml"),
+            "deploy/caches/clusters/b.yaml"
+        );
     }
 
     #[test]

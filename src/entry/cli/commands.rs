@@ -2,7 +2,7 @@
 //! agent, `sync`, the demo), print, and say the exit code. An error comes back as
 //! `anyhow::Error` and [`super::run`] prints it (exit 1); the exit codes of DESIGN.md
 //! are decided here (validate: 0 valid / 1 invalid; diff, plan, drift: 0 nothing to do /
-//! 2 changes).
+//! 2 changes, never 0 when a declared node could not be read).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -149,6 +149,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let options = crate::entry::server::ServeOptions {
         repo: args.repo,
+        path: args.path,
         branch: args.branch,
         state_dir: args.state_dir,
         listen: args.listen,
@@ -336,6 +337,7 @@ fn revision(rev: &str, worktree: bool) -> Revision {
 
 fn open(repo: &RepoArgs) -> anyhow::Result<ConfigRepo> {
     ConfigRepo::open(&repo.repo, repo.cache_dir.as_deref())
+        .and_then(|r| r.with_root(&repo.path))
         .map_err(|e| anyhow!(redact_url(&e.to_string())))
 }
 

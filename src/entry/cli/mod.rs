@@ -73,6 +73,15 @@ pub struct RepoArgs {
     /// Where clones of remote repositories are kept.
     #[arg(long, env = "CACHEFLOW_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// The config root inside the repository, for a monorepo: the directory that holds
+    /// `cacheflow.yaml` (default: the repository's root).
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        env = "CACHEFLOW_PATH"
+    )]
+    pub path: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -320,6 +329,15 @@ pub struct ServeArgs {
     /// The config repository: a URL (mirrored into the state directory) or a local path.
     #[arg(long, env = "CACHEFLOW_REPO")]
     pub repo: String,
+    /// The config root inside the repository, for a monorepo: the directory that holds
+    /// `cacheflow.yaml` (default: the repository's root).
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        env = "CACHEFLOW_PATH"
+    )]
+    pub path: String,
     /// The branch whose head is rolled out.
     #[arg(long, default_value = "main", env = "CACHEFLOW_BRANCH")]
     pub branch: String,

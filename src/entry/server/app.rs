@@ -112,6 +112,7 @@ mod tests {
         );
         let options = ServeOptions {
             repo: dir.path().display().to_string(),
+            path: String::new(),
             branch: "main".into(),
             state_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),

@@ -48,6 +48,8 @@ pub const MAX_WEBHOOK_BYTES: usize = 1 << 20;
 pub struct ServeOptions {
     /// The config repository: a URL (mirrored into the state directory) or a local path.
     pub repo: String,
+    /// The config root inside the repository (`--path`; `""`: its root).
+    pub path: String,
     pub branch: String,
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
@@ -132,6 +134,7 @@ pub(crate) fn origin(options: &ServeOptions) -> Origin {
     Origin {
         url: options.repo.clone(),
         mirror: options.state_dir.join("mirror"),
+        path: options.path.clone(),
     }
 }
 
@@ -518,6 +521,11 @@ async fn take(
                 tracing::info!(head = %taken.head, signer = %s.signer, kind = s.kind, "signed head");
             }
             *last_seen = Some(taken.head);
+            // A secret the directly managed nodes need and this process cannot read: one
+            // error per reference now, rather than each node reported unreachable.
+            for missing in pipeline::missing_secrets(taken.desired.clusters.values(), true) {
+                tracing::error!("{missing}");
+            }
             // In-process agents for directly managed nodes not driven yet.
             for c in taken.desired.clusters.values() {
                 for n in c.nodes.iter().filter(|n| n.managed == Managed::Direct) {

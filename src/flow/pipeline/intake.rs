@@ -110,13 +110,17 @@ pub enum IntakeError {
 pub struct Origin {
     pub url: String,
     pub mirror: PathBuf,
+    /// The config root inside the repository (`--path`; `""`: its root).
+    pub path: String,
 }
 
 impl Origin {
     /// Open the repository, fetching the mirror; the error with any credential of the URL
     /// redacted.
     pub fn open(&self) -> Result<ConfigRepo, String> {
-        ConfigRepo::open(&self.url, Some(&self.mirror)).map_err(|e| redact_url(&e.to_string()))
+        ConfigRepo::open(&self.url, Some(&self.mirror))
+            .and_then(|repo| repo.with_root(&self.path))
+            .map_err(|e| redact_url(&e.to_string()))
     }
 }
 

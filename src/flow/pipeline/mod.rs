@@ -41,11 +41,85 @@ pub enum PipelineError {
     UnknownCluster(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// Secret references that give no value: a configuration error of the machine
+    /// cacheflow runs on, said once per reference rather than once per node.
+    #[error("{}", MissingSecret::list(.0))]
+    MissingSecrets(Vec<MissingSecret>),
     #[error("{revision} is invalid ({} error{})", .diagnostics.len(), if .diagnostics.len() == 1 { "" } else { "s" })]
     Invalid {
         revision: String,
         diagnostics: Vec<Diagnostic>,
     },
+}
+
+/// A secret reference (a cluster's `auth.password`) that gives no value where cacheflow
+/// runs, and the clusters that use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingSecret {
+    /// The reference as written (`env:NAME`, `file:PATH`): never a value.
+    pub reference: String,
+    /// Why it gives none (names the reference, never a value).
+    pub problem: String,
+    pub clusters: Vec<String>,
+}
+
+impl std::fmt::Display for MissingSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "secret reference {}: {}; used by cluster{} {}: set it where cacheflow runs (its nodes cannot be read without it)",
+            self.reference,
+            self.problem,
+            if self.clusters.len() == 1 { "" } else { "s" },
+            self.clusters.join(", ")
+        )
+    }
+}
+
+impl MissingSecret {
+    fn list(missing: &[MissingSecret]) -> String {
+        missing
+            .iter()
+            .map(|m| m.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The secret references of the clusters in `clusters` (those with nodes to read;
+/// `direct_only`: only those with directly managed nodes) that give no value, one entry
+/// per reference. Resolved here once, so that a missing one is one configuration error
+/// rather than an "unreachable" per node.
+pub fn missing_secrets<'a>(
+    clusters: impl IntoIterator<Item = &'a Cluster>,
+    direct_only: bool,
+) -> Vec<MissingSecret> {
+    let mut missing: std::collections::BTreeMap<String, MissingSecret> = Default::default();
+    for c in clusters {
+        let reads = c
+            .nodes
+            .iter()
+            .any(|n| !direct_only || n.managed == crate::pure::spec::model::Managed::Direct);
+        let Some(auth) = c
+            .auth
+            .as_ref()
+            .filter(|_| reads && c.engine == Engine::Redis)
+        else {
+            continue;
+        };
+        if let Err(e) = crate::edges::secret::resolve(&auth.password) {
+            missing
+                .entry(e.reference.clone())
+                .or_insert_with(|| MissingSecret {
+                    reference: e.reference.clone(),
+                    problem: e.problem.to_string(),
+                    clusters: Vec::new(),
+                })
+                .clusters
+                .push(c.name.clone());
+        }
+    }
+    missing.into_values().collect()
 }
 
 /// Read every cacheflow file of a revision.
@@ -68,16 +142,20 @@ pub fn validate(repo: &ConfigRepo, rev: &Revision) -> Result<Validation, SourceE
     let started = std::time::Instant::now();
     let Revision::Rev(rev) = rev else {
         let files = read(repo, rev)?;
-        return Ok((None, spec::load(&files)));
+        let found = has_config(&files);
+        let result = spec::load(&files);
+        return Ok((None, at_config_root(repo, None, found, result)));
     };
     let commit = repo.resolve(rev)?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+    let mut found = false;
     let (read, result) = std::thread::scope(|s| {
         let loader = s.spawn({
             let commit = commit.clone();
             move || spec::load_stream(Some(commit), rx)
         });
         let read = repo.stream_rev(&commit, &mut |item| {
+            found = true;
             // The loader only stops early by panicking, which join re-raises below.
             let _ = tx.send(item);
         });
@@ -89,11 +167,81 @@ pub fn validate(repo: &ConfigRepo, rev: &Revision) -> Result<Validation, SourceE
     });
     read?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis(), "validated");
+    let result = at_config_root(repo, Some(&commit), found, result);
     Ok((Some(commit), result))
 }
 
-fn load_or_invalid(files: &FileSet, label: &str) -> Result<Desired, PipelineError> {
-    spec::load(files).map_err(|diagnostics| PipelineError::Invalid {
+/// The Settings file (optional: defaults when absent).
+const SETTINGS: &str = "cacheflow.yaml";
+
+/// Whether a config root holds any cacheflow file (`cacheflow.yaml`, or anything under
+/// `clusters/`, `profiles/`, `policies/`): one with none is not a config (not the config
+/// repository, or `--path` missing or wrong), never an empty, valid fleet.
+fn has_config(files: &FileSet) -> bool {
+    !files.files.is_empty() || !files.problems.is_empty()
+}
+
+/// A load's result as the user sees it: diagnostics name files relative to the
+/// repository's root (with `--path`, `deploy/caches/clusters/x.yaml`, so that editors
+/// and CI annotations find them), and a revision without `cacheflow.yaml` at the config
+/// root and no other cacheflow file is an error, never an empty, valid fleet.
+fn at_config_root(
+    repo: &ConfigRepo,
+    commit: Option<&str>,
+    found: bool,
+    result: Result<Desired, Vec<Diagnostic>>,
+) -> Result<Desired, Vec<Diagnostic>> {
+    let mut diagnostics = match result {
+        Ok(desired) if found => return Ok(desired),
+        Ok(_) => Vec::new(),
+        Err(diagnostics) => diagnostics,
+    };
+    for d in &mut diagnostics {
+        d.file = repo.shown(&d.file);
+    }
+    if !found {
+        diagnostics.insert(0, no_settings(repo, commit));
+    }
+    Err(diagnostics)
+}
+
+/// What was looked for, where, and what to do.
+fn no_settings(repo: &ConfigRepo, commit: Option<&str>) -> Diagnostic {
+    let revision = match commit {
+        Some(c) => format!("revision {}", crate::pure::render::short(Some(c))),
+        None => "the working tree".to_owned(),
+    };
+    let root = match repo.root() {
+        "" => "the root of".to_owned(),
+        dir => format!("{dir}/ in"),
+    };
+    Diagnostic {
+        file: repo.shown(SETTINGS),
+        line: 1,
+        column: 1,
+        message: format!(
+            "no {SETTINGS}, clusters/, profiles/ or policies/ at {root} {} ({revision}): this is not a cacheflow config; run cacheflow in the config repository (--repo DIR), or give --path DIR if the config lives in a subdirectory",
+            repo.name()
+        ),
+        pointer: String::new(),
+    }
+}
+
+/// Load `files`; `base`: the side a change starts from, which may be from before the
+/// config existed (a pull request that adds it), so it may lack `cacheflow.yaml`.
+fn load_or_invalid(
+    repo: &ConfigRepo,
+    files: &FileSet,
+    label: &str,
+    base: bool,
+) -> Result<Desired, PipelineError> {
+    at_config_root(
+        repo,
+        files.commit.as_deref(),
+        base || has_config(files),
+        spec::load(files),
+    )
+    .map_err(|diagnostics| PipelineError::Invalid {
         revision: label.to_owned(),
         diagnostics,
     })
@@ -162,6 +310,28 @@ pub fn diff(repo: &ConfigRepo, base: &str, head: &Revision) -> Result<ChangeSet,
         Revision::Worktree => (repo.changed_paths_worktree(&base_commit)?, None),
     };
     if changed.is_empty() {
+        // No change is "nothing to do" only in a config: not where there is none.
+        let found = match &head_commit {
+            Some(c) => {
+                has_config(&repo.read_paths(c, &[SETTINGS.to_owned()])?)
+                    || has_config(&repo.read_areas(c, &["clusters", "profiles", "policies"])?)
+            }
+            None => repo.repository().workdir().is_some_and(|w| {
+                let root = w.join(repo.root());
+                [SETTINGS, "clusters", "profiles", "policies"]
+                    .iter()
+                    .any(|p| root.join(p).exists())
+            }),
+        };
+        if !found {
+            return Err(PipelineError::Invalid {
+                revision: head_commit
+                    .as_deref()
+                    .map(|c| format!("head {}", crate::pure::render::short(Some(c))))
+                    .unwrap_or_else(|| "the working tree".to_owned()),
+                diagnostics: vec![no_settings(repo, head_commit.as_deref())],
+            });
+        }
         return Ok(ChangeSet {
             base: Some(base_commit),
             head: head_commit,
@@ -186,10 +356,12 @@ pub fn diff(repo: &ConfigRepo, base: &str, head: &Revision) -> Result<ChangeSet,
         .as_deref()
         .map(|c| format!("head {}", crate::pure::render::short(Some(c))))
         .unwrap_or_else(|| "the working tree".to_owned());
-    let head_state = load_or_invalid(&head_files, &head_label)?;
+    let head_state = load_or_invalid(repo, &head_files, &head_label, false)?;
     let base_state = load_or_invalid(
+        repo,
         &base_files,
         &format!("base {}", crate::pure::render::short(Some(&base_commit))),
+        true,
     )?;
     // With a partial read, only the clusters whose files changed are compared (a working
     // tree is read whole, so the filter matters there).
@@ -219,7 +391,7 @@ pub fn desired(repo: &ConfigRepo, rev: &Revision) -> Result<Desired, PipelineErr
         .as_deref()
         .map(|c| format!("revision {}", crate::pure::render::short(Some(c))))
         .unwrap_or_else(|| "the working tree".to_owned());
-    load_or_invalid(&files, &label)
+    load_or_invalid(repo, &files, &label, false)
 }
 
 /// `cacheflow plan`: the desired state at `rev` against a snapshot file or the nodes.
@@ -287,6 +459,16 @@ fn read_fleet(
         if !desired.clusters.contains_key(name) {
             return Err(PipelineError::UnknownCluster(name.to_owned()));
         }
+    }
+    let missing = missing_secrets(
+        desired
+            .clusters
+            .values()
+            .filter(|c| cluster.is_none_or(|name| c.name == name)),
+        false,
+    );
+    if !missing.is_empty() {
+        return Err(PipelineError::MissingSecrets(missing));
     }
     let targets: Vec<Target> = desired
         .clusters
