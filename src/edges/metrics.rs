@@ -103,101 +103,98 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// Every metric registered, and every series whose labels are known at 0.
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("cacheflow");
-        let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
-        registry.register(
-            "webhook_deliveries",
-            "Webhook deliveries by forge and result (accepted, ignored, duplicate, unauthorized, bad_request, too_large, unsupported_media_type)",
-            webhook_deliveries.clone(),
-        );
-        let reports = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("cacheflow"),
+            webhook_deliveries: Family::<DeliveryLabels, Counter>::default(),
+            reports: Family::<ResultLabels, Counter>::default(),
+            admin_calls: Family::<ResultLabels, Counter>::default(),
+            rollouts: Family::<OutcomeLabels, Counter>::default(),
+            revisions: Family::<ResultLabels, Counter>::default(),
+            stage_duration: Histogram::new([
+                0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+            ]),
+            report_duration: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+            ]),
+            journal_commit: Histogram::new([
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+            nodes: Family::<StateLabels, Gauge>::default(),
+            notifications: Family::<TargetLabels, Counter>::default(),
+            drift_nodes: Family::<DriftLabels, Gauge>::default(),
+            drift_runs: Family::<ResultLabels, Counter>::default(),
+            pr_feedback: Family::<ResultLabels, Counter>::default(),
+            remote_reachable: Gauge::default(),
+            fetch_failures: Counter::default(),
+        };
+        metrics.register();
+        metrics.start_at_zero();
+        metrics
+    }
+}
+
+impl Metrics {
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register("webhook_deliveries", "Webhook deliveries by forge and result (accepted, ignored, duplicate, unauthorized, bad_request, too_large, unsupported_media_type)", self.webhook_deliveries.clone());
+        r.register(
             "node_reports",
             "Node reports by result (ok, unauthorized, malformed, unknown_node, too_large)",
-            reports.clone(),
+            self.reports.clone(),
         );
-        let admin_calls = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        r.register(
             "admin_calls",
             "Rollout commands by result (ok, unauthorized, refused)",
-            admin_calls.clone(),
+            self.admin_calls.clone(),
         );
-        let rollouts = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        r.register(
             "rollouts",
             "Rollouts ended, by outcome (completed, rolled_back, superseded, refused)",
-            rollouts.clone(),
+            self.rollouts.clone(),
         );
-        let revisions = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "revisions",
-            "Revisions of the tracked branch seen, by result (taken, invalid, rewritten, fetch_failed)",
-            revisions.clone(),
-        );
-        let stage_duration =
-            Histogram::new([0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0]);
-        registry.register(
+        r.register("revisions", "Revisions of the tracked branch seen, by result (taken, invalid, rewritten, fetch_failed)", self.revisions.clone());
+        r.register(
             "stage_duration_seconds",
             "Time from a batch's assignment to its gates passing (or its promotion)",
-            stage_duration.clone(),
+            self.stage_duration.clone(),
         );
-        let report_duration =
-            Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0]);
-        registry.register(
+        r.register(
             "report_duration_seconds",
             "Time the server took to answer a node report (body read to answer), any result",
-            report_duration.clone(),
+            self.report_duration.clone(),
         );
-        let journal_commit =
-            Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0]);
-        registry.register(
-            "journal_commit_seconds",
-            "Time to write one journal entry (changed clusters' blobs, tree, commit, ref); answers wait for it",
-            journal_commit.clone(),
-        );
-        let nodes = Family::<StateLabels, Gauge>::default();
-        registry.register(
+        r.register("journal_commit_seconds", "Time to write one journal entry (changed clusters' blobs, tree, commit, ref); answers wait for it", self.journal_commit.clone());
+        r.register(
             "nodes",
             "Nodes with an assignment, by its outcome (applied, pending, failed)",
-            nodes.clone(),
+            self.nodes.clone(),
         );
-        let notifications = Family::<TargetLabels, Counter>::default();
-        registry.register(
-            "notifications",
-            "Notifications by target and result (sent, failed after every retry, dropped: the target's queue was full)",
-            notifications.clone(),
-        );
-        let drift_nodes = Family::<DriftLabels, Gauge>::default();
-        registry.register(
-            "drift_nodes",
-            "Nodes drifted at the last drift run, by cluster and kind (differs, not_persisted, silent)",
-            drift_nodes.clone(),
-        );
-        let drift_runs = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        r.register("notifications", "Notifications by target and result (sent, failed after every retry, dropped: the target's queue was full)", self.notifications.clone());
+        r.register("drift_nodes", "Nodes drifted at the last drift run, by cluster and kind (differs, not_persisted, silent)", self.drift_nodes.clone());
+        r.register(
             "drift_runs",
             "Scheduled drift runs by result (clean, drift, error)",
-            drift_runs.clone(),
+            self.drift_runs.clone(),
         );
-        let pr_feedback = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        r.register(
             "pr_feedback",
             "Pull-request feedback by result (posted, failed, ignored)",
-            pr_feedback.clone(),
+            self.pr_feedback.clone(),
         );
-        let remote_reachable = Gauge::default();
-        registry.register(
-            "remote_reachable",
-            "1 when the last fetch of the config repository's remote succeeded, 0 while it fails (the server serves the revision its mirror holds)",
-            remote_reachable.clone(),
-        );
-        let fetch_failures = Counter::default();
-        registry.register(
+        r.register("remote_reachable", "1 when the last fetch of the config repository's remote succeeded, 0 while it fails (the server serves the revision its mirror holds)", self.remote_reachable.clone());
+        r.register(
             "fetch_failures",
             "Fetches of the config repository's remote that failed (retried after a backoff)",
-            fetch_failures.clone(),
+            self.fetch_failures.clone(),
         );
+    }
+
+    /// `increase()` needs a sample before the first count: every series whose labels
+    /// are known is there at 0 from the start (notification targets: when a revision
+    /// names them).
+    fn start_at_zero(&self) {
         let results = |family: &Family<ResultLabels, Counter>, all: &[&str]| {
             for result in all {
                 let _ = family.get_or_create(&ResultLabels {
@@ -207,40 +204,22 @@ impl Default for Metrics {
         };
         for forge in FORGES {
             for result in DELIVERY_RESULTS {
-                let _ = webhook_deliveries.get_or_create(&DeliveryLabels {
+                let _ = self.webhook_deliveries.get_or_create(&DeliveryLabels {
                     forge: forge.to_owned(),
                     result: result.to_owned(),
                 });
             }
         }
-        results(&reports, &REPORT_RESULTS);
-        results(&admin_calls, &ADMIN_RESULTS);
+        results(&self.reports, &REPORT_RESULTS);
+        results(&self.admin_calls, &ADMIN_RESULTS);
         for outcome in ROLLOUT_OUTCOMES {
-            let _ = rollouts.get_or_create(&OutcomeLabels {
+            let _ = self.rollouts.get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             });
         }
-        results(&revisions, &REVISION_RESULTS);
-        results(&drift_runs, &DRIFT_RUN_RESULTS);
-        results(&pr_feedback, &PR_FEEDBACK_RESULTS);
-        Metrics {
-            registry,
-            webhook_deliveries,
-            reports,
-            admin_calls,
-            rollouts,
-            revisions,
-            stage_duration,
-            report_duration,
-            journal_commit,
-            nodes,
-            notifications,
-            drift_nodes,
-            drift_runs,
-            pr_feedback,
-            remote_reachable,
-            fetch_failures,
-        }
+        results(&self.revisions, &REVISION_RESULTS);
+        results(&self.drift_runs, &DRIFT_RUN_RESULTS);
+        results(&self.pr_feedback, &PR_FEEDBACK_RESULTS);
     }
 }
 
