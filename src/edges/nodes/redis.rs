@@ -21,7 +21,7 @@ use crate::edges::nodes::{Applied, BoxFuture, NodeDriver, NodeError};
 use crate::edges::secret;
 use crate::pure::catalog::{self, Engine};
 use crate::pure::live::{Health, LinkState, NodeLive};
-use crate::pure::spec::model::{Auth, Role};
+use crate::pure::spec::model::{Auth, Role, Tls};
 
 /// Largest config file read for the persisted view.
 const MAX_CONFIG_FILE_BYTES: u64 = 4 << 20;
@@ -43,6 +43,8 @@ pub struct RedisDriver {
     host: String,
     port: u16,
     auth: Option<Auth>,
+    /// Reach the node over TLS (and never in plaintext) when set.
+    tls: Option<Tls>,
     timeout: Duration,
     session: Mutex<Option<Session>>,
     /// One apply at a time per node: two interleaved applies would read each other's
@@ -74,10 +76,18 @@ impl RedisDriver {
             host,
             port,
             auth: auth.cloned(),
+            tls: None,
             timeout,
             session: Mutex::new(None),
             apply_lock: Mutex::new(()),
         }
+    }
+
+    /// Reach the node over TLS as `tls` says (a cluster's `spec.tls`), or in plaintext
+    /// with `None`.
+    pub fn with_tls(mut self, tls: Option<Tls>) -> RedisDriver {
+        self.tls = tls;
+        self
     }
 
     /// Like [`RedisDriver::new`], but connects and authenticates now, so that a wrong
@@ -147,17 +157,42 @@ impl RedisDriver {
             // engine's own words rather than the client library's summary.
             redis: RedisConnectionInfo::default(),
         };
-        let client = redis::Client::open(info).map_err(|e| self.protocol(e.to_string()))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(self.timeout)
             .set_response_timeout(self.timeout);
-        let mut con = tokio::time::timeout(
-            self.timeout,
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| self.timed_out())?
-        .map_err(|e| self.transport_error(e, None))?;
+        let mut con = match &self.tls {
+            // The handshake is ours (tls.rs): the redis crate's own native-tls support
+            // takes neither a private CA nor a client certificate. It gets the stream.
+            Some(tls) => {
+                let target = match self.host.contains(':') {
+                    true => format!("[{}]:{}", self.host, self.port),
+                    false => format!("{}:{}", self.host, self.port),
+                };
+                let stream = super::tls::connect(&target, tls, self.timeout)
+                    .await
+                    .map_err(|e| readdress(e, &self.address))?;
+                let (con, driver) = tokio::time::timeout(
+                    self.timeout,
+                    MultiplexedConnection::new_with_config(&info.redis, stream, config),
+                )
+                .await
+                .map_err(|_| self.timed_out())?
+                .map_err(|e| self.transport_error(e, None))?;
+                tokio::spawn(driver);
+                con
+            }
+            None => {
+                let client =
+                    redis::Client::open(info).map_err(|e| self.protocol(e.to_string()))?;
+                tokio::time::timeout(
+                    self.timeout,
+                    client.get_multiplexed_async_connection_with_config(&config),
+                )
+                .await
+                .map_err(|_| self.timed_out())?
+                .map_err(|e| self.transport_error(e, None))?
+            }
+        };
         if let Some((user, password)) = credentials {
             let mut cmd = redis::cmd("AUTH");
             if let Some(user) = &user {
@@ -194,6 +229,14 @@ impl RedisDriver {
         };
         if e.is_timeout() {
             return self.timed_out();
+        }
+        if self.tls.is_some() {
+            if let Some(message) = super::tls::after_handshake(&message) {
+                return NodeError::Tls {
+                    address: self.address.clone(),
+                    message,
+                };
+            }
         }
         match e.kind() {
             redis::ErrorKind::IoError => NodeError::Unreachable {
@@ -626,6 +669,26 @@ impl NodeDriver for RedisDriver {
 }
 
 /// `host:port` → (host, port); `[::1]:6379` → (`::1`, 6379); no port → 6379.
+/// `e` about `address` as written (the TLS connection is made to `host:port` with the
+/// default port filled in).
+fn readdress(e: NodeError, address: &str) -> NodeError {
+    match e {
+        NodeError::Unreachable { message, .. } => NodeError::Unreachable {
+            address: address.to_owned(),
+            message,
+        },
+        NodeError::TimedOut { timeout_ms, .. } => NodeError::TimedOut {
+            address: address.to_owned(),
+            timeout_ms,
+        },
+        NodeError::Tls { message, .. } => NodeError::Tls {
+            address: address.to_owned(),
+            message,
+        },
+        other => other,
+    }
+}
+
 fn split_address(address: &str) -> (String, u16) {
     if let Some(rest) = address.strip_prefix('[') {
         if let Some((host, tail)) = rest.split_once(']') {

@@ -244,6 +244,7 @@ fn a_type(t: &str) -> String {
 /// Values under these pointers may hold a secret someone wrote by mistake.
 fn is_secret_path(pointer: &str) -> bool {
     pointer.starts_with("/spec/auth")
+        || pointer == "/spec/tls/key"
         || (pointer.starts_with("/spec/notifications/") && pointer.ends_with("/url"))
 }
 
