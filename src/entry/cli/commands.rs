@@ -170,6 +170,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         forge_api_url: args.forge_api_url,
         forge_token: secret(args.forge_token_file.as_ref(), "CACHEFLOW_FORGE_TOKEN")?
             .map(|t| String::from_utf8_lossy(&t).trim().to_owned()),
+        tls: match (&args.tls_cert_file, &args.tls_key_file) {
+            (Some(cert), Some(key)) => Some(
+                crate::entry::server::ServerTls::from_files(cert, key)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            _ => None,
+        },
     };
     until_signal(|stop| async move {
         crate::entry::server::serve(options, stop)

@@ -366,6 +366,13 @@ pub struct ServeArgs {
     /// CACHEFLOW_FORGE_TOKEN); without one, pull requests get no feedback.
     #[arg(long, env = "CACHEFLOW_FORGE_TOKEN_FILE")]
     pub forge_token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM), for deployments without a TLS
+    /// proxy in front.
+    #[arg(long, env = "CACHEFLOW_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PKCS#8 PEM) of --tls-cert-file.
+    #[arg(long, env = "CACHEFLOW_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@
 
 pub mod drift;
 mod http;
+pub use http::ServerTls;
 pub mod pr;
 
 use std::collections::{BTreeMap, HashSet};
@@ -74,6 +75,8 @@ pub struct ServeOptions {
     pub forge_api_url: Option<String>,
     /// The token pull-request feedback posts with.
     pub forge_token: Option<String>,
+    /// Terminate TLS here (`--tls-cert-file`, `--tls-key-file`).
+    pub tls: Option<http::ServerTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +218,8 @@ pub async fn serve(
         source,
     })?;
     tracing::info!("listening on {local}");
-    println!("cacheflow serve: listening on http://{local}");
+    let scheme = if options.tls.is_some() { "https" } else { "http" };
+    println!("cacheflow serve: listening on {scheme}://{local}");
 
     let follower = tokio::spawn(follow(app.clone(), git_dir.clone(), stop.clone()));
     // Scheduled drift runs (`drift.schedule` of the current revision).
@@ -247,7 +251,7 @@ pub async fn serve(
     });
     let mut stop_http = stop.clone();
     let mut dead = dead_rx.clone();
-    let server = http::serve(listener, router, async move {
+    let server = http::serve(listener, router, options.tls.clone(), async move {
         tokio::select! {
             _ = stop_http.wait_for(|s| *s) => {}
             _ = dead.wait_for(|d| *d) => {}
