@@ -15,5 +15,6 @@ mod setup_script;
 mod snapshot;
 mod support;
 mod sync;
+mod tls;
 mod trust;
 mod usage;

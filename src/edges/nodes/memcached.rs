@@ -204,10 +204,7 @@ impl MemcachedDriver {
             Ok(Err(WireError::Closed)) => {
                 return Err(NodeError::AuthFailed {
                     address: self.address.clone(),
-                    message: format!(
-                        "the node closed the connection{}",
-                        self.plaintext_hint()
-                    ),
+                    message: format!("the node closed the connection{}", self.plaintext_hint()),
                 })
             }
             Ok(Err(WireError::Garbage(why))) => {
@@ -224,10 +221,7 @@ impl MemcachedDriver {
                     message: clip(other).to_string(),
                 })
             }
-            other => Err(self.protocol(format!(
-                "authentication answered `{}`",
-                clip(other)
-            ))),
+            other => Err(self.protocol(format!("authentication answered `{}`", clip(other)))),
         }
     }
 
@@ -258,7 +252,13 @@ impl MemcachedDriver {
             Ok(Ok(lines)) => Ok(lines),
             Ok(Err(WireError::Io(e))) => Err(NodeError::Unreachable {
                 address: self.address.clone(),
-                message: format!("connection lost during `{line}`: {e}"),
+                message: format!(
+                    "connection lost during `{line}`: {e}{}",
+                    match e.kind() {
+                        io::ErrorKind::ConnectionReset => self.plaintext_hint(),
+                        _ => "",
+                    }
+                ),
             }),
             Ok(Err(WireError::Closed)) => Err(NodeError::Unreachable {
                 address: self.address.clone(),
@@ -909,6 +909,12 @@ impl Conn {
             };
             total += line.len() + 2;
             if line == "MN" {
+                return Ok(lines);
+            }
+            // A `-Y` memcached answers this to the first command before authentication
+            // and drops the rest of what was sent, `mn` included.
+            if line == UNAUTHENTICATED && lines.is_empty() {
+                lines.push(line);
                 return Ok(lines);
             }
             if total > MAX_REPLY {

@@ -80,9 +80,9 @@ impl NodeError {
     pub fn kind(&self) -> crate::edges::source::FailureKind {
         use crate::edges::source::FailureKind;
         match self {
-            NodeError::Unreachable { .. }
-            | NodeError::TimedOut { .. }
-            | NodeError::Tls { .. } => FailureKind::Transient,
+            NodeError::Unreachable { .. } | NodeError::TimedOut { .. } | NodeError::Tls { .. } => {
+                FailureKind::Transient
+            }
             _ => FailureKind::Refusal,
         }
     }

@@ -182,8 +182,7 @@ impl RedisDriver {
                 con
             }
             None => {
-                let client =
-                    redis::Client::open(info).map_err(|e| self.protocol(e.to_string()))?;
+                let client = redis::Client::open(info).map_err(|e| self.protocol(e.to_string()))?;
                 tokio::time::timeout(
                     self.timeout,
                     client.get_multiplexed_async_connection_with_config(&config),

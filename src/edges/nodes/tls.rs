@@ -98,14 +98,17 @@ pub async fn connect(
     };
     let _ = tcp.set_nodelay(true);
     let name = tls.server_name.as_deref().unwrap_or(host);
-    match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
-        // A plaintext memcached reads the ClientHello as the start of a command line
-        // and waits for its end.
+    // A plaintext node reads the ClientHello as the start of a command and waits for its
+    // end. The handshake gets four fifths of the node's time, so that its silence is
+    // told as such before the caller's bound of the whole reading cuts in.
+    let budget = timeout.mul_f64(0.8);
+    match tokio::time::timeout(budget, connector.connect(name, tcp)).await {
         Err(_) => Err(NodeError::Tls {
             address: address.to_owned(),
             message: format!(
-                "no TLS handshake within {timeout_ms} ms: the port does not seem to speak \
-                 TLS (a plaintext port?)"
+                "no TLS handshake within {} ms: the port does not seem to speak TLS \
+                 (a plaintext port?)",
+                budget.as_millis()
             ),
         }),
         Ok(Err(e)) => Err(NodeError::Tls {

@@ -343,9 +343,10 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
     options.max_backoff = args.max_backoff;
     options.once = args.once;
     if let Some(path) = &args.ca_file {
-        options.ca_pem = Some(std::fs::read(path).map_err(|e| {
-            format!("cannot read the CA file {}: {e}", path.display())
-        })?);
+        options.ca_pem = Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?,
+        );
     }
     options.apply = ApplyOptions {
         config_file: args.config_file.clone(),

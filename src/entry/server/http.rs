@@ -117,7 +117,8 @@ pub async fn serve(
             Some(tls) => {
                 let acceptor = tls.0.clone();
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+                    let handshake =
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
                     let accepted = tokio::select! {
                         accepted = handshake => accepted,
                         () = async { drop(stop.wait_for(|s| *s).await) } => return,

@@ -218,7 +218,11 @@ pub async fn serve(
         source,
     })?;
     tracing::info!("listening on {local}");
-    let scheme = if options.tls.is_some() { "https" } else { "http" };
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!("cacheflow serve: listening on {scheme}://{local}");
 
     let follower = tokio::spawn(follow(app.clone(), git_dir.clone(), stop.clone()));
