@@ -156,6 +156,7 @@ impl MemcachedDriver {
         };
         let mut conn = Conn {
             stream: BufReader::new(stream),
+            answered: false,
         };
         if let Some(credentials) = credentials {
             self.authenticate(&mut conn, &credentials).await?;
@@ -204,7 +205,7 @@ impl MemcachedDriver {
             Ok(Err(WireError::Closed)) => {
                 return Err(NodeError::AuthFailed {
                     address: self.address.clone(),
-                    message: format!("the node closed the connection{}", self.plaintext_hint()),
+                    message: format!("the node closed the connection{}", self.hung_up_hint(conn)),
                 })
             }
             Ok(Err(WireError::Garbage(why))) => {
@@ -225,11 +226,14 @@ impl MemcachedDriver {
         }
     }
 
-    /// Words for a node that hung up on a plaintext client: it may speak TLS.
-    fn plaintext_hint(&self) -> &'static str {
-        match self.tls {
-            None => " (a TLS port? a cluster whose nodes speak TLS needs `tls:`)",
-            Some(_) => "",
+    /// Words for a node that hung up before it answered anything on this connection: a
+    /// TLS port hangs up on a plaintext client, a node that wants a client certificate
+    /// on a TLS client without one.
+    fn hung_up_hint(&self, conn: &Conn) -> &'static str {
+        match (&self.tls, conn.answered) {
+            (_, true) => "",
+            (None, false) => " (a TLS port? a cluster whose nodes speak TLS needs `tls:`)",
+            (Some(_), false) => " (does the node want a client certificate, tls.cert and tls.key?)",
         }
     }
 
@@ -249,13 +253,16 @@ impl MemcachedDriver {
             Ok(Err(WireError::Garbage(why))) if why.contains(UNAUTHENTICATED) => {
                 Err(unauthenticated())
             }
-            Ok(Ok(lines)) => Ok(lines),
+            Ok(Ok(lines)) => {
+                conn.answered = true;
+                Ok(lines)
+            }
             Ok(Err(WireError::Io(e))) => Err(NodeError::Unreachable {
                 address: self.address.clone(),
                 message: format!(
                     "connection lost during `{line}`: {e}{}",
                     match e.kind() {
-                        io::ErrorKind::ConnectionReset => self.plaintext_hint(),
+                        io::ErrorKind::ConnectionReset => self.hung_up_hint(conn),
                         _ => "",
                     }
                 ),
@@ -264,7 +271,7 @@ impl MemcachedDriver {
                 address: self.address.clone(),
                 message: format!(
                     "the node closed the connection during `{line}`{}",
-                    self.plaintext_hint()
+                    self.hung_up_hint(conn)
                 ),
             }),
             Ok(Err(WireError::Garbage(why))) => {
@@ -871,6 +878,9 @@ fn clip(s: &str) -> String {
 /// One connection speaking the text protocol.
 struct Conn {
     stream: BufReader<Box<dyn NodeStream>>,
+    /// The node answered a command on this connection (so a hang-up is not a TLS
+    /// mismatch).
+    answered: bool,
 }
 
 #[derive(Debug)]

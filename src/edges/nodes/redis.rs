@@ -179,6 +179,28 @@ impl RedisDriver {
                 .map_err(|_| self.timed_out())?
                 .map_err(|e| self.transport_error(e, None))?;
                 tokio::spawn(driver);
+                // With TLS 1.3 a node that wants a client certificate refuses it after
+                // the client finished its handshake, by hanging up: one PING here makes
+                // that a TLS error rather than a lost connection in a later command.
+                let mut con = con;
+                let ping = tokio::time::timeout(
+                    self.timeout,
+                    con.send_packed_command(&redis::cmd("PING")),
+                )
+                .await
+                .map_err(|_| self.timed_out())?;
+                if let Err(e) = ping {
+                    if e.kind() == redis::ErrorKind::IoError || e.is_connection_dropped() {
+                        return Err(NodeError::Tls {
+                            address: self.address.clone(),
+                            message: format!(
+                                "the node hung up right after the handshake (does it want a \
+                                 client certificate, tls.cert and tls.key?) ({e})"
+                            ),
+                        });
+                    }
+                    // An error reply (NOAUTH before AUTH) is an answer: TLS is fine.
+                }
                 con
             }
             None => {
@@ -240,7 +262,12 @@ impl RedisDriver {
         match e.kind() {
             redis::ErrorKind::IoError => NodeError::Unreachable {
                 address: self.address.clone(),
-                message,
+                message: match self.tls {
+                    None if hung_up(&message) => format!(
+                        "{message} (a TLS port? a cluster whose nodes speak TLS needs `tls:`)"
+                    ),
+                    _ => message,
+                },
             },
             redis::ErrorKind::AuthenticationFailed => NodeError::AuthFailed {
                 address: self.address.clone(),
@@ -668,6 +695,21 @@ impl NodeDriver for RedisDriver {
 }
 
 /// `host:port` → (host, port); `[::1]:6379` → (`::1`, 6379); no port → 6379.
+/// Whether the library's words say the node hung up: what a TLS port does to a
+/// plaintext client.
+fn hung_up(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "reset by peer",
+        "broken pipe",
+        "connection closed",
+        "terminated",
+        "eof",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
+}
+
 /// `e` about `address` as written (the TLS connection is made to `host:port` with the
 /// default port filled in).
 fn readdress(e: NodeError, address: &str) -> NodeError {
