@@ -8,7 +8,9 @@
 //! already link. There is no fallback to plaintext: a handshake that fails is the node's
 //! error, with what failed (unknown CA, expired, another name, no TLS on that port).
 
+use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use native_tls::{Certificate, Identity, TlsConnector};
@@ -27,10 +29,53 @@ const MAX_PEM_BYTES: u64 = 1 << 20;
 pub trait NodeStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> NodeStream for T {}
 
-/// The TLS connector `tls` describes. The files are read now: a renewed certificate is
-/// picked up by the next connection. An error here is the configuration's, not the
-/// node's; `address` only says which node needed it.
+/// Connectors already built, by configuration, with the size and modification time of
+/// each of its files when it was built. A snapshot of 100 nodes of one cluster builds
+/// one connector, not 100 (reading and parsing the CA bundle, making an OpenSSL
+/// context); a file that changed since is read again.
+type Stamps = Vec<(u64, Option<std::time::SystemTime>)>;
+static CONNECTORS: Mutex<Option<HashMap<Tls, (Stamps, TlsConnector)>>> = Mutex::new(None);
+/// More distinct configurations than this in one process empties the cache.
+const MAX_CACHED: usize = 64;
+
+/// The size and modification time of every file `tls` names; `None` when a part is not
+/// a file (a key in an environment variable is read each time).
+fn stamps(tls: &Tls) -> Option<Stamps> {
+    [Some(&tls.ca), tls.cert.as_ref(), tls.key.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let meta = std::fs::metadata(r.0.strip_prefix("file:")?).ok()?;
+            Some((meta.len(), meta.modified().ok()))
+        })
+        .collect()
+}
+
+/// The TLS connector `tls` describes: the one built before while its files are
+/// unchanged, or a new one read from them now, so a renewed certificate is picked up by
+/// the next connection. An error here is the configuration's, not the node's;
+/// `address` only says which node needed it.
 pub fn connector(address: &str, tls: &Tls) -> Result<TlsConnector, NodeError> {
+    let stamps = stamps(tls);
+    let mut cache = CONNECTORS.lock().unwrap_or_else(|p| p.into_inner());
+    if let (Some(now), Some((then, connector))) = (&stamps, cache.as_ref().and_then(|c| c.get(tls)))
+    {
+        if now == then {
+            return Ok(connector.clone());
+        }
+    }
+    let connector = build(address, tls)?;
+    if let Some(stamps) = stamps {
+        let map = cache.get_or_insert_with(HashMap::new);
+        if map.len() >= MAX_CACHED {
+            map.clear();
+        }
+        map.insert(tls.clone(), (stamps, connector.clone()));
+    }
+    Ok(connector)
+}
+
+fn build(address: &str, tls: &Tls) -> Result<TlsConnector, NodeError> {
     let fail = |message: String| NodeError::Tls {
         address: address.to_owned(),
         message,

@@ -106,7 +106,7 @@ pub struct Signer {
 
 /// A reference to a secret (`env:NAME`, `file:PATH`). Only the reference is ever held
 /// or printed; resolving it is the job of the code that connects to a node.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SecretRef(pub String);
 
@@ -178,7 +178,7 @@ pub struct Auth {
 /// when the nodes ask for one (Redis `tls-auth-clients yes`). Only references: the
 /// files are read when a driver connects, so a renewed certificate is picked up by the
 /// next connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Tls {
     /// `file:PATH` of a PEM bundle: the CAs the nodes' certificates must chain to (and
