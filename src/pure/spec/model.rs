@@ -176,8 +176,8 @@ pub struct Auth {
 
 /// `spec.tls`: how the nodes' certificates are checked, and the client certificate
 /// when the nodes ask for one (Redis `tls-auth-clients yes`). Only references: the
-/// files are read when a driver connects, so a renewed certificate is picked up by the
-/// next connection.
+/// files are read when a driver connects (again once they change), so a renewed
+/// certificate is picked up by the next connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Tls {
