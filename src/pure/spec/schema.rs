@@ -283,6 +283,35 @@ mod tests {
     }
 
     #[test]
+    fn tls_takes_a_file_ca_and_a_client_certificate_only_with_its_key() {
+        let doc = |tls: serde_json::Value| {
+            json!({
+                "apiVersion": "cacheflow/v1", "kind": "Cluster", "metadata": {"name": "a"},
+                "spec": {"engine": "redis", "tls": tls,
+                         "nodes": [{"id": "n1", "address": "127.0.0.1:6380"}]}
+            })
+        };
+        let v = document_validator().unwrap();
+        let ok = doc(json!({"ca": "file:/ca.pem", "cert": "file:/c.pem",
+                            "key": "env:KEY", "serverName": "cache.internal"}));
+        assert_eq!(findings(v, &ok), vec![]);
+        let lonely = findings(
+            v,
+            &doc(json!({"ca": "file:/ca.pem", "cert": "file:/c.pem"})),
+        );
+        assert_eq!(lonely.len(), 1, "{lonely:?}");
+        assert_eq!(lonely[0].pointer, "/spec/tls");
+        assert_eq!(findings(v, &doc(json!({"ca": "env:CA"}))).len(), 1);
+        let literal = findings(
+            v,
+            &doc(json!({"ca": "file:/ca.pem", "cert": "file:/c.pem",
+                        "key": "-----BEGIN PRIVATE KEY-----"})),
+        );
+        assert_eq!(literal.len(), 1, "{literal:?}");
+        assert!(!literal[0].message.contains("PRIVATE"), "{literal:?}");
+    }
+
+    #[test]
     fn unknown_fields_point_at_their_key() {
         let doc = json!({
             "apiVersion": "cacheflow/v1", "kind": "Profile", "metadata": {"name": "a"},
