@@ -171,35 +171,37 @@ impl RedisDriver {
                 let stream = super::tls::connect(&target, tls, self.timeout)
                     .await
                     .map_err(|e| readdress(e, &self.address))?;
-                let (con, driver) = tokio::time::timeout(
+                // With TLS 1.3 a node that wants a client certificate refuses it after
+                // the client finished its handshake, by hanging up: while setting up the
+                // connection, or at one PING here, rather than in a later command.
+                let hung_up = |e: &redis::RedisError| {
+                    (e.kind() == redis::ErrorKind::IoError || e.is_connection_dropped()).then(
+                        || NodeError::Tls {
+                            address: self.address.clone(),
+                            message: format!(
+                                "the node hung up right after the handshake (does it want a \
+                                 client certificate, tls.cert and tls.key?) ({e})"
+                            ),
+                        },
+                    )
+                };
+                let (mut con, driver) = tokio::time::timeout(
                     self.timeout,
                     MultiplexedConnection::new_with_config(&info.redis, stream, config),
                 )
                 .await
                 .map_err(|_| self.timed_out())?
-                .map_err(|e| self.transport_error(e, None))?;
+                .map_err(|e| hung_up(&e).unwrap_or_else(|| self.transport_error(e, None)))?;
                 tokio::spawn(driver);
-                // With TLS 1.3 a node that wants a client certificate refuses it after
-                // the client finished its handshake, by hanging up: one PING here makes
-                // that a TLS error rather than a lost connection in a later command.
-                let mut con = con;
                 let ping = tokio::time::timeout(
                     self.timeout,
                     con.send_packed_command(&redis::cmd("PING")),
                 )
                 .await
                 .map_err(|_| self.timed_out())?;
-                if let Err(e) = ping {
-                    if e.kind() == redis::ErrorKind::IoError || e.is_connection_dropped() {
-                        return Err(NodeError::Tls {
-                            address: self.address.clone(),
-                            message: format!(
-                                "the node hung up right after the handshake (does it want a \
-                                 client certificate, tls.cert and tls.key?) ({e})"
-                            ),
-                        });
-                    }
-                    // An error reply (NOAUTH before AUTH) is an answer: TLS is fine.
+                // An error reply (NOAUTH before AUTH) is an answer: TLS is fine.
+                if let Some(e) = ping.as_ref().err().and_then(hung_up) {
+                    return Err(e);
                 }
                 con
             }

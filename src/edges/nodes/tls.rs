@@ -209,7 +209,7 @@ pub fn handshake_failure(openssl: &str, name: &str) -> String {
             .to_owned()
     } else if lower.contains("unexpected eof") || lower.contains("connection reset") {
         "the node closed the connection during the TLS handshake (a plaintext port, or a \
-         node that refused our certificate?)"
+         node that wants a client certificate, tls.cert and tls.key?)"
             .to_owned()
     } else {
         "TLS handshake failed".to_owned()
