@@ -75,6 +75,9 @@ if [ "$mode" = test ]; then
   # Commit-trust tests sign commits with real keys.
   command -v gpg >/dev/null 2>&1 || need+=(gnupg)
   command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+  # TLS tests make their certificates with the openssl CLI and ask `serve` with curl.
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
 
   # The browser, under any of its names (the drift test looks for the same ones). A name
   # counts only when it runs: Ubuntu's chromium-browser package is a stub asking for the

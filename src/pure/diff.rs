@@ -527,6 +527,7 @@ mod tests {
                 .map(|(n, v, w)| (n.to_string(), param(v, w)))
                 .collect(),
             auth: None,
+            tls: None,
             nodes: nodes
                 .iter()
                 .map(|(id, shard, role)| Node {

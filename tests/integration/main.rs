@@ -19,6 +19,7 @@ mod setup_script;
 mod snapshot;
 mod support;
 mod sync;
+mod tls;
 mod trust;
 mod usage;
 mod versions;

@@ -31,6 +31,8 @@ fn bin(dir: &Path, extra: &[(&str, &str)]) {
         "memcached",
         "gpg",
         "ssh-keygen",
+        "openssl",
+        "curl",
     ] {
         let Ok(out) = Command::new("bash")
             .args(["-c", &format!("command -v {tool}")])

@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use super::tls::NodeStream;
 use super::{Applied, BoxFuture, NodeDriver, NodeError};
+use crate::edges::secret;
 use crate::pure::catalog::{catalog, Catalog, Engine, ParamSpec, ParamType, ValueError};
 use crate::pure::live::{Health, NodeLive};
-use crate::pure::spec::model::Role;
+use crate::pure::spec::model::{Auth, Role, Tls};
 
 /// Default bound of one network step (connect, one command) and of a whole `read`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,10 +39,17 @@ const MAX_LINE: usize = 4096;
 /// Largest reply accepted (`stats settings` is about 3 KiB, `stats` about 4 KiB).
 const MAX_REPLY: usize = 256 * 1024;
 
-/// A memcached node reached directly over TCP.
+/// memcached's answer to a command before `-Y` authentication.
+const UNAUTHENTICATED: &str = "CLIENT_ERROR unauthenticated";
+
+/// A memcached node reached directly over TCP, or over TLS (`memcached -Z`).
 #[derive(Debug)]
 pub struct MemcachedDriver {
     address: String,
+    /// `-Y` authentication, sent first on every connection.
+    auth: Option<Auth>,
+    /// Reach the node over TLS (and never in plaintext) when set.
+    tls: Option<Tls>,
     timeout: Duration,
     settle: Duration,
     /// The previous `stats` sample, so that a later `read` can turn counters into rates.
@@ -63,6 +72,8 @@ impl MemcachedDriver {
     pub fn new(address: impl Into<String>) -> MemcachedDriver {
         MemcachedDriver {
             address: address.into(),
+            auth: None,
+            tls: None,
             timeout: DEFAULT_TIMEOUT,
             settle: DEFAULT_SETTLE,
             last: Mutex::new(None),
@@ -72,6 +83,20 @@ impl MemcachedDriver {
     /// Bound each network step (connect, one command) and each whole `read` by `timeout`.
     pub fn with_timeout(mut self, timeout: Duration) -> MemcachedDriver {
         self.timeout = timeout;
+        self
+    }
+
+    /// Authenticate every connection with `auth` (memcached `-Y`: a user and a password
+    /// reference, resolved at each connect).
+    pub fn with_auth(mut self, auth: Option<Auth>) -> MemcachedDriver {
+        self.auth = auth;
+        self
+    }
+
+    /// Reach the node over TLS as `tls` says (a cluster's `spec.tls`), or in plaintext
+    /// with `None`.
+    pub fn with_tls(mut self, tls: Option<Tls>) -> MemcachedDriver {
+        self.tls = tls;
         self
     }
 
@@ -104,34 +129,150 @@ impl MemcachedDriver {
     }
 
     async fn connect(&self) -> Result<Conn, NodeError> {
-        match tokio::time::timeout(self.timeout, TcpStream::connect(self.address.as_str())).await {
-            Err(_) => Err(self.timed_out()),
-            Ok(Err(e)) => Err(NodeError::Unreachable {
-                address: self.address.clone(),
-                message: e.to_string(),
-            }),
-            Ok(Ok(stream)) => {
-                // Commands are small and answered one at a time: no Nagle delay.
-                let _ = stream.set_nodelay(true);
-                Ok(Conn {
-                    stream: BufReader::new(stream),
+        // Resolve before connecting: a missing secret is not the node's fault.
+        let credentials = match &self.auth {
+            Some(auth) => Some(self.credentials(auth)?),
+            None => None,
+        };
+        let stream: Box<dyn NodeStream> = match &self.tls {
+            Some(tls) => Box::new(super::tls::connect(&self.address, tls, self.timeout).await?),
+            None => {
+                let connecting = TcpStream::connect(self.address.as_str());
+                match tokio::time::timeout(self.timeout, connecting).await {
+                    Err(_) => return Err(self.timed_out()),
+                    Ok(Err(e)) => {
+                        return Err(NodeError::Unreachable {
+                            address: self.address.clone(),
+                            message: e.to_string(),
+                        })
+                    }
+                    Ok(Ok(stream)) => {
+                        // Commands are small and answered one at a time: no Nagle delay.
+                        let _ = stream.set_nodelay(true);
+                        Box::new(stream)
+                    }
+                }
+            }
+        };
+        let mut conn = Conn {
+            stream: BufReader::new(stream),
+            answered: false,
+        };
+        if let Some(credentials) = credentials {
+            self.authenticate(&mut conn, &credentials).await?;
+        }
+        Ok(conn)
+    }
+
+    /// `user password`, the token `-Y` authentication sends; refused when it cannot be
+    /// sent as one line.
+    fn credentials(&self, auth: &Auth) -> Result<String, NodeError> {
+        let failed = |message: &str| NodeError::AuthFailed {
+            address: self.address.clone(),
+            message: message.to_owned(),
+        };
+        let user = auth
+            .username
+            .as_deref()
+            .ok_or_else(|| failed("memcached authentication needs a user name"))?;
+        if user.is_empty() || user.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(failed("the user name must be one word"));
+        }
+        let password = secret::resolve(&auth.password)?;
+        if password.contains(['\r', '\n', '\0']) {
+            return Err(failed(&format!(
+                "the password of {} holds a line break: memcached cannot take it",
+                auth.password
+            )));
+        }
+        Ok(format!("{user} {password}"))
+    }
+
+    /// memcached's text authentication (`-Y`): the token as the value of a `set`. The key
+    /// is ignored by an authenticating memcached; one without `-Y` stores it, so it is
+    /// sent already expired (exptime -1) and nothing lingers readable.
+    async fn authenticate(&self, conn: &mut Conn, token: &str) -> Result<(), NodeError> {
+        let request = format!("set cacheflow-auth 0 -1 {}\r\n{token}\r\n", token.len());
+        let reply = match tokio::time::timeout(self.timeout, conn.send_line(&request)).await {
+            Err(_) => return Err(self.timed_out()),
+            Ok(Ok(line)) => line,
+            Ok(Err(WireError::Io(e))) => {
+                return Err(NodeError::Unreachable {
+                    address: self.address.clone(),
+                    message: format!("connection lost during authentication: {e}"),
                 })
             }
+            Ok(Err(WireError::Closed)) => {
+                return Err(NodeError::AuthFailed {
+                    address: self.address.clone(),
+                    message: format!("the node closed the connection{}", self.hung_up_hint(conn)),
+                })
+            }
+            Ok(Err(WireError::Garbage(why))) => {
+                return Err(self.protocol(format!("reply to authentication: {why}")))
+            }
+        };
+        match reply.as_str() {
+            "STORED" => Ok(()),
+            // `CLIENT_ERROR authentication failure`: memcached's own words, which never
+            // repeat the token.
+            other if other.starts_with("CLIENT_ERROR") || other.starts_with("ERROR") => {
+                Err(NodeError::AuthFailed {
+                    address: self.address.clone(),
+                    message: clip(other).to_string(),
+                })
+            }
+            other => Err(self.protocol(format!("authentication answered `{}`", clip(other)))),
+        }
+    }
+
+    /// Words for a node that hung up before it answered anything on this connection: a
+    /// TLS port hangs up on a plaintext client, a node that wants a client certificate
+    /// on a TLS client without one.
+    fn hung_up_hint(&self, conn: &Conn) -> &'static str {
+        match (&self.tls, conn.answered) {
+            (_, true) => "",
+            (None, false) => " (a TLS port? a cluster whose nodes speak TLS needs `tls:`)",
+            (Some(_), false) => " (does the node want a client certificate, tls.cert and tls.key?)",
         }
     }
 
     /// One command under the step timeout, its reply lines, or a `NodeError`.
     async fn command(&self, conn: &mut Conn, line: &str) -> Result<Vec<String>, NodeError> {
+        let unauthenticated = || NodeError::AuthFailed {
+            address: self.address.clone(),
+            message: "the node asks for authentication (memcached -Y): give the cluster \
+                      `auth:` with a username and a password"
+                .to_owned(),
+        };
         match tokio::time::timeout(self.timeout, conn.command(line)).await {
             Err(_) => Err(self.timed_out()),
-            Ok(Ok(lines)) => Ok(lines),
+            Ok(Ok(lines)) if lines.first().map(String::as_str) == Some(UNAUTHENTICATED) => {
+                Err(unauthenticated())
+            }
+            Ok(Err(WireError::Garbage(why))) if why.contains(UNAUTHENTICATED) => {
+                Err(unauthenticated())
+            }
+            Ok(Ok(lines)) => {
+                conn.answered = true;
+                Ok(lines)
+            }
             Ok(Err(WireError::Io(e))) => Err(NodeError::Unreachable {
                 address: self.address.clone(),
-                message: format!("connection lost during `{line}`: {e}"),
+                message: format!(
+                    "connection lost during `{line}`: {e}{}",
+                    match e.kind() {
+                        io::ErrorKind::ConnectionReset => self.hung_up_hint(conn),
+                        _ => "",
+                    }
+                ),
             }),
             Ok(Err(WireError::Closed)) => Err(NodeError::Unreachable {
                 address: self.address.clone(),
-                message: format!("the node closed the connection during `{line}`"),
+                message: format!(
+                    "the node closed the connection during `{line}`{}",
+                    self.hung_up_hint(conn)
+                ),
             }),
             Ok(Err(WireError::Garbage(why))) => {
                 Err(self.protocol(format!("reply to `{line}`: {why}")))
@@ -736,7 +877,10 @@ fn clip(s: &str) -> String {
 
 /// One connection speaking the text protocol.
 struct Conn {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn NodeStream>>,
+    /// The node answered a command on this connection (so a hang-up is not a TLS
+    /// mismatch).
+    answered: bool,
 }
 
 #[derive(Debug)]
@@ -777,6 +921,12 @@ impl Conn {
             if line == "MN" {
                 return Ok(lines);
             }
+            // A `-Y` memcached answers this to the first command before authentication
+            // and drops the rest of what was sent, `mn` included.
+            if line == UNAUTHENTICATED && lines.is_empty() {
+                lines.push(line);
+                return Ok(lines);
+            }
             if total > MAX_REPLY {
                 return Err(WireError::Garbage(format!(
                     "the reply exceeds {MAX_REPLY} bytes without ending"
@@ -784,6 +934,16 @@ impl Conn {
             }
             lines.push(line);
         }
+    }
+
+    /// Send `request` as it is and return the one line that answers it.
+    async fn send_line(&mut self, request: &str) -> Result<String, WireError> {
+        self.stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .map_err(WireError::Io)?;
+        self.read_line().await
     }
 
     /// One `\n`-terminated line without its `\r\n`, at most `MAX_LINE` bytes, UTF-8.

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod memcached;
 pub mod redis;
 pub mod simulated;
+pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -62,18 +63,26 @@ pub enum NodeError {
     },
     #[error("{address}: protocol error: {message}")]
     Protocol { address: String, message: String },
+    /// The TLS configuration could not be used, or the handshake failed: says what
+    /// (not PEM, unknown CA, expired, another name, no TLS on the port). Never followed
+    /// by a plaintext attempt.
+    #[error("{address}: TLS: {message}")]
+    Tls { address: String, message: String },
     #[error("secret {reference}: {message}")]
     Secret { reference: String, message: String },
 }
 
 impl NodeError {
     /// A node that did not answer may answer later: back off with jitter and try again.
+    /// So may a node whose certificate failed (it is renewed on the node, not in Git).
     /// The rest (a refusal, a failed login, a missing secret) stays as it is until the
     /// assignment or the configuration changes.
     pub fn kind(&self) -> crate::edges::source::FailureKind {
         use crate::edges::source::FailureKind;
         match self {
-            NodeError::Unreachable { .. } | NodeError::TimedOut { .. } => FailureKind::Transient,
+            NodeError::Unreachable { .. } | NodeError::TimedOut { .. } | NodeError::Tls { .. } => {
+                FailureKind::Transient
+            }
             _ => FailureKind::Refusal,
         }
     }

@@ -21,7 +21,7 @@ use crate::edges::nodes::{Applied, BoxFuture, NodeDriver, NodeError};
 use crate::edges::secret;
 use crate::pure::catalog::{self, Engine};
 use crate::pure::live::{Health, LinkState, NodeLive};
-use crate::pure::spec::model::{Auth, Role};
+use crate::pure::spec::model::{Auth, Role, Tls};
 
 /// Largest config file read for the persisted view.
 const MAX_CONFIG_FILE_BYTES: u64 = 4 << 20;
@@ -46,6 +46,8 @@ pub struct RedisDriver {
     host: String,
     port: u16,
     auth: Option<Auth>,
+    /// Reach the node over TLS (and never in plaintext) when set.
+    tls: Option<Tls>,
     timeout: Duration,
     session: Mutex<Option<Session>>,
     /// One apply at a time per node: two interleaved applies would read each other's
@@ -77,10 +79,18 @@ impl RedisDriver {
             host,
             port,
             auth: auth.cloned(),
+            tls: None,
             timeout,
             session: Mutex::new(None),
             apply_lock: Mutex::new(()),
         }
+    }
+
+    /// Reach the node over TLS as `tls` says (a cluster's `spec.tls`), or in plaintext
+    /// with `None`.
+    pub fn with_tls(mut self, tls: Option<Tls>) -> RedisDriver {
+        self.tls = tls;
+        self
     }
 
     /// Like [`RedisDriver::new`], but connects and authenticates now, so that a wrong
@@ -150,17 +160,65 @@ impl RedisDriver {
             // engine's own words rather than the client library's summary.
             redis: RedisConnectionInfo::default(),
         };
-        let client = redis::Client::open(info).map_err(|e| self.protocol(e.to_string()))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(self.timeout)
             .set_response_timeout(self.timeout);
-        let mut con = tokio::time::timeout(
-            self.timeout,
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| self.timed_out())?
-        .map_err(|e| self.transport_error(e, None))?;
+        let mut con = match &self.tls {
+            // The handshake is ours (tls.rs): the redis crate's own native-tls support
+            // takes neither a private CA nor a client certificate. It gets the stream.
+            Some(tls) => {
+                let target = match self.host.contains(':') {
+                    true => format!("[{}]:{}", self.host, self.port),
+                    false => format!("{}:{}", self.host, self.port),
+                };
+                let stream = super::tls::connect(&target, tls, self.timeout)
+                    .await
+                    .map_err(|e| readdress(e, &self.address))?;
+                // With TLS 1.3 a node that wants a client certificate refuses it after
+                // the client finished its handshake, by hanging up: while setting up the
+                // connection, or at one PING here, rather than in a later command.
+                let hung_up = |e: &redis::RedisError| {
+                    (e.kind() == redis::ErrorKind::IoError || e.is_connection_dropped()).then(
+                        || NodeError::Tls {
+                            address: self.address.clone(),
+                            message: format!(
+                                "the node hung up right after the handshake (does it want a \
+                                 client certificate, tls.cert and tls.key?) ({e})"
+                            ),
+                        },
+                    )
+                };
+                let (mut con, driver) = tokio::time::timeout(
+                    self.timeout,
+                    MultiplexedConnection::new_with_config(&info.redis, stream, config),
+                )
+                .await
+                .map_err(|_| self.timed_out())?
+                .map_err(|e| hung_up(&e).unwrap_or_else(|| self.transport_error(e, None)))?;
+                tokio::spawn(driver);
+                let ping = tokio::time::timeout(
+                    self.timeout,
+                    con.send_packed_command(&redis::cmd("PING")),
+                )
+                .await
+                .map_err(|_| self.timed_out())?;
+                // An error reply (NOAUTH before AUTH) is an answer: TLS is fine.
+                if let Some(e) = ping.as_ref().err().and_then(hung_up) {
+                    return Err(e);
+                }
+                con
+            }
+            None => {
+                let client = redis::Client::open(info).map_err(|e| self.protocol(e.to_string()))?;
+                tokio::time::timeout(
+                    self.timeout,
+                    client.get_multiplexed_async_connection_with_config(&config),
+                )
+                .await
+                .map_err(|_| self.timed_out())?
+                .map_err(|e| self.transport_error(e, None))?
+            }
+        };
         if let Some((user, password)) = credentials {
             let mut cmd = redis::cmd("AUTH");
             if let Some(user) = &user {
@@ -198,10 +256,23 @@ impl RedisDriver {
         if e.is_timeout() {
             return self.timed_out();
         }
+        if self.tls.is_some() {
+            if let Some(message) = super::tls::after_handshake(&message) {
+                return NodeError::Tls {
+                    address: self.address.clone(),
+                    message,
+                };
+            }
+        }
         match e.kind() {
             redis::ErrorKind::IoError => NodeError::Unreachable {
                 address: self.address.clone(),
-                message,
+                message: match self.tls {
+                    None if hung_up(&message) => format!(
+                        "{message} (a TLS port? a cluster whose nodes speak TLS needs `tls:`)"
+                    ),
+                    _ => message,
+                },
             },
             redis::ErrorKind::AuthenticationFailed => NodeError::AuthFailed {
                 address: self.address.clone(),
@@ -629,6 +700,41 @@ impl NodeDriver for RedisDriver {
 }
 
 /// `host:port` → (host, port); `[::1]:6379` → (`::1`, 6379); no port → 6379.
+/// Whether the library's words say the node hung up: what a TLS port does to a
+/// plaintext client.
+fn hung_up(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "reset by peer",
+        "broken pipe",
+        "connection closed",
+        "terminated",
+        "eof",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
+}
+
+/// `e` about `address` as written (the TLS connection is made to `host:port` with the
+/// default port filled in).
+fn readdress(e: NodeError, address: &str) -> NodeError {
+    match e {
+        NodeError::Unreachable { message, .. } => NodeError::Unreachable {
+            address: address.to_owned(),
+            message,
+        },
+        NodeError::TimedOut { timeout_ms, .. } => NodeError::TimedOut {
+            address: address.to_owned(),
+            timeout_ms,
+        },
+        NodeError::Tls { message, .. } => NodeError::Tls {
+            address: address.to_owned(),
+            message,
+        },
+        other => other,
+    }
+}
+
 fn split_address(address: &str) -> (String, u16) {
     if let Some(rest) = address.strip_prefix('[') {
         if let Some((host, tail)) = rest.split_once(']') {

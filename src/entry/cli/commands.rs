@@ -171,6 +171,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         forge_api_url: args.forge_api_url,
         forge_token: secret(args.forge_token_file.as_ref(), "CACHEFLOW_FORGE_TOKEN")?
             .map(|t| String::from_utf8_lossy(&t).trim().to_owned()),
+        tls: match (&args.tls_cert_file, &args.tls_key_file) {
+            (Some(cert), Some(key)) => Some(
+                crate::entry::server::ServerTls::from_files(cert, key)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            _ => None,
+        },
     };
     until_signal(|stop| async move {
         crate::entry::server::serve(options, stop)
@@ -271,7 +278,7 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
     use crate::edges::nodes::redis::RedisDriver;
     use crate::edges::nodes::NodeDriver;
     use crate::flow::agent::{self, AgentOptions, ApplyOptions};
-    use crate::pure::spec::model::{Auth, SecretRef};
+    use crate::pure::spec::model::{Auth, SecretRef, Tls};
 
     let token = std::fs::read_to_string(&args.token_file).map_err(|e| {
         format!(
@@ -286,6 +293,13 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
             args.token_file.display()
         ));
     }
+    let file_ref = |path: &std::path::PathBuf| SecretRef(format!("file:{}", path.display()));
+    let tls = args.node_ca_file.as_ref().map(|ca| Tls {
+        ca: file_ref(ca),
+        cert: args.node_cert_file.as_ref().map(file_ref),
+        key: args.node_key_file.as_ref().map(file_ref),
+        server_name: args.node_server_name.clone(),
+    });
     let driver: Arc<dyn NodeDriver> = match (&args.redis, &args.memcached) {
         (Some(address), _) => {
             let auth = match &args.redis_password {
@@ -300,10 +314,27 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
                 }
                 None => None,
             };
-            Arc::new(RedisDriver::new(address, auth.as_ref(), args.timeout))
+            Arc::new(RedisDriver::new(address, auth.as_ref(), args.timeout).with_tls(tls))
         }
         (None, Some(address)) => {
-            Arc::new(MemcachedDriver::new(address.clone()).with_timeout(args.timeout))
+            let auth = match (&args.memcached_user, &args.memcached_password) {
+                (Some(user), Some(reference)) => {
+                    if !(reference.starts_with("env:") || reference.starts_with("file:")) {
+                        return Err("--memcached-password takes a reference, env:NAME or file:PATH, never the password itself".to_owned());
+                    }
+                    Some(Auth {
+                        username: Some(user.clone()),
+                        password: SecretRef(reference.clone()),
+                    })
+                }
+                _ => None,
+            };
+            Arc::new(
+                MemcachedDriver::new(address.clone())
+                    .with_timeout(args.timeout)
+                    .with_auth(auth)
+                    .with_tls(tls),
+            )
         }
         (None, None) => return Err("give --redis ADDR or --memcached ADDR".to_owned()),
     };
@@ -312,6 +343,12 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
     options.node_timeout = args.timeout;
     options.max_backoff = args.max_backoff;
     options.once = args.once;
+    if let Some(path) = &args.ca_file {
+        options.ca_pem = Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?,
+        );
+    }
     options.apply = ApplyOptions {
         config_file: args.config_file.clone(),
         restart_command: args.restart_command.clone(),

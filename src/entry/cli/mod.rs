@@ -384,6 +384,13 @@ pub struct ServeArgs {
     /// CACHEFLOW_FORGE_TOKEN); without one, pull requests get no feedback.
     #[arg(long, env = "CACHEFLOW_FORGE_TOKEN_FILE")]
     pub forge_token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM), for deployments without a TLS
+    /// proxy in front.
+    #[arg(long, env = "CACHEFLOW_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PKCS#8 PEM) of --tls-cert-file.
+    #[arg(long, env = "CACHEFLOW_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -413,6 +420,28 @@ pub struct AgentArgs {
     /// Redis password as a reference: env:NAME or file:PATH (never the password itself).
     #[arg(long)]
     pub redis_password: Option<String>,
+    /// memcached `-Y` user name.
+    #[arg(long, requires = "memcached_password", requires = "memcached")]
+    pub memcached_user: Option<String>,
+    /// memcached `-Y` password as a reference: env:NAME or file:PATH.
+    #[arg(long, requires = "memcached_user")]
+    pub memcached_password: Option<String>,
+    /// Reach the node over TLS, trusting the CAs of this PEM bundle (the cluster's
+    /// `tls.ca`).
+    #[arg(long)]
+    pub node_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a node that asks for one (Redis tls-auth-clients).
+    #[arg(long, requires = "node_ca_file", requires = "node_key_file")]
+    pub node_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PKCS#8 PEM).
+    #[arg(long, requires = "node_cert_file")]
+    pub node_key_file: Option<PathBuf>,
+    /// The name the node's certificate is for, when not the host of --redis/--memcached.
+    #[arg(long, requires = "node_ca_file")]
+    pub node_server_name: Option<String>,
+    /// Trust the CAs of this PEM bundle for an https:// --server (besides the system's).
+    #[arg(long, env = "CACHEFLOW_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Time between reports.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub interval: Duration,

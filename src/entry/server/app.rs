@@ -127,6 +127,7 @@ mod tests {
             silent_after: Duration::from_secs(60),
             forge_api_url: None,
             forge_token: None,
+            tls: None,
         };
         let app = Arc::new(App {
             handle: handle.clone(),

@@ -20,6 +20,7 @@ pub mod drift;
 pub mod error;
 mod hooks;
 mod http;
+pub use http::ServerTls;
 pub mod pr;
 
 use std::collections::BTreeMap;
@@ -75,6 +76,8 @@ pub struct ServeOptions {
     pub forge_api_url: Option<String>,
     /// The token pull-request feedback posts with.
     pub forge_token: Option<String>,
+    /// Terminate TLS here (`--tls-cert-file`, `--tls-key-file`).
+    pub tls: Option<http::ServerTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,11 +205,11 @@ pub async fn serve(
         remote: Mutex::new(remote),
     });
     let router = app::app(app.clone());
-    let listener = listen(options.listen).await?;
+    let listener = listen(options.listen, options.tls.is_some()).await?;
     let background = Background::spawn(&app, &host, git_dir, &stop);
     let mut ended = host.ended();
     let mut stop_http = stop.clone();
-    http::serve(listener, router, async move {
+    http::serve(listener, router, options.tls.clone(), async move {
         tokio::select! {
             _ = stop_http.wait_for(|s| *s) => {}
             _ = ended.wait_for(|d| *d) => {}
@@ -317,7 +320,7 @@ fn start_host(
     )?)
 }
 
-async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+async fn listen(addr: SocketAddr, tls: bool) -> Result<tokio::net::TcpListener, ServeError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Listen { addr, source })?;
@@ -325,7 +328,8 @@ async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError>
         .local_addr()
         .map_err(|source| ServeError::Listen { addr, source })?;
     tracing::info!("listening on {local}");
-    println!("cacheflow serve: listening on http://{local}");
+    let scheme = if tls { "https" } else { "http" };
+    println!("cacheflow serve: listening on {scheme}://{local}");
     Ok(listener)
 }
 

@@ -56,6 +56,8 @@ pub struct AgentOptions {
     /// Stop after one exchange (report, apply if assigned, report the result).
     pub once: bool,
     pub apply: ApplyOptions,
+    /// A PEM bundle of CAs trusted for an https:// server, besides the system's.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl AgentOptions {
@@ -70,6 +72,7 @@ impl AgentOptions {
             max_backoff: Duration::from_secs(300),
             once: false,
             apply: ApplyOptions::default(),
+            ca_pem: None,
         }
     }
 }
@@ -174,9 +177,19 @@ pub async fn run(
             &options.server,
         )));
     }
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(options.http_timeout)
-        .user_agent(agent_name())
+        .user_agent(agent_name());
+    if let Some(pem) = &options.ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .ok()
+            .filter(|certs| !certs.is_empty())
+            .ok_or_else(|| AgentError::Client("the CA file is not a PEM bundle".to_owned()))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let client = builder
         .build()
         .map_err(|e| AgentError::Client(e.to_string()))?;
     let looped = LoopOptions::of(&options);

@@ -425,14 +425,16 @@ pub fn drift(
 /// The driver that reaches `node` of `cluster` directly.
 pub fn driver_for(cluster: &Cluster, node: &Node, timeout: Duration) -> Arc<dyn NodeDriver> {
     match cluster.engine {
-        Engine::Redis => Arc::new(RedisDriver::new(
-            &node.address,
-            cluster.auth.as_ref(),
-            timeout,
-        )),
-        Engine::Memcached => {
-            Arc::new(MemcachedDriver::new(node.address.clone()).with_timeout(timeout))
-        }
+        Engine::Redis => Arc::new(
+            RedisDriver::new(&node.address, cluster.auth.as_ref(), timeout)
+                .with_tls(cluster.tls.clone()),
+        ),
+        Engine::Memcached => Arc::new(
+            MemcachedDriver::new(node.address.clone())
+                .with_timeout(timeout)
+                .with_auth(cluster.auth.clone())
+                .with_tls(cluster.tls.clone()),
+        ),
     }
 }
 

@@ -368,6 +368,17 @@ fn build_cluster(
     for (k, v) in &spec.parameters {
         raw_params.insert(k.clone(), v.clone());
     }
+    if spec.engine.engine() == Engine::Memcached {
+        if let Some(auth) = &spec.auth {
+            if auth.username.is_none() {
+                ctx.at(
+                    p,
+                    "/spec/auth",
+                    "memcached authentication (`-Y`) takes a user and a password: add `username`",
+                );
+            }
+        }
+    }
     let nodes = nodes(ctx, p, &spec);
     let rollout = rollout(
         ctx,
@@ -403,6 +414,7 @@ fn build_cluster(
         profile: spec.profile.clone(),
         parameters: params,
         auth: spec.auth.clone(),
+        tls: spec.tls.clone(),
         nodes,
         rollout,
     })

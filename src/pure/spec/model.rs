@@ -106,7 +106,7 @@ pub struct Signer {
 
 /// A reference to a secret (`env:NAME`, `file:PATH`). Only the reference is ever held
 /// or printed; resolving it is the job of the code that connects to a node.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SecretRef(pub String);
 
@@ -165,6 +165,9 @@ pub struct Cluster {
     pub parameters: BTreeMap<String, Param>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
+    /// Every node of the cluster is reached over TLS when present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
     /// Sorted by id.
     pub nodes: Vec<Node>,
     pub rollout: RolloutPolicy,
@@ -189,6 +192,26 @@ pub struct Auth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     pub password: SecretRef,
+}
+
+/// `spec.tls`: how the nodes' certificates are checked, and the client certificate
+/// when the nodes ask for one (Redis `tls-auth-clients yes`). Only references: the
+/// files are read when a driver connects (again once they change), so a renewed
+/// certificate is picked up by the next connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tls {
+    /// `file:PATH` of a PEM bundle: the CAs the nodes' certificates must chain to (and
+    /// only those: the system's roots are not trusted for nodes).
+    pub ca: SecretRef,
+    /// Client certificate (PEM) and its PKCS#8 PEM key; both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<SecretRef>,
+    /// The name the nodes' certificates must be for; each node's host when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::model::{Auth, Drift, Managed, Notification, OnFailure, Role, Trust, Window};
+use super::model::{Auth, Drift, Managed, Notification, OnFailure, Role, Tls, Trust, Window};
 use crate::pure::catalog::Product;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -80,6 +80,8 @@ pub struct ClusterSpec {
     pub unchecked_parameters: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub auth: Option<Auth>,
+    #[serde(default)]
+    pub tls: Option<Tls>,
     pub nodes: Vec<Node>,
     #[serde(default)]
     pub rollout: Option<Rollout>,

@@ -244,6 +244,7 @@ fn a_type(t: &str) -> String {
 /// Values under these pointers may hold a secret someone wrote by mistake.
 fn is_secret_path(pointer: &str) -> bool {
     pointer.starts_with("/spec/auth")
+        || pointer == "/spec/tls/key"
         || (pointer.starts_with("/spec/notifications/") && pointer.ends_with("/url"))
 }
 
@@ -279,6 +280,35 @@ mod tests {
         assert_eq!(f[0].pointer, "/spec/auth/password");
         assert!(!f[0].message.contains("hunter2"));
         assert!(f[0].message.contains("secret reference"));
+    }
+
+    #[test]
+    fn tls_takes_a_file_ca_and_a_client_certificate_only_with_its_key() {
+        let doc = |tls: serde_json::Value| {
+            json!({
+                "apiVersion": "cacheflow/v1", "kind": "Cluster", "metadata": {"name": "a"},
+                "spec": {"engine": "redis", "tls": tls,
+                         "nodes": [{"id": "n1", "address": "127.0.0.1:6380"}]}
+            })
+        };
+        let v = document_validator().unwrap();
+        let ok = doc(json!({"ca": "file:/ca.pem", "cert": "file:/c.pem",
+                            "key": "env:KEY", "serverName": "cache.internal"}));
+        assert_eq!(findings(v, &ok), vec![]);
+        let lonely = findings(
+            v,
+            &doc(json!({"ca": "file:/ca.pem", "cert": "file:/c.pem"})),
+        );
+        assert_eq!(lonely.len(), 1, "{lonely:?}");
+        assert_eq!(lonely[0].pointer, "/spec/tls");
+        assert_eq!(findings(v, &doc(json!({"ca": "env:CA"}))).len(), 1);
+        let literal = findings(
+            v,
+            &doc(json!({"ca": "file:/ca.pem", "cert": "file:/c.pem",
+                        "key": "-----BEGIN PRIVATE KEY-----"})),
+        );
+        assert_eq!(literal.len(), 1, "{literal:?}");
+        assert!(!literal[0].message.contains("PRIVATE"), "{literal:?}");
     }
 
     #[test]
