@@ -242,8 +242,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    crate::entry::demo::run(crate::entry::demo::DemoOptions { keep: args.keep })
-        .map_err(anyhow::Error::msg)?;
+    crate::entry::demo::run(crate::entry::demo::DemoOptions { keep: args.keep })?;
     Ok(ExitCode::SUCCESS)
 }
 

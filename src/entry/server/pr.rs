@@ -20,6 +20,7 @@ use crate::edges::redact::redact_url;
 use crate::flow::pipeline::intake::{self, Candidate, Origin, Refusal, Stop};
 use crate::flow::pipeline::{self, Revision};
 use crate::pure::live::LiveState;
+use crate::pure::render::short_id;
 
 /// Where pull-request feedback goes: the forges' API (one client per forge, which keeps
 /// the comment of each pull request known).
@@ -75,7 +76,7 @@ pub async fn answer(
     live: LiveState,
 ) {
     let forge = client.forge();
-    let tag = format!("{} #{} at {}", pr.repo, pr.number, &pr.head_sha[..12]);
+    let tag = format!("{} #{} at {}", pr.repo, pr.number, short_id(&pr.head_sha));
     if let Err(e) = client
         .set_status(
             &pr,
