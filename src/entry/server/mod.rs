@@ -111,7 +111,9 @@ pub(crate) fn origin(options: &ServeOptions) -> Origin {
 }
 
 pub(crate) fn open_repo(options: &ServeOptions) -> Result<ConfigRepo, ServeError> {
-    origin(options).open().map_err(ServeError::Source)
+    origin(options)
+        .open()
+        .map_err(|e| ServeError::Source(e.to_string()))
 }
 
 /// Run the server until SIGTERM / Ctrl-C (`stop` turns true). A reconciler that stops
