@@ -26,9 +26,9 @@ use crate::flow::pipeline::{self, PipelineError};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::plan;
+use crate::pure::reconciler::status::{ClusterStatus, Status};
 use crate::pure::reconciler::State;
 use crate::pure::render::short_id;
-use crate::pure::render::status::{ClusterStatus, Status};
 use crate::pure::rollout::{Event, Phase};
 use crate::pure::spec::model::{Desired, Managed};
 

@@ -9,8 +9,8 @@ use super::{Format, RolloutAction};
 use crate::edges::redact::redact_url;
 use crate::entry::server::error::ErrorBody;
 use crate::pure::drift::DriftReport;
+use crate::pure::reconciler::status::{CommandAnswer, Rollouts};
 use crate::pure::render;
-use crate::pure::render::status::{CommandAnswer, Rollouts};
 
 /// What failed when asking a server.
 #[derive(Debug, thiserror::Error)]

@@ -25,8 +25,8 @@ use super::{App, Shared, MAX_WEBHOOK_BYTES};
 use crate::edges::forge::webhook;
 use crate::edges::metrics::Metrics;
 use crate::pure::protocol::{Assignment, Report, MAX_PAYLOAD_BYTES};
+use crate::pure::reconciler::status::CommandAnswer;
 use crate::pure::reconciler::RefusedInput;
-use crate::pure::render::status::CommandAnswer;
 use crate::pure::rollout::Event;
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

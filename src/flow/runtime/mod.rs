@@ -30,8 +30,8 @@ use crate::edges::nodes::NodeDriver;
 use crate::flow::agent::{ApplyOptions, LoopOptions, Reporter, Unreported};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::protocol::{Assignment, Report};
+use crate::pure::reconciler::status::Status;
 use crate::pure::reconciler::{Effect, Reconciler, RefusedInput, State};
-use crate::pure::render::status::Status;
 use crate::pure::rollout::Event;
 use crate::pure::spec::model::Desired;
 

@@ -34,6 +34,7 @@ use crate::pure::windows::{self, Windows};
 
 pub mod effect;
 pub mod state;
+pub mod status;
 
 pub use effect::{targets_for, Effect, Notice, NoticeKind};
 pub use state::{

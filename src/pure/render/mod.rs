@@ -1,10 +1,7 @@
 //! Output for people and programs: validation results, diffs and plans as text, JSON or
 //! Markdown (a pull-request comment). JSON is the serde form of the model types, which are
 //! sorted, so it is stable byte for byte. Nothing here prints a secret: the model holds
-//! only secret references. `status`: the reconciler's status as the server publishes it
-//! and the `rollout` client reads it.
-
-pub mod status;
+//! only secret references.
 
 use std::fmt::Write as _;
 

@@ -144,7 +144,7 @@ impl RolloutStatus {
             batch: batch.map(|b| b + 1),
             batches: r.spec.batches.len(),
             confirmed: r.confirmed.clone(),
-            phase: super::phase_word(&r.phase).to_owned(),
+            phase: crate::pure::render::phase_word(&r.phase).to_owned(),
             reason,
             revision: r.spec.revision.clone(),
             started_at: record.started_at.clone(),
@@ -284,7 +284,7 @@ impl ClusterRollout {
         let mut out = match &self.rollout {
             None => format!("{name}: no rollout\n"),
             Some(r) => {
-                let rev = super::short_id(&r.revision);
+                let rev = crate::pure::render::short_id(&r.revision);
                 let batch = r
                     .batch
                     .map(|b| format!(", batch {b} of {}", r.batches))
