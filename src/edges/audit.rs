@@ -53,6 +53,14 @@ pub enum AuditError {
     Writer(String),
     #[error("the journal moved under this reconciler (now at {found}, expected {expected}): is another cacheflow serving the same state directory?")]
     Moved { expected: String, found: String },
+    /// The journal's ref could not be updated though it is where this process left it
+    /// (its lock file cannot be created: a full or read-only disk, a stale lock).
+    #[error("cannot write the journal's ref {reference} (it is where this reconciler left it): {source}")]
+    RefNotWritten {
+        reference: &'static str,
+        #[source]
+        source: git2::Error,
+    },
 }
 
 /// One journal entry, for `history` and tests.
@@ -223,17 +231,18 @@ impl Journal {
             None => repo.reference(JOURNAL_REF, oid, false, "cacheflow journal"),
         };
         if let Err(e) = result {
-            let found = repo
-                .refname_to_id(JOURNAL_REF)
-                .map(|o| o.to_string())
-                .unwrap_or_else(|_| "nothing".into());
-            if found != oid.to_string() {
+            let found = repo.refname_to_id(JOURNAL_REF).ok();
+            if found == self.head {
+                return Err(AuditError::RefNotWritten {
+                    reference: JOURNAL_REF,
+                    source: e,
+                });
+            }
+            if found != Some(oid) {
+                let name = |o: Option<Oid>| o.map_or_else(|| "nothing".into(), |o| o.to_string());
                 return Err(AuditError::Moved {
-                    expected: self
-                        .head
-                        .map(|o| o.to_string())
-                        .unwrap_or_else(|| "nothing".into()),
-                    found: format!("{found} ({})", e.message()),
+                    expected: name(self.head),
+                    found: format!("{} ({})", name(found), e.message()),
                 });
             }
         }
@@ -543,6 +552,24 @@ mod tests {
         b.append("b1", &State::default()).unwrap();
         let err = a.append("a2", &State::default()).unwrap_err();
         assert!(matches!(err, AuditError::Moved { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_journal_ref_that_cannot_be_locked_is_not_reported_as_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init_bare(dir.path()).unwrap();
+        let mut a = Journal::open(dir.path()).unwrap();
+        a.append("a1", &State::default()).unwrap();
+        let lock = dir.path().join("refs/cacheflow/journal.lock");
+        std::fs::create_dir_all(&lock).unwrap();
+        let err = a.append("a2", &State::default()).unwrap_err();
+        assert!(matches!(err, AuditError::RefNotWritten { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("journal.lock"), "{text}");
+        assert!(!text.contains("moved"), "{text}");
+        // Released, the next entry goes on from where this one left it.
+        std::fs::remove_dir(&lock).unwrap();
+        a.append("a2", &State::default()).unwrap();
     }
 
     fn cluster(hz: &str) -> ClusterState {

@@ -32,6 +32,7 @@ use crate::flow::pipeline::{self, Revision};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
 use crate::pure::catalog::Engine;
 use crate::pure::live::LiveState;
+use crate::pure::render::short_id;
 use crate::pure::rollout::Phase;
 use crate::pure::spec::model::Desired;
 
@@ -125,6 +126,59 @@ const DRIFT_NODE: &str = "sessions-eu-2a";
 const DRIFT_PARAM: &str = "maxmemory-policy";
 const DRIFT_VALUE: &str = "allkeys-lru";
 
+/// What stopped the demo (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{} is not empty: --keep takes a new or empty directory", .0.display())]
+    NotEmpty(PathBuf),
+    #[error("cannot make a temporary directory in {}", .0.display())]
+    NoTemporaryDirectory(PathBuf),
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("git init {}: {}", path.display(), source.message())]
+    GitInit {
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("git commit: {}", .0.message())]
+    GitCommit(#[source] git2::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Repository(#[from] crate::edges::source::SourceError),
+    #[error(transparent)]
+    Diff(#[from] crate::flow::pipeline::PipelineError),
+    #[error(transparent)]
+    Journal(#[from] crate::edges::audit::AuditError),
+    #[error(transparent)]
+    Host(#[from] crate::flow::runtime::HostError),
+    #[error("the reconciler stopped; see its journal")]
+    Stopped(#[from] crate::flow::runtime::Stopped),
+    #[error("the demo's repository does not validate:\n{0}")]
+    Invalid(String),
+    #[error("the demo's head is refused: {0}")]
+    Refused(Refusal),
+    #[error(transparent)]
+    Intake(#[from] intake::IntakeError),
+    #[error("{0}: nothing to take")]
+    Unchanged(String),
+    /// The example repository is not what the demo's story changes.
+    #[error("{0}")]
+    Example(String),
+    /// The story did not go as the demo tells it.
+    #[error("{0}")]
+    Story(String),
+    #[error("the rollout of {revision} did not end within {seconds} s")]
+    TooLong { revision: String, seconds: u64 },
+    #[error("interrupted")]
+    Interrupted,
+}
+
 /// How long any one rollout of the demo may take before the demo gives up.
 const ROLLOUT_LIMIT: Duration = Duration::from_secs(60);
 
@@ -135,7 +189,7 @@ pub struct DemoOptions {
 }
 
 /// Run the demo, printing as it goes. `Err` says what went wrong (exit code 1).
-pub fn run(options: DemoOptions) -> Result<(), String> {
+pub fn run(options: DemoOptions) -> Result<(), DemoError> {
     let started = Instant::now();
     let work = WorkDir::new(options.keep.as_deref())?;
     let git = Git::init(&work.path)?;
@@ -160,7 +214,7 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        .map_err(DemoError::Runtime)?;
     runtime.block_on(live(&mut out, &git, &fleet, desired, &speeds))?;
     history(&mut out, &work, &git)?;
     what_next(&mut out, started, &options, &work);
@@ -169,7 +223,7 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
 
 /// Step 1, the repository: the example as the fleet runs it today, then the demo's
 /// speeds. Returns the validated head and the demo's commit.
-fn repository(out: &mut Out, git: &Git, work: &WorkDir) -> Result<(Desired, String), String> {
+fn repository(out: &mut Out, git: &Git, work: &WorkDir) -> Result<(Desired, String), DemoError> {
     out.section("1. The repository");
     let files: Vec<(&str, &str)> = EXAMPLE_REPO.to_vec();
     let today = git.commit(ALICE, "The fleet as it runs today", &files)?;
@@ -226,17 +280,14 @@ async fn live(
     fleet: &Fleet,
     desired: Desired,
     speeds: &str,
-) -> Result<(), String> {
+) -> Result<(), DemoError> {
     let traffic = fleet.drive_traffic();
-    let journal = Journal::open(git.repo.path()).map_err(|e| e.to_string())?;
-    let host = Host::start(journal, HostOptions::default()).map_err(|e| e.to_string())?;
+    let journal = Journal::open(git.repo.path())?;
+    let host = Host::start(journal, HostOptions::default())?;
     let handle = host.handle().clone();
     let mut events = handle.events.subscribe();
     let live = fleet.snapshot().await;
-    handle
-        .revision(desired, Some(live))
-        .await
-        .map_err(|e| e.to_string())?;
+    handle.revision(desired, Some(live)).await?;
     for (id, n) in &fleet.nodes {
         let options = DirectOptions {
             interval: Duration::from_millis(250),
@@ -252,11 +303,11 @@ async fn live(
     let stopped = host.stop().await;
     traffic.abort();
     result?;
-    stopped.map_err(|e| e.to_string())
+    Ok(stopped?)
 }
 
 /// 5. History: `cacheflow history` and the journal's length.
-fn history(out: &mut Out, work: &WorkDir, git: &Git) -> Result<(), String> {
+fn history(out: &mut Out, work: &WorkDir, git: &Git) -> Result<(), DemoError> {
     out.section("5. History: `cacheflow history`");
     out.line("Each config commit beside what the reconciler noted on it (refs/notes/cacheflow):");
     let repo = open(&work.path)?;
@@ -268,11 +319,10 @@ fn history(out: &mut Out, work: &WorkDir, git: &Git) -> Result<(), String> {
             param: None,
             limit: 50,
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     out.block(&crate::flow::history::text(&entries));
-    let journal = Journal::open(git.repo.path()).map_err(|e| e.to_string())?;
-    let entries = journal.entries().map_err(|e| e.to_string())?;
+    let journal = Journal::open(git.repo.path())?;
+    let entries = journal.entries()?;
     out.line(&format!(
         "The journal holds {} entries on refs/cacheflow/journal: every event above, with the\n\
          reconciler's state as its tree (what a restarted server resumes from).",
@@ -321,17 +371,21 @@ async fn story(
     handle: &Handle,
     events: &mut broadcast::Receiver<String>,
     base: &str,
-) -> Result<(), String> {
+) -> Result<(), DemoError> {
     let file = EXAMPLE_REPO
         .iter()
         .find(|(p, _)| *p == CLUSTER_FILE)
         .map(|(_, t)| speed_up(t))
-        .ok_or("the example repository has no sessions-eu cluster")?;
+        .ok_or_else(|| {
+            DemoError::Example("the example repository has no sessions-eu cluster".into())
+        })?;
     let with_memory = |value: &str| file.replace(MEMORY_LINE, &format!("    maxmemory: {value}\n"));
     let good_file = with_memory(GOOD_MEMORY);
     let bad_file = with_memory(BAD_MEMORY);
     if good_file == file {
-        return Err(format!("{CLUSTER_FILE} no longer sets `maxmemory: 6gb`"));
+        return Err(DemoError::Example(format!(
+            "{CLUSTER_FILE} no longer sets `maxmemory: 6gb`"
+        )));
     }
     let mut live = Live {
         out,
@@ -356,12 +410,12 @@ struct Live<'a> {
 
 impl Live<'_> {
     /// Hand the repository's head to the reconciler and follow its rollout.
-    async fn take(&mut self, revision: &str) -> Result<Phase, String> {
+    async fn take(&mut self, revision: &str) -> Result<Phase, DemoError> {
         take(self.out, self.git, self.handle, self.events, revision).await
     }
 
     /// 2. A change rolls out; its commit.
-    async fn good_change(&mut self, base: &str, good_file: &str) -> Result<String, String> {
+    async fn good_change(&mut self, base: &str, good_file: &str) -> Result<String, DemoError> {
         let (git, fleet) = (self.git, self.fleet);
         let members = fleet.members(CLUSTER);
         let out = &mut *self.out;
@@ -379,7 +433,9 @@ impl Live<'_> {
         let phase = self.take(&good).await?;
         let out = &mut *self.out;
         if !matches!(phase, Phase::Completed) {
-            return Err(format!("the first change did not complete: {phase:?}"));
+            return Err(DemoError::Story(format!(
+                "the first change did not complete: {phase:?}"
+            )));
         }
         let values = fleet.values(&members, "maxmemory").await;
         out.line(&format!(
@@ -400,7 +456,7 @@ impl Live<'_> {
         good: &str,
         good_file: &str,
         bad_file: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), DemoError> {
         let (git, fleet, handle) = (self.git, self.fleet, self.handle);
         let members = fleet.members(CLUSTER);
         self.out
@@ -415,19 +471,21 @@ impl Live<'_> {
         ));
         let phase = self.take(&bad).await?;
         let Phase::RolledBack { reason } = &phase else {
-            return Err(format!("the bad change was not rolled back: {phase:?}"));
+            return Err(DemoError::Story(format!(
+                "the bad change was not rolled back: {phase:?}"
+            )));
         };
-        let state = handle.state().await.map_err(|e| e.to_string())?;
-        let touched: Vec<String> = state
+        let status = handle.status()?;
+        let touched: Vec<String> = status
             .clusters
             .get(CLUSTER)
             .and_then(|c| c.rollout.as_ref())
-            .map(|r| r.rollout.touched.iter().cloned().collect())
+            .map(|r| r.touched.iter().cloned().collect())
             .unwrap_or_default();
         if !reason.starts_with("gates failed: ") {
-            return Err(format!(
+            return Err(DemoError::Story(format!(
                 "the bad change was rolled back for another reason: {reason}"
-            ));
+            )));
         }
         for id in &touched {
             let v = fleet.values(std::slice::from_ref(id), "maxmemory").await;
@@ -453,13 +511,13 @@ impl Live<'_> {
     }
 
     /// 4. A hand-made CONFIG SET: the drift report.
-    async fn drift(&mut self) -> Result<(), String> {
+    async fn drift(&mut self) -> Result<(), DemoError> {
         let (out, git, fleet) = (&mut *self.out, self.git, self.fleet);
         out.section("4. Someone ran CONFIG SET by hand: the drift report");
         let node = fleet
             .nodes
             .get(DRIFT_NODE)
-            .ok_or_else(|| format!("no node {DRIFT_NODE} in the example"))?;
+            .ok_or_else(|| DemoError::Example(format!("no node {DRIFT_NODE} in the example")))?;
         out.line(&format!(
             "At 3 a.m. someone ran `redis-cli -h {} CONFIG SET {DRIFT_PARAM} {DRIFT_VALUE}`\n\
              (on the simulated {DRIFT_NODE}). `cacheflow drift --direct` reads every node:",
@@ -485,10 +543,9 @@ impl Live<'_> {
 }
 
 /// `cacheflow diff` of a change, indented.
-fn show_diff(out: &mut Out, git: &Git, base: &str, head: &str) -> Result<(), String> {
+fn show_diff(out: &mut Out, git: &Git, base: &str, head: &str) -> Result<(), DemoError> {
     let repo = open(&git.dir)?;
-    let changes =
-        pipeline::diff(&repo, base, &Revision::Rev(head.to_owned())).map_err(|e| e.to_string())?;
+    let changes = pipeline::diff(&repo, base, &Revision::Rev(head.to_owned()))?;
     out.line("`cacheflow diff` (what a pull request review shows):");
     out.block(&crate::pure::render::diff_text(&changes));
     Ok(())
@@ -503,43 +560,39 @@ async fn take(
     handle: &Handle,
     events: &mut broadcast::Receiver<String>,
     revision: &str,
-) -> Result<Phase, String> {
-    let stopped = |_| "the reconciler stopped; see its journal".to_owned();
+) -> Result<Phase, DemoError> {
     let repo = open(&git.dir)?;
-    let good = handle.head().await.map_err(stopped)?;
+    let good = handle.head().await?;
     let desired = desired(&repo, good.as_deref())?;
     let began = Instant::now();
-    handle.revision(desired, None).await.map_err(stopped)?;
+    handle.revision(desired, None).await?;
     loop {
         out.drain(events, Some(began));
-        let state = handle.state().await.map_err(stopped)?;
-        let rollout = state
+        let status = handle.status()?;
+        let phase = status
             .clusters
             .get(CLUSTER)
-            .and_then(|c| c.rollout.as_ref())
-            .filter(|r| r.rollout.spec.revision == revision);
-        match rollout {
+            .filter(|c| c.rollout.as_ref().is_some_and(|r| r.revision == revision))
+            .and_then(|c| c.progress.as_ref())
+            .map(|p| &p.phase);
+        match phase {
             None => {
                 out.drain(events, Some(began));
                 return Ok(Phase::Completed);
             }
             // Paused or waiting: nobody will resume it in the demo.
-            Some(r)
-                if r.rollout.phase.is_final()
-                    || matches!(
-                        r.rollout.phase,
-                        Phase::Paused { .. } | Phase::Waiting { .. }
-                    ) =>
+            Some(phase)
+                if phase.is_final()
+                    || matches!(phase, Phase::Paused { .. } | Phase::Waiting { .. }) =>
             {
                 out.drain(events, Some(began));
-                return Ok(r.rollout.phase.clone());
+                return Ok(phase.clone());
             }
             Some(_) if began.elapsed() > ROLLOUT_LIMIT => {
-                return Err(format!(
-                    "the rollout of {} did not end within {} s",
-                    &revision[..12],
-                    ROLLOUT_LIMIT.as_secs()
-                ))
+                return Err(DemoError::TooLong {
+                    revision: short_id(revision).to_owned(),
+                    seconds: ROLLOUT_LIMIT.as_secs(),
+                })
             }
             Some(_) => {}
         }
@@ -551,7 +604,7 @@ async fn take(
             }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             // Stop cleanly (the temporary repository is removed) rather than die.
-            _ = tokio::signal::ctrl_c() => return Err("interrupted".to_owned()),
+            _ = tokio::signal::ctrl_c() => return Err(DemoError::Interrupted),
         }
     }
 }
@@ -593,7 +646,7 @@ impl Out {
     }
 
     fn commit(&mut self, id: &str, author: &str, message: &str) {
-        self.line(&format!("  commit {} by {author}: {message}", &id[..12]));
+        self.line(&format!("  commit {} by {author}: {message}", short_id(id)));
     }
 
     /// One journal message, a line per event (the figures the gates judged are left to
@@ -628,19 +681,18 @@ struct WorkDir {
 }
 
 impl WorkDir {
-    fn new(keep: Option<&Path>) -> Result<WorkDir, String> {
+    fn new(keep: Option<&Path>) -> Result<WorkDir, DemoError> {
         if let Some(dir) = keep {
             let used = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
             if used {
-                return Err(format!(
-                    "{} is not empty: --keep takes a new or empty directory",
-                    dir.display()
-                ));
+                return Err(DemoError::NotEmpty(dir.to_path_buf()));
             }
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let path = dir
-                .canonicalize()
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            let file = |source| DemoError::File {
+                path: dir.to_path_buf(),
+                source,
+            };
+            std::fs::create_dir_all(dir).map_err(file)?;
+            let path = dir.canonicalize().map_err(file)?;
             return Ok(WorkDir {
                 path,
                 remove: false,
@@ -660,13 +712,10 @@ impl WorkDir {
             match std::fs::create_dir(&path) {
                 Ok(()) => return Ok(WorkDir { path, remove: true }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(format!("{}: {e}", path.display())),
+                Err(source) => return Err(DemoError::File { path, source }),
             }
         }
-        Err(format!(
-            "cannot make a temporary directory in {}",
-            base.display()
-        ))
+        Err(DemoError::NoTemporaryDirectory(base))
     }
 }
 
@@ -685,11 +734,14 @@ struct Git {
 }
 
 impl Git {
-    fn init(dir: &Path) -> Result<Git, String> {
+    fn init(dir: &Path) -> Result<Git, DemoError> {
         let mut opts = git2::RepositoryInitOptions::new();
         opts.initial_head("main");
-        let repo = git2::Repository::init_opts(dir, &opts)
-            .map_err(|e| format!("git init {}: {}", dir.display(), e.message()))?;
+        let repo =
+            git2::Repository::init_opts(dir, &opts).map_err(|source| DemoError::GitInit {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         Ok(Git {
             repo,
             dir: dir.to_path_buf(),
@@ -697,15 +749,25 @@ impl Git {
     }
 
     /// Write `files` and commit them on the current branch; the new commit's id.
-    fn commit(&self, who: Person, message: &str, files: &[(&str, &str)]) -> Result<String, String> {
-        let err = |e: git2::Error| format!("git commit: {}", e.message());
+    fn commit(
+        &self,
+        who: Person,
+        message: &str,
+        files: &[(&str, &str)],
+    ) -> Result<String, DemoError> {
+        let err = DemoError::GitCommit;
         for (path, text) in files {
             let full = self.dir.join(path);
             if let Some(parent) = full.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent).map_err(|source| DemoError::File {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
             }
-            std::fs::write(&full, text).map_err(|e| format!("{}: {e}", full.display()))?;
+            std::fs::write(&full, text).map_err(|source| DemoError::File {
+                path: full.clone(),
+                source,
+            })?;
         }
         let mut index = self.repo.index().map_err(err)?;
         for (path, _) in files {
@@ -727,26 +789,25 @@ impl Git {
     }
 }
 
-fn open(dir: &Path) -> Result<ConfigRepo, String> {
-    ConfigRepo::open(&dir.display().to_string(), None).map_err(|e| e.to_string())
+fn open(dir: &Path) -> Result<ConfigRepo, DemoError> {
+    Ok(ConfigRepo::open(&dir.display().to_string(), None)?)
 }
 
 /// The head of the demo's repository through the one intake (`good`: the reconciler's
 /// last good revision); a refusal is the demo's error.
-fn desired(repo: &ConfigRepo, good: Option<&str>) -> Result<Desired, String> {
+fn desired(repo: &ConfigRepo, good: Option<&str>) -> Result<Desired, DemoError> {
     match intake::take(repo, "HEAD", good, None) {
         Outcome::Valid(taken) => Ok(*taken.desired),
-        Outcome::Refused(Refusal::Invalid { diagnostics, .. }) => Err(format!(
-            "the demo's repository does not validate:\n{}",
+        Outcome::Refused(Refusal::Invalid { diagnostics, .. }) => Err(DemoError::Invalid(
             diagnostics
                 .iter()
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()
-                .join("\n")
+                .join("\n"),
         )),
-        Outcome::Refused(r) => Err(format!("the demo's head is refused: {r}")),
-        Outcome::FetchFailed(e) => Err(e.to_string()),
-        Outcome::Unchanged { head } => Err(format!("{head}: nothing to take")),
+        Outcome::Refused(r) => Err(DemoError::Refused(r)),
+        Outcome::FetchFailed(e) => Err(e.into()),
+        Outcome::Unchanged { head } => Err(DemoError::Unchanged(head)),
     }
 }
 
@@ -915,7 +976,7 @@ fn shorten_hashes(line: &str) -> String {
             .find(|c: char| !c.is_ascii_hexdigit())
             .unwrap_or(rest.len());
         if end == 40 && rest[..end].chars().all(|c| !c.is_ascii_uppercase()) {
-            out.push_str(&rest[..12]);
+            out.push_str(short_id(&rest[..end]));
         } else {
             out.push_str(&rest[..end]);
         }

@@ -26,7 +26,9 @@ use crate::flow::pipeline::{self, PipelineError};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::plan;
-use crate::pure::reconciler::{ClusterState, State};
+use crate::pure::reconciler::status::{ClusterStatus, Status};
+use crate::pure::reconciler::State;
+use crate::pure::render::short_id;
 use crate::pure::rollout::{Event, Phase};
 use crate::pure::spec::model::{Desired, Managed};
 
@@ -109,8 +111,8 @@ struct Run {
     started: Instant,
     revision: String,
     drivers: Drivers,
-    /// The journal's state before this sync.
-    before: State,
+    /// The journal's state before this sync, as readers see it.
+    before: Status,
     /// Clusters whose paused or waiting rollout of this revision goes on.
     resumable: Vec<String>,
     skipped: usize,
@@ -145,6 +147,7 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
     let revision = desired.commit.clone().unwrap_or_default();
     let (live, drivers) = runtime.block_on(read_nodes(&desired, options.reach));
     let unreached = unreached(&desired, &live);
+    let before = Status::of(&before);
     let resumable: Vec<String> = before
         .clusters
         .iter()
@@ -377,7 +380,7 @@ async fn roll_out(
     }
     go_on(&handle, &run, &names, options.override_window.as_deref()).await?;
     let interrupted = watch(&handle, &mut events, &names, run.started, !options.json).await?;
-    let state = handle.state().await.map_err(stopped)?;
+    let state = handle.status().map_err(stopped)?;
     drop(handle);
     // The journal's outcome is the reconciler's: a failed write ended it already.
     let _ = host.stop().await;
@@ -388,8 +391,8 @@ async fn roll_out(
             .map(|n| {
                 outcome(
                     n,
-                    state.clusters.get(n),
-                    run.before.clusters.get(n),
+                    state.clusters.get(n).map(|cs| &**cs),
+                    run.before.clusters.get(n).map(|cs| &**cs),
                     &run.revision,
                 )
             })
@@ -429,7 +432,7 @@ async fn go_on(
         let _ = handle.command(name, event).await;
     }
     if let Some(reason) = override_window {
-        let state = handle.state().await.map_err(stopped)?;
+        let state = handle.status().map_err(stopped)?;
         for name in names {
             if state
                 .clusters
@@ -456,7 +459,7 @@ async fn watch(
 ) -> Result<bool, SyncError> {
     let mut interrupted = false;
     loop {
-        let state = handle.state().await.map_err(stopped)?;
+        let state = handle.status().map_err(stopped)?;
         if names
             .iter()
             .all(|n| state.clusters.get(n).is_none_or(|cs| !in_flight(cs)))
@@ -466,7 +469,7 @@ async fn watch(
         tokio::select! {
             line = events.recv() => {
                 if let (true, Ok(line)) = (text, line) {
-                    progress(&line, &handle.state().await.map_err(stopped)?, started);
+                    progress(&line, &*handle.status().map_err(stopped)?, started);
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -482,7 +485,7 @@ async fn watch(
     // Show the last lines (the final journal entries).
     while let Ok(line) = events.try_recv() {
         if text {
-            progress(&line, &handle.state().await.map_err(stopped)?, started);
+            progress(&line, &*handle.status().map_err(stopped)?, started);
         }
     }
     Ok(interrupted)
@@ -490,7 +493,7 @@ async fn watch(
 
 /// The summary, and what to do next when a rollout waits or was interrupted.
 fn print_end(summary: &Summary, interrupted: bool) {
-    let short = &summary.revision[..summary.revision.len().min(12)];
+    let short = short_id(&summary.revision);
     print_summary(summary);
     if summary.clusters.iter().any(|c| c.outcome == "waiting") {
         println!(
@@ -506,20 +509,20 @@ fn print_end(summary: &Summary, interrupted: bool) {
 
 /// A rollout the foreground sync waits for: not final, not paused, not waiting for a
 /// window (which may be hours away).
-fn in_flight(cs: &ClusterState) -> bool {
-    cs.rollout.as_ref().is_some_and(|r| {
-        !r.rollout.phase.is_final()
-            && !matches!(
-                r.rollout.phase,
-                Phase::Paused { .. } | Phase::Waiting { .. }
-            )
+fn in_flight(cs: &ClusterStatus) -> bool {
+    cs.progress.as_ref().is_some_and(|p| {
+        !p.phase.is_final() && !matches!(p.phase, Phase::Paused { .. } | Phase::Waiting { .. })
     })
 }
 
-fn waiting_at(cs: &ClusterState, revision: &str) -> bool {
-    cs.rollout.as_ref().is_some_and(|r| {
-        r.rollout.spec.revision == revision && matches!(r.rollout.phase, Phase::Waiting { .. })
-    })
+/// The phase of `cs`'s rollout when it rolls out `revision`.
+fn phase_at<'a>(cs: &'a ClusterStatus, revision: &str) -> Option<&'a Phase> {
+    cs.rollout.as_ref().filter(|r| r.revision == revision)?;
+    cs.progress.as_ref().map(|p| &p.phase)
+}
+
+fn waiting_at(cs: &ClusterStatus, revision: &str) -> bool {
+    matches!(phase_at(cs, revision), Some(Phase::Waiting { .. }))
 }
 
 /// Who runs this sync, for the journal.
@@ -529,17 +532,15 @@ fn user() -> String {
         .unwrap_or_else(|_| "unknown user".into())
 }
 
-fn paused_at(cs: &ClusterState, revision: &str) -> bool {
-    cs.rollout.as_ref().is_some_and(|r| {
-        r.rollout.spec.revision == revision && matches!(r.rollout.phase, Phase::Paused { .. })
-    })
+fn paused_at(cs: &ClusterStatus, revision: &str) -> bool {
+    matches!(phase_at(cs, revision), Some(Phase::Paused { .. }))
 }
 
 /// How `name` ended, from the state after the sync (`cs`) and before it (`was`).
 fn outcome(
     name: &str,
-    cs: Option<&ClusterState>,
-    was: Option<&ClusterState>,
+    cs: Option<&ClusterStatus>,
+    was: Option<&ClusterStatus>,
     revision: &str,
 ) -> ClusterOutcome {
     let mut out = ClusterOutcome {
@@ -560,25 +561,28 @@ fn outcome(
         } else {
             format!(
                 "revision {} with the same content was rolled back ({}); it stays refused until the cluster changes",
-                &r.revision[..r.revision.len().min(12)],
+                short_id(&r.revision),
                 r.reason
             )
         });
     }
     // Refused before this sync began: nothing was tried now.
     let refused_before = refused.is_some() && was.and_then(|w| w.refused.as_ref()) == refused;
-    if let Some(rec) = cs
+    let rollout = cs
         .rollout
         .as_ref()
-        .filter(|r| r.rollout.spec.revision == revision && !refused_before)
-    {
-        out.nodes = rec.rollout.touched.iter().cloned().collect();
-        let (o, reason) = match &rec.rollout.phase {
-            Phase::Completed => ("completed", None),
-            Phase::RolledBack { reason } => ("rolled-back", Some(reason.clone())),
-            Phase::Paused { reason, .. } => ("paused", Some(reason.clone())),
-            Phase::Waiting { reason, .. } => ("waiting", Some(reason.clone())),
-            Phase::Superseded { by } => ("superseded", Some(format!("by {by}"))),
+        .zip(cs.progress.as_ref())
+        .filter(|(r, _)| r.revision == revision && !refused_before);
+    if let Some((rec, progress)) = rollout {
+        out.nodes = rec.touched.iter().cloned().collect();
+        // The rollout's phase and reason as the status API says them, when it ended or
+        // stopped; the phase as the reconciler holds it otherwise.
+        let (o, reason) = match &progress.phase {
+            Phase::Completed
+            | Phase::RolledBack { .. }
+            | Phase::Paused { .. }
+            | Phase::Waiting { .. }
+            | Phase::Superseded { .. } => (rec.phase.as_str(), rec.reason.clone()),
             other => ("in-progress", Some(format!("{other:?}"))),
         };
         out.outcome = o.into();
@@ -587,20 +591,23 @@ fn outcome(
     out
 }
 
-fn progress(line: &str, state: &State, started: Instant) {
+fn progress(line: &str, state: &Status, started: Instant) {
     let first = line.lines().next().unwrap_or(line);
     let ms = started.elapsed().as_millis();
     let mut out = format!("{ms:>6} ms  {first}");
     // A bar for the cluster the line is about.
     if let Some((cluster, _)) = first.split_once(": ") {
-        if let Some(rec) = state.clusters.get(cluster).and_then(|c| c.rollout.as_ref()) {
-            let total: usize = rec.rollout.spec.batches.iter().map(Vec::len).sum();
-            let done = state.clusters[cluster]
+        let cs = state.clusters.get(cluster);
+        if let Some((cs, rec, total)) = cs.and_then(|cs| {
+            let rec = cs.rollout.as_ref()?;
+            Some((cs, rec, cs.progress.as_ref()?.nodes))
+        }) {
+            let done = cs
                 .assignments
                 .iter()
                 .filter(|(id, a)| {
-                    rec.rollout.touched.contains(*id)
-                        && a.revision == rec.rollout.spec.revision
+                    rec.touched.contains(*id)
+                        && a.revision == rec.revision
                         && a.outcome == Some(crate::pure::protocol::Outcome::Applied)
                 })
                 .count();
@@ -621,7 +628,7 @@ fn progress(line: &str, state: &State, started: Instant) {
 fn print_summary(s: &Summary) {
     println!(
         "\nSummary of {} ({} ms):",
-        &s.revision[..s.revision.len().min(12)],
+        short_id(&s.revision),
         s.elapsed_ms
     );
     for c in &s.clusters {

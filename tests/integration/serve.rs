@@ -1347,6 +1347,12 @@ fn a_journal_that_cannot_be_written_stops_the_server_at_once_saying_why() {
         "the reason is logged: {text}"
     );
     assert!(text.contains("journal.lock"), "{text}");
+    // Nothing moved the journal: the log says what failed, not that another server wrote.
+    assert!(
+        text.contains("cannot write the journal's ref refs/cacheflow/journal (it is where this reconciler left it)"),
+        "{text}"
+    );
+    assert!(!text.contains("moved under this reconciler"), "{text}");
     for (id, v) in fleet.config("hz") {
         assert_eq!(v, "10", "{id}: nothing applied without its journal entry");
     }

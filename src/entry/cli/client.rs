@@ -12,9 +12,47 @@ use crate::pure::drift::DriftReport;
 use crate::pure::reconciler::status::{CommandAnswer, Rollouts};
 use crate::pure::render;
 
+/// What failed when asking a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the server URL `{0}` must start with http:// or https://")]
+    NotHttp(String),
+    /// A missing or misplaced argument.
+    #[error("{0}")]
+    Usage(&'static str),
+    #[error(transparent)]
+    Token(#[from] anyhow::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("{0}")]
+    Client(#[source] reqwest::Error),
+    /// The request did not get an answer (the words of `edges::api::request_error`).
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{server}: {source}")]
+    Body {
+        server: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{0}")]
+    Answered(String),
+    #[error("{what} ({status}){does}: {source}")]
+    NotJson {
+        what: &'static str,
+        does: &'static str,
+        status: reqwest::StatusCode,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+const TOKEN_REQUIRED: &str =
+    "an admin token is required: --token-file FILE or CACHEFLOW_ADMIN_TOKEN";
+
 /// The drift report of a server at this moment (`GET /api/v1/drift`).
 pub fn server_drift(server: &str, token_file: Option<&PathBuf>) -> anyhow::Result<DriftReport> {
-    fetch_drift(server, token_file).map_err(anyhow::Error::msg)
+    Ok(fetch_drift(server, token_file)?)
 }
 
 /// `cacheflow rollout ACTION [CLUSTER]`: the server's answer, rendered.
@@ -26,53 +64,59 @@ pub fn rollout(
     token_file: Option<PathBuf>,
     format: Format,
 ) -> anyhow::Result<String> {
-    request_rollout(action, cluster, reason, server, token_file, format).map_err(anyhow::Error::msg)
+    Ok(request_rollout(
+        action, cluster, reason, server, token_file, format,
+    )?)
 }
 
 /// The drift report of a server at this moment (`GET /api/v1/drift`).
-fn fetch_drift(server: &str, token_file: Option<&PathBuf>) -> Result<DriftReport, String> {
+fn fetch_drift(server: &str, token_file: Option<&PathBuf>) -> Result<DriftReport, ClientError> {
     let server = server.trim_end_matches('/');
     if !(server.starts_with("http://") || server.starts_with("https://")) {
-        return Err(format!(
-            "the server URL `{}` must start with http:// or https://",
-            redact_url(server)
-        ));
+        return Err(ClientError::NotHttp(redact_url(server).to_string()));
     }
-    let token = secret(token_file, "CACHEFLOW_ADMIN_TOKEN")
-        .map_err(|e| e.to_string())?
+    let token = secret(token_file, "CACHEFLOW_ADMIN_TOKEN")?
         .map(|t| String::from_utf8_lossy(&t).trim().to_owned())
-        .ok_or("an admin token is required: --token-file FILE or CACHEFLOW_ADMIN_TOKEN")?;
+        .ok_or(ClientError::Usage(TOKEN_REQUIRED))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        .map_err(ClientError::Runtime)?;
     runtime.block_on(async move {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(ClientError::Client)?;
         let response = client
             .get(format!("{server}/api/v1/drift"))
             .bearer_auth(token)
             .send()
             .await
             .map_err(|e| {
-                crate::edges::api::request_error(&redact_url(server), &e, Duration::from_secs(60))
+                ClientError::Unreachable(crate::edges::api::request_error(
+                    &redact_url(server),
+                    &e,
+                    Duration::from_secs(60),
+                ))
             })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| format!("{}: {e}", redact_url(server)))?;
+        let bytes = response.bytes().await.map_err(|source| ClientError::Body {
+            server: redact_url(server).to_string(),
+            source,
+        })?;
         if !status.is_success() {
-            return Err(format!(
+            return Err(ClientError::Answered(format!(
                 "{}: {status}: {}",
                 redact_url(server),
                 ErrorBody::reason(&bytes)
-            ));
+            )));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| format!("the server's drift report ({status}) does not parse: {e}"))
+        serde_json::from_slice(&bytes).map_err(|source| ClientError::NotJson {
+            what: "the server's drift report",
+            does: " does not parse",
+            status,
+            source,
+        })
     })
 }
 
@@ -83,43 +127,39 @@ fn request_rollout(
     server: &str,
     token_file: Option<PathBuf>,
     format: Format,
-) -> Result<String, String> {
+) -> Result<String, ClientError> {
     let server = server.trim_end_matches('/');
     if !(server.starts_with("http://") || server.starts_with("https://")) {
-        return Err(format!(
-            "the server URL `{}` must start with http:// or https://",
-            redact_url(server)
-        ));
+        return Err(ClientError::NotHttp(redact_url(server).to_string()));
     }
     let reason = reason.filter(|r| !r.trim().is_empty());
     match (action, &reason) {
         (RolloutAction::Override, None) => {
-            return Err("override needs --reason REASON (it is journaled)".into())
+            return Err(ClientError::Usage(
+                "override needs --reason REASON (it is journaled)",
+            ))
         }
         (RolloutAction::Override, Some(_)) | (_, None) => {}
-        (_, Some(_)) => return Err("--reason is for override only".into()),
+        (_, Some(_)) => return Err(ClientError::Usage("--reason is for override only")),
     }
-    let token = secret(token_file.as_ref(), "CACHEFLOW_ADMIN_TOKEN")
-        .map_err(|e| e.to_string())?
+    let token = secret(token_file.as_ref(), "CACHEFLOW_ADMIN_TOKEN")?
         .map(|t| String::from_utf8_lossy(&t).trim().to_owned());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        .map_err(ClientError::Runtime)?;
     runtime.block_on(async move {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(ClientError::Client)?;
         let request = match action {
             RolloutAction::Status => client.get(format!("{server}/api/v1/rollouts")),
             other => {
-                let cluster = cluster
-                    .clone()
-                    .ok_or("give the cluster: cacheflow rollout ACTION CLUSTER")?;
-                let token = token.ok_or(
-                    "an admin token is required: --token-file FILE or CACHEFLOW_ADMIN_TOKEN",
-                )?;
+                let cluster = cluster.clone().ok_or(ClientError::Usage(
+                    "give the cluster: cacheflow rollout ACTION CLUSTER",
+                ))?;
+                let token = token.ok_or(ClientError::Usage(TOKEN_REQUIRED))?;
                 let verb = format!("{other:?}").to_lowercase();
                 let body = serde_json::json!({ "reason": reason });
                 client
@@ -130,17 +170,29 @@ fn request_rollout(
             }
         };
         let response = request.send().await.map_err(|e| {
-            crate::edges::api::request_error(&redact_url(server), &e, Duration::from_secs(30))
+            ClientError::Unreachable(crate::edges::api::request_error(
+                &redact_url(server),
+                &e,
+                Duration::from_secs(30),
+            ))
         })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| format!("{}: {e}", redact_url(server)))?;
+        let bytes = response.bytes().await.map_err(|source| ClientError::Body {
+            server: redact_url(server).to_string(),
+            source,
+        })?;
         if !status.is_success() {
-            return Err(format!("{status}: {}", ErrorBody::reason(&bytes)));
+            return Err(ClientError::Answered(format!(
+                "{status}: {}",
+                ErrorBody::reason(&bytes)
+            )));
         }
-        let not_json = |e: serde_json::Error| format!("the server's answer ({status}): {e}");
+        let not_json = |source| ClientError::NotJson {
+            what: "the server's answer",
+            does: "",
+            status,
+            source,
+        };
         if format == Format::Json {
             let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(not_json)?;
             return Ok(render::json(&body));

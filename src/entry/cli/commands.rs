@@ -144,7 +144,7 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
 /// or Ctrl-C.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let admin_tokens = match &args.admin_tokens_file {
-        Some(path) => admin_tokens(path).map_err(anyhow::Error::msg)?,
+        Some(path) => admin_tokens(path)?,
         None => BTreeMap::new(),
     };
     let options = crate::entry::server::ServeOptions {
@@ -179,20 +179,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             _ => None,
         },
     };
-    until_signal(|stop| async move {
-        crate::entry::server::serve(options, stop)
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .map_err(anyhow::Error::msg)?;
+    until_signal(|stop| async move { Ok(crate::entry::server::serve(options, stop).await?) })?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The admin tokens file: one `name:token` per line, `#` comments, tokens of at least
 /// 16 characters.
-fn admin_tokens(path: &Path) -> Result<BTreeMap<String, String>, String> {
+fn admin_tokens(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
     let mut tokens = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -200,19 +195,15 @@ fn admin_tokens(path: &Path) -> Result<BTreeMap<String, String>, String> {
             continue;
         }
         let Some((name, token)) = line.split_once(':') else {
-            return Err(format!(
-                "{}:{}: expected `name:token`",
-                path.display(),
-                i + 1
-            ));
+            bail!("{}:{}: expected `name:token`", path.display(), i + 1);
         };
         if token.trim().len() < 16 {
-            return Err(format!(
+            bail!(
                 "{}:{}: the token of `{}` is shorter than 16 characters",
                 path.display(),
                 i + 1,
                 name.trim()
-            ));
+            );
         }
         tokens.insert(name.trim().to_owned(), token.trim().to_owned());
     }
@@ -250,8 +241,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    crate::entry::demo::run(crate::entry::demo::DemoOptions { keep: args.keep })
-        .map_err(anyhow::Error::msg)?;
+    crate::entry::demo::run(crate::entry::demo::DemoOptions { keep: args.keep })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -269,11 +259,11 @@ pub fn agent_token(args: AgentTokenArgs) -> anyhow::Result<ExitCode> {
 
 /// `cacheflow agent`: build the driver, then run the agent until SIGTERM or Ctrl-C.
 pub fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    run_agent(args).map_err(anyhow::Error::msg)?;
+    run_agent(args)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_agent(args: AgentArgs) -> Result<(), String> {
+fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     use crate::edges::nodes::memcached::MemcachedDriver;
     use crate::edges::nodes::redis::RedisDriver;
     use crate::edges::nodes::NodeDriver;
@@ -281,17 +271,14 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
     use crate::pure::spec::model::{Auth, SecretRef, Tls};
 
     let token = std::fs::read_to_string(&args.token_file).map_err(|e| {
-        format!(
+        anyhow!(
             "cannot read the token file {}: {e}",
             args.token_file.display()
         )
     })?;
     let token = token.trim().to_owned();
     if token.is_empty() {
-        return Err(format!(
-            "the token file {} is empty",
-            args.token_file.display()
-        ));
+        bail!("the token file {} is empty", args.token_file.display());
     }
     let file_ref = |path: &std::path::PathBuf| SecretRef(format!("file:{}", path.display()));
     let tls = args.node_ca_file.as_ref().map(|ca| Tls {
@@ -305,7 +292,7 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
             let auth = match &args.redis_password {
                 Some(reference) => {
                     if !(reference.starts_with("env:") || reference.starts_with("file:")) {
-                        return Err("--redis-password takes a reference, env:NAME or file:PATH, never the password itself".to_owned());
+                        bail!("--redis-password takes a reference, env:NAME or file:PATH, never the password itself");
                     }
                     Some(Auth {
                         username: args.redis_user.clone(),
@@ -320,7 +307,7 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
             let auth = match (&args.memcached_user, &args.memcached_password) {
                 (Some(user), Some(reference)) => {
                     if !(reference.starts_with("env:") || reference.starts_with("file:")) {
-                        return Err("--memcached-password takes a reference, env:NAME or file:PATH, never the password itself".to_owned());
+                        anyhow::bail!("--memcached-password takes a reference, env:NAME or file:PATH, never the password itself");
                     }
                     Some(Auth {
                         username: Some(user.clone()),
@@ -336,7 +323,7 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
                     .with_tls(tls),
             )
         }
-        (None, None) => return Err("give --redis ADDR or --memcached ADDR".to_owned()),
+        (None, None) => bail!("give --redis ADDR or --memcached ADDR"),
     };
     let mut options = AgentOptions::new(&args.node_id, &args.server, &token);
     options.interval = args.interval;
@@ -346,7 +333,7 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
     if let Some(path) = &args.ca_file {
         options.ca_pem = Some(
             std::fs::read(path)
-                .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?,
+                .map_err(|e| anyhow::anyhow!("cannot read the CA file {}: {e}", path.display()))?,
         );
     }
     options.apply = ApplyOptions {
@@ -357,10 +344,8 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
         ..ApplyOptions::default()
     };
     until_signal(|stop| async move {
-        agent::run(driver, options, stop)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        agent::run(driver, options, stop).await?;
+        Ok(())
     })
 }
 
@@ -457,16 +442,16 @@ pub(super) fn secret(file: Option<&PathBuf>, env: &str) -> anyhow::Result<Option
 
 /// Run `body` on a two-thread runtime; the receiver it gets turns true on SIGTERM or
 /// Ctrl-C (the long-running commands finish their current step and return).
-fn until_signal<F, Fut>(body: F) -> Result<(), String>
+fn until_signal<F, Fut>(body: F) -> anyhow::Result<()>
 where
     F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        .map_err(|e| anyhow!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

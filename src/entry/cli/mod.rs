@@ -491,6 +491,7 @@ impl ReachArgs {
     }
 }
 
+// clap's value parsers: a `String` error is the message clap prints beside the argument.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::pure::catalog::parse_duration_micros(text)
         .filter(|us| *us > 0)

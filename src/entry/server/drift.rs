@@ -189,16 +189,12 @@ impl DriftRunner {
     }
 
     /// One run: report, files, metrics, notification, correction.
-    pub async fn once(&self) -> Result<DriftReport, String> {
-        let inputs = self
-            .handle
-            .drift_inputs(self.silent_after)
-            .await
-            .map_err(|e| e.to_string())?;
+    pub async fn once(&self) -> Result<DriftReport, DriftError> {
+        let inputs = self.handle.drift_inputs(self.silent_after).await?;
         let (live, not_compared) = (inputs.live, inputs.not_compared);
         let Some(desired) = inputs.desired else {
             Metrics::count(&self.metrics.drift_runs, "error");
-            return Err("no revision taken yet: nothing to compare".to_owned());
+            return Err(DriftError::NothingTaken);
         };
         let dir = self.dir.clone();
         let d = desired.clone();
@@ -207,8 +203,7 @@ impl DriftRunner {
             report.not_compared = not_compared;
             write_report(&dir, &report).map(|()| report)
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let report = match written {
             Ok(r) => r,
             Err(e) => {
@@ -259,10 +254,7 @@ impl DriftRunner {
                 .map(|c| c.cluster.clone())
                 .collect();
             if !to_correct.is_empty() {
-                self.handle
-                    .correct(to_correct)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.handle.correct(to_correct).await?;
             }
         }
         Ok(report)
@@ -297,10 +289,38 @@ impl DriftRunner {
     }
 }
 
+/// Why a drift run gave no report.
+#[derive(Debug, thiserror::Error)]
+pub enum DriftError {
+    #[error(transparent)]
+    Stopped(#[from] crate::flow::runtime::Stopped),
+    #[error("no revision taken yet: nothing to compare")]
+    NothingTaken,
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("cannot {action} {}: {source}", path.display())]
+    File {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Encode(#[from] serde_json::Error),
+}
+
 /// Write `latest.{json,md,html}` (each replaced whole: a reader never sees half a file)
 /// and append the run to `history.jsonl`.
-pub fn write_report(dir: &Path, report: &DriftReport) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+pub fn write_report(dir: &Path, report: &DriftReport) -> Result<(), DriftError> {
+    let file = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DriftError::File {
+            action,
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(file("create", dir))?;
     let history_path = dir.join("history.jsonl");
     let line = HistoryLine {
         at: report.generated_at.clone(),
@@ -310,7 +330,7 @@ pub fn write_report(dir: &Path, report: &DriftReport) -> Result<(), String> {
     };
     let mut points = read_history(&history_path, HISTORY_POINTS.saturating_sub(1));
     points.push((line.at.clone(), line.drifted));
-    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(report)?;
     for (name, contents) in [
         ("latest.json", json),
         ("latest.md", drift::markdown(report)),
@@ -318,15 +338,15 @@ pub fn write_report(dir: &Path, report: &DriftReport) -> Result<(), String> {
     ] {
         replace(&dir.join(name), contents.as_bytes())?;
     }
-    let mut file = std::fs::OpenOptions::new()
+    let mut out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&history_path)
-        .map_err(|e| format!("cannot open {}: {e}", history_path.display()))?;
-    let mut text = serde_json::to_string(&line).map_err(|e| e.to_string())?;
+        .map_err(file("open", &history_path))?;
+    let mut text = serde_json::to_string(&line)?;
     text.push('\n');
-    file.write_all(text.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", history_path.display()))
+    out.write_all(text.as_bytes())
+        .map_err(file("write", &history_path))
 }
 
 /// The last `n` runs of a history file, oldest first (lines that do not parse are
@@ -343,11 +363,15 @@ pub fn read_history(path: &Path, n: usize) -> Vec<(String, usize)> {
     all[all.len().saturating_sub(n)..].to_vec()
 }
 
-fn replace(path: &Path, contents: &[u8]) -> Result<(), String> {
+fn replace(path: &Path, contents: &[u8]) -> Result<(), DriftError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents)
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|source| DriftError::File {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::edges::redact::redact_url;
 use crate::flow::pipeline::intake::{self, Candidate, Origin, Refusal, Stop};
 use crate::flow::pipeline::{self, Revision};
 use crate::pure::live::LiveState;
+use crate::pure::render::short_id;
 
 /// Where pull-request feedback goes: the forges' API (one client per forge, which keeps
 /// the comment of each pull request known).
@@ -39,28 +40,21 @@ impl Feedback {
     }
 
     /// The client for `forge`, or why there is none.
-    pub fn client(&self, forge: Forge) -> Result<Arc<ForgeClient>, String> {
+    pub fn client(&self, forge: Forge) -> Result<Arc<ForgeClient>, PrError> {
         let Some(token) = &self.token else {
-            return Err(
-                "no forge token (CACHEFLOW_FORGE_TOKEN_FILE): pull requests get no feedback"
-                    .to_owned(),
-            );
+            return Err(PrError::NoToken);
         };
         let base = match (&self.api_url, forge) {
             (Some(url), _) => url.clone(),
             (None, Forge::GitHub) => "https://api.github.com".to_owned(),
-            (None, _) => {
-                return Err(format!(
-                    "no forge API URL (--forge-api-url) for {}: pull requests get no feedback",
-                    forge.name()
-                ))
-            }
+            (None, _) => return Err(PrError::NoApiUrl(forge.name())),
         };
-        let mut clients = self.clients.lock().expect("forge clients lock");
+        // A panic while the map was held left it whole (an insert is the only write).
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(forge.name()) {
             return Ok(c.clone());
         }
-        let client = Arc::new(ForgeClient::new(forge, &base, token).map_err(|e| e.to_string())?);
+        let client = Arc::new(ForgeClient::new(forge, &base, token).map_err(PrError::Client)?);
         clients.insert(forge.name(), client.clone());
         Ok(client)
     }
@@ -75,7 +69,7 @@ pub async fn answer(
     live: LiveState,
 ) {
     let forge = client.forge();
-    let tag = format!("{} #{} at {}", pr.repo, pr.number, &pr.head_sha[..12]);
+    let tag = format!("{} #{} at {}", pr.repo, pr.number, short_id(&pr.head_sha));
     if let Err(e) = client
         .set_status(
             &pr,
@@ -121,6 +115,39 @@ pub async fn answer(
     }
 }
 
+/// Why a pull request gets no feedback, or why its head could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum PrError {
+    #[error("no forge token (CACHEFLOW_FORGE_TOKEN_FILE): pull requests get no feedback")]
+    NoToken,
+    #[error("no forge API URL (--forge-api-url) for {0}: pull requests get no feedback")]
+    NoApiUrl(&'static str),
+    #[error(transparent)]
+    Client(forge::ForgeError),
+    #[error(transparent)]
+    Open(#[from] crate::edges::source::SourceError),
+    /// The git remote of the origin could not be made (its words redacted).
+    #[error("{0}")]
+    Remote(String),
+    #[error("cannot fetch the head {head}: {errors}")]
+    HeadNotFetched { head: String, errors: String },
+    #[error("{0} was not loaded")]
+    NotLoaded(String),
+    /// The head is refused for another reason than its diagnostics.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Load(intake::IntakeError),
+    #[error("the base branch {branch}: {source}")]
+    Base {
+        branch: String,
+        #[source]
+        source: crate::edges::source::SourceError,
+    },
+    #[error(transparent)]
+    Diff(#[from] pipeline::PipelineError),
+}
+
 /// The pull-request ref a forge keeps for `pr`.
 fn pull_ref(forge: Forge, pr: &PullRequest) -> String {
     match forge {
@@ -135,7 +162,7 @@ fn evaluate(
     forge: Forge,
     pr: &PullRequest,
     live: &LiveState,
-) -> Result<(Verdict, String), String> {
+) -> Result<(Verdict, String), PrError> {
     let repo = origin.open()?;
     let local = format!("refs/cacheflow/pull/{}", pr.number);
     let git = repo.repository();
@@ -148,7 +175,7 @@ fn evaluate(
     if !have(&pr.head_sha) {
         let mut remote = git
             .remote_anonymous(&origin.url)
-            .map_err(|e| redact_url(e.message()))?;
+            .map_err(|e| PrError::Remote(redact_url(e.message())))?;
         let mut errors = Vec::new();
         for spec in [
             format!("+{}:{local}", pull_ref(forge, pr)),
@@ -161,11 +188,10 @@ fn evaluate(
             }
         }
         if !have(&pr.head_sha) {
-            return Err(format!(
-                "cannot fetch the head {}: {}",
-                pr.head_sha,
-                errors.join("; ")
-            ));
+            return Err(PrError::HeadNotFetched {
+                head: pr.head_sha.clone(),
+                errors: errors.join("; "),
+            });
         }
     }
     let head = Revision::Rev(pr.head_sha.clone());
@@ -178,20 +204,23 @@ fn evaluate(
     let desired = match intake::load(&repo, &mut candidate) {
         Ok(()) => candidate
             .desired
-            .ok_or_else(|| format!("{} was not loaded", pr.head_sha))?,
+            .ok_or_else(|| PrError::NotLoaded(pr.head_sha.clone()))?,
         Err(Stop::Refused(Refusal::Invalid { diagnostics, .. })) => {
             return Ok((Verdict::Invalid, invalid_markdown(&diagnostics)))
         }
-        Err(Stop::Refused(other)) => return Err(other.reason()),
-        Err(Stop::Failed(e)) => return Err(e.to_string()),
+        Err(Stop::Refused(other)) => return Err(PrError::Refused(other.reason())),
+        Err(Stop::Failed(e)) => return Err(PrError::Load(e)),
     };
     let base = match &pr.base_sha {
         Some(sha) if have(sha) => sha.clone(),
         _ => repo
             .resolve(&format!("refs/heads/{}", pr.base_ref))
-            .map_err(|e| format!("the base branch {}: {e}", pr.base_ref))?,
+            .map_err(|source| PrError::Base {
+                branch: pr.base_ref.clone(),
+                source,
+            })?,
     };
-    let changes = pipeline::diff(&repo, &base, &head).map_err(|e| e.to_string())?;
+    let changes = pipeline::diff(&repo, &base, &head)?;
     let plan = crate::pure::plan::plan(&desired, live);
     let verdict = if changes.is_empty() {
         Verdict::NoChanges

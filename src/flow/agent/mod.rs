@@ -132,6 +132,39 @@ pub enum Unreported {
     Gone,
 }
 
+/// Why a report POSTed to the server brought back no assignment (`url` is redacted).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("{url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("{url}: reading the answer: {message}")]
+    Reading { url: String, message: String },
+    #[error("{url}: the answer is larger than {MAX_PAYLOAD_BYTES} bytes")]
+    TooLarge { url: String },
+    #[error("{url}: the server answered {status}{hint}: {text}")]
+    Refused {
+        url: String,
+        status: reqwest::StatusCode,
+        /// What to check, for the statuses that have a likely cause.
+        hint: &'static str,
+        text: String,
+    },
+    #[error("{url}: {source}")]
+    BadAssignment {
+        url: String,
+        #[source]
+        source: crate::pure::protocol::PayloadError,
+    },
+    #[error("{url}: the assignment is for node `{got}`, not `{want}`; ignored")]
+    OtherNode {
+        url: String,
+        got: String,
+        want: String,
+    },
+}
+
 /// How the loop reads, applies and waits.
 #[derive(Debug, Clone)]
 pub struct LoopOptions {
@@ -402,7 +435,7 @@ impl Reporter for Http {
         post_report(&self.client, &self.options, &report)
             .await
             .map(Some)
-            .map_err(Unreported::Failed)
+            .map_err(|e| Unreported::Failed(e.to_string()))
     }
 
     /// The engine, its address, the revision last applied, and for memcached what its
@@ -430,10 +463,10 @@ async fn post_report(
     client: &reqwest::Client,
     options: &AgentOptions,
     report: &Report,
-) -> Result<Assignment, String> {
+) -> Result<Assignment, ReportError> {
     let url = format!("{}/api/v1/nodes/{}/report", options.server, options.node_id);
     let shown = crate::edges::source::redact_url(&url);
-    let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(report).map_err(ReportError::Encode)?;
     let mut response = client
         .post(&url)
         .bearer_auth(&options.token)
@@ -441,43 +474,45 @@ async fn post_report(
         .body(body)
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "{shown}: {}",
-                crate::edges::source::redact_url(&describe(&e))
-            )
+        .map_err(|e| ReportError::Unreachable {
+            url: shown.clone(),
+            message: crate::edges::source::redact_url(&describe(&e)),
         })?;
     let status = response.status();
     let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("{shown}: reading the answer: {}", describe(&e)))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| ReportError::Reading {
+        url: shown.clone(),
+        message: describe(&e),
+    })? {
         if bytes.len() + chunk.len() > MAX_PAYLOAD_BYTES {
-            return Err(format!(
-                "{shown}: the answer is larger than {MAX_PAYLOAD_BYTES} bytes"
-            ));
+            return Err(ReportError::TooLarge { url: shown });
         }
         bytes.extend_from_slice(&chunk);
     }
     if !status.is_success() {
         let text = String::from_utf8_lossy(&bytes);
         let text: String = text.trim().chars().take(300).collect();
-        let why = match status.as_u16() {
+        let hint = match status.as_u16() {
             401 | 403 => " (is the token the one `cacheflow agent-token` prints for this node?)",
             _ => "",
         };
-        return Err(format!(
-            "{shown}: the server answered {status}{why}: {text}"
-        ));
+        return Err(ReportError::Refused {
+            url: shown,
+            status,
+            hint,
+            text,
+        });
     }
-    let assignment = Assignment::parse(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+    let assignment = Assignment::parse(&bytes).map_err(|source| ReportError::BadAssignment {
+        url: shown.clone(),
+        source,
+    })?;
     if assignment.node_id != options.node_id {
-        return Err(format!(
-            "{shown}: the assignment is for node `{}`, not `{}`; ignored",
-            assignment.node_id, options.node_id
-        ));
+        return Err(ReportError::OtherNode {
+            url: shown,
+            got: assignment.node_id,
+            want: options.node_id.clone(),
+        });
     }
     Ok(assignment)
 }

@@ -16,7 +16,7 @@
 
 use std::path::PathBuf;
 
-use crate::edges::source::{redact_url, ConfigRepo, SourceError};
+use crate::edges::source::{ConfigRepo, SourceError};
 use crate::edges::trust::{self, Signed};
 use crate::flow::pipeline::{self, Revision};
 use crate::pure::render::short;
@@ -115,12 +115,10 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// Open the repository, fetching the mirror; the error with any credential of the URL
-    /// redacted.
-    pub fn open(&self) -> Result<ConfigRepo, String> {
-        ConfigRepo::open(&self.url, Some(&self.mirror))
-            .and_then(|repo| repo.with_root(&self.path))
-            .map_err(|e| redact_url(&e.to_string()))
+    /// Open the repository, fetching the mirror (a [`SourceError`] shows the URL with its
+    /// credentials redacted).
+    pub fn open(&self) -> Result<ConfigRepo, SourceError> {
+        ConfigRepo::open(&self.url, Some(&self.mirror)).and_then(|repo| repo.with_root(&self.path))
     }
 }
 

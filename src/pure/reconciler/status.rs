@@ -33,7 +33,18 @@ pub struct ClusterStatus {
     pub target: Option<Target>,
     pub refused: Option<Refused>,
     pub rollout: Option<RolloutStatus>,
+    /// The same rollout typed, for the readers that act on it (`sync`, `demo`).
+    pub progress: Option<RolloutProgress>,
     pub assignments: BTreeMap<String, AssignmentStatus>,
+}
+
+/// A rollout's phase and size as the reconciler holds them (the [`RolloutStatus`] says
+/// them in the words of the API).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutProgress {
+    pub phase: Phase,
+    /// The nodes of all its batches.
+    pub nodes: usize,
 }
 
 /// A cluster's current or last rollout. Fields in the order of their JSON names.
@@ -116,23 +127,24 @@ fn outcome_name(outcome: Option<Outcome>) -> &'static str {
 impl RolloutStatus {
     pub fn of(record: &RolloutRecord) -> RolloutStatus {
         let r = &record.rollout;
-        let (phase, batch, reason) = match &r.phase {
-            Phase::Pending => ("pending", None, None),
-            Phase::Applying { batch } => ("applying", Some(*batch), None),
-            Phase::Baking { batch } => ("baking", Some(*batch), None),
-            Phase::Judging { batch } => ("judging", Some(*batch), None),
-            Phase::Waiting { batch, reason } => ("waiting", Some(*batch), Some(reason.clone())),
-            Phase::Paused { batch, reason } => ("paused", Some(*batch), Some(reason.clone())),
-            Phase::RollingBack { reason } => ("rolling-back", None, Some(reason.clone())),
-            Phase::Completed => ("completed", None, None),
-            Phase::RolledBack { reason } => ("rolled-back", None, Some(reason.clone())),
-            Phase::Superseded { by } => ("superseded", None, Some(format!("by {by}"))),
+        let (batch, reason) = match &r.phase {
+            Phase::Pending | Phase::Completed => (None, None),
+            Phase::Applying { batch } | Phase::Baking { batch } | Phase::Judging { batch } => {
+                (Some(*batch), None)
+            }
+            Phase::Waiting { batch, reason } | Phase::Paused { batch, reason } => {
+                (Some(*batch), Some(reason.clone()))
+            }
+            Phase::RollingBack { reason } | Phase::RolledBack { reason } => {
+                (None, Some(reason.clone()))
+            }
+            Phase::Superseded { by } => (None, Some(format!("by {by}"))),
         };
         RolloutStatus {
             batch: batch.map(|b| b + 1),
             batches: r.spec.batches.len(),
             confirmed: r.confirmed.clone(),
-            phase: phase.to_owned(),
+            phase: crate::pure::render::phase_word(&r.phase).to_owned(),
             reason,
             revision: r.spec.revision.clone(),
             started_at: record.started_at.clone(),
@@ -147,6 +159,10 @@ impl ClusterStatus {
             target: cs.target.clone(),
             refused: cs.refused.clone(),
             rollout: cs.rollout.as_ref().map(RolloutStatus::of),
+            progress: cs.rollout.as_ref().map(|r| RolloutProgress {
+                phase: r.rollout.phase.clone(),
+                nodes: r.rollout.spec.batches.iter().map(Vec::len).sum(),
+            }),
             assignments: cs
                 .assignments
                 .iter()
@@ -268,7 +284,7 @@ impl ClusterRollout {
         let mut out = match &self.rollout {
             None => format!("{name}: no rollout\n"),
             Some(r) => {
-                let rev: String = r.revision.chars().take(12).collect();
+                let rev = crate::pure::render::short_id(&r.revision);
                 let batch = r
                     .batch
                     .map(|b| format!(", batch {b} of {}", r.batches))
