@@ -68,7 +68,8 @@ pub fn token_file() -> Option<PathBuf> {
 }
 
 /// The token in `path`, its surrounding white space trimmed. The error names the file
-/// and what is wrong, never the content.
+/// and what is wrong, never the content; text, because it goes back to libgit2 as the
+/// credential callback's error (`git2::Error::from_str`).
 pub fn read_token(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(

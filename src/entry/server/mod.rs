@@ -588,7 +588,8 @@ fn check_head(
     }
 }
 
-/// Push the journal and the notes to the remote.
+/// Push the journal and the notes to the remote. The error is git's message with any
+/// credential of the URL redacted: text, as `SourceError` keeps it, and only logged.
 fn push_audit(options: &ServeOptions, git_dir: &std::path::Path) -> Result<(), String> {
     let repo = git2::Repository::open(git_dir).map_err(|e| e.to_string())?;
     let mut remote = repo
