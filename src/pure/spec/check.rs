@@ -299,86 +299,27 @@ fn build_cluster(
     }
     let name = p.metadata.name.clone();
     let spec = spec_of::<raw::ClusterSpec>(ctx, p)?;
-    // The catalog its engine and version select. With a version that selects none, the
-    // parameters are not checked (against which version?): the version's error says why.
-    let selected = CatalogId::select(spec.engine, spec.version.as_deref());
-    let catalog_id = match &selected {
-        Ok(id) => *id,
-        Err(e) => {
-            ctx.at(p, "/spec/version", e.to_string());
-            CatalogId::default_for(spec.engine.engine())
-        }
-    };
-    let declared = Declared {
-        id: catalog_id,
-        written: spec.version.is_some(),
-    };
-
+    let (declared, selected) = select_catalog(ctx, p, &spec);
     // Profile first, cluster overrides on top.
     let mut params: BTreeMap<String, Param> = BTreeMap::new();
     let mut raw_params: serde_json::Map<String, Value> = serde_json::Map::new();
-    // A cluster whose profile is broken is not held to policies: its parameters are
-    // unknown, and the profile's own errors say what to fix.
-    let mut profile_broken = false;
-    if let Some(profile_name) = &spec.profile {
-        match shared.profiles.get(profile_name) {
-            Some(profile) if profile.engine != spec.engine => ctx.at(
-                p,
-                "/spec/profile",
-                format!(
-                    "profile `{profile_name}` is for {}, this cluster runs {}",
-                    profile.engine, spec.engine
-                ),
-            ),
-            Some(profile) => {
-                // A profile names no version: what it sets must exist in this cluster's.
-                for name in profile.parameters.keys() {
-                    if catalog_id.get().get(name).is_none() && selected.is_ok() {
-                        let why = catalog::elsewhere(catalog_id, name)
-                            .unwrap_or_else(|| "is unknown".to_owned());
-                        ctx.at(
-                            p,
-                            "/spec/profile",
-                            format!(
-                                "`{name}` (from profile `{profile_name}`) {why}; {}",
-                                declared.clause()
-                            ),
-                        );
-                    }
-                }
-                params.extend(profile.parameters.clone());
-                if let Some(raw) = shared.profile_raw.get(profile_name) {
-                    raw_params.extend(raw.iter().map(|(k, v)| (k.clone(), v.clone())));
-                }
-            }
-            None if shared.broken_profiles.contains(profile_name) => profile_broken = true,
-            None => ctx.at(
-                p,
-                "/spec/profile",
-                format!(
-                    "profile `{profile_name}` not found (expected profiles/{profile_name}.yaml)"
-                ),
-            ),
-        }
-    }
-    if selected.is_ok() {
+    let profile_broken = merge_profile(
+        ctx,
+        p,
+        shared,
+        &spec,
+        (declared, selected),
+        &mut params,
+        &mut raw_params,
+    );
+    if selected {
         params.extend(parameters(ctx, p, declared, &spec.parameters));
         params.extend(unchecked_parameters(ctx, p, declared, &spec));
     }
     for (k, v) in &spec.parameters {
         raw_params.insert(k.clone(), v.clone());
     }
-    if spec.engine.engine() == Engine::Memcached {
-        if let Some(auth) = &spec.auth {
-            if auth.username.is_none() {
-                ctx.at(
-                    p,
-                    "/spec/auth",
-                    "memcached authentication (`-Y`) takes a user and a password: add `username`",
-                );
-            }
-        }
-    }
+    check_memcached_auth(ctx, p, &spec);
     let nodes = nodes(ctx, p, &spec);
     let rollout = rollout(
         ctx,
@@ -387,22 +328,11 @@ fn build_cluster(
         &shared.settings.rollout_defaults,
         spec.rollout.as_ref(),
     );
-
-    if !policies.is_empty() && !profile_broken {
-        // The policies see the cluster with its profile merged in. The tree is ours and
-        // read for nothing else, so the parameters are replaced in place.
-        let mut doc = std::mem::take(&mut p.value);
-        if let Some(spec_obj) = doc.get_mut("spec").and_then(Value::as_object_mut) {
-            spec_obj.insert("parameters".into(), Value::Object(raw_params));
-        }
-        for policy in policies {
-            for f in schema::findings(&policy.validator, &doc) {
-                apply_policy_finding(ctx, p, &spec, policy, f);
-            }
-        }
-        p.value = doc;
+    // A cluster whose profile is broken is not held to policies: its parameters are
+    // unknown, and the profile's own errors say what to fix.
+    if !profile_broken {
+        apply_policies(ctx, p, &spec, policies, raw_params);
     }
-
     Some(Cluster {
         name,
         file: p.src.path().to_owned(),
@@ -410,7 +340,7 @@ fn build_cluster(
         engine: spec.engine.engine(),
         product: spec.engine,
         version: spec.version.clone(),
-        catalog: catalog_id,
+        catalog: declared.id,
         profile: spec.profile.clone(),
         parameters: params,
         auth: spec.auth.clone(),
@@ -418,6 +348,116 @@ fn build_cluster(
         nodes,
         rollout,
     })
+}
+
+/// The catalog the cluster's engine and version select, and whether they select one.
+/// With a version that selects none, the parameters are not checked (against which
+/// version?): the version's error says why.
+fn select_catalog(ctx: &mut Ctx, p: &Parsed, spec: &raw::ClusterSpec) -> (Declared, bool) {
+    let selected = CatalogId::select(spec.engine, spec.version.as_deref());
+    let id = match &selected {
+        Ok(id) => *id,
+        Err(e) => {
+            ctx.at(p, "/spec/version", e.to_string());
+            CatalogId::default_for(spec.engine.engine())
+        }
+    };
+    let declared = Declared {
+        id,
+        written: spec.version.is_some(),
+    };
+    (declared, selected.is_ok())
+}
+
+/// The profile's parameters under the cluster's (each must exist in the cluster's
+/// version: a profile names none). True when the profile itself is broken.
+fn merge_profile(
+    ctx: &mut Ctx,
+    p: &Parsed,
+    shared: &Shared,
+    spec: &raw::ClusterSpec,
+    (declared, selected): (Declared, bool),
+    params: &mut BTreeMap<String, Param>,
+    raw_params: &mut serde_json::Map<String, Value>,
+) -> bool {
+    let Some(profile_name) = &spec.profile else {
+        return false;
+    };
+    match shared.profiles.get(profile_name) {
+        Some(profile) if profile.engine != spec.engine => ctx.at(
+            p,
+            "/spec/profile",
+            format!(
+                "profile `{profile_name}` is for {}, this cluster runs {}",
+                profile.engine, spec.engine
+            ),
+        ),
+        Some(profile) => {
+            for name in profile.parameters.keys() {
+                if declared.id.get().get(name).is_none() && selected {
+                    let why = catalog::elsewhere(declared.id, name)
+                        .unwrap_or_else(|| "is unknown".to_owned());
+                    ctx.at(
+                        p,
+                        "/spec/profile",
+                        format!(
+                            "`{name}` (from profile `{profile_name}`) {why}; {}",
+                            declared.clause()
+                        ),
+                    );
+                }
+            }
+            params.extend(profile.parameters.clone());
+            if let Some(raw) = shared.profile_raw.get(profile_name) {
+                raw_params.extend(raw.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        None if shared.broken_profiles.contains(profile_name) => return true,
+        None => ctx.at(
+            p,
+            "/spec/profile",
+            format!("profile `{profile_name}` not found (expected profiles/{profile_name}.yaml)"),
+        ),
+    }
+    false
+}
+
+/// Memcached's `-Y` authentication takes a user and a password.
+fn check_memcached_auth(ctx: &mut Ctx, p: &Parsed, spec: &raw::ClusterSpec) {
+    if spec.engine.engine() != Engine::Memcached {
+        return;
+    }
+    if spec.auth.as_ref().is_some_and(|a| a.username.is_none()) {
+        ctx.at(
+            p,
+            "/spec/auth",
+            "memcached authentication (`-Y`) takes a user and a password: add `username`",
+        );
+    }
+}
+
+/// The repository's policies, applied to the cluster with its profile merged in. The
+/// tree is ours and read for nothing else, so the parameters are replaced in place.
+fn apply_policies(
+    ctx: &mut Ctx,
+    p: &mut Parsed,
+    spec: &raw::ClusterSpec,
+    policies: &[Policy],
+    raw_params: serde_json::Map<String, Value>,
+) {
+    if policies.is_empty() {
+        return;
+    }
+    let mut doc = std::mem::take(&mut p.value);
+    if let Some(spec_obj) = doc.get_mut("spec").and_then(Value::as_object_mut) {
+        spec_obj.insert("parameters".into(), Value::Object(raw_params));
+    }
+    for policy in policies {
+        for f in schema::findings(&policy.validator, &doc) {
+            apply_policy_finding(ctx, p, spec, policy, f);
+        }
+    }
+    p.value = doc;
 }
 
 fn apply_policy_finding(
