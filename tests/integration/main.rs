@@ -6,6 +6,7 @@ mod drift;
 mod example_repo;
 mod fuzz;
 mod generator;
+mod import;
 mod invalid_repos;
 mod layers;
 mod memcached_driver;
