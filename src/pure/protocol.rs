@@ -103,6 +103,18 @@ pub struct Assignment {
     /// When to report next, in seconds; the agent's own interval when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_interval_secs: Option<u64>,
+    /// The cluster's catalog version (`spec.version`, major.minor) the agent checks the
+    /// values against; absent (an older server): the engine's default catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_version: Option<String>,
+    /// The cluster's product when it is not the protocol's own (`valkey`); absent: the
+    /// protocol's (`redis`, `memcached`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// Parameters set under `uncheckedParameters`: applied as written, checked by the
+    /// engine alone (credentials are still refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchecked: Vec<String>,
 }
 
 /// Why a payload was refused; says where (a JSON pointer) and why.

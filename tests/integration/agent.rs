@@ -32,6 +32,9 @@ fn assignment(revision: &str, generation: u64, pairs: &[(&str, &str)]) -> Assign
         parameters: params(pairs),
         restart_allowed: false,
         report_interval_secs: None,
+        catalog_version: None,
+        product: None,
+        unchecked: Vec::new(),
     }
 }
 
@@ -875,4 +878,55 @@ async fn an_engine_that_will_not_start_with_the_new_file_is_restarted_with_the_o
     );
     let file = parse_config_file(&std::fs::read_to_string(service.config_path()).unwrap());
     assert_eq!(file["logfile"], old_log);
+}
+
+/// The assignment names the cluster's catalog (7.2 here) and its `uncheckedParameters`:
+/// the agent checks against that catalog and passes the unchecked names as written.
+/// (The local redis-server is 7.0: it knows no 7.2-only parameter, so the unchecked path
+/// is what is tested against it: `aof-disable-auto-gc`, which the 7.2 catalog does not
+/// know and redis-server 7.0 accepts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_checks_against_the_cluster_s_catalog_and_passes_unchecked_names() {
+    let control = ControlPlane::start().await;
+    let service = Service::redis("");
+    let pairs = [
+        ("aof-disable-auto-gc", "yes"),
+        ("maxmemory-policy", "allkeys-lru"),
+    ];
+
+    // Against the 7.2 catalog and not marked unchecked: refused, nothing changed.
+    control.assign(Assignment {
+        catalog_version: Some("7.2".into()),
+        ..assignment("r0", 0, &pairs)
+    });
+    let state = once(redis_driver(&service.addr()), options(&control)).await;
+    assert_ne!(
+        state.ok().and_then(|s| s.applied_revision).as_deref(),
+        Some("r0")
+    );
+    assert_eq!(
+        redis_get(&service, &["aof-disable-auto-gc", "maxmemory-policy"]),
+        params(&[
+            ("aof-disable-auto-gc", "no"),
+            ("maxmemory-policy", "noeviction")
+        ])
+    );
+
+    // Marked unchecked: applied as written, at run time.
+    control.assign(Assignment {
+        catalog_version: Some("7.2".into()),
+        unchecked: vec!["aof-disable-auto-gc".into()],
+        ..assignment("r1", 0, &pairs)
+    });
+    let state = once(redis_driver(&service.addr()), options(&control))
+        .await
+        .unwrap();
+    assert_eq!(state.applied_revision.as_deref(), Some("r1"));
+    assert_eq!(
+        redis_get(&service, &["aof-disable-auto-gc", "maxmemory-policy"]),
+        params(&[
+            ("aof-disable-auto-gc", "yes"),
+            ("maxmemory-policy", "allkeys-lru")
+        ])
+    );
 }

@@ -8,6 +8,7 @@ mod fuzz;
 mod generator;
 mod git_remote;
 mod honest;
+mod import;
 mod invalid_repos;
 mod layers;
 mod memcached_driver;

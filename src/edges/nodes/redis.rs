@@ -401,6 +401,27 @@ impl RedisDriver {
         Ok(file)
     }
 
+    /// The fields of `INFO server` and `INFO replication` (`import` reads the engine,
+    /// its version and the replication topology from them). Two commands: Redis 6.2
+    /// takes one section per `INFO`.
+    pub async fn server_and_replication(&self) -> Result<BTreeMap<String, String>, NodeError> {
+        let mut s = self.session().await?;
+        let mut fields = BTreeMap::new();
+        for section in ["server", "replication"] {
+            let mut cmd = redis::cmd("INFO");
+            cmd.arg(section);
+            let value = self
+                .call(&mut s, &cmd)
+                .await?
+                .map_err(|e| self.refused("INFO", e))?;
+            let text = value_text(&value).ok_or_else(|| {
+                self.protocol(format!("INFO {section} answered {}", describe(&value)))
+            })?;
+            fields.extend(parse_info(&text));
+        }
+        Ok(fields)
+    }
+
     /// A full reading; with `only`, of those parameters alone (one `CONFIG GET` of their
     /// names instead of `CONFIG GET *`).
     async fn read_node(&self, only: Option<&BTreeSet<String>>) -> Result<NodeLive, NodeError> {

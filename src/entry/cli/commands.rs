@@ -13,8 +13,8 @@ use anyhow::{anyhow, bail};
 
 use super::{
     client, AgentArgs, AgentTokenArgs, DemoArgs, DiffArgs, DriftArgs, Format, HistoryArgs,
-    PlanArgs, ReachArgs, RepoArgs, ReportFormat, RichFormat, RolloutArgs, ServeArgs, SnapshotArgs,
-    SyncArgs, ValidateArgs,
+    ImportArgs, PlanArgs, ReachArgs, RepoArgs, ReportFormat, RichFormat, RolloutArgs, ServeArgs,
+    SnapshotArgs, SyncArgs, ValidateArgs,
 };
 use crate::edges::redact::redact_url;
 use crate::edges::source::ConfigRepo;
@@ -347,6 +347,51 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         agent::run(driver, options, stop).await?;
         Ok(())
     })
+}
+
+pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    use crate::flow::pipeline::import::{self, ImportRequest};
+    use crate::pure::catalog::Engine;
+    use crate::pure::spec::model::{Auth, SecretRef};
+
+    let (engine, addresses) = if args.memcached.is_empty() {
+        (Engine::Redis, args.redis)
+    } else {
+        (Engine::Memcached, args.memcached)
+    };
+    let auth = match args.auth_password_ref {
+        Some(reference) => {
+            if !(reference.starts_with("env:") || reference.starts_with("file:")) {
+                bail!("--auth-password-ref takes a reference, env:NAME or file:PATH, never the password itself");
+            }
+            if engine == Engine::Memcached {
+                bail!("--auth-password-ref is for Redis and Valkey nodes");
+            }
+            Some(Auth {
+                username: args.auth_user,
+                password: SecretRef(reference),
+            })
+        }
+        None if args.auth_user.is_some() => bail!("--auth-user needs --auth-password-ref"),
+        None => None,
+    };
+    let request = ImportRequest {
+        cluster: args.cluster,
+        engine,
+        addresses,
+        version: args.engine_version,
+        auth,
+        output: args.output,
+        timeout: args.timeout,
+    };
+    let imported = import::import(&request).map_err(|e| anyhow!(e))?;
+    for note in &imported.notes {
+        eprintln!("note: {note}");
+    }
+    for file in &imported.files {
+        println!("wrote {}", file.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn revision(rev: &str, worktree: bool) -> Revision {

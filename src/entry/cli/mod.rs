@@ -102,6 +102,12 @@ pub enum Command {
     /// the config file's view. Writes the live-state JSON that `plan --live` reads.
     /// Unreachable nodes are reported in it, not fatal. Exit 0, or 1 on error.
     Snapshot(SnapshotArgs),
+    /// Read running nodes and write the cluster file that describes them
+    /// (clusters/NAME.yaml, and a cacheflow.yaml when the directory has none): engine,
+    /// version, the parameters that differ from the version's defaults, nodes with roles
+    /// and shards from replication, auth as a secret reference. Never overwrites a
+    /// cluster file. Exit 0 written, 1 error (nothing written).
+    Import(ImportArgs),
     /// One staged rollout in the foreground against the directly managed nodes: shows
     /// the plan, asks (unless --yes), then canary, batches and gates with progress, and a
     /// summary. Ctrl-C pauses safely; running it again resumes. Exit 0 converged, 1
@@ -213,6 +219,40 @@ pub struct DriftArgs {
     /// Also write the report as drift.md, drift.json and drift.html into this directory.
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The name of the cluster to write (clusters/NAME.yaml).
+    #[arg(long)]
+    pub cluster: String,
+    /// Redis or Valkey nodes, host:port, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "memcached",
+        conflicts_with = "memcached"
+    )]
+    pub redis: Vec<String>,
+    /// Memcached nodes, host:port, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub memcached: Vec<String>,
+    /// The catalog version to compare with (major.minor) instead of the node's own.
+    #[arg(long)]
+    pub engine_version: Option<String>,
+    /// The ACL user to connect as (Redis 6+).
+    #[arg(long)]
+    pub auth_user: Option<String>,
+    /// The password, as a reference: env:NAME or file:PATH (written into the cluster
+    /// file as such, never resolved into it).
+    #[arg(long)]
+    pub auth_password_ref: Option<String>,
+    /// The config repository's directory.
+    #[arg(long, default_value = ".")]
+    pub output: PathBuf,
+    /// How long one node may take to answer (30s, 500ms).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -553,6 +593,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Plan(args) => commands::plan(args),
         Command::Drift(args) => commands::drift(args),
         Command::Snapshot(args) => commands::snapshot(args),
+        Command::Import(args) => commands::import(args),
         Command::Sync(args) => commands::sync(args),
         Command::Serve(args) => commands::serve(*args),
         Command::Rollout(args) => commands::rollout(args),

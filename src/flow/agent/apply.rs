@@ -25,7 +25,7 @@ use tokio::io::AsyncReadExt;
 use crate::edges::clock::now_rfc3339;
 use crate::edges::nodes::{NodeDriver, NodeError};
 use crate::flow::agent::conffile;
-use crate::pure::catalog::{catalog, Engine};
+use crate::pure::catalog::{catalog, Catalog, CatalogId, Engine, Product};
 use crate::pure::live::{LinkState, NodeLive};
 use crate::pure::protocol::{ApplyResult, Assignment, Outcome};
 use crate::pure::spec::model::Role;
@@ -123,8 +123,9 @@ async fn run(
     assignment: &Assignment,
 ) -> Result<(Vec<String>, bool), Failure> {
     let engine = driver.engine();
-    let want = wanted(engine, assignment)?;
-    let changes = differences(driver, want).await?;
+    let cat = catalog_of(engine, assignment);
+    let want = wanted(engine, cat, assignment)?;
+    let changes = differences(driver, cat, assignment, want).await?;
     let restart = !changes.start_only.is_empty();
     if restart {
         may_restart(&changes, assignment, options)?;
@@ -158,8 +159,30 @@ async fn run(
 
 /// Step 1: every value must be one the catalog accepts; normalise again, whoever sent it.
 /// Refuses the whole assignment, touching nothing.
-fn wanted(engine: Engine, assignment: &Assignment) -> Result<BTreeMap<String, String>, Failure> {
-    let cat = catalog(engine);
+/// The catalog the assignment names (the cluster's version, Valkey's), or the engine's
+/// default one when it names none (an older server) or one this build does not know.
+fn catalog_of(engine: Engine, assignment: &Assignment) -> &'static Catalog {
+    let product = assignment
+        .product
+        .as_deref()
+        .and_then(|p| {
+            serde_json::from_value::<Product>(serde_json::Value::String(p.to_owned())).ok()
+        })
+        .filter(|p| p.engine() == engine)
+        .unwrap_or(Product::from(engine));
+    assignment
+        .catalog_version
+        .as_deref()
+        .and_then(|v| CatalogId::select(product, Some(v)).ok())
+        .unwrap_or(CatalogId::default_for(engine))
+        .get()
+}
+
+fn wanted(
+    engine: Engine,
+    cat: &Catalog,
+    assignment: &Assignment,
+) -> Result<BTreeMap<String, String>, Failure> {
     let mut want: BTreeMap<String, String> = BTreeMap::new();
     let mut problems = Vec::new();
     for (name, value) in &assignment.parameters {
@@ -169,6 +192,11 @@ fn wanted(engine: Engine, assignment: &Assignment) -> Result<BTreeMap<String, St
             problems.push(format!(
                 "`{name}` is a credential: set it with a secret reference in the cluster, not through an assignment"
             ));
+            continue;
+        }
+        if assignment.unchecked.contains(name) && cat.get(name).is_none() {
+            // `uncheckedParameters`: sent as written, the engine alone judges it.
+            want.insert(name.clone(), value.clone());
             continue;
         }
         match cat.normalize(name, &serde_json::Value::String(value.clone())) {
@@ -190,9 +218,10 @@ fn wanted(engine: Engine, assignment: &Assignment) -> Result<BTreeMap<String, St
 /// Step 2: what differs from what the node runs now.
 async fn differences(
     driver: &dyn NodeDriver,
+    cat: &Catalog,
+    assignment: &Assignment,
     want: BTreeMap<String, String>,
 ) -> Result<Changes, Failure> {
-    let cat = catalog(driver.engine());
     let names: Vec<String> = want.keys().cloned().collect();
     let live = driver
         .read_parameters(&names)
@@ -206,7 +235,11 @@ async fn differences(
     let mut start_only: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &want {
         if differs(name, value) {
-            let at_runtime = cat.get(name).is_some_and(|p| p.runtime);
+            // An unchecked parameter is set at run time (CONFIG SET), as written.
+            let at_runtime = match cat.get(name) {
+                Some(p) => p.runtime,
+                None => assignment.unchecked.contains(name),
+            };
             if at_runtime {
                 runtime.insert(name.clone(), value.clone());
             } else {

@@ -3,6 +3,7 @@
 //! (plan). The CLI parses arguments and renders; everything in between happens here.
 //! [`intake`] is the one way a new head is taken in (resolve, descends, load, trust).
 
+pub mod import;
 pub mod intake;
 
 use std::collections::BTreeSet;

@@ -1213,6 +1213,13 @@ impl Reconciler {
             .get(node_id)
             .and_then(|c| self.state.clusters.get(c))
             .and_then(|cs| cs.assignments.get(node_id));
+        // The catalog and the unchecked names come from the cluster as the current
+        // revision declares it.
+        let cluster = self
+            .node_cluster
+            .get(node_id)
+            .and_then(|c| self.desired.as_ref()?.clusters.get(c))
+            .filter(|_| a.is_some());
         Assignment {
             version: PROTOCOL_VERSION,
             node_id: node_id.to_owned(),
@@ -1221,6 +1228,24 @@ impl Reconciler {
             parameters: a.map(|a| a.parameters.clone()).unwrap_or_default(),
             restart_allowed: a.is_some_and(|a| a.restart_allowed),
             report_interval_secs: None,
+            // Sent only when not the engine's default catalog: an older agent (whose
+            // schema lacks these fields) still takes what it could take before.
+            catalog_version: cluster
+                .filter(|c| c.catalog != crate::pure::catalog::CatalogId::default_for(c.engine))
+                .map(|c| c.catalog.version().to_owned()),
+            product: cluster
+                .map(|c| c.catalog.product())
+                .filter(|p| *p != crate::pure::catalog::Product::from(p.engine()))
+                .map(|p| p.as_str().to_owned()),
+            unchecked: cluster
+                .map(|c| {
+                    c.parameters
+                        .iter()
+                        .filter(|(_, p)| p.unchecked)
+                        .map(|(n, _)| n.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 

@@ -508,6 +508,9 @@ fn a_failed_apply_rolls_back_to_what_the_nodes_ran_and_refuses_the_revision() {
             parameters: restore.clone(),
             restart_allowed: false,
             report_interval_secs: None,
+            catalog_version: None,
+            product: None,
+            unchecked: Vec::new(),
         }
     );
     // Untouched nodes were never assigned anything.

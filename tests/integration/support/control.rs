@@ -140,6 +140,9 @@ async fn report(
         parameters: Default::default(),
         restart_allowed: false,
         report_interval_secs: None,
+        catalog_version: None,
+        product: None,
+        unchecked: Vec::new(),
     });
     (
         StatusCode::OK,
