@@ -69,54 +69,70 @@ pub fn rollout(
     )?)
 }
 
-/// The drift report of a server at this moment (`GET /api/v1/drift`).
-fn fetch_drift(server: &str, token_file: Option<&PathBuf>) -> Result<DriftReport, ClientError> {
+/// `server` without its trailing `/`; only http(s) URLs are servers.
+fn server_url(server: &str) -> Result<&str, ClientError> {
     let server = server.trim_end_matches('/');
     if !(server.starts_with("http://") || server.starts_with("https://")) {
         return Err(ClientError::NotHttp(redact_url(server).to_string()));
     }
-    let token = secret(token_file, "CACHEFLOW_ADMIN_TOKEN")?
-        .map(|t| String::from_utf8_lossy(&t).trim().to_owned())
-        .ok_or(ClientError::Usage(TOKEN_REQUIRED))?;
+    Ok(server)
+}
+
+/// One request to `server` on a runtime of its own: the answer's status and body.
+/// `request` builds it from the client (or refuses, before anything is sent).
+fn exchange(
+    server: &str,
+    timeout: Duration,
+    request: impl FnOnce(&reqwest::Client) -> Result<reqwest::RequestBuilder, ClientError>,
+) -> Result<(reqwest::StatusCode, hyper::body::Bytes), ClientError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ClientError::Runtime)?;
     runtime.block_on(async move {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
+            .timeout(timeout)
             .build()
             .map_err(ClientError::Client)?;
-        let response = client
-            .get(format!("{server}/api/v1/drift"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| {
-                ClientError::Unreachable(crate::edges::api::request_error(
-                    &redact_url(server),
-                    &e,
-                    Duration::from_secs(60),
-                ))
-            })?;
+        let response = request(&client)?.send().await.map_err(|e| {
+            ClientError::Unreachable(crate::edges::api::request_error(
+                &redact_url(server),
+                &e,
+                timeout,
+            ))
+        })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|source| ClientError::Body {
             server: redact_url(server).to_string(),
             source,
         })?;
-        if !status.is_success() {
-            return Err(ClientError::Answered(format!(
-                "{}: {status}: {}",
-                redact_url(server),
-                ErrorBody::reason(&bytes)
-            )));
-        }
-        serde_json::from_slice(&bytes).map_err(|source| ClientError::NotJson {
-            what: "the server's drift report",
-            does: " does not parse",
-            status,
-            source,
-        })
+        Ok((status, bytes))
+    })
+}
+
+/// The drift report of a server at this moment (`GET /api/v1/drift`).
+fn fetch_drift(server: &str, token_file: Option<&PathBuf>) -> Result<DriftReport, ClientError> {
+    let server = server_url(server)?;
+    let token = secret(token_file, "CACHEFLOW_ADMIN_TOKEN")?
+        .map(|t| String::from_utf8_lossy(&t).trim().to_owned())
+        .ok_or(ClientError::Usage(TOKEN_REQUIRED))?;
+    let (status, bytes) = exchange(server, Duration::from_secs(60), |client| {
+        Ok(client
+            .get(format!("{server}/api/v1/drift"))
+            .bearer_auth(token))
+    })?;
+    if !status.is_success() {
+        return Err(ClientError::Answered(format!(
+            "{}: {status}: {}",
+            redact_url(server),
+            ErrorBody::reason(&bytes)
+        )));
+    }
+    serde_json::from_slice(&bytes).map_err(|source| ClientError::NotJson {
+        what: "the server's drift report",
+        does: " does not parse",
+        status,
+        source,
     })
 }
 
@@ -128,10 +144,7 @@ fn request_rollout(
     token_file: Option<PathBuf>,
     format: Format,
 ) -> Result<String, ClientError> {
-    let server = server.trim_end_matches('/');
-    if !(server.starts_with("http://") || server.starts_with("https://")) {
-        return Err(ClientError::NotHttp(redact_url(server).to_string()));
-    }
+    let server = server_url(server)?;
     let reason = reason.filter(|r| !r.trim().is_empty());
     match (action, &reason) {
         (RolloutAction::Override, None) => {
@@ -144,16 +157,8 @@ fn request_rollout(
     }
     let token = secret(token_file.as_ref(), "CACHEFLOW_ADMIN_TOKEN")?
         .map(|t| String::from_utf8_lossy(&t).trim().to_owned());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ClientError::Runtime)?;
-    runtime.block_on(async move {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(ClientError::Client)?;
-        let request = match action {
+    let (status, bytes) = exchange(server, Duration::from_secs(30), |client| {
+        Ok(match action {
             RolloutAction::Status => client.get(format!("{server}/api/v1/rollouts")),
             other => {
                 let cluster = cluster.clone().ok_or(ClientError::Usage(
@@ -168,44 +173,32 @@ fn request_rollout(
                     .header("content-type", "application/json")
                     .body(body.to_string())
             }
-        };
-        let response = request.send().await.map_err(|e| {
-            ClientError::Unreachable(crate::edges::api::request_error(
-                &redact_url(server),
-                &e,
-                Duration::from_secs(30),
-            ))
-        })?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|source| ClientError::Body {
-            server: redact_url(server).to_string(),
-            source,
-        })?;
-        if !status.is_success() {
-            return Err(ClientError::Answered(format!(
-                "{status}: {}",
-                ErrorBody::reason(&bytes)
-            )));
-        }
-        let not_json = |source| ClientError::NotJson {
-            what: "the server's answer",
-            does: "",
-            status,
-            source,
-        };
-        if format == Format::Json {
-            let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(not_json)?;
-            return Ok(render::json(&body));
-        }
-        Ok(match action {
-            RolloutAction::Status => serde_json::from_slice::<Rollouts>(&bytes)
-                .map_err(not_json)?
-                .text(cluster.as_deref()),
-            _ => serde_json::from_slice::<CommandAnswer>(&bytes)
-                .map_err(not_json)?
-                .cluster
-                .map(|c| c.text())
-                .unwrap_or_default(),
         })
+    })?;
+    if !status.is_success() {
+        return Err(ClientError::Answered(format!(
+            "{status}: {}",
+            ErrorBody::reason(&bytes)
+        )));
+    }
+    let not_json = |source| ClientError::NotJson {
+        what: "the server's answer",
+        does: "",
+        status,
+        source,
+    };
+    if format == Format::Json {
+        let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(not_json)?;
+        return Ok(render::json(&body));
+    }
+    Ok(match action {
+        RolloutAction::Status => serde_json::from_slice::<Rollouts>(&bytes)
+            .map_err(not_json)?
+            .text(cluster.as_deref()),
+        _ => serde_json::from_slice::<CommandAnswer>(&bytes)
+            .map_err(not_json)?
+            .cluster
+            .map(|c| c.text())
+            .unwrap_or_default(),
     })
 }
