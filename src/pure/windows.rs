@@ -123,7 +123,11 @@ impl Windows {
         }
         let reason = match opens_at_ms {
             Some(ms) => format!("{reason}; opens at {}", rfc3339(ms)),
-            None => format!("{reason}; no opening before {}", rfc3339(at)),
+            // Not a time it opens: the search stopped there without finding one.
+            None => format!(
+                "{reason}; no opening found before {}, as far ahead as cacheflow looks",
+                rfc3339(at)
+            ),
         };
         Status::Closed {
             reason,
