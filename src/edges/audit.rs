@@ -573,6 +573,38 @@ mod tests {
         a.append("a2", &State::default()).unwrap();
     }
 
+    #[test]
+    fn a_note_is_only_added_to_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let sig = Signature::now("t", "t@example.com").unwrap();
+        let tree = repo.find_tree(repo.treebuilder(None).unwrap().write().unwrap());
+        let commit = repo
+            .commit(None, &sig, &sig, "config", &tree.unwrap(), &[])
+            .unwrap()
+            .to_string();
+        let j = Journal::open(dir.path()).unwrap();
+        j.note(
+            &commit,
+            "cache",
+            "completed T1: reached 3 node(s): a1, a2, b1",
+        )
+        .unwrap();
+        j.note(&commit, "cache", "completed T2: reached 1 node(s): c1")
+            .unwrap();
+        j.note(&commit, "other", "completed T2: reached 1 node(s): o1")
+            .unwrap();
+        // The same line again (an effect carried out twice) is written once.
+        j.note(&commit, "cache", "completed T2: reached 1 node(s): c1")
+            .unwrap();
+        assert_eq!(
+            j.read_note(&commit).unwrap(),
+            "cache: completed T1: reached 3 node(s): a1, a2, b1\n\
+             cache: completed T2: reached 1 node(s): c1\n\
+             other: completed T2: reached 1 node(s): o1"
+        );
+    }
+
     fn cluster(hz: &str) -> ClusterState {
         ClusterState {
             target: Some(Target {
