@@ -365,3 +365,70 @@ fn the_notes_and_history_of_an_invalid_push_a_fix_a_scale_out_a_correction_and_a
         ],
     );
 }
+
+#[test]
+fn history_of_a_valid_commit_after_invalid_ones_shows_what_it_changed_and_never_calls_it_unapplied()
+{
+    let repo = TestRepo::new();
+    let yaml = |params: &str| {
+        format!(
+            "apiVersion: cacheflow/v1\nkind: Cluster\nmetadata: {{name: cache}}\nspec:\n  engine: redis\n  parameters:\n{params}\n  nodes:\n    - {{id: n1, address: '127.0.0.1:6390'}}\n"
+        )
+    };
+    // No valid commit before the fix: everything in it is new.
+    repo.write("clusters/cache.yaml", &yaml("    hz: 500000"));
+    let broken = repo.commit("cache: hz 500000");
+    repo.write(
+        "clusters/cache.yaml",
+        &yaml("    hz: 30\n    maxmemory: 64mb"),
+    );
+    let fixed = repo.commit("cache: hz 30, 64mb");
+    // Two invalid commits in a row, then a fix: measured from the last valid one.
+    repo.write("clusters/cache.yaml", &yaml("    hz: 0"));
+    let bad1 = repo.commit("cache: hz 0");
+    repo.write(
+        "clusters/cache.yaml",
+        &yaml("    hz: 0\n    maxmemory: 64zb"),
+    );
+    let bad2 = repo.commit("cache: 64zb");
+    repo.write(
+        "clusters/cache.yaml",
+        &yaml("    hz: 40\n    maxmemory: 64mb"),
+    );
+    let fix2 = repo.commit("cache: hz 40");
+    let history = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["history", "--repo"])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    assert!(history.status.success());
+    let commits = [
+        ("broken", broken.as_str()),
+        ("fixed", fixed.as_str()),
+        ("bad1", bad1.as_str()),
+        ("bad2", bad2.as_str()),
+        ("fix2", fix2.as_str()),
+    ];
+    assert_lines(
+        &words(&String::from_utf8_lossy(&history.stdout), &commits),
+        &[
+            "<fix2> 2024-01-01T00:04:00Z cacheflow tests: cache: hz 40",
+            "  changes since <fixed>, the last valid commit before it",
+            "  cache: hz 30 → 40",
+            "  outcome: not rolled out (no note)",
+            "<bad2> 2024-01-01T00:03:00Z cacheflow tests: cache: 64zb",
+            "  invalid, never applied: head <bad2> is invalid (2 errors)",
+            "  outcome: not rolled out (no note)",
+            "<bad1> 2024-01-01T00:02:00Z cacheflow tests: cache: hz 0",
+            "  invalid, never applied: head <bad1> is invalid (1 error)",
+            "  outcome: not rolled out (no note)",
+            "<fixed> 2024-01-01T00:01:00Z cacheflow tests: cache: hz 30, 64mb",
+            "  no valid commit before it: everything is new",
+            "  cache: hz (unset) → 30, maxmemory (unset) → 64mb",
+            "  outcome: not rolled out (no note)",
+            "<broken> 2024-01-01T00:00:00Z cacheflow tests: cache: hz 500000",
+            "  invalid, never applied: revision <broken> is invalid (1 error)",
+            "  outcome: not rolled out (no note)",
+        ],
+    );
+}
