@@ -276,8 +276,7 @@ fn the_notes_and_history_of_an_invalid_push_a_fix_a_scale_out_a_correction_and_a
     let canary = journal
         .iter()
         .flat_map(|m| m.lines())
-        .filter(|l| l.starts_with("cache: batch 1 of 2 assigned "))
-        .last()
+        .find(|l| l.starts_with("cache: batch 1 of ") && l.contains(&too_small))
         .and_then(|l| l.rsplit_once(": "))
         .map(|(_, n)| n.to_owned())
         .expect("the canary's batch");
