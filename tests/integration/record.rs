@@ -1,4 +1,4 @@
-//! The record tells the truth (issue 16): a repository goes through a valid commit, an
+//! The record tells the truth: a repository goes through a valid commit, an
 //! invalid push, its fix, a scale-out, a drift correction and a rollback, each applied by
 //! `cacheflow sync` (the real binary) on real redis-server nodes replicating for real;
 //! then `git log --notes=cacheflow` and `cacheflow history` are read line by line.
