@@ -7,7 +7,8 @@
 //!                             tree: state.json           head revision, generation
 //!                                   clusters/<name>.json one per cluster: rollout,
 //!                                                        assignments, refusal
-//! refs/notes/cacheflow   ── a note per config commit, one line per cluster:
+//! refs/notes/cacheflow   ── a note per config commit, one line per outcome, added
+//!                             in order and never replaced:
 //!                             "cache-main: completed 2026-11-21T14:02:11Z: reached 6 node(s): …"
 //! ```
 //!
@@ -250,7 +251,9 @@ impl Journal {
         Ok(oid)
     }
 
-    /// Set `cluster`'s line of the note on config commit `revision`.
+    /// Add `cluster`'s line `text` to the note on config commit `revision`. Lines are
+    /// only added, never replaced: a second outcome of one commit (a node that joined
+    /// later) goes after the first; the same line twice is written once.
     pub fn note(&self, revision: &str, cluster: &str, text: &str) -> Result<(), AuditError> {
         let repo = &self.repo;
         let git = |e| AuditError::Git {
@@ -268,14 +271,12 @@ impl Journal {
             .ok()
             .and_then(|n| n.message().ok().map(str::to_owned))
             .unwrap_or_default();
-        let prefix = format!("{cluster}: ");
-        let mut lines: Vec<String> = old
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with(&prefix))
-            .map(str::to_owned)
-            .collect();
-        lines.push(format!("{prefix}{text}"));
-        lines.sort();
+        let line = format!("{cluster}: {text}");
+        let mut lines: Vec<&str> = old.lines().filter(|l| !l.is_empty()).collect();
+        if lines.contains(&line.as_str()) {
+            return Ok(());
+        }
+        lines.push(&line);
         let sig = Signature::now(&self.who, "cacheflow@localhost").map_err(git)?;
         repo.note(&sig, &sig, Some(NOTES_REF), oid, &lines.join("\n"), true)
             .map_err(git)?;
@@ -570,6 +571,38 @@ mod tests {
         // Released, the next entry goes on from where this one left it.
         std::fs::remove_dir(&lock).unwrap();
         a.append("a2", &State::default()).unwrap();
+    }
+
+    #[test]
+    fn a_note_is_only_added_to_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let sig = Signature::now("t", "t@example.com").unwrap();
+        let tree = repo.find_tree(repo.treebuilder(None).unwrap().write().unwrap());
+        let commit = repo
+            .commit(None, &sig, &sig, "config", &tree.unwrap(), &[])
+            .unwrap()
+            .to_string();
+        let j = Journal::open(dir.path()).unwrap();
+        j.note(
+            &commit,
+            "cache",
+            "completed T1: reached 3 node(s): a1, a2, b1",
+        )
+        .unwrap();
+        j.note(&commit, "cache", "completed T2: reached 1 node(s): c1")
+            .unwrap();
+        j.note(&commit, "other", "completed T2: reached 1 node(s): o1")
+            .unwrap();
+        // The same line again (an effect carried out twice) is written once.
+        j.note(&commit, "cache", "completed T2: reached 1 node(s): c1")
+            .unwrap();
+        assert_eq!(
+            j.read_note(&commit).unwrap(),
+            "cache: completed T1: reached 3 node(s): a1, a2, b1\n\
+             cache: completed T2: reached 1 node(s): c1\n\
+             other: completed T2: reached 1 node(s): o1"
+        );
     }
 
     fn cluster(hz: &str) -> ClusterState {

@@ -3,15 +3,16 @@
 //! (`refs/notes/cacheflow`: completed, rolled back and why, refused).
 //!
 //! Reads the first-parent history of a revision; commits that touch no cacheflow file
-//! are left out. A commit whose own tree or parent's tree is invalid is shown as such
-//! (it was never applied).
+//! are left out. A commit whose own tree is invalid is shown as such (it was never
+//! applied); a valid commit after an invalid one shows what it changed since the last
+//! valid commit before it (what was running when it came).
 
 use serde::Serialize;
 
 use crate::edges::audit::Journal;
 use crate::edges::source::{ConfigRepo, SourceError};
-use crate::flow::pipeline::{self, Revision};
-use crate::pure::diff::ParamChange;
+use crate::flow::pipeline::{self, PipelineError, Revision};
+use crate::pure::diff::{ChangeSet, ParamChange};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -22,9 +23,17 @@ pub struct HistoryEntry {
     pub summary: String,
     /// Per cluster the commit changed: its parameter changes.
     pub clusters: Vec<ClusterChange>,
-    /// Set when the commit (or its parent) does not validate.
+    /// Set when the commit does not validate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invalid: Option<String>,
+    /// When the parent does not validate: the last valid commit before this one, which
+    /// `clusters` is measured from (absent: the parent; or no valid commit before it, and
+    /// everything counts as new).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compared_with: Option<String>,
+    /// True when the parent does not validate (`compared_with` says from what).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub after_invalid: bool,
     /// The reconciler's note, one line per cluster.
     pub outcomes: Vec<String>,
 }
@@ -83,6 +92,8 @@ pub fn history(
             summary: info.summary,
             clusters: Vec::new(),
             invalid: None,
+            compared_with: None,
+            after_invalid: false,
             outcomes: journal
                 .as_ref()
                 .and_then(|j| j.read_note(&commit))
@@ -91,17 +102,20 @@ pub fn history(
         };
         let changes = match &parent {
             Some(p) => pipeline::diff(repo, p, &Revision::Rev(commit.clone())),
-            None => pipeline::desired(repo, &Revision::Rev(commit.clone())).map(|d| {
-                crate::pure::diff::diff(
-                    &crate::pure::spec::model::Desired {
-                        clusters: Default::default(),
-                        profiles: Default::default(),
-                        ..d.clone()
-                    },
-                    &d,
-                    None,
-                )
-            }),
+            None => from_nothing(repo, &commit),
+        };
+        let changes = match (changes, &parent) {
+            // The parent does not validate but this commit does: what it changed is
+            // measured from the last valid commit before it (what was running).
+            (Err(e), Some(p)) => match pipeline::desired(repo, &Revision::Rev(commit.clone())) {
+                Ok(_) => since_last_valid(repo, p, &commit).map(|(base, cs)| {
+                    entry.after_invalid = true;
+                    entry.compared_with = base;
+                    cs
+                }),
+                Err(_) => Err(e),
+            },
+            (changes, _) => changes,
         };
         match changes {
             Ok(cs) => {
@@ -139,6 +153,42 @@ pub fn history(
     Ok(out)
 }
 
+/// Everything in `commit` as new (the first commit, or one with no valid commit
+/// before it).
+fn from_nothing(repo: &ConfigRepo, commit: &str) -> Result<ChangeSet, PipelineError> {
+    pipeline::desired(repo, &Revision::Rev(commit.to_owned())).map(|d| {
+        crate::pure::diff::diff(
+            &crate::pure::spec::model::Desired {
+                clusters: Default::default(),
+                profiles: Default::default(),
+                ..d.clone()
+            },
+            &d,
+            None,
+        )
+    })
+}
+
+/// A valid `commit` whose parent is invalid: its changes since the last valid
+/// first-parent ancestor (from nothing when there is none), and that ancestor.
+fn since_last_valid(
+    repo: &ConfigRepo,
+    parent: &str,
+    commit: &str,
+) -> Result<(Option<String>, ChangeSet), PipelineError> {
+    let git = repo.repository();
+    let mut at = git2::Oid::from_str(parent).ok();
+    while let Some(oid) = at {
+        let id = oid.to_string();
+        if pipeline::desired(repo, &Revision::Rev(id.clone())).is_ok() {
+            let cs = pipeline::diff(repo, &id, &Revision::Rev(commit.to_owned()))?;
+            return Ok((Some(id), cs));
+        }
+        at = git.find_commit(oid).ok().and_then(|c| c.parent_id(0).ok());
+    }
+    Ok((None, from_nothing(repo, commit)?))
+}
+
 /// The timeline as text, one block per commit.
 pub fn text(entries: &[HistoryEntry]) -> String {
     let mut out = String::new();
@@ -154,10 +204,23 @@ pub fn text(entries: &[HistoryEntry]) -> String {
             e.summary
         ));
         if let Some(why) = &e.invalid {
-            out.push_str(&format!(
-                "  invalid, never applied: {}\n",
-                why.lines().next().unwrap_or("")
-            ));
+            // A commit with an outcome was applied (by a cacheflow that took it): it
+            // does not validate now, but "never applied" would be false.
+            let what = if e.outcomes.is_empty() {
+                "invalid, never applied"
+            } else {
+                "invalid now"
+            };
+            out.push_str(&format!("  {what}: {}\n", why.lines().next().unwrap_or("")));
+        }
+        if e.after_invalid {
+            match &e.compared_with {
+                Some(base) => out.push_str(&format!(
+                    "  changes since {}, the last valid commit before it\n",
+                    crate::pure::render::short_id(base)
+                )),
+                None => out.push_str("  no valid commit before it: everything is new\n"),
+            }
         }
         for c in &e.clusters {
             let params: Vec<String> = c

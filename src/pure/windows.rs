@@ -123,7 +123,11 @@ impl Windows {
         }
         let reason = match opens_at_ms {
             Some(ms) => format!("{reason}; opens at {}", rfc3339(ms)),
-            None => format!("{reason}; no opening before {}", rfc3339(at)),
+            // Not a time it opens: the search stopped there without finding one.
+            None => format!(
+                "{reason}; no opening found before {}, as far ahead as cacheflow looks",
+                rfc3339(at)
+            ),
         };
         Status::Closed {
             reason,
@@ -309,6 +313,32 @@ mod tests {
                     .into(),
                 opens_at_ms: Some(ms("2026-11-28T08:00:00Z")),
             }
+        );
+    }
+
+    #[test]
+    fn a_window_that_never_opens_says_how_far_it_looked_not_an_opening_time() {
+        // Denied every minute for two hours: closed at every edge the search walks.
+        let w = Windows::new(&[window(
+            "change-freeze",
+            WindowAction::Deny,
+            "* * * * *",
+            "2h",
+            None,
+        )])
+        .unwrap();
+        let Status::Closed {
+            reason,
+            opens_at_ms,
+        } = w.status(ms("2026-11-21T12:00:00Z"))
+        else {
+            panic!("the freeze is closed");
+        };
+        assert_eq!(opens_at_ms, None);
+        // 10,000 edges (a minute apart) later, the search stopped: not an opening.
+        assert_eq!(
+            reason,
+            "inside deny window `change-freeze`; no opening found before 2026-11-28T10:40:00Z, as far ahead as cacheflow looks"
         );
     }
 

@@ -13,6 +13,7 @@ mod invalid_repos;
 mod layers;
 mod memcached_driver;
 mod plan_fixtures;
+mod record;
 mod redis_driver;
 mod serve;
 mod server_client;

@@ -697,6 +697,83 @@ fn killed_at_any_point_of_a_rollout_the_server_resumes_without_skipping_or_repea
     }
 }
 
+/// Wait until some journal message of `server` has a line starting with `prefix`.
+fn until_journaled(server: &Server, prefix: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !server
+        .journal()
+        .iter()
+        .flat_map(|m| m.lines().map(str::to_owned).collect::<Vec<_>>())
+        .any(|l| l.starts_with(prefix))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no journal line `{prefix}`: {:#?}",
+            server.journal()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_fresh_start_says_what_it_will_roll_out_and_a_restart_logs_the_rollouts_it_resumes() {
+    let fleet = Fleet::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    work.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml_with("    hz: 20", "stages: [1, '100%']\n    bake: 3s"),
+    );
+    let commit = work.commit("cache: hz 20");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let log = state.path().join("serve.log");
+    let mut server = Server::start_logged(&remote, state.path(), &[], Some(log.clone()));
+
+    // The first entry: the revision, and what it leaves to roll out (its nodes had not
+    // reported yet), never "no cluster changed".
+    until_journaled(&server, "cache: rollout of ", Duration::from_secs(20));
+    let journal = server.journal();
+    assert_eq!(
+        journal[0],
+        format!(
+            "revision {} (the first revision) taken: 1 cluster(s) to roll out as their nodes report: cache\n",
+            &commit[..12]
+        ),
+        "{journal:#?}"
+    );
+    assert!(
+        !journal.iter().any(|m| m.contains("no cluster changed")),
+        "{journal:#?}"
+    );
+
+    // Killed while the canary bakes: the restarted server says what it resumes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.journal().iter().any(|m| {
+        m.lines()
+            .any(|l| l.ends_with(&format!(" applied {commit}")))
+    }) {
+        assert!(Instant::now() < deadline, "{:#?}", server.journal());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill9();
+    server.restart();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let resumed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("resumed after a restart"))
+        .collect();
+    assert_eq!(resumed.len(), 1, "{text}");
+    assert!(
+        resumed[0].ends_with(&format!(
+            "cache: rollout of {} resumed after a restart: batch 1 of 4, baking again for 3000 ms before its gates are judged",
+            &commit[..12]
+        )),
+        "{text}"
+    );
+    converge(&fleet, "hz", "20", Duration::from_secs(30));
+}
+
 #[test]
 fn gitlab_and_gitea_pushes_start_rollouts_and_their_wrong_secrets_are_refused() {
     let fleet = Fleet::start();

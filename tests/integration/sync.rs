@@ -335,7 +335,9 @@ spec:
     let (code, out) = sync(&repo, &["--yes"]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("cache: waiting: inside deny window `change-freeze`; no opening before "),
+        out.contains(
+            "cache: waiting: inside deny window `change-freeze`; no opening found before "
+        ),
         "{out}"
     );
     assert!(out.contains("--override-window REASON"), "{out}");

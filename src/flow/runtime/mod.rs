@@ -337,6 +337,9 @@ pub(crate) fn start(
     core.report_grace_ms = grace_ms;
     let (tx, rx) = mpsc::channel::<Msg>(4096);
     let handle = Handle::new(tx, metrics, status_rx);
+    for line in core.resuming(grace_ms) {
+        tracing::warn!("{line}");
+    }
     let resumed = core.resume(grace_ms);
     let (batches, done) = spawn_writer(&handle, journal, maker, status, status_tx)?;
     let task = tokio::spawn(run(handle.clone(), core, rx, batches, done, resumed));
@@ -717,6 +720,11 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                 }
                 if let Err(e) = journal.note(&revision, &cluster, &text) {
                     tracing::warn!("cannot write the note on {revision}: {e}");
+                }
+            }
+            Effect::Corrected { outcome, .. } => {
+                if let Some(m) = &h.metrics {
+                    m.rollout_ended(outcome);
                 }
             }
             Effect::Timer {

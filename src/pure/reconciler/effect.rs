@@ -20,6 +20,12 @@ pub enum Effect {
         /// `completed`, `rolled_back`, `superseded` or `refused` (for metrics).
         outcome: &'static str,
     },
+    /// A drift correction ended with `outcome` (as `Note`'s, for metrics); it is
+    /// journaled and noted on no config commit.
+    Corrected {
+        cluster: String,
+        outcome: &'static str,
+    },
     /// A batch passed (or was promoted) `ms` after it was assigned (for metrics).
     StageDone { cluster: String, ms: u64 },
     /// Feed `event` to `cluster`'s rollout after `after_ms`, with `run` (the rollout

@@ -151,6 +151,24 @@ fn values(cluster: &Cluster) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The journal line of a new head: what it leaves to roll out (`waiting`), or that it
+/// changed nothing.
+fn taken_line(revision: &str, first: bool, waiting: &[String]) -> String {
+    let first = if first { " (the first revision)" } else { "" };
+    if waiting.is_empty() {
+        return format!(
+            "revision {}{first} taken: no cluster changed",
+            short_id(revision)
+        );
+    }
+    format!(
+        "revision {}{first} taken: {} cluster(s) to roll out as their nodes report: {}",
+        short_id(revision),
+        waiting.len(),
+        waiting.join(", ")
+    )
+}
+
 /// The rollout of `batches` under the cluster's policy.
 fn rollout_spec(
     name: &str,
@@ -339,19 +357,33 @@ impl Reconciler {
             self.state.windows = desired.settings.windows.clone();
             self.windows = compile_windows(&self.state.windows);
         }
+        let first = self.state.head.is_none();
         let new_head = self.state.head.as_deref() != Some(revision.as_str());
         self.state.head = Some(revision.clone());
+        // Clusters this revision gives something to roll out: new content or new nodes.
+        let mut changed = Vec::new();
         for cluster in desired.clusters.values() {
             let params = values(cluster);
             let dig = digest(&params);
             self.touch(&cluster.name);
             let cs = self.state.clusters.entry(cluster.name.clone()).or_default();
-            if cs.target.as_ref().is_some_and(|t| t.digest == dig) {
-                if self.correct_drift {
+            let declared: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
+            let adds_nodes =
+                !cs.declared.is_empty() && declared.iter().any(|id| !cs.declared.contains(id));
+            cs.declared = declared;
+            if let Some(t) = cs.target.as_mut().filter(|t| t.digest == dig) {
+                // Same content: the nodes this revision adds are rolled out under it
+                // (the rollout, its status and its note name the commit that added them).
+                if adds_nodes {
+                    t.revision = revision.clone();
+                    changed.push(cluster.name.clone());
+                }
+                if self.correct_drift || adds_nodes {
                     self.start(&cluster.name, now_ms);
                 }
                 continue;
             }
+            changed.push(cluster.name.clone());
             // New content: a refusal (always of the previous target's content) is lifted.
             cs.refused = None;
             cs.target = Some(Target {
@@ -367,13 +399,83 @@ impl Reconciler {
             }
             self.start(&cluster.name, now_ms);
         }
-        if new_head && self.lines.is_empty() {
-            self.lines.push(format!(
-                "revision {} taken: no cluster changed",
-                short_id(&revision)
-            ));
+        let waiting: Vec<String> = changed
+            .into_iter()
+            .filter(|name| self.still_to_roll_out(name))
+            .collect();
+        if new_head && (self.lines.is_empty() || !waiting.is_empty()) {
+            self.lines.insert(0, taken_line(&revision, first, &waiting));
         }
         self.finish()
+    }
+
+    /// True when `name` has no rollout in flight, its content is not refused, and a
+    /// declared node is not assigned its content yet: a rollout is still to start (once
+    /// its nodes report, or can be reached).
+    fn still_to_roll_out(&self, name: &str) -> bool {
+        let Some(cs) = self.state.clusters.get(name) else {
+            return false;
+        };
+        let Some(target) = cs.target.as_ref() else {
+            return false;
+        };
+        let rolling = cs
+            .rollout
+            .as_ref()
+            .is_some_and(|r| !r.rollout.phase.is_final());
+        let refused = cs
+            .refused
+            .as_ref()
+            .is_some_and(|r| r.digest == target.digest);
+        !rolling
+            && !refused
+            && cs.declared.iter().any(|id| {
+                cs.assignments
+                    .get(id)
+                    .is_none_or(|a| a.digest != target.digest)
+            })
+    }
+
+    /// What the server does after a restart, one line per rollout in flight (for its
+    /// log): which cluster, which revision, at which batch, and what it waits for.
+    pub fn resuming(&self, grace_ms: u64) -> Vec<String> {
+        self.state
+            .clusters
+            .iter()
+            .filter_map(|(name, cs)| {
+                let r = &cs.rollout.as_ref()?.rollout;
+                let of = r.spec.batches.len();
+                let what = match &r.phase {
+                    Phase::Pending => "not started yet".to_owned(),
+                    Phase::Waiting { batch, .. } => {
+                        format!("batch {} of {of}, waiting for a rollout window", batch + 1)
+                    }
+                    Phase::Applying { batch } => format!(
+                        "batch {} of {of}, waiting up to {} ms for its nodes to confirm",
+                        batch + 1,
+                        r.spec.apply_timeout_ms.max(grace_ms)
+                    ),
+                    Phase::Baking { batch } | Phase::Judging { batch } => format!(
+                        "batch {} of {of}, baking again for {} ms before its gates are judged",
+                        batch + 1,
+                        r.spec.bake_of(*batch).max(grace_ms)
+                    ),
+                    Phase::Paused { batch, .. } => format!(
+                        "batch {} of {of}, paused: a person decides (resume, rollback)",
+                        batch + 1
+                    ),
+                    Phase::RollingBack { .. } => format!(
+                        "rolling back, waiting up to {} ms for its nodes to confirm",
+                        r.spec.apply_timeout_ms.max(grace_ms)
+                    ),
+                    _ => return None,
+                };
+                Some(format!(
+                    "{name}: rollout of {} resumed after a restart: {what}",
+                    short_id(&r.spec.revision)
+                ))
+            })
+            .collect()
     }
 
     /// A revision that failed validation or trust: journaled, nothing applied.
@@ -436,6 +538,18 @@ impl Reconciler {
             .flat_map(|s| s.batches.iter().cloned())
             .collect();
         self.touch(name);
+        // Only nodes already assigned this content: a drift correction, caused by no
+        // config commit.
+        let correction = self.state.clusters.get(name).is_some_and(|cs| {
+            batches.iter().flatten().all(|id| {
+                cs.assignments
+                    .get(id)
+                    .is_some_and(|a| a.digest == target.digest)
+            })
+        });
+        if correction {
+            self.lines.push(format!("{name}: correcting drift"));
+        }
         let previous = self.previous_revision(name, &target, &batches);
         let restore = self.restore_map(name, cluster, &target, &batches);
         let baseline = self.baseline(cluster);
@@ -461,6 +575,7 @@ impl Reconciler {
             restore,
             batch_started_ms: None,
             run: 0,
+            correction,
         });
         self.notify(started);
         self.feed(name, Event::Begin, now_ms);
@@ -891,14 +1006,16 @@ impl Reconciler {
         }
     }
 
-    /// A rollout reached a final phase: note it on the config commit; a rolled-back
-    /// revision is refused for the cluster until its content changes.
+    /// A rollout reached a final phase: note it on the config commit that caused it (a
+    /// drift correction is journaled instead); a rolled-back revision is refused for the
+    /// cluster until its content changes.
     fn finished(&mut self, name: &str, now_ms: u64) {
         let now = rfc3339(now_ms);
         self.touch(name);
         let cs = self.state.clusters.get_mut(name).expect("cluster state");
         let rec = cs.rollout.as_ref().expect("finished rollout");
         let revision = rec.rollout.spec.revision.clone();
+        let correcting = rec.correction;
         let nodes: Vec<String> = rec.rollout.touched.iter().cloned().collect();
         let outcome = match &rec.rollout.phase {
             Phase::Completed => "completed",
@@ -951,6 +1068,15 @@ impl Reconciler {
                 .revision(&revision)
                 .details(text.clone());
             self.notify(notice);
+        }
+        if correcting {
+            // No config commit caused it: journaled, never noted over a commit's outcome.
+            self.lines.push(format!("{name}: drift correction {text}"));
+            self.effects.push(Effect::Corrected {
+                cluster: name.to_owned(),
+                outcome,
+            });
+            return;
         }
         self.effects.push(Effect::Note {
             revision,
@@ -1184,22 +1310,11 @@ impl Reconciler {
                 .as_ref()
                 .is_some_and(|d| d.clusters.contains_key(name))
             {
-                let mark = self.lines.len();
-                let started = |r: &Reconciler| {
-                    r.state
-                        .clusters
-                        .get(name)
-                        .and_then(|c| c.rollout.as_ref())
-                        .map(|r| (r.started_at.clone(), r.run))
-                };
-                let was = started(self);
                 self.correcting = true;
                 // A rolled-back revision stays refused: correcting would roll it out again.
+                // The rollout it starts, if any, journals `correcting drift` first.
                 self.start(name, now_ms);
                 self.correcting = false;
-                if started(self) != was {
-                    self.lines.insert(mark, format!("{name}: correcting drift"));
-                }
             }
         }
         self.correct_drift = before;

@@ -35,6 +35,10 @@ pub struct ClusterState {
     /// The cluster's content being rolled out or rolled out last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
+    /// The node ids the last revision taken declares: a revision that adds one is the
+    /// cause (and the note's commit) of the rollout that reaches it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declared: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutRecord>,
     /// A revision rolled back: not applied again until the cluster's content changes.
@@ -48,6 +52,8 @@ pub struct ClusterState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
+    /// The revision the rollouts of this content are noted on: the first revision with
+    /// this content, or a later one that added nodes to the cluster.
     pub revision: String,
     /// A digest of the cluster's parameters: equal digests, equal assignments.
     pub digest: String,
@@ -81,6 +87,10 @@ pub struct RolloutRecord {
     /// resume or a rollback never acts on the run after it.
     #[serde(default)]
     pub run: u64,
+    /// A drift correction: the content rolled out again to nodes that drifted from
+    /// their assignment. Noted on no config commit (journaled only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub correction: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1269,3 +1269,198 @@ spec:
         .unwrap();
     assert!(journal_at < notice_at);
 }
+
+/// Drive the rollout in flight through both batches (a2, then a1 and b1) to completed.
+fn complete(r: &mut Reconciler, at: u64) -> Vec<Effect> {
+    let mut effects = confirm(r, "a2", at);
+    effects.extend(core(r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, at)));
+    effects.extend(confirm(r, "a1", at));
+    effects.extend(confirm(r, "b1", at));
+    effects.extend(core(r.timer(CLUSTER, Event::BakeElapsed { batch: 1 }, at)));
+    assert_eq!(phase(r), Phase::Completed);
+    effects
+}
+
+/// The one-cluster repository with a fourth node, `c1` (a primary of shard `c`).
+fn with_c1(commit: &str, parameters: &str) -> Desired {
+    let yaml = cluster_yaml(parameters, None, ROLLOUT).replace(
+        "  rollout:",
+        "    - {id: c1, address: '127.0.0.1:7004', shard: c, role: primary}\n  rollout:",
+    );
+    load(commit, &yaml)
+}
+
+#[test]
+fn a_node_added_by_a_commit_is_rolled_out_under_that_commit_and_noted_on_it() {
+    let mut r = started();
+    let effects = complete(&mut r, 1_000);
+    assert_eq!(
+        notes(&effects),
+        vec![(
+            R1,
+            "completed 1970-01-01T00:00:01Z: reached 3 node(s): a1, a2, b1"
+        )]
+    );
+
+    // R2 adds c1 and changes no parameter: c1 gets the content under R2.
+    let mut nodes = live(&[("hz", "20")]);
+    nodes.nodes.insert("c1".into(), node(&[("hz", "10")]));
+    let effects = core(r.revision(with_c1(R2, "hz: 20"), Some(&nodes), 2_000));
+    assert_eq!(
+        journals(&effects),
+        vec![[
+            format!("cache: rollout of {R2} started, 1 batch(es)"),
+            format!("cache: batch 1 of 1 assigned {R2}: c1"),
+        ]
+        .join("\n")]
+    );
+    let cs = &r.state.clusters[CLUSTER];
+    assert_eq!(cs.target.as_ref().map(|t| t.revision.as_str()), Some(R2));
+    assert_eq!(
+        cs.assignments["a1"].revision, R1,
+        "a1 keeps what it was given"
+    );
+    assert_eq!(r.assignment("c1").revision.as_deref(), Some(R2));
+    assert!(!r.state.clusters[CLUSTER]
+        .rollout
+        .as_ref()
+        .is_some_and(|x| x.correction));
+
+    let mut effects = confirm(&mut r, "c1", 3_000);
+    effects.extend(core(r.timer(
+        CLUSTER,
+        Event::BakeElapsed { batch: 0 },
+        3_000,
+    )));
+    assert_eq!(
+        notes(&effects),
+        vec![(R2, "completed 1970-01-01T00:00:03Z: reached 1 node(s): c1")],
+        "noted on the commit that added c1, not over R1's note"
+    );
+
+    // A later commit that adds no node and changes nothing starts nothing.
+    let effects = core(r.revision(with_c1(R3, "hz: 20"), None, 4_000));
+    assert_eq!(
+        effects,
+        vec![journal(&[&format!(
+            "revision {} taken: no cluster changed",
+            &R3[..12]
+        )])]
+    );
+    assert_eq!(
+        r.state.clusters[CLUSTER].target.as_ref().unwrap().revision,
+        R2
+    );
+}
+
+#[test]
+fn a_drift_correction_is_journaled_and_noted_on_no_commit() {
+    let mut r = started();
+    complete(&mut r, 1_000);
+    // Someone changes a2 by hand.
+    let (_, _) = r
+        .report("a2", report("a2", node(&[("hz", "11")]), None), 2_000)
+        .expect("a declared node");
+    let effects = r.correct(&[CLUSTER.to_owned()], 2_000);
+    assert_eq!(
+        journals(&effects),
+        vec![[
+            "cache: correcting drift".to_owned(),
+            format!("cache: rollout of {R1} started, 1 batch(es)"),
+            format!("cache: batch 1 of 1 assigned {R1}: a2"),
+        ]
+        .join("\n")]
+    );
+    assert!(rollout_record(&r).correction);
+    let mut effects = r
+        .report(
+            "a2",
+            report(
+                "a2",
+                node(&[("hz", "20")]),
+                Some(result(&r.assignment("a2"), Outcome::Applied, None)),
+            ),
+            3_000,
+        )
+        .expect("a declared node")
+        .1;
+    effects.extend(r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, 3_000));
+    assert_eq!(
+        notes(&effects),
+        vec![],
+        "a correction is no commit's outcome"
+    );
+    assert!(effects.contains(&Effect::Corrected {
+        cluster: CLUSTER.into(),
+        outcome: "completed",
+    }));
+    let lines: Vec<&str> = journals(&effects)
+        .into_iter()
+        .flat_map(str::lines)
+        .collect();
+    assert!(
+        lines.contains(
+            &"cache: drift correction completed 1970-01-01T00:00:03Z: reached 1 node(s): a2"
+        ),
+        "{lines:#?}"
+    );
+}
+
+fn rollout_record(r: &Reconciler) -> &RolloutRecord {
+    r.state.clusters[CLUSTER]
+        .rollout
+        .as_ref()
+        .expect("a rollout record")
+}
+
+#[test]
+fn the_first_revision_says_what_it_leaves_to_roll_out_not_that_nothing_changed() {
+    let mut r = Reconciler::new(State::default());
+    r.report_grace_ms = 5_000;
+    let effects = core(r.revision(desired(R1, "hz: 20"), None, 0));
+    assert_eq!(
+        effects,
+        vec![journal(&[&format!(
+            "revision {} (the first revision) taken: 1 cluster(s) to roll out as their nodes report: cache",
+            &R1[..12]
+        )])]
+    );
+    // A later head with new content, before the nodes reported: no "(the first ...)".
+    let effects = core(r.revision(desired(R2, "hz: 21"), None, 100));
+    assert_eq!(
+        effects,
+        vec![journal(&[&format!(
+            "revision {} taken: 1 cluster(s) to roll out as their nodes report: cache",
+            &R2[..12]
+        )])]
+    );
+}
+
+#[test]
+fn after_a_restart_the_rollouts_resumed_are_described_for_the_log() {
+    let r = at_batch_two();
+    let state = r.state.clone();
+    let again = Reconciler::new(state);
+    assert_eq!(
+        again.resuming(5_000),
+        vec![format!(
+            "cache: rollout of {} resumed after a restart: batch 2 of 2, waiting up to 10000 ms for its nodes to confirm",
+            &R1[..12]
+        )]
+    );
+    let mut r = started();
+    confirm(&mut r, "a2", 1_000);
+    let again = Reconciler::new(r.state.clone());
+    assert_eq!(
+        again.resuming(5_000),
+        vec![format!(
+            "cache: rollout of {} resumed after a restart: batch 1 of 2, baking again for 5000 ms before its gates are judged",
+            &R1[..12]
+        )]
+    );
+    complete(&mut r, 2_000);
+    assert_eq!(
+        Reconciler::new(r.state.clone()).resuming(5_000),
+        Vec::<String>::new()
+    );
+}
