@@ -384,3 +384,62 @@ fn a_memcached_started_with_other_settings_is_imported_with_exactly_those() {
     );
     converged(repo.path());
 }
+
+#[test]
+fn a_memcached_with_authentication_is_imported_with_the_user_and_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let authfile = dir.path().join("auth");
+    std::fs::write(&authfile, "cacheflow:s3cret-pw\n").unwrap();
+    // (tls.rs's daemon: MemcachedServer waits for an answer it would not get.)
+    let mc = crate::tls::memcached(&["-Y".to_owned(), authfile.display().to_string()]);
+    let repo = TestRepo::new();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+            .args(["import", "--cluster", "m", "--memcached", &mc.addr()])
+            .args(args)
+            .current_dir(repo.path())
+            .env("M_PASSWORD", "s3cret-pw")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // No user: refused before reading; no credentials: the node refuses, nothing written.
+    let (code, out) = run(&["--auth-password-ref", "env:M_PASSWORD"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("give --auth-user too"), "{out}");
+    let (code, out) = run(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("nothing written"), "{out}");
+    assert!(!repo.path().join("clusters").exists());
+
+    let (code, out) = run(&[
+        "--auth-user",
+        "cacheflow",
+        "--auth-password-ref",
+        "env:M_PASSWORD",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let text = repo.read("clusters/m.yaml");
+    assert!(
+        text.contains("  auth:\n    username: \"cacheflow\"\n    password: \"env:M_PASSWORD\"\n"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+    let (code, o, e) = cacheflow(&["validate", "--worktree", "--repo", "."], repo.path());
+    assert_eq!(code, 0, "{o}{e}");
+    // plan --direct needs the password in its environment too.
+    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["plan", "--direct", "--worktree", "--repo", "."])
+        .current_dir(repo.path())
+        .env("M_PASSWORD", "s3cret-pw")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}

@@ -216,7 +216,7 @@ fn redis_plain() -> Daemon {
     })
 }
 
-fn memcached(extra: &[String]) -> Daemon {
+pub(crate) fn memcached(extra: &[String]) -> Daemon {
     let extra = extra.to_vec();
     Daemon::start("memcached", move |port, _| {
         let mut args: Vec<String> = vec![
