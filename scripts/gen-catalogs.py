@@ -54,8 +54,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTES = os.path.join(ROOT, "schemas", "engines", "notes", "redis.json")
 
-# (engine, catalog version, upstream tag). Redis 8.0: the mirror this was generated from
-# had no 8.0.x release yet, only the first milestone; regenerate at a release tag.
+# (engine, catalog version, upstream tag). Redis 8.0: the newest mirror available when this
+# was last run (redis/redis as of 2024-10-18, commit 6a39909) holds no 8.0.x release tag,
+# only the first milestone 8.0-m01; regenerate at a release tag (8.0.0 or later) once a
+# mirror has one.
 ALL = [
     ("redis", "6.2", "6.2.16"),
     ("redis", "7.0", "7.0.15"),
