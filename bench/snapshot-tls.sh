@@ -123,6 +123,16 @@ for kind in plain tls; do
     [ "$up" = "$NODES" ] || die "$kind: $up of $NODES nodes reachable"
 done
 
-hyperfine --warmup 2 --runs "$RUNS" -N \
+hyperfine --warmup 2 --runs "$RUNS" -N --export-json "$TMP/times.json" \
     -n plaintext "$CACHEFLOW snapshot --repo $TMP/plain -o /dev/null" \
     -n tls "$CACHEFLOW snapshot --repo $TMP/tls -o /dev/null"
+# Medians, and the ratio the issue asks about (TLS median / plaintext median).
+python3 - "$TMP/times.json" "$KEY" <<'EOF'
+import json, sys
+r = {b["command"]: b for b in json.load(open(sys.argv[1]))["results"]}
+p, t = r["plaintext"], r["tls"]
+ms = lambda s: s * 1000
+print("certificates %s: median plaintext %.1f ms, TLS %.1f ms: %.2fx (user CPU %.0f / %.0f ms)"
+      % (sys.argv[2], ms(p["median"]), ms(t["median"]), t["median"] / p["median"],
+         ms(p["user"]), ms(t["user"])))
+EOF
