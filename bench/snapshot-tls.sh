@@ -136,3 +136,9 @@ print("certificates %s: median plaintext %.1f ms, TLS %.1f ms: %.2fx (user CPU %
       % (sys.argv[2], ms(p["median"]), ms(t["median"]), t["median"] / p["median"],
          ms(p["user"]), ms(t["user"])))
 EOF
+# The TLS library's own floor: OpenSSL's s_time client making new full handshakes to one
+# of the nodes for 3 s, its CPU per handshake (what any client on this OpenSSL pays).
+floor=$(openssl s_time -connect "127.0.0.1:${PORTS[$NODES]}" -new -time 3 \
+    -CAfile "$TMP/ca.pem" -verify 1 2>/dev/null | awk '/connections in/ && /user sec/ {
+        sub("s;", "", $4); printf "%.2f ms of client CPU per handshake (%d in %ss)", 1000 * $4 / $1, $1, $4 }')
+echo "openssl s_time, $(openssl version | cut -d' ' -f1-2), certificates $KEY: $floor"
