@@ -39,9 +39,9 @@ Usage (Python 3 standard library only):
   scripts/gen-catalogs.py --all --redis-git-dir R.git --valkey-git-dir V.git
       regenerates every committed catalog at the tags listed in ALL below.
 
-With --git-dir the file is read with `git show TAG:src/config.c` and the commit recorded is
-`git rev-parse TAG^{commit}`; with --source-dir the checkout's `git rev-parse HEAD` (or
-"unknown" outside a git work tree).
+With --git-dir src/config.c and src/server.h are read with `git show TAG:...` and the commit
+recorded is `git rev-parse TAG^{commit}`; with --source-dir they are read from the checkout
+and the commit is its `git rev-parse HEAD` (or "unknown" outside a git work tree).
 """
 
 import argparse
