@@ -3,14 +3,16 @@
 # plaintext, side by side in one hyperfine run (issue 18: within 2x).
 #
 #   bench/snapshot-tls.sh                       # 100 nodes, 20 runs, release build
+#   KEY=rsa bench/snapshot-tls.sh               # RSA 2048 certificates instead of ECDSA
 #   NODES=50 RUNS=10 CACHEFLOW=target/debug/cacheflow bench/snapshot-tls.sh
 #
 # Every redis-server listens twice: `port` (plaintext) and `tls-port` with a certificate
 # made here (openssl CLI: a CA and a server certificate for 127.0.0.1). Two repositories
 # declare the same servers, one by their plaintext ports, one by their TLS ports with
 # `tls: {ca: file:...}`. Each snapshot opens a new connection per node, so the TLS one
-# pays a full handshake per node (RSA 2048, TLS 1.3). A check first: both snapshots read
-# NODES reachable nodes.
+# pays a full handshake per node (TLS 1.3). KEY says the certificates' key: ec (the
+# default: ECDSA P-256, what managed services and most new fleets issue) or rsa (RSA
+# 2048). A check first: both snapshots read NODES reachable nodes.
 #
 # Needs: cargo, git, python3, openssl, redis-server (built with TLS), hyperfine.
 set -euo pipefail
@@ -19,6 +21,12 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 NODES=${NODES:-100}
 RUNS=${RUNS:-20}
+KEY=${KEY:-ec}
+case $KEY in
+    ec) NEWKEY=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
+    rsa) NEWKEY=(-newkey rsa:2048) ;;
+    *) printf 'bench/snapshot-tls.sh: KEY is ec or rsa, not %s\n' "$KEY" >&2; exit 1 ;;
+esac
 CACHEFLOW=${CACHEFLOW:-$ROOT/target/release/cacheflow}
 
 die() { printf 'bench/snapshot-tls.sh: %s\n' "$*" >&2; exit 1; }
@@ -51,13 +59,14 @@ if [ "$CACHEFLOW" = "$ROOT/target/release/cacheflow" ]; then
     cargo build --release --quiet
 fi
 "$CACHEFLOW" --version
+echo "certificates: $KEY"
 
 # The certificates.
 (
     cd "$TMP"
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 \
+    openssl req -x509 "${NEWKEY[@]}" -nodes -keyout ca.key -out ca.pem -days 2 \
         -subj "/CN=bench ca" 2>/dev/null
-    openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr \
+    openssl req "${NEWKEY[@]}" -nodes -keyout server.key -out server.csr \
         -subj "/CN=127.0.0.1" 2>/dev/null
     printf 'subjectAltName=IP:127.0.0.1\n' >server.ext
     openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
@@ -114,6 +123,22 @@ for kind in plain tls; do
     [ "$up" = "$NODES" ] || die "$kind: $up of $NODES nodes reachable"
 done
 
-hyperfine --warmup 2 --runs "$RUNS" -N \
+hyperfine --warmup 2 --runs "$RUNS" -N --export-json "$TMP/times.json" \
     -n plaintext "$CACHEFLOW snapshot --repo $TMP/plain -o /dev/null" \
     -n tls "$CACHEFLOW snapshot --repo $TMP/tls -o /dev/null"
+# Medians, and the ratio the issue asks about (TLS median / plaintext median).
+python3 - "$TMP/times.json" "$KEY" <<'EOF'
+import json, sys
+r = {b["command"]: b for b in json.load(open(sys.argv[1]))["results"]}
+p, t = r["plaintext"], r["tls"]
+ms = lambda s: s * 1000
+print("certificates %s: median plaintext %.1f ms, TLS %.1f ms: %.2fx (user CPU %.0f / %.0f ms)"
+      % (sys.argv[2], ms(p["median"]), ms(t["median"]), t["median"] / p["median"],
+         ms(p["user"]), ms(t["user"])))
+EOF
+# The TLS library's own floor: OpenSSL's s_time client making new full handshakes to one
+# of the nodes for 3 s, its CPU per handshake (what any client on this OpenSSL pays).
+floor=$(openssl s_time -connect "127.0.0.1:${PORTS[$NODES]}" -new -time 3 \
+    -CAfile "$TMP/ca.pem" -verify 1 2>/dev/null | awk '/connections in/ && /user sec/ {
+        sub("s;", "", $4); printf "%.2f ms of client CPU per handshake (%d in %ss)", 1000 * $4 / $1, $1, $4 }')
+echo "openssl s_time, $(openssl version | cut -d' ' -f1-2), certificates $KEY: $floor"

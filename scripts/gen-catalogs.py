@@ -13,7 +13,9 @@ script takes, for every parameter that `CONFIG GET` shows (HIDDEN_CONFIG ones ar
   * the range (lower/upper, for ints and sizes);
   * `runtime`: false for IMMUTABLE_CONFIG; `protected` for PROTECTED_CONFIG; `secret` for
     SENSITIVE_CONFIG;
-  * the default, as written in the source (`default`, when it is a plain literal);
+  * the default, as written in the source: a literal, or a macro `#define`d as one in
+    src/server.h or src/config.c (`CONFIG_DEFAULT_PROC_TITLE_TEMPLATE`, `CONFIG_DEFAULT_HZ`);
+    none when it is computed;
   * aliases (`slaveof` for `replicaof`) as parameters of their own.
 
 What config.c cannot say comes from the curated notes (schemas/engines/notes/redis.json,
@@ -37,9 +39,9 @@ Usage (Python 3 standard library only):
   scripts/gen-catalogs.py --all --redis-git-dir R.git --valkey-git-dir V.git
       regenerates every committed catalog at the tags listed in ALL below.
 
-With --git-dir the file is read with `git show TAG:src/config.c` and the commit recorded is
-`git rev-parse TAG^{commit}`; with --source-dir the checkout's `git rev-parse HEAD` (or
-"unknown" outside a git work tree).
+With --git-dir src/config.c and src/server.h are read with `git show TAG:...` and the commit
+recorded is `git rev-parse TAG^{commit}`; with --source-dir they are read from the checkout
+and the commit is its `git rev-parse HEAD` (or "unknown" outside a git work tree).
 """
 
 import argparse
@@ -52,8 +54,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTES = os.path.join(ROOT, "schemas", "engines", "notes", "redis.json")
 
-# (engine, catalog version, upstream tag). Redis 8.0: the mirror this was generated from
-# had no 8.0.x release yet, only the first milestone; regenerate at a release tag.
+# (engine, catalog version, upstream tag). Redis 8.0: the newest mirror available when this
+# was last run (redis/redis as of 2024-10-18, commit 6a39909) holds no 8.0.x release tag,
+# only the first milestone 8.0-m01; regenerate at a release tag (8.0.0 or later) once a
+# mirror has one.
 ALL = [
     ("redis", "6.2", "6.2.16"),
     ("redis", "7.0", "7.0.15"),
@@ -204,8 +208,42 @@ def c_string(expr):
     return m.group(1) if m else None
 
 
-def from_source(src, legacy):
-    """name -> (kind, fields, alias) straight from config.c."""
+def defines(*sources):
+    """NAME -> replacement text of the object-like `#define`s of the sources."""
+    out = {}
+    for src in sources:
+        for m in re.finditer(r"^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+(.+?)[ \t]*(?:/\*.*)?$",
+                             src, re.M):
+            if not m.group(2).endswith("\\"):
+                out.setdefault(m.group(1), m.group(2).strip())
+    return out
+
+
+def expand(expr, macros):
+    """`expr` with the macros it names replaced by their text (a few levels deep)."""
+    e = expr.strip()
+    for _ in range(5):
+        new = re.sub(r"\b[A-Za-z_]\w*\b",
+                     lambda m: "(%s)" % macros[m.group(0)] if m.group(0) in macros
+                     and m.group(0) not in CONSTANTS else m.group(0), e)
+        if new == e:
+            break
+        e = new
+    return e
+
+
+def default_string(expr, macros):
+    """A string default: a literal, or a macro defined as one; None for NULL."""
+    e = expr.strip()
+    if e in macros:
+        e = macros[e].strip()
+    while e.startswith("(") and e.endswith(")"):
+        e = e[1:-1].strip()
+    return c_string(e)
+
+
+def from_source(src, legacy, macros):
+    """name -> (kind, fields, alias) straight from config.c, its macros expanded."""
     enum_words = enums(src)
     params = {}
     for fn, a in table(src):
@@ -227,7 +265,7 @@ def from_source(src, legacy):
                 p["default"] = "yes" if d == "1" else "no"
         elif fn in ("createStringConfig", "createSDSConfig"):
             kind = "string"
-            d = c_string(a[5])
+            d = default_string(a[5], macros)
             p["default"] = d if d is not None else ""
         elif fn == "createEnumConfig":
             words, seen = [], set()
@@ -259,7 +297,7 @@ def from_source(src, legacy):
                 p["min"] = lower
             if upper is not None:
                 p["max"] = upper
-            d = number(a[6])
+            d = number(expand(a[6], macros))
             if d is not None:
                 p["default"] = str(d) if kind != "octal" else format(d, "o")
         elif fn == "createSpecialConfig":
@@ -348,12 +386,13 @@ def merge(name, kind, p, note):
     return {k: out[k] for k in FIELD_ORDER if k in out}
 
 
-def generate(engine, version, src, tag, commit, repository):
+def generate(engine, version, src, tag, commit, repository, header=""):
     with open(NOTES) as f:
         notes = json.load(f)["parameters"]
     legacy = LEGACY_62 if re.search(r"standardConfig\s+configs\[\]\s*=", src) else set()
     params = {}
-    for name, (kind, p, alias) in from_source(strip_comments(src), legacy).items():
+    macros = defines(header, src)
+    for name, (kind, p, alias) in from_source(strip_comments(src), legacy, macros).items():
         # A parameter renamed upstream keeps its note under either name
         # (`aof_rewrite_cpulist` became `aof-rewrite-cpulist` in 7.4).
         entry = merge(name, kind, p, notes.get(name) or notes.get(alias or "", {}))
@@ -400,18 +439,22 @@ def git(git_dir, *args):
 
 
 def read(args_git_dir, source_dir, tag):
+    """src/config.c, src/server.h (where its default macros are defined) and the commit."""
     if args_git_dir:
         src = git(args_git_dir, "show", "%s:src/config.c" % tag)
+        header = git(args_git_dir, "show", "%s:src/server.h" % tag)
         commit = git(args_git_dir, "rev-parse", "%s^{commit}" % tag).strip()
-        return src, commit
+        return src, header, commit
     with open(os.path.join(source_dir, "src", "config.c")) as f:
         src = f.read()
+    with open(os.path.join(source_dir, "src", "server.h")) as f:
+        header = f.read()
     try:
         commit = subprocess.run(["git", "-C", source_dir, "rev-parse", "HEAD"], check=True,
                                 capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    return src, commit
+    return src, header, commit
 
 
 def main():
@@ -431,8 +474,8 @@ def main():
         for engine, version, tag in ALL:
             if not dirs[engine]:
                 sys.exit("--all needs --%s-git-dir" % engine)
-            src, commit = read(dirs[engine], None, tag)
-            doc = generate(engine, version, src, tag, commit, REPOSITORIES[engine])
+            src, header, commit = read(dirs[engine], None, tag)
+            doc = generate(engine, version, src, tag, commit, REPOSITORIES[engine], header)
             path = os.path.join(ROOT, "schemas", "engines", "%s-%s.json" % (engine, version))
             with open(path, "w") as f:
                 f.write(render(doc))
@@ -443,9 +486,9 @@ def main():
         ap.error("give --engine, --version and --git-dir with --tag or --source-dir (or --all)")
     if args.git_dir and not args.tag:
         ap.error("--git-dir needs --tag")
-    src, commit = read(args.git_dir, args.source_dir, args.tag)
+    src, header, commit = read(args.git_dir, args.source_dir, args.tag)
     doc = generate(args.engine, args.version, src, args.tag or "", commit,
-                   args.repository or REPOSITORIES[args.engine])
+                   args.repository or REPOSITORIES[args.engine], header)
     sys.stdout.write(render(doc))
 
 

@@ -160,6 +160,77 @@ fn every_redis_catalog_parameter_exists_in_config_get_of_a_real_redis_7() {
     );
 }
 
+/// The parameters the test servers' configuration sets (support/servers.rs), so their
+/// reported value is not the engine's default.
+const SET_BY_THE_TEST_SERVER: &[&str] = &[
+    "port",
+    "bind",
+    "dir",
+    "save",
+    "appendonly",
+    "daemonize",
+    "logfile",
+    "tcpport",
+    "udpport",
+    "inter",
+];
+
+/// The parameters whose catalog default is not what a running server reports.
+fn defaults_unlike(
+    cat: &cacheflow::pure::catalog::Catalog,
+    live: &BTreeMap<String, String>,
+) -> Vec<String> {
+    cat.parameters
+        .iter()
+        .filter(|(name, _)| !SET_BY_THE_TEST_SERVER.contains(&name.as_str()))
+        .filter_map(|(name, spec)| {
+            let default = spec.default.as_ref()?;
+            let reported = live.get(name).cloned().unwrap_or_default();
+            let n = |v: &str| cat.normalize(name, &Value::String(v.to_owned()));
+            match (n(&reported), n(default)) {
+                (Ok(a), Ok(b)) if a == b => None,
+                _ => Some(format!("{name}: catalog `{default}`, server `{reported}`")),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_redis_catalog_default_is_what_a_default_redis_7_reports() {
+    let server = RedisServer::start();
+    let live = server.client().config_get("*");
+    let cat = catalog(Engine::Redis);
+    let with_default = cat
+        .parameters
+        .values()
+        .filter(|s| s.default.is_some())
+        .count();
+    assert!(with_default > 150, "only {with_default} defaults");
+    let unlike = defaults_unlike(cat, &live);
+    assert!(
+        unlike.is_empty(),
+        "defaults unlike the server's: {unlike:#?}"
+    );
+}
+
+#[test]
+fn every_memcached_catalog_default_is_what_a_default_memcached_1_6_reports() {
+    let server = MemcachedServer::start();
+    let settings = server.client().settings();
+    let cat = catalog(Engine::Memcached);
+    let with_default = cat
+        .parameters
+        .values()
+        .filter(|s| s.default.is_some())
+        .count();
+    assert!(with_default >= 50, "only {with_default} defaults");
+    let unlike = defaults_unlike(cat, &settings);
+    assert!(
+        unlike.is_empty(),
+        "defaults unlike the server's: {unlike:#?}"
+    );
+}
+
 #[test]
 fn every_redis_runtime_parameter_is_accepted_by_config_set_and_reads_back_normalised() {
     let server = redis_server();

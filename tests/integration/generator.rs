@@ -43,6 +43,12 @@ fn the_generator_reads_a_config_table_into_the_expected_catalog() {
     assert_eq!(params["slave-read-only"]["runtime"], true, "alias kept");
     assert_eq!(params["requirepass"]["secret"], true);
     assert!(params["requirepass"].get("default").is_none());
+    // Defaults written as macros of server.h are expanded, never taken as empty.
+    assert_eq!(
+        params["proc-title-template"]["default"],
+        "{title} {listen-addr} {server-mode}"
+    );
+    assert_eq!(params["hz"]["default"], "10");
 
     let catalog: Catalog = serde_json::from_str(&text).unwrap();
     assert!(catalog.needs_restart("databases"));

@@ -29,12 +29,12 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// The test's certificates, in a temporary directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = tempfile::Builder::new()
             .prefix("cacheflow-pki-")
             .tempdir()
@@ -114,13 +114,13 @@ impl Pki {
         Pki { dir }
     }
 
-    fn path(&self, file: &str) -> String {
+    pub(crate) fn path(&self, file: &str) -> String {
         self.dir.path().join(file).display().to_string()
     }
 }
 
 /// A server process on a loopback port, killed on drop.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
@@ -160,7 +160,7 @@ impl Daemon {
         }
     }
 
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 }
@@ -174,7 +174,7 @@ impl Drop for Daemon {
 
 /// `redis-server` with only a TLS port, serving `cert`; `clients` asks for a client
 /// certificate.
-fn redis_tls(pki: &Pki, cert: &str, clients: bool) -> Daemon {
+pub(crate) fn redis_tls(pki: &Pki, cert: &str, clients: bool) -> Daemon {
     Daemon::start("redis-server", |port, dir| {
         vec![
             "--port".into(),
@@ -216,7 +216,7 @@ fn redis_plain() -> Daemon {
     })
 }
 
-fn memcached(extra: &[String]) -> Daemon {
+pub(crate) fn memcached(extra: &[String]) -> Daemon {
     let extra = extra.to_vec();
     Daemon::start("memcached", move |port, _| {
         let mut args: Vec<String> = vec![
@@ -237,7 +237,7 @@ fn memcached(extra: &[String]) -> Daemon {
     })
 }
 
-fn memcached_tls(pki: &Pki) -> Daemon {
+pub(crate) fn memcached_tls(pki: &Pki) -> Daemon {
     memcached(&[
         "-Z".into(),
         "-o".into(),
@@ -250,7 +250,7 @@ fn memcached_tls(pki: &Pki) -> Daemon {
 }
 
 /// `redis-cli --tls` against `node`: what the server itself says.
-fn redis_cli(pki: &Pki, node: &Daemon, client_cert: bool, args: &[&str]) -> String {
+pub(crate) fn redis_cli(pki: &Pki, node: &Daemon, client_cert: bool, args: &[&str]) -> String {
     let mut cmd = Command::new("redis-cli");
     cmd.args(["-h", "127.0.0.1", "-p", &node.port.to_string()])
         .args(["--tls", "--cacert", &pki.path("ca.pem")]);

@@ -352,7 +352,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     use crate::flow::pipeline::import::{self, ImportRequest};
     use crate::pure::catalog::Engine;
-    use crate::pure::spec::model::{Auth, SecretRef};
+    use crate::pure::spec::model::{Auth, SecretRef, Tls};
 
     let (engine, addresses) = if args.memcached.is_empty() {
         (Engine::Redis, args.redis)
@@ -364,8 +364,8 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
             if !(reference.starts_with("env:") || reference.starts_with("file:")) {
                 bail!("--auth-password-ref takes a reference, env:NAME or file:PATH, never the password itself");
             }
-            if engine == Engine::Memcached {
-                bail!("--auth-password-ref is for Redis and Valkey nodes");
+            if engine == Engine::Memcached && args.auth_user.is_none() {
+                bail!("memcached authentication (-Y) takes a user: give --auth-user too");
             }
             Some(Auth {
                 username: args.auth_user,
@@ -375,12 +375,28 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         None if args.auth_user.is_some() => bail!("--auth-user needs --auth-password-ref"),
         None => None,
     };
+    // Written into the cluster file: an absolute path, so that the repository means the
+    // same files wherever it is run from (symbolic links kept, for rotation).
+    let file_ref = |path: &std::path::PathBuf| -> anyhow::Result<SecretRef> {
+        let absolute = std::path::absolute(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Ok(SecretRef(format!("file:{}", absolute.display())))
+    };
+    let tls = match &args.node_ca_file {
+        Some(ca) => Some(Tls {
+            ca: file_ref(ca)?,
+            cert: args.node_cert_file.as_ref().map(file_ref).transpose()?,
+            key: args.node_key_file.as_ref().map(file_ref).transpose()?,
+            server_name: args.node_server_name.clone(),
+        }),
+        None => None,
+    };
     let request = ImportRequest {
         cluster: args.cluster,
         engine,
         addresses,
         version: args.engine_version,
         auth,
+        tls,
         output: args.output,
         timeout: args.timeout,
     };

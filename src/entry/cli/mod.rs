@@ -240,13 +240,28 @@ pub struct ImportArgs {
     /// The catalog version to compare with (major.minor) instead of the node's own.
     #[arg(long)]
     pub engine_version: Option<String>,
-    /// The ACL user to connect as (Redis 6+).
+    /// The ACL user to connect as (Redis 6+), or memcached's `-Y` user.
     #[arg(long)]
     pub auth_user: Option<String>,
     /// The password, as a reference: env:NAME or file:PATH (written into the cluster
     /// file as such, never resolved into it).
     #[arg(long)]
     pub auth_password_ref: Option<String>,
+    /// Reach the nodes over TLS, trusting the CAs of this PEM bundle; written as the
+    /// cluster's `tls.ca` (as the agent's flag of the same name).
+    #[arg(long)]
+    pub node_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for nodes that ask for one (Redis tls-auth-clients);
+    /// written as `tls.cert`.
+    #[arg(long, requires = "node_ca_file", requires = "node_key_file")]
+    pub node_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PKCS#8 PEM); written as `tls.key`.
+    #[arg(long, requires = "node_cert_file")]
+    pub node_key_file: Option<PathBuf>,
+    /// The name the nodes' certificates are for, when not each node's host; written as
+    /// `tls.serverName`.
+    #[arg(long, requires = "node_ca_file")]
+    pub node_server_name: Option<String>,
     /// The config repository's directory.
     #[arg(long, default_value = ".")]
     pub output: PathBuf,

@@ -1,6 +1,7 @@
 //! `cacheflow import`: read running nodes and write the cluster file that describes
 //! them (engine, version, the parameters that differ from that version's catalog
-//! defaults, nodes with roles and shards from replication, auth as a secret reference).
+//! defaults, nodes with roles and shards from replication, auth as a secret reference,
+//! `tls` as the references it was reached with).
 //! Every node is read before anything is written: a node that is down or refuses the
 //! credentials given fails the import with nothing written.
 
@@ -16,7 +17,7 @@ use crate::edges::nodes::redis::RedisDriver;
 use crate::edges::nodes::NodeDriver;
 use crate::pure::catalog::{known_versions, CatalogId, Engine, Product};
 use crate::pure::live::NodeLive;
-use crate::pure::spec::model::Auth;
+use crate::pure::spec::model::{Auth, Tls};
 
 /// What to import.
 pub struct ImportRequest {
@@ -26,6 +27,8 @@ pub struct ImportRequest {
     /// `--engine-version`: the catalog version to use instead of the node's.
     pub version: Option<String>,
     pub auth: Option<Auth>,
+    /// Reach the nodes over TLS with these references, and write them as `spec.tls`.
+    pub tls: Option<Tls>,
     pub output: PathBuf,
     pub timeout: Duration,
 }
@@ -110,13 +113,19 @@ fn read_nodes(req: &ImportRequest) -> Result<Vec<Read>, String> {
         for (i, address) in req.addresses.iter().enumerate() {
             let driver: Arc<dyn NodeDriver> = match req.engine {
                 Engine::Redis => {
-                    let d = Arc::new(RedisDriver::new(address, req.auth.as_ref(), req.timeout));
+                    let d = Arc::new(
+                        RedisDriver::new(address, req.auth.as_ref(), req.timeout)
+                            .with_tls(req.tls.clone()),
+                    );
                     redis.push(d.clone());
                     d
                 }
-                Engine::Memcached => {
-                    Arc::new(MemcachedDriver::new(address.clone()).with_timeout(req.timeout))
-                }
+                Engine::Memcached => Arc::new(
+                    MemcachedDriver::new(address.clone())
+                        .with_timeout(req.timeout)
+                        .with_auth(req.auth.clone())
+                        .with_tls(req.tls.clone()),
+                ),
             };
             targets.push(Target::new(format!("{i:06}"), req.cluster.clone(), driver));
         }
@@ -247,7 +256,7 @@ fn compose(req: &ImportRequest, reads: &[Read]) -> Result<(String, Vec<String>),
     let (mut per_node, mut no_default) = (Vec::new(), 0usize);
     for (name, value) in &first.live.parameters {
         let Some(spec) = cat.get(name) else { continue };
-        if spec.secret {
+        if spec.secret || PER_NODE.contains(&name.as_str()) {
             continue;
         }
         if !reads.iter().all(|r| {
@@ -318,6 +327,19 @@ fn compose(req: &ImportRequest, reads: &[Read]) -> Result<(String, Vec<String>),
         }
         let _ = writeln!(text, "    password: {}", quoted(&auth.password.0));
     }
+    if let Some(tls) = &req.tls {
+        text.push_str("  tls:\n");
+        let _ = writeln!(text, "    ca: {}", quoted(&tls.ca.0));
+        if let Some(cert) = &tls.cert {
+            let _ = writeln!(text, "    cert: {}", quoted(&cert.0));
+        }
+        if let Some(key) = &tls.key {
+            let _ = writeln!(text, "    key: {}", quoted(&key.0));
+        }
+        if let Some(name) = &tls.server_name {
+            let _ = writeln!(text, "    serverName: {}", quoted(name));
+        }
+    }
     text.push_str("  nodes:\n");
     for (i, r) in reads.iter().enumerate() {
         let id = &ids[i];
@@ -355,6 +377,21 @@ fn compose(req: &ImportRequest, reads: &[Read]) -> Result<(String, Vec<String>),
     }
     Ok((text, notes))
 }
+
+/// Parameters that say where one node listens: its own, even when a single node is
+/// imported, so never a cluster's.
+const PER_NODE: &[&str] = &[
+    "port",
+    "tls-port",
+    "bind",
+    "unixsocket",
+    "replicaof",
+    "slaveof",
+    "tcpport",
+    "udpport",
+    "inter",
+    "domain_socket",
+];
 
 fn normal(cat: &crate::pure::catalog::Catalog, name: &str, value: &str) -> String {
     cat.normalize(name, &serde_json::Value::String(value.to_owned()))
