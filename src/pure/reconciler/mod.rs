@@ -49,6 +49,14 @@ pub enum RefusedInput {
     UnknownCluster(String),
     #[error("cluster `{0}` has no rollout in progress")]
     NoRollout(String),
+    /// A person's command the rollout's phase does not take (`rollout::refusal`).
+    #[error("cluster `{cluster}`: cannot {command} the rollout of {revision}: {why}")]
+    NotTaken {
+        cluster: String,
+        command: &'static str,
+        revision: String,
+        why: String,
+    },
     #[error("the report is for node `{found}`, not `{expected}`")]
     WrongNode { expected: String, found: String },
 }
@@ -339,6 +347,7 @@ impl Reconciler {
             self.state.windows = desired.settings.windows.clone();
             self.windows = compile_windows(&self.state.windows);
         }
+        self.drop_removed(&revision, now_ms);
         let new_head = self.state.head.as_deref() != Some(revision.as_str());
         self.state.head = Some(revision.clone());
         for cluster in desired.clusters.values() {
@@ -374,6 +383,68 @@ impl Reconciler {
             ));
         }
         self.finish()
+    }
+
+    /// Nodes the new revision no longer declares in a cluster (removed from it, moved to
+    /// another, or their cluster removed): their assignments are dropped at once, so they
+    /// leave the status, `/api/v1/clusters` and `cacheflow_nodes` when the revision is
+    /// taken, and the journal says so. A rollout in flight goes on without them; one left
+    /// with no node, or whose cluster is gone, is superseded by the revision.
+    fn drop_removed(&mut self, revision: &str, now_ms: u64) {
+        let names: Vec<String> = self.state.clusters.keys().cloned().collect();
+        for name in names {
+            let cs = &self.state.clusters[&name];
+            let in_flight = cs
+                .rollout
+                .as_ref()
+                .filter(|r| !r.rollout.phase.is_final())
+                .map(|r| &r.rollout);
+            let here = |id: &String| self.node_cluster.get(id) == Some(&name);
+            let gone: BTreeSet<String> = cs
+                .assignments
+                .keys()
+                .chain(
+                    in_flight
+                        .iter()
+                        .flat_map(|r| r.spec.batches.iter().flatten()),
+                )
+                .filter(|id| !here(id))
+                .cloned()
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            let left = in_flight
+                .is_some_and(|r| r.spec.batches.iter().flatten().any(|id| !gone.contains(id)));
+            let declared = self
+                .desired
+                .as_ref()
+                .is_some_and(|d| d.clusters.contains_key(&name));
+            let dropped: Vec<String> = gone
+                .iter()
+                .filter(|id| cs.assignments.contains_key(*id))
+                .cloned()
+                .collect();
+            let flying = in_flight.is_some();
+            self.touch(&name);
+            let cs = self.state.clusters.get_mut(&name).expect("listed above");
+            for id in &dropped {
+                cs.assignments.remove(id);
+            }
+            if !dropped.is_empty() {
+                self.lines.push(format!(
+                    "{name}: {} no longer declared in the cluster: assignment dropped",
+                    dropped.join(", ")
+                ));
+            }
+            if flying && declared && left {
+                let nodes = gone.into_iter().collect();
+                self.feed(&name, Event::NodesRemoved { nodes }, now_ms);
+            } else if flying {
+                let revision = revision.to_owned();
+                self.feed(&name, Event::Supersede { revision }, now_ms);
+            }
+        }
     }
 
     /// A revision that failed validation or trust: journaled, nothing applied.
@@ -1270,7 +1341,8 @@ impl Reconciler {
         self.finish()
     }
 
-    /// A person's command (pause, resume, promote, abort).
+    /// A person's command (pause, resume, promote, abort, override): refused when the
+    /// cluster has no rollout in progress or its phase does not take the command.
     pub fn command(
         &mut self,
         cluster: &str,
@@ -1280,12 +1352,16 @@ impl Reconciler {
         let Some(cs) = self.state.clusters.get(cluster) else {
             return Err(RefusedInput::UnknownCluster(cluster.to_owned()));
         };
-        if cs
-            .rollout
-            .as_ref()
-            .is_none_or(|r| r.rollout.phase.is_final())
-        {
+        let Some(rec) = cs.rollout.as_ref().filter(|r| !r.rollout.phase.is_final()) else {
             return Err(RefusedInput::NoRollout(cluster.to_owned()));
+        };
+        if let Some(refused) = rollout::refusal(&rec.rollout, &event) {
+            return Err(RefusedInput::NotTaken {
+                cluster: cluster.to_owned(),
+                command: refused.command,
+                revision: short_id(&rec.rollout.spec.revision).to_owned(),
+                why: refused.why,
+            });
         }
         self.feed(cluster, event, now_ms);
         Ok(self.finish())
