@@ -331,6 +331,9 @@ fn build_cluster(
     // A cluster whose profile is broken is not held to policies: its parameters are
     // unknown, and the profile's own errors say what to fix.
     if !profile_broken {
+        if selected {
+            engine_rules(ctx, p, declared.id, &params, spec.auth.is_some());
+        }
         apply_policies(ctx, p, &spec, policies, raw_params);
     }
     Some(Cluster {
@@ -420,6 +423,36 @@ fn merge_profile(
         ),
     }
     false
+}
+
+/// Combinations of parameters the engine refuses to start with (`engine_rules`), each
+/// at the parameter it names, or at `profile` when the profile sets it.
+fn engine_rules(
+    ctx: &mut Ctx,
+    p: &Parsed,
+    catalog: CatalogId,
+    params: &BTreeMap<String, Param>,
+    auth: bool,
+) {
+    for refusal in super::engine_rules::check(catalog, params, auth) {
+        match params.get(refusal.param).and_then(|x| x.profile.as_ref()) {
+            Some(profile) => ctx.at(
+                p,
+                "/spec/profile",
+                format!(
+                    "{} (`{}` from profile `{profile}`)",
+                    refusal.message, refusal.param
+                ),
+            ),
+            None => {
+                let pointer = format!(
+                    "/spec/parameters/{}",
+                    super::yaml::escape_token(refusal.param)
+                );
+                ctx.at(p, &pointer, refusal.message)
+            }
+        }
+    }
 }
 
 /// Memcached's `-Y` authentication takes a user and a password.
