@@ -133,7 +133,7 @@ fn memcached(v: &Values, auth: bool) -> Vec<Refusal> {
                     "slab_chunk_max (bytes: {chunk}) cannot be larger than -I (item_size_max {item})"
                 ),
             ));
-        } else if *chunk > 0 && item % chunk != 0 {
+        } else if !item.is_multiple_of(*chunk) {
             out.push(refuse(
                 at,
                 format!("{item_shown} is not a multiple of {chunk_shown}"),
@@ -143,7 +143,7 @@ fn memcached(v: &Values, auth: bool) -> Vec<Refusal> {
                 ),
             ));
         }
-        if *chunk > 0 && MC_SLAB_PAGE_SIZE % chunk != 0 {
+        if !MC_SLAB_PAGE_SIZE.is_multiple_of(*chunk) {
             out.push(refuse(
                 "slab_chunk_max",
                 format!("{chunk_shown} does not divide the slab page size ({MC_SLAB_PAGE_SIZE})"),
@@ -248,4 +248,74 @@ fn redis(v: &Values) -> Vec<Refusal> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::pure::spec::files::FileSet;
+
+    fn errors(files: &[(&str, &str)]) -> Vec<String> {
+        let set = FileSet {
+            commit: None,
+            files: files
+                .iter()
+                .map(|(p, t)| (p.to_string(), t.to_string()))
+                .collect(),
+            problems: Vec::new(),
+        };
+        match crate::pure::spec::load(&set) {
+            Ok(_) => Vec::new(),
+            Err(diags) => diags.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn cluster(engine: &str, extra: &str, params: &str) -> String {
+        format!(
+            "apiVersion: cacheflow/v1\nkind: Cluster\nmetadata: {{name: c}}\nspec:\n  engine: {engine}\n{extra}  parameters: {{{params}}}\n  nodes:\n    - {{id: n1, address: '10.0.0.1:6379', shard: s1}}\n"
+        )
+    }
+
+    #[test]
+    fn a_value_inherited_from_a_profile_is_reported_at_the_profile() {
+        let profile = "apiVersion: cacheflow/v1\nkind: Profile\nmetadata: {name: big}\nspec:\n  engine: memcached\n  parameters: {item_size_max: 64mb}\n";
+        let c = cluster("memcached", "  profile: big\n", "maxbytes: 64mb");
+        assert_eq!(
+            errors(&[("profiles/big.yaml", profile), ("clusters/c.yaml", &c)]),
+            ["clusters/c.yaml:6:12: `item_size_max` (67108864) is more than half of `maxbytes` (67108864): memcached refuses to start with this (\"Cannot set item size limit higher than 1/2 of memory max.\") (`item_size_max` from profile `big`) (at /spec/profile)"]
+        );
+    }
+
+    #[test]
+    fn valkey_is_named_as_itself_and_values_inside_the_rules_pass() {
+        let c = cluster(
+            "valkey",
+            "  version: '8.0'\n",
+            "cluster-enabled: yes, replicaof: '10.0.0.9 6379'",
+        );
+        assert_eq!(
+            errors(&[("clusters/c.yaml", &c)]),
+            ["clusters/c.yaml:7:49: `replicaof` (10.0.0.9 6379) with `cluster-enabled` (yes): a cluster node's replication is set by CLUSTER REPLICATE: Valkey refuses to start with this (\"replicaof directive not allowed in cluster mode\") (at /spec/parameters/replicaof)"]
+        );
+        for (engine, params) in [
+            (
+                "memcached",
+                "maxbytes: 2gb, item_size_max: 1gb, slab_chunk_max: 512kb",
+            ),
+            (
+                "memcached",
+                "item_size_max: 512kb, hot_lru_pct: 30, warm_lru_pct: 50",
+            ),
+            ("memcached", "temporary_ttl: 60, lru_maintainer_thread: yes"),
+            ("redis", "cluster-enabled: yes, replicaof: ''"),
+            ("redis", "port: 0, tls-port: 6380"),
+            ("redis", "shutdown-on-sigint: save now force"),
+        ] {
+            let c = cluster(engine, "", params);
+            assert_eq!(
+                errors(&[("clusters/c.yaml", &c)]),
+                Vec::<String>::new(),
+                "{params}"
+            );
+        }
+    }
 }
