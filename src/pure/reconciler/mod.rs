@@ -393,58 +393,78 @@ impl Reconciler {
     fn drop_removed(&mut self, revision: &str, now_ms: u64) {
         let names: Vec<String> = self.state.clusters.keys().cloned().collect();
         for name in names {
-            let cs = &self.state.clusters[&name];
-            let in_flight = cs
-                .rollout
-                .as_ref()
-                .filter(|r| !r.rollout.phase.is_final())
-                .map(|r| &r.rollout);
-            let here = |id: &String| self.node_cluster.get(id) == Some(&name);
-            let gone: BTreeSet<String> = cs
-                .assignments
-                .keys()
-                .chain(
-                    in_flight
-                        .iter()
-                        .flat_map(|r| r.spec.batches.iter().flatten()),
-                )
-                .filter(|id| !here(id))
-                .cloned()
-                .collect();
+            let gone = self.undeclared_in(&name);
             if gone.is_empty() {
                 continue;
             }
-            let left = in_flight
-                .is_some_and(|r| r.spec.batches.iter().flatten().any(|id| !gone.contains(id)));
-            let declared = self
-                .desired
-                .as_ref()
-                .is_some_and(|d| d.clusters.contains_key(&name));
-            let dropped: Vec<String> = gone
-                .iter()
-                .filter(|id| cs.assignments.contains_key(*id))
-                .cloned()
-                .collect();
-            let flying = in_flight.is_some();
-            self.touch(&name);
-            let cs = self.state.clusters.get_mut(&name).expect("listed above");
-            for id in &dropped {
-                cs.assignments.remove(id);
-            }
-            if !dropped.is_empty() {
-                self.lines.push(format!(
-                    "{name}: {} no longer declared in the cluster: assignment dropped",
-                    dropped.join(", ")
-                ));
-            }
-            if flying && declared && left {
-                let nodes = gone.into_iter().collect();
-                self.feed(&name, Event::NodesRemoved { nodes }, now_ms);
-            } else if flying {
-                let revision = revision.to_owned();
-                self.feed(&name, Event::Supersede { revision }, now_ms);
-            }
+            self.drop_assignments(&name, &gone);
+            self.leave_rollout(&name, gone, revision, now_ms);
         }
+    }
+
+    /// The nodes `name` holds (assigned, or in its rollout in flight) that the current
+    /// revision does not declare in it.
+    fn undeclared_in(&self, name: &str) -> BTreeSet<String> {
+        let cs = &self.state.clusters[name];
+        let in_flight = cs
+            .rollout
+            .as_ref()
+            .filter(|r| !r.rollout.phase.is_final())
+            .map(|r| &r.rollout);
+        cs.assignments
+            .keys()
+            .chain(
+                in_flight
+                    .iter()
+                    .flat_map(|r| r.spec.batches.iter().flatten()),
+            )
+            .filter(|id| self.node_cluster.get(*id).map(String::as_str) != Some(name))
+            .cloned()
+            .collect()
+    }
+
+    fn drop_assignments(&mut self, name: &str, gone: &BTreeSet<String>) {
+        self.touch(name);
+        let cs = self.state.clusters.get_mut(name).expect("a cluster listed");
+        let dropped: Vec<&str> = gone
+            .iter()
+            .filter(|id| cs.assignments.remove(*id).is_some())
+            .map(String::as_str)
+            .collect();
+        if !dropped.is_empty() {
+            self.lines.push(format!(
+                "{name}: {} no longer declared in the cluster: assignment dropped",
+                dropped.join(", ")
+            ));
+        }
+    }
+
+    /// The rollout in flight, if any, goes on without `gone`; superseded by `revision`
+    /// when no node of it is left or its cluster is gone.
+    fn leave_rollout(&mut self, name: &str, gone: BTreeSet<String>, revision: &str, now_ms: u64) {
+        let Some(r) = self.state.clusters[name]
+            .rollout
+            .as_ref()
+            .map(|rec| &rec.rollout)
+            .filter(|r| !r.phase.is_final())
+        else {
+            return;
+        };
+        let left = r.spec.batches.iter().flatten().any(|id| !gone.contains(id));
+        let declared = self
+            .desired
+            .as_ref()
+            .is_some_and(|d| d.clusters.contains_key(name));
+        let event = if left && declared {
+            Event::NodesRemoved {
+                nodes: gone.into_iter().collect(),
+            }
+        } else {
+            Event::Supersede {
+                revision: revision.to_owned(),
+            }
+        };
+        self.feed(name, event, now_ms);
     }
 
     /// A revision that failed validation or trust: journaled, nothing applied.

@@ -1364,3 +1364,27 @@ fn a_rollback_does_not_wait_for_a_node_that_left_the_cluster() {
     );
     assert_eq!(assigned(&r), ["a1", "a2"]);
 }
+
+#[test]
+fn a_rollout_whose_cluster_a_commit_removes_is_superseded_and_its_nodes_dropped() {
+    let mut r = at_batch_two();
+    // The same nodes, now declared in another cluster: `cache` is gone.
+    let yaml = cluster_yaml("hz: 20", None, ROLLOUT).replace("{name: cache}", "{name: other}");
+    let set = FileSet {
+        commit: None,
+        files: [("clusters/other.yaml".to_owned(), yaml)].into(),
+        problems: Vec::new(),
+    };
+    let mut d = crate::pure::spec::load(&set).expect("loads");
+    d.commit = Some(R2.to_owned());
+    let effects = core(r.revision(d, None, 3_000));
+    let lines = journals(&effects).join("\n");
+    assert!(
+        lines.starts_with(&format!(
+            "cache: a1, a2, b1 no longer declared in the cluster: assignment dropped\ncache: rollout of {R1} superseded by {R2}"
+        )),
+        "{lines}"
+    );
+    assert_eq!(phase(&r), Phase::Superseded { by: R2.into() });
+    assert!(assigned(&r).is_empty());
+}
