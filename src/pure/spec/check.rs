@@ -1,8 +1,8 @@
 //! Semantic checks a schema cannot express, and the building of the validated model:
 //! kinds in their directories, names matching files, profiles that resolve, engine
-//! parameters that exist and fit (and combinations the engine starts with, `engine_rules`),
-//! unique node ids and addresses, one primary per shard,
-//! stages that grow to 100%, durations that parse, and the repository's policies.
+//! parameters that exist and fit, combinations the engine starts with (`engine_rules`),
+//! unique node ids and addresses, one primary per shard, stages that grow to 100%,
+//! durations that parse, and the repository's policies.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
