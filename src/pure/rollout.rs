@@ -204,6 +204,12 @@ pub enum Event {
     Supersede {
         revision: String,
     },
+    /// A newer revision no longer declares these nodes in the cluster: they leave the
+    /// rollout (its batches, and a rollback's nodes still to confirm), and it goes on
+    /// with the others.
+    NodesRemoved {
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +250,101 @@ impl Rollout {
     }
 }
 
+/// A person's command the rollout's phase does not take, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRefused {
+    /// `pause`, `resume`, `promote`, `abort` or `override`.
+    pub command: &'static str,
+    /// Where the rollout is, and what the command takes.
+    pub why: String,
+}
+
+/// Whether [`step`] takes a person's command (pause, resume, promote, abort, override)
+/// in the rollout's current phase: `Some` says why not, so the command is refused in
+/// words instead of changing nothing in silence. Other events are never refused here.
+/// A test holds this to `step`: refused exactly when `step` would change nothing.
+pub fn refusal(r: &Rollout, event: &Event) -> Option<CommandRefused> {
+    let running = !r.phase.is_final() && !matches!(r.phase, Phase::RollingBack { .. });
+    let (command, taken, takes) = match event {
+        Event::Pause { .. } => (
+            "pause",
+            matches!(
+                r.phase,
+                Phase::Applying { .. }
+                    | Phase::Baking { .. }
+                    | Phase::Judging { .. }
+                    | Phase::Waiting { .. }
+            ),
+            "pause takes a rollout that is applying, baking, judging or waiting",
+        ),
+        Event::Resume { .. } => (
+            "resume",
+            matches!(r.phase, Phase::Paused { .. }),
+            "resume takes a paused rollout",
+        ),
+        Event::Promote { .. } => (
+            "promote",
+            matches!(
+                r.phase,
+                Phase::Baking { .. } | Phase::Judging { .. } | Phase::Paused { .. }
+            ),
+            "promote takes a batch that is baking, judging or paused",
+        ),
+        Event::Abort { .. } => (
+            "abort",
+            running,
+            "abort takes a rollout that has not ended and is not rolling back",
+        ),
+        Event::Override { .. } => {
+            if let (true, Some(done)) = (running, &r.window_override) {
+                return Some(CommandRefused {
+                    command: "override",
+                    why: format!(
+                        "its rollout windows were already overridden ({done}); override is taken once per rollout"
+                    ),
+                });
+            }
+            (
+                "override",
+                running,
+                "override takes a rollout that has not ended and is not rolling back",
+            )
+        }
+        _ => return None,
+    };
+    (!taken).then(|| CommandRefused {
+        command,
+        why: format!("it is {}; {takes}", r.phase_text(r.spec.batches.len())),
+    })
+}
+
+impl Rollout {
+    /// The phase in words, for a refusal: `paused at batch 1 of 3 (paused by alice)`.
+    fn phase_text(&self, batches: usize) -> String {
+        match &self.phase {
+            Phase::Pending => "not begun".to_owned(),
+            Phase::Applying { batch } => format!("applying batch {} of {batches}", batch + 1),
+            Phase::Baking { batch } => format!("baking batch {} of {batches}", batch + 1),
+            Phase::Judging { batch } => {
+                format!("judging the gates of batch {} of {batches}", batch + 1)
+            }
+            Phase::Waiting { batch, reason } => {
+                format!(
+                    "waiting to start batch {} of {batches} ({reason})",
+                    batch + 1
+                )
+            }
+            Phase::Paused { batch, reason } => {
+                format!("paused at batch {} of {batches} ({reason})", batch + 1)
+            }
+            Phase::RollingBack { reason } => format!("rolling back ({reason})"),
+            Phase::Completed => "completed".to_owned(),
+            Phase::RolledBack { reason } => format!("rolled back ({reason})"),
+            Phase::Superseded { by } => format!("superseded by {by}"),
+        }
+    }
+}
+
 /// One transition. Events that do not apply in the current phase change nothing and
 /// return no action (a late timer, a node confirming twice, a resume while running).
 pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
@@ -260,6 +361,9 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                 ),
             );
             r.phase = Phase::Superseded { by: revision };
+        }
+        (_, Event::NodesRemoved { nodes }) if !r.phase.is_final() => {
+            leave(&mut r, &nodes, &mut actions);
         }
         (Phase::Pending, Event::Begin) => {
             journal(
@@ -291,11 +395,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                     );
                 }
                 if r.batch_nodes(batch).iter().all(|n| r.confirmed.contains(n)) {
-                    r.phase = Phase::Baking { batch };
-                    actions.push(Action::Timer {
-                        after_ms: r.spec.bake_of(batch),
-                        event: Event::BakeElapsed { batch },
-                    });
+                    bake(&mut r, batch, &mut actions);
                 }
             } else {
                 let why = format!(
@@ -431,11 +531,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             let reason = reason.clone();
             r.restoring.remove(&node);
             if r.restoring.is_empty() {
-                journal(
-                    &mut actions,
-                    format!("{}: rolled back to {revision}", r.spec.cluster),
-                );
-                r.phase = Phase::RolledBack { reason };
+                rolled_back(&mut r, reason, &mut actions);
             }
         }
         (Phase::RollingBack { reason }, Event::RollbackTimedOut) => {
@@ -460,7 +556,81 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
     (r, actions)
 }
 
+/// Every node of `batch` confirmed: bake it.
+fn bake(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
+    r.phase = Phase::Baking { batch };
+    actions.push(Action::Timer {
+        after_ms: r.spec.bake_of(batch),
+        event: Event::BakeElapsed { batch },
+    });
+}
+
+/// Every touched node confirmed the previous revision again (or left the cluster).
+fn rolled_back(r: &mut Rollout, reason: String, actions: &mut Vec<Action>) {
+    actions.push(Action::Journal {
+        message: format!(
+            "{}: rolled back to {}",
+            r.spec.cluster,
+            r.spec.previous.clone().unwrap_or_default()
+        ),
+    });
+    r.phase = Phase::RolledBack { reason };
+}
+
+/// Nodes no longer declared leave the rollout; a batch they emptied is skipped, a batch
+/// whose other nodes all confirmed bakes, a rollback with no node left to confirm ends.
+fn leave(r: &mut Rollout, nodes: &[String], actions: &mut Vec<Action>) {
+    let gone: BTreeSet<&String> = nodes
+        .iter()
+        .filter(|n| r.spec.batches.iter().flatten().any(|m| m == *n) || r.restoring.contains(*n))
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    for batch in &mut r.spec.batches {
+        batch.retain(|n| !gone.contains(n));
+    }
+    for set in [
+        &mut r.spec.restarting,
+        &mut r.touched,
+        &mut r.confirmed,
+        &mut r.restoring,
+    ] {
+        set.retain(|n| !gone.contains(n));
+    }
+    actions.push(Action::Journal {
+        message: format!(
+            "{}: {} left the rollout of {}: no longer declared in the cluster",
+            r.spec.cluster,
+            gone.iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.spec.revision
+        ),
+    });
+    match r.phase.clone() {
+        Phase::Applying { batch } if r.batch_nodes(batch).is_empty() => {
+            next_batch(r, batch, actions)
+        }
+        Phase::Applying { batch }
+            if r.batch_nodes(batch).iter().all(|n| r.confirmed.contains(n)) =>
+        {
+            bake(r, batch, actions)
+        }
+        Phase::Baking { batch } | Phase::Judging { batch } if r.batch_nodes(batch).is_empty() => {
+            next_batch(r, batch, actions)
+        }
+        Phase::RollingBack { reason } if r.restoring.is_empty() => rolled_back(r, reason, actions),
+        _ => {}
+    }
+}
+
 fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
+    // A batch emptied by nodes that left the cluster is skipped.
+    let batch = (batch..r.spec.batches.len())
+        .find(|b| !r.spec.batches[*b].is_empty())
+        .unwrap_or(r.spec.batches.len());
     if batch >= r.spec.batches.len() {
         actions.push(Action::Journal {
             message: format!("{}: {} reached every node", r.spec.cluster, r.spec.revision),
@@ -938,6 +1108,94 @@ mod tests {
         let (same, actions) = step(r.clone(), Event::Resume { by: "x".into() });
         assert_eq!(same, r);
         assert!(actions.is_empty());
+    }
+
+    #[test]
+    fn a_command_is_refused_exactly_when_step_would_change_nothing() {
+        let phases = [
+            Phase::Pending,
+            Phase::Applying { batch: 0 },
+            Phase::Baking { batch: 0 },
+            Phase::Judging { batch: 0 },
+            Phase::Waiting {
+                batch: 1,
+                reason: "closed".into(),
+            },
+            Phase::Paused {
+                batch: 0,
+                reason: "paused by x".into(),
+            },
+            Phase::RollingBack {
+                reason: "aborted by x".into(),
+            },
+            Phase::Completed,
+            Phase::RolledBack {
+                reason: "aborted by x".into(),
+            },
+            Phase::Superseded { by: "newer".into() },
+        ];
+        let commands = [
+            Event::Pause { by: "bob".into() },
+            Event::Resume { by: "bob".into() },
+            Event::Promote { by: "bob".into() },
+            Event::Abort { by: "bob".into() },
+            Event::Override {
+                by: "bob".into(),
+                reason: "INC-2".into(),
+            },
+        ];
+        for overridden in [None, Some("alice: INC-1".to_owned())] {
+            for phase in &phases {
+                for command in &commands {
+                    let mut r = Rollout::new(spec(OnFailure::Rollback));
+                    r.phase = phase.clone();
+                    r.window_override = overridden.clone();
+                    r.touched.insert("a".into());
+                    let (after, _) = step(r.clone(), command.clone());
+                    assert_eq!(
+                        refusal(&r, command).is_none(),
+                        after != r,
+                        "{phase:?} {command:?} overridden {overridden:?}"
+                    );
+                }
+            }
+        }
+        // Not a person's command: never refused here.
+        let r = Rollout::new(spec(OnFailure::Rollback));
+        assert_eq!(refusal(&r, &Event::WindowOpened), None);
+    }
+
+    #[test]
+    fn a_refusal_says_where_the_rollout_is_and_what_the_command_takes() {
+        let mut r = Rollout::new(spec(OnFailure::Rollback));
+        r.phase = Phase::Paused {
+            batch: 0,
+            reason: "paused by alice".into(),
+        };
+        assert_eq!(
+            refusal(&r, &Event::Pause { by: "bob".into() }),
+            Some(CommandRefused {
+                command: "pause",
+                why: "it is paused at batch 1 of 2 (paused by alice); pause takes a rollout that is applying, baking, judging or waiting".into()
+            })
+        );
+        r.phase = Phase::Applying { batch: 1 };
+        assert_eq!(
+            refusal(&r, &Event::Promote { by: "bob".into() }).map(|c| c.why),
+            Some("it is applying batch 2 of 2; promote takes a batch that is baking, judging or paused".into())
+        );
+        r.window_override = Some("alice: INC-1".into());
+        assert_eq!(
+            refusal(
+                &r,
+                &Event::Override {
+                    by: "bob".into(),
+                    reason: "again".into()
+                }
+            )
+            .map(|c| c.why),
+            Some("its rollout windows were already overridden (alice: INC-1); override is taken once per rollout".into())
+        );
     }
 
     #[test]

@@ -16,16 +16,16 @@ use crate::support::receiver::Receiver;
 use crate::support::servers::free_port;
 
 const SECRET: &str = "webhook-secret-for-tests";
-const NODE_SECRET: &str = "node-token-secret-for-tests";
-const ADMIN: &str = "alice:admin-token-0123456789";
+pub(crate) const NODE_SECRET: &str = "node-token-secret-for-tests";
+pub(crate) const ADMIN: &str = "alice:admin-token-0123456789";
 
 /// A bare repository standing in for the forge.
-struct Remote {
+pub(crate) struct Remote {
     dir: tempfile::TempDir,
 }
 
 impl Remote {
-    fn new() -> Remote {
+    pub(crate) fn new() -> Remote {
         let dir = tempfile::Builder::new()
             .prefix("cacheflow-remote-")
             .tempdir()
@@ -38,7 +38,7 @@ impl Remote {
         format!("file://{}", self.dir.path().display())
     }
 
-    fn push(&self, work: &TestRepo, force: bool) {
+    pub(crate) fn push(&self, work: &TestRepo, force: bool) {
         let mut remote = work
             .repository()
             .remote_anonymous(&self.dir.path().display().to_string())
@@ -52,7 +52,7 @@ impl Remote {
     }
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
     port: u16,
     state: PathBuf,
@@ -63,7 +63,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(remote: &Remote, state: &Path) -> Server {
+    pub(crate) fn start(remote: &Remote, state: &Path) -> Server {
         Server::start_with_env(remote, state, &[])
     }
 
@@ -136,13 +136,13 @@ impl Server {
         }
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         // SIGKILL: no shutdown path runs.
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.child = spawn(&self.args, &self.env, self.log.as_deref());
         self.wait_ready();
     }
@@ -183,7 +183,7 @@ impl Server {
         Ok((status, body))
     }
 
-    fn http(
+    pub(crate) fn http(
         &self,
         method: &str,
         path: &str,
@@ -194,8 +194,13 @@ impl Server {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
+    /// The server's URL, as `--server` takes it.
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     /// A push webhook for `main`, signed like GitHub signs it.
-    fn github_push(&self, delivery: &str) -> (u16, String) {
+    pub(crate) fn github_push(&self, delivery: &str) -> (u16, String) {
         let body = br#"{"ref":"refs/heads/main","after":"0000"}"#;
         self.http(
             "POST",
@@ -223,7 +228,7 @@ impl Server {
         git2::Repository::open_bare(dir).unwrap()
     }
 
-    fn journal(&self) -> Vec<String> {
+    pub(crate) fn journal(&self) -> Vec<String> {
         journal_messages(&self.mirror())
     }
 
@@ -256,7 +261,7 @@ fn spawn(args: &[String], env: &[(String, String)], log: Option<&Path>) -> Child
 }
 
 /// Wait until every node's `param` reads `want`.
-fn converge(fleet: &Fleet, param: &str, want: &str, within: Duration) {
+pub(crate) fn converge(fleet: &Fleet, param: &str, want: &str, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let now = fleet.config(param);

@@ -49,6 +49,14 @@ pub enum RefusedInput {
     UnknownCluster(String),
     #[error("cluster `{0}` has no rollout in progress")]
     NoRollout(String),
+    /// A person's command the rollout's phase does not take (`rollout::refusal`).
+    #[error("cluster `{cluster}`: cannot {command} the rollout of {revision}: {why}")]
+    NotTaken {
+        cluster: String,
+        command: &'static str,
+        revision: String,
+        why: String,
+    },
     #[error("the report is for node `{found}`, not `{expected}`")]
     WrongNode { expected: String, found: String },
 }
@@ -358,6 +366,7 @@ impl Reconciler {
             self.windows = compile_windows(&self.state.windows);
         }
         let first = self.state.head.is_none();
+        self.drop_removed(&revision, now_ms);
         let new_head = self.state.head.as_deref() != Some(revision.as_str());
         self.state.head = Some(revision.clone());
         // Clusters this revision gives something to roll out: new content or new nodes.
@@ -476,6 +485,88 @@ impl Reconciler {
                 ))
             })
             .collect()
+    }
+
+    /// Nodes the new revision no longer declares in a cluster (removed from it, moved to
+    /// another, or their cluster removed): their assignments are dropped at once, so they
+    /// leave the status, `/api/v1/clusters` and `cacheflow_nodes` when the revision is
+    /// taken, and the journal says so. A rollout in flight goes on without them; one left
+    /// with no node, or whose cluster is gone, is superseded by the revision.
+    fn drop_removed(&mut self, revision: &str, now_ms: u64) {
+        let names: Vec<String> = self.state.clusters.keys().cloned().collect();
+        for name in names {
+            let gone = self.undeclared_in(&name);
+            if gone.is_empty() {
+                continue;
+            }
+            self.drop_assignments(&name, &gone);
+            self.leave_rollout(&name, gone, revision, now_ms);
+        }
+    }
+
+    /// The nodes `name` holds (assigned, or in its rollout in flight) that the current
+    /// revision does not declare in it.
+    fn undeclared_in(&self, name: &str) -> BTreeSet<String> {
+        let cs = &self.state.clusters[name];
+        let in_flight = cs
+            .rollout
+            .as_ref()
+            .filter(|r| !r.rollout.phase.is_final())
+            .map(|r| &r.rollout);
+        cs.assignments
+            .keys()
+            .chain(
+                in_flight
+                    .iter()
+                    .flat_map(|r| r.spec.batches.iter().flatten()),
+            )
+            .filter(|id| self.node_cluster.get(*id).map(String::as_str) != Some(name))
+            .cloned()
+            .collect()
+    }
+
+    fn drop_assignments(&mut self, name: &str, gone: &BTreeSet<String>) {
+        self.touch(name);
+        let cs = self.state.clusters.get_mut(name).expect("a cluster listed");
+        let dropped: Vec<&str> = gone
+            .iter()
+            .filter(|id| cs.assignments.remove(*id).is_some())
+            .map(String::as_str)
+            .collect();
+        if !dropped.is_empty() {
+            self.lines.push(format!(
+                "{name}: {} no longer declared in the cluster: assignment dropped",
+                dropped.join(", ")
+            ));
+        }
+    }
+
+    /// The rollout in flight, if any, goes on without `gone`; superseded by `revision`
+    /// when no node of it is left or its cluster is gone.
+    fn leave_rollout(&mut self, name: &str, gone: BTreeSet<String>, revision: &str, now_ms: u64) {
+        let Some(r) = self.state.clusters[name]
+            .rollout
+            .as_ref()
+            .map(|rec| &rec.rollout)
+            .filter(|r| !r.phase.is_final())
+        else {
+            return;
+        };
+        let left = r.spec.batches.iter().flatten().any(|id| !gone.contains(id));
+        let declared = self
+            .desired
+            .as_ref()
+            .is_some_and(|d| d.clusters.contains_key(name));
+        let event = if left && declared {
+            Event::NodesRemoved {
+                nodes: gone.into_iter().collect(),
+            }
+        } else {
+            Event::Supersede {
+                revision: revision.to_owned(),
+            }
+        };
+        self.feed(name, event, now_ms);
     }
 
     /// A revision that failed validation or trust: journaled, nothing applied.
@@ -1385,7 +1476,8 @@ impl Reconciler {
         self.finish()
     }
 
-    /// A person's command (pause, resume, promote, abort).
+    /// A person's command (pause, resume, promote, abort, override): refused when the
+    /// cluster has no rollout in progress or its phase does not take the command.
     pub fn command(
         &mut self,
         cluster: &str,
@@ -1395,12 +1487,16 @@ impl Reconciler {
         let Some(cs) = self.state.clusters.get(cluster) else {
             return Err(RefusedInput::UnknownCluster(cluster.to_owned()));
         };
-        if cs
-            .rollout
-            .as_ref()
-            .is_none_or(|r| r.rollout.phase.is_final())
-        {
+        let Some(rec) = cs.rollout.as_ref().filter(|r| !r.rollout.phase.is_final()) else {
             return Err(RefusedInput::NoRollout(cluster.to_owned()));
+        };
+        if let Some(refused) = rollout::refusal(&rec.rollout, &event) {
+            return Err(RefusedInput::NotTaken {
+                cluster: cluster.to_owned(),
+                command: refused.command,
+                revision: short_id(&rec.rollout.spec.revision).to_owned(),
+                why: refused.why,
+            });
         }
         self.feed(cluster, event, now_ms);
         Ok(self.finish())

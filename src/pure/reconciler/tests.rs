@@ -1246,9 +1246,12 @@ spec:
             vec!["all".to_owned(), "pager".to_owned()]
         )]
     );
-    // Pausing again is no new pause.
+    // Pausing again is refused, saying why: no new pause, no notice, nothing journaled.
     let again = r.command(CLUSTER, Event::Pause { by: "bob".into() }, 2_000);
-    assert!(notices(&again.unwrap_or_default()).is_empty());
+    assert_eq!(
+        again.map_err(|e| e.to_string()),
+        Err("cluster `cache`: cannot pause the rollout of 111111111111: it is paused at batch 1 of 2 (paused by alice); pause takes a rollout that is applying, baking, judging or waiting".to_owned())
+    );
     let refused = r.refuse_revision(R2, "invalid (1 error(s))", 2_000);
     assert_eq!(
         notices(&refused),
@@ -1463,4 +1466,120 @@ fn after_a_restart_the_rollouts_resumed_are_described_for_the_log() {
         Reconciler::new(r.state.clone()).resuming(5_000),
         Vec::<String>::new()
     );
+}
+
+/// The one-cluster repository at `commit` (`hz: 20`) without node `b1`.
+fn without_b1(commit: &str) -> Desired {
+    let yaml = cluster_yaml("hz: 20", None, ROLLOUT).replace(
+        "    - {id: b1, address: '127.0.0.1:7003', shard: b, role: primary}\n",
+        "",
+    );
+    load(commit, &yaml)
+}
+
+fn assigned(r: &Reconciler) -> Vec<&str> {
+    r.state.clusters[CLUSTER]
+        .assignments
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+#[test]
+fn a_node_a_commit_removes_leaves_the_state_when_the_commit_is_taken() {
+    let mut r = at_batch_two();
+    confirm(&mut r, "a1", 2_000);
+    confirm(&mut r, "b1", 2_000);
+    r.timer(CLUSTER, Event::BakeElapsed { batch: 1 }, 2_000);
+    assert_eq!(phase(&r), Phase::Completed);
+    assert_eq!(assigned(&r), ["a1", "a2", "b1"]);
+
+    let effects = core(r.revision(without_b1(R2), None, 3_000));
+    assert_eq!(
+        journals(&effects),
+        ["cache: b1 no longer declared in the cluster: assignment dropped"]
+    );
+    assert_eq!(assigned(&r), ["a1", "a2"]);
+    let status = status::Status::of(&r.state);
+    assert_eq!(status.nodes(), BTreeMap::from([("applied", 2)]));
+    // What the journal stores agrees: a restart from it holds the same two.
+    let back: State = serde_json::from_value(json(&r.state)).unwrap();
+    let again = Reconciler::new(back);
+    assert_eq!(assigned(&again), ["a1", "a2"]);
+    // The completed rollout is the record of R1: it keeps the nodes it reached.
+    assert_eq!(phase(&r), Phase::Completed);
+}
+
+#[test]
+fn a_node_removed_during_a_rollout_leaves_it_and_the_rollout_goes_on() {
+    let mut r = at_batch_two();
+    confirm(&mut r, "a1", 2_000);
+    // b1 never confirms: it is removed while its batch applies.
+    let effects = core(r.revision(without_b1(R2), None, 3_000));
+    assert_eq!(
+        journals(&effects),
+        [[
+            "cache: b1 no longer declared in the cluster: assignment dropped",
+            &format!("cache: b1 left the rollout of {R1}: no longer declared in the cluster"),
+        ]
+        .join("\n")]
+    );
+    assert_eq!(phase(&r), Phase::Baking { batch: 1 });
+    assert_eq!(
+        rollout(&r).spec.batches,
+        [vec!["a2".to_owned()], vec!["a1".to_owned()]]
+    );
+    assert_eq!(assigned(&r), ["a1", "a2"]);
+    let effects = core(r.timer(CLUSTER, Event::BakeElapsed { batch: 1 }, 3_000));
+    assert_eq!(phase(&r), Phase::Completed);
+    assert_eq!(
+        notes(&effects),
+        [(
+            R1,
+            "completed 1970-01-01T00:00:03Z: reached 2 node(s): a1, a2"
+        )]
+    );
+}
+
+#[test]
+fn a_rollback_does_not_wait_for_a_node_that_left_the_cluster() {
+    let mut r = at_batch_two();
+    r.command(CLUSTER, Event::Abort { by: "alice".into() }, 2_000)
+        .unwrap();
+    confirm(&mut r, "a1", 2_000);
+    confirm(&mut r, "a2", 2_000);
+    assert!(matches!(phase(&r), Phase::RollingBack { .. }));
+    // b1, still to confirm the rollback, is removed: the rollback is over.
+    r.revision(without_b1(R2), None, 3_000);
+    assert_eq!(
+        phase(&r),
+        Phase::RolledBack {
+            reason: "aborted by alice".into()
+        }
+    );
+    assert_eq!(assigned(&r), ["a1", "a2"]);
+}
+
+#[test]
+fn a_rollout_whose_cluster_a_commit_removes_is_superseded_and_its_nodes_dropped() {
+    let mut r = at_batch_two();
+    // The same nodes, now declared in another cluster: `cache` is gone.
+    let yaml = cluster_yaml("hz: 20", None, ROLLOUT).replace("{name: cache}", "{name: other}");
+    let set = FileSet {
+        commit: None,
+        files: [("clusters/other.yaml".to_owned(), yaml)].into(),
+        problems: Vec::new(),
+    };
+    let mut d = crate::pure::spec::load(&set).expect("loads");
+    d.commit = Some(R2.to_owned());
+    let effects = core(r.revision(d, None, 3_000));
+    let lines = journals(&effects).join("\n");
+    assert!(
+        lines.starts_with(&format!(
+            "cache: a1, a2, b1 no longer declared in the cluster: assignment dropped\ncache: rollout of {R1} superseded by {R2}"
+        )),
+        "{lines}"
+    );
+    assert_eq!(phase(&r), Phase::Superseded { by: R2.into() });
+    assert!(assigned(&r).is_empty());
 }

@@ -1,7 +1,8 @@
 //! Semantic checks a schema cannot express, and the building of the validated model:
 //! kinds in their directories, names matching files, profiles that resolve, engine
-//! parameters that exist and fit, unique node ids and addresses, one primary per shard,
-//! stages that grow to 100%, durations that parse, and the repository's policies.
+//! parameters that exist and fit, combinations the engine starts with (`engine_rules`),
+//! unique node ids and addresses, one primary per shard, stages that grow to 100%,
+//! durations that parse, and the repository's policies.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -331,6 +332,9 @@ fn build_cluster(
     // A cluster whose profile is broken is not held to policies: its parameters are
     // unknown, and the profile's own errors say what to fix.
     if !profile_broken {
+        if selected {
+            engine_rules(ctx, p, declared.id, &params, spec.auth.is_some());
+        }
         apply_policies(ctx, p, &spec, policies, raw_params);
     }
     Some(Cluster {
@@ -420,6 +424,36 @@ fn merge_profile(
         ),
     }
     false
+}
+
+/// Combinations of parameters the engine refuses to start with (`engine_rules`), each
+/// at the parameter it names, or at `profile` when the profile sets it.
+fn engine_rules(
+    ctx: &mut Ctx,
+    p: &Parsed,
+    catalog: CatalogId,
+    params: &BTreeMap<String, Param>,
+    auth: bool,
+) {
+    for refusal in super::engine_rules::check(catalog, params, auth) {
+        match params.get(refusal.param).and_then(|x| x.profile.as_ref()) {
+            Some(profile) => ctx.at(
+                p,
+                "/spec/profile",
+                format!(
+                    "{} (`{}` from profile `{profile}`)",
+                    refusal.message, refusal.param
+                ),
+            ),
+            None => {
+                let pointer = format!(
+                    "/spec/parameters/{}",
+                    super::yaml::escape_token(refusal.param)
+                );
+                ctx.at(p, &pointer, refusal.message)
+            }
+        }
+    }
 }
 
 /// Memcached's `-Y` authentication takes a user and a password.

@@ -15,6 +15,7 @@ pub mod signers;
 pub mod yaml;
 
 mod check;
+mod engine_rules;
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
