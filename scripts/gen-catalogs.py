@@ -13,13 +13,14 @@ script takes, for every parameter that `CONFIG GET` shows (HIDDEN_CONFIG ones ar
   * the range (lower/upper, for ints and sizes);
   * `runtime`: false for IMMUTABLE_CONFIG; `protected` for PROTECTED_CONFIG; `secret` for
     SENSITIVE_CONFIG;
-  * the default, as written in the source (`default`, when it is a plain literal);
+  * the default, as written in the source (`default`, when it is a plain literal; else
+    the curated note's, for special configs and macros such as `hz`);
   * aliases (`slaveof` for `replicaof`) as parameters of their own.
 
 What config.c cannot say comes from the curated notes (schemas/engines/notes/redis.json,
-kept by hand): descriptions, `secret` marks, and refinements of the type that the engine
-checks in code rather than in the table (durations and their unit, formats of special
-configs, list parameters). A note's type is used only when it fits the kind the table
+kept by hand): descriptions, `secret` marks, defaults the table does not spell out, and
+refinements of the type that the engine checks in code rather than in the table
+(durations and their unit, formats of special configs, list parameters). A note's type is used only when it fits the kind the table
 declares (an int may be refined into a duration, never into a string).
 
 Redis 6.2 still parsed a few parameters outside the table (`save`, `bind`, `dir`, ...):
@@ -341,8 +342,12 @@ def merge(name, kind, p, note):
         out["protected"] = True
     if p.get("secret") or note.get("secret"):
         out["secret"] = True
+    # The table's literal default, else the note's: special configs and defaults behind
+    # a macro (`hz` is CONFIG_DEFAULT_HZ) have none the table can show.
     if "default" in p and not out.get("secret"):
         out["default"] = p["default"]
+    elif "default" in note and not out.get("secret"):
+        out["default"] = note["default"]
     if note.get("description"):
         out["description"] = note["description"]
     return {k: out[k] for k in FIELD_ORDER if k in out}
