@@ -253,7 +253,7 @@ pub fn start_values(
 fn buffer_limits_over(default: &str, file: &str) -> Option<String> {
     let classes = |text: &str| -> Option<Vec<(String, [String; 3])>> {
         let words: Vec<&str> = text.split_whitespace().collect();
-        if words.len() % 4 != 0 {
+        if !words.len().is_multiple_of(4) {
             return None;
         }
         words
@@ -582,6 +582,31 @@ pub struct Notified {
     pub findings: Vec<Finding>,
     /// When that notice was sent (RFC 3339, UTC).
     pub at: String,
+    /// When these findings were first notified (reminders keep it).
+    #[serde(default)]
+    pub since: String,
+}
+
+impl Notified {
+    /// The memory after a run that decided `decision` at `now` (RFC 3339) on `findings`;
+    /// `None` when nothing was sent (the memory stays as it was).
+    pub fn after(
+        last: Option<&Notified>,
+        decision: NoticeDecision,
+        findings: Vec<Finding>,
+        now: &str,
+    ) -> Option<Notified> {
+        let since = match (decision, last) {
+            (NoticeDecision::Quiet, _) => return None,
+            (NoticeDecision::Reminder, Some(l)) if !l.since.is_empty() => l.since.clone(),
+            _ => now.to_owned(),
+        };
+        Some(Notified {
+            findings,
+            at: now.to_owned(),
+            since,
+        })
+    }
 }
 
 /// Whether a drift run tells its targets, and what.
@@ -692,12 +717,13 @@ pub fn notice_decision(
     }
 }
 
-/// The one-line summary of a drift notice.
-pub fn notice_summary(
+/// The summary line and the details of the notice `decision` sends for `report`, `last`
+/// being the memory of the notice before.
+pub fn notice_text(
     decision: NoticeDecision,
     report: &DriftReport,
-    since: Option<&str>,
-) -> String {
+    last: Option<&Notified>,
+) -> (String, String) {
     let clusters: Vec<&str> = report
         .clusters
         .iter()
@@ -710,19 +736,40 @@ pub fn notice_summary(
         clusters.join(", ")
     };
     let n = report.drifted_nodes();
-    match decision {
-        NoticeDecision::Cleared => "drift cleared: no node drifted or silent any more".to_owned(),
+    let since = last
+        .map(|l| l.since.as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("the last notice");
+    let summary = match decision {
+        NoticeDecision::Cleared => return (
+            format!(
+                "drift cleared: no node drifted or silent any more (drift notified since {since})"
+            ),
+            last.map(|l| {
+                let mut out = String::from("gone since the last notice:\n");
+                for f in &l.findings {
+                    let at = if f.cluster.is_empty() {
+                        f.node.clone()
+                    } else {
+                        format!("{}/{}", f.cluster, f.node)
+                    };
+                    let _ = writeln!(out, "  {at} {}", f.what);
+                }
+                out
+            })
+            .unwrap_or_default(),
+        ),
         NoticeDecision::Changed => {
             format!("drift changed: {n} node(s) drifted or silent ({which})")
         }
-        NoticeDecision::Reminder => format!(
-            "drift still there: {n} node(s) drifted or silent ({which}), unchanged since {}",
-            since.unwrap_or("the last notice")
-        ),
+        NoticeDecision::Reminder => {
+            format!("drift unchanged since {since}: {n} node(s) drifted or silent ({which})")
+        }
         NoticeDecision::Appeared | NoticeDecision::Quiet => {
             format!("drift: {n} node(s) drifted or silent ({which})")
         }
-    }
+    };
+    (summary, text(report))
 }
 
 #[cfg(test)]
@@ -912,6 +959,7 @@ mod tests {
         let at = |findings: &[Finding], t: &str| Notified {
             findings: findings.to_vec(),
             at: t.into(),
+            since: "2026-11-20T01:00:00Z".into(),
         };
         let now = utc("2026-11-21T03:00:00Z");
         let decide =
@@ -983,6 +1031,7 @@ mod tests {
                 },
             ],
             at: "2026-11-21T02:00:00Z".into(),
+            since: "2026-11-21T02:00:00Z".into(),
         };
         // `other` is compared and clean: its finding is gone.
         let now = findings(&r, Some(&last));

@@ -6,7 +6,9 @@
 //! DriftTimer::poll(schedule, now) ─► due ─► Handle::drift_inputs (revision + readings)
 //!   ─► drift::compute ─► latest.{md,json,html} + one line of history.jsonl
 //!   ─► cacheflow_drift_nodes / cacheflow_drift_runs_total
-//!   ─► drift-found to drift.notify (or every target subscribed to drift-found)
+//!   ─► drift::notice_decision (notified.json: what the last notice told, and when)
+//!   ─► drift-found (appeared, changed, or unchanged for drift.repeat) or drift-cleared
+//!      to drift.notify (or every target subscribed to drift-found)
 //!   ─► drift.mode: correct ─► Handle::correct: staged rollouts, journaled
 //! ```
 //!
@@ -25,7 +27,7 @@ use tokio::sync::watch;
 use crate::edges::metrics::{DriftLabels, Metrics};
 use crate::edges::notify::{self, Notice, Notifier};
 use crate::flow::runtime::Handle;
-use crate::pure::drift::{self, DriftKind, DriftReport};
+use crate::pure::drift::{self, DriftKind, DriftReport, NoticeDecision};
 use crate::pure::schedule::Crontab;
 use crate::pure::spec::model::{Desired, DriftMode, Notification};
 
@@ -117,14 +119,27 @@ fn schedule_of(desired: &Desired) -> Option<(Crontab, chrono_tz::Tz)> {
     }
 }
 
-/// The targets of a drift run: `drift.notify` by name when given (whatever their
-/// `events:`), else every target subscribed to `drift-found`.
-pub fn drift_targets(desired: &Desired) -> Vec<Notification> {
+/// The targets of a drift notice of `kind`: `drift.notify` by name when given (whatever
+/// their `events:`), else every target subscribed to `drift-found`, and for
+/// `drift-cleared` also those subscribed to it alone (a target told of drift is told
+/// when it clears).
+pub fn drift_targets(desired: &Desired, kind: notify::Kind) -> Vec<Notification> {
     let settings = &desired.settings;
     if settings.drift.notify.is_empty() {
-        return notify::targets_for(&settings.notifications, notify::Kind::DriftFound)
-            .into_iter()
-            .cloned()
+        return settings
+            .notifications
+            .iter()
+            .filter(|n| {
+                let subscribed = |k: notify::Kind| {
+                    n.events.is_empty() || n.events.iter().any(|e| e == k.as_str())
+                };
+                subscribed(notify::Kind::DriftFound)
+                    || (kind == notify::Kind::DriftCleared && subscribed(kind))
+            })
+            .map(|n| Notification {
+                events: Vec::new(),
+                ..n.clone()
+            })
             .collect();
     }
     settings
@@ -217,31 +232,7 @@ impl DriftRunner {
             &self.metrics.drift_runs,
             if clean { "clean" } else { "drift" },
         );
-        if !clean {
-            let clusters: Vec<&str> = report
-                .clusters
-                .iter()
-                .filter(|c| !c.drifted.is_empty() || !c.silent.is_empty())
-                .map(|c| c.cluster.as_str())
-                .collect();
-            let mut notice = Notice::new(
-                notify::Kind::DriftFound,
-                format!(
-                    "drift: {} node(s) drifted or silent ({})",
-                    report.drifted_nodes(),
-                    if clusters.is_empty() {
-                        "undeclared nodes".to_owned()
-                    } else {
-                        clusters.join(", ")
-                    }
-                ),
-            )
-            .details(drift::text(&report));
-            if let Some(r) = &report.revision {
-                notice = notice.revision(r);
-            }
-            self.notifier.send(&drift_targets(&desired), &notice);
-        }
+        self.notify(&desired, &report).await?;
         if desired.settings.drift.mode == DriftMode::Correct {
             let to_correct: Vec<String> = report
                 .clusters
@@ -258,6 +249,41 @@ impl DriftRunner {
             }
         }
         Ok(report)
+    }
+
+    /// Tell the targets when the drift appeared, changed or cleared, or unchanged for
+    /// `drift.repeat` since the last notice (the decision: [`drift::notice_decision`]);
+    /// then remember what was told in `notified.json`. Sent before it is remembered: a
+    /// crash in between repeats a notice after the restart rather than lose one.
+    async fn notify(&self, desired: &Desired, report: &DriftReport) -> Result<(), DriftError> {
+        let dir = self.dir.clone();
+        let last = tokio::task::spawn_blocking(move || read_notified(&dir)).await?;
+        let found = drift::findings(report, last.as_ref());
+        let now = Utc::now();
+        let decision =
+            drift::notice_decision(last.as_ref(), &found, now, desired.settings.drift.repeat());
+        let Some(memory) = drift::Notified::after(
+            last.as_ref(),
+            decision,
+            found,
+            &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ) else {
+            tracing::debug!("drift unchanged since the last notice: none sent");
+            return Ok(());
+        };
+        let (summary, details) = drift::notice_text(decision, report, last.as_ref());
+        let kind = if decision == NoticeDecision::Cleared {
+            notify::Kind::DriftCleared
+        } else {
+            notify::Kind::DriftFound
+        };
+        let mut notice = Notice::new(kind, summary).details(details);
+        if let Some(r) = &report.revision {
+            notice = notice.revision(r);
+        }
+        self.notifier.send(&drift_targets(desired, kind), &notice);
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || write_notified(&dir, &memory)).await?
     }
 
     fn gauges(&self, report: &DriftReport) {
@@ -287,6 +313,43 @@ impl DriftRunner {
             }
         }
     }
+}
+
+/// What the last drift notice told, in `notified.json` beside the reports.
+pub const NOTIFIED_FILE: &str = "notified.json";
+
+/// The memory of the last drift notice; `None` when there is none (a first run) or it
+/// does not read (logged): the next drift is then notified as new.
+pub fn read_notified(dir: &Path) -> Option<drift::Notified> {
+    let path = dir.join(NOTIFIED_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the last drift notice");
+            return None;
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the last drift notice does not read; drift will be notified as new");
+            None
+        }
+    }
+}
+
+/// Replace `notified.json` whole.
+pub fn write_notified(dir: &Path, notified: &drift::Notified) -> Result<(), DriftError> {
+    std::fs::create_dir_all(dir).map_err(|source| DriftError::File {
+        action: "create",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    replace(
+        &dir.join(NOTIFIED_FILE),
+        serde_json::to_string_pretty(notified)?.as_bytes(),
+    )
 }
 
 /// Why a drift run gave no report.
