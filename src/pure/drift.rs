@@ -741,24 +741,26 @@ pub fn notice_text(
         .filter(|s| !s.is_empty())
         .unwrap_or("the last notice");
     let summary = match decision {
-        NoticeDecision::Cleared => return (
-            format!(
+        NoticeDecision::Cleared => {
+            return (
+                format!(
                 "drift cleared: no node drifted or silent any more (drift notified since {since})"
             ),
-            last.map(|l| {
-                let mut out = String::from("gone since the last notice:\n");
-                for f in &l.findings {
-                    let at = if f.cluster.is_empty() {
-                        f.node.clone()
-                    } else {
-                        format!("{}/{}", f.cluster, f.node)
-                    };
-                    let _ = writeln!(out, "  {at} {}", f.what);
-                }
-                out
-            })
-            .unwrap_or_default(),
-        ),
+                last.map(|l| {
+                    let mut out = String::from("gone since the last notice:\n");
+                    for f in &l.findings {
+                        let at = if f.cluster.is_empty() {
+                            f.node.clone()
+                        } else {
+                            format!("{}/{}", f.cluster, f.node)
+                        };
+                        let _ = writeln!(out, "  {at} {}", f.what);
+                    }
+                    out
+                })
+                .unwrap_or_default(),
+            )
+        }
         NoticeDecision::Changed => {
             format!("drift changed: {n} node(s) drifted or silent ({which})")
         }

@@ -163,6 +163,9 @@ pub struct DriftRunner {
     pub silent_after: Duration,
     /// Signalled when a revision is taken: its schedule may differ.
     pub revision_taken: Arc<tokio::sync::Notify>,
+    /// Held from reading `notified.json` to writing it: a scheduled run and a requested
+    /// one (`POST /api/v1/drift/run`) never both send the same notice.
+    pub notices: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DriftRunner {
@@ -256,6 +259,7 @@ impl DriftRunner {
     /// then remember what was told in `notified.json`. Sent before it is remembered: a
     /// crash in between repeats a notice after the restart rather than lose one.
     async fn notify(&self, desired: &Desired, report: &DriftReport) -> Result<(), DriftError> {
+        let _one_at_a_time = self.notices.lock().await;
         let dir = self.dir.clone();
         let last = tokio::task::spawn_blocking(move || read_notified(&dir)).await?;
         let found = drift::findings(report, last.as_ref());
