@@ -228,8 +228,13 @@ def from_source(src, legacy):
                 p["default"] = "yes" if d == "1" else "no"
         elif fn in ("createStringConfig", "createSDSConfig"):
             kind = "string"
+            # NULL is the empty string; a macro (CONFIG_DEFAULT_PROC_TITLE_TEMPLATE) is
+            # not known here: the note gives it.
             d = c_string(a[5])
-            p["default"] = d if d is not None else ""
+            if d is not None:
+                p["default"] = d
+            elif a[5].strip() == "NULL":
+                p["default"] = ""
         elif fn == "createEnumConfig":
             words, seen = [], set()
             for word, value in enum_words.get(a[3].strip(), []):

@@ -160,6 +160,62 @@ fn every_redis_catalog_parameter_exists_in_config_get_of_a_real_redis_7() {
     );
 }
 
+/// The directives the test harness writes into every redis.conf (so the server does
+/// not run them at their defaults).
+const HARNESS_SETS: &[&str] = &[
+    "port",
+    "bind",
+    "dir",
+    "save",
+    "appendonly",
+    "daemonize",
+    "logfile",
+];
+
+/// Drift counts a declared value the config file leaves out as persisted when it is the
+/// catalog's default: so every default must be what the engine really starts with.
+#[test]
+fn every_redis_catalog_default_is_what_a_real_redis_7_starts_with() {
+    let server = RedisServer::start();
+    let live = server.client().config_get("*");
+    let cat = catalog(Engine::Redis);
+    let mut checked = 0;
+    let wrong: Vec<String> = cat
+        .parameters
+        .iter()
+        .filter(|(name, _)| !HARNESS_SETS.contains(&name.as_str()))
+        .filter_map(|(name, spec)| Some((name, spec.default.as_ref()?, live.get(name)?)))
+        .filter_map(|(name, default, reported)| {
+            checked += 1;
+            let n = |v: &str| cat.normalize(name, &Value::String(v.to_owned()));
+            match (n(default), n(reported)) {
+                (Ok(a), Ok(b)) if a == b => None,
+                (a, b) => Some(format!(
+                    "{name}: catalog {default:?} ({a:?}), engine {reported:?} ({b:?})"
+                )),
+            }
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "defaults that are not the engine's:\n{}",
+        wrong.join("\n")
+    );
+    assert!(checked > 150, "only {checked} defaults checked");
+    for name in [
+        "hz",
+        "notify-keyspace-events",
+        "client-output-buffer-limit",
+        "oom-score-adj-values",
+        "latency-tracking-info-percentiles",
+    ] {
+        assert!(
+            cat.get(name).and_then(|p| p.default.as_ref()).is_some(),
+            "{name} has no default"
+        );
+    }
+}
+
 #[test]
 fn every_redis_runtime_parameter_is_accepted_by_config_set_and_reads_back_normalised() {
     let server = redis_server();
