@@ -627,9 +627,15 @@ pub enum NoticeDecision {
 }
 
 impl NoticeDecision {
-    /// Whether a notice is sent (and the memory replaced).
-    pub fn sends(self) -> bool {
-        self != NoticeDecision::Quiet
+    /// One word for logs and the `cacheflow_drift_notices_total` metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeDecision::Quiet => "unchanged",
+            NoticeDecision::Appeared => "appeared",
+            NoticeDecision::Changed => "changed",
+            NoticeDecision::Reminder => "reminder",
+            NoticeDecision::Cleared => "cleared",
+        }
     }
 }
 

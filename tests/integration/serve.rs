@@ -1135,6 +1135,16 @@ fn drift_is_notified_when_it_appears_changes_and_clears_not_on_every_run_and_not
         "cacheflow_drift_nodes{cluster=\"cache\",kind=\"not_persisted\"} 1"
     );
 
+    for (result, n) in [
+        ("appeared", 2),
+        ("changed", 1),
+        ("cleared", 1),
+        ("reminder", 0),
+    ] {
+        let series = format!("cacheflow_drift_notices_total{{result=\"{result}\"}}");
+        assert_eq!(metric_line(&server, &series), format!("{series} {n}"));
+    }
+
     // The server is killed and started again: the same drift is not told again.
     server.kill9();
     server.restart();

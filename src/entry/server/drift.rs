@@ -266,6 +266,7 @@ impl DriftRunner {
         let now = Utc::now();
         let decision =
             drift::notice_decision(last.as_ref(), &found, now, desired.settings.drift.repeat());
+        Metrics::count(&self.metrics.drift_notices, decision.as_str());
         let Some(memory) = drift::Notified::after(
             last.as_ref(),
             decision,
