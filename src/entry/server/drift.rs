@@ -235,7 +235,7 @@ impl DriftRunner {
             &self.metrics.drift_runs,
             if clean { "clean" } else { "drift" },
         );
-        self.notify(&desired, &report).await?;
+        self.notify(&desired, &report).await;
         if desired.settings.drift.mode == DriftMode::Correct {
             let to_correct: Vec<String> = report
                 .clusters
@@ -257,11 +257,15 @@ impl DriftRunner {
     /// Tell the targets when the drift appeared, changed or cleared, or unchanged for
     /// `drift.repeat` since the last notice (the decision: [`drift::notice_decision`]);
     /// then remember what was told in `notified.json`. Sent before it is remembered: a
-    /// crash in between repeats a notice after the restart rather than lose one.
-    async fn notify(&self, desired: &Desired, report: &DriftReport) -> Result<(), DriftError> {
+    /// crash in between repeats a notice after the restart rather than lose one. A memory
+    /// that cannot be written is logged, and does not stop the run (nor its correction):
+    /// the next run tells the same drift again.
+    async fn notify(&self, desired: &Desired, report: &DriftReport) {
         let _one_at_a_time = self.notices.lock().await;
         let dir = self.dir.clone();
-        let last = tokio::task::spawn_blocking(move || read_notified(&dir)).await?;
+        let last = tokio::task::spawn_blocking(move || read_notified(&dir))
+            .await
+            .unwrap_or_default();
         let found = drift::findings(report, last.as_ref());
         let now = Utc::now();
         let decision =
@@ -274,7 +278,7 @@ impl DriftRunner {
             &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ) else {
             tracing::debug!("drift unchanged since the last notice: none sent");
-            return Ok(());
+            return;
         };
         let (summary, details) = drift::notice_text(decision, report, last.as_ref());
         let kind = if decision == NoticeDecision::Cleared {
@@ -288,7 +292,11 @@ impl DriftRunner {
         }
         self.notifier.send(&drift_targets(desired, kind), &notice);
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || write_notified(&dir, &memory)).await?
+        match tokio::task::spawn_blocking(move || write_notified(&dir, &memory)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cannot remember the drift notice: {e}"),
+            Err(e) => tracing::warn!("cannot remember the drift notice: {e}"),
+        }
     }
 
     fn gauges(&self, report: &DriftReport) {
@@ -560,6 +568,64 @@ mod tests {
             timer.poll(Some((&cron, chrono_tz::UTC)), utc("2026-11-20T12:01:00Z")),
             Poll::Due(utc("2026-11-20T12:01:00Z"))
         );
+    }
+
+    #[test]
+    fn drift_cleared_goes_to_those_told_of_drift_and_to_its_own_subscribers() {
+        use crate::pure::spec::model::{NotificationKind, SecretRef};
+        let target = |name: &str, events: &[&str]| Notification {
+            name: name.to_owned(),
+            kind: NotificationKind::Webhook,
+            url: SecretRef(format!("env:{name}")),
+            events: events.iter().map(|e| e.to_string()).collect(),
+        };
+        let mut desired = Desired {
+            commit: None,
+            settings: Default::default(),
+            profiles: Default::default(),
+            clusters: Default::default(),
+        };
+        desired.settings.notifications = vec![
+            target("all", &[]),
+            target("found", &["drift-found"]),
+            target("cleared", &["drift-cleared"]),
+            target("rollouts", &["rollout-failed"]),
+        ];
+        let names = |d: &Desired, k| -> Vec<String> {
+            drift_targets(d, k).into_iter().map(|n| n.name).collect()
+        };
+        assert_eq!(names(&desired, notify::Kind::DriftFound), ["all", "found"]);
+        assert_eq!(
+            names(&desired, notify::Kind::DriftCleared),
+            ["all", "found", "cleared"]
+        );
+        // Every target returned takes the notice whatever its events.
+        assert!(drift_targets(&desired, notify::Kind::DriftCleared)
+            .iter()
+            .all(|n| n.events.is_empty()));
+        // drift.notify names them: both notices, to those alone.
+        desired.settings.drift.notify = vec!["rollouts".into()];
+        assert_eq!(names(&desired, notify::Kind::DriftFound), ["rollouts"]);
+        assert_eq!(names(&desired, notify::Kind::DriftCleared), ["rollouts"]);
+    }
+
+    #[test]
+    fn the_last_notice_is_remembered_and_a_torn_memory_reads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_notified(dir.path()), None);
+        let memory = drift::Notified {
+            findings: vec![drift::Finding {
+                cluster: "cache".into(),
+                node: "a2".into(),
+                what: "hz differs: expected 10, found 50".into(),
+            }],
+            at: "2026-11-21T03:00:00Z".into(),
+            since: "2026-11-21T01:00:00Z".into(),
+        };
+        write_notified(dir.path(), &memory).unwrap();
+        assert_eq!(read_notified(dir.path()), Some(memory));
+        std::fs::write(dir.path().join(NOTIFIED_FILE), "{\"findings\": [").unwrap();
+        assert_eq!(read_notified(dir.path()), None);
     }
 
     #[test]
