@@ -43,6 +43,14 @@ fn the_generator_reads_a_config_table_into_the_expected_catalog() {
     assert_eq!(params["slave-read-only"]["runtime"], true, "alias kept");
     assert_eq!(params["requirepass"]["secret"], true);
     assert!(params["requirepass"].get("default").is_none());
+    // A default the table gives as a macro comes from the notes (drift relies on it);
+    // NULL is the empty string.
+    assert_eq!(params["hz"]["default"], "10");
+    assert_eq!(
+        params["proc-title-template"]["default"],
+        "{title} {listen-addr} {server-mode}"
+    );
+    assert_eq!(params["unixsocket"]["default"], "");
 
     let catalog: Catalog = serde_json::from_str(&text).unwrap();
     assert!(catalog.needs_restart("databases"));
