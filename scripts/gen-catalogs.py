@@ -15,13 +15,13 @@ script takes, for every parameter that `CONFIG GET` shows (HIDDEN_CONFIG ones ar
     SENSITIVE_CONFIG;
   * the default, as written in the source: a literal, or a macro `#define`d as one in
     src/server.h or src/config.c (`CONFIG_DEFAULT_PROC_TITLE_TEMPLATE`, `CONFIG_DEFAULT_HZ`);
-    none when it is computed;
+    NULL is the empty string; none when it is computed (then the curated note's, if any);
   * aliases (`slaveof` for `replicaof`) as parameters of their own.
 
 What config.c cannot say comes from the curated notes (schemas/engines/notes/redis.json,
-kept by hand): descriptions, `secret` marks, and refinements of the type that the engine
-checks in code rather than in the table (durations and their unit, formats of special
-configs, list parameters). A note's type is used only when it fits the kind the table
+kept by hand): descriptions, `secret` marks, defaults the table does not spell out, and
+refinements of the type that the engine checks in code rather than in the table
+(durations and their unit, formats of special configs, list parameters). A note's type is used only when it fits the kind the table
 declares (an int may be refined into a duration, never into a string).
 
 Redis 6.2 still parsed a few parameters outside the table (`save`, `bind`, `dir`, ...):
@@ -266,7 +266,11 @@ def from_source(src, legacy, macros):
         elif fn in ("createStringConfig", "createSDSConfig"):
             kind = "string"
             d = default_string(a[5], macros)
-            p["default"] = d if d is not None else ""
+            if d is not None:
+                p["default"] = d
+            elif a[5].strip() == "NULL":
+                # NULL is the empty string; a default computed at start has none.
+                p["default"] = ""
         elif fn == "createEnumConfig":
             words, seen = [], set()
             for word, value in enum_words.get(a[3].strip(), []):
@@ -379,8 +383,12 @@ def merge(name, kind, p, note):
         out["protected"] = True
     if p.get("secret") or note.get("secret"):
         out["secret"] = True
+    # The table's literal default, else the note's: special configs and defaults behind
+    # a macro (`hz` is CONFIG_DEFAULT_HZ) have none the table can show.
     if "default" in p and not out.get("secret"):
         out["default"] = p["default"]
+    elif "default" in note and not out.get("secret"):
+        out["default"] = note["default"]
     if note.get("description"):
         out["description"] = note["description"]
     return {k: out[k] for k in FIELD_ORDER if k in out}

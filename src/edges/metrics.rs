@@ -78,6 +78,9 @@ pub const REVISION_RESULTS: [&str; 5] =
 pub const NOTIFICATION_RESULTS: [&str; 3] = ["sent", "failed", "dropped"];
 /// `cacheflow_drift_runs_total{result}`.
 pub const DRIFT_RUN_RESULTS: [&str; 3] = ["clean", "drift", "error"];
+/// `cacheflow_drift_notices_total{result}`: what a drift run decided to tell.
+pub const DRIFT_NOTICE_RESULTS: [&str; 5] =
+    ["appeared", "changed", "reminder", "cleared", "unchanged"];
 /// `cacheflow_pr_feedback_total{result}`.
 pub const PR_FEEDBACK_RESULTS: [&str; 3] = ["posted", "failed", "ignored"];
 
@@ -95,6 +98,7 @@ pub struct Metrics {
     pub notifications: Family<TargetLabels, Counter>,
     pub drift_nodes: Family<DriftLabels, Gauge>,
     pub drift_runs: Family<ResultLabels, Counter>,
+    pub drift_notices: Family<ResultLabels, Counter>,
     pub pr_feedback: Family<ResultLabels, Counter>,
     /// 1 while the last fetch of the remote succeeded, 0 while it fails (the server then
     /// serves the mirror's revision).
@@ -125,6 +129,7 @@ impl Default for Metrics {
             notifications: Family::<TargetLabels, Counter>::default(),
             drift_nodes: Family::<DriftLabels, Gauge>::default(),
             drift_runs: Family::<ResultLabels, Counter>::default(),
+            drift_notices: Family::<ResultLabels, Counter>::default(),
             pr_feedback: Family::<ResultLabels, Counter>::default(),
             remote_reachable: Gauge::default(),
             fetch_failures: Counter::default(),
@@ -178,6 +183,7 @@ impl Metrics {
             "Scheduled drift runs by result (clean, drift, error)",
             self.drift_runs.clone(),
         );
+        r.register("drift_notices", "Drift runs by what they told (appeared, changed, reminder: drift-found; cleared: drift-cleared; unchanged: nothing sent)", self.drift_notices.clone());
         r.register(
             "pr_feedback",
             "Pull-request feedback by result (posted, failed, ignored)",
@@ -219,6 +225,7 @@ impl Metrics {
         }
         results(&self.revisions, &REVISION_RESULTS);
         results(&self.drift_runs, &DRIFT_RUN_RESULTS);
+        results(&self.drift_notices, &DRIFT_NOTICE_RESULTS);
         results(&self.pr_feedback, &PR_FEEDBACK_RESULTS);
     }
 }

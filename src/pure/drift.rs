@@ -6,21 +6,25 @@
 //! | kind | what | seen as |
 //! | --- | --- | --- |
 //! | `differs` | a live value is not the declared one (someone ran `CONFIG SET` by hand) | the plan's change for the node |
-//! | `not-persisted` | the live value is right but the config file says otherwise: lost on restart | the node's config file (Redis on loopback or through an agent) |
+//! | `not-persisted` | the live value is right but the node would start with another: lost on restart | the node's config file (Redis on loopback or through an agent); a value the file leaves out starts at the default of the engine version the node runs |
 //! | `silent` | a declared node that did not answer | unreachable in the reading |
 //! | `undeclared` | a node that reports but no cluster declares | in the reading, not in the repository |
 //!
 //! A pure function of the desired state and a reading; the same inputs give the same
 //! report byte for byte (the time it was made is passed in).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::pure::catalog::{parse_size, Catalog, CatalogId};
 use crate::pure::diff;
 use crate::pure::live::LiveState;
 use crate::pure::render::{code, md_cell, short};
-use crate::pure::spec::model::Desired;
+use crate::pure::spec::model::{Cluster, Desired, Param};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -153,17 +157,20 @@ pub fn compute(desired: &Desired, live: &LiveState, generated_at: &str) -> Drift
             if let Some(file) = &reading.persisted {
                 let live_wrong: std::collections::HashSet<String> =
                     parameters.iter().map(|p| p.name.clone()).collect();
+                let runs = node_catalog(cluster, reading.version.as_deref());
+                let starts_with = start_values(runs, &cluster.parameters, file);
                 // Only what the file can hold: start-only parameters are in it by nature.
                 parameters.extend(
-                    diff::node_changes(cluster.catalog(), &cluster.parameters, file)
+                    diff::node_changes(cluster.catalog(), &cluster.parameters, &starts_with)
                         .into_iter()
                         .filter(|c| !live_wrong.contains(&c.name))
                         .filter_map(|c| {
                             Some(ParamDrift {
                                 expected: c.new?,
+                                // What the file says; `None` when it says nothing.
+                                found: file.get(&c.name).cloned(),
                                 name: c.name,
                                 kind: DriftKind::NotPersisted,
-                                found: c.old,
                             })
                         }),
                 );
@@ -196,6 +203,93 @@ pub fn compute(desired: &Desired, live: &LiveState, generated_at: &str) -> Drift
         undeclared,
         not_compared: Vec::new(),
     }
+}
+
+/// The catalog of the engine version a node runs: its cluster's product at the version the
+/// node reports (major.minor). `None` when the node names no version, or one cacheflow has
+/// no catalog for: then no default is assumed.
+pub fn node_catalog(cluster: &Cluster, version: Option<&str>) -> Option<&'static Catalog> {
+    CatalogId::select(cluster.product, Some(version?))
+        .ok()
+        .map(CatalogId::get)
+}
+
+/// What a node starts with, for each declared parameter, given the parameters its config
+/// file sets (`file`): the file's value, else the default of the engine version it runs
+/// (`runs`; `CONFIG REWRITE` leaves out every value equal to its default, so a declared
+/// default is persisted by its absence). A parameter neither in the file nor with a known
+/// default is left out: a restart brings back something cacheflow cannot name.
+/// `client-output-buffer-limit`, written by `CONFIG REWRITE` one class per line and only
+/// for the classes off their default, is the file's classes laid over the default's.
+pub fn start_values(
+    runs: Option<&Catalog>,
+    declared: &BTreeMap<String, Param>,
+    file: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let default = |name: &str| {
+        runs.and_then(|c| c.get(name))
+            .filter(|spec| !spec.secret)
+            .and_then(|spec| spec.default.clone())
+    };
+    declared
+        .keys()
+        .filter_map(|name| {
+            let value = match (file.get(name), default(name)) {
+                (Some(v), Some(d)) if name == "client-output-buffer-limit" => {
+                    buffer_limits_over(&d, v).unwrap_or_else(|| v.clone())
+                }
+                (Some(v), _) => v.clone(),
+                (None, Some(d)) => d,
+                (None, None) => return None,
+            };
+            Some((name.clone(), value))
+        })
+        .collect()
+}
+
+/// `client-output-buffer-limit` classes of `file` over those of `default`, as the engine
+/// reports them: `normal`, `slave`, `pubsub`, sizes in bytes. `None` when either does not
+/// read as `<class> <hard> <soft> <seconds>` groups.
+fn buffer_limits_over(default: &str, file: &str) -> Option<String> {
+    let classes = |text: &str| -> Option<Vec<(String, [String; 3])>> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        if !words.len().is_multiple_of(4) {
+            return None;
+        }
+        words
+            .chunks(4)
+            .map(|w| {
+                let class = match w[0].to_ascii_lowercase().as_str() {
+                    "replica" | "slave" => "slave".to_owned(),
+                    c @ ("normal" | "pubsub") => c.to_owned(),
+                    _ => return None,
+                };
+                let size = |t: &str| parse_size(t).ok().map(|n| n.to_string());
+                Some((
+                    class,
+                    [
+                        size(w[1])?,
+                        size(w[2])?,
+                        w[3].parse::<u64>().ok()?.to_string(),
+                    ],
+                ))
+            })
+            .collect()
+    };
+    let mut merged = classes(default)?;
+    for (class, limits) in classes(file)? {
+        match merged.iter_mut().find(|(c, _)| *c == class) {
+            Some(slot) => slot.1 = limits,
+            None => merged.push((class, limits)),
+        }
+    }
+    Some(
+        merged
+            .iter()
+            .map(|(c, [hard, soft, secs])| format!("{c} {hard} {soft} {secs}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 fn found(p: &ParamDrift) -> &str {
@@ -467,9 +561,506 @@ fn chart(points: &[(String, usize)]) -> String {
     out
 }
 
+/// One finding of a report, as far as a notice is concerned: which node, and what (the
+/// parameter, its kind, the expected and found values; `silent`; `undeclared`). A silent
+/// node's reason is left out: "timed out" then "refused" is the same finding.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// Empty for an undeclared node.
+    pub cluster: String,
+    pub node: String,
+    pub what: String,
+}
+
+/// What the drift runner remembers of the last notice it sent, so that the same drift is
+/// not notified on every run (kept in `<state-dir>/drift/notified.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notified {
+    /// The findings last notified, sorted; empty after a `drift-cleared` notice.
+    pub findings: Vec<Finding>,
+    /// When that notice was sent (RFC 3339, UTC).
+    pub at: String,
+    /// When these findings were first notified (reminders keep it).
+    #[serde(default)]
+    pub since: String,
+}
+
+impl Notified {
+    /// The memory after a run that decided `decision` at `now` (RFC 3339) on `findings`;
+    /// `None` when nothing was sent (the memory stays as it was).
+    pub fn after(
+        last: Option<&Notified>,
+        decision: NoticeDecision,
+        findings: Vec<Finding>,
+        now: &str,
+    ) -> Option<Notified> {
+        let since = match (decision, last) {
+            (NoticeDecision::Quiet, _) => return None,
+            (NoticeDecision::Reminder, Some(l)) if !l.since.is_empty() => l.since.clone(),
+            _ => now.to_owned(),
+        };
+        Some(Notified {
+            findings,
+            at: now.to_owned(),
+            since,
+        })
+    }
+}
+
+/// Whether a drift run tells its targets, and what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeDecision {
+    /// Nothing new: no notice.
+    Quiet,
+    /// Drift where the last notice said none (or nothing was ever notified): `drift-found`.
+    Appeared,
+    /// Other findings than the last notice's (a node, a parameter or a value more, fewer
+    /// or different): `drift-found`.
+    Changed,
+    /// The same findings as the last notice, `drift.repeat` or longer ago: `drift-found`
+    /// again, as a reminder.
+    Reminder,
+    /// No finding left after a notice of some: `drift-cleared`.
+    Cleared,
+}
+
+impl NoticeDecision {
+    /// One word for logs and the `cacheflow_drift_notices_total` metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeDecision::Quiet => "unchanged",
+            NoticeDecision::Appeared => "appeared",
+            NoticeDecision::Changed => "changed",
+            NoticeDecision::Reminder => "reminder",
+            NoticeDecision::Cleared => "cleared",
+        }
+    }
+}
+
+/// The findings of `report`, sorted. A cluster left out of this run (`not_compared`: a
+/// rollout in flight) keeps the findings `last` notified for it: it was not looked at, so
+/// nothing about it changed or cleared.
+pub fn findings(report: &DriftReport, last: Option<&Notified>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for c in &report.clusters {
+        for n in &c.drifted {
+            for p in &n.parameters {
+                out.push(Finding {
+                    cluster: c.cluster.clone(),
+                    node: n.node.clone(),
+                    what: format!(
+                        "{} {}: expected {}, found {}",
+                        p.name,
+                        match p.kind {
+                            DriftKind::Differs => "differs",
+                            DriftKind::NotPersisted => "not-persisted",
+                        },
+                        p.expected,
+                        found(p)
+                    ),
+                });
+            }
+        }
+        for s in &c.silent {
+            out.push(Finding {
+                cluster: c.cluster.clone(),
+                node: s.node.clone(),
+                what: "silent".to_owned(),
+            });
+        }
+    }
+    for n in &report.undeclared {
+        out.push(Finding {
+            cluster: String::new(),
+            node: n.clone(),
+            what: "undeclared".to_owned(),
+        });
+    }
+    if let Some(last) = last {
+        out.extend(
+            last.findings
+                .iter()
+                .filter(|f| report.not_compared.iter().any(|n| n.cluster == f.cluster))
+                .cloned(),
+        );
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether a run whose findings are `now_findings` (see [`findings`]) notifies, given
+/// the last notice (`None`: never one, or its memory was lost), the time of the run and
+/// `drift.repeat`. Drift is notified when it appears, when its findings change, when it
+/// clears (after a notice of it), and again every `repeat` while it stays the same.
+pub fn notice_decision(
+    last: Option<&Notified>,
+    now_findings: &[Finding],
+    now: DateTime<Utc>,
+    repeat: Duration,
+) -> NoticeDecision {
+    let last_findings = last.map(|l| l.findings.as_slice()).unwrap_or_default();
+    match (last_findings.is_empty(), now_findings.is_empty()) {
+        (true, true) => NoticeDecision::Quiet,
+        (true, false) => NoticeDecision::Appeared,
+        (false, true) => NoticeDecision::Cleared,
+        (false, false) if last_findings != now_findings => NoticeDecision::Changed,
+        (false, false) => {
+            // A time that does not parse counts as long ago: one reminder too many
+            // rather than none.
+            let due = last
+                .and_then(|l| DateTime::parse_from_rfc3339(&l.at).ok())
+                .map(|at| now.signed_duration_since(at.with_timezone(&Utc)))
+                .is_none_or(|since| since.to_std().is_ok_and(|s| s >= repeat));
+            if due {
+                NoticeDecision::Reminder
+            } else {
+                NoticeDecision::Quiet
+            }
+        }
+    }
+}
+
+/// The summary line and the details of the notice `decision` sends for `report`, `last`
+/// being the memory of the notice before.
+pub fn notice_text(
+    decision: NoticeDecision,
+    report: &DriftReport,
+    last: Option<&Notified>,
+) -> (String, String) {
+    let clusters: Vec<&str> = report
+        .clusters
+        .iter()
+        .filter(|c| !c.drifted.is_empty() || !c.silent.is_empty())
+        .map(|c| c.cluster.as_str())
+        .collect();
+    let which = if clusters.is_empty() {
+        "undeclared nodes".to_owned()
+    } else {
+        clusters.join(", ")
+    };
+    let n = report.drifted_nodes();
+    let since = last
+        .map(|l| l.since.as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("the last notice");
+    let summary = match decision {
+        NoticeDecision::Cleared => {
+            return (
+                format!(
+                "drift cleared: no node drifted or silent any more (drift notified since {since})"
+            ),
+                last.map(|l| {
+                    let mut out = String::from("gone since the last notice:\n");
+                    for f in &l.findings {
+                        let at = if f.cluster.is_empty() {
+                            f.node.clone()
+                        } else {
+                            format!("{}/{}", f.cluster, f.node)
+                        };
+                        let _ = writeln!(out, "  {at} {}", f.what);
+                    }
+                    out
+                })
+                .unwrap_or_default(),
+            )
+        }
+        NoticeDecision::Changed => {
+            format!("drift changed: {n} node(s) drifted or silent ({which})")
+        }
+        NoticeDecision::Reminder => {
+            format!("drift unchanged since {since}: {n} node(s) drifted or silent ({which})")
+        }
+        NoticeDecision::Appeared | NoticeDecision::Quiet => {
+            format!("drift: {n} node(s) drifted or silent ({which})")
+        }
+    };
+    (summary, text(report))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::pure::live::NodeLive;
+    use crate::pure::spec::files::FileSet;
+
+    /// A one-cluster repository (nodes n1 and n2) through the real loader.
+    fn desired(engine: &str, parameters: &str) -> Desired {
+        let yaml = format!(
+            "apiVersion: cacheflow/v1\nkind: Cluster\nmetadata: {{name: cache}}\nspec:\n  engine: {engine}\n  parameters:\n{parameters}\n  nodes:\n    - {{id: n1, address: '127.0.0.1:7001'}}\n    - {{id: n2, address: '127.0.0.1:7002'}}\n"
+        );
+        let set = FileSet {
+            commit: None,
+            files: [("clusters/cache.yaml".to_owned(), yaml)].into(),
+            problems: Vec::new(),
+        };
+        crate::pure::spec::load(&set).unwrap_or_else(|e| {
+            panic!(
+                "{}",
+                e.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Both nodes running `live` at `version`, started from a file setting `file`.
+    fn reading(version: Option<&str>, live: &[(&str, &str)], file: &[(&str, &str)]) -> LiveState {
+        let node = NodeLive {
+            reachable: true,
+            version: version.map(str::to_owned),
+            parameters: pairs(live),
+            persisted: Some(pairs(file)),
+            ..NodeLive::default()
+        };
+        LiveState {
+            version: crate::pure::live::LIVE_STATE_VERSION,
+            taken_at: None,
+            nodes: [("n1".to_owned(), node.clone()), ("n2".to_owned(), node)].into(),
+        }
+    }
+
+    /// `node param kind found` of every drifted parameter.
+    fn drifted(r: &DriftReport) -> Vec<String> {
+        r.clusters
+            .iter()
+            .flat_map(|c| &c.drifted)
+            .flat_map(|n| {
+                n.parameters
+                    .iter()
+                    .map(move |p| format!("{} {} {:?} {}", n.node, p.name, p.kind, found(p)))
+            })
+            .collect()
+    }
+
+    const DEFAULTS_LIVE: &[(&str, &str)] = &[
+        ("hz", "10"),
+        ("timeout", "0"),
+        ("maxmemory", "0"),
+        ("maxmemory-policy", "noeviction"),
+        ("notify-keyspace-events", ""),
+        ("tcp-keepalive", "300"),
+        (
+            "client-output-buffer-limit",
+            "normal 0 0 0 slave 268435456 67108864 60 pubsub 1048576 1048576 60",
+        ),
+    ];
+
+    #[test]
+    fn declared_defaults_the_config_file_leaves_out_are_persisted() {
+        // What CONFIG REWRITE writes after cacheflow set these: nothing for the
+        // defaults, one line for the one class off its default (in its own units).
+        let d = desired(
+            "redis",
+            "    hz: 10\n    timeout: 0\n    maxmemory: 0b\n    maxmemory-policy: NOEVICTION\n    notify-keyspace-events: ''\n    tcp-keepalive: 5m\n    client-output-buffer-limit: normal 0 0 0 slave 268435456 67108864 60 pubsub 1048576 1048576 60",
+        );
+        let file = [
+            ("client-output-buffer-limit", "pubsub 1mb 1mb 60"),
+            ("save", ""),
+        ];
+        let r = compute(&d, &reading(Some("7.0.15"), DEFAULTS_LIVE, &file), "t");
+        assert_eq!(drifted(&r), Vec::<String>::new());
+        assert!(r.clean());
+        assert_eq!(r.drifted_nodes(), 0);
+    }
+
+    #[test]
+    fn a_file_that_says_otherwise_or_a_default_nobody_knows_is_still_drift() {
+        let d = desired("redis", "    hz: 10\n    maxmemory-policy: allkeys-lru");
+        let live = [("hz", "10"), ("maxmemory-policy", "allkeys-lru")];
+        // Someone wrote `hz 50` into the file by hand (the live value was put back to
+        // the default): a restart brings 50. A declared value that is not the default
+        // and is missing from the file: a restart brings the default.
+        let r = compute(&d, &reading(Some("7.0.15"), &live, &[("hz", "50")]), "t");
+        assert_eq!(
+            drifted(&r),
+            [
+                "n1 hz NotPersisted 50",
+                "n1 maxmemory-policy NotPersisted (not in the config file)",
+                "n2 hz NotPersisted 50",
+                "n2 maxmemory-policy NotPersisted (not in the config file)",
+            ]
+        );
+        // A hand-made CONFIG SET to the default while the repository declares another
+        // value: the live value differs, whatever the file says.
+        let d = desired("redis", "    hz: 50");
+        let r = compute(
+            &d,
+            &reading(Some("7.0.15"), &[("hz", "10")], &[("hz", "50")]),
+            "t",
+        );
+        assert_eq!(drifted(&r), ["n1 hz Differs 10", "n2 hz Differs 10"]);
+        // A node that names no version, or one without a catalog: no default assumed.
+        let d = desired("redis", "    hz: 10");
+        for version in [None, Some("5.0.7")] {
+            let r = compute(&d, &reading(version, &[("hz", "10")], &[]), "t");
+            assert_eq!(
+                drifted(&r),
+                [
+                    "n1 hz NotPersisted (not in the config file)",
+                    "n2 hz NotPersisted (not in the config file)"
+                ],
+                "{version:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_is_the_one_of_the_version_the_node_runs() {
+        // Valkey 8.0 frees evicted keys lazily by default; Valkey 7.2 did not. A cluster
+        // that declares `no`: persisted by absence on 7.2, lost on restart on 8.0.
+        let d = desired("valkey", "    lazyfree-lazy-eviction: 'no'");
+        let live = [("lazyfree-lazy-eviction", "no")];
+        let r = compute(&d, &reading(Some("7.2.4"), &live, &[]), "t");
+        assert!(r.clean(), "{:?}", drifted(&r));
+        let r = compute(&d, &reading(Some("8.0.1"), &live, &[]), "t");
+        assert_eq!(
+            drifted(&r),
+            [
+                "n1 lazyfree-lazy-eviction NotPersisted (not in the config file)",
+                "n2 lazyfree-lazy-eviction NotPersisted (not in the config file)"
+            ]
+        );
+    }
+
+    #[test]
+    fn buffer_limit_classes_lie_over_the_default() {
+        let d = "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60";
+        assert_eq!(
+            buffer_limits_over(d, "replica 512mb 128mb 120 pubsub 1mb 1mb 0").as_deref(),
+            Some("normal 0 0 0 slave 536870912 134217728 120 pubsub 1048576 1048576 0")
+        );
+        assert_eq!(buffer_limits_over(d, "pubsub 1mb"), None);
+        assert_eq!(buffer_limits_over(d, "other 1 1 1"), None);
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn finding(node: &str, what: &str) -> Finding {
+        Finding {
+            cluster: "cache".into(),
+            node: node.into(),
+            what: what.into(),
+        }
+    }
+
+    #[test]
+    fn drift_is_notified_when_it_appears_changes_or_clears_and_every_repeat_while_it_stays() {
+        let four_hours = Duration::from_secs(4 * 3600);
+        let a = vec![finding("a2", "hz differs: expected 20, found 50")];
+        let b = vec![
+            finding("a2", "hz differs: expected 20, found 50"),
+            finding("b1", "silent"),
+        ];
+        let at = |findings: &[Finding], t: &str| Notified {
+            findings: findings.to_vec(),
+            at: t.into(),
+            since: "2026-11-20T01:00:00Z".into(),
+        };
+        let now = utc("2026-11-21T03:00:00Z");
+        let decide =
+            |last: Option<&Notified>, f: &[Finding]| notice_decision(last, f, now, four_hours);
+        // Nothing ever notified.
+        assert_eq!(decide(None, &[]), NoticeDecision::Quiet);
+        assert_eq!(decide(None, &a), NoticeDecision::Appeared);
+        // The same drift, a minute after its notice, and 3 h 59 min after: quiet.
+        assert_eq!(
+            decide(Some(&at(&a, "2026-11-21T02:59:00Z")), &a),
+            NoticeDecision::Quiet
+        );
+        assert_eq!(
+            decide(Some(&at(&a, "2026-11-20T23:01:00Z")), &a),
+            NoticeDecision::Quiet
+        );
+        // Four hours after: a reminder; a torn time: a reminder rather than silence.
+        assert_eq!(
+            decide(Some(&at(&a, "2026-11-20T23:00:00Z")), &a),
+            NoticeDecision::Reminder
+        );
+        assert_eq!(
+            decide(Some(&at(&a, "yesterday")), &a),
+            NoticeDecision::Reminder
+        );
+        // A node more, or fewer: changed, however recent the last notice.
+        assert_eq!(
+            decide(Some(&at(&a, "2026-11-21T02:59:00Z")), &b),
+            NoticeDecision::Changed
+        );
+        assert_eq!(
+            decide(Some(&at(&b, "2026-11-21T02:59:00Z")), &a),
+            NoticeDecision::Changed
+        );
+        // The value found changes: another hand-made change.
+        let c = vec![finding("a2", "hz differs: expected 20, found 51")];
+        assert_eq!(
+            decide(Some(&at(&a, "2026-11-21T02:59:00Z")), &c),
+            NoticeDecision::Changed
+        );
+        // Clean after a notice: cleared, once; then quiet.
+        assert_eq!(
+            decide(Some(&at(&a, "2026-11-21T02:59:00Z")), &[]),
+            NoticeDecision::Cleared
+        );
+        assert_eq!(
+            decide(Some(&at(&[], "2026-11-21T02:59:00Z")), &[]),
+            NoticeDecision::Quiet
+        );
+        assert_eq!(
+            decide(Some(&at(&[], "2026-11-21T02:59:00Z")), &a),
+            NoticeDecision::Appeared
+        );
+    }
+
+    #[test]
+    fn a_cluster_not_compared_keeps_its_last_findings() {
+        let mut r = report();
+        let last = Notified {
+            findings: vec![
+                finding(
+                    "a1",
+                    "notify-keyspace-events differs: expected Ex, found K|<b>",
+                ),
+                Finding {
+                    cluster: "other".into(),
+                    node: "o1".into(),
+                    what: "silent".into(),
+                },
+            ],
+            at: "2026-11-21T02:00:00Z".into(),
+            since: "2026-11-21T02:00:00Z".into(),
+        };
+        // `other` is compared and clean: its finding is gone.
+        let now = findings(&r, Some(&last));
+        assert_eq!(
+            now.iter()
+                .map(|f| format!("{}/{} {}", f.cluster, f.node, f.what))
+                .collect::<Vec<_>>(),
+            [
+                "/stray undeclared",
+                "cache/a1 notify-keyspace-events differs: expected Ex, found K|<b>",
+                "cache/a2 silent",
+            ]
+        );
+        // `other` has a rollout in flight: what was notified of it stands.
+        r.not_compared.push(NotCompared {
+            cluster: "other".into(),
+            reason: "a rollout is in flight".into(),
+        });
+        assert_eq!(findings(&r, Some(&last)).len(), 4);
+        assert!(findings(&r, Some(&last)).contains(&last.findings[1]));
+    }
 
     fn report() -> DriftReport {
         DriftReport {

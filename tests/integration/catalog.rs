@@ -211,6 +211,20 @@ fn every_redis_catalog_default_is_what_a_default_redis_7_reports() {
         unlike.is_empty(),
         "defaults unlike the server's: {unlike:#?}"
     );
+    // Drift counts a declared value the config file leaves out as persisted when it is
+    // the default: the defaults behind macros or special configs must be there too.
+    for name in [
+        "hz",
+        "notify-keyspace-events",
+        "client-output-buffer-limit",
+        "oom-score-adj-values",
+        "latency-tracking-info-percentiles",
+    ] {
+        assert!(
+            cat.get(name).and_then(|p| p.default.as_ref()).is_some(),
+            "{name} has no default"
+        );
+    }
 }
 
 #[test]

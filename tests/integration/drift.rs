@@ -12,6 +12,7 @@ use crate::support::cacheflow_sync;
 use crate::support::fleet::Fleet;
 use crate::support::git::TestRepo;
 use crate::support::servers::Reply;
+use crate::support::service::Service;
 
 fn drift(repo: &TestRepo, extra: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
@@ -141,6 +142,176 @@ fn hand_made_changes_unpersisted_values_and_silent_nodes_are_reported() {
     let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
     assert_eq!((size(16), size(20)), (800, 600), "the window's size");
     assert!(png.len() > 10_000, "a blank page? {} bytes", png.len());
+}
+
+/// The cluster `cache` on three independent primaries run as services (daemonized, from
+/// their own config file, restartable), with these parameter lines.
+fn services_yaml(nodes: &[Service], params: &str) -> String {
+    let mut list = String::new();
+    for (i, n) in nodes.iter().enumerate() {
+        list.push_str(&format!(
+            "    - {{id: n{}, address: '{}', shard: s{}, role: primary}}\n",
+            i + 1,
+            n.addr(),
+            i + 1
+        ));
+    }
+    format!(
+        "apiVersion: cacheflow/v1\nkind: Cluster\nmetadata: {{name: cache}}\nspec:\n  engine: redis\n  version: '7.0'\n  parameters:\n{params}\n  nodes:\n{list}  rollout:\n    stages: ['100%']\n    bake: 0s\n    applyTimeout: 10s\n    gates: {{minOpsPerSec: 0, maxLatencyIncreaseMs: 1000}}\n"
+    )
+}
+
+/// The declared values equal to Redis 7.0's defaults (written as people write them: a
+/// duration, an upper-case enum, an empty string), one that is not (`maxmemory`), and
+/// the buffer limits with one class off its default.
+const DEFAULTS: &str = "    hz: 10\n    timeout: 0\n    tcp-keepalive: 5m\n    maxmemory-policy: NOEVICTION\n    notify-keyspace-events: ''\n    maxmemory: 64mb\n    client-output-buffer-limit: normal 0 0 0 slave 268435456 67108864 60 pubsub 1048576 1048576 60";
+
+#[test]
+fn declared_defaults_are_not_drift_after_a_sync_and_survive_a_restart() {
+    let nodes: Vec<Service> = (0..3).map(|_| Service::redis("")).collect();
+    let ok = |reply: Reply| assert!(reply.is_ok(), "{reply:?}");
+    // Before the first sync the nodes run other values, set live only (as a person
+    // would have): the sync sets the defaults back and CONFIG REWRITE persists them.
+    for n in &nodes {
+        let mut c = n.redis_client();
+        ok(c.cmd(&[
+            "CONFIG",
+            "SET",
+            "hz",
+            "20",
+            "timeout",
+            "300",
+            "tcp-keepalive",
+            "60",
+        ]));
+    }
+    let repo = TestRepo::new();
+    repo.write("clusters/cache.yaml", &services_yaml(&nodes, DEFAULTS));
+    repo.commit("cache: defaults, 64mb, pubsub limits");
+    let (code, out) = cacheflow_sync(repo.path(), &["--yes"], &[]);
+    assert_eq!(code, 0, "{out}");
+
+    // CONFIG REWRITE wrote what is off its default, and not the defaults.
+    for n in &nodes {
+        let file = std::fs::read_to_string(n.config_path()).unwrap();
+        let directives: Vec<&str> = file
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        for absent in [
+            "hz",
+            "timeout",
+            "tcp-keepalive",
+            "maxmemory-policy",
+            "notify-keyspace-events",
+        ] {
+            assert!(!directives.contains(&absent), "{absent} in\n{file}");
+        }
+        assert!(file.contains("\nmaxmemory 64mb\n"), "{file}");
+        assert!(
+            file.contains("\nclient-output-buffer-limit pubsub 1mb 1mb 60\n"),
+            "{file}"
+        );
+    }
+    let clean = "cache: 3 node(s), 0 drifted, 0 silent\nno drift\n";
+    let (code, out, err) = drift(&repo, &[]);
+    assert_eq!((code, out.as_str()), (0, clean), "{err}");
+
+    // The proof: n3 restarted from its file runs every declared value.
+    let before = nodes[2].pid();
+    let restart = Command::new("sh")
+        .arg("-c")
+        .arg(nodes[2].restart_command())
+        .output()
+        .unwrap();
+    assert!(restart.status.success(), "{restart:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[2].pid() == before
+        || crate::support::servers::RedisClient::try_connect(
+            nodes[2].addr().rsplit(':').next().unwrap().parse().unwrap(),
+        )
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "n3 did not restart:\n{}",
+            nodes[2].log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = nodes[2].redis_client().config_get("*");
+    for (name, want) in [
+        ("hz", "10"),
+        ("timeout", "0"),
+        ("tcp-keepalive", "300"),
+        ("maxmemory-policy", "noeviction"),
+        ("notify-keyspace-events", ""),
+        ("maxmemory", "67108864"),
+        (
+            "client-output-buffer-limit",
+            "normal 0 0 0 slave 268435456 67108864 60 pubsub 1048576 1048576 60",
+        ),
+    ] {
+        assert_eq!((name, got[name].as_str()), (name, want));
+    }
+    let (code, out, err) = drift(&repo, &[]);
+    assert_eq!((code, out.as_str()), (0, clean), "{err}");
+
+    // Real hand-made changes are still drift. n1: a live value changed. n2: maxmemory
+    // set to the engine's default and rewritten into the file, then put back live: the
+    // file says 0 while the repository says 64mb. n3: `hz 50` written into the file by
+    // hand while the live value is the declared default.
+    ok(nodes[0]
+        .redis_client()
+        .cmd(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]));
+    let mut n2 = nodes[1].redis_client();
+    ok(n2.cmd(&["CONFIG", "SET", "maxmemory", "0"]));
+    ok(n2.cmd(&["CONFIG", "REWRITE"]));
+    ok(n2.cmd(&["CONFIG", "SET", "maxmemory", "64mb"]));
+    let mut file = std::fs::read_to_string(nodes[2].config_path()).unwrap();
+    file.push_str("hz 50\n");
+    std::fs::write(nodes[2].config_path(), file).unwrap();
+    let (code, out, err) = drift(&repo, &[]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            2,
+            "cache: 3 node(s), 3 drifted, 0 silent\n  \
+             n1 maxmemory-policy: expected noeviction, found allkeys-lru (live value differs)\n  \
+             n2 maxmemory: expected 67108864, found 0 (not persisted (lost on restart))\n  \
+             n3 hz: expected 10, found 50 (not persisted (lost on restart))\n\
+             3 node(s) drifted or silent\n"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn drift_repeat_must_be_a_duration_longer_than_zero() {
+    for (repeat, message) in [
+        ("soon", "/spec/drift/repeat"),
+        ("0s", "drift.repeat must be longer than 0s"),
+    ] {
+        let repo = TestRepo::new();
+        repo.write(
+            "cacheflow.yaml",
+            &format!("apiVersion: cacheflow/v1\nkind: Settings\nmetadata: {{name: settings}}\nspec:\n  drift:\n    schedule: '0 * * * *'\n    repeat: {repeat}\n"),
+        );
+        repo.commit("drift repeat");
+        let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+            .args(["validate", "--repo"])
+            .arg(repo.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains(message), "{repeat}: {text}");
+    }
 }
 
 /// The names Chromium goes by (Debian, Ubuntu's snap, Google's package), as

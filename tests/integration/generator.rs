@@ -49,6 +49,7 @@ fn the_generator_reads_a_config_table_into_the_expected_catalog() {
         "{title} {listen-addr} {server-mode}"
     );
     assert_eq!(params["hz"]["default"], "10");
+    assert_eq!(params["unixsocket"]["default"], "");
 
     let catalog: Catalog = serde_json::from_str(&text).unwrap();
     assert!(catalog.needs_restart("databases"));

@@ -1036,6 +1036,249 @@ fn scheduled_drift_runs_report_a_hand_made_change_then_correct_it_through_a_roll
     );
 }
 
+/// Lines of the server's drift history: one per run.
+fn drift_runs(state: &Path) -> Vec<String> {
+    std::fs::read_to_string(state.join("drift").join("history.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Wait for `n` more scheduled drift runs after those already in the history; the new
+/// lines.
+fn more_runs(state: &Path, n: usize) -> Vec<String> {
+    let before = drift_runs(state).len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = drift_runs(state);
+        if now.len() >= before + n {
+            return now[before..].to_vec();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} drift run(s) did not come: {now:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The notices the receiver got, as JSON.
+fn notices(receiver: &Receiver) -> Vec<serde_json::Value> {
+    receiver
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect()
+}
+
+fn metric_line(server: &Server, line_start: &str) -> String {
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
+        .to_owned()
+}
+
+#[test]
+fn drift_is_notified_when_it_appears_changes_and_clears_not_on_every_run_and_not_after_a_restart() {
+    let fleet = Fleet::start();
+    // Live values off the declared defaults, so that the first rollout sets the
+    // defaults and CONFIG REWRITE leaves them out of every config file.
+    for (_, n) in &fleet.nodes {
+        let reply = n
+            .client()
+            .cmd(&["CONFIG", "SET", "hz", "20", "timeout", "300"]);
+        assert!(reply.is_ok(), "{reply:?}");
+    }
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    let oncall = Receiver::start();
+    let urls = tempfile::tempdir().unwrap();
+    std::fs::write(urls.path().join("oncall"), &oncall.url).unwrap();
+    let hook = format!("file:{}", urls.path().join("oncall").display());
+    let every_second = "    schedule: '* * * * * *'\n    mode: report\n";
+    work.write("cacheflow.yaml", &settings_yaml(every_second, &hook));
+    work.write(
+        "clusters/cache.yaml",
+        &fleet.cluster_yaml("    hz: 10\n    timeout: 0"),
+    );
+    work.commit("cache: the defaults, drift every second");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&remote, state.path());
+    converge(&fleet, "hz", "10", Duration::from_secs(20));
+    converge(&fleet, "timeout", "0", Duration::from_secs(20));
+    let clean = "cache: 6 node(s), 0 drifted, 0 silent\nno drift\n";
+    until_clean(&server, clean);
+
+    // After the clean first sync: scheduled runs find nothing, the gauges are at zero
+    // and nobody is told anything.
+    for line in more_runs(state.path(), 3) {
+        assert!(line.contains("\"drifted\":0,\"clean\":true"), "{line}");
+    }
+    for kind in ["differs", "not_persisted", "silent"] {
+        assert_eq!(
+            metric_line(
+                &server,
+                &format!("cacheflow_drift_nodes{{cluster=\"cache\",kind=\"{kind}\"}}")
+            ),
+            format!("cacheflow_drift_nodes{{cluster=\"cache\",kind=\"{kind}\"}} 0")
+        );
+    }
+    assert!(oncall.requests().is_empty(), "{:#?}", notices(&oncall));
+
+    // A hand-made change: one notice, however many runs see it.
+    let set = |id: &str, value: &str| {
+        let reply = fleet.get(id).client().cmd(&["CONFIG", "SET", "hz", value]);
+        assert!(reply.is_ok(), "{reply:?}");
+    };
+    set("a2", "50");
+    oncall.wait_for(1, Duration::from_secs(10));
+    more_runs(state.path(), 3);
+    let got = notices(&oncall);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["event"], "drift-found");
+    assert_eq!(
+        got[0]["summary"],
+        "drift: 1 node(s) drifted or silent (cache)"
+    );
+
+    // Another: a new notice, with both.
+    set("b2", "60");
+    oncall.wait_for(2, Duration::from_secs(10));
+    more_runs(state.path(), 3);
+    let got = notices(&oncall);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(got[1]["event"], "drift-found");
+    assert_eq!(
+        got[1]["summary"],
+        "drift changed: 2 node(s) drifted or silent (cache)"
+    );
+    let details = got[1]["details"].as_str().unwrap();
+    assert!(
+        details.contains("  a2 hz: expected 10, found 50 (live value differs)\n")
+            && details.contains("  b2 hz: expected 10, found 60 (live value differs)\n"),
+        "{details}"
+    );
+
+    // Both put back: one drift-cleared notice, then quiet.
+    set("a2", "10");
+    set("b2", "10");
+    oncall.wait_for(3, Duration::from_secs(10));
+    more_runs(state.path(), 3);
+    let got = notices(&oncall);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert_eq!(got[2]["event"], "drift-cleared");
+    assert!(
+        got[2]["summary"].as_str().unwrap().starts_with(
+            "drift cleared: no node drifted or silent any more (drift notified since "
+        ),
+        "{:#}",
+        got[2]
+    );
+    assert_eq!(
+        got[2]["details"],
+        "gone since the last notice:\n  cache/a2 hz differs: expected 10, found 50\n  cache/b2 hz differs: expected 10, found 60\n"
+    );
+    assert_eq!(
+        metric_line(
+            &server,
+            "cacheflow_drift_nodes{cluster=\"cache\",kind=\"differs\"}"
+        ),
+        "cacheflow_drift_nodes{cluster=\"cache\",kind=\"differs\"} 0"
+    );
+
+    // Someone writes `hz 77` into a3's config file (the live value stays right): drift
+    // that a restart of the node would bring, told once.
+    let a3_file = fleet.get("a3").config_path();
+    let original = std::fs::read_to_string(&a3_file).unwrap();
+    std::fs::write(&a3_file, format!("{original}hz 77\n")).unwrap();
+    oncall.wait_for(4, Duration::from_secs(10));
+    let got = notices(&oncall);
+    assert_eq!(
+        got[3]["summary"],
+        "drift: 1 node(s) drifted or silent (cache)"
+    );
+    assert!(
+        got[3]["details"]
+            .as_str()
+            .unwrap()
+            .contains("  a3 hz: expected 10, found 77 (not persisted (lost on restart))\n"),
+        "{:#}",
+        got[3]
+    );
+    assert_eq!(
+        metric_line(
+            &server,
+            "cacheflow_drift_nodes{cluster=\"cache\",kind=\"not_persisted\"}"
+        ),
+        "cacheflow_drift_nodes{cluster=\"cache\",kind=\"not_persisted\"} 1"
+    );
+
+    for (result, n) in [
+        ("appeared", 2),
+        ("changed", 1),
+        ("cleared", 1),
+        ("reminder", 0),
+    ] {
+        let series = format!("cacheflow_drift_notices_total{{result=\"{result}\"}}");
+        assert_eq!(metric_line(&server, &series), format!("{series} {n}"));
+    }
+
+    // The server is killed and started again: the same drift is not told again.
+    server.kill9();
+    server.restart();
+    let after = more_runs(state.path(), 3);
+    assert!(
+        after
+            .iter()
+            .all(|l| l.contains("\"drifted\":1,\"clean\":false")),
+        "{after:#?}"
+    );
+    assert_eq!(notices(&oncall).len(), 4, "{:#?}", notices(&oncall));
+
+    // The line removed: cleared.
+    std::fs::write(&a3_file, &original).unwrap();
+    oncall.wait_for(5, Duration::from_secs(10));
+    more_runs(state.path(), 2);
+    let got = notices(&oncall);
+    assert_eq!(got.len(), 5, "{got:#?}");
+    assert_eq!(got[4]["event"], "drift-cleared");
+
+    // drift.repeat: unchanged drift is told again once that long has passed.
+    work.write(
+        "cacheflow.yaml",
+        &settings_yaml(&format!("{every_second}    repeat: 3s\n"), &hook),
+    );
+    work.commit("drift: repeat every 3s");
+    remote.push(&work, false);
+    assert_eq!(server.github_push("d-repeat").0, 202);
+    more_runs(state.path(), 2);
+    set("a2", "50");
+    oncall.wait_for(6, Duration::from_secs(10));
+    let appeared = Instant::now();
+    oncall.wait_for(7, Duration::from_secs(15));
+    let waited = appeared.elapsed();
+    let got = notices(&oncall);
+    assert_eq!(
+        got[5]["summary"],
+        "drift: 1 node(s) drifted or silent (cache)"
+    );
+    assert_eq!(got[6]["event"], "drift-found");
+    assert!(
+        got[6]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("drift unchanged since "),
+        "{:#}",
+        got[6]
+    );
+    // Not before the 3 s (less the second of the schedule's granularity).
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+}
+
 /// Wait until `cacheflow drift --server` says exactly `clean` (a rollout in flight is
 /// "not compared", which is no drift but another text).
 fn until_clean(server: &Server, clean: &str) {

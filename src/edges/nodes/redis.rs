@@ -499,7 +499,7 @@ impl RedisDriver {
         Ok(NodeLive {
             engine: Some(Engine::Redis),
             address: Some(self.address.clone()),
-            version: info.get("redis_version").cloned(),
+            version: engine_version(&info),
             reachable: true,
             parameters: live.parameters,
             persisted: live.persisted,
@@ -715,6 +715,15 @@ impl NodeDriver for RedisDriver {
 /// `host:port` → (host, port); `[::1]:6379` → (`::1`, 6379); no port → 6379.
 /// Whether the library's words say the node hung up: what a TLS port does to a
 /// plaintext client.
+/// The version of the engine a node runs: Valkey's own (`valkey_version`; its
+/// `redis_version` is the Redis it is compatible with, 7.2.4 for every Valkey 8), else
+/// `redis_version`. Drift reads the engine's defaults at this version.
+pub fn engine_version(info: &BTreeMap<String, String>) -> Option<String> {
+    info.get("valkey_version")
+        .or_else(|| info.get("redis_version"))
+        .cloned()
+}
+
 fn hung_up(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     [
@@ -1168,6 +1177,16 @@ mod tests {
         assert_eq!(h.role, Some(Role::Replica));
         assert_eq!(h.replication_link, Some(LinkState::Down));
         assert_eq!(h.keys, Some(7));
+    }
+
+    #[test]
+    fn valkey_reports_its_own_version_not_the_redis_it_is_compatible_with() {
+        let redis = parse_info("# Server\r\nredis_version:7.0.15\r\n");
+        assert_eq!(engine_version(&redis).as_deref(), Some("7.0.15"));
+        let valkey = parse_info(
+            "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.1\r\n",
+        );
+        assert_eq!(engine_version(&valkey).as_deref(), Some("8.0.1"));
     }
 
     #[test]

@@ -139,6 +139,7 @@ mod tests {
                 notifier,
                 silent_after: options.silent_after,
                 revision_taken: Arc::new(Notify::new()),
+                notices: Arc::default(),
             },
             options,
             metrics,

@@ -6,7 +6,9 @@
 //! DriftTimer::poll(schedule, now) ─► due ─► Handle::drift_inputs (revision + readings)
 //!   ─► drift::compute ─► latest.{md,json,html} + one line of history.jsonl
 //!   ─► cacheflow_drift_nodes / cacheflow_drift_runs_total
-//!   ─► drift-found to drift.notify (or every target subscribed to drift-found)
+//!   ─► drift::notice_decision (notified.json: what the last notice told, and when)
+//!   ─► drift-found (appeared, changed, or unchanged for drift.repeat) or drift-cleared
+//!      to drift.notify (or every target subscribed to drift-found)
 //!   ─► drift.mode: correct ─► Handle::correct: staged rollouts, journaled
 //! ```
 //!
@@ -25,7 +27,7 @@ use tokio::sync::watch;
 use crate::edges::metrics::{DriftLabels, Metrics};
 use crate::edges::notify::{self, Notice, Notifier};
 use crate::flow::runtime::Handle;
-use crate::pure::drift::{self, DriftKind, DriftReport};
+use crate::pure::drift::{self, DriftKind, DriftReport, NoticeDecision};
 use crate::pure::schedule::Crontab;
 use crate::pure::spec::model::{Desired, DriftMode, Notification};
 
@@ -117,14 +119,27 @@ fn schedule_of(desired: &Desired) -> Option<(Crontab, chrono_tz::Tz)> {
     }
 }
 
-/// The targets of a drift run: `drift.notify` by name when given (whatever their
-/// `events:`), else every target subscribed to `drift-found`.
-pub fn drift_targets(desired: &Desired) -> Vec<Notification> {
+/// The targets of a drift notice of `kind`: `drift.notify` by name when given (whatever
+/// their `events:`), else every target subscribed to `drift-found`, and for
+/// `drift-cleared` also those subscribed to it alone (a target told of drift is told
+/// when it clears).
+pub fn drift_targets(desired: &Desired, kind: notify::Kind) -> Vec<Notification> {
     let settings = &desired.settings;
     if settings.drift.notify.is_empty() {
-        return notify::targets_for(&settings.notifications, notify::Kind::DriftFound)
-            .into_iter()
-            .cloned()
+        return settings
+            .notifications
+            .iter()
+            .filter(|n| {
+                let subscribed = |k: notify::Kind| {
+                    n.events.is_empty() || n.events.iter().any(|e| e == k.as_str())
+                };
+                subscribed(notify::Kind::DriftFound)
+                    || (kind == notify::Kind::DriftCleared && subscribed(kind))
+            })
+            .map(|n| Notification {
+                events: Vec::new(),
+                ..n.clone()
+            })
             .collect();
     }
     settings
@@ -148,6 +163,9 @@ pub struct DriftRunner {
     pub silent_after: Duration,
     /// Signalled when a revision is taken: its schedule may differ.
     pub revision_taken: Arc<tokio::sync::Notify>,
+    /// Held from reading `notified.json` to writing it: a scheduled run and a requested
+    /// one (`POST /api/v1/drift/run`) never both send the same notice.
+    pub notices: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DriftRunner {
@@ -217,31 +235,7 @@ impl DriftRunner {
             &self.metrics.drift_runs,
             if clean { "clean" } else { "drift" },
         );
-        if !clean {
-            let clusters: Vec<&str> = report
-                .clusters
-                .iter()
-                .filter(|c| !c.drifted.is_empty() || !c.silent.is_empty())
-                .map(|c| c.cluster.as_str())
-                .collect();
-            let mut notice = Notice::new(
-                notify::Kind::DriftFound,
-                format!(
-                    "drift: {} node(s) drifted or silent ({})",
-                    report.drifted_nodes(),
-                    if clusters.is_empty() {
-                        "undeclared nodes".to_owned()
-                    } else {
-                        clusters.join(", ")
-                    }
-                ),
-            )
-            .details(drift::text(&report));
-            if let Some(r) = &report.revision {
-                notice = notice.revision(r);
-            }
-            self.notifier.send(&drift_targets(&desired), &notice);
-        }
+        self.notify(&desired, &report).await;
         if desired.settings.drift.mode == DriftMode::Correct {
             let to_correct: Vec<String> = report
                 .clusters
@@ -258,6 +252,51 @@ impl DriftRunner {
             }
         }
         Ok(report)
+    }
+
+    /// Tell the targets when the drift appeared, changed or cleared, or unchanged for
+    /// `drift.repeat` since the last notice (the decision: [`drift::notice_decision`]);
+    /// then remember what was told in `notified.json`. Sent before it is remembered: a
+    /// crash in between repeats a notice after the restart rather than lose one. A memory
+    /// that cannot be written is logged, and does not stop the run (nor its correction):
+    /// the next run tells the same drift again.
+    async fn notify(&self, desired: &Desired, report: &DriftReport) {
+        let _one_at_a_time = self.notices.lock().await;
+        let dir = self.dir.clone();
+        let last = tokio::task::spawn_blocking(move || read_notified(&dir))
+            .await
+            .unwrap_or_default();
+        let found = drift::findings(report, last.as_ref());
+        let now = Utc::now();
+        let decision =
+            drift::notice_decision(last.as_ref(), &found, now, desired.settings.drift.repeat());
+        Metrics::count(&self.metrics.drift_notices, decision.as_str());
+        let Some(memory) = drift::Notified::after(
+            last.as_ref(),
+            decision,
+            found,
+            &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ) else {
+            tracing::debug!("drift unchanged since the last notice: none sent");
+            return;
+        };
+        let (summary, details) = drift::notice_text(decision, report, last.as_ref());
+        let kind = if decision == NoticeDecision::Cleared {
+            notify::Kind::DriftCleared
+        } else {
+            notify::Kind::DriftFound
+        };
+        let mut notice = Notice::new(kind, summary).details(details);
+        if let Some(r) = &report.revision {
+            notice = notice.revision(r);
+        }
+        self.notifier.send(&drift_targets(desired, kind), &notice);
+        let dir = self.dir.clone();
+        match tokio::task::spawn_blocking(move || write_notified(&dir, &memory)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cannot remember the drift notice: {e}"),
+            Err(e) => tracing::warn!("cannot remember the drift notice: {e}"),
+        }
     }
 
     fn gauges(&self, report: &DriftReport) {
@@ -287,6 +326,43 @@ impl DriftRunner {
             }
         }
     }
+}
+
+/// What the last drift notice told, in `notified.json` beside the reports.
+pub const NOTIFIED_FILE: &str = "notified.json";
+
+/// The memory of the last drift notice; `None` when there is none (a first run) or it
+/// does not read (logged): the next drift is then notified as new.
+pub fn read_notified(dir: &Path) -> Option<drift::Notified> {
+    let path = dir.join(NOTIFIED_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the last drift notice");
+            return None;
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the last drift notice does not read; drift will be notified as new");
+            None
+        }
+    }
+}
+
+/// Replace `notified.json` whole.
+pub fn write_notified(dir: &Path, notified: &drift::Notified) -> Result<(), DriftError> {
+    std::fs::create_dir_all(dir).map_err(|source| DriftError::File {
+        action: "create",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    replace(
+        &dir.join(NOTIFIED_FILE),
+        serde_json::to_string_pretty(notified)?.as_bytes(),
+    )
 }
 
 /// Why a drift run gave no report.
@@ -492,6 +568,64 @@ mod tests {
             timer.poll(Some((&cron, chrono_tz::UTC)), utc("2026-11-20T12:01:00Z")),
             Poll::Due(utc("2026-11-20T12:01:00Z"))
         );
+    }
+
+    #[test]
+    fn drift_cleared_goes_to_those_told_of_drift_and_to_its_own_subscribers() {
+        use crate::pure::spec::model::{NotificationKind, SecretRef};
+        let target = |name: &str, events: &[&str]| Notification {
+            name: name.to_owned(),
+            kind: NotificationKind::Webhook,
+            url: SecretRef(format!("env:{name}")),
+            events: events.iter().map(|e| e.to_string()).collect(),
+        };
+        let mut desired = Desired {
+            commit: None,
+            settings: Default::default(),
+            profiles: Default::default(),
+            clusters: Default::default(),
+        };
+        desired.settings.notifications = vec![
+            target("all", &[]),
+            target("found", &["drift-found"]),
+            target("cleared", &["drift-cleared"]),
+            target("rollouts", &["rollout-failed"]),
+        ];
+        let names = |d: &Desired, k| -> Vec<String> {
+            drift_targets(d, k).into_iter().map(|n| n.name).collect()
+        };
+        assert_eq!(names(&desired, notify::Kind::DriftFound), ["all", "found"]);
+        assert_eq!(
+            names(&desired, notify::Kind::DriftCleared),
+            ["all", "found", "cleared"]
+        );
+        // Every target returned takes the notice whatever its events.
+        assert!(drift_targets(&desired, notify::Kind::DriftCleared)
+            .iter()
+            .all(|n| n.events.is_empty()));
+        // drift.notify names them: both notices, to those alone.
+        desired.settings.drift.notify = vec!["rollouts".into()];
+        assert_eq!(names(&desired, notify::Kind::DriftFound), ["rollouts"]);
+        assert_eq!(names(&desired, notify::Kind::DriftCleared), ["rollouts"]);
+    }
+
+    #[test]
+    fn the_last_notice_is_remembered_and_a_torn_memory_reads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_notified(dir.path()), None);
+        let memory = drift::Notified {
+            findings: vec![drift::Finding {
+                cluster: "cache".into(),
+                node: "a2".into(),
+                what: "hz differs: expected 10, found 50".into(),
+            }],
+            at: "2026-11-21T03:00:00Z".into(),
+            since: "2026-11-21T01:00:00Z".into(),
+        };
+        write_notified(dir.path(), &memory).unwrap();
+        assert_eq!(read_notified(dir.path()), Some(memory));
+        std::fs::write(dir.path().join(NOTIFIED_FILE), "{\"findings\": [").unwrap();
+        assert_eq!(read_notified(dir.path()), None);
     }
 
     #[test]

@@ -196,6 +196,7 @@ pub async fn serve(
             notifier,
             silent_after: options.silent_after,
             revision_taken: Arc::new(Notify::new()),
+            notices: Arc::default(),
         },
         options: options.clone(),
         metrics,

@@ -57,10 +57,12 @@ pub enum NoticeKind {
     Paused,
     RevisionRefused,
     DriftFound,
+    /// The drift a `drift-found` notice told of is gone (sent once, after it).
+    DriftCleared,
 }
 
 impl NoticeKind {
-    pub const ALL: [NoticeKind; 7] = [
+    pub const ALL: [NoticeKind; 8] = [
         NoticeKind::RolloutStarted,
         NoticeKind::RolloutCompleted,
         NoticeKind::RolloutFailed,
@@ -68,6 +70,7 @@ impl NoticeKind {
         NoticeKind::Paused,
         NoticeKind::RevisionRefused,
         NoticeKind::DriftFound,
+        NoticeKind::DriftCleared,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +82,7 @@ impl NoticeKind {
             NoticeKind::Paused => "paused",
             NoticeKind::RevisionRefused => "revision-refused",
             NoticeKind::DriftFound => "drift-found",
+            NoticeKind::DriftCleared => "drift-cleared",
         }
     }
 }

@@ -644,6 +644,21 @@ fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {
     if let Err(e) = crate::pure::schedule::parse_zone(spec.drift.timezone.as_deref()) {
         ctx.at(p, "/spec/drift/timezone", e.to_string());
     }
+    if let Some(repeat) = &spec.drift.repeat {
+        match catalog::parse_duration_micros(repeat) {
+            Some(0) => ctx.at(
+                p,
+                "/spec/drift/repeat",
+                "drift.repeat must be longer than 0s (it is how long unchanged drift waits before it is notified again)",
+            ),
+            Some(_) => {}
+            None => ctx.at(
+                p,
+                "/spec/drift/repeat",
+                format!("`{repeat}` is not a duration such as 30m or 4h"),
+            ),
+        }
+    }
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, n) in spec.notifications.iter().enumerate() {
         if names.insert(&n.name, i).is_some() {

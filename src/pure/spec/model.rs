@@ -58,6 +58,26 @@ pub struct Drift {
     /// The IANA zone the schedule is read in; UTC when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// How often unchanged drift is notified again (a duration; [`DEFAULT_DRIFT_REPEAT`]
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<String>,
+}
+
+/// `drift.repeat` when absent: pager-connected targets are reminded a few times a day.
+pub const DEFAULT_DRIFT_REPEAT: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+
+impl Drift {
+    /// `drift.repeat` (validated with the revision: longer than zero); the default when
+    /// absent or, should an unchecked one get here, unreadable.
+    pub fn repeat(&self) -> std::time::Duration {
+        self.repeat
+            .as_deref()
+            .and_then(crate::pure::catalog::parse_duration_micros)
+            .filter(|us| *us > 0)
+            .map(std::time::Duration::from_micros)
+            .unwrap_or(DEFAULT_DRIFT_REPEAT)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
