@@ -927,6 +927,7 @@ pub fn health_from_info(info: &BTreeMap<String, String>) -> Health {
         role,
         replication_link,
         keys: Some(keys),
+        uptime_seconds: num("uptime_in_seconds"),
     }
 }
 

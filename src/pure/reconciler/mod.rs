@@ -881,8 +881,14 @@ impl Reconciler {
             rollout::Verdict::Fail { reason } => format!("failed: {reason}"),
             rollout::Verdict::Inconclusive { reason } => format!("inconclusive: {reason}"),
         };
+        // Conditions that were already there, gates not applied: said, not held against it.
+        let noted = if j.notes.is_empty() {
+            String::new()
+        } else {
+            format!("\nnoted: {}", j.notes.join("; "))
+        };
         self.lines.push(format!(
-            "{name}: gates of batch {} {verdict}\nfigures: {figures}",
+            "{name}: gates of batch {} {verdict}{noted}\nfigures: {figures}",
             batch + 1
         ));
         Event::Gates {
