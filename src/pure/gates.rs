@@ -9,16 +9,23 @@
 //! | gate | fails when |
 //! | --- | --- |
 //! | up | the node does not answer (`requireUp`) |
-//! | replication link | a replica's link to its primary is down (`requireReplicationLink`) |
+//! | replication link | a replica's link to its primary is down, and was up in its baseline (`requireReplicationLink`) |
 //! | memory | used memory / maxmemory above `maxMemoryRatio` |
 //! | hit ratio | the hit ratio during the bake fell more than `maxHitRatioDrop` below the node's baseline *and* below the untouched nodes' median |
 //! | evictions | evictions per second during the bake above `maxEvictionsPerSec` |
 //! | latency | latency above `maxLatencyMs`, or more than `maxLatencyIncreaseMs` above the baseline |
 //!
+//! Rates are measured over the span the counters cover: since the baseline, or since the
+//! engine restarted (its uptime) when it restarted in between.
+//!
 //! The traffic gates (hit ratio) need traffic: a node that served fewer than
 //! `minOpsPerSec` requests per second during the bake cannot be judged on them, and the
 //! verdict is *inconclusive* (a person decides) unless another gate failed. With
 //! `minOpsPerSec: 0` an idle node is judged on the other gates only.
+//!
+//! A gate judges what the change did: a replica whose link was already down in its
+//! baseline, and a node that had no traffic in its baseline (new in a scale-out), are
+//! noted in the judgement rather than failed or left inconclusive.
 
 use std::collections::BTreeMap;
 

@@ -49,6 +49,8 @@ pub enum RefusedInput {
     UnknownCluster(String),
     #[error("cluster `{0}` has no rollout in progress")]
     NoRollout(String),
+    #[error("cluster `{0}` has no refused content to retry")]
+    NothingRefused(String),
     #[error("the report is for node `{found}`, not `{expected}`")]
     WrongNode { expected: String, found: String },
 }
@@ -1294,6 +1296,37 @@ impl Reconciler {
             return Err(RefusedInput::NoRollout(cluster.to_owned()));
         }
         self.feed(cluster, event, now_ms);
+        Ok(self.finish())
+    }
+
+    /// A person retries the cluster's refused content (rolled back, or refused for
+    /// start-only changes on directly managed nodes) without a new commit: the refusal is
+    /// lifted, journaled with who and why, and the content rolls out again through the
+    /// staged path. Refused when nothing is refused.
+    pub fn retry(
+        &mut self,
+        cluster: &str,
+        by: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Effect>, RefusedInput> {
+        let Some(cs) = self.state.clusters.get(cluster) else {
+            return Err(RefusedInput::UnknownCluster(cluster.to_owned()));
+        };
+        let refused = match (&cs.refused, &cs.target) {
+            (Some(r), Some(t)) if r.digest == t.digest => r.clone(),
+            _ => return Err(RefusedInput::NothingRefused(cluster.to_owned())),
+        };
+        self.touch(cluster);
+        if let Some(cs) = self.state.clusters.get_mut(cluster) {
+            cs.refused = None;
+        }
+        self.lines.push(format!(
+            "{cluster}: retry of revision {} by {by}: {reason} (it was refused: {})",
+            short_id(&refused.revision),
+            refused.reason
+        ));
+        self.start(cluster, now_ms);
         Ok(self.finish())
     }
 
