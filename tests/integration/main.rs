@@ -5,6 +5,7 @@ mod demo;
 mod drift;
 mod example_repo;
 mod fuzz;
+mod gates;
 mod generator;
 mod git_remote;
 mod honest;
