@@ -152,6 +152,22 @@ impl Serve {
         }
     }
 
+    /// The journaled state of the cluster (its rollout's baselines included).
+    fn state_of_cluster(&self) -> String {
+        let dir = std::fs::read_dir(self.state.path().join("mirror"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .expect("a mirror");
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(dir)
+            .args(["show", "refs/cacheflow/journal:clusters/cache.json"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn journal(&self) -> Vec<String> {
         let dir = std::fs::read_dir(self.state.path().join("mirror"))
             .unwrap()
@@ -199,6 +215,8 @@ impl Drop for Serve {
 struct Traffic {
     stop: Arc<AtomicBool>,
     reads: Arc<AtomicU64>,
+    /// When each read was answered (for a failure's message).
+    times: Arc<std::sync::Mutex<Vec<Instant>>>,
     since: Instant,
     thread: Option<JoinHandle<()>>,
 }
@@ -207,7 +225,8 @@ impl Traffic {
     fn start(port: u16) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let reads = Arc::new(AtomicU64::new(0));
-        let (s, r) = (stop.clone(), reads.clone());
+        let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, r, t) = (stop.clone(), reads.clone(), times.clone());
         let thread = std::thread::spawn(move || {
             let mut client: Option<RedisClient> = None;
             while !s.load(Ordering::Relaxed) {
@@ -218,6 +237,7 @@ impl Traffic {
                     match c.try_cmd(&["GET", "gate-test-key"]) {
                         Ok(reply) if !reply.is_error() => {
                             r.fetch_add(1, Ordering::Relaxed);
+                            t.lock().unwrap().push(Instant::now());
                         }
                         _ => client = None,
                     }
@@ -228,9 +248,21 @@ impl Traffic {
         Traffic {
             stop,
             reads,
+            times,
             since: Instant::now(),
             thread: Some(thread),
         }
+    }
+
+    /// Reads answered in each whole second since the start.
+    fn per_second(&self) -> Vec<usize> {
+        let times = self.times.lock().unwrap();
+        let secs = self.since.elapsed().as_secs() as usize + 1;
+        let mut out = vec![0; secs];
+        for t in times.iter() {
+            out[(t.duration_since(self.since).as_secs() as usize).min(secs - 1)] += 1;
+        }
+        out
     }
 
     /// Reads per second served so far.
@@ -417,125 +449,191 @@ fn a_start_only_change_is_judged_on_the_traffic_since_each_restart_not_since_the
         let read = figures[0]["opsPerSec"].as_f64().unwrap();
         assert!(
             (read - real).abs() <= real * 0.25,
-            "batch {}: {id} read {read:.1} ops/s, its client sent {real:.1}/s",
-            batch + 1
+            "batch {}: {id} read {read:.1} ops/s, its client sent {real:.1}/s; reads per \
+             second: {:?}; engine uptime now {:?}\n{:#?}\n{}",
+            batch + 1,
+            traffic[i].per_second(),
+            services[i]
+                .1
+                .redis_client()
+                .cmd(&["INFO", "server"])
+                .as_str()
+                .and_then(|t| {
+                    t.lines()
+                        .find(|l| l.starts_with("uptime_in_seconds"))
+                        .map(str::to_owned)
+                }),
+            server.journal(),
+            server.state_of_cluster()
         );
     }
 }
 
-#[test]
-fn a_link_down_before_the_rollout_is_noted_not_failed_and_a_new_node_without_traffic_is_not_paused()
-{
-    let a1 = RedisServer::start();
-    a1.client().cmd(&["SET", "gate-test-key", "v"]);
-    let a2 = RedisServer::start();
-    assert!(a2
-        .client()
-        .cmd(&["REPLICAOF", "127.0.0.1", &a1.port().to_string()])
-        .is_ok());
-    wait_link_up(&a2);
-    // a3's primary went away before any rollout: its link is down, whatever we change.
-    let a3 = RedisServer::start();
-    assert!(a3
-        .client()
-        .cmd(&["REPLICAOF", "127.0.0.1", &free_port().to_string()])
-        .is_ok());
-    let _traffic: Vec<Traffic> = [&a1, &a2, &a3]
-        .iter()
-        .map(|n| Traffic::start(n.port()))
-        .collect();
-    let node = |id, n: &RedisServer, role| (id, n.addr(), role);
-    let mut nodes = vec![
-        node("a1", &a1, ", shard: a, role: primary"),
-        node("a2", &a2, ", shard: a, role: replica"),
-        node("a3", &a3, ", shard: a, role: replica"),
-    ];
-    // minOpsPerSec keeps its default (10).
-    let rollout = "    stages: [1, '100%']\n    bake: 2s\n    applyTimeout: 10s\n    \
-                   maxUnavailablePerShard: 4\n    gates: {maxLatencyIncreaseMs: 1000}\n";
-    let remote = Remote::new();
-    let work = TestRepo::new();
-    work.write(
-        "clusters/cache.yaml",
-        &cluster_yaml("    hz: 10", &nodes, rollout),
-    );
-    work.commit("cache: hz 10, as the nodes run");
-    remote.push(&work);
-    let server = Serve::start(&remote);
-    // Traffic for the baselines.
-    std::thread::sleep(Duration::from_secs(2));
+/// A primary and two replicas of shard `a` (`a3`'s link down when `a3_link_down`, as
+/// if its primary went away before any rollout), each read at about 25/s, declared with
+/// `hz: 10` (as they run) and followed by a server. minOpsPerSec keeps its default (10).
+struct Shard {
+    nodes: Vec<(&'static str, RedisServer)>,
+    _traffic: Vec<Traffic>,
+    remote: Remote,
+    work: TestRepo,
+    server: Serve,
+}
 
-    work.write(
-        "clusters/cache.yaml",
-        &cluster_yaml("    hz: 20", &nodes, rollout),
-    );
-    let change = work.commit("cache: hz 20");
-    remote.push(&work);
-    let phase = server.settled(&change, Duration::from_secs(60));
-    assert_eq!(phase, "completed", "{:#?}", server.journal());
-    for n in [&a1, &a2, &a3] {
-        assert_eq!(config_of(n.port(), "hz"), "20");
+const SHARD_ROLLOUT: &str = "    stages: [1, '100%']\n    bake: 2s\n    applyTimeout: 10s\n    \
+                             maxUnavailablePerShard: 4\n    gates: {maxLatencyIncreaseMs: 1000}\n";
+
+impl Shard {
+    fn start(a3_link_down: bool) -> Shard {
+        let a1 = RedisServer::start();
+        a1.client().cmd(&["SET", "gate-test-key", "v"]);
+        let a2 = RedisServer::start();
+        assert!(a2
+            .client()
+            .cmd(&["REPLICAOF", "127.0.0.1", &a1.port().to_string()])
+            .is_ok());
+        wait_link_up(&a2);
+        let a3 = RedisServer::start();
+        let primary = if a3_link_down { free_port() } else { a1.port() };
+        assert!(a3
+            .client()
+            .cmd(&["REPLICAOF", "127.0.0.1", &primary.to_string()])
+            .is_ok());
+        if !a3_link_down {
+            wait_link_up(&a3);
+        }
+        let traffic = [&a1, &a2, &a3]
+            .iter()
+            .map(|n| Traffic::start(n.port()))
+            .collect();
+        let nodes = vec![("a1", a1), ("a2", a2), ("a3", a3)];
+        let remote = Remote::new();
+        let work = TestRepo::new();
+        shard_commit(
+            &nodes,
+            &work,
+            &remote,
+            "    hz: 10",
+            "cache: hz 10, as the nodes run",
+        );
+        let server = Serve::start(&remote);
+        // Traffic for the baselines.
+        std::thread::sleep(Duration::from_secs(2));
+        Shard {
+            nodes,
+            _traffic: traffic,
+            remote,
+            work,
+            server,
+        }
     }
-    let verdicts = server.verdicts();
-    let a3_verdict = verdicts
-        .iter()
-        .find(|v| v.2.iter().any(|f| f["node"] == "a3"))
-        .expect("a batch with a3");
+
+    fn commit(&self, params: &str, message: &str) -> String {
+        shard_commit(&self.nodes, &self.work, &self.remote, params, message)
+    }
+
+    fn hz(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(_, n)| config_of(n.port(), "hz"))
+            .collect()
+    }
+}
+
+/// Declare the shard's nodes with `params` and push the commit; its id.
+fn shard_commit(
+    nodes: &[(&'static str, RedisServer)],
+    work: &TestRepo,
+    remote: &Remote,
+    params: &str,
+    message: &str,
+) -> String {
+    {
+        let declared: Vec<(&str, String, &str)> = nodes
+            .iter()
+            .map(|(id, n)| {
+                let role = if *id == "a1" {
+                    ", shard: a, role: primary"
+                } else {
+                    ", shard: a, role: replica"
+                };
+                (*id, n.addr(), role)
+            })
+            .collect();
+        work.write(
+            "clusters/cache.yaml",
+            &cluster_yaml(params, &declared, SHARD_ROLLOUT),
+        );
+        let commit = work.commit(message);
+        remote.push(work);
+        commit
+    }
+}
+
+/// The verdict of the batch that holds `node`.
+fn verdict_of(server: &Serve, node: &str) -> (String, String, Vec<serde_json::Value>) {
+    server
+        .verdicts()
+        .into_iter()
+        .find(|v| v.2.iter().any(|f| f["node"] == node))
+        .unwrap_or_else(|| panic!("no batch with {node}: {:#?}", server.journal()))
+}
+
+#[test]
+fn a_replication_link_down_before_the_rollout_is_noted_not_failed() {
+    let shard = Shard::start(true);
+    let change = shard.commit("    hz: 20", "cache: hz 20");
+    let phase = shard.server.settled(&change, Duration::from_secs(60));
+    assert_eq!(phase, "completed", "{:#?}", shard.server.journal());
+    assert_eq!(shard.hz(), ["20", "20", "20"]);
+    let (verdict, noted, figures) = verdict_of(&shard.server, "a3");
+    assert!(verdict.ends_with(" passed"), "{verdict}");
     assert_eq!(
-        a3_verdict.1,
+        noted,
         "noted: a3: replication link to its primary was already down before the rollout \
          (not held against the change)"
     );
-    assert!(a3_verdict.0.ends_with(" passed"), "{a3_verdict:?}");
-    let a3_figures = a3_verdict.2.iter().find(|f| f["node"] == "a3").unwrap();
-    assert_eq!(a3_figures["replicationLink"], "down");
-    assert!(
-        a3_figures["opsPerSec"].as_f64().unwrap() > 10.0,
-        "{a3_figures}"
-    );
+    let a3 = figures.iter().find(|f| f["node"] == "a3").unwrap();
+    assert_eq!(a3["replicationLink"], "down");
+    assert!(a3["opsPerSec"].as_f64().unwrap() > 10.0, "{a3}");
+}
 
+#[test]
+fn a_new_node_without_traffic_is_judged_without_min_ops_per_sec_not_paused() {
+    let mut shard = Shard::start(false);
     // Scale-out: a4 joins shard a as a replica; no client reads it yet. The same commit
     // raises hz, so the rollout reaches every node, a4 included.
     let a4 = RedisServer::start();
     assert!(a4
         .client()
-        .cmd(&["REPLICAOF", "127.0.0.1", &a1.port().to_string()])
+        .cmd(&[
+            "REPLICAOF",
+            "127.0.0.1",
+            &shard.nodes[0].1.port().to_string()
+        ])
         .is_ok());
     wait_link_up(&a4);
-    nodes.push(node("a4", &a4, ", shard: a, role: replica"));
-    work.write(
-        "clusters/cache.yaml",
-        &cluster_yaml("    hz: 30", &nodes, rollout),
-    );
-    let scale_out = work.commit("cache: a4 joins, hz 30");
-    remote.push(&work);
-    let phase = server.settled(&scale_out, Duration::from_secs(60));
-    assert_eq!(phase, "completed", "{:#?}", server.journal());
-    for n in [&a1, &a2, &a3, &a4] {
-        assert_eq!(config_of(n.port(), "hz"), "30");
-    }
-    let verdicts = server.verdicts();
-    let a4_verdict = verdicts
-        .iter()
-        .find(|v| v.2.iter().any(|f| f["node"] == "a4"))
-        .expect("a batch with a4");
-    assert!(a4_verdict.0.ends_with(" passed"), "{a4_verdict:?}");
-    assert!(
-        a4_verdict.1.contains(
-            "a4 had no traffic before the rollout and served 0.0 ops/s: \
-             judged without minOpsPerSec and the hit ratio"
-        ),
-        "{a4_verdict:?}"
+    shard.nodes.push(("a4", a4));
+    let scale_out = shard.commit("    hz: 20", "cache: a4 joins, hz 20");
+    let phase = shard.server.settled(&scale_out, Duration::from_secs(60));
+    assert_eq!(phase, "completed", "{:#?}", shard.server.journal());
+    assert_eq!(shard.hz(), ["20", "20", "20", "20"]);
+    let (verdict, noted, _) = verdict_of(&shard.server, "a4");
+    assert!(verdict.ends_with(" passed"), "{verdict}");
+    assert_eq!(
+        noted,
+        "noted: a4 had no traffic before the rollout and served 0.0 ops/s: \
+         judged without minOpsPerSec and the hit ratio"
     );
     // The nodes with traffic were judged on it, in the same rollout.
-    let judged: Vec<&serde_json::Value> = verdicts
-        .iter()
-        .rev()
-        .take(2)
-        .flat_map(|v| v.2.iter())
+    let judged: Vec<serde_json::Value> = shard
+        .server
+        .verdicts()
+        .into_iter()
+        .flat_map(|v| v.2)
         .filter(|f| f["node"] != "a4")
         .collect();
-    assert!(!judged.is_empty());
+    assert_eq!(judged.len(), 3, "{judged:?}");
     for f in judged {
         assert!(f["opsPerSec"].as_f64().unwrap() > 10.0, "{f}");
     }
