@@ -167,12 +167,17 @@ fn window(before: Option<&Sample>, now: &Sample) -> Window {
 }
 
 /// Whether a node's baseline shows traffic: a reading taken before the rollout whose
-/// read counters are not zero. A node without one (new in a scale-out, never read) is
-/// not judged on `minOpsPerSec`.
+/// read counters are not zero (an engine that reports no counters: whose own rate is not
+/// zero). A node without one (new in a scale-out, never read) is not judged on
+/// `minOpsPerSec`.
 fn had_traffic(before: Option<&Sample>) -> bool {
-    before
-        .and_then(|b| b.node.health.as_ref())
-        .is_some_and(|h| h.keyspace_hits.unwrap_or(0) + h.keyspace_misses.unwrap_or(0) > 0)
+    let Some(h) = before.and_then(|b| b.node.health.as_ref()) else {
+        return false;
+    };
+    match (h.keyspace_hits, h.keyspace_misses) {
+        (Some(hits), Some(misses)) => hits.saturating_add(misses) > 0,
+        _ => h.ops_per_sec.is_none_or(|ops| ops > 0.0),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
