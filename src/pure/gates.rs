@@ -9,22 +9,29 @@
 //! | gate | fails when |
 //! | --- | --- |
 //! | up | the node does not answer (`requireUp`) |
-//! | replication link | a replica's link to its primary is down (`requireReplicationLink`) |
+//! | replication link | a replica's link to its primary is down, and was up in its baseline (`requireReplicationLink`) |
 //! | memory | used memory / maxmemory above `maxMemoryRatio` |
 //! | hit ratio | the hit ratio during the bake fell more than `maxHitRatioDrop` below the node's baseline *and* below the untouched nodes' median |
 //! | evictions | evictions per second during the bake above `maxEvictionsPerSec` |
 //! | latency | latency above `maxLatencyMs`, or more than `maxLatencyIncreaseMs` above the baseline |
 //!
+//! Rates are measured over the span the counters cover: since the baseline, or since the
+//! engine restarted (its uptime) when it restarted in between.
+//!
 //! The traffic gates (hit ratio) need traffic: a node that served fewer than
 //! `minOpsPerSec` requests per second during the bake cannot be judged on them, and the
 //! verdict is *inconclusive* (a person decides) unless another gate failed. With
 //! `minOpsPerSec: 0` an idle node is judged on the other gates only.
+//!
+//! A gate judges what the change did: a replica whose link was already down in its
+//! baseline, and a node that had no traffic in its baseline (new in a scale-out), are
+//! noted in the judgement rather than failed or left inconclusive.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pure::live::{LinkState, NodeLive};
+use crate::pure::live::{Health, LinkState, NodeLive};
 use crate::pure::rollout::Verdict;
 use crate::pure::spec::model::{Gates, Role};
 
@@ -68,6 +75,10 @@ pub struct Judgement {
     /// The untouched nodes' median hit ratio during the bake, when they had traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub untouched_hit_ratio: Option<f64>,
+    /// What was seen but not held against the change: a condition that was already there
+    /// before the rollout, a gate not applied to a node and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What happened on a node between two readings.
@@ -77,18 +88,63 @@ struct Window {
     evictions_per_sec: Option<f64>,
 }
 
+/// How far two readings of a node's counters can be compared: over how many seconds,
+/// and whether the engine restarted in between (its counters then count from zero).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Span {
+    secs: f64,
+    restarted: bool,
+}
+
+/// Slack, in seconds, for an uptime read in whole seconds by readings taken a report's
+/// delay after the engine answered.
+const UPTIME_SLACK_SECS: u64 = 2;
+
+/// The span the counters of `now` cover since `before`. Without a restart, the time
+/// between the two readings. An engine that restarted in between (its uptime is shorter
+/// than the time since `before` says it should be, or a counter went down) counts from
+/// zero since the restart: the span is its uptime (a whole number of seconds, so half a
+/// second is added), never longer than the time between the readings.
+fn span(before: &Sample, now: &Sample) -> Span {
+    let elapsed_ms = now.at_ms.saturating_sub(before.at_ms);
+    let elapsed = elapsed_ms as f64 / 1000.0;
+    let h0 = before.node.health.as_ref();
+    let h1 = now.node.health.as_ref();
+    let uptime0 = h0.and_then(|h| h.uptime_seconds);
+    let uptime1 = h1.and_then(|h| h.uptime_seconds);
+    let uptime_went_back = match (uptime0, uptime1) {
+        (Some(a), Some(b)) => {
+            b.saturating_add(UPTIME_SLACK_SECS) < a.saturating_add(elapsed_ms / 1000)
+        }
+        _ => false,
+    };
+    let counter_went_down = [
+        |h: &Health| h.keyspace_hits,
+        |h: &Health| h.keyspace_misses,
+        |h: &Health| h.evicted_keys,
+    ]
+    .iter()
+    .any(|f| matches!((h0.and_then(f), h1.and_then(f)), (Some(a), Some(b)) if b < a));
+    let restarted = uptime_went_back || counter_went_down;
+    let secs = match (restarted, uptime1) {
+        (true, Some(up)) => (up as f64 + 0.5).min(elapsed),
+        _ => elapsed,
+    };
+    Span { secs, restarted }
+}
+
 fn window(before: Option<&Sample>, now: &Sample) -> Window {
     let h1 = now.node.health.as_ref();
     let h0 = before.and_then(|b| b.node.health.as_ref());
-    let secs = before
-        .map(|b| now.at_ms.saturating_sub(b.at_ms) as f64 / 1000.0)
-        .unwrap_or(0.0);
-    let delta =
-        |f: fn(&crate::pure::live::Health) -> Option<u64>| match (h0.and_then(f), h1.and_then(f)) {
-            // A counter that went down means the engine restarted: count from zero.
-            (Some(a), Some(b)) => Some(if b >= a { b - a } else { b }),
-            _ => None,
-        };
+    let span = before.map(|b| span(b, now));
+    let secs = span.map_or(0.0, |s| s.secs);
+    let restarted = span.is_some_and(|s| s.restarted);
+    let delta = |f: fn(&Health) -> Option<u64>| match (h0.and_then(f), h1.and_then(f)) {
+        // A restarted engine counts from zero.
+        (Some(_), Some(b)) if restarted => Some(b),
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     let hits = delta(|h| h.keyspace_hits);
     let misses = delta(|h| h.keyspace_misses);
     let (ops_per_sec, hit_ratio) = match (hits, misses) {
@@ -107,6 +163,20 @@ fn window(before: Option<&Sample>, now: &Sample) -> Window {
         ops_per_sec,
         hit_ratio,
         evictions_per_sec,
+    }
+}
+
+/// Whether a node's baseline shows traffic: a reading taken before the rollout whose
+/// read counters are not zero (an engine that reports no counters: whose own rate is not
+/// zero). A node without one (new in a scale-out, never read) is not judged on
+/// `minOpsPerSec`.
+fn had_traffic(before: Option<&Sample>) -> bool {
+    let Some(h) = before.and_then(|b| b.node.health.as_ref()) else {
+        return false;
+    };
+    match (h.keyspace_hits, h.keyspace_misses) {
+        (Some(hits), Some(misses)) => hits.saturating_add(misses) > 0,
+        _ => h.ops_per_sec.is_none_or(|ops| ops > 0.0),
     }
 }
 
@@ -143,6 +213,7 @@ pub fn judge(
     let untouched_hit_ratio = peer_hit_ratio(gates, untouched, baseline, now);
     let mut failures = Vec::new();
     let mut idle = Vec::new();
+    let mut notes = Vec::new();
     let mut figures = Vec::new();
     for id in batch {
         let mut f = NodeFigures {
@@ -162,11 +233,12 @@ pub fn judge(
             continue;
         };
         f.up = true;
-        judge_health(gates, id, before, sample, &mut f, &mut failures);
-        let judged = Judged {
+        let mut judged = Judged {
             failures: &mut failures,
             idle: &mut idle,
+            notes: &mut notes,
         };
+        judge_health(gates, id, before, sample, &mut f, &mut judged);
         judge_traffic(
             gates,
             id,
@@ -193,6 +265,7 @@ pub fn judge(
         verdict,
         figures,
         untouched_hit_ratio,
+        notes,
     }
 }
 
@@ -218,14 +291,17 @@ fn peer_hit_ratio(
 }
 
 /// A node's health gates: replication link, memory, latency (absolute and its rise).
+/// A replica whose link was already down in its baseline is noted, not failed: the
+/// gate judges what the change did.
 fn judge_health(
     gates: &Gates,
     id: &str,
     before: Option<&Sample>,
     sample: &Sample,
     f: &mut NodeFigures,
-    failures: &mut Vec<String>,
+    judged: &mut Judged<'_>,
 ) {
+    let failures = &mut *judged.failures;
     let health = sample.node.health.clone().unwrap_or_default();
     let before_health = before.and_then(|b| b.node.health.clone());
     f.replication_link = health.replication_link;
@@ -233,7 +309,17 @@ fn judge_health(
         && health.role == Some(Role::Replica)
         && health.replication_link == Some(LinkState::Down)
     {
-        failures.push(format!("{id}: replication link to its primary is down"));
+        let was_down = before_health
+            .as_ref()
+            .is_some_and(|h| h.replication_link == Some(LinkState::Down));
+        if was_down {
+            judged.notes.push(format!(
+                "{id}: replication link to its primary was already down before the rollout \
+                 (not held against the change)"
+            ));
+        } else {
+            failures.push(format!("{id}: replication link to its primary is down"));
+        }
     }
 
     if let (Some(used), Some(max)) = (health.used_memory, health.max_memory) {
@@ -268,14 +354,16 @@ fn judge_health(
     }
 }
 
-/// Where a node's traffic findings go: failures, or too little traffic to judge.
+/// Where a node's findings go: failures, too little traffic to judge, or notes.
 struct Judged<'a> {
     failures: &'a mut Vec<String>,
     idle: &'a mut Vec<String>,
+    notes: &'a mut Vec<String>,
 }
 
 /// A node's traffic gates over its bake: evictions per second, and a hit ratio that
 /// fell by more than the allowed drop both against its own and its untouched peers'.
+/// A node that had no traffic in its baseline is not held to `minOpsPerSec` (noted).
 fn judge_traffic(
     gates: &Gates,
     id: &str,
@@ -285,7 +373,11 @@ fn judge_traffic(
     f: &mut NodeFigures,
     judged: Judged<'_>,
 ) {
-    let Judged { failures, idle } = judged;
+    let Judged {
+        failures,
+        idle,
+        notes,
+    } = judged;
     let before_health = before.and_then(|b| b.node.health.as_ref());
     let w = window(before, sample);
     f.ops_per_sec = w.ops_per_sec;
@@ -301,10 +393,15 @@ fn judge_traffic(
     let ops = w.ops_per_sec.unwrap_or(0.0);
     let judged = ops > 0.0 && ops >= gates.min_ops_per_sec;
     if !judged {
-        if gates.min_ops_per_sec > 0.0 {
+        if gates.min_ops_per_sec > 0.0 && had_traffic(before) {
             idle.push(format!(
                 "{id} served {ops:.1} ops/s (fewer than {})",
                 gates.min_ops_per_sec
+            ));
+        } else if gates.min_ops_per_sec > 0.0 {
+            notes.push(format!(
+                "{id} had no traffic before the rollout and served {ops:.1} ops/s: \
+                 judged without minOpsPerSec and the hit ratio"
             ));
         }
     } else if let (Some(during), Some(was)) = (f.hit_ratio_during, f.hit_ratio_before) {
@@ -484,5 +581,152 @@ mod tests {
         let j = judge(&Gates::default(), &ids(&["a"]), &[], &base, &now);
         assert_eq!(j.figures[0].ops_per_sec, Some(100.0));
         assert_eq!(j.verdict, Verdict::Pass);
+    }
+    #[test]
+    fn a_restarted_engine_is_measured_over_its_uptime_not_the_whole_rollout() {
+        // 25 reads/s; the rollout began 60 s ago, the engine restarted 10 s ago.
+        let base = map(vec![(
+            "a",
+            sample(0, 100_000, 10_000, |h| {
+                h.uptime_seconds = Some(3600);
+                h.evicted_keys = Some(5000);
+            }),
+        )]);
+        let now = map(vec![(
+            "a",
+            sample(60_000, 250, 0, |h| {
+                h.uptime_seconds = Some(10);
+                h.evicted_keys = Some(21);
+            }),
+        )]);
+        let gates = Gates {
+            max_evictions_per_sec: Some(1.0),
+            ..Gates::default()
+        };
+        let j = judge(&gates, &ids(&["a"]), &[], &base, &now);
+        assert_eq!(j.figures[0].ops_per_sec, Some(250.0 / 10.5));
+        assert_eq!(j.figures[0].evictions_per_sec, Some(21.0 / 10.5));
+        assert_eq!(
+            j.verdict,
+            Verdict::Fail {
+                reason: "a: 2.0 evictions/s is above 1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_restart_is_seen_by_the_uptime_even_when_no_counter_went_down() {
+        // A young engine at the baseline (5 s up, 100 reads); 60 s later it reads 20 s
+        // up and 600 reads: it restarted 20 s ago and served 30 reads/s since.
+        let base = map(vec![(
+            "a",
+            sample(0, 100, 0, |h| h.uptime_seconds = Some(5)),
+        )]);
+        let now = map(vec![(
+            "a",
+            sample(60_000, 600, 0, |h| h.uptime_seconds = Some(20)),
+        )]);
+        let j = judge(&Gates::default(), &ids(&["a"]), &[], &base, &now);
+        assert_eq!(j.figures[0].ops_per_sec, Some(600.0 / 20.5));
+        assert_eq!(j.verdict, Verdict::Pass);
+        // Not restarted: 65 s up after 60 s, the counters' difference over 60 s.
+        let now = map(vec![(
+            "a",
+            sample(60_000, 700, 0, |h| h.uptime_seconds = Some(65)),
+        )]);
+        let j = judge(&Gates::default(), &ids(&["a"]), &[], &base, &now);
+        assert_eq!(j.figures[0].ops_per_sec, Some(10.0));
+        // A restart without an uptime (counters went down): from zero, over the readings.
+        let base = map(vec![("a", sample(0, 1000, 0, |_| {}))]);
+        let now = map(vec![("a", sample(10_000, 200, 0, |_| {}))]);
+        let j = judge(&Gates::default(), &ids(&["a"]), &[], &base, &now);
+        assert_eq!(j.figures[0].ops_per_sec, Some(20.0));
+    }
+
+    #[test]
+    fn a_replication_link_already_down_before_the_rollout_is_noted_not_failed() {
+        let replica = |up: bool| {
+            move |h: &mut Health| {
+                h.role = Some(Role::Replica);
+                h.replication_link = Some(if up { LinkState::Up } else { LinkState::Down });
+            }
+        };
+        let base = map(vec![
+            ("a", sample(0, 900, 100, replica(false))),
+            ("b", sample(0, 900, 100, replica(true))),
+        ]);
+        let now = map(vec![
+            ("a", sample(10_000, 1800, 200, replica(false))),
+            ("b", sample(10_000, 1800, 200, replica(true))),
+        ]);
+        let j = judge(&Gates::default(), &ids(&["a"]), &[], &base, &now);
+        assert_eq!(j.verdict, Verdict::Pass);
+        assert_eq!(
+            j.notes,
+            [
+                "a: replication link to its primary was already down before the rollout \
+              (not held against the change)"
+            ]
+        );
+        // Up before, down after: the change did it.
+        let now = map(vec![("b", sample(10_000, 1800, 200, replica(false)))]);
+        let j = judge(&Gates::default(), &ids(&["b"]), &[], &base, &now);
+        assert_eq!(
+            j.verdict,
+            Verdict::Fail {
+                reason: "b: replication link to its primary is down".into()
+            }
+        );
+        assert!(j.notes.is_empty());
+        // No baseline to compare with: down fails.
+        let j = judge(&Gates::default(), &ids(&["b"]), &[], &BTreeMap::new(), &now);
+        assert!(matches!(j.verdict, Verdict::Fail { .. }), "{:?}", j.verdict);
+    }
+
+    #[test]
+    fn a_node_without_traffic_in_its_baseline_is_not_held_to_min_ops_per_sec() {
+        // `new` never served a read before the rollout (a scale-out); `old` did.
+        let base = map(vec![
+            ("new", sample(0, 0, 0, |_| {})),
+            ("old", sample(0, 10, 0, |_| {})),
+        ]);
+        let now = map(vec![
+            ("new", sample(10_000, 0, 0, |_| {})),
+            ("old", sample(10_000, 10, 0, |_| {})),
+            ("unread", sample(10_000, 0, 0, |_| {})),
+        ]);
+        let j = judge(
+            &Gates::default(),
+            &ids(&["new", "unread"]),
+            &[],
+            &base,
+            &now,
+        );
+        assert_eq!(j.verdict, Verdict::Pass);
+        assert_eq!(
+            j.notes,
+            [
+                "new had no traffic before the rollout and served 0.0 ops/s: \
+                 judged without minOpsPerSec and the hit ratio",
+                "unread had no traffic before the rollout and served 0.0 ops/s: \
+                 judged without minOpsPerSec and the hit ratio"
+            ]
+        );
+        // Its other gates still apply.
+        let mut full = now.clone();
+        if let Some(h) = full.get_mut("new").and_then(|s| s.node.health.as_mut()) {
+            h.max_memory = Some(1000);
+            h.used_memory = Some(999);
+        }
+        let j = judge(&Gates::default(), &ids(&["new"]), &[], &base, &full);
+        assert!(matches!(j.verdict, Verdict::Fail { .. }), "{:?}", j.verdict);
+        // A node that had traffic and lost it still leaves the batch inconclusive.
+        let j = judge(&Gates::default(), &ids(&["old"]), &[], &base, &now);
+        assert_eq!(
+            j.verdict,
+            Verdict::Inconclusive {
+                reason: "too little traffic to judge: old served 0.0 ops/s (fewer than 10)".into()
+            }
+        );
     }
 }

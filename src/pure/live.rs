@@ -86,6 +86,10 @@ pub struct Health {
     pub replication_link: Option<LinkState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<u64>,
+    /// Seconds since the engine started: the gates see a restart by it, and measure the
+    /// restarted engine's counters over this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ mod drift;
 mod engine_rules;
 mod example_repo;
 mod fuzz;
+mod gates;
 mod generator;
 mod git_remote;
 mod honest;

@@ -97,6 +97,11 @@ async fn reading_a_memcached_reports_stats_settings_verbatim_and_its_health() {
     assert_eq!(health.keyspace_misses, Some(1));
     assert_eq!(health.hit_ratio, Some(2.0 / 3.0));
     assert_eq!(health.evicted_keys, Some(0));
+    // The engine's own uptime, so the gates can tell a restart from a quiet spell (read
+    // apart from the test's stats, so it may have ticked once).
+    let uptime: u64 = stats["uptime"].parse().unwrap();
+    let read = health.uptime_seconds.expect("uptime");
+    assert!(read == uptime || read + 1 == uptime, "{read} {stats:?}");
     assert_eq!(health.role, Some(Role::Primary));
     assert_eq!(health.replication_link, None);
     // The test's client and the driver's own connection.

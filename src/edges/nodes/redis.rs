@@ -928,6 +928,7 @@ pub fn health_from_info(info: &BTreeMap<String, String>) -> Health {
         role,
         replication_link,
         keys: Some(keys),
+        uptime_seconds: num("uptime_in_seconds"),
     }
 }
 
@@ -1159,7 +1160,7 @@ mod tests {
     #[test]
     fn health_comes_from_info_fields() {
         let info = parse_info(
-            "# Server\r\nredis_version:7.0.15\r\n\r\n# Memory\r\nused_memory:1000\r\n\
+            "# Server\r\nredis_version:7.0.15\r\nuptime_in_seconds:42\r\n\r\n# Memory\r\nused_memory:1000\r\n\
              maxmemory:2000\r\n# Stats\r\nkeyspace_hits:3\r\nkeyspace_misses:1\r\n\
              evicted_keys:7\r\ninstantaneous_ops_per_sec:12\r\n# Clients\r\n\
              connected_clients:2\r\n# Replication\r\nrole:slave\r\nmaster_link_status:down\r\n\
@@ -1177,6 +1178,7 @@ mod tests {
         assert_eq!(h.role, Some(Role::Replica));
         assert_eq!(h.replication_link, Some(LinkState::Down));
         assert_eq!(h.keys, Some(7));
+        assert_eq!(h.uptime_seconds, Some(42));
     }
 
     #[test]

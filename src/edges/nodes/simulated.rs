@@ -287,6 +287,7 @@ impl NodeDriver for SimulatedNode {
                         replication_link: (role == Role::Replica)
                             .then_some(crate::pure::live::LinkState::Up),
                         keys: Some(s.used_memory / KEY_BYTES),
+                        uptime_seconds: None,
                     }),
                 }
             }))

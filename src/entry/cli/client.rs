@@ -152,8 +152,17 @@ fn request_rollout(
                 "override needs --reason REASON (it is journaled)",
             ))
         }
-        (RolloutAction::Override, Some(_)) | (_, None) => {}
-        (_, Some(_)) => return Err(ClientError::Usage("--reason is for override only")),
+        (RolloutAction::Retry, None) => {
+            return Err(ClientError::Usage(
+                "retry needs --reason REASON (it is journaled)",
+            ))
+        }
+        (RolloutAction::Override | RolloutAction::Retry, Some(_)) | (_, None) => {}
+        (_, Some(_)) => {
+            return Err(ClientError::Usage(
+                "--reason is for override and retry only",
+            ))
+        }
     }
     let token = secret(token_file.as_ref(), "CACHEFLOW_ADMIN_TOKEN")?
         .map(|t| String::from_utf8_lossy(&t).trim().to_owned());

@@ -120,7 +120,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Look at or steer rollouts on a running server: status, pause, resume, promote
     /// (skip the rest of the bake), abort (roll back), override (start batches outside
-    /// the rollout windows; needs --reason). Exit 0, or 1 on error.
+    /// the rollout windows; needs --reason), retry (roll out a refused content again
+    /// without a new commit; needs --reason). Exit 0, or 1 on error or refusal.
     Rollout(RolloutArgs),
     /// One timeline of config commits (author, message, parameters changed) with what
     /// the reconciler noted on each (completed, rolled back and why, refused). Exit 0.
@@ -320,7 +321,7 @@ pub struct RolloutArgs {
     pub action: RolloutAction,
     /// The cluster (required except for status).
     pub cluster: Option<String>,
-    /// Why the windows are overridden (override only; journaled with the token's name).
+    /// Why (override and retry only; journaled with the token's name).
     #[arg(long)]
     pub reason: Option<String>,
     /// The cacheflow server (http://host:port).
@@ -377,6 +378,7 @@ pub enum RolloutAction {
     Promote,
     Abort,
     Override,
+    Retry,
 }
 
 #[derive(Debug, Args)]

@@ -179,7 +179,8 @@ pub(super) async fn clusters(State(app): State<Shared>) -> Result<Response, ApiE
 }
 
 /// `POST /api/v1/rollouts/{cluster}/{action}` (admin): pause, resume, promote, abort or
-/// override (with a reason) the cluster's rollout.
+/// override (with a reason) the cluster's rollout, or retry (with a reason) its refused
+/// content.
 pub(super) async fn command(
     State(app): State<Shared>,
     State(bodies): State<Bodies>,
@@ -195,35 +196,65 @@ pub(super) async fn command(
         Metrics::count(&app.metrics.admin_calls, "refused");
         e
     };
+    // The reason is the point of an override and a retry: it is journaled with the name.
+    let reason = || {
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["reason"].as_str().map(|r| r.trim().to_owned()))
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                let what = if action == "retry" {
+                    "a retry"
+                } else {
+                    "an override"
+                };
+                refused(ApiError::BadRequest(format!(
+                    "{what} needs a reason: a JSON body {{\"reason\": \"...\"}}"
+                )))
+            })
+    };
     let event = match action.as_str() {
         "pause" => Event::Pause { by },
         "resume" => Event::Resume { by },
         "promote" => Event::Promote { by },
         "abort" => Event::Abort { by },
-        "override" => {
-            // The reason is the point of an override: it is journaled with the name.
-            let reason = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["reason"].as_str().map(|r| r.trim().to_owned()))
-                .filter(|r| !r.is_empty());
-            let Some(reason) = reason else {
-                return Err(refused(ApiError::BadRequest(
-                    "an override needs a reason: a JSON body {\"reason\": \"...\"}".into(),
-                )));
-            };
-            Event::Override { by, reason }
+        "override" => Event::Override {
+            by,
+            reason: reason()?,
+        },
+        "retry" => {
+            let reason = reason()?;
+            return answer(
+                &app,
+                &cluster,
+                app.handle.retry(&cluster, by, reason).await?,
+            );
         }
         other => {
             return Err(refused(ApiError::NotFound(format!(
-                "unknown action `{other}`: pause, resume, promote, abort or override"
+                "unknown action `{other}`: pause, resume, promote, abort, override or retry"
             ))));
         }
     };
-    match app.handle.command(&cluster, event).await? {
+    answer(&app, &cluster, app.handle.command(&cluster, event).await?)
+}
+
+/// The answer to a rollout command: the cluster's rollout once it was taken, 404 for an
+/// unknown cluster, 409 for a command its state does not allow.
+fn answer(
+    app: &Shared,
+    cluster: &str,
+    taken: Result<(), RefusedInput>,
+) -> Result<Response, ApiError> {
+    let refused = |e: ApiError| {
+        Metrics::count(&app.metrics.admin_calls, "refused");
+        e
+    };
+    match taken {
         Ok(()) => {
             Metrics::count(&app.metrics.admin_calls, "ok");
             // Published before the command was answered.
-            let cluster = app.handle.status()?.rollout_of(&cluster);
+            let cluster = app.handle.status()?.rollout_of(cluster);
             sorted_json(&CommandAnswer { ok: true, cluster })
         }
         Err(e @ RefusedInput::UnknownCluster(_)) => Err(refused(ApiError::NotFound(e.to_string()))),

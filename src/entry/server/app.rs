@@ -392,6 +392,24 @@ mod tests {
         let why = refused(&answer, 400, "bad_request");
         assert!(why.contains("an override needs a reason"), "{why}");
         let answer = t
+            .call(post(
+                "/api/v1/rollouts/cache/retry",
+                &[admin],
+                Body::empty(),
+            ))
+            .await;
+        let why = refused(&answer, 400, "bad_request");
+        assert!(why.contains("a retry needs a reason"), "{why}");
+        let answer = t
+            .call(post(
+                "/api/v1/rollouts/cache/retry",
+                &[admin],
+                Body::from(r#"{"reason": "INC-1"}"#),
+            ))
+            .await;
+        let why = refused(&answer, 404, "not_found");
+        assert!(why.contains("cluster `cache` is not declared"), "{why}");
+        let answer = t
             .call(
                 Request::get("/api/v1/drift")
                     .header("authorization", &bearer)
@@ -417,7 +435,7 @@ mod tests {
         let metrics = t.metrics();
         for line in [
             r#"cacheflow_admin_calls_total{result="unauthorized"} 2"#,
-            r#"cacheflow_admin_calls_total{result="refused"} 3"#,
+            r#"cacheflow_admin_calls_total{result="refused"} 5"#,
         ] {
             assert!(metrics.contains(line), "{line} not in\n{metrics}");
         }

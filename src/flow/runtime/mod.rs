@@ -61,6 +61,12 @@ enum Msg {
         event: Event,
         reply: oneshot::Sender<Result<(), RefusedInput>>,
     },
+    Retry {
+        cluster: String,
+        by: String,
+        reason: String,
+        reply: oneshot::Sender<Result<(), RefusedInput>>,
+    },
     Inspect {
         reply: oneshot::Sender<State>,
     },
@@ -174,6 +180,26 @@ impl Handle {
             .send(Msg::Command {
                 cluster: cluster.to_owned(),
                 event,
+                reply,
+            })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// A person retries the cluster's refused content ([`Reconciler::retry`]).
+    pub async fn retry(
+        &self,
+        cluster: &str,
+        by: String,
+        reason: String,
+    ) -> Result<Result<(), RefusedInput>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Retry {
+                cluster: cluster.to_owned(),
+                by,
+                reason,
                 reply,
             })
             .await
@@ -526,6 +552,20 @@ impl Inputs {
                 event,
                 reply,
             } => match core.command(&cluster, event, now) {
+                Ok(e) => {
+                    self.effects.extend(e);
+                    self.later(reply, Ok(()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Msg::Retry {
+                cluster,
+                by,
+                reason,
+                reply,
+            } => match core.retry(&cluster, &by, &reason, now) {
                 Ok(e) => {
                     self.effects.extend(e);
                     self.later(reply, Ok(()));

@@ -57,6 +57,8 @@ pub enum RefusedInput {
         revision: String,
         why: String,
     },
+    #[error("cluster `{0}` has no refused content to retry")]
+    NothingRefused(String),
     #[error("the report is for node `{found}`, not `{expected}`")]
     WrongNode { expected: String, found: String },
 }
@@ -1087,8 +1089,14 @@ impl Reconciler {
             rollout::Verdict::Fail { reason } => format!("failed: {reason}"),
             rollout::Verdict::Inconclusive { reason } => format!("inconclusive: {reason}"),
         };
+        // Conditions that were already there, gates not applied: said, not held against it.
+        let noted = if j.notes.is_empty() {
+            String::new()
+        } else {
+            format!("\nnoted: {}", j.notes.join("; "))
+        };
         self.lines.push(format!(
-            "{name}: gates of batch {} {verdict}\nfigures: {figures}",
+            "{name}: gates of batch {} {verdict}{noted}\nfigures: {figures}",
             batch + 1
         ));
         Event::Gates {
@@ -1499,6 +1507,37 @@ impl Reconciler {
             });
         }
         self.feed(cluster, event, now_ms);
+        Ok(self.finish())
+    }
+
+    /// A person retries the cluster's refused content (rolled back, or refused for
+    /// start-only changes on directly managed nodes) without a new commit: the refusal is
+    /// lifted, journaled with who and why, and the content rolls out again through the
+    /// staged path. Refused when nothing is refused.
+    pub fn retry(
+        &mut self,
+        cluster: &str,
+        by: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Effect>, RefusedInput> {
+        let Some(cs) = self.state.clusters.get(cluster) else {
+            return Err(RefusedInput::UnknownCluster(cluster.to_owned()));
+        };
+        let refused = match (&cs.refused, &cs.target) {
+            (Some(r), Some(t)) if r.digest == t.digest => r.clone(),
+            _ => return Err(RefusedInput::NothingRefused(cluster.to_owned())),
+        };
+        self.touch(cluster);
+        if let Some(cs) = self.state.clusters.get_mut(cluster) {
+            cs.refused = None;
+        }
+        self.lines.push(format!(
+            "{cluster}: retry of revision {} by {by}: {reason} (it was refused: {})",
+            short_id(&refused.revision),
+            refused.reason
+        ));
+        self.start(cluster, now_ms);
         Ok(self.finish())
     }
 

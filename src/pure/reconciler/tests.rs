@@ -989,6 +989,58 @@ fn gates_still_judge_the_hit_ratio_after_a_restart() {
 }
 
 #[test]
+fn a_person_retries_a_refused_content_with_a_reason_without_a_new_commit() {
+    let mut r = hit_ratio_collapse(false);
+    assert_eq!(
+        r.retry(CLUSTER, "alice", "too early", 700_000),
+        Err(RefusedInput::NothingRefused(CLUSTER.into()))
+    );
+    confirm(&mut r, "a2", 700_000);
+    assert!(
+        matches!(phase(&r), Phase::RolledBack { .. }),
+        "{:?}",
+        phase(&r)
+    );
+    assert!(r.state.clusters[CLUSTER].refused.is_some());
+    assert_eq!(
+        r.retry("nope", "alice", "x", 701_000),
+        Err(RefusedInput::UnknownCluster("nope".into()))
+    );
+
+    let effects = core(
+        r.retry(
+            CLUSTER,
+            "alice",
+            "INC-7: a2's clients were failing over",
+            701_000,
+        )
+        .unwrap(),
+    );
+    let lines = journals(&effects);
+    assert_eq!(
+        lines[0].lines().next(),
+        Some(
+            format!(
+                "cache: retry of revision {} by alice: INC-7: a2's clients were failing over \
+                 (it was refused: {COLLAPSE})",
+                &R1[..12]
+            )
+            .as_str()
+        ),
+        "{lines:?}"
+    );
+    assert!(r.state.clusters[CLUSTER].refused.is_none());
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    assert_eq!(rollout(&r).spec.revision, R1);
+    assert_eq!(r.assignment("a2").revision.as_deref(), Some(R1));
+    // Nothing refused any more: a second retry is refused.
+    assert_eq!(
+        r.retry(CLUSTER, "alice", "again", 702_000),
+        Err(RefusedInput::NothingRefused(CLUSTER.into()))
+    );
+}
+
+#[test]
 fn a_timer_of_a_superseded_rollout_does_not_fail_the_new_one() {
     // Timer events carry only the cluster and the batch index, and the runtime never
     // cancels a timer; R2's rollout is also in `Applying { batch: 0 }`, so R1's late
