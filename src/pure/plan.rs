@@ -2,6 +2,11 @@
 //! would change, the risks only live data can show, and the staged batches the rollout
 //! policy gives. A pure function; the same inputs give the same plan byte for byte.
 //!
+//! Roles and shards are the live ones (`topology`): after a failover the node that runs
+//! as the primary goes last and the old primary, now its replica, goes with the replicas.
+//! A node not read keeps its declared role. Where declaration and live state differ, the
+//! plan says so (`topology` notes) and goes on.
+//!
 //! Batching: the nodes that need a change are ordered replicas first, then primaries;
 //! within a role, round-robin across shards (the first replica of every shard, then the
 //! second...), so that a batch spreads over shards instead of draining one. Each stage
@@ -16,6 +21,7 @@ use crate::pure::catalog::Product;
 use crate::pure::diff::{self, ParamChange, Risk, RiskKind};
 use crate::pure::live::LiveState;
 use crate::pure::spec::model::{Cluster, Desired, Role, Stage};
+use crate::pure::topology::{self, ClusterTopology, TopologyNote};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -49,12 +55,17 @@ pub struct ClusterPlan {
     pub unreachable: Vec<Unreachable>,
     pub risks: Vec<Risk>,
     pub stages: Vec<PlannedStage>,
+    /// Nodes whose live role or shard is not the declared one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub topology: Vec<TopologyNote>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodePlan {
     pub id: String,
+    /// The live shard (the declared one when the node's primary is not known).
     pub shard: String,
+    /// The live role (the declared one when the node did not report one).
     pub role: Role,
     pub changes: Vec<ParamChange>,
     /// True when at least one change needs a restart.
@@ -112,12 +123,13 @@ pub fn plan(desired: &Desired, live: &LiveState) -> Plan {
 /// (or why it is left out), the risks (primaries restarting, data evicted, eviction
 /// policies switched), the rollout order and the batches.
 pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
+    let topology = topology::resolve(cluster, |id| live.nodes.get(id));
     let NodePlans {
         nodes,
         in_sync,
         unreachable,
         evicting,
-    } = node_plans(cluster, live);
+    } = node_plans(cluster, live, &topology);
     let mut risks: Vec<Risk> = Vec::new();
     risks.extend(primary_restart_risk(&nodes));
     risks.extend(eviction_risk(cluster, evicting));
@@ -138,6 +150,7 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
         unreachable,
         risks,
         stages,
+        topology: topology.notes,
     }
 }
 
@@ -152,7 +165,7 @@ struct NodePlans {
 
 /// Each declared node: left out (not in the snapshot, unreachable), in sync, or its
 /// changes.
-fn node_plans(cluster: &Cluster, live: &LiveState) -> NodePlans {
+fn node_plans(cluster: &Cluster, live: &LiveState, topology: &ClusterTopology) -> NodePlans {
     let mut nodes = Vec::new();
     let mut in_sync = Vec::new();
     let mut unreachable = Vec::new();
@@ -193,8 +206,8 @@ fn node_plans(cluster: &Cluster, live: &LiveState) -> NodePlans {
         }
         nodes.push(NodePlan {
             id: node.id.clone(),
-            shard: node.shard.clone(),
-            role: node.role,
+            shard: topology.shard(&node.id).to_owned(),
+            role: topology.role(&node.id),
             restart: changes.iter().any(|c| c.restart),
             changes,
         });
@@ -208,7 +221,7 @@ fn node_plans(cluster: &Cluster, live: &LiveState) -> NodePlans {
     }
 }
 
-/// Primaries that restart for start-only parameters.
+/// Primaries (live) that restart for start-only parameters.
 fn primary_restart_risk(nodes: &[NodePlan]) -> Option<Risk> {
     let restarting_primaries: Vec<String> = nodes
         .iter()

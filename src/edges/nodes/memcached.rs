@@ -378,6 +378,7 @@ impl MemcachedDriver {
             role: Some(Role::Primary),
             replication_link: None,
             keys: number("curr_items")?,
+            topology: None,
         })
     }
 

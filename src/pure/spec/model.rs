@@ -219,7 +219,9 @@ pub struct Node {
     pub id: String,
     pub address: String,
     pub shard: String,
-    pub role: Role,
+    /// The declared role; `None` (Redis, Valkey): whatever the node runs as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     pub managed: Managed,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -238,6 +240,15 @@ impl fmt::Display for Role {
             Role::Primary => "primary",
             Role::Replica => "replica",
         })
+    }
+}
+
+impl Role {
+    /// A declared role as people read it: `primary`, `replica`, or `live role` when the
+    /// node's `role` is left out (it is whatever the node runs as).
+    pub fn declared_text(role: Option<Role>) -> String {
+        role.map(|r| r.to_string())
+            .unwrap_or_else(|| "live role".to_owned())
     }
 }
 
