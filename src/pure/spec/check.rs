@@ -1016,6 +1016,9 @@ fn gates(base: &Gates, g: &raw::Gates) -> Gates {
             .require_replication_link
             .unwrap_or(base.require_replication_link),
         min_ops_per_sec: g.min_ops_per_sec.unwrap_or(base.min_ops_per_sec),
+        max_replica_lag_bytes: g.max_replica_lag_bytes.or(base.max_replica_lag_bytes),
+        max_replica_lag_seconds: g.max_replica_lag_seconds.or(base.max_replica_lag_seconds),
+        max_full_resyncs: g.max_full_resyncs.or(base.max_full_resyncs),
     }
 }
 

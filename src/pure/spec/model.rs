@@ -367,6 +367,16 @@ pub struct Gates {
     pub require_up: bool,
     pub require_replication_link: bool,
     pub min_ops_per_sec: f64,
+    /// How far a replica may be behind its primary after a batch, in bytes of the
+    /// replication stream (the primary's offset minus the replica's acknowledged one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replica_lag_bytes: Option<u64>,
+    /// How long since a replica last acknowledged its primary, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replica_lag_seconds: Option<u64>,
+    /// How many full resyncs a shard's primary may serve its replicas during the rollout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_full_resyncs: Option<u64>,
 }
 
 impl Default for Gates {
@@ -383,6 +393,11 @@ impl Default for Gates {
             require_up: true,
             require_replication_link: true,
             min_ops_per_sec: 10.0,
+            // Off unless asked for: a replica restarted without persistence always
+            // resyncs in full, and how far behind is acceptable depends on the traffic.
+            max_replica_lag_bytes: None,
+            max_replica_lag_seconds: None,
+            max_full_resyncs: None,
         }
     }
 }
@@ -419,6 +434,7 @@ impl RolloutPolicy {
     /// Every field as (name, shown value), for diffs of the policy.
     pub fn fields(&self) -> Vec<(&'static str, String)> {
         let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_else(|| "off".into());
+        let whole = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "off".into());
         let g = &self.gates;
         vec![
             (
@@ -448,6 +464,12 @@ impl RolloutPolicy {
                 g.require_replication_link.to_string(),
             ),
             ("gates.minOpsPerSec", g.min_ops_per_sec.to_string()),
+            ("gates.maxReplicaLagBytes", whole(g.max_replica_lag_bytes)),
+            (
+                "gates.maxReplicaLagSeconds",
+                whole(g.max_replica_lag_seconds),
+            ),
+            ("gates.maxFullResyncs", whole(g.max_full_resyncs)),
         ]
     }
 }
