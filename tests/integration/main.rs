@@ -21,6 +21,7 @@ mod snapshot;
 mod support;
 mod sync;
 mod tls;
+mod topology;
 mod trust;
 mod usage;
 mod versions;
