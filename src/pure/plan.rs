@@ -420,6 +420,104 @@ mod tests {
     }
 
     #[test]
+    fn live_roles_order_the_rollout_and_a_failover_is_reported_not_refused() {
+        use crate::pure::catalog::{CatalogId, Engine, Product};
+        use crate::pure::live::{Health, NodeLive, Topology};
+        use crate::pure::spec::model::{Managed, Node, Param};
+        let node = |id: &str, shard: &str, role: Option<Role>| Node {
+            id: id.into(),
+            address: format!("{id}:6379"),
+            shard: shard.into(),
+            role,
+            managed: Managed::Direct,
+            labels: BTreeMap::new(),
+        };
+        let cluster = Cluster {
+            name: "c".into(),
+            file: "clusters/c.yaml".into(),
+            labels: BTreeMap::new(),
+            engine: Engine::Redis,
+            product: Product::Redis,
+            version: None,
+            catalog: CatalogId::default_for(Engine::Redis),
+            profile: None,
+            parameters: [(
+                "hz".to_owned(),
+                Param {
+                    value: "20".into(),
+                    written: "20".into(),
+                    profile: None,
+                    unchecked: false,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            auth: None,
+            tls: None,
+            nodes: vec![
+                node("a1", "a", Some(Role::Primary)),
+                node("a2", "a", Some(Role::Replica)),
+                node("a3", "a", None),
+            ],
+            rollout: Default::default(),
+        };
+        // a2 took over by hand; a1 and a3 follow it.
+        let read = |role: Role, primary: Option<&str>| NodeLive {
+            reachable: true,
+            parameters: [("hz".to_owned(), "10".to_owned())].into_iter().collect(),
+            health: Some(Health {
+                role: Some(role),
+                topology: Some(Topology {
+                    primary: primary.map(str::to_owned),
+                    ..Topology::default()
+                }),
+                ..Health::default()
+            }),
+            ..NodeLive::default()
+        };
+        let live = LiveState {
+            version: 1,
+            taken_at: None,
+            nodes: [
+                ("a1".to_owned(), read(Role::Replica, Some("a2:6379"))),
+                ("a2".to_owned(), read(Role::Primary, None)),
+                ("a3".to_owned(), read(Role::Replica, Some("a2:6379"))),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let p = plan_cluster(&cluster, &live);
+        let order: Vec<&str> = p
+            .stages
+            .iter()
+            .flat_map(|s| s.batches.iter().flatten())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(order, vec!["a1", "a3", "a2"]);
+        let texts: Vec<String> = p
+            .topology
+            .iter()
+            .map(|t| format!("{}: {}", t.node, t.text))
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                "a1: declared primary, runs as a replica of a2",
+                "a2: declared replica, runs as a primary",
+            ]
+        );
+        let roles: Vec<(&str, Role)> = p.nodes.iter().map(|n| (n.id.as_str(), n.role)).collect();
+        assert_eq!(
+            roles,
+            vec![
+                ("a1", Role::Replica),
+                ("a2", Role::Primary),
+                ("a3", Role::Replica)
+            ]
+        );
+    }
+
+    #[test]
     fn stages_that_add_nothing_are_skipped() {
         let nodes = vec![np("x", "x", Role::Primary), np("y", "y", Role::Primary)];
         let order = rollout_order(&nodes);

@@ -153,20 +153,17 @@ fn note(
     } else {
         String::new()
     };
+    // A replica outside its declared shard, or following a node the cluster lacks.
+    let moved = !in_shard.is_empty() || p.follows.as_ref().is_some_and(|f| !nodes.contains_key(f));
     match (declared, live) {
         (Some(Role::Primary), Role::Replica) => {
             Some(format!("declared primary, runs as {}{in_shard}", follows()))
         }
         (Some(Role::Replica), Role::Primary) => Some("declared replica, runs as a primary".into()),
-        (_, Role::Replica)
-            if !in_shard.is_empty()
-                || p.follows.as_ref().is_some_and(|f| !nodes.contains_key(f)) =>
-        {
-            Some(format!(
-                "declared in shard {declared_shard}, runs as {}{in_shard}",
-                follows()
-            ))
-        }
+        (_, Role::Replica) if moved => Some(format!(
+            "declared in shard {declared_shard}, runs as {}{in_shard}",
+            follows()
+        )),
         _ => None,
     }
 }
