@@ -652,7 +652,10 @@ impl Out {
     /// One journal message, a line per event (the figures the gates judged are left to
     /// the journal), with the seconds since `began`.
     fn event(&mut self, message: &str, began: Option<Instant>) {
-        for l in message.lines().filter(|l| !l.starts_with("figures: ")) {
+        for l in message
+            .lines()
+            .filter(|l| !l.starts_with("figures: ") && !l.starts_with("replication: "))
+        {
             let at = began
                 .map(|b| format!("{:>5.1}s", b.elapsed().as_secs_f64()))
                 .unwrap_or_else(|| "      ".to_owned());
