@@ -377,32 +377,53 @@ pub fn judge_replication(
         return out;
     }
     let topo = topology::resolve(cluster, |id| now.get(id).map(|s| &s.node));
-    let in_batch = |id: &str| batch.iter().any(|b| b == id);
-    // Replicas to check, with the primary they follow; the primaries of their shards.
-    let mut replicas: Vec<(&str, &str)> = Vec::new();
-    let mut primaries: Vec<&str> = Vec::new();
-    for (id, p) in &topo.nodes {
-        let Some(primary) = p.follows.as_deref().filter(|f| topo.nodes.contains_key(*f)) else {
-            if p.live == Some(Role::Primary) && in_batch(id) && !primaries.contains(&id.as_str()) {
-                primaries.push(id);
-            }
-            continue;
-        };
-        if in_batch(id) || in_batch(primary) {
-            replicas.push((id, primary));
-            if !primaries.contains(&primary) {
-                primaries.push(primary);
+    // The primaries of the batch, and the primary each replica of the batch follows.
+    let mut primaries: Vec<&str> = batch
+        .iter()
+        .filter(|id| {
+            topo.nodes
+                .get(*id)
+                .is_some_and(|p| p.live == Some(Role::Primary))
+        })
+        .map(String::as_str)
+        .collect();
+    let address = |id: &str| cluster.node(id).map(|n| n.address.clone());
+    // Replicas to check: (name, address, primary).
+    let mut replicas: Vec<(String, String, &str)> = Vec::new();
+    for id in batch {
+        let followed = topo.nodes.get(id).and_then(|p| p.follows.as_deref());
+        if let (Some(primary), Some(at)) = (
+            followed.filter(|f| topo.nodes.contains_key(*f)),
+            address(id),
+        ) {
+            replicas.push((id.clone(), at, primary));
+            primaries.push(primary);
+        }
+    }
+    // Every replica a primary of the batch feeds, as it lists them: one too far behind
+    // to answer a reading is still in its primary's list.
+    for primary in batch.iter().filter(|id| topo.role(id) == Role::Primary) {
+        for link in fed(now, primary) {
+            let name = cluster
+                .nodes
+                .iter()
+                .find(|n| crate::pure::live::same_address(&n.address, &link.address))
+                .map(|n| n.id.clone())
+                .unwrap_or_else(|| link.address.clone());
+            if !replicas.iter().any(|(n, _, _)| *n == name) {
+                replicas.push((name, link.address.clone(), primary));
             }
         }
     }
+    primaries.sort_unstable();
+    primaries.dedup();
     if lag_on {
-        for (id, primary) in replicas {
-            let f = replica_lag(gates, cluster, id, primary, now, &mut out.failures);
+        for (name, at, primary) in &replicas {
+            let f = replica_lag(gates, name, at, primary, now, &mut out.failures);
             out.figures.push(f);
         }
     }
     if let Some(max) = gates.max_full_resyncs {
-        primaries.sort_unstable();
         for id in primaries {
             let syncs = |m: &BTreeMap<String, Sample>| {
                 m.get(id)
@@ -433,17 +454,30 @@ pub fn judge_replication(
     out
 }
 
+/// The replicas a primary lists in its latest reading.
+fn fed<'a>(
+    now: &'a BTreeMap<String, Sample>,
+    primary: &str,
+) -> &'a [crate::pure::live::ReplicaLink] {
+    now.get(primary)
+        .filter(|s| s.node.reachable)
+        .and_then(|s| s.node.health.as_ref())
+        .and_then(|h| h.topology.as_ref())
+        .map(|t| t.replicas.as_slice())
+        .unwrap_or_default()
+}
+
 /// One replica's lag by its primary's figures (its offset, the replica's acknowledged
-/// one and the seconds since), against the limits.
+/// one and the seconds since), against the limits. `id` names the replica (a declared
+/// node, or its address), `address` is where its primary sees it.
 fn replica_lag(
     gates: &Gates,
-    cluster: &Cluster,
     id: &str,
+    address: &str,
     primary: &str,
     now: &BTreeMap<String, Sample>,
     failures: &mut Vec<String>,
 ) -> ReplicationFigures {
-    let address = cluster.node(id).map(|n| n.address.as_str()).unwrap_or(id);
     let seen = now
         .get(primary)
         .filter(|s| s.node.reachable)
@@ -771,6 +805,17 @@ mod tests {
         // The batch of the primary checks every replica that follows it.
         let r = judge_replication(&gates, &c, &ids(&["a1"]), &base, &now);
         assert_eq!(r.failures.len(), 3, "{:?}", r.failures);
+        // Even a replica too far gone to answer: its primary still lists it.
+        let mut gone = now.clone();
+        gone.get_mut("a3").unwrap().node.reachable = false;
+        let r = judge_replication(&gates, &c, &ids(&["a1"]), &base, &gone);
+        assert_eq!(
+            r.failures[..2],
+            [
+                "a3: 4000 bytes behind its primary a1 (more than 1000)",
+                "a3: last acknowledged its primary a1 7 s ago (more than 5 s)",
+            ]
+        );
         // Off by default: nothing judged.
         let r = judge_replication(&Gates::default(), &c, &ids(&["a3"]), &base, &now);
         assert_eq!(r, ReplicationJudgement::default());

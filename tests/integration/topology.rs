@@ -282,3 +282,109 @@ fn a_full_resync_during_a_batch_fails_the_gates_with_its_figures() {
         "{judged}"
     );
 }
+
+/// Send `signal` (`STOP`, `CONT`) to a server's process.
+fn signal(server: &RedisServer, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &server.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+#[test]
+fn a_replica_left_behind_during_its_primarys_batch_fails_the_lag_gates() {
+    let fleet = Fleet::start();
+    // Every node but a1 already runs hz 20: the rollout is one batch, a1 alone.
+    for (id, n) in &fleet.nodes {
+        if id != "a1" {
+            assert!(n.client().cmd(&["CONFIG", "SET", "hz", "20"]).is_ok());
+        }
+    }
+    let repo = TestRepo::new();
+    let yaml = fleet
+        .cluster_yaml_with("    hz: 20", "stages: [1, '100%']\n    bake: 4s")
+        .replace(
+            "gates: {minOpsPerSec: 0, maxLatencyIncreaseMs: 1000}",
+            "gates: {minOpsPerSec: 0, maxLatencyIncreaseMs: 1000, maxReplicaLagBytes: 1000, maxReplicaLagSeconds: 2}",
+        );
+    repo.write("clusters/cache.yaml", &yaml);
+    repo.commit("cache: hz 20 on a1, replicas kept close");
+
+    let mut sync = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["sync", "--repo"])
+        .arg(repo.path())
+        .args(["--interval", "200ms", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the cacheflow binary runs");
+    // a1 gets hz 20; during its bake its replica a3 stops (SIGSTOP: its connection stays
+    // open, it acknowledges nothing) while 20 KB are written to a1.
+    let a1 = fleet.get("a1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a1.client().config_get("hz")["hz"] != "20" {
+        assert!(Instant::now() < deadline, "a1 was never applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let a3 = fleet.get("a3");
+    signal(a3, "STOP");
+    let value = "v".repeat(10_000);
+    for k in ["lag-1", "lag-2"] {
+        assert!(a1.client().cmd(&["SET", k, &value]).is_ok());
+    }
+    let status = sync.wait().expect("sync ends");
+    signal(a3, "CONT");
+    let mut out = String::new();
+    sync.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    sync.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("cache: rolled-back: gates failed: a3: "),
+        "{out}"
+    );
+    assert_eq!(a1.client().config_get("hz")["hz"], "10", "a1 was put back");
+
+    // The reason and the figures: a3 is at least the 20 KB behind, and has not
+    // acknowledged for longer than the limit; a2 kept up and is not named.
+    let entries = journal_messages(repo.repository());
+    let judged = entries
+        .iter()
+        .find(|m| m.contains("gates of batch 1 failed"))
+        .unwrap_or_else(|| panic!("{entries:#?}"));
+    let reason = judged.lines().next().unwrap();
+    let bytes: u64 = reason
+        .split_once("failed: a3: ")
+        .and_then(|(_, r)| r.split_once(" bytes behind its primary a1 (more than 1000); "))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("{reason}"));
+    assert!(bytes >= 20_000, "{reason}");
+    let (_, rest) = reason
+        .split_once("a3: last acknowledged its primary a1 ")
+        .unwrap();
+    let (secs, tail) = rest.split_once(" s ago (more than 2 s)").unwrap();
+    assert!(secs.parse::<u64>().unwrap() > 2, "{reason}");
+    assert_eq!(tail, "", "a2 is not named: {reason}");
+    let replication = judged
+        .lines()
+        .find_map(|l| l.strip_prefix("replication: "))
+        .unwrap_or_else(|| panic!("{judged}"));
+    let figures: Value = serde_json::from_str(replication).unwrap();
+    let a3_figures = figures
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["node"] == "a3")
+        .unwrap_or_else(|| panic!("{figures}"));
+    assert_eq!(a3_figures["primary"], "a1");
+    assert_eq!(a3_figures["lagBytes"], bytes);
+    assert_eq!(a3_figures["lagSeconds"], secs.parse::<u64>().unwrap());
+}
