@@ -19,7 +19,7 @@
 //!
 //! | gate | fails when |
 //! | --- | --- |
-//! | replica lag | a replica of the batch (or of a primary in the batch) is more than `maxReplicaLagBytes` behind its primary, or last acknowledged it more than `maxReplicaLagSeconds` ago (the primary's figures) |
+//! | replica lag | a replica of the batch (or one a primary of the batch lists, read or not) is more than `maxReplicaLagBytes` behind its primary, or last acknowledged it more than `maxReplicaLagSeconds` ago (the primary's figures) |
 //! | full resync | the primary of a shard the batch touches served more than `maxFullResyncs` full resyncs since the rollout began (its `sync_full` counter) |
 //!
 //! The traffic gates (hit ratio) need traffic: a node that served fewer than
