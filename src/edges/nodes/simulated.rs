@@ -395,6 +395,24 @@ mod tests {
     }
 
     #[test]
+    fn a_simulated_failover_shows_in_the_reading() {
+        let n = node("1gb");
+        let h = block_on(n.read()).unwrap().health.unwrap();
+        assert_eq!(h.role, Some(Role::Primary));
+        assert_eq!(h.topology.unwrap().primary, None);
+        // Made a replica of another node by hand (`REPLICAOF sim:2`).
+        n.replicate_from(Some("sim:2".into()));
+        let h = block_on(n.read()).unwrap().health.unwrap();
+        assert_eq!(h.role, Some(Role::Replica));
+        assert_eq!(h.replication_link, Some(crate::pure::live::LinkState::Up));
+        assert_eq!(h.topology.unwrap().primary.as_deref(), Some("sim:2"));
+        // And back (`REPLICAOF NO ONE`).
+        n.replicate_from(None);
+        let h = block_on(n.read()).unwrap().health.unwrap();
+        assert_eq!(h.role, Some(Role::Primary));
+    }
+
+    #[test]
     fn hit_ratio_follows_memory() {
         let big = node("2gb");
         let small = node("256mb");
