@@ -360,10 +360,10 @@ pub struct ReplicationJudgement {
 }
 
 /// Judge the replication of the shards `batch` touches, by the live topology of `now`
-/// (every node of the cluster): the lag of each replica in the batch or following a
-/// primary in the batch, and the full resyncs each of those shards' primaries served
-/// since `baseline`. Gates left off are not judged; figures a node did not report are
-/// not judged either (a replica whose link is down is the replication-link gate's).
+/// (every node of the cluster): the lag of each replica in the batch and of each replica
+/// a primary of the batch lists, and the full resyncs each of those shards' primaries
+/// served since `baseline`. Gates left off are not judged; figures a node did not report
+/// are not judged either (a replica whose link is down is the replication-link gate's).
 pub fn judge_replication(
     gates: &Gates,
     cluster: &Cluster,
@@ -378,7 +378,7 @@ pub fn judge_replication(
     }
     let topo = topology::resolve(cluster, |id| now.get(id).map(|s| &s.node));
     // The primaries of the batch, and the primary each replica of the batch follows.
-    let mut primaries: Vec<&str> = batch
+    let batch_primaries: Vec<&str> = batch
         .iter()
         .filter(|id| {
             topo.nodes
@@ -387,6 +387,7 @@ pub fn judge_replication(
         })
         .map(String::as_str)
         .collect();
+    let mut primaries = batch_primaries.clone();
     let address = |id: &str| cluster.node(id).map(|n| n.address.clone());
     // Replicas to check: (name, address, primary).
     let mut replicas: Vec<(String, String, &str)> = Vec::new();
@@ -402,7 +403,7 @@ pub fn judge_replication(
     }
     // Every replica a primary of the batch feeds, as it lists them: one too far behind
     // to answer a reading is still in its primary's list.
-    for primary in batch.iter().filter(|id| topo.role(id) == Role::Primary) {
+    for primary in batch_primaries {
         for link in fed(now, primary) {
             let name = cluster
                 .nodes
@@ -432,14 +433,17 @@ pub fn judge_replication(
                     .and_then(|t| t.full_syncs)
             };
             let (before, after) = (syncs(baseline), syncs(now));
-            if let Some(after) = after {
+            if let (Some(before), Some(after)) = (before, after) {
                 // A counter that went down means the primary restarted: count from zero.
-                let served = before.map_or(0, |b| if after >= b { after - b } else { after });
+                let served = if after >= before {
+                    after - before
+                } else {
+                    after
+                };
                 if served > max {
                     out.failures.push(format!(
-                        "{id}: {served} full resync{} of its replicas since the rollout began (sync_full {} → {after}; at most {max})",
+                        "{id}: {served} full resync{} of its replicas since the rollout began (sync_full {before} → {after}; at most {max})",
                         if served == 1 { "" } else { "s" },
-                        before.map_or_else(|| "unknown".to_owned(), |b| b.to_string()),
                     ));
                 }
             }
