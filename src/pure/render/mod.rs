@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::pure::diff::{ChangeSet, ClusterDiff, ClusterStatus, ParamChange, Risk};
 use crate::pure::plan::Plan;
 use crate::pure::rollout::Phase;
-use crate::pure::spec::model::Desired;
+use crate::pure::spec::model::{Desired, Role};
 use crate::pure::spec::Diagnostic;
 
 /// A short commit id for people.
@@ -249,7 +249,10 @@ pub fn diff_text(cs: &ChangeSet) -> String {
                     let _ = writeln!(
                         out,
                         "    {} ({}, shard {}, {})",
-                        n.id, n.address, n.shard, n.role
+                        n.id,
+                        n.address,
+                        n.shard,
+                        Role::declared_text(n.role)
                     );
                 }
             }
@@ -395,7 +398,7 @@ fn cluster_markdown(out: &mut String, c: &ClusterDiff) {
                     code(&n.id),
                     code(&n.address),
                     code(&n.shard),
-                    n.role
+                    Role::declared_text(n.role)
                 );
             }
         }
@@ -462,6 +465,9 @@ pub fn plan_text(p: &Plan) -> String {
         }
         for u in &c.unreachable {
             let _ = writeln!(out, "  {}: unreachable: {}", u.id, u.reason);
+        }
+        for t in &c.topology {
+            let _ = writeln!(out, "  ~ {}: {}", t.node, t.text);
         }
         for r in &c.risks {
             let _ = writeln!(out, "  ! {}", risk_line(r));
@@ -534,7 +540,10 @@ pub fn plan_markdown(p: &Plan) -> String {
         for r in &c.risks {
             let _ = writeln!(out, "- ⚠️ **{}**", md_cell(&risk_line(r)));
         }
-        if !c.risks.is_empty() {
+        for t in &c.topology {
+            let _ = writeln!(out, "- {}: {}", code(&t.node), md_cell(&t.text));
+        }
+        if !c.risks.is_empty() || !c.topology.is_empty() {
             out.push('\n');
         }
         if !c.nodes.is_empty() {
