@@ -26,6 +26,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pure::catalog::human_ms;
 use crate::pure::spec::model::OnFailure;
 
 /// What a rollout needs to know, fixed when it starts.
@@ -312,14 +313,14 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                 .filter(|n| !r.confirmed.contains(*n))
                 .collect();
             let why = format!(
-                "{} did not confirm {} within {} ms",
+                "{} did not confirm {} within {}",
                 missing
                     .iter()
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
                 r.spec.revision,
-                r.spec.apply_timeout_ms
+                human_ms(r.spec.apply_timeout_ms)
             );
             fail(&mut r, b, why, &mut actions);
         }
@@ -442,9 +443,9 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             // A node that cannot confirm (it is down) must not hold the rollout forever;
             // the outcome names it, so a person knows which node to look at.
             let reason = format!(
-                "{reason}; {} did not confirm the rollback within {} ms",
+                "{reason}; {} did not confirm the rollback within {}",
                 r.restoring.iter().cloned().collect::<Vec<_>>().join(", "),
-                r.spec.apply_timeout_ms
+                human_ms(r.spec.apply_timeout_ms)
             );
             journal(
                 &mut actions,
@@ -834,8 +835,7 @@ mod tests {
         assert_eq!(
             r.phase,
             Phase::RolledBack {
-                reason: "gates failed: a is down; a did not confirm the rollback within 5000 ms"
-                    .into()
+                reason: "gates failed: a is down; a did not confirm the rollback within 5s".into()
             }
         );
     }
@@ -866,7 +866,7 @@ mod tests {
         assert_eq!(
             r.phase,
             Phase::RollingBack {
-                reason: "a did not confirm new within 5000 ms".into()
+                reason: "a did not confirm new within 5s".into()
             }
         );
     }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::pure::catalog::human_ms;
 use crate::pure::gates::{self, Sample};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::plan;
@@ -451,22 +452,22 @@ impl Reconciler {
                         format!("batch {} of {of}, waiting for a rollout window", batch + 1)
                     }
                     Phase::Applying { batch } => format!(
-                        "batch {} of {of}, waiting up to {} ms for its nodes to confirm",
+                        "batch {} of {of}, waiting up to {} for its nodes to confirm",
                         batch + 1,
-                        r.spec.apply_timeout_ms.max(grace_ms)
+                        human_ms(r.spec.apply_timeout_ms.max(grace_ms))
                     ),
                     Phase::Baking { batch } | Phase::Judging { batch } => format!(
-                        "batch {} of {of}, baking again for {} ms before its gates are judged",
+                        "batch {} of {of}, baking again for {} before its gates are judged",
                         batch + 1,
-                        r.spec.bake_of(*batch).max(grace_ms)
+                        human_ms(r.spec.bake_of(*batch).max(grace_ms))
                     ),
                     Phase::Paused { batch, .. } => format!(
                         "batch {} of {of}, paused: a person decides (resume, rollback)",
                         batch + 1
                     ),
                     Phase::RollingBack { .. } => format!(
-                        "rolling back, waiting up to {} ms for its nodes to confirm",
-                        r.spec.apply_timeout_ms.max(grace_ms)
+                        "rolling back, waiting up to {} for its nodes to confirm",
+                        human_ms(r.spec.apply_timeout_ms.max(grace_ms))
                     ),
                     _ => return None,
                 };

@@ -1444,7 +1444,7 @@ fn after_a_restart_the_rollouts_resumed_are_described_for_the_log() {
     assert_eq!(
         again.resuming(5_000),
         vec![format!(
-            "cache: rollout of {} resumed after a restart: batch 2 of 2, waiting up to 10000 ms for its nodes to confirm",
+            "cache: rollout of {} resumed after a restart: batch 2 of 2, waiting up to 10s for its nodes to confirm",
             &R1[..12]
         )]
     );
@@ -1454,7 +1454,7 @@ fn after_a_restart_the_rollouts_resumed_are_described_for_the_log() {
     assert_eq!(
         again.resuming(5_000),
         vec![format!(
-            "cache: rollout of {} resumed after a restart: batch 1 of 2, baking again for 5000 ms before its gates are judged",
+            "cache: rollout of {} resumed after a restart: batch 1 of 2, baking again for 5s before its gates are judged",
             &R1[..12]
         )]
     );
