@@ -717,14 +717,20 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
             } => {
                 if let Some(m) = &h.metrics {
                     m.rollout_ended(outcome);
+                    if outcome == "completed" {
+                        m.rollout_completed(&cluster, crate::edges::clock::now_secs_f64());
+                    }
                 }
                 if let Err(e) = journal.note(&revision, &cluster, &text) {
                     tracing::warn!("cannot write the note on {revision}: {e}");
                 }
             }
-            Effect::Corrected { outcome, .. } => {
+            Effect::Corrected { cluster, outcome } => {
                 if let Some(m) = &h.metrics {
                     m.rollout_ended(outcome);
+                    if outcome == "completed" {
+                        m.rollout_completed(&cluster, crate::edges::clock::now_secs_f64());
+                    }
                 }
             }
             Effect::Timer {
