@@ -220,7 +220,42 @@ pub enum Action {
     /// Judge the gates for these nodes and answer with `Event::Gates`.
     JudgeGates { batch: usize, nodes: Vec<String> },
     /// Record what happened (one journal commit each).
-    Journal { message: String },
+    Journal {
+        message: String,
+        /// What the line is about, for the logs' fields (not journaled).
+        #[serde(skip)]
+        about: About,
+    },
+}
+
+/// What a journal line is about, as the logs' fields: the event (`batch_assigned`,
+/// `rolling_back`, ...), the batch (from 1) and the node it names. The cluster and the
+/// revision are the rollout's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct About {
+    pub event: &'static str,
+    pub batch: Option<usize>,
+    pub node: Option<String>,
+}
+
+impl About {
+    pub fn event(event: &'static str) -> About {
+        About {
+            event,
+            ..About::default()
+        }
+    }
+
+    /// `batch` counted from 0, said from 1.
+    pub fn batch(mut self, batch: usize) -> About {
+        self.batch = Some(batch + 1);
+        self
+    }
+
+    pub fn node(mut self, node: &str) -> About {
+        self.node = Some(node.to_owned());
+        self
+    }
 }
 
 impl Rollout {
@@ -249,12 +284,14 @@ impl Rollout {
 /// return no action (a late timer, a node confirming twice, a resume while running).
 pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
     let mut actions = Vec::new();
-    let journal =
-        |actions: &mut Vec<Action>, message: String| actions.push(Action::Journal { message });
+    let journal = |actions: &mut Vec<Action>, about: About, message: String| {
+        actions.push(Action::Journal { message, about })
+    };
     match (&r.phase.clone(), event) {
         (_, Event::Supersede { revision }) if !r.phase.is_final() => {
             journal(
                 &mut actions,
+                About::event("rollout_superseded"),
                 format!(
                     "{}: rollout of {} superseded by {revision}",
                     r.spec.cluster, r.spec.revision
@@ -265,6 +302,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
         (Phase::Pending, Event::Begin) => {
             journal(
                 &mut actions,
+                About::event("rollout_started"),
                 format!(
                     "{}: rollout of {} started, {} batch(es)",
                     r.spec.cluster,
@@ -288,6 +326,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                 if r.confirmed.insert(node.clone()) {
                     journal(
                         &mut actions,
+                        About::event("node_applied").batch(batch).node(&node),
                         format!("{}: {node} applied {revision}", r.spec.cluster),
                     );
                 }
@@ -336,6 +375,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                 Verdict::Pass => {
                     journal(
                         &mut actions,
+                        About::event("batch_passed").batch(b),
                         format!("{}: batch {} passed its gates", r.spec.cluster, b + 1),
                     );
                     next_batch(&mut r, b, &mut actions);
@@ -347,6 +387,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                     let reason = format!("gates inconclusive: {reason}");
                     journal(
                         &mut actions,
+                        About::event("rollout_paused").batch(b),
                         format!("{}: paused at batch {}: {reason}", r.spec.cluster, b + 1),
                     );
                     r.phase = Phase::Paused { batch: b, reason };
@@ -357,6 +398,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             let b = *batch;
             journal(
                 &mut actions,
+                About::event("batch_promoted").batch(b),
                 format!("{}: batch {} promoted by {by}", r.spec.cluster, b + 1),
             );
             next_batch(&mut r, b, &mut actions);
@@ -365,6 +407,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             let b = *batch;
             journal(
                 &mut actions,
+                About::event("batch_promoted").batch(b),
                 format!("{}: batch {} promoted by {by}", r.spec.cluster, b + 1),
             );
             next_batch(&mut r, b, &mut actions);
@@ -379,6 +422,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             let b = *batch;
             journal(
                 &mut actions,
+                About::event("rollout_paused").batch(b),
                 format!("{}: paused by {by} at batch {}", r.spec.cluster, b + 1),
             );
             r.phase = Phase::Paused {
@@ -397,6 +441,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
         {
             journal(
                 &mut actions,
+                About::event("windows_overridden"),
                 format!(
                     "{}: rollout windows overridden by {by} for {}: {reason}",
                     r.spec.cluster, r.spec.revision
@@ -414,6 +459,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             let b = *batch;
             journal(
                 &mut actions,
+                About::event("rollout_resumed").batch(b),
                 format!("{}: resumed by {by} at batch {}", r.spec.cluster, b + 1),
             );
             start_batch(&mut r, b, &mut actions);
@@ -434,6 +480,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             if r.restoring.is_empty() {
                 journal(
                     &mut actions,
+                    About::event("rolled_back"),
                     format!("{}: rolled back to {revision}", r.spec.cluster),
                 );
                 r.phase = Phase::RolledBack { reason };
@@ -449,6 +496,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             );
             journal(
                 &mut actions,
+                About::event("rollback_incomplete"),
                 format!(
                     "{}: rollback of {} incomplete: {reason}",
                     r.spec.cluster, r.spec.revision
@@ -465,6 +513,7 @@ fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
     if batch >= r.spec.batches.len() {
         actions.push(Action::Journal {
             message: format!("{}: {} reached every node", r.spec.cluster, r.spec.revision),
+            about: About::event("rollout_completed"),
         });
         r.phase = Phase::Completed;
         return;
@@ -479,6 +528,7 @@ fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
                     batch + 1,
                     r.spec.batches.len()
                 ),
+                about: About::event("batch_waiting").batch(batch),
             });
         }
         r.phase = Phase::Waiting {
@@ -500,6 +550,7 @@ fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
             r.spec.revision,
             nodes.join(", ")
         ),
+        about: About::event("batch_assigned").batch(batch),
     });
     actions.push(Action::Assign {
         nodes,
@@ -521,6 +572,7 @@ fn fail(r: &mut Rollout, batch: usize, why: String, actions: &mut Vec<Action>) {
         OnFailure::Pause => {
             actions.push(Action::Journal {
                 message: format!("{}: paused at batch {}: {why}", r.spec.cluster, batch + 1),
+                about: About::event("rollout_paused").batch(batch),
             });
             r.phase = Phase::Paused { batch, reason: why };
         }
@@ -533,6 +585,7 @@ fn rollback(r: &mut Rollout, reason: String, actions: &mut Vec<Action>) {
             "{}: rolling back {}: {reason}",
             r.spec.cluster, r.spec.revision
         ),
+        about: About::event("rolling_back"),
     });
     match (&r.spec.previous, r.touched.is_empty()) {
         (Some(previous), false) => {
@@ -650,7 +703,8 @@ mod tests {
         );
         assert!(assigns(&actions).is_empty());
         assert!(actions.contains(&Action::Journal {
-            message: "c: batch 1 of 2 waits: inside deny window `fri`".into()
+            message: "c: batch 1 of 2 waits: inside deny window `fri`".into(),
+            about: About::event("batch_waiting").batch(0),
         }));
         // Still closed: nothing happens and nothing is journaled again.
         let (r2, again) = step(r.clone(), Event::WindowOpened);
@@ -691,7 +745,8 @@ mod tests {
         assert_eq!(
             actions[0],
             Action::Journal {
-                message: "c: rollout windows overridden by alice for new: INC-42 hotfix".into()
+                message: "c: rollout windows overridden by alice for new: INC-42 hotfix".into(),
+                about: About::event("windows_overridden"),
             }
         );
         assert_eq!(
@@ -807,7 +862,8 @@ mod tests {
             }
         );
         assert!(actions.contains(&Action::Journal {
-            message: "c: rolled back to old".into()
+            message: "c: rolled back to old".into(),
+            about: About::event("rolled_back"),
         }));
     }
 
@@ -897,7 +953,8 @@ mod tests {
         let (promoted, actions) = run(r.clone(), vec![Event::Promote { by: "alice".into() }]);
         assert_eq!(promoted.phase, Phase::Applying { batch: 1 });
         assert!(actions.contains(&Action::Journal {
-            message: "c: batch 1 promoted by alice".into()
+            message: "c: batch 1 promoted by alice".into(),
+            about: About::event("batch_promoted").batch(0),
         }));
         let (resumed, actions) = run(r, vec![Event::Resume { by: "bob".into() }]);
         assert_eq!(resumed.phase, Phase::Applying { batch: 0 });

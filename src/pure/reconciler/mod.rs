@@ -36,7 +36,7 @@ pub mod effect;
 pub mod state;
 pub mod status;
 
-pub use effect::{targets_for, Effect, Notice, NoticeKind};
+pub use effect::{targets_for, Effect, Notice, NoticeKind, Record};
 pub use state::{
     ClusterState, NodeAssignment, Refused, RolloutRecord, State, Target, STATE_VERSION,
 };
@@ -65,8 +65,8 @@ pub struct Reconciler {
     /// The latest reading of nodes that report but no cluster declares (for the drift
     /// report; at most [`MAX_UNDECLARED`]).
     undeclared: HashMap<String, Sample>,
-    /// Journal lines of the input being handled.
-    lines: Vec<String>,
+    /// Journal lines of the input being handled, with their log fields.
+    lines: Vec<Record>,
     /// Roll out again to nodes whose live values differ from their assignment (drift).
     /// `sync` sets it: a person asked to converge now. The server leaves drift to the
     /// drift report unless told to correct it.
@@ -405,7 +405,8 @@ impl Reconciler {
             .filter(|name| self.still_to_roll_out(name))
             .collect();
         if new_head && (self.lines.is_empty() || !waiting.is_empty()) {
-            self.lines.insert(0, taken_line(&revision, first, &waiting));
+            let line = Record::new("revision_taken", taken_line(&revision, first, &waiting));
+            self.lines.insert(0, line.revision(&revision));
         }
         self.finish()
     }
@@ -438,8 +439,9 @@ impl Reconciler {
     }
 
     /// What the server does after a restart, one line per rollout in flight (for its
-    /// log): which cluster, which revision, at which batch, and what it waits for.
-    pub fn resuming(&self, grace_ms: u64) -> Vec<String> {
+    /// log, event `rollout_resumed`): which cluster, which revision, at which batch, and
+    /// what it waits for.
+    pub fn resuming(&self, grace_ms: u64) -> Vec<Record> {
         self.state
             .clusters
             .iter()
@@ -471,18 +473,38 @@ impl Reconciler {
                     ),
                     _ => return None,
                 };
-                Some(format!(
+                let batch = match &r.phase {
+                    Phase::Waiting { batch, .. }
+                    | Phase::Applying { batch }
+                    | Phase::Baking { batch }
+                    | Phase::Judging { batch }
+                    | Phase::Paused { batch, .. } => Some(batch + 1),
+                    _ => None,
+                };
+                let line = format!(
                     "{name}: rollout of {} resumed after a restart: {what}",
                     short_id(&r.spec.revision)
-                ))
+                );
+                let record = Record::new("rollout_resumed", line)
+                    .cluster(name)
+                    .revision(&r.spec.revision)
+                    .batch(batch)
+                    .warn();
+                Some(record)
             })
             .collect()
     }
 
     /// A revision that failed validation or trust: journaled, nothing applied.
     pub fn refuse_revision(&mut self, revision: &str, reason: &str, now_ms: u64) -> Vec<Effect> {
-        self.lines
-            .push(format!("revision {} refused: {reason}", short_id(revision)));
+        self.lines.push(
+            Record::new(
+                "revision_refused",
+                format!("revision {} refused: {reason}", short_id(revision)),
+            )
+            .revision(revision)
+            .warn(),
+        );
         self.notify(
             Notice::new_at(
                 NoticeKind::RevisionRefused,
@@ -492,10 +514,12 @@ impl Reconciler {
             .revision(revision)
             .details(reason),
         );
-        self.lines.push(match &self.state.head {
-            Some(h) => format!("keeping revision {}", short_id(h)),
-            None => "no revision was applied yet".to_owned(),
-        });
+        let kept = match &self.state.head {
+            Some(h) => Record::new("revision_kept", format!("keeping revision {}", short_id(h)))
+                .revision(h),
+            None => Record::new("revision_kept", "no revision was applied yet"),
+        };
+        self.lines.push(kept);
         self.finish()
     }
 
@@ -549,7 +573,11 @@ impl Reconciler {
             })
         });
         if correction {
-            self.lines.push(format!("{name}: correcting drift"));
+            self.lines.push(
+                Record::new("drift_correcting", format!("{name}: correcting drift"))
+                    .cluster(name)
+                    .revision(&target.revision),
+            );
         }
         let previous = self.previous_revision(name, &target, &batches);
         let restore = self.restore_map(name, cluster, &target, &batches);
@@ -667,12 +695,17 @@ impl Reconciler {
             woken.push(id.clone());
         }
         if !woken.is_empty() {
-            self.lines.push(format!(
+            let line = format!(
                 "{name}: {} node(s) already run {}: {}",
                 woken.len(),
                 short_id(&target.revision),
                 woken.join(", ")
-            ));
+            );
+            self.lines.push(
+                Record::new("nodes_in_sync", line)
+                    .cluster(name)
+                    .revision(&target.revision),
+            );
             self.effects.push(Effect::Wake { nodes: woken });
         }
     }
@@ -712,10 +745,16 @@ impl Reconciler {
         }
         if self.correcting {
             // A drift correction never refuses the revision: the drift stays reported.
-            self.lines.push(format!(
+            let line = format!(
                 "{name}: drift not corrected: start-only parameters on directly managed nodes ({}): restart them by hand",
                 direct_restarts.join("; ")
-            ));
+            );
+            self.lines.push(
+                Record::new("drift_not_corrected", line)
+                    .cluster(name)
+                    .revision(&target.revision)
+                    .warn(),
+            );
             return true;
         }
         let reason = format!(
@@ -809,10 +848,16 @@ impl Reconciler {
     }
 
     fn refuse_cluster(&mut self, name: &str, target: &Target, reason: String, now_ms: u64) {
-        self.lines.push(format!(
+        let line = format!(
             "{name}: revision {} refused: {reason}",
             short_id(&target.revision)
-        ));
+        );
+        self.lines.push(
+            Record::new("revision_refused", line)
+                .cluster(name)
+                .revision(&target.revision)
+                .warn(),
+        );
         self.effects.push(Effect::Note {
             revision: target.revision.clone(),
             cluster: name.to_owned(),
@@ -878,7 +923,25 @@ impl Reconciler {
             }
             for action in actions {
                 match action {
-                    Action::Journal { message } => self.lines.push(message),
+                    Action::Journal { message, about } => {
+                        let warn = matches!(
+                            about.event,
+                            "rolling_back"
+                                | "rolled_back"
+                                | "rollback_incomplete"
+                                | "rollout_paused"
+                        );
+                        let record = Record {
+                            event: about.event,
+                            warn,
+                            cluster: Some(name.to_owned()),
+                            revision: Some(self.rec_mut(name).rollout.spec.revision.clone()),
+                            node: about.node,
+                            batch: about.batch,
+                            message,
+                        };
+                        self.lines.push(record);
+                    }
                     Action::Timer { after_ms, event } => {
                         let run = self.rec_mut(name).run;
                         self.effects.push(Effect::Timer {
@@ -997,10 +1060,18 @@ impl Reconciler {
             rollout::Verdict::Fail { reason } => format!("failed: {reason}"),
             rollout::Verdict::Inconclusive { reason } => format!("inconclusive: {reason}"),
         };
-        self.lines.push(format!(
-            "{name}: gates of batch {} {verdict}\nfigures: {figures}",
-            batch + 1
-        ));
+        let passed = matches!(j.verdict, rollout::Verdict::Pass);
+        let line = Record::new(
+            "gates_judged",
+            format!(
+                "{name}: gates of batch {} {verdict}\nfigures: {figures}",
+                batch + 1
+            ),
+        )
+        .cluster(name)
+        .revision(&rec.rollout.spec.revision)
+        .batch(Some(batch + 1));
+        self.lines.push(if passed { line } else { line.warn() });
         Event::Gates {
             batch,
             verdict: j.verdict,
@@ -1072,7 +1143,14 @@ impl Reconciler {
         }
         if correcting {
             // No config commit caused it: journaled, never noted over a commit's outcome.
-            self.lines.push(format!("{name}: drift correction {text}"));
+            self.lines.push(
+                Record::new(
+                    "drift_corrected",
+                    format!("{name}: drift correction {text}"),
+                )
+                .cluster(name)
+                .revision(&revision),
+            );
             self.effects.push(Effect::Corrected {
                 cluster: name.to_owned(),
                 outcome,
@@ -1158,11 +1236,18 @@ impl Reconciler {
                 if active {
                     self.feed(&name, event, now_ms);
                 } else if !ok {
-                    self.lines.push(format!(
+                    let line = format!(
                         "{name}: {node_id} failed to apply {}: {}",
                         short_id(&result.revision),
                         result.error.unwrap_or_default()
-                    ));
+                    );
+                    self.lines.push(
+                        Record::new("node_apply_failed", line)
+                            .cluster(&name)
+                            .revision(&result.revision)
+                            .node(node_id)
+                            .warn(),
+                    );
                 }
             }
         }
@@ -1301,9 +1386,13 @@ impl Reconciler {
                 .and_then(|c| c.rollout.as_ref())
                 .is_some_and(|r| !r.rollout.phase.is_final());
             if busy {
-                self.lines.push(format!(
-                    "{name}: drift not corrected now: a rollout is in progress"
-                ));
+                self.lines.push(
+                    Record::new(
+                        "drift_not_corrected",
+                        format!("{name}: drift not corrected now: a rollout is in progress"),
+                    )
+                    .cluster(name),
+                );
                 continue;
             }
             if self
@@ -1429,9 +1518,12 @@ impl Reconciler {
     fn finish(&mut self) -> Vec<Effect> {
         let mut effects = Vec::new();
         if !self.lines.is_empty() {
+            let records = std::mem::take(&mut self.lines);
+            let lines: Vec<&str> = records.iter().map(|r| r.message.as_str()).collect();
             effects.push(Effect::Journal {
-                message: std::mem::take(&mut self.lines).join("\n"),
+                message: lines.join("\n"),
             });
+            effects.push(Effect::Log { records });
         }
         effects.append(&mut self.effects);
         effects
