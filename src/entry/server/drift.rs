@@ -171,7 +171,7 @@ impl DriftRunner {
                 Poll::Due(at) => {
                     tracing::info!("scheduled drift run ({at})");
                     if let Err(e) = self.once().await {
-                        tracing::warn!("the drift run failed: {e}");
+                        tracing::warn!(event = "drift_run_failed", "the drift run failed: {e}");
                     }
                 }
                 Poll::Wait(d) => {
