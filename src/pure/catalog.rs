@@ -831,7 +831,7 @@ fn format_float(n: f64) -> String {
 /// back to the same number: the one formatter of sizes for every output people read.
 pub fn human_size(bytes: u64) -> String {
     for (mult, unit) in [(1u64 << 30, "gb"), (1 << 20, "mb"), (1 << 10, "kb")] {
-        if bytes > 0 && bytes % mult == 0 {
+        if bytes > 0 && bytes.is_multiple_of(mult) {
             return format!("{}{unit}", bytes / mult);
         }
     }

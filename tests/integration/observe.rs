@@ -45,7 +45,7 @@ fn the_alerting_rules_pass_promtool_check_and_their_unit_tests() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("SUCCESS: 15 rules found"), "{said}");
+    assert!(said.contains("SUCCESS: 21 rules found"), "{said}");
 
     let tests = deploy("prometheus/cacheflow.rules.test.yml");
     let out = promtool(&["test", "rules", tests.to_str().unwrap()]);
@@ -90,7 +90,7 @@ fn the_prometheus_rule_ships_the_same_alerts_each_with_a_severity_and_a_runbook(
     assert_eq!(crd["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(crd["spec"]["groups"], rules["groups"]);
     let all = alerts(&rules["groups"]);
-    assert_eq!(all.len(), 15);
+    assert_eq!(all.len(), 21);
     for (name, severity, runbook) in &all {
         assert!(name.starts_with("Cacheflow"), "{name}");
         assert!(

@@ -562,9 +562,10 @@ fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logging on standard error. `default` is the filter when `CACHEFLOW_LOG` is not set.
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CACHEFLOW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only on a terminal, and not when NO_COLOR is set: a log file or journald
     // gets plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -615,7 +616,13 @@ impl Cli {
 
 /// Run the command line; returns the process exit code (an error is printed, exit 1).
 pub fn run(cli: Cli) -> ExitCode {
-    init_logging(cli.log_format);
+    // `sync` and `demo` draw their own progress from the same journal lines: its log
+    // records (rollbacks and pauses are warnings) would say each one twice.
+    let default_filter = match cli.command {
+        Command::Sync(_) | Command::Demo(_) => "warn,cacheflow::journal=off",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, default_filter);
     let outcome = match cli.command {
         Command::Validate(args) => commands::validate(args),
         Command::Diff(args) => commands::diff(args),
