@@ -396,6 +396,34 @@ fn a_server_rolling_out_on_real_redis_logs_json_records_and_exports_what_the_das
     assert_eq!(drifted[0]["revision"], commit.as_str());
     assert_eq!(drifted[0]["parameters"], "hz");
     assert_eq!(drifted[0]["message"], "cache: a2 drifted: hz");
+    // The access log: one record per request, the route as matched, never a token.
+    let access: Vec<(&str, &str, u64)> = records
+        .iter()
+        .filter(|r| r["target"] == "cacheflow::access")
+        .map(|r| {
+            assert_eq!(r["event"], "http_request");
+            assert!(r["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{r}");
+            (
+                r["method"].as_str().unwrap(),
+                r["route"].as_str().unwrap(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(access.contains(&("GET", "/readyz", 200)), "{access:?}");
+    assert!(
+        access.contains(&("GET", "/api/v1/rollouts", 200)),
+        "{access:?}"
+    );
+    assert_eq!(
+        access
+            .iter()
+            .filter(|a| **a == ("POST", "/api/v1/drift/run", 200))
+            .count(),
+        1,
+        "{access:?}"
+    );
+    assert!(!text.contains(token), "a token in the log:\n{text}");
     let taken = of("revision_taken");
     assert!(
         taken.iter().all(|r| r["revision"] == commit.as_str()),

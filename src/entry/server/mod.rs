@@ -13,6 +13,7 @@
 //! GET  /metrics, /healthz, /readyz
 //! ```
 
+mod access;
 mod api;
 mod app;
 mod body;
