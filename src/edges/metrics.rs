@@ -586,6 +586,91 @@ impl ProcessGauges {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pure::protocol::Outcome;
+    use crate::pure::reconciler::{ClusterState, NodeAssignment, Refused, State, Target};
+    use crate::pure::rollout::Phase;
+
+    #[test]
+    fn every_phase_word_is_a_phase_series() {
+        let reason = || "r".to_owned();
+        for phase in [
+            Phase::Pending,
+            Phase::Waiting {
+                batch: 0,
+                reason: reason(),
+            },
+            Phase::Applying { batch: 0 },
+            Phase::Baking { batch: 0 },
+            Phase::Judging { batch: 0 },
+            Phase::Paused {
+                batch: 0,
+                reason: reason(),
+            },
+            Phase::RollingBack { reason: reason() },
+            Phase::Completed,
+            Phase::RolledBack { reason: reason() },
+            Phase::Superseded { by: reason() },
+        ] {
+            let word = crate::pure::render::phase_word(&phase);
+            assert!(PHASES.contains(&word), "{word}");
+        }
+    }
+
+    #[test]
+    fn cluster_gauges_follow_the_status_and_a_removed_cluster_leaves_no_series() {
+        let assignment = |outcome| NodeAssignment {
+            revision: "r1".into(),
+            digest: "d".into(),
+            generation: 1,
+            parameters: Default::default(),
+            restart_allowed: false,
+            outcome,
+        };
+        let mut state = State::default();
+        state.clusters.insert(
+            "cache".into(),
+            ClusterState {
+                target: Some(Target {
+                    revision: "r1".into(),
+                    digest: "d".into(),
+                    parameters: Default::default(),
+                }),
+                refused: Some(Refused {
+                    revision: "r2".into(),
+                    digest: "e".into(),
+                    reason: "rolled back".into(),
+                }),
+                assignments: [
+                    ("a".to_owned(), assignment(Some(Outcome::Applied))),
+                    ("b".to_owned(), assignment(Some(Outcome::Applied))),
+                    ("c".to_owned(), assignment(None)),
+                ]
+                .into(),
+                ..ClusterState::default()
+            },
+        );
+        let m = Metrics::default();
+        m.rollout_completed("cache", 1_700_000_000.5);
+        let text = m.scrape(Some(&Status::of(&state)));
+        for line in [
+            r#"cacheflow_cluster_phase{cluster="cache",phase="none"} 1"#,
+            r#"cacheflow_cluster_phase{cluster="cache",phase="completed"} 0"#,
+            r#"cacheflow_cluster_info{cluster="cache",revision="r1"} 1"#,
+            r#"cacheflow_cluster_nodes{cluster="cache",state="applied"} 2"#,
+            r#"cacheflow_cluster_nodes{cluster="cache",state="pending"} 1"#,
+            r#"cacheflow_cluster_nodes{cluster="cache",state="failed"} 0"#,
+            r#"cacheflow_cluster_rollout_batch{cluster="cache"} 0"#,
+            r#"cacheflow_cluster_refused{cluster="cache"} 1"#,
+            r#"cacheflow_cluster_last_completed_timestamp_seconds{cluster="cache"} 1700000000.5"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
+        // The cluster is gone from the repository: none of its series is left.
+        let text = m.scrape(Some(&Status::of(&State::default())));
+        assert!(!text.contains(r#"cluster="cache""#), "{text}");
+    }
 
     #[test]
     fn every_known_counter_series_is_there_at_zero_from_the_start() {
