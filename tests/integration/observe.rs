@@ -58,6 +58,49 @@ fn the_alerting_rules_pass_promtool_check_and_their_unit_tests() {
     assert!(said.contains("SUCCESS"), "{said}");
 }
 
+#[test]
+fn every_query_of_the_dashboard_is_valid_promql() {
+    // Each panel's query, with Grafana's variables given values, as a recording rule:
+    // `promtool check rules` parses them with Prometheus's own PromQL parser.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy("grafana/cacheflow-dashboard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            queries.push(t["expr"].as_str().expect("a target's expr").to_owned());
+        }
+    }
+    assert!(queries.len() > 20, "{queries:?}");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, q) in queries.iter().enumerate() {
+        let q = q
+            .replace("$__rate_interval", "5m")
+            .replace("$job", ".*")
+            .replace("$cluster", ".*");
+        assert!(!q.contains('$'), "a variable left in {q}");
+        rules.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(&q).unwrap()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard.rules.yml");
+    std::fs::write(&file, &rules).unwrap();
+    let out = promtool(&["check", "rules", file.to_str().unwrap()]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}\n{rules}");
+    assert!(
+        said.contains(&format!("SUCCESS: {} rules found", queries.len())),
+        "{said}"
+    );
+}
+
 fn yaml(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap();
     cacheflow::pure::spec::yaml::parse_value(&text)
