@@ -7,7 +7,9 @@
 #                             and mimalloc are built from C), pkg-config, OpenSSL's
 #                             headers, git
 #   scripts/setup.sh --test   also what the tests start or use: redis-server, memcached,
-#                             gpg and ssh-keygen (signed commits), and a headless browser
+#                             gpg and ssh-keygen (signed commits), promtool (the
+#                             alerting rules; Debian's prometheus package, its server
+#                             left stopped and disabled), and a headless browser
 #                             (the drift report's HTML page): chromium, chromium-browser,
 #                             google-chrome or google-chrome-stable, or CACHEFLOW_BROWSER
 #
@@ -78,6 +80,10 @@ if [ "$mode" = test ]; then
   # TLS tests make their certificates with the openssl CLI and ask `serve` with curl.
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  # The alerting rules in deploy/prometheus are checked with Prometheus's own promtool,
+  # which Debian ships in its prometheus package (the server it also starts is stopped
+  # and disabled again below: the tests need only promtool).
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
   # The browser, under any of its names (the drift test looks for the same ones). A name
   # counts only when it runs: Ubuntu's chromium-browser package is a stub asking for the
@@ -137,6 +143,13 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  case " ${need[*]} " in
+    *" prometheus "*)
+      if command -v systemctl >/dev/null 2>&1; then
+        $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+      fi
+      ;;
+  esac
 fi
 if [ "${snap_browser:-}" = 1 ]; then
   echo "setup: installing chromium (snap)" >&2

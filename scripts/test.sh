@@ -3,7 +3,8 @@
 # redis-server and memcached processes and real git repositories on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The build's needs, and what the tests start: redis-server, memcached, a browser.
+# The build's needs, and what the tests start or use: redis-server, memcached, a browser,
+# promtool (the alerting rules).
 scripts/setup.sh --test
 # The benchmark programs in examples/ must keep compiling; they are not tests.
 cargo build --examples --locked

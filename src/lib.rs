@@ -56,6 +56,7 @@ pub mod edges {
     pub mod metrics;
     pub mod nodes;
     pub mod notify;
+    pub mod process;
     pub mod redact;
     pub mod secret;
     pub mod source;

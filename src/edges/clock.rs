@@ -10,3 +10,11 @@ pub fn now_rfc3339() -> String {
         .unwrap_or(0);
     crate::pure::render::rfc3339_utc(secs)
 }
+
+/// Now, seconds since the epoch (for a Prometheus timestamp gauge).
+pub fn now_secs_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

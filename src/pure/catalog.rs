@@ -608,6 +608,30 @@ impl Catalog {
                 .is_ok_and(|n| n == want)
     }
 
+    /// `value` (the engine's own text, or a normalised one) as people write it: sizes
+    /// and durations in their largest exact unit (`8589934592` is `8gb`, `lfu-decay-time
+    /// 5` minutes `5m`), anything else as it is. Negative or sentinel values (`-1`:
+    /// disabled) and values that do not parse are shown unchanged.
+    pub fn human(&self, name: &str, value: &str) -> String {
+        let text = value.trim();
+        match self.get(name).map(|p| &p.ty) {
+            Some(ParamType::Size { .. }) => match text.parse::<u64>() {
+                Ok(n) => human_size(n),
+                Err(_) => value.to_owned(),
+            },
+            Some(ParamType::Duration { unit, .. }) => match text.parse::<u64>() {
+                // `0` often means "disabled" (`timeout 0`): shown as the engine says it.
+                Ok(0) => value.to_owned(),
+                Ok(n) => n
+                    .checked_mul(unit.micros())
+                    .map(human_duration_micros)
+                    .unwrap_or_else(|| value.to_owned()),
+                Err(_) => value.to_owned(),
+            },
+            _ => value.to_owned(),
+        }
+    }
+
     /// Whether `name` is a credential parameter (`ParamSpec::secret`).
     pub fn is_secret(&self, name: &str) -> bool {
         self.get(name).is_some_and(|p| p.secret)
@@ -802,6 +826,66 @@ fn format_float(n: f64) -> String {
     }
 }
 
+/// A byte count as people write it: the largest binary unit that divides it exactly
+/// (`8gb`, `512mb`, `64kb`), else the plain count (`1000`, `0`). What `parse_size` reads
+/// back to the same number: the one formatter of sizes for every output people read.
+pub fn human_size(bytes: u64) -> String {
+    for (mult, unit) in [(1u64 << 30, "gb"), (1 << 20, "mb"), (1 << 10, "kb")] {
+        if bytes > 0 && bytes.is_multiple_of(mult) {
+            return format!("{}{unit}", bytes / mult);
+        }
+    }
+    bytes.to_string()
+}
+
+/// A duration as people write it, in whole units from days down (`5m`, `1h30m`, `30s`,
+/// `250ms`, `1500us`); zero is `0s`. What `parse_duration_micros` reads back. The one
+/// formatter of durations: `spec::model::Millis` (what `diff` shows) prints through it.
+pub fn human_duration_micros(micros: u64) -> String {
+    if micros == 0 {
+        return "0s".to_owned();
+    }
+    if !micros.is_multiple_of(1_000) {
+        return format!("{micros}us");
+    }
+    let ms = micros / 1_000;
+    if !ms.is_multiple_of(1_000) {
+        return format!("{ms}ms");
+    }
+    let mut s = ms / 1_000;
+    let mut out = String::new();
+    for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if s >= len {
+            out.push_str(&format!("{}{unit}", s / len));
+            s %= len;
+        }
+    }
+    out
+}
+
+/// A duration in milliseconds as people write it (`human_duration_micros`).
+pub fn human_ms(ms: u64) -> String {
+    human_duration_micros(ms.saturating_mul(1_000))
+}
+
+/// A measured byte count (memory used, data evicted), rounded for reading: `900mb`,
+/// `1.5gb`, `12.3kb`, `512 bytes`. For values that are not written back anywhere; a
+/// configured value is shown exactly by [`human_size`].
+pub fn approx_size(bytes: u64) -> String {
+    for (mult, unit) in [(1u64 << 30, "gb"), (1 << 20, "mb"), (1 << 10, "kb")] {
+        if bytes >= mult {
+            let x = bytes as f64 / mult as f64;
+            let tenths = (x * 10.0).round() / 10.0;
+            return if tenths.fract() == 0.0 {
+                format!("{}{unit}", tenths as u64)
+            } else {
+                format!("{tenths:.1}{unit}")
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 /// Parse a size the way Redis does: `k`=1000, `kb`=1024, `m`, `mb`, `g`, `gb`, case
 /// insensitive; a plain integer is bytes.
 pub fn parse_size(text: &str) -> Result<u64, BadValue> {
@@ -894,6 +978,46 @@ mod tests {
         assert_eq!(catalog_errors(), Vec::<String>::new());
         assert!(catalog(Engine::Redis).get("maxmemory").is_some());
         assert!(catalog(Engine::Memcached).get("maxbytes").is_some());
+    }
+
+    #[test]
+    fn sizes_and_durations_read_as_people_write_them_and_parse_back() {
+        assert_eq!(human_size(8 << 30), "8gb");
+        assert_eq!(human_size(512 << 20), "512mb");
+        assert_eq!(human_size(64 << 10), "64kb");
+        assert_eq!(human_size(1000), "1000");
+        assert_eq!(human_size(0), "0");
+        assert_eq!(human_ms(300_000), "5m");
+        assert_eq!(human_ms(90_000), "1m30s");
+        assert_eq!(human_ms(250), "250ms");
+        assert_eq!(human_ms(7_200_000), "2h");
+        assert_eq!(human_ms(0), "0s");
+        assert_eq!(human_duration_micros(1_500), "1500us");
+        assert_eq!(approx_size(943_718_400), "900mb");
+        assert_eq!(approx_size(1_610_612_736), "1.5gb");
+        assert_eq!(approx_size(12_595), "12.3kb");
+        assert_eq!(approx_size(512), "512 bytes");
+        for n in [8u64 << 30, 512 << 20, 1000, 3 << 10] {
+            assert_eq!(parse_size(&human_size(n)).unwrap(), n);
+        }
+        for us in [300_000_000u64, 250_000, 1_500, 86_400_000_000] {
+            assert_eq!(parse_duration_micros(&human_duration_micros(us)), Some(us));
+        }
+        let redis = catalog(Engine::Redis);
+        assert_eq!(redis.human("maxmemory", "8589934592"), "8gb");
+        assert_eq!(redis.human("maxmemory", "5%"), "5%");
+        assert_eq!(redis.human("lfu-decay-time", "5"), "5m");
+        assert_eq!(redis.human("timeout", "300"), "5m");
+        assert_eq!(redis.human("timeout", "0"), "0");
+        assert_eq!(
+            redis.human("latency-tracking-info-percentiles", "50 99"),
+            "50 99"
+        );
+        assert_eq!(
+            redis.human("maxmemory-policy", "allkeys-lru"),
+            "allkeys-lru"
+        );
+        assert_eq!(redis.human("no-such-parameter", "1024"), "1024");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::pure::catalog::{parse_size, Catalog, CatalogId};
+use crate::pure::catalog::{self, parse_size, Catalog, CatalogId, Engine};
 use crate::pure::diff;
 use crate::pure::live::LiveState;
 use crate::pure::render::{code, md_cell, short};
@@ -58,6 +58,11 @@ pub struct NotCompared {
 #[serde(rename_all = "camelCase")]
 pub struct ClusterDrift {
     pub cluster: String,
+    /// The cluster's engine: how its values read for people (`8gb`, `5m`). Absent in
+    /// reports written before it was recorded (their values are shown as the engine
+    /// reports them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
     pub nodes: usize,
     /// Nodes with at least one drifted parameter.
     pub drifted: Vec<NodeDrift>,
@@ -193,6 +198,7 @@ pub fn compute(desired: &Desired, live: &LiveState, generated_at: &str) -> Drift
         }
         clusters.push(ClusterDrift {
             cluster: name.clone(),
+            engine: Some(cluster.engine),
             nodes: cluster.nodes.len(),
             drifted,
             silent,
@@ -301,7 +307,28 @@ fn buffer_limits_over(default: &str, file: &str) -> Option<String> {
     )
 }
 
-fn found(p: &ParamDrift) -> &str {
+/// A drifted value as people write it (`8gb`, `5m`: [`catalog::Catalog::human`]).
+fn human(c: &ClusterDrift, p: &ParamDrift, value: &str) -> String {
+    match c.engine {
+        Some(engine) => catalog::catalog(engine).human(&p.name, value),
+        None => value.to_owned(),
+    }
+}
+
+fn expected(c: &ClusterDrift, p: &ParamDrift) -> String {
+    human(c, p, &p.expected)
+}
+
+fn found(c: &ClusterDrift, p: &ParamDrift) -> String {
+    match (&p.found, p.kind) {
+        (Some(v), _) => human(c, p, v),
+        (None, DriftKind::Differs) => "(not reported)".to_owned(),
+        (None, DriftKind::NotPersisted) => "(not in the config file)".to_owned(),
+    }
+}
+
+/// The value a node reported, as the engine wrote it (the findings a notice compares).
+fn reported(p: &ParamDrift) -> &str {
     match (&p.found, p.kind) {
         (Some(v), _) => v,
         (None, DriftKind::Differs) => "(not reported)",
@@ -355,8 +382,8 @@ pub fn markdown(r: &DriftReport) -> String {
                         "| {} | {} | {} | {} | {} |",
                         md_cell(&n.node),
                         code(&p.name),
-                        code(&p.expected),
-                        code(found(p)),
+                        code(&expected(c, p)),
+                        code(&found(c, p)),
                         kind_text(p.kind)
                     );
                 }
@@ -408,8 +435,8 @@ pub fn text(r: &DriftReport) -> String {
                     "  {} {}: expected {}, found {} ({})",
                     n.node,
                     p.name,
-                    p.expected,
-                    found(p),
+                    expected(c, p),
+                    found(c, p),
                     kind_text(p.kind)
                 );
             }
@@ -497,8 +524,8 @@ pub fn html(r: &DriftReport, history: &[(String, usize)]) -> String {
                     esc(&c.cluster),
                     esc(&n.node),
                     esc(&p.name),
-                    esc(&p.expected),
-                    esc(found(p)),
+                    esc(&expected(c, p)),
+                    esc(&found(c, p)),
                     kind_text(p.kind)
                 );
             }
@@ -691,7 +718,7 @@ pub fn findings(report: &DriftReport, last: Option<&Notified>) -> Vec<Finding> {
                             DriftKind::NotPersisted => "not-persisted",
                         },
                         p.expected,
-                        found(p)
+                        reported(p)
                     ),
                 });
             }
@@ -871,7 +898,7 @@ mod tests {
             .flat_map(|n| {
                 n.parameters
                     .iter()
-                    .map(move |p| format!("{} {} {:?} {}", n.node, p.name, p.kind, found(p)))
+                    .map(move |p| format!("{} {} {:?} {}", n.node, p.name, p.kind, reported(p)))
             })
             .collect()
     }
@@ -1101,6 +1128,7 @@ mod tests {
             revision: Some("0123456789abcdef".into()),
             clusters: vec![ClusterDrift {
                 cluster: "cache".into(),
+                engine: None,
                 nodes: 3,
                 drifted: vec![NodeDrift {
                     node: "a1".into(),
@@ -1123,6 +1151,43 @@ mod tests {
             undeclared: vec!["stray".into()],
             not_compared: Vec::new(),
         }
+    }
+
+    #[test]
+    fn drifted_sizes_and_durations_read_as_people_write_them() {
+        let mut r = report();
+        r.clusters[0].engine = Some(Engine::Redis);
+        r.clusters[0].drifted[0].parameters = vec![
+            ParamDrift {
+                name: "maxmemory".into(),
+                kind: DriftKind::Differs,
+                expected: "8589934592".into(),
+                found: Some("4294967296".into()),
+            },
+            ParamDrift {
+                name: "timeout".into(),
+                kind: DriftKind::NotPersisted,
+                expected: "300".into(),
+                found: None,
+            },
+        ];
+        assert_eq!(
+            text(&r),
+            "cache: 3 node(s), 1 drifted, 1 silent\n\
+             \x20 a1 maxmemory: expected 8gb, found 4gb (live value differs)\n\
+             \x20 a1 timeout: expected 5m, found (not in the config file) (not persisted (lost on restart))\n\
+             \x20 a2 silent: refused | reset\n\
+             \x20 a3: declared primary, runs as a replica of a1\n\
+             undeclared node reporting: stray\n\
+             3 node(s) drifted or silent\n"
+        );
+        assert!(markdown(&r).contains("| a1 | `maxmemory` | `8gb` | `4gb` | live value differs |"));
+        assert!(html(&r, &[])
+            .contains("<td><code>8gb</code></td><td class=\"bad\"><code>4gb</code></td>"));
+        // The JSON keeps the engine's numbers.
+        assert!(serde_json::to_string(&r)
+            .unwrap()
+            .contains(r#""expected":"8589934592""#));
     }
 
     #[test]

@@ -38,6 +38,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pure::catalog;
 use crate::pure::live::{Health, LinkState, NodeLive};
 use crate::pure::rollout::Verdict;
 use crate::pure::spec::model::{Cluster, Gates, Role};
@@ -336,7 +337,9 @@ fn judge_health(
             f.memory_ratio = Some(ratio);
             if ratio > gates.max_memory_ratio {
                 failures.push(format!(
-                    "{id}: memory {used} of {max} bytes ({}) is above {}",
+                    "{id}: memory {} of {} ({}) is above {}",
+                    catalog::approx_size(used),
+                    catalog::approx_size(max),
                     pct(ratio),
                     pct(gates.max_memory_ratio)
                 ));
@@ -772,7 +775,7 @@ mod tests {
         assert_eq!(
             reason,
             "a: replication link to its primary is down; \
-             a: memory 990 of 1000 bytes (99.0%) is above 98.0%; \
+             a: memory 990 bytes of 1000 bytes (99.0%) is above 98.0%; \
              a: latency 80.00 ms is above 50 ms; \
              a: latency rose from 0.20 ms to 80.00 ms (more than 5 ms); \
              a: 10.0 evictions/s is above 5"

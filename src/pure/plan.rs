@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::pure::catalog::Product;
+use crate::pure::catalog::{self, Product};
 use crate::pure::diff::{self, ParamChange, Risk, RiskKind};
 use crate::pure::live::LiveState;
 use crate::pure::spec::model::{Cluster, Desired, Role, Stage};
@@ -255,14 +255,21 @@ fn eviction_risk(cluster: &Cluster, evicting: Vec<(String, u64, u64)>) -> Option
     let total: u64 = evicting.iter().map(|(_, used, limit)| used - limit).sum();
     let detail: Vec<String> = evicting
         .iter()
-        .map(|(id, used, limit)| format!("{id} uses {used} > {limit}"))
+        .map(|(id, used, limit)| {
+            format!(
+                "{id} uses {} > {}",
+                catalog::approx_size(*used),
+                catalog::human_size(*limit)
+            )
+        })
         .collect();
     Some(Risk {
         kind: RiskKind::EvictsData,
         message: format!(
-            "{mem_param} below current usage on {} node{}: about {total} bytes would be evicted ({})",
+            "{mem_param} below current usage on {} node{}: about {} would be evicted ({})",
             evicting.len(),
             if evicting.len() == 1 { "" } else { "s" },
+            catalog::approx_size(total),
             detail.join("; ")
         ),
         nodes: evicting.into_iter().map(|(id, _, _)| id).collect(),

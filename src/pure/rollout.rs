@@ -26,6 +26,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pure::catalog::human_ms;
 use crate::pure::spec::model::OnFailure;
 
 /// What a rollout needs to know, fixed when it starts.
@@ -225,7 +226,42 @@ pub enum Action {
     /// Judge the gates for these nodes and answer with `Event::Gates`.
     JudgeGates { batch: usize, nodes: Vec<String> },
     /// Record what happened (one journal commit each).
-    Journal { message: String },
+    Journal {
+        message: String,
+        /// What the line is about, for the logs' fields (not journaled).
+        #[serde(skip)]
+        about: About,
+    },
+}
+
+/// What a journal line is about, as the logs' fields: the event (`batch_assigned`,
+/// `rolling_back`, ...), the batch (from 1) and the node it names. The cluster and the
+/// revision are the rollout's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct About {
+    pub event: &'static str,
+    pub batch: Option<usize>,
+    pub node: Option<String>,
+}
+
+impl About {
+    pub fn event(event: &'static str) -> About {
+        About {
+            event,
+            ..About::default()
+        }
+    }
+
+    /// `batch` counted from 0, said from 1.
+    pub fn batch(mut self, batch: usize) -> About {
+        self.batch = Some(batch + 1);
+        self
+    }
+
+    pub fn node(mut self, node: &str) -> About {
+        self.node = Some(node.to_owned());
+        self
+    }
 }
 
 impl Rollout {
@@ -349,12 +385,14 @@ impl Rollout {
 /// return no action (a late timer, a node confirming twice, a resume while running).
 pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
     let mut actions = Vec::new();
-    let journal =
-        |actions: &mut Vec<Action>, message: String| actions.push(Action::Journal { message });
+    let journal = |actions: &mut Vec<Action>, about: About, message: String| {
+        actions.push(Action::Journal { message, about })
+    };
     match (&r.phase.clone(), event) {
         (_, Event::Supersede { revision }) if !r.phase.is_final() => {
             journal(
                 &mut actions,
+                About::event("rollout_superseded"),
                 format!(
                     "{}: rollout of {} superseded by {revision}",
                     r.spec.cluster, r.spec.revision
@@ -368,6 +406,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
         (Phase::Pending, Event::Begin) => {
             journal(
                 &mut actions,
+                About::event("rollout_started"),
                 format!(
                     "{}: rollout of {} started, {} batch(es)",
                     r.spec.cluster,
@@ -391,6 +430,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                 if r.confirmed.insert(node.clone()) {
                     journal(
                         &mut actions,
+                        About::event("node_applied").batch(batch).node(&node),
                         format!("{}: {node} applied {revision}", r.spec.cluster),
                     );
                 }
@@ -412,14 +452,14 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                 .filter(|n| !r.confirmed.contains(*n))
                 .collect();
             let why = format!(
-                "{} did not confirm {} within {} ms",
+                "{} did not confirm {} within {}",
                 missing
                     .iter()
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
                 r.spec.revision,
-                r.spec.apply_timeout_ms
+                human_ms(r.spec.apply_timeout_ms)
             );
             fail(&mut r, b, why, &mut actions);
         }
@@ -435,6 +475,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                 Verdict::Pass => {
                     journal(
                         &mut actions,
+                        About::event("batch_passed").batch(b),
                         format!("{}: batch {} passed its gates", r.spec.cluster, b + 1),
                     );
                     next_batch(&mut r, b, &mut actions);
@@ -446,6 +487,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                     let reason = format!("gates inconclusive: {reason}");
                     journal(
                         &mut actions,
+                        About::event("rollout_paused").batch(b),
                         format!("{}: paused at batch {}: {reason}", r.spec.cluster, b + 1),
                     );
                     r.phase = Phase::Paused { batch: b, reason };
@@ -456,6 +498,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             let b = *batch;
             journal(
                 &mut actions,
+                About::event("batch_promoted").batch(b),
                 format!("{}: batch {} promoted by {by}", r.spec.cluster, b + 1),
             );
             next_batch(&mut r, b, &mut actions);
@@ -464,6 +507,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             let b = *batch;
             journal(
                 &mut actions,
+                About::event("batch_promoted").batch(b),
                 format!("{}: batch {} promoted by {by}", r.spec.cluster, b + 1),
             );
             next_batch(&mut r, b, &mut actions);
@@ -478,6 +522,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             let b = *batch;
             journal(
                 &mut actions,
+                About::event("rollout_paused").batch(b),
                 format!("{}: paused by {by} at batch {}", r.spec.cluster, b + 1),
             );
             r.phase = Phase::Paused {
@@ -496,6 +541,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
         {
             journal(
                 &mut actions,
+                About::event("windows_overridden"),
                 format!(
                     "{}: rollout windows overridden by {by} for {}: {reason}",
                     r.spec.cluster, r.spec.revision
@@ -513,6 +559,7 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             let b = *batch;
             journal(
                 &mut actions,
+                About::event("rollout_resumed").batch(b),
                 format!("{}: resumed by {by} at batch {}", r.spec.cluster, b + 1),
             );
             start_batch(&mut r, b, &mut actions);
@@ -538,12 +585,13 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
             // A node that cannot confirm (it is down) must not hold the rollout forever;
             // the outcome names it, so a person knows which node to look at.
             let reason = format!(
-                "{reason}; {} did not confirm the rollback within {} ms",
+                "{reason}; {} did not confirm the rollback within {}",
                 r.restoring.iter().cloned().collect::<Vec<_>>().join(", "),
-                r.spec.apply_timeout_ms
+                human_ms(r.spec.apply_timeout_ms)
             );
             journal(
                 &mut actions,
+                About::event("rollback_incomplete"),
                 format!(
                     "{}: rollback of {} incomplete: {reason}",
                     r.spec.cluster, r.spec.revision
@@ -573,6 +621,7 @@ fn rolled_back(r: &mut Rollout, reason: String, actions: &mut Vec<Action>) {
             r.spec.cluster,
             r.spec.previous.clone().unwrap_or_default()
         ),
+        about: About::event("rolled_back"),
     });
     r.phase = Phase::RolledBack { reason };
 }
@@ -608,6 +657,7 @@ fn leave(r: &mut Rollout, nodes: &[String], actions: &mut Vec<Action>) {
                 .join(", "),
             r.spec.revision
         ),
+        about: About::event("nodes_left"),
     });
     match r.phase.clone() {
         Phase::Applying { batch } if r.batch_nodes(batch).is_empty() => {
@@ -634,6 +684,7 @@ fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
     if batch >= r.spec.batches.len() {
         actions.push(Action::Journal {
             message: format!("{}: {} reached every node", r.spec.cluster, r.spec.revision),
+            about: About::event("rollout_completed"),
         });
         r.phase = Phase::Completed;
         return;
@@ -648,6 +699,7 @@ fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
                     batch + 1,
                     r.spec.batches.len()
                 ),
+                about: About::event("batch_waiting").batch(batch),
             });
         }
         r.phase = Phase::Waiting {
@@ -669,6 +721,7 @@ fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
             r.spec.revision,
             nodes.join(", ")
         ),
+        about: About::event("batch_assigned").batch(batch),
     });
     actions.push(Action::Assign {
         nodes,
@@ -690,6 +743,7 @@ fn fail(r: &mut Rollout, batch: usize, why: String, actions: &mut Vec<Action>) {
         OnFailure::Pause => {
             actions.push(Action::Journal {
                 message: format!("{}: paused at batch {}: {why}", r.spec.cluster, batch + 1),
+                about: About::event("rollout_paused").batch(batch),
             });
             r.phase = Phase::Paused { batch, reason: why };
         }
@@ -702,6 +756,7 @@ fn rollback(r: &mut Rollout, reason: String, actions: &mut Vec<Action>) {
             "{}: rolling back {}: {reason}",
             r.spec.cluster, r.spec.revision
         ),
+        about: About::event("rolling_back"),
     });
     match (&r.spec.previous, r.touched.is_empty()) {
         (Some(previous), false) => {
@@ -819,7 +874,8 @@ mod tests {
         );
         assert!(assigns(&actions).is_empty());
         assert!(actions.contains(&Action::Journal {
-            message: "c: batch 1 of 2 waits: inside deny window `fri`".into()
+            message: "c: batch 1 of 2 waits: inside deny window `fri`".into(),
+            about: About::event("batch_waiting").batch(0),
         }));
         // Still closed: nothing happens and nothing is journaled again.
         let (r2, again) = step(r.clone(), Event::WindowOpened);
@@ -860,7 +916,8 @@ mod tests {
         assert_eq!(
             actions[0],
             Action::Journal {
-                message: "c: rollout windows overridden by alice for new: INC-42 hotfix".into()
+                message: "c: rollout windows overridden by alice for new: INC-42 hotfix".into(),
+                about: About::event("windows_overridden"),
             }
         );
         assert_eq!(
@@ -976,7 +1033,8 @@ mod tests {
             }
         );
         assert!(actions.contains(&Action::Journal {
-            message: "c: rolled back to old".into()
+            message: "c: rolled back to old".into(),
+            about: About::event("rolled_back"),
         }));
     }
 
@@ -1004,8 +1062,7 @@ mod tests {
         assert_eq!(
             r.phase,
             Phase::RolledBack {
-                reason: "gates failed: a is down; a did not confirm the rollback within 5000 ms"
-                    .into()
+                reason: "gates failed: a is down; a did not confirm the rollback within 5s".into()
             }
         );
     }
@@ -1036,7 +1093,7 @@ mod tests {
         assert_eq!(
             r.phase,
             Phase::RollingBack {
-                reason: "a did not confirm new within 5000 ms".into()
+                reason: "a did not confirm new within 5s".into()
             }
         );
     }
@@ -1067,7 +1124,8 @@ mod tests {
         let (promoted, actions) = run(r.clone(), vec![Event::Promote { by: "alice".into() }]);
         assert_eq!(promoted.phase, Phase::Applying { batch: 1 });
         assert!(actions.contains(&Action::Journal {
-            message: "c: batch 1 promoted by alice".into()
+            message: "c: batch 1 promoted by alice".into(),
+            about: About::event("batch_promoted").batch(0),
         }));
         let (resumed, actions) = run(r, vec![Event::Resume { by: "bob".into() }]);
         assert_eq!(resumed.phase, Phase::Applying { batch: 0 });

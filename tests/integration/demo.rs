@@ -129,7 +129,7 @@ fn demo_runs_the_whole_loop_and_ends_by_itself() {
     has(&format!(
         "sessions-eu: batch 1 of 4 assigned {bad}: sessions-eu-1b"
     ));
-    has_prefix("sessions-eu: gates of batch 1 failed: sessions-eu-1b: memory 3221225472 of 3221225472 bytes (100.0%) is above 95.0%; sessions-eu-1b: hit ratio fell from 95.0% to ");
+    has_prefix("sessions-eu: gates of batch 1 failed: sessions-eu-1b: memory 3gb of 3gb (100.0%) is above 95.0%; sessions-eu-1b: hit ratio fell from 95.0% to ");
     has_prefix(&format!(
         "sessions-eu: rolling back {bad}: gates failed: sessions-eu-1b: "
     ));

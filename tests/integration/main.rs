@@ -14,6 +14,7 @@ mod import;
 mod invalid_repos;
 mod layers;
 mod memcached_driver;
+mod observe;
 mod plan_fixtures;
 mod record;
 mod redis_driver;

@@ -118,7 +118,7 @@ fn times_in_words(line: &str) -> String {
     out
 }
 
-/// `memory 3987456 of 2097152 bytes (190.1%)` as `memory <used> of 2097152 bytes (<pct>)`.
+/// `memory 3.8mb of 2mb (190.1%)` as `memory <used> of 2mb (<pct>)`.
 fn memory_in_words(line: &str) -> String {
     let Some(i) = line.find("memory ") else {
         return line.to_owned();
@@ -127,14 +127,14 @@ fn memory_in_words(line: &str) -> String {
     let Some(of) = after.find(" of ") else {
         return line.to_owned();
     };
-    let Some(open) = after.find(" bytes (") else {
+    let Some(open) = after.find(" (") else {
         return line.to_owned();
     };
     let Some(close) = after[open..].find("%)") else {
         return line.to_owned();
     };
     format!(
-        "{}memory <used>{} bytes (<pct>){}",
+        "{}memory <used>{} (<pct>){}",
         &line[..i],
         &after[of..open],
         &after[open + close + 2..]
@@ -281,7 +281,7 @@ fn the_notes_and_history_of_an_invalid_push_a_fix_a_scale_out_a_correction_and_a
         .map(|(_, n)| n.to_owned())
         .expect("the canary's batch");
     let rolled_back = format!(
-        "cache: rolled back <time>: gates failed: {canary}: memory <used> of 2097152 bytes (<pct>) is above 98.0%; 1 node(s) back on before-<too-small>"
+        "cache: rolled back <time>: gates failed: {canary}: memory <used> of 2mb (<pct>) is above 98.0%; 1 node(s) back on before-<too-small>"
     );
 
     // `git log --notes=cacheflow`: each commit with what became of it, on that commit.

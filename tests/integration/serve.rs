@@ -777,9 +777,10 @@ fn a_fresh_start_says_what_it_will_roll_out_and_a_restart_logs_the_rollouts_it_r
         .filter(|l| l.contains("resumed after a restart"))
         .collect();
     assert_eq!(resumed.len(), 1, "{text}");
+    // The line, then its fields (the text log format prints them after the message).
     assert!(
         resumed[0].ends_with(&format!(
-            "cache: rollout of {} resumed after a restart: batch 1 of 4, baking again for 3000 ms before its gates are judged",
+            "cache: rollout of {} resumed after a restart: batch 1 of 4, baking again for 3s before its gates are judged event=\"rollout_resumed\" cluster=\"cache\" revision=\"{commit}\" batch=1",
             &commit[..12]
         )),
         "{text}"

@@ -33,6 +33,7 @@ fn bin(dir: &Path, extra: &[(&str, &str)]) {
         "ssh-keygen",
         "openssl",
         "curl",
+        "promtool",
     ] {
         let Ok(out) = Command::new("bash")
             .args(["-c", &format!("command -v {tool}")])

@@ -26,7 +26,8 @@ mod commands;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log format on standard error.
+    /// Log format on standard error: `text` for people, `json` for a log store (one
+    /// object per line, with `event`, `cluster`, `revision`, `node` and `batch` fields).
     #[arg(
         long,
         global = true,
@@ -563,18 +564,30 @@ fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logging on standard error. `default` is the filter when `CACHEFLOW_LOG` is not set.
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CACHEFLOW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal, and not when NO_COLOR is set: a log file or journald
+    // gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Colours only on a terminal: a log file or journald gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second initialisation (tests calling `run` twice) is harmless; ignore it.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_ansi(colour).try_init(),
+        // One JSON object per line, one event per record, its fields at the top level
+        // beside `timestamp`, `level`, `target` and `message` (what a log query selects
+        // on: `cluster`, `revision`, `node`, `batch`, `event`); never colour codes.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_ansi(false)
+            .try_init(),
     };
 }
 
@@ -605,7 +618,13 @@ impl Cli {
 
 /// Run the command line; returns the process exit code (an error is printed, exit 1).
 pub fn run(cli: Cli) -> ExitCode {
-    init_logging(cli.log_format);
+    // `sync` and `demo` draw their own progress from the same journal lines: its log
+    // records (rollbacks and pauses are warnings) would say each one twice.
+    let default_filter = match cli.command {
+        Command::Sync(_) | Command::Demo(_) => "warn,cacheflow::journal=off",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, default_filter);
     let outcome = match cli.command {
         Command::Validate(args) => commands::validate(args),
         Command::Diff(args) => commands::diff(args),

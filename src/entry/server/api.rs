@@ -274,7 +274,8 @@ fn answer(
 
 /// `GET /metrics`: the Prometheus text, with the nodes' assignment outcomes counted now.
 pub(super) async fn metrics_text(State(app): State<Shared>) -> Response {
-    if let Ok(status) = app.handle.status() {
+    let status = app.handle.status().ok();
+    if let Some(status) = &status {
         let counts = status.nodes();
         for k in ["applied", "failed", "pending"] {
             let n = counts.get(k).copied().unwrap_or(0);
@@ -287,7 +288,7 @@ pub(super) async fn metrics_text(State(app): State<Shared>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        app.metrics.encode(),
+        app.metrics.scrape(status.as_deref()),
     )
         .into_response()
 }

@@ -9,6 +9,8 @@
 //! /metrics, /healthz, /readyz                        api.rs     none
 //! ```
 //!
+//! Every request is logged once answered (`access.rs`, target `cacheflow::access`).
+//!
 //! Refusals are [`ApiError`](super::error::ApiError)s; bodies are read through
 //! [`Bodies`] (size, memory and time bounds).
 
@@ -17,7 +19,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::body::Bodies;
-use super::{api, hooks, Shared, MAX_WEBHOOK_BYTES};
+use super::{access, api, hooks, Shared, MAX_WEBHOOK_BYTES};
 use crate::pure::protocol::MAX_PAYLOAD_BYTES;
 
 /// What the handlers are given: the server and the bounds of body reading.
@@ -62,6 +64,7 @@ pub(super) fn app_with(state: Shared, bodies: Bodies) -> Router {
         .layer(DefaultBodyLimit::max(
             MAX_WEBHOOK_BYTES.max(MAX_PAYLOAD_BYTES),
         ))
+        .layer(axum::middleware::from_fn(access::log))
         .with_state(AppState { app: state, bodies })
 }
 

@@ -189,7 +189,7 @@ impl DriftRunner {
                 Poll::Due(at) => {
                     tracing::info!("scheduled drift run ({at})");
                     if let Err(e) = self.once().await {
-                        tracing::warn!("the drift run failed: {e}");
+                        tracing::warn!(event = "drift_run_failed", "the drift run failed: {e}");
                     }
                 }
                 Poll::Wait(d) => {
@@ -230,6 +230,7 @@ impl DriftRunner {
             }
         };
         self.gauges(&report);
+        log_report(&report);
         let clean = report.clean();
         Metrics::count(
             &self.metrics.drift_runs,
@@ -363,6 +364,30 @@ pub fn write_notified(dir: &Path, notified: &drift::Notified) -> Result<(), Drif
         &dir.join(NOTIFIED_FILE),
         serde_json::to_string_pretty(notified)?.as_bytes(),
     )
+}
+
+/// The run's findings as log records, one per drifted or silent node (event
+/// `node_drifted` or `node_silent`, with `cluster`, `node`, `revision`), or one
+/// `drift_clean`.
+fn log_report(report: &DriftReport) {
+    let revision = report.revision.as_deref();
+    if report.clean() {
+        tracing::info!(target: "cacheflow::drift", event = "drift_clean", revision, "drift run: no drift");
+    }
+    for c in &report.clusters {
+        let cluster = c.cluster.as_str();
+        for n in &c.drifted {
+            let parameters: Vec<&str> = n.parameters.iter().map(|p| p.name.as_str()).collect();
+            let parameters = parameters.join(", ");
+            tracing::warn!(target: "cacheflow::drift", event = "node_drifted", cluster, node = n.node.as_str(), revision, parameters = parameters.as_str(), "{cluster}: {} drifted: {parameters}", n.node);
+        }
+        for n in &c.silent {
+            tracing::warn!(target: "cacheflow::drift", event = "node_silent", cluster, node = n.node.as_str(), revision, "{cluster}: {} is silent: {}", n.node, n.reason);
+        }
+    }
+    for node in &report.undeclared {
+        tracing::warn!(target: "cacheflow::drift", event = "node_undeclared", node = node.as_str(), revision, "{node} reports but no cluster declares it");
+    }
 }
 
 /// Why a drift run gave no report.

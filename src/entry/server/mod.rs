@@ -13,6 +13,7 @@
 //! GET  /metrics, /healthz, /readyz
 //! ```
 
+mod access;
 mod api;
 mod app;
 mod body;
@@ -470,6 +471,7 @@ fn remote_health(app: &Shared, fetch_error: Option<SourceError>, outcome: &Outco
             // At the level of the warnings it ends, so that the default log shows both.
             if remote.failures > 0 {
                 tracing::warn!(
+                    event = "remote_reachable",
                     "the remote {} answers again after {} failed fetches",
                     redact_url(&app.options.repo),
                     remote.failures
@@ -489,6 +491,7 @@ fn remote_health(app: &Shared, fetch_error: Option<SourceError>, outcome: &Outco
             }
             let wait = remote.failed(why.clone());
             tracing::warn!(
+                event = "fetch_failed",
                 "{why}; serving the mirror's revision, fetching again in {:.1} s (failure {})",
                 wait.as_secs_f64(),
                 remote.failures
@@ -523,7 +526,7 @@ async fn take(
                     .map(|n| n.name.as_str()),
             );
             if let Some(s) = &taken.signed {
-                tracing::info!(head = %taken.head, signer = %s.signer, kind = s.kind, "signed head");
+                tracing::info!(event = "signed_head", revision = %taken.head, signer = %s.signer, kind = s.kind, "signed head");
             }
             *last_seen = Some(taken.head);
             // A secret the directly managed nodes need and this process cannot read: one
@@ -555,7 +558,10 @@ async fn take(
                 IntakeError::Resolve { .. } => format!("the tracked branch {e}"),
                 _ => e.to_string(),
             };
-            tracing::warn!("{why}; keeping the last good revision");
+            tracing::warn!(
+                event = "fetch_failed",
+                "{why}; keeping the last good revision"
+            );
         }
     }
     Ok(())

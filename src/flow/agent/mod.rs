@@ -375,18 +375,18 @@ async fn exchange<R: Reporter>(
     }
     let logs = reporter.logs_applies();
     if logs {
-        tracing::info!(node = %options.node_id, %revision, generation = assignment.generation, "applying assignment");
+        tracing::info!(event = "applying", node = %options.node_id, %revision, generation = assignment.generation, "applying assignment");
     }
     let result = apply::apply(driver, &options.apply, &assignment).await;
     match result.outcome {
         Outcome::Applied => {
             if logs {
-                tracing::info!(node = %options.node_id, %revision, changed = ?result.changed, restarted = result.restarted, "applied");
+                tracing::info!(event = "applied", node = %options.node_id, %revision, changed = ?result.changed, restarted = result.restarted, "applied");
             }
             state.applied_revision = Some(revision);
         }
         _ if logs => {
-            tracing::error!(node = %options.node_id, %revision, error = result.error.as_deref().unwrap_or(""), outcome = ?result.outcome, "apply failed")
+            tracing::error!(event = "apply_failed", node = %options.node_id, %revision, error = result.error.as_deref().unwrap_or(""), outcome = ?result.outcome, "apply failed")
         }
         _ => {}
     }

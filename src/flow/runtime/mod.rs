@@ -31,7 +31,7 @@ use crate::flow::agent::{ApplyOptions, LoopOptions, Reporter, Unreported};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::protocol::{Assignment, Report};
 use crate::pure::reconciler::status::Status;
-use crate::pure::reconciler::{Effect, Reconciler, RefusedInput, State};
+use crate::pure::reconciler::{Effect, Reconciler, Record, RefusedInput, State};
 use crate::pure::rollout::Event;
 use crate::pure::spec::model::Desired;
 
@@ -363,8 +363,8 @@ pub(crate) fn start(
     core.report_grace_ms = grace_ms;
     let (tx, rx) = mpsc::channel::<Msg>(4096);
     let handle = Handle::new(tx, metrics, status_rx);
-    for line in core.resuming(grace_ms) {
-        tracing::warn!("{line}");
+    for record in core.resuming(grace_ms) {
+        log_record(&record);
     }
     let resumed = core.resume(grace_ms);
     let (batches, done) = spawn_writer(&handle, journal, maker, status, status_tx)?;
@@ -741,8 +741,12 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
     for effect in effects {
         match effect {
             Effect::Journal { message } => {
-                tracing::info!(target: "cacheflow::journal", "{message}");
                 let _ = h.events.send(message);
+            }
+            Effect::Log { records } => {
+                for record in &records {
+                    log_record(record);
+                }
             }
             Effect::StageDone { ms, .. } => {
                 if let Some(m) = &h.metrics {
@@ -757,14 +761,20 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
             } => {
                 if let Some(m) = &h.metrics {
                     m.rollout_ended(outcome);
+                    if outcome == "completed" {
+                        m.rollout_completed(&cluster, crate::edges::clock::now_secs_f64());
+                    }
                 }
                 if let Err(e) = journal.note(&revision, &cluster, &text) {
                     tracing::warn!("cannot write the note on {revision}: {e}");
                 }
             }
-            Effect::Corrected { outcome, .. } => {
+            Effect::Corrected { cluster, outcome } => {
                 if let Some(m) = &h.metrics {
                     m.rollout_ended(outcome);
+                    if outcome == "completed" {
+                        m.rollout_completed(&cluster, crate::edges::clock::now_secs_f64());
+                    }
                 }
             }
             Effect::Timer {
@@ -799,6 +809,21 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                 }
             }
         }
+    }
+}
+
+/// One journal line as one log record (target `cacheflow::journal`), its fields
+/// structured: `event`, `cluster`, `revision`, `node`, `batch` (absent ones left out).
+pub(crate) fn log_record(r: &Record) {
+    let (cluster, revision, node) = (
+        r.cluster.as_deref(),
+        r.revision.as_deref(),
+        r.node.as_deref(),
+    );
+    if r.warn {
+        tracing::warn!(target: "cacheflow::journal", event = r.event, cluster, revision, node, batch = r.batch, "{}", r.message);
+    } else {
+        tracing::info!(target: "cacheflow::journal", event = r.event, cluster, revision, node, batch = r.batch, "{}", r.message);
     }
 }
 

@@ -12,6 +12,9 @@ use crate::pure::spec::model::Notification;
 pub enum Effect {
     /// Append one journal entry: `message` (first line the summary) with the state.
     Journal { message: String },
+    /// The entry's lines as log records, one per line, with their fields (after the
+    /// `Journal` they are the lines of).
+    Log { records: Vec<Record> },
     /// Note `text` for `cluster` on config commit `revision` (`refs/notes/cacheflow`).
     Note {
         revision: String,
@@ -44,6 +47,57 @@ pub enum Effect {
         notice: Notice,
         targets: Vec<Notification>,
     },
+}
+
+/// One journal line as the logs show it: the line, and what it is about as fields a log
+/// query can select on (`event`, `cluster`, `revision`, `node`, `batch` from 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    pub event: &'static str,
+    /// `warn` for what a person should look at (a rollback, a refusal, a failed apply,
+    /// a pause); `info` otherwise.
+    pub warn: bool,
+    pub cluster: Option<String>,
+    pub revision: Option<String>,
+    pub node: Option<String>,
+    pub batch: Option<usize>,
+    pub message: String,
+}
+
+impl Record {
+    pub fn new(event: &'static str, message: impl Into<String>) -> Record {
+        Record {
+            event,
+            message: message.into(),
+            ..Record::default()
+        }
+    }
+
+    pub fn cluster(mut self, cluster: &str) -> Record {
+        self.cluster = Some(cluster.to_owned());
+        self
+    }
+
+    pub fn revision(mut self, revision: &str) -> Record {
+        self.revision = Some(revision.to_owned());
+        self
+    }
+
+    pub fn node(mut self, node: &str) -> Record {
+        self.node = Some(node.to_owned());
+        self
+    }
+
+    /// `batch` from 1.
+    pub fn batch(mut self, batch: Option<usize>) -> Record {
+        self.batch = batch;
+        self
+    }
+
+    pub fn warn(mut self) -> Record {
+        self.warn = true;
+        self
+    }
 }
 
 /// The events targets subscribe to (`events:` in `cacheflow.yaml`).

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::pure::catalog::human_ms;
 use crate::pure::gates::{self, Sample};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::plan;
@@ -35,7 +36,7 @@ pub mod effect;
 pub mod state;
 pub mod status;
 
-pub use effect::{targets_for, Effect, Notice, NoticeKind};
+pub use effect::{targets_for, Effect, Notice, NoticeKind, Record};
 pub use state::{
     ClusterState, NodeAssignment, Refused, RolloutRecord, State, Target, STATE_VERSION,
 };
@@ -74,8 +75,8 @@ pub struct Reconciler {
     /// The latest reading of nodes that report but no cluster declares (for the drift
     /// report; at most [`MAX_UNDECLARED`]).
     undeclared: HashMap<String, Sample>,
-    /// Journal lines of the input being handled.
-    lines: Vec<String>,
+    /// Journal lines of the input being handled, with their log fields.
+    lines: Vec<Record>,
     /// Roll out again to nodes whose live values differ from their assignment (drift).
     /// `sync` sets it: a person asked to converge now. The server leaves drift to the
     /// drift report unless told to correct it.
@@ -415,7 +416,8 @@ impl Reconciler {
             .filter(|name| self.still_to_roll_out(name))
             .collect();
         if new_head && (self.lines.is_empty() || !waiting.is_empty()) {
-            self.lines.insert(0, taken_line(&revision, first, &waiting));
+            let line = Record::new("revision_taken", taken_line(&revision, first, &waiting));
+            self.lines.insert(0, line.revision(&revision));
         }
         self.finish()
     }
@@ -448,8 +450,9 @@ impl Reconciler {
     }
 
     /// What the server does after a restart, one line per rollout in flight (for its
-    /// log): which cluster, which revision, at which batch, and what it waits for.
-    pub fn resuming(&self, grace_ms: u64) -> Vec<String> {
+    /// log, event `rollout_resumed`): which cluster, which revision, at which batch, and
+    /// what it waits for.
+    pub fn resuming(&self, grace_ms: u64) -> Vec<Record> {
         self.state
             .clusters
             .iter()
@@ -462,29 +465,43 @@ impl Reconciler {
                         format!("batch {} of {of}, waiting for a rollout window", batch + 1)
                     }
                     Phase::Applying { batch } => format!(
-                        "batch {} of {of}, waiting up to {} ms for its nodes to confirm",
+                        "batch {} of {of}, waiting up to {} for its nodes to confirm",
                         batch + 1,
-                        r.spec.apply_timeout_ms.max(grace_ms)
+                        human_ms(r.spec.apply_timeout_ms.max(grace_ms))
                     ),
                     Phase::Baking { batch } | Phase::Judging { batch } => format!(
-                        "batch {} of {of}, baking again for {} ms before its gates are judged",
+                        "batch {} of {of}, baking again for {} before its gates are judged",
                         batch + 1,
-                        r.spec.bake_of(*batch).max(grace_ms)
+                        human_ms(r.spec.bake_of(*batch).max(grace_ms))
                     ),
                     Phase::Paused { batch, .. } => format!(
                         "batch {} of {of}, paused: a person decides (resume, rollback)",
                         batch + 1
                     ),
                     Phase::RollingBack { .. } => format!(
-                        "rolling back, waiting up to {} ms for its nodes to confirm",
-                        r.spec.apply_timeout_ms.max(grace_ms)
+                        "rolling back, waiting up to {} for its nodes to confirm",
+                        human_ms(r.spec.apply_timeout_ms.max(grace_ms))
                     ),
                     _ => return None,
                 };
-                Some(format!(
+                let batch = match &r.phase {
+                    Phase::Waiting { batch, .. }
+                    | Phase::Applying { batch }
+                    | Phase::Baking { batch }
+                    | Phase::Judging { batch }
+                    | Phase::Paused { batch, .. } => Some(batch + 1),
+                    _ => None,
+                };
+                let line = format!(
                     "{name}: rollout of {} resumed after a restart: {what}",
                     short_id(&r.spec.revision)
-                ))
+                );
+                let record = Record::new("rollout_resumed", line)
+                    .cluster(name)
+                    .revision(&r.spec.revision)
+                    .batch(batch)
+                    .warn();
+                Some(record)
             })
             .collect()
     }
@@ -536,10 +553,16 @@ impl Reconciler {
             .map(String::as_str)
             .collect();
         if !dropped.is_empty() {
-            self.lines.push(format!(
-                "{name}: {} no longer declared in the cluster: assignment dropped",
-                dropped.join(", ")
-            ));
+            self.lines.push(
+                Record::new(
+                    "nodes_dropped",
+                    format!(
+                        "{name}: {} no longer declared in the cluster: assignment dropped",
+                        dropped.join(", ")
+                    ),
+                )
+                .cluster(name),
+            );
         }
     }
 
@@ -573,8 +596,14 @@ impl Reconciler {
 
     /// A revision that failed validation or trust: journaled, nothing applied.
     pub fn refuse_revision(&mut self, revision: &str, reason: &str, now_ms: u64) -> Vec<Effect> {
-        self.lines
-            .push(format!("revision {} refused: {reason}", short_id(revision)));
+        self.lines.push(
+            Record::new(
+                "revision_refused",
+                format!("revision {} refused: {reason}", short_id(revision)),
+            )
+            .revision(revision)
+            .warn(),
+        );
         self.notify(
             Notice::new_at(
                 NoticeKind::RevisionRefused,
@@ -584,10 +613,12 @@ impl Reconciler {
             .revision(revision)
             .details(reason),
         );
-        self.lines.push(match &self.state.head {
-            Some(h) => format!("keeping revision {}", short_id(h)),
-            None => "no revision was applied yet".to_owned(),
-        });
+        let kept = match &self.state.head {
+            Some(h) => Record::new("revision_kept", format!("keeping revision {}", short_id(h)))
+                .revision(h),
+            None => Record::new("revision_kept", "no revision was applied yet"),
+        };
+        self.lines.push(kept);
         self.finish()
     }
 
@@ -641,7 +672,11 @@ impl Reconciler {
             })
         });
         if correction {
-            self.lines.push(format!("{name}: correcting drift"));
+            self.lines.push(
+                Record::new("drift_correcting", format!("{name}: correcting drift"))
+                    .cluster(name)
+                    .revision(&target.revision),
+            );
         }
         let previous = self.previous_revision(name, &target, &batches);
         let restore = self.restore_map(name, cluster, &target, &batches);
@@ -759,12 +794,17 @@ impl Reconciler {
             woken.push(id.clone());
         }
         if !woken.is_empty() {
-            self.lines.push(format!(
+            let line = format!(
                 "{name}: {} node(s) already run {}: {}",
                 woken.len(),
                 short_id(&target.revision),
                 woken.join(", ")
-            ));
+            );
+            self.lines.push(
+                Record::new("nodes_in_sync", line)
+                    .cluster(name)
+                    .revision(&target.revision),
+            );
             self.effects.push(Effect::Wake { nodes: woken });
         }
     }
@@ -804,10 +844,16 @@ impl Reconciler {
         }
         if self.correcting {
             // A drift correction never refuses the revision: the drift stays reported.
-            self.lines.push(format!(
+            let line = format!(
                 "{name}: drift not corrected: start-only parameters on directly managed nodes ({}): restart them by hand",
                 direct_restarts.join("; ")
-            ));
+            );
+            self.lines.push(
+                Record::new("drift_not_corrected", line)
+                    .cluster(name)
+                    .revision(&target.revision)
+                    .warn(),
+            );
             return true;
         }
         let reason = format!(
@@ -901,10 +947,16 @@ impl Reconciler {
     }
 
     fn refuse_cluster(&mut self, name: &str, target: &Target, reason: String, now_ms: u64) {
-        self.lines.push(format!(
+        let line = format!(
             "{name}: revision {} refused: {reason}",
             short_id(&target.revision)
-        ));
+        );
+        self.lines.push(
+            Record::new("revision_refused", line)
+                .cluster(name)
+                .revision(&target.revision)
+                .warn(),
+        );
         self.effects.push(Effect::Note {
             revision: target.revision.clone(),
             cluster: name.to_owned(),
@@ -970,7 +1022,25 @@ impl Reconciler {
             }
             for action in actions {
                 match action {
-                    Action::Journal { message } => self.lines.push(message),
+                    Action::Journal { message, about } => {
+                        let warn = matches!(
+                            about.event,
+                            "rolling_back"
+                                | "rolled_back"
+                                | "rollback_incomplete"
+                                | "rollout_paused"
+                        );
+                        let record = Record {
+                            event: about.event,
+                            warn,
+                            cluster: Some(name.to_owned()),
+                            revision: Some(self.rec_mut(name).rollout.spec.revision.clone()),
+                            node: about.node,
+                            batch: about.batch,
+                            message,
+                        };
+                        self.lines.push(record);
+                    }
                     Action::Timer { after_ms, event } => {
                         let run = self.rec_mut(name).run;
                         self.effects.push(Effect::Timer {
@@ -1108,10 +1178,18 @@ impl Reconciler {
         } else {
             format!("\nnoted: {}", j.notes.join("; "))
         };
-        self.lines.push(format!(
-            "{name}: gates of batch {} {verdict}{noted}\nfigures: {figures}",
-            batch + 1
-        ));
+        let passed = matches!(j.verdict, rollout::Verdict::Pass);
+        let line = Record::new(
+            "gates_judged",
+            format!(
+                "{name}: gates of batch {} {verdict}{noted}\nfigures: {figures}",
+                batch + 1
+            ),
+        )
+        .cluster(name)
+        .revision(&rec.rollout.spec.revision)
+        .batch(Some(batch + 1));
+        self.lines.push(if passed { line } else { line.warn() });
         Event::Gates {
             batch,
             verdict: j.verdict,
@@ -1183,7 +1261,14 @@ impl Reconciler {
         }
         if correcting {
             // No config commit caused it: journaled, never noted over a commit's outcome.
-            self.lines.push(format!("{name}: drift correction {text}"));
+            self.lines.push(
+                Record::new(
+                    "drift_corrected",
+                    format!("{name}: drift correction {text}"),
+                )
+                .cluster(name)
+                .revision(&revision),
+            );
             self.effects.push(Effect::Corrected {
                 cluster: name.to_owned(),
                 outcome,
@@ -1269,11 +1354,18 @@ impl Reconciler {
                 if active {
                     self.feed(&name, event, now_ms);
                 } else if !ok {
-                    self.lines.push(format!(
+                    let line = format!(
                         "{name}: {node_id} failed to apply {}: {}",
                         short_id(&result.revision),
                         result.error.unwrap_or_default()
-                    ));
+                    );
+                    self.lines.push(
+                        Record::new("node_apply_failed", line)
+                            .cluster(&name)
+                            .revision(&result.revision)
+                            .node(node_id)
+                            .warn(),
+                    );
                 }
             }
         }
@@ -1412,9 +1504,13 @@ impl Reconciler {
                 .and_then(|c| c.rollout.as_ref())
                 .is_some_and(|r| !r.rollout.phase.is_final());
             if busy {
-                self.lines.push(format!(
-                    "{name}: drift not corrected now: a rollout is in progress"
-                ));
+                self.lines.push(
+                    Record::new(
+                        "drift_not_corrected",
+                        format!("{name}: drift not corrected now: a rollout is in progress"),
+                    )
+                    .cluster(name),
+                );
                 continue;
             }
             if self
@@ -1545,11 +1641,18 @@ impl Reconciler {
         if let Some(cs) = self.state.clusters.get_mut(cluster) {
             cs.refused = None;
         }
-        self.lines.push(format!(
-            "{cluster}: retry of revision {} by {by}: {reason} (it was refused: {})",
-            short_id(&refused.revision),
-            refused.reason
-        ));
+        self.lines.push(
+            Record::new(
+                "retry",
+                format!(
+                    "{cluster}: retry of revision {} by {by}: {reason} (it was refused: {})",
+                    short_id(&refused.revision),
+                    refused.reason
+                ),
+            )
+            .cluster(cluster)
+            .revision(&refused.revision),
+        );
         self.start(cluster, now_ms);
         Ok(self.finish())
     }
@@ -1576,9 +1679,12 @@ impl Reconciler {
     fn finish(&mut self) -> Vec<Effect> {
         let mut effects = Vec::new();
         if !self.lines.is_empty() {
+            let records = std::mem::take(&mut self.lines);
+            let lines: Vec<&str> = records.iter().map(|r| r.message.as_str()).collect();
             effects.push(Effect::Journal {
-                message: std::mem::take(&mut self.lines).join("\n"),
+                message: lines.join("\n"),
             });
+            effects.push(Effect::Log { records });
         }
         effects.append(&mut self.effects);
         effects

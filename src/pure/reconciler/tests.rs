@@ -219,6 +219,10 @@ fn wake(nodes: &[&str]) -> Effect {
     }
 }
 
+fn messages(records: &[crate::pure::reconciler::Record]) -> Vec<String> {
+    records.iter().map(|r| r.message.clone()).collect()
+}
+
 fn journal(lines: &[&str]) -> Effect {
     Effect::Journal {
         message: lines.join("\n"),
@@ -1497,9 +1501,9 @@ fn after_a_restart_the_rollouts_resumed_are_described_for_the_log() {
     let state = r.state.clone();
     let again = Reconciler::new(state);
     assert_eq!(
-        again.resuming(5_000),
+        messages(&again.resuming(5_000)),
         vec![format!(
-            "cache: rollout of {} resumed after a restart: batch 2 of 2, waiting up to 10000 ms for its nodes to confirm",
+            "cache: rollout of {} resumed after a restart: batch 2 of 2, waiting up to 10s for its nodes to confirm",
             &R1[..12]
         )]
     );
@@ -1507,15 +1511,15 @@ fn after_a_restart_the_rollouts_resumed_are_described_for_the_log() {
     confirm(&mut r, "a2", 1_000);
     let again = Reconciler::new(r.state.clone());
     assert_eq!(
-        again.resuming(5_000),
+        messages(&again.resuming(5_000)),
         vec![format!(
-            "cache: rollout of {} resumed after a restart: batch 1 of 2, baking again for 5000 ms before its gates are judged",
+            "cache: rollout of {} resumed after a restart: batch 1 of 2, baking again for 5s before its gates are judged",
             &R1[..12]
         )]
     );
     complete(&mut r, 2_000);
     assert_eq!(
-        Reconciler::new(r.state.clone()).resuming(5_000),
+        messages(&Reconciler::new(r.state.clone()).resuming(5_000)),
         Vec::<String>::new()
     );
 }
@@ -1534,6 +1538,17 @@ fn assigned(r: &Reconciler) -> Vec<&str> {
         .assignments
         .keys()
         .map(String::as_str)
+        .collect()
+}
+
+fn records(effects: &[Effect]) -> Vec<crate::pure::reconciler::Record> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Log { records } => Some(records.clone()),
+            _ => None,
+        })
+        .flatten()
         .collect()
 }
 
@@ -1634,4 +1649,76 @@ fn a_rollout_whose_cluster_a_commit_removes_is_superseded_and_its_nodes_dropped(
     );
     assert_eq!(phase(&r), Phase::Superseded { by: R2.into() });
     assert!(assigned(&r).is_empty());
+}
+
+#[test]
+fn every_journal_line_is_one_log_record_with_its_fields() {
+    type Fields<'a> = (
+        &'static str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<usize>,
+        bool,
+    );
+    fn fields(logged: &[crate::pure::reconciler::Record]) -> Vec<Fields<'_>> {
+        logged
+            .iter()
+            .map(|l| {
+                let (c, r, n) = (
+                    l.cluster.as_deref(),
+                    l.revision.as_deref(),
+                    l.node.as_deref(),
+                );
+                (l.event, c, r, n, l.batch, l.warn)
+            })
+            .collect()
+    }
+    let mut r = Reconciler::new(State::default());
+    let effects = r.revision(desired(R1, "hz: 20"), Some(&live(&[("hz", "10")])), 0);
+    let logged = records(&effects);
+    // One record per journal line, in order, with the line's text.
+    assert_eq!(messages(&logged).join("\n"), journals(&effects).join("\n"));
+    let c = Some(CLUSTER);
+    let rev = Some(R1);
+    assert_eq!(
+        fields(&logged),
+        vec![
+            ("rollout_started", c, rev, None, None, false),
+            ("batch_assigned", c, rev, None, Some(1), false),
+        ]
+    );
+    let a = r.assignment("a2");
+    let pairs: Vec<(&str, &str)> = a
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let rep = report("a2", node(&pairs), Some(result(&a, Outcome::Applied, None)));
+    let (_, effects) = r.report("a2", rep, 1_000).expect("a declared node");
+    let logged = records(&effects);
+    assert_eq!(messages(&logged).join("\n"), journals(&effects).join("\n"));
+    assert_eq!(
+        fields(&logged),
+        vec![("node_applied", c, rev, Some("a2"), Some(1), false)]
+    );
+    let effects = r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, 1_000);
+    let logged = records(&effects);
+    assert_eq!(messages(&logged).join("\n"), journals(&effects).join("\n"));
+    assert_eq!(
+        fields(&logged),
+        vec![
+            ("gates_judged", c, rev, None, Some(1), false),
+            ("batch_passed", c, rev, None, Some(1), false),
+            ("batch_assigned", c, rev, None, Some(2), false),
+        ]
+    );
+    // A person's abort: the rollback is a warning.
+    let effects = r
+        .command(CLUSTER, Event::Abort { by: "alice".into() }, 2_000)
+        .unwrap();
+    assert_eq!(
+        fields(&records(&effects)),
+        vec![("rolling_back", c, rev, None, None, true)]
+    );
 }

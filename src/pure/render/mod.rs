@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::pure::catalog::{self, Product};
 use crate::pure::diff::{ChangeSet, ClusterDiff, ClusterStatus, ParamChange, Risk};
 use crate::pure::plan::Plan;
 use crate::pure::rollout::Phase;
@@ -171,6 +172,16 @@ fn applied(c: &ParamChange) -> &'static str {
         (_, _, true) => "run time, unchecked",
         (_, true, _) => "restart",
         (_, false, _) => "run time",
+    }
+}
+
+/// A plan's value as people write it (`8gb`, not `8589934592`; `5m`, not `300`), through
+/// the engine's catalog ([`catalog::Catalog::human`]); unchecked parameters as the engine
+/// reports them. The JSON keeps the engine's numbers.
+fn shown(engine: Product, ch: &ParamChange, v: &Option<String>) -> String {
+    match v {
+        Some(v) if !ch.unchecked => catalog::catalog(engine.engine()).human(&ch.name, v),
+        _ => value(v).to_owned(),
     }
 }
 
@@ -448,8 +459,8 @@ pub fn plan_text(p: &Plan) -> String {
                     format!(
                         "{} {} → {}{}",
                         ch.name,
-                        value(&ch.old),
-                        value(&ch.new),
+                        shown(c.engine, ch, &ch.old),
+                        shown(c.engine, ch, &ch.new),
                         change_note(ch)
                     )
                 })
@@ -556,8 +567,8 @@ pub fn plan_markdown(p: &Plan) -> String {
                         format!(
                             "{} {} → {}{}",
                             code(&ch.name),
-                            code(value(&ch.old)),
-                            code(value(&ch.new)),
+                            code(&shown(c.engine, ch, &ch.old)),
+                            code(&shown(c.engine, ch, &ch.new)),
                             change_note(ch)
                         )
                     })

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pure::catalog::{Catalog, CatalogId, Engine, Product};
+use crate::pure::catalog::{human_ms, Catalog, CatalogId, Engine, Product};
 
 /// The desired state of every cluster at one revision.
 #[derive(Debug, Clone, Serialize)]
@@ -347,22 +347,7 @@ pub struct Millis(pub u64);
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0;
-        if ms == 0 {
-            return f.write_str("0s");
-        }
-        if !ms.is_multiple_of(1000) {
-            return write!(f, "{ms}ms");
-        }
-        let mut s = ms / 1000;
-        let mut out = String::new();
-        for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
-            if s >= len {
-                out.push_str(&format!("{}{unit}", s / len));
-                s %= len;
-            }
-        }
-        f.write_str(&out)
+        f.write_str(&human_ms(self.0))
     }
 }
 
