@@ -279,7 +279,7 @@ fn declared_defaults_are_not_drift_after_a_sync_and_survive_a_restart() {
             2,
             "cache: 3 node(s), 3 drifted, 0 silent\n  \
              n1 maxmemory-policy: expected noeviction, found allkeys-lru (live value differs)\n  \
-             n2 maxmemory: expected 67108864, found 0 (not persisted (lost on restart))\n  \
+             n2 maxmemory: expected 64mb, found 0 (not persisted (lost on restart))\n  \
              n3 hz: expected 10, found 50 (not persisted (lost on restart))\n\
              3 node(s) drifted or silent\n"
         ),
