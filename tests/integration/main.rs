@@ -17,6 +17,7 @@ mod memcached_driver;
 mod plan_fixtures;
 mod record;
 mod redis_driver;
+mod restart;
 mod serve;
 mod server_client;
 mod setup_script;

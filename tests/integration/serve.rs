@@ -142,6 +142,18 @@ impl Server {
         self.child.wait().unwrap();
     }
 
+    /// SIGTERM, and wait for the server to exit (its shutdown path runs).
+    pub(crate) fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "cacheflow serve exited with {status} on SIGTERM"
+        );
+    }
+
     pub(crate) fn restart(&mut self) {
         self.child = spawn(&self.args, &self.env, self.log.as_deref());
         self.wait_ready();

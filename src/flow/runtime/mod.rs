@@ -27,9 +27,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use crate::edges::audit::{AuditError, EntryMaker, Journal, Prepared};
 use crate::edges::metrics::Metrics;
 use crate::edges::nodes::NodeDriver;
-use crate::flow::agent::{ApplyOptions, LoopOptions, Reporter, Unreported};
+use crate::flow::agent::{AgentState, ApplyOptions, LoopOptions, Reporter, Unreported};
 use crate::pure::live::{LiveState, NodeLive};
-use crate::pure::protocol::{Assignment, Report};
+use crate::pure::protocol::{Assignment, Outcome, Report};
 use crate::pure::reconciler::status::Status;
 use crate::pure::reconciler::{Effect, Reconciler, RefusedInput, State};
 use crate::pure::rollout::Event;
@@ -827,6 +827,32 @@ impl Reporter for Channel {
 
 /// The agent loop of `cacheflow agent` for a directly managed node, reporting through
 /// the channel; woken when its assignment changes.
+/// What an in-process agent starting now remembers of its node: the (revision,
+/// generation) the node already reported an outcome for, from the state the reconciler
+/// resumed. A restarted server's agents do not apply that assignment again: a value
+/// changed by hand since stays (it is drift, reported, and corrected only through a
+/// journaled rollout), and only an assignment the node never reported on is applied.
+fn remembered(handle: &Handle, node: &str) -> AgentState {
+    let Ok(status) = handle.status() else {
+        return AgentState::default();
+    };
+    let Some(a) = status
+        .clusters
+        .values()
+        .find_map(|c| c.assignments.get(node))
+    else {
+        return AgentState::default();
+    };
+    let Some(outcome) = a.outcome else {
+        return AgentState::default();
+    };
+    AgentState {
+        applied_revision: (outcome == Outcome::Applied).then(|| a.revision.clone()),
+        last_tried: Some((a.revision.clone(), a.generation)),
+        ..AgentState::default()
+    }
+}
+
 async fn direct_agent(
     handle: Handle,
     node: String,
@@ -847,6 +873,7 @@ async fn direct_agent(
         },
         first_reading: options.first_reading,
         declared: options.declared,
+        remembered: remembered(&handle, &node),
     };
     let reporter = Channel { handle, node };
     let _ = crate::flow::agent::drive(driver, &reporter, looped, Some(wake), stop).await;
