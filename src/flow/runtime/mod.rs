@@ -755,7 +755,7 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                 text,
                 outcome,
             } => {
-                if let Some(m) = &h.metrics {
+                if let (Some(m), Some(outcome)) = (&h.metrics, outcome) {
                     m.rollout_ended(outcome);
                 }
                 if let Err(e) = journal.note(&revision, &cluster, &text) {

@@ -409,6 +409,7 @@ impl Reconciler {
                 }
             }
             self.start(&cluster.name, now_ms);
+            self.already_assigned(&cluster.name, now_ms);
         }
         let waiting: Vec<String> = changed
             .into_iter()
@@ -418,6 +419,52 @@ impl Reconciler {
             self.lines.insert(0, taken_line(&revision, first, &waiting));
         }
         self.finish()
+    }
+
+    /// A new content that every declared node was assigned already (a commit reverting
+    /// to what a rollback put back, or to what a refused change left; or nodes found
+    /// running it, assigned it without a rollout): no rollout is needed and none started. The commit is the cluster's target all the same, so it is
+    /// journaled (`C: N node(s) already run r: ...`, not "no cluster changed") and noted
+    /// on the commit (`in sync TIME: ...`), never left "not rolled out".
+    fn already_assigned(&mut self, name: &str, now_ms: u64) {
+        let Some(cs) = self.state.clusters.get(name) else {
+            return;
+        };
+        let Some(target) = cs.target.as_ref() else {
+            return;
+        };
+        let rolling = cs
+            .rollout
+            .as_ref()
+            .is_some_and(|r| !r.rollout.phase.is_final());
+        let all = !cs.declared.is_empty()
+            && cs.declared.iter().all(|id| {
+                cs.assignments
+                    .get(id)
+                    .is_some_and(|a| a.digest == target.digest)
+            });
+        if rolling || !all {
+            return;
+        }
+        let mut nodes: Vec<&str> = cs.declared.iter().map(String::as_str).collect();
+        nodes.sort_unstable();
+        let nodes = nodes.join(", ");
+        let n = cs.declared.len();
+        let revision = target.revision.clone();
+        let said = format!("{name}: {n} node(s) already run {}: ", short_id(&revision));
+        // Nodes found running it in this input were assigned it and journaled so.
+        if !self.lines.iter().any(|l| l.starts_with(&said)) {
+            self.lines.push(format!("{said}{nodes}"));
+        }
+        self.effects.push(Effect::Note {
+            revision,
+            cluster: name.to_owned(),
+            text: format!(
+                "in sync {}: {n} node(s) already run it: {nodes}",
+                rfc3339(now_ms)
+            ),
+            outcome: None,
+        });
     }
 
     /// True when `name` has no rollout in flight, its content is not refused, and a
@@ -909,7 +956,7 @@ impl Reconciler {
             revision: target.revision.clone(),
             cluster: name.to_owned(),
             text: format!("refused: {reason}"),
-            outcome: "refused",
+            outcome: Some("refused"),
         });
         self.notify(
             Notice::new_at(
@@ -1181,7 +1228,7 @@ impl Reconciler {
             revision,
             cluster: name.to_owned(),
             text,
-            outcome,
+            outcome: Some(outcome),
         });
     }
 

@@ -880,6 +880,12 @@ fn nodes_already_running_the_target_are_assigned_without_a_rollout() {
                 &R1[..12]
             )]),
             wake(&["a1", "a2", "b1"]),
+            Effect::Note {
+                revision: R1.into(),
+                cluster: CLUSTER.into(),
+                text: "in sync 1970-01-01T00:00:00Z: 3 node(s) already run it: a1, a2, b1".into(),
+                outcome: None,
+            },
         ]
     );
     assert!(r.state.clusters[CLUSTER].rollout.is_none());
@@ -1634,4 +1640,84 @@ fn a_rollout_whose_cluster_a_commit_removes_is_superseded_and_its_nodes_dropped(
     );
     assert_eq!(phase(&r), Phase::Superseded { by: R2.into() });
     assert!(assigned(&r).is_empty());
+}
+
+/// R1 (`hz: 20`) reached every node; R2 (`hz: 30`) failed on the canary and was rolled
+/// back (noted on R2), so its content is refused.
+fn r2_rolled_back() -> Reconciler {
+    let mut r = started();
+    complete(&mut r, 1_000);
+    r.revision(desired(R2, "hz: 30"), Some(&live(&[("hz", "20")])), 2_000);
+    let a = r.assignment("a2");
+    let failed = Some(result(&a, Outcome::Failed, Some("ERR no")));
+    r.report("a2", report("a2", node(&[("hz", "20")]), failed), 3_000)
+        .expect("a declared node");
+    let effects = confirm(&mut r, "a2", 4_000);
+    assert_eq!(
+        notes(&effects),
+        vec![(
+            R2,
+            "rolled back 1970-01-01T00:00:04Z: a2 failed to apply \
+             2222222222222222222222222222222222222222: ERR no; 1 node(s) back on \
+             1111111111111111111111111111111111111111"
+        )]
+    );
+    r
+}
+
+#[test]
+fn a_retry_is_noted_on_the_commit_whose_content_it_rolls_out_not_on_the_head() {
+    let mut r = r2_rolled_back();
+    // R3 changes nothing of the cluster: the head moves, the content stays R2's.
+    r.revision(desired(R3, "hz: 30"), None, 5_000);
+    let mut effects = core(r.retry(CLUSTER, "alice", "INC-9", 6_000).unwrap());
+    assert_eq!(rollout(&r).spec.revision, R2);
+    effects.extend(complete(&mut r, 7_000));
+    assert_eq!(
+        notes(&effects),
+        vec![(
+            R2,
+            "completed 1970-01-01T00:00:07Z: reached 3 node(s): a1, a2, b1"
+        )],
+        "added to R2's note, after its rolled-back line; R3 changed nothing"
+    );
+}
+
+#[test]
+fn a_revert_after_a_rollback_is_noted_in_sync_on_the_revert_and_a_fix_on_the_fix() {
+    let mut r = r2_rolled_back();
+    // R3 reverts to R1's content, which every node runs again since the rollback.
+    let generation = r.state.generation;
+    let effects = core(r.revision(desired(R3, "hz: 20"), None, 5_000));
+    assert_eq!(
+        effects,
+        vec![
+            journal(&["cache: 3 node(s) already run 333333333333: a1, a2, b1"]),
+            Effect::Note {
+                revision: R3.into(),
+                cluster: CLUSTER.into(),
+                text: "in sync 1970-01-01T00:00:05Z: 3 node(s) already run it: a1, a2, b1".into(),
+                outcome: None,
+            },
+        ],
+        "never `no cluster changed`, never left without a note"
+    );
+    assert_eq!(r.state.generation, generation, "nothing assigned again");
+    assert!(r.state.clusters[CLUSTER].refused.is_none());
+
+    // A fix with new content is a rollout of its own, noted on the fix.
+    const R4: &str = "4444444444444444444444444444444444444444";
+    let effects = core(r.revision(desired(R4, "hz: 25"), None, 6_000));
+    assert_eq!(
+        journals(&effects)[0].lines().next(),
+        Some(format!("cache: rollout of {R4} started, 2 batch(es)").as_str())
+    );
+    let effects = complete(&mut r, 7_000);
+    assert_eq!(
+        notes(&effects),
+        vec![(
+            R4,
+            "completed 1970-01-01T00:00:07Z: reached 3 node(s): a1, a2, b1"
+        )]
+    );
 }
