@@ -421,9 +421,10 @@ impl Reconciler {
         self.finish()
     }
 
-    /// A new content that every declared node was assigned already (a commit reverting
-    /// to what a rollback put back, or to what a refused change left; or nodes found
-    /// running it, assigned it without a rollout): no rollout is needed and none started. The commit is the cluster's target all the same, so it is
+    /// A content every declared node is now assigned without a rollout: a commit
+    /// reverting to what a rollback put back (or to what a refused change left), or the
+    /// last of the nodes found running it was assigned it (at once, or when it first
+    /// reported). No rollout is needed and none started. The commit is the cluster's target all the same, so it is
     /// journaled (`C: N node(s) already run r: ...`, not "no cluster changed") and noted
     /// on the commit (`in sync TIME: ...`), never left "not rolled out".
     fn already_assigned(&mut self, name: &str, now_ms: u64) {
@@ -451,10 +452,21 @@ impl Reconciler {
         let nodes = nodes.join(", ");
         let n = cs.declared.len();
         let revision = target.revision.clone();
-        let said = format!("{name}: {n} node(s) already run {}: ", short_id(&revision));
+        let noted = self.effects.iter().any(|e| {
+            matches!(e, Effect::Note { revision: r, cluster, outcome: None, .. }
+                if *r == revision && cluster == name)
+        });
+        if noted {
+            return;
+        }
         // Nodes found running it in this input were assigned it and journaled so.
-        if !self.lines.iter().any(|l| l.starts_with(&said)) {
-            self.lines.push(format!("{said}{nodes}"));
+        let said = format!(" already run {}: ", short_id(&revision));
+        let journaled = self
+            .lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{name}: ")) && l.contains(&said));
+        if !journaled {
+            self.lines.push(format!("{name}: {n} node(s){said}{nodes}"));
         }
         self.effects.push(Effect::Note {
             revision,
@@ -667,9 +679,13 @@ impl Reconciler {
         };
         let planned = plan::plan_cluster(cluster, &live);
         self.assign_in_sync(name, &target, &planned.in_sync);
-        if planned.nodes.is_empty()
-            || self.refuse_direct_restarts(name, cluster, &target, &planned, now_ms)
-        {
+        if planned.nodes.is_empty() {
+            if !planned.in_sync.is_empty() {
+                self.already_assigned(name, now_ms);
+            }
+            return;
+        }
+        if self.refuse_direct_restarts(name, cluster, &target, &planned, now_ms) {
             return;
         }
         let batches: Vec<Vec<String>> = planned

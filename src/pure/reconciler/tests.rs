@@ -1721,3 +1721,41 @@ fn a_revert_after_a_rollback_is_noted_in_sync_on_the_revert_and_a_fix_on_the_fix
         )]
     );
 }
+
+#[test]
+fn nodes_found_running_the_content_as_they_report_note_it_once_when_the_last_is_assigned() {
+    let mut r = Reconciler::new(State::default());
+    r.report_grace_ms = 1_000;
+    // Taken at a start: no node has reported yet.
+    let effects = core(r.revision(desired(R1, "hz: 20"), None, 0));
+    assert_eq!(notes(&effects), vec![]);
+    for id in ["a1", "a2"] {
+        r.report(id, report(id, node(&[("hz", "20")]), None), 100)
+            .expect("a declared node");
+    }
+    // The grace passes without b1: a1 and a2 are assigned, nothing is noted yet.
+    let effects = core(r.tick(1_500));
+    assert_eq!(
+        journals(&effects),
+        vec!["cache: 2 node(s) already run 111111111111: a1, a2"]
+    );
+    assert_eq!(notes(&effects), vec![]);
+    // b1 reports later: the last one assigned, the commit is noted once.
+    let (_, mut effects) = r
+        .report("b1", report("b1", node(&[("hz", "20")]), None), 2_000)
+        .expect("a declared node");
+    effects.extend(r.tick(2_000));
+    let effects = core(effects);
+    assert_eq!(
+        notes(&effects),
+        vec![(
+            R1,
+            "in sync 1970-01-01T00:00:02Z: 3 node(s) already run it: a1, a2, b1"
+        )]
+    );
+    assert_eq!(
+        journals(&effects),
+        vec!["cache: 1 node(s) already run 111111111111: b1"]
+    );
+    assert!(core(r.tick(3_000)).is_empty());
+}
