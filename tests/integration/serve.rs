@@ -231,7 +231,7 @@ impl Server {
     }
 
     /// The mirror the server keeps (journal and notes live there).
-    fn mirror(&self) -> git2::Repository {
+    pub(crate) fn mirror(&self) -> git2::Repository {
         let dir = std::fs::read_dir(self.state.join("mirror"))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -244,7 +244,7 @@ impl Server {
         journal_messages(&self.mirror())
     }
 
-    fn note(&self, commit: &str) -> String {
+    pub(crate) fn note(&self, commit: &str) -> String {
         cacheflow_note(&self.mirror(), commit)
     }
 }
