@@ -10,8 +10,10 @@
 //! Directly managed nodes get an in-process agent: the loop of `cacheflow agent`
 //! ([`crate::flow::agent::drive`]: read the node, report, apply a new (revision,
 //! generation) once, report again) with a [`Reporter`] that sends through the channel
-//! instead of HTTP, so both kinds of node follow one assignment path. [`Host`] starts
-//! the task and stops it with its agents.
+//! instead of HTTP, so both kinds of node follow one assignment path. An in-process agent
+//! starts remembering the assignment its node already reported on (from the resumed
+//! state), so a restart applies nothing by itself. [`Host`] starts the task and stops it
+//! with its agents.
 
 pub mod host;
 
