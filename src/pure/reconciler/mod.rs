@@ -424,34 +424,13 @@ impl Reconciler {
     /// A content every declared node is now assigned without a rollout: a commit
     /// reverting to what a rollback put back (or to what a refused change left), or the
     /// last of the nodes found running it was assigned it (at once, or when it first
-    /// reported). No rollout is needed and none started. The commit is the cluster's target all the same, so it is
-    /// journaled (`C: N node(s) already run r: ...`, not "no cluster changed") and noted
-    /// on the commit (`in sync TIME: ...`), never left "not rolled out".
+    /// reported). No rollout is needed and none started; the commit is the cluster's
+    /// target all the same, so it is journaled (`C: N node(s) already run r: ...`, not
+    /// "no cluster changed") and noted on the commit (`in sync TIME: ...`) once.
     fn already_assigned(&mut self, name: &str, now_ms: u64) {
-        let Some(cs) = self.state.clusters.get(name) else {
+        let Some((revision, nodes)) = self.assigned_without_rollout(name) else {
             return;
         };
-        let Some(target) = cs.target.as_ref() else {
-            return;
-        };
-        let rolling = cs
-            .rollout
-            .as_ref()
-            .is_some_and(|r| !r.rollout.phase.is_final());
-        let all = !cs.declared.is_empty()
-            && cs.declared.iter().all(|id| {
-                cs.assignments
-                    .get(id)
-                    .is_some_and(|a| a.digest == target.digest)
-            });
-        if rolling || !all {
-            return;
-        }
-        let mut nodes: Vec<&str> = cs.declared.iter().map(String::as_str).collect();
-        nodes.sort_unstable();
-        let nodes = nodes.join(", ");
-        let n = cs.declared.len();
-        let revision = target.revision.clone();
         let noted = self.effects.iter().any(|e| {
             matches!(e, Effect::Note { revision: r, cluster, outcome: None, .. }
                 if *r == revision && cluster == name)
@@ -459,6 +438,8 @@ impl Reconciler {
         if noted {
             return;
         }
+        let n = nodes.len();
+        let nodes = nodes.join(", ");
         // Nodes found running it in this input were assigned it and journaled so.
         let said = format!(" already run {}: ", short_id(&revision));
         let journaled = self
@@ -477,6 +458,29 @@ impl Reconciler {
             ),
             outcome: None,
         });
+    }
+
+    /// The target's revision and the declared nodes (sorted), when no rollout is in
+    /// flight and every declared node is assigned the target's content.
+    fn assigned_without_rollout(&self, name: &str) -> Option<(String, Vec<String>)> {
+        let cs = self.state.clusters.get(name)?;
+        let target = cs.target.as_ref()?;
+        let rolling = cs
+            .rollout
+            .as_ref()
+            .is_some_and(|r| !r.rollout.phase.is_final());
+        let all = !cs.declared.is_empty()
+            && cs.declared.iter().all(|id| {
+                cs.assignments
+                    .get(id)
+                    .is_some_and(|a| a.digest == target.digest)
+            });
+        if rolling || !all {
+            return None;
+        }
+        let mut nodes = cs.declared.clone();
+        nodes.sort_unstable();
+        Some((target.revision.clone(), nodes))
     }
 
     /// True when `name` has no rollout in flight, its content is not refused, and a
