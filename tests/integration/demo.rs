@@ -146,7 +146,13 @@ fn demo_runs_the_whole_loop_and_ends_by_itself() {
         out.contains("The other 8 nodes were never touched."),
         "{out}"
     );
-    has(&format!("revision {revert} taken: no cluster changed"));
+    // The revert changes the cluster back to what every node runs: journaled as such
+    // (never "no cluster changed") and noted on the revert (below).
+    has(&format!(
+        "sessions-eu: 9 node(s) already run {revert}: sessions-eu-1a, sessions-eu-1b, \
+         sessions-eu-1c, sessions-eu-2a, sessions-eu-2b, sessions-eu-2c, sessions-eu-3a, \
+         sessions-eu-3b, sessions-eu-3c"
+    ));
 
     // 4. The drift, from the nodes' readings.
     assert!(
@@ -189,6 +195,12 @@ fn demo_runs_the_whole_loop_and_ends_by_itself() {
         cacheflow_note(&repo, &full(bad))
     );
     assert!(cacheflow_note(&repo, &full(good)).starts_with("sessions-eu: completed "));
+    let reverted = cacheflow_note(&repo, &full(revert));
+    assert!(
+        reverted.starts_with("sessions-eu: in sync ")
+            && reverted.ends_with(": 9 node(s) already run it: sessions-eu-1a, sessions-eu-1b, sessions-eu-1c, sessions-eu-2a, sessions-eu-2b, sessions-eu-2c, sessions-eu-3a, sessions-eu-3b, sessions-eu-3c"),
+        "{reverted}"
+    );
     let journal = repo
         .find_reference("refs/cacheflow/journal")
         .expect("the journal ref");

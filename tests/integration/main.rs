@@ -18,6 +18,7 @@ mod observe;
 mod plan_fixtures;
 mod record;
 mod redis_driver;
+mod restart;
 mod serve;
 mod server_client;
 mod setup_script;

@@ -2,17 +2,22 @@
 //! invalid push, its fix, a scale-out, a drift correction and a rollback, each applied by
 //! `cacheflow sync` (the real binary) on real redis-server nodes replicating for real;
 //! then `git log --notes=cacheflow` and `cacheflow history` are read line by line.
+//! The same record through `cacheflow serve` for memcached nodes driven by `cacheflow
+//! agent` processes: the notes of nodes found running a commit and of a rollout, a
+//! removed node leaving `/api/v1/clusters`, a refused command answering 409.
 //!
 //! Variable parts are put in words before comparing: each commit id (full or cut to
 //! 12 characters) becomes its name (`<valid>`, `<fix>`, ...), the times the reconciler
 //! wrote become `<time>`, and the canary's memory figures `<used>` and `<pct>`.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::serve::{Remote, Server, NODE_SECRET};
 use crate::support::cacheflow_sync;
 use crate::support::git::{journal_messages, TestRepo};
 use crate::support::servers::RedisServer;
+use crate::support::service::Service;
 
 /// The cluster `cache`: `nodes` (id, server; the first the primary, the others its
 /// replicas) with these parameters (YAML lines indented by 4); a canary, then the rest;
@@ -428,6 +433,227 @@ fn history_of_a_valid_commit_after_invalid_ones_shows_what_it_changed_and_never_
             "<broken> 2024-01-01T00:00:00Z cacheflow tests: cache: hz 500000",
             "  invalid, never applied: revision <broken> is invalid (1 error)",
             "  outcome: not rolled out (no note)",
+        ],
+    );
+}
+
+/// `cacheflow agent` beside one memcached service, reporting to `server` every 300 ms
+/// (killed when dropped).
+struct Agent(std::process::Child);
+
+impl Agent {
+    fn start(server: &Server, id: &str, service: &Service) -> Agent {
+        let token = cacheflow::pure::identity::node_token(NODE_SECRET.as_bytes(), id).unwrap();
+        let token_file = service.dir().join("agent-token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+            .args(["agent", "--node-id", id, "--server", &server.url()])
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(["--memcached", &service.addr(), "--config-file"])
+            .arg(service.config_path())
+            .args(["--restart-command", &service.restart_command()])
+            .args(["--interval", "300ms", "--warmup", "0s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cacheflow agent");
+        Agent(child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The cluster `sessions`: memcached `nodes` behind agents, with this `maxbytes`.
+fn sessions(nodes: &[(&str, &Service)], maxbytes: &str) -> String {
+    let list: String = nodes
+        .iter()
+        .map(|(id, s)| {
+            format!(
+                "    - {{id: {id}, address: '{}', managed: agent}}\n",
+                s.addr()
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: cacheflow/v1
+kind: Cluster
+metadata: {{name: sessions}}
+spec:
+  engine: memcached
+  parameters:
+    maxbytes: {maxbytes}
+  nodes:
+{list}  rollout:
+    stages: [1, '100%']
+    bake: 0s
+    applyTimeout: 10s
+    gates: {{minOpsPerSec: 0, maxLatencyIncreaseMs: 1000}}
+"
+    )
+}
+
+/// `sessions` in `GET /api/v1/clusters`: its nodes' (id, revision, outcome).
+fn sessions_nodes(server: &Server) -> Vec<(String, String, String)> {
+    let (code, body) = server.http("GET", "/api/v1/clusters", &[], b"");
+    assert_eq!(code, 200, "{body}");
+    let all: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let Some(c) = all["clusters"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["cluster"] == "sessions"))
+    else {
+        return Vec::new();
+    };
+    c["assignments"]
+        .as_object()
+        .map(|a| {
+            a.iter()
+                .map(|(id, a)| {
+                    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+                    (id.clone(), text(&a["revision"]), text(&a["outcome"]))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Wait until `sessions`' nodes are `want`, each applied at `revision`.
+fn until_nodes(server: &Server, want: &[&str], revision: &str) {
+    let want: Vec<(String, String, String)> = want
+        .iter()
+        .map(|id| (id.to_string(), revision.to_owned(), "applied".to_owned()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sessions_nodes(server) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{:#?}",
+            sessions_nodes(server),
+            server.journal()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn memcached_behind_agents_the_record_names_each_commit_and_a_refused_command_is_a_409() {
+    let services: Vec<(&str, Service)> = ["m1", "m2", "m3"]
+        .into_iter()
+        .map(|id| (id, Service::memcached("")))
+        .collect();
+    let three: Vec<(&str, &Service)> = services.iter().map(|(id, s)| (*id, s)).collect();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+
+    // 1. The nodes as they run (64 MB): every agent confirms, nothing is rolled out.
+    work.write("clusters/sessions.yaml", &sessions(&three, "64mb"));
+    let as_they_run = work.commit("sessions: 64mb, as the nodes run");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::start(&remote, state.path());
+    let _agents: Vec<Agent> = services
+        .iter()
+        .map(|(id, s)| Agent::start(&server, id, s))
+        .collect();
+    until_nodes(&server, &["m1", "m2", "m3"], &as_they_run);
+
+    // 2. 96 MB: rolled out by the agents, canary first, noted on that commit.
+    work.write("clusters/sessions.yaml", &sessions(&three, "96mb"));
+    let bigger = work.commit("sessions: 96mb");
+    remote.push(&work, false);
+    assert_eq!(server.github_push("d-96mb").0, 202);
+    until_nodes(&server, &["m1", "m2", "m3"], &bigger);
+    for (id, s) in &services {
+        let maxbytes = s.memcached_client().settings()["maxbytes"].clone();
+        assert_eq!(maxbytes, "100663296", "{id}");
+    }
+
+    // 3. m3 leaves the cluster: its assignment leaves the API at once.
+    let pids: Vec<Option<u32>> = services.iter().map(|(_, s)| s.pid()).collect();
+    work.write("clusters/sessions.yaml", &sessions(&three[..2], "96mb"));
+    let shrink = work.commit("sessions: m3 leaves");
+    remote.push(&work, false);
+    assert_eq!(server.github_push("d-m3").0, 202);
+    until_nodes(&server, &["m1", "m2"], &bigger);
+    assert!(
+        server
+            .journal()
+            .iter()
+            .flat_map(|m| m.lines().map(str::to_owned).collect::<Vec<_>>())
+            .any(|l| l == "sessions: m3 no longer declared in the cluster: assignment dropped"),
+        "{:#?}",
+        server.journal()
+    );
+    let now: Vec<Option<u32>> = services.iter().map(|(_, s)| s.pid()).collect();
+    assert_eq!(now, pids, "a change of maxbytes restarts no memcached");
+
+    // 4. Pausing a completed rollout is refused: 409, exit 1, nothing journaled.
+    let before = server.journal();
+    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["rollout", "pause", "sessions", "--server", &server.url()])
+        .env("CACHEFLOW_ADMIN_TOKEN", "admin-token-0123456789")
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        ),
+        (
+            Some(1),
+            String::new(),
+            "error: 409 Conflict: cluster `sessions` has no rollout in progress\n".to_owned()
+        )
+    );
+    assert_eq!(server.journal(), before);
+
+    // The record: each commit's note, and `cacheflow history` of the server's mirror.
+    let commits = [
+        ("as-they-run", as_they_run.as_str()),
+        ("bigger", bigger.as_str()),
+        ("shrink", shrink.as_str()),
+    ];
+    let notes: Vec<String> = commits
+        .iter()
+        .map(|(_, c)| words(&server.note(c), &commits))
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            "sessions: in sync <time>: 3 node(s) already run it: m1, m2, m3",
+            "sessions: completed <time>: reached 3 node(s): m1, m2, m3",
+            "",
+        ]
+    );
+    let history = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["history", "--repo"])
+        .arg(server.mirror().path())
+        .args(["--rev", "refs/heads/main"])
+        .output()
+        .unwrap();
+    assert!(
+        history.status.success(),
+        "{}",
+        String::from_utf8_lossy(&history.stderr)
+    );
+    assert_lines(
+        &words(&String::from_utf8_lossy(&history.stdout), &commits),
+        &[
+            "<shrink> 2024-01-01T00:02:00Z cacheflow tests: sessions: m3 leaves",
+            "  sessions: nodes or rollout policy changed",
+            "  outcome: not rolled out (no note)",
+            "<bigger> 2024-01-01T00:01:00Z cacheflow tests: sessions: 96mb",
+            "  sessions: maxbytes 64mb → 96mb",
+            "  ⇒ sessions: completed <time>: reached 3 node(s): m1, m2, m3",
+            "<as-they-run> 2024-01-01T00:00:00Z cacheflow tests: sessions: 64mb, as the nodes run",
+            "  sessions: maxbytes (unset) → 64mb",
+            "  ⇒ sessions: in sync <time>: 3 node(s) already run it: m1, m2, m3",
         ],
     );
 }

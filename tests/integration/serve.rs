@@ -142,6 +142,18 @@ impl Server {
         self.child.wait().unwrap();
     }
 
+    /// SIGTERM, and wait for the server to exit (its shutdown path runs).
+    pub(crate) fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "cacheflow serve exited with {status} on SIGTERM"
+        );
+    }
+
     pub(crate) fn restart(&mut self) {
         self.child = spawn(&self.args, &self.env, self.log.as_deref());
         self.wait_ready();
@@ -227,7 +239,7 @@ impl Server {
     }
 
     /// The mirror the server keeps (journal and notes live there).
-    fn mirror(&self) -> git2::Repository {
+    pub(crate) fn mirror(&self) -> git2::Repository {
         let dir = std::fs::read_dir(self.state.join("mirror"))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -240,7 +252,7 @@ impl Server {
         journal_messages(&self.mirror())
     }
 
-    fn note(&self, commit: &str) -> String {
+    pub(crate) fn note(&self, commit: &str) -> String {
         cacheflow_note(&self.mirror(), commit)
     }
 }

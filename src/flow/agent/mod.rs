@@ -184,6 +184,10 @@ pub struct LoopOptions {
     pub first_reading: Option<NodeLive>,
     /// Read only these parameters; all of them when `None`.
     pub declared: Option<Arc<BTreeSet<String>>>,
+    /// What the agent starts from: the assignment the node already reported on before
+    /// this loop began (an in-process agent of a restarted server learns it from the
+    /// journal's state), so it is not applied again; empty for `cacheflow agent`.
+    pub remembered: AgentState,
 }
 
 impl LoopOptions {
@@ -197,6 +201,7 @@ impl LoopOptions {
             apply: options.apply.clone(),
             first_reading: None,
             declared: None,
+            remembered: AgentState::default(),
         }
     }
 }
@@ -246,7 +251,7 @@ pub async fn drive<R: Reporter>(
     wake: Option<Arc<Notify>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<AgentState, AgentError> {
-    let mut state = AgentState::default();
+    let mut state = std::mem::take(&mut options.remembered);
     loop {
         let step = exchange(driver.as_ref(), reporter, &mut options, &mut state, &stop).await;
         let pause = match step {

@@ -10,8 +10,10 @@
 //! Directly managed nodes get an in-process agent: the loop of `cacheflow agent`
 //! ([`crate::flow::agent::drive`]: read the node, report, apply a new (revision,
 //! generation) once, report again) with a [`Reporter`] that sends through the channel
-//! instead of HTTP, so both kinds of node follow one assignment path. [`Host`] starts
-//! the task and stops it with its agents.
+//! instead of HTTP, so both kinds of node follow one assignment path. An in-process agent
+//! starts remembering the assignment its node already reported on (from the resumed
+//! state), so a restart applies nothing by itself. [`Host`] starts the task and stops it
+//! with its agents.
 
 pub mod host;
 
@@ -27,9 +29,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use crate::edges::audit::{AuditError, EntryMaker, Journal, Prepared};
 use crate::edges::metrics::Metrics;
 use crate::edges::nodes::NodeDriver;
-use crate::flow::agent::{ApplyOptions, LoopOptions, Reporter, Unreported};
+use crate::flow::agent::{AgentState, ApplyOptions, LoopOptions, Reporter, Unreported};
 use crate::pure::live::{LiveState, NodeLive};
-use crate::pure::protocol::{Assignment, Report};
+use crate::pure::protocol::{Assignment, Outcome, Report};
 use crate::pure::reconciler::status::Status;
 use crate::pure::reconciler::{Effect, Reconciler, Record, RefusedInput, State};
 use crate::pure::rollout::Event;
@@ -759,7 +761,7 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                 text,
                 outcome,
             } => {
-                if let Some(m) = &h.metrics {
+                if let (Some(m), Some(outcome)) = (&h.metrics, outcome) {
                     m.rollout_ended(outcome);
                     if outcome == "completed" {
                         m.rollout_completed(&cluster, crate::edges::clock::now_secs_f64());
@@ -852,6 +854,32 @@ impl Reporter for Channel {
 
 /// The agent loop of `cacheflow agent` for a directly managed node, reporting through
 /// the channel; woken when its assignment changes.
+/// What an in-process agent starting now remembers of its node: the (revision,
+/// generation) the node already reported an outcome for, from the state the reconciler
+/// resumed. A restarted server's agents do not apply that assignment again: a value
+/// changed by hand since stays (it is drift, reported, and corrected only through a
+/// journaled rollout), and only an assignment the node never reported on is applied.
+fn remembered(handle: &Handle, node: &str) -> AgentState {
+    let Ok(status) = handle.status() else {
+        return AgentState::default();
+    };
+    let Some(a) = status
+        .clusters
+        .values()
+        .find_map(|c| c.assignments.get(node))
+    else {
+        return AgentState::default();
+    };
+    let Some(outcome) = a.outcome else {
+        return AgentState::default();
+    };
+    AgentState {
+        applied_revision: (outcome == Outcome::Applied).then(|| a.revision.clone()),
+        last_tried: Some((a.revision.clone(), a.generation)),
+        ..AgentState::default()
+    }
+}
+
 async fn direct_agent(
     handle: Handle,
     node: String,
@@ -872,6 +900,7 @@ async fn direct_agent(
         },
         first_reading: options.first_reading,
         declared: options.declared,
+        remembered: remembered(&handle, &node),
     };
     let reporter = Channel { handle, node };
     let _ = crate::flow::agent::drive(driver, &reporter, looped, Some(wake), stop).await;

@@ -20,8 +20,10 @@ pub enum Effect {
         revision: String,
         cluster: String,
         text: String,
-        /// `completed`, `rolled_back`, `superseded` or `refused` (for metrics).
-        outcome: &'static str,
+        /// How the rollout ended, for metrics: `completed`, `rolled_back`, `superseded`
+        /// or `refused`; `None` when no rollout was needed (every node already ran the
+        /// content), which is no rollout to count.
+        outcome: Option<&'static str>,
     },
     /// A drift correction ended with `outcome` (as `Note`'s, for metrics); it is
     /// journaled and noted on no config commit.

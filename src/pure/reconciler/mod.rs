@@ -410,6 +410,7 @@ impl Reconciler {
                 }
             }
             self.start(&cluster.name, now_ms);
+            self.already_assigned(&cluster.name, now_ms);
         }
         let waiting: Vec<String> = changed
             .into_iter()
@@ -420,6 +421,72 @@ impl Reconciler {
             self.lines.insert(0, line.revision(&revision));
         }
         self.finish()
+    }
+
+    /// A content every declared node is now assigned without a rollout: a commit
+    /// reverting to what a rollback put back (or to what a refused change left), or the
+    /// last of the nodes found running it was assigned it (at once, or when it first
+    /// reported). No rollout is needed and none started; the commit is the cluster's
+    /// target all the same, so it is journaled (`C: N node(s) already run r: ...`, not
+    /// "no cluster changed") and noted on the commit (`in sync TIME: ...`) once.
+    fn already_assigned(&mut self, name: &str, now_ms: u64) {
+        let Some((revision, nodes)) = self.assigned_without_rollout(name) else {
+            return;
+        };
+        let noted = self.effects.iter().any(|e| {
+            matches!(e, Effect::Note { revision: r, cluster, outcome: None, .. }
+                if *r == revision && cluster == name)
+        });
+        if noted {
+            return;
+        }
+        let n = nodes.len();
+        let nodes = nodes.join(", ");
+        // Nodes found running it in this input were assigned it and journaled so.
+        let said = format!(" already run {}: ", short_id(&revision));
+        let journaled = self
+            .lines
+            .iter()
+            .any(|l| l.message.starts_with(&format!("{name}: ")) && l.message.contains(&said));
+        if !journaled {
+            self.lines.push(
+                Record::new("nodes_in_sync", format!("{name}: {n} node(s){said}{nodes}"))
+                    .cluster(name)
+                    .revision(&revision),
+            );
+        }
+        self.effects.push(Effect::Note {
+            revision,
+            cluster: name.to_owned(),
+            text: format!(
+                "in sync {}: {n} node(s) already run it: {nodes}",
+                rfc3339(now_ms)
+            ),
+            outcome: None,
+        });
+    }
+
+    /// The target's revision and the declared nodes (sorted), when no rollout is in
+    /// flight and every declared node is assigned the target's content.
+    fn assigned_without_rollout(&self, name: &str) -> Option<(String, Vec<String>)> {
+        let cs = self.state.clusters.get(name)?;
+        let target = cs.target.as_ref()?;
+        let rolling = cs
+            .rollout
+            .as_ref()
+            .is_some_and(|r| !r.rollout.phase.is_final());
+        let all = !cs.declared.is_empty()
+            && cs.declared.iter().all(|id| {
+                cs.assignments
+                    .get(id)
+                    .is_some_and(|a| a.digest == target.digest)
+            });
+        if rolling || !all {
+            return None;
+        }
+        let mut nodes = cs.declared.clone();
+        nodes.sort_unstable();
+        Some((target.revision.clone(), nodes))
     }
 
     /// True when `name` has no rollout in flight, its content is not refused, and a
@@ -651,9 +718,13 @@ impl Reconciler {
         };
         let planned = plan::plan_cluster(cluster, &live);
         self.assign_in_sync(name, &target, &planned.in_sync);
-        if planned.nodes.is_empty()
-            || self.refuse_direct_restarts(name, cluster, &target, &planned, now_ms)
-        {
+        if planned.nodes.is_empty() {
+            if !planned.in_sync.is_empty() {
+                self.already_assigned(name, now_ms);
+            }
+            return;
+        }
+        if self.refuse_direct_restarts(name, cluster, &target, &planned, now_ms) {
             return;
         }
         let batches: Vec<Vec<String>> = planned
@@ -961,7 +1032,7 @@ impl Reconciler {
             revision: target.revision.clone(),
             cluster: name.to_owned(),
             text: format!("refused: {reason}"),
-            outcome: "refused",
+            outcome: Some("refused"),
         });
         self.notify(
             Notice::new_at(
@@ -1279,7 +1350,7 @@ impl Reconciler {
             revision,
             cluster: name.to_owned(),
             text,
-            outcome,
+            outcome: Some(outcome),
         });
     }
 

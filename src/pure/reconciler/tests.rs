@@ -884,6 +884,12 @@ fn nodes_already_running_the_target_are_assigned_without_a_rollout() {
                 &R1[..12]
             )]),
             wake(&["a1", "a2", "b1"]),
+            Effect::Note {
+                revision: R1.into(),
+                cluster: CLUSTER.into(),
+                text: "in sync 1970-01-01T00:00:00Z: 3 node(s) already run it: a1, a2, b1".into(),
+                outcome: None,
+            },
         ]
     );
     assert!(r.state.clusters[CLUSTER].rollout.is_none());
@@ -1721,4 +1727,122 @@ fn every_journal_line_is_one_log_record_with_its_fields() {
         fields(&records(&effects)),
         vec![("rolling_back", c, rev, None, None, true)]
     );
+}
+
+/// R1 (`hz: 20`) reached every node; R2 (`hz: 30`) failed on the canary and was rolled
+/// back (noted on R2), so its content is refused.
+fn r2_rolled_back() -> Reconciler {
+    let mut r = started();
+    complete(&mut r, 1_000);
+    r.revision(desired(R2, "hz: 30"), Some(&live(&[("hz", "20")])), 2_000);
+    let a = r.assignment("a2");
+    let failed = Some(result(&a, Outcome::Failed, Some("ERR no")));
+    r.report("a2", report("a2", node(&[("hz", "20")]), failed), 3_000)
+        .expect("a declared node");
+    let effects = confirm(&mut r, "a2", 4_000);
+    assert_eq!(
+        notes(&effects),
+        vec![(
+            R2,
+            "rolled back 1970-01-01T00:00:04Z: a2 failed to apply \
+             2222222222222222222222222222222222222222: ERR no; 1 node(s) back on \
+             1111111111111111111111111111111111111111"
+        )]
+    );
+    r
+}
+
+#[test]
+fn a_retry_is_noted_on_the_commit_whose_content_it_rolls_out_not_on_the_head() {
+    let mut r = r2_rolled_back();
+    // R3 changes nothing of the cluster: the head moves, the content stays R2's.
+    r.revision(desired(R3, "hz: 30"), None, 5_000);
+    let mut effects = core(r.retry(CLUSTER, "alice", "INC-9", 6_000).unwrap());
+    assert_eq!(rollout(&r).spec.revision, R2);
+    effects.extend(complete(&mut r, 7_000));
+    assert_eq!(
+        notes(&effects),
+        vec![(
+            R2,
+            "completed 1970-01-01T00:00:07Z: reached 3 node(s): a1, a2, b1"
+        )],
+        "added to R2's note, after its rolled-back line; R3 changed nothing"
+    );
+}
+
+#[test]
+fn a_revert_after_a_rollback_is_noted_in_sync_on_the_revert_and_a_fix_on_the_fix() {
+    let mut r = r2_rolled_back();
+    // R3 reverts to R1's content, which every node runs again since the rollback.
+    let generation = r.state.generation;
+    let effects = core(r.revision(desired(R3, "hz: 20"), None, 5_000));
+    assert_eq!(
+        effects,
+        vec![
+            journal(&["cache: 3 node(s) already run 333333333333: a1, a2, b1"]),
+            Effect::Note {
+                revision: R3.into(),
+                cluster: CLUSTER.into(),
+                text: "in sync 1970-01-01T00:00:05Z: 3 node(s) already run it: a1, a2, b1".into(),
+                outcome: None,
+            },
+        ],
+        "never `no cluster changed`, never left without a note"
+    );
+    assert_eq!(r.state.generation, generation, "nothing assigned again");
+    assert!(r.state.clusters[CLUSTER].refused.is_none());
+
+    // A fix with new content is a rollout of its own, noted on the fix.
+    const R4: &str = "4444444444444444444444444444444444444444";
+    let effects = core(r.revision(desired(R4, "hz: 25"), None, 6_000));
+    assert_eq!(
+        journals(&effects)[0].lines().next(),
+        Some(format!("cache: rollout of {R4} started, 2 batch(es)").as_str())
+    );
+    let effects = complete(&mut r, 7_000);
+    assert_eq!(
+        notes(&effects),
+        vec![(
+            R4,
+            "completed 1970-01-01T00:00:07Z: reached 3 node(s): a1, a2, b1"
+        )]
+    );
+}
+
+#[test]
+fn nodes_found_running_the_content_as_they_report_note_it_once_when_the_last_is_assigned() {
+    let mut r = Reconciler::new(State::default());
+    r.report_grace_ms = 1_000;
+    // Taken at a start: no node has reported yet.
+    let effects = core(r.revision(desired(R1, "hz: 20"), None, 0));
+    assert_eq!(notes(&effects), vec![]);
+    for id in ["a1", "a2"] {
+        r.report(id, report(id, node(&[("hz", "20")]), None), 100)
+            .expect("a declared node");
+    }
+    // The grace passes without b1: a1 and a2 are assigned, nothing is noted yet.
+    let effects = core(r.tick(1_500));
+    assert_eq!(
+        journals(&effects),
+        vec!["cache: 2 node(s) already run 111111111111: a1, a2"]
+    );
+    assert_eq!(notes(&effects), vec![]);
+    // b1 reports later: the last one assigned, the commit is noted once.
+    let (_, mut effects) = r
+        .report("b1", report("b1", node(&[("hz", "20")]), None), 2_000)
+        .expect("a declared node");
+    effects.extend(r.tick(2_000));
+    let effects = core(effects);
+    assert_eq!(
+        notes(&effects),
+        vec![(
+            R1,
+            "in sync 1970-01-01T00:00:02Z: 3 node(s) already run it: a1, a2, b1"
+        )]
+    );
+    assert_eq!(
+        journals(&effects),
+        vec!["cache: 1 node(s) already run 111111111111: b1"]
+    );
+    assert!(core(r.tick(3_000)).is_empty());
 }
