@@ -4,9 +4,10 @@
 //! ```text
 //! /hooks/{github,gitlab,gitea}                       hooks.rs   signature
 //! /api/v1/nodes/{id}/report                          api.rs     node token
-//! /api/v1/clusters, /api/v1/rollouts                 api.rs     none
 //! /api/v1/rollouts/{cluster}/{action}, /api/v1/drift, /api/v1/drift/run   api.rs   admin token
+//! /api/v1/clusters, /api/v1/rollouts                 api.rs     read token, when there are read tokens
 //! /metrics, /healthz, /readyz                        api.rs     none
+//! /, /clusters/{name}, /drift, /console/*            console.rs read token, when there are read tokens
 //! ```
 //!
 //! Refusals are [`ApiError`](super::error::ApiError)s; bodies are read through
@@ -16,8 +17,10 @@ use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post};
 use axum::Router;
 
+use tokio::sync::watch;
+
 use super::body::Bodies;
-use super::{api, hooks, Shared, MAX_WEBHOOK_BYTES};
+use super::{api, console, hooks, Shared, MAX_WEBHOOK_BYTES};
 use crate::pure::protocol::MAX_PAYLOAD_BYTES;
 
 /// What the handlers are given: the server and the bounds of body reading.
@@ -39,13 +42,21 @@ impl FromRef<AppState> for Bodies {
     }
 }
 
-/// Every route of the server, with the default bounds of body reading.
-pub(super) fn app(state: Shared) -> Router {
-    app_with(state, Bodies::default())
+/// Every route of the server; `stop` turning true ends the console's event streams.
+pub(super) fn app_stopping(state: Shared, stop: watch::Receiver<bool>) -> Router {
+    app_full(state, Bodies::default(), stop)
 }
 
 /// Every route of the server, reading bodies under `bodies`.
+#[cfg(test)]
 pub(super) fn app_with(state: Shared, bodies: Bodies) -> Router {
+    let (_stop, never) = watch::channel(false);
+    app_full(state, bodies, never)
+}
+
+/// The API's routes and the console's.
+fn app_full(state: Shared, bodies: Bodies, stop: watch::Receiver<bool>) -> Router {
+    let console = console::Console::new(state.handle.clone(), console_options(&state), stop);
     Router::new()
         .route("/hooks/github", post(hooks::github))
         .route("/hooks/gitlab", post(hooks::gitlab))
@@ -63,6 +74,22 @@ pub(super) fn app_with(state: Shared, bodies: Bodies) -> Router {
             MAX_WEBHOOK_BYTES.max(MAX_PAYLOAD_BYTES),
         ))
         .with_state(AppState { app: state, bodies })
+        .merge(console::router(std::sync::Arc::new(console)))
+}
+
+/// What the console of `serve` reads: the tracked branch, the drift runs' directory.
+fn console_options(app: &super::App) -> console::ConsoleOptions {
+    let o = &app.options;
+    console::ConsoleOptions {
+        repo: o.repo.clone(),
+        mirror: Some(super::origin(o).mirror),
+        rev: format!("refs/heads/{}", o.branch),
+        drift_dir: Some(app.drift.dir.clone()),
+        read_tokens: o.read_tokens.clone(),
+        admin_tokens: o.admin_tokens.clone(),
+        actions: true,
+        secure_cookie: o.tls.is_some(),
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +147,7 @@ mod tests {
             webhook_secret: Some(SECRET.to_vec()),
             node_token_secret: Some(NODE_SECRET.to_vec()),
             admin_tokens: BTreeMap::from([("alice".to_owned(), ADMIN.to_owned())]),
+            read_tokens: BTreeMap::new(),
             push_audit: false,
             direct_interval: Duration::from_secs(5),
             node_timeout: Duration::from_secs(5),

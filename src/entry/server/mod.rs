@@ -16,6 +16,7 @@
 mod api;
 mod app;
 mod body;
+pub mod console;
 pub mod drift;
 pub mod error;
 mod hooks;
@@ -61,6 +62,9 @@ pub struct ServeOptions {
     pub node_token_secret: Option<Vec<u8>>,
     /// Admin tokens: name → token.
     pub admin_tokens: BTreeMap<String, String>,
+    /// Read tokens (`--read-tokens-file`): name → token. Empty: the console and the
+    /// status routes are open to anyone who reaches the server.
+    pub read_tokens: BTreeMap<String, String>,
     /// Push the journal and the notes to the remote after each change.
     pub push_audit: bool,
     /// How often in-process agents read directly managed nodes.
@@ -204,7 +208,7 @@ pub async fn serve(
         ready: AtomicBool::new(false),
         remote: Mutex::new(remote),
     });
-    let router = app::app(app.clone());
+    let router = app::app_stopping(app.clone(), stop.clone());
     let listener = listen(options.listen, options.tls.is_some()).await?;
     let background = Background::spawn(&app, &host, git_dir, &stop);
     let mut ended = host.ended();

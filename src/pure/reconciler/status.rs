@@ -25,6 +25,9 @@ pub struct Status {
     /// The last valid revision taken.
     pub head: Option<String>,
     pub clusters: BTreeMap<String, Arc<ClusterStatus>>,
+    /// Raised by every update: a reader (the console's event stream) tells whether the
+    /// status changed since a page was drawn.
+    pub seq: u64,
 }
 
 /// One cluster of the [`Status`].
@@ -36,6 +39,8 @@ pub struct ClusterStatus {
     /// The same rollout typed, for the readers that act on it (`sync`, `demo`).
     pub progress: Option<RolloutProgress>,
     pub assignments: BTreeMap<String, AssignmentStatus>,
+    /// The node ids the last revision taken declares (the console's rows).
+    pub declared: Vec<String>,
 }
 
 /// A rollout's phase and size as the reconciler holds them (the [`RolloutStatus`] says
@@ -45,6 +50,12 @@ pub struct RolloutProgress {
     pub phase: Phase,
     /// The nodes of all its batches.
     pub nodes: usize,
+    /// Its batches, in order, with their nodes.
+    pub batches: Vec<Vec<String>>,
+    /// When the current batch's bake ends (wall-clock ms), while baking.
+    pub bake_until_ms: Option<u64>,
+    /// The gates' last judgement: the batch (from 0) and the figures.
+    pub judged: Option<(usize, crate::pure::gates::Judgement)>,
 }
 
 /// A cluster's current or last rollout. Fields in the order of their JSON names.
@@ -162,6 +173,9 @@ impl ClusterStatus {
             progress: cs.rollout.as_ref().map(|r| RolloutProgress {
                 phase: r.rollout.phase.clone(),
                 nodes: r.rollout.spec.batches.iter().map(Vec::len).sum(),
+                batches: r.rollout.spec.batches.clone(),
+                bake_until_ms: r.bake_until_ms,
+                judged: r.judged.clone(),
             }),
             assignments: cs
                 .assignments
@@ -175,6 +189,7 @@ impl ClusterStatus {
                     (id.clone(), status)
                 })
                 .collect(),
+            declared: cs.declared.clone(),
         }
     }
 
@@ -211,6 +226,7 @@ impl Status {
         Status {
             head: state.head.clone(),
             clusters,
+            seq: self.seq.wrapping_add(1),
         }
     }
 
@@ -396,6 +412,8 @@ mod tests {
             &before.clusters["other"]
         ));
         let both = before.updated(&state, &["cache".to_owned(), "other".to_owned()]);
-        assert_eq!(both, Status::of(&state));
+        let fresh = Status::of(&state);
+        assert_eq!((&both.head, &both.clusters), (&fresh.head, &fresh.clusters));
+        assert_eq!((before.seq, both.seq), (1, 2), "every update is numbered");
     }
 }
