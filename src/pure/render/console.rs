@@ -291,7 +291,6 @@ struct FigureRow {
 struct Live<'a> {
     revision: String,
     phase: String,
-    batch: Option<usize>,
     /// The batch in progress, from 1 (0: none).
     current: usize,
     reason: Option<String>,
@@ -446,7 +445,6 @@ pub fn cluster_live(
     let v = Live {
         revision: revision_of(cs),
         phase: phase_text(cs),
-        batch: cs.rollout.as_ref().and_then(|r| r.batch),
         current: cs.rollout.as_ref().and_then(|r| r.batch).unwrap_or(0),
         reason: cs.rollout.as_ref().and_then(|r| r.reason.clone()),
         bake_until_ms: cs
