@@ -59,17 +59,18 @@ impl Browser {
                  scripts/setup.sh --test (Debian: apt-get install chromium chromium-driver)"
             )
         });
-        let chromedriver = from_env_or_path("CACHEFLOW_CHROMEDRIVER", &["chromedriver"])
-            .or_else(|| {
-                Some(PathBuf::from("/usr/lib/chromium/chromedriver")).filter(|p| p.is_file())
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "no chromedriver found (the console tests drive Chromium over WebDriver): \
+        let chromedriver = from_env_or_path(
+            "CACHEFLOW_CHROMEDRIVER",
+            &["chromedriver", "chromium.chromedriver"],
+        )
+        .or_else(|| Some(PathBuf::from("/usr/lib/chromium/chromedriver")).filter(|p| p.is_file()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no chromedriver found (the console tests drive Chromium over WebDriver): \
                      looked for $CACHEFLOW_CHROMEDRIVER and chromedriver on PATH; run \
                      scripts/setup.sh --test (Debian: apt-get install chromium-driver)"
-                )
-            });
+            )
+        });
         let port = free_port();
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
