@@ -301,13 +301,13 @@ async fn live(
     let journal = Journal::open(git.repo.path())?;
     let host = Host::start(journal, HostOptions::default())?;
     let handle = host.handle().clone();
+    let mut events = handle.events.subscribe();
+    let live = fleet.snapshot().await;
+    handle.revision(desired, Some(live)).await?;
     let console = match serve {
         Some(addr) => Some(console(out, git, &handle, addr).await?),
         None => None,
     };
-    let mut events = handle.events.subscribe();
-    let live = fleet.snapshot().await;
-    handle.revision(desired, Some(live)).await?;
     for (id, n) in &fleet.nodes {
         let options = DirectOptions {
             interval: Duration::from_millis(250),
