@@ -1,6 +1,6 @@
 //! The web console of `cacheflow serve` (and `cacheflow demo --serve`): the pages at `/`,
 //! the event stream that keeps them live, and who may read them. The pages are rendered
-//! by [`crate::pure::render::console`] from the status the runtime publishes; this file
+//! by [`crate::pure::console`] from the status the runtime publishes; this file
 //! reads what they need (the status, the latest drift report, the commit history) and
 //! answers.
 //!
@@ -35,9 +35,9 @@ use tokio::sync::watch;
 use super::error::ApiError;
 use crate::edges::forge::webhook::constant_time_eq;
 use crate::flow::runtime::Handle;
+use crate::pure::console::{self as render, HistoryRow};
 use crate::pure::drift::{self, DriftReport};
 use crate::pure::reconciler::status::Status;
-use crate::pure::render::console::{self as render, HistoryRow};
 
 /// The session cookie of a reader who typed a token.
 const COOKIE: &str = "cacheflow_session";

@@ -1,8 +1,8 @@
 //! `cacheflow serve`: the long-running reconciler behind HTTP. Thin: it turns requests
 //! into reconciler inputs and answers with what the reconciler says. This file starts
 //! and follows; the routes are `app.rs` (the router), `hooks.rs` (webhooks), `api.rs`
-//! (reports, status, admin, metrics, health), `error.rs` (the one error answer) and
-//! `body.rs` (the bounds of request bodies).
+//! (reports, status, admin, metrics, health), `console.rs` (the web console at `/`),
+//! `error.rs` (the one error answer) and `body.rs` (the bounds of request bodies).
 //!
 //! ```text
 //! POST /hooks/{github,gitlab,gitea}  signature ─► tracked branch? new delivery? ─► wake the follower
@@ -11,6 +11,7 @@
 //! POST /api/v1/nodes/{id}/report     node token ─► reconciler.report ─► the assignment
 //! GET  /api/v1/clusters, /api/v1/rollouts;  POST /api/v1/rollouts/{cluster}/{action} (admin)
 //! GET  /metrics, /healthz, /readyz
+//! GET  /, /clusters/{name}, /drift, /console/events (server-sent events)   the console
 //! ```
 
 mod api;

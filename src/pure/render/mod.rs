@@ -3,8 +3,6 @@
 //! sorted, so it is stable byte for byte. Nothing here prints a secret: the model holds
 //! only secret references.
 
-pub mod console;
-
 use std::fmt::Write as _;
 
 use serde::Serialize;

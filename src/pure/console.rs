@@ -619,7 +619,7 @@ mod tests {
             progress: Some(RolloutProgress {
                 phase: Phase::Baking { batch: 0 },
                 nodes: 5,
-                batches,
+                batches: Arc::new(batches),
                 bake_until_ms: Some(1_000_000),
                 judged: None,
             }),
@@ -629,10 +629,12 @@ mod tests {
                 ("a3".into(), assigned(Some(Outcome::Applied))),
                 ("a5".into(), assigned(Some(Outcome::Failed))),
             ]),
-            declared: ["a1", "a2", "a3", "a4", "a5"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            declared: Arc::new(
+                ["a1", "a2", "a3", "a4", "a5"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            ),
         }
     }
 
@@ -702,7 +704,7 @@ mod tests {
     #[test]
     fn the_fleet_row_and_the_cluster_page_escape_what_nodes_and_reports_say() {
         let mut cs = baking();
-        cs.declared.push("<script>x</script>".into());
+        Arc::make_mut(&mut cs.declared).push("<script>x</script>".into());
         let report = drift("cache");
         let row = fleet_row("cache", &cs, Some(&report)).unwrap();
         assert!(
@@ -813,9 +815,11 @@ mod tests {
         for c in 0..100 {
             let mut cs = baking();
             // 95 more nodes beside the 5 of the rollout.
-            cs.declared = (0..95)
-                .map(|n| format!("cache-{c:03}-node-{n:03}"))
-                .collect();
+            cs.declared = Arc::new(
+                (0..95)
+                    .map(|n| format!("cache-{c:03}-node-{n:03}"))
+                    .collect(),
+            );
             clusters.insert(format!("cache-{c:03}"), Arc::new(cs));
         }
         let status = Status {
