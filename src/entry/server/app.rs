@@ -128,6 +128,11 @@ mod tests {
     }
 
     fn server() -> Test {
+        server_reading(BTreeMap::new())
+    }
+
+    /// The same server with read tokens.
+    fn server_reading(read_tokens: BTreeMap<String, String>) -> Test {
         let dir = tempfile::tempdir().unwrap();
         git2::Repository::init_bare(dir.path().join("git")).unwrap();
         let journal = Journal::open(&dir.path().join("git")).unwrap();
@@ -147,7 +152,7 @@ mod tests {
             webhook_secret: Some(SECRET.to_vec()),
             node_token_secret: Some(NODE_SECRET.to_vec()),
             admin_tokens: BTreeMap::from([("alice".to_owned(), ADMIN.to_owned())]),
-            read_tokens: BTreeMap::new(),
+            read_tokens,
             push_audit: false,
             direct_interval: Duration::from_secs(5),
             node_timeout: Duration::from_secs(5),
@@ -448,5 +453,81 @@ mod tests {
         ] {
             assert!(metrics.contains(line), "{line} not in\n{metrics}");
         }
+    }
+
+    #[tokio::test]
+    async fn with_read_tokens_the_console_and_the_status_need_one_and_signing_in_sets_a_cookie() {
+        const READER: &str = "read-token-0123456789";
+        let t = server_reading(BTreeMap::from([("bob".to_owned(), READER.to_owned())]));
+        let get = |path: &str, headers: &[(&str, &str)]| {
+            let mut request = Request::get(path);
+            for (k, v) in headers {
+                request = request.header(*k, *v);
+            }
+            request.body(Body::empty()).unwrap()
+        };
+        let raw = |request: Request<Body>| {
+            let router = t.router.clone();
+            async move {
+                let response = router.oneshot(request).await.unwrap();
+                let status = response.status().as_u16();
+                let cookie = response
+                    .headers()
+                    .get("set-cookie")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (status, cookie, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        let answer = t.call(get("/api/v1/rollouts", &[])).await;
+        let why = refused(&answer, 401, "unauthorized");
+        assert!(why.contains("a read token is required"), "{why}");
+        let (status, _, page) = raw(get("/", &[])).await;
+        assert_eq!(status, 401);
+        assert!(page.contains("This server asks for a read token"), "{page}");
+        let login = |token: &str| {
+            post(
+                "/console/login",
+                &[("content-type", "application/json")],
+                Body::from(serde_json::json!({ "token": token }).to_string()),
+            )
+        };
+        assert_eq!(raw(login("a guess")).await.0, 401);
+        let (status, cookie, _) = raw(login(READER)).await;
+        assert_eq!(status, 204);
+        let cookie = cookie.expect("a session cookie");
+        assert!(
+            cookie.starts_with("cacheflow_session=")
+                && cookie.ends_with("; Path=/; HttpOnly; SameSite=Strict"),
+            "{cookie}"
+        );
+        assert!(
+            !cookie.contains(READER),
+            "the token is not in the cookie as typed"
+        );
+        let session = cookie.split(';').next().unwrap().to_owned();
+        let (status, _, page) = raw(get("/", &[("cookie", &session)])).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("<h1>Fleet</h1>"), "{page}");
+        // An admin token reads too; a reader's token still commands nothing.
+        let admin = format!("Bearer {ADMIN}");
+        let (status, json) = t
+            .call(get("/api/v1/rollouts", &[("authorization", &admin)]))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        let reader = format!("Bearer {READER}");
+        let answer = t
+            .call(post(
+                "/api/v1/rollouts/cache/pause",
+                &[("authorization", &reader)],
+                Body::empty(),
+            ))
+            .await;
+        refused(&answer, 401, "unauthorized");
+        // Scrapers and probes need nothing.
+        assert_eq!(raw(get("/metrics", &[])).await.0, 200);
+        assert_eq!(raw(get("/healthz", &[])).await.0, 200);
     }
 }
