@@ -351,7 +351,7 @@ fn run() -> anyhow::Result<()> {
         }
         reading.persisted = Some(file);
     }
-    let history: Vec<(String, usize)> = (0..HISTORY)
+    let history: Vec<drift::Run> = (0..HISTORY)
         .map(|i| {
             // Every 30 minutes over the last day: mostly a handful, one bad hour.
             let n = if (20..22).contains(&i) {
@@ -359,10 +359,11 @@ fn run() -> anyhow::Result<()> {
             } else {
                 (i * 37) % 120
             };
-            (
-                format!("2026-11-20T{:02}:{:02}:00Z", 3 + i / 2, (i % 2) * 30),
-                n,
-            )
+            drift::Run {
+                at: format!("2026-11-20T{:02}:{:02}:00Z", 3 + i / 2, (i % 2) * 30),
+                drifted: n,
+                silent: i % 3,
+            }
         })
         .collect();
 

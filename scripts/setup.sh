@@ -9,9 +9,11 @@
 #   scripts/setup.sh --test   also what the tests start or use: redis-server, memcached,
 #                             gpg and ssh-keygen (signed commits), promtool (the
 #                             alerting rules; Debian's prometheus package, its server
-#                             left stopped and disabled), and a headless browser
-#                             (the drift report's HTML page): chromium, chromium-browser,
-#                             google-chrome or google-chrome-stable, or CACHEFLOW_BROWSER
+#                             left stopped and disabled), a headless browser (the drift
+#                             report's HTML page, the console): chromium, chromium-browser,
+#                             google-chrome or google-chrome-stable, or CACHEFLOW_BROWSER;
+#                             and chromedriver, which the console's tests drive it
+#                             through (Debian: chromium-driver), or CACHEFLOW_CHROMEDRIVER
 #
 # Does nothing when everything is present.
 set -euo pipefail
@@ -96,12 +98,12 @@ if [ "$mode" = test ]; then
       break
     fi
   done
+  os_id="" os_like=""
+  if [ -r "${CACHEFLOW_OS_RELEASE:-/etc/os-release}" ]; then
+    os_id=$(. "${CACHEFLOW_OS_RELEASE:-/etc/os-release}" && echo "${ID:-}")
+    os_like=$(. "${CACHEFLOW_OS_RELEASE:-/etc/os-release}" && echo "${ID_LIKE:-}")
+  fi
   if [ -z "$browser" ]; then
-    os_id="" os_like=""
-    if [ -r "${CACHEFLOW_OS_RELEASE:-/etc/os-release}" ]; then
-      os_id=$(. "${CACHEFLOW_OS_RELEASE:-/etc/os-release}" && echo "${ID:-}")
-      os_like=$(. "${CACHEFLOW_OS_RELEASE:-/etc/os-release}" && echo "${ID_LIKE:-}")
-    fi
     browser_how=(
       "Or install Google Chrome from Google's .deb (it is in no distribution's apt), or any"
       "Chromium build, and set CACHEFLOW_BROWSER to its path."
@@ -126,6 +128,29 @@ if [ "$mode" = test ]; then
           "(looked for ${CACHEFLOW_BROWSER:+$CACHEFLOW_BROWSER, }chromium, chromium-browser, google-chrome, google-chrome-stable)." \
           "This is not Debian or Ubuntu (${os_id:-unknown system}): install Chromium with its package manager." \
           "${browser_how[@]}"
+        ;;
+    esac
+  fi
+
+  # The console's tests drive the browser over WebDriver: chromedriver, of the browser's
+  # version (Debian's chromium-driver goes with its chromium; the snap has its own).
+  if [ -z "${CACHEFLOW_CHROMEDRIVER:-}" ] && ! command -v chromedriver >/dev/null 2>&1 &&
+    ! command -v chromium.chromedriver >/dev/null 2>&1; then
+    case " $os_id $os_like " in
+      *" ubuntu "*)
+        if [ "${snap_browser:-}" != 1 ]; then
+          fail "the console's tests need chromedriver (they drive the browser over WebDriver) and none was found" \
+            "(looked for \$CACHEFLOW_CHROMEDRIVER, chromedriver, chromium.chromedriver)." \
+            "The chromium snap brings one (chromium.chromedriver): snap install chromium." \
+            "With another browser, install the chromedriver of its version and set CACHEFLOW_CHROMEDRIVER to it."
+        fi
+        ;;
+      *" debian "*) need+=(chromium-driver) ;;
+      *)
+        fail "the console's tests need chromedriver (they drive the browser over WebDriver) and none was found" \
+          "(looked for \$CACHEFLOW_CHROMEDRIVER, chromedriver, chromium.chromedriver)." \
+          "This is not Debian or Ubuntu (${os_id:-unknown system}): install the chromedriver of your browser's version" \
+          "with its package manager, or set CACHEFLOW_CHROMEDRIVER to it."
         ;;
     esac
   fi

@@ -29,6 +29,7 @@
 pub mod pure {
     //! The pure core: owned data in, owned data out, tested without servers.
     pub mod catalog;
+    pub mod console;
     pub mod diff;
     pub mod drift;
     pub mod gates;

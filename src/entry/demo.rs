@@ -177,6 +177,9 @@ pub enum DemoError {
     TooLong { revision: String, seconds: u64 },
     #[error("interrupted")]
     Interrupted,
+    /// The console of `--serve` could not start.
+    #[error("the console: {0}")]
+    Serve(String),
 }
 
 /// How long any one rollout of the demo may take before the demo gives up.
@@ -186,7 +189,12 @@ pub struct DemoOptions {
     /// Keep the repository in this directory (new or empty) instead of a temporary one
     /// removed at the end.
     pub keep: Option<PathBuf>,
+    /// Serve the web console here while the demo runs (and after, until Ctrl-C).
+    pub serve: Option<std::net::SocketAddr>,
 }
+
+/// With `--serve`: how long the demo waits for a browser before its story starts.
+const SERVE_HEAD_START: Duration = Duration::from_secs(5);
 
 /// Run the demo, printing as it goes. `Err` says what went wrong (exit code 1).
 pub fn run(options: DemoOptions) -> Result<(), DemoError> {
@@ -215,7 +223,14 @@ pub fn run(options: DemoOptions) -> Result<(), DemoError> {
         .enable_all()
         .build()
         .map_err(DemoError::Runtime)?;
-    runtime.block_on(live(&mut out, &git, &fleet, desired, &speeds))?;
+    runtime.block_on(live(
+        &mut out,
+        &git,
+        &fleet,
+        desired,
+        &speeds,
+        options.serve,
+    ))?;
     history(&mut out, &work, &git)?;
     what_next(&mut out, started, &options, &work);
     Ok(())
@@ -280,6 +295,7 @@ async fn live(
     fleet: &Fleet,
     desired: Desired,
     speeds: &str,
+    serve: Option<std::net::SocketAddr>,
 ) -> Result<(), DemoError> {
     let traffic = fleet.drive_traffic();
     let journal = Journal::open(git.repo.path())?;
@@ -288,6 +304,10 @@ async fn live(
     let mut events = handle.events.subscribe();
     let live = fleet.snapshot().await;
     handle.revision(desired, Some(live)).await?;
+    let console = match serve {
+        Some(addr) => Some(console(out, git, &handle, addr).await?),
+        None => None,
+    };
     for (id, n) in &fleet.nodes {
         let options = DirectOptions {
             interval: Duration::from_millis(250),
@@ -298,12 +318,77 @@ async fn live(
         host.drive(id, n.node.clone() as Arc<dyn NodeDriver>, options);
     }
     out.drain(&mut events, None);
-    let result = story(out, git, fleet, &handle, &mut events, speeds).await;
+    let drift_dir = console.as_ref().map(|c| c.drift_dir.clone());
+    let result = story(out, git, fleet, &handle, &mut events, speeds, drift_dir).await;
+    if let Some(c) = console {
+        c.until_interrupted(out).await;
+    }
     drop(handle);
     let stopped = host.stop().await;
     traffic.abort();
     result?;
     Ok(stopped?)
+}
+
+/// The console a `--serve` demo runs beside its story.
+struct DemoConsole {
+    addr: std::net::SocketAddr,
+    drift_dir: PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Start the console on `addr` (read-only: no admin buttons), say where, and give the
+/// reader a head start to open it.
+async fn console(
+    out: &mut Out,
+    git: &Git,
+    handle: &Handle,
+    addr: std::net::SocketAddr,
+) -> Result<DemoConsole, DemoError> {
+    use crate::entry::server::console::{self, Console, ConsoleOptions};
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| DemoError::Serve(format!("cannot listen on {addr}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| DemoError::Serve(e.to_string()))?;
+    let drift_dir = git.repo.path().join("cacheflow-drift");
+    let options = ConsoleOptions {
+        repo: git.dir.display().to_string(),
+        rev: "HEAD".into(),
+        drift_dir: Some(drift_dir.clone()),
+        ..ConsoleOptions::default()
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let console = Arc::new(Console::new(handle.clone(), options, stopped));
+    let task = tokio::spawn(console::serve(listener, console));
+    out.line(&format!(
+        "The web console: http://{addr}/ (live: a cell per node, coloured as the rollout moves).\n\
+         The story starts in {} s.",
+        SERVE_HEAD_START.as_secs()
+    ));
+    tokio::time::sleep(SERVE_HEAD_START).await;
+    Ok(DemoConsole {
+        addr,
+        drift_dir,
+        stop,
+        task,
+    })
+}
+
+impl DemoConsole {
+    /// Keep serving after the story until Ctrl-C (or the end of stdin's process).
+    async fn until_interrupted(self, out: &mut Out) {
+        out.line(&format!(
+            "\nThe console stays up at http://{}/ (the fleet, each cluster's rollouts, gates and\n\
+             commits, the drift report): Ctrl-C to go on.",
+            self.addr
+        ));
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
 }
 
 /// 5. History: `cacheflow history` and the journal's length.
@@ -371,6 +456,7 @@ async fn story(
     handle: &Handle,
     events: &mut broadcast::Receiver<String>,
     base: &str,
+    drift_dir: Option<PathBuf>,
 ) -> Result<(), DemoError> {
     let file = EXAMPLE_REPO
         .iter()
@@ -393,6 +479,7 @@ async fn story(
         fleet,
         handle,
         events,
+        drift_dir,
     };
     let good = live.good_change(base, &good_file).await?;
     live.bad_change(&good, &good_file, &bad_file).await?;
@@ -406,6 +493,8 @@ struct Live<'a> {
     fleet: &'a Fleet,
     handle: &'a Handle,
     events: &'a mut broadcast::Receiver<String>,
+    /// Where the drift report is written for the console (`--serve`).
+    drift_dir: Option<PathBuf>,
 }
 
 impl Live<'_> {
@@ -533,6 +622,11 @@ impl Live<'_> {
             .unwrap_or_else(crate::edges::nodes::fleet::now_rfc3339);
         let report = crate::pure::drift::compute(&desired, &live, &at);
         out.block(&crate::pure::drift::text(&report));
+        if let Some(dir) = &self.drift_dir {
+            crate::entry::server::drift::write_report(dir, &report)
+                .map_err(|e| DemoError::Serve(e.to_string()))?;
+            out.line("The console's drift page shows this report: /drift.");
+        }
         out.line(
             "`cacheflow serve` runs this report on `drift.schedule` (Markdown, JSON and an HTML page\n\
              with a chart, sent to `drift.notify`); with `drift.mode: correct` it rolls the declared\n\

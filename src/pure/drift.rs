@@ -132,6 +132,16 @@ impl DriftReport {
             .sum::<usize>()
             + self.undeclared.len()
     }
+
+    /// Nodes drifted (changed by hand, not persisted) or undeclared: silent ones left out.
+    pub fn drifted_only(&self) -> usize {
+        self.clusters.iter().map(|c| c.drifted.len()).sum::<usize>() + self.undeclared.len()
+    }
+
+    /// Declared nodes that did not answer.
+    pub fn silent_nodes(&self) -> usize {
+        self.clusters.iter().map(|c| c.silent.len()).sum()
+    }
 }
 
 /// Compare every declared node of `desired` with its reading in `live`.
@@ -473,12 +483,10 @@ fn esc(s: &str) -> String {
     out
 }
 
-/// One self-contained HTML page: no script, no external resource. `history` is the
-/// drift over time (time, nodes drifted or silent), oldest first, drawn as an SVG bar
-/// chart; the report itself is its last point.
-pub fn html(r: &DriftReport, history: &[(String, usize)]) -> String {
+/// One self-contained HTML page: no script, no external resource. `earlier` are the runs
+/// before this one, oldest first; the chart draws them and this report as its last run.
+pub fn html(r: &DriftReport, earlier: &[Run]) -> String {
     let mut out = String::new();
-    let status = r.status();
     let _ = write!(
         out,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -486,17 +494,31 @@ pub fn html(r: &DriftReport, history: &[(String, usize)]) -> String {
          body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}\
          table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}\
          th{{background:#f4f4f4}}.bad{{color:#b00020}}.ok{{color:#1b5e20}}code{{background:#f6f6f6;padding:0 .2em}}\
-         </style></head><body>\n<h1>cacheflow drift report</h1>\n\
-         <p>{} against <code>{}</code>: <strong id=\"status\" class=\"{}\">{}</strong></p>\n",
+         </style></head><body>\n",
         esc(&r.generated_at),
+    );
+    out.push_str(&html_body(r, earlier));
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// The page's body without its frame: the heading, the chart and the tables (the
+/// console serves it inside its own page).
+pub fn html_body(r: &DriftReport, earlier: &[Run]) -> String {
+    let mut out = String::new();
+    let status = r.status();
+    let _ = write!(
+        out,
+        "<h1>cacheflow drift report</h1>\n\
+         <p>{} against <code>{}</code>: <strong id=\"status\" class=\"{}\">{}</strong></p>\n",
         esc(&r.generated_at),
         esc(&short(r.revision.as_deref())),
         if r.clean() { "ok" } else { "bad" },
         esc(&status)
     );
-    let mut points: Vec<(String, usize)> = history.to_vec();
-    points.push((r.generated_at.clone(), r.drifted_nodes()));
-    out.push_str(&chart(&points));
+    let mut runs = earlier.to_vec();
+    runs.push(Run::of(r));
+    out.push_str(&chart(&runs));
     out.push_str("<h2>Clusters</h2>\n<table id=\"summary\"><tr><th>cluster</th><th>nodes</th><th>drifted</th><th>silent</th></tr>\n");
     for c in &r.clusters {
         let _ = writeln!(
@@ -587,36 +609,138 @@ pub fn html(r: &DriftReport, history: &[(String, usize)]) -> String {
         }
         out.push_str("</ul>\n");
     }
-    out.push_str("</body></html>\n");
     out
 }
 
-/// An SVG bar chart of drifted nodes per run (the last 60 runs).
-fn chart(points: &[(String, usize)]) -> String {
-    let points = &points[points.len().saturating_sub(60)..];
-    let max = points.iter().map(|p| p.1).max().unwrap_or(0).max(1);
-    let (w, h, bar) = (640usize, 120usize, 640 / points.len().max(1));
+/// One drift run on the chart: when, and how many nodes were drifted (changed by hand,
+/// not persisted, or undeclared) and how many silent. Silent nodes are not drift: they
+/// are drawn apart, stacked on top.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub at: String,
+    pub drifted: usize,
+    pub silent: usize,
+}
+
+impl Run {
+    /// This report as a point of the chart.
+    pub fn of(r: &DriftReport) -> Run {
+        Run {
+            at: r.generated_at.clone(),
+            drifted: r.drifted_only(),
+            silent: r.silent_nodes(),
+        }
+    }
+}
+
+/// Runs drawn at most.
+pub const CHART_RUNS: usize = 60;
+
+/// An SVG chart of the last [`CHART_RUNS`] runs, oldest first: one bar per run, placed on
+/// a time axis, drifted nodes (red) with silent nodes (grey) stacked on top, a clean run
+/// as a green mark on the zero line; a node-count axis with its ticks. Each run is one
+/// `<g class="run">` whose `<title>` says its figures.
+pub fn chart(runs: &[Run]) -> String {
+    const W: i64 = 640;
+    const H: i64 = 180;
+    const LEFT: i64 = 40;
+    const RIGHT: i64 = 12;
+    const TOP: i64 = 10;
+    const BOTTOM: i64 = 36;
+    let runs = &runs[runs.len().saturating_sub(CHART_RUNS)..];
+    let (plot_w, plot_h) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+    let max = runs
+        .iter()
+        .map(|r| r.drifted + r.silent)
+        .max()
+        .unwrap_or(0)
+        .max(1) as i64;
+    let y = |n: i64| TOP + plot_h - n * plot_h / max;
+    let xs = positions(runs, plot_w);
+    let bar = (plot_w / (runs.len().max(1) as i64) - 2).clamp(2, 16);
     let mut out = format!(
-        "<h2>Drift over time</h2>\n<svg id=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" role=\"img\" aria-label=\"nodes drifted per run\">\n",
-        h + 20
+        "<h2>Drift over time</h2>\n<svg id=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" role=\"img\" aria-label=\"nodes drifted and silent per run, over time\" font-size=\"11\">\n"
     );
-    for (i, (at, n)) in points.iter().enumerate() {
-        let height = n * h / max;
+    // The count axis: 0, the middle and the top, with grid lines.
+    let mut ticks = vec![0, max];
+    if max >= 2 {
+        ticks.insert(1, max / 2);
+    }
+    for t in ticks {
         let _ = writeln!(
             out,
-            "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{height}\" fill=\"{}\"><title>{}: {n}</title></rect>",
-            i * bar,
-            h - height,
-            bar.saturating_sub(2).max(1),
-            if *n == 0 { "#1b5e20" } else { "#b00020" },
-            esc(at)
+            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{}\" y1=\"{yt}\" y2=\"{yt}\" stroke=\"#ddd\"/><text class=\"ytick\" x=\"{}\" y=\"{}\" text-anchor=\"end\">{t}</text>",
+            W - RIGHT,
+            LEFT - 4,
+            y(t) + 4,
+            yt = y(t),
         );
     }
     let _ = writeln!(
         out,
-        "<text x=\"0\" y=\"{}\" font-size=\"11\">max {max} node(s); {} run(s)</text>\n</svg>",
-        h + 15,
-        points.len()
+        "<line x1=\"{LEFT}\" x2=\"{LEFT}\" y1=\"{TOP}\" y2=\"{}\" stroke=\"#555\"/><line x1=\"{LEFT}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#555\"/>",
+        TOP + plot_h,
+        W - RIGHT,
+        TOP + plot_h,
+        TOP + plot_h
+    );
+    for (run, x) in runs.iter().zip(&xs) {
+        let x = LEFT + x - bar / 2;
+        let (d, s) = (run.drifted as i64, run.silent as i64);
+        let _ = write!(
+            out,
+            "<g class=\"run\"><title>{}: {d} drifted, {s} silent</title>",
+            esc(&run.at)
+        );
+        if d + s == 0 {
+            let _ = write!(
+                out,
+                "<rect class=\"zero\" x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"3\" fill=\"#1b5e20\"/>",
+                y(0) - 3
+            );
+        }
+        if d > 0 {
+            let _ = write!(
+                out,
+                "<rect class=\"drifted\" x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"{}\" fill=\"#b00020\"/>",
+                y(d),
+                y(0) - y(d)
+            );
+        }
+        if s > 0 {
+            let _ = write!(
+                out,
+                "<rect class=\"silent\" x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"{}\" fill=\"#8d8d8d\"/>",
+                y(d + s),
+                y(d) - y(d + s)
+            );
+        }
+        out.push_str("</g>\n");
+    }
+    // The time axis: the first and the last run's time (and the middle one's), in UTC.
+    let mut labelled: Vec<usize> = vec![0, runs.len() / 2, runs.len().saturating_sub(1)];
+    labelled.dedup();
+    for i in labelled.into_iter().filter(|&i| i < runs.len()) {
+        let anchor = if i == 0 {
+            "start"
+        } else if i + 1 == runs.len() {
+            "end"
+        } else {
+            "middle"
+        };
+        let _ = writeln!(
+            out,
+            "<text class=\"xtick\" x=\"{}\" y=\"{}\" text-anchor=\"{anchor}\">{}</text>",
+            LEFT + xs[i],
+            TOP + plot_h + 14,
+            esc(&time_label(&runs[i].at))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<text x=\"{LEFT}\" y=\"{}\">time (UTC), {} run(s); nodes: <tspan fill=\"#b00020\">■ drifted</tspan> <tspan fill=\"#8d8d8d\">■ silent</tspan> <tspan fill=\"#1b5e20\">▁ none</tspan></text>\n</svg>",
+        H - 4,
+        runs.len()
     );
     out
 }
@@ -838,6 +962,44 @@ pub fn notice_text(
         }
     };
     (summary, text(report))
+}
+
+/// Where each run goes on the time axis, from 0 to `width`: by its time when every
+/// time reads as RFC 3339 and they span some time, else evenly.
+fn positions(runs: &[Run], width: i64) -> Vec<i64> {
+    let pad = 10.min(width / 4);
+    let inner = width - 2 * pad;
+    let times: Option<Vec<i64>> = runs
+        .iter()
+        .map(|r| {
+            chrono::DateTime::parse_from_rfc3339(&r.at)
+                .ok()
+                .map(|t| t.timestamp())
+        })
+        .collect();
+    match times {
+        Some(t) if t.len() > 1 && t[t.len() - 1] > t[0] => {
+            let (first, span) = (t[0], t[t.len() - 1] - t[0]);
+            t.iter()
+                .map(|&s| pad + (s - first).clamp(0, span) * inner / span)
+                .collect()
+        }
+        _ if runs.len() > 1 => (0..runs.len() as i64)
+            .map(|i| pad + i * inner / (runs.len() as i64 - 1))
+            .collect(),
+        _ => vec![width / 2; runs.len()],
+    }
+}
+
+/// `2026-11-21 03:00` for an RFC 3339 time (the text itself when it does not parse).
+fn time_label(at: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(at)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_else(|_| at.to_owned())
 }
 
 #[cfg(test)]
@@ -1216,14 +1378,139 @@ mod tests {
             text(&r)
         );
         assert!(md.contains("- stray"), "{md}");
-        let page = html(&r, &[("2026-11-20T03:00:00Z".into(), 0)]);
+        let clean = Run {
+            at: "2026-11-20T03:00:00Z".into(),
+            drifted: 0,
+            silent: 0,
+        };
+        let page = html(&r, &[clean]);
         assert!(page.contains("<code>K|&lt;b&gt;</code>"), "{page}");
         assert!(!page.contains("<b>"), "{page}");
-        // Two runs in the chart: the history's clean one and this one.
-        assert_eq!(page.matches("<rect ").count(), 2, "{page}");
+        // Two runs in the chart, each once: the history's clean one and this one.
+        assert_eq!(page.matches("<g class=\"run\">").count(), 2, "{page}");
         assert!(
-            page.contains("<title>2026-11-20T03:00:00Z: 0</title>"),
+            page.contains("<title>2026-11-20T03:00:00Z: 0 drifted, 0 silent</title>"),
             "{page}"
         );
+        assert!(
+            page.contains("<title>2026-11-21T03:00:00Z: 2 drifted, 1 silent</title>"),
+            "{page}"
+        );
+    }
+
+    fn run(at: &str, drifted: usize, silent: usize) -> Run {
+        Run {
+            at: at.into(),
+            drifted,
+            silent,
+        }
+    }
+
+    /// The `<g class="run">` groups of a chart, one per line.
+    fn groups(svg: &str) -> Vec<&str> {
+        svg.lines()
+            .filter(|l| l.starts_with("<g class=\"run\">"))
+            .collect()
+    }
+
+    #[test]
+    fn the_chart_draws_each_run_once_with_the_report_as_its_last() {
+        // The report's own run is drawn once, after the earlier ones (it was drawn twice:
+        // once from the history file, once again from the report).
+        let r = report();
+        let earlier = [run("2026-11-21T01:00:00Z", 1, 0)];
+        let page = html(&r, &earlier);
+        let svg = &page[page.find("<svg").unwrap()..page.find("</svg>").unwrap()];
+        let runs = groups(svg);
+        assert_eq!(runs.len(), 2, "{svg}");
+        assert!(runs[0].contains("<title>2026-11-21T01:00:00Z: 1 drifted, 0 silent</title>"));
+        assert!(runs[1].contains("<title>2026-11-21T03:00:00Z: 2 drifted, 1 silent</title>"));
+        assert!(svg.contains("2 run(s)"), "{svg}");
+    }
+
+    #[test]
+    fn a_clean_run_is_drawn_at_zero_and_silent_nodes_are_stacked_apart_from_drift() {
+        let svg = chart(&[
+            run("2026-11-21T00:00:00Z", 0, 0),
+            run("2026-11-21T01:00:00Z", 2, 2),
+            run("2026-11-21T02:00:00Z", 0, 4),
+        ]);
+        let runs = groups(&svg);
+        assert_eq!(runs.len(), 3, "{svg}");
+        // Plot: 134 px high from y=10 to the zero line at y=144, 4 nodes at most.
+        // A clean run: a green mark on the zero line, nothing else.
+        assert_eq!(
+            runs[0],
+            "<g class=\"run\"><title>2026-11-21T00:00:00Z: 0 drifted, 0 silent</title>\
+             <rect class=\"zero\" x=\"42\" y=\"141\" width=\"16\" height=\"3\" fill=\"#1b5e20\"/></g>"
+        );
+        // 2 drifted from the zero line up to half, 2 silent stacked on top of them.
+        assert_eq!(
+            runs[1],
+            "<g class=\"run\"><title>2026-11-21T01:00:00Z: 2 drifted, 2 silent</title>\
+             <rect class=\"drifted\" x=\"326\" y=\"77\" width=\"16\" height=\"67\" fill=\"#b00020\"/>\
+             <rect class=\"silent\" x=\"326\" y=\"10\" width=\"16\" height=\"67\" fill=\"#8d8d8d\"/></g>"
+        );
+        // Only silent nodes: no drift drawn, the silent bar the whole height.
+        assert!(!runs[2].contains("class=\"drifted\""), "{}", runs[2]);
+        assert!(
+            runs[2]
+                .contains("<rect class=\"silent\" x=\"610\" y=\"10\" width=\"16\" height=\"134\""),
+            "{}",
+            runs[2]
+        );
+        // The count axis says 0, 2 and 4.
+        for tick in [">0</text>", ">2</text>", ">4</text>"] {
+            assert!(
+                svg.contains("class=\"ytick\"") && svg.contains(tick),
+                "{tick} in {svg}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_time_axis_places_runs_by_their_time_and_labels_it() {
+        // Two runs an hour apart, then one 3 hours later: the gap shows.
+        let svg = chart(&[
+            run("2026-11-21T00:00:00Z", 1, 0),
+            run("2026-11-21T01:00:00Z", 1, 0),
+            run("2026-11-21T04:00:00Z", 1, 0),
+        ]);
+        let x = |line: &str| -> i64 {
+            let at = line.find(" x=\"").unwrap() + 4;
+            line[at..at + line[at..].find('"').unwrap()]
+                .parse()
+                .unwrap()
+        };
+        let xs: Vec<i64> = groups(&svg)
+            .iter()
+            .map(|g| x(g.split("<rect").nth(1).unwrap()))
+            .collect();
+        assert_eq!(xs, [42, 184, 610]);
+        assert_eq!(xs[1] - xs[0], (xs[2] - xs[1]) / 3, "an hour is an hour");
+        for label in [
+            "text-anchor=\"start\">2026-11-21 00:00</text>",
+            "text-anchor=\"middle\">2026-11-21 01:00</text>",
+            "text-anchor=\"end\">2026-11-21 04:00</text>",
+        ] {
+            assert!(svg.contains(label), "{label} in {svg}");
+        }
+        assert!(svg.contains("time (UTC), 3 run(s)"), "{svg}");
+        // One run: in the middle, labelled; nothing at all: an empty chart, no panic.
+        let one = chart(&[run("2026-11-21T00:00:00Z", 0, 0)]);
+        assert_eq!(groups(&one).len(), 1);
+        assert!(one.contains(">2026-11-21 00:00</text>"), "{one}");
+        assert_eq!(groups(&chart(&[])).len(), 0);
+    }
+
+    #[test]
+    fn the_chart_keeps_the_last_runs() {
+        let runs: Vec<Run> = (0..CHART_RUNS + 5)
+            .map(|i| run(&format!("2026-11-21T00:{:02}:00Z", i % 60), i, 0))
+            .collect();
+        let svg = chart(&runs);
+        let drawn = groups(&svg);
+        assert_eq!(drawn.len(), CHART_RUNS);
+        assert!(drawn[0].contains(": 5 drifted"), "{}", drawn[0]);
     }
 }

@@ -208,3 +208,130 @@ fn demo_runs_the_whole_loop_and_ends_by_itself() {
     walk.push(journal.target().unwrap()).unwrap();
     assert!(walk.count() > 10);
 }
+
+/// GET `path` on `port`: (status, body); 0 when nothing answers.
+fn get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_owned())
+}
+
+#[test]
+fn demo_serve_prints_the_console_and_keeps_it_up_until_ctrl_c() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let port = crate::support::servers::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["demo", "--serve", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the cacheflow binary runs");
+    // Read its output on a thread; the lines come back over a channel.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = String::new();
+    let mut until = |want: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        while !out.contains(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+                Err(_) => panic!("no {want:?} within {within:?} in:\n{out}"),
+            }
+        }
+        out.clone()
+    };
+    let said = until("The story starts in 5 s.", Duration::from_secs(30));
+    assert!(
+        said.contains(&format!("The web console: http://127.0.0.1:{port}/ (live")),
+        "{said}"
+    );
+    // The console answers before the story starts: every cluster a row.
+    let (status, page) = get(port, "/");
+    assert_eq!(status, 200, "{page}");
+    for cluster in ["catalog-staging", "page-cache", "sessions-eu"] {
+        assert!(
+            page.contains(&format!("<tr id=\"row-{cluster}\"")),
+            "{page}"
+        );
+    }
+    let said = until("Ctrl-C to go on.", Duration::from_secs(90));
+    assert!(
+        said.contains("The console's drift page shows this report: /drift."),
+        "{said}"
+    );
+    // After the story: the bad change's rollback, its figures and note, and the drift.
+    let (status, page) = get(port, "/clusters/sessions-eu");
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("<p id=\"verdict\" class=\"bad\">Batch 1: failed: "),
+        "{page}"
+    );
+    assert!(page.contains("<svg class=\"bars\""), "{page}");
+    assert!(
+        page.contains("sessions-eu: rolled back "),
+        "the commit's note: {page}"
+    );
+    assert!(
+        !page.contains("data-action=\"pause\""),
+        "no admin buttons without the API"
+    );
+    let (status, page) = get(port, "/drift");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("1 node(s) drifted or silent"), "{page}");
+    assert_eq!(page.matches("<g class=\"run\">").count(), 1, "{page}");
+    // Ctrl-C: the console stops, the demo goes on to its history and ends with 0.
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let said = until(
+        "How this demo works: docs/demo.md.",
+        Duration::from_secs(20),
+    );
+    assert!(
+        said.contains("== 5. History: `cacheflow history`"),
+        "{said}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not end after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(get(port, "/").0, 0, "the console is down");
+}

@@ -120,12 +120,15 @@ fn hand_made_changes_unpersisted_values_and_silent_nodes_are_reported() {
          <tr><td>cache</td><td>b2</td><td><code>hz</code></td><td><code>20</code></td><td class=\"bad\"><code>77</code></td><td>not persisted (lost on restart)</td></tr>\n\
          </tbody></table>",
         "<ul id=\"silent\">\n<li>cache / b3: ",
-        "<svg id=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"140\" role=\"img\" aria-label=\"nodes drifted per run\">",
-        "<text x=\"0\" y=\"135\" font-size=\"11\">max 3 node(s); 1 run(s)</text>\n</svg>",
+        "<svg id=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"180\" role=\"img\" aria-label=\"nodes drifted and silent per run, over time\" font-size=\"11\">",
+        // The one run, once: 2 drifted with the silent one stacked apart, not added in.
+        ": 2 drifted, 1 silent</title><rect class=\"drifted\" ",
+        "<rect class=\"silent\" ",
+        "time (UTC), 1 run(s)",
     ] {
         assert!(dom.contains(expected), "missing {expected:?} in the DOM:\n{dom}");
     }
-    assert_eq!(dom.matches("<rect ").count(), 1, "{dom}");
+    assert_eq!(dom.matches("<g class=\"run\">").count(), 1, "{dom}");
     assert!(!dom.contains("<script"), "{dom}");
 
     // And it renders: a PNG of the window's size, not a blank page (a blank 800×600

@@ -127,11 +127,36 @@ fn the_browser_is_found_under_its_other_names_and_only_the_tests_need_one() {
     let dir = machine(&[]);
     let out = setup(dir.path(), &[], UBUNTU);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    // Google's package, under its name.
-    let dir = machine(&[("google-chrome", "echo 'Google Chrome 140.0'")]);
+    // Google's package, under its name, with its chromedriver.
+    let dir = machine(&[
+        ("google-chrome", "echo 'Google Chrome 140.0'"),
+        ("chromedriver", "echo 'ChromeDriver 140.0'"),
+    ]);
     let out = setup(dir.path(), &["--test"], DEBIAN);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(text(&out), "");
+}
+
+#[test]
+fn the_console_tests_chromedriver_is_installed_beside_the_browser_on_debian() {
+    // A browser and no chromedriver: Debian's chromium-driver is what is missing (and,
+    // with no apt-get here, named with how to install it).
+    let dir = machine(&[("chromium", "echo 'Chromium 140.0'")]);
+    let out = setup(dir.path(), &["--test"], DEBIAN);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        text(&out),
+        "setup: missing: chromium-driver (Debian package names), and there is no apt-get here: install them with this system's package manager.\n"
+    );
+    // Elsewhere: said, with how.
+    let out = setup(dir.path(), &["--test"], "ID=fedora\n");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.starts_with("setup: the console's tests need chromedriver (they drive the browser over WebDriver) and none was found\n"),
+        "{t}"
+    );
+    assert!(t.contains("CACHEFLOW_CHROMEDRIVER"), "{t}");
 }
 
 #[test]

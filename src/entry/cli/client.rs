@@ -168,7 +168,14 @@ fn request_rollout(
         .map(|t| String::from_utf8_lossy(&t).trim().to_owned());
     let (status, bytes) = exchange(server, Duration::from_secs(30), |client| {
         Ok(match action {
-            RolloutAction::Status => client.get(format!("{server}/api/v1/rollouts")),
+            RolloutAction::Status => {
+                // A server with read tokens wants one (an admin token reads too).
+                let request = client.get(format!("{server}/api/v1/rollouts"));
+                match &token {
+                    Some(t) => request.bearer_auth(t),
+                    None => request,
+                }
+            }
             other => {
                 let cluster = cluster.clone().ok_or(ClientError::Usage(
                     "give the cluster: cacheflow rollout ACTION CLUSTER",

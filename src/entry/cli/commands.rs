@@ -143,6 +143,10 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
 /// `cacheflow serve`: read the secrets and the admin tokens, then serve until SIGTERM
 /// or Ctrl-C.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let read_tokens = match &args.read_tokens_file {
+        Some(path) => admin_tokens(path)?,
+        None => BTreeMap::new(),
+    };
     let admin_tokens = match &args.admin_tokens_file {
         Some(path) => admin_tokens(path)?,
         None => BTreeMap::new(),
@@ -163,6 +167,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "CACHEFLOW_NODE_TOKEN_SECRET",
         )?,
         admin_tokens,
+        read_tokens,
         push_audit: args.push_audit,
         direct_interval: args.direct_interval,
         node_timeout: args.timeout,
@@ -183,7 +188,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The admin tokens file: one `name:token` per line, `#` comments, tokens of at least
+/// The admin (or read) tokens file: one `name:token` per line, `#` comments, tokens of at least
 /// 16 characters.
 fn admin_tokens(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path)
@@ -241,7 +246,10 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    crate::entry::demo::run(crate::entry::demo::DemoOptions { keep: args.keep })?;
+    crate::entry::demo::run(crate::entry::demo::DemoOptions {
+        keep: args.keep,
+        serve: args.serve,
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

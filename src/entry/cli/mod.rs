@@ -360,6 +360,10 @@ pub struct DemoArgs {
     /// afterwards (`cacheflow history --repo DIR`, `git log --notes=cacheflow`).
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
+    /// Serve the web console while the demo runs, at ADDR (127.0.0.1:8080 when none is
+    /// given), and keep it up after the story until Ctrl-C.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -417,6 +421,10 @@ pub struct ServeArgs {
     /// every command given with the token.
     #[arg(long, env = "CACHEFLOW_ADMIN_TOKENS_FILE")]
     pub admin_tokens_file: Option<PathBuf>,
+    /// A file of read tokens, one `name:token` per line: with it, the console at `/` and
+    /// the status routes need a read token (or an admin token); without it they are open.
+    #[arg(long, env = "CACHEFLOW_READ_TOKENS_FILE")]
+    pub read_tokens_file: Option<PathBuf>,
     /// Push refs/cacheflow/journal and refs/notes/cacheflow to the remote.
     #[arg(long, env = "CACHEFLOW_PUSH_AUDIT")]
     pub push_audit: bool,

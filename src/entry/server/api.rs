@@ -4,7 +4,7 @@
 //! ```text
 //! POST /api/v1/nodes/{id}/report   declared length (413) ─► node token (401) ─► body
 //!                                  (413, 408, 503, 400) ─► reconciler.report ─► assignment
-//! GET  /api/v1/clusters, /api/v1/rollouts            the status the runtime published
+//! GET  /api/v1/clusters, /api/v1/rollouts  (reader)  the status the runtime published
 //! POST /api/v1/rollouts/{cluster}/{action}  (admin)  ─► reconciler.command
 //! GET  /api/v1/drift, POST /api/v1/drift/run (admin) ─► drift report
 //! GET  /metrics, /healthz, /readyz
@@ -179,12 +179,28 @@ fn sorted_json(body: &impl serde::Serialize) -> Result<Response, ApiError> {
 }
 
 /// `GET /api/v1/rollouts`: every cluster's rollout, from the published status.
-pub(super) async fn rollouts(State(app): State<Shared>) -> Result<Response, ApiError> {
+pub(super) async fn rollouts(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::console::reader(
+        &app.options.read_tokens,
+        &app.options.admin_tokens,
+        &headers,
+    )?;
     sorted_json(&app.handle.status()?.rollouts())
 }
 
 /// `GET /api/v1/clusters`: every cluster's target and assignments.
-pub(super) async fn clusters(State(app): State<Shared>) -> Result<Response, ApiError> {
+pub(super) async fn clusters(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::console::reader(
+        &app.options.read_tokens,
+        &app.options.admin_tokens,
+        &headers,
+    )?;
     sorted_json(&app.handle.status()?.clusters())
 }
 

@@ -4,9 +4,10 @@
 //! ```text
 //! /hooks/{github,gitlab,gitea}                       hooks.rs   signature
 //! /api/v1/nodes/{id}/report                          api.rs     node token
-//! /api/v1/clusters, /api/v1/rollouts                 api.rs     none
 //! /api/v1/rollouts/{cluster}/{action}, /api/v1/drift, /api/v1/drift/run   api.rs   admin token
+//! /api/v1/clusters, /api/v1/rollouts                 api.rs     read token, when there are read tokens
 //! /metrics, /healthz, /readyz                        api.rs     none
+//! /, /clusters/{name}, /drift, /console/*            console.rs read token, when there are read tokens
 //! ```
 //!
 //! Every request is logged once answered (`access.rs`, target `cacheflow::access`).
@@ -18,8 +19,10 @@ use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post};
 use axum::Router;
 
+use tokio::sync::watch;
+
 use super::body::Bodies;
-use super::{access, api, hooks, Shared, MAX_WEBHOOK_BYTES};
+use super::{access, api, console, hooks, Shared, MAX_WEBHOOK_BYTES};
 use crate::pure::protocol::MAX_PAYLOAD_BYTES;
 
 /// What the handlers are given: the server and the bounds of body reading.
@@ -41,13 +44,21 @@ impl FromRef<AppState> for Bodies {
     }
 }
 
-/// Every route of the server, with the default bounds of body reading.
-pub(super) fn app(state: Shared) -> Router {
-    app_with(state, Bodies::default())
+/// Every route of the server; `stop` turning true ends the console's event streams.
+pub(super) fn app_stopping(state: Shared, stop: watch::Receiver<bool>) -> Router {
+    app_full(state, Bodies::default(), stop)
 }
 
 /// Every route of the server, reading bodies under `bodies`.
+#[cfg(test)]
 pub(super) fn app_with(state: Shared, bodies: Bodies) -> Router {
+    let (_stop, never) = watch::channel(false);
+    app_full(state, bodies, never)
+}
+
+/// The API's routes and the console's.
+fn app_full(state: Shared, bodies: Bodies, stop: watch::Receiver<bool>) -> Router {
+    let console = console::Console::new(state.handle.clone(), console_options(&state), stop);
     Router::new()
         .route("/hooks/github", post(hooks::github))
         .route("/hooks/gitlab", post(hooks::gitlab))
@@ -66,6 +77,22 @@ pub(super) fn app_with(state: Shared, bodies: Bodies) -> Router {
         ))
         .layer(axum::middleware::from_fn(access::log))
         .with_state(AppState { app: state, bodies })
+        .merge(console::router(std::sync::Arc::new(console)))
+}
+
+/// What the console of `serve` reads: the tracked branch, the drift runs' directory.
+fn console_options(app: &super::App) -> console::ConsoleOptions {
+    let o = &app.options;
+    console::ConsoleOptions {
+        repo: o.repo.clone(),
+        mirror: Some(super::origin(o).mirror),
+        rev: format!("refs/heads/{}", o.branch),
+        drift_dir: Some(app.drift.dir.clone()),
+        read_tokens: o.read_tokens.clone(),
+        admin_tokens: o.admin_tokens.clone(),
+        actions: true,
+        secure_cookie: o.tls.is_some(),
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +131,11 @@ mod tests {
     }
 
     fn server() -> Test {
+        server_reading(BTreeMap::new())
+    }
+
+    /// The same server with read tokens.
+    fn server_reading(read_tokens: BTreeMap<String, String>) -> Test {
         let dir = tempfile::tempdir().unwrap();
         git2::Repository::init_bare(dir.path().join("git")).unwrap();
         let journal = Journal::open(&dir.path().join("git")).unwrap();
@@ -123,6 +155,7 @@ mod tests {
             webhook_secret: Some(SECRET.to_vec()),
             node_token_secret: Some(NODE_SECRET.to_vec()),
             admin_tokens: BTreeMap::from([("alice".to_owned(), ADMIN.to_owned())]),
+            read_tokens,
             push_audit: false,
             direct_interval: Duration::from_secs(5),
             node_timeout: Duration::from_secs(5),
@@ -442,5 +475,81 @@ mod tests {
         ] {
             assert!(metrics.contains(line), "{line} not in\n{metrics}");
         }
+    }
+
+    #[tokio::test]
+    async fn with_read_tokens_the_console_and_the_status_need_one_and_signing_in_sets_a_cookie() {
+        const READER: &str = "read-token-0123456789";
+        let t = server_reading(BTreeMap::from([("bob".to_owned(), READER.to_owned())]));
+        let get = |path: &str, headers: &[(&str, &str)]| {
+            let mut request = Request::get(path);
+            for (k, v) in headers {
+                request = request.header(*k, *v);
+            }
+            request.body(Body::empty()).unwrap()
+        };
+        let raw = |request: Request<Body>| {
+            let router = t.router.clone();
+            async move {
+                let response = router.oneshot(request).await.unwrap();
+                let status = response.status().as_u16();
+                let cookie = response
+                    .headers()
+                    .get("set-cookie")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (status, cookie, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        let answer = t.call(get("/api/v1/rollouts", &[])).await;
+        let why = refused(&answer, 401, "unauthorized");
+        assert!(why.contains("a read token is required"), "{why}");
+        let (status, _, page) = raw(get("/", &[])).await;
+        assert_eq!(status, 401);
+        assert!(page.contains("This server asks for a read token"), "{page}");
+        let login = |token: &str| {
+            post(
+                "/console/login",
+                &[("content-type", "application/json")],
+                Body::from(serde_json::json!({ "token": token }).to_string()),
+            )
+        };
+        assert_eq!(raw(login("a guess")).await.0, 401);
+        let (status, cookie, _) = raw(login(READER)).await;
+        assert_eq!(status, 204);
+        let cookie = cookie.expect("a session cookie");
+        assert!(
+            cookie.starts_with("cacheflow_session=")
+                && cookie.ends_with("; Path=/; HttpOnly; SameSite=Strict"),
+            "{cookie}"
+        );
+        assert!(
+            !cookie.contains(READER),
+            "the token is not in the cookie as typed"
+        );
+        let session = cookie.split(';').next().unwrap().to_owned();
+        let (status, _, page) = raw(get("/", &[("cookie", &session)])).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("<h1>Fleet</h1>"), "{page}");
+        // An admin token reads too; a reader's token still commands nothing.
+        let admin = format!("Bearer {ADMIN}");
+        let (status, json) = t
+            .call(get("/api/v1/rollouts", &[("authorization", &admin)]))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        let reader = format!("Bearer {READER}");
+        let answer = t
+            .call(post(
+                "/api/v1/rollouts/cache/pause",
+                &[("authorization", &reader)],
+                Body::empty(),
+            ))
+            .await;
+        refused(&answer, 401, "unauthorized");
+        // Scrapers and probes need nothing.
+        assert_eq!(raw(get("/metrics", &[])).await.0, 200);
+        assert_eq!(raw(get("/healthz", &[])).await.0, 200);
     }
 }

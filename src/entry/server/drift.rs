@@ -93,9 +93,24 @@ impl DriftTimer {
 pub struct HistoryLine {
     pub at: String,
     pub revision: Option<String>,
-    /// Nodes drifted, silent or undeclared.
+    /// Nodes drifted (changed by hand, not persisted) or undeclared. Lines written before
+    /// `silent` was kept counted silent nodes here too.
     pub drifted: usize,
     pub clean: bool,
+    /// Declared nodes that did not answer (`None` in lines written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent: Option<usize>,
+}
+
+impl HistoryLine {
+    /// The run as the chart draws it.
+    pub fn run(&self) -> drift::Run {
+        drift::Run {
+            at: self.at.clone(),
+            drifted: self.drifted,
+            silent: self.silent.unwrap_or(0),
+        }
+    }
 }
 
 /// The schedule of a revision's settings, if it has a valid one.
@@ -426,16 +441,17 @@ pub fn write_report(dir: &Path, report: &DriftReport) -> Result<(), DriftError> 
     let line = HistoryLine {
         at: report.generated_at.clone(),
         revision: report.revision.clone(),
-        drifted: report.drifted_nodes(),
+        drifted: report.drifted_only(),
         clean: report.clean(),
+        silent: Some(report.silent_nodes()),
     };
-    let mut points = read_history(&history_path, HISTORY_POINTS.saturating_sub(1));
-    points.push((line.at.clone(), line.drifted));
+    // The runs before this one: the page draws this one from the report itself.
+    let earlier = read_history(&history_path, HISTORY_POINTS.saturating_sub(1));
     let json = serde_json::to_string_pretty(report)?;
     for (name, contents) in [
         ("latest.json", json),
         ("latest.md", drift::markdown(report)),
-        ("latest.html", drift::html(report, &points)),
+        ("latest.html", drift::html(report, &earlier)),
     ] {
         replace(&dir.join(name), contents.as_bytes())?;
     }
@@ -452,14 +468,14 @@ pub fn write_report(dir: &Path, report: &DriftReport) -> Result<(), DriftError> 
 
 /// The last `n` runs of a history file, oldest first (lines that do not parse are
 /// skipped: a line cut short by a crash).
-pub fn read_history(path: &Path, n: usize) -> Vec<(String, usize)> {
+pub fn read_history(path: &Path, n: usize) -> Vec<drift::Run> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
-    let all: Vec<(String, usize)> = text
+    let all: Vec<drift::Run> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<HistoryLine>(l).ok())
-        .map(|h| (h.at, h.drifted))
+        .map(|h| h.run())
         .collect();
     all[all.len().saturating_sub(n)..].to_vec()
 }
@@ -654,6 +670,50 @@ mod tests {
     }
 
     #[test]
+    fn each_run_is_written_once_into_the_history_and_the_page_draws_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = |at: &str, silent: usize| DriftReport {
+            generated_at: at.into(),
+            revision: None,
+            clusters: vec![drift::ClusterDrift {
+                cluster: "cache".into(),
+                engine: None,
+                topology: Vec::new(),
+                nodes: 3,
+                drifted: Vec::new(),
+                silent: (0..silent)
+                    .map(|i| drift::Silent {
+                        node: format!("a{i}"),
+                        reason: "refused".into(),
+                    })
+                    .collect(),
+            }],
+            undeclared: Vec::new(),
+            not_compared: Vec::new(),
+        };
+        write_report(dir.path(), &report("2026-11-21T00:00:00Z", 0)).unwrap();
+        write_report(dir.path(), &report("2026-11-21T01:00:00Z", 2)).unwrap();
+        let history = std::fs::read_to_string(dir.path().join("history.jsonl")).unwrap();
+        assert_eq!(
+            history,
+            "{\"at\":\"2026-11-21T00:00:00Z\",\"revision\":null,\"drifted\":0,\"clean\":true,\"silent\":0}\n\
+             {\"at\":\"2026-11-21T01:00:00Z\",\"revision\":null,\"drifted\":0,\"clean\":false,\"silent\":2}\n"
+        );
+        let page = std::fs::read_to_string(dir.path().join("latest.html")).unwrap();
+        assert_eq!(page.matches("<g class=\"run\">").count(), 2, "{page}");
+        assert_eq!(
+            page.matches("2026-11-21T01:00:00Z: 0 drifted, 2 silent")
+                .count(),
+            1
+        );
+        assert_eq!(
+            page.matches("2026-11-21T00:00:00Z: 0 drifted, 0 silent")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
     fn history_keeps_the_last_points_and_skips_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.jsonl");
@@ -665,12 +725,16 @@ mod tests {
         }
         text.push_str("{\"at\":\"t5\",\"drif");
         std::fs::write(&path, text).unwrap();
+        let runs: Vec<(String, usize, usize)> = read_history(&path, 3)
+            .into_iter()
+            .map(|r| (r.at, r.drifted, r.silent))
+            .collect();
         assert_eq!(
-            read_history(&path, 3),
+            runs,
             [
-                ("t2".to_owned(), 2),
-                ("t3".to_owned(), 3),
-                ("t4".to_owned(), 4)
+                ("t2".to_owned(), 2, 0),
+                ("t3".to_owned(), 3, 0),
+                ("t4".to_owned(), 4, 0)
             ]
         );
         assert!(read_history(&dir.path().join("none"), 3).is_empty());

@@ -1,8 +1,8 @@
 //! `cacheflow serve`: the long-running reconciler behind HTTP. Thin: it turns requests
 //! into reconciler inputs and answers with what the reconciler says. This file starts
 //! and follows; the routes are `app.rs` (the router), `hooks.rs` (webhooks), `api.rs`
-//! (reports, status, admin, metrics, health), `error.rs` (the one error answer) and
-//! `body.rs` (the bounds of request bodies).
+//! (reports, status, admin, metrics, health), `console.rs` (the web console at `/`),
+//! `error.rs` (the one error answer) and `body.rs` (the bounds of request bodies).
 //!
 //! ```text
 //! POST /hooks/{github,gitlab,gitea}  signature ─► tracked branch? new delivery? ─► wake the follower
@@ -11,12 +11,14 @@
 //! POST /api/v1/nodes/{id}/report     node token ─► reconciler.report ─► the assignment
 //! GET  /api/v1/clusters, /api/v1/rollouts;  POST /api/v1/rollouts/{cluster}/{action} (admin)
 //! GET  /metrics, /healthz, /readyz
+//! GET  /, /clusters/{name}, /drift, /console/events (server-sent events)   the console
 //! ```
 
 mod access;
 mod api;
 mod app;
 mod body;
+pub mod console;
 pub mod drift;
 pub mod error;
 mod hooks;
@@ -62,6 +64,9 @@ pub struct ServeOptions {
     pub node_token_secret: Option<Vec<u8>>,
     /// Admin tokens: name → token.
     pub admin_tokens: BTreeMap<String, String>,
+    /// Read tokens (`--read-tokens-file`): name → token. Empty: the console and the
+    /// status routes are open to anyone who reaches the server.
+    pub read_tokens: BTreeMap<String, String>,
     /// Push the journal and the notes to the remote after each change.
     pub push_audit: bool,
     /// How often in-process agents read directly managed nodes.
@@ -206,7 +211,7 @@ pub async fn serve(
         ready: AtomicBool::new(false),
         remote: Mutex::new(remote),
     });
-    let router = app::app(app.clone());
+    let router = app::app_stopping(app.clone(), stop.clone());
     let listener = listen(options.listen, options.tls.is_some()).await?;
     let background = Background::spawn(&app, &host, git_dir, &stop);
     let mut ended = host.ended();

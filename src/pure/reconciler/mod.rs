@@ -773,6 +773,8 @@ impl Reconciler {
             baseline,
             restore,
             batch_started_ms: None,
+            bake_until_ms: None,
+            judged: None,
             run: 0,
             correction,
         });
@@ -1113,7 +1115,11 @@ impl Reconciler {
                         self.lines.push(record);
                     }
                     Action::Timer { after_ms, event } => {
-                        let run = self.rec_mut(name).run;
+                        let rec = self.rec_mut(name);
+                        if matches!(event, Event::BakeElapsed { .. }) {
+                            rec.bake_until_ms = Some(now_ms.saturating_add(after_ms));
+                        }
+                        let run = rec.run;
                         self.effects.push(Effect::Timer {
                             cluster: name.to_owned(),
                             after_ms,
@@ -1261,10 +1267,9 @@ impl Reconciler {
         .revision(&rec.rollout.spec.revision)
         .batch(Some(batch + 1));
         self.lines.push(if passed { line } else { line.warn() });
-        Event::Gates {
-            batch,
-            verdict: j.verdict,
-        }
+        let verdict = j.verdict.clone();
+        self.rec_mut(name).judged = Some((batch, j));
+        Event::Gates { batch, verdict }
     }
 
     /// A rollout reached a final phase: note it on the config commit that caused it (a

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pure::gates::Sample;
+use crate::pure::gates::{Judgement, Sample};
 use crate::pure::protocol::Outcome;
 use crate::pure::rollout::Rollout;
 use crate::pure::spec::model::Window;
@@ -82,6 +82,14 @@ pub struct RolloutRecord {
     /// restart the batch's time counts from the restart).
     #[serde(skip)]
     pub batch_started_ms: Option<u64>,
+    /// When the current batch's bake ends, on the wall clock (ms; the console's
+    /// countdown). Not kept, like `batch_started_ms`.
+    #[serde(skip)]
+    pub bake_until_ms: Option<u64>,
+    /// The gates' last judgement of this rollout: the batch (from 0) and its figures, for
+    /// the console. Not kept: after a restart the journal's line has them.
+    #[serde(skip)]
+    pub judged: Option<(usize, Judgement)>,
     /// Which run of assignments the rollout is in: the generation of the last
     /// assignment it made. Timers carry it, so a timer started before a supersede, a
     /// resume or a rollback never acts on the run after it.

@@ -25,6 +25,9 @@ pub struct Status {
     /// The last valid revision taken.
     pub head: Option<String>,
     pub clusters: BTreeMap<String, Arc<ClusterStatus>>,
+    /// Raised by every update: a reader (the console's event stream) tells whether the
+    /// status changed since a page was drawn.
+    pub seq: u64,
 }
 
 /// One cluster of the [`Status`].
@@ -36,6 +39,10 @@ pub struct ClusterStatus {
     /// The same rollout typed, for the readers that act on it (`sync`, `demo`).
     pub progress: Option<RolloutProgress>,
     pub assignments: BTreeMap<String, AssignmentStatus>,
+    /// The node ids the last revision taken declares (the console's rows). Shared with
+    /// the status before when unchanged: a 10,000-node cluster is not copied again on
+    /// every update.
+    pub declared: Arc<Vec<String>>,
 }
 
 /// A rollout's phase and size as the reconciler holds them (the [`RolloutStatus`] says
@@ -45,6 +52,12 @@ pub struct RolloutProgress {
     pub phase: Phase,
     /// The nodes of all its batches.
     pub nodes: usize,
+    /// Its batches, in order, with their nodes (shared like `declared`).
+    pub batches: Arc<Vec<Vec<String>>>,
+    /// When the current batch's bake ends (wall-clock ms), while baking.
+    pub bake_until_ms: Option<u64>,
+    /// The gates' last judgement: the batch (from 0) and the figures.
+    pub judged: Option<(usize, crate::pure::gates::Judgement)>,
 }
 
 /// A cluster's current or last rollout. Fields in the order of their JSON names.
@@ -153,8 +166,22 @@ impl RolloutStatus {
     }
 }
 
+/// `now` shared: the one of `before` when equal (a comparison costs no allocation).
+fn shared<T: PartialEq + Clone>(now: &T, before: Option<&Arc<T>>) -> Arc<T> {
+    match before {
+        Some(b) if **b == *now => b.clone(),
+        _ => Arc::new(now.clone()),
+    }
+}
+
 impl ClusterStatus {
     pub fn of(cs: &ClusterState) -> ClusterStatus {
+        ClusterStatus::after(cs, None)
+    }
+
+    /// The status of `cs`, sharing the node lists of `before` that did not change.
+    pub fn after(cs: &ClusterState, before: Option<&ClusterStatus>) -> ClusterStatus {
+        let batches_before = before.and_then(|b| b.progress.as_ref()).map(|p| &p.batches);
         ClusterStatus {
             target: cs.target.clone(),
             refused: cs.refused.clone(),
@@ -162,6 +189,9 @@ impl ClusterStatus {
             progress: cs.rollout.as_ref().map(|r| RolloutProgress {
                 phase: r.rollout.phase.clone(),
                 nodes: r.rollout.spec.batches.iter().map(Vec::len).sum(),
+                batches: shared(&r.rollout.spec.batches, batches_before),
+                bake_until_ms: r.bake_until_ms,
+                judged: r.judged.clone(),
             }),
             assignments: cs
                 .assignments
@@ -175,6 +205,7 @@ impl ClusterStatus {
                     (id.clone(), status)
                 })
                 .collect(),
+            declared: shared(&cs.declared, before.map(|b| &b.declared)),
         }
     }
 
@@ -204,13 +235,18 @@ impl Status {
         let mut clusters = self.clusters.clone();
         for name in changed {
             match state.clusters.get(name) {
-                Some(cs) => clusters.insert(name.clone(), Arc::new(ClusterStatus::of(cs))),
+                Some(cs) => {
+                    let before = clusters.get(name).map(|b| b.as_ref());
+                    let now = ClusterStatus::after(cs, before);
+                    clusters.insert(name.clone(), Arc::new(now))
+                }
                 None => clusters.remove(name),
             };
         }
         Status {
             head: state.head.clone(),
             clusters,
+            seq: self.seq.wrapping_add(1),
         }
     }
 
@@ -395,7 +431,30 @@ mod tests {
             &only_cache.clusters["other"],
             &before.clusters["other"]
         ));
+        // The node lists of a cluster made again are shared when they did not change.
+        let mut declaring = state.clone();
+        declaring.clusters.get_mut("cache").unwrap().declared = vec!["a1".into(), "a2".into()];
+        let one = Status::of(&declaring);
+        let again = one.updated(&declaring, &["cache".to_owned()]);
+        assert!(!Arc::ptr_eq(
+            &one.clusters["cache"],
+            &again.clusters["cache"]
+        ));
+        assert!(Arc::ptr_eq(
+            &one.clusters["cache"].declared,
+            &again.clusters["cache"].declared
+        ));
+        declaring
+            .clusters
+            .get_mut("cache")
+            .unwrap()
+            .declared
+            .push("a3".into());
+        let changed = again.updated(&declaring, &["cache".to_owned()]);
+        assert_eq!(*changed.clusters["cache"].declared, ["a1", "a2", "a3"]);
         let both = before.updated(&state, &["cache".to_owned(), "other".to_owned()]);
-        assert_eq!(both, Status::of(&state));
+        let fresh = Status::of(&state);
+        assert_eq!((&both.head, &both.clusters), (&fresh.head, &fresh.clusters));
+        assert_eq!((before.seq, both.seq), (1, 2), "every update is numbered");
     }
 }

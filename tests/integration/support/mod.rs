@@ -10,6 +10,7 @@ pub mod git;
 pub mod receiver;
 pub mod servers;
 pub mod service;
+pub mod webdriver;
 
 /// A parameter map from pairs: `params(&[("hz", "10")])`.
 pub fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
