@@ -45,6 +45,8 @@ pub struct RolloutProgress {
     pub phase: Phase,
     /// The nodes of all its batches.
     pub nodes: usize,
+    /// While baking: how long the batch bakes (for a countdown).
+    pub bake_ms: Option<u64>,
 }
 
 /// A cluster's current or last rollout. Fields in the order of their JSON names.
@@ -162,6 +164,10 @@ impl ClusterStatus {
             progress: cs.rollout.as_ref().map(|r| RolloutProgress {
                 phase: r.rollout.phase.clone(),
                 nodes: r.rollout.spec.batches.iter().map(Vec::len).sum(),
+                bake_ms: match r.rollout.phase {
+                    Phase::Baking { batch } => Some(r.rollout.spec.bake_of(batch)),
+                    _ => None,
+                },
             }),
             assignments: cs
                 .assignments
