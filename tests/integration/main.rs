@@ -1,6 +1,7 @@
 mod agent;
 mod agent_token;
 mod catalog;
+mod cli;
 mod demo;
 mod drift;
 mod engine_rules;

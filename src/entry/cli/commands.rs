@@ -264,12 +264,10 @@ fn rollout_wait(args: super::RolloutWaitArgs) -> anyhow::Result<ExitCode> {
 /// `cacheflow completions SHELL`: the completion script on standard output.
 pub fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
     let mut command = <super::Cli as clap::CommandFactory>::command();
-    clap_complete::generate(
-        args.shell,
-        &mut command,
-        "cacheflow",
-        &mut std::io::stdout(),
-    );
+    let mut out: Vec<u8> = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "cacheflow", &mut out);
+    std::io::Write::write_all(&mut std::io::stdout(), &out)
+        .map_err(|e| anyhow!("cannot write the completion script: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
