@@ -694,3 +694,45 @@ fn rollout_wait_exits_1_on_timeout_and_when_the_rollout_is_rolled_back() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn plan_marks_each_node_to_change_and_colours_risks_only_when_asked() {
+    let (repo, _) = crate::example_repo::example_repo();
+    let live = crate::example_repo::crate_dir().join("tests/fixtures/plan/drifted/live.json");
+    let args = |colour: &'static str| {
+        vec![
+            "plan".to_owned(),
+            "--repo".to_owned(),
+            repo.path().display().to_string(),
+            "--live".to_owned(),
+            live.display().to_string(),
+            "--color".to_owned(),
+            colour.to_owned(),
+        ]
+    };
+    let plan = |colour| {
+        let args = args(colour);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(None, &args, &[])
+    };
+    let (code, plain, err) = plan("never");
+    assert_eq!((code, err.as_str()), (2, ""));
+    assert!(!plain.contains(ESC), "{plain}");
+    let (code, coloured, _) = plan("always");
+    assert_eq!(code, 2);
+    for line in [
+        "\x1b[1mcluster page-cache (memcached): 1 to change, 3 in sync, 0 unreachable\x1b[0m",
+        "  \x1b[33m~ page-cache-2 (shard page-cache-2, primary): maxconns 1024 → 4096 (restart)\x1b[0m",
+        "  \x1b[31m! primary-restart: 1 primary will restart for start-only parameters [page-cache-2]\x1b[0m",
+        "    batch 1: page-cache-2",
+    ] {
+        assert!(coloured.lines().any(|l| l == line), "{line:?} in {coloured}");
+    }
+    // Without the escapes and the `~ ` marks, the same text as in a pipe.
+    let stripped = coloured
+        .replace("\x1b[1m", "")
+        .replace("\x1b[31m", "")
+        .replace("\x1b[33m~ ", "")
+        .replace("\x1b[0m", "");
+    assert_eq!(stripped, plain);
+}

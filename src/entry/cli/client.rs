@@ -430,3 +430,88 @@ fn human(d: Duration) -> String {
         .map(|(unit, n)| format!("{n}{unit}"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pure::reconciler::status::RolloutStatus;
+    use crate::pure::reconciler::Refused;
+
+    fn cluster(phase: Option<(&str, &str)>, target: &str, refused: Option<&str>) -> ClusterRollout {
+        ClusterRollout {
+            cluster: "cache".into(),
+            refused: refused.map(|revision| Refused {
+                revision: revision.into(),
+                digest: "d".into(),
+                reason: "gates failed".into(),
+            }),
+            rollout: phase.map(|(revision, phase)| RolloutStatus {
+                batch: None,
+                batches: 2,
+                confirmed: Default::default(),
+                phase: phase.into(),
+                reason: None,
+                revision: revision.into(),
+                started_at: "2026-01-01T00:00:00Z".into(),
+                touched: Default::default(),
+            }),
+            target: Some(target.into()),
+        }
+    }
+
+    fn judged(head: &str, c: ClusterRollout, revision: Option<&str>) -> Option<Ending> {
+        let rollouts = Rollouts {
+            clusters: vec![c.clone()],
+            head: Some(head.into()),
+        };
+        judge(&rollouts, &c, revision)
+    }
+
+    #[test]
+    fn a_wait_ends_on_the_rollout_of_its_revision_and_not_before() {
+        let r1 = "1111111111111111111111111111111111111111";
+        let r2 = "2222222222222222222222222222222222222222";
+        // The server has not taken r2 yet: the last rollout (r1, completed) is not it.
+        let done_r1 = cluster(Some((r1, "completed")), r1, None);
+        assert_eq!(judged(r1, done_r1.clone(), Some("2222222")), None);
+        assert_eq!(judged(r1, done_r1.clone(), None), Some(Ending::Completed));
+        // r2 taken, changing nothing in the cluster (its target stays r1).
+        assert_eq!(
+            judged(r2, done_r1, Some("2222222")),
+            Some(Ending::NothingToRollOut)
+        );
+        // r2 taken and the cluster's target, its rollout not started: wait.
+        let pending = cluster(Some((r1, "completed")), r2, None);
+        assert_eq!(judged(r2, pending, Some(r2)), None);
+        for (phase, ending) in [
+            ("baking", None),
+            ("paused", None),
+            ("rolling-back", None),
+            ("completed", Some(Ending::Completed)),
+            ("rolled-back", Some(Ending::RolledBack)),
+            ("superseded", Some(Ending::Superseded)),
+        ] {
+            let c = cluster(Some((r2, phase)), r2, None);
+            assert_eq!(judged(r2, c, Some("2222222")), ending, "{phase}");
+        }
+        // Without a revision, a superseded rollout is followed by the next one.
+        let c = cluster(Some((r2, "superseded")), r2, None);
+        assert_eq!(judged(r2, c, None), None);
+        // The revision's content refused without a rollout of its own.
+        let c = cluster(Some((r1, "rolled-back")), r1, Some(r1));
+        assert_eq!(judged(r2, c, None), Some(Ending::RolledBack));
+        let c = cluster(None, r1, Some(r1));
+        assert_eq!(judged(r1, c, None), Some(Ending::Refused));
+        // No rollout ever: nothing to roll out.
+        let c = cluster(None, r1, None);
+        assert_eq!(judged(r1, c, None), Some(Ending::NothingToRollOut));
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(human(Duration::from_secs(1800)), "30m");
+        assert_eq!(human(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(human(Duration::from_secs(1)), "1s");
+        assert_eq!(human(Duration::from_millis(500)), "500ms");
+    }
+}
