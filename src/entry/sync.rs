@@ -7,7 +7,8 @@
 //! the intake (resolve, descends from the last good revision, load, trust; a refusal
 //!   goes to the reconciler, journaled as `serve` journals it)
 //!   ─► read the nodes ─► show the plan ─► confirm (or --yes)
-//!   ─► Host: reconciler and agents: canary, batches, gates ─► progress per event
+//!   ─► Host: reconciler and agents: canary, batches, gates ─► progress per event (on a
+//!      terminal: one line per cluster, redrawn, with the bake's countdown)
 //!   ─► summary, exit code
 //! Ctrl-C: every rollout in flight is paused (journaled); `cacheflow sync` again resumes
 //! ```
