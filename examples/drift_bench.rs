@@ -264,7 +264,8 @@ fn run() -> anyhow::Result<()> {
             let sim = Arc::new(SimulatedNode::new(
                 node.address.clone(),
                 cluster.engine,
-                node.role,
+                node.role
+                    .unwrap_or(cacheflow::pure::spec::model::Role::Primary),
                 base.clone(),
                 3 << 30,
                 1000.0,

@@ -196,7 +196,8 @@ fn run() -> anyhow::Result<()> {
             let sim = Arc::new(SimulatedNode::new(
                 node.address.clone(),
                 cluster.engine,
-                node.role,
+                node.role
+                    .unwrap_or(cacheflow::pure::spec::model::Role::Primary),
                 params,
                 3 << 30,
                 1000.0 + (k % 100) as f64,

@@ -34,7 +34,7 @@ use crate::pure::catalog::Engine;
 use crate::pure::live::LiveState;
 use crate::pure::render::short_id;
 use crate::pure::rollout::Phase;
-use crate::pure::spec::model::Desired;
+use crate::pure::spec::model::{Desired, Role};
 
 /// The example repository, built into the binary so the demo runs from anywhere.
 const EXAMPLE_REPO: &[(&str, &str)] = &[
@@ -652,7 +652,10 @@ impl Out {
     /// One journal message, a line per event (the figures the gates judged are left to
     /// the journal), with the seconds since `began`.
     fn event(&mut self, message: &str, began: Option<Instant>) {
-        for l in message.lines().filter(|l| !l.starts_with("figures: ")) {
+        for l in message
+            .lines()
+            .filter(|l| !l.starts_with("figures: ") && !l.starts_with("replication: "))
+        {
             let at = began
                 .map(|b| format!("{:>5.1}s", b.elapsed().as_secs_f64()))
                 .unwrap_or_else(|| "      ".to_owned());
@@ -844,19 +847,29 @@ impl Fleet {
                 Engine::Memcached => 5000.0,
             };
             for n in &c.nodes {
+                let node = SimulatedNode::new(
+                    n.address.clone(),
+                    c.engine,
+                    n.role.unwrap_or(Role::Primary),
+                    Arc::clone(&params),
+                    working_set,
+                    ops,
+                );
+                // A declared replica follows its shard's declared primary.
+                if n.role == Some(Role::Replica) {
+                    node.replicate_from(
+                        c.nodes
+                            .iter()
+                            .find(|p| p.shard == n.shard && p.role == Some(Role::Primary))
+                            .map(|p| p.address.clone()),
+                    );
+                }
                 nodes.insert(
                     n.id.clone(),
                     SimNode {
                         cluster: c.name.clone(),
                         address: n.address.clone(),
-                        node: Arc::new(SimulatedNode::new(
-                            n.address.clone(),
-                            c.engine,
-                            n.role,
-                            Arc::clone(&params),
-                            working_set,
-                            ops,
-                        )),
+                        node: Arc::new(node),
                     },
                 );
             }

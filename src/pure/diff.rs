@@ -65,7 +65,9 @@ pub struct NodeSummary {
     pub id: String,
     pub address: String,
     pub shard: String,
-    pub role: Role,
+    /// `None`: not declared (whatever the node runs as).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 impl From<&Node> for NodeSummary {
@@ -186,7 +188,11 @@ pub fn diff_cluster(old: Option<&Cluster>, new: Option<&Cluster>) -> Option<Clus
             for (field, a, b) in [
                 ("address", o.address.clone(), n.address.clone()),
                 ("shard", o.shard.clone(), n.shard.clone()),
-                ("role", o.role.to_string(), n.role.to_string()),
+                (
+                    "role",
+                    Role::declared_text(o.role),
+                    Role::declared_text(n.role),
+                ),
                 ("managed", o.managed.to_string(), n.managed.to_string()),
             ] {
                 if a != b {
@@ -367,7 +373,8 @@ fn risks(d: &ClusterDiff, old: Option<&Cluster>, new: Option<&Cluster>) -> Vec<R
         let primaries: Vec<String> = new
             .nodes
             .iter()
-            .filter(|n| n.role == Role::Primary)
+            // A node without a declared role may run as a primary.
+            .filter(|n| n.role != Some(Role::Replica))
             .map(|n| n.id.clone())
             .collect();
         if !primaries.is_empty() {
@@ -534,7 +541,7 @@ mod tests {
                     id: id.to_string(),
                     address: format!("{id}:6379"),
                     shard: shard.to_string(),
-                    role: *role,
+                    role: Some(*role),
                     managed: Managed::Direct,
                     labels: BTreeMap::new(),
                 })

@@ -10,6 +10,10 @@
 //! | `silent` | a declared node that did not answer | unreachable in the reading |
 //! | `undeclared` | a node that reports but no cluster declares | in the reading, not in the repository |
 //!
+//! Beside them, `topology` notes: a node whose live role or shard is not the declared one
+//! ("declared primary, runs as a replica of b2", after a failover). Reported, not counted
+//! as drift: a failover is the fleet doing its job, and the plan follows the live roles.
+//!
 //! A pure function of the desired state and a reading; the same inputs give the same
 //! report byte for byte (the time it was made is passed in).
 
@@ -25,6 +29,7 @@ use crate::pure::diff;
 use crate::pure::live::LiveState;
 use crate::pure::render::{code, md_cell, short};
 use crate::pure::spec::model::{Cluster, Desired, Param};
+use crate::pure::topology::{self, TopologyNote};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -58,6 +63,9 @@ pub struct ClusterDrift {
     pub drifted: Vec<NodeDrift>,
     /// Declared nodes that did not answer, with why.
     pub silent: Vec<Silent>,
+    /// Nodes whose live role or shard is not the declared one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology: Vec<TopologyNote>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,6 +196,7 @@ pub fn compute(desired: &Desired, live: &LiveState, generated_at: &str) -> Drift
             nodes: cluster.nodes.len(),
             drifted,
             silent,
+            topology: topology::resolve(cluster, |id| live.nodes.get(id)).notes,
         });
     }
     let undeclared = live
@@ -333,7 +342,7 @@ pub fn markdown(r: &DriftReport) -> String {
     for c in r
         .clusters
         .iter()
-        .filter(|c| !c.drifted.is_empty() || !c.silent.is_empty())
+        .filter(|c| !c.drifted.is_empty() || !c.silent.is_empty() || !c.topology.is_empty())
     {
         let _ = writeln!(out, "\n### {}\n", c.cluster);
         if !c.drifted.is_empty() {
@@ -355,6 +364,9 @@ pub fn markdown(r: &DriftReport) -> String {
         }
         for s in &c.silent {
             let _ = writeln!(out, "- **{}** is silent: {}", s.node, md_cell(&s.reason));
+        }
+        for t in &c.topology {
+            let _ = writeln!(out, "- **{}**: {}", md_cell(&t.node), md_cell(&t.text));
         }
     }
     if !r.not_compared.is_empty() {
@@ -404,6 +416,9 @@ pub fn text(r: &DriftReport) -> String {
         }
         for s in &c.silent {
             let _ = writeln!(out, "  {} silent: {}", s.node, s.reason);
+        }
+        for t in &c.topology {
+            let _ = writeln!(out, "  {}: {}", t.node, t.text);
         }
     }
     for n in &r.not_compared {
@@ -504,6 +519,24 @@ pub fn html(r: &DriftReport, history: &[(String, usize)]) -> String {
                 esc(&c.cluster),
                 esc(&s.node),
                 esc(&s.reason)
+            );
+        }
+        out.push_str("</ul>\n");
+    }
+    let notes: Vec<_> = r
+        .clusters
+        .iter()
+        .flat_map(|c| c.topology.iter().map(move |t| (c, t)))
+        .collect();
+    if !notes.is_empty() {
+        out.push_str("<h2>Topology</h2>\n<ul id=\"topology\">\n");
+        for (c, t) in notes {
+            let _ = writeln!(
+                out,
+                "<li>{} / {}: {}</li>",
+                esc(&c.cluster),
+                esc(&t.node),
+                esc(&t.text)
             );
         }
         out.push_str("</ul>\n");
@@ -1082,6 +1115,10 @@ mod tests {
                     node: "a2".into(),
                     reason: "refused | reset".into(),
                 }],
+                topology: vec![TopologyNote {
+                    node: "a3".into(),
+                    text: "declared primary, runs as a replica of a1".into(),
+                }],
             }],
             undeclared: vec!["stray".into()],
             not_compared: Vec::new(),
@@ -1104,6 +1141,15 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("- **a2** is silent: refused \\| reset"), "{md}");
+        assert!(
+            md.contains("- **a3**: declared primary, runs as a replica of a1"),
+            "{md}"
+        );
+        assert!(
+            text(&r).contains("  a3: declared primary, runs as a replica of a1\n"),
+            "{}",
+            text(&r)
+        );
         assert!(md.contains("- stray"), "{md}");
         let page = html(&r, &[("2026-11-20T03:00:00Z".into(), 0)]);
         assert!(page.contains("<code>K|&lt;b&gt;</code>"), "{page}");

@@ -18,6 +18,13 @@
 //! Rates are measured over the span the counters cover: since the baseline, or since the
 //! engine restarted (its uptime) when it restarted in between.
 //!
+//! The replication gates ([`judge_replication`], beside [`judge`]) read the live topology:
+//!
+//! | gate | fails when |
+//! | --- | --- |
+//! | replica lag | a replica of the batch (or one a primary of the batch lists, read or not) is more than `maxReplicaLagBytes` behind its primary, or last acknowledged it more than `maxReplicaLagSeconds` ago (the primary's figures) |
+//! | full resync | the primary of a shard the batch touches served more than `maxFullResyncs` full resyncs since the rollout began (its `sync_full` counter) |
+//!
 //! The traffic gates (hit ratio) need traffic: a node that served fewer than
 //! `minOpsPerSec` requests per second during the bake cannot be judged on them, and the
 //! verdict is *inconclusive* (a person decides) unless another gate failed. With
@@ -33,7 +40,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::pure::live::{Health, LinkState, NodeLive};
 use crate::pure::rollout::Verdict;
-use crate::pure::spec::model::{Gates, Role};
+use crate::pure::spec::model::{Cluster, Gates, Role};
+use crate::pure::topology;
 
 /// One reading of a node and when it was taken (milliseconds on any monotonic clock).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -421,6 +429,203 @@ fn judge_traffic(
     }
 }
 
+/// The replication figures a judgement was made on: one per replica checked for lag,
+/// one per primary checked for full resyncs (journaled with the verdict).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationFigures {
+    pub node: String,
+    /// The primary a replica follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<u64>,
+    /// A primary's `sync_full` before the rollout and now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_syncs_before: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_syncs: Option<u64>,
+}
+
+/// What the replication gates found: failures (empty when they pass) and figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationJudgement {
+    pub failures: Vec<String>,
+    pub figures: Vec<ReplicationFigures>,
+}
+
+/// Judge the replication of the shards `batch` touches, by the live topology of `now`
+/// (every node of the cluster): the lag of each replica in the batch and of each replica
+/// a primary of the batch lists, and the full resyncs each of those shards' primaries
+/// served since `baseline`. Gates left off are not judged; figures a node did not report
+/// are not judged either (a replica whose link is down is the replication-link gate's).
+pub fn judge_replication(
+    gates: &Gates,
+    cluster: &Cluster,
+    batch: &[String],
+    baseline: &BTreeMap<String, Sample>,
+    now: &BTreeMap<String, Sample>,
+) -> ReplicationJudgement {
+    let mut out = ReplicationJudgement::default();
+    let lag_on = gates.max_replica_lag_bytes.is_some() || gates.max_replica_lag_seconds.is_some();
+    if !lag_on && gates.max_full_resyncs.is_none() {
+        return out;
+    }
+    let topo = topology::resolve(cluster, |id| now.get(id).map(|s| &s.node));
+    // The primaries of the batch, and the primary each replica of the batch follows.
+    let batch_primaries: Vec<&str> = batch
+        .iter()
+        .filter(|id| {
+            topo.nodes
+                .get(*id)
+                .is_some_and(|p| p.live == Some(Role::Primary))
+        })
+        .map(String::as_str)
+        .collect();
+    let mut primaries = batch_primaries.clone();
+    let address = |id: &str| cluster.node(id).map(|n| n.address.clone());
+    // Replicas to check: (name, address, primary).
+    let mut replicas: Vec<(String, String, &str)> = Vec::new();
+    for id in batch {
+        let followed = topo.nodes.get(id).and_then(|p| p.follows.as_deref());
+        if let (Some(primary), Some(at)) = (
+            followed.filter(|f| topo.nodes.contains_key(*f)),
+            address(id),
+        ) {
+            replicas.push((id.clone(), at, primary));
+            primaries.push(primary);
+        }
+    }
+    // Every replica a primary of the batch feeds, as it lists them: one too far behind
+    // to answer a reading is still in its primary's list.
+    for primary in batch_primaries {
+        for link in fed(now, primary) {
+            let name = cluster
+                .nodes
+                .iter()
+                .find(|n| crate::pure::live::same_address(&n.address, &link.address))
+                .map(|n| n.id.clone())
+                .unwrap_or_else(|| link.address.clone());
+            if !replicas.iter().any(|(n, _, _)| *n == name) {
+                replicas.push((name, link.address.clone(), primary));
+            }
+        }
+    }
+    primaries.sort_unstable();
+    primaries.dedup();
+    if lag_on {
+        for (name, at, primary) in &replicas {
+            let f = replica_lag(gates, name, at, primary, now, &mut out.failures);
+            out.figures.push(f);
+        }
+    }
+    if let Some(max) = gates.max_full_resyncs {
+        for id in primaries {
+            let syncs = |m: &BTreeMap<String, Sample>| {
+                m.get(id)
+                    .and_then(|s| s.node.health.as_ref())
+                    .and_then(|h| h.topology.as_ref())
+                    .and_then(|t| t.full_syncs)
+            };
+            let (before, after) = (syncs(baseline), syncs(now));
+            if let (Some(before), Some(after)) = (before, after) {
+                // A counter that went down means the primary restarted: count from zero.
+                let served = if after >= before {
+                    after - before
+                } else {
+                    after
+                };
+                if served > max {
+                    out.failures.push(format!(
+                        "{id}: {served} full resync{} of its replicas since the rollout began (sync_full {before} → {after}; at most {max})",
+                        if served == 1 { "" } else { "s" },
+                    ));
+                }
+            }
+            out.figures.push(ReplicationFigures {
+                node: id.to_owned(),
+                full_syncs_before: before,
+                full_syncs: after,
+                ..ReplicationFigures::default()
+            });
+        }
+    }
+    out
+}
+
+/// The replicas a primary lists in its latest reading.
+fn fed<'a>(
+    now: &'a BTreeMap<String, Sample>,
+    primary: &str,
+) -> &'a [crate::pure::live::ReplicaLink] {
+    now.get(primary)
+        .filter(|s| s.node.reachable)
+        .and_then(|s| s.node.health.as_ref())
+        .and_then(|h| h.topology.as_ref())
+        .map(|t| t.replicas.as_slice())
+        .unwrap_or_default()
+}
+
+/// One replica's lag by its primary's figures (its offset, the replica's acknowledged
+/// one and the seconds since), against the limits. `id` names the replica (a declared
+/// node, or its address), `address` is where its primary sees it.
+fn replica_lag(
+    gates: &Gates,
+    id: &str,
+    address: &str,
+    primary: &str,
+    now: &BTreeMap<String, Sample>,
+    failures: &mut Vec<String>,
+) -> ReplicationFigures {
+    let seen = now
+        .get(primary)
+        .filter(|s| s.node.reachable)
+        .and_then(|s| s.node.health.as_ref())
+        .and_then(|h| h.topology.as_ref());
+    let lag_bytes = seen.and_then(|t| t.replica_lag_bytes(address));
+    let lag_seconds = seen
+        .and_then(|t| t.replica(address))
+        .and_then(|r| r.lag_seconds);
+    if let (Some(max), Some(lag)) = (gates.max_replica_lag_bytes, lag_bytes) {
+        if lag > max {
+            failures.push(format!(
+                "{id}: {lag} bytes behind its primary {primary} (more than {max})"
+            ));
+        }
+    }
+    if let (Some(max), Some(lag)) = (gates.max_replica_lag_seconds, lag_seconds) {
+        if lag > max {
+            failures.push(format!(
+                "{id}: last acknowledged its primary {primary} {lag} s ago (more than {max} s)"
+            ));
+        }
+    }
+    ReplicationFigures {
+        node: id.to_owned(),
+        primary: Some(primary.to_owned()),
+        lag_bytes,
+        lag_seconds,
+        ..ReplicationFigures::default()
+    }
+}
+
+/// A verdict with the replication gates' failures added: any failure fails the batch.
+pub fn with_replication(verdict: Verdict, failures: &[String]) -> Verdict {
+    if failures.is_empty() {
+        return verdict;
+    }
+    let mut reasons = match verdict {
+        Verdict::Fail { reason } => vec![reason],
+        _ => Vec::new(),
+    };
+    reasons.extend(failures.iter().cloned());
+    Verdict::Fail {
+        reason: reasons.join("; "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,6 +776,159 @@ mod tests {
              a: latency 80.00 ms is above 50 ms; \
              a: latency rose from 0.20 ms to 80.00 ms (more than 5 ms); \
              a: 10.0 evictions/s is above 5"
+        );
+    }
+
+    fn replicated(nodes: &[(&str, Option<Role>)]) -> Cluster {
+        Cluster {
+            name: "c".into(),
+            file: "clusters/c.yaml".into(),
+            labels: BTreeMap::new(),
+            engine: crate::pure::catalog::Engine::Redis,
+            product: crate::pure::catalog::Product::Redis,
+            version: None,
+            catalog: crate::pure::catalog::CatalogId::default_for(
+                crate::pure::catalog::Engine::Redis,
+            ),
+            profile: None,
+            parameters: BTreeMap::new(),
+            auth: None,
+            tls: None,
+            nodes: nodes
+                .iter()
+                .map(|(id, role)| crate::pure::spec::model::Node {
+                    id: id.to_string(),
+                    address: format!("10.0.0.{}:6379", &id[1..]),
+                    shard: "a".into(),
+                    role: *role,
+                    managed: crate::pure::spec::model::Managed::Direct,
+                    labels: BTreeMap::new(),
+                })
+                .collect(),
+            rollout: Default::default(),
+        }
+    }
+
+    fn topo(at_ms: u64, role: Role, t: crate::pure::live::Topology) -> Sample {
+        sample(at_ms, 0, 0, |h| {
+            h.role = Some(role);
+            h.topology = Some(t);
+        })
+    }
+
+    fn link(address: &str, offset: u64, lag: u64) -> crate::pure::live::ReplicaLink {
+        crate::pure::live::ReplicaLink {
+            address: address.into(),
+            state: Some("online".into()),
+            offset: Some(offset),
+            lag_seconds: Some(lag),
+        }
+    }
+
+    #[test]
+    fn replica_lag_and_full_resyncs_fail_with_their_figures() {
+        use crate::pure::live::Topology;
+        let c = replicated(&[
+            ("a1", Some(Role::Primary)),
+            ("a2", Some(Role::Replica)),
+            ("a3", None),
+        ]);
+        let replica = |at| {
+            topo(
+                at,
+                Role::Replica,
+                Topology {
+                    primary: Some("10.0.0.1:6379".into()),
+                    ..Topology::default()
+                },
+            )
+        };
+        let primary = |at, syncs, links| {
+            topo(
+                at,
+                Role::Primary,
+                Topology {
+                    offset: Some(5000),
+                    full_syncs: Some(syncs),
+                    replicas: links,
+                    ..Topology::default()
+                },
+            )
+        };
+        let base = map(vec![
+            ("a1", primary(0, 2, vec![])),
+            ("a2", replica(0)),
+            ("a3", replica(0)),
+        ]);
+        let now = map(vec![
+            (
+                "a1",
+                primary(
+                    10_000,
+                    3,
+                    vec![
+                        link("10.0.0.2:6379", 5000, 0),
+                        link("10.0.0.3:6379", 1000, 7),
+                    ],
+                ),
+            ),
+            ("a2", replica(10_000)),
+            ("a3", replica(10_000)),
+        ]);
+        let gates = Gates {
+            max_replica_lag_bytes: Some(1000),
+            max_replica_lag_seconds: Some(5),
+            max_full_resyncs: Some(0),
+            ..Gates::default()
+        };
+        let r = judge_replication(&gates, &c, &ids(&["a3"]), &base, &now);
+        assert_eq!(
+            r.failures,
+            vec![
+                "a3: 4000 bytes behind its primary a1 (more than 1000)",
+                "a3: last acknowledged its primary a1 7 s ago (more than 5 s)",
+                "a1: 1 full resync of its replicas since the rollout began (sync_full 2 → 3; at most 0)",
+            ]
+        );
+        assert_eq!(
+            r.figures[0],
+            ReplicationFigures {
+                node: "a3".into(),
+                primary: Some("a1".into()),
+                lag_bytes: Some(4000),
+                lag_seconds: Some(7),
+                ..ReplicationFigures::default()
+            }
+        );
+        // a2 is caught up: a batch of a2 fails only on the shard's full resync.
+        let r = judge_replication(&gates, &c, &ids(&["a2"]), &base, &now);
+        assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+        // The batch of the primary checks every replica that follows it.
+        let r = judge_replication(&gates, &c, &ids(&["a1"]), &base, &now);
+        assert_eq!(r.failures.len(), 3, "{:?}", r.failures);
+        // Even a replica too far gone to answer: its primary still lists it.
+        let mut gone = now.clone();
+        gone.get_mut("a3").unwrap().node.reachable = false;
+        let r = judge_replication(&gates, &c, &ids(&["a1"]), &base, &gone);
+        assert_eq!(
+            r.failures[..2],
+            [
+                "a3: 4000 bytes behind its primary a1 (more than 1000)",
+                "a3: last acknowledged its primary a1 7 s ago (more than 5 s)",
+            ]
+        );
+        // Off by default: nothing judged.
+        let r = judge_replication(&Gates::default(), &c, &ids(&["a3"]), &base, &now);
+        assert_eq!(r, ReplicationJudgement::default());
+        assert_eq!(
+            with_replication(Verdict::Pass, &["x".to_owned()]),
+            Verdict::Fail { reason: "x".into() }
+        );
+        assert_eq!(
+            with_replication(Verdict::Fail { reason: "a".into() }, &["b".to_owned()]),
+            Verdict::Fail {
+                reason: "a; b".into()
+            }
         );
     }
 

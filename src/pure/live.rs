@@ -90,6 +90,78 @@ pub struct Health {
     /// restarted engine's counters over this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_seconds: Option<u64>,
+    /// Replication as the node reports it; `role` above is its role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Topology>,
+}
+
+/// Where a node stands in its replication, as one reading shows it: the primary a
+/// replica follows, its link and offsets, the replicas a primary feeds and the full
+/// resyncs it served. Filled from `INFO replication` (Redis, Valkey); every field is
+/// optional so that other readings (Sentinel, `CLUSTER SHARDS`) can fill what they know.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Topology {
+    /// The primary a replica follows, `host:port` as the replica names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// Seconds since the replica last heard from its primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_io_seconds_ago: Option<u64>,
+    /// A replica is loading a full copy from its primary right now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_in_progress: Option<bool>,
+    /// The node's replication offset: what a primary has written to its stream, what a
+    /// replica has processed of its primary's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Full resyncs this node has served to replicas since it started (`sync_full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_syncs: Option<u64>,
+    /// Partial resyncs it accepted (`sync_partial_ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_syncs: Option<u64>,
+    /// The replicas connected to a primary, as it sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaLink>,
+}
+
+/// One replica as its primary sees it (`slaveN:ip=...,port=...,state=...,offset=...,lag=...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaLink {
+    /// `host:port` of the replica.
+    pub address: String,
+    /// `online`, `wait_bgsave`, `send_bulk`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The offset the replica acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Seconds since its last acknowledgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<u64>,
+}
+
+impl Topology {
+    /// How far the replica at `address` is behind this primary, in bytes, by the
+    /// primary's own figures (its offset and the replica's last acknowledged one).
+    pub fn replica_lag_bytes(&self, address: &str) -> Option<u64> {
+        let link = self.replica(address)?;
+        Some(self.offset?.saturating_sub(link.offset?))
+    }
+
+    /// The replica at `address` (host compared without case), if connected.
+    pub fn replica(&self, address: &str) -> Option<&ReplicaLink> {
+        self.replicas
+            .iter()
+            .find(|r| same_address(&r.address, address))
+    }
+}
+
+/// Two `host:port` addresses name the same endpoint (host case-insensitive).
+pub fn same_address(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,11 @@
 //! would change, the risks only live data can show, and the staged batches the rollout
 //! policy gives. A pure function; the same inputs give the same plan byte for byte.
 //!
+//! Roles and shards are the live ones (`topology`): after a failover the node that runs
+//! as the primary goes last and the old primary, now its replica, goes with the replicas.
+//! A node not read keeps its declared role. Where declaration and live state differ, the
+//! plan says so (`topology` notes) and goes on.
+//!
 //! Batching: the nodes that need a change are ordered replicas first, then primaries;
 //! within a role, round-robin across shards (the first replica of every shard, then the
 //! second...), so that a batch spreads over shards instead of draining one. Each stage
@@ -16,6 +21,7 @@ use crate::pure::catalog::Product;
 use crate::pure::diff::{self, ParamChange, Risk, RiskKind};
 use crate::pure::live::LiveState;
 use crate::pure::spec::model::{Cluster, Desired, Role, Stage};
+use crate::pure::topology::{self, ClusterTopology, TopologyNote};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -49,12 +55,17 @@ pub struct ClusterPlan {
     pub unreachable: Vec<Unreachable>,
     pub risks: Vec<Risk>,
     pub stages: Vec<PlannedStage>,
+    /// Nodes whose live role or shard is not the declared one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub topology: Vec<TopologyNote>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodePlan {
     pub id: String,
+    /// The live shard (the declared one when the node's primary is not known).
     pub shard: String,
+    /// The live role (the declared one when the node did not report one).
     pub role: Role,
     pub changes: Vec<ParamChange>,
     /// True when at least one change needs a restart.
@@ -112,12 +123,13 @@ pub fn plan(desired: &Desired, live: &LiveState) -> Plan {
 /// (or why it is left out), the risks (primaries restarting, data evicted, eviction
 /// policies switched), the rollout order and the batches.
 pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
+    let topology = topology::resolve(cluster, |id| live.nodes.get(id));
     let NodePlans {
         nodes,
         in_sync,
         unreachable,
         evicting,
-    } = node_plans(cluster, live);
+    } = node_plans(cluster, live, &topology);
     let mut risks: Vec<Risk> = Vec::new();
     risks.extend(primary_restart_risk(&nodes));
     risks.extend(eviction_risk(cluster, evicting));
@@ -138,6 +150,7 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
         unreachable,
         risks,
         stages,
+        topology: topology.notes,
     }
 }
 
@@ -152,7 +165,7 @@ struct NodePlans {
 
 /// Each declared node: left out (not in the snapshot, unreachable), in sync, or its
 /// changes.
-fn node_plans(cluster: &Cluster, live: &LiveState) -> NodePlans {
+fn node_plans(cluster: &Cluster, live: &LiveState, topology: &ClusterTopology) -> NodePlans {
     let mut nodes = Vec::new();
     let mut in_sync = Vec::new();
     let mut unreachable = Vec::new();
@@ -193,8 +206,8 @@ fn node_plans(cluster: &Cluster, live: &LiveState) -> NodePlans {
         }
         nodes.push(NodePlan {
             id: node.id.clone(),
-            shard: node.shard.clone(),
-            role: node.role,
+            shard: topology.shard(&node.id).to_owned(),
+            role: topology.role(&node.id),
             restart: changes.iter().any(|c| c.restart),
             changes,
         });
@@ -208,7 +221,7 @@ fn node_plans(cluster: &Cluster, live: &LiveState) -> NodePlans {
     }
 }
 
-/// Primaries that restart for start-only parameters.
+/// Primaries (live) that restart for start-only parameters.
 fn primary_restart_risk(nodes: &[NodePlan]) -> Option<Risk> {
     let restarting_primaries: Vec<String> = nodes
         .iter()
@@ -402,6 +415,104 @@ mod tests {
                 vec!["b2".to_string(), "a3".to_string()],
                 vec!["b3".to_string(), "a1".to_string()],
                 vec!["b1".to_string()],
+            ]
+        );
+    }
+
+    #[test]
+    fn live_roles_order_the_rollout_and_a_failover_is_reported_not_refused() {
+        use crate::pure::catalog::{CatalogId, Engine, Product};
+        use crate::pure::live::{Health, NodeLive, Topology};
+        use crate::pure::spec::model::{Managed, Node, Param};
+        let node = |id: &str, shard: &str, role: Option<Role>| Node {
+            id: id.into(),
+            address: format!("{id}:6379"),
+            shard: shard.into(),
+            role,
+            managed: Managed::Direct,
+            labels: BTreeMap::new(),
+        };
+        let cluster = Cluster {
+            name: "c".into(),
+            file: "clusters/c.yaml".into(),
+            labels: BTreeMap::new(),
+            engine: Engine::Redis,
+            product: Product::Redis,
+            version: None,
+            catalog: CatalogId::default_for(Engine::Redis),
+            profile: None,
+            parameters: [(
+                "hz".to_owned(),
+                Param {
+                    value: "20".into(),
+                    written: "20".into(),
+                    profile: None,
+                    unchecked: false,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            auth: None,
+            tls: None,
+            nodes: vec![
+                node("a1", "a", Some(Role::Primary)),
+                node("a2", "a", Some(Role::Replica)),
+                node("a3", "a", None),
+            ],
+            rollout: Default::default(),
+        };
+        // a2 took over by hand; a1 and a3 follow it.
+        let read = |role: Role, primary: Option<&str>| NodeLive {
+            reachable: true,
+            parameters: [("hz".to_owned(), "10".to_owned())].into_iter().collect(),
+            health: Some(Health {
+                role: Some(role),
+                topology: Some(Topology {
+                    primary: primary.map(str::to_owned),
+                    ..Topology::default()
+                }),
+                ..Health::default()
+            }),
+            ..NodeLive::default()
+        };
+        let live = LiveState {
+            version: 1,
+            taken_at: None,
+            nodes: [
+                ("a1".to_owned(), read(Role::Replica, Some("a2:6379"))),
+                ("a2".to_owned(), read(Role::Primary, None)),
+                ("a3".to_owned(), read(Role::Replica, Some("a2:6379"))),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let p = plan_cluster(&cluster, &live);
+        let order: Vec<&str> = p
+            .stages
+            .iter()
+            .flat_map(|s| s.batches.iter().flatten())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(order, vec!["a1", "a3", "a2"]);
+        let texts: Vec<String> = p
+            .topology
+            .iter()
+            .map(|t| format!("{}: {}", t.node, t.text))
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                "a1: declared primary, runs as a replica of a2",
+                "a2: declared replica, runs as a primary",
+            ]
+        );
+        let roles: Vec<(&str, Role)> = p.nodes.iter().map(|n| (n.id.as_str(), n.role)).collect();
+        assert_eq!(
+            roles,
+            vec![
+                ("a1", Role::Replica),
+                ("a2", Role::Primary),
+                ("a3", Role::Replica)
             ]
         );
     }

@@ -28,6 +28,13 @@ pub const PROTOCOL_SCHEMA: &str = include_str!(concat!(
 ));
 /// Largest report or assignment accepted (a Redis node's full parameter set is ~10 KiB).
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// The response header by which a server names the optional report fields it reads
+/// (beyond those of protocol version 1 as first published); an agent sends such a field
+/// only to a server that named it, so that an older server, whose schema is closed,
+/// never sees one. Its value: names separated by commas.
+pub const READS_HEADER: &str = "cacheflow-reads";
+/// The live topology in a report's `node.health.topology`.
+pub const READS_TOPOLOGY: &str = "topology";
 
 /// What an agent says about its node, every interval and at once after an apply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -930,3 +930,52 @@ async fn the_agent_checks_against_the_cluster_s_catalog_and_passes_unchecked_nam
         ])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reports_the_topology_only_to_a_server_that_reads_it() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
+    let port = primary.port().to_string();
+    assert!(replica
+        .client()
+        .cmd(&["REPLICAOF", "127.0.0.1", &port])
+        .is_ok());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !replica
+        .client()
+        .cmd(&["INFO", "replication"])
+        .as_str()
+        .unwrap_or_default()
+        .contains("master_link_status:up")
+    {
+        assert!(std::time::Instant::now() < deadline, "link not up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let control = ControlPlane::start().await;
+    let mut o = options(&control);
+    o.once = false;
+    o.interval = Duration::from_millis(100);
+    let (stop, rx) = watch::channel(false);
+    let agent = tokio::spawn(agent::run(redis_driver(&replica.addr()), o, rx));
+
+    // A server that does not name the field (one of before it): never sent, since its
+    // closed schema would refuse the report. The role is reported as ever.
+    control.wait_for(10, |_| control.reports().len() >= 3).await;
+    for r in control.reports() {
+        let h = r.node.health.expect("health");
+        assert_eq!(h.role, Some(cacheflow::pure::spec::model::Role::Replica));
+        assert_eq!(h.topology, None);
+    }
+    // A server that names it: the next reports carry who the replica follows.
+    control.reads("topology");
+    let r = control
+        .wait_for(10, |r| {
+            r.node.health.as_ref().is_some_and(|h| h.topology.is_some())
+        })
+        .await;
+    let t = r.node.health.unwrap().topology.unwrap();
+    assert_eq!(t.primary, Some(primary.addr()));
+    assert!(t.offset.is_some(), "{t:?}");
+    stop.send(true).unwrap();
+    agent.await.unwrap().unwrap();
+}

@@ -269,9 +269,9 @@ cluster cache (redis, clusters/cache.yaml): modified
     maxmemory: (unset) → 64mb (run time)
     timeout: 300 → (unset) (no longer managed: nodes keep their value)
   nodes added:
-    n3 (127.0.0.1:6392, shard n3, primary)
+    n3 (127.0.0.1:6392, shard n3, live role)
   nodes removed:
-    n2 (127.0.0.1:6391, shard n2, primary)
+    n2 (127.0.0.1:6391, shard n2, live role)
 
 1 cluster changes, 0 risks flagged
 "
@@ -285,9 +285,9 @@ cluster cache (redis, clusters/cache.yaml): modified
     + maxmemory: (unset) → 64mb (run time)
     - timeout: 300 → (unset) (no longer managed: nodes keep their value)
   nodes added:
-    + n3 (127.0.0.1:6392, shard n3, primary)
+    + n3 (127.0.0.1:6392, shard n3, live role)
   nodes removed:
-    - n2 (127.0.0.1:6391, shard n2, primary)
+    - n2 (127.0.0.1:6391, shard n2, live role)
 
 1 cluster changes, 0 risks flagged
 "
@@ -301,9 +301,9 @@ cluster cache (redis, clusters/cache.yaml): modified
     \x1b[32m+ maxmemory: (unset) → 64mb (run time)\x1b[0m
     \x1b[31m- timeout: 300 → (unset) (no longer managed: nodes keep their value)\x1b[0m
   nodes added:
-    \x1b[32m+ n3 (127.0.0.1:6392, shard n3, primary)\x1b[0m
+    \x1b[32m+ n3 (127.0.0.1:6392, shard n3, live role)\x1b[0m
   nodes removed:
-    \x1b[31m- n2 (127.0.0.1:6391, shard n2, primary)\x1b[0m
+    \x1b[31m- n2 (127.0.0.1:6391, shard n2, live role)\x1b[0m
 
 1 cluster changes, 0 risks flagged
 "

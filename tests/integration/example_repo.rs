@@ -224,7 +224,7 @@ fn the_example_repo_loads_through_the_schema_and_the_rust_types_without_a_diagno
     let primaries: Vec<(&str, &str)> = eu
         .nodes
         .iter()
-        .filter(|n| n.role == Role::Primary)
+        .filter(|n| n.role == Some(Role::Primary))
         .map(|n| (n.id.as_str(), n.shard.as_str()))
         .collect();
     assert_eq!(
@@ -293,7 +293,7 @@ fn the_example_repo_loads_through_the_schema_and_the_rust_types_without_a_diagno
     for n in &pc.nodes {
         assert_eq!(
             (n.shard.as_str(), n.role, n.managed),
-            (n.id.as_str(), Role::Primary, Managed::Direct)
+            (n.id.as_str(), Some(Role::Primary), Managed::Direct)
         );
     }
     assert_eq!(pc.rollout.warmup, Millis(300_000));

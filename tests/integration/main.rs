@@ -26,6 +26,7 @@ mod state;
 mod support;
 mod sync;
 mod tls;
+mod topology;
 mod trust;
 mod usage;
 mod versions;

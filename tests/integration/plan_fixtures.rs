@@ -153,7 +153,7 @@ fn check_rules(case: &str, desired: &Desired, live: &LiveState, p: &Plan) {
             "{case}/{}: batches hold the changed nodes once",
             c.name
         );
-        let role = |id: &str| c.node(id).unwrap().role;
+        let role = |id: &str| c.node(id).unwrap().role.unwrap_or(Role::Primary);
         if let Some(first_primary) = order.iter().position(|id| role(id) == Role::Primary) {
             assert!(
                 order[first_primary..]

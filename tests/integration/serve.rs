@@ -154,6 +154,18 @@ impl Server {
         headers: &[(&str, String)],
         body: &[u8],
     ) -> std::io::Result<(u16, String)> {
+        self.try_http_with_head(method, path, headers, body)
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// The status, the response's head (status line and headers) and its body.
+    fn try_http_with_head(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, String, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut req = format!(
@@ -175,12 +187,8 @@ impl Server {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|x| x.1)
-            .unwrap_or("")
-            .to_owned();
-        Ok((status, body))
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        Ok((status, head.to_owned(), body.to_owned()))
     }
 
     pub(crate) fn http(
@@ -1279,6 +1287,58 @@ fn drift_is_notified_when_it_appears_changes_and_clears_not_on_every_run_and_not
     assert!(waited >= Duration::from_secs(2), "{waited:?}");
 }
 
+#[test]
+fn a_hand_made_failover_shows_in_the_servers_drift_report_and_is_not_drift() {
+    let fleet = Fleet::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    work.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 20"));
+    work.commit("cache: hz 20");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::start(&remote, state.path());
+    converge(&fleet, "hz", "20", Duration::from_secs(20));
+    until_clean(&server, "cache: 6 node(s), 0 drifted, 0 silent\nno drift\n");
+
+    // Shard a fails over by hand: a2 takes over, a1 and a3 follow it.
+    let a2_port = fleet.get("a2").port().to_string();
+    assert!(fleet
+        .get("a2")
+        .client()
+        .cmd(&["REPLICAOF", "NO", "ONE"])
+        .is_ok());
+    for id in ["a1", "a3"] {
+        assert!(fleet
+            .get(id)
+            .client()
+            .cmd(&["REPLICAOF", "127.0.0.1", &a2_port])
+            .is_ok());
+    }
+    let want = "cache: 6 node(s), 0 drifted, 0 silent\n\
+                \x20 a1: declared primary, runs as a replica of a2\n\
+                \x20 a2: declared replica, runs as a primary\n\
+                no drift\n";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, text) = drift_cli(&server, "text");
+        if text == want {
+            assert_eq!(code, 0, "a failover is not drift: {text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, json) = drift_cli(&server, "json");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        report["clusters"][0]["topology"],
+        serde_json::json!([
+            {"node": "a1", "text": "declared primary, runs as a replica of a2"},
+            {"node": "a2", "text": "declared replica, runs as a primary"},
+        ])
+    );
+}
+
 /// Wait until `cacheflow drift --server` says exactly `clean` (a rollout in flight is
 /// "not compared", which is no drift but another text).
 fn until_clean(server: &Server, clean: &str) {
@@ -1605,8 +1665,24 @@ fn a_fresh_server_shows_every_known_counter_at_zero() {
         text.contains("/sentAt: `last tuesday` is not an RFC 3339 time"),
         "{text}"
     );
-    let (code, text) = report("2026-11-21T00:00:00Z");
+    let body = r#"{"version":1,"nodeId":"c-1","agent":"t","sentAt":"2026-11-21T00:00:00Z","node":{"reachable":true,"engine":"redis","parameters":{"requirepass":"hand-pass-9z"}}}"#;
+    let (code, head, text) = server
+        .try_http_with_head(
+            "POST",
+            "/api/v1/nodes/c-1/report",
+            &[
+                ("Authorization", format!("Bearer {token}")),
+                ("Content-Type", "application/json".to_owned()),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap();
     assert_eq!(code, 200, "{text}");
+    // The optional report fields this server reads, for agents of later builds.
+    assert!(
+        head.lines().any(|l| l == "cacheflow-reads: topology"),
+        "{head}"
+    );
     let (_, metrics) = server.http("GET", "/metrics", &[], b"");
     for line in [
         r#"cacheflow_node_reports_total{result="malformed"} 1"#,

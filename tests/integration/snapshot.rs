@@ -65,10 +65,31 @@ spec:
     repo
 }
 
+/// `replica` follows `primary` for real (both with the password `s3cret`), link up.
+fn replicate(replica: &RedisServer, primary: &RedisServer) {
+    let mut c = replica.client();
+    c.auth(None, "s3cret");
+    assert!(c.cmd(&["CONFIG", "SET", "masterauth", "s3cret"]).is_ok());
+    let port = primary.port().to_string();
+    assert!(c.cmd(&["REPLICAOF", "127.0.0.1", &port]).is_ok());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !c
+        .cmd(&["INFO", "replication"])
+        .as_str()
+        .unwrap_or_default()
+        .contains("master_link_status:up")
+    {
+        assert!(std::time::Instant::now() < deadline, "link not up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn snapshot_reads_every_node_and_reports_the_unreachable_one() {
     let a = RedisServer::start_with(RedisOptions::new().requirepass("s3cret"));
     let b = RedisServer::start_with(RedisOptions::new().requirepass("s3cret"));
+    // s-2 is declared a replica of s-1: it is one.
+    replicate(&b, &a);
     let m = MemcachedServer::start_with_args(&["-m", "32"]);
     let down = free_port();
     let repo = fleet_repo(&a, &b, &m, down);

@@ -379,6 +379,7 @@ impl MemcachedDriver {
             replication_link: None,
             keys: number("curr_items")?,
             uptime_seconds: number("uptime")?,
+            topology: None,
         })
     }
 

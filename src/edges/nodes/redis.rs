@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use crate::edges::nodes::{Applied, BoxFuture, NodeDriver, NodeError};
 use crate::edges::secret;
 use crate::pure::catalog::{self, Engine};
-use crate::pure::live::{Health, LinkState, NodeLive};
+use crate::pure::live::{Health, LinkState, NodeLive, ReplicaLink, Topology};
 use crate::pure::spec::model::{Auth, Role, Tls};
 
 /// Largest config file read for the persisted view.
@@ -929,7 +929,54 @@ pub fn health_from_info(info: &BTreeMap<String, String>) -> Health {
         replication_link,
         keys: Some(keys),
         uptime_seconds: num("uptime_in_seconds"),
+        topology: topology_from_info(info, role),
     }
+}
+
+/// Replication from parsed `INFO replication` and `INFO stats` fields: the primary a
+/// replica follows, offsets, the replicas a primary feeds (`slaveN` lines), full and
+/// partial resyncs served. `None` when the server reports no role.
+pub fn topology_from_info(info: &BTreeMap<String, String>, role: Option<Role>) -> Option<Topology> {
+    let role = role?;
+    let num = |k: &str| info.get(k).and_then(|v| v.trim().parse::<u64>().ok());
+    let mut topology = Topology {
+        full_syncs: num("sync_full"),
+        partial_syncs: num("sync_partial_ok"),
+        ..Topology::default()
+    };
+    match role {
+        Role::Replica => {
+            topology.primary = match (info.get("master_host"), info.get("master_port")) {
+                (Some(host), Some(port)) => Some(format!("{}:{}", host.trim(), port.trim())),
+                _ => None,
+            };
+            // -1 while the link is down: no figure.
+            topology.last_io_seconds_ago = num("master_last_io_seconds_ago");
+            topology.sync_in_progress =
+                info.get("master_sync_in_progress").map(|v| v.trim() == "1");
+            topology.offset = num("slave_repl_offset").or_else(|| num("master_repl_offset"));
+        }
+        Role::Primary => topology.offset = num("master_repl_offset"),
+    }
+    // `slave0:ip=10.0.0.2,port=6379,state=online,offset=1234,lag=0`, in order.
+    let mut n = 0;
+    while let Some(line) = info.get(&format!("slave{n}")) {
+        let field = |name: &str| {
+            line.split(',')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .map(str::trim)
+        };
+        if let (Some(ip), Some(port)) = (field("ip"), field("port")) {
+            topology.replicas.push(ReplicaLink {
+                address: format!("{ip}:{port}"),
+                state: field("state").map(str::to_owned),
+                offset: field("offset").and_then(|v| v.parse().ok()),
+                lag_seconds: field("lag").and_then(|v| v.parse().ok()),
+            });
+        }
+        n += 1;
+    }
+    Some(topology)
 }
 
 /// Which parameter a `CONFIG SET` error names: Redis 7 says `(possibly related to argument
@@ -1189,6 +1236,59 @@ mod tests {
             "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.1\r\n",
         );
         assert_eq!(engine_version(&valkey).as_deref(), Some("8.0.1"));
+    }
+
+    #[test]
+    fn topology_comes_from_info_replication() {
+        // A primary feeding two replicas, one of them behind.
+        let info = parse_info(
+            "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+             slave0:ip=127.0.0.1,port=7002,state=online,offset=1000,lag=0\r\n\
+             slave1:ip=127.0.0.1,port=7003,state=wait_bgsave,offset=0,lag=3\r\n\
+             master_repl_offset:1500\r\n# Stats\r\nsync_full:2\r\nsync_partial_ok:1\r\n",
+        );
+        let t = health_from_info(&info).topology.unwrap();
+        assert_eq!(t.primary, None);
+        assert_eq!(t.offset, Some(1500));
+        assert_eq!(t.full_syncs, Some(2));
+        assert_eq!(t.partial_syncs, Some(1));
+        assert_eq!(
+            t.replicas,
+            vec![
+                ReplicaLink {
+                    address: "127.0.0.1:7002".into(),
+                    state: Some("online".into()),
+                    offset: Some(1000),
+                    lag_seconds: Some(0),
+                },
+                ReplicaLink {
+                    address: "127.0.0.1:7003".into(),
+                    state: Some("wait_bgsave".into()),
+                    offset: Some(0),
+                    lag_seconds: Some(3),
+                },
+            ]
+        );
+        assert_eq!(t.replica_lag_bytes("127.0.0.1:7002"), Some(500));
+        assert_eq!(t.replica_lag_bytes("127.0.0.1:7009"), None);
+
+        // A replica: whom it follows, its link's figures; -1 (link down) is no figure.
+        let info = parse_info(
+            "role:slave\r\nmaster_host:10.0.0.1\r\nmaster_port:6379\r\n\
+             master_link_status:up\r\nmaster_last_io_seconds_ago:-1\r\n\
+             master_sync_in_progress:0\r\nslave_repl_offset:1400\r\nmaster_repl_offset:1400\r\n",
+        );
+        let t = health_from_info(&info).topology.unwrap();
+        assert_eq!(t.primary.as_deref(), Some("10.0.0.1:6379"));
+        assert_eq!(t.last_io_seconds_ago, None);
+        assert_eq!(t.sync_in_progress, Some(false));
+        assert_eq!(t.offset, Some(1400));
+        assert!(t.replicas.is_empty());
+        // No role: no topology.
+        assert_eq!(
+            health_from_info(&parse_info("used_memory:1\r\n")).topology,
+            None
+        );
     }
 
     #[test]

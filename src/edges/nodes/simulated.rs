@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::{Applied, BoxFuture, NodeDriver, NodeError};
 use crate::pure::catalog::{self, Engine};
-use crate::pure::live::{Health, NodeLive};
+use crate::pure::live::{Health, NodeLive, Topology};
 use crate::pure::spec::model::Role;
 
 /// A fault to inject.
@@ -48,6 +48,9 @@ struct State {
     faults: Vec<Fault>,
     calls: u64,
     revision: Option<String>,
+    /// The role the node runs as and, for a replica, the address of its primary.
+    role: Role,
+    primary: Option<String>,
 }
 
 /// One simulated node.
@@ -55,7 +58,6 @@ struct State {
 pub struct SimulatedNode {
     address: String,
     engine: Engine,
-    role: Role,
     state: Mutex<State>,
 }
 
@@ -76,7 +78,6 @@ impl SimulatedNode {
         let node = SimulatedNode {
             address: address.into(),
             engine,
-            role,
             state: Mutex::new(State {
                 params: params.into(),
                 used_memory: 0,
@@ -89,6 +90,8 @@ impl SimulatedNode {
                 faults: Vec::new(),
                 calls: 0,
                 revision: None,
+                role,
+                primary: None,
             }),
         };
         node.with_state(|s| {
@@ -118,6 +121,19 @@ impl SimulatedNode {
     /// Record the revision an agent applied (reported in `read`).
     pub fn set_revision(&self, revision: Option<String>) {
         self.with_state(|s| s.revision = revision);
+    }
+
+    /// Follow the primary at `address` (a hand-made `REPLICAOF host port`), or run as a
+    /// primary with `None` (`REPLICAOF NO ONE`).
+    pub fn replicate_from(&self, address: Option<String>) {
+        self.with_state(|s| {
+            s.role = if address.is_some() {
+                Role::Replica
+            } else {
+                Role::Primary
+            };
+            s.primary = address;
+        });
     }
 
     /// Change a parameter behind cacheflow's back (a hand-made `CONFIG SET`).
@@ -256,9 +272,9 @@ impl NodeDriver for SimulatedNode {
                 _ => {}
             }
             let engine = self.engine;
-            let role = self.role;
             Ok(self.with_state(|s| {
                 let total = s.hits + s.misses;
+                let role = s.role;
                 NodeLive {
                     cluster: None,
                     engine: Some(engine),
@@ -288,6 +304,13 @@ impl NodeDriver for SimulatedNode {
                             .then_some(crate::pure::live::LinkState::Up),
                         keys: Some(s.used_memory / KEY_BYTES),
                         uptime_seconds: None,
+                        // Replicas always caught up, no resync: the model has no lag.
+                        topology: (engine == Engine::Redis).then(|| Topology {
+                            primary: s.primary.clone(),
+                            offset: Some(0),
+                            full_syncs: Some(0),
+                            ..Topology::default()
+                        }),
                     }),
                 }
             }))
@@ -370,6 +393,24 @@ mod tests {
             .build()
             .expect("a current-thread runtime builds")
             .block_on(f)
+    }
+
+    #[test]
+    fn a_simulated_failover_shows_in_the_reading() {
+        let n = node("1gb");
+        let h = block_on(n.read()).unwrap().health.unwrap();
+        assert_eq!(h.role, Some(Role::Primary));
+        assert_eq!(h.topology.unwrap().primary, None);
+        // Made a replica of another node by hand (`REPLICAOF sim:2`).
+        n.replicate_from(Some("sim:2".into()));
+        let h = block_on(n.read()).unwrap().health.unwrap();
+        assert_eq!(h.role, Some(Role::Replica));
+        assert_eq!(h.replication_link, Some(crate::pure::live::LinkState::Up));
+        assert_eq!(h.topology.unwrap().primary.as_deref(), Some("sim:2"));
+        // And back (`REPLICAOF NO ONE`).
+        n.replicate_from(None);
+        let h = block_on(n.read()).unwrap().health.unwrap();
+        assert_eq!(h.role, Some(Role::Primary));
     }
 
     #[test]

@@ -53,7 +53,17 @@ pub(super) async fn report(
     let response = match answer_report(&app, &bodies, &id, &headers, body).await {
         Ok(assignment) => {
             count("ok");
-            (StatusCode::OK, Json(assignment)).into_response()
+            // The optional report fields this server reads: the agent sends them from
+            // its next report on.
+            (
+                StatusCode::OK,
+                [(
+                    crate::pure::protocol::READS_HEADER,
+                    crate::pure::protocol::READS_TOPOLOGY,
+                )],
+                Json(assignment),
+            )
+                .into_response()
         }
         Err(e) => {
             match &e {

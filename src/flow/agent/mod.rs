@@ -22,6 +22,7 @@ pub mod apply;
 pub mod conffile;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +35,8 @@ use crate::edges::http_error::describe;
 use crate::edges::nodes::NodeDriver;
 use crate::pure::live::NodeLive;
 use crate::pure::protocol::{
-    ApplyResult, Assignment, Outcome, Report, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION,
+    ApplyResult, Assignment, Outcome, Report, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, READS_HEADER,
+    READS_TOPOLOGY,
 };
 
 /// The agent's settings.
@@ -226,7 +228,11 @@ pub async fn run(
         .build()
         .map_err(|e| AgentError::Client(e.to_string()))?;
     let looped = LoopOptions::of(&options);
-    let reporter = Http { client, options };
+    let reporter = Http {
+        client,
+        options,
+        server_reads_topology: AtomicBool::new(false),
+    };
     drive(driver, &reporter, looped, None, stop).await
 }
 
@@ -424,6 +430,9 @@ async fn read_node(driver: &dyn NodeDriver, options: &mut LoopOptions) -> NodeLi
 struct Http {
     client: reqwest::Client,
     options: AgentOptions,
+    /// The server named `topology` in its last answer's `cacheflow-reads` header: the
+    /// reading's topology goes into the report (an older server would refuse it).
+    server_reads_topology: AtomicBool,
 }
 
 impl Reporter for Http {
@@ -432,10 +441,15 @@ impl Reporter for Http {
     }
 
     async fn report(&self, report: Report) -> Result<Option<Assignment>, Unreported> {
-        post_report(&self.client, &self.options, &report)
-            .await
-            .map(Some)
-            .map_err(|e| Unreported::Failed(e.to_string()))
+        post_report(
+            &self.client,
+            &self.options,
+            &report,
+            &self.server_reads_topology,
+        )
+        .await
+        .map(Some)
+        .map_err(|e| Unreported::Failed(e.to_string()))
     }
 
     /// The engine, its address, the revision last applied, and for memcached what its
@@ -451,6 +465,11 @@ impl Reporter for Http {
             }
         }
         node.revision = state.applied_revision.clone();
+        if !self.server_reads_topology.load(Ordering::Relaxed) {
+            if let Some(health) = node.health.as_mut() {
+                health.topology = None;
+            }
+        }
     }
 
     fn logs_applies(&self) -> bool {
@@ -458,11 +477,13 @@ impl Reporter for Http {
     }
 }
 
-/// POST the report; the answer must be an assignment for this node.
+/// POST the report; the answer must be an assignment for this node. Whether the server
+/// reads the topology is noted from the answer's `cacheflow-reads` header.
 async fn post_report(
     client: &reqwest::Client,
     options: &AgentOptions,
     report: &Report,
+    reads_topology: &AtomicBool,
 ) -> Result<Assignment, ReportError> {
     let url = format!("{}/api/v1/nodes/{}/report", options.server, options.node_id);
     let shown = crate::edges::source::redact_url(&url);
@@ -479,6 +500,14 @@ async fn post_report(
             message: crate::edges::source::redact_url(&describe(&e)),
         })?;
     let status = response.status();
+    if status.is_success() {
+        let named = response
+            .headers()
+            .get(READS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|f| f.trim() == READS_TOPOLOGY));
+        reads_topology.store(named, Ordering::Relaxed);
+    }
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| ReportError::Reading {
         url: shown.clone(),

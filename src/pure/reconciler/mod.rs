@@ -1077,13 +1077,26 @@ impl Reconciler {
                     .collect()
             })
             .unwrap_or_default();
-        let now: BTreeMap<String, Sample> = nodes
-            .iter()
-            .chain(untouched.iter())
+        // Every node of the cluster: the replication gates follow replicas to their
+        // primaries, wherever those are in the rollout.
+        let cluster = desired.as_ref().and_then(|d| d.clusters.get(name));
+        let now: BTreeMap<String, Sample> = cluster
+            .map(|c| c.nodes.iter().map(|n| &n.id).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(nodes.iter())
             .filter_map(|id| self.live.get(id).map(|s| (id.clone(), s.clone())))
             .collect();
-        let j = gates::judge(&gates, nodes, &untouched, &rec.baseline, &now);
-        let figures = serde_json::to_string(&j.figures).unwrap_or_default();
+        let mut j = gates::judge(&gates, nodes, &untouched, &rec.baseline, &now);
+        let mut figures = serde_json::to_string(&j.figures).unwrap_or_default();
+        if let Some(c) = cluster {
+            let r = gates::judge_replication(&gates, c, nodes, &rec.baseline, &now);
+            j.verdict = gates::with_replication(j.verdict, &r.failures);
+            if !r.figures.is_empty() {
+                let replication = serde_json::to_string(&r.figures).unwrap_or_default();
+                figures.push_str(&format!("\nreplication: {replication}"));
+            }
+        }
         let verdict = match &j.verdict {
             rollout::Verdict::Pass => "passed".to_owned(),
             rollout::Verdict::Fail { reason } => format!("failed: {reason}"),

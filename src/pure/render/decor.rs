@@ -1,6 +1,7 @@
 //! How text output looks on a terminal: `+ - ~` before what a change adds, removes or
 //! modifies, and, when colour is on, ANSI colours (green, red, yellow; risks red, cluster
-//! headers bold). Whether to decorate is the command line's choice (a terminal, `--color`,
+//! headers bold; `!` before a risk and `~` before what the live nodes show changed are in
+//! every form). Whether to decorate is the command line's choice (a terminal, `--color`,
 //! `NO_COLOR`); the plain form is the default and what pipes, files and CI get.
 
 /// What a line says of a change.
@@ -14,6 +15,8 @@ pub enum Mark {
     Change,
     /// A risk flagged (`!` in every form).
     Risk,
+    /// What the live nodes show changed (a replica's primary, a role): `~` in every form.
+    Live,
     /// A heading (bold when coloured).
     Heading,
 }
@@ -39,6 +42,7 @@ impl Decor {
     pub fn sign(self, mark: Mark) -> &'static str {
         match (mark, self.marks) {
             (Mark::Risk, _) => "! ",
+            (Mark::Live, _) => "~ ",
             (Mark::Add, true) => "+ ",
             (Mark::Remove, true) => "- ",
             (Mark::Change, true) => "~ ",
@@ -50,7 +54,7 @@ impl Decor {
         match mark {
             Mark::Add => "\x1b[32m",
             Mark::Remove | Mark::Risk => "\x1b[31m",
-            Mark::Change => "\x1b[33m",
+            Mark::Change | Mark::Live => "\x1b[33m",
             Mark::Heading => "\x1b[1m",
         }
     }
@@ -84,6 +88,7 @@ mod tests {
     fn plain_lines_have_no_sign_and_no_escape_but_a_risk_keeps_its_bang() {
         assert_eq!(line(Decor::PLAIN, Mark::Add, "a4"), "  a4\n");
         assert_eq!(line(Decor::PLAIN, Mark::Risk, "x"), "  ! x\n");
+        assert_eq!(line(Decor::PLAIN, Mark::Live, "a2: y"), "  ~ a2: y\n");
     }
 
     #[test]

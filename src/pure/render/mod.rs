@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::pure::diff::{ChangeSet, ClusterDiff, ClusterStatus, ParamChange, Risk};
 use crate::pure::plan::Plan;
 use crate::pure::rollout::Phase;
-use crate::pure::spec::model::Desired;
+use crate::pure::spec::model::{Desired, Role};
 use crate::pure::spec::Diagnostic;
 
 mod decor;
@@ -264,7 +264,13 @@ pub fn diff_text_with(cs: &ChangeSet, decor: Decor) -> String {
             if !list.is_empty() {
                 let _ = writeln!(out, "  {label}:");
                 for n in list.iter() {
-                    let body = format!("{} ({}, shard {}, {})", n.id, n.address, n.shard, n.role);
+                    let body = format!(
+                        "{} ({}, shard {}, {})",
+                        n.id,
+                        n.address,
+                        n.shard,
+                        Role::declared_text(n.role)
+                    );
                     decor.line(&mut out, "    ", mark, &body);
                 }
             }
@@ -411,7 +417,7 @@ fn cluster_markdown(out: &mut String, c: &ClusterDiff) {
                     code(&n.id),
                     code(&n.address),
                     code(&n.shard),
-                    n.role
+                    Role::declared_text(n.role)
                 );
             }
         }
@@ -485,6 +491,10 @@ pub fn plan_text_with(p: &Plan, decor: Decor) -> String {
         for u in &c.unreachable {
             let _ = writeln!(out, "  {}: unreachable: {}", u.id, u.reason);
         }
+        for t in &c.topology {
+            let body = format!("{}: {}", t.node, t.text);
+            decor.line(&mut out, "  ", Mark::Live, &body);
+        }
         for r in &c.risks {
             decor.line(&mut out, "  ", Mark::Risk, &risk_line(r));
         }
@@ -556,7 +566,10 @@ pub fn plan_markdown(p: &Plan) -> String {
         for r in &c.risks {
             let _ = writeln!(out, "- ⚠️ **{}**", md_cell(&risk_line(r)));
         }
-        if !c.risks.is_empty() {
+        for t in &c.topology {
+            let _ = writeln!(out, "- {}: {}", code(&t.node), md_cell(&t.text));
+        }
+        if !c.risks.is_empty() || !c.topology.is_empty() {
             out.push('\n');
         }
         if !c.nodes.is_empty() {

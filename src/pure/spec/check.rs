@@ -919,32 +919,27 @@ fn nodes(ctx: &mut Ctx, p: &Parsed, spec: &raw::ClusterSpec) -> Vec<Node> {
                 format!("`{}`: the port must be between 1 and 65535", n.address),
             );
         }
-        let role = n.role.unwrap_or(Role::Primary);
         let shard = n.shard.clone().unwrap_or_else(|| n.id.clone());
-        if spec.engine == Product::Memcached && role == Role::Replica {
+        // Memcached nodes are primaries of their own; a Redis or Valkey node without
+        // `role` is whatever it runs as (its live role).
+        let role = match spec.engine {
+            Product::Memcached => Some(n.role.unwrap_or(Role::Primary)),
+            _ => n.role,
+        };
+        if spec.engine == Product::Memcached && n.role == Some(Role::Replica) {
             ctx.at(
                 p,
                 &format!("{base}/role"),
                 "memcached has no replication: every node is a primary of its own",
             );
         }
-        if role == Role::Primary {
+        if n.role == Some(Role::Primary) {
             let shard_key = n.shard.as_deref().unwrap_or(&n.id);
             if let Some(first) = primaries.get(shard_key) {
-                let pointer = if n.role.is_some() {
-                    format!("{base}/role")
-                } else {
-                    format!("{base}/id")
-                };
-                let implicit = if n.role.is_none() {
-                    " (a node without `role` is a primary)"
-                } else {
-                    ""
-                };
                 ctx.at(
                     p,
-                    &pointer,
-                    format!("shard `{shard_key}` has more than one primary: `{first}` is already its primary{implicit}"),
+                    &format!("{base}/role"),
+                    format!("shard `{shard_key}` has more than one primary: `{first}` is already its primary"),
                 );
             } else {
                 primaries.insert(shard_key, &n.id);
@@ -959,12 +954,20 @@ fn nodes(ctx: &mut Ctx, p: &Parsed, spec: &raw::ClusterSpec) -> Vec<Node> {
             labels: n.labels.clone(),
         });
     }
-    // A shard of replicas without a primary cannot be rolled out safely.
+    // A shard of replicas without a primary cannot be rolled out safely (a node without
+    // `role` may be its primary).
+    let open: std::collections::HashSet<&str> = spec
+        .nodes
+        .iter()
+        .filter(|n| n.role.is_none())
+        .map(|n| n.shard.as_deref().unwrap_or(&n.id))
+        .collect();
     let mut reported: Vec<&str> = Vec::new();
     for (i, n) in spec.nodes.iter().enumerate() {
         let shard = n.shard.as_deref().unwrap_or(&n.id);
         if n.role == Some(Role::Replica)
             && !primaries.contains_key(shard)
+            && !open.contains(shard)
             && !reported.contains(&shard)
         {
             reported.push(shard);
@@ -1062,6 +1065,9 @@ fn gates(base: &Gates, g: &raw::Gates) -> Gates {
             .require_replication_link
             .unwrap_or(base.require_replication_link),
         min_ops_per_sec: g.min_ops_per_sec.unwrap_or(base.min_ops_per_sec),
+        max_replica_lag_bytes: g.max_replica_lag_bytes.or(base.max_replica_lag_bytes),
+        max_replica_lag_seconds: g.max_replica_lag_seconds.or(base.max_replica_lag_seconds),
+        max_full_resyncs: g.max_full_resyncs.or(base.max_full_resyncs),
     }
 }
 

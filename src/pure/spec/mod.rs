@@ -514,6 +514,32 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_node_without_role_is_whatever_it_runs_as() {
+        // Two nodes of one shard and no role: valid, neither declared.
+        let open = CLUSTER
+            .replace(", role: primary}", "}")
+            .replace(", role: replica}", "}");
+        let d = load(&files(&[("clusters/c1.yaml", &open)])).unwrap();
+        let roles: Vec<Option<model::Role>> =
+            d.clusters["c1"].nodes.iter().map(|n| n.role).collect();
+        assert_eq!(roles, vec![None, None]);
+        // A declared replica beside a node without role: that node may be its primary.
+        let half = CLUSTER.replace(", role: primary}", "}");
+        assert!(load(&files(&[("clusters/c1.yaml", &half)])).is_ok());
+        // Only declared replicas: no node can be the primary.
+        let none = CLUSTER.replace("role: primary", "role: replica");
+        let errs = load(&files(&[("clusters/c1.yaml", &none)])).unwrap_err();
+        assert_eq!(
+            errs.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            vec!["clusters/c1.yaml:10:49: shard `s1` has replicas but no primary (at /spec/nodes/0/shard)"]
+        );
+        // Memcached nodes are primaries, declared or not.
+        let mc = "apiVersion: cacheflow/v1\nkind: Cluster\nmetadata:\n  name: m\nspec:\n  engine: memcached\n  nodes:\n    - {id: m1, address: '10.0.0.9:11211'}\n";
+        let d = load(&files(&[("clusters/m.yaml", mc)])).unwrap();
+        assert_eq!(d.clusters["m"].nodes[0].role, Some(model::Role::Primary));
+    }
+
+    #[test]
     fn errors_are_reported_all_at_once_and_sorted() {
         let bad = CLUSTER
             .replace("maxmemory: 1gb", "maxmemory: lots\n    maxmemroy: 1gb")

@@ -239,7 +239,9 @@ pub struct Node {
     pub id: String,
     pub address: String,
     pub shard: String,
-    pub role: Role,
+    /// The declared role; `None` (Redis, Valkey): whatever the node runs as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     pub managed: Managed,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -258,6 +260,15 @@ impl fmt::Display for Role {
             Role::Primary => "primary",
             Role::Replica => "replica",
         })
+    }
+}
+
+impl Role {
+    /// A declared role as people read it: `primary`, `replica`, or `live role` when the
+    /// node's `role` is left out (it is whatever the node runs as).
+    pub fn declared_text(role: Option<Role>) -> String {
+        role.map(|r| r.to_string())
+            .unwrap_or_else(|| "live role".to_owned())
     }
 }
 
@@ -376,6 +387,16 @@ pub struct Gates {
     pub require_up: bool,
     pub require_replication_link: bool,
     pub min_ops_per_sec: f64,
+    /// How far a replica may be behind its primary after a batch, in bytes of the
+    /// replication stream (the primary's offset minus the replica's acknowledged one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replica_lag_bytes: Option<u64>,
+    /// How long since a replica last acknowledged its primary, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replica_lag_seconds: Option<u64>,
+    /// How many full resyncs a shard's primary may serve its replicas during the rollout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_full_resyncs: Option<u64>,
 }
 
 impl Default for Gates {
@@ -392,6 +413,11 @@ impl Default for Gates {
             require_up: true,
             require_replication_link: true,
             min_ops_per_sec: 10.0,
+            // Off unless asked for: a replica restarted without persistence always
+            // resyncs in full, and how far behind is acceptable depends on the traffic.
+            max_replica_lag_bytes: None,
+            max_replica_lag_seconds: None,
+            max_full_resyncs: None,
         }
     }
 }
@@ -428,6 +454,7 @@ impl RolloutPolicy {
     /// Every field as (name, shown value), for diffs of the policy.
     pub fn fields(&self) -> Vec<(&'static str, String)> {
         let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_else(|| "off".into());
+        let whole = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "off".into());
         let g = &self.gates;
         vec![
             (
@@ -457,6 +484,12 @@ impl RolloutPolicy {
                 g.require_replication_link.to_string(),
             ),
             ("gates.minOpsPerSec", g.min_ops_per_sec.to_string()),
+            ("gates.maxReplicaLagBytes", whole(g.max_replica_lag_bytes)),
+            (
+                "gates.maxReplicaLagSeconds",
+                whole(g.max_replica_lag_seconds),
+            ),
+            ("gates.maxFullResyncs", whole(g.max_full_resyncs)),
         ]
     }
 }

@@ -140,4 +140,7 @@ pub struct Gates {
     pub require_up: Option<bool>,
     pub require_replication_link: Option<bool>,
     pub min_ops_per_sec: Option<f64>,
+    pub max_replica_lag_bytes: Option<u64>,
+    pub max_replica_lag_seconds: Option<u64>,
+    pub max_full_resyncs: Option<u64>,
 }

@@ -31,6 +31,9 @@ struct Inner {
     assignment: Option<Assignment>,
     answer: Option<Answer>,
     reports: Vec<(Instant, Report)>,
+    /// The `cacheflow-reads` header answered with assignments (none: a server of before
+    /// the optional report fields).
+    reads: Option<String>,
     /// Requests of any kind, with their time (including refused ones).
     hits: Vec<Instant>,
 }
@@ -64,6 +67,12 @@ impl ControlPlane {
 
     pub fn assign(&self, assignment: Assignment) {
         self.inner.lock().unwrap().assignment = Some(assignment);
+    }
+
+    /// Name these optional report fields in the `cacheflow-reads` header of every
+    /// assignment from now on, as a server that reads them does.
+    pub fn reads(&self, fields: &str) {
+        self.inner.lock().unwrap().reads = Some(fields.to_owned());
     }
 
     pub fn answer(&self, answer: Answer) {
@@ -144,10 +153,16 @@ async fn report(
         product: None,
         unchecked: Vec::new(),
     });
-    (
+    let mut response = (
         StatusCode::OK,
         [("content-type", "application/json")],
         serde_json::to_string(&assignment).unwrap(),
     )
-        .into_response()
+        .into_response();
+    if let Some(fields) = &s.reads {
+        response
+            .headers_mut()
+            .insert("cacheflow-reads", fields.parse().unwrap());
+    }
+    response
 }

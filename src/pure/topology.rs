@@ -1,0 +1,305 @@
+//! Live topology of one cluster: each declared node's role and shard as the nodes report
+//! them, matched to the declaration. A replica's primary (`host:port` in its reading) is
+//! named by the declared node at that address; a replica's shard is the shard of the
+//! primary it follows. The plan, drift and the gates order and limit by these live roles
+//! and shards; a node that was not read keeps its declared role (primary when none is
+//! declared: the cautious guess) and shard.
+//!
+//! A declared role or shard that differs from the live one is a [`TopologyNote`]
+//! ("declared primary, runs as a replica of b2"): reported, never a refusal.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pure::live::{same_address, NodeLive};
+use crate::pure::spec::model::{Cluster, Role};
+
+/// Where one declared node stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The live role when the node was read, else the declared one, else primary.
+    pub role: Role,
+    /// The live role, when the node was read and reported one.
+    pub live: Option<Role>,
+    /// The shard of the primary a live replica follows; the declared shard otherwise.
+    pub shard: String,
+    /// The primary a live replica follows: a declared node's id, or the address it
+    /// reports when no node of the cluster is declared there.
+    pub follows: Option<String>,
+}
+
+/// A declared role or shard the node does not run as.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TopologyNote {
+    pub node: String,
+    /// `declared primary, runs as a replica of b2`.
+    pub text: String,
+}
+
+/// Every declared node of a cluster, placed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterTopology {
+    pub nodes: BTreeMap<String, Placement>,
+    pub notes: Vec<TopologyNote>,
+}
+
+impl ClusterTopology {
+    /// The node's role for ordering and risks (primary for a node not declared).
+    pub fn role(&self, id: &str) -> Role {
+        self.nodes.get(id).map(|p| p.role).unwrap_or(Role::Primary)
+    }
+
+    /// The node's shard (`id` itself for a node not declared).
+    pub fn shard<'a>(&'a self, id: &'a str) -> &'a str {
+        self.nodes.get(id).map(|p| p.shard.as_str()).unwrap_or(id)
+    }
+}
+
+/// Place every node of `cluster` by its reading (`reading(id)`, `None` when not read).
+/// Its steps: each node's live role and the primary it follows; each replica's shard
+/// through the chain of primaries; the notes where declaration and live state differ.
+pub fn resolve<'a>(
+    cluster: &Cluster,
+    reading: impl Fn(&str) -> Option<&'a NodeLive>,
+) -> ClusterTopology {
+    let mut nodes: BTreeMap<String, Placement> = BTreeMap::new();
+    for n in &cluster.nodes {
+        let read = reading(&n.id).filter(|r| r.reachable);
+        let health = read.and_then(|r| r.health.as_ref());
+        let live = health.and_then(|h| h.role);
+        let follows = match live {
+            Some(Role::Replica) => health
+                .and_then(|h| h.topology.as_ref())
+                .and_then(|t| t.primary.as_deref())
+                .map(|address| {
+                    cluster
+                        .nodes
+                        .iter()
+                        .find(|d| same_address(&d.address, address))
+                        .map(|d| d.id.clone())
+                        .unwrap_or_else(|| address.to_owned())
+                }),
+            _ => None,
+        };
+        nodes.insert(
+            n.id.clone(),
+            Placement {
+                role: live.or(n.role).unwrap_or(Role::Primary),
+                live,
+                shard: n.shard.clone(),
+                follows,
+            },
+        );
+    }
+    let shards: BTreeMap<String, String> = nodes
+        .keys()
+        .map(|id| (id.clone(), root_shard(cluster, &nodes, id)))
+        .collect();
+    for (id, shard) in shards {
+        if let Some(p) = nodes.get_mut(&id) {
+            p.shard = shard;
+        }
+    }
+    let notes = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let p = nodes.get(&n.id)?;
+            Some(TopologyNote {
+                node: n.id.clone(),
+                text: note(cluster, n.role, &n.shard, p, &nodes)?,
+            })
+        })
+        .collect();
+    ClusterTopology { nodes, notes }
+}
+
+/// The declared shard of the primary at the top of a replica's chain (a replica of a
+/// replica follows it up; a loop or an undeclared primary stops at the last declared node).
+fn root_shard(cluster: &Cluster, nodes: &BTreeMap<String, Placement>, id: &str) -> String {
+    let mut at = id;
+    for _ in 0..=cluster.nodes.len() {
+        match nodes.get(at).and_then(|p| p.follows.as_deref()) {
+            Some(next) if nodes.contains_key(next) && next != id => at = next,
+            _ => break,
+        }
+    }
+    cluster
+        .node(at)
+        .map(|n| n.shard.clone())
+        .unwrap_or_else(|| id.to_owned())
+}
+
+/// What differs between a node's declaration and its live placement, in words.
+fn note(
+    cluster: &Cluster,
+    declared: Option<Role>,
+    declared_shard: &str,
+    p: &Placement,
+    nodes: &BTreeMap<String, Placement>,
+) -> Option<String> {
+    let live = p.live?;
+    let follows = || match &p.follows {
+        Some(f) if nodes.contains_key(f) => format!("a replica of {f}"),
+        Some(f) => format!(
+            "a replica of {f}, which no node of {} declares",
+            cluster.name
+        ),
+        None => "a replica of a primary it does not name".to_owned(),
+    };
+    let in_shard = if p.shard != declared_shard {
+        format!(" (shard {})", p.shard)
+    } else {
+        String::new()
+    };
+    // A replica outside its declared shard, or following a node the cluster lacks.
+    let moved = !in_shard.is_empty() || p.follows.as_ref().is_some_and(|f| !nodes.contains_key(f));
+    match (declared, live) {
+        (Some(Role::Primary), Role::Replica) => {
+            Some(format!("declared primary, runs as {}{in_shard}", follows()))
+        }
+        (Some(Role::Replica), Role::Primary) => Some("declared replica, runs as a primary".into()),
+        (_, Role::Replica) if moved => Some(format!(
+            "declared in shard {declared_shard}, runs as {}{in_shard}",
+            follows()
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pure::live::{Health, Topology};
+    use crate::pure::spec::model::{Managed, Node};
+
+    fn cluster(nodes: &[(&str, &str, Option<Role>)]) -> Cluster {
+        Cluster {
+            name: "c".into(),
+            file: "clusters/c.yaml".into(),
+            labels: BTreeMap::new(),
+            engine: crate::pure::catalog::Engine::Redis,
+            product: crate::pure::catalog::Product::Redis,
+            version: None,
+            catalog: crate::pure::catalog::CatalogId::default_for(
+                crate::pure::catalog::Engine::Redis,
+            ),
+            profile: None,
+            parameters: BTreeMap::new(),
+            auth: None,
+            tls: None,
+            nodes: nodes
+                .iter()
+                .map(|(id, shard, role)| Node {
+                    id: id.to_string(),
+                    address: format!("10.0.0.{}:6379", &id[1..]),
+                    shard: shard.to_string(),
+                    role: *role,
+                    managed: Managed::Direct,
+                    labels: BTreeMap::new(),
+                })
+                .collect(),
+            rollout: Default::default(),
+        }
+    }
+
+    fn read(role: Role, primary: Option<&str>) -> NodeLive {
+        NodeLive {
+            reachable: true,
+            health: Some(Health {
+                role: Some(role),
+                topology: Some(Topology {
+                    primary: primary.map(str::to_owned),
+                    ..Topology::default()
+                }),
+                ..Health::default()
+            }),
+            ..NodeLive::default()
+        }
+    }
+
+    #[test]
+    fn a_hand_made_failover_is_placed_by_the_live_roles_and_reported() {
+        // Declared: a1 primary of shard a, a2 its replica. Live: a2 took over.
+        let c = cluster(&[
+            ("a1", "a", Some(Role::Primary)),
+            ("a2", "a", Some(Role::Replica)),
+            ("b3", "b", None),
+        ]);
+        let live: BTreeMap<&str, NodeLive> = [
+            ("a1", read(Role::Replica, Some("10.0.0.2:6379"))),
+            ("a2", read(Role::Primary, None)),
+        ]
+        .into_iter()
+        .collect();
+        let t = resolve(&c, |id| live.get(id));
+        assert_eq!(t.role("a1"), Role::Replica);
+        assert_eq!(t.role("a2"), Role::Primary);
+        assert_eq!(t.nodes["a1"].follows.as_deref(), Some("a2"));
+        assert_eq!(t.shard("a1"), "a");
+        // Not read, no declared role: the cautious guess.
+        assert_eq!(t.role("b3"), Role::Primary);
+        assert_eq!(
+            t.notes,
+            vec![
+                TopologyNote {
+                    node: "a1".into(),
+                    text: "declared primary, runs as a replica of a2".into()
+                },
+                TopologyNote {
+                    node: "a2".into(),
+                    text: "declared replica, runs as a primary".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_replica_belongs_to_the_shard_of_the_primary_it_follows() {
+        let c = cluster(&[
+            ("a1", "a", Some(Role::Primary)),
+            ("a2", "a", None),
+            ("b3", "b", Some(Role::Primary)),
+            ("b4", "b", Some(Role::Replica)),
+        ]);
+        let live: BTreeMap<&str, NodeLive> = [
+            ("a1", read(Role::Primary, None)),
+            // a2 follows b4, which follows a1: a2 is in shard a through the chain.
+            ("a2", read(Role::Replica, Some("10.0.0.4:6379"))),
+            ("b4", read(Role::Replica, Some("10.0.0.1:6379"))),
+            ("b3", read(Role::Replica, Some("10.9.9.9:6379"))),
+        ]
+        .into_iter()
+        .collect();
+        let t = resolve(&c, |id| live.get(id));
+        assert_eq!(t.shard("a2"), "a");
+        assert_eq!(t.shard("b4"), "a");
+        let texts: Vec<String> = t
+            .notes
+            .iter()
+            .map(|n| format!("{}: {}", n.node, n.text))
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                "b3: declared primary, runs as a replica of 10.9.9.9:6379, which no node of c declares",
+                "b4: declared in shard b, runs as a replica of a1 (shard a)",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unreachable_node_keeps_its_declared_role() {
+        let c = cluster(&[
+            ("a1", "a", Some(Role::Primary)),
+            ("a2", "a", Some(Role::Replica)),
+        ]);
+        let mut down = read(Role::Primary, None);
+        down.reachable = false;
+        let live: BTreeMap<&str, NodeLive> = [("a2", down)].into_iter().collect();
+        let t = resolve(&c, |id| live.get(id));
+        assert_eq!(t.role("a2"), Role::Replica);
+        assert!(t.notes.is_empty());
+    }
+}
