@@ -7,7 +7,8 @@
 //! the intake (resolve, descends from the last good revision, load, trust; a refusal
 //!   goes to the reconciler, journaled as `serve` journals it)
 //!   ─► read the nodes ─► show the plan ─► confirm (or --yes)
-//!   ─► Host: reconciler and agents: canary, batches, gates ─► progress per event
+//!   ─► Host: reconciler and agents: canary, batches, gates ─► progress per event (on a
+//!      terminal: one line per cluster, redrawn, with the bake's countdown)
 //!   ─► summary, exit code
 //! Ctrl-C: every rollout in flight is paused (journaled); `cacheflow sync` again resumes
 //! ```
@@ -28,7 +29,7 @@ use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::plan;
 use crate::pure::reconciler::status::{ClusterStatus, Status};
 use crate::pure::reconciler::State;
-use crate::pure::render::short_id;
+use crate::pure::render::{short_id, Decor, Mark};
 use crate::pure::rollout::{Event, Phase};
 use crate::pure::spec::model::{Desired, Managed};
 
@@ -41,6 +42,15 @@ pub struct SyncOptions {
     /// Start batches outside the rollout windows, for this reason (journaled).
     pub override_window: Option<String>,
     pub json: bool,
+    /// Only this cluster: only its nodes are read, planned and driven. The revision is
+    /// taken whole (the journal's head), so the other clusters' rollouts wait for their
+    /// nodes: the next sync without `cluster` rolls them out.
+    pub cluster: Option<String>,
+    /// How the plan looks (marks and colours on a terminal).
+    pub decor: Decor,
+    /// Standard output is a terminal: one progress line per cluster, redrawn in place
+    /// with the bake countdown, under the journal's lines.
+    pub live: bool,
 }
 
 /// How a cluster ended.
@@ -140,17 +150,20 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         Err(Intake::Failed(e)) => return Err(e),
     };
     let (desired, skipped) = direct_only(desired);
-    let missing = pipeline::missing_secrets(desired.clusters.values(), true);
+    let scope = scope(&desired, options.cluster.as_deref())?;
+    let shown = scope.as_ref().unwrap_or(&desired);
+    let missing = pipeline::missing_secrets(shown.clusters.values(), true);
     if !missing.is_empty() {
         return Err(PipelineError::MissingSecrets(missing).into());
     }
     let revision = desired.commit.clone().unwrap_or_default();
-    let (live, drivers) = runtime.block_on(read_nodes(&desired, options.reach));
-    let unreached = unreached(&desired, &live);
+    let (live, drivers) = runtime.block_on(read_nodes(shown, options.reach));
+    let unreached = unreached(shown, &live);
     let before = Status::of(&before);
     let resumable: Vec<String> = before
         .clusters
         .iter()
+        .filter(|(name, _)| shown.clusters.contains_key(*name))
         .filter(|(_, cs)| paused_at(cs, &revision) || waiting_at(cs, &revision))
         .map(|(name, _)| name.clone())
         .collect();
@@ -163,13 +176,34 @@ pub fn sync(repo: &ConfigRepo, options: SyncOptions) -> Result<Summary, SyncErro
         skipped,
         unreached,
     };
-    if !show_plan(&run, &desired, &live, !options.json) {
-        return Ok(in_sync(&run, &desired));
+    let text = (!options.json).then_some(options.decor);
+    if !show_plan(&run, shown, &live, text) {
+        return Ok(in_sync(&run, shown));
     }
     if !options.yes {
         confirm()?;
     }
-    runtime.block_on(roll_out(journal, run, desired, live, &options))
+    let names: Vec<String> = shown.clusters.keys().cloned().collect();
+    drop(scope);
+    runtime.block_on(roll_out(journal, run, desired, names, live, &options))
+}
+
+/// With `--cluster NAME`: the revision with only that cluster, for reading, planning and
+/// driving its nodes (`None`: every cluster).
+fn scope(desired: &Desired, only: Option<&str>) -> Result<Option<Desired>, SyncError> {
+    let Some(name) = only else { return Ok(None) };
+    let Some(cluster) = desired.clusters.get(name) else {
+        return Err(SyncError::Other(format!(
+            "no cluster `{name}` in revision {}",
+            short_id(desired.commit.as_deref().unwrap_or("?"))
+        )));
+    };
+    let mut one = Desired {
+        clusters: Default::default(),
+        ..desired.clone()
+    };
+    one.clusters.insert(name.to_owned(), cluster.clone());
+    Ok(Some(one))
 }
 
 /// Why the intake did not give a head to roll out.
@@ -239,11 +273,12 @@ async fn read_nodes(desired: &Desired, reach: SnapshotOptions) -> (LiveState, Dr
     (fleet::snapshot(targets, reach).await, drivers)
 }
 
-/// Print the plan (as text); `false` when there is nothing to do.
-fn show_plan(run: &Run, desired: &Desired, live: &LiveState, text: bool) -> bool {
+/// Print the plan (as text, decorated as given; `None`: not at all); `false` when
+/// there is nothing to do.
+fn show_plan(run: &Run, desired: &Desired, live: &LiveState, text: Option<Decor>) -> bool {
     let planned = plan::plan(desired, live);
-    if text {
-        print!("{}", crate::pure::render::plan_text(&planned));
+    if let Some(decor) = text {
+        print!("{}", crate::pure::render::plan_text_with(&planned, decor));
         if run.skipped > 0 {
             println!(
                 "{} agent-managed node(s) are left to `cacheflow serve`: sync drives directly managed nodes only.",
@@ -255,7 +290,7 @@ fn show_plan(run: &Run, desired: &Desired, live: &LiveState, text: bool) -> bool
         }
     }
     let todo = !planned.converged() || !run.resumable.is_empty();
-    if !todo && text {
+    if !todo && text.is_some() {
         println!("Nothing to do.");
     }
     todo
@@ -336,6 +371,7 @@ async fn roll_out(
     journal: Journal,
     mut run: Run,
     desired: Desired,
+    names: Vec<String>,
     live: LiveState,
     options: &SyncOptions,
 ) -> Result<Summary, SyncError> {
@@ -348,9 +384,12 @@ async fn roll_out(
     )?;
     let handle = host.handle().clone();
     let mut events = handle.events.subscribe();
-    let names: Vec<String> = desired.clusters.keys().cloned().collect();
-    // The agents start after the revision: before it, no node is declared.
-    let clusters = desired.clusters.clone();
+    // The agents start after the revision: before it, no node is declared. Only the
+    // clusters in scope get them.
+    let clusters: Vec<_> = names
+        .iter()
+        .filter_map(|n| desired.clusters.get(n).cloned())
+        .collect();
     let mut first_readings: HashMap<String, NodeLive> = live
         .nodes
         .iter()
@@ -361,7 +400,7 @@ async fn roll_out(
         .revision(desired, Some(live))
         .await
         .map_err(stopped)?;
-    for c in clusters.values() {
+    for c in &clusters {
         let declared: Arc<BTreeSet<String>> = Arc::new(c.parameters.keys().cloned().collect());
         for n in &c.nodes {
             let driver = run
@@ -379,7 +418,12 @@ async fn roll_out(
         }
     }
     go_on(&handle, &run, &names, options.override_window.as_deref()).await?;
-    let interrupted = watch(&handle, &mut events, &names, run.started, !options.json).await?;
+    let display = match (options.json, options.live) {
+        (true, _) => Display::Quiet,
+        (false, false) => Display::Lines,
+        (false, true) => Display::Board(Board::new(&names, options.decor)),
+    };
+    let interrupted = watch(&handle, &mut events, &names, run.started, display).await?;
     let state = handle.status().map_err(stopped)?;
     drop(handle);
     // The journal's outcome is the reconciler's: a failed write ended it already.
@@ -448,6 +492,158 @@ async fn go_on(
     Ok(())
 }
 
+/// How progress is shown.
+enum Display {
+    /// Nothing (`--format json`).
+    Quiet,
+    /// A line per journal event, with a bar for its cluster: pipes, files and CI.
+    Lines,
+    /// On a terminal: the journal's lines scroll above one line per cluster, redrawn in
+    /// place.
+    Board(Board),
+}
+
+impl Display {
+    /// A journal line.
+    fn event(&mut self, line: &str, state: &Status, started: Instant) {
+        match self {
+            Display::Quiet => {}
+            Display::Lines => progress(line, state, started),
+            Display::Board(board) => {
+                let first = line.lines().next().unwrap_or(line);
+                let ms = started.elapsed().as_millis();
+                board.draw(state, Some(&format!("{ms:>6} ms  {first}")));
+            }
+        }
+    }
+
+    /// Time passes: the countdowns move.
+    fn tick(&mut self, state: &Status) {
+        if let Display::Board(board) = self {
+            board.draw(state, None);
+        }
+    }
+}
+
+/// One line per cluster on a terminal: a bar of the nodes applied, the phase, the batch
+/// and, while baking, the time left.
+struct Board {
+    names: Vec<String>,
+    decor: Decor,
+    /// Lines drawn last time (erased before the next drawing).
+    drawn: usize,
+    /// When each cluster's current batch began baking, as seen here.
+    baking: HashMap<String, (usize, Instant)>,
+}
+
+impl Board {
+    fn new(names: &[String], decor: Decor) -> Board {
+        Board {
+            names: names.to_vec(),
+            decor,
+            drawn: 0,
+            baking: HashMap::new(),
+        }
+    }
+
+    /// Erase the last drawing, print `above` (a journal line) if any, draw again.
+    fn draw(&mut self, state: &Status, above: Option<&str>) {
+        let mut out = String::new();
+        if self.drawn > 0 {
+            // Up to the first line drawn, and clear from there down.
+            out.push_str(&format!("\x1b[{}F\x1b[J", self.drawn));
+        }
+        if let Some(line) = above {
+            out.push_str(line);
+            out.push('\n');
+        }
+        let width = self.names.iter().map(String::len).max().unwrap_or(0);
+        for name in self.names.clone() {
+            let line = self.line(&name, state.clusters.get(&name).map(|c| &**c), width);
+            self.decor.line(
+                &mut out,
+                "",
+                mark_of(state.clusters.get(&name).map(|c| &**c)),
+                &line,
+            );
+        }
+        self.drawn = self.names.len();
+        print!("{out}");
+        let _ = std::io::stdout().flush();
+    }
+
+    /// `cache  [#######-------------] 2/6 nodes  baking batch 1 of 3, 4s left`
+    fn line(&mut self, name: &str, cs: Option<&ClusterStatus>, width: usize) -> String {
+        let Some((cs, rec, progress)) =
+            cs.and_then(|cs| Some((cs, cs.rollout.as_ref()?, cs.progress.as_ref()?)))
+        else {
+            return format!("{name:<width$}  waiting for its first rollout");
+        };
+        let done = applied(cs, rec);
+        let total = progress.nodes;
+        let bar_width = 20;
+        let filled = (done * bar_width).checked_div(total).unwrap_or(0);
+        let batch = rec
+            .batch
+            .map(|b| format!(" batch {b} of {}", rec.batches))
+            .unwrap_or_default();
+        let left = match (&progress.phase, progress.bake_ms) {
+            (Phase::Baking { batch }, Some(bake_ms)) => {
+                let since = self
+                    .baking
+                    .entry(name.to_owned())
+                    .and_modify(|(b, at)| {
+                        if b != batch {
+                            *b = *batch;
+                            *at = Instant::now();
+                        }
+                    })
+                    .or_insert((*batch, Instant::now()))
+                    .1;
+                let left = Duration::from_millis(bake_ms).saturating_sub(since.elapsed());
+                format!(", {}s left", left.as_secs_f64().ceil() as u64)
+            }
+            _ => String::new(),
+        };
+        let reason = match &progress.phase {
+            Phase::Paused { .. } | Phase::RollingBack { .. } | Phase::RolledBack { .. } => rec
+                .reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        format!(
+            "{name:<width$}  [{}{}] {done}/{total} nodes  {} {}{batch}{left}{reason}",
+            "#".repeat(filled),
+            "-".repeat(bar_width - filled),
+            short_id(&rec.revision),
+            rec.phase,
+        )
+    }
+}
+
+/// A cluster's line on the board: green completed, red rolled back, yellow otherwise.
+fn mark_of(cs: Option<&ClusterStatus>) -> Mark {
+    match cs.and_then(|cs| cs.progress.as_ref()).map(|p| &p.phase) {
+        Some(Phase::Completed) => Mark::Add,
+        Some(Phase::RolledBack { .. } | Phase::RollingBack { .. }) => Mark::Remove,
+        _ => Mark::Change,
+    }
+}
+
+/// The nodes of the rollout that applied its revision.
+fn applied(cs: &ClusterStatus, rec: &crate::pure::reconciler::status::RolloutStatus) -> usize {
+    cs.assignments
+        .iter()
+        .filter(|(id, a)| {
+            rec.touched.contains(*id)
+                && a.revision == rec.revision
+                && a.outcome == Some(crate::pure::protocol::Outcome::Applied)
+        })
+        .count()
+}
+
 /// Show progress until no rollout of `names` is in flight; Ctrl-C pauses them all.
 /// `true` when interrupted.
 async fn watch(
@@ -455,7 +651,7 @@ async fn watch(
     events: &mut tokio::sync::broadcast::Receiver<String>,
     names: &[String],
     started: Instant,
-    text: bool,
+    mut display: Display,
 ) -> Result<bool, SyncError> {
     let mut interrupted = false;
     loop {
@@ -468,11 +664,13 @@ async fn watch(
         }
         tokio::select! {
             line = events.recv() => {
-                if let (true, Ok(line)) = (text, line) {
-                    progress(&line, &*handle.status().map_err(stopped)?, started);
+                if let Ok(line) = line {
+                    display.event(&line, &*handle.status().map_err(stopped)?, started);
                 }
             }
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                display.tick(&*handle.status().map_err(stopped)?);
+            }
             _ = tokio::signal::ctrl_c(), if !interrupted => {
                 interrupted = true;
                 for n in names {
@@ -484,10 +682,9 @@ async fn watch(
     }
     // Show the last lines (the final journal entries).
     while let Ok(line) = events.try_recv() {
-        if text {
-            progress(&line, &*handle.status().map_err(stopped)?, started);
-        }
+        display.event(&line, &*handle.status().map_err(stopped)?, started);
     }
+    display.tick(&*handle.status().map_err(stopped)?);
     Ok(interrupted)
 }
 
@@ -602,15 +799,7 @@ fn progress(line: &str, state: &Status, started: Instant) {
             let rec = cs.rollout.as_ref()?;
             Some((cs, rec, cs.progress.as_ref()?.nodes))
         }) {
-            let done = cs
-                .assignments
-                .iter()
-                .filter(|(id, a)| {
-                    rec.touched.contains(*id)
-                        && a.revision == rec.revision
-                        && a.outcome == Some(crate::pure::protocol::Outcome::Applied)
-                })
-                .count();
+            let done = applied(cs, rec);
             let width = 20;
             if let Some(filled) = (done * width).checked_div(total) {
                 out.push_str(&format!(

@@ -189,6 +189,47 @@ fn since_last_valid(
     Ok((None, from_nothing(repo, commit)?))
 }
 
+/// What happened to a commit the notes say nothing (or not everything) of: invalid,
+/// nothing to roll out (no parameter or node of any cluster changed, or only nodes and
+/// rollout policy), or not rolled out (no cacheflow took it, or a later commit replaced
+/// it before it started). `None` when every cluster it changed has a note line.
+fn unnoted(e: &HistoryEntry) -> Option<String> {
+    let noted = |cluster: &str| {
+        e.outcomes
+            .iter()
+            .any(|o| o.starts_with(&format!("{cluster}: ")))
+    };
+    let changed: Vec<&str> = e
+        .clusters
+        .iter()
+        .filter(|c| !c.parameters.is_empty())
+        .map(|c| c.cluster.as_str())
+        .collect();
+    if !e.outcomes.is_empty() {
+        // Noted for some clusters: say which of the others it changed got nothing.
+        let missing: Vec<&str> = changed.into_iter().filter(|c| !noted(c)).collect();
+        return (!missing.is_empty())
+            .then(|| format!("{}: not rolled out (no note)", missing.join(", ")));
+    }
+    if e.invalid.is_some() {
+        return Some("nothing rolled out: the commit does not validate".into());
+    }
+    if e.clusters.is_empty() {
+        return Some("changed no cluster's parameters or nodes: nothing to roll out".into());
+    }
+    if changed.is_empty() {
+        let names: Vec<&str> = e.clusters.iter().map(|c| c.cluster.as_str()).collect();
+        return Some(format!(
+            "changed no parameter, only the nodes or rollout policy of {}: no rollout noted",
+            names.join(", ")
+        ));
+    }
+    Some(format!(
+        "changed {}: not rolled out (no note: no cacheflow took this commit, or a later one replaced it first)",
+        changed.join(", ")
+    ))
+}
+
 /// The timeline as text, one block per commit.
 pub fn text(entries: &[HistoryEntry]) -> String {
     let mut out = String::new();
@@ -244,11 +285,11 @@ pub fn text(entries: &[HistoryEntry]) -> String {
                 out.push_str(&format!("  {}: {}\n", c.cluster, params.join(", ")));
             }
         }
-        if e.outcomes.is_empty() {
-            out.push_str("  outcome: not rolled out (no note)\n");
-        }
         for o in &e.outcomes {
             out.push_str(&format!("  ⇒ {o}\n"));
+        }
+        if let Some(what) = unnoted(e) {
+            out.push_str(&format!("  outcome: {what}\n"));
         }
     }
     out

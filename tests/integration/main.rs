@@ -1,6 +1,7 @@
 mod agent;
 mod agent_token;
 mod catalog;
+mod cli;
 mod console;
 mod demo;
 mod drift;

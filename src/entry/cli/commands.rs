@@ -12,9 +12,10 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail};
 
 use super::{
-    client, AgentArgs, AgentTokenArgs, DemoArgs, DiffArgs, DriftArgs, Format, HistoryArgs,
-    ImportArgs, PlanArgs, ReachArgs, RepoArgs, ReportFormat, RichFormat, RolloutArgs, ServeArgs,
-    SnapshotArgs, SyncArgs, ValidateArgs,
+    client, style, AgentArgs, AgentTokenArgs, CompletionsArgs, DemoArgs, DiffArgs, DriftArgs,
+    Format, HistoryArgs, ImportArgs, ManArgs, PlanArgs, ReachArgs, RepoArgs, ReportFormat,
+    RichFormat, RolloutAction, RolloutArgs, RolloutCommand, ServeArgs, SnapshotArgs, SyncArgs,
+    ValidateArgs,
 };
 use crate::edges::redact::redact_url;
 use crate::edges::source::ConfigRepo;
@@ -48,7 +49,7 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let cs = pipeline::diff(&repo, &args.base, &revision(&args.head, args.worktree))
         .map_err(|e| pipeline_failed(e, json))?;
     let out = match args.format {
-        RichFormat::Text => render::diff_text(&cs),
+        RichFormat::Text => render::diff_text_with(&cs, style::stdout()),
         RichFormat::Json => render::json(&cs),
         RichFormat::Markdown => render::diff_markdown(&cs),
     };
@@ -62,7 +63,7 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let plan = pipeline::plan(&repo, &revision(&args.rev, args.worktree), source)
         .map_err(|e| pipeline_failed(e, json))?;
     let out = match args.format {
-        RichFormat::Text => render::plan_text(&plan),
+        RichFormat::Text => render::plan_text_with(&plan, style::stdout()),
         RichFormat::Json => render::json(&plan),
         RichFormat::Markdown => render::plan_markdown(&plan),
     };
@@ -120,6 +121,9 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let json = args.format == Format::Json;
     let options = crate::entry::sync::SyncOptions {
         rev: args.rev,
+        cluster: args.cluster,
+        decor: style::stdout(),
+        live: style::live_stdout() && !json,
         yes: args.yes,
         reach: args.reach.options(),
         interval: args.interval,
@@ -216,15 +220,84 @@ fn admin_tokens(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 pub fn rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
+    let (action, cluster, reason, server) = match args.command {
+        RolloutCommand::Wait(args) => return rollout_wait(args),
+        RolloutCommand::Status(a) => (RolloutAction::Status, a.cluster, None, a.server),
+        RolloutCommand::Pause(a) => (RolloutAction::Pause, Some(a.cluster), None, a.server),
+        RolloutCommand::Resume(a) => (RolloutAction::Resume, Some(a.cluster), None, a.server),
+        RolloutCommand::Promote(a) => (RolloutAction::Promote, Some(a.cluster), None, a.server),
+        RolloutCommand::Abort(a) => (RolloutAction::Abort, Some(a.cluster), None, a.server),
+        RolloutCommand::Override(a) => {
+            (RolloutAction::Override, Some(a.cluster), a.reason, a.server)
+        }
+        RolloutCommand::Retry(a) => (RolloutAction::Retry, Some(a.cluster), a.reason, a.server),
+    };
     let out = client::rollout(
-        args.action,
-        args.cluster,
-        args.reason,
-        &args.server,
-        args.token_file,
-        args.format,
+        action,
+        cluster,
+        reason,
+        &server.server,
+        server.token_file,
+        server.format,
     )?;
     print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cacheflow rollout wait`: follow the server's status until the rollout ends; exit 0
+/// when it completed, 1 otherwise.
+fn rollout_wait(args: super::RolloutWaitArgs) -> anyhow::Result<ExitCode> {
+    let request = client::WaitRequest {
+        cluster: args.cluster,
+        revision: args.revision,
+        timeout: args.timeout,
+        interval: args.interval,
+    };
+    let end = client::wait(
+        &request,
+        &args.server.server,
+        args.server.token_file.as_ref(),
+    )?;
+    print!("{}", end.render(args.server.format));
+    Ok(if end.completed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `cacheflow completions SHELL`: the completion script on standard output.
+pub fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
+    let mut command = <super::Cli as clap::CommandFactory>::command();
+    let mut out: Vec<u8> = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "cacheflow", &mut out);
+    std::io::Write::write_all(&mut std::io::stdout(), &out)
+        .map_err(|e| anyhow!("cannot write the completion script: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cacheflow man`: the manual page cacheflow(1) (roff) on standard output; with
+/// `--output-dir`, that page and one per command (`cacheflow-sync.1`,
+/// `cacheflow-rollout-wait.1`, ...) written into the directory.
+pub fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
+    let command = <super::Cli as clap::CommandFactory>::command();
+    match &args.output_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+            clap_mangen::generate_to(command, dir).map_err(|e| {
+                anyhow!("cannot write the manual pages into {}: {e}", dir.display())
+            })?;
+            println!("wrote the manual pages into {}", dir.display());
+        }
+        None => {
+            let mut out: Vec<u8> = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut out)
+                .map_err(|e| anyhow!("cannot render the manual page: {e}"))?;
+            std::io::Write::write_all(&mut std::io::stdout(), &out)
+                .map_err(|e| anyhow!("cannot write the manual page: {e}"))?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,7 +1,9 @@
 //! The command line: the arguments (clap) and a short dispatch to one function per
 //! command (`commands.rs`; `client.rs` for the commands that ask a running server). Exit
 //! codes as in DESIGN.md (validate: 0 valid / 1 invalid or error; diff, plan and drift:
-//! 0 nothing to do / 2 changes / 1 error).
+//! 0 nothing to do / 2 changes / 1 error). Help is wrapped to the terminal, every command
+//! has examples (`after_help`), and `completions` and `man` are written from this same
+//! description; `style.rs` decides whether output is coloured.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,17 +17,50 @@ use crate::edges::redact::redact_url;
 
 mod client;
 mod commands;
+mod style;
+
+/// `--version`: the package version, the commit and the day it was built (build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CACHEFLOW_COMMIT_SHORT"),
+    ", built ",
+    env!("CACHEFLOW_BUILD_DATE"),
+    ")"
+);
+
+const EXAMPLES: &str = "\
+Examples:
+  cacheflow validate --repo ./config
+  cacheflow diff --base origin/main --head HEAD
+  cacheflow sync --yes
+  cacheflow rollout status --server http://cacheflow:8080
+  cacheflow demo
+
+Exit codes: 0 success, 2 changes found (diff, plan, drift), 1 everything else.
+Colour: on a terminal unless NO_COLOR is set; --color always|never decides.";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "cacheflow",
-    version,
+    version = VERSION,
     about = "GitOps for cache fleets: validate, diff and plan Redis and Memcached configuration kept in Git",
+    after_help = EXAMPLES,
     propagate_version = true
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Colour the output: auto (on a terminal, unless NO_COLOR is set; CLICOLOR_FORCE
+    /// forces it), always or never.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN"
+    )]
+    pub color: ColorChoice,
     /// Log format on standard error: `text` for people, `json` for a log store (one
     /// object per line, with `event`, `cluster`, `revision`, `node` and `batch` fields).
     #[arg(
@@ -36,6 +71,13 @@ pub struct Cli {
         env = "CACHEFLOW_LOG_FORMAT"
     )]
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -89,57 +131,122 @@ pub struct RepoArgs {
 pub enum Command {
     /// Validate every document of a revision: schema, engine parameters, references,
     /// policies. Exit 0 when valid, 1 otherwise.
+    #[command(
+        after_help = "Examples:\n  cacheflow validate                      # HEAD of the repository here\n  cacheflow validate --worktree           # the uncommitted files\n  cacheflow validate --repo https://github.com/acme/cache-config.git --format json"
+    )]
     Validate(ValidateArgs),
     /// What a change does, per cluster, with risk flags. Exit 0 no change, 2 changes, 1 error.
+    #[command(
+        after_help = "Examples:\n  cacheflow diff --base origin/main              # HEAD against the branch\n  cacheflow diff --base HEAD --worktree          # uncommitted changes\n  cacheflow diff --base origin/main --format markdown > comment.md"
+    )]
     Diff(DiffArgs),
     /// Desired state against a live-state snapshot: per-node changes, risks, staged
     /// batches. Exit 0 converged, 2 changes, 1 error.
+    #[command(
+        after_help = "Examples:\n  cacheflow snapshot -o live.json && cacheflow plan --live live.json\n  cacheflow plan --direct                        # read the nodes now\n  cacheflow plan --direct --format json"
+    )]
     Plan(PlanArgs),
     /// Where the live nodes have drifted from the declared state: values changed by
     /// hand, values set live but not in the config file (lost on restart), silent and
     /// undeclared nodes. Exit 0 no drift, 2 drift, 1 error.
+    #[command(
+        after_help = "Examples:\n  cacheflow drift --direct\n  cacheflow drift --live live.json --format markdown\n  cacheflow drift --server http://cacheflow:8080 --token-file ~/.cacheflow-admin --output-dir report/"
+    )]
     Drift(DriftArgs),
     /// Read every declared node straight from the nodes: parameters, version, health, and
     /// the config file's view. Writes the live-state JSON that `plan --live` reads.
     /// Unreachable nodes are reported in it, not fatal. Exit 0, or 1 on error.
+    #[command(
+        after_help = "Examples:\n  cacheflow snapshot -o live.json\n  cacheflow snapshot --cluster sessions-eu --format text"
+    )]
     Snapshot(SnapshotArgs),
     /// Read running nodes and write the cluster file that describes them
     /// (clusters/NAME.yaml, and a cacheflow.yaml when the directory has none): engine,
     /// version, the parameters that differ from the version's defaults, nodes with roles
     /// and shards from replication, auth as a secret reference. Never overwrites a
     /// cluster file. Exit 0 written, 1 error (nothing written).
+    #[command(
+        after_help = "Examples:\n  cacheflow import --cluster sessions-eu --redis 10.0.0.1:6379,10.0.0.2:6379\n  cacheflow import --cluster pages --memcached 10.0.1.1:11211 --output ./config"
+    )]
     Import(ImportArgs),
     /// One staged rollout in the foreground against the directly managed nodes: shows
     /// the plan, asks (unless --yes), then canary, batches and gates with progress, and a
     /// summary. Ctrl-C pauses safely; running it again resumes. Exit 0 converged, 1
     /// failed, rolled back, paused or not applied.
+    #[command(
+        after_help = "Examples:\n  cacheflow sync                         # shows the plan, asks, rolls out\n  cacheflow sync --yes --cluster sessions-eu\n  cacheflow sync --yes --format json     # the summary only, for scripts"
+    )]
     Sync(SyncArgs),
     /// The reconciler as a server: follows the config repository's branch (webhooks and
     /// polling), rolls each valid new revision out in stages behind health gates, takes
     /// node reports and answers with assignments, serves the status API and /metrics.
     /// Runs until SIGTERM or Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  cacheflow serve --repo https://github.com/acme/cache-config.git --state-dir /var/lib/cacheflow \\\n      --webhook-secret-file /etc/cacheflow/webhook --admin-tokens-file /etc/cacheflow/admins"
+    )]
     Serve(Box<ServeArgs>),
     /// Look at or steer rollouts on a running server: status, pause, resume, promote
     /// (skip the rest of the bake), abort (roll back), override (start batches outside
     /// the rollout windows; needs --reason), retry (roll out a refused content again
-    /// without a new commit; needs --reason). Exit 0, or 1 on error or refusal.
+    /// without a new commit; needs --reason), wait (until a rollout ends, for CI).
+    /// Exit 0, or 1 on error, refusal or (wait) a rollout that did not complete.
+    #[command(
+        after_help = "Examples:\n  cacheflow rollout status --server http://cacheflow:8080\n  cacheflow rollout pause sessions-eu --server http://cacheflow:8080 --token-file ~/.cacheflow-admin\n  cacheflow rollout wait sessions-eu --revision \"$GIT_COMMIT\" --timeout 30m   # in CI"
+    )]
     Rollout(RolloutArgs),
     /// One timeline of config commits (author, message, parameters changed) with what
     /// the reconciler noted on each (completed, rolled back and why, refused). Exit 0.
+    #[command(
+        after_help = "Examples:\n  cacheflow history\n  cacheflow history --cluster sessions-eu --param maxmemory\n  cacheflow history --format json --limit 10"
+    )]
     History(HistoryArgs),
     /// Run beside one cache server: report it to the cacheflow server every interval,
     /// apply the assignment the server answers with (restarting the engine for
     /// start-only parameters when allowed), report the result at once. Runs until
     /// SIGTERM or Ctrl-C; with --once, one exchange (exit 0 done, 1 failed).
+    #[command(
+        after_help = "Examples:\n  cacheflow agent --node-id a1 --server https://cacheflow:8443 --token-file /etc/cacheflow/token \\\n      --redis 127.0.0.1:6379 --config-file /etc/redis/redis.conf\n  cacheflow agent --once ...              # one exchange, for a test or a cron job"
+    )]
     Agent(Box<AgentArgs>),
     /// The whole loop on a simulated fleet, no setup: a copy of the example repository
     /// in a temporary git repository, a change rolled out in stages, a change whose
     /// canary fails its gates and is rolled back, a hand-made drift and its report, the
     /// history. About 15 seconds. Exit 0, or 1 if something went wrong.
+    #[command(
+        after_help = "Examples:\n  cacheflow demo\n  cacheflow demo --keep ./demo-repo && cacheflow history --repo ./demo-repo"
+    )]
     Demo(DemoArgs),
     /// Print the token the agent of NODE_ID presents to the server: an HMAC of the node
     /// id under the server's node-token secret, so no node can report as another.
+    #[command(
+        after_help = "Examples:\n  CACHEFLOW_NODE_TOKEN_SECRET_FILE=/etc/cacheflow/node-secret cacheflow agent-token a1 > a1.token"
+    )]
     AgentToken(AgentTokenArgs),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_help = "Examples:\n  cacheflow completions bash > /etc/bash_completion.d/cacheflow\n  cacheflow completions zsh > \"${fpath[1]}/_cacheflow\"\n  cacheflow completions fish > ~/.config/fish/completions/cacheflow.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the manual page cacheflow(1) (roff), or write it and a page per command
+    /// (cacheflow-sync.1, cacheflow-rollout-wait.1, ...) into a directory.
+    #[command(
+        after_help = "Examples:\n  cacheflow man | man -l -\n  cacheflow man --output-dir /usr/local/share/man/man1 && man cacheflow-sync"
+    )]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write cacheflow.1 and one page per command into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +259,7 @@ pub struct ValidateArgs {
     /// Read the uncommitted files of the working tree instead.
     #[arg(long)]
     pub worktree: bool,
+    /// text: a summary line, or the errors and a summary; json: for programs.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
 }
@@ -169,6 +277,7 @@ pub struct DiffArgs {
     /// Compare against the uncommitted working tree instead of --head.
     #[arg(long)]
     pub worktree: bool,
+    /// text: for people; json: the change set; markdown: a pull-request comment.
     #[arg(long, value_enum, default_value = "text")]
     pub format: RichFormat,
 }
@@ -177,8 +286,10 @@ pub struct DiffArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub repo: RepoArgs,
+    /// The revision to plan.
     #[arg(long, default_value = "HEAD", conflicts_with = "worktree")]
     pub rev: String,
+    /// Plan the uncommitted files of the working tree instead.
     #[arg(long)]
     pub worktree: bool,
     /// A live-state snapshot (JSON, schemas/live-state.schema.json).
@@ -189,6 +300,7 @@ pub struct PlanArgs {
     pub direct: bool,
     #[command(flatten)]
     pub reach: ReachArgs,
+    /// text: for people; json: the plan; markdown: a pull-request comment.
     #[arg(long, value_enum, default_value = "text")]
     pub format: RichFormat,
 }
@@ -197,8 +309,10 @@ pub struct PlanArgs {
 pub struct DriftArgs {
     #[command(flatten)]
     pub repo: RepoArgs,
+    /// The revision whose declared state the nodes are compared with.
     #[arg(long, default_value = "HEAD", conflicts_with = "worktree")]
     pub rev: String,
+    /// Compare with the uncommitted files of the working tree instead.
     #[arg(long)]
     pub worktree: bool,
     /// A live-state snapshot (JSON, as `snapshot` writes it).
@@ -216,6 +330,7 @@ pub struct DriftArgs {
     pub token_file: Option<PathBuf>,
     #[command(flatten)]
     pub reach: ReachArgs,
+    /// text: for a terminal; json, markdown, html: the report files.
     #[arg(long, value_enum, default_value = "text")]
     pub format: ReportFormat,
     /// Also write the report as drift.md, drift.json and drift.html into this directory.
@@ -276,8 +391,10 @@ pub struct ImportArgs {
 pub struct SnapshotArgs {
     #[command(flatten)]
     pub repo: RepoArgs,
+    /// The revision that says which nodes to read.
     #[arg(long, default_value = "HEAD", conflicts_with = "worktree")]
     pub rev: String,
+    /// Take the nodes from the uncommitted working tree instead.
     #[arg(long)]
     pub worktree: bool,
     /// Only the nodes of this cluster.
@@ -297,8 +414,13 @@ pub struct SnapshotArgs {
 pub struct SyncArgs {
     #[command(flatten)]
     pub repo: RepoArgs,
+    /// The revision to roll out.
     #[arg(long, default_value = "HEAD")]
     pub rev: String,
+    /// Only this cluster: its nodes are read, planned and rolled out; the others are
+    /// left as they are (the next sync without --cluster rolls them out).
+    #[arg(long)]
+    pub cluster: Option<String>,
     /// Apply without asking.
     #[arg(long)]
     pub yes: bool,
@@ -318,27 +440,128 @@ pub struct SyncArgs {
 
 #[derive(Debug, Args)]
 pub struct RolloutArgs {
-    #[arg(value_enum)]
-    pub action: RolloutAction,
-    /// The cluster (required except for status).
-    pub cluster: Option<String>,
-    /// Why (override and retry only; journaled with the token's name).
-    #[arg(long)]
-    pub reason: Option<String>,
-    /// The cacheflow server (http://host:port).
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+/// `cacheflow rollout ACTION`: one subcommand per action, each with its own help.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Every cluster's rollout (or one cluster's): revision, phase, batch, reason. No
+    /// token needed.
+    #[command(
+        after_help = "Examples:\n  cacheflow rollout status --server http://cacheflow:8080\n  cacheflow rollout status sessions-eu --format json"
+    )]
+    Status(RolloutStatusArgs),
+    /// Pause the cluster's rollout where it is (nodes keep what they run). Exit 1 when
+    /// nothing is rolling out.
+    #[command(
+        after_help = "Examples:\n  cacheflow rollout pause sessions-eu --token-file ~/.cacheflow-admin || page-oncall"
+    )]
+    Pause(RolloutClusterArgs),
+    /// Resume a paused rollout.
+    #[command(
+        after_help = "Examples:\n  cacheflow rollout resume sessions-eu --token-file ~/.cacheflow-admin"
+    )]
+    Resume(RolloutClusterArgs),
+    /// Skip the rest of the bake: the next batch now, without judging the gates.
+    #[command(
+        after_help = "Examples:\n  cacheflow rollout promote sessions-eu --token-file ~/.cacheflow-admin"
+    )]
+    Promote(RolloutClusterArgs),
+    /// Roll back now: the touched nodes get what they ran before.
+    #[command(
+        after_help = "Examples:\n  cacheflow rollout abort sessions-eu --token-file ~/.cacheflow-admin"
+    )]
+    Abort(RolloutClusterArgs),
+    /// Start batches outside the rollout windows (once per rollout); the reason is
+    /// journaled with the token's name.
+    #[command(
+        after_help = "Examples:\n  cacheflow rollout override sessions-eu --reason \"INC-42: hotfix\" --token-file ~/.cacheflow-admin"
+    )]
+    Override(RolloutReasonArgs),
+    /// Roll out a refused (rolled back) content again without a new commit; the reason
+    /// is journaled with the token's name.
+    #[command(
+        after_help = "Examples:\n  cacheflow rollout retry sessions-eu --reason \"INC-43: the primary is fixed\" --token-file ~/.cacheflow-admin"
+    )]
+    Retry(RolloutReasonArgs),
+    /// Wait until the cluster's rollout ends, following the server's status: exit 0 when
+    /// it completed (or the revision changed nothing in the cluster), 1 when it was
+    /// rolled back, refused or superseded, or on timeout. Paused and waiting rollouts
+    /// are waited for. For CI after a push.
+    #[command(
+        after_help = "Examples:\n  cacheflow rollout wait sessions-eu --server http://cacheflow:8080\n  cacheflow rollout wait sessions-eu --revision \"$(git rev-parse HEAD)\" --timeout 30m"
+    )]
+    Wait(RolloutWaitArgs),
+}
+
+/// How to reach the server, for every `rollout` subcommand.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The cacheflow server (http://host:port or https://host:port).
     #[arg(long, env = "CACHEFLOW_SERVER")]
     pub server: String,
-    /// A file holding an admin token (or set CACHEFLOW_ADMIN_TOKEN).
+    /// A file holding an admin token (or set CACHEFLOW_ADMIN_TOKEN); status and wait
+    /// send it when given.
     #[arg(long, env = "CACHEFLOW_ADMIN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// text: for people; json: the server's answer as it is.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutStatusArgs {
+    /// Only this cluster.
+    pub cluster: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutClusterArgs {
+    /// The cluster.
+    pub cluster: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutReasonArgs {
+    /// The cluster.
+    pub cluster: String,
+    /// Why (required; journaled with the token's name).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutWaitArgs {
+    /// The cluster.
+    pub cluster: String,
+    /// Wait for the rollout of this commit (a full id or a prefix of at least 7
+    /// characters), until the server has taken it; without it, the cluster's current
+    /// rollout.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Give up (exit 1) after this long.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Time between two readings of the server's status.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     #[command(flatten)]
     pub repo: RepoArgs,
+    /// The newest commit of the timeline.
     #[arg(long, default_value = "HEAD")]
     pub rev: String,
     /// Only changes to this cluster.
@@ -350,6 +573,7 @@ pub struct HistoryArgs {
     /// At most this many commits.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// text: one block per commit; json: for programs.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
 }
@@ -375,7 +599,8 @@ pub struct AgentTokenArgs {
     pub secret_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// The action a `rollout` subcommand asks of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolloutAction {
     Status,
     Pause,
@@ -406,6 +631,7 @@ pub struct ServeArgs {
     /// Where the mirror (with the journal and notes) is kept.
     #[arg(long, env = "CACHEFLOW_STATE_DIR")]
     pub state_dir: PathBuf,
+    /// The address the server listens on (HTTP, or HTTPS with --tls-cert-file).
     #[arg(long, default_value = "127.0.0.1:8080", env = "CACHEFLOW_LISTEN")]
     pub listen: std::net::SocketAddr,
     /// How often the repository is fetched without a webhook.
@@ -633,6 +859,7 @@ pub fn run(cli: Cli) -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log_format, default_filter);
+    style::choose(cli.color);
     let outcome = match cli.command {
         Command::Validate(args) => commands::validate(args),
         Command::Diff(args) => commands::diff(args),
@@ -647,15 +874,61 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Agent(args) => commands::agent(*args),
         Command::Demo(args) => commands::demo(args),
         Command::AgentToken(args) => commands::agent_token(args),
+        Command::Completions(args) => commands::completions(args),
+        Command::Man(args) => commands::man(args),
     };
     outcome.unwrap_or_else(|e| fail(&e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
+    use clap::{CommandFactory, Parser};
 
     use super::Cli;
+
+    #[test]
+    fn every_flag_and_argument_of_every_command_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && path != " cacheflow" {
+                missing.push(format!("{path}: no description"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.get_help().is_none() && !["help", "version"].contains(&id) {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert_eq!(missing, Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_command_has_examples() {
+        let cli = Cli::command();
+        let without: Vec<&str> = cli
+            .get_subcommands()
+            .chain(
+                cli.get_subcommands()
+                    .filter(|c| c.get_name() == "rollout")
+                    .flat_map(|c| c.get_subcommands()),
+            )
+            .filter(|c| c.get_name() != "help")
+            .filter(|c| {
+                c.get_after_help()
+                    .is_none_or(|h| !h.to_string().contains("Examples:"))
+            })
+            .map(|c| c.get_name())
+            .collect();
+        assert_eq!(without, Vec::<&str>::new());
+    }
 
     fn local_only(args: &[&str]) -> bool {
         Cli::try_parse_from(args)
@@ -691,10 +964,10 @@ mod tests {
         assert!(!local_only(&[
             "cacheflow",
             "rollout",
+            "status",
+            "c",
             "--server",
             "https://cacheflow.example",
-            "status",
-            "c"
         ]));
     }
 }

@@ -14,6 +14,9 @@ use crate::pure::rollout::Phase;
 use crate::pure::spec::model::{Desired, Role};
 use crate::pure::spec::Diagnostic;
 
+mod decor;
+pub use decor::{Decor, Mark};
+
 /// A short commit id for people.
 pub fn short(commit: Option<&str>) -> String {
     match commit {
@@ -217,6 +220,20 @@ fn risk_line(r: &Risk) -> String {
 }
 
 pub fn diff_text(cs: &ChangeSet) -> String {
+    diff_text_with(cs, Decor::PLAIN)
+}
+
+/// What a parameter change does to the value: set anew, no longer managed, changed.
+fn param_mark(p: &ParamChange) -> Mark {
+    match (&p.old, &p.new) {
+        (None, _) => Mark::Add,
+        (_, None) => Mark::Remove,
+        _ => Mark::Change,
+    }
+}
+
+/// [`diff_text`] decorated for a terminal.
+pub fn diff_text_with(cs: &ChangeSet, decor: Decor) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -229,42 +246,43 @@ pub fn diff_text(cs: &ChangeSet) -> String {
         return out;
     }
     for c in &cs.clusters {
-        let _ = writeln!(
-            out,
-            "\ncluster {} ({}, {}): {}",
+        out.push('\n');
+        let heading = format!(
+            "cluster {} ({}, {}): {}",
             c.cluster,
             c.engine,
             c.file,
             status_word(c.status)
         );
+        decor.line(&mut out, "", Mark::Heading, &heading);
         if !c.parameters.is_empty() {
             out.push_str("  parameters:\n");
             for p in &c.parameters {
-                let _ = writeln!(
-                    out,
-                    "    {}: {} → {} ({})",
+                let body = format!(
+                    "{}: {} → {} ({})",
                     p.name,
                     value(&p.old),
                     value(&p.new),
                     applied(p)
                 );
+                decor.line(&mut out, "    ", param_mark(p), &body);
             }
         }
-        for (label, list) in [
-            ("nodes added", &c.nodes_added),
-            ("nodes removed", &c.nodes_removed),
+        for (label, list, mark) in [
+            ("nodes added", &c.nodes_added, Mark::Add),
+            ("nodes removed", &c.nodes_removed, Mark::Remove),
         ] {
             if !list.is_empty() {
                 let _ = writeln!(out, "  {label}:");
                 for n in list.iter() {
-                    let _ = writeln!(
-                        out,
-                        "    {} ({}, shard {}, {})",
+                    let body = format!(
+                        "{} ({}, shard {}, {})",
                         n.id,
                         n.address,
                         n.shard,
                         Role::declared_text(n.role)
                     );
+                    decor.line(&mut out, "    ", mark, &body);
                 }
             }
         }
@@ -276,14 +294,15 @@ pub fn diff_text(cs: &ChangeSet) -> String {
             if !list.is_empty() {
                 let _ = writeln!(out, "  {label}:");
                 for f in list.iter() {
-                    let _ = writeln!(out, "    {}: {} → {}", f.field, f.old, f.new);
+                    let body = format!("{}: {} → {}", f.field, f.old, f.new);
+                    decor.line(&mut out, "    ", Mark::Change, &body);
                 }
             }
         }
         if !c.risks.is_empty() {
             out.push_str("  risks:\n");
             for r in &c.risks {
-                let _ = writeln!(out, "    ! {}", risk_line(r));
+                decor.line(&mut out, "    ", Mark::Risk, &risk_line(r));
             }
         }
     }
@@ -439,18 +458,24 @@ fn cluster_markdown(out: &mut String, c: &ClusterDiff) {
 // plan
 
 pub fn plan_text(p: &Plan) -> String {
+    plan_text_with(p, Decor::PLAIN)
+}
+
+/// [`plan_text`] decorated for a terminal.
+pub fn plan_text_with(p: &Plan, decor: Decor) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "plan for {}", short(p.commit.as_deref()));
     for c in &p.clusters {
-        let _ = writeln!(
-            out,
-            "\ncluster {} ({}): {} to change, {} in sync, {} unreachable",
+        out.push('\n');
+        let heading = format!(
+            "cluster {} ({}): {} to change, {} in sync, {} unreachable",
             c.cluster,
             c.engine,
             c.nodes.len(),
             c.in_sync.len(),
             c.unreachable.len()
         );
+        decor.line(&mut out, "", Mark::Heading, &heading);
         for n in &c.nodes {
             let changes: Vec<String> = n
                 .changes
@@ -465,23 +490,24 @@ pub fn plan_text(p: &Plan) -> String {
                     )
                 })
                 .collect();
-            let _ = writeln!(
-                out,
-                "  {} (shard {}, {}): {}",
+            let body = format!(
+                "{} (shard {}, {}): {}",
                 n.id,
                 n.shard,
                 n.role,
                 changes.join("; ")
             );
+            decor.line(&mut out, "  ", Mark::Change, &body);
         }
         for u in &c.unreachable {
             let _ = writeln!(out, "  {}: unreachable: {}", u.id, u.reason);
         }
         for t in &c.topology {
-            let _ = writeln!(out, "  ~ {}: {}", t.node, t.text);
+            let body = format!("{}: {}", t.node, t.text);
+            decor.line(&mut out, "  ", Mark::Live, &body);
         }
         for r in &c.risks {
-            let _ = writeln!(out, "  ! {}", risk_line(r));
+            decor.line(&mut out, "  ", Mark::Risk, &risk_line(r));
         }
         for s in &c.stages {
             let _ = writeln!(
