@@ -647,7 +647,7 @@ fn memcached_behind_agents_the_record_names_each_commit_and_a_refused_command_is
         &[
             "<shrink> 2024-01-01T00:02:00Z cacheflow tests: sessions: m3 leaves",
             "  sessions: nodes or rollout policy changed",
-            "  outcome: not rolled out (no note)",
+            "  outcome: changed no parameter, only the nodes or rollout policy of sessions: no rollout noted",
             "<bigger> 2024-01-01T00:01:00Z cacheflow tests: sessions: 96mb",
             "  sessions: maxbytes 64mb → 96mb",
             "  ⇒ sessions: completed <time>: reached 3 node(s): m1, m2, m3",
