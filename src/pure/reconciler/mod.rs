@@ -120,9 +120,10 @@ fn digest(params: &BTreeMap<String, String>) -> String {
 /// The batch a rollout is working on (assigned, baking or judging), if any.
 fn running_batch(phase: &Phase) -> Option<usize> {
     match phase {
-        Phase::Applying { batch } | Phase::Baking { batch } | Phase::Judging { batch } => {
-            Some(*batch)
-        }
+        Phase::Applying { batch }
+        | Phase::Baking { batch }
+        | Phase::Judging { batch }
+        | Phase::FailingOver { batch, .. } => Some(*batch),
         _ => None,
     }
 }
@@ -187,6 +188,7 @@ fn rollout_spec(
     planned: &plan::ClusterPlan,
     batches: Vec<Vec<String>>,
     previous: String,
+    failovers: BTreeMap<String, rollout::FailoverPlan>,
 ) -> RolloutSpec {
     let policy = &cluster.rollout;
     RolloutSpec {
@@ -204,7 +206,39 @@ fn rollout_spec(
             .map(|n| n.id.clone())
             .collect(),
         warmup_ms: policy.warmup.0,
+        failovers,
+        on_primary_restart: policy.on_primary_restart,
+        failover_timeout_ms: 0,
     }
+}
+
+/// The live primaries among the nodes that restart whose shard has other declared
+/// nodes: before such a primary restarts, its role moves to one of them. A shard of one
+/// node restarts in place, as it always did (there is nowhere to move the role).
+fn failovers(
+    cluster: &Cluster,
+    planned: &plan::ClusterPlan,
+    live: &HashMap<String, Sample>,
+) -> BTreeMap<String, rollout::FailoverPlan> {
+    let topology = crate::pure::topology::resolve(cluster, |id| live.get(id).map(|s| &s.node));
+    planned
+        .nodes
+        .iter()
+        .filter(|n| n.restart)
+        .filter(|n| {
+            topology.nodes.get(&n.id).and_then(|p| p.live) == Some(crate::pure::spec::model::Role::Primary)
+        })
+        .filter_map(|n| {
+            let shard = topology.shard(&n.id).to_owned();
+            let replicas: Vec<String> = cluster
+                .nodes
+                .iter()
+                .filter(|d| d.id != n.id && topology.shard(&d.id) == shard)
+                .map(|d| d.id.clone())
+                .collect();
+            (!replicas.is_empty()).then(|| (n.id.clone(), rollout::FailoverPlan { shard, replicas }))
+        })
+        .collect()
 }
 
 impl Reconciler {
@@ -316,6 +350,17 @@ impl Reconciler {
                 Phase::RollingBack { .. } => Some((
                     r.spec.apply_timeout_ms.max(grace_ms),
                     Event::RollbackTimedOut,
+                )),
+                // The failover's outcome died with the process: it fails the batch when
+                // its time is up (the safe side), and the usual rollback follows.
+                Phase::FailingOver {
+                    batch, ref from, ..
+                } => Some((
+                    r.spec.failover_timeout().max(grace_ms),
+                    Event::FailoverTimedOut {
+                        batch,
+                        from: from.clone(),
+                    },
                 )),
                 _ => None,
             };
@@ -474,6 +519,11 @@ impl Reconciler {
                     Phase::Paused { batch, .. } => format!(
                         "batch {} of {of}, paused: a person decides (resume, rollback)",
                         batch + 1
+                    ),
+                    Phase::FailingOver { batch, from, .. } => format!(
+                        "batch {} of {of}, failing over from {from}: the batch fails unless the failover's outcome is known within {} ms",
+                        batch + 1,
+                        r.spec.failover_timeout().max(grace_ms)
                     ),
                     Phase::RollingBack { .. } => format!(
                         "rolling back, waiting up to {} ms for its nodes to confirm",
@@ -646,7 +696,10 @@ impl Reconciler {
         let previous = self.previous_revision(name, &target, &batches);
         let restore = self.restore_map(name, cluster, &target, &batches);
         let baseline = self.baseline(cluster);
-        let spec = rollout_spec(name, cluster, &target, &planned, batches, previous);
+        let failovers = failovers(cluster, &planned, &self.live);
+        let spec = rollout_spec(
+            name, cluster, &target, &planned, batches, previous, failovers,
+        );
         let batch_sizes: Vec<String> = spec.batches.iter().map(|b| b.len().to_string()).collect();
         let started = Notice::new_at(
             NoticeKind::RolloutStarted,
@@ -988,6 +1041,45 @@ impl Reconciler {
                     Action::JudgeGates { batch, nodes } => {
                         queue.push(self.judge(name, batch, &nodes));
                     }
+                    Action::ChooseFailover {
+                        batch,
+                        from,
+                        replicas,
+                        ..
+                    } => {
+                        let choice = self.choose_failover(name, &from, &replicas);
+                        queue.push(Event::FailoverChosen {
+                            batch,
+                            from,
+                            choice,
+                        });
+                    }
+                    Action::Failover {
+                        batch,
+                        shard,
+                        from,
+                        to,
+                    } => {
+                        let rec = self.rec_mut(name);
+                        let (run, timeout_ms) = (rec.run, rec.rollout.spec.failover_timeout());
+                        let to_address = self
+                            .desired
+                            .as_ref()
+                            .and_then(|d| d.clusters.get(name))
+                            .and_then(|c| c.node(&to))
+                            .map(|n| n.address.clone())
+                            .unwrap_or_default();
+                        self.effects.push(Effect::Failover {
+                            cluster: name.to_owned(),
+                            batch,
+                            shard,
+                            from,
+                            to,
+                            to_address,
+                            timeout_ms,
+                            run,
+                        });
+                    }
                 }
             }
             let rec = self.rec_mut(name);
@@ -1055,6 +1147,46 @@ impl Reconciler {
         self.effects.push(Effect::Wake {
             nodes: nodes.to_vec(),
         });
+    }
+
+    /// Where `from`'s primary role goes, from the latest readings of `replicas` and
+    /// their assignments (see `topology::choose_failover`).
+    fn choose_failover(
+        &self,
+        name: &str,
+        from: &str,
+        replicas: &[String],
+    ) -> rollout::FailoverChoice {
+        let cluster = self.desired.as_ref().and_then(|d| d.clusters.get(name));
+        let cs = self.state.clusters.get(name);
+        let target = cs.and_then(|c| c.target.as_ref());
+        let address = |id: &str| {
+            cluster
+                .and_then(|c| c.node(id))
+                .map(|n| n.address.as_str())
+                .unwrap_or_default()
+        };
+        let candidates: Vec<crate::pure::topology::FailoverCandidate<'_>> = replicas
+            .iter()
+            .map(|id| crate::pure::topology::FailoverCandidate {
+                id,
+                address: address(id),
+                reading: self.live.get(id).map(|s| &s.node),
+                updated: cs
+                    .and_then(|c| c.assignments.get(id))
+                    .zip(target)
+                    .is_some_and(|(a, t)| {
+                        a.digest == t.digest
+                            && !matches!(a.outcome, Some(Outcome::Failed | Outcome::Inconsistent))
+                    }),
+            })
+            .collect();
+        crate::pure::topology::choose_failover(
+            from,
+            address(from),
+            self.live.get(from).map(|s| &s.node),
+            &candidates,
+        )
     }
 
     fn judge(&mut self, name: &str, batch: usize, nodes: &[String]) -> Event {
