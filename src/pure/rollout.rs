@@ -1073,7 +1073,10 @@ mod tests {
                 to: None
             }
         );
-        assert_eq!(assigns(&actions), vec![(vec!["a".to_owned()], "new".to_owned())]);
+        assert_eq!(
+            assigns(&actions),
+            vec![(vec!["a".to_owned()], "new".to_owned())]
+        );
         assert_eq!(
             actions.last(),
             Some(&Action::ChooseFailover {
@@ -1135,7 +1138,10 @@ mod tests {
             journal_lines(&actions)[0],
             "c: failover of shard s done: a is the primary, b its replica"
         );
-        assert_eq!(assigns(&actions), vec![(vec!["b".to_owned()], "new".to_owned())]);
+        assert_eq!(
+            assigns(&actions),
+            vec![(vec!["b".to_owned()], "new".to_owned())]
+        );
         // The timer of the failover that completed is ignored.
         let (r, none) = step(
             r,
@@ -1199,7 +1205,10 @@ mod tests {
             };
             assert_eq!(reason, expected);
             // The primary was never assigned; the replica of batch 1 goes back.
-            assert_eq!(assigns(&actions), vec![(vec!["a".to_owned()], "old".to_owned())]);
+            assert_eq!(
+                assigns(&actions),
+                vec![(vec!["a".to_owned()], "old".to_owned())]
+            );
             assert!(!r.touched.contains("b"));
         }
     }
@@ -1237,7 +1246,10 @@ mod tests {
         // Resuming chooses again.
         let (r, actions) = step(r, Event::Resume { by: "alice".into() });
         assert!(matches!(r.phase, Phase::FailingOver { batch: 1, .. }));
-        assert!(matches!(actions.last(), Some(Action::ChooseFailover { .. })));
+        assert!(matches!(
+            actions.last(),
+            Some(Action::ChooseFailover { .. })
+        ));
 
         let (r, _) = at_primary_batch(failover_spec(
             OnFailure::Rollback,
@@ -1256,7 +1268,10 @@ mod tests {
             journal_lines(&actions)[0],
             "c: b restarts in place (onPrimaryRestart: in-place): no replica of shard s can take the primary role: a: its replication link is down"
         );
-        assert_eq!(assigns(&actions), vec![(vec!["b".to_owned()], "new".to_owned())]);
+        assert_eq!(
+            assigns(&actions),
+            vec![(vec!["b".to_owned()], "new".to_owned())]
+        );
     }
 
     #[test]

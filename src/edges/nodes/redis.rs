@@ -708,7 +708,8 @@ impl RedisDriver {
             Ok(_) => {}
             Err(e) => return Err(self.refused("FAILOVER", e)),
         }
-        let target = RedisDriver::new(to, self.auth.as_ref(), self.timeout).with_tls(self.tls.clone());
+        let target =
+            RedisDriver::new(to, self.auth.as_ref(), self.timeout).with_tls(self.tls.clone());
         let deadline = tokio::time::Instant::now() + timeout + self.timeout;
         loop {
             let mine = self.replication().await;
@@ -746,6 +747,35 @@ impl RedisDriver {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         target.persist_role().await?;
+        self.persist_role().await?;
+        // FAILOVER promotes one replica; the others still follow this node, a replica
+        // now, and would lose their link when it restarts. They follow the new primary.
+        if let Ok(info) = self.replication().await {
+            for other in sub_replicas(&info) {
+                if other == to || split_address(&other) == split_address(to) {
+                    continue;
+                }
+                let r = RedisDriver::new(&other, self.auth.as_ref(), self.timeout)
+                    .with_tls(self.tls.clone());
+                if let Err(e) = r.follow(&host, port).await {
+                    tracing::warn!(
+                        "after the failover to {to}: {other} still follows {}: {e}",
+                        self.address
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `REPLICAOF host port`, then `CONFIG REWRITE`.
+    async fn follow(&self, host: &str, port: u16) -> Result<(), NodeError> {
+        let mut s = self.session().await?;
+        let mut cmd = redis::cmd("REPLICAOF");
+        cmd.arg(host).arg(port);
+        if let Err(e) = self.call(&mut s, &cmd).await? {
+            return Err(self.refused("REPLICAOF", e));
+        }
         self.persist_role().await
     }
 }
@@ -806,6 +836,20 @@ impl NodeDriver for RedisDriver {
     ) -> BoxFuture<'a, Result<(), NodeError>> {
         Box::pin(self.failover_to(to, timeout))
     }
+}
+
+/// The replicas `INFO replication` lists (`slave0:ip=…,port=…,…`), as `host:port`.
+fn sub_replicas(info: &BTreeMap<String, String>) -> Vec<String> {
+    info.iter()
+        .filter(|(k, _)| k.starts_with("slave") && k[5..].chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|(_, v)| {
+            let field = |name: &str| {
+                v.split(',')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            };
+            Some(format!("{}:{}", field("ip")?, field("port")?))
+        })
+        .collect()
 }
 
 /// `host:port` → (host, port); `[::1]:6379` → (`::1`, 6379); no port → 6379.

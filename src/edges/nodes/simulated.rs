@@ -182,7 +182,9 @@ impl SimulatedNode {
             message,
         };
         if self.with_state(|s| s.role) != Role::Primary {
-            return Err(refused("ERR FAILOVER is not valid when server is a replica.".into()));
+            return Err(refused(
+                "ERR FAILOVER is not valid when server is a replica.".into(),
+            ));
         }
         let peers = self.peers.lock().ok().and_then(|p| p.clone());
         let target = peers
@@ -431,7 +433,11 @@ impl NodeDriver for SimulatedNode {
         })
     }
 
-    fn failover<'a>(&'a self, to: &'a str, _timeout: Duration) -> BoxFuture<'a, Result<(), NodeError>> {
+    fn failover<'a>(
+        &'a self,
+        to: &'a str,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), NodeError>> {
         Box::pin(async move {
             if let Some(Fault::Down | Fault::Flapping) = self.fault() {
                 return Err(self.unreachable());

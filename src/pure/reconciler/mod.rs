@@ -226,7 +226,8 @@ fn failovers(
         .iter()
         .filter(|n| n.restart)
         .filter(|n| {
-            topology.nodes.get(&n.id).and_then(|p| p.live) == Some(crate::pure::spec::model::Role::Primary)
+            topology.nodes.get(&n.id).and_then(|p| p.live)
+                == Some(crate::pure::spec::model::Role::Primary)
         })
         .filter_map(|n| {
             let shard = topology.shard(&n.id).to_owned();
@@ -236,7 +237,8 @@ fn failovers(
                 .filter(|d| d.id != n.id && topology.shard(&d.id) == shard)
                 .map(|d| d.id.clone())
                 .collect();
-            (!replicas.is_empty()).then(|| (n.id.clone(), rollout::FailoverPlan { shard, replicas }))
+            (!replicas.is_empty())
+                .then(|| (n.id.clone(), rollout::FailoverPlan { shard, replicas }))
         })
         .collect()
 }
