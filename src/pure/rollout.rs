@@ -20,7 +20,8 @@
 //!  assigned, FailingOver(b) per such primary: ChooseFailover → the caller answers
 //!  FailoverChosen (to a replica / not needed / no healthy replica); Failover → FailedOver
 //!  (next primary, then Applying(b)) or FailoverFailed / FailoverTimedOut (batch failed).
-//!  No healthy replica: restarted in place with `onPrimaryRestart: in-place`, else Paused.
+//!  No healthy replica: Paused. With `onPrimaryRestart: in-place` no failover: the
+//!  primary restarts in place (journaled).
 //! ```
 //!
 //! Timer and gate events carry the batch they were started for; an event for another
@@ -831,6 +832,16 @@ fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
         .filter(|n| !r.failed_over.contains(*n))
         .find_map(|n| Some((n.clone(), r.spec.failovers.get(n)?.clone())))
     {
+        if r.spec.on_primary_restart == OnPrimaryRestart::InPlace {
+            actions.push(Action::Journal {
+                message: format!(
+                    "{}: {from} restarts in place (onPrimaryRestart: in-place): shard {} takes no writes until it is back",
+                    r.spec.cluster, plan.shard
+                ),
+            });
+            r.failed_over.insert(from);
+            return start_batch(r, batch, actions);
+        }
         r.phase = Phase::FailingOver {
             batch,
             from: from.clone(),
@@ -890,7 +901,7 @@ impl Rollout {
 }
 
 /// The caller chose where `from`'s primary role goes: start the failover, go on without
-/// one, restart in place (`onPrimaryRestart: in-place`) or pause and say why.
+/// one, or pause and say why.
 fn failover_chosen(
     r: &mut Rollout,
     batch: usize,
@@ -930,26 +941,15 @@ fn failover_chosen(
             r.failed_over.insert(from);
             start_batch(r, batch, actions);
         }
-        FailoverChoice::NoHealthyReplica { why } => match r.spec.on_primary_restart {
-            OnPrimaryRestart::InPlace => {
-                actions.push(Action::Journal {
-                    message: format!(
-                        "{cluster}: {from} restarts in place (onPrimaryRestart: in-place): no replica of shard {shard} can take the primary role: {why}"
-                    ),
-                });
-                r.failed_over.insert(from);
-                start_batch(r, batch, actions);
-            }
-            OnPrimaryRestart::Failover => {
-                let reason = format!(
-                    "{from} must restart, and no replica of shard {shard} can take the primary role: {why}; a person decides (bring a replica up, or set onPrimaryRestart: in-place and resume)"
-                );
-                actions.push(Action::Journal {
-                    message: format!("{cluster}: paused at batch {}: {reason}", batch + 1),
-                });
-                r.phase = Phase::Paused { batch, reason };
-            }
-        },
+        FailoverChoice::NoHealthyReplica { why } => {
+            let reason = format!(
+                "{from} must restart, and no replica of shard {shard} can take the primary role: {why}; a person decides (bring a replica up and resume, or set onPrimaryRestart: in-place to restart it in place)"
+            );
+            actions.push(Action::Journal {
+                message: format!("{cluster}: paused at batch {}: {reason}", batch + 1),
+            });
+            r.phase = Phase::Paused { batch, reason };
+        }
     }
 }
 
@@ -1214,7 +1214,7 @@ mod tests {
     }
 
     #[test]
-    fn no_healthy_replica_pauses_unless_in_place_is_allowed() {
+    fn no_healthy_replica_pauses_and_in_place_restarts_without_a_failover() {
         let none = FailoverChoice::NoHealthyReplica {
             why: "a: its replication link is down".into(),
         };
@@ -1227,10 +1227,10 @@ mod tests {
             Event::FailoverChosen {
                 batch: 1,
                 from: "b".into(),
-                choice: none.clone(),
+                choice: none,
             },
         );
-        let reason = "b must restart, and no replica of shard s can take the primary role: a: its replication link is down; a person decides (bring a replica up, or set onPrimaryRestart: in-place and resume)";
+        let reason = "b must restart, and no replica of shard s can take the primary role: a: its replication link is down; a person decides (bring a replica up and resume, or set onPrimaryRestart: in-place to restart it in place)";
         assert_eq!(
             r.phase,
             Phase::Paused {
@@ -1251,26 +1251,23 @@ mod tests {
             Some(Action::ChooseFailover { .. })
         ));
 
-        let (r, _) = at_primary_batch(failover_spec(
+        let (r, actions) = at_primary_batch(failover_spec(
             OnFailure::Rollback,
             OnPrimaryRestart::InPlace,
         ));
-        let (r, actions) = step(
-            r,
-            Event::FailoverChosen {
-                batch: 1,
-                from: "b".into(),
-                choice: none,
-            },
-        );
         assert_eq!(r.phase, Phase::Applying { batch: 1 });
-        assert_eq!(
-            journal_lines(&actions)[0],
-            "c: b restarts in place (onPrimaryRestart: in-place): no replica of shard s can take the primary role: a: its replication link is down"
-        );
+        assert!(journal_lines(&actions).contains(
+            &"c: b restarts in place (onPrimaryRestart: in-place): shard s takes no writes until it is back".to_owned()
+        ));
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, Action::ChooseFailover { .. } | Action::Failover { .. })));
         assert_eq!(
             assigns(&actions),
-            vec![(vec!["b".to_owned()], "new".to_owned())]
+            vec![
+                (vec!["a".to_owned()], "new".to_owned()),
+                (vec!["b".to_owned()], "new".to_owned())
+            ]
         );
     }
 

@@ -3,8 +3,8 @@
 //! replicas, each started from its config file) and real agents that restart them. A
 //! writer keeps writing during the rollout (`SET` then `WAIT 1`), following whichever
 //! node is primary now; every write acknowledged by a replica is read back afterwards.
-//! And the cases without a replica to fail over to: paused with the reason, or restarted
-//! in place with `onPrimaryRestart: in-place`.
+//! And a primary without a replica to fail over to: paused with the reason; restarted in
+//! place with `onPrimaryRestart: in-place`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -325,7 +325,7 @@ fn a_restart_only_change_of_the_primary_fails_over_first_and_loses_no_acknowledg
 }
 
 #[test]
-fn a_primary_without_a_healthy_replica_pauses_unless_in_place_is_allowed() {
+fn a_primary_without_a_healthy_replica_pauses_and_in_place_restarts_it_where_it_runs() {
     let a1 = Service::redis("");
     let a2 = Service::redis(&format!("replicaof 127.0.0.1 {}\n", port_of(&a1)));
     wait_until("replication link up", Duration::from_secs(15), || {
@@ -364,8 +364,8 @@ fn a_primary_without_a_healthy_replica_pauses_unless_in_place_is_allowed() {
     let journal = server.journal().join("\n");
     assert_eq!(phase, "paused", "{journal}");
     let reason = "a1 must restart, and no replica of shard a can take the primary role: \
-                  a2: unreachable; a person decides (bring a replica up, or set \
-                  onPrimaryRestart: in-place and resume)";
+                  a2: unreachable; a person decides (bring a replica up and resume, or set \
+                  onPrimaryRestart: in-place to restart it in place)";
     assert_eq!(server.rollout()["rollout"]["reason"], reason);
     assert!(
         journal.contains(&format!("cache: paused at batch 1: {reason}")),
@@ -374,7 +374,8 @@ fn a_primary_without_a_healthy_replica_pauses_unless_in_place_is_allowed() {
     assert_eq!(a1.pid(), pid, "a1 was not restarted");
     assert_eq!(config_of(port_of(&a1), "databases"), "16");
 
-    // The same shard with `onPrimaryRestart: in-place`: a1 restarts where it runs.
+    // With `onPrimaryRestart: in-place` (a new content supersedes the paused rollout):
+    // no failover, a1 restarts where it runs.
     let in_place = format!("{ROLLOUT}    onPrimaryRestart: in-place\n");
     let change = commit(
         &work,
@@ -389,12 +390,76 @@ fn a_primary_without_a_healthy_replica_pauses_unless_in_place_is_allowed() {
     assert_eq!(phase, "completed", "{journal}");
     assert!(
         journal.contains(
-            "cache: a1 restarts in place (onPrimaryRestart: in-place): no replica of shard a \
-             can take the primary role: a2: unreachable"
+            "cache: a1 restarts in place (onPrimaryRestart: in-place): shard a takes no \
+             writes until it is back"
         ),
+        "{journal}"
+    );
+    assert!(
+        !journal.contains("cache: failover of shard a:"),
         "{journal}"
     );
     assert_ne!(a1.pid(), pid, "a1 was restarted");
     assert_eq!(config_of(port_of(&a1), "databases"), "64");
     assert_eq!(role_of(port_of(&a1)).as_deref(), Some("master"));
+}
+
+/// The benchmark of BENCHMARKS.md ("Write gap of a primary's restart", `bench/failover.sh`):
+/// on the same three nodes, the longest gap a writer sees during a restart-only change
+/// of the primary, restarted in place, then by failover. Ignored in the suite (it only
+/// measures); the test above asserts the failover's bound.
+#[test]
+#[ignore]
+fn bench_write_gap_in_place_then_failover() {
+    let nodes = shard();
+    let ports: Vec<u16> = nodes.iter().map(|(_, s)| port_of(s)).collect();
+    let declared: Vec<(&str, String)> = nodes.iter().map(|(id, s)| (*id, s.addr())).collect();
+    let (remote, work) = (Remote::new(), TestRepo::new());
+    let in_place = format!("{ROLLOUT}    onPrimaryRestart: in-place\n");
+    commit(
+        &work,
+        &remote,
+        &declared,
+        "    databases: 16",
+        &in_place,
+        "cache: databases 16",
+    );
+    let server = Serve::start(&remote);
+    let _agents: Vec<Agent> = nodes
+        .iter()
+        .map(|(id, s)| Agent::start(&server, id, s))
+        .collect();
+    wait_all_confirmed(&server, &["a1", "a2", "a3"]);
+    let mut results = Vec::new();
+    for (mode, params, rollout) in [
+        ("in-place", "    databases: 32", in_place.as_str()),
+        ("failover", "    databases: 64", ROLLOUT),
+    ] {
+        let writer = Writer::start(ports.clone());
+        std::thread::sleep(Duration::from_secs(1));
+        let change = commit(&work, &remote, &declared, params, rollout, mode);
+        let phase = server.settled(&change, Duration::from_secs(180));
+        std::thread::sleep(Duration::from_secs(1));
+        let writes = writer.stop();
+        assert_eq!(phase, "completed", "{:#?}", server.journal());
+        let mut primary = ports
+            .iter()
+            .find(|p| role_of(**p).as_deref() == Some("master"))
+            .map(|p| RedisClient::connect(*p))
+            .expect("a primary");
+        let lost = writes
+            .acknowledged
+            .iter()
+            .filter(|(k, v)| primary.cmd(&["GET", k]).as_str().as_deref() != Some(v.as_str()))
+            .count();
+        results.push((mode, writes, lost));
+    }
+    for (mode, w, lost) in &results {
+        println!(
+            "write-gap {mode}: longest gap {} ms, {} acknowledged, {} failed, {lost} lost",
+            w.longest_gap.as_millis(),
+            w.acknowledged.len(),
+            w.failed
+        );
+    }
 }
