@@ -53,6 +53,8 @@ struct Writes {
     longest_gap: Duration,
     /// Each primary written to, in order (port).
     primaries: Vec<u16>,
+    /// When the last write was acknowledged.
+    last_ack: Option<Instant>,
 }
 
 /// A client writing `k<i>` as fast as it is acknowledged, to whichever declared node
@@ -104,6 +106,7 @@ impl Writer {
                     let now = Instant::now();
                     w.longest_gap = w.longest_gap.max(now - last_ack);
                     last_ack = now;
+                    w.last_ack = Some(now);
                     w.acknowledged.insert(key, value);
                 } else {
                     w.failed += 1;
@@ -121,12 +124,29 @@ impl Writer {
         }
     }
 
-    fn stop(mut self) -> Writes {
+    /// Stop once a write made after `since` is acknowledged (at most 60 s later); the
+    /// time since the last acknowledged write counts as a gap too.
+    fn stop_after_ack(mut self, since: Instant) -> Writes {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self
+            .writes
+            .lock()
+            .unwrap()
+            .last_ack
+            .is_none_or(|t| t < since)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        std::mem::take(&mut *self.writes.lock().unwrap())
+        let mut w = std::mem::take(&mut *self.writes.lock().unwrap());
+        if let Some(last) = w.last_ack {
+            w.longest_gap = w.longest_gap.max(last.elapsed());
+        }
+        w
     }
 }
 
@@ -235,8 +255,7 @@ fn a_restart_only_change_of_the_primary_fails_over_first_and_loses_no_acknowledg
         "cache: databases 32 (start-only: every engine restarts)",
     );
     let phase = server.settled(&change, Duration::from_secs(180));
-    std::thread::sleep(Duration::from_secs(1));
-    let writes = writer.stop();
+    let writes = writer.stop_after_ack(Instant::now());
     let journal = server.journal().join("\n");
     assert_eq!(phase, "completed", "{journal}");
 
@@ -439,8 +458,7 @@ fn bench_write_gap_in_place_then_failover() {
         std::thread::sleep(Duration::from_secs(1));
         let change = commit(&work, &remote, &declared, params, rollout, mode);
         let phase = server.settled(&change, Duration::from_secs(180));
-        std::thread::sleep(Duration::from_secs(1));
-        let writes = writer.stop();
+        let writes = writer.stop_after_ack(Instant::now());
         assert_eq!(phase, "completed", "{:#?}", server.journal());
         let mut primary = ports
             .iter()
