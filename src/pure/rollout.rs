@@ -16,18 +16,24 @@
 //!  inconclusive gates → Paused;  last batch passed → Completed
 //!  a batch due while `hold` is set (outside the rollout windows) → Waiting(b);
 //!  WindowOpened or Override (with a reason, recorded) → Applying(b)
+//!  a batch holding a live primary that restarts (`spec.failovers`): before it is
+//!  assigned, FailingOver(b) per such primary: ChooseFailover → the caller answers
+//!  FailoverChosen (to a replica / not needed / no healthy replica); Failover → FailedOver
+//!  (next primary, then Applying(b)) or FailoverFailed / FailoverTimedOut (batch failed).
+//!  No healthy replica: Paused. With `onPrimaryRestart: in-place` no failover: the
+//!  primary restarts in place (journaled).
 //! ```
 //!
 //! Timer and gate events carry the batch they were started for; an event for another
 //! batch (a timer that fired after the rollout moved on) is ignored, so the runtime never
 //! has to cancel anything.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::pure::catalog::human_ms;
-use crate::pure::spec::model::OnFailure;
+use crate::pure::spec::model::{OnFailure, OnPrimaryRestart};
 
 /// What a rollout needs to know, fixed when it starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +56,43 @@ pub struct RolloutSpec {
     pub restarting: BTreeSet<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub warmup_ms: u64,
+    /// Live primaries that restart and whose shard has other nodes: before its batch is
+    /// assigned, the primary role moves to one of them (node id → the plan).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failovers: BTreeMap<String, FailoverPlan>,
+    /// What a primary with no healthy replica to move its role to does.
+    #[serde(default, skip_serializing_if = "is_failover")]
+    pub on_primary_restart: OnPrimaryRestart,
+    /// How long one failover may take before the batch fails (0: `apply_timeout_ms`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failover_timeout_ms: u64,
+}
+
+/// The move of a shard's primary role before the primary restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverPlan {
+    pub shard: String,
+    /// The shard's other declared nodes, the candidates to take the role.
+    pub replicas: Vec<String>,
+}
+
+/// The caller's choice of where a shard's primary role goes (answer to
+/// [`Action::ChooseFailover`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "choice")]
+pub enum FailoverChoice {
+    /// An updated, caught-up replica with its link up.
+    To { node: String },
+    /// The node no longer runs as a primary with replicas (a failover already happened):
+    /// it restarts as it is.
+    NotNeeded { why: String },
+    /// No replica can take the role, and why.
+    NoHealthyReplica { why: String },
+}
+
+fn is_failover(m: &OnPrimaryRestart) -> bool {
+    *m == OnPrimaryRestart::Failover
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -85,6 +128,14 @@ pub enum Phase {
     /// Batch `batch` applied; waiting out the bake time.
     Baking {
         batch: usize,
+    },
+    /// Before batch `batch` is assigned: the primary role of `from`'s shard moves to
+    /// `to` (`None` while the caller chooses).
+    FailingOver {
+        batch: usize,
+        from: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
     },
     /// Waiting for the gates' verdict on batch `batch`.
     Judging {
@@ -142,6 +193,10 @@ pub struct Rollout {
     /// A person overrode the windows for this rollout: who and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_override: Option<String>,
+    /// Primaries of `spec.failovers` whose role moved (or that restart in place): their
+    /// batch assigns them without another failover.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub failed_over: BTreeSet<String>,
 }
 
 /// The gates' judgement of a batch.
@@ -201,6 +256,28 @@ pub enum Event {
         by: String,
         reason: String,
     },
+    /// The caller's answer to [`Action::ChooseFailover`].
+    FailoverChosen {
+        batch: usize,
+        from: String,
+        choice: FailoverChoice,
+    },
+    /// The failover completed: `to` reports role master, `from` is its replica.
+    FailedOver {
+        batch: usize,
+        from: String,
+        to: String,
+    },
+    /// The failover was refused or did not complete.
+    FailoverFailed {
+        batch: usize,
+        from: String,
+        error: String,
+    },
+    FailoverTimedOut {
+        batch: usize,
+        from: String,
+    },
     /// A newer valid revision arrived.
     Supersede {
         revision: String,
@@ -231,6 +308,22 @@ pub enum Action {
         /// What the line is about, for the logs' fields (not journaled).
         #[serde(skip)]
         about: About,
+    },
+    /// Choose where `from`'s primary role goes among `replicas` (from live readings)
+    /// and answer with `Event::FailoverChosen`.
+    ChooseFailover {
+        batch: usize,
+        shard: String,
+        from: String,
+        replicas: Vec<String>,
+    },
+    /// Move `shard`'s primary role from `from` to `to`; answer with `Event::FailedOver`
+    /// or `Event::FailoverFailed`.
+    Failover {
+        batch: usize,
+        shard: String,
+        from: String,
+        to: String,
     },
 }
 
@@ -274,6 +367,7 @@ impl Rollout {
             restoring: BTreeSet::new(),
             hold: None,
             window_override: None,
+            failed_over: BTreeSet::new(),
         }
     }
 
@@ -363,6 +457,12 @@ impl Rollout {
             Phase::Baking { batch } => format!("baking batch {} of {batches}", batch + 1),
             Phase::Judging { batch } => {
                 format!("judging the gates of batch {} of {batches}", batch + 1)
+            }
+            Phase::FailingOver { batch, from, .. } => {
+                format!(
+                    "moving the primary role away from {from} before batch {} of {batches}",
+                    batch + 1
+                )
             }
             Phase::Waiting { batch, reason } => {
                 format!(
@@ -460,6 +560,77 @@ pub fn step(mut r: Rollout, event: Event) -> (Rollout, Vec<Action>) {
                     .join(", "),
                 r.spec.revision,
                 human_ms(r.spec.apply_timeout_ms)
+            );
+            fail(&mut r, b, why, &mut actions);
+        }
+        (
+            Phase::FailingOver {
+                batch,
+                from,
+                to: None,
+            },
+            Event::FailoverChosen {
+                batch: b,
+                from: f,
+                choice,
+            },
+        ) if *batch == b && *from == f => {
+            failover_chosen(&mut r, b, f, choice, &mut actions);
+        }
+        (
+            Phase::FailingOver {
+                batch,
+                from,
+                to: Some(_),
+            },
+            Event::FailedOver {
+                batch: b,
+                from: f,
+                to,
+            },
+        ) if *batch == b && *from == f => {
+            let shard = r.shard_of(&f);
+            journal(
+                &mut actions,
+                About::event("failover_done").batch(b).node(&f),
+                format!(
+                    "{}: failover of shard {shard} done: {to} is the primary, {f} its replica",
+                    r.spec.cluster
+                ),
+            );
+            r.failed_over.insert(f);
+            start_batch(&mut r, b, &mut actions);
+        }
+        (
+            Phase::FailingOver {
+                batch,
+                from,
+                to: Some(to),
+            },
+            Event::FailoverFailed {
+                batch: b,
+                from: f,
+                error,
+            },
+        ) if *batch == b && *from == f => {
+            let why = format!(
+                "failover of shard {} from {f} to {to} failed: {error}",
+                r.shard_of(&f)
+            );
+            fail(&mut r, b, why, &mut actions);
+        }
+        (
+            Phase::FailingOver {
+                batch,
+                from,
+                to: Some(to),
+            },
+            Event::FailoverTimedOut { batch: b, from: f },
+        ) if *batch == b && *from == f => {
+            let why = format!(
+                "failover of shard {} from {f} to {to} did not complete within {} ms",
+                r.shard_of(&f),
+                r.spec.failover_timeout()
             );
             fail(&mut r, b, why, &mut actions);
         }
@@ -708,6 +879,36 @@ fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
         };
         return;
     }
+    if let Some((from, plan)) = r
+        .batch_nodes(batch)
+        .iter()
+        .filter(|n| !r.failed_over.contains(*n))
+        .find_map(|n| Some((n.clone(), r.spec.failovers.get(n)?.clone())))
+    {
+        if r.spec.on_primary_restart == OnPrimaryRestart::InPlace {
+            actions.push(Action::Journal {
+                message: format!(
+                    "{}: {from} restarts in place (onPrimaryRestart: in-place): shard {} takes no writes until it is back",
+                    r.spec.cluster, plan.shard
+                ),
+                about: About::event("restart_in_place").batch(batch).node(&from),
+            });
+            r.failed_over.insert(from);
+            return start_batch(r, batch, actions);
+        }
+        r.phase = Phase::FailingOver {
+            batch,
+            from: from.clone(),
+            to: None,
+        };
+        actions.push(Action::ChooseFailover {
+            batch,
+            shard: plan.shard,
+            from,
+            replicas: plan.replicas,
+        });
+        return;
+    }
     let nodes = r.batch_nodes(batch).to_vec();
     r.confirmed.clear();
     r.touched.extend(nodes.iter().cloned());
@@ -731,6 +932,83 @@ fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
         after_ms: r.spec.apply_timeout_ms,
         event: Event::ApplyTimedOut { batch },
     });
+}
+
+impl RolloutSpec {
+    /// How long one failover may take.
+    pub fn failover_timeout(&self) -> u64 {
+        if self.failover_timeout_ms == 0 {
+            self.apply_timeout_ms
+        } else {
+            self.failover_timeout_ms
+        }
+    }
+}
+
+impl Rollout {
+    fn shard_of(&self, node: &str) -> String {
+        self.spec
+            .failovers
+            .get(node)
+            .map(|p| p.shard.clone())
+            .unwrap_or_else(|| node.to_owned())
+    }
+}
+
+/// The caller chose where `from`'s primary role goes: start the failover, go on without
+/// one, or pause and say why.
+fn failover_chosen(
+    r: &mut Rollout,
+    batch: usize,
+    from: String,
+    choice: FailoverChoice,
+    actions: &mut Vec<Action>,
+) {
+    let cluster = r.spec.cluster.clone();
+    let shard = r.shard_of(&from);
+    match choice {
+        FailoverChoice::To { node } => {
+            actions.push(Action::Journal {
+                message: format!(
+                    "{cluster}: failover of shard {shard}: {from} → {node} ({from} restarts as a replica)"
+                ),
+                about: About::event("failover_started").batch(batch).node(&from),
+            });
+            r.phase = Phase::FailingOver {
+                batch,
+                from: from.clone(),
+                to: Some(node.clone()),
+            };
+            actions.push(Action::Failover {
+                batch,
+                shard,
+                from: from.clone(),
+                to: node,
+            });
+            actions.push(Action::Timer {
+                after_ms: r.spec.failover_timeout(),
+                event: Event::FailoverTimedOut { batch, from },
+            });
+        }
+        FailoverChoice::NotNeeded { why } => {
+            actions.push(Action::Journal {
+                message: format!("{cluster}: no failover of shard {shard}: {why}"),
+                about: About::event("failover_not_needed").batch(batch).node(&from),
+            });
+            r.failed_over.insert(from);
+            start_batch(r, batch, actions);
+        }
+        FailoverChoice::NoHealthyReplica { why } => {
+            let reason = format!(
+                "{from} must restart, and no replica of shard {shard} can take the primary role: {why}; a person decides (bring a replica up and resume, or set onPrimaryRestart: in-place to restart it in place)"
+            );
+            actions.push(Action::Journal {
+                message: format!("{cluster}: paused at batch {}: {reason}", batch + 1),
+                about: About::event("rollout_paused").batch(batch),
+            });
+            r.phase = Phase::Paused { batch, reason };
+        }
+    }
 }
 
 fn next_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
@@ -792,7 +1070,290 @@ mod tests {
             on_failure,
             restarting: BTreeSet::new(),
             warmup_ms: 0,
+            failovers: BTreeMap::new(),
+            on_primary_restart: OnPrimaryRestart::Failover,
+            failover_timeout_ms: 0,
         }
+    }
+
+    /// Replica `a` restarts first, then primary `b` of shard `s` (replica `a`).
+    fn failover_spec(on_failure: OnFailure, on_primary: OnPrimaryRestart) -> RolloutSpec {
+        let mut s = spec(on_failure);
+        s.batches = vec![vec!["a".into()], vec!["b".into()]];
+        s.restarting = ["a".to_owned(), "b".to_owned()].into_iter().collect();
+        s.failovers.insert(
+            "b".into(),
+            FailoverPlan {
+                shard: "s".into(),
+                replicas: vec!["a".into()],
+            },
+        );
+        s.on_primary_restart = on_primary;
+        s.failover_timeout_ms = 3000;
+        s
+    }
+
+    /// Begin, batch 1 applied and passed: the rollout reaches the primary's batch.
+    fn at_primary_batch(spec: RolloutSpec) -> (Rollout, Vec<Action>) {
+        run(
+            Rollout::new(spec),
+            vec![
+                Event::Begin,
+                applied("a", "new"),
+                Event::BakeElapsed { batch: 0 },
+                Event::Gates {
+                    batch: 0,
+                    verdict: Verdict::Pass,
+                },
+            ],
+        )
+    }
+
+    fn journal_lines(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Journal { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_primary_that_restarts_hands_its_role_to_its_replica_before_it_is_assigned() {
+        let (r, actions) = at_primary_batch(failover_spec(
+            OnFailure::Rollback,
+            OnPrimaryRestart::Failover,
+        ));
+        assert_eq!(
+            r.phase,
+            Phase::FailingOver {
+                batch: 1,
+                from: "b".into(),
+                to: None
+            }
+        );
+        assert_eq!(
+            assigns(&actions),
+            vec![(vec!["a".to_owned()], "new".to_owned())]
+        );
+        assert_eq!(
+            actions.last(),
+            Some(&Action::ChooseFailover {
+                batch: 1,
+                shard: "s".into(),
+                from: "b".into(),
+                replicas: vec!["a".into()],
+            })
+        );
+        let (r, actions) = step(
+            r,
+            Event::FailoverChosen {
+                batch: 1,
+                from: "b".into(),
+                choice: FailoverChoice::To { node: "a".into() },
+            },
+        );
+        assert_eq!(
+            actions,
+            vec![
+                Action::Journal {
+                    message: "c: failover of shard s: b → a (b restarts as a replica)".into(),
+                    about: About::event("failover_started").batch(1).node("b"),
+                },
+                Action::Failover {
+                    batch: 1,
+                    shard: "s".into(),
+                    from: "b".into(),
+                    to: "a".into()
+                },
+                Action::Timer {
+                    after_ms: 3000,
+                    event: Event::FailoverTimedOut {
+                        batch: 1,
+                        from: "b".into()
+                    }
+                },
+            ]
+        );
+        // A late or foreign outcome changes nothing.
+        let (r, none) = step(
+            r,
+            Event::FailedOver {
+                batch: 0,
+                from: "b".into(),
+                to: "a".into(),
+            },
+        );
+        assert!(none.is_empty());
+        let (r, actions) = step(
+            r,
+            Event::FailedOver {
+                batch: 1,
+                from: "b".into(),
+                to: "a".into(),
+            },
+        );
+        assert_eq!(r.phase, Phase::Applying { batch: 1 });
+        assert_eq!(
+            journal_lines(&actions)[0],
+            "c: failover of shard s done: a is the primary, b its replica"
+        );
+        assert_eq!(
+            assigns(&actions),
+            vec![(vec!["b".to_owned()], "new".to_owned())]
+        );
+        // The timer of the failover that completed is ignored.
+        let (r, none) = step(
+            r,
+            Event::FailoverTimedOut {
+                batch: 1,
+                from: "b".into(),
+            },
+        );
+        assert!(none.is_empty());
+        let (r, _) = run(
+            r,
+            vec![
+                applied("b", "new"),
+                Event::BakeElapsed { batch: 1 },
+                Event::Gates {
+                    batch: 1,
+                    verdict: Verdict::Pass,
+                },
+            ],
+        );
+        assert_eq!(r.phase, Phase::Completed);
+        // Serialised and read back (the journal keeps it).
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Rollout>(&text).unwrap(), r);
+    }
+
+    #[test]
+    fn a_failover_that_fails_or_times_out_fails_the_batch_and_rolls_back() {
+        for outcome in [
+            Event::FailoverFailed {
+                batch: 1,
+                from: "b".into(),
+                error: "ERR FAILOVER target HOST and PORT is not a replica.".into(),
+            },
+            Event::FailoverTimedOut {
+                batch: 1,
+                from: "b".into(),
+            },
+        ] {
+            let (r, _) = at_primary_batch(failover_spec(
+                OnFailure::Rollback,
+                OnPrimaryRestart::Failover,
+            ));
+            let (r, actions) = run(
+                r,
+                vec![
+                    Event::FailoverChosen {
+                        batch: 1,
+                        from: "b".into(),
+                        choice: FailoverChoice::To { node: "a".into() },
+                    },
+                    outcome.clone(),
+                ],
+            );
+            let Phase::RollingBack { reason } = &r.phase else {
+                panic!("{:?}", r.phase)
+            };
+            let expected = match outcome {
+                Event::FailoverFailed { .. } => "failover of shard s from b to a failed: ERR FAILOVER target HOST and PORT is not a replica.",
+                _ => "failover of shard s from b to a did not complete within 3000 ms",
+            };
+            assert_eq!(reason, expected);
+            // The primary was never assigned; the replica of batch 1 goes back.
+            assert_eq!(
+                assigns(&actions),
+                vec![(vec!["a".to_owned()], "old".to_owned())]
+            );
+            assert!(!r.touched.contains("b"));
+        }
+    }
+
+    #[test]
+    fn no_healthy_replica_pauses_and_in_place_restarts_without_a_failover() {
+        let none = FailoverChoice::NoHealthyReplica {
+            why: "a: its replication link is down".into(),
+        };
+        let (r, _) = at_primary_batch(failover_spec(
+            OnFailure::Rollback,
+            OnPrimaryRestart::Failover,
+        ));
+        let (r, actions) = step(
+            r,
+            Event::FailoverChosen {
+                batch: 1,
+                from: "b".into(),
+                choice: none,
+            },
+        );
+        let reason = "b must restart, and no replica of shard s can take the primary role: a: its replication link is down; a person decides (bring a replica up and resume, or set onPrimaryRestart: in-place to restart it in place)";
+        assert_eq!(
+            r.phase,
+            Phase::Paused {
+                batch: 1,
+                reason: reason.into()
+            }
+        );
+        assert_eq!(
+            journal_lines(&actions),
+            vec![format!("c: paused at batch 2: {reason}")]
+        );
+        assert!(assigns(&actions).is_empty());
+        // Resuming chooses again.
+        let (r, actions) = step(r, Event::Resume { by: "alice".into() });
+        assert!(matches!(r.phase, Phase::FailingOver { batch: 1, .. }));
+        assert!(matches!(
+            actions.last(),
+            Some(Action::ChooseFailover { .. })
+        ));
+
+        let (r, actions) = at_primary_batch(failover_spec(
+            OnFailure::Rollback,
+            OnPrimaryRestart::InPlace,
+        ));
+        assert_eq!(r.phase, Phase::Applying { batch: 1 });
+        assert!(journal_lines(&actions).contains(
+            &"c: b restarts in place (onPrimaryRestart: in-place): shard s takes no writes until it is back".to_owned()
+        ));
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, Action::ChooseFailover { .. } | Action::Failover { .. })));
+        assert_eq!(
+            assigns(&actions),
+            vec![
+                (vec!["a".to_owned()], "new".to_owned()),
+                (vec!["b".to_owned()], "new".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_primary_that_already_runs_as_a_replica_is_assigned_without_a_failover() {
+        let (r, _) = at_primary_batch(failover_spec(
+            OnFailure::Rollback,
+            OnPrimaryRestart::Failover,
+        ));
+        let (r, actions) = step(
+            r,
+            Event::FailoverChosen {
+                batch: 1,
+                from: "b".into(),
+                choice: FailoverChoice::NotNeeded {
+                    why: "b already runs as a replica of 10.0.0.1:6379".into(),
+                },
+            },
+        );
+        assert_eq!(r.phase, Phase::Applying { batch: 1 });
+        assert_eq!(
+            journal_lines(&actions)[0],
+            "c: no failover of shard s: b already runs as a replica of 10.0.0.1:6379"
+        );
+        assert!(!actions.iter().any(|a| matches!(a, Action::Failover { .. })));
     }
 
     fn applied(node: &str, revision: &str) -> Event {

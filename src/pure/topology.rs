@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pure::live::{same_address, NodeLive};
+use crate::pure::live::{same_address, LinkState, NodeLive, Topology};
+use crate::pure::rollout::FailoverChoice;
 use crate::pure::spec::model::{Cluster, Role};
 
 /// Where one declared node stands.
@@ -113,6 +114,110 @@ pub fn resolve<'a>(
         })
         .collect();
     ClusterTopology { nodes, notes }
+}
+
+/// How far behind its primary a replica may be to take the primary role: `FAILOVER`
+/// itself waits for it to catch up fully (within its timeout), so this only keeps a
+/// replica that is far behind from being chosen.
+pub const MAX_FAILOVER_LAG_BYTES: u64 = 1 << 20;
+
+/// A replica that might take a shard's primary role.
+#[derive(Debug, Clone, Copy)]
+pub struct FailoverCandidate<'a> {
+    pub id: &'a str,
+    pub address: &'a str,
+    /// Its latest reading (`None`: never read).
+    pub reading: Option<&'a NodeLive>,
+    /// It runs the revision being rolled out (assigned it, and did not fail it).
+    pub updated: bool,
+}
+
+/// Where the primary role of `from` (declared at `from_address`, last read as `primary`)
+/// goes before it restarts: the candidate with its link up to `from`, updated, and least
+/// behind (at most [`MAX_FAILOVER_LAG_BYTES`]); ties go to the first id. A `from` that
+/// runs as a replica needs no failover. Otherwise no candidate qualifies, and the reason
+/// names each one.
+pub fn choose_failover(
+    from: &str,
+    from_address: &str,
+    primary: Option<&NodeLive>,
+    candidates: &[FailoverCandidate<'_>],
+) -> FailoverChoice {
+    let health = primary
+        .filter(|r| r.reachable)
+        .and_then(|r| r.health.as_ref());
+    if health.and_then(|h| h.role) == Some(Role::Replica) {
+        let of = health
+            .and_then(|h| h.topology.as_ref())
+            .and_then(|t| t.primary.clone())
+            .unwrap_or_else(|| "another node".to_owned());
+        return FailoverChoice::NotNeeded {
+            why: format!("{from} already runs as a replica of {of}"),
+        };
+    }
+    let topology = health.and_then(|h| h.topology.as_ref());
+    let mut fit: Vec<(u64, &str)> = Vec::new();
+    let mut unfit: Vec<String> = Vec::new();
+    for c in candidates {
+        match candidate_lag(from, from_address, topology, c) {
+            Ok(lag) => fit.push((lag, c.id)),
+            Err(why) => unfit.push(format!("{}: {why}", c.id)),
+        }
+    }
+    fit.sort();
+    match fit.first() {
+        Some((_, id)) => FailoverChoice::To {
+            node: (*id).to_owned(),
+        },
+        None if unfit.is_empty() => FailoverChoice::NoHealthyReplica {
+            why: "the shard has no replica".to_owned(),
+        },
+        None => FailoverChoice::NoHealthyReplica {
+            why: unfit.join("; "),
+        },
+    }
+}
+
+/// How many bytes `c` is behind `from`, or why it cannot take the role.
+fn candidate_lag(
+    from: &str,
+    from_address: &str,
+    primary: Option<&Topology>,
+    c: &FailoverCandidate<'_>,
+) -> Result<u64, String> {
+    let reading = c.reading.ok_or("not read yet")?;
+    if !reading.reachable {
+        return Err("unreachable".to_owned());
+    }
+    if !c.updated {
+        return Err("does not run the new revision yet".to_owned());
+    }
+    let health = reading.health.as_ref().ok_or("reported no role")?;
+    if health.role != Some(Role::Replica) {
+        return Err("runs as a primary".to_owned());
+    }
+    let topology = health.topology.as_ref();
+    let follows = topology.and_then(|t| t.primary.as_deref());
+    if !follows.is_some_and(|a| same_address(a, from_address)) {
+        return Err(format!(
+            "replicates {}, not {from}",
+            follows.unwrap_or("an unknown primary")
+        ));
+    }
+    if health.replication_link != Some(LinkState::Up) {
+        return Err("its replication link is down".to_owned());
+    }
+    let lag = primary
+        .and_then(|p| p.replica_lag_bytes(c.address))
+        .or_else(|| {
+            let theirs = topology?.offset?;
+            Some(primary?.offset?.saturating_sub(theirs))
+        })
+        .ok_or("how far behind it is is not known")?;
+    if lag > MAX_FAILOVER_LAG_BYTES {
+        return Err(format!("{lag} bytes behind"));
+    }
+    Ok(lag)
 }
 
 /// The declared shard of the primary at the top of a replica's chain (a replica of a
@@ -301,5 +406,74 @@ mod tests {
         let t = resolve(&c, |id| live.get(id));
         assert_eq!(t.role("a2"), Role::Replica);
         assert!(t.notes.is_empty());
+    }
+
+    /// A replica of `10.0.0.1:6379` with its link up at `offset`.
+    fn replica_at(offset: u64) -> NodeLive {
+        let mut r = read(Role::Replica, Some("10.0.0.1:6379"));
+        if let Some(h) = r.health.as_mut() {
+            h.replication_link = Some(LinkState::Up);
+            if let Some(t) = h.topology.as_mut() {
+                t.offset = Some(offset);
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn the_failover_goes_to_the_updated_replica_least_behind_and_says_why_not_others() {
+        let mut primary = read(Role::Primary, None);
+        if let Some(t) = primary.health.as_mut().and_then(|h| h.topology.as_mut()) {
+            t.offset = Some(5_000_000);
+        }
+        let (a2, a3, a4) = (replica_at(4_999_000), replica_at(4_999_900), replica_at(1));
+        let mut down = replica_at(5_000_000);
+        if let Some(h) = down.health.as_mut() {
+            h.replication_link = Some(LinkState::Down);
+        }
+        let c = |id, reading, updated| FailoverCandidate {
+            id,
+            address: "10.0.0.9:6379",
+            reading,
+            updated,
+        };
+        let choice = choose_failover(
+            "a1",
+            "10.0.0.1:6379",
+            Some(&primary),
+            &[
+                c("a2", Some(&a2), true),
+                c("a3", Some(&a3), true),
+                c("a4", Some(&a4), true),
+                c("a5", Some(&down), true),
+            ],
+        );
+        assert_eq!(choice, FailoverChoice::To { node: "a3".into() });
+        let other = read(Role::Replica, Some("10.0.0.7:6379"));
+        let choice = choose_failover(
+            "a1",
+            "10.0.0.1:6379",
+            Some(&primary),
+            &[
+                c("a2", None, true),
+                c("a3", Some(&a3), false),
+                c("a4", Some(&a4), true),
+                c("a5", Some(&down), true),
+                c("a6", Some(&other), true),
+            ],
+        );
+        assert_eq!(
+            choice,
+            FailoverChoice::NoHealthyReplica {
+                why: "a2: not read yet; a3: does not run the new revision yet; a4: 4999999 bytes behind; a5: its replication link is down; a6: replicates 10.0.0.7:6379, not a1".into()
+            }
+        );
+        let moved = read(Role::Replica, Some("10.0.0.2:6379"));
+        assert_eq!(
+            choose_failover("a1", "10.0.0.1:6379", Some(&moved), &[]),
+            FailoverChoice::NotNeeded {
+                why: "a1 already runs as a replica of 10.0.0.2:6379".into()
+            }
+        );
     }
 }

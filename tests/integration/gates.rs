@@ -19,16 +19,16 @@ use crate::support::git::{journal_messages, TestRepo};
 use crate::support::servers::{free_port, RedisClient, RedisServer};
 use crate::support::service::Service;
 
-const NODE_SECRET: &str = "node-token-secret-for-gate-tests";
+pub(crate) const NODE_SECRET: &str = "node-token-secret-for-gate-tests";
 const ADMIN: &str = "alice:admin-token-0123456789";
 
 /// A bare repository standing in for the forge; the server polls it every second.
-struct Remote {
+pub(crate) struct Remote {
     dir: tempfile::TempDir,
 }
 
 impl Remote {
-    fn new() -> Remote {
+    pub(crate) fn new() -> Remote {
         let dir = tempfile::Builder::new()
             .prefix("cacheflow-gates-remote-")
             .tempdir()
@@ -37,7 +37,7 @@ impl Remote {
         Remote { dir }
     }
 
-    fn push(&self, work: &TestRepo) {
+    pub(crate) fn push(&self, work: &TestRepo) {
         let mut remote = work
             .repository()
             .remote_anonymous(&self.dir.path().display().to_string())
@@ -49,14 +49,14 @@ impl Remote {
 }
 
 /// `cacheflow serve`, killed on drop.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     port: u16,
     state: tempfile::TempDir,
 }
 
 impl Serve {
-    fn start(remote: &Remote) -> Serve {
+    pub(crate) fn start(remote: &Remote) -> Serve {
         let state = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin = state.path().join("admin-tokens");
@@ -94,15 +94,15 @@ impl Serve {
         s
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.state.path().join("serve.log")).unwrap_or_default()
     }
 
-    fn try_get(&self, path: &str) -> Option<(u16, String)> {
+    pub(crate) fn try_get(&self, path: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         write!(
@@ -117,7 +117,7 @@ impl Serve {
     }
 
     /// The cluster's entry of `GET /api/v1/rollouts`.
-    fn rollout(&self) -> serde_json::Value {
+    pub(crate) fn rollout(&self) -> serde_json::Value {
         let (_, body) = self.try_get("/api/v1/rollouts").expect("rollouts");
         let all: serde_json::Value = serde_json::from_str(&body).unwrap();
         all["clusters"]
@@ -130,7 +130,7 @@ impl Serve {
     }
 
     /// Wait until the rollout of `revision` is in a final phase or paused; its phase.
-    fn settled(&self, revision: &str, within: Duration) -> String {
+    pub(crate) fn settled(&self, revision: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
             let c = self.rollout();
@@ -168,7 +168,7 @@ impl Serve {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn journal(&self) -> Vec<String> {
+    pub(crate) fn journal(&self) -> Vec<String> {
         let dir = std::fs::read_dir(self.state.path().join("mirror"))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -281,12 +281,12 @@ impl Drop for Traffic {
 }
 
 /// `cacheflow agent` beside one engine, restarting it with the service's script.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
 }
 
 impl Agent {
-    fn start(server: &Serve, id: &str, service: &Service) -> Agent {
+    pub(crate) fn start(server: &Serve, id: &str, service: &Service) -> Agent {
         let token = cacheflow::pure::identity::node_token(NODE_SECRET.as_bytes(), id).unwrap();
         let token_file = service.dir().join("agent-token");
         std::fs::write(&token_file, format!("{token}\n")).unwrap();
@@ -336,7 +336,7 @@ fn rollout_cli(server: &Serve, args: &[&str], token: Option<&Path>) -> (i32, Str
     )
 }
 
-fn cluster_yaml(params: &str, nodes: &[(&str, String, &str)], rollout: &str) -> String {
+pub(crate) fn cluster_yaml(params: &str, nodes: &[(&str, String, &str)], rollout: &str) -> String {
     let mut list = String::new();
     for (id, addr, rest) in nodes {
         list.push_str(&format!("    - {{id: {id}, address: '{addr}'{rest}}}\n"));
@@ -347,11 +347,11 @@ fn cluster_yaml(params: &str, nodes: &[(&str, String, &str)], rollout: &str) -> 
     )
 }
 
-fn port_of(service: &Service) -> u16 {
+pub(crate) fn port_of(service: &Service) -> u16 {
     service.addr().rsplit(':').next().unwrap().parse().unwrap()
 }
 
-fn config_of(port: u16, param: &str) -> String {
+pub(crate) fn config_of(port: u16, param: &str) -> String {
     RedisClient::connect(port).config_get(param)[param].clone()
 }
 

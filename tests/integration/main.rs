@@ -7,6 +7,7 @@ mod demo;
 mod drift;
 mod engine_rules;
 mod example_repo;
+mod failover;
 mod fuzz;
 mod gates;
 mod generator;

@@ -134,6 +134,22 @@ pub trait NodeDriver: Send + Sync {
         &'a self,
         params: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<Applied, NodeError>>;
+    /// Move the primary role from this node to its replica at `to` (`host:port`) and
+    /// wait, at most `timeout`, until it is done: `to` reports role master and this node
+    /// follows it. The default (engines without replication): refused.
+    fn failover<'a>(
+        &'a self,
+        to: &'a str,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), NodeError>> {
+        let _ = (to, timeout);
+        Box::pin(async move {
+            Err(NodeError::Protocol {
+                address: self.address().to_owned(),
+                message: "this engine has no failover".to_owned(),
+            })
+        })
+    }
 }
 
 /// A driver reports a secret that gave no value as a `NodeError` (plain data, compared

@@ -662,6 +662,124 @@ impl RedisDriver {
     }
 }
 
+impl RedisDriver {
+    /// The fields of `INFO replication`.
+    async fn replication(&self) -> Result<BTreeMap<String, String>, NodeError> {
+        let mut s = self.session().await?;
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("replication");
+        let value = self
+            .call(&mut s, &cmd)
+            .await?
+            .map_err(|e| self.refused("INFO", e))?;
+        let text = value_text(&value).ok_or_else(|| {
+            self.protocol(format!("INFO replication answered {}", describe(&value)))
+        })?;
+        Ok(parse_info(&text))
+    }
+
+    /// `CONFIG REWRITE`, so that the role the node runs now survives its restart (a
+    /// failover changes roles at run time only); a node without a config file has
+    /// nothing to rewrite.
+    async fn persist_role(&self) -> Result<(), NodeError> {
+        let mut s = self.session().await?;
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("REWRITE");
+        match self.call(&mut s, &cmd).await? {
+            Ok(_) => Ok(()),
+            Err(e) if e.contains("without a config file") => Ok(()),
+            Err(e) => Err(self.refused("CONFIG REWRITE", e)),
+        }
+    }
+
+    /// `FAILOVER TO host port TIMEOUT ms` sent to this node (the primary), then wait
+    /// until it is done: this node a replica of `to` with its link up, and `to` reporting
+    /// role master. Both rewrite their config files. Redis 6.2 or later.
+    async fn failover_to(&self, to: &str, timeout: Duration) -> Result<(), NodeError> {
+        let (host, port) = split_address(to);
+        let mut s = self.session().await?;
+        let mut cmd = redis::cmd("FAILOVER");
+        cmd.arg("TO")
+            .arg(&host)
+            .arg(port)
+            .arg("TIMEOUT")
+            .arg(timeout.as_millis().min(u64::MAX as u128) as u64);
+        match self.call(&mut s, &cmd).await? {
+            Ok(_) => {}
+            Err(e) => return Err(self.refused("FAILOVER", e)),
+        }
+        let target =
+            RedisDriver::new(to, self.auth.as_ref(), self.timeout).with_tls(self.tls.clone());
+        let deadline = tokio::time::Instant::now() + timeout + self.timeout;
+        loop {
+            let mine = self.replication().await;
+            let theirs = target.replication().await;
+            let follows = mine.as_ref().is_ok_and(|i| {
+                i.get("role").map(String::as_str) == Some("slave")
+                    && i.get("master_port").map(String::as_str) == Some(port.to_string().as_str())
+                    && i.get("master_link_status").map(String::as_str) == Some("up")
+            });
+            let leads = theirs
+                .as_ref()
+                .is_ok_and(|i| i.get("role").map(String::as_str) == Some("master"));
+            if follows && leads {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let state = |r: &Result<BTreeMap<String, String>, NodeError>| match r {
+                    Ok(i) => format!(
+                        "role {}{}",
+                        i.get("role").map(String::as_str).unwrap_or("unknown"),
+                        i.get("master_failover_state")
+                            .map(|f| format!(", failover state {f}"))
+                            .unwrap_or_default()
+                    ),
+                    Err(e) => e.to_string(),
+                };
+                return Err(self.protocol(format!(
+                    "FAILOVER to {to} did not complete within {} ms: {} is {}, {to} is {}",
+                    timeout.as_millis(),
+                    self.address,
+                    state(&mine),
+                    state(&theirs)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        target.persist_role().await?;
+        self.persist_role().await?;
+        // FAILOVER promotes one replica; the others still follow this node, a replica
+        // now, and would lose their link when it restarts. They follow the new primary.
+        if let Ok(info) = self.replication().await {
+            for other in sub_replicas(&info) {
+                if other == to || split_address(&other) == split_address(to) {
+                    continue;
+                }
+                let r = RedisDriver::new(&other, self.auth.as_ref(), self.timeout)
+                    .with_tls(self.tls.clone());
+                if let Err(e) = r.follow(&host, port).await {
+                    tracing::warn!(
+                        "after the failover to {to}: {other} still follows {}: {e}",
+                        self.address
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `REPLICAOF host port`, then `CONFIG REWRITE`.
+    async fn follow(&self, host: &str, port: u16) -> Result<(), NodeError> {
+        let mut s = self.session().await?;
+        let mut cmd = redis::cmd("REPLICAOF");
+        cmd.arg(host).arg(port);
+        if let Err(e) = self.call(&mut s, &cmd).await? {
+            return Err(self.refused("REPLICAOF", e));
+        }
+        self.persist_role().await
+    }
+}
+
 impl NodeDriver for RedisDriver {
     fn engine(&self) -> Engine {
         Engine::Redis
@@ -710,6 +828,28 @@ impl NodeDriver for RedisDriver {
     ) -> BoxFuture<'a, Result<Applied, NodeError>> {
         Box::pin(self.apply_params(params))
     }
+
+    fn failover<'a>(
+        &'a self,
+        to: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), NodeError>> {
+        Box::pin(self.failover_to(to, timeout))
+    }
+}
+
+/// The replicas `INFO replication` lists (`slave0:ip=…,port=…,…`), as `host:port`.
+fn sub_replicas(info: &BTreeMap<String, String>) -> Vec<String> {
+    info.iter()
+        .filter(|(k, _)| k.starts_with("slave") && k[5..].chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|(_, v)| {
+            let field = |name: &str| {
+                v.split(',')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            };
+            Some(format!("{}:{}", field("ip")?, field("port")?))
+        })
+        .collect()
 }
 
 /// `host:port` → (host, port); `[::1]:6379` → (`::1`, 6379); no port → 6379.

@@ -59,6 +59,37 @@ pub struct SimulatedNode {
     address: String,
     engine: Engine,
     state: Mutex<State>,
+    /// The nodes a failover can reach, by address (set by [`Replication::join`]).
+    peers: Mutex<Option<Arc<Replication>>>,
+}
+
+/// The simulated nodes that replicate one another, by address: what a simulated
+/// `FAILOVER TO` reaches. Nodes join it after they are built.
+#[derive(Debug, Default)]
+pub struct Replication {
+    nodes: Mutex<BTreeMap<String, std::sync::Weak<SimulatedNode>>>,
+}
+
+impl Replication {
+    pub fn join(self: &Arc<Self>, node: &Arc<SimulatedNode>) {
+        if let Ok(mut nodes) = self.nodes.lock() {
+            nodes.insert(node.address.clone(), Arc::downgrade(node));
+        }
+        if let Ok(mut peers) = node.peers.lock() {
+            *peers = Some(Arc::clone(self));
+        }
+    }
+
+    fn get(&self, address: &str) -> Option<Arc<SimulatedNode>> {
+        self.nodes.lock().ok()?.get(address)?.upgrade()
+    }
+
+    fn all(&self) -> Vec<Arc<SimulatedNode>> {
+        self.nodes
+            .lock()
+            .map(|n| n.values().filter_map(std::sync::Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// Average size of a key in the model, to turn bytes into key counts.
@@ -93,6 +124,7 @@ impl SimulatedNode {
                 role,
                 primary: None,
             }),
+            peers: Mutex::new(None),
         };
         node.with_state(|s| {
             s.used_memory = s.working_set.min(limit_of(engine, s));
@@ -134,6 +166,42 @@ impl SimulatedNode {
             };
             s.primary = address;
         });
+    }
+
+    fn primary_address(&self) -> Option<String> {
+        self.with_state(|s| s.primary.clone())
+    }
+
+    /// `FAILOVER TO to`, modelled: `to` must be a replica of this primary among the
+    /// joined nodes; it becomes the primary, and this node and its other replicas follow
+    /// it. Done at once (the model has no lag).
+    fn failover_now(&self, to: &str) -> Result<(), NodeError> {
+        let refused = |message: String| NodeError::Refused {
+            address: self.address.clone(),
+            parameter: "FAILOVER".to_owned(),
+            message,
+        };
+        if self.with_state(|s| s.role) != Role::Primary {
+            return Err(refused(
+                "ERR FAILOVER is not valid when server is a replica.".into(),
+            ));
+        }
+        let peers = self.peers.lock().ok().and_then(|p| p.clone());
+        let target = peers
+            .as_ref()
+            .and_then(|p| p.get(to))
+            .filter(|t| t.primary_address().as_deref() == Some(self.address.as_str()))
+            .ok_or_else(|| {
+                refused("ERR FAILOVER target HOST and PORT is not a replica.".to_owned())
+            })?;
+        target.replicate_from(None);
+        for other in peers.iter().flat_map(|p| p.all()) {
+            if other.primary_address().as_deref() == Some(self.address.as_str()) {
+                other.replicate_from(Some(to.to_owned()));
+            }
+        }
+        self.replicate_from(Some(to.to_owned()));
+        Ok(())
     }
 
     /// Change a parameter behind cacheflow's back (a hand-made `CONFIG SET`).
@@ -364,6 +432,19 @@ impl NodeDriver for SimulatedNode {
             })
         })
     }
+
+    fn failover<'a>(
+        &'a self,
+        to: &'a str,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), NodeError>> {
+        Box::pin(async move {
+            if let Some(Fault::Down | Fault::Flapping) = self.fault() {
+                return Err(self.unreachable());
+            }
+            self.failover_now(to)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -482,6 +563,39 @@ mod tests {
         let timed =
             block_on(async { tokio::time::timeout(Duration::from_millis(20), n.read()).await });
         assert!(timed.is_err(), "a slow node outlasts a short timeout");
+    }
+
+    #[test]
+    fn a_simulated_failover_moves_the_role_and_the_other_replicas_follow() {
+        let net = Arc::new(Replication::default());
+        let nodes: Vec<Arc<SimulatedNode>> = ["sim:1", "sim:2", "sim:3"]
+            .iter()
+            .map(|a| {
+                let mut n = node("1gb");
+                n.address = (*a).to_owned();
+                let n = Arc::new(n);
+                net.join(&n);
+                n
+            })
+            .collect();
+        nodes[1].replicate_from(Some("sim:1".into()));
+        nodes[2].replicate_from(Some("sim:1".into()));
+        let refused = block_on(nodes[1].failover("sim:3", Duration::from_secs(1)));
+        assert!(
+            matches!(&refused, Err(NodeError::Refused { message, .. }) if message.contains("replica")),
+            "{refused:?}"
+        );
+        block_on(nodes[0].failover("sim:2", Duration::from_secs(1))).unwrap();
+        let role = |n: &SimulatedNode| {
+            let live = block_on(n.read()).unwrap();
+            let h = live.health.unwrap();
+            (h.role.unwrap(), h.topology.unwrap().primary)
+        };
+        assert_eq!(role(&nodes[0]), (Role::Replica, Some("sim:2".to_owned())));
+        assert_eq!(role(&nodes[1]), (Role::Primary, None));
+        assert_eq!(role(&nodes[2]), (Role::Replica, Some("sim:2".to_owned())));
+        let again = block_on(nodes[0].failover("sim:3", Duration::from_secs(1)));
+        assert!(again.is_err(), "a replica takes no FAILOVER");
     }
 
     #[test]

@@ -554,6 +554,14 @@ async fn take(
                     );
                 }
             }
+            // Agent-managed nodes: the server sends FAILOVER to a primary itself when a
+            // restart moves its role (docs/server.md, "The failover step").
+            for c in taken.desired.clusters.values() {
+                for n in c.nodes.iter().filter(|n| n.managed == Managed::Agent) {
+                    app.handle
+                        .reach(&n.id, pipeline::driver_for(c, n, app.options.node_timeout));
+                }
+            }
             app.handle.revision(*taken.desired, None).await?;
             app.drift.revision_taken.notify_one();
         }

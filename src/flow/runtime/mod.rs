@@ -95,11 +95,16 @@ enum Msg {
 /// Wakers of in-process agents, by node id.
 type Wakers = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
 
+/// Drivers the reconciler's process reaches nodes with for a failover, by node id: the
+/// in-process agents' own, and those the server made for agent-managed nodes.
+type Reach = Arc<Mutex<HashMap<String, Arc<dyn NodeDriver>>>>;
+
 /// A cheap, cloneable way to talk to the reconciler task.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Msg>,
     wakers: Wakers,
+    reach: Reach,
     /// Every journal message, for progress displays and logs.
     pub events: broadcast::Sender<String>,
     started: Instant,
@@ -303,6 +308,15 @@ impl Handle {
         self.tx.send(Msg::Tick).await.map_err(|_| Stopped)
     }
 
+    /// The driver a failover from `node` goes through (the server sends `FAILOVER` to a
+    /// primary itself, agent-managed or not); replaces any earlier one.
+    pub fn reach(&self, node: &str, driver: Arc<dyn NodeDriver>) {
+        self.reach
+            .lock()
+            .expect("reach lock")
+            .insert(node.to_owned(), driver);
+    }
+
     /// Drive `node` with an in-process agent until `stop` turns true.
     pub fn spawn_direct_agent(
         &self,
@@ -316,6 +330,7 @@ impl Handle {
             .lock()
             .expect("wakers lock")
             .insert(node.clone(), wake.clone());
+        self.reach(&node, driver.clone());
         let handle = self.clone();
         tokio::spawn(direct_agent(handle, node, driver, options, wake, stop))
     }
@@ -384,6 +399,7 @@ impl Handle {
         Handle {
             tx,
             wakers: Arc::new(Mutex::new(HashMap::new())),
+            reach: Arc::new(Mutex::new(HashMap::new())),
             events,
             started: Instant::now(),
             started_wall: std::time::SystemTime::now()
@@ -801,6 +817,41 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                 if let Some(n) = h.notifier.get() {
                     n.send(&targets, &notice);
                 }
+            }
+            Effect::Failover {
+                cluster,
+                batch,
+                from,
+                to,
+                to_address,
+                timeout_ms,
+                run,
+                ..
+            } => {
+                let driver = h.reach.lock().expect("reach lock").get(&from).cloned();
+                let tx = h.tx.clone();
+                rt.spawn(async move {
+                    let outcome = match driver {
+                        Some(d) => d
+                            .failover(&to_address, Duration::from_millis(timeout_ms))
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => Err(format!(
+                            "the server has no way to reach {from} (no address it can connect to)"
+                        )),
+                    };
+                    let event = match outcome {
+                        Ok(()) => Event::FailedOver { batch, from, to },
+                        Err(error) => Event::FailoverFailed { batch, from, error },
+                    };
+                    let _ = tx
+                        .send(Msg::Timer {
+                            cluster,
+                            event,
+                            run,
+                        })
+                        .await;
+                });
             }
             Effect::Wake { nodes } => {
                 let wakers = h.wakers.lock().expect("wakers lock");

@@ -42,6 +42,20 @@ pub enum Effect {
         event: Event,
         run: u64,
     },
+    /// Move `shard`'s primary role from `from` to `to` (at `to_address`): `FAILOVER TO`
+    /// sent to `from`, done when `to` reports role master and `from` follows it. The
+    /// outcome comes back as `Event::FailedOver` or `Event::FailoverFailed`, fed like a
+    /// timer of `run`.
+    Failover {
+        cluster: String,
+        batch: usize,
+        shard: String,
+        from: String,
+        to: String,
+        to_address: String,
+        timeout_ms: u64,
+        run: u64,
+    },
     /// These nodes' assignments changed: tell them now if they can be told.
     Wake { nodes: Vec<String> },
     /// Tell these targets (the revision's `notifications:` subscribed to the event).

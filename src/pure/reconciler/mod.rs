@@ -121,9 +121,10 @@ fn digest(params: &BTreeMap<String, String>) -> String {
 /// The batch a rollout is working on (assigned, baking or judging), if any.
 fn running_batch(phase: &Phase) -> Option<usize> {
     match phase {
-        Phase::Applying { batch } | Phase::Baking { batch } | Phase::Judging { batch } => {
-            Some(*batch)
-        }
+        Phase::Applying { batch }
+        | Phase::Baking { batch }
+        | Phase::Judging { batch }
+        | Phase::FailingOver { batch, .. } => Some(*batch),
         _ => None,
     }
 }
@@ -188,6 +189,7 @@ fn rollout_spec(
     planned: &plan::ClusterPlan,
     batches: Vec<Vec<String>>,
     previous: String,
+    failovers: BTreeMap<String, rollout::FailoverPlan>,
 ) -> RolloutSpec {
     let policy = &cluster.rollout;
     RolloutSpec {
@@ -205,7 +207,41 @@ fn rollout_spec(
             .map(|n| n.id.clone())
             .collect(),
         warmup_ms: policy.warmup.0,
+        failovers,
+        on_primary_restart: policy.on_primary_restart,
+        failover_timeout_ms: 0,
     }
+}
+
+/// The live primaries among the nodes that restart whose shard has other declared
+/// nodes: before such a primary restarts, its role moves to one of them. A shard of one
+/// node restarts in place, as it always did (there is nowhere to move the role).
+fn failovers(
+    cluster: &Cluster,
+    planned: &plan::ClusterPlan,
+    live: &HashMap<String, Sample>,
+) -> BTreeMap<String, rollout::FailoverPlan> {
+    let topology = crate::pure::topology::resolve(cluster, |id| live.get(id).map(|s| &s.node));
+    planned
+        .nodes
+        .iter()
+        .filter(|n| n.restart)
+        .filter(|n| {
+            topology.nodes.get(&n.id).and_then(|p| p.live)
+                == Some(crate::pure::spec::model::Role::Primary)
+        })
+        .filter_map(|n| {
+            let shard = topology.shard(&n.id).to_owned();
+            let replicas: Vec<String> = cluster
+                .nodes
+                .iter()
+                .filter(|d| d.id != n.id && topology.shard(&d.id) == shard)
+                .map(|d| d.id.clone())
+                .collect();
+            (!replicas.is_empty())
+                .then(|| (n.id.clone(), rollout::FailoverPlan { shard, replicas }))
+        })
+        .collect()
 }
 
 impl Reconciler {
@@ -317,6 +353,17 @@ impl Reconciler {
                 Phase::RollingBack { .. } => Some((
                     r.spec.apply_timeout_ms.max(grace_ms),
                     Event::RollbackTimedOut,
+                )),
+                // The failover's outcome died with the process: it fails the batch when
+                // its time is up (the safe side), and the usual rollback follows.
+                Phase::FailingOver {
+                    batch, ref from, ..
+                } => Some((
+                    r.spec.failover_timeout().max(grace_ms),
+                    Event::FailoverTimedOut {
+                        batch,
+                        from: from.clone(),
+                    },
                 )),
                 _ => None,
             };
@@ -545,6 +592,11 @@ impl Reconciler {
                         "batch {} of {of}, paused: a person decides (resume, rollback)",
                         batch + 1
                     ),
+                    Phase::FailingOver { batch, from, .. } => format!(
+                        "batch {} of {of}, failing over from {from}: the batch fails unless the failover's outcome is known within {} ms",
+                        batch + 1,
+                        r.spec.failover_timeout().max(grace_ms)
+                    ),
                     Phase::RollingBack { .. } => format!(
                         "rolling back, waiting up to {} for its nodes to confirm",
                         human_ms(r.spec.apply_timeout_ms.max(grace_ms))
@@ -752,7 +804,10 @@ impl Reconciler {
         let previous = self.previous_revision(name, &target, &batches);
         let restore = self.restore_map(name, cluster, &target, &batches);
         let baseline = self.baseline(cluster);
-        let spec = rollout_spec(name, cluster, &target, &planned, batches, previous);
+        let failovers = failovers(cluster, &planned, &self.live);
+        let spec = rollout_spec(
+            name, cluster, &target, &planned, batches, previous, failovers,
+        );
         let batch_sizes: Vec<String> = spec.batches.iter().map(|b| b.len().to_string()).collect();
         let started = Notice::new_at(
             NoticeKind::RolloutStarted,
@@ -1135,6 +1190,45 @@ impl Reconciler {
                     Action::JudgeGates { batch, nodes } => {
                         queue.push(self.judge(name, batch, &nodes));
                     }
+                    Action::ChooseFailover {
+                        batch,
+                        from,
+                        replicas,
+                        ..
+                    } => {
+                        let choice = self.choose_failover(name, &from, &replicas);
+                        queue.push(Event::FailoverChosen {
+                            batch,
+                            from,
+                            choice,
+                        });
+                    }
+                    Action::Failover {
+                        batch,
+                        shard,
+                        from,
+                        to,
+                    } => {
+                        let rec = self.rec_mut(name);
+                        let (run, timeout_ms) = (rec.run, rec.rollout.spec.failover_timeout());
+                        let to_address = self
+                            .desired
+                            .as_ref()
+                            .and_then(|d| d.clusters.get(name))
+                            .and_then(|c| c.node(&to))
+                            .map(|n| n.address.clone())
+                            .unwrap_or_default();
+                        self.effects.push(Effect::Failover {
+                            cluster: name.to_owned(),
+                            batch,
+                            shard,
+                            from,
+                            to,
+                            to_address,
+                            timeout_ms,
+                            run,
+                        });
+                    }
                 }
             }
             let rec = self.rec_mut(name);
@@ -1202,6 +1296,46 @@ impl Reconciler {
         self.effects.push(Effect::Wake {
             nodes: nodes.to_vec(),
         });
+    }
+
+    /// Where `from`'s primary role goes, from the latest readings of `replicas` and
+    /// their assignments (see `topology::choose_failover`).
+    fn choose_failover(
+        &self,
+        name: &str,
+        from: &str,
+        replicas: &[String],
+    ) -> rollout::FailoverChoice {
+        let cluster = self.desired.as_ref().and_then(|d| d.clusters.get(name));
+        let cs = self.state.clusters.get(name);
+        let target = cs.and_then(|c| c.target.as_ref());
+        let address = |id: &str| {
+            cluster
+                .and_then(|c| c.node(id))
+                .map(|n| n.address.as_str())
+                .unwrap_or_default()
+        };
+        let candidates: Vec<crate::pure::topology::FailoverCandidate<'_>> = replicas
+            .iter()
+            .map(|id| crate::pure::topology::FailoverCandidate {
+                id,
+                address: address(id),
+                reading: self.live.get(id).map(|s| &s.node),
+                updated: cs
+                    .and_then(|c| c.assignments.get(id))
+                    .zip(target)
+                    .is_some_and(|(a, t)| {
+                        a.digest == t.digest
+                            && !matches!(a.outcome, Some(Outcome::Failed | Outcome::Inconsistent))
+                    }),
+            })
+            .collect();
+        crate::pure::topology::choose_failover(
+            from,
+            address(from),
+            self.live.get(from).map(|s| &s.node),
+            &candidates,
+        )
     }
 
     fn judge(&mut self, name: &str, batch: usize, nodes: &[String]) -> Event {

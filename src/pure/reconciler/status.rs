@@ -70,7 +70,7 @@ pub struct RolloutStatus {
     pub batch: Option<usize>,
     pub batches: usize,
     pub confirmed: BTreeSet<String>,
-    /// `pending`, `waiting`, `applying`, `baking`, `judging`, `paused`, `rolling-back`,
+    /// `pending`, `waiting`, `failing-over`, `applying`, `baking`, `judging`, `paused`, `rolling-back`,
     /// `completed`, `rolled-back` or `superseded`.
     pub phase: String,
     /// Why it is waiting, paused, rolling back or rolled back; `by <revision>` when
@@ -147,6 +147,13 @@ impl RolloutStatus {
             Phase::Applying { batch } | Phase::Baking { batch } | Phase::Judging { batch } => {
                 (Some(*batch), None)
             }
+            Phase::FailingOver { batch, from, to } => (
+                Some(*batch),
+                Some(match to {
+                    Some(to) => format!("failover: {from} → {to}"),
+                    None => format!("failover from {from}: choosing a replica"),
+                }),
+            ),
             Phase::Waiting { batch, reason } | Phase::Paused { batch, reason } => {
                 (Some(*batch), Some(reason.clone()))
             }

@@ -1846,3 +1846,113 @@ fn nodes_found_running_the_content_as_they_report_note_it_once_when_the_last_is_
     );
     assert!(core(r.tick(3_000)).is_empty());
 }
+
+/// A node running `databases` as `role` (a replica follows a1 at 127.0.0.1:7001 with its
+/// link up, caught up).
+fn replicated(databases: &str, role: crate::pure::spec::model::Role) -> NodeLive {
+    use crate::pure::live::{LinkState, Topology};
+    use crate::pure::spec::model::Role;
+    NodeLive {
+        health: Some(Health {
+            role: Some(role),
+            replication_link: (role == Role::Replica).then_some(LinkState::Up),
+            topology: Some(Topology {
+                primary: (role == Role::Replica).then(|| "127.0.0.1:7001".to_owned()),
+                offset: Some(100),
+                ..Topology::default()
+            }),
+            ..Health::default()
+        }),
+        ..node(&[("databases", databases)])
+    }
+}
+
+#[test]
+fn a_restart_of_a_live_primary_with_a_replica_fails_over_to_it_first() {
+    use crate::pure::rollout::FailoverPlan;
+    use crate::pure::spec::model::Role;
+    let yaml =
+        |databases: &str| cluster_yaml(&format!("databases: {databases}"), Some("agent"), ROLLOUT);
+    let mut before = LiveState {
+        version: crate::pure::live::LIVE_STATE_VERSION,
+        taken_at: None,
+        nodes: BTreeMap::new(),
+    };
+    before
+        .nodes
+        .insert("a1".into(), replicated("16", Role::Primary));
+    before
+        .nodes
+        .insert("a2".into(), replicated("16", Role::Replica));
+    before
+        .nodes
+        .insert("b1".into(), replicated("16", Role::Primary));
+    let mut r = Reconciler::new(State::default());
+    r.revision(load(R1, &yaml("32")), Some(&before), 0);
+    // a1 (shard a, replica a2) fails over; b1, alone in its shard, restarts in place.
+    assert_eq!(
+        rollout(&r).spec.failovers,
+        [(
+            "a1".to_owned(),
+            FailoverPlan {
+                shard: "a".into(),
+                replicas: vec!["a2".into()]
+            }
+        )]
+        .into_iter()
+        .collect()
+    );
+    // The replica applies and reports, still following a1 with its link up.
+    let a = r.assignment("a2");
+    let rep = report(
+        "a2",
+        replicated("32", Role::Replica),
+        Some(result(&a, Outcome::Applied, None)),
+    );
+    r.report("a2", rep, 1_000).unwrap();
+    // Unfiltered: `core` keeps only journal, note, timer and wake effects.
+    let effects = r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, 2_000);
+    assert!(
+        journals(&effects)
+            .iter()
+            .any(|j| j.contains("cache: failover of shard a: a1 → a2 (a1 restarts as a replica)")),
+        "{effects:#?}"
+    );
+    let run = run_of(&r);
+    assert!(effects.contains(&Effect::Failover {
+        cluster: CLUSTER.into(),
+        batch: 1,
+        shard: "a".into(),
+        from: "a1".into(),
+        to: "a2".into(),
+        to_address: "127.0.0.1:7002".into(),
+        timeout_ms: 10_000,
+        run,
+    }));
+    assert_eq!(
+        phase(&r),
+        Phase::FailingOver {
+            batch: 1,
+            from: "a1".into(),
+            to: Some("a2".into())
+        }
+    );
+    // Not assigned before the failover completes.
+    assert_eq!(r.assignment("a1").revision, None);
+    let effects = core(r.timer_of(
+        CLUSTER,
+        Event::FailedOver {
+            batch: 1,
+            from: "a1".into(),
+            to: "a2".into(),
+        },
+        run,
+        3_000,
+    ));
+    assert!(journals(&effects).iter().any(
+        |j| j.starts_with("cache: failover of shard a done: a2 is the primary, a1 its replica")
+    ));
+    assert_eq!(phase(&r), Phase::Applying { batch: 1 });
+    assert_eq!(r.assignment("a1").revision.as_deref(), Some(R1));
+    assert_eq!(r.assignment("b1").revision.as_deref(), Some(R1));
+}

@@ -38,6 +38,7 @@ pub fn short_id(id: &str) -> &str {
 pub fn phase_word(phase: &Phase) -> &'static str {
     match phase {
         Phase::Pending => "pending",
+        Phase::FailingOver { .. } => "failing-over",
         Phase::Applying { .. } => "applying",
         Phase::Baking { .. } => "baking",
         Phase::Judging { .. } => "judging",

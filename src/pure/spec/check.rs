@@ -1041,6 +1041,9 @@ fn rollout(
     if let Some(f) = raw.on_failure {
         out.on_failure = f;
     }
+    if let Some(f) = raw.on_primary_restart {
+        out.on_primary_restart = f;
+    }
     if let Some(g) = &raw.gates {
         out.gates = gates(&out.gates, g);
     }

@@ -341,6 +341,27 @@ impl fmt::Display for OnFailure {
     }
 }
 
+/// What a restart of a shard's live primary does (`onPrimaryRestart`): move the primary
+/// role to an updated, caught-up replica first (`failover`), or restart it where it runs
+/// (`in-place`: the shard takes no writes until it is back). With `failover`, a shard
+/// with no healthy replica to move the role to pauses the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnPrimaryRestart {
+    #[default]
+    Failover,
+    InPlace,
+}
+
+impl fmt::Display for OnPrimaryRestart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnPrimaryRestart::Failover => "failover",
+            OnPrimaryRestart::InPlace => "in-place",
+        })
+    }
+}
+
 /// A duration kept as milliseconds, shown the way people write it (`5m`, `30s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Millis(pub u64);
@@ -418,6 +439,7 @@ pub struct RolloutPolicy {
     pub warmup: Millis,
     pub max_unavailable_per_shard: u32,
     pub on_failure: OnFailure,
+    pub on_primary_restart: OnPrimaryRestart,
     pub gates: Gates,
 }
 
@@ -430,6 +452,7 @@ impl Default for RolloutPolicy {
             warmup: Millis(30 * 1000),
             max_unavailable_per_shard: 1,
             on_failure: OnFailure::Rollback,
+            on_primary_restart: OnPrimaryRestart::Failover,
             gates: Gates::default(),
         }
     }
@@ -458,6 +481,7 @@ impl RolloutPolicy {
                 self.max_unavailable_per_shard.to_string(),
             ),
             ("onFailure", self.on_failure.to_string()),
+            ("onPrimaryRestart", self.on_primary_restart.to_string()),
             ("gates.maxHitRatioDrop", g.max_hit_ratio_drop.to_string()),
             ("gates.maxEvictionsPerSec", opt(g.max_evictions_per_sec)),
             ("gates.maxLatencyMs", opt(g.max_latency_ms)),

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::model::{Auth, Drift, Managed, Notification, OnFailure, Role, Tls, Trust, Window};
+use super::model::{
+    Auth, Drift, Managed, Notification, OnFailure, OnPrimaryRestart, Role, Tls, Trust, Window,
+};
 use crate::pure::catalog::Product;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -117,6 +119,8 @@ pub struct Rollout {
     pub max_unavailable_per_shard: Option<u32>,
     #[serde(default)]
     pub on_failure: Option<OnFailure>,
+    #[serde(default)]
+    pub on_primary_restart: Option<OnPrimaryRestart>,
     #[serde(default)]
     pub gates: Option<Gates>,
 }
