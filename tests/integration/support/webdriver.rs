@@ -228,11 +228,14 @@ impl Browser {
             .unwrap_or_else(|e| panic!("WebDriver find {css}: {e}"));
         (status == 200).then(|| Element {
             browser: self,
-            id: answer["value"][ELEMENT]
-                .as_str()
-                .filter(|id| !id.is_empty())
-                .unwrap_or_else(|| panic!("no element reference for {css} in {answer}"))
-                .to_owned(),
+            css: css.to_owned(),
+            id: std::cell::RefCell::new(
+                answer["value"][ELEMENT]
+                    .as_str()
+                    .filter(|id| !id.is_empty())
+                    .unwrap_or_else(|| panic!("no element reference for {css} in {answer}"))
+                    .to_owned(),
+            ),
         })
     }
 
@@ -278,41 +281,58 @@ impl Drop for Browser {
     }
 }
 
-/// An element of the page.
+/// An element of the page. The console redraws parts of its pages as events arrive, so
+/// an element found a moment ago may be replaced before it is read ("stale element
+/// reference"): it is then found again by its selector and the command repeated.
 pub struct Element<'a> {
     browser: &'a Browser,
-    id: String,
+    css: String,
+    id: std::cell::RefCell<String>,
 }
 
 impl Element<'_> {
-    fn path(&self, tail: &str) -> String {
-        self.browser
-            .session_path(&format!("/element/{}{tail}", self.id))
+    /// A command on this element that must succeed: its `value`.
+    fn call(&self, method: &str, tail: &str, body: Option<Value>) -> Value {
+        for _ in 0..20 {
+            let path = self
+                .browser
+                .session_path(&format!("/element/{}{tail}", self.id.borrow()));
+            let (status, answer) = self
+                .browser
+                .http(method, &path, body.clone())
+                .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
+            if status == 200 {
+                return answer["value"].clone();
+            }
+            let stale = answer["value"]["error"] == "stale element reference";
+            assert!(stale, "WebDriver {method} {path}: {answer}");
+            std::thread::sleep(Duration::from_millis(50));
+            if let Some(again) = self.browser.find(&self.css) {
+                *self.id.borrow_mut() = again.id.into_inner();
+            }
+        }
+        panic!("{} stayed stale for 20 tries", self.css)
     }
 
     pub fn text(&self) -> String {
-        self.browser
-            .call("GET", &self.path("/text"), None)
+        self.call("GET", "/text", None)
             .as_str()
             .unwrap_or_default()
             .to_owned()
     }
 
     pub fn attribute(&self, name: &str) -> Option<String> {
-        self.browser
-            .call("GET", &self.path(&format!("/attribute/{name}")), None)
+        self.call("GET", &format!("/attribute/{name}"), None)
             .as_str()
             .map(str::to_owned)
     }
 
     pub fn click(&self) {
-        self.browser
-            .call("POST", &self.path("/click"), Some(json!({})));
+        self.call("POST", "/click", Some(json!({})));
     }
 
     pub fn send_keys(&self, text: &str) {
-        self.browser
-            .call("POST", &self.path("/value"), Some(json!({ "text": text })));
+        self.call("POST", "/value", Some(json!({ "text": text })));
     }
 }
 
