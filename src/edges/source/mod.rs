@@ -1722,8 +1722,11 @@ mod tests {
             .write("policies/a.schema.json", "{}");
         for round in 0..3 {
             for i in 0..60 {
-                let body: String = (0..20)
-                    .map(|l| format!("line {l} of cluster {i}: {}\n", l * round))
+                // Alike and growing with the name: `git gc` makes the largest the delta
+                // base and writes it first, so the pack's order is not the tree's.
+                let body: String = (0..20 + i)
+                    .map(|l| format!("shared line {l} of every cluster file\n"))
+                    .chain([format!("round {round}\n")])
                     .collect();
                 t.write(&format!("clusters/c{i:02}.yaml"), body);
             }
@@ -1784,6 +1787,19 @@ mod tests {
             .map(|p| p.expect("every blob is in the pack").1)
             .collect();
         assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+        // In tree order (how they were read before) they would not be.
+        let tree_order: Vec<Oid> = sorted
+            .iter()
+            .map(|p| t.repo.revparse_single(&format!("HEAD:{p}")).unwrap().id())
+            .collect();
+        let tree_offsets: Vec<u64> = pack_order::positions(&objects, &tree_order)
+            .into_iter()
+            .map(|p| p.expect("every blob is in the pack").1)
+            .collect();
+        assert!(
+            tree_offsets.windows(2).any(|w| w[0] > w[1]),
+            "{tree_offsets:?}"
+        );
     }
 
     #[test]
