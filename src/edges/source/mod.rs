@@ -20,6 +20,12 @@
 //!   measured slower (~55 ms): libgit2 shares one pack file between handles and guards
 //!   its mmap windows with a process-wide mutex, so the second thread mostly waits.
 //!   The odb header read (the size check) is about a third of that time; it stays.
+//! - **Blobs in pack order.** The blobs are read in the order they sit in the pack files
+//!   ([`pack_order`], from the pack indexes), not in tree order: libgit2 caches the delta
+//!   bases it inflates in 16 MiB and empties that cache whole when it is full, so in tree
+//!   order a `clusters/` of more than about 15 MB inflates every delta chain again and
+//!   the read grows faster than the tree (30,000 clusters: 3.7 s). In pack order each base
+//!   was read just before its deltas.
 //! - **Symlinks are resolved by hand, inside the repository's own namespace**, the same
 //!   way for a commit (mode `120000` blobs) and for a working tree (`lstat`): one
 //!   component at a time, `..` may not climb above the root, absolute targets and
@@ -48,6 +54,7 @@ use std::path::{Path, PathBuf};
 use git2::{ErrorCode, ObjectType, Oid, Repository};
 
 pub mod credentials;
+pub mod pack_order;
 pub mod reach;
 
 use crate::pure::render::rfc3339_utc;
@@ -320,7 +327,7 @@ impl ConfigRepo {
         let commit = self.find_commit(rev)?;
         let tree = commit.tree().map_err(|e| self.git_err(e))?;
         let src = GitTree::new(&self.repo, tree, &self.name, &self.root);
-        let found = walk_areas(&src)?;
+        let found = self.in_pack_order(walk_areas(&src)?);
         let odb = self.repo.odb().map_err(|e| self.git_err(e))?;
         for f in found {
             let item = match f.what {
@@ -527,11 +534,43 @@ impl ConfigRepo {
         }
     }
 
+    /// `found` in the order to read it: the files before the first cluster (Settings,
+    /// profiles, policies: what a stream hands over first) as walked, then the rest by
+    /// their place in the pack files ([`pack_order`]), so libgit2's cache of delta bases
+    /// holds each base when its deltas are read.
+    fn in_pack_order(&self, mut found: Vec<Found<Oid>>) -> Vec<Found<Oid>> {
+        let first_cluster = found
+            .iter()
+            .position(|f| f.shown.starts_with("clusters/"))
+            .unwrap_or(found.len());
+        let mut rest = found.split_off(first_cluster);
+        if rest.len() < 2 {
+            found.append(&mut rest);
+            return found;
+        }
+        let oids: Vec<Oid> = rest
+            .iter()
+            .map(|f| match f.what {
+                What::Read(oid) => oid,
+                What::Problem(_) => Oid::ZERO_SHA1,
+            })
+            .collect();
+        let objects = self.repo.commondir().join("objects");
+        let positions = pack_order::positions(&objects, &oids);
+        let mut slots: Vec<Option<Found<Oid>>> = rest.into_iter().map(Some).collect();
+        found.extend(
+            pack_order::reading_order(&positions)
+                .into_iter()
+                .filter_map(|i| slots[i].take()),
+        );
+        found
+    }
+
     /// Read the blobs of `found`, on this thread (see the module doc for why not two).
     fn read_found(&self, found: Vec<Found<Oid>>) -> Result<FileSet, SourceError> {
         let mut set = FileSet::default();
         let mut blobs = Vec::with_capacity(found.len());
-        for f in found {
+        for f in self.in_pack_order(found) {
             match f.what {
                 What::Read(oid) => blobs.push((f.shown, oid)),
                 What::Problem(message) => set.problems.push(FileProblem {
@@ -1673,6 +1712,94 @@ mod tests {
             repo.resolve("HEAD^{tree}"),
             Err(SourceError::NotACommit { .. })
         ));
+    }
+
+    #[test]
+    fn a_packed_repository_reads_the_same_files_in_pack_order_shared_files_first() {
+        let t = TestRepo::new();
+        t.write("cacheflow.yaml", "kind: Settings\n")
+            .write("profiles/p.yaml", "kind: Profile\n")
+            .write("policies/a.schema.json", "{}");
+        for round in 0..3 {
+            for i in 0..60 {
+                // Alike and growing with the name: `git gc` makes the largest the delta
+                // base and writes it first, so the pack's order is not the tree's.
+                let body: String = (0..20 + i)
+                    .map(|l| format!("shared line {l} of every cluster file\n"))
+                    .chain([format!("round {round}\n")])
+                    .collect();
+                t.write(&format!("clusters/c{i:02}.yaml"), body);
+            }
+            t.commit(&format!("round {round}"));
+        }
+        let repo = t.open();
+        let loose = repo.read_rev("HEAD").unwrap();
+        let gc = std::process::Command::new("git")
+            .args(["gc", "-q", "--aggressive"])
+            .current_dir(t.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .status()
+            .expect("git is installed");
+        assert!(gc.success());
+        let objects = t.path().join(".git/objects");
+        assert!(
+            fs::read_dir(objects.join("pack")).unwrap().count() >= 2,
+            "git gc wrote a pack and its index"
+        );
+        let repo = t.open();
+        let packed = repo.read_rev("HEAD").unwrap();
+        assert_eq!(packed.files, loose.files);
+        assert_eq!(packed.files.len(), 63);
+
+        let mut streamed = Vec::new();
+        repo.stream_rev("HEAD", &mut |item| match item {
+            FileItem::File { path, text } => {
+                assert_eq!(loose.files[&path], text);
+                streamed.push(path);
+            }
+            FileItem::Problem(p) => panic!("{p:?}"),
+        })
+        .unwrap();
+        assert_eq!(
+            streamed[..3],
+            [
+                "cacheflow.yaml",
+                "profiles/p.yaml",
+                "policies/a.schema.json"
+            ]
+        );
+        let clusters = &streamed[3..];
+        let mut sorted = clusters.to_vec();
+        sorted.sort();
+        let expected: Vec<&String> = loose
+            .files
+            .keys()
+            .filter(|p| p.starts_with("clusters/"))
+            .collect();
+        assert_eq!(sorted.iter().collect::<Vec<_>>(), expected);
+        // The clusters come in the order of their offsets in the pack.
+        let oids: Vec<Oid> = clusters
+            .iter()
+            .map(|p| t.repo.revparse_single(&format!("HEAD:{p}")).unwrap().id())
+            .collect();
+        let offsets: Vec<u64> = pack_order::positions(&objects, &oids)
+            .into_iter()
+            .map(|p| p.expect("every blob is in the pack").1)
+            .collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+        // In tree order (how they were read before) they would not be.
+        let tree_order: Vec<Oid> = sorted
+            .iter()
+            .map(|p| t.repo.revparse_single(&format!("HEAD:{p}")).unwrap().id())
+            .collect();
+        let tree_offsets: Vec<u64> = pack_order::positions(&objects, &tree_order)
+            .into_iter()
+            .map(|p| p.expect("every blob is in the pack").1)
+            .collect();
+        assert!(
+            tree_offsets.windows(2).any(|w| w[0] > w[1]),
+            "{tree_offsets:?}"
+        );
     }
 
     #[test]
