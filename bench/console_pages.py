@@ -18,6 +18,7 @@ Python standard library only; one process, one thread (asyncio).
 """
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -159,7 +160,8 @@ async def main():
     with open(out, "a") as f:
         f.write(
             f"pages={n} opened={totals.opened} open_at_end={still_open} failed={totals.failed} "
-            f"page_bytes={totals.page_bytes} events={totals.events} event_bytes={totals.event_bytes}\n"
+            f"page_bytes={totals.page_bytes} events={totals.events} event_bytes={totals.event_bytes} "
+            f"client_cpu_s={sum(os.times()[:2]):.1f}\n"
         )
 
 
