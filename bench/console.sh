@@ -24,7 +24,8 @@ RUNS=${RUNS:-3}
 PAGES=${PAGES:-100}
 PROBE=${PROBE:-1}
 
-cargo build --release -q --bin cacheflow --example agent_swarm
+# BUILD=0: the binaries as they are (BIN= a saved build, say).
+[ "${BUILD:-1}" = 0 ] || cargo build --release -q --bin cacheflow --example agent_swarm
 BIN=${BIN:-$ROOT/target/release/cacheflow}
 export BIN
 rm -rf "$OUT"

@@ -563,15 +563,37 @@ struct Stream {
     cluster: Option<String>,
     seen: Option<Arc<Status>>,
     seen_drift: Option<String>,
-    queue: VecDeque<Event>,
+    queue: VecDeque<Part>,
     ended: bool,
+}
+
+/// A part of the page waiting to be sent. It becomes an event (a copy of its bytes)
+/// only when its turn comes: a stream whose socket is slow holds shared rows, not
+/// copies of them.
+enum Part {
+    /// A fleet row, shared with the other streams.
+    Row(Arc<str>),
+    /// The live section of a cluster's page.
+    Live(String),
+    /// The id of a row whose cluster left.
+    Gone(String),
+}
+
+impl Part {
+    fn event(self) -> Event {
+        match self {
+            Part::Row(row) => Event::default().event("part").data(&*row),
+            Part::Live(part) => Event::default().event("part").data(part),
+            Part::Gone(id) => Event::default().event("gone").data(id),
+        }
+    }
 }
 
 impl Stream {
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(e) = self.queue.pop_front() {
-                return Some(e);
+            if let Some(part) = self.queue.pop_front() {
+                return Some(part.event());
             }
             if self.ended {
                 return None;
@@ -610,23 +632,20 @@ impl Stream {
             None => {
                 for name in changed {
                     if let Ok(row) = self.console.fleet_row(name, &now.clusters[name], drift) {
-                        self.queue
-                            .push_back(Event::default().event("part").data(&*row));
+                        self.queue.push_back(Part::Row(row));
                     }
                 }
                 self.console.forget_rows(&gone);
                 for name in gone {
                     let id = format!("row-{name}");
-                    self.queue
-                        .push_back(Event::default().event("gone").data(id));
+                    self.queue.push_back(Part::Gone(id));
                 }
             }
             Some("") => {}
             Some(name) => {
                 if changed.contains(&name) {
                     if let Ok(part) = render::cluster_live(name, &now.clusters[name], drift) {
-                        self.queue
-                            .push_back(Event::default().event("part").data(part));
+                        self.queue.push_back(Part::Live(part));
                     }
                 }
             }
