@@ -18,7 +18,7 @@
 //! the sign-in page. The admin buttons call the JSON API with the admin token the person
 //! typed, kept in the tab's `sessionStorage`; it is never sent to the pages.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,7 @@ use crate::edges::forge::webhook::constant_time_eq;
 use crate::flow::runtime::Handle;
 use crate::pure::console::{self as render, HistoryRow};
 use crate::pure::drift::{self, DriftReport};
-use crate::pure::reconciler::status::Status;
+use crate::pure::reconciler::status::{ClusterStatus, Status};
 
 /// The session cookie of a reader who typed a token.
 const COOKIE: &str = "cacheflow_session";
@@ -75,6 +75,48 @@ pub struct Console {
     options: ConsoleOptions,
     stop: watch::Receiver<bool>,
     drift: Mutex<Option<(SystemTime, Arc<DriftReport>)>>,
+    rows: Mutex<Rows>,
+}
+
+/// The fleet rows last rendered, shared by every open stream: after a status is
+/// published each changed row is rendered once, not once per open page.
+#[derive(Default)]
+struct Rows {
+    /// The drift report the rows were drawn with (`generated_at`).
+    drift: Option<String>,
+    /// Cluster → the status its row was drawn from, and the row.
+    rows: HashMap<String, (Arc<ClusterStatus>, Arc<str>)>,
+}
+
+impl Rows {
+    /// The row of `name` drawn from `cs`: the one rendered before when `cs` is the
+    /// status it was drawn from and the drift report is the same, else rendered now.
+    fn row(
+        &mut self,
+        name: &str,
+        cs: &Arc<ClusterStatus>,
+        drift: Option<&DriftReport>,
+    ) -> Result<Arc<str>, render::ConsoleError> {
+        let drift_at = drift.map(|d| d.generated_at.as_str());
+        if self.drift.as_deref() != drift_at {
+            self.rows.clear();
+            self.drift = drift_at.map(str::to_owned);
+        }
+        if let Some((drawn, row)) = self.rows.get(name) {
+            if Arc::ptr_eq(drawn, cs) {
+                return Ok(row.clone());
+            }
+        }
+        let row: Arc<str> = render::fleet_row(name, cs, drift)?.into();
+        self.rows.insert(name.to_owned(), (cs.clone(), row.clone()));
+        Ok(row)
+    }
+
+    fn forget(&mut self, gone: &[String]) {
+        for name in gone {
+            self.rows.remove(name);
+        }
+    }
 }
 
 impl Console {
@@ -86,6 +128,31 @@ impl Console {
             options,
             stop,
             drift: Mutex::new(None),
+            rows: Mutex::new(Rows::default()),
+        }
+    }
+
+    /// The fleet row of `name` in the state `cs`, rendered by the first stream that
+    /// needs it and shared with the others.
+    fn fleet_row(
+        &self,
+        name: &str,
+        cs: &Arc<ClusterStatus>,
+        drift: Option<&DriftReport>,
+    ) -> Result<Arc<str>, render::ConsoleError> {
+        self.rows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .row(name, cs, drift)
+    }
+
+    /// Forget the rows of clusters that left the status.
+    fn forget_rows(&self, gone: &[String]) {
+        if !gone.is_empty() {
+            self.rows
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget(gone);
         }
     }
 
@@ -496,15 +563,37 @@ struct Stream {
     cluster: Option<String>,
     seen: Option<Arc<Status>>,
     seen_drift: Option<String>,
-    queue: VecDeque<Event>,
+    queue: VecDeque<Part>,
     ended: bool,
+}
+
+/// A part of the page waiting to be sent. It becomes an event (a copy of its bytes)
+/// only when its turn comes: a stream whose socket is slow holds shared rows, not
+/// copies of them.
+enum Part {
+    /// A fleet row, shared with the other streams.
+    Row(Arc<str>),
+    /// The live section of a cluster's page.
+    Live(String),
+    /// The id of a row whose cluster left.
+    Gone(String),
+}
+
+impl Part {
+    fn event(self) -> Event {
+        match self {
+            Part::Row(row) => Event::default().event("part").data(&*row),
+            Part::Live(part) => Event::default().event("part").data(part),
+            Part::Gone(id) => Event::default().event("gone").data(id),
+        }
+    }
 }
 
 impl Stream {
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(e) = self.queue.pop_front() {
-                return Some(e);
+            if let Some(part) = self.queue.pop_front() {
+                return Some(part.event());
             }
             if self.ended {
                 return None;
@@ -542,23 +631,21 @@ impl Stream {
         match self.cluster.as_deref() {
             None => {
                 for name in changed {
-                    if let Ok(row) = render::fleet_row(name, &now.clusters[name], drift) {
-                        self.queue
-                            .push_back(Event::default().event("part").data(row));
+                    if let Ok(row) = self.console.fleet_row(name, &now.clusters[name], drift) {
+                        self.queue.push_back(Part::Row(row));
                     }
                 }
+                self.console.forget_rows(&gone);
                 for name in gone {
                     let id = format!("row-{name}");
-                    self.queue
-                        .push_back(Event::default().event("gone").data(id));
+                    self.queue.push_back(Part::Gone(id));
                 }
             }
             Some("") => {}
             Some(name) => {
                 if changed.contains(&name) {
                     if let Ok(part) = render::cluster_live(name, &now.clusters[name], drift) {
-                        self.queue
-                            .push_back(Event::default().event("part").data(part));
+                        self.queue.push_back(Part::Live(part));
                     }
                 }
             }
@@ -670,6 +757,37 @@ mod tests {
             }
         );
         assert_eq!(Since::parse(None), Since::default());
+    }
+
+    #[test]
+    fn a_fleet_row_is_rendered_once_per_cluster_status_and_shared() {
+        let cluster = |nodes: &[&str]| {
+            Arc::new(ClusterStatus {
+                target: None,
+                refused: None,
+                rollout: None,
+                progress: None,
+                assignments: BTreeMap::new(),
+                declared: Arc::new(nodes.iter().map(|n| (*n).to_owned()).collect()),
+            })
+        };
+        let mut rows = Rows::default();
+        let one = cluster(&["n1", "n2"]);
+        let first = rows.row("c", &one, None).unwrap();
+        assert!(first.contains("id=\"row-c\""), "{first}");
+        assert_eq!(first.matches("<i class=\"n s-").count(), 2, "{first}");
+        // Another stream asking for the same status gets the same bytes, not a render.
+        assert!(Arc::ptr_eq(&first, &rows.row("c", &one, None).unwrap()));
+        // A new status of the cluster (even an equal one) is drawn again.
+        let two = cluster(&["n1", "n2", "n3"]);
+        let second = rows.row("c", &two, None).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(second.matches("<i class=\"n s-").count(), 3, "{second}");
+        assert!(Arc::ptr_eq(&second, &rows.row("c", &two, None).unwrap()));
+        // A cluster that left is forgotten.
+        rows.forget(&["c".to_owned()]);
+        assert!(rows.rows.is_empty());
+        assert!(!Arc::ptr_eq(&second, &rows.row("c", &two, None).unwrap()));
     }
 
     #[test]
