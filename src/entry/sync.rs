@@ -532,8 +532,6 @@ struct Board {
     decor: Decor,
     /// Lines drawn last time (erased before the next drawing).
     drawn: usize,
-    /// When each cluster's current batch began baking, as seen here.
-    baking: HashMap<String, (usize, Instant)>,
 }
 
 impl Board {
@@ -542,7 +540,6 @@ impl Board {
             names: names.to_vec(),
             decor,
             drawn: 0,
-            baking: HashMap::new(),
         }
     }
 
@@ -587,21 +584,10 @@ impl Board {
             .batch
             .map(|b| format!(" batch {b} of {}", rec.batches))
             .unwrap_or_default();
-        let left = match (&progress.phase, progress.bake_ms) {
-            (Phase::Baking { batch }, Some(bake_ms)) => {
-                let since = self
-                    .baking
-                    .entry(name.to_owned())
-                    .and_modify(|(b, at)| {
-                        if b != batch {
-                            *b = *batch;
-                            *at = Instant::now();
-                        }
-                    })
-                    .or_insert((*batch, Instant::now()))
-                    .1;
-                let left = Duration::from_millis(bake_ms).saturating_sub(since.elapsed());
-                format!(", {}s left", left.as_secs_f64().ceil() as u64)
+        let left = match (&progress.phase, progress.bake_until_ms) {
+            (Phase::Baking { .. }, Some(until)) => {
+                let left_ms = until.saturating_sub(crate::edges::clock::now_ms());
+                format!(", {}s left", left_ms.div_ceil(1000))
             }
             _ => String::new(),
         };

@@ -622,7 +622,6 @@ mod tests {
                 batches: Arc::new(batches),
                 bake_until_ms: Some(1_000_000),
                 judged: None,
-                bake_ms: Some(4_000),
             }),
             assignments: BTreeMap::from([
                 ("a1".into(), assigned(Some(Outcome::Applied))),

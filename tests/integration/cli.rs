@@ -526,6 +526,11 @@ fn sync_with_cluster_rolls_out_only_that_cluster_and_the_next_sync_the_rest() {
 fn sync_on_a_terminal_draws_a_line_per_cluster_and_a_pipe_gets_the_journal_lines() {
     let (a, b) = (RedisServer::start(), RedisServer::start());
     let repo = two_clusters(&a, &b);
+    for name in ["a", "b"] {
+        let file = repo.path().join(format!("clusters/{name}.yaml"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, text.replace("bake: 0s", "bake: 2s")).unwrap();
+    }
     repo.commit("a and b: hz 20");
     let args = format!(
         "sync --repo {} --yes --interval 200ms --color never",
@@ -533,6 +538,12 @@ fn sync_on_a_terminal_draws_a_line_per_cluster_and_a_pipe_gets_the_journal_lines
     );
     let (code, screen) = on_terminal(repo.path(), &args, &[]);
     assert_eq!(code, 0, "{screen}");
+    // While a batch bakes (2s here), its line counts down the time left.
+    assert!(
+        screen.contains("baking batch 1 of 1, 2s left")
+            || screen.contains("baking batch 1 of 1, 1s left"),
+        "{screen:?}"
+    );
     // Each drawing ends with one line per cluster, redrawn in place.
     assert!(screen.contains("\x1b[2F\x1b[J"), "{screen:?}");
     let last: Vec<&str> = screen

@@ -58,8 +58,6 @@ pub struct RolloutProgress {
     pub bake_until_ms: Option<u64>,
     /// The gates' last judgement: the batch (from 0) and the figures.
     pub judged: Option<(usize, crate::pure::gates::Judgement)>,
-    /// While baking: how long the batch bakes (for a countdown).
-    pub bake_ms: Option<u64>,
 }
 
 /// A cluster's current or last rollout. Fields in the order of their JSON names.
@@ -201,10 +199,6 @@ impl ClusterStatus {
                 batches: shared(&r.rollout.spec.batches, batches_before),
                 bake_until_ms: r.bake_until_ms,
                 judged: r.judged.clone(),
-                bake_ms: match r.rollout.phase {
-                    Phase::Baking { batch } => Some(r.rollout.spec.bake_of(batch)),
-                    _ => None,
-                },
             }),
             assignments: cs
                 .assignments
