@@ -41,6 +41,7 @@ pub mod pure {
     pub mod render;
     pub mod rollout;
     pub mod schedule;
+    pub mod shards;
     pub mod spec;
     pub mod topology;
     pub mod windows;
