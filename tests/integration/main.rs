@@ -4,6 +4,7 @@ mod catalog;
 mod cli;
 mod console;
 mod demo;
+mod deploy;
 mod drift;
 mod engine_rules;
 mod example_repo;
