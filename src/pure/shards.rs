@@ -106,9 +106,10 @@ impl Balance {
     /// Why the `min`: with more replicas than shards, the plain formula gives a cap of 1
     /// or 2 that flips with every join and leave (8 shards: 2 over 9 replicas, 1 over
     /// 10), and a flip of the cap reshuffles shards although no leader left; measured,
-    /// a standby that led nothing moved up to 43 % of the clusters when it left. With
+    /// a leave out of 10 replicas with 8 shards moved 43 % of the clusters on average
+    /// (ideal 10 %), a replica that led nothing included. With
     /// the `min`, the cap stays `ceil(c)` once replicas outnumber shards, and a replica
-    /// that leads nothing moves nothing when it joins or leaves.
+    /// that leads nothing moves nothing when it leaves.
     pub fn cap(&self, items: usize, bins: usize) -> usize {
         let bins = bins.min(items);
         if bins == 0 {
@@ -589,14 +590,26 @@ mod tests {
     }
 
     #[test]
-    fn adding_a_cluster_moves_few_others() {
+    fn adding_or_removing_a_cluster_moves_few_others() {
         let b = Balance::default();
-        let before = ShardMap::assign(names(2000), 16, &b).unwrap();
-        let mut more = names(2000);
-        more.push("a-new-cluster".into());
-        let after = ShardMap::assign(&more, 16, &b).unwrap();
-        assert!(after.shard_of("a-new-cluster").is_some());
-        assert!(before.changed(&after) <= 20, "{}", before.changed(&after));
+        let mut names = names(2000);
+        let mut before = ShardMap::assign(&names, 16, &b).unwrap();
+        let mut most = 0;
+        for i in 0..50 {
+            names.push(format!("new-cluster-{i}"));
+            let after = ShardMap::assign(&names, 16, &b).unwrap();
+            assert!(after.shard_of(&format!("new-cluster-{i}")).is_some());
+            most = most.max(before.changed(&after));
+            before = after;
+        }
+        for _ in 0..50 {
+            names.swap_remove(0);
+            let after = ShardMap::assign(&names, 16, &b).unwrap();
+            most = most.max(before.changed(&after));
+            before = after;
+        }
+        // Measured: at most one other cluster changed shard at any step.
+        assert!(most <= 2, "{most}");
     }
 
     fn cluster_names() -> impl Strategy<Value = Vec<String>> {

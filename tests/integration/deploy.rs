@@ -21,8 +21,7 @@ fn deploy(path: &str) -> PathBuf {
 
 fn yaml(path: &str) -> Value {
     let file = deploy(path);
-    let text = std::fs::read_to_string(&file)
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     cacheflow::pure::spec::yaml::parse_value(&text)
         .unwrap_or_else(|e| panic!("{}: {e:?}", file.display()))
 }
