@@ -24,6 +24,22 @@
 //! at once for its [`Leaders::preferred`] shards and only after a delay for the others,
 //! so every shard gets a leader even when its preferred replica is gone, and the etcd
 //! election (with its fencing revision) stays the one authority on who leads.
+//!
+//! How `serve --shards N` uses it (every replica the same way):
+//!
+//! 1. at each revision taken: `ShardMap::assign(cluster names, N, &Balance::default())`;
+//!    the leader of shard `s` reconciles [`ShardMap::clusters_of`]`(s)`, and a report
+//!    for cluster `c` belongs to the leader of [`ShardMap::shard_of`]`(c)` (another
+//!    replica sends it there);
+//! 2. at each change of the live replicas (their ids under live etcd leases):
+//!    `Leaders::place(N, &live, &Balance::default())`, then campaign at once for
+//!    [`Leaders::preferred`]`(me)` and, after a delay (a lease TTL), for every other
+//!    shard, as a standby;
+//! 3. a replica leading a shard that is no longer among its preferred ones resigns it
+//!    once the preferred replica is live (after its in-flight write), so shards return
+//!    to their place after a restart;
+//! 4. [`moves`]`(before, after, |s| loads[s])` says what a membership change moved (a
+//!    log line), against the ideal.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,6 +55,10 @@ pub const DEFAULT_LOAD_PERMILLE: u32 = 1250;
 /// once per placement (64 shards: 16,384).
 pub const DEFAULT_POINTS: u32 = 256;
 
+/// The most shards `--shards` takes: each one is an election on etcd and `points`
+/// entries of the cluster ring; 1,024 is far beyond the 8 per replica the docs advise.
+pub const MAX_SHARDS: u32 = 1024;
+
 /// Domain separation: the cluster ring and the replica ring hash differently, so a
 /// cluster's shard and its shard's leader are independent draws.
 const SHARD_RING: &[u8] = b"cacheflow shards v1\0";
@@ -48,6 +68,8 @@ const REPLICA_RING: &[u8] = b"cacheflow leaders v1\0";
 pub enum ShardsError {
     #[error("the number of shards must be at least 1")]
     NoShards,
+    #[error("{0} shards is more than the {MAX_SHARDS} cacheflow takes")]
+    TooManyShards(u32),
     #[error("the load factor must be at least 1 (1000 thousandths), got {0} thousandths")]
     LoadFactorBelowOne(u32),
     #[error("every bin needs at least one point on the ring")]
@@ -136,9 +158,7 @@ impl ShardMap {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        if shards == 0 {
-            return Err(ShardsError::NoShards);
-        }
+        check_shards(shards)?;
         let names: BTreeSet<String> = clusters
             .into_iter()
             .map(|c| c.as_ref().to_string())
@@ -220,9 +240,7 @@ impl Leaders {
         replicas: &[S],
         balance: &Balance,
     ) -> Result<Self, ShardsError> {
-        if shards == 0 {
-            return Err(ShardsError::NoShards);
-        }
+        check_shards(shards)?;
         let bins: Vec<String> = replicas
             .iter()
             .map(|r| r.as_ref().to_string())
@@ -370,6 +388,14 @@ pub fn moves(
     })
 }
 
+fn check_shards(shards: u32) -> Result<(), ShardsError> {
+    match shards {
+        0 => Err(ShardsError::NoShards),
+        n if n > MAX_SHARDS => Err(ShardsError::TooManyShards(n)),
+        _ => Ok(()),
+    }
+}
+
 /// A name's position on a ring: the first 8 bytes of SHA-256(domain ‖ name).
 fn position(domain: &[u8], name: &[u8]) -> u64 {
     let mut h = Sha256::new();
@@ -469,6 +495,11 @@ mod tests {
             ShardMap::assign(["a"], 0, &Balance::default()),
             Err(ShardsError::NoShards)
         );
+        assert_eq!(
+            Leaders::place(MAX_SHARDS + 1, &["a"], &Balance::default()),
+            Err(ShardsError::TooManyShards(1025))
+        );
+        assert!(ShardMap::assign(["a"], MAX_SHARDS, &Balance::default()).is_ok());
     }
 
     /// The placement is part of the wire between replicas of different versions: these
