@@ -11,7 +11,8 @@
 //! within a role, round-robin across shards (the first replica of every shard, then the
 //! second...), so that a batch spreads over shards instead of draining one. Each stage
 //! takes the next nodes up to its cumulative target; a stage is cut into batches so that
-//! no batch holds more nodes of one shard than `maxUnavailablePerShard`.
+//! no batch holds more nodes of one shard than `maxUnavailablePerShard` (one in cluster
+//! mode, whatever it says).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,7 +21,7 @@ use serde::Serialize;
 use crate::pure::catalog::{self, Product};
 use crate::pure::diff::{self, ParamChange, Risk, RiskKind};
 use crate::pure::live::LiveState;
-use crate::pure::spec::model::{Cluster, Desired, Role, Stage};
+use crate::pure::spec::model::{Cluster, ClusterMode, Desired, Role, Stage};
 use crate::pure::topology::{self, ClusterTopology, TopologyNote};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -137,11 +138,14 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
     risks.sort();
 
     let order = rollout_order(&nodes);
-    let stages = batches(
-        &order,
-        &cluster.rollout.stages,
-        cluster.rollout.max_unavailable_per_shard as usize,
-    );
+    // Redis Cluster: a shard with two members down at once may lose its slots (the
+    // replica that would take over is the other one), so one node per shard, whatever
+    // `maxUnavailablePerShard` says.
+    let per_shard = match cluster.mode {
+        ClusterMode::Cluster => 1,
+        ClusterMode::Replication => cluster.rollout.max_unavailable_per_shard as usize,
+    };
+    let stages = batches(&order, &cluster.rollout.stages, per_shard);
     ClusterPlan {
         cluster: cluster.name.clone(),
         engine: cluster.product,
@@ -461,6 +465,7 @@ mod tests {
             .collect(),
             auth: None,
             tls: None,
+            mode: Default::default(),
             nodes: vec![
                 node("a1", "a", Some(Role::Primary)),
                 node("a2", "a", Some(Role::Replica)),

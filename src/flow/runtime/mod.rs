@@ -36,6 +36,7 @@ use crate::pure::reconciler::status::Status;
 use crate::pure::reconciler::{Effect, Reconciler, Record, RefusedInput, State};
 use crate::pure::rollout::Event;
 use crate::pure::spec::model::Desired;
+use crate::pure::topology::FailoverMethod;
 
 enum Msg {
     Report {
@@ -826,17 +827,23 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                 to_address,
                 timeout_ms,
                 run,
+                method,
                 ..
             } => {
                 let driver = h.reach.lock().expect("reach lock").get(&from).cloned();
                 let tx = h.tx.clone();
                 rt.spawn(async move {
-                    let outcome = match driver {
-                        Some(d) => d
-                            .failover(&to_address, Duration::from_millis(timeout_ms))
+                    let timeout = Duration::from_millis(timeout_ms);
+                    let outcome = match (driver, method) {
+                        (Some(d), FailoverMethod::Replication) => d
+                            .failover(&to_address, timeout)
                             .await
                             .map_err(|e| e.to_string()),
-                        None => Err(format!(
+                        (Some(d), FailoverMethod::Cluster) => d
+                            .cluster_failover(&to_address, timeout)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        (None, _) => Err(format!(
                             "the server has no way to reach {from} (no address it can connect to)"
                         )),
                     };
