@@ -314,6 +314,7 @@ async fn live(
             timeout: Duration::from_secs(2),
             first_reading: None,
             declared: None,
+            apply: None,
         };
         host.drive(id, n.node.clone() as Arc<dyn NodeDriver>, options);
     }

@@ -1016,6 +1016,40 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_state_gate_fails_on_a_failing_cluster_with_its_figures() {
+        let mut c = replicated(&[("a1", Some(Role::Primary)), ("a2", Some(Role::Replica))]);
+        let seen = |state: &str, pfail: u64, fail: u64| {
+            let view = crate::pure::live::ClusterView {
+                id: "x".into(),
+                state: state.into(),
+                slots_assigned: 16384,
+                slots_pfail: pfail,
+                slots_fail: fail,
+                nodes: Vec::new(),
+            };
+            topo(
+                1_000,
+                Role::Primary,
+                crate::pure::live::Topology {
+                    cluster: Some(view),
+                    ..Default::default()
+                },
+            )
+        };
+        let now = map(vec![("a1", seen("ok", 0, 0)), ("a2", seen("fail", 2, 5461))]);
+        // Not in cluster mode: not judged.
+        assert_eq!(judge_cluster(&c, &now), ClusterJudgement::default());
+        c.mode = crate::pure::spec::model::ClusterMode::Cluster;
+        let j = judge_cluster(&c, &now);
+        assert_eq!(
+            j.failures,
+            vec!["a2: the cluster is not whole: cluster_state:fail, 5461 slots failing (cluster_slots_fail), 2 slots possibly failing (cluster_slots_pfail)"]
+        );
+        assert_eq!(j.figures.len(), 2);
+        assert_eq!(j.figures[1].slots_fail, 5461);
+    }
+
+    #[test]
     fn a_restarted_engine_counts_its_counters_from_zero() {
         let base = map(vec![("a", sample(0, 100_000, 10_000, |_| {}))]);
         let now = map(vec![("a", sample(10_000, 900, 100, |_| {}))]);

@@ -530,6 +530,68 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_takes_one_node_of_a_shard_at_a_time_whatever_the_policy_says() {
+        use crate::pure::catalog::{CatalogId, Engine, Product};
+        use crate::pure::live::NodeLive;
+        use crate::pure::spec::model::{Managed, Node, Param, RolloutPolicy};
+        let node = |id: &str| Node {
+            id: id.into(),
+            address: format!("{id}:6379"),
+            shard: "a".into(),
+            role: None,
+            managed: Managed::Direct,
+            labels: BTreeMap::new(),
+        };
+        let mut cluster = Cluster {
+            name: "c".into(),
+            file: "clusters/c.yaml".into(),
+            labels: BTreeMap::new(),
+            engine: Engine::Redis,
+            product: Product::Redis,
+            version: None,
+            catalog: CatalogId::default_for(Engine::Redis),
+            profile: None,
+            parameters: [(
+                "hz".to_owned(),
+                Param {
+                    value: "20".into(),
+                    written: "20".into(),
+                    profile: None,
+                    unchecked: false,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            auth: None,
+            tls: None,
+            mode: ClusterMode::Replication,
+            nodes: vec![node("a1"), node("a2"), node("a3")],
+            rollout: RolloutPolicy {
+                stages: vec![Stage::Percent(100)],
+                max_unavailable_per_shard: 3,
+                ..RolloutPolicy::default()
+            },
+        };
+        let read = NodeLive {
+            reachable: true,
+            parameters: [("hz".to_owned(), "10".to_owned())].into_iter().collect(),
+            ..NodeLive::default()
+        };
+        let live = LiveState {
+            version: 1,
+            taken_at: None,
+            nodes: ["a1", "a2", "a3"]
+                .into_iter()
+                .map(|id| (id.to_owned(), read.clone()))
+                .collect(),
+        };
+        let batches = |c: &Cluster| plan_cluster(c, &live).stages[0].batches.len();
+        assert_eq!(batches(&cluster), 1);
+        cluster.mode = ClusterMode::Cluster;
+        assert_eq!(batches(&cluster), 3);
+    }
+
+    #[test]
     fn stages_that_add_nothing_are_skipped() {
         let nodes = vec![np("x", "x", Role::Primary), np("y", "y", Role::Primary)];
         let order = rollout_order(&nodes);

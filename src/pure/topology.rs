@@ -141,7 +141,14 @@ pub fn resolve<'a>(
         })
         .collect();
     if cluster.mode == ClusterMode::Cluster {
-        notes.extend(cluster_notes(cluster, &reading));
+        for n in cluster_notes(cluster, &reading) {
+            // A replica already reported outside its declared shard is not reported twice.
+            let said = n.text.starts_with("declared in shard")
+                && notes.iter().any(|m| m.node == n.node);
+            if !said {
+                notes.push(n);
+            }
+        }
     }
     ClusterTopology { nodes, notes }
 }
@@ -621,6 +628,111 @@ mod tests {
                 "b3: declared primary, runs as a replica of 10.9.9.9:6379, which no node of c declares",
                 "b4: declared in shard b, runs as a replica of a1 (shard a)",
             ]
+        );
+    }
+
+    /// A cluster member's reading: its own id `me`, every member as (id, node number,
+    /// primary id, slots), the cluster's state and assigned slots.
+    fn member_of(
+        me: &str,
+        members: &[(&str, u8, Option<&str>, &[[u16; 2]])],
+        assigned: u64,
+    ) -> NodeLive {
+        let n = members.iter().find(|m| m.0 == me).map(|m| m.1).unwrap_or(0);
+        let primary = members
+            .iter()
+            .find(|m| m.0 == me)
+            .and_then(|m| m.2)
+            .and_then(|p| members.iter().find(|m| m.0 == p))
+            .map(|m| format!("10.0.0.{}:6379", m.1));
+        let role = if primary.is_some() { Role::Replica } else { Role::Primary };
+        let mut r = read(role, primary.as_deref());
+        let view = crate::pure::live::ClusterView {
+            id: me.into(),
+            state: if assigned == CLUSTER_SLOTS { "ok" } else { "fail" }.into(),
+            slots_assigned: assigned,
+            slots_pfail: 0,
+            slots_fail: 0,
+            nodes: members
+                .iter()
+                .map(|(id, k, p, slots)| ClusterMember {
+                    id: id.to_string(),
+                    address: format!("10.0.0.{k}:6379"),
+                    primary: p.map(str::to_owned),
+                    flags: vec![if p.is_some() { "slave" } else { "master" }.into()],
+                    slots: slots.to_vec(),
+                })
+                .collect(),
+        };
+        if let Some(t) = r.health.as_mut().and_then(|h| h.topology.as_mut()) {
+            t.cluster = Some(view);
+        }
+        r
+    }
+
+    #[test]
+    fn cluster_mode_checks_the_declared_nodes_against_the_clusters_view() {
+        let mut c = cluster(&[
+            ("a1", "a", Some(Role::Primary)),
+            ("a2", "a", Some(Role::Replica)),
+            ("a3", "a", None),
+            ("b4", "b", Some(Role::Primary)),
+            ("c7", "c", None),
+            ("d8", "d", None),
+        ]);
+        c.mode = ClusterMode::Cluster;
+        // The cluster: A (node 1, replica 2) and B (node 3, replica 4) and an undeclared
+        // primary at node 9; node 7 runs alone (it left); node 8 runs without cluster mode.
+        let members: &[(&str, u8, Option<&str>, &[[u16; 2]])] = &[
+            ("A", 1, None, &[[0, 5000]]),
+            ("A2", 2, Some("A"), &[]),
+            ("B", 3, None, &[[5001, 10000]]),
+            ("B2", 4, Some("B"), &[]),
+            ("Z", 9, None, &[[10001, 16000]]),
+        ];
+        let alone: &[(&str, u8, Option<&str>, &[[u16; 2]])] = &[("SEVEN000x", 7, None, &[])];
+        let assigned = 16001;
+        let live: BTreeMap<&str, NodeLive> = [
+            ("a1", member_of("A", members, assigned)),
+            ("a2", member_of("A2", members, assigned)),
+            ("a3", member_of("B", members, assigned)),
+            ("b4", member_of("B2", members, assigned)),
+            ("c7", member_of("SEVEN000x", alone, 0)),
+            ("d8", read(Role::Primary, None)),
+        ]
+        .into_iter()
+        .collect();
+        let t = resolve(&c, |id| live.get(id));
+        let texts: Vec<String> = t
+            .notes
+            .iter()
+            .map(|n| format!("{}: {}", n.node, n.text))
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                // Replication's own note: b4 follows a3, which is in shard a.
+                "b4: declared primary, runs as a replica of a3 (shard a)".to_owned(),
+                "c7: the cluster does not know it: no other member lists its node id SEVEN000 (it left the cluster or never joined)".to_owned(),
+                "d8: declared in a `mode: cluster` cluster, but runs without cluster mode (cluster_enabled:0)".to_owned(),
+                "a3: declared in shard a, but the cluster puts it in the shard of a3 (slots 5001-10000) while shard a is the shard of a1 (slots 0-5000)".to_owned(),
+                "c: slots not covered: 383 of 16384 slots have no primary (cluster_state fail)".to_owned(),
+                "10.0.0.9:6379: a primary of the cluster (node Z, slots 10001-16000) that no node of c declares".to_owned(),
+            ]
+        );
+        // Shards follow the cluster: b4 is in a3's shard (a, as a3 is declared).
+        assert_eq!(t.shard("b4"), "a");
+    }
+
+    #[test]
+    fn the_failover_method_follows_the_clusters_mode() {
+        assert_eq!(
+            FailoverMethod::for_mode(ClusterMode::Cluster),
+            FailoverMethod::Cluster
+        );
+        assert_eq!(
+            FailoverMethod::for_mode(ClusterMode::Replication),
+            FailoverMethod::Replication
         );
     }
 

@@ -1407,6 +1407,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cluster_view_is_read_from_cluster_info_and_cluster_nodes() {
+        let info = parse_info(
+            "cluster_state:fail\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:10923\r\n\
+             cluster_slots_pfail:0\r\ncluster_slots_fail:5461\r\n",
+        );
+        let nodes = "\
+b0 127.0.0.1:7002@17002 master - 0 1 2 connected 5461-10922\n\
+a0 127.0.0.1:7001@17001,host.example myself,master - 0 0 1 connected 0-5460 [5461->-b0]\n\
+c1 127.0.0.1:7004@17004 slave,fail c0 0 1 3 disconnected\n\
+c0 127.0.0.1:7003@17003 master,fail - 0 1 3 disconnected 10923-16382 16383\n";
+        let view = cluster_view_from(&info, nodes);
+        assert_eq!(view.id, "a0");
+        assert_eq!(view.state, "fail");
+        assert_eq!((view.slots_assigned, view.slots_pfail, view.slots_fail), (16384, 0, 5461));
+        let ids: Vec<&str> = view.nodes.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["a0", "b0", "c0", "c1"]);
+        let a0 = view.member("a0").unwrap();
+        assert_eq!(a0.address, "127.0.0.1:7001");
+        assert_eq!(a0.slots, vec![[0, 5460]]);
+        assert_eq!(view.member("c0").unwrap().slots_text(), "10923-16382 16383");
+        let c1 = view.at("127.0.0.1:7004").unwrap();
+        assert_eq!(c1.primary.as_deref(), Some("c0"));
+        assert!(c1.has_flag("fail"));
+        assert_eq!(view.shard_of("c1"), "c0");
+    }
+
+    #[test]
     fn the_secret_parameters_are_the_catalog_s_credentials() {
         let mut from_catalog: Vec<&str> = crate::pure::catalog::catalogs_of(Engine::Redis)
             .into_iter()

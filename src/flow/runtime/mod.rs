@@ -350,6 +350,10 @@ pub struct DirectOptions {
     /// Read only these parameters (the revision's declared ones), when the revision
     /// cannot change while the agent runs (`sync`); all of them when `None`.
     pub declared: Option<Arc<BTreeSet<String>>>,
+    /// How the in-process agent applies (a config file and a restart command for
+    /// start-only changes, as `cacheflow agent` takes them); run-time changes only, with
+    /// no warm-up, when `None`.
+    pub apply: Option<ApplyOptions>,
 }
 
 impl Default for DirectOptions {
@@ -359,6 +363,7 @@ impl Default for DirectOptions {
             timeout: Duration::from_secs(5),
             first_reading: None,
             declared: None,
+            apply: None,
         }
     }
 }
@@ -952,10 +957,10 @@ async fn direct_agent(
         node_timeout: options.timeout,
         max_backoff: options.interval,
         once: false,
-        apply: ApplyOptions {
+        apply: options.apply.unwrap_or(ApplyOptions {
             warmup: Duration::ZERO,
             ..ApplyOptions::default()
-        },
+        }),
         first_reading: options.first_reading,
         declared: options.declared,
         remembered: remembered(&handle, &node),
