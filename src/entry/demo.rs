@@ -1,5 +1,5 @@
 //! `cacheflow demo`: the whole loop on an embedded simulated fleet, with no setup, in
-//! about 15 seconds. Nothing in it is staged: the reconciler is the one `serve` and
+//! about 20 seconds. Nothing in it is staged: the reconciler is the one `serve` and
 //! `sync` run (rollout state machine, gates, journal and notes in the repository's git),
 //! the nodes are [`SimulatedNode`]s driven by in-process agents, and every value shown
 //! is read back from the nodes or from git.
