@@ -638,7 +638,6 @@ mod tests {
         members: &[(&str, u8, Option<&str>, &[[u16; 2]])],
         assigned: u64,
     ) -> NodeLive {
-        let n = members.iter().find(|m| m.0 == me).map(|m| m.1).unwrap_or(0);
         let primary = members
             .iter()
             .find(|m| m.0 == me)

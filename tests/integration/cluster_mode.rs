@@ -506,6 +506,13 @@ fn a_restart_only_change_of_the_primaries_goes_through_cluster_failover_and_lose
             assert_eq!(pm.primary, Some(port(&r)), "as {} sees it", m.port);
         }
     }
+    // The agents sent each node's view of the cluster (the `cluster` report field): the
+    // cluster-state gate judged every batch on it.
+    let views = journal
+        .iter()
+        .filter(|l| l.starts_with("cluster: [") && l.contains("\"state\":\"ok\""))
+        .count();
+    assert!(views >= 3, "{journal:#?}");
     for (id, m, _) in &layout {
         assert_eq!(config_of(m.port, "databases"), "32", "{id}");
         assert_ne!(cluster.service(m.port).pid(), old_pids[id], "{id} restarted");
