@@ -994,9 +994,11 @@ mod tests {
                 assert!(p.runtime, "{name} in {} is run-time", cat.version);
             }
             for name in start_only {
-                // cluster-port is new in Redis 7.0.
+                // cluster-port is new in Redis 7.0; 6.2 read cluster-config-file outside its
+                // config table, so its catalog does not know it.
                 let Some(p) = cat.get(name) else {
-                    assert_eq!((name, cat.version.as_str()), ("cluster-port", "6.2"));
+                    assert_eq!(cat.version, "6.2", "{name}");
+                    assert_ne!(name, "cluster-enabled");
                     continue;
                 };
                 assert!(!p.runtime, "{name} in {} is start-only", cat.version);
