@@ -27,9 +27,9 @@ use crate::edges::nodes::fleet::{self, SnapshotOptions, Target};
 use crate::edges::nodes::simulated::{Replication, SimulatedNode};
 use crate::edges::nodes::NodeDriver;
 use crate::edges::source::ConfigRepo;
+use crate::flow::agent::ApplyOptions;
 use crate::flow::pipeline::intake::{self, Outcome, Refusal};
 use crate::flow::pipeline::{self, Revision};
-use crate::flow::agent::ApplyOptions;
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
 use crate::pure::catalog::Engine;
 use crate::pure::live::LiveState;
@@ -535,7 +535,15 @@ struct Live<'a> {
 impl Live<'_> {
     /// Hand the repository's head to the reconciler and follow its rollout.
     async fn take(&mut self, revision: &str) -> Result<Phase, DemoError> {
-        take(self.out, self.git, self.handle, self.events, (CLUSTER, None), revision).await
+        take(
+            self.out,
+            self.git,
+            self.handle,
+            self.events,
+            (CLUSTER, None),
+            revision,
+        )
+        .await
     }
 
     /// 2. A change rolls out; its commit.
@@ -675,9 +683,8 @@ impl Live<'_> {
     /// 5. A start-only change reaches a primary: its role moves to its replica first.
     async fn failover(&mut self) -> Result<(), DemoError> {
         let (git, host, handle) = (self.git, self.host, self.handle);
-        self.out.section(
-            "5. A restart-only change of a primary: its role moves to a replica first",
-        );
+        self.out
+            .section("5. A restart-only change of a primary: its role moves to a replica first");
         let nodes = carts_nodes(git)?;
         self.out.line(&format!(
             "Two more simulated nodes, {CARTS}-1a (primary) and {CARTS}-1b (its replica), run as\n\
@@ -692,7 +699,11 @@ impl Live<'_> {
         let targets = nodes
             .iter()
             .map(|(id, n, _)| {
-                Target::new(id.clone(), CARTS.to_owned(), Arc::clone(n) as Arc<dyn NodeDriver>)
+                Target::new(
+                    id.clone(),
+                    CARTS.to_owned(),
+                    Arc::clone(n) as Arc<dyn NodeDriver>,
+                )
             })
             .collect();
         let options = SnapshotOptions {

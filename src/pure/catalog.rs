@@ -990,7 +990,9 @@ mod tests {
         let start_only = ["cluster-enabled", "cluster-config-file", "cluster-port"];
         for cat in catalogs_of(Engine::Redis) {
             for name in runtime {
-                let p = cat.get(name).unwrap_or_else(|| panic!("{name} in {}", cat.version));
+                let p = cat
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{name} in {}", cat.version));
                 assert!(p.runtime, "{name} in {} is run-time", cat.version);
             }
             for name in start_only {

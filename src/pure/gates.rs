@@ -663,7 +663,10 @@ pub fn judge_cluster(cluster: &Cluster, now: &BTreeMap<String, Sample>) -> Clust
             wrong.push(format!("cluster_state:{}", view.state));
         }
         if view.slots_fail > 0 {
-            wrong.push(format!("{} slots failing (cluster_slots_fail)", view.slots_fail));
+            wrong.push(format!(
+                "{} slots failing (cluster_slots_fail)",
+                view.slots_fail
+            ));
         }
         if view.slots_pfail > 0 {
             wrong.push(format!(
@@ -679,8 +682,11 @@ pub fn judge_cluster(cluster: &Cluster, now: &BTreeMap<String, Sample>) -> Clust
             ));
         }
         if !wrong.is_empty() {
-            out.failures
-                .push(format!("{}: the cluster is not whole: {}", n.id, wrong.join(", ")));
+            out.failures.push(format!(
+                "{}: the cluster is not whole: {}",
+                n.id,
+                wrong.join(", ")
+            ));
         }
         out.figures.push(ClusterFigures {
             node: n.id.clone(),
@@ -1036,7 +1042,10 @@ mod tests {
                 },
             )
         };
-        let now = map(vec![("a1", seen("ok", 0, 0)), ("a2", seen("fail", 2, 5461))]);
+        let now = map(vec![
+            ("a1", seen("ok", 0, 0)),
+            ("a2", seen("fail", 2, 5461)),
+        ]);
         // Not in cluster mode: not judged.
         assert_eq!(judge_cluster(&c, &now), ClusterJudgement::default());
         c.mode = crate::pure::spec::model::ClusterMode::Cluster;

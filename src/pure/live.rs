@@ -178,7 +178,9 @@ impl ClusterView {
 
     /// The member at `address`.
     pub fn at(&self, address: &str) -> Option<&ClusterMember> {
-        self.nodes.iter().find(|m| same_address(&m.address, address))
+        self.nodes
+            .iter()
+            .find(|m| same_address(&m.address, address))
     }
 
     /// The node's shard: the id of its primary (its own id for a primary).

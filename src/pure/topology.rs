@@ -143,8 +143,8 @@ pub fn resolve<'a>(
     if cluster.mode == ClusterMode::Cluster {
         for n in cluster_notes(cluster, &reading) {
             // A replica already reported outside its declared shard is not reported twice.
-            let said = n.text.starts_with("declared in shard")
-                && notes.iter().any(|m| m.node == n.node);
+            let said =
+                n.text.starts_with("declared in shard") && notes.iter().any(|m| m.node == n.node);
             if !said {
                 notes.push(n);
             }
@@ -224,7 +224,10 @@ pub fn cluster_notes<'a>(
         .iter()
         .max_by_key(|(_, v)| {
             (
-                views.iter().filter(|(_, o)| o.member(&v.id).is_some()).count(),
+                views
+                    .iter()
+                    .filter(|(_, o)| o.member(&v.id).is_some())
+                    .count(),
                 std::cmp::Reverse(v.nodes.len() == 1),
             )
         })
@@ -247,7 +250,11 @@ pub fn cluster_notes<'a>(
         );
     }
     for m in view.nodes.iter().filter(|m| !m.slots.is_empty()) {
-        if !cluster.nodes.iter().any(|n| same_address(&n.address, &m.address)) {
+        if !cluster
+            .nodes
+            .iter()
+            .any(|n| same_address(&n.address, &m.address))
+        {
             add(
                 &m.address,
                 format!(
@@ -312,7 +319,12 @@ fn shard_notes(cluster: &Cluster, view: &ClusterView) -> Vec<(String, String)> {
     let describe = |primary: &str| {
         let m = view.member(primary);
         let name = m
-            .and_then(|m| cluster.nodes.iter().find(|n| same_address(&n.address, &m.address)))
+            .and_then(|m| {
+                cluster
+                    .nodes
+                    .iter()
+                    .find(|n| same_address(&n.address, &m.address))
+            })
             .map(|n| n.id.clone())
             .or_else(|| m.map(|m| m.address.clone()))
             .unwrap_or_else(|| short(primary).to_owned());
@@ -644,11 +656,20 @@ mod tests {
             .and_then(|m| m.2)
             .and_then(|p| members.iter().find(|m| m.0 == p))
             .map(|m| format!("10.0.0.{}:6379", m.1));
-        let role = if primary.is_some() { Role::Replica } else { Role::Primary };
+        let role = if primary.is_some() {
+            Role::Replica
+        } else {
+            Role::Primary
+        };
         let mut r = read(role, primary.as_deref());
         let view = crate::pure::live::ClusterView {
             id: me.into(),
-            state: if assigned == CLUSTER_SLOTS { "ok" } else { "fail" }.into(),
+            state: if assigned == CLUSTER_SLOTS {
+                "ok"
+            } else {
+                "fail"
+            }
+            .into(),
             slots_assigned: assigned,
             slots_pfail: 0,
             slots_fail: 0,

@@ -294,7 +294,11 @@ fn a_runtime_change_reaches_every_node_of_the_cluster_never_two_of_one_shard_at_
         shards.sort_unstable();
         let n = shards.len();
         shards.dedup();
-        assert_eq!(shards.len(), n, "two nodes of one shard in a batch: {batches:?}");
+        assert_eq!(
+            shards.len(),
+            n,
+            "two nodes of one shard in a batch: {batches:?}"
+        );
         seen.extend(b.iter().cloned());
     }
     seen.sort();
@@ -490,13 +494,18 @@ fn a_restart_only_change_of_the_primaries_goes_through_cluster_failover_and_lose
     // Each primary handed its role to its replica by CLUSTER FAILOVER, then restarted.
     for k in 1..=3 {
         let (p, r) = (format!("p{k}"), format!("r{k}"));
-        let started = format!("cache: failover of shard s{k}: {p} → {r} ({p} restarts as a replica)");
-        let done = format!("cache: failover of shard s{k} done: {r} is the primary, {p} its replica");
+        let started =
+            format!("cache: failover of shard s{k}: {p} → {r} ({p} restarts as a replica)");
+        let done =
+            format!("cache: failover of shard s{k} done: {r} is the primary, {p} its replica");
         let (i_started, i_done) = (
             journal.iter().position(|l| *l == started),
             journal.iter().position(|l| *l == done),
         );
-        assert!(i_started.is_some() && i_done > i_started, "{k}: {journal:#?}");
+        assert!(
+            i_started.is_some() && i_done > i_started,
+            "{k}: {journal:#?}"
+        );
         assert_eq!(role_of(port(&r)).as_deref(), Some("master"), "{r}");
         assert_eq!(role_of(port(&p)).as_deref(), Some("slave"), "{p}");
         // The cluster agrees: every member sees p a replica of r.
@@ -515,7 +524,11 @@ fn a_restart_only_change_of_the_primaries_goes_through_cluster_failover_and_lose
     assert!(views >= 3, "{journal:#?}");
     for (id, m, _) in &layout {
         assert_eq!(config_of(m.port, "databases"), "32", "{id}");
-        assert_ne!(cluster.service(m.port).pid(), old_pids[id], "{id} restarted");
+        assert_ne!(
+            cluster.service(m.port).pid(),
+            old_pids[id],
+            "{id} restarted"
+        );
     }
     wait_until("the cluster is ok", Duration::from_secs(30), || {
         layout
@@ -554,8 +567,7 @@ fn plan(work: &TestRepo) -> (i32, String) {
         .unwrap();
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
 
@@ -580,7 +592,15 @@ fn declared_nodes_and_shards_are_checked_against_the_clusters_own_view() {
     // A cluster-enabled node that never joined, and p2 declared in shard s1.
     let stray = cluster_node();
     let stray_id = text(port_of(&stray), &["CLUSTER", "MYID"]).unwrap();
-    let slots = |id: &str| layout.iter().find(|(i, _, _)| i == id).unwrap().1.slots.clone();
+    let slots = |id: &str| {
+        layout
+            .iter()
+            .find(|(i, _, _)| i == id)
+            .unwrap()
+            .1
+            .slots
+            .clone()
+    };
     let mut wrong: Vec<(String, u16, String)> = nodes
         .iter()
         .map(|(id, port, rest)| match id.as_str() {
@@ -636,7 +656,10 @@ fn declared_nodes_and_shards_are_checked_against_the_clusters_own_view() {
         .lines()
         .find(|l| l.contains(left))
         .unwrap_or_else(|| panic!("no line for r3 in:\n{out}"));
-    assert!(line.contains(&format!("its node id {}", &new_id[..8])), "{line}");
+    assert!(
+        line.contains(&format!("its node id {}", &new_id[..8])),
+        "{line}"
+    );
 }
 
 #[test]
@@ -665,7 +688,10 @@ fn a_shard_that_fails_during_a_batch_fails_the_cluster_state_gate_with_its_figur
     );
     let mut canary = Vec::new();
     wait_until("batch 1 assigned", Duration::from_secs(60), || {
-        canary = batches(&server, &change).into_iter().next().unwrap_or_default();
+        canary = batches(&server, &change)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         !canary.is_empty()
     });
     // Both nodes of a shard the canary is not in go down: their slots fail.
@@ -687,15 +713,29 @@ fn a_shard_that_fails_during_a_batch_fails_the_cluster_state_gate_with_its_figur
         .iter()
         .find(|l| l.starts_with("cache: gates of batch 1 failed: "))
         .unwrap_or_else(|| panic!("{journal:#?}"));
-    let why = format!("{}: the cluster is not whole: cluster_state:fail, ", canary[0]);
+    let why = format!(
+        "{}: the cluster is not whole: cluster_state:fail, ",
+        canary[0]
+    );
     assert!(verdict.contains(&why), "{verdict}");
-    assert!(verdict.contains("slots failing (cluster_slots_fail)"), "{verdict}");
+    assert!(
+        verdict.contains("slots failing (cluster_slots_fail)"),
+        "{verdict}"
+    );
     let figures = journal
         .iter()
         .find(|l| l.starts_with("cluster: [") && l.contains("\"state\":\"fail\""))
         .unwrap_or_else(|| panic!("{journal:#?}"));
-    assert!(figures.contains("\"slotsFail\":5461") || figures.contains("\"slotsFail\":5462"), "{figures}");
+    assert!(
+        figures.contains("\"slotsFail\":5461") || figures.contains("\"slotsFail\":5462"),
+        "{figures}"
+    );
     // The canary is put back.
-    let canary_port = layout.iter().find(|(id, _, _)| *id == canary[0]).unwrap().1.port;
+    let canary_port = layout
+        .iter()
+        .find(|(id, _, _)| *id == canary[0])
+        .unwrap()
+        .1
+        .port;
     assert_eq!(config_of(canary_port, "cluster-node-timeout"), "2000");
 }

@@ -723,7 +723,9 @@ impl RedisDriver {
             // The cluster agrees: in `to`'s view it is a primary and this node its replica.
             let agreed = match (follows && leads, target.session().await) {
                 (true, Ok(mut t)) => target.cluster_view(&mut t).await.is_ok_and(|v| {
-                    let me = v.at(&self.address).map(|m| (m.primary.clone(), m.has_flag("slave")));
+                    let me = v
+                        .at(&self.address)
+                        .map(|m| (m.primary.clone(), m.has_flag("slave")));
                     me == Some((Some(v.id.clone()), true))
                         && v.member(&v.id).is_some_and(|m| m.has_flag("master"))
                 }),
@@ -734,7 +736,10 @@ impl RedisDriver {
             }
             if tokio::time::Instant::now() >= deadline {
                 let role = |r: &Result<BTreeMap<String, String>, NodeError>| match r {
-                    Ok(i) => format!("role {}", i.get("role").map(String::as_str).unwrap_or("unknown")),
+                    Ok(i) => format!(
+                        "role {}",
+                        i.get("role").map(String::as_str).unwrap_or("unknown")
+                    ),
                     Err(e) => e.to_string(),
                 };
                 return Err(self.protocol(format!(
@@ -1420,7 +1425,10 @@ c0 127.0.0.1:7003@17003 master,fail - 0 1 3 disconnected 10923-16382 16383\n";
         let view = cluster_view_from(&info, nodes);
         assert_eq!(view.id, "a0");
         assert_eq!(view.state, "fail");
-        assert_eq!((view.slots_assigned, view.slots_pfail, view.slots_fail), (16384, 0, 5461));
+        assert_eq!(
+            (view.slots_assigned, view.slots_pfail, view.slots_fail),
+            (16384, 0, 5461)
+        );
         let ids: Vec<&str> = view.nodes.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["a0", "b0", "c0", "c1"]);
         let a0 = view.member("a0").unwrap();

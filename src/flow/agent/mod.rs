@@ -35,8 +35,8 @@ use crate::edges::http_error::describe;
 use crate::edges::nodes::NodeDriver;
 use crate::pure::live::NodeLive;
 use crate::pure::protocol::{
-    ApplyResult, Assignment, Outcome, Report, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, READS_HEADER,
-    READS_CLUSTER, READS_TOPOLOGY,
+    ApplyResult, Assignment, Outcome, Report, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, READS_CLUSTER,
+    READS_HEADER, READS_TOPOLOGY,
 };
 
 /// The agent's settings.

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::model::{
-    ClusterMode,
-    Cluster, Gates, Managed, Millis, Node, Param, Profile, Role, RolloutPolicy, Settings, Stage,
+    Cluster, ClusterMode, Gates, Managed, Millis, Node, Param, Profile, Role, RolloutPolicy,
+    Settings, Stage,
 };
 use super::raw::{self, Kind, RawStage};
 use super::{file_level, schema, Diagnostic, Parsed, Source};

@@ -562,7 +562,10 @@ mod tests {
                 "`cluster-config-file` is each node's own state (its id, epoch and peers): a node restarted with another file starts as a new, empty member the cluster does not know; set it where the node is installed, not here",
             ]
         );
-        let on = CLUSTER.replace("maxmemory: 1gb", "maxmemory: 1gb\n    cluster-enabled: 'yes'");
+        let on = CLUSTER.replace(
+            "maxmemory: 1gb",
+            "maxmemory: 1gb\n    cluster-enabled: 'yes'",
+        );
         assert_eq!(
             messages(&on),
             vec!["`cluster-enabled yes` makes the nodes Redis Cluster members: declare `mode: cluster` so that shards, gates and failovers follow the cluster's own view"]
