@@ -204,16 +204,16 @@ pub fn cluster_notes<'a>(
                     add(&n.id, text);
                 }
             }
-            (None, _) if !views.is_empty() => {
-                if !views.iter().any(|(_, v)| v.at(&n.address).is_some()) {
-                    add(
-                        &n.id,
-                        format!(
-                            "the cluster does not know {}: no member lists its address",
-                            n.address
-                        ),
-                    );
-                }
+            (None, _)
+                if !views.is_empty() && !views.iter().any(|(_, v)| v.at(&n.address).is_some()) =>
+            {
+                add(
+                    &n.id,
+                    format!(
+                        "the cluster does not know {}: no member lists its address",
+                        n.address
+                    ),
+                );
             }
             _ => {}
         }
@@ -643,13 +643,12 @@ mod tests {
         );
     }
 
-    /// A cluster member's reading: its own id `me`, every member as (id, node number,
-    /// primary id, slots), the cluster's state and assigned slots.
-    fn member_of(
-        me: &str,
-        members: &[(&str, u8, Option<&str>, &[[u16; 2]])],
-        assigned: u64,
-    ) -> NodeLive {
+    /// A member as a test writes it: (id, node number, primary id, slots).
+    type Member<'a> = (&'a str, u8, Option<&'a str>, &'a [[u16; 2]]);
+
+    /// A cluster member's reading: its own id `me`, every member, the cluster's state and
+    /// assigned slots.
+    fn member_of(me: &str, members: &[Member<'_>], assigned: u64) -> NodeLive {
         let primary = members
             .iter()
             .find(|m| m.0 == me)
@@ -703,14 +702,14 @@ mod tests {
         c.mode = ClusterMode::Cluster;
         // The cluster: A (node 1, replica 2) and B (node 3, replica 4) and an undeclared
         // primary at node 9; node 7 runs alone (it left); node 8 runs without cluster mode.
-        let members: &[(&str, u8, Option<&str>, &[[u16; 2]])] = &[
+        let members: &[Member<'_>] = &[
             ("A", 1, None, &[[0, 5000]]),
             ("A2", 2, Some("A"), &[]),
             ("B", 3, None, &[[5001, 10000]]),
             ("B2", 4, Some("B"), &[]),
             ("Z", 9, None, &[[10001, 16000]]),
         ];
-        let alone: &[(&str, u8, Option<&str>, &[[u16; 2]])] = &[("SEVEN000x", 7, None, &[])];
+        let alone: &[Member<'_>] = &[("SEVEN000x", 7, None, &[])];
         let assigned = 16001;
         let live: BTreeMap<&str, NodeLive> = [
             ("a1", member_of("A", members, assigned)),

@@ -302,7 +302,7 @@ fn a_runtime_change_reaches_every_node_of_the_cluster_never_two_of_one_shard_at_
         seen.extend(b.iter().cloned());
     }
     seen.sort();
-    assert_eq!(seen, ids.iter().cloned().collect::<Vec<_>>().tap_sort());
+    assert_eq!(seen, ids.to_vec().tap_sort());
     // Replicas first: the primaries come after every replica.
     let order: Vec<&String> = batches.iter().flatten().collect();
     let last_replica = order.iter().rposition(|id| id.starts_with('r')).unwrap();
