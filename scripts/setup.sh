@@ -75,6 +75,8 @@ command -v git >/dev/null 2>&1 || need+=(git)
 browser=""
 if [ "$mode" = test ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  # The cluster-mode tests make a Redis Cluster with `redis-cli --cluster create`.
+  command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
   command -v memcached >/dev/null 2>&1 || need+=(memcached)
   # Commit-trust tests sign commits with real keys.
   command -v gpg >/dev/null 2>&1 || need+=(gnupg)

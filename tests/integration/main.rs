@@ -2,6 +2,7 @@ mod agent;
 mod agent_token;
 mod catalog;
 mod cli;
+mod cluster_mode;
 mod console;
 mod demo;
 mod deploy;

@@ -1693,7 +1693,8 @@ fn a_fresh_server_shows_every_known_counter_at_zero() {
     assert_eq!(code, 200, "{text}");
     // The optional report fields this server reads, for agents of later builds.
     assert!(
-        head.lines().any(|l| l == "cacheflow-reads: topology"),
+        head.lines()
+            .any(|l| l == "cacheflow-reads: topology, cluster"),
         "{head}"
     );
     let (_, metrics) = server.http("GET", "/metrics", &[], b"");

@@ -150,6 +150,23 @@ pub trait NodeDriver: Send + Sync {
             })
         })
     }
+    /// Redis Cluster: move the primary role from this node to its replica at `to` by
+    /// `CLUSTER FAILOVER` run on `to`, and wait, at most `timeout`, until `to` reports
+    /// role master, this node follows it and the cluster's view agrees. The default
+    /// (engines without cluster mode): refused.
+    fn cluster_failover<'a>(
+        &'a self,
+        to: &'a str,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), NodeError>> {
+        let _ = (to, timeout);
+        Box::pin(async move {
+            Err(NodeError::Protocol {
+                address: self.address().to_owned(),
+                message: "this engine has no cluster mode".to_owned(),
+            })
+        })
+    }
 }
 
 /// A driver reports a secret that gave no value as a `NodeError` (plain data, compared

@@ -20,7 +20,9 @@ use tokio::sync::Mutex;
 use crate::edges::nodes::{Applied, BoxFuture, NodeDriver, NodeError};
 use crate::edges::secret;
 use crate::pure::catalog::{self, Engine};
-use crate::pure::live::{Health, LinkState, NodeLive, ReplicaLink, Topology};
+use crate::pure::live::{
+    ClusterMember, ClusterView, Health, LinkState, NodeLive, ReplicaLink, Topology,
+};
 use crate::pure::spec::model::{Auth, Role, Tls};
 
 /// Largest config file read for the persisted view.
@@ -461,6 +463,7 @@ impl RedisDriver {
                 "clients",
                 "replication",
                 "keyspace",
+                "cluster",
             ][..],
         );
         let mut replies = self.call_many(&mut s, &[config, info]).await?.into_iter();
@@ -496,6 +499,12 @@ impl RedisDriver {
 
         let mut health = health_from_info(&info);
         health.latency_ms = Some(latency_ms);
+        if info.get("cluster_enabled").map(|v| v.trim()) == Some("1") {
+            let view = self.cluster_view(&mut s).await?;
+            if let Some(t) = health.topology.as_mut() {
+                t.cluster = Some(view);
+            }
+        }
         Ok(NodeLive {
             engine: Some(Engine::Redis),
             address: Some(self.address.clone()),
@@ -663,6 +672,88 @@ impl RedisDriver {
 }
 
 impl RedisDriver {
+    /// A cluster-mode node's view of its cluster: `CLUSTER INFO` (state, slot counts) and
+    /// `CLUSTER NODES` (every member: id, address, role, primary, slots) in one round trip.
+    /// `CLUSTER NODES` rather than `CLUSTER SHARDS`: one text line per member, the same
+    /// from Redis 3 to 8 and Valkey, with the `fail?`/`fail` flags the checks need.
+    async fn cluster_view(&self, s: &mut Session) -> Result<ClusterView, NodeError> {
+        let mut info = redis::cmd("CLUSTER");
+        info.arg("INFO");
+        let mut nodes = redis::cmd("CLUSTER");
+        nodes.arg("NODES");
+        let mut replies = self.call_many(s, &[info, nodes]).await?.into_iter();
+        let (Some(info), Some(nodes)) = (replies.next(), replies.next()) else {
+            return Err(self.protocol("missing replies to CLUSTER INFO and CLUSTER NODES"));
+        };
+        let text = |r: Reply, what: &str| {
+            let v = r.map_err(|e| self.refused(what, e))?;
+            value_text(&v).ok_or_else(|| self.protocol(format!("{what} answered {}", describe(&v))))
+        };
+        let info = parse_info(&text(info, "CLUSTER INFO")?);
+        let nodes = text(nodes, "CLUSTER NODES")?;
+        Ok(cluster_view_from(&info, &nodes))
+    }
+
+    /// `CLUSTER FAILOVER` sent to `to` (a replica of this node, a cluster-mode primary),
+    /// then wait, at most `timeout`, until `to` reports role master and this node follows
+    /// it with its link up, both in their own replication and in `to`'s cluster view.
+    /// The cluster rewrites each node's `nodes.conf` itself: nothing to persist.
+    async fn cluster_failover_to(&self, to: &str, timeout: Duration) -> Result<(), NodeError> {
+        let target =
+            RedisDriver::new(to, self.auth.as_ref(), self.timeout).with_tls(self.tls.clone());
+        let mut t = target.session().await?;
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("FAILOVER");
+        if let Err(e) = target.call(&mut t, &cmd).await? {
+            return Err(target.refused("CLUSTER FAILOVER", e));
+        }
+        let (_, port) = split_address(to);
+        let deadline = tokio::time::Instant::now() + timeout + self.timeout;
+        loop {
+            let mine = self.replication().await;
+            let theirs = target.replication().await;
+            let follows = mine.as_ref().is_ok_and(|i| {
+                i.get("role").map(String::as_str) == Some("slave")
+                    && i.get("master_port").map(String::as_str) == Some(port.to_string().as_str())
+                    && i.get("master_link_status").map(String::as_str) == Some("up")
+            });
+            let leads = theirs
+                .as_ref()
+                .is_ok_and(|i| i.get("role").map(String::as_str) == Some("master"));
+            // The cluster agrees: in `to`'s view it is a primary and this node its replica.
+            let agreed = match (follows && leads, target.session().await) {
+                (true, Ok(mut t)) => target.cluster_view(&mut t).await.is_ok_and(|v| {
+                    let me = v
+                        .at(&self.address)
+                        .map(|m| (m.primary.clone(), m.has_flag("slave")));
+                    me == Some((Some(v.id.clone()), true))
+                        && v.member(&v.id).is_some_and(|m| m.has_flag("master"))
+                }),
+                _ => false,
+            };
+            if agreed {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let role = |r: &Result<BTreeMap<String, String>, NodeError>| match r {
+                    Ok(i) => format!(
+                        "role {}",
+                        i.get("role").map(String::as_str).unwrap_or("unknown")
+                    ),
+                    Err(e) => e.to_string(),
+                };
+                return Err(self.protocol(format!(
+                    "CLUSTER FAILOVER on {to} did not complete within {} ms: {} is {}, {to} is {}",
+                    timeout.as_millis(),
+                    self.address,
+                    role(&mine),
+                    role(&theirs)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The fields of `INFO replication`.
     async fn replication(&self) -> Result<BTreeMap<String, String>, NodeError> {
         let mut s = self.session().await?;
@@ -836,6 +927,64 @@ impl NodeDriver for RedisDriver {
     ) -> BoxFuture<'a, Result<(), NodeError>> {
         Box::pin(self.failover_to(to, timeout))
     }
+
+    fn cluster_failover<'a>(
+        &'a self,
+        to: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), NodeError>> {
+        Box::pin(self.cluster_failover_to(to, timeout))
+    }
+}
+
+/// A cluster member's view from its `CLUSTER INFO` fields and `CLUSTER NODES` text:
+/// `<id> <ip:port@cport[,hostname]> <flags> <primary|-> <ping> <pong> <epoch> <link>
+/// <slot> <slot>...`, one line per member; slots `0-5460`, `42`, or `[..]` while one
+/// migrates (skipped).
+pub fn cluster_view_from(info: &BTreeMap<String, String>, nodes: &str) -> ClusterView {
+    let num = |k: &str| {
+        info.get(k)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut view = ClusterView {
+        state: info
+            .get("cluster_state")
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default(),
+        slots_assigned: num("cluster_slots_assigned"),
+        slots_pfail: num("cluster_slots_pfail"),
+        slots_fail: num("cluster_slots_fail"),
+        ..ClusterView::default()
+    };
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [id, address, flags, primary, ..] = fields[..] else {
+            continue;
+        };
+        let address = address.split(['@', ',']).next().unwrap_or_default();
+        let flags: Vec<String> = flags.split(',').map(str::to_owned).collect();
+        if flags.iter().any(|f| f == "myself") {
+            view.id = id.to_owned();
+        }
+        let slots = fields
+            .iter()
+            .skip(8)
+            .filter_map(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                Some([a.parse().ok()?, b.parse().ok()?])
+            })
+            .collect();
+        view.nodes.push(ClusterMember {
+            id: id.to_owned(),
+            address: address.to_owned(),
+            primary: (primary != "-").then(|| primary.to_owned()),
+            flags,
+            slots,
+        });
+    }
+    view.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    view
 }
 
 /// The replicas `INFO replication` lists (`slave0:ip=…,port=…,…`), as `host:port`.
@@ -1261,6 +1410,36 @@ fn split_args(line: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_view_is_read_from_cluster_info_and_cluster_nodes() {
+        let info = parse_info(
+            "cluster_state:fail\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:10923\r\n\
+             cluster_slots_pfail:0\r\ncluster_slots_fail:5461\r\n",
+        );
+        let nodes = "\
+b0 127.0.0.1:7002@17002 master - 0 1 2 connected 5461-10922\n\
+a0 127.0.0.1:7001@17001,host.example myself,master - 0 0 1 connected 0-5460 [5461->-b0]\n\
+c1 127.0.0.1:7004@17004 slave,fail c0 0 1 3 disconnected\n\
+c0 127.0.0.1:7003@17003 master,fail - 0 1 3 disconnected 10923-16382 16383\n";
+        let view = cluster_view_from(&info, nodes);
+        assert_eq!(view.id, "a0");
+        assert_eq!(view.state, "fail");
+        assert_eq!(
+            (view.slots_assigned, view.slots_pfail, view.slots_fail),
+            (16384, 0, 5461)
+        );
+        let ids: Vec<&str> = view.nodes.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["a0", "b0", "c0", "c1"]);
+        let a0 = view.member("a0").unwrap();
+        assert_eq!(a0.address, "127.0.0.1:7001");
+        assert_eq!(a0.slots, vec![[0, 5460]]);
+        assert_eq!(view.member("c0").unwrap().slots_text(), "10923-16382 16383");
+        let c1 = view.at("127.0.0.1:7004").unwrap();
+        assert_eq!(c1.primary.as_deref(), Some("c0"));
+        assert!(c1.has_flag("fail"));
+        assert_eq!(view.shard_of("c1"), "c0");
+    }
 
     #[test]
     fn the_secret_parameters_are_the_catalog_s_credentials() {

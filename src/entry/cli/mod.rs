@@ -210,8 +210,9 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// The whole loop on a simulated fleet, no setup: a copy of the example repository
     /// in a temporary git repository, a change rolled out in stages, a change whose
-    /// canary fails its gates and is rolled back, a hand-made drift and its report, the
-    /// history. About 15 seconds. Exit 0, or 1 if something went wrong.
+    /// canary fails its gates and is rolled back, a hand-made drift and its report, a
+    /// primary's restart-only change done by failover, the history. About 20 seconds.
+    /// Exit 0, or 1 if something went wrong.
     #[command(
         after_help = "Examples:\n  cacheflow demo\n  cacheflow demo --keep ./demo-repo && cacheflow history --repo ./demo-repo"
     )]

@@ -550,6 +550,7 @@ async fn take(
                             timeout: app.options.node_timeout,
                             first_reading: None,
                             declared: None,
+                            apply: None,
                         },
                     );
                 }

@@ -36,6 +36,7 @@ use crate::pure::reconciler::status::Status;
 use crate::pure::reconciler::{Effect, Reconciler, Record, RefusedInput, State};
 use crate::pure::rollout::Event;
 use crate::pure::spec::model::Desired;
+use crate::pure::topology::FailoverMethod;
 
 enum Msg {
     Report {
@@ -349,6 +350,10 @@ pub struct DirectOptions {
     /// Read only these parameters (the revision's declared ones), when the revision
     /// cannot change while the agent runs (`sync`); all of them when `None`.
     pub declared: Option<Arc<BTreeSet<String>>>,
+    /// How the in-process agent applies (a config file and a restart command for
+    /// start-only changes, as `cacheflow agent` takes them); run-time changes only, with
+    /// no warm-up, when `None`.
+    pub apply: Option<ApplyOptions>,
 }
 
 impl Default for DirectOptions {
@@ -358,6 +363,7 @@ impl Default for DirectOptions {
             timeout: Duration::from_secs(5),
             first_reading: None,
             declared: None,
+            apply: None,
         }
     }
 }
@@ -826,17 +832,23 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                 to_address,
                 timeout_ms,
                 run,
+                method,
                 ..
             } => {
                 let driver = h.reach.lock().expect("reach lock").get(&from).cloned();
                 let tx = h.tx.clone();
                 rt.spawn(async move {
-                    let outcome = match driver {
-                        Some(d) => d
-                            .failover(&to_address, Duration::from_millis(timeout_ms))
+                    let timeout = Duration::from_millis(timeout_ms);
+                    let outcome = match (driver, method) {
+                        (Some(d), FailoverMethod::Replication) => d
+                            .failover(&to_address, timeout)
                             .await
                             .map_err(|e| e.to_string()),
-                        None => Err(format!(
+                        (Some(d), FailoverMethod::Cluster) => d
+                            .cluster_failover(&to_address, timeout)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        (None, _) => Err(format!(
                             "the server has no way to reach {from} (no address it can connect to)"
                         )),
                     };
@@ -945,10 +957,10 @@ async fn direct_agent(
         node_timeout: options.timeout,
         max_backoff: options.interval,
         once: false,
-        apply: ApplyOptions {
+        apply: options.apply.unwrap_or(ApplyOptions {
             warmup: Duration::ZERO,
             ..ApplyOptions::default()
-        },
+        }),
         first_reading: options.first_reading,
         declared: options.declared,
         remembered: remembered(&handle, &node),

@@ -42,10 +42,10 @@ pub enum Effect {
         event: Event,
         run: u64,
     },
-    /// Move `shard`'s primary role from `from` to `to` (at `to_address`): `FAILOVER TO`
-    /// sent to `from`, done when `to` reports role master and `from` follows it. The
-    /// outcome comes back as `Event::FailedOver` or `Event::FailoverFailed`, fed like a
-    /// timer of `run`.
+    /// Move `shard`'s primary role from `from` to `to` (at `to_address`) by `method`
+    /// (`FAILOVER TO` sent to `from`; `CLUSTER FAILOVER` sent to `to` in cluster mode),
+    /// done when `to` reports role master and `from` follows it. The outcome comes back
+    /// as `Event::FailedOver` or `Event::FailoverFailed`, fed like a timer of `run`.
     Failover {
         cluster: String,
         batch: usize,
@@ -55,6 +55,7 @@ pub enum Effect {
         to_address: String,
         timeout_ms: u64,
         run: u64,
+        method: crate::pure::topology::FailoverMethod,
     },
     /// These nodes' assignments changed: tell them now if they can be told.
     Wake { nodes: Vec<String> },

@@ -1211,13 +1211,14 @@ impl Reconciler {
                     } => {
                         let rec = self.rec_mut(name);
                         let (run, timeout_ms) = (rec.run, rec.rollout.spec.failover_timeout());
-                        let to_address = self
-                            .desired
-                            .as_ref()
-                            .and_then(|d| d.clusters.get(name))
+                        let cluster = self.desired.as_ref().and_then(|d| d.clusters.get(name));
+                        let to_address = cluster
                             .and_then(|c| c.node(&to))
                             .map(|n| n.address.clone())
                             .unwrap_or_default();
+                        let method = crate::pure::topology::FailoverMethod::for_mode(
+                            cluster.map(|c| c.mode).unwrap_or_default(),
+                        );
                         self.effects.push(Effect::Failover {
                             cluster: name.to_owned(),
                             batch,
@@ -1227,6 +1228,7 @@ impl Reconciler {
                             to_address,
                             timeout_ms,
                             run,
+                            method,
                         });
                     }
                 }
@@ -1376,6 +1378,12 @@ impl Reconciler {
             if !r.figures.is_empty() {
                 let replication = serde_json::to_string(&r.figures).unwrap_or_default();
                 figures.push_str(&format!("\nreplication: {replication}"));
+            }
+            let k = gates::judge_cluster(c, &now);
+            j.verdict = gates::with_replication(j.verdict, &k.failures);
+            if !k.figures.is_empty() {
+                let view = serde_json::to_string(&k.figures).unwrap_or_default();
+                figures.push_str(&format!("\ncluster: {view}"));
             }
         }
         let verdict = match &j.verdict {

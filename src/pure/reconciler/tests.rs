@@ -1928,6 +1928,7 @@ fn a_restart_of_a_live_primary_with_a_replica_fails_over_to_it_first() {
         to_address: "127.0.0.1:7002".into(),
         timeout_ms: 10_000,
         run,
+        method: crate::pure::topology::FailoverMethod::Replication,
     }));
     assert_eq!(
         phase(&r),

@@ -84,6 +84,8 @@ pub struct ClusterSpec {
     pub auth: Option<Auth>,
     #[serde(default)]
     pub tls: Option<Tls>,
+    #[serde(default)]
+    pub mode: Option<crate::pure::spec::model::ClusterMode>,
     pub nodes: Vec<Node>,
     #[serde(default)]
     pub rollout: Option<Rollout>,
