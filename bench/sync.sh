@@ -115,12 +115,17 @@ YAML
     git -C "$repo" init -q -b main
     git -C "$repo" add -A
     git -C "$repo" -c user.name=bench -c user.email=bench@localhost commit -qm "bench: 5 parameters"
-    # Put every node back to the "before" values (not timed).
+    # Put every node back to the "before" values (not timed; one process for all nodes).
     cat >"$dir/reset.sh" <<SH
 #!/usr/bin/env bash
-for port in ${PORTS[*]}; do
-    redis-cli -p \$port CONFIG SET hz 10 maxmemory 0 maxmemory-policy noeviction timeout 0 tcp-keepalive 300 >/dev/null
-done
+exec $PY - "$dir/ports" <<'RESET'
+import sys, redis
+for port in open(sys.argv[1]).read().split():
+    r = redis.Redis(host="127.0.0.1", port=int(port))
+    r.execute_command("CONFIG", "SET", "hz", "10", "maxmemory", "0", "maxmemory-policy",
+                      "noeviction", "timeout", "0", "tcp-keepalive", "300")
+    r.close()
+RESET
 SH
     chmod +x "$dir/reset.sh"
 }
