@@ -363,7 +363,8 @@ impl Prepared {
 /// Serialises the reconciler's state into [`Prepared`] entries: only the clusters the
 /// reconciler names as changed since the previous entry, plus any it never serialised
 /// (entries otherwise cost as much as the whole fleet: a 100-node cluster's file is
-/// about 70 KB). Debug builds check that every other cluster really is unchanged.
+/// about 80 KB of compact JSON). Debug builds check that every other cluster really is
+/// unchanged.
 #[derive(Debug, Default)]
 pub struct EntryMaker {
     /// Clusters serialised (or loaded) before, with the id of that file in debug builds.
