@@ -134,6 +134,22 @@ pub trait NodeDriver: Send + Sync {
         &'a self,
         params: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<Applied, NodeError>>;
+    /// [`apply`] in fewer round trips, for a caller that knows what the node ran moments
+    /// ago (`seen`: its last reading of these names, possibly out of date): the driver
+    /// sets what differs from `seen` in the same round trip as it reads the values
+    /// before, checks that guess against them, and sets what it got wrong. Same
+    /// contract and result as [`apply`]. `None`: the driver has no such way (the caller
+    /// reads the node, then applies what differs).
+    ///
+    /// [`apply`]: NodeDriver::apply
+    fn apply_seen<'a>(
+        &'a self,
+        params: &'a BTreeMap<String, String>,
+        seen: &'a BTreeMap<String, String>,
+    ) -> Option<BoxFuture<'a, Result<Applied, NodeError>>> {
+        let _ = (params, seen);
+        None
+    }
     /// Move the primary role from this node to its replica at `to` (`host:port`) and
     /// wait, at most `timeout`, until it is done: `to` reports role master and this node
     /// follows it. The default (engines without replication): refused.

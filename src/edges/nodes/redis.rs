@@ -1,6 +1,7 @@
 //! The Redis driver: reads a node over RESP (`CONFIG GET *`, `INFO`, `PING`, its config
-//! file) and applies a parameter set as one unit (`CONFIG SET` of all of them at once,
-//! then `CONFIG REWRITE` when the server runs from a config file).
+//! file) and applies a parameter set as one unit: `CONFIG GET` (the values before),
+//! `CONFIG SET` of all that differ, `CONFIG GET` (the read back), pipelined in one round
+//! trip, then `CONFIG REWRITE` when the server runs from a config file.
 //!
 //! All or nothing: Redis 7 applies a multi-parameter `CONFIG SET` atomically (one refused
 //! value and none is changed; checked against the real server by the integration tests).
@@ -68,6 +69,24 @@ struct Session {
 /// What a call gave back when it did not fail at the transport level: a value, or the
 /// engine's error reply as it wrote it (`ERR CONFIG SET failed ...`).
 type Reply = Result<Value, String>;
+
+/// The replies of one [`RedisDriver::get_set_get`] round trip.
+struct GetSetGet {
+    /// The values before the `CONFIG SET` (of the names the node knows).
+    before: BTreeMap<String, String>,
+    /// The `CONFIG SET`: `Err` with the engine's words when it was refused.
+    set: Result<(), String>,
+    /// The values after it (`before` when nothing was set).
+    after: BTreeMap<String, String>,
+}
+
+/// Name and value pairs as a `CONFIG SET` takes them.
+fn pairs(values: &[(String, String)]) -> Vec<(&str, &str)> {
+    values
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
+}
 
 impl RedisDriver {
     /// A driver for `address` (`host:port`, `[v6]:port`; port 6379 when omitted) that
@@ -177,10 +196,9 @@ impl RedisDriver {
                     .await
                     .map_err(|e| readdress(e, &self.address))?;
                 // With TLS 1.3 a node that wants a client certificate refuses it after
-                // the client finished its handshake, by hanging up. Setting up the
-                // connection is a round trip (the client library's `CLIENT SETINFO`
-                // pair, whose replies it waits for), so the hang-up is told there, and
-                // no PING of our own is needed: one round trip per node less.
+                // the client finished its handshake, by hanging up: a PING tells it
+                // here, in words that say so (the client library sends nothing at
+                // connect: no `CLIENT SETINFO`, see Cargo.toml).
                 let hung_up = |e: &redis::RedisError| {
                     (e.kind() == redis::ErrorKind::IoError || e.is_connection_dropped()).then(
                         || NodeError::Tls {
@@ -200,6 +218,11 @@ impl RedisDriver {
                 .map_err(|_| self.timed_out())?
                 .map_err(|e| hung_up(&e).unwrap_or_else(|| self.transport_error(e, None)))?;
                 tokio::spawn(driver);
+                let mut con = con;
+                tokio::time::timeout(self.timeout, con.send_packed_command(&redis::cmd("PING")))
+                    .await
+                    .map_err(|_| self.timed_out())?
+                    .map_err(|e| hung_up(&e).unwrap_or_else(|| self.transport_error(e, None)))?;
                 con
             }
             None => {
@@ -421,21 +444,22 @@ impl RedisDriver {
     async fn read_node(&self, only: Option<&BTreeSet<String>>) -> Result<NodeLive, NodeError> {
         let mut s = self.session().await?;
 
-        // Latency: the best of three PING round trips. One sample measures this process's
-        // scheduling as much as the node (a rollout reads many nodes at once on a busy
-        // host), and the latency gate must not fail a change for that.
-        let mut latency_ms = f64::INFINITY;
-        for _ in 0..3 {
-            let started = Instant::now();
-            match self.call(&mut s, &redis::cmd("PING")).await? {
-                Ok(Value::SimpleString(p)) if p == "PONG" => {}
-                Ok(other) => {
-                    return Err(self.protocol(format!("PING answered {}", describe(&other))))
-                }
-                Err(e) => return Err(self.refused("PING", e)),
+        // Latency: the shorter of two round trips, a PING and the reading's own
+        // CONFIG GET with INFO below. One sample measures this process's scheduling as
+        // much as the node (a rollout reads many nodes at once on a busy host), and the
+        // latency gate must not fail a change for that; a third round trip only for a
+        // sample cost every reading of a fleet more than it told.
+        let started = Instant::now();
+        match self.call(&mut s, &redis::cmd("PING")).await? {
+            Ok(Value::SimpleString(p)) if p == "PONG" => {}
+            Ok(other) => {
+                // Not a Redis, or out of step: whatever follows on it is not to be read.
+                self.forget_session().await;
+                return Err(self.protocol(format!("PING answered {}", describe(&other))));
             }
-            latency_ms = latency_ms.min(started.elapsed().as_secs_f64() * 1000.0);
+            Err(e) => return Err(self.refused("PING", e)),
         }
+        let mut latency_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         let mut config = redis::cmd("CONFIG");
         config.arg("GET");
@@ -466,7 +490,9 @@ impl RedisDriver {
                 "cluster",
             ][..],
         );
+        let started = Instant::now();
         let mut replies = self.call_many(&mut s, &[config, info]).await?.into_iter();
+        latency_ms = latency_ms.min(started.elapsed().as_secs_f64() * 1000.0);
         let (Some(config), Some(info)) = (replies.next(), replies.next()) else {
             return Err(self.protocol("missing replies to CONFIG GET and INFO"));
         };
@@ -546,52 +572,80 @@ impl RedisDriver {
         }
     }
 
-    async fn apply_params(&self, params: &BTreeMap<String, String>) -> Result<Applied, NodeError> {
+    /// Apply `params` as one unit. With `seen` (what the node reported for these names
+    /// moments ago), the values that differ from it are set in the round trip that reads
+    /// the values before and reads them back: `CONFIG GET`, `CONFIG SET`, `CONFIG GET`,
+    /// pipelined. What `seen` got wrong (the node changed since) is set in a second one;
+    /// without `seen` the values are read first. Then, only once every value reads back
+    /// as assigned, `CONFIG REWRITE` (a rewrite must not persist a refused or half-done
+    /// change, so it cannot go in the first round trip).
+    async fn apply_params(
+        &self,
+        params: &BTreeMap<String, String>,
+        seen: Option<&BTreeMap<String, String>>,
+    ) -> Result<Applied, NodeError> {
         if params.is_empty() {
             return Ok(Applied::default());
         }
+        self.applicable(params)?;
         let cat = catalog::catalog(Engine::Redis);
-        for name in params.keys() {
-            // Parameters the catalog does not know go to the engine, which refuses them
-            // in its own words if it does not know them either.
-            if cat.get(name).is_some_and(|p| !p.runtime) {
-                return Err(NodeError::NeedsRestart {
-                    address: self.address.clone(),
-                    parameter: name.clone(),
-                });
-            }
-            // CONFIG GET takes glob patterns: a name with one would read other parameters.
-            if !plain_name(name) {
-                return Err(self.refused(name, "not a parameter name".to_owned()));
-            }
-        }
+        let differing = |values: &BTreeMap<String, String>| -> Vec<(String, String)> {
+            params
+                .iter()
+                .filter(|(name, want)| match values.get(name.as_str()) {
+                    Some(have) => !cat.same(name, have, want),
+                    None => true,
+                })
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect()
+        };
 
         let _one_at_a_time = self.apply_lock.lock().await;
         let mut s = self.session().await?;
         let names: Vec<&str> = params.keys().map(String::as_str).collect();
-        let before = self.config_get(&mut s, &names).await?;
-
-        let to_set: Vec<(&str, &str)> = params
-            .iter()
-            .filter(|(name, want)| match before.get(name.as_str()) {
-                Some(have) => !cat.same(name, have, want),
-                None => true,
+        let guess = seen.map(differing).unwrap_or_default();
+        let first = self.get_set_get(&mut s, &names, &guess).await?;
+        let before = first.before;
+        // Every value that differed from what the node ran, with the value before.
+        let mut changed: BTreeMap<String, Option<String>> = differing(&before)
+            .into_iter()
+            .map(|(name, _)| {
+                let old = before.get(&name).cloned();
+                (name, old)
             })
-            .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        if to_set.is_empty() {
-            return Ok(Applied::default());
-        }
-        let changed: BTreeMap<String, Option<String>> = to_set
-            .iter()
-            .map(|(name, _)| (name.to_string(), before.get(*name).cloned()))
-            .collect();
-
-        if let Err(message) = self.config_set(&mut s, &to_set).await? {
-            let parameter = refused_parameter(&message, &to_set);
+        if let Err(message) = first.set {
+            let sent: Vec<(&str, &str)> = pairs(&guess);
+            let parameter = refused_parameter(&message, &sent);
             self.put_back(&mut s, &changed, &parameter, &message)
                 .await?;
             return Err(self.refused(&parameter, message));
+        }
+        let still = differing(&first.after);
+        if !still.is_empty() {
+            for (name, _) in &still {
+                changed
+                    .entry(name.clone())
+                    .or_insert_with(|| before.get(name).cloned());
+            }
+            let again = self.get_set_get(&mut s, &names, &still).await?;
+            if let Err(message) = again.set {
+                let parameter = refused_parameter(&message, &pairs(&still));
+                self.put_back(&mut s, &changed, &parameter, &message)
+                    .await?;
+                return Err(self.refused(&parameter, message));
+            }
+            // Taken, yet not what was set: the engine holds another value (it rounded
+            // it, or something set it again at once). Put back rather than claim it.
+            if let Some((name, want)) = differing(&again.after).into_iter().next() {
+                let got = again.after.get(&name).cloned().unwrap_or_default();
+                let message = format!("set to `{want}`, it reads back `{got}`");
+                self.put_back(&mut s, &changed, &name, &message).await?;
+                return Err(self.refused(&name, message));
+            }
+        }
+        if changed.is_empty() {
+            return Ok(Applied::default());
         }
 
         let config_file = self.config_file(&mut s).await?;
@@ -632,6 +686,89 @@ impl RedisDriver {
             }
         }
         Err(self.refused("CONFIG REWRITE", message))
+    }
+
+    /// What a driver cannot apply, refused before anything is sent: start-only
+    /// parameters, and names with glob characters (`CONFIG GET` would read others).
+    fn applicable(&self, params: &BTreeMap<String, String>) -> Result<(), NodeError> {
+        let cat = catalog::catalog(Engine::Redis);
+        for name in params.keys() {
+            // Parameters the catalog does not know go to the engine, which refuses them
+            // in its own words if it does not know them either.
+            if cat.get(name).is_some_and(|p| !p.runtime) {
+                return Err(NodeError::NeedsRestart {
+                    address: self.address.clone(),
+                    parameter: name.clone(),
+                });
+            }
+            if !plain_name(name) {
+                return Err(self.refused(name, "not a parameter name".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// One round trip: `CONFIG GET names` (the values before), `CONFIG SET` of `set`,
+    /// `CONFIG GET names` again (the values after), each part left out when it has
+    /// nothing to do.
+    async fn get_set_get(
+        &self,
+        s: &mut Session,
+        names: &[&str],
+        set: &[(String, String)],
+    ) -> Result<GetSetGet, NodeError> {
+        let mut cmds = Vec::with_capacity(4);
+        let get = || {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("GET").arg(names);
+            cmd
+        };
+        if !names.is_empty() {
+            cmds.push(get());
+        }
+        if !set.is_empty() {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("SET");
+            for (name, value) in set {
+                cmd.arg(name).arg(value);
+            }
+            cmds.push(cmd);
+            if !names.is_empty() {
+                cmds.push(get());
+            }
+        }
+        let mut replies = self.call_many(s, &cmds).await?.into_iter();
+        let map = |reply: Option<Reply>| -> Result<BTreeMap<String, String>, NodeError> {
+            let value = reply
+                .ok_or_else(|| self.protocol("missing reply to CONFIG GET"))?
+                .map_err(|e| self.refused("CONFIG GET", e))?;
+            config_map(&value).map_err(|m| self.protocol(format!("CONFIG GET answered {m}")))
+        };
+        let before = match names.is_empty() {
+            true => BTreeMap::new(),
+            false => map(replies.next())?,
+        };
+        let (set, after) = match set.is_empty() {
+            true => (Ok(()), before.clone()),
+            false => {
+                let set = match replies.next() {
+                    Some(Ok(Value::Okay)) => Ok(()),
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(other)) => {
+                        return Err(
+                            self.protocol(format!("CONFIG SET answered {}", describe(&other)))
+                        )
+                    }
+                    None => return Err(self.protocol("missing reply to CONFIG SET")),
+                };
+                let after = match names.is_empty() {
+                    true => BTreeMap::new(),
+                    false => map(replies.next())?,
+                };
+                (set, after)
+            }
+        };
+        Ok(GetSetGet { before, set, after })
     }
 
     /// After a refusal: read the parameters again and set back, one by one, those that
@@ -917,7 +1054,15 @@ impl NodeDriver for RedisDriver {
         &'a self,
         params: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<Applied, NodeError>> {
-        Box::pin(self.apply_params(params))
+        Box::pin(self.apply_params(params, None))
+    }
+
+    fn apply_seen<'a>(
+        &'a self,
+        params: &'a BTreeMap<String, String>,
+        seen: &'a BTreeMap<String, String>,
+    ) -> Option<BoxFuture<'a, Result<Applied, NodeError>>> {
+        Some(Box::pin(self.apply_params(params, Some(seen))))
     }
 
     fn failover<'a>(

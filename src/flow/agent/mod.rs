@@ -343,6 +343,8 @@ async fn exchange<R: Reporter>(
     reporter.describe(&mut node, driver, state);
     let reachable = node.reachable;
     let node_error = node.error.clone();
+    // What the node ran, for the apply to guess what differs (it checks the guess).
+    let seen = reachable.then(|| node.parameters.clone());
     let report = Report {
         version: PROTOCOL_VERSION,
         node_id: options.node_id.clone(),
@@ -383,7 +385,7 @@ async fn exchange<R: Reporter>(
     if logs {
         tracing::info!(event = "applying", node = %options.node_id, %revision, generation = assignment.generation, "applying assignment");
     }
-    let result = apply::apply(driver, &options.apply, &assignment).await;
+    let result = apply::apply(driver, &options.apply, &assignment, seen.as_ref()).await;
     match result.outcome {
         Outcome::Applied => {
             if logs {
