@@ -86,6 +86,7 @@ start_replica() {
     --etcd-endpoints "$endpoints" --lease-ttl "${TTL}s" --poll-interval 1h \
     --direct-interval 1s --resume-grace 2s >>"$work/replica-$i.log" 2>&1 &
   rpid[$i]=$!
+  disown "${rpid[$i]}"
 }
 declare -a rpid
 for i in 0 1 2; do ports[$i]=$(port); start_replica "$i"; done

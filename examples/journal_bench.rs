@@ -85,25 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let entries: usize = args.next().map_or(Ok(500), |a| a.parse())?;
     let clusters: usize = args.next().map_or(Ok(100), |a| a.parse())?;
 
-    // Git only: the single process's journal.
-    let dir = tempfile::tempdir()?;
-    git2::Repository::init_bare(dir.path())?;
-    let mut s = state(clusters);
-    let mut journal = Journal::open(dir.path())?;
-    journal.append("start", &s)?;
-    let mut maker = EntryMaker::loaded(&s);
-    let mut times = Vec::with_capacity(entries);
-    let began = Instant::now();
-    for k in 0..entries {
-        let changed = change(&mut s, k);
-        let t = Instant::now();
-        let entry = maker.prepare(&format!("cache: entry {k}"), &s, &changed);
-        journal.write(&entry)?;
-        times.push(t.elapsed());
-    }
-    summary("git", times, began.elapsed());
-
-    // etcd under the fence, then Git: the replicated leader's journal.
+    // The replicated leader's side: a leadership on a fresh prefix.
     let client = Arc::new(EtcdClient::new(&EtcdOptions {
         endpoints: endpoints.split(',').map(str::to_owned).collect(),
         timeout: Duration::from_secs(5),
@@ -121,12 +103,6 @@ async fn main() -> anyhow::Result<()> {
         .campaign(&mut stop)
         .await
         .ok_or_else(|| anyhow::anyhow!("no leadership"))?;
-    let dir = tempfile::tempdir()?;
-    git2::Repository::init_bare(dir.path())?;
-    let mut s = state(clusters);
-    let mut journal = Journal::open(dir.path())?;
-    journal.append("start", &s)?;
-    let mut maker = EntryMaker::loaded(&s);
     let fence = Fence::new(
         client.clone(),
         shard_key(&prefix, 0),
@@ -134,27 +110,50 @@ async fn main() -> anyhow::Result<()> {
         leadership.token,
     );
     let mut fenced = FencedJournal::new(fence, None);
+
+    // Two journals of the same state, written in turns (one entry each, then the
+    // next), so that the machine's noise falls on both alike.
+    let (single_dir, replica_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    git2::Repository::init_bare(single_dir.path())?;
+    git2::Repository::init_bare(replica_dir.path())?;
+    let mut s = state(clusters);
+    let mut single = Journal::open(single_dir.path())?;
+    let mut replica = Journal::open(replica_dir.path())?;
+    single.append("start", &s)?;
     let first = cacheflow::edges::audit::Prepared::full("start", &s);
-    fenced
+    let seq = fenced
         .write(first.message(), first.top(), first.clusters())
         .await?;
-    let (mut times, mut etcd_times) = (Vec::with_capacity(entries), Vec::with_capacity(entries));
-    let began = Instant::now();
+    let mut first = first;
+    first.add_trailer(&format!("{ENTRY_TRAILER}{seq}"));
+    replica.write(&first)?;
+    let (mut single_maker, mut replica_maker) = (EntryMaker::loaded(&s), EntryMaker::loaded(&s));
+    let (mut git_times, mut etcd_times, mut both_times) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut git_wall, mut both_wall) = (Duration::ZERO, Duration::ZERO);
     for k in 0..entries {
         let changed = change(&mut s, k);
+        let message = format!("cache: entry {k}");
+
         let t = Instant::now();
-        let mut entry = maker.prepare(&format!("cache: entry {k}"), &s, &changed);
+        let entry = single_maker.prepare(&message, &s, &changed);
+        single.write(&entry)?;
+        git_times.push(t.elapsed());
+        git_wall += t.elapsed();
+
+        let t = Instant::now();
+        let mut entry = replica_maker.prepare(&message, &s, &changed);
         let seq = fenced
             .write(entry.message(), entry.top(), entry.clusters())
             .await?;
         etcd_times.push(t.elapsed());
         entry.add_trailer(&format!("{ENTRY_TRAILER}{seq}"));
-        journal.write(&entry)?;
-        times.push(t.elapsed());
+        replica.write(&entry)?;
+        both_times.push(t.elapsed());
+        both_wall += t.elapsed();
     }
-    let wall = began.elapsed();
-    summary("etcd-part", etcd_times, wall);
-    summary("etcd+git", times, wall);
+    summary("git", git_times, git_wall);
+    summary("etcd-part", etcd_times, both_wall);
+    summary("etcd+git", both_times, both_wall);
     leadership.resign().await;
     Ok(())
 }
