@@ -51,6 +51,7 @@ echo "etcd: $endpoints ($(etcd --version | head -1))"
 echo "== journal entry cost: $ENTRIES entries, $CLUSTERS clusters"
 target/debug/examples/journal_bench "$endpoints" "$ENTRIES" "$CLUSTERS"
 
+[ "$KILLS" = 0 ] && exit 0
 echo "== failover: $KILLS leader kills, lease TTL ${TTL}s"
 rport=$(port)
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
