@@ -533,6 +533,48 @@ fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 #[cfg(test)]
+mod replicated_tests {
+    use super::*;
+
+    #[test]
+    fn the_entry_number_is_the_last_trailer_of_a_message() {
+        let mut e = Prepared::full("cache: batch 1 of 4 assigned", &State::default());
+        assert_eq!(entry_number(e.message()), None);
+        e.add_trailer(&format!("{ENTRY_TRAILER}17"));
+        assert_eq!(entry_number(e.message()), Some(17));
+        assert!(e.message().starts_with("cache: batch 1 of 4 assigned\n"));
+    }
+
+    #[test]
+    fn a_state_read_back_from_its_files_is_the_state_written() {
+        let mut state = State {
+            head: Some("abc".into()),
+            generation: 3,
+            ..State::default()
+        };
+        state.clusters.insert(
+            "cache".into(),
+            ClusterState {
+                declared: vec!["n1".into()],
+                ..ClusterState::default()
+            },
+        );
+        let e = Prepared::full("x", &state);
+        let files: BTreeMap<String, Vec<u8>> = e
+            .clusters()
+            .iter()
+            .map(|(n, f)| (n.clone(), f.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(state_from_files("etcd", e.top(), &files).unwrap(), state);
+        let newer = br#"{"version": 99}"#;
+        assert!(matches!(
+            state_from_files("etcd", newer, &BTreeMap::new()),
+            Err(AuditError::NewerFormat { found: 99, .. })
+        ));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::pure::reconciler::state::Target;

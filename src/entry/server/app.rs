@@ -140,7 +140,8 @@ mod tests {
         git2::Repository::init_bare(dir.path().join("git")).unwrap();
         let journal = Journal::open(&dir.path().join("git")).unwrap();
         let metrics = Arc::new(Metrics::default());
-        let (handle, _task) = runtime::start(journal, 0, Some(metrics.clone()), false, None).unwrap();
+        let (handle, _task) =
+            runtime::start(journal, 0, Some(metrics.clone()), false, None).unwrap();
         let notifier = crate::edges::notify::Notifier::new(
             crate::edges::notify::NotifyOptions::default(),
             Some(metrics.clone()),
