@@ -32,7 +32,7 @@ struct Replica {
 }
 
 impl Replica {
-    fn start(remote: &Remote, etcd: &EtcdCluster) -> Replica {
+    fn start(remote: &Remote, etcd: &EtcdCluster, ttl: Duration) -> Replica {
         let state = tempfile::Builder::new()
             .prefix("cacheflow-replica-")
             .tempdir()
@@ -51,7 +51,7 @@ impl Replica {
             "--etcd-endpoints".into(),
             etcd.endpoints(),
             "--lease-ttl".into(),
-            "3s".into(),
+            format!("{}s", ttl.as_secs()),
             "--poll-interval".into(),
             "1h".into(),
             "--direct-interval".into(),
@@ -189,6 +189,10 @@ struct Setup {
 
 impl Setup {
     fn start() -> Setup {
+        Setup::start_with(LEASE_TTL)
+    }
+
+    fn start_with(ttl: Duration) -> Setup {
         let etcd = EtcdCluster::start();
         let fleet = Fleet::start();
         let remote = Remote::new();
@@ -199,7 +203,9 @@ impl Setup {
         );
         work.commit("cache: hz 20");
         remote.push(&work, false);
-        let replicas = (0..3).map(|_| Replica::start(&remote, &etcd)).collect();
+        let replicas = (0..3)
+            .map(|_| Replica::start(&remote, &etcd, ttl))
+            .collect();
         let mut s = Setup {
             etcd,
             fleet,
@@ -443,10 +449,12 @@ fn a_leader_frozen_past_its_lease_writes_nothing_and_changes_no_node_when_it_wak
         Duration::from_secs(60),
     );
     s.replicas[old].signal("-STOP");
-    let frozen_journal = s.replicas[old].journal();
 
     // Another replica takes over and finishes the rollout; then a new one, to 40.
     let next = s.wait_leader(Some(old), Duration::from_secs(30));
+    // What the frozen leader wrote before it froze (read once it surely has: `kill`
+    // returns before the signal stops a process in the middle of a write).
+    let frozen_journal = s.replicas[old].journal();
     converge(&s.fleet, "hz", "30", Duration::from_secs(60));
     s.wait_remote_completed(&commit, Duration::from_secs(60));
     let newer = s.roll_out("40", next);
@@ -480,12 +488,17 @@ fn a_leader_frozen_past_its_lease_writes_nothing_and_changes_no_node_when_it_wak
 #[test]
 fn etcd_losing_a_member_interrupts_nothing_and_losing_its_quorum_stops_every_replica_until_it_is_back(
 ) {
-    let mut s = Setup::start();
+    // etcd's own election after its leader dies takes a second or two more on a loaded
+    // machine: a lease that outlives it (as the default 15 s does, by far).
+    let ttl = Duration::from_secs(6);
+    let mut s = Setup::start_with(ttl);
     let leader = s.wait_leader(None, Duration::from_secs(30));
     let before = s.leader_key().expect("a leader key");
 
-    // One member down (the first endpoint, the one every client starts with).
-    s.etcd.kill(0);
+    // One member down: etcd's raft leader, the worst one to lose (the cluster elects
+    // another; until it has, no write is taken).
+    let gone = s.etcd.raft_leader().expect("etcd has a leader");
+    s.etcd.kill(gone);
     let commit = s.roll_out("30", leader);
     converge(&s.fleet, "hz", "30", Duration::from_secs(60));
     let journal = s.wait_remote_completed(&commit, Duration::from_secs(60));
@@ -501,11 +514,11 @@ fn etcd_losing_a_member_interrupts_nothing_and_losing_its_quorum_stops_every_rep
         "batch 2 of 4 assigned",
         Duration::from_secs(60),
     );
-    s.etcd.kill(1);
+    s.etcd.kill((gone + 1) % 3);
     let lost = Instant::now();
     while s.leader().is_some() {
         assert!(
-            lost.elapsed() < LEASE_TTL + Duration::from_secs(10),
+            lost.elapsed() < ttl + Duration::from_secs(10),
             "a replica still says it leads without etcd's quorum:\n{}",
             s.logs()
         );
@@ -517,8 +530,8 @@ fn etcd_losing_a_member_interrupts_nothing_and_losing_its_quorum_stops_every_rep
     assert!(s.leader().is_none(), "{}", s.logs());
 
     // Quorum back: a replica leads and the rollout resumes where it was.
-    s.etcd.start_member(0);
-    s.etcd.start_member(1);
+    s.etcd.start_member(gone);
+    s.etcd.start_member((gone + 1) % 3);
     s.wait_leader(None, Duration::from_secs(60));
     converge(&s.fleet, "hz", "40", Duration::from_secs(60));
     let journal = s.wait_remote_completed(&newer, Duration::from_secs(60));

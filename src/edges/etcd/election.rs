@@ -154,9 +154,16 @@ impl Election {
                 }],
             )
             .await?;
-        if !outcome.succeeded {
-            return Ok(None);
-        }
+        let token = if outcome.succeeded {
+            outcome.revision
+        } else {
+            // An earlier try whose answer was lost may have created the key with this
+            // lease: then this replica leads (else nobody would, the lease kept alive).
+            match self.client.get(&self.key).await? {
+                Some(kv) if kv.lease == id => kv.create_revision,
+                _ => return Ok(None),
+            }
+        };
         let (lost, _) = watch::channel(false);
         let until = Arc::new(std::sync::Mutex::new(renewed + self.ttl));
         let keepalive = tokio::spawn(keep_alive(
@@ -167,7 +174,7 @@ impl Election {
             lost.clone(),
         ));
         Ok(Some(Leadership {
-            token: outcome.revision,
+            token,
             lease: id,
             key: self.key.clone(),
             client: self.client.clone(),
@@ -202,7 +209,12 @@ async fn keep_alive(
             lost.send_replace(true);
             return;
         }
-        match tokio::time::timeout(every, client.keepalive(lease)).await {
+        // Until the lease runs out: time enough to try every endpoint.
+        let left = until
+            .lock()
+            .map(|u| u.saturating_duration_since(sent))
+            .unwrap_or_default();
+        match tokio::time::timeout(left, client.keepalive(lease)).await {
             Ok(Ok(left)) if left > 0 => {
                 if let Ok(mut u) = until.lock() {
                     *u = sent + Duration::from_secs(left as u64);

@@ -233,6 +233,17 @@ impl EtcdClient {
         }
     }
 
+    /// Endpoint `at` failed: the next call starts with the one after it (a member that
+    /// hangs must not take every call's whole time again).
+    fn skip(&self, at: usize) {
+        let _ = self.current.compare_exchange(
+            at,
+            (at + 1) % self.endpoints.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     async fn call_once(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         let token = self.token().await?;
         let n = self.endpoints.len();
@@ -257,6 +268,7 @@ impl EtcdClient {
                         redact_url(&self.endpoints[at]),
                         crate::edges::http_error::describe(&e)
                     ));
+                    self.skip(at);
                     continue;
                 }
             };
@@ -269,6 +281,7 @@ impl EtcdClient {
                         redact_url(&self.endpoints[at]),
                         crate::edges::http_error::describe(&e)
                     ));
+                    self.skip(at);
                     continue;
                 }
             };
@@ -278,6 +291,7 @@ impl EtcdClient {
                     redact_url(&self.endpoints[at]),
                     message_of(&text)
                 ));
+                self.skip(at);
                 continue;
             }
             self.current.store(at, Ordering::Relaxed);

@@ -292,11 +292,14 @@ async fn lead(
             Err(crate::flow::runtime::HostError::Journal(e)) => e.to_string(),
             _ => "the reconciler stopped".to_owned(),
         };
-        if leadership.as_ref().is_some_and(|l| !l.valid()) {
+        if let Some(l) = leadership.as_ref().filter(|l| !l.valid()) {
             tracing::warn!(
                 event = "deposed",
                 "this replica no longer leads: {failure}; standing by"
             );
+            // Best effort: a lease etcd still holds (its quorum just came back) would
+            // keep the others waiting for its TTL; refused when it has expired already.
+            let _ = tokio::time::timeout(Duration::from_secs(2), l.resign()).await;
             return Ok(Term::Deposed);
         }
         tracing::error!("the reconciler stopped: {failure}");

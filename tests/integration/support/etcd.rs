@@ -151,6 +151,20 @@ impl EtcdCluster {
             .join(",")
     }
 
+    /// The member that is etcd's raft leader now, if one answers.
+    pub fn raft_leader(&self) -> Option<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            let Some((200, text)) = http_post(m.client, "/v3/maintenance/status", "{}") else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            if v["header"]["member_id"] == v["leader"] {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     /// A key's value and create revision, read from the first member that answers.
     pub fn get(&self, key: &str) -> Option<(String, i64)> {
         let b64 = base64::engine::general_purpose::STANDARD;
