@@ -52,6 +52,7 @@ pub mod edges {
     pub mod api;
     pub mod audit;
     pub mod clock;
+    pub mod etcd;
     pub mod forge;
     pub mod http_error;
     pub mod live_file;

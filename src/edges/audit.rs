@@ -50,6 +50,10 @@ pub enum AuditError {
         found: u32,
         reads: u32,
     },
+    /// The replicated journal (etcd) did not take the entry: this replica no longer
+    /// leads, or etcd cannot be reached. Nothing of the entry went to Git either.
+    #[error("the replicated journal did not take the entry: {0}")]
+    Replicated(String),
     #[error("cannot start the journal writer: {0}")]
     Writer(String),
     #[error("the journal moved under this reconciler (now at {found}, expected {expected}): is another cacheflow serving the same state directory?")]
@@ -290,6 +294,13 @@ impl Journal {
         note.message().ok().map(str::to_owned)
     }
 
+    /// The message of the last entry, if any.
+    pub fn head_message(&self) -> Option<String> {
+        let head = self.head?;
+        let commit = self.repo.find_commit(head).ok()?;
+        commit.message().ok().map(str::to_owned)
+    }
+
     /// Every entry, newest first.
     pub fn entries(&self) -> Result<Vec<Entry>, AuditError> {
         let Some(head) = self.head else {
@@ -358,6 +369,71 @@ impl Prepared {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// `state.json`'s bytes.
+    pub fn top(&self) -> &[u8] {
+        &self.top
+    }
+
+    /// Every cluster, with its file when it changed.
+    pub fn clusters(&self) -> &BTreeMap<String, Option<Vec<u8>>> {
+        &self.clusters
+    }
+
+    /// End the message with a trailer line (`Cacheflow-Entry: 12`).
+    pub fn add_trailer(&mut self, line: &str) {
+        self.message.push('\n');
+        self.message.push_str(line);
+        self.message.push('\n');
+    }
+}
+
+/// The trailer naming an entry's number in the replicated journal.
+pub const ENTRY_TRAILER: &str = "Cacheflow-Entry: ";
+
+/// The number of the replicated journal's entry a Git journal message carries, if any.
+pub fn entry_number(message: &str) -> Option<u64> {
+    message
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(ENTRY_TRAILER))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// A state from its files (`state.json` and one file per cluster), as the replicated
+/// journal keeps them; `what` names where they came from in errors.
+pub fn state_from_files(
+    what: &str,
+    top: &[u8],
+    clusters: &BTreeMap<String, Vec<u8>>,
+) -> Result<State, AuditError> {
+    let bad = |file: &str, message: String| AuditError::BadState {
+        commit: what.to_owned(),
+        what: file.to_owned(),
+        message,
+    };
+    #[derive(serde::Deserialize)]
+    struct Version {
+        #[serde(default)]
+        version: u32,
+    }
+    let Version { version } =
+        serde_json::from_slice(top).map_err(|e| bad("state.json", e.to_string()))?;
+    if version > STATE_VERSION {
+        return Err(AuditError::NewerFormat {
+            commit: what.to_owned(),
+            found: version,
+            reads: STATE_VERSION,
+        });
+    }
+    let mut state: State =
+        serde_json::from_slice(top).map_err(|e| bad("state.json", e.to_string()))?;
+    for (name, json) in clusters {
+        let cs: ClusterState = serde_json::from_slice(json)
+            .map_err(|e| bad(&format!("clusters/{name}.json"), e.to_string()))?;
+        state.clusters.insert(name.clone(), cs);
+    }
+    Ok(state)
 }
 
 /// Serialises the reconciler's state into [`Prepared`] entries: only the clusters the
@@ -459,6 +535,48 @@ fn with_newline(message: &str) -> String {
 pub fn entry_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Plain data with string keys: serialising cannot fail.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod replicated_tests {
+    use super::*;
+
+    #[test]
+    fn the_entry_number_is_the_last_trailer_of_a_message() {
+        let mut e = Prepared::full("cache: batch 1 of 4 assigned", &State::default());
+        assert_eq!(entry_number(e.message()), None);
+        e.add_trailer(&format!("{ENTRY_TRAILER}17"));
+        assert_eq!(entry_number(e.message()), Some(17));
+        assert!(e.message().starts_with("cache: batch 1 of 4 assigned\n"));
+    }
+
+    #[test]
+    fn a_state_read_back_from_its_files_is_the_state_written() {
+        let mut state = State {
+            head: Some("abc".into()),
+            generation: 3,
+            ..State::default()
+        };
+        state.clusters.insert(
+            "cache".into(),
+            ClusterState {
+                declared: vec!["n1".into()],
+                ..ClusterState::default()
+            },
+        );
+        let e = Prepared::full("x", &state);
+        let files: BTreeMap<String, Vec<u8>> = e
+            .clusters()
+            .iter()
+            .map(|(n, f)| (n.clone(), f.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(state_from_files("etcd", e.top(), &files).unwrap(), state);
+        let newer = br#"{"version": 99}"#;
+        assert!(matches!(
+            state_from_files("etcd", newer, &BTreeMap::new()),
+            Err(AuditError::NewerFormat { found: 99, .. })
+        ));
+    }
 }
 
 #[cfg(test)]

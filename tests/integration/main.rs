@@ -23,6 +23,7 @@ mod observe;
 mod plan_fixtures;
 mod record;
 mod redis_driver;
+mod replicas;
 mod restart;
 mod serve;
 mod server_client;

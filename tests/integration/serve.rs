@@ -34,8 +34,12 @@ impl Remote {
         Remote { dir }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("file://{}", self.dir.path().display())
+    }
+
+    pub(crate) fn repository(&self) -> git2::Repository {
+        git2::Repository::open_bare(self.dir.path()).unwrap()
     }
 
     pub(crate) fn push(&self, work: &TestRepo, force: bool) {

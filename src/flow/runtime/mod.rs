@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
-use crate::edges::audit::{AuditError, EntryMaker, Journal, Prepared};
+use crate::edges::audit::{AuditError, EntryMaker, Journal, Prepared, ENTRY_TRAILER};
+use crate::edges::etcd::election::Leadership;
+use crate::edges::etcd::journal::{FencedJournal, JournalError};
 use crate::edges::metrics::Metrics;
 use crate::edges::nodes::NodeDriver;
 use crate::flow::agent::{AgentState, ApplyOptions, LoopOptions, Reporter, Unreported};
@@ -368,6 +370,14 @@ impl Default for DirectOptions {
     }
 }
 
+/// A leader replica's fence (`serve --etcd-endpoints`): each entry is written to etcd
+/// under the leader key's create revision before Git, and nothing is answered once the
+/// leadership is lost (its lease expired, or etcd refused a write).
+pub struct Replica {
+    pub journal: FencedJournal,
+    pub leadership: Arc<Leadership>,
+}
+
 /// Start the reconciler task from the journal's last state. `grace_ms` is how long
 /// nodes need to report after a restart (see [`Reconciler::resume`]). Callers start it
 /// through [`Host`], which also stops it with its in-process agents.
@@ -376,6 +386,7 @@ pub(crate) fn start(
     grace_ms: u64,
     metrics: Option<Arc<Metrics>>,
     correct_drift: bool,
+    replica: Option<Replica>,
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), AuditError>>), AuditError> {
     let state = journal.load()?.unwrap_or_default();
     let maker = EntryMaker::loaded(&state);
@@ -390,8 +401,16 @@ pub(crate) fn start(
         log_record(&record);
     }
     let resumed = core.resume(grace_ms);
-    let (batches, done) = spawn_writer(&handle, journal, maker, status, status_tx)?;
-    let task = tokio::spawn(run(handle.clone(), core, rx, batches, done, resumed));
+    let leadership = replica.as_ref().map(|r| r.leadership.clone());
+    let (batches, done) = spawn_writer(&handle, journal, maker, status, status_tx, replica)?;
+    let task = tokio::spawn(run(
+        handle.clone(),
+        core,
+        rx,
+        (batches, done),
+        resumed,
+        leadership,
+    ));
     Ok((handle, task))
 }
 
@@ -432,6 +451,7 @@ fn spawn_writer(
     maker: EntryMaker,
     status: Arc<Status>,
     status_tx: watch::Sender<Arc<Status>>,
+    replica: Option<Replica>,
 ) -> Result<(Batches, WriterDone), AuditError> {
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
     let written = Arc::new(AtomicU64::new(0));
@@ -442,7 +462,9 @@ fn spawn_writer(
     std::thread::Builder::new()
         .name("cacheflow-journal".to_owned())
         .spawn(move || {
-            let _ = done_tx.send(write_jobs(&h, &rt, journal, jobs_rx, &w, &status_tx));
+            let _ = done_tx.send(write_jobs(
+                &h, &rt, journal, jobs_rx, &w, &status_tx, replica,
+            ));
         })
         .map_err(|e| AuditError::Writer(e.to_string()))?;
     let batches = Batches {
@@ -460,14 +482,20 @@ fn spawn_writer(
 /// once) are handled together and journaled as one entry holding every input's lines;
 /// nothing is answered or started before that entry is written (write-ahead), except
 /// reports that changed nothing, from clusters whose state is already written.
+///
+/// A leader replica answers nothing once its leadership is lost: the task ends with
+/// [`AuditError::Replicated`] before it takes the next input.
 async fn run(
     h: Handle,
     mut core: Reconciler,
     mut rx: mpsc::Receiver<Msg>,
-    mut batches: Batches,
-    mut done: WriterDone,
+    (mut batches, mut done): (Batches, WriterDone),
     resumed: Vec<Effect>,
+    leadership: Option<Arc<Leadership>>,
 ) -> Result<(), AuditError> {
+    let mut lost = leadership.as_ref().map(|l| l.lost());
+    let deposed = || AuditError::Replicated("this replica no longer leads its shard".to_owned());
+    let leads = || leadership.as_ref().is_none_or(|l| l.valid());
     // The writer ended early: its error (a journal that cannot be written) is ours.
     let writer_failed = |r: Result<Result<(), AuditError>, _>| r.unwrap_or(Ok(()));
     if batches
@@ -484,10 +512,19 @@ async fn run(
                 None => break,
             },
             result = &mut done => return writer_failed(result),
+            _ = leadership_lost(&mut lost) => return Err(deposed()),
         };
         let mut inputs = Inputs::default();
         let mut next = Some(first);
         while let Some(msg) = next.take() {
+            // Checked before each input: a leader paused past its lease (a long GC, a
+            // frozen VM) wakes with inputs queued, and answers none of them.
+            if !leads() {
+                if let Some(l) = &leadership {
+                    l.deposed();
+                }
+                return Err(deposed());
+            }
             inputs.take(&mut core, &batches, msg, h.now_ms());
             if !inputs.stop && inputs.replies.len() < 1024 {
                 next = rx.try_recv().ok();
@@ -508,6 +545,16 @@ async fn run(
     // The writer finishes what it was given, then ends.
     drop(batches);
     writer_failed(done.await)
+}
+
+/// Resolves when the leadership is lost (never without one).
+async fn leadership_lost(lost: &mut Option<watch::Receiver<bool>>) {
+    match lost {
+        Some(rx) => {
+            let _ = rx.wait_for(|l| *l).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The inputs of one batch: what they caused, and the answers that wait for its entry.
@@ -719,6 +766,7 @@ fn write_jobs(
     mut jobs: mpsc::Receiver<Job>,
     written: &AtomicU64,
     status: &watch::Sender<Arc<Status>>,
+    mut replica: Option<Replica>,
 ) -> Result<(), AuditError> {
     while let Some(first) = jobs.blocking_recv() {
         let mut group = vec![first];
@@ -737,8 +785,12 @@ fn write_jobs(
                 }
             }
         }
-        if let Some(entry) = &entry {
+        if let Some(entry) = &mut entry {
             let began = Instant::now();
+            if let Some(replica) = &mut replica {
+                let seq = rt.block_on(replicate(replica, entry))?;
+                entry.add_trailer(&format!("{ENTRY_TRAILER}{seq}"));
+            }
             journal.write(entry)?;
             if let Some(m) = &h.metrics {
                 m.journal_commit.observe(began.elapsed().as_secs_f64());
@@ -758,6 +810,36 @@ fn write_jobs(
         }
     }
     Ok(())
+}
+
+/// Write `entry` to etcd under the fence: its number there. etcd that does not answer
+/// is tried again while the lease lasts (a member restarting, an election among the
+/// members); a refusal by the fence is final. A write that timed out may have been
+/// applied: the retry writes the same keys with the same values.
+async fn replicate(replica: &mut Replica, entry: &Prepared) -> Result<u64, AuditError> {
+    loop {
+        if !replica.leadership.valid() {
+            replica.leadership.deposed();
+            return Err(AuditError::Replicated(
+                "this replica no longer leads its shard".to_owned(),
+            ));
+        }
+        match replica
+            .journal
+            .write(entry.message(), entry.top(), entry.clusters())
+            .await
+        {
+            Ok(seq) => return Ok(seq),
+            Err(e @ JournalError::Fenced { .. }) => {
+                replica.leadership.deposed();
+                return Err(AuditError::Replicated(e.to_string()));
+            }
+            Err(e) => {
+                tracing::warn!("the journal entry is not in etcd yet: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// Everything an entry's inputs cause, once the entry is written.
