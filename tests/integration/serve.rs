@@ -2090,7 +2090,11 @@ fn an_agent_reporting_at_the_servers_start_before_its_node_is_declared_gets_its_
         // (A server without the gauge never holds a report.)
         let held = metrics
             .lines()
-            .find_map(|l| l.strip_prefix("cacheflow_node_reports_waiting ")?.parse().ok())
+            .find_map(|l| {
+                l.strip_prefix("cacheflow_node_reports_waiting ")?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0.0);
         let refused = metric(
             &metrics,

@@ -556,7 +556,12 @@ async fn take(
                     c.nodes
                         .iter()
                         .filter(|n| n.managed == Managed::Direct)
-                        .map(|n| (n.id.clone(), pipeline::driver_for(c, n, app.options.node_timeout)))
+                        .map(|n| {
+                            (
+                                n.id.clone(),
+                                pipeline::driver_for(c, n, app.options.node_timeout),
+                            )
+                        })
                 })
                 .collect();
             // The reconciler takes the revision before any new in-process agent starts:
