@@ -7,7 +7,7 @@
 //! connection shares one resolved router and hyper is told to keep its read buffer at
 //! 8 KiB (a request head larger than that is refused, as most proxies do), which took
 //! the server from about 40 to about 25 KiB per idle connection (BENCHMARKS.md, "The
-//! server under 10,000 agents). A plain connection between two requests now holds no
+//! server under 10,000 agents"). A plain connection between two requests now holds no
 //! buffer at all: it waits for the next request's first byte on the socket alone, and
 //! each request is served by a hyper connection of its own, ended without a word to the
 //! client once its answer is written (keep-alive turned off when the answer is made, the
