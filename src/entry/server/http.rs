@@ -4,18 +4,18 @@
 //! connection holds is the server's memory. `axum::serve` gives each connection hyper's
 //! version-sniffing auto builder and a fresh copy of the route table, and hyper's read
 //! buffer grows from 8 to 16 KiB on the second request of a connection; here every
-//! connection shares one resolved router and hyper is told to keep its read buffer at
-//! 8 KiB (a request head larger than that is refused, as most proxies do), which took
-//! the server from about 40 to about 25 KiB per idle connection (BENCHMARKS.md, "The
-//! server under 10,000 agents"). A plain connection between two requests now holds no
-//! buffer at all: it waits for the next request's first byte on the socket alone, and
-//! each request is served by a hyper connection of its own, ended without a word to the
-//! client once its answer is written (keep-alive turned off when the answer is made, the
-//! socket handed back, bytes of a pipelined request kept); hyper's read and write
-//! buffers (8 KiB each) live only while a request is in hand. Also: `TCP_NODELAY` on every connection, a 30 s
-//! limit on reading a request head (a client that trickles one in is dropped), and on
-//! shutdown the listener closes, each connection finishes the request it is answering,
-//! and the loop returns when the last one has.
+//! connection shares one resolved router and hyper is told to keep its read buffer at 8
+//! KiB (a request head larger than that is refused, as most proxies do), which took the
+//! server from about 40 to about 25 KiB per idle connection (BENCHMARKS.md, "The server
+//! under 10,000 agents"). A plain connection between two requests now holds no buffer
+//! at all: it waits for the next request's first byte on the socket alone, and each
+//! request is served by a hyper connection of its own, ended without a word to the
+//! client once its answer is written (keep-alive turned off when the answer is made,
+//! the socket handed back, bytes of a pipelined request kept); hyper's read and write
+//! buffers (8 KiB each) live only while a request is in hand. Also: `TCP_NODELAY` on
+//! every connection, a 30 s limit on reading a request head (a client that trickles one
+//! in is dropped), and on shutdown the listener closes, each connection finishes the
+//! request it is answering, and the loop returns when the last one has.
 //!
 //! With a certificate (`serve --tls-cert-file --tls-key-file`, for deployments without a
 //! proxy in front) every accepted connection is a TLS one: the handshake runs in the
