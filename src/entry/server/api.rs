@@ -35,7 +35,7 @@ use crate::pure::rollout::Event;
 /// agent that reports at the server's start, before the first intake, or just before
 /// the push that declares its node, is answered with its assignment when the revision
 /// is taken instead of backing off (agents wait 10 s for an answer by default).
-const REPORT_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const REPORT_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -112,7 +112,7 @@ async fn answer_report(
     }
     let body = bodies.read(headers, body, MAX_PAYLOAD_BYTES).await?;
     let report = Report::parse(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    match app.handle.report_held(id, report, REPORT_HOLD).await? {
+    match app.handle.report_held(id, report, app.report_hold).await? {
         Ok(assignment) => Ok(assignment),
         Err(e @ RefusedInput::UnknownNode(_)) => Err(ApiError::NotFound(e.to_string())),
         Err(e) => Err(ApiError::BadRequest(e.to_string())),

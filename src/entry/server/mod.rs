@@ -110,6 +110,9 @@ struct App {
     deliveries: Mutex<Deliveries>,
     wake_follower: Notify,
     ready: AtomicBool,
+    /// How long a report of a node no revision declares yet is held for the revision
+    /// that declares it ([`api::REPORT_HOLD`]).
+    report_hold: Duration,
     /// Whether the remote answers; `/readyz` and the log say when it does not.
     remote: Mutex<RemoteHealth>,
 }
@@ -210,6 +213,7 @@ pub async fn serve(
         deliveries: Mutex::new(Deliveries::default()),
         wake_follower: Notify::new(),
         ready: AtomicBool::new(false),
+        report_hold: api::REPORT_HOLD,
         remote: Mutex::new(remote),
     });
     let router = app::app_stopping(app.clone(), stop.clone());
