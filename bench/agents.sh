@@ -64,7 +64,7 @@ SERVE_WRAP=${SERVE_WRAP:-}  # e.g. 'heaptrack -o FILE' (RSS figures are then the
 # BUILD=0: use the binaries as they are (bench/console.sh builds once for all its runs).
 [ "${BUILD:-1}" = 0 ] || cargo build --release -q --bin cacheflow --example agent_swarm
 BIN=${BIN:-$ROOT/target/release/cacheflow}
-SWARM=$ROOT/target/release/examples/agent_swarm
+SWARM=${SWARM:-$ROOT/target/release/examples/agent_swarm}
 
 rm -rf "$WORK"
 mkdir -p "$WORK/repo" "$WORK/state"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Time webhook received -> the canary's CONFIG SET done, against a running `cacheflow serve`.
 
-For each push (not timed): commit a new `hz` in the working copy, push it to the remote,
+First, every node must run the first revision's `hz` (--initial-hz, not Redis's default
+10). For each push (not timed): commit a new `hz` in the working copy, push it to the remote,
 and wait until the server's previous rollout has completed. Timed: from just before the
 GitHub-signed push webhook is sent until one node answers CONFIG GET hz with the new
 value. Prints every sample and the median, p90 and max. Used by bench/webhook.sh.
@@ -76,21 +77,26 @@ def main():
     ap.add_argument("--remote", required=True)
     ap.add_argument("--pushes", type=int, default=30)
     ap.add_argument("--ports", required=True)
+    ap.add_argument("--initial-hz", required=True,
+                    help="the first revision's hz (not Redis's default 10)")
     a = ap.parse_args()
 
     nodes = [redis.Redis(port=int(p)) for p in a.ports.split()]
     for n in nodes:
         n.ping()
     path = f"{a.work}/clusters/bench.yaml"
-    # The first revision reaches the server at its start: wait until it is in force.
+    # The first revision reaches the server at its start: wait until every node runs it
+    # (its hz is not the default, so this waits for the rollout, not for nothing).
+    current = a.initial_hz
+    if current == "10":
+        sys.exit("--initial-hz must differ from Redis's default (10)")
     deadline = time.monotonic() + 60
-    while not all(n.config_get("hz")["hz"] == "10" for n in nodes):
+    while not all(n.config_get("hz")["hz"] == current for n in nodes):
         if time.monotonic() > deadline:
-            sys.exit("the first revision did not reach every node")
+            sys.exit(f"the first revision (hz {current}) did not reach every node")
         time.sleep(0.05)
 
     samples = []
-    current = "10"
     for i in range(a.pushes):
         hz = str(11 + i % 40)
         text = open(path).read()

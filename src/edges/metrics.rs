@@ -105,6 +105,8 @@ pub struct Metrics {
     pub revisions: Family<ResultLabels, Counter>,
     pub stage_duration: Histogram,
     pub report_duration: Histogram,
+    /// Reports held until a revision declares their node (see `Handle::report_held`).
+    pub reports_waiting: Gauge,
     pub journal_commit: Histogram,
     pub nodes: Family<StateLabels, Gauge>,
     pub notifications: Family<TargetLabels, Counter>,
@@ -140,6 +142,7 @@ impl Default for Metrics {
             report_duration: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
             ]),
+            reports_waiting: Gauge::default(),
             journal_commit: Histogram::new([
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
             ]),
@@ -200,6 +203,7 @@ impl Metrics {
             "Time the server took to answer a node report (body read to answer), any result",
             self.report_duration.clone(),
         );
+        r.register("node_reports_waiting", "Node reports held until a revision declares their node (answered then, or 404 when none does within 5 s)", self.reports_waiting.clone());
         r.register("journal_commit_seconds", "Time to write one journal entry (changed clusters' blobs, tree, commit, ref); answers wait for it", self.journal_commit.clone());
         r.register(
             "nodes",

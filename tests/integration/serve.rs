@@ -13,7 +13,7 @@ use cacheflow::edges::forge::webhook::github_signature;
 use crate::support::fleet::Fleet;
 use crate::support::git::{cacheflow_note, journal_messages, TestRepo};
 use crate::support::receiver::Receiver;
-use crate::support::servers::free_port;
+use crate::support::servers::{free_port, RedisServer};
 
 const SECRET: &str = "webhook-secret-for-tests";
 pub(crate) const NODE_SECRET: &str = "node-token-secret-for-tests";
@@ -1651,8 +1651,9 @@ fn a_fresh_server_shows_every_known_counter_at_zero() {
             ));
         }
     }
-    // The head at start was taken once.
+    // The head at start was taken once; no report waits for its node.
     want.push("cacheflow_revisions_total{result=\"taken\"} 1".to_owned());
+    want.push("cacheflow_node_reports_waiting 0".to_owned());
     for line in &want {
         assert!(
             metrics.lines().any(|l| l == line),
@@ -2003,4 +2004,169 @@ fn a_restart_while_the_remote_is_away_serves_the_mirror_and_resumes_the_rollout(
         stderr.contains("holds no mirror of the branch `main` to start from"),
         "{stderr}"
     );
+}
+
+/// A cluster of one agent-managed Redis node, `hz` as given, stages `[1, 100%]`.
+fn early_cluster(node: &RedisServer, hz: &str) -> String {
+    format!(
+        "apiVersion: cacheflow/v1
+kind: Cluster
+metadata: {{name: early}}
+spec:
+  engine: redis
+  parameters: {{hz: {hz}}}
+  nodes:
+    - {{id: e-1, address: '{}', managed: agent}}
+  rollout: {{stages: [1, '100%'], bake: 0s, applyTimeout: 30s, gates: {{minOpsPerSec: 0}}}}
+",
+        node.addr()
+    )
+}
+
+#[test]
+fn an_agent_reporting_at_the_servers_start_before_its_node_is_declared_gets_its_assignment_at_the_push(
+) {
+    // The start-up race of the webhook's first push: an agent reports before the server
+    // knows its node (here: the revision at the start does not declare it yet). Its
+    // report is held and taken again when the push's revision declares the node, so the
+    // canary's assignment comes back in that answer, not after the agent's back-off.
+    // The agent reports every 60 s: refused, it would wait at least 30 s.
+    let node = RedisServer::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    work.write(
+        "clusters/other.yaml",
+        &format!(
+            "apiVersion: cacheflow/v1\nkind: Cluster\nmetadata: {{name: other}}\nspec:\n  engine: redis\n  nodes:\n    - {{id: o-1, address: '127.0.0.1:{}', managed: agent}}\n",
+            free_port()
+        ),
+    );
+    work.commit("another cluster; e-1 not declared yet");
+    remote.push(&work, false);
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let args: Vec<String> = [
+        "serve",
+        "--repo",
+        &remote.url(),
+        "--state-dir",
+        &state.path().display().to_string(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--poll-interval",
+        "1h",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut server = Server {
+        child: spawn(&args, &[], None),
+        port,
+        state: state.path().to_path_buf(),
+        args,
+        env: Vec::new(),
+        log: None,
+    };
+    // The agent starts as soon as the server listens: its first report comes at the
+    // server's start, before or while the first revision is taken.
+    let listening = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < listening, "cacheflow serve did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let token = cacheflow::pure::identity::node_token(NODE_SECRET.as_bytes(), "e-1").unwrap();
+    let token_file = state.path().join("agent-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["agent", "--node-id", "e-1", "--server", &server.url()])
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--redis", &node.addr(), "--interval", "60s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cacheflow agent");
+    server.wait_ready();
+
+    // The agent's report has reached the server, which does not know e-1: held (or,
+    // before the fix, refused with a 404).
+    let reported = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+        // (A server without the gauge never holds a report.)
+        let held = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("cacheflow_node_reports_waiting ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0);
+        let refused = metric(
+            &metrics,
+            "cacheflow_node_reports_total{result=\"unknown_node\"}",
+        );
+        if held == 1.0 || refused >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < reported,
+            "the agent's report did not reach the server\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(node.client().config_get("hz")["hz"], "10");
+
+    // The push that declares e-1 with hz 17.
+    work.write("clusters/early.yaml", &early_cluster(&node, "17"));
+    let declared = work.commit("declare e-1, hz 17");
+    remote.push(&work, false);
+    let pushed = Instant::now();
+    let (code, text) = server.github_push("early-1");
+    assert_eq!(code, 202, "{text}");
+    let deadline = pushed + Duration::from_secs(25);
+    loop {
+        if node.client().config_get("hz")["hz"] == "17" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the canary e-1 did not apply hz 17 within 25 s of the push (its agent's \
+             back-off would end after 30 s or more); journal: {:#?}",
+            server.journal()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The rollout the push started completes on e-1's next report (at once after its
+    // apply); no report was refused.
+    let completed = Instant::now() + Duration::from_secs(20);
+    let journal = loop {
+        let journal = server.journal();
+        let done = format!("early: {declared} reached every node");
+        if journal.iter().any(|m| m.contains(&done)) {
+            break journal;
+        }
+        assert!(
+            Instant::now() < completed,
+            "the rollout of {declared} did not complete: {journal:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        journal.iter().any(|m| m
+            .lines()
+            .any(|l| l == format!("early: batch 1 of 1 assigned {declared}: e-1"))),
+        "{journal:#?}"
+    );
+    let (_, metrics) = server.http("GET", "/metrics", &[], b"");
+    assert_eq!(
+        metric(
+            &metrics,
+            "cacheflow_node_reports_total{result=\"unknown_node\"}"
+        ),
+        0.0
+    );
+    assert_eq!(metric(&metrics, "cacheflow_node_reports_waiting"), 0.0);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    server.terminate();
 }

@@ -4,6 +4,8 @@
 //! ```text
 //! POST /api/v1/nodes/{id}/report   declared length (413) ─► node token (401) ─► body
 //!                                  (413, 408, 503, 400) ─► reconciler.report ─► assignment
+//!                                  (a node not declared yet: held up to 5 s for the
+//!                                  revision that declares it, then 404)
 //! GET  /api/v1/clusters, /api/v1/rollouts  (reader)  the status the runtime published
 //! POST /api/v1/rollouts/{cluster}/{action}  (admin)  ─► reconciler.command
 //! GET  /api/v1/drift, POST /api/v1/drift/run (admin) ─► drift report
@@ -28,6 +30,12 @@ use crate::pure::protocol::{Assignment, Report, MAX_PAYLOAD_BYTES};
 use crate::pure::reconciler::status::CommandAnswer;
 use crate::pure::reconciler::RefusedInput;
 use crate::pure::rollout::Event;
+
+/// How long a report of a node no revision declares yet is held before its 404: an
+/// agent that reports at the server's start, before the first intake, or just before
+/// the push that declares its node, is answered with its assignment when the revision
+/// is taken instead of backing off (agents wait 10 s for an answer by default).
+pub(super) const REPORT_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -104,7 +112,7 @@ async fn answer_report(
     }
     let body = bodies.read(headers, body, MAX_PAYLOAD_BYTES).await?;
     let report = Report::parse(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    match app.handle.report(id, report).await? {
+    match app.handle.report_held(id, report, app.report_hold).await? {
         Ok(assignment) => Ok(assignment),
         Err(e @ RefusedInput::UnknownNode(_)) => Err(ApiError::NotFound(e.to_string())),
         Err(e) => Err(ApiError::BadRequest(e.to_string())),

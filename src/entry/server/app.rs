@@ -184,6 +184,8 @@ mod tests {
             deliveries: Mutex::new(Deliveries::default()),
             wake_follower: Notify::new(),
             ready: AtomicBool::new(false),
+            // Held reports answered well within `call`'s 2 s.
+            report_hold: Duration::from_millis(200),
             remote: Mutex::new(crate::entry::server::RemoteHealth::default()),
         });
         let router = super::app_with(

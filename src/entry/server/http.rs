@@ -4,13 +4,18 @@
 //! connection holds is the server's memory. `axum::serve` gives each connection hyper's
 //! version-sniffing auto builder and a fresh copy of the route table, and hyper's read
 //! buffer grows from 8 to 16 KiB on the second request of a connection; here every
-//! connection shares one resolved router and hyper is told to keep its read buffer at
-//! 8 KiB (a request head larger than that is refused, as most proxies do), which took
-//! the server from about 40 to about 25 KiB per idle connection (BENCHMARKS.md, "The
-//! server under 10,000 agents"). Also: `TCP_NODELAY` on every connection, a 30 s
-//! limit on reading a request head (a client that trickles one in is dropped), and on
-//! shutdown the listener closes, each connection finishes the request it is answering,
-//! and the loop returns when the last one has.
+//! connection shares one resolved router and hyper is told to keep its read buffer at 8
+//! KiB (a request head larger than that is refused, as most proxies do), which took the
+//! server from about 40 to about 25 KiB per idle connection (BENCHMARKS.md, "The server
+//! under 10,000 agents"). A plain connection between two requests now holds no buffer
+//! at all: it waits for the next request's first byte on the socket alone, and each
+//! request is served by a hyper connection of its own, ended without a word to the
+//! client once its answer is written (keep-alive turned off when the answer is made,
+//! the socket handed back, bytes of a pipelined request kept); hyper's read and write
+//! buffers (8 KiB each) live only while a request is in hand. Also: `TCP_NODELAY` on
+//! every connection, a 30 s limit on reading a request head (a client that trickles one
+//! in is dropped), and on shutdown the listener closes, each connection finishes the
+//! request it is answering, and the loop returns when the last one has.
 //!
 //! With a certificate (`serve --tls-cert-file --tls-key-file`, for deployments without a
 //! proxy in front) every accepted connection is a TLS one: the handshake runs in the
@@ -19,14 +24,19 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use hyper::body::Bytes;
 
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// hyper's smallest read buffer; also the largest request head accepted.
@@ -110,7 +120,7 @@ pub async fn serve(
         match &tls {
             None => {
                 tokio::spawn(async move {
-                    connection(&builder, stream, router, stop, peer).await;
+                    plain_connection(&builder, stream, router, stop, peer).await;
                     drop(closed);
                 });
             }
@@ -137,6 +147,172 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     drop(closed_rx);
     closed_tx.closed().await;
+}
+
+/// Serve one plain connection until the client closes it, or until `stop`, after which
+/// the request in progress is finished. Between requests it holds no buffer: it waits
+/// for the next request's first byte on the socket alone, and each request gets a hyper
+/// connection of its own, handed back (its buffers freed) once its answer is written.
+async fn plain_connection(
+    builder: &http1::Builder,
+    stream: TcpStream,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) {
+    let answered = Arc::new(AtomicBool::new(false));
+    let mut io = Prefixed {
+        read: Bytes::new(),
+        stream,
+    };
+    loop {
+        if io.read.is_empty() {
+            tokio::select! {
+                ready = io.stream.readable() => if ready.is_err() { return },
+                () = async { drop(stop.wait_for(|s| *s).await) } => return,
+            }
+        }
+        let service = Noted {
+            inner: TowerToHyperService::new(router.clone()),
+            answered: answered.clone(),
+        };
+        let mut conn = builder.serve_connection(TokioIo::new(io), service);
+        let (mut served, mut stopping) = (false, false);
+        let finished = loop {
+            tokio::select! {
+                done = std::future::poll_fn(|cx| one_answer(&mut conn, &answered, &mut served, cx)) => break done,
+                () = async { drop(stop.wait_for(|s| *s).await) }, if !stopping => {
+                    stopping = true;
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
+            }
+        };
+        if let Err(e) = finished {
+            tracing::trace!("connection from {peer}: {e}");
+            return;
+        }
+        // Closed by the client, or a request refused before it was answered; or stopping.
+        if !served || stopping {
+            return;
+        }
+        let parts = conn.into_parts();
+        io = parts.io.into_inner();
+        // Bytes of a next request read with this one (pipelining).
+        io.read = parts.read_buf;
+    }
+}
+
+/// Drive `conn` until its one request is answered and written: once the answer is made
+/// (the head is written in the same poll), keep-alive is turned off, so the connection
+/// ends when it is idle, without `Connection: close` and without shutting the socket.
+fn one_answer<S>(
+    conn: &mut http1::Connection<TokioIo<Prefixed>, S>,
+    answered: &AtomicBool,
+    served: &mut bool,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<hyper::Result<()>>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming> + Unpin,
+    S::Future: Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if conn.poll_without_shutdown(cx)?.is_ready() {
+        return std::task::Poll::Ready(Ok(()));
+    }
+    if answered.swap(false, Ordering::AcqRel) {
+        *served = true;
+        Pin::new(&mut *conn).graceful_shutdown();
+        return conn.poll_without_shutdown(cx);
+    }
+    std::task::Poll::Pending
+}
+
+/// The router as hyper calls it, noting when an answer is made.
+struct Noted<S> {
+    inner: S,
+    answered: Arc<AtomicBool>,
+}
+
+impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Noted<S>
+where
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let answered = self.answered.clone();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            answered.store(true, Ordering::Release);
+            answer
+        })
+    }
+}
+
+/// A socket with the bytes already read from it ahead of it (a pipelined request).
+struct Prefixed {
+    read: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            let head = self.read.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Serve one connection until the client closes it, or until `stop`, after which the
@@ -181,4 +357,68 @@ async fn accept_error(e: std::io::Error) {
     }
     tracing::warn!("accepting a connection: {e}; retrying in 100 ms");
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Read from `s` until `n` answers (`HTTP/1.1 200`) with their bodies have arrived.
+    async fn answers(s: &mut tokio::net::TcpStream, n: usize) -> String {
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while text.matches("HTTP/1.1 200").count() < n || !text.ends_with("pong") {
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("an answer within 10 s")
+                .expect("read");
+            assert!(read > 0, "closed after {text:?}");
+            text.push_str(&String::from_utf8_lossy(&buf[..read]));
+        }
+        text
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_answers_one_request_after_another_and_pipelined_ones() {
+        let router = Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let mut stopped = stopped;
+        let server = tokio::spawn(serve(listener, router, None, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let get = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n";
+        // One request, an idle pause, another on the same connection.
+        s.write_all(get).await.unwrap();
+        let first = answers(&mut s, 1).await;
+        assert!(
+            !first.to_ascii_lowercase().contains("connection: close"),
+            "{first}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(get).await.unwrap();
+        answers(&mut s, 1).await;
+        // Three in one write: every one answered, in order, on the same connection.
+        let three = [&get[..], &get[..], &get[..]].concat();
+        s.write_all(&three).await.unwrap();
+        let text = answers(&mut s, 3).await;
+        assert_eq!(text.matches("pong").count(), 3, "{text}");
+        // A request sent in two parts is read whole.
+        s.write_all(b"GET /ping HTTP/1.1\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(b"Host: x\r\n\r\n").await.unwrap();
+        answers(&mut s, 1).await;
+        // On stop, an idle connection is closed and the server returns.
+        let _ = stop.send(true);
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server returns once stopped")
+            .unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?} {rest:?}");
+    }
 }

@@ -39,6 +39,7 @@ use tokio::sync::{watch, Notify};
 use crate::edges::audit::{Journal, JOURNAL_REF, NOTES_REF};
 use crate::edges::forge::webhook::Deliveries;
 use crate::edges::metrics::Metrics;
+use crate::edges::nodes::NodeDriver;
 use crate::edges::redact::redact_url;
 use crate::edges::source::{self, ConfigRepo, SourceError};
 use crate::flow::pipeline::intake::{self, IntakeError, Origin, Outcome};
@@ -113,6 +114,9 @@ struct App {
     deliveries: Mutex<Deliveries>,
     wake_follower: Notify,
     ready: AtomicBool,
+    /// How long a report of a node no revision declares yet is held for the revision
+    /// that declares it ([`api::REPORT_HOLD`]).
+    report_hold: Duration,
     /// Whether the remote answers; `/readyz` and the log say when it does not.
     remote: Mutex<RemoteHealth>,
 }
@@ -249,6 +253,7 @@ async fn lead(
         deliveries: Mutex::new(Deliveries::default()),
         wake_follower: Notify::new(),
         ready: AtomicBool::new(false),
+        report_hold: api::REPORT_HOLD,
         remote: Mutex::new(remote),
     });
     // The term's end (a stop, or the reconciler gone) ends the console's streams too.
@@ -632,22 +637,6 @@ async fn take(
             for missing in pipeline::missing_secrets(taken.desired.clusters.values(), true) {
                 tracing::error!("{missing}");
             }
-            // In-process agents for directly managed nodes not driven yet.
-            for c in taken.desired.clusters.values() {
-                for n in c.nodes.iter().filter(|n| n.managed == Managed::Direct) {
-                    host.drive(
-                        &n.id,
-                        pipeline::driver_for(c, n, app.options.node_timeout),
-                        DirectOptions {
-                            interval: app.options.direct_interval,
-                            timeout: app.options.node_timeout,
-                            first_reading: None,
-                            declared: None,
-                            apply: None,
-                        },
-                    );
-                }
-            }
             // Agent-managed nodes: the server sends FAILOVER to a primary itself when a
             // restart moves its role (docs/server.md, "The failover step").
             for c in taken.desired.clusters.values() {
@@ -656,7 +645,41 @@ async fn take(
                         .reach(&n.id, pipeline::driver_for(c, n, app.options.node_timeout));
                 }
             }
+            let direct: Vec<(String, Arc<dyn NodeDriver>)> = taken
+                .desired
+                .clusters
+                .values()
+                .flat_map(|c| {
+                    c.nodes
+                        .iter()
+                        .filter(|n| n.managed == Managed::Direct)
+                        .map(|n| {
+                            (
+                                n.id.clone(),
+                                pipeline::driver_for(c, n, app.options.node_timeout),
+                            )
+                        })
+                })
+                .collect();
+            // The reconciler takes the revision before any new in-process agent starts:
+            // an agent's first report, made before the revision declared its node, was
+            // refused and left the node unheard of until its next interval, and with it
+            // the rollout (the webhook's first push once waited 1.6 s for it).
             app.handle.revision(*taken.desired, None).await?;
+            // In-process agents for directly managed nodes not driven yet.
+            for (id, driver) in direct {
+                host.drive(
+                    &id,
+                    driver,
+                    DirectOptions {
+                        interval: app.options.direct_interval,
+                        timeout: app.options.node_timeout,
+                        first_reading: None,
+                        declared: None,
+                        apply: None,
+                    },
+                );
+            }
             app.drift.revision_taken.notify_one();
         }
         Outcome::FetchFailed(e) => {

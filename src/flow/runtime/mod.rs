@@ -153,6 +153,40 @@ impl Handle {
         rx.await.map_err(|_| Stopped)
     }
 
+    /// A report whose node no revision declares yet, held (a long poll) until a revision
+    /// that declares it is published or `hold` has passed, then taken again: an agent
+    /// that reported at the server's start, before the first revision was taken (or
+    /// just before the push that declares its node), gets its assignment as soon as the
+    /// node is known rather than after its back-off. Counted in
+    /// `cacheflow_node_reports_waiting` while held.
+    pub async fn report_held(
+        &self,
+        node: &str,
+        report: Report,
+        hold: Duration,
+    ) -> Result<Result<Assignment, RefusedInput>, Stopped> {
+        let deadline = tokio::time::Instant::now() + hold;
+        let mut published = self.status.clone();
+        let mut waiting: Option<Waiting> = None;
+        loop {
+            // The head before the report: a revision published in between is not missed.
+            let seen = published.borrow_and_update().head.clone();
+            let answer = self.report(node, report.clone()).await?;
+            if !matches!(answer, Err(RefusedInput::UnknownNode(_)))
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(answer);
+            }
+            waiting.get_or_insert_with(|| Waiting::new(self.metrics.clone()));
+            let next = published.wait_for(|s| s.head != seen);
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(Stopped),
+                Err(_) => return Ok(answer),
+            }
+        }
+    }
+
     /// A new valid revision, with a reading of the nodes taken just before if there is one.
     pub async fn revision(&self, desired: Desired, live: Option<LiveState>) -> Result<(), Stopped> {
         let (reply, rx) = oneshot::channel();
@@ -336,6 +370,27 @@ impl Handle {
         self.reach(&node, driver.clone());
         let handle = self.clone();
         tokio::spawn(direct_agent(handle, node, driver, options, wake, stop))
+    }
+}
+
+/// One report held by [`Handle::report_held`], counted while it waits (also when the
+/// request is dropped).
+struct Waiting(Option<Arc<Metrics>>);
+
+impl Waiting {
+    fn new(metrics: Option<Arc<Metrics>>) -> Waiting {
+        if let Some(m) = &metrics {
+            m.reports_waiting.inc();
+        }
+        Waiting(metrics)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.reports_waiting.dec();
+        }
     }
 }
 

@@ -406,6 +406,7 @@ impl Reconciler {
             .collect();
         self.live.retain(|id, _| self.node_cluster.contains_key(id));
         self.desired = Some(desired.clone());
+        self.adopt_early_readings(now_ms);
         for (id, node) in live.iter().flat_map(|l| l.nodes.iter()) {
             if self.node_cluster.contains_key(id) {
                 self.observe(id, node.clone(), now_ms);
@@ -1544,6 +1545,7 @@ impl Reconciler {
             }
             return Err(RefusedInput::UnknownNode(node_id.to_owned()));
         };
+        let first = !self.live.contains_key(node_id);
         self.observe(node_id, report.node, now_ms);
         // A reading alone changes no cluster state (readings are not journaled).
         if !self.state.clusters.contains_key(&name) {
@@ -1587,8 +1589,36 @@ impl Reconciler {
                 }
             }
         }
+        // The first report of a node its cluster's rollout waits for (after a start, or
+        // a report held until the revision that declares the node): the rollout starts
+        // now, not at the next tick, and this answer carries the node's assignment.
+        if first && self.still_to_roll_out(&name) {
+            self.start(&name, now_ms);
+        }
         let assignment = self.assignment(node_id);
         Ok((assignment, self.finish()))
+    }
+
+    /// Readings of nodes that reported before a revision declared them (an agent that
+    /// reported at the server's start, before the first revision was taken, or just
+    /// before the push that adds its node) count as their first report, when no older
+    /// than the report grace: the rollout needs not wait for the node's next report.
+    fn adopt_early_readings(&mut self, now_ms: u64) {
+        let early: Vec<String> = self
+            .undeclared
+            .keys()
+            .filter(|id| self.node_cluster.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in early {
+            let Some(sample) = self.undeclared.remove(&id) else {
+                continue;
+            };
+            let fresh = now_ms.saturating_sub(sample.at_ms) <= self.report_grace_ms;
+            if fresh && !self.live.contains_key(&id) {
+                self.observe(&id, sample.node, sample.at_ms);
+            }
+        }
     }
 
     /// Keep a reading of a declared node: only the parameters its cluster declares (all

@@ -1204,6 +1204,49 @@ fn a_person_overrides_the_windows_with_a_reason_that_is_journaled() {
 }
 
 #[test]
+fn readings_of_nodes_reported_before_the_revision_declared_them_start_the_rollout_at_once() {
+    // The agents reported at the server's start, before the first revision was taken:
+    // refused, but their readings count once the revision declares the nodes.
+    let mut r = Reconciler::new(State::default());
+    r.report_grace_ms = 5_000;
+    for (id, at) in [("a1", 100), ("a2", 200), ("b1", 300)] {
+        let early = r.report(id, report(id, node(&[("hz", "10")]), None), at);
+        assert_eq!(early.unwrap_err(), RefusedInput::UnknownNode(id.into()));
+    }
+    let effects = core(r.revision(desired(R1, "hz: 20"), None, 1_000));
+    assert_eq!(
+        journals(&effects),
+        vec![[
+            format!("{CLUSTER}: rollout of {R1} started, 2 batch(es)"),
+            format!("{CLUSTER}: batch 1 of 2 assigned {R1}: a2"),
+        ]
+        .join("\n")]
+    );
+    assert_eq!(r.assignment("a2").revision.as_deref(), Some(R1));
+    assert_eq!(r.live()["a1"].at_ms, 100, "the reading keeps its time");
+
+    // A reading older than the grace is not a sign of life: the rollout waits as after
+    // any start.
+    let mut r = Reconciler::new(State::default());
+    r.report_grace_ms = 5_000;
+    for id in ["a1", "a2"] {
+        let _ = r.report(id, report(id, node(&[("hz", "10")]), None), 100);
+    }
+    let _ = r.report("b1", report("b1", node(&[("hz", "10")]), None), 9_000);
+    r.revision(desired(R1, "hz: 20"), None, 10_000);
+    assert_eq!(r.assignment("a2").revision, None);
+    assert!(!r.live().contains_key("a1"));
+    assert!(r.live().contains_key("b1"));
+    // Their next reports: the last one starts the rollout, and the canary's own answer
+    // carries its assignment.
+    let _ = r.report("a1", report("a1", node(&[("hz", "10")]), None), 10_100);
+    let (a, _) = r
+        .report("a2", report("a2", node(&[("hz", "10")]), None), 10_200)
+        .expect("a declared node");
+    assert_eq!(a.revision.as_deref(), Some(R1));
+}
+
+#[test]
 fn after_a_start_the_first_rollout_waits_for_every_node_to_report_within_the_grace() {
     let mut r = Reconciler::new(State::default());
     r.report_grace_ms = 5_000;
@@ -1215,8 +1258,10 @@ fn after_a_start_the_first_rollout_waits_for_every_node_to_report_within_the_gra
     hello(&mut r, "a1", 100);
     assert_eq!(r.tick(200), vec![], "a2 and b1 were not heard from yet");
     hello(&mut r, "a2", 300);
-    hello(&mut r, "b1", 400);
-    let effects = core(r.tick(500));
+    // The last node's first report starts the rollout, without waiting for a tick.
+    let (_, effects) = hello(&mut r, "b1", 400);
+    let effects = core(effects);
+    assert_eq!(core(r.tick(500)), vec![]);
     assert_eq!(
         journals(&effects),
         vec![[
