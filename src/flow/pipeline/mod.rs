@@ -164,8 +164,18 @@ pub fn check(repo: &ConfigRepo, rev: &Revision) -> Result<Check, SourceError> {
     streamed(repo, rev, spec::check_stream)
 }
 
-/// A file sent back to the loader: path and text.
+/// Files sent back to the loader: path and text.
 type Reread = Vec<(String, String)>;
+
+/// A loader of a stream of files: [`spec::load_stream`] or [`spec::check_stream`].
+type Loader<T> = fn(
+    Option<String>,
+    std::sync::mpsc::Receiver<FileItem>,
+    spec::Reread<'_>,
+) -> Result<T, Vec<Diagnostic>>;
+
+/// The commit read and what the loader made of it.
+type Loaded<T> = (Option<String>, Result<T, Vec<Diagnostic>>);
 
 /// Stream revision `rev` into `load` on another thread while this one reads it from git;
 /// once read, this thread also serves the loader's re-reads (the few files an error
@@ -173,12 +183,8 @@ type Reread = Vec<(String, String)>;
 fn streamed<T: Send>(
     repo: &ConfigRepo,
     rev: &str,
-    load: fn(
-        Option<String>,
-        std::sync::mpsc::Receiver<FileItem>,
-        spec::Reread<'_>,
-    ) -> Result<T, Vec<Diagnostic>>,
-) -> Result<(Option<String>, Result<T, Vec<Diagnostic>>), SourceError> {
+    load: Loader<T>,
+) -> Result<Loaded<T>, SourceError> {
     let started = std::time::Instant::now();
     let commit = repo.resolve(rev)?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1024);

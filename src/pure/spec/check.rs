@@ -14,7 +14,7 @@ use super::model::{
     Cluster, Gates, Managed, Millis, Node, Param, Profile, Role, RolloutPolicy, Settings, Stage,
 };
 use super::raw::{self, Kind, RawStage};
-use super::{file_level, schema, Diagnostic, Parsed, Source};
+use super::{file_level, schema, Diagnostic, Parsed, Reread, Source};
 use crate::pure::catalog::{self, CatalogId, Engine, Product};
 
 /// A compiled repository policy.
@@ -603,7 +603,7 @@ enum Again {
 pub(super) fn across_files(
     outs: Vec<ClusterOut>,
     diags: &mut Vec<Diagnostic>,
-    reread: &mut dyn FnMut(&[String]) -> Vec<(String, String)>,
+    reread: Reread<'_>,
 ) -> AcrossFiles {
     let mut outs = outs;
     for out in &mut outs {
@@ -679,7 +679,7 @@ fn report_again(
     outs: &[ClusterOut],
     again: &[Again],
     diags: &mut Vec<Diagnostic>,
-    reread: &mut dyn FnMut(&[String]) -> Vec<(String, String)>,
+    reread: Reread<'_>,
 ) {
     if again.is_empty() {
         return;
@@ -703,10 +703,9 @@ fn report_again(
         .collect();
     // A file that could not be read again is still named, at its first line.
     for path in wanted {
-        if !sources.contains_key(&path) {
-            let src = Source::new(Cow::Owned(path.clone()), Cow::Borrowed(""));
-            sources.insert(path, src);
-        }
+        sources
+            .entry(path.clone())
+            .or_insert_with(|| Source::new(Cow::Owned(path), Cow::Borrowed("")));
     }
     let src = |i: usize| &sources[&outs[i].path];
     let keys = |i: usize| outs[i].keys.as_ref();
