@@ -222,8 +222,9 @@ pub(super) fn shared(
 /// and tree are not kept: a diagnostic found across files re-reads the files it names.
 pub(crate) struct ClusterOut {
     path: String,
-    /// The model, when the load keeps models ([`Keep::Model`]).
-    cluster: Option<Cluster>,
+    /// The model, when the load keeps models ([`Keep::Model`]); boxed, so that a load
+    /// that keeps none holds a pointer per cluster, not the model's size.
+    cluster: Option<Box<Cluster>>,
     /// The cluster's name and its nodes' ids and addresses, when it built.
     keys: Option<Keys>,
     diags: Vec<Diagnostic>,
@@ -324,7 +325,7 @@ pub(super) fn cluster_file(
     });
     ClusterOut {
         path: shown,
-        cluster: cluster.filter(|_| keep == Keep::Model),
+        cluster: cluster.filter(|_| keep == Keep::Model).map(Box::new),
         keys,
         diags: ctx.diags,
     }
@@ -623,7 +624,7 @@ pub(super) fn across_files(
         done.cluster_count += 1;
         done.node_count += out.keys.as_ref().map_or(0, Keys::node_count);
         if let Some(c) = out.cluster {
-            done.clusters.insert(c.name.clone(), c);
+            done.clusters.insert(c.name.clone(), *c);
         }
     }
     done
