@@ -6,6 +6,7 @@
 #   SIZES="1000 10000" bench/validate-scale.sh
 #   BEFORE=/path/to/older/cacheflow bench/validate-scale.sh   # an older build beside it
 #   AJV_MAX=30000 bench/validate-scale.sh                # skip ajv-cli above this size
+#   BUILD=0 bench/validate-scale.sh                      # the binaries already built
 #
 # For each size N:
 # 1. generates the fleet with `bench/gen-fleet.py --clusters N --seed 1` into
@@ -44,7 +45,9 @@ for tool in cargo git python3 node npm hyperfine; do
 done
 [ -x /usr/bin/time ] || die "/usr/bin/time is missing: install GNU time"
 
-cargo build --release --quiet --bin cacheflow --example validate_floor
+# BUILD=0: time the binaries already in target/release (a commit moves HEAD, and the
+# build script then rebuilds the crate).
+[ "${BUILD:-1}" = 0 ] || cargo build --release --quiet --bin cacheflow --example validate_floor
 if [ ! -x "$AJV" ] || [ ! -d "$WORK/node/node_modules/ajv-formats" ]; then
     npm install --prefix "$WORK/node" --no-audit --no-fund --loglevel=error ajv-cli@5 ajv-formats@3
 fi
@@ -111,4 +114,26 @@ PY
     [ "$KEEP" = 1 ] || rm -rf "$fleet"
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT"
+
+# The scaling table: cost per cluster at each size, and how far each size is from the
+# mean of them (the target: within ±20% from 1,000 to 100,000).
+python3 - "$WORK" $SIZES >> "$OUT" <<'PY'
+import json, os, sys
+work, sizes = sys.argv[1], [int(n) for n in sys.argv[2:]]
+rows = {}
+for n in sizes:
+    path = os.path.join(work, f"validate-scale-{n}.json")
+    if os.path.exists(path):
+        rows[n] = {r["command"]: r["median"] / n * 1e6 for r in json.load(open(path))["results"]}
+if not rows:
+    sys.exit(0)
+mean = sum(r["cacheflow"] for r in rows.values()) / len(rows)
+print()
+print("| clusters | cacheflow µs/cluster | vs mean | floor µs/cluster | ajv-cli µs/cluster | ajv-cli ÷ cacheflow |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+for n, r in rows.items():
+    ajv = r.get("ajv-cli")
+    print(f"| {n:,} | {r['cacheflow']:.1f} | {(r['cacheflow'] / mean - 1) * 100:+.0f}% | {r['floor']:.1f} | "
+          + (f"{ajv:.1f} | {ajv / r['cacheflow']:.2f}× |" if ajv else " |  |"))
+PY
 cat "$OUT"

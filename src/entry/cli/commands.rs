@@ -25,7 +25,7 @@ use crate::pure::render;
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let repo = open(&args.repo)?;
-    let (commit, result) = pipeline::validate(&repo, &revision(&args.rev, args.worktree))
+    let (commit, result) = pipeline::check(&repo, &revision(&args.rev, args.worktree))
         .map_err(|e| anyhow!(e.to_string()))?;
     let out = match args.format {
         Format::Text => render::validate_text(commit.as_deref(), &result),
@@ -37,9 +37,6 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     };
-    // The process ends next: freeing a model of 10,000 clusters node by node would cost
-    // tens of milliseconds and give nothing back.
-    std::mem::forget(result);
     Ok(code)
 }
 

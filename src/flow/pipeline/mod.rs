@@ -22,7 +22,7 @@ use crate::edges::source::{ConfigRepo, FileSet, SourceError};
 use crate::pure::diff::{self, ChangeSet};
 use crate::pure::live::{LiveError, LiveState};
 use crate::pure::plan::{self, Plan};
-use crate::pure::spec::{self, model::Desired, Diagnostic};
+use crate::pure::spec::{self, model::Desired, Diagnostic, FileItem, Summary};
 
 /// Which files to read: a revision from the object database, or the working tree.
 #[derive(Debug, Clone)]
@@ -134,26 +134,75 @@ pub fn read(repo: &ConfigRepo, rev: &Revision) -> Result<FileSet, SourceError> {
 /// The commit read (`None` for a working tree) and the validated state or every error.
 pub type Validation = (Option<String>, Result<Desired, Vec<Diagnostic>>);
 
-/// `cacheflow validate`: read a revision and load it.
+/// Read a revision and load it: the validated state, for plans and rollouts.
 ///
 /// A revision is read on this thread while another loads the files as they arrive, so
 /// reading from git overlaps with parsing (git2 handles stay on the thread that opened
 /// them). The working tree is read first, then loaded.
 pub fn validate(repo: &ConfigRepo, rev: &Revision) -> Result<Validation, SourceError> {
-    let started = std::time::Instant::now();
     let Revision::Rev(rev) = rev else {
         let files = read(repo, rev)?;
         let found = has_config(&files);
         let result = spec::load(&files);
         return Ok((None, at_config_root(repo, None, found, result)));
     };
+    streamed(repo, rev, spec::load_stream)
+}
+
+/// The commit read and the summary of a valid revision, or every error.
+pub type Check = (Option<String>, Result<Summary, Vec<Diagnostic>>);
+
+/// `cacheflow validate`: every check of [`validate`], keeping no model (memory stays flat
+/// in the number of clusters), and the revision in numbers.
+pub fn check(repo: &ConfigRepo, rev: &Revision) -> Result<Check, SourceError> {
+    let Revision::Rev(rev) = rev else {
+        let files = read(repo, rev)?;
+        let found = has_config(&files);
+        let result = spec::load(&files).map(|d| Summary::of(&d));
+        return Ok((None, at_config_root(repo, None, found, result)));
+    };
+    streamed(repo, rev, spec::check_stream)
+}
+
+/// Files sent back to the loader: path and text.
+type Reread = Vec<(String, String)>;
+
+/// A loader of a stream of files: [`spec::load_stream`] or [`spec::check_stream`].
+type Loader<T> = fn(
+    Option<String>,
+    std::sync::mpsc::Receiver<FileItem>,
+    spec::Reread<'_>,
+) -> Result<T, Vec<Diagnostic>>;
+
+/// The commit read and what the loader made of it.
+type Loaded<T> = (Option<String>, Result<T, Vec<Diagnostic>>);
+
+/// Stream revision `rev` into `load` on another thread while this one reads it from git;
+/// once read, this thread also serves the loader's re-reads (the few files an error
+/// across files names), since the repository's handles stay here.
+fn streamed<T: Send>(
+    repo: &ConfigRepo,
+    rev: &str,
+    load: Loader<T>,
+) -> Result<Loaded<T>, SourceError> {
+    let started = std::time::Instant::now();
     let commit = repo.resolve(rev)?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+    let (ask, asked) = std::sync::mpsc::channel::<(Vec<String>, std::sync::mpsc::Sender<Reread>)>();
     let mut found = false;
     let (read, result) = std::thread::scope(|s| {
         let loader = s.spawn({
             let commit = commit.clone();
-            move || spec::load_stream(Some(commit), rx)
+            move || {
+                let mut reread = |paths: &[String]| {
+                    let (reply, answer) = std::sync::mpsc::channel();
+                    if ask.send((paths.to_vec(), reply)).is_err() {
+                        return Vec::new();
+                    }
+                    answer.recv().unwrap_or_default()
+                };
+                load(Some(commit), rx, &mut reread)
+            }
         });
         let read = repo.stream_rev(&commit, &mut |item| {
             found = true;
@@ -161,6 +210,17 @@ pub fn validate(repo: &ConfigRepo, rev: &Revision) -> Result<Validation, SourceE
             let _ = tx.send(item);
         });
         drop(tx);
+        // Until the loader is done (and drops `ask`).
+        for (paths, reply) in asked.iter() {
+            let texts = match repo.read_paths(&commit, &paths) {
+                Ok(set) => set.files.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading files again for their positions");
+                    Vec::new()
+                }
+            };
+            let _ = reply.send(texts);
+        }
         let result = loader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -186,12 +246,12 @@ fn has_config(files: &FileSet) -> bool {
 /// repository's root (with `--path`, `deploy/caches/clusters/x.yaml`, so that editors
 /// and CI annotations find them), and a revision without `cacheflow.yaml` at the config
 /// root and no other cacheflow file is an error, never an empty, valid fleet.
-fn at_config_root(
+fn at_config_root<T>(
     repo: &ConfigRepo,
     commit: Option<&str>,
     found: bool,
-    result: Result<Desired, Vec<Diagnostic>>,
-) -> Result<Desired, Vec<Diagnostic>> {
+    result: Result<T, Vec<Diagnostic>>,
+) -> Result<T, Vec<Diagnostic>> {
     let mut diagnostics = match result {
         Ok(desired) if found => return Ok(desired),
         Ok(_) => Vec::new(),

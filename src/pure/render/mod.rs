@@ -11,8 +11,8 @@ use crate::pure::catalog::{self, Product};
 use crate::pure::diff::{ChangeSet, ClusterDiff, ClusterStatus, ParamChange, Risk};
 use crate::pure::plan::Plan;
 use crate::pure::rollout::Phase;
-use crate::pure::spec::model::{Desired, Role};
-use crate::pure::spec::Diagnostic;
+use crate::pure::spec::model::Role;
+use crate::pure::spec::{Diagnostic, Summary};
 
 mod decor;
 pub use decor::{Decor, Mark};
@@ -91,25 +91,9 @@ struct ValidateJson<'a> {
     errors: &'a [Diagnostic],
 }
 
-#[derive(Serialize)]
-struct Summary {
-    clusters: usize,
-    profiles: usize,
-    nodes: usize,
-}
-
-fn summary(d: &Desired) -> Summary {
-    Summary {
-        clusters: d.clusters.len(),
-        profiles: d.profiles.len(),
-        nodes: d.clusters.values().map(|c| c.nodes.len()).sum(),
-    }
-}
-
-pub fn validate_text(commit: Option<&str>, result: &Result<Desired, Vec<Diagnostic>>) -> String {
+pub fn validate_text(commit: Option<&str>, result: &Result<Summary, Vec<Diagnostic>>) -> String {
     match result {
-        Ok(d) => {
-            let s = summary(d);
+        Ok(s) => {
             format!(
                 "valid: {} cluster{}, {} profile{}, {} node{} at {}\n",
                 s.clusters,
@@ -142,9 +126,9 @@ pub fn validate_text(commit: Option<&str>, result: &Result<Desired, Vec<Diagnost
     }
 }
 
-pub fn validate_json(commit: Option<&str>, result: &Result<Desired, Vec<Diagnostic>>) -> String {
+pub fn validate_json(commit: Option<&str>, result: &Result<Summary, Vec<Diagnostic>>) -> String {
     let (summary, errors): (Option<Summary>, &[Diagnostic]) = match result {
-        Ok(d) => (Some(summary(d)), &[]),
+        Ok(s) => (Some(*s), &[]),
         Err(e) => (None, e),
     };
     json(&ValidateJson {

@@ -15,7 +15,7 @@ use super::model::{
     Settings, Stage,
 };
 use super::raw::{self, Kind, RawStage};
-use super::{file_level, schema, Diagnostic, Parsed, Source};
+use super::{file_level, schema, Diagnostic, Parsed, Reread, Source};
 use crate::pure::catalog::{self, CatalogId, Engine, Product};
 
 /// A compiled repository policy.
@@ -219,73 +219,115 @@ pub(super) fn shared(
     out
 }
 
-/// One cluster file, checked on its own: what `across_files` needs next.
-pub(crate) struct ClusterOut<'a> {
+/// One cluster file, checked on its own: what `across_files` needs next. The file's text
+/// and tree are not kept: a diagnostic found across files re-reads the files it names.
+pub(crate) struct ClusterOut {
     path: String,
-    src: Option<Source<'a>>,
-    cluster: Option<Cluster>,
-    /// (id, address as written) in file order, for uniqueness across files.
-    node_keys: Vec<(String, String)>,
+    /// The model, when the load keeps models ([`Keep::Model`]); boxed, so that a load
+    /// that keeps none holds a pointer per cluster, not the model's size.
+    cluster: Option<Box<Cluster>>,
+    /// The cluster's name and its nodes' ids and addresses, when it built.
+    keys: Option<Keys>,
     diags: Vec<Diagnostic>,
 }
 
-impl ClusterOut<'_> {
+impl ClusterOut {
     pub(super) fn path(&self) -> &str {
         &self.path
     }
 }
 
+/// What a load keeps of each cluster that checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// The model ([`Cluster`]): what plans and rollouts need.
+    Model,
+    /// Only what the checks across files and the counts of a summary need.
+    Keys,
+}
+
+/// A cluster's name, then each node's id and address (as written, in file order), in one
+/// string: the compact index the checks across files run over.
+pub(crate) struct Keys {
+    text: String,
+    /// Where each part ends in `text`: the name, then id and address of each node.
+    ends: Vec<u32>,
+}
+
+impl Keys {
+    fn new(name: &str) -> Keys {
+        let mut k = Keys {
+            text: String::new(),
+            ends: Vec::new(),
+        };
+        k.push(name);
+        k
+    }
+
+    fn push(&mut self, part: &str) {
+        self.text.push_str(part);
+        self.ends
+            .push(u32::try_from(self.text.len()).unwrap_or(u32::MAX));
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.text
+            .get(start..self.ends[i] as usize)
+            .unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        self.part(0)
+    }
+
+    fn node_count(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    /// (id, address) of node `k`.
+    fn node(&self, k: usize) -> (&str, &str) {
+        (self.part(1 + 2 * k), self.part(2 + 2 * k))
+    }
+}
+
 /// Parse, check and build one cluster: schema, its profile, parameters, nodes, rollout
 /// policy and the repository's policies. Runs in parallel with the other cluster files.
-pub(super) fn cluster_file<'a>(
-    path: Cow<'a, str>,
-    text: Cow<'a, str>,
+pub(super) fn cluster_file(
+    path: Cow<'_, str>,
+    text: Cow<'_, str>,
     shared: &Shared,
     policies: &[Policy],
-) -> ClusterOut<'a> {
+    keep: Keep,
+) -> ClusterOut {
     let shown = path.to_string();
     let mut p = match super::parse_file(path, text) {
         Ok(p) => p,
         Err(diags) => {
             return ClusterOut {
                 path: shown,
-                src: None,
                 cluster: None,
-                node_keys: Vec::new(),
+                keys: None,
                 diags,
             }
         }
     };
     let mut ctx = Ctx::default();
     let cluster = build_cluster(&mut ctx, &mut p, shared, policies);
-    let node_keys = cluster
-        .as_ref()
-        .map(|_| {
-            p.value
-                .pointer("/spec/nodes")
-                .and_then(Value::as_array)
-                .map(|nodes| {
-                    nodes
-                        .iter()
-                        .map(|n| {
-                            let field = |k: &str| {
-                                n.get(k)
-                                    .and_then(Value::as_str)
-                                    .unwrap_or_default()
-                                    .to_owned()
-                            };
-                            (field("id"), field("address"))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        })
-        .unwrap_or_default();
+    let keys = cluster.as_ref().map(|c| {
+        let mut keys = Keys::new(&c.name);
+        let nodes = p.value.pointer("/spec/nodes").and_then(Value::as_array);
+        for n in nodes.into_iter().flatten() {
+            let field = |k: &str| n.get(k).and_then(Value::as_str).unwrap_or_default();
+            keys.push(field("id"));
+            keys.push(field("address"));
+        }
+        keys
+    });
     ClusterOut {
         path: shown,
-        src: Some(p.src),
-        cluster,
-        node_keys,
+        cluster: cluster.filter(|_| keep == Keep::Model).map(Box::new),
+        keys,
         diags: ctx.diags,
     }
 }
@@ -582,80 +624,184 @@ fn apply_policy_finding(
     }
 }
 
-/// The checks across files, in path order: cluster names, node ids and addresses are
-/// unique in the repository. The first use wins; later ones are errors.
+/// What the checks across files leave: the models kept (first definitions only) and
+/// what a summary counts.
+pub(super) struct AcrossFiles {
+    pub clusters: BTreeMap<String, Cluster>,
+    pub cluster_count: usize,
+    pub node_count: usize,
+}
+
+/// A name, node id or address used again: where (file, node), and where first.
+enum Again {
+    Name {
+        at: usize,
+        first: usize,
+    },
+    Id {
+        at: (usize, usize),
+        first: (usize, usize),
+    },
+    Address {
+        at: (usize, usize),
+        first: (usize, usize),
+    },
+}
+
+/// The checks across files, in path order (`outs` is sorted by path): cluster names, node
+/// ids and addresses are unique in the repository. The first use wins; later ones are
+/// errors. They run over each file's [`Keys`]; only the files an error names are read
+/// again (`reread`: path → text), for the line and column it points at.
 pub(super) fn across_files(
     outs: Vec<ClusterOut>,
     diags: &mut Vec<Diagnostic>,
-) -> BTreeMap<String, Cluster> {
-    let mut clusters: BTreeMap<String, Cluster> = BTreeMap::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
-    // id / lower-case address → (index into outs, index of the node in its file).
-    let mut ids: HashMap<String, (usize, usize)> = HashMap::new();
-    let mut addresses: HashMap<String, (usize, usize)> = HashMap::new();
-    for (i, out) in outs.iter().enumerate() {
-        diags.extend(out.diags.iter().cloned());
-        let (Some(src), Some(cluster)) = (&out.src, &out.cluster) else {
-            continue;
-        };
-        if let Some(&first) = names.get(&cluster.name) {
-            let first_path = outs[first]
-                .src
-                .as_ref()
-                .map(|s| s.path().to_owned())
-                .unwrap_or_default();
-            diags.push(src.diag(
-                "/metadata/name",
-                false,
-                format!("cluster `{}` is also defined in {first_path}", cluster.name),
-            ));
+    reread: Reread<'_>,
+) -> AcrossFiles {
+    let mut outs = outs;
+    for out in &mut outs {
+        diags.append(&mut out.diags);
+    }
+    let (again, first_definitions) = find_again(&outs);
+    report_again(&outs, &again, diags, reread);
+    let mut done = AcrossFiles {
+        clusters: BTreeMap::new(),
+        cluster_count: 0,
+        node_count: 0,
+    };
+    for (out, first) in outs.into_iter().zip(first_definitions) {
+        if !first {
             continue;
         }
-        names.insert(cluster.name.clone(), i);
-        for (k, (id, address)) in out.node_keys.iter().enumerate() {
-            let at = |field: &str| format!("/spec/nodes/{k}/{field}");
-            let first_at = |(j, n): (usize, usize), field: &str| match &outs[j].src {
-                Some(s) => format!(
-                    "{}:{}",
-                    s.path(),
-                    s.line_of(&format!("/spec/nodes/{n}/{field}"))
-                ),
-                None => String::new(),
-            };
+        done.cluster_count += 1;
+        done.node_count += out.keys.as_ref().map_or(0, Keys::node_count);
+        if let Some(c) = out.cluster {
+            done.clusters.insert(c.name.clone(), *c);
+        }
+    }
+    done
+}
+
+/// Every name, id and address used again, and which files hold a first definition of
+/// their cluster's name.
+fn find_again(outs: &[ClusterOut]) -> (Vec<Again>, Vec<bool>) {
+    let nodes: usize = outs
+        .iter()
+        .filter_map(|o| o.keys.as_ref())
+        .map(Keys::node_count)
+        .sum();
+    let mut names: HashMap<&str, usize> = HashMap::with_capacity(outs.len());
+    // id / lower-case address → (index into outs, index of the node in its file).
+    let mut ids: HashMap<&str, (usize, usize)> = HashMap::with_capacity(nodes);
+    let mut addresses: HashMap<Cow<str>, (usize, usize)> = HashMap::with_capacity(nodes);
+    let mut again = Vec::new();
+    let mut first_definitions = vec![false; outs.len()];
+    for (i, out) in outs.iter().enumerate() {
+        let Some(keys) = &out.keys else { continue };
+        if let Some(&first) = names.get(keys.name()) {
+            again.push(Again::Name { at: i, first });
+            continue;
+        }
+        names.insert(keys.name(), i);
+        first_definitions[i] = true;
+        for k in 0..keys.node_count() {
+            let (id, address) = keys.node(k);
             if let Some(&first) = ids.get(id) {
-                diags.push(src.diag(
-                    &at("id"),
+                again.push(Again::Id { at: (i, k), first });
+            } else {
+                ids.insert(id, (i, k));
+            }
+            let key = if address.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(address.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(address)
+            };
+            if let Some(&first) = addresses.get(&key) {
+                again.push(Again::Address { at: (i, k), first });
+            } else {
+                addresses.insert(key, (i, k));
+            }
+        }
+    }
+    (again, first_definitions)
+}
+
+/// The diagnostics of names, ids and addresses used again, from the texts of the files
+/// they name (read again: the load keeps no text).
+fn report_again(
+    outs: &[ClusterOut],
+    again: &[Again],
+    diags: &mut Vec<Diagnostic>,
+    reread: Reread<'_>,
+) {
+    if again.is_empty() {
+        return;
+    }
+    let mut wanted: Vec<String> = again
+        .iter()
+        .flat_map(|a| match a {
+            Again::Name { at, first } => [*at, *first],
+            Again::Id { at, first } | Again::Address { at, first } => [at.0, first.0],
+        })
+        .map(|i| outs[i].path.clone())
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    let mut sources: HashMap<String, Source<'static>> = reread(&wanted)
+        .into_iter()
+        .map(|(path, text)| {
+            let src = Source::new(Cow::Owned(path.clone()), Cow::Owned(text));
+            (path, src)
+        })
+        .collect();
+    // A file that could not be read again is still named, at its first line.
+    for path in wanted {
+        sources
+            .entry(path.clone())
+            .or_insert_with(|| Source::new(Cow::Owned(path), Cow::Borrowed("")));
+    }
+    let src = |i: usize| &sources[&outs[i].path];
+    let keys = |i: usize| outs[i].keys.as_ref();
+    let first_at = |(j, n): (usize, usize), field: &str| {
+        format!(
+            "{}:{}",
+            outs[j].path,
+            src(j).line_of(&format!("/spec/nodes/{n}/{field}"))
+        )
+    };
+    for a in again {
+        match *a {
+            Again::Name { at, first } => {
+                let name = keys(at).map(Keys::name).unwrap_or_default();
+                diags.push(src(at).diag(
+                    "/metadata/name",
+                    false,
+                    format!("cluster `{name}` is also defined in {}", outs[first].path),
+                ));
+            }
+            Again::Id { at, first } => {
+                let id = keys(at.0).map(|k| k.node(at.1).0).unwrap_or_default();
+                diags.push(src(at.0).diag(
+                    &format!("/spec/nodes/{}/id", at.1),
                     false,
                     format!(
                         "node id `{id}` is already used at {}",
                         first_at(first, "id")
                     ),
                 ));
-            } else {
-                ids.insert(id.clone(), (i, k));
             }
-            let key = address.to_ascii_lowercase();
-            if let Some(&first) = addresses.get(&key) {
-                diags.push(src.diag(
-                    &at("address"),
+            Again::Address { at, first } => {
+                let address = keys(at.0).map(|k| k.node(at.1).1).unwrap_or_default();
+                diags.push(src(at.0).diag(
+                    &format!("/spec/nodes/{}/address", at.1),
                     false,
                     format!(
                         "address `{address}` is already used at {}",
                         first_at(first, "address")
                     ),
                 ));
-            } else {
-                addresses.insert(key, (i, k));
             }
         }
     }
-    for (i, out) in outs.into_iter().enumerate() {
-        // Only the first definition of a name is kept.
-        if let Some(c) = out.cluster.filter(|c| names.get(&c.name) == Some(&i)) {
-            clusters.insert(c.name.clone(), c);
-        }
-    }
-    clusters
 }
 
 fn settings(ctx: &mut Ctx, p: &Parsed) -> Settings {

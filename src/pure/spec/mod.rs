@@ -288,20 +288,49 @@ fn prelude(
     }
 }
 
+/// A revision's clusters in numbers: what `cacheflow validate` says of a valid one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Summary {
+    pub clusters: usize,
+    pub profiles: usize,
+    pub nodes: usize,
+}
+
+impl Summary {
+    pub fn of(d: &Desired) -> Summary {
+        Summary {
+            clusters: d.clusters.len(),
+            profiles: d.profiles.len(),
+            nodes: d.clusters.values().map(|c| c.nodes.len()).sum(),
+        }
+    }
+}
+
+/// Re-reads files by path (path → text; a file it cannot read is left out): the checks
+/// across files read again only the files their errors name.
+pub type Reread<'r> = &'r mut dyn FnMut(&[String]) -> Vec<(String, String)>;
+
 fn finish(
     commit: Option<String>,
     mut diags: Vec<Diagnostic>,
     shared: check::Shared,
     outs: Vec<check::ClusterOut>,
-) -> Result<Desired, Vec<Diagnostic>> {
-    let clusters = check::across_files(outs, &mut diags);
+    reread: Reread<'_>,
+) -> Result<(Desired, Summary), Vec<Diagnostic>> {
+    let across = check::across_files(outs, &mut diags, reread);
     if diags.is_empty() {
-        Ok(Desired {
+        let summary = Summary {
+            clusters: across.cluster_count,
+            profiles: shared.profiles.len(),
+            nodes: across.node_count,
+        };
+        let desired = Desired {
             commit,
             settings: shared.settings,
             profiles: shared.profiles,
-            clusters,
-        })
+            clusters: across.clusters,
+        };
+        Ok((desired, summary))
     } else {
         diags.sort();
         diags.dedup();
@@ -337,19 +366,53 @@ pub fn load(files: &FileSet) -> Result<Desired, Vec<Diagnostic>> {
         policies,
     } = prelude(&files.problems, shared_files, &policies);
     let outs = parallel_map(&clusters, |(path, text)| {
-        check::cluster_file(Cow::Borrowed(path), Cow::Borrowed(text), &shared, &policies)
+        check::cluster_file(
+            Cow::Borrowed(path),
+            Cow::Borrowed(text),
+            &shared,
+            &policies,
+            check::Keep::Model,
+        )
     });
-    finish(files.commit.clone(), diags, shared, outs)
+    let mut reread = |paths: &[String]| {
+        paths
+            .iter()
+            .filter_map(|p| files.files.get(p).map(|t| (p.clone(), t.clone())))
+            .collect()
+    };
+    finish(files.commit.clone(), diags, shared, outs, &mut reread).map(|(d, _)| d)
 }
 
 /// Load while the files are still being read: `items` arrive in the reader's order
 /// (Settings, profiles, policies, then clusters), and the cluster files are checked by
 /// worker threads as they come, so reading from git overlaps with parsing. Gives the
-/// same result as [`load`] on the same files.
+/// same result as [`load`] on the same files. No file's text is kept: `reread` gives
+/// back the few files an error across files names.
 pub fn load_stream(
     commit: Option<String>,
     items: std::sync::mpsc::Receiver<FileItem>,
+    reread: Reread<'_>,
 ) -> Result<Desired, Vec<Diagnostic>> {
+    stream(commit, items, check::Keep::Model, reread).map(|(d, _)| d)
+}
+
+/// What [`load_stream`] checks, keeping no model: each cluster is dropped once checked,
+/// and only its name, node ids and addresses stay for the checks across files, so memory
+/// does not grow with the size of the files. What `cacheflow validate` runs.
+pub fn check_stream(
+    commit: Option<String>,
+    items: std::sync::mpsc::Receiver<FileItem>,
+    reread: Reread<'_>,
+) -> Result<Summary, Vec<Diagnostic>> {
+    stream(commit, items, check::Keep::Keys, reread).map(|(_, s)| s)
+}
+
+fn stream(
+    commit: Option<String>,
+    items: std::sync::mpsc::Receiver<FileItem>,
+    keep: check::Keep,
+    reread: Reread<'_>,
+) -> Result<(Desired, Summary), Vec<Diagnostic>> {
     let mut problems = Vec::new();
     let mut shared_files = Vec::new();
     let mut policy_files: Vec<(String, String)> = Vec::new();
@@ -380,7 +443,7 @@ pub fn load_stream(
         .map(|n| n.get())
         .unwrap_or(1)
         .min(8);
-    let (mut outs, late_problems): (Vec<check::ClusterOut<'static>>, Vec<FileProblem>) =
+    let (mut outs, late_problems): (Vec<check::ClusterOut>, Vec<FileProblem>) =
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
@@ -401,6 +464,7 @@ pub fn load_stream(
                                         Cow::Owned(text),
                                         &shared,
                                         &policies,
+                                        keep,
                                     )),
                                 Some(FileItem::File { .. }) => {}
                             }
@@ -429,7 +493,7 @@ pub fn load_stream(
     );
     // Workers finish in any order; the checks across files go in path order.
     outs.sort_by(|a, b| a.path().cmp(b.path()));
-    finish(commit, diags, shared, outs)
+    finish(commit, diags, shared, outs, reread)
 }
 
 #[cfg(test)]
@@ -490,27 +554,59 @@ mod tests {
         ]);
         let run = |set: &FileSet| {
             let (tx, rx) = std::sync::mpsc::channel();
+            let (tx_again, rx_again) = std::sync::mpsc::channel();
             // The reader's order: profiles before clusters.
             for (path, text) in set.files.iter().rev() {
-                tx.send(FileItem::File {
-                    path: path.clone(),
-                    text: text.clone(),
-                })
-                .unwrap();
+                for tx in [&tx, &tx_again] {
+                    tx.send(FileItem::File {
+                        path: path.clone(),
+                        text: text.clone(),
+                    })
+                    .unwrap();
+                }
             }
-            for p in &set.problems {
-                tx.send(FileItem::Problem(p.clone())).unwrap();
-            }
-            drop(tx);
-            load_stream(None, rx)
+            drop((tx, tx_again));
+            let mut reread = |paths: &[String]| {
+                paths
+                    .iter()
+                    .filter_map(|p| set.files.get(p).map(|t| (p.clone(), t.clone())))
+                    .collect()
+            };
+            (
+                load_stream(None, rx, &mut reread),
+                check_stream(None, rx_again, &mut reread),
+            )
         };
         let a = load(&set).unwrap();
-        let b = run(&set).unwrap();
+        let (b, summary) = run(&set);
+        let b = b.unwrap();
         assert_eq!(render::json(&a), render::json(&b));
         assert_eq!(b.clusters["c2"].parameters["hz"].value, "20");
-        // Errors too, across files.
+        let summary = summary.unwrap();
+        assert_eq!(
+            summary,
+            Summary {
+                clusters: 2,
+                profiles: 1,
+                nodes: 4
+            }
+        );
+        assert_eq!(summary, Summary::of(&a));
+        // Errors too, across files: the files they name are read again for positions.
         set.files.insert("clusters/c3.yaml".into(), dup);
-        assert_eq!(load(&set).unwrap_err(), run(&set).unwrap_err());
+        let (b, summary) = run(&set);
+        let errors = load(&set).unwrap_err();
+        assert_eq!(
+            errors.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            vec![
+                "clusters/c3.yaml:10:12: node id `n1` is already used at clusters/c1.yaml:10 (at /spec/nodes/0/id)",
+                "clusters/c3.yaml:10:25: address `10.0.0.1:6379` is already used at clusters/c1.yaml:10 (at /spec/nodes/0/address)",
+                "clusters/c3.yaml:11:12: node id `n2` is already used at clusters/c1.yaml:11 (at /spec/nodes/1/id)",
+                "clusters/c3.yaml:11:25: address `10.0.0.2:6379` is already used at clusters/c1.yaml:11 (at /spec/nodes/1/address)",
+            ]
+        );
+        assert_eq!(errors, b.unwrap_err());
+        assert_eq!(errors, summary.unwrap_err());
     }
 
     #[test]
