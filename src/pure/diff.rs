@@ -535,6 +535,7 @@ mod tests {
                 .collect(),
             auth: None,
             tls: None,
+            sentinel: None,
             nodes: nodes
                 .iter()
                 .map(|(id, shard, role)| Node {

@@ -797,6 +797,7 @@ mod tests {
             parameters: BTreeMap::new(),
             auth: None,
             tls: None,
+            sentinel: None,
             nodes: nodes
                 .iter()
                 .map(|(id, role)| crate::pure::spec::model::Node {

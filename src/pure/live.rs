@@ -159,6 +159,27 @@ impl Topology {
     }
 }
 
+/// What one of a cluster's named Sentinels answered about the primary it watches
+/// (`SENTINEL GET-MASTER-ADDR-BY-NAME`, the flags and failover state of `SENTINEL
+/// MASTER`), or why it gave no answer. `pure::topology::sentinel_view` weighs the
+/// answers of all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SentinelAnswer {
+    /// `host:port` of the Sentinel.
+    pub address: String,
+    /// The primary it names, `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// It is running a failover of that primary now (`failover_in_progress` among its
+    /// flags, or a failover state other than `none`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failing_over: bool,
+    /// Why it gave no answer (unreachable, authentication, an unknown master name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Two `host:port` addresses name the same endpoint (host case-insensitive).
 pub fn same_address(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)

@@ -461,6 +461,7 @@ mod tests {
             .collect(),
             auth: None,
             tls: None,
+            sentinel: None,
             nodes: vec![
                 node("a1", "a", Some(Role::Primary)),
                 node("a2", "a", Some(Role::Replica)),

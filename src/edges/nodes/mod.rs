@@ -8,6 +8,7 @@
 pub mod fleet;
 pub mod memcached;
 pub mod redis;
+pub mod sentinel;
 pub mod simulated;
 pub mod tls;
 
@@ -147,6 +148,23 @@ pub trait NodeDriver: Send + Sync {
             Err(NodeError::Protocol {
                 address: self.address().to_owned(),
                 message: "this engine has no failover".to_owned(),
+            })
+        })
+    }
+    /// Move the primary role away from this node through the Sentinels that watch it
+    /// (`SENTINEL FAILOVER`; they choose the replica) and wait, at most `timeout`, until
+    /// a quorum of them names the new primary and it runs as one; its address. The
+    /// default (engines without Sentinel): refused.
+    fn failover_through_sentinel<'a>(
+        &'a self,
+        sentinel: &'a crate::pure::spec::model::Sentinel,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'a, Result<String, NodeError>> {
+        let _ = (sentinel, timeout);
+        Box::pin(async move {
+            Err(NodeError::Protocol {
+                address: self.address().to_owned(),
+                message: "this engine has no Sentinel".to_owned(),
             })
         })
     }

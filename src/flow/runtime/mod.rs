@@ -35,7 +35,7 @@ use crate::pure::protocol::{Assignment, Outcome, Report};
 use crate::pure::reconciler::status::Status;
 use crate::pure::reconciler::{Effect, Reconciler, Record, RefusedInput, State};
 use crate::pure::rollout::Event;
-use crate::pure::spec::model::Desired;
+use crate::pure::spec::model::{Desired, Sentinel};
 
 enum Msg {
     Report {
@@ -87,6 +87,11 @@ enum Msg {
         clusters: Vec<String>,
         reply: oneshot::Sender<()>,
     },
+    /// What a cluster's Sentinels answered (`edges::nodes::sentinel::ask`).
+    Sentinel {
+        cluster: String,
+        answers: Vec<crate::pure::live::SentinelAnswer>,
+    },
     Tick,
     /// End the task (timers still pending are dropped).
     Stop,
@@ -99,12 +104,23 @@ type Wakers = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
 /// in-process agents' own, and those the server made for agent-managed nodes.
 type Reach = Arc<Mutex<HashMap<String, Arc<dyn NodeDriver>>>>;
 
+/// The Sentinels of the current revision's clusters that name them, by cluster.
+type Sentinels = Arc<Mutex<std::collections::BTreeMap<String, Sentinel>>>;
+
+/// How often the Sentinels are asked about their primary.
+const SENTINEL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one Sentinel may take to answer.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A cheap, cloneable way to talk to the reconciler task.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Msg>,
     wakers: Wakers,
     reach: Reach,
+    sentinels: Sentinels,
+    /// The task asking the Sentinels was started.
+    sentinel_watch: Arc<std::sync::atomic::AtomicBool>,
     /// Every journal message, for progress displays and logs.
     pub events: broadcast::Sender<String>,
     started: Instant,
@@ -152,6 +168,7 @@ impl Handle {
 
     /// A new valid revision, with a reading of the nodes taken just before if there is one.
     pub async fn revision(&self, desired: Desired, live: Option<LiveState>) -> Result<(), Stopped> {
+        self.watch_sentinels(&desired);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Revision {
@@ -308,6 +325,35 @@ impl Handle {
         self.tx.send(Msg::Tick).await.map_err(|_| Stopped)
     }
 
+    /// Ask the Sentinels of `desired`'s clusters that name them, every
+    /// [`SENTINEL_INTERVAL`], and hand their answers to the reconciler (one task for
+    /// all clusters, started with the first cluster that names Sentinels).
+    fn watch_sentinels(&self, desired: &Desired) {
+        let named: std::collections::BTreeMap<String, Sentinel> = desired
+            .clusters
+            .iter()
+            .filter_map(|(name, c)| Some((name.clone(), c.sentinel.clone()?)))
+            .collect();
+        let any = !named.is_empty();
+        *self.sentinels.lock().expect("sentinels lock") = named;
+        if !any || self.sentinel_watch.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (tx, sentinels) = (self.tx.clone(), self.sentinels.clone());
+        tokio::spawn(async move {
+            loop {
+                let now = sentinels.lock().expect("sentinels lock").clone();
+                for (cluster, s) in now {
+                    let answers = crate::edges::nodes::sentinel::ask(&s, SENTINEL_TIMEOUT).await;
+                    if tx.send(Msg::Sentinel { cluster, answers }).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(SENTINEL_INTERVAL).await;
+            }
+        });
+    }
+
     /// The driver a failover from `node` goes through (the server sends `FAILOVER` to a
     /// primary itself, agent-managed or not); replaces any earlier one.
     pub fn reach(&self, node: &str, driver: Arc<dyn NodeDriver>) {
@@ -400,6 +446,8 @@ impl Handle {
             tx,
             wakers: Arc::new(Mutex::new(HashMap::new())),
             reach: Arc::new(Mutex::new(HashMap::new())),
+            sentinels: Arc::default(),
+            sentinel_watch: Arc::default(),
             events,
             started: Instant::now(),
             started_wall: std::time::SystemTime::now()
@@ -613,6 +661,9 @@ impl Inputs {
             }
             Msg::Stop => self.stop = true,
             Msg::Tick => self.effects.extend(core.tick(now)),
+            Msg::Sentinel { cluster, answers } => {
+                self.effects.extend(core.sentinel(&cluster, answers, now))
+            }
         }
     }
 }
@@ -826,22 +877,32 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                 to_address,
                 timeout_ms,
                 run,
+                sentinel,
                 ..
             } => {
                 let driver = h.reach.lock().expect("reach lock").get(&from).cloned();
                 let tx = h.tx.clone();
                 rt.spawn(async move {
-                    let outcome = match driver {
-                        Some(d) => d
-                            .failover(&to_address, Duration::from_millis(timeout_ms))
+                    let timeout = Duration::from_millis(timeout_ms);
+                    // Under Sentinel they choose the replica: the event names the one
+                    // they promoted.
+                    let outcome = match (driver, &sentinel) {
+                        (Some(d), Some(s)) => d
+                            .failover_through_sentinel(&s.sentinel, timeout)
                             .await
+                            .map(|address| s.node_at(&address))
                             .map_err(|e| e.to_string()),
-                        None => Err(format!(
+                        (Some(d), None) => d
+                            .failover(&to_address, timeout)
+                            .await
+                            .map(|()| to)
+                            .map_err(|e| e.to_string()),
+                        (None, _) => Err(format!(
                             "the server has no way to reach {from} (no address it can connect to)"
                         )),
                     };
                     let event = match outcome {
-                        Ok(()) => Event::FailedOver { batch, from, to },
+                        Ok(to) => Event::FailedOver { batch, from, to },
                         Err(error) => Event::FailoverFailed { batch, from, error },
                     };
                     let _ = tx

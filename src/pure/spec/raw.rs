@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::model::{
-    Auth, Drift, Managed, Notification, OnFailure, OnPrimaryRestart, Role, Tls, Trust, Window,
+    Auth, Drift, Managed, Notification, OnFailure, OnPrimaryRestart, Role, Sentinel, Tls, Trust,
+    Window,
 };
 use crate::pure::catalog::Product;
 
@@ -84,6 +85,8 @@ pub struct ClusterSpec {
     pub auth: Option<Auth>,
     #[serde(default)]
     pub tls: Option<Tls>,
+    #[serde(default)]
+    pub sentinel: Option<Sentinel>,
     pub nodes: Vec<Node>,
     #[serde(default)]
     pub rollout: Option<Rollout>,
