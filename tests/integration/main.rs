@@ -22,6 +22,7 @@ mod plan_fixtures;
 mod record;
 mod redis_driver;
 mod restart;
+mod sentinel;
 mod serve;
 mod server_client;
 mod setup_script;

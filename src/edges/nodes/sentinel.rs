@@ -116,10 +116,11 @@ fn without_address(e: &NodeError, address: &str) -> String {
 /// acknowledged write, and wait (at most `timeout`) until it is done. Its steps:
 /// writes on the primary are paused (`CLIENT PAUSE … WRITE`) and its replicas catch up
 /// to its offset, so no write is acknowledged that the new primary lacks; one Sentinel
-/// is asked to `SENTINEL FAILOVER`; done when a quorum of Sentinels, every one that
-/// answers agreeing and none failing over, names another node and that node runs as a
-/// primary; then the old primary follows it (what the Sentinels would make it do a few
-/// seconds later) and its writes are let go. The new primary's address.
+/// is asked to `SENTINEL FAILOVER`; as soon as one names another node that runs as a
+/// primary, the old primary follows it (what the Sentinels would make it do seconds
+/// later) and its writes are let go (they are refused there now: clients move on); done
+/// when a quorum of Sentinels, every one that answers agreeing and none failing over,
+/// names that node. The new primary's address.
 pub async fn failover(
     primary: &RedisDriver,
     sentinel: &Sentinel,
@@ -127,10 +128,10 @@ pub async fn failover(
 ) -> Result<String, NodeError> {
     let deadline = tokio::time::Instant::now() + timeout;
     pause_writes(primary, timeout).await?;
-    let outcome = async {
+    let promoted: Result<String, NodeError> = async {
         caught_up(primary, deadline).await?;
         ask_to_fail_over(primary, sentinel).await?;
-        let to = promoted(primary, sentinel, deadline).await?;
+        let to = wait_for(primary, sentinel, deadline, None).await?;
         follow_new_primary(primary, &to).await?;
         Ok(to)
     }
@@ -138,7 +139,8 @@ pub async fn failover(
     let mut unpause = redis::cmd("CLIENT");
     unpause.arg("UNPAUSE");
     let _ = primary.command(&unpause).await;
-    outcome
+    let to = promoted?;
+    wait_for(primary, sentinel, deadline, Some(&to)).await
 }
 
 async fn pause_writes(primary: &RedisDriver, timeout: Duration) -> Result<(), NodeError> {
@@ -153,7 +155,10 @@ async fn pause_writes(primary: &RedisDriver, timeout: Duration) -> Result<(), No
 }
 
 /// Every replica the primary feeds acknowledged its offset (writes are paused).
-async fn caught_up(primary: &RedisDriver, deadline: tokio::time::Instant) -> Result<(), NodeError> {
+async fn caught_up(
+    primary: &RedisDriver,
+    deadline: tokio::time::Instant,
+) -> Result<(), NodeError> {
     loop {
         let info = primary.replication().await?;
         let offset: u64 = info
@@ -207,12 +212,14 @@ async fn ask_to_fail_over(primary: &RedisDriver, sentinel: &Sentinel) -> Result<
     ))
 }
 
-/// Wait until a quorum of Sentinels, all that answer agreeing and none failing over,
-/// name a primary other than `primary`, and that node reports role master.
-async fn promoted(
+/// Wait until the Sentinels name a primary other than `primary` that reports role
+/// master: one of them is enough (`agreed: None`), or (`Some(to)`) a quorum, all that
+/// answer naming `to` and none failing over.
+async fn wait_for(
     primary: &RedisDriver,
     sentinel: &Sentinel,
     deadline: tokio::time::Instant,
+    agreed: Option<&str>,
 ) -> Result<String, NodeError> {
     let from = primary.address_text().to_owned();
     loop {
@@ -222,19 +229,24 @@ async fn promoted(
             .filter(|a| a.error.is_none())
             .filter_map(|a| a.primary.as_deref())
             .collect();
-        let settled = named.len() >= sentinel.quorum()
-            && !answers.iter().any(|a| a.failing_over)
-            && named.iter().all(|p| same_address(p, named[0]));
-        if settled && !same_address(named[0], &from) {
-            let to = named[0].to_owned();
-            let node =
-                RedisDriver::new(&to, primary.auth(), primary.timeout()).with_tls(primary.tls());
+        let candidate = match agreed {
+            None => named.iter().find(|p| !same_address(p, &from)).copied(),
+            Some(to) => {
+                let settled = named.len() >= sentinel.quorum()
+                    && !answers.iter().any(|a| a.failing_over)
+                    && named.iter().all(|p| same_address(p, to));
+                settled.then_some(to)
+            }
+        };
+        if let Some(to) = candidate {
+            let node = RedisDriver::new(to, primary.auth(), primary.timeout())
+                .with_tls(primary.tls());
             let leads = node
                 .replication()
                 .await
                 .is_ok_and(|i| i.get("role").map(String::as_str) == Some("master"));
             if leads {
-                return Ok(to);
+                return Ok(to.to_owned());
             }
         }
         if tokio::time::Instant::now() >= deadline {
@@ -250,8 +262,12 @@ async fn promoted(
                 })
                 .collect();
             return Err(primary.protocol(format!(
-                "the Sentinels of {} did not name a new primary in time: {}",
+                "the Sentinels of {} did not {} in time: {}",
                 sentinel.master_name,
+                match agreed {
+                    None => "name a new primary".to_owned(),
+                    Some(to) => format!("agree on the new primary {to}"),
+                },
                 said.join("; ")
             )));
         }

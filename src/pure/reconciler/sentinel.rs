@@ -88,7 +88,10 @@ impl Reconciler {
             return self.finish();
         };
         match (&view, was_settled) {
-            (SentinelView::Unsettled { reason }, true) => {
+            // The failover step's own failover unsettles them for a while: not news.
+            (SentinelView::Unsettled { reason }, true)
+                if !matches!(r.phase, Phase::FailingOver { .. }) =>
+            {
                 self.sentinel_line(
                     cluster,
                     &r,
