@@ -6,7 +6,8 @@
 #                             rust-version, a C compiler and C headers (libgit2, libssh2
 #                             and mimalloc are built from C), pkg-config, OpenSSL's
 #                             headers, git
-#   scripts/setup.sh --test   also what the tests start or use: redis-server, memcached,
+#   scripts/setup.sh --test   also what the tests start or use: redis-server,
+#                             redis-sentinel (Debian's redis-sentinel package), memcached,
 #                             gpg and ssh-keygen (signed commits), promtool (the
 #                             alerting rules; Debian's prometheus package, its server
 #                             left stopped and disabled), a headless browser (the drift
@@ -75,6 +76,8 @@ command -v git >/dev/null 2>&1 || need+=(git)
 browser=""
 if [ "$mode" = test ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  # The Sentinel tests start three real Sentinels.
+  command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
   command -v memcached >/dev/null 2>&1 || need+=(memcached)
   # Commit-trust tests sign commits with real keys.
   command -v gpg >/dev/null 2>&1 || need+=(gnupg)
