@@ -164,7 +164,6 @@ mod tests {
             forge_api_url: None,
             forge_token: None,
             tls: None,
-            sentinel: None,
         };
         let app = Arc::new(App {
             handle: handle.clone(),
