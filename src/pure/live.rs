@@ -21,6 +21,10 @@ pub struct LiveState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taken_at: Option<String>,
     pub nodes: BTreeMap<String, NodeLive>,
+    /// What the Sentinels of each cluster that names them answered (cluster → one
+    /// answer per Sentinel), when they were asked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sentinels: BTreeMap<String, Vec<SentinelAnswer>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -161,8 +165,8 @@ impl Topology {
 
 /// What one of a cluster's named Sentinels answered about the primary it watches
 /// (`SENTINEL GET-MASTER-ADDR-BY-NAME`, the flags and failover state of `SENTINEL
-/// MASTER`), or why it gave no answer. `pure::topology::sentinel_view` weighs the
-/// answers of all of them.
+/// MASTER`), or why it gave no answer. The topology room weighs the answers of all
+/// of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SentinelAnswer {

@@ -123,7 +123,7 @@ pub fn plan(desired: &Desired, live: &LiveState) -> Plan {
 /// (or why it is left out), the risks (primaries restarting, data evicted, eviction
 /// policies switched), the rollout order and the batches.
 pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
-    let topology = topology::resolve(cluster, |id| live.nodes.get(id));
+    let topology = topology::resolve_live(cluster, live);
     let NodePlans {
         nodes,
         in_sync,
@@ -484,6 +484,7 @@ mod tests {
             ..NodeLive::default()
         };
         let live = LiveState {
+            sentinels: Default::default(),
             version: 1,
             taken_at: None,
             nodes: [

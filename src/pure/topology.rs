@@ -72,6 +72,20 @@ pub fn resolve<'a>(
     resolve_with(cluster, reading, None)
 }
 
+/// [`resolve`] from a live-state snapshot: with the primary the cluster's Sentinels
+/// agree on, when it names them and the snapshot has their answers (what `plan` and
+/// `drift` place nodes by).
+pub fn resolve_live(cluster: &Cluster, live: &crate::pure::live::LiveState) -> ClusterTopology {
+    let primary = cluster.sentinel.as_ref().and_then(|s| {
+        let answers = live.sentinels.get(&cluster.name)?;
+        match sentinel_view(cluster, s, answers) {
+            SentinelView::Agreed { primary, .. } => Some(primary),
+            SentinelView::Unsettled { .. } => None,
+        }
+    });
+    resolve_with(cluster, |id| live.nodes.get(id), primary.as_deref())
+}
+
 /// [`resolve`], with the primary the cluster's Sentinels agree on (a node id, from
 /// [`sentinel_view`]): that node is the primary, and a node whose reading still says
 /// primary (the Sentinels have not turned it into a replica yet) counts as its replica.
@@ -684,6 +698,31 @@ mod tests {
         let t = resolve_with(&c, |id| live.get(id), view.primary());
         assert_eq!((t.role("a1"), t.role("a2")), (Role::Replica, Role::Primary));
         assert_eq!(t.nodes["a1"].follows.as_deref(), Some("a2"));
+
+        // From a snapshot (plan, drift): the same placement, from the answers it holds.
+        let snapshot = crate::pure::live::LiveState {
+            version: crate::pure::live::LIVE_STATE_VERSION,
+            taken_at: None,
+            nodes: live
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            sentinels: [(
+                "c".to_owned(),
+                vec![
+                    says("10.0.1.1:26379", Some("10.0.0.2:6379"), false),
+                    says("10.0.1.2:26379", Some("10.0.0.2:6379"), false),
+                ],
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let mut with_sentinel = c.clone();
+        with_sentinel.sentinel = Some(s.clone());
+        let t = resolve_live(&with_sentinel, &snapshot);
+        assert_eq!((t.role("a1"), t.role("a2")), (Role::Replica, Role::Primary));
+        // Without `sentinel` in the cluster the nodes' own readings place them.
+        assert_eq!(resolve_live(&c, &snapshot).role("a1"), Role::Primary);
 
         let split = sentinel_view(
             &c,

@@ -176,7 +176,10 @@ fn a_restart_only_change_of_the_primary_fails_over_through_the_sentinels_and_los
         port_in(&primary)
     );
     assert!(all_logs(&all).contains(&switched), "{}", all_logs(&all));
-    assert!(!journal.contains("failover cacheflow did not start"), "{journal}");
+    assert!(
+        !journal.contains("failover cacheflow did not start"),
+        "{journal}"
+    );
 
     // Every node runs the change; a1 was restarted, as a replica of the new primary.
     for (id, s) in &nodes {
@@ -262,16 +265,12 @@ fn a_failover_the_sentinels_make_by_themselves_mid_rollout_is_noticed_and_the_ro
     );
     // Once the first batch's node applied the change, the Sentinels fail the primary
     // over by themselves (a person's SENTINEL FAILOVER, as on-call would).
-    wait_until(
-        "the first batch applied",
-        Duration::from_secs(120),
-        || {
-            server
-                .journal()
-                .iter()
-                .any(|m| m.lines().any(|l| l.starts_with("cache: a") && l.contains(" applied ")))
-        },
-    );
+    wait_until("the first batch applied", Duration::from_secs(120), || {
+        server.journal().iter().any(|m| {
+            m.lines()
+                .any(|l| l.starts_with("cache: a") && l.contains(" applied "))
+        })
+    });
     let reply = all[0].client().cmd(&["SENTINEL", "FAILOVER", MASTER]);
     assert!(reply.is_ok(), "SENTINEL FAILOVER: {reply:?}");
     let moved = agreed_primary_other_than(&all, &nodes[0].1.addr(), Duration::from_secs(60));
@@ -400,9 +399,8 @@ fn sentinels_that_disagree_or_are_down_hold_the_rollout_with_the_reason_and_noth
     let journal = server.journal().join("\n");
     assert_eq!(phase, "completed", "{journal}");
     assert!(
-        journal.contains(&format!(
-            "cache: the Sentinels of {MASTER} agree again: "
-        )) || journal.contains("cache: batch 1 of 3 assigned"),
+        journal.contains(&format!("cache: the Sentinels of {MASTER} agree again: "))
+            || journal.contains("cache: batch 1 of 3 assigned"),
         "{journal}"
     );
     for (id, s) in &nodes {

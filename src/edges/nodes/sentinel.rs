@@ -155,10 +155,7 @@ async fn pause_writes(primary: &RedisDriver, timeout: Duration) -> Result<(), No
 }
 
 /// Every replica the primary feeds acknowledged its offset (writes are paused).
-async fn caught_up(
-    primary: &RedisDriver,
-    deadline: tokio::time::Instant,
-) -> Result<(), NodeError> {
+async fn caught_up(primary: &RedisDriver, deadline: tokio::time::Instant) -> Result<(), NodeError> {
     loop {
         let info = primary.replication().await?;
         let offset: u64 = info
@@ -239,8 +236,8 @@ async fn wait_for(
             }
         };
         if let Some(to) = candidate {
-            let node = RedisDriver::new(to, primary.auth(), primary.timeout())
-                .with_tls(primary.tls());
+            let node =
+                RedisDriver::new(to, primary.auth(), primary.timeout()).with_tls(primary.tls());
             let leads = node
                 .replication()
                 .await

@@ -14,6 +14,10 @@
 //! starts remembering the assignment its node already reported on (from the resumed
 //! state), so a restart applies nothing by itself. [`Host`] starts the task and stops it
 //! with its agents.
+//!
+//! Clusters that name Sentinels (`spec.sentinel`) have them asked about their primary
+//! twice a second by one task, started with the first such revision; the answers go to
+//! the reconciler like any input, and a failover of such a cluster goes through them.
 
 pub mod host;
 

@@ -773,6 +773,7 @@ impl Reconciler {
             return;
         }
         let live = LiveState {
+            sentinels: self.sentinel_answers(Some(name)),
             version: crate::pure::live::LIVE_STATE_VERSION,
             taken_at: None,
             nodes: candidates
@@ -1128,7 +1129,8 @@ impl Reconciler {
 
     /// Feed an event to a cluster's rollout and carry out its actions.
     fn feed(&mut self, name: &str, event: Event, now_ms: u64) {
-        let hold = self.hold(now_ms).or_else(|| self.sentinel_hold(name));
+        let hold = self.hold(now_ms);
+        let blocked = self.sentinel_hold(name);
         self.touch(name);
         let mut queue = vec![event];
         while let Some(event) = queue.pop() {
@@ -1141,6 +1143,7 @@ impl Reconciler {
                 return;
             };
             rec.rollout.hold = hold.clone();
+            rec.rollout.blocked = blocked.clone();
             let was_final = rec.rollout.phase.is_final();
             let was_rolling_back = matches!(rec.rollout.phase, Phase::RollingBack { .. });
             let was_paused = matches!(rec.rollout.phase, Phase::Paused { .. });
@@ -1700,6 +1703,7 @@ impl Reconciler {
             })
             .collect();
         let live = LiveState {
+            sentinels: self.sentinel_answers(None),
             version: crate::pure::live::LIVE_STATE_VERSION,
             taken_at: None,
             nodes,

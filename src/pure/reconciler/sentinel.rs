@@ -25,6 +25,7 @@ use super::{Reconciler, Record};
 /// What a cluster's Sentinels said last.
 #[derive(Debug, Clone)]
 pub(super) struct SentinelSeen {
+    pub answers: Vec<SentinelAnswer>,
     pub view: SentinelView,
     /// The primary they last agreed on (kept while they are unsettled).
     pub primary: Option<String>,
@@ -72,6 +73,7 @@ impl Reconciler {
         self.sentinels.insert(
             cluster.to_owned(),
             SentinelSeen {
+                answers,
                 view: view.clone(),
                 primary: primary.clone(),
                 agreed_since_ms,
@@ -141,6 +143,19 @@ impl Reconciler {
                 s.master_name
             )),
         }
+    }
+
+    /// The Sentinels' latest answers, of `only` one cluster or of all (what plans and
+    /// drift reports read with the nodes' readings).
+    pub(super) fn sentinel_answers(
+        &self,
+        only: Option<&str>,
+    ) -> std::collections::BTreeMap<String, Vec<SentinelAnswer>> {
+        self.sentinels
+            .iter()
+            .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
+            .map(|(name, seen)| (name.clone(), seen.answers.clone()))
+            .collect()
     }
 
     /// The primary `cluster`'s Sentinels agree on now, if it names them.

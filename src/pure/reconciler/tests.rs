@@ -76,6 +76,7 @@ fn node(list: &[(&str, &str)]) -> NodeLive {
 /// Every node of the cluster running `list`.
 fn live(list: &[(&str, &str)]) -> LiveState {
     LiveState {
+        sentinels: Default::default(),
         version: crate::pure::live::LIVE_STATE_VERSION,
         taken_at: None,
         nodes: ["a1", "a2", "b1"]
@@ -923,6 +924,7 @@ const GATED: &str =
 fn hit_ratio_collapse(restart: bool) -> Reconciler {
     let d = || load(R1, &cluster_yaml("hz: 20", None, GATED));
     let before = LiveState {
+        sentinels: Default::default(),
         version: crate::pure::live::LIVE_STATE_VERSION,
         taken_at: None,
         nodes: ["a1", "a2", "b1"]
@@ -1874,6 +1876,7 @@ fn a_restart_of_a_live_primary_with_a_replica_fails_over_to_it_first() {
     let yaml =
         |databases: &str| cluster_yaml(&format!("databases: {databases}"), Some("agent"), ROLLOUT);
     let mut before = LiveState {
+        sentinels: Default::default(),
         version: crate::pure::live::LIVE_STATE_VERSION,
         taken_at: None,
         nodes: BTreeMap::new(),
@@ -1967,7 +1970,9 @@ fn sentinels_say(primaries: [Option<&str>; 3]) -> Vec<crate::pure::live::Sentine
             address: format!("127.0.0.1:2638{i}"),
             primary: p.map(str::to_owned),
             failing_over: false,
-            error: p.is_none().then(|| "unreachable: connection refused".to_owned()),
+            error: p
+                .is_none()
+                .then(|| "unreachable: connection refused".to_owned()),
         })
         .collect()
 }
@@ -1980,20 +1985,26 @@ fn under_sentinel_batches_wait_for_a_quorum_and_a_failover_they_make_is_noticed_
         "  sentinel: {masterName: main, addresses: ['127.0.0.1:26380', '127.0.0.1:26381', '127.0.0.1:26382']}\n  nodes:\n",
     );
     let mut before = LiveState {
+        sentinels: Default::default(),
         version: crate::pure::live::LIVE_STATE_VERSION,
         taken_at: None,
         nodes: BTreeMap::new(),
     };
-    before.nodes.insert("a1".into(), replicated("16", Role::Primary));
-    before.nodes.insert("a2".into(), replicated("16", Role::Replica));
-    before.nodes.insert("b1".into(), replicated("16", Role::Primary));
+    before
+        .nodes
+        .insert("a1".into(), replicated("16", Role::Primary));
+    before
+        .nodes
+        .insert("a2".into(), replicated("16", Role::Replica));
+    before
+        .nodes
+        .insert("b1".into(), replicated("16", Role::Primary));
     let mut r = Reconciler::new(State::default());
     // Not asked yet: batch 1 waits, nothing assigned.
     let effects = r.revision(load(R1, &yaml), Some(&before), 0);
     assert!(
-        journals(&effects).iter().any(|j| j.contains(
-            "cache: batch 1 of 2 waits: the Sentinels of main have not been asked yet"
-        )),
+        journals(&effects).iter().any(|j| j
+            .contains("cache: batch 1 of 2 waits: the Sentinels of main have not been asked yet")),
         "{effects:#?}"
     );
     assert_eq!(r.assignment("a2").revision, None);
@@ -2016,13 +2027,18 @@ fn under_sentinel_batches_wait_for_a_quorum_and_a_failover_they_make_is_noticed_
     r.report("a2", rep, 1_200).unwrap();
     assert_eq!(phase(&r), Phase::Baking { batch: 0 });
     // The Sentinels fail a1 over to a2 by themselves while batch 1 bakes.
-    let a2 = sentinels_say([Some("127.0.0.1:7002"), Some("127.0.0.1:7002"), Some("127.0.0.1:7002")]);
+    let a2 = sentinels_say([
+        Some("127.0.0.1:7002"),
+        Some("127.0.0.1:7002"),
+        Some("127.0.0.1:7002"),
+    ]);
     let effects = r.sentinel(CLUSTER, a2, 1_500);
     let noticed = "cache: the Sentinels of main failed the primary of shard a over from a1 to a2 during batch 1, a failover cacheflow did not start: the rollout goes on against the new roles";
-    assert!(journals(&effects).iter().any(|j| j.contains(noticed)), "{effects:#?}");
-    let status = status::RolloutStatus::of(
-        r.state.clusters[CLUSTER].rollout.as_ref().unwrap(),
+    assert!(
+        journals(&effects).iter().any(|j| j.contains(noticed)),
+        "{effects:#?}"
     );
+    let status = status::RolloutStatus::of(r.state.clusters[CLUSTER].rollout.as_ref().unwrap());
     assert_eq!(status.sentinel.as_deref(), noticed.strip_prefix("cache: "));
     // a1 runs as a2's replica now: its batch needs no failover, and no node is
     // assigned twice.

@@ -486,16 +486,11 @@ fn check_sentinel(ctx: &mut Ctx, p: &Parsed, spec: &raw::ClusterSpec) {
     }
     for (i, address) in s.addresses.iter().enumerate() {
         let pointer = format!("/spec/sentinel/addresses/{i}");
-        if s.addresses[..i]
-            .iter()
-            .any(|a| crate::pure::live::same_address(a, address))
-        {
+        // host:port, the host compared without case.
+        let same = |a: &str| a.eq_ignore_ascii_case(address);
+        if s.addresses[..i].iter().any(|a| same(a)) {
             ctx.at(p, &pointer, format!("Sentinel {address} is named twice"));
-        } else if spec
-            .nodes
-            .iter()
-            .any(|n| crate::pure::live::same_address(&n.address, address))
-        {
+        } else if spec.nodes.iter().any(|n| same(&n.address)) {
             ctx.at(
                 p,
                 &pointer,

@@ -662,7 +662,12 @@ pub struct SentinelServer {
 impl SentinelServer {
     /// Watch `master_name` at `primary` with `quorum`; the primary is judged down after
     /// `down_after_ms` without an answer.
-    pub fn start(master_name: &str, primary: u16, quorum: u32, down_after_ms: u64) -> SentinelServer {
+    pub fn start(
+        master_name: &str,
+        primary: u16,
+        quorum: u32,
+        down_after_ms: u64,
+    ) -> SentinelServer {
         let mut failures = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
             let dir = tempfile::Builder::new()
@@ -674,8 +679,14 @@ impl SentinelServer {
             let mut c = String::new();
             let _ = writeln!(c, "port {port}\nbind 127.0.0.1\ndaemonize no\nlogfile \"\"");
             let _ = writeln!(c, "dir \"{}\"", dir.path().display());
-            let _ = writeln!(c, "sentinel monitor {master_name} 127.0.0.1 {primary} {quorum}");
-            let _ = writeln!(c, "sentinel down-after-milliseconds {master_name} {down_after_ms}");
+            let _ = writeln!(
+                c,
+                "sentinel monitor {master_name} 127.0.0.1 {primary} {quorum}"
+            );
+            let _ = writeln!(
+                c,
+                "sentinel down-after-milliseconds {master_name} {down_after_ms}"
+            );
             let _ = writeln!(c, "sentinel failover-timeout {master_name} 60000");
             let _ = writeln!(c, "sentinel parallel-syncs {master_name} 1");
             fs::write(&conf, c).expect("write sentinel.conf");
@@ -727,11 +738,9 @@ impl SentinelServer {
             .try_cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name])
             .ok()?
         {
-            Reply::Array(Some(items)) if items.len() == 2 => Some(format!(
-                "{}:{}",
-                items[0].as_str()?,
-                items[1].as_str()?
-            )),
+            Reply::Array(Some(items)) if items.len() == 2 => {
+                Some(format!("{}:{}", items[0].as_str()?, items[1].as_str()?))
+            }
             _ => None,
         }
     }
