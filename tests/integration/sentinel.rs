@@ -292,6 +292,7 @@ fn a_failover_the_sentinels_make_by_themselves_mid_rollout_is_noticed_and_the_ro
         line.contains(", a failover cacheflow did not start: "),
         "{line}"
     );
+    println!("{line}");
     let status = server.rollout();
     assert_eq!(
         status["rollout"]["sentinel"].as_str(),
