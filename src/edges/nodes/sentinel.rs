@@ -127,6 +127,14 @@ pub async fn failover(
     timeout: Duration,
 ) -> Result<String, NodeError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    // The Sentinels moved the role already and have not turned this node into a
+    // replica yet: it follows their primary now (what they would make it do).
+    let answers = ask(sentinel, primary.timeout()).await;
+    if let Some(to) = agreed_elsewhere(sentinel, &answers, primary.address_text()) {
+        follow_new_primary(primary, &to).await?;
+        linked(primary, &to, deadline).await?;
+        return Ok(to);
+    }
     pause_writes(primary, timeout).await?;
     let promoted: Result<String, NodeError> = async {
         caught_up(primary, deadline).await?;
@@ -141,6 +149,48 @@ pub async fn failover(
     let _ = primary.command(&unpause).await;
     let to = promoted?;
     wait_for(primary, sentinel, deadline, Some(&to)).await
+}
+
+/// The primary a quorum of Sentinels names, every one that answers agreeing and none
+/// failing over, when it is not `from`.
+fn agreed_elsewhere(sentinel: &Sentinel, answers: &[SentinelAnswer], from: &str) -> Option<String> {
+    let named: Vec<&str> = answers
+        .iter()
+        .filter(|a| a.error.is_none())
+        .filter_map(|a| a.primary.as_deref())
+        .collect();
+    let first = *named.first()?;
+    let agreed = named.len() >= sentinel.quorum()
+        && !answers.iter().any(|a| a.failing_over)
+        && named.iter().all(|p| same_address(p, first));
+    (agreed && !same_address(first, from)).then(|| first.to_owned())
+}
+
+/// Wait until `node` follows `to` with its link up.
+async fn linked(
+    node: &RedisDriver,
+    to: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(), NodeError> {
+    let (_, port) = split_address(to);
+    loop {
+        let info = node.replication().await?;
+        let up = info.get("role").map(String::as_str) == Some("slave")
+            && info.get("master_port").map(String::as_str) == Some(port.to_string().as_str())
+            && info.get("master_link_status").map(String::as_str) == Some("up");
+        if up {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(node.protocol(format!(
+                "it does not follow {to} with its link up in time (link {})",
+                info.get("master_link_status")
+                    .map(String::as_str)
+                    .unwrap_or("unknown")
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 async fn pause_writes(primary: &RedisDriver, timeout: Duration) -> Result<(), NodeError> {

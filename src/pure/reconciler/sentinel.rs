@@ -173,12 +173,27 @@ impl Reconciler {
         let c = self.desired.as_ref()?.clusters.get(cluster)?;
         let s = c.sentinel.as_ref()?;
         match self.sentinels.get(cluster).map(|seen| &seen.view) {
-            Some(SentinelView::Agreed { primary, .. }) if primary != from => {
-                Some(rollout::FailoverChoice::NotNeeded {
-                    why: format!(
-                        "the Sentinels of {} name {primary} the primary: {from} runs as its replica",
-                        s.master_name
-                    ),
+            Some(SentinelView::Agreed { primary, address }) if primary != from => {
+                // They may not have turned `from` into a replica yet (they do it seconds
+                // later): then it follows their primary first, through the failover
+                // step, so it does not restart as a second primary.
+                let follows = self
+                    .live
+                    .get(from)
+                    .and_then(|s| s.node.health.as_ref())
+                    .filter(|h| h.role == Some(crate::pure::spec::model::Role::Replica))
+                    .and_then(|h| h.topology.as_ref()?.primary.as_deref())
+                    .is_some_and(|p| crate::pure::live::same_address(p, address));
+                Some(match follows {
+                    true => rollout::FailoverChoice::NotNeeded {
+                        why: format!(
+                            "the Sentinels of {} name {primary} the primary: {from} runs as its replica",
+                            s.master_name
+                        ),
+                    },
+                    false => rollout::FailoverChoice::To {
+                        node: primary.clone(),
+                    },
                 })
             }
             Some(SentinelView::Agreed { .. }) => None,

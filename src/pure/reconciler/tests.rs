@@ -2040,8 +2040,14 @@ fn under_sentinel_batches_wait_for_a_quorum_and_a_failover_they_make_is_noticed_
     );
     let status = status::RolloutStatus::of(r.state.clusters[CLUSTER].rollout.as_ref().unwrap());
     assert_eq!(status.sentinel.as_deref(), noticed.strip_prefix("cache: "));
-    // a1 runs as a2's replica now: its batch needs no failover, and no node is
-    // assigned twice.
+    // a1 runs as a2's replica now (the Sentinels turned it into one): its batch needs
+    // no failover, and no node is assigned twice.
+    let mut a1_replica = replicated("16", Role::Replica);
+    if let Some(t) = a1_replica.health.as_mut().and_then(|h| h.topology.as_mut()) {
+        t.primary = Some("127.0.0.1:7002".into());
+    }
+    r.report("a1", report("a1", a1_replica, None), 1_800)
+        .unwrap();
     let a2_generation = r.assignment("a2").generation;
     let effects = r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, 2_000);
     assert!(
