@@ -304,7 +304,9 @@ impl Reconciler {
             .map(|b| format!(" during batch {b}"))
             .unwrap_or_default();
         let then = if restarts_later {
-            format!("{to} moves its role to a replica before it restarts; {from}, a replica now, restarts without a failover")
+            format!(
+                "{to} moves its role to a replica before it restarts; {from} restarts as a replica"
+            )
         } else {
             "the rollout goes on against the new roles".to_owned()
         };
