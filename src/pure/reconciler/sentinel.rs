@@ -11,8 +11,9 @@
 //! - A primary the Sentinels moved by themselves during a rollout (not the failover
 //!   step's own) is journaled and noted in the status; the rollout is not fought: the
 //!   new primary, if it still has to restart, moves its role first like any primary,
-//!   and the old one, a replica now, restarts without a failover. Nothing is assigned
-//!   twice: the batches stay as they were.
+//!   and the old one restarts as a replica: without a failover once the Sentinels have
+//!   turned it into one, else it follows their primary first (through the failover
+//!   step). Nothing is assigned twice: the batches stay as they were.
 
 use crate::pure::gates::Sample;
 use crate::pure::live::SentinelAnswer;
