@@ -34,6 +34,11 @@ pub(super) struct SentinelSeen {
     pub agreed_since_ms: Option<u64>,
 }
 
+/// How long after the Sentinels agree a node's report counts as one of the new roles: a
+/// Sentinel drops the clients of a node it reconfigures (`CLIENT KILL`), and a reading
+/// made before that may arrive after they agree.
+const SETTLE_MS: u64 = 2_000;
+
 /// Gates of a batch that were due while the Sentinels were unsettled.
 #[derive(Debug, Clone)]
 pub(super) struct GatesWaiting {
@@ -239,7 +244,7 @@ impl Reconciler {
     }
 
     /// Judge gates that waited for the Sentinels, once they agree and every node of the
-    /// batch reported since.
+    /// batch reported [`SETTLE_MS`] after.
     pub(super) fn judge_waiting(&mut self, name: &str, now_ms: u64) {
         let Some(w) = self.gates_waiting.get(name).cloned() else {
             return;
@@ -257,7 +262,12 @@ impl Reconciler {
         let Some(since) = self.sentinels.get(name).and_then(|s| s.agreed_since_ms) else {
             return;
         };
-        let fresh = |id: &String| self.live.get(id).is_some_and(|s: &Sample| s.at_ms > since);
+        let settled = since.saturating_add(SETTLE_MS);
+        let fresh = |id: &String| {
+            self.live
+                .get(id)
+                .is_some_and(|s: &Sample| s.at_ms > settled)
+        };
         if !w.nodes.iter().all(fresh) {
             return;
         }
