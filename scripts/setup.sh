@@ -8,6 +8,7 @@
 #                             headers, git
 #   scripts/setup.sh --test   also what the tests start or use: redis-server,
 #                             redis-sentinel (Debian's redis-sentinel package), memcached,
+#                             etcd (Debian's etcd-server: the replicas' election),
 #                             gpg and ssh-keygen (signed commits), promtool (the
 #                             alerting rules; Debian's prometheus package, its server
 #                             left stopped and disabled), a headless browser (the drift
@@ -78,7 +79,11 @@ if [ "$mode" = test ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   # The Sentinel tests start three real Sentinels.
   command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
+  # The cluster-mode tests make a Redis Cluster with `redis-cli --cluster create`.
+  command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
   command -v memcached >/dev/null 2>&1 || need+=(memcached)
+  # The replicas' tests start a three-member etcd cluster (Debian's etcd-server).
+  command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   # Commit-trust tests sign commits with real keys.
   command -v gpg >/dev/null 2>&1 || need+=(gnupg)
   command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)

@@ -41,6 +41,7 @@ pub mod pure {
     pub mod render;
     pub mod rollout;
     pub mod schedule;
+    pub mod shards;
     pub mod spec;
     pub mod topology;
     pub mod windows;
@@ -51,6 +52,7 @@ pub mod edges {
     pub mod api;
     pub mod audit;
     pub mod clock;
+    pub mod etcd;
     pub mod forge;
     pub mod http_error;
     pub mod live_file;

@@ -50,6 +50,10 @@ pub enum AuditError {
         found: u32,
         reads: u32,
     },
+    /// The replicated journal (etcd) did not take the entry: this replica no longer
+    /// leads, or etcd cannot be reached. Nothing of the entry went to Git either.
+    #[error("the replicated journal did not take the entry: {0}")]
+    Replicated(String),
     #[error("cannot start the journal writer: {0}")]
     Writer(String),
     #[error("the journal moved under this reconciler (now at {found}, expected {expected}): is another cacheflow serving the same state directory?")]
@@ -290,6 +294,13 @@ impl Journal {
         note.message().ok().map(str::to_owned)
     }
 
+    /// The message of the last entry, if any.
+    pub fn head_message(&self) -> Option<String> {
+        let head = self.head?;
+        let commit = self.repo.find_commit(head).ok()?;
+        commit.message().ok().map(str::to_owned)
+    }
+
     /// Every entry, newest first.
     pub fn entries(&self) -> Result<Vec<Entry>, AuditError> {
         let Some(head) = self.head else {
@@ -334,7 +345,7 @@ impl Prepared {
             clusters: state
                 .clusters
                 .iter()
-                .map(|(name, cs)| (name.clone(), Some(to_json(cs))))
+                .map(|(name, cs)| (name.clone(), Some(entry_json(cs))))
                 .collect(),
         }
     }
@@ -358,12 +369,78 @@ impl Prepared {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// `state.json`'s bytes.
+    pub fn top(&self) -> &[u8] {
+        &self.top
+    }
+
+    /// Every cluster, with its file when it changed.
+    pub fn clusters(&self) -> &BTreeMap<String, Option<Vec<u8>>> {
+        &self.clusters
+    }
+
+    /// End the message with a trailer line (`Cacheflow-Entry: 12`).
+    pub fn add_trailer(&mut self, line: &str) {
+        self.message.push('\n');
+        self.message.push_str(line);
+        self.message.push('\n');
+    }
+}
+
+/// The trailer naming an entry's number in the replicated journal.
+pub const ENTRY_TRAILER: &str = "Cacheflow-Entry: ";
+
+/// The number of the replicated journal's entry a Git journal message carries, if any.
+pub fn entry_number(message: &str) -> Option<u64> {
+    message
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(ENTRY_TRAILER))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// A state from its files (`state.json` and one file per cluster), as the replicated
+/// journal keeps them; `what` names where they came from in errors.
+pub fn state_from_files(
+    what: &str,
+    top: &[u8],
+    clusters: &BTreeMap<String, Vec<u8>>,
+) -> Result<State, AuditError> {
+    let bad = |file: &str, message: String| AuditError::BadState {
+        commit: what.to_owned(),
+        what: file.to_owned(),
+        message,
+    };
+    #[derive(serde::Deserialize)]
+    struct Version {
+        #[serde(default)]
+        version: u32,
+    }
+    let Version { version } =
+        serde_json::from_slice(top).map_err(|e| bad("state.json", e.to_string()))?;
+    if version > STATE_VERSION {
+        return Err(AuditError::NewerFormat {
+            commit: what.to_owned(),
+            found: version,
+            reads: STATE_VERSION,
+        });
+    }
+    let mut state: State =
+        serde_json::from_slice(top).map_err(|e| bad("state.json", e.to_string()))?;
+    for (name, json) in clusters {
+        let cs: ClusterState = serde_json::from_slice(json)
+            .map_err(|e| bad(&format!("clusters/{name}.json"), e.to_string()))?;
+        state.clusters.insert(name.clone(), cs);
+    }
+    Ok(state)
 }
 
 /// Serialises the reconciler's state into [`Prepared`] entries: only the clusters the
 /// reconciler names as changed since the previous entry, plus any it never serialised
 /// (entries otherwise cost as much as the whole fleet: a 100-node cluster's file is
-/// about 70 KB). Debug builds check that every other cluster really is unchanged.
+/// about 80 KB of compact JSON). Debug builds check that every other cluster really is
+/// unchanged.
 #[derive(Debug, Default)]
 pub struct EntryMaker {
     /// Clusters serialised (or loaded) before, with the id of that file in debug builds.
@@ -401,7 +478,7 @@ impl EntryMaker {
                     None
                 }
                 _ => {
-                    let json = to_json(cs);
+                    let json = entry_json(cs);
                     let id = if cfg!(debug_assertions) {
                         Oid::hash_object(git2::ObjectType::Blob, &json).ok()
                     } else {
@@ -426,7 +503,7 @@ impl EntryMaker {
 /// The id of a cluster's file, computed in debug builds only (for the check above).
 fn debug_id(cs: &ClusterState) -> Option<Oid> {
     if cfg!(debug_assertions) {
-        Oid::hash_object(git2::ObjectType::Blob, &to_json(cs)).ok()
+        Oid::hash_object(git2::ObjectType::Blob, &entry_json(cs)).ok()
     } else {
         None
     }
@@ -434,7 +511,7 @@ fn debug_id(cs: &ClusterState) -> Option<Oid> {
 
 /// The top file without the clusters (not a clone of the whole state).
 fn top_json(state: &State) -> Vec<u8> {
-    to_json(&State {
+    entry_json(&State {
         version: state.version,
         head: state.head.clone(),
         generation: state.generation,
@@ -451,9 +528,55 @@ fn with_newline(message: &str) -> String {
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+/// The encoding of every file of an entry's tree, in one place: compact JSON (no
+/// indentation; a 100-node cluster's file is about half the size indented, and its
+/// hashing and compression are paid on every entry that changes the cluster). Entries
+/// written indented by earlier versions read the same (`load` parses either).
+pub fn entry_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Plain data with string keys: serialising cannot fail.
-    serde_json::to_vec_pretty(value).unwrap_or_default()
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod replicated_tests {
+    use super::*;
+
+    #[test]
+    fn the_entry_number_is_the_last_trailer_of_a_message() {
+        let mut e = Prepared::full("cache: batch 1 of 4 assigned", &State::default());
+        assert_eq!(entry_number(e.message()), None);
+        e.add_trailer(&format!("{ENTRY_TRAILER}17"));
+        assert_eq!(entry_number(e.message()), Some(17));
+        assert!(e.message().starts_with("cache: batch 1 of 4 assigned\n"));
+    }
+
+    #[test]
+    fn a_state_read_back_from_its_files_is_the_state_written() {
+        let mut state = State {
+            head: Some("abc".into()),
+            generation: 3,
+            ..State::default()
+        };
+        state.clusters.insert(
+            "cache".into(),
+            ClusterState {
+                declared: vec!["n1".into()],
+                ..ClusterState::default()
+            },
+        );
+        let e = Prepared::full("x", &state);
+        let files: BTreeMap<String, Vec<u8>> = e
+            .clusters()
+            .iter()
+            .map(|(n, f)| (n.clone(), f.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(state_from_files("etcd", e.top(), &files).unwrap(), state);
+        let newer = br#"{"version": 99}"#;
+        assert!(matches!(
+            state_from_files("etcd", newer, &BTreeMap::new()),
+            Err(AuditError::NewerFormat { found: 99, .. })
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -553,6 +676,71 @@ mod tests {
         b.append("b1", &State::default()).unwrap();
         let err = a.append("a2", &State::default()).unwrap_err();
         assert!(matches!(err, AuditError::Moved { .. }), "{err}");
+    }
+
+    #[test]
+    fn entries_are_compact_json_and_indented_ones_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init_bare(dir.path()).unwrap();
+        let mut state = State {
+            version: STATE_VERSION,
+            head: Some("abc".into()),
+            generation: 2,
+            ..State::default()
+        };
+        state.clusters.insert(
+            "cache-main".into(),
+            ClusterState {
+                target: Some(Target {
+                    revision: "abc".into(),
+                    digest: "d".into(),
+                    parameters: BTreeMap::from([("hz".into(), "20".into())]),
+                }),
+                declared: vec!["a1".into()],
+                ..ClusterState::default()
+            },
+        );
+        // An entry as earlier versions wrote it: indented.
+        let indented = Prepared {
+            message: "indented\n".into(),
+            top: serde_json::to_vec_pretty(&State {
+                clusters: BTreeMap::new(),
+                ..state.clone()
+            })
+            .unwrap(),
+            clusters: state
+                .clusters
+                .iter()
+                .map(|(n, cs)| (n.clone(), Some(serde_json::to_vec_pretty(cs).unwrap())))
+                .collect(),
+        };
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.write(&indented).unwrap();
+        let mut again = Journal::open(dir.path()).unwrap();
+        assert_eq!(again.load().unwrap(), Some(state.clone()));
+
+        // The next entry is compact, and reads back the same.
+        state.generation = 3;
+        again.append("compact", &state).unwrap();
+        let repo = Repository::open(dir.path()).unwrap();
+        let tree = repo
+            .find_commit(repo.refname_to_id(JOURNAL_REF).unwrap())
+            .unwrap()
+            .tree()
+            .unwrap();
+        for path in ["state.json", "clusters/cache-main.json"] {
+            let id = tree.get_path(Path::new(path)).unwrap().id();
+            let blob = repo.find_blob(id).unwrap();
+            let text = std::str::from_utf8(blob.content()).unwrap();
+            assert!(
+                !text.contains('\n') && !text.contains("  "),
+                "{path}: {text}"
+            );
+        }
+        assert_eq!(
+            Journal::open(dir.path()).unwrap().load().unwrap(),
+            Some(state)
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `cacheflow demo`: the whole loop on an embedded simulated fleet, with no setup, in
-//! about 15 seconds. Nothing in it is staged: the reconciler is the one `serve` and
+//! about 20 seconds. Nothing in it is staged: the reconciler is the one `serve` and
 //! `sync` run (rollout state machine, gates, journal and notes in the repository's git),
 //! the nodes are [`SimulatedNode`]s driven by in-process agents, and every value shown
 //! is read back from the nodes or from git.
@@ -24,9 +24,10 @@ use tokio::sync::broadcast;
 
 use crate::edges::audit::Journal;
 use crate::edges::nodes::fleet::{self, SnapshotOptions, Target};
-use crate::edges::nodes::simulated::SimulatedNode;
+use crate::edges::nodes::simulated::{Replication, SimulatedNode};
 use crate::edges::nodes::NodeDriver;
 use crate::edges::source::ConfigRepo;
+use crate::flow::agent::ApplyOptions;
 use crate::flow::pipeline::intake::{self, Outcome, Refusal};
 use crate::flow::pipeline::{self, Revision};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
@@ -125,6 +126,27 @@ const BAD_MEMORY: &str = "3gb";
 const DRIFT_NODE: &str = "sessions-eu-2a";
 const DRIFT_PARAM: &str = "maxmemory-policy";
 const DRIFT_VALUE: &str = "allkeys-lru";
+
+/// Step 5: a small cluster whose two nodes run as services (a config file, a restart
+/// command), and a start-only change that restarts its primary.
+const CARTS: &str = "carts";
+const CARTS_FILE: &str = "clusters/carts.yaml";
+const CARTS_NODES: [(&str, &str, Role); 2] = [
+    ("carts-1a", "10.70.1.11:6379", Role::Primary),
+    ("carts-1b", "10.70.1.12:6379", Role::Replica),
+];
+
+/// The carts cluster with `databases` set to `databases`.
+fn carts_file(databases: u32) -> String {
+    format!(
+        "apiVersion: cacheflow/v1\nkind: Cluster\nmetadata:\n  name: {CARTS}\nspec:\n  \
+         engine: redis\n  parameters:\n    databases: {databases}\n  nodes:\n    \
+         - {{ id: carts-1a, address: \"10.70.1.11:6379\", shard: c1, role: primary, managed: agent }}\n    \
+         - {{ id: carts-1b, address: \"10.70.1.12:6379\", shard: c1, role: replica, managed: agent }}\n  \
+         rollout:\n    stages: [1, \"100%\"]\n    bake: 2s\n    warmup: 0s\n    \
+         applyTimeout: {APPLY_TIMEOUT}\n    gates: {{ minOpsPerSec: 0, maxHitRatioDrop: 1 }}\n"
+    )
+}
 
 /// What stopped the demo (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -314,12 +336,22 @@ async fn live(
             timeout: Duration::from_secs(2),
             first_reading: None,
             declared: None,
+            apply: None,
         };
         host.drive(id, n.node.clone() as Arc<dyn NodeDriver>, options);
     }
     out.drain(&mut events, None);
     let drift_dir = console.as_ref().map(|c| c.drift_dir.clone());
-    let result = story(out, git, fleet, &handle, &mut events, speeds, drift_dir).await;
+    let result = story(
+        out,
+        git,
+        fleet,
+        (&host, &handle),
+        &mut events,
+        speeds,
+        drift_dir,
+    )
+    .await;
     if let Some(c) = console {
         c.until_interrupted(out).await;
     }
@@ -391,9 +423,9 @@ impl DemoConsole {
     }
 }
 
-/// 5. History: `cacheflow history` and the journal's length.
+/// 6. History: `cacheflow history` and the journal's length.
 fn history(out: &mut Out, work: &WorkDir, git: &Git) -> Result<(), DemoError> {
-    out.section("5. History: `cacheflow history`");
+    out.section("6. History: `cacheflow history`");
     out.line("Each config commit beside what the reconciler noted on it (refs/notes/cacheflow):");
     let repo = open(&work.path)?;
     let entries = crate::flow::history::history(
@@ -453,7 +485,7 @@ async fn story(
     out: &mut Out,
     git: &Git,
     fleet: &Fleet,
-    handle: &Handle,
+    (host, handle): (&Host, &Handle),
     events: &mut broadcast::Receiver<String>,
     base: &str,
     drift_dir: Option<PathBuf>,
@@ -477,13 +509,15 @@ async fn story(
         out,
         git,
         fleet,
+        host,
         handle,
         events,
         drift_dir,
     };
     let good = live.good_change(base, &good_file).await?;
     live.bad_change(&good, &good_file, &bad_file).await?;
-    live.drift().await
+    live.drift().await?;
+    live.failover().await
 }
 
 /// What steps 2 to 4 work with.
@@ -491,6 +525,7 @@ struct Live<'a> {
     out: &'a mut Out,
     git: &'a Git,
     fleet: &'a Fleet,
+    host: &'a Host,
     handle: &'a Handle,
     events: &'a mut broadcast::Receiver<String>,
     /// Where the drift report is written for the console (`--serve`).
@@ -500,7 +535,15 @@ struct Live<'a> {
 impl Live<'_> {
     /// Hand the repository's head to the reconciler and follow its rollout.
     async fn take(&mut self, revision: &str) -> Result<Phase, DemoError> {
-        take(self.out, self.git, self.handle, self.events, revision).await
+        take(
+            self.out,
+            self.git,
+            self.handle,
+            self.events,
+            (CLUSTER, None),
+            revision,
+        )
+        .await
     }
 
     /// 2. A change rolls out; its commit.
@@ -636,6 +679,131 @@ impl Live<'_> {
     }
 }
 
+impl Live<'_> {
+    /// 5. A start-only change reaches a primary: its role moves to its replica first.
+    async fn failover(&mut self) -> Result<(), DemoError> {
+        let (git, host, handle) = (self.git, self.host, self.handle);
+        self.out
+            .section("5. A restart-only change of a primary: its role moves to a replica first");
+        let nodes = carts_nodes(git)?;
+        self.out.line(&format!(
+            "Two more simulated nodes, {CARTS}-1a (primary) and {CARTS}-1b (its replica), run as\n\
+             services: each starts from its config file, and an agent beside it restarts it with a\n\
+             command. {CARTS_FILE} declares them as they run:"
+        ));
+        let message = "Carts: two nodes, as they run";
+        let first = git.commit(ALICE, message, &[(CARTS_FILE, &carts_file(16))])?;
+        self.out.commit(&first, ALICE.0, message);
+        // The reconciler takes the revision with a reading of the new nodes, then their
+        // agents start.
+        let targets = nodes
+            .iter()
+            .map(|(id, n, _)| {
+                Target::new(
+                    id.clone(),
+                    CARTS.to_owned(),
+                    Arc::clone(n) as Arc<dyn NodeDriver>,
+                )
+            })
+            .collect();
+        let options = SnapshotOptions {
+            concurrency: 2,
+            timeout: Duration::from_secs(2),
+        };
+        let live = fleet::snapshot(targets, options).await;
+        let events = &mut *self.events;
+        take(self.out, git, handle, events, (CARTS, Some(live)), &first).await?;
+        for (id, node, options) in &nodes {
+            host.drive(id, node.clone() as Arc<dyn NodeDriver>, options.clone());
+        }
+        let message = "Carts: 32 databases (start-only: each engine restarts)";
+        let change = git.commit(BOB, message, &[(CARTS_FILE, &carts_file(32))])?;
+        self.out.commit(&change, BOB.0, message);
+        self.out.line(
+            "`databases` takes effect at start only: every node restarts. A primary restarted in\n\
+             place takes no writes until it is back, so the replica restarts first, then the\n\
+             primary role moves to it (`FAILOVER TO`, or `CLUSTER FAILOVER` in cluster mode), then\n\
+             the old primary restarts as its replica:",
+        );
+        let phase = take(self.out, git, handle, self.events, (CARTS, None), &change).await?;
+        if !matches!(phase, Phase::Completed) {
+            return Err(DemoError::Story(format!(
+                "the restart-only change did not complete: {phase:?}"
+            )));
+        }
+        for (id, node, _) in &nodes {
+            let live = node.read().await.ok();
+            let role = live
+                .as_ref()
+                .and_then(|l| l.health.as_ref())
+                .and_then(|h| h.role)
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            let databases = live
+                .as_ref()
+                .and_then(|l| l.parameters.get("databases").cloned())
+                .unwrap_or_else(|| "unknown".into());
+            self.out.line(&format!(
+                "Read back from {id}: databases {databases}, runs as a {role}."
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The carts nodes: simulated, replicating each other, each run as a service from a
+/// config file in the demo's git directory (restarted by `touch MARKER`), with the
+/// options of the in-process agent that drives it (it may restart it).
+type Carts = Vec<(String, Arc<SimulatedNode>, DirectOptions)>;
+
+fn carts_nodes(git: &Git) -> Result<Carts, DemoError> {
+    let dir = git.repo.path().join("demo-services");
+    std::fs::create_dir_all(&dir).map_err(|source| DemoError::File {
+        path: dir.clone(),
+        source,
+    })?;
+    let params: Arc<BTreeMap<String, String>> =
+        Arc::new([("databases".to_owned(), "16".to_owned())].into());
+    let replication = Arc::new(Replication::default());
+    let mut out = Vec::new();
+    for (id, address, role) in CARTS_NODES {
+        let node = Arc::new(SimulatedNode::new(
+            address,
+            Engine::Redis,
+            role,
+            Arc::clone(&params),
+            1 << 20,
+            1000.0,
+        ));
+        if role == Role::Replica {
+            node.replicate_from(Some(CARTS_NODES[0].1.to_owned()));
+        }
+        replication.join(&node);
+        let file = dir.join(format!("{id}.conf"));
+        std::fs::write(&file, "databases 16\n").map_err(|source| DemoError::File {
+            path: file.clone(),
+            source,
+        })?;
+        let marker = dir.join(format!("{id}.restart"));
+        node.run_as_service(file.clone(), marker.clone());
+        let options = DirectOptions {
+            interval: Duration::from_millis(250),
+            timeout: Duration::from_secs(2),
+            first_reading: None,
+            declared: None,
+            apply: Some(ApplyOptions {
+                config_file: Some(file),
+                restart_command: Some(format!("touch '{}'", marker.display())),
+                restart_timeout: Duration::from_secs(10),
+                warmup: Duration::ZERO,
+                ..ApplyOptions::default()
+            }),
+        };
+        out.push((id.to_owned(), node, options));
+    }
+    Ok(out)
+}
+
 /// `cacheflow diff` of a change, indented.
 fn show_diff(out: &mut Out, git: &Git, base: &str, head: &str) -> Result<(), DemoError> {
     let repo = open(&git.dir)?;
@@ -653,19 +821,20 @@ async fn take(
     git: &Git,
     handle: &Handle,
     events: &mut broadcast::Receiver<String>,
+    (cluster, live): (&str, Option<LiveState>),
     revision: &str,
 ) -> Result<Phase, DemoError> {
     let repo = open(&git.dir)?;
     let good = handle.head().await?;
     let desired = desired(&repo, good.as_deref())?;
     let began = Instant::now();
-    handle.revision(desired, None).await?;
+    handle.revision(desired, live).await?;
     loop {
         out.drain(events, Some(began));
         let status = handle.status()?;
         let phase = status
             .clusters
-            .get(CLUSTER)
+            .get(cluster)
             .filter(|c| c.rollout.as_ref().is_some_and(|r| r.revision == revision))
             .and_then(|c| c.progress.as_ref())
             .map(|p| &p.phase);

@@ -413,6 +413,7 @@ async fn roll_out(
                 // Read a moment ago: the first report needs no second reading.
                 first_reading: first_readings.remove(&n.id),
                 declared: Some(Arc::clone(&declared)),
+                apply: None,
             };
             host.drive(&n.id, driver, direct);
         }

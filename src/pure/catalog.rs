@@ -974,6 +974,41 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn cluster_parameters_carry_the_engines_own_classes() {
+        // As every Redis and Valkey config.c declares them: MODIFIABLE_CONFIG ones are set
+        // at run time, IMMUTABLE_CONFIG ones at start only.
+        let runtime = [
+            "cluster-node-timeout",
+            "cluster-require-full-coverage",
+            "cluster-allow-reads-when-down",
+            "cluster-replica-validity-factor",
+            "cluster-migration-barrier",
+            "cluster-allow-replica-migration",
+            "cluster-replica-no-failover",
+            "cluster-announce-ip",
+        ];
+        let start_only = ["cluster-enabled", "cluster-config-file", "cluster-port"];
+        for cat in catalogs_of(Engine::Redis) {
+            for name in runtime {
+                let p = cat
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{name} in {}", cat.version));
+                assert!(p.runtime, "{name} in {} is run-time", cat.version);
+            }
+            for name in start_only {
+                // cluster-port is new in Redis 7.0; 6.2 read cluster-config-file outside its
+                // config table, so its catalog does not know it.
+                let Some(p) = cat.get(name) else {
+                    assert_eq!(cat.version, "6.2", "{name}");
+                    assert_ne!(name, "cluster-enabled");
+                    continue;
+                };
+                assert!(!p.runtime, "{name} in {} is start-only", cat.version);
+            }
+        }
+    }
+
+    #[test]
     fn embedded_catalogs_parse() {
         assert_eq!(catalog_errors(), Vec::<String>::new());
         assert!(catalog(Engine::Redis).get("maxmemory").is_some());

@@ -536,6 +536,7 @@ mod tests {
             auth: None,
             tls: None,
             sentinel: None,
+            mode: Default::default(),
             nodes: nodes
                 .iter()
                 .map(|(id, shard, role)| Node {

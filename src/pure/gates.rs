@@ -25,6 +25,13 @@
 //! | replica lag | a replica of the batch (or one a primary of the batch lists, read or not) is more than `maxReplicaLagBytes` behind its primary, or last acknowledged it more than `maxReplicaLagSeconds` ago (the primary's figures) |
 //! | full resync | the primary of a shard the batch touches served more than `maxFullResyncs` full resyncs since the rollout began (its `sync_full` counter) |
 //!
+//! In cluster mode ([`judge_cluster`]) every node of the cluster that answers must see the
+//! cluster whole after a batch:
+//!
+//! | gate | fails when |
+//! | --- | --- |
+//! | cluster state | a member reports `cluster_state` other than `ok`, or slots failing (`cluster_slots_fail`) or possibly failing (`cluster_slots_pfail`) |
+//!
 //! The traffic gates (hit ratio) need traffic: a node that served fewer than
 //! `minOpsPerSec` requests per second during the bake cannot be judged on them, and the
 //! verdict is *inconclusive* (a person decides) unless another gate failed. With
@@ -614,6 +621,84 @@ fn replica_lag(
     }
 }
 
+/// One cluster-mode node's view of the cluster after a batch (journaled with the verdict).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterFigures {
+    pub node: String,
+    pub state: String,
+    pub slots_assigned: u64,
+    pub slots_pfail: u64,
+    pub slots_fail: u64,
+}
+
+/// The cluster-state gate's verdict: failures (each with its figures) and the figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterJudgement {
+    pub failures: Vec<String>,
+    pub figures: Vec<ClusterFigures>,
+}
+
+/// Judge a cluster-mode cluster after a batch by every node's latest reading (`now`):
+/// each member that answers must report `cluster_state:ok` and no failing or possibly
+/// failing slots. A node that does not answer is the up gate's (for the batch) or the
+/// cluster's own figures' (the others see its slots fail). Nothing for other modes.
+pub fn judge_cluster(cluster: &Cluster, now: &BTreeMap<String, Sample>) -> ClusterJudgement {
+    let mut out = ClusterJudgement::default();
+    if cluster.mode != crate::pure::spec::model::ClusterMode::Cluster {
+        return out;
+    }
+    for n in &cluster.nodes {
+        let Some(view) = now
+            .get(&n.id)
+            .filter(|s| s.node.reachable)
+            .and_then(|s| s.node.health.as_ref())
+            .and_then(|h| h.topology.as_ref())
+            .and_then(|t| t.cluster.as_ref())
+        else {
+            continue;
+        };
+        let mut wrong = Vec::new();
+        if view.state != "ok" {
+            wrong.push(format!("cluster_state:{}", view.state));
+        }
+        if view.slots_fail > 0 {
+            wrong.push(format!(
+                "{} slots failing (cluster_slots_fail)",
+                view.slots_fail
+            ));
+        }
+        if view.slots_pfail > 0 {
+            wrong.push(format!(
+                "{} slots possibly failing (cluster_slots_pfail)",
+                view.slots_pfail
+            ));
+        }
+        if view.slots_assigned < crate::pure::live::CLUSTER_SLOTS {
+            wrong.push(format!(
+                "{} of {} slots assigned",
+                view.slots_assigned,
+                crate::pure::live::CLUSTER_SLOTS
+            ));
+        }
+        if !wrong.is_empty() {
+            out.failures.push(format!(
+                "{}: the cluster is not whole: {}",
+                n.id,
+                wrong.join(", ")
+            ));
+        }
+        out.figures.push(ClusterFigures {
+            node: n.id.clone(),
+            state: view.state.clone(),
+            slots_assigned: view.slots_assigned,
+            slots_pfail: view.slots_pfail,
+            slots_fail: view.slots_fail,
+        });
+    }
+    out
+}
+
 /// A verdict with the replication gates' failures added: any failure fails the batch.
 pub fn with_replication(verdict: Verdict, failures: &[String]) -> Verdict {
     if failures.is_empty() {
@@ -798,6 +883,7 @@ mod tests {
             auth: None,
             tls: None,
             sentinel: None,
+            mode: Default::default(),
             nodes: nodes
                 .iter()
                 .map(|(id, role)| crate::pure::spec::model::Node {
@@ -934,6 +1020,43 @@ mod tests {
                 reason: "a; b".into()
             }
         );
+    }
+
+    #[test]
+    fn the_cluster_state_gate_fails_on_a_failing_cluster_with_its_figures() {
+        let mut c = replicated(&[("a1", Some(Role::Primary)), ("a2", Some(Role::Replica))]);
+        let seen = |state: &str, pfail: u64, fail: u64| {
+            let view = crate::pure::live::ClusterView {
+                id: "x".into(),
+                state: state.into(),
+                slots_assigned: 16384,
+                slots_pfail: pfail,
+                slots_fail: fail,
+                nodes: Vec::new(),
+            };
+            topo(
+                1_000,
+                Role::Primary,
+                crate::pure::live::Topology {
+                    cluster: Some(view),
+                    ..Default::default()
+                },
+            )
+        };
+        let now = map(vec![
+            ("a1", seen("ok", 0, 0)),
+            ("a2", seen("fail", 2, 5461)),
+        ]);
+        // Not in cluster mode: not judged.
+        assert_eq!(judge_cluster(&c, &now), ClusterJudgement::default());
+        c.mode = crate::pure::spec::model::ClusterMode::Cluster;
+        let j = judge_cluster(&c, &now);
+        assert_eq!(
+            j.failures,
+            vec!["a2: the cluster is not whole: cluster_state:fail, 5461 slots failing (cluster_slots_fail), 2 slots possibly failing (cluster_slots_pfail)"]
+        );
+        assert_eq!(j.figures.len(), 2);
+        assert_eq!(j.figures[1].slots_fail, 5461);
     }
 
     #[test]

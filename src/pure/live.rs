@@ -128,6 +128,90 @@ pub struct Topology {
     /// The replicas connected to a primary, as it sees them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ReplicaLink>,
+    /// A Redis Cluster member's view of the cluster (`CLUSTER INFO`, `CLUSTER NODES`);
+    /// absent for a node without cluster mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
+}
+
+/// Slots of a Redis Cluster: 0 to 16383.
+pub const CLUSTER_SLOTS: u64 = 16384;
+
+/// One cluster-mode node's view of its Redis Cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterView {
+    /// This node's id in the cluster (40 hex characters).
+    pub id: String,
+    /// `cluster_state`: `ok`, or `fail` when slots are not served.
+    pub state: String,
+    /// `cluster_slots_assigned`: slots some primary serves (16384 when all are covered).
+    pub slots_assigned: u64,
+    /// `cluster_slots_pfail`: slots whose primary this node cannot reach.
+    pub slots_pfail: u64,
+    /// `cluster_slots_fail`: slots whose primary the cluster agrees has failed.
+    pub slots_fail: u64,
+    /// Every node this one knows, itself included, sorted by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<ClusterMember>,
+}
+
+/// One node as a cluster member sees it (a line of `CLUSTER NODES`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMember {
+    pub id: String,
+    /// `host:port` clients reach it at.
+    pub address: String,
+    /// The primary it replicates (its id), for a replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// `master`, `slave`, `myself`, `fail?`, `fail`, `handshake`, `noaddr`...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    /// The slot ranges a primary serves, first and last included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<[u16; 2]>,
+}
+
+impl ClusterView {
+    /// The member with `id`.
+    pub fn member(&self, id: &str) -> Option<&ClusterMember> {
+        self.nodes.iter().find(|m| m.id == id)
+    }
+
+    /// The member at `address`.
+    pub fn at(&self, address: &str) -> Option<&ClusterMember> {
+        self.nodes
+            .iter()
+            .find(|m| same_address(&m.address, address))
+    }
+
+    /// The node's shard: the id of its primary (its own id for a primary).
+    pub fn shard_of<'a>(&'a self, id: &'a str) -> &'a str {
+        self.member(id)
+            .and_then(|m| m.primary.as_deref())
+            .unwrap_or(id)
+    }
+}
+
+impl ClusterMember {
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+
+    /// `0-5460`, `0-10 12`: the slots it serves, as `CLUSTER NODES` writes them.
+    pub fn slots_text(&self) -> String {
+        let ranges: Vec<String> = self
+            .slots
+            .iter()
+            .map(|[a, b]| match a == b {
+                true => a.to_string(),
+                false => format!("{a}-{b}"),
+            })
+            .collect();
+        ranges.join(" ")
+    }
 }
 
 /// One replica as its primary sees it (`slaveN:ip=...,port=...,state=...,offset=...,lag=...`).

@@ -11,7 +11,8 @@
 //! within a role, round-robin across shards (the first replica of every shard, then the
 //! second...), so that a batch spreads over shards instead of draining one. Each stage
 //! takes the next nodes up to its cumulative target; a stage is cut into batches so that
-//! no batch holds more nodes of one shard than `maxUnavailablePerShard`.
+//! no batch holds more nodes of one shard than `maxUnavailablePerShard` (one in cluster
+//! mode, whatever it says).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,7 +21,7 @@ use serde::Serialize;
 use crate::pure::catalog::{self, Product};
 use crate::pure::diff::{self, ParamChange, Risk, RiskKind};
 use crate::pure::live::LiveState;
-use crate::pure::spec::model::{Cluster, Desired, Role, Stage};
+use crate::pure::spec::model::{Cluster, ClusterMode, Desired, Role, Stage};
 use crate::pure::topology::{self, ClusterTopology, TopologyNote};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -137,11 +138,14 @@ pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
     risks.sort();
 
     let order = rollout_order(&nodes);
-    let stages = batches(
-        &order,
-        &cluster.rollout.stages,
-        cluster.rollout.max_unavailable_per_shard as usize,
-    );
+    // Redis Cluster: a shard with two members down at once may lose its slots (the
+    // replica that would take over is the other one), so one node per shard, whatever
+    // `maxUnavailablePerShard` says.
+    let per_shard = match cluster.mode {
+        ClusterMode::Cluster => 1,
+        ClusterMode::Replication => cluster.rollout.max_unavailable_per_shard as usize,
+    };
+    let stages = batches(&order, &cluster.rollout.stages, per_shard);
     ClusterPlan {
         cluster: cluster.name.clone(),
         engine: cluster.product,
@@ -462,6 +466,7 @@ mod tests {
             auth: None,
             tls: None,
             sentinel: None,
+            mode: Default::default(),
             nodes: vec![
                 node("a1", "a", Some(Role::Primary)),
                 node("a2", "a", Some(Role::Replica)),
@@ -524,6 +529,70 @@ mod tests {
                 ("a3", Role::Replica)
             ]
         );
+    }
+
+    #[test]
+    fn cluster_mode_takes_one_node_of_a_shard_at_a_time_whatever_the_policy_says() {
+        use crate::pure::catalog::{CatalogId, Engine, Product};
+        use crate::pure::live::NodeLive;
+        use crate::pure::spec::model::{Managed, Node, Param, RolloutPolicy};
+        let node = |id: &str| Node {
+            id: id.into(),
+            address: format!("{id}:6379"),
+            shard: "a".into(),
+            role: None,
+            managed: Managed::Direct,
+            labels: BTreeMap::new(),
+        };
+        let mut cluster = Cluster {
+            name: "c".into(),
+            file: "clusters/c.yaml".into(),
+            labels: BTreeMap::new(),
+            engine: Engine::Redis,
+            product: Product::Redis,
+            version: None,
+            catalog: CatalogId::default_for(Engine::Redis),
+            profile: None,
+            parameters: [(
+                "hz".to_owned(),
+                Param {
+                    value: "20".into(),
+                    written: "20".into(),
+                    profile: None,
+                    unchecked: false,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            auth: None,
+            tls: None,
+            sentinel: None,
+            mode: ClusterMode::Replication,
+            nodes: vec![node("a1"), node("a2"), node("a3")],
+            rollout: RolloutPolicy {
+                stages: vec![Stage::Percent(100)],
+                max_unavailable_per_shard: 3,
+                ..RolloutPolicy::default()
+            },
+        };
+        let read = NodeLive {
+            reachable: true,
+            parameters: [("hz".to_owned(), "10".to_owned())].into_iter().collect(),
+            ..NodeLive::default()
+        };
+        let live = LiveState {
+            sentinels: Default::default(),
+            version: 1,
+            taken_at: None,
+            nodes: ["a1", "a2", "a3"]
+                .into_iter()
+                .map(|id| (id.to_owned(), read.clone()))
+                .collect(),
+        };
+        let batches = |c: &Cluster| plan_cluster(c, &live).stages[0].batches.len();
+        assert_eq!(batches(&cluster), 1);
+        cluster.mode = ClusterMode::Cluster;
+        assert_eq!(batches(&cluster), 3);
     }
 
     #[test]

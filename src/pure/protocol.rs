@@ -35,6 +35,10 @@ pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 pub const READS_HEADER: &str = "cacheflow-reads";
 /// The live topology in a report's `node.health.topology`.
 pub const READS_TOPOLOGY: &str = "topology";
+/// A Redis Cluster member's view in a report's `node.health.topology.cluster`.
+pub const READS_CLUSTER: &str = "cluster";
+/// Every optional field this build's server reads, as its `cacheflow-reads` header says.
+pub const READS_ALL: &str = "topology, cluster";
 
 /// What an agent says about its node, every interval and at once after an apply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,14 +12,41 @@
 //! [`sentinel_view`] weighs their answers (a quorum answering, all agreeing, none failing
 //! over) and [`resolve_with`] places the primary they agree on as the primary, whatever
 //! a stale reading of a node says.
+//! In cluster mode (`mode: cluster`) the declared nodes are also checked against the
+//! cluster's own view (`CLUSTER NODES` and `CLUSTER INFO` in the readings,
+//! [`cluster_notes`]): a node the cluster does not know or has left, a node without
+//! cluster mode, a declared shard the cluster splits, slots no primary covers, and a
+//! primary serving slots that no node declares.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pure::live::{same_address, LinkState, NodeLive, SentinelAnswer, Topology};
+use crate::pure::live::{
+    same_address, ClusterMember, ClusterView, LinkState, NodeLive, SentinelAnswer, Topology,
+    CLUSTER_SLOTS,
+};
 use crate::pure::rollout::FailoverChoice;
-use crate::pure::spec::model::{Cluster, Role, Sentinel};
+use crate::pure::spec::model::{Cluster, ClusterMode, Role, Sentinel};
+
+/// How a shard's primary role moves to a replica: the cluster's mode chooses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMethod {
+    /// `FAILOVER TO host port` sent to the primary (Redis 6.2+ replication).
+    Replication,
+    /// `CLUSTER FAILOVER` sent to the replica (Redis Cluster).
+    Cluster,
+}
+
+impl FailoverMethod {
+    pub fn for_mode(mode: ClusterMode) -> FailoverMethod {
+        match mode {
+            ClusterMode::Replication => FailoverMethod::Replication,
+            ClusterMode::Cluster => FailoverMethod::Cluster,
+        }
+    }
+}
 
 /// Where one declared node stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +175,7 @@ pub fn resolve_with<'a>(
             p.shard = shard;
         }
     }
-    let notes = cluster
+    let mut notes: Vec<TopologyNote> = cluster
         .nodes
         .iter()
         .filter_map(|n| {
@@ -159,6 +186,16 @@ pub fn resolve_with<'a>(
             })
         })
         .collect();
+    if cluster.mode == ClusterMode::Cluster {
+        for n in cluster_notes(cluster, &reading) {
+            // A replica already reported outside its declared shard is not reported twice.
+            let said =
+                n.text.starts_with("declared in shard") && notes.iter().any(|m| m.node == n.node);
+            if !said {
+                notes.push(n);
+            }
+        }
+    }
     ClusterTopology { nodes, notes }
 }
 
@@ -277,6 +314,217 @@ pub fn sentinel_view(
             cluster.name
         )),
     }
+}
+
+/// The first 8 characters of a cluster node id, as people quote them.
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// A cluster-mode cluster's declared nodes against the cluster's own view (the views in
+/// the readings of the declared nodes). Its steps: each node a member the others know;
+/// each declared shard one shard of the cluster; every slot covered; every primary
+/// that serves slots declared.
+pub fn cluster_notes<'a>(
+    cluster: &Cluster,
+    reading: &impl Fn(&str) -> Option<&'a NodeLive>,
+) -> Vec<TopologyNote> {
+    let view_of = |id: &str| -> Option<&'a ClusterView> {
+        reading(id)
+            .filter(|r| r.reachable)
+            .and_then(|r| r.health.as_ref())
+            .and_then(|h| h.topology.as_ref())
+            .and_then(|t| t.cluster.as_ref())
+    };
+    let views: Vec<(&str, &ClusterView)> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.id.as_str(), view_of(&n.id)?)))
+        .collect();
+    let mut notes = Vec::new();
+    let mut add = |node: &str, text: String| {
+        notes.push(TopologyNote {
+            node: node.to_owned(),
+            text,
+        })
+    };
+    for n in &cluster.nodes {
+        let read = reading(&n.id).filter(|r| r.reachable);
+        let others: Vec<&ClusterView> = views
+            .iter()
+            .filter(|(id, _)| *id != n.id)
+            .map(|(_, v)| *v)
+            .collect();
+        match (read, view_of(&n.id)) {
+            (Some(r), None) if r.health.is_some() => add(
+                &n.id,
+                "declared in a `mode: cluster` cluster, but runs without cluster mode \
+                 (cluster_enabled:0)"
+                    .to_owned(),
+            ),
+            (Some(_), Some(mine)) if !others.is_empty() => {
+                if let Some(text) = membership(&n.address, mine, &others) {
+                    add(&n.id, text);
+                }
+            }
+            (None, _)
+                if !views.is_empty() && !views.iter().any(|(_, v)| v.at(&n.address).is_some()) =>
+            {
+                add(
+                    &n.id,
+                    format!(
+                        "the cluster does not know {}: no member lists its address",
+                        n.address
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    // The view of the first read member the most others agree with stands for the cluster:
+    // a node that left the cluster sees only itself.
+    let Some(view) = views
+        .iter()
+        .max_by_key(|(_, v)| {
+            (
+                views
+                    .iter()
+                    .filter(|(_, o)| o.member(&v.id).is_some())
+                    .count(),
+                std::cmp::Reverse(v.nodes.len() == 1),
+            )
+        })
+        .map(|(_, v)| *v)
+    else {
+        return notes;
+    };
+    for (node, text) in shard_notes(cluster, view) {
+        add(&node, text);
+    }
+    if view.slots_assigned < CLUSTER_SLOTS {
+        add(
+            &cluster.name,
+            format!(
+                "slots not covered: {} of {CLUSTER_SLOTS} slots have no primary \
+                 (cluster_state {})",
+                CLUSTER_SLOTS - view.slots_assigned,
+                view.state
+            ),
+        );
+    }
+    for m in view.nodes.iter().filter(|m| !m.slots.is_empty()) {
+        if !cluster
+            .nodes
+            .iter()
+            .any(|n| same_address(&n.address, &m.address))
+        {
+            add(
+                &m.address,
+                format!(
+                    "a primary of the cluster (node {}, slots {}) that no node of {} declares",
+                    short(&m.id),
+                    m.slots_text(),
+                    cluster.name
+                ),
+            );
+        }
+    }
+    notes
+}
+
+/// Whether the other members know the node whose own view is `mine`, in words when not.
+fn membership(address: &str, mine: &ClusterView, others: &[&ClusterView]) -> Option<String> {
+    let known: Vec<&ClusterMember> = others.iter().filter_map(|o| o.member(&mine.id)).collect();
+    if known.is_empty() {
+        return Some(match others.iter().find_map(|o| o.at(address)) {
+            Some(m) => format!(
+                "the cluster does not know it: its node id {} is not a member; the cluster \
+                 knows node {} at its address (it left the cluster or was reset)",
+                short(&mine.id),
+                short(&m.id)
+            ),
+            None => format!(
+                "the cluster does not know it: no other member lists its node id {} (it \
+                 left the cluster or never joined)",
+                short(&mine.id)
+            ),
+        });
+    }
+    known
+        .iter()
+        .any(|m| m.has_flag("fail"))
+        .then(|| format!("the cluster marks node {} as failed", short(&mine.id)))
+}
+
+/// Each declared shard against the cluster's shards (a primary and its replicas): the
+/// nodes the cluster puts outside the shard most of the declared shard's nodes are in,
+/// and declared primaries that serve no slots.
+fn shard_notes(cluster: &Cluster, view: &ClusterView) -> Vec<(String, String)> {
+    // Declared shard → [(node, the cluster shard it is in: its primary's id)].
+    let mut declared: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for n in &cluster.nodes {
+        let Some(m) = view.at(&n.address) else {
+            continue;
+        };
+        declared
+            .entry(n.shard.as_str())
+            .or_default()
+            .push((n.id.as_str(), view.shard_of(&m.id)));
+        if n.role == Some(Role::Primary) && m.has_flag("master") && m.slots.is_empty() {
+            out.push((
+                n.id.clone(),
+                "runs as a primary that serves no slots (the cluster gives its shard none)"
+                    .to_owned(),
+            ));
+        }
+    }
+    let describe = |primary: &str| {
+        let m = view.member(primary);
+        let name = m
+            .and_then(|m| {
+                cluster
+                    .nodes
+                    .iter()
+                    .find(|n| same_address(&n.address, &m.address))
+            })
+            .map(|n| n.id.clone())
+            .or_else(|| m.map(|m| m.address.clone()))
+            .unwrap_or_else(|| short(primary).to_owned());
+        match m.map(ClusterMember::slots_text).filter(|s| !s.is_empty()) {
+            Some(slots) => format!("the shard of {name} (slots {slots})"),
+            None => format!("the shard of {name} (no slots)"),
+        }
+    };
+    for (shard, members) in declared {
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, live) in &members {
+            *count.entry(live).or_default() += 1;
+        }
+        if count.len() < 2 {
+            continue;
+        }
+        // Most of the declared shard's nodes are in one cluster shard (ties: the first
+        // node's); the others are reported.
+        let first = members[0].1;
+        let main = count
+            .iter()
+            .max_by_key(|(live, c)| (**c, **live == first))
+            .map(|(live, _)| *live)
+            .unwrap_or(first);
+        for (id, live) in members.iter().filter(|(_, live)| *live != main) {
+            out.push((
+                (*id).to_owned(),
+                format!(
+                    "declared in shard {shard}, but the cluster puts it in {} while shard \
+                     {shard} is {}",
+                    describe(live),
+                    describe(main)
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// How far behind its primary a replica may be to take the primary role: `FAILOVER`
@@ -458,6 +706,7 @@ mod tests {
             auth: None,
             tls: None,
             sentinel: None,
+            mode: Default::default(),
             nodes: nodes
                 .iter()
                 .map(|(id, shard, role)| Node {
@@ -555,6 +804,118 @@ mod tests {
                 "b3: declared primary, runs as a replica of 10.9.9.9:6379, which no node of c declares",
                 "b4: declared in shard b, runs as a replica of a1 (shard a)",
             ]
+        );
+    }
+
+    /// A member as a test writes it: (id, node number, primary id, slots).
+    type Member<'a> = (&'a str, u8, Option<&'a str>, &'a [[u16; 2]]);
+
+    /// A cluster member's reading: its own id `me`, every member, the cluster's state and
+    /// assigned slots.
+    fn member_of(me: &str, members: &[Member<'_>], assigned: u64) -> NodeLive {
+        let primary = members
+            .iter()
+            .find(|m| m.0 == me)
+            .and_then(|m| m.2)
+            .and_then(|p| members.iter().find(|m| m.0 == p))
+            .map(|m| format!("10.0.0.{}:6379", m.1));
+        let role = if primary.is_some() {
+            Role::Replica
+        } else {
+            Role::Primary
+        };
+        let mut r = read(role, primary.as_deref());
+        let view = crate::pure::live::ClusterView {
+            id: me.into(),
+            state: if assigned == CLUSTER_SLOTS {
+                "ok"
+            } else {
+                "fail"
+            }
+            .into(),
+            slots_assigned: assigned,
+            slots_pfail: 0,
+            slots_fail: 0,
+            nodes: members
+                .iter()
+                .map(|(id, k, p, slots)| ClusterMember {
+                    id: id.to_string(),
+                    address: format!("10.0.0.{k}:6379"),
+                    primary: p.map(str::to_owned),
+                    flags: vec![if p.is_some() { "slave" } else { "master" }.into()],
+                    slots: slots.to_vec(),
+                })
+                .collect(),
+        };
+        if let Some(t) = r.health.as_mut().and_then(|h| h.topology.as_mut()) {
+            t.cluster = Some(view);
+        }
+        r
+    }
+
+    #[test]
+    fn cluster_mode_checks_the_declared_nodes_against_the_clusters_view() {
+        let mut c = cluster(&[
+            ("a1", "a", Some(Role::Primary)),
+            ("a2", "a", Some(Role::Replica)),
+            ("a3", "a", None),
+            ("b4", "b", Some(Role::Primary)),
+            ("c7", "c", None),
+            ("d8", "d", None),
+        ]);
+        c.mode = ClusterMode::Cluster;
+        // The cluster: A (node 1, replica 2) and B (node 3, replica 4) and an undeclared
+        // primary at node 9; node 7 runs alone (it left); node 8 runs without cluster mode.
+        let members: &[Member<'_>] = &[
+            ("A", 1, None, &[[0, 5000]]),
+            ("A2", 2, Some("A"), &[]),
+            ("B", 3, None, &[[5001, 10000]]),
+            ("B2", 4, Some("B"), &[]),
+            ("Z", 9, None, &[[10001, 16000]]),
+        ];
+        let alone: &[Member<'_>] = &[("SEVEN000x", 7, None, &[])];
+        let assigned = 16001;
+        let live: BTreeMap<&str, NodeLive> = [
+            ("a1", member_of("A", members, assigned)),
+            ("a2", member_of("A2", members, assigned)),
+            ("a3", member_of("B", members, assigned)),
+            ("b4", member_of("B2", members, assigned)),
+            ("c7", member_of("SEVEN000x", alone, 0)),
+            ("d8", read(Role::Primary, None)),
+        ]
+        .into_iter()
+        .collect();
+        let t = resolve(&c, |id| live.get(id));
+        let texts: Vec<String> = t
+            .notes
+            .iter()
+            .map(|n| format!("{}: {}", n.node, n.text))
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                // Replication's own note: b4 follows a3, which is in shard a.
+                "b4: declared primary, runs as a replica of a3 (shard a)".to_owned(),
+                "c7: the cluster does not know it: no other member lists its node id SEVEN000 (it left the cluster or never joined)".to_owned(),
+                "d8: declared in a `mode: cluster` cluster, but runs without cluster mode (cluster_enabled:0)".to_owned(),
+                "a3: declared in shard a, but the cluster puts it in the shard of a3 (slots 5001-10000) while shard a is the shard of a1 (slots 0-5000)".to_owned(),
+                "c: slots not covered: 383 of 16384 slots have no primary (cluster_state fail)".to_owned(),
+                "10.0.0.9:6379: a primary of the cluster (node Z, slots 10001-16000) that no node of c declares".to_owned(),
+            ]
+        );
+        // Shards follow the cluster: b4 is in a3's shard (a, as a3 is declared).
+        assert_eq!(t.shard("b4"), "a");
+    }
+
+    #[test]
+    fn the_failover_method_follows_the_clusters_mode() {
+        assert_eq!(
+            FailoverMethod::for_mode(ClusterMode::Cluster),
+            FailoverMethod::Cluster
+        );
+        assert_eq!(
+            FailoverMethod::for_mode(ClusterMode::Replication),
+            FailoverMethod::Replication
         );
     }
 

@@ -979,3 +979,55 @@ async fn the_agent_reports_the_topology_only_to_a_server_that_reads_it() {
     stop.send(true).unwrap();
     agent.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reports_a_cluster_members_view_only_to_a_server_that_reads_cluster() {
+    // A Redis Cluster member (alone: it serves no slots yet), its bus on a port of its own.
+    let bus = crate::support::servers::free_port().to_string();
+    let node = RedisServer::start_with(
+        RedisOptions::new()
+            .config("cluster-enabled", "yes")
+            .config("cluster-port", &bus),
+    );
+    let id = node
+        .client()
+        .cmd(&["CLUSTER", "MYID"])
+        .as_str()
+        .expect("CLUSTER MYID");
+    let control = ControlPlane::start().await;
+    let mut o = options(&control);
+    o.once = false;
+    o.interval = Duration::from_millis(100);
+    let (stop, rx) = watch::channel(false);
+    let agent = tokio::spawn(agent::run(redis_driver(&node.addr()), o, rx));
+
+    // A server that reads the topology but not the cluster's view: the topology alone.
+    control.reads("topology");
+    let r = control
+        .wait_for(10, |r| {
+            r.node.health.as_ref().is_some_and(|h| h.topology.is_some())
+        })
+        .await;
+    assert_eq!(r.node.health.unwrap().topology.unwrap().cluster, None);
+    // One that names `cluster` too: the member's view, as CLUSTER INFO and NODES say.
+    control.reads("topology, cluster");
+    let r = control
+        .wait_for(10, |r| {
+            r.node
+                .health
+                .as_ref()
+                .and_then(|h| h.topology.as_ref())
+                .is_some_and(|t| t.cluster.is_some())
+        })
+        .await;
+    let view = r.node.health.unwrap().topology.unwrap().cluster.unwrap();
+    assert_eq!(view.id, id);
+    assert_eq!(view.state, "fail");
+    assert_eq!(view.slots_assigned, 0);
+    assert_eq!(view.nodes.len(), 1);
+    // A member that has met no other does not know its own host yet: `:port`.
+    assert_eq!(view.nodes[0].address, format!(":{}", node.port()));
+    assert!(view.nodes[0].has_flag("myself"), "{view:?}");
+    stop.send(true).unwrap();
+    agent.await.unwrap().unwrap();
+}

@@ -56,7 +56,8 @@ fn demo_runs_the_whole_loop_and_ends_by_itself() {
         "== 2. A change rolls out",
         "== 3. A bad change: the canary fails its gates and is rolled back",
         "== 4. Someone ran CONFIG SET by hand: the drift report",
-        "== 5. History: `cacheflow history`",
+        "== 5. A restart-only change of a primary: its role moves to a replica first",
+        "== 6. History: `cacheflow history`",
         "== What next: the same commands against real Redis and Memcached",
     ] {
         let found = out[at..]
@@ -165,7 +166,44 @@ fn demo_runs_the_whole_loop_and_ends_by_itself() {
     );
     assert!(out.contains("    1 node(s) drifted or silent\n"), "{out}");
 
-    // 5. The history, with the reconciler's notes.
+    // 5. A start-only change of a primary: the replica first, then the primary role moves
+    // to it, then the old primary restarts as its replica.
+    let carts = commit_of(
+        &out,
+        "bob: Carts: 32 databases (start-only: each engine restarts)",
+    );
+    for line in [
+        format!("carts: batch 1 of 2 assigned {carts}: carts-1b"),
+        format!("carts: carts-1b applied {carts}"),
+        "carts: failover of shard c1: carts-1a → carts-1b (carts-1a restarts as a replica)"
+            .to_owned(),
+        "carts: failover of shard c1 done: carts-1b is the primary, carts-1a its replica"
+            .to_owned(),
+        format!("carts: batch 2 of 2 assigned {carts}: carts-1a"),
+        format!("carts: carts-1a applied {carts}"),
+        format!("carts: {carts} reached every node"),
+    ] {
+        has(&line);
+    }
+    let order: Vec<usize> = [
+        "carts: batch 1 of 2 assigned",
+        "carts: failover of shard c1: ",
+        "carts: failover of shard c1 done: ",
+        "carts: batch 2 of 2 assigned",
+    ]
+    .iter()
+    .map(|p| live.iter().position(|l| l.starts_with(p)).unwrap())
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}\n{out}");
+    assert!(
+        out.contains(
+            "Read back from carts-1a: databases 32, runs as a replica.\n\
+             Read back from carts-1b: databases 32, runs as a primary.\n"
+        ),
+        "{out}"
+    );
+
+    // 6. The history, with the reconciler's notes.
     assert!(out.contains(&format!("    {bad} ")), "{out}");
     assert!(
         out.contains("      sessions-eu: maxmemory 8gb → 3gb\n      ⇒ sessions-eu: rolled back "),
@@ -187,7 +225,8 @@ fn demo_runs_the_whole_loop_and_ends_by_itself() {
     // The kept repository holds what was printed: the commits, the notes, the journal.
     let repo = git2::Repository::open(&dir).expect("the kept repository opens");
     let head = repo.head().unwrap().peel_to_commit().unwrap();
-    assert!(head.id().to_string().starts_with(revert));
+    assert!(head.id().to_string().starts_with(carts));
+    assert!(cacheflow_note(&repo, &full_id(&repo, carts)).starts_with("carts: completed "));
     let full = |short: &str| repo.revparse_single(short).unwrap().id().to_string();
     assert!(
         cacheflow_note(&repo, &full(bad)).starts_with("sessions-eu: rolled back "),
@@ -207,6 +246,10 @@ fn demo_runs_the_whole_loop_and_ends_by_itself() {
     let mut walk = repo.revwalk().unwrap();
     walk.push(journal.target().unwrap()).unwrap();
     assert!(walk.count() > 10);
+}
+
+fn full_id(repo: &git2::Repository, short: &str) -> String {
+    repo.revparse_single(short).unwrap().id().to_string()
 }
 
 /// GET `path` on `port`: (status, body); 0 when nothing answers.
@@ -318,7 +361,7 @@ fn demo_serve_prints_the_console_and_keeps_it_up_until_ctrl_c() {
         Duration::from_secs(20),
     );
     assert!(
-        said.contains("== 5. History: `cacheflow history`"),
+        said.contains("== 6. History: `cacheflow history`"),
         "{said}"
     );
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -30,6 +30,12 @@ fn cluster_yaml(engine: &str, params: &[&str], auth: bool) -> String {
         "  # no auth"
     };
     let port = if engine == "memcached" { 11211 } else { 6379 };
+    // A cluster-enabled node is declared in cluster mode (validate refuses it otherwise).
+    let mode = if params.iter().any(|p| p.starts_with("cluster-enabled: yes")) {
+        "  mode: cluster\n"
+    } else {
+        ""
+    };
     let params: String = params.iter().map(|p| format!("    {p}\n")).collect();
     format!(
         "apiVersion: cacheflow/v1
@@ -37,7 +43,7 @@ kind: Cluster
 metadata: {{name: cache}}
 spec:
   engine: {engine}
-{auth}
+{mode}{auth}
   parameters:
 {params}  nodes:
     - {{id: c1, address: '127.0.0.1:{port}', shard: s1}}

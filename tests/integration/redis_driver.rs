@@ -743,3 +743,167 @@ async fn garbage_on_the_socket_is_a_protocol_error_and_no_panic() {
         assert!(matches!(&e, NodeError::Protocol { .. }), "{reply:?}: {e:?}");
     }
 }
+
+/// `INFO commandstats` as `command calls` pairs (`config|get 2`), without the harness's
+/// own `CONFIG RESETSTAT` and `INFO`.
+fn commands(client: &mut RedisClient) -> BTreeMap<String, u64> {
+    let text = client.cmd(&["INFO", "commandstats"]).as_str().unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .filter(|(name, _)| name != "config|resetstat" && name != "info")
+        .collect()
+}
+
+fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[tokio::test]
+async fn an_apply_from_a_reading_sends_one_set_reads_back_and_rewrites_once() {
+    let server = RedisServer::start();
+    let mut client = server.client();
+    let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
+        .await
+        .unwrap();
+    let names: BTreeSet<String> = FIVE.iter().map(|n| n.to_string()).collect();
+    let seen = driver.read_declared(&names).await.unwrap().parameters;
+    ok(client.cmd(&["CONFIG", "RESETSTAT"]));
+
+    let want = params(&[
+        ("hz", "20"),
+        ("maxmemory", "104857600"),
+        ("maxmemory-policy", "allkeys-lru"),
+        ("maxmemory-samples", "5"),
+        ("timeout", "300"),
+    ]);
+    let applied = driver.apply_seen(&want, &seen).unwrap().await.unwrap();
+
+    // Every value that differed, with its value before; `maxmemory-samples` already held.
+    assert_eq!(
+        applied,
+        Applied {
+            changed: changed(&[
+                ("hz", "10"),
+                ("maxmemory", "0"),
+                ("maxmemory-policy", "noeviction"),
+                ("timeout", "0"),
+            ]),
+            persisted: true,
+        }
+    );
+    // The values before, one CONFIG SET, the read back; then the rewrite. Nothing else.
+    assert_eq!(
+        commands(&mut client),
+        counts(&[("config|get", 2), ("config|set", 1), ("config|rewrite", 1)])
+    );
+    assert_eq!(config_of(&mut client, &FIVE), want);
+    let file = std::fs::read_to_string(server.config_path()).unwrap();
+    assert!(file.lines().any(|l| l == "hz 20"), "{file}");
+
+    // Applied again from a reading that shows it: nothing to set, nothing rewritten.
+    let seen = driver.read_declared(&names).await.unwrap().parameters;
+    ok(client.cmd(&["CONFIG", "RESETSTAT"]));
+    let again = driver.apply_seen(&want, &seen).unwrap().await.unwrap();
+    assert_eq!(again, Applied::default());
+    assert_eq!(commands(&mut client), counts(&[("config|get", 1)]));
+}
+
+#[tokio::test]
+async fn a_value_refused_in_the_batch_changes_nothing_and_nothing_is_rewritten() {
+    let server = RedisServer::start();
+    let mut client = server.client();
+    let file_before = std::fs::read_to_string(server.config_path()).unwrap();
+    let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
+        .await
+        .unwrap();
+    let names: BTreeSet<String> = FIVE.iter().map(|n| n.to_string()).collect();
+    let seen = driver.read_declared(&names).await.unwrap().parameters;
+    ok(client.cmd(&["CONFIG", "RESETSTAT"]));
+
+    let e = driver
+        .apply_seen(
+            &params(&[
+                ("hz", "20"),
+                ("maxmemory", "104857600"),
+                ("maxmemory-policy", "most-recently-loved"),
+                ("maxmemory-samples", "7"),
+                ("timeout", "300"),
+            ]),
+            &seen,
+        )
+        .unwrap()
+        .await
+        .unwrap_err();
+
+    assert_eq!(
+        e,
+        NodeError::Refused {
+            address: server.addr(),
+            parameter: "maxmemory-policy".into(),
+            message: "ERR CONFIG SET failed (possibly related to argument 'maxmemory-policy') - \
+                      argument(s) must be one of the following: volatile-lru, volatile-lfu, \
+                      volatile-random, volatile-ttl, allkeys-lru, allkeys-lfu, allkeys-random, \
+                      noeviction"
+                .into(),
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: `maxmemory-policy` refused: ERR CONFIG SET failed (possibly related to \
+             argument 'maxmemory-policy') - argument(s) must be one of the following: \
+             volatile-lru, volatile-lfu, volatile-random, volatile-ttl, allkeys-lru, \
+             allkeys-lfu, allkeys-random, noeviction; nothing was changed",
+            server.addr()
+        )
+    );
+    // The refused CONFIG SET is the only one: no rewrite ran.
+    let ran = commands(&mut client);
+    assert_eq!(ran.get("config|set"), Some(&1), "{ran:?}");
+    assert_eq!(ran.get("config|rewrite"), None, "{ran:?}");
+    assert_eq!(config_of(&mut client, &FIVE), params(&DEFAULTS));
+    assert_eq!(
+        std::fs::read_to_string(server.config_path()).unwrap(),
+        file_before
+    );
+}
+
+#[tokio::test]
+async fn a_reading_gone_stale_is_caught_by_the_values_before_and_set_as_well() {
+    let server = RedisServer::start();
+    let mut client = server.client();
+    let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
+        .await
+        .unwrap();
+    // The reading says hz and timeout already hold what is wanted; since then someone
+    // set timeout back by hand.
+    ok(client.cmd(&["CONFIG", "SET", "hz", "20", "timeout", "300"]));
+    let names: BTreeSet<String> = ["hz", "timeout", "maxmemory-samples"]
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let seen = driver.read_declared(&names).await.unwrap().parameters;
+    ok(client.cmd(&["CONFIG", "SET", "timeout", "0"]));
+
+    let want = params(&[("hz", "20"), ("maxmemory-samples", "7"), ("timeout", "300")]);
+    let applied = driver.apply_seen(&want, &seen).unwrap().await.unwrap();
+
+    assert_eq!(
+        applied.changed,
+        changed(&[("maxmemory-samples", "5"), ("timeout", "0")])
+    );
+    assert!(applied.persisted);
+    assert_eq!(
+        config_of(&mut client, &["hz", "maxmemory-samples", "timeout"]),
+        want
+    );
+}

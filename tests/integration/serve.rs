@@ -34,8 +34,12 @@ impl Remote {
         Remote { dir }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("file://{}", self.dir.path().display())
+    }
+
+    pub(crate) fn repository(&self) -> git2::Repository {
+        git2::Repository::open_bare(self.dir.path()).unwrap()
     }
 
     pub(crate) fn push(&self, work: &TestRepo, force: bool) {
@@ -1693,7 +1697,8 @@ fn a_fresh_server_shows_every_known_counter_at_zero() {
     assert_eq!(code, 200, "{text}");
     // The optional report fields this server reads, for agents of later builds.
     assert!(
-        head.lines().any(|l| l == "cacheflow-reads: topology"),
+        head.lines()
+            .any(|l| l == "cacheflow-reads: topology, cluster"),
         "{head}"
     );
     let (_, metrics) = server.http("GET", "/metrics", &[], b"");

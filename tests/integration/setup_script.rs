@@ -29,7 +29,9 @@ fn bin(dir: &Path, extra: &[(&str, &str)]) {
         "git",
         "redis-server",
         "redis-sentinel",
+        "redis-cli",
         "memcached",
+        "etcd",
         "gpg",
         "ssh-keygen",
         "openssl",
@@ -176,4 +178,23 @@ fn on_ubuntu_without_a_browser_or_snap_the_test_set_up_says_what_to_do() {
     assert!(t.contains("snap install chromium"), "{t}");
     assert!(t.contains("Google Chrome"), "{t}");
     assert!(t.contains("CACHEFLOW_BROWSER"), "{t}");
+}
+
+#[test]
+fn the_replicas_tests_etcd_is_installed_from_debians_etcd_server() {
+    // Everything else present, no etcd: Debian's etcd-server is what is missing.
+    let dir = machine(&[
+        ("chromium", "echo 'Chromium 140.0'"),
+        ("chromedriver", "echo 'ChromeDriver 140.0'"),
+    ]);
+    let _ = std::fs::remove_file(dir.path().join("bin/etcd"));
+    let out = setup(dir.path(), &["--test"], DEBIAN);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        text(&out),
+        "setup: missing: etcd-server (Debian package names), and there is no apt-get here: install them with this system's package manager.\n"
+    );
+    // The main job does not need it.
+    let out = setup(dir.path(), &[], DEBIAN);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

@@ -461,3 +461,163 @@ spec:
         "the newer journal is not written over by a refusal"
     );
 }
+
+/// A cluster `cache` of standalone nodes `n1`, `n2`, ... (each its own shard), one
+/// stage, zero bake, gates judged without traffic.
+fn standalone_yaml(servers: &[crate::support::servers::RedisServer], params: &str) -> String {
+    let mut nodes = String::new();
+    for (i, s) in servers.iter().enumerate() {
+        nodes.push_str(&format!(
+            "    - {{id: n{}, address: '{}', shard: s{}, role: primary}}\n",
+            i + 1,
+            s.addr(),
+            i + 1
+        ));
+    }
+    format!(
+        "apiVersion: cacheflow/v1
+kind: Cluster
+metadata: {{name: cache}}
+spec:
+  engine: redis
+  parameters:
+{params}
+  rollout:
+    stages: ['100%']
+    bake: 0s
+    gates: {{minOpsPerSec: 0}}
+  nodes:
+{nodes}"
+    )
+}
+
+/// `cacheflow sync --yes --format json` with idle readings an hour apart (none happens
+/// during the sync): the exit code, stdout and stderr.
+fn sync_once(repo: &TestRepo) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["sync", "--repo"])
+        .arg(repo.path())
+        .args(["--yes", "--format", "json", "--interval", "1h"])
+        .output()
+        .expect("the cacheflow binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The commands a node ran since its last `CONFIG RESETSTAT` (`INFO commandstats`), by
+/// name and calls, without that `CONFIG RESETSTAT`.
+fn commands_run(server: &crate::support::servers::RedisServer) -> Vec<(String, u64)> {
+    let text = server
+        .client()
+        .cmd(&["INFO", "commandstats"])
+        .as_str()
+        .unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .filter(|(name, _)| name != "config|resetstat")
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn a_sync_reads_each_node_twice_and_changes_it_with_one_config_set_and_one_rewrite() {
+    use crate::support::servers::RedisServer;
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let repo = TestRepo::new();
+    repo.write(
+        "clusters/cache.yaml",
+        &standalone_yaml(
+            &servers,
+            "    hz: 20\n    maxmemory-policy: allkeys-lru\n    timeout: 300",
+        ),
+    );
+    repo.commit("cache: hz 20, allkeys-lru, timeout 300");
+    for s in &servers {
+        assert!(s.client().cmd(&["CONFIG", "RESETSTAT"]).is_ok());
+    }
+
+    let (code, out) = sync_once(&repo);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"outcome\": \"completed\""), "{out}");
+
+    // Per node: the reading before (one PING for the latency, then CONFIG GET of the
+    // declared parameters with INFO), the apply (CONFIG GET, CONFIG SET, CONFIG GET
+    // pipelined, then CONFIG REWRITE), the reading after. Nothing read twice.
+    let want: Vec<(String, u64)> = [
+        ("config|get", 4),
+        ("config|rewrite", 1),
+        ("config|set", 1),
+        ("info", 2),
+        ("ping", 2),
+    ]
+    .into_iter()
+    .map(|(n, c)| (n.to_owned(), c))
+    .collect();
+    for (i, s) in servers.iter().enumerate() {
+        assert_eq!(commands_run(s), want, "n{}", i + 1);
+        let mut c = s.client();
+        assert_eq!(c.config_get("hz")["hz"], "20");
+        assert_eq!(c.config_get("timeout")["timeout"], "300");
+        let file = std::fs::read_to_string(s.config_path()).unwrap();
+        assert!(
+            file.lines().any(|l| l == "maxmemory-policy allkeys-lru"),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn a_node_that_refuses_one_parameter_of_the_batch_gets_none_and_the_sync_exits_1() {
+    use crate::support::servers::{RedisOptions, RedisServer};
+    // `dbfilename` is a protected config: n2 refuses to change it at run time.
+    let allowing =
+        || RedisServer::start_with(RedisOptions::new().config("enable-protected-configs", "yes"));
+    let servers = vec![allowing(), RedisServer::start(), allowing()];
+    let file_before = std::fs::read_to_string(servers[1].config_path()).unwrap();
+    let repo = TestRepo::new();
+    repo.write(
+        "clusters/cache.yaml",
+        &standalone_yaml(&servers, "    hz: 20\n    dbfilename: other.rdb"),
+    );
+    let commit = repo.commit("cache: hz 20, other.rdb");
+
+    let (code, out) = sync_once(&repo);
+
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("\"outcome\": \"rolled-back\""), "{out}");
+    let refusal = format!(
+        "n2 failed to apply {}: {}: `dbfilename` refused: ERR CONFIG SET failed (possibly related to argument 'dbfilename') - can't set protected config; nothing was changed",
+        commit,
+        servers[1].addr()
+    );
+    assert!(out.contains(&refusal), "{out}");
+    // n2 got nothing, not even a rewrite of its file; the others were put back.
+    assert_eq!(
+        std::fs::read_to_string(servers[1].config_path()).unwrap(),
+        file_before
+    );
+    for (i, s) in servers.iter().enumerate() {
+        let mut c = s.client();
+        assert_eq!(c.config_get("hz")["hz"], "10", "n{}", i + 1);
+        assert_eq!(
+            c.config_get("dbfilename")["dbfilename"],
+            "dump.rdb",
+            "n{}",
+            i + 1
+        );
+    }
+}

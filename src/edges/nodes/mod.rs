@@ -135,6 +135,22 @@ pub trait NodeDriver: Send + Sync {
         &'a self,
         params: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<Applied, NodeError>>;
+    /// [`apply`] in fewer round trips, for a caller that knows what the node ran moments
+    /// ago (`seen`: its last reading of these names, possibly out of date): the driver
+    /// sets what differs from `seen` in the same round trip as it reads the values
+    /// before, checks that guess against them, and sets what it got wrong. Same
+    /// contract and result as [`apply`]. `None`: the driver has no such way (the caller
+    /// reads the node, then applies what differs).
+    ///
+    /// [`apply`]: NodeDriver::apply
+    fn apply_seen<'a>(
+        &'a self,
+        params: &'a BTreeMap<String, String>,
+        seen: &'a BTreeMap<String, String>,
+    ) -> Option<BoxFuture<'a, Result<Applied, NodeError>>> {
+        let _ = (params, seen);
+        None
+    }
     /// Move the primary role from this node to its replica at `to` (`host:port`) and
     /// wait, at most `timeout`, until it is done: `to` reports role master and this node
     /// follows it. The default (engines without replication): refused.
@@ -165,6 +181,24 @@ pub trait NodeDriver: Send + Sync {
             Err(NodeError::Protocol {
                 address: self.address().to_owned(),
                 message: "this engine has no Sentinel".to_owned(),
+            })
+        })
+    }
+
+    /// Redis Cluster: move the primary role from this node to its replica at `to` by
+    /// `CLUSTER FAILOVER` run on `to`, and wait, at most `timeout`, until `to` reports
+    /// role master, this node follows it and the cluster's view agrees. The default
+    /// (engines without cluster mode): refused.
+    fn cluster_failover<'a>(
+        &'a self,
+        to: &'a str,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), NodeError>> {
+        let _ = (to, timeout);
+        Box::pin(async move {
+            Err(NodeError::Protocol {
+                address: self.address().to_owned(),
+                message: "this engine has no cluster mode".to_owned(),
             })
         })
     }

@@ -1,6 +1,7 @@
 //! The Redis driver: reads a node over RESP (`CONFIG GET *`, `INFO`, `PING`, its config
-//! file) and applies a parameter set as one unit (`CONFIG SET` of all of them at once,
-//! then `CONFIG REWRITE` when the server runs from a config file).
+//! file) and applies a parameter set as one unit: `CONFIG GET` (the values before),
+//! `CONFIG SET` of all that differ, `CONFIG GET` (the read back), pipelined in one round
+//! trip, then `CONFIG REWRITE` when the server runs from a config file.
 //!
 //! All or nothing: Redis 7 applies a multi-parameter `CONFIG SET` atomically (one refused
 //! value and none is changed; checked against the real server by the integration tests).
@@ -20,7 +21,9 @@ use tokio::sync::Mutex;
 use crate::edges::nodes::{Applied, BoxFuture, NodeDriver, NodeError};
 use crate::edges::secret;
 use crate::pure::catalog::{self, Engine};
-use crate::pure::live::{Health, LinkState, NodeLive, ReplicaLink, Topology};
+use crate::pure::live::{
+    ClusterMember, ClusterView, Health, LinkState, NodeLive, ReplicaLink, Topology,
+};
 use crate::pure::spec::model::{Auth, Role, Tls};
 
 /// Largest config file read for the persisted view.
@@ -66,6 +69,24 @@ struct Session {
 /// What a call gave back when it did not fail at the transport level: a value, or the
 /// engine's error reply as it wrote it (`ERR CONFIG SET failed ...`).
 pub(super) type Reply = Result<Value, String>;
+
+/// The replies of one [`RedisDriver::get_set_get`] round trip.
+struct GetSetGet {
+    /// The values before the `CONFIG SET` (of the names the node knows).
+    before: BTreeMap<String, String>,
+    /// The `CONFIG SET`: `Err` with the engine's words when it was refused.
+    set: Result<(), String>,
+    /// The values after it (`before` when nothing was set).
+    after: BTreeMap<String, String>,
+}
+
+/// Name and value pairs as a `CONFIG SET` takes them.
+fn pairs(values: &[(String, String)]) -> Vec<(&str, &str)> {
+    values
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
+}
 
 impl RedisDriver {
     /// A driver for `address` (`host:port`, `[v6]:port`; port 6379 when omitted) that
@@ -175,10 +196,9 @@ impl RedisDriver {
                     .await
                     .map_err(|e| readdress(e, &self.address))?;
                 // With TLS 1.3 a node that wants a client certificate refuses it after
-                // the client finished its handshake, by hanging up. Setting up the
-                // connection is a round trip (the client library's `CLIENT SETINFO`
-                // pair, whose replies it waits for), so the hang-up is told there, and
-                // no PING of our own is needed: one round trip per node less.
+                // the client finished its handshake, by hanging up: a PING tells it
+                // here, in words that say so (the client library sends nothing at
+                // connect: no `CLIENT SETINFO`, see Cargo.toml).
                 let hung_up = |e: &redis::RedisError| {
                     (e.kind() == redis::ErrorKind::IoError || e.is_connection_dropped()).then(
                         || NodeError::Tls {
@@ -198,6 +218,11 @@ impl RedisDriver {
                 .map_err(|_| self.timed_out())?
                 .map_err(|e| hung_up(&e).unwrap_or_else(|| self.transport_error(e, None)))?;
                 tokio::spawn(driver);
+                let mut con = con;
+                tokio::time::timeout(self.timeout, con.send_packed_command(&redis::cmd("PING")))
+                    .await
+                    .map_err(|_| self.timed_out())?
+                    .map_err(|e| hung_up(&e).unwrap_or_else(|| self.transport_error(e, None)))?;
                 con
             }
             None => {
@@ -442,21 +467,22 @@ impl RedisDriver {
     async fn read_node(&self, only: Option<&BTreeSet<String>>) -> Result<NodeLive, NodeError> {
         let mut s = self.session().await?;
 
-        // Latency: the best of three PING round trips. One sample measures this process's
-        // scheduling as much as the node (a rollout reads many nodes at once on a busy
-        // host), and the latency gate must not fail a change for that.
-        let mut latency_ms = f64::INFINITY;
-        for _ in 0..3 {
-            let started = Instant::now();
-            match self.call(&mut s, &redis::cmd("PING")).await? {
-                Ok(Value::SimpleString(p)) if p == "PONG" => {}
-                Ok(other) => {
-                    return Err(self.protocol(format!("PING answered {}", describe(&other))))
-                }
-                Err(e) => return Err(self.refused("PING", e)),
+        // Latency: the shorter of two round trips, a PING and the reading's own
+        // CONFIG GET with INFO below. One sample measures this process's scheduling as
+        // much as the node (a rollout reads many nodes at once on a busy host), and the
+        // latency gate must not fail a change for that; a third round trip only for a
+        // sample cost every reading of a fleet more than it told.
+        let started = Instant::now();
+        match self.call(&mut s, &redis::cmd("PING")).await? {
+            Ok(Value::SimpleString(p)) if p == "PONG" => {}
+            Ok(other) => {
+                // Not a Redis, or out of step: whatever follows on it is not to be read.
+                self.forget_session().await;
+                return Err(self.protocol(format!("PING answered {}", describe(&other))));
             }
-            latency_ms = latency_ms.min(started.elapsed().as_secs_f64() * 1000.0);
+            Err(e) => return Err(self.refused("PING", e)),
         }
+        let mut latency_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         let mut config = redis::cmd("CONFIG");
         config.arg("GET");
@@ -484,9 +510,12 @@ impl RedisDriver {
                 "clients",
                 "replication",
                 "keyspace",
+                "cluster",
             ][..],
         );
+        let started = Instant::now();
         let mut replies = self.call_many(&mut s, &[config, info]).await?.into_iter();
+        latency_ms = latency_ms.min(started.elapsed().as_secs_f64() * 1000.0);
         let (Some(config), Some(info)) = (replies.next(), replies.next()) else {
             return Err(self.protocol("missing replies to CONFIG GET and INFO"));
         };
@@ -519,6 +548,12 @@ impl RedisDriver {
 
         let mut health = health_from_info(&info);
         health.latency_ms = Some(latency_ms);
+        if info.get("cluster_enabled").map(|v| v.trim()) == Some("1") {
+            let view = self.cluster_view(&mut s).await?;
+            if let Some(t) = health.topology.as_mut() {
+                t.cluster = Some(view);
+            }
+        }
         Ok(NodeLive {
             engine: Some(Engine::Redis),
             address: Some(self.address.clone()),
@@ -560,52 +595,80 @@ impl RedisDriver {
         }
     }
 
-    async fn apply_params(&self, params: &BTreeMap<String, String>) -> Result<Applied, NodeError> {
+    /// Apply `params` as one unit. With `seen` (what the node reported for these names
+    /// moments ago), the values that differ from it are set in the round trip that reads
+    /// the values before and reads them back: `CONFIG GET`, `CONFIG SET`, `CONFIG GET`,
+    /// pipelined. What `seen` got wrong (the node changed since) is set in a second one;
+    /// without `seen` the values are read first. Then, only once every value reads back
+    /// as assigned, `CONFIG REWRITE` (a rewrite must not persist a refused or half-done
+    /// change, so it cannot go in the first round trip).
+    async fn apply_params(
+        &self,
+        params: &BTreeMap<String, String>,
+        seen: Option<&BTreeMap<String, String>>,
+    ) -> Result<Applied, NodeError> {
         if params.is_empty() {
             return Ok(Applied::default());
         }
+        self.applicable(params)?;
         let cat = catalog::catalog(Engine::Redis);
-        for name in params.keys() {
-            // Parameters the catalog does not know go to the engine, which refuses them
-            // in its own words if it does not know them either.
-            if cat.get(name).is_some_and(|p| !p.runtime) {
-                return Err(NodeError::NeedsRestart {
-                    address: self.address.clone(),
-                    parameter: name.clone(),
-                });
-            }
-            // CONFIG GET takes glob patterns: a name with one would read other parameters.
-            if !plain_name(name) {
-                return Err(self.refused(name, "not a parameter name".to_owned()));
-            }
-        }
+        let differing = |values: &BTreeMap<String, String>| -> Vec<(String, String)> {
+            params
+                .iter()
+                .filter(|(name, want)| match values.get(name.as_str()) {
+                    Some(have) => !cat.same(name, have, want),
+                    None => true,
+                })
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect()
+        };
 
         let _one_at_a_time = self.apply_lock.lock().await;
         let mut s = self.session().await?;
         let names: Vec<&str> = params.keys().map(String::as_str).collect();
-        let before = self.config_get(&mut s, &names).await?;
-
-        let to_set: Vec<(&str, &str)> = params
-            .iter()
-            .filter(|(name, want)| match before.get(name.as_str()) {
-                Some(have) => !cat.same(name, have, want),
-                None => true,
+        let guess = seen.map(differing).unwrap_or_default();
+        let first = self.get_set_get(&mut s, &names, &guess).await?;
+        let before = first.before;
+        // Every value that differed from what the node ran, with the value before.
+        let mut changed: BTreeMap<String, Option<String>> = differing(&before)
+            .into_iter()
+            .map(|(name, _)| {
+                let old = before.get(&name).cloned();
+                (name, old)
             })
-            .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        if to_set.is_empty() {
-            return Ok(Applied::default());
-        }
-        let changed: BTreeMap<String, Option<String>> = to_set
-            .iter()
-            .map(|(name, _)| (name.to_string(), before.get(*name).cloned()))
-            .collect();
-
-        if let Err(message) = self.config_set(&mut s, &to_set).await? {
-            let parameter = refused_parameter(&message, &to_set);
+        if let Err(message) = first.set {
+            let sent: Vec<(&str, &str)> = pairs(&guess);
+            let parameter = refused_parameter(&message, &sent);
             self.put_back(&mut s, &changed, &parameter, &message)
                 .await?;
             return Err(self.refused(&parameter, message));
+        }
+        let still = differing(&first.after);
+        if !still.is_empty() {
+            for (name, _) in &still {
+                changed
+                    .entry(name.clone())
+                    .or_insert_with(|| before.get(name).cloned());
+            }
+            let again = self.get_set_get(&mut s, &names, &still).await?;
+            if let Err(message) = again.set {
+                let parameter = refused_parameter(&message, &pairs(&still));
+                self.put_back(&mut s, &changed, &parameter, &message)
+                    .await?;
+                return Err(self.refused(&parameter, message));
+            }
+            // Taken, yet not what was set: the engine holds another value (it rounded
+            // it, or something set it again at once). Put back rather than claim it.
+            if let Some((name, want)) = differing(&again.after).into_iter().next() {
+                let got = again.after.get(&name).cloned().unwrap_or_default();
+                let message = format!("set to `{want}`, it reads back `{got}`");
+                self.put_back(&mut s, &changed, &name, &message).await?;
+                return Err(self.refused(&name, message));
+            }
+        }
+        if changed.is_empty() {
+            return Ok(Applied::default());
         }
 
         let config_file = self.config_file(&mut s).await?;
@@ -648,6 +711,89 @@ impl RedisDriver {
         Err(self.refused("CONFIG REWRITE", message))
     }
 
+    /// What a driver cannot apply, refused before anything is sent: start-only
+    /// parameters, and names with glob characters (`CONFIG GET` would read others).
+    fn applicable(&self, params: &BTreeMap<String, String>) -> Result<(), NodeError> {
+        let cat = catalog::catalog(Engine::Redis);
+        for name in params.keys() {
+            // Parameters the catalog does not know go to the engine, which refuses them
+            // in its own words if it does not know them either.
+            if cat.get(name).is_some_and(|p| !p.runtime) {
+                return Err(NodeError::NeedsRestart {
+                    address: self.address.clone(),
+                    parameter: name.clone(),
+                });
+            }
+            if !plain_name(name) {
+                return Err(self.refused(name, "not a parameter name".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// One round trip: `CONFIG GET names` (the values before), `CONFIG SET` of `set`,
+    /// `CONFIG GET names` again (the values after), each part left out when it has
+    /// nothing to do.
+    async fn get_set_get(
+        &self,
+        s: &mut Session,
+        names: &[&str],
+        set: &[(String, String)],
+    ) -> Result<GetSetGet, NodeError> {
+        let mut cmds = Vec::with_capacity(4);
+        let get = || {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("GET").arg(names);
+            cmd
+        };
+        if !names.is_empty() {
+            cmds.push(get());
+        }
+        if !set.is_empty() {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("SET");
+            for (name, value) in set {
+                cmd.arg(name).arg(value);
+            }
+            cmds.push(cmd);
+            if !names.is_empty() {
+                cmds.push(get());
+            }
+        }
+        let mut replies = self.call_many(s, &cmds).await?.into_iter();
+        let map = |reply: Option<Reply>| -> Result<BTreeMap<String, String>, NodeError> {
+            let value = reply
+                .ok_or_else(|| self.protocol("missing reply to CONFIG GET"))?
+                .map_err(|e| self.refused("CONFIG GET", e))?;
+            config_map(&value).map_err(|m| self.protocol(format!("CONFIG GET answered {m}")))
+        };
+        let before = match names.is_empty() {
+            true => BTreeMap::new(),
+            false => map(replies.next())?,
+        };
+        let (set, after) = match set.is_empty() {
+            true => (Ok(()), before.clone()),
+            false => {
+                let set = match replies.next() {
+                    Some(Ok(Value::Okay)) => Ok(()),
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(other)) => {
+                        return Err(
+                            self.protocol(format!("CONFIG SET answered {}", describe(&other)))
+                        )
+                    }
+                    None => return Err(self.protocol("missing reply to CONFIG SET")),
+                };
+                let after = match names.is_empty() {
+                    true => BTreeMap::new(),
+                    false => map(replies.next())?,
+                };
+                (set, after)
+            }
+        };
+        Ok(GetSetGet { before, set, after })
+    }
+
     /// After a refusal: read the parameters again and set back, one by one, those that
     /// no longer hold their value from before. `Err(RollbackFailed)` if that fails.
     async fn put_back(
@@ -686,6 +832,88 @@ impl RedisDriver {
 }
 
 impl RedisDriver {
+    /// A cluster-mode node's view of its cluster: `CLUSTER INFO` (state, slot counts) and
+    /// `CLUSTER NODES` (every member: id, address, role, primary, slots) in one round trip.
+    /// `CLUSTER NODES` rather than `CLUSTER SHARDS`: one text line per member, the same
+    /// from Redis 3 to 8 and Valkey, with the `fail?`/`fail` flags the checks need.
+    async fn cluster_view(&self, s: &mut Session) -> Result<ClusterView, NodeError> {
+        let mut info = redis::cmd("CLUSTER");
+        info.arg("INFO");
+        let mut nodes = redis::cmd("CLUSTER");
+        nodes.arg("NODES");
+        let mut replies = self.call_many(s, &[info, nodes]).await?.into_iter();
+        let (Some(info), Some(nodes)) = (replies.next(), replies.next()) else {
+            return Err(self.protocol("missing replies to CLUSTER INFO and CLUSTER NODES"));
+        };
+        let text = |r: Reply, what: &str| {
+            let v = r.map_err(|e| self.refused(what, e))?;
+            value_text(&v).ok_or_else(|| self.protocol(format!("{what} answered {}", describe(&v))))
+        };
+        let info = parse_info(&text(info, "CLUSTER INFO")?);
+        let nodes = text(nodes, "CLUSTER NODES")?;
+        Ok(cluster_view_from(&info, &nodes))
+    }
+
+    /// `CLUSTER FAILOVER` sent to `to` (a replica of this node, a cluster-mode primary),
+    /// then wait, at most `timeout`, until `to` reports role master and this node follows
+    /// it with its link up, both in their own replication and in `to`'s cluster view.
+    /// The cluster rewrites each node's `nodes.conf` itself: nothing to persist.
+    async fn cluster_failover_to(&self, to: &str, timeout: Duration) -> Result<(), NodeError> {
+        let target =
+            RedisDriver::new(to, self.auth.as_ref(), self.timeout).with_tls(self.tls.clone());
+        let mut t = target.session().await?;
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("FAILOVER");
+        if let Err(e) = target.call(&mut t, &cmd).await? {
+            return Err(target.refused("CLUSTER FAILOVER", e));
+        }
+        let (_, port) = split_address(to);
+        let deadline = tokio::time::Instant::now() + timeout + self.timeout;
+        loop {
+            let mine = self.replication().await;
+            let theirs = target.replication().await;
+            let follows = mine.as_ref().is_ok_and(|i| {
+                i.get("role").map(String::as_str) == Some("slave")
+                    && i.get("master_port").map(String::as_str) == Some(port.to_string().as_str())
+                    && i.get("master_link_status").map(String::as_str) == Some("up")
+            });
+            let leads = theirs
+                .as_ref()
+                .is_ok_and(|i| i.get("role").map(String::as_str) == Some("master"));
+            // The cluster agrees: in `to`'s view it is a primary and this node its replica.
+            let agreed = match (follows && leads, target.session().await) {
+                (true, Ok(mut t)) => target.cluster_view(&mut t).await.is_ok_and(|v| {
+                    let me = v
+                        .at(&self.address)
+                        .map(|m| (m.primary.clone(), m.has_flag("slave")));
+                    me == Some((Some(v.id.clone()), true))
+                        && v.member(&v.id).is_some_and(|m| m.has_flag("master"))
+                }),
+                _ => false,
+            };
+            if agreed {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let role = |r: &Result<BTreeMap<String, String>, NodeError>| match r {
+                    Ok(i) => format!(
+                        "role {}",
+                        i.get("role").map(String::as_str).unwrap_or("unknown")
+                    ),
+                    Err(e) => e.to_string(),
+                };
+                return Err(self.protocol(format!(
+                    "CLUSTER FAILOVER on {to} did not complete within {} ms: {} is {}, {to} is {}",
+                    timeout.as_millis(),
+                    self.address,
+                    role(&mine),
+                    role(&theirs)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The fields of `INFO replication`.
     pub(super) async fn replication(&self) -> Result<BTreeMap<String, String>, NodeError> {
         let mut s = self.session().await?;
@@ -849,7 +1077,15 @@ impl NodeDriver for RedisDriver {
         &'a self,
         params: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<Applied, NodeError>> {
-        Box::pin(self.apply_params(params))
+        Box::pin(self.apply_params(params, None))
+    }
+
+    fn apply_seen<'a>(
+        &'a self,
+        params: &'a BTreeMap<String, String>,
+        seen: &'a BTreeMap<String, String>,
+    ) -> Option<BoxFuture<'a, Result<Applied, NodeError>>> {
+        Some(Box::pin(self.apply_params(params, Some(seen))))
     }
 
     fn failover<'a>(
@@ -867,6 +1103,63 @@ impl NodeDriver for RedisDriver {
     ) -> BoxFuture<'a, Result<String, NodeError>> {
         Box::pin(super::sentinel::failover(self, sentinel, timeout))
     }
+    fn cluster_failover<'a>(
+        &'a self,
+        to: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), NodeError>> {
+        Box::pin(self.cluster_failover_to(to, timeout))
+    }
+}
+
+/// A cluster member's view from its `CLUSTER INFO` fields and `CLUSTER NODES` text:
+/// `<id> <ip:port@cport[,hostname]> <flags> <primary|-> <ping> <pong> <epoch> <link>
+/// <slot> <slot>...`, one line per member; slots `0-5460`, `42`, or `[..]` while one
+/// migrates (skipped).
+pub fn cluster_view_from(info: &BTreeMap<String, String>, nodes: &str) -> ClusterView {
+    let num = |k: &str| {
+        info.get(k)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut view = ClusterView {
+        state: info
+            .get("cluster_state")
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default(),
+        slots_assigned: num("cluster_slots_assigned"),
+        slots_pfail: num("cluster_slots_pfail"),
+        slots_fail: num("cluster_slots_fail"),
+        ..ClusterView::default()
+    };
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [id, address, flags, primary, ..] = fields[..] else {
+            continue;
+        };
+        let address = address.split(['@', ',']).next().unwrap_or_default();
+        let flags: Vec<String> = flags.split(',').map(str::to_owned).collect();
+        if flags.iter().any(|f| f == "myself") {
+            view.id = id.to_owned();
+        }
+        let slots = fields
+            .iter()
+            .skip(8)
+            .filter_map(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                Some([a.parse().ok()?, b.parse().ok()?])
+            })
+            .collect();
+        view.nodes.push(ClusterMember {
+            id: id.to_owned(),
+            address: address.to_owned(),
+            primary: (primary != "-").then(|| primary.to_owned()),
+            flags,
+            slots,
+        });
+    }
+    view.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    view
 }
 
 /// The replicas `INFO replication` lists (`slave0:ip=…,port=…,…`), as `host:port`.
@@ -1292,6 +1585,36 @@ fn split_args(line: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_view_is_read_from_cluster_info_and_cluster_nodes() {
+        let info = parse_info(
+            "cluster_state:fail\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:10923\r\n\
+             cluster_slots_pfail:0\r\ncluster_slots_fail:5461\r\n",
+        );
+        let nodes = "\
+b0 127.0.0.1:7002@17002 master - 0 1 2 connected 5461-10922\n\
+a0 127.0.0.1:7001@17001,host.example myself,master - 0 0 1 connected 0-5460 [5461->-b0]\n\
+c1 127.0.0.1:7004@17004 slave,fail c0 0 1 3 disconnected\n\
+c0 127.0.0.1:7003@17003 master,fail - 0 1 3 disconnected 10923-16382 16383\n";
+        let view = cluster_view_from(&info, nodes);
+        assert_eq!(view.id, "a0");
+        assert_eq!(view.state, "fail");
+        assert_eq!(
+            (view.slots_assigned, view.slots_pfail, view.slots_fail),
+            (16384, 0, 5461)
+        );
+        let ids: Vec<&str> = view.nodes.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["a0", "b0", "c0", "c1"]);
+        let a0 = view.member("a0").unwrap();
+        assert_eq!(a0.address, "127.0.0.1:7001");
+        assert_eq!(a0.slots, vec![[0, 5460]]);
+        assert_eq!(view.member("c0").unwrap().slots_text(), "10923-16382 16383");
+        let c1 = view.at("127.0.0.1:7004").unwrap();
+        assert_eq!(c1.primary.as_deref(), Some("c0"));
+        assert!(c1.has_flag("fail"));
+        assert_eq!(view.shard_of("c1"), "c0");
+    }
 
     #[test]
     fn the_secret_parameters_are_the_catalog_s_credentials() {

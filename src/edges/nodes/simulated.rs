@@ -10,8 +10,15 @@
 //!
 //! Faults are injected with [`Fault`]: down, slow (every answer delayed), a parameter the
 //! node refuses, flapping (down on every other call).
+//!
+//! A node may run as a service ([`SimulatedNode::run_as_service`]): started from a Redis
+//! config file and restarted when a marker file appears (what a restart command such as
+//! `touch MARKER` does), so an agent's restart-only apply (write the file, run the
+//! command, read the node back) works on it; a restart reads the file again and its
+//! counters start from zero. Roles move by a modelled `FAILOVER TO` or `CLUSTER FAILOVER`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +68,8 @@ pub struct SimulatedNode {
     state: Mutex<State>,
     /// The nodes a failover can reach, by address (set by [`Replication::join`]).
     peers: Mutex<Option<Arc<Replication>>>,
+    /// Run as a service: its config file and the marker that asks for a restart.
+    service: Mutex<Option<(PathBuf, PathBuf)>>,
 }
 
 /// The simulated nodes that replicate one another, by address: what a simulated
@@ -125,6 +134,7 @@ impl SimulatedNode {
                 primary: None,
             }),
             peers: Mutex::new(None),
+            service: Mutex::new(None),
         };
         node.with_state(|s| {
             s.used_memory = s.working_set.min(limit_of(engine, s));
@@ -202,6 +212,38 @@ impl SimulatedNode {
         }
         self.replicate_from(Some(to.to_owned()));
         Ok(())
+    }
+
+    /// Run as a service started from `config_file`, restarted when `marker` appears.
+    pub fn run_as_service(&self, config_file: PathBuf, marker: PathBuf) {
+        if let Ok(mut service) = self.service.lock() {
+            *service = Some((config_file, marker));
+        }
+    }
+
+    /// A restart was asked for (the marker exists): remove the marker, start again from
+    /// the config file (its parameters replace the running ones), counters from zero.
+    fn restart_if_asked(&self) {
+        let Some((file, marker)) = self.service.lock().ok().and_then(|s| s.clone()) else {
+            return;
+        };
+        if std::fs::remove_file(&marker).is_err() {
+            return;
+        }
+        let from_file = std::fs::read_to_string(&file)
+            .map(|t| super::redis::parse_config_file(&t))
+            .unwrap_or_default();
+        let engine = self.engine;
+        self.with_state(|s| {
+            let params = Arc::make_mut(&mut s.params);
+            for (name, value) in from_file {
+                params.insert(name, value);
+            }
+            s.hits = 0;
+            s.misses = 0;
+            s.evicted_keys = 0;
+            settle_memory(engine, s);
+        });
     }
 
     /// Change a parameter behind cacheflow's back (a hand-made `CONFIG SET`).
@@ -334,6 +376,7 @@ impl NodeDriver for SimulatedNode {
 
     fn read(&self) -> BoxFuture<'_, Result<NodeLive, NodeError>> {
         Box::pin(async move {
+            self.restart_if_asked();
             match self.fault() {
                 Some(Fault::Down) | Some(Fault::Flapping) => return Err(self.unreachable()),
                 Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
@@ -390,6 +433,7 @@ impl NodeDriver for SimulatedNode {
         params: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<Applied, NodeError>> {
         Box::pin(async move {
+            self.restart_if_asked();
             match self.fault() {
                 Some(Fault::Down) | Some(Fault::Flapping) => return Err(self.unreachable()),
                 Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
@@ -444,6 +488,16 @@ impl NodeDriver for SimulatedNode {
             }
             self.failover_now(to)
         })
+    }
+
+    /// `CLUSTER FAILOVER` on the replica at `to`, modelled as `FAILOVER TO` from here:
+    /// the same outcome (the replica leads, this node and the shard's replicas follow it).
+    fn cluster_failover<'a>(
+        &'a self,
+        to: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), NodeError>> {
+        self.failover(to, timeout)
     }
 }
 

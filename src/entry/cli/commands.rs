@@ -155,6 +155,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(path) => admin_tokens(path)?,
         None => BTreeMap::new(),
     };
+    let replication = replication(&args)?;
     let options = crate::entry::server::ServeOptions {
         repo: args.repo,
         path: args.path,
@@ -187,9 +188,47 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ),
             _ => None,
         },
+        replication,
     };
     until_signal(|stop| async move { Ok(crate::entry::server::serve(options, stop).await?) })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The replicas' options, when etcd's endpoints are given.
+fn replication(
+    args: &ServeArgs,
+) -> anyhow::Result<Option<crate::entry::server::replica::ReplicaOptions>> {
+    if args.etcd_endpoints.is_empty() {
+        return Ok(None);
+    }
+    if args.lease_ttl < std::time::Duration::from_secs(2) {
+        bail!("--lease-ttl must be at least 2s (etcd counts leases in seconds)");
+    }
+    let password = secret(args.etcd_password_file.as_ref(), "CACHEFLOW_ETCD_PASSWORD")?
+        .map(|p| String::from_utf8_lossy(&p).into_owned());
+    if args.etcd_user.is_some() && password.is_none() {
+        bail!("--etcd-user needs a password: --etcd-password-file or CACHEFLOW_ETCD_PASSWORD");
+    }
+    Ok(Some(crate::entry::server::replica::ReplicaOptions {
+        etcd: crate::edges::etcd::EtcdOptions {
+            endpoints: args
+                .etcd_endpoints
+                .iter()
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect(),
+            ca_file: args.etcd_ca_file.clone(),
+            cert_file: args.etcd_cert_file.clone(),
+            key_file: args.etcd_key_file.clone(),
+            user: args.etcd_user.clone(),
+            password,
+            timeout: (args.lease_ttl / 3).max(std::time::Duration::from_secs(1)),
+        },
+        prefix: args.etcd_prefix.clone(),
+        lease_ttl: args.lease_ttl,
+        advertise_url: args.advertise_url.clone().unwrap_or_default(),
+        shard: 0,
+    }))
 }
 
 /// The admin (or read) tokens file: one `name:token` per line, `#` comments, tokens of at least

@@ -210,8 +210,9 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// The whole loop on a simulated fleet, no setup: a copy of the example repository
     /// in a temporary git repository, a change rolled out in stages, a change whose
-    /// canary fails its gates and is rolled back, a hand-made drift and its report, the
-    /// history. About 15 seconds. Exit 0, or 1 if something went wrong.
+    /// canary fails its gates and is rolled back, a hand-made drift and its report, a
+    /// primary's restart-only change done by failover, the history. About 20 seconds.
+    /// Exit 0, or 1 if something went wrong.
     #[command(
         after_help = "Examples:\n  cacheflow demo\n  cacheflow demo --keep ./demo-repo && cacheflow history --repo ./demo-repo"
     )]
@@ -683,6 +684,42 @@ pub struct ServeArgs {
     /// The private key (PKCS#8 PEM) of --tls-cert-file.
     #[arg(long, env = "CACHEFLOW_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
+    /// Run as one of several replicas that elect a leader on etcd: the members' URLs,
+    /// comma-separated (http://10.0.0.1:2379,http://10.0.0.2:2379). Without it, serve is
+    /// the single process.
+    #[arg(
+        long,
+        env = "CACHEFLOW_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        requires = "advertise_url"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// The CA certificate (PEM) etcd's members are signed by.
+    #[arg(long, env = "CACHEFLOW_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd.
+    #[arg(long, env = "CACHEFLOW_ETCD_CERT_FILE", requires = "etcd_key_file")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The PKCS#8 PEM key of --etcd-cert-file.
+    #[arg(long, env = "CACHEFLOW_ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// An etcd user (its password from --etcd-password-file or CACHEFLOW_ETCD_PASSWORD).
+    #[arg(long, env = "CACHEFLOW_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password (or set CACHEFLOW_ETCD_PASSWORD).
+    #[arg(long, env = "CACHEFLOW_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// The prefix of every key the replicas keep in etcd.
+    #[arg(long, env = "CACHEFLOW_ETCD_PREFIX", default_value = "/cacheflow")]
+    pub etcd_prefix: String,
+    /// The leader's lease: a replica takes over at most this long after the leader died
+    /// (renewed every third of it).
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "CACHEFLOW_LEASE_TTL")]
+    pub lease_ttl: Duration,
+    /// The URL other replicas send agents to while this one leads
+    /// (http://cacheflow-0.cacheflow:8080).
+    #[arg(long, env = "CACHEFLOW_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

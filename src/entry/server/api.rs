@@ -59,7 +59,7 @@ pub(super) async fn report(
                 StatusCode::OK,
                 [(
                     crate::pure::protocol::READS_HEADER,
-                    crate::pure::protocol::READS_TOPOLOGY,
+                    crate::pure::protocol::READS_ALL,
                 )],
                 Json(assignment),
             )

@@ -140,7 +140,8 @@ mod tests {
         git2::Repository::init_bare(dir.path().join("git")).unwrap();
         let journal = Journal::open(&dir.path().join("git")).unwrap();
         let metrics = Arc::new(Metrics::default());
-        let (handle, _task) = runtime::start(journal, 0, Some(metrics.clone()), false).unwrap();
+        let (handle, _task) =
+            runtime::start(journal, 0, Some(metrics.clone()), false, None).unwrap();
         let notifier = crate::edges::notify::Notifier::new(
             crate::edges::notify::NotifyOptions::default(),
             Some(metrics.clone()),
@@ -164,6 +165,7 @@ mod tests {
             forge_api_url: None,
             forge_token: None,
             tls: None,
+            replication: None,
         };
         let app = Arc::new(App {
             handle: handle.clone(),

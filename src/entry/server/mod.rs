@@ -25,6 +25,7 @@ mod hooks;
 mod http;
 pub use http::ServerTls;
 pub mod pr;
+pub mod replica;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -84,6 +85,9 @@ pub struct ServeOptions {
     pub forge_token: Option<String>,
     /// Terminate TLS here (`--tls-cert-file`, `--tls-key-file`).
     pub tls: Option<http::ServerTls>,
+    /// Run as one of several replicas, electing a leader on etcd (`--etcd-endpoints`);
+    /// `None`: the single process.
+    pub replication: Option<replica::ReplicaOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,12 +172,40 @@ fn cached_repo(options: &ServeOptions) -> Option<ConfigRepo> {
 /// Run the server until SIGTERM / Ctrl-C (`stop` turns true). A reconciler that stops
 /// (its journal could not be written) stops the server at once with its error:
 /// answering without it would hide the failure; the supervisor restarts the process.
-pub async fn serve(
-    options: ServeOptions,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), ServeError> {
+pub async fn serve(options: ServeOptions, stop: watch::Receiver<bool>) -> Result<(), ServeError> {
     let lock = lock_state_dir(&options)?;
     let (git_dir, fetch_error) = mirror(&options).await?;
+    let listener = listen(options.listen, options.tls.is_some())?;
+    let result = match options.replication.clone() {
+        None => lead(&options, &git_dir, fetch_error, &listener, stop, None)
+            .await
+            .map(|_| ()),
+        Some(replication) => replica::run(&options, &replication, &git_dir, &listener, stop).await,
+    };
+    drop(lock);
+    result
+}
+
+/// How a term of the reconciler ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Term {
+    /// `stop` turned true.
+    Stopped,
+    /// A replica lost its leadership: back to standing by.
+    Deposed,
+}
+
+/// Reconcile and answer until `stop` (or, for a replica, until it no longer leads).
+async fn lead(
+    options: &ServeOptions,
+    git_dir: &std::path::Path,
+    fetch_error: Option<String>,
+    listener: &std::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+    replica: Option<crate::flow::runtime::Replica>,
+) -> Result<Term, ServeError> {
+    let options = options.clone();
+    let git_dir = git_dir.to_path_buf();
     let metrics = Arc::new(Metrics::default());
     let mut remote = RemoteHealth::default();
     match fetch_error {
@@ -185,12 +217,20 @@ pub async fn serve(
             remote.failed(e);
         }
     }
+    let leadership = replica.as_ref().map(|r| r.leadership.clone());
+    let fence = replica.as_ref().map(|r| r.journal.fence().clone());
     // Notices of rollouts and drift runs to the revision's `notifications:` targets.
     let notifier = crate::edges::notify::Notifier::new(
         crate::edges::notify::NotifyOptions::default(),
         Some(metrics.clone()),
     );
-    let host = Arc::new(start_host(&options, &git_dir, &metrics, notifier.clone())?);
+    let host = Arc::new(start_host(
+        &options,
+        &git_dir,
+        &metrics,
+        notifier.clone(),
+        replica,
+    )?);
     let handle = host.handle().clone();
     let app = Arc::new(App {
         handle: handle.clone(),
@@ -211,9 +251,29 @@ pub async fn serve(
         ready: AtomicBool::new(false),
         remote: Mutex::new(remote),
     });
-    let router = app::app_stopping(app.clone(), stop.clone());
-    let listener = listen(options.listen, options.tls.is_some()).await?;
-    let background = Background::spawn(&app, &host, git_dir, &stop);
+    // The term's end (a stop, or the reconciler gone) ends the console's streams too.
+    let (term_tx, term) = watch::channel(false);
+    {
+        let (mut stop, mut ended) = (stop.clone(), host.ended());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = ended.wait_for(|d| *d) => {}
+            }
+            let _ = term_tx.send(true);
+        });
+    }
+    let router = app::app_stopping(app.clone(), term);
+    let listener = tokio_listener(listener, options.listen)?;
+    let background = Background::spawn(&app, &host, git_dir.clone(), &stop);
+    let pusher = fence.map(|f| {
+        tokio::spawn(replica::push_audit_log(
+            options.clone(),
+            git_dir,
+            f,
+            stop.clone(),
+        ))
+    });
     let mut ended = host.ended();
     let mut stop_http = stop.clone();
     http::serve(listener, router, options.tls.clone(), async move {
@@ -223,12 +283,25 @@ pub async fn serve(
         }
     })
     .await;
+    if let Some(p) = &pusher {
+        p.abort();
+    }
     if *host.ended().borrow() {
         background.abort();
         let failure = match host.stop().await {
             Err(crate::flow::runtime::HostError::Journal(e)) => e.to_string(),
             _ => "the reconciler stopped".to_owned(),
         };
+        if let Some(l) = leadership.as_ref().filter(|l| !l.valid()) {
+            tracing::warn!(
+                event = "deposed",
+                "this replica no longer leads: {failure}; standing by"
+            );
+            // Best effort: a lease etcd still holds (its quorum just came back) would
+            // keep the others waiting for its TTL; refused when it has expired already.
+            let _ = tokio::time::timeout(Duration::from_secs(2), l.resign()).await;
+            return Ok(Term::Deposed);
+        }
         tracing::error!("the reconciler stopped: {failure}");
         return Err(ServeError::Source(format!(
             "the reconciler stopped: {failure}"
@@ -237,8 +310,11 @@ pub async fn serve(
     let _ = stop.wait_for(|s| *s).await;
     background.join().await;
     let _ = host.stop().await;
-    drop(lock);
-    Ok(())
+    if let Some(l) = &leadership {
+        // The last entry is written: the next leader need not wait for the lease.
+        l.resign().await;
+    }
+    Ok(Term::Stopped)
 }
 
 /// One server per state directory: the lock is held for the life of the process (the
@@ -310,6 +386,7 @@ fn start_host(
     git_dir: &std::path::Path,
     metrics: &Arc<Metrics>,
     notifier: crate::edges::notify::Notifier,
+    replica: Option<crate::flow::runtime::Replica>,
 ) -> Result<Host, ServeError> {
     let journal = Journal::open(git_dir)?;
     let grace = options
@@ -323,13 +400,18 @@ fn start_host(
             metrics: Some(metrics.clone()),
             correct_drift: false,
             notifier: Some(notifier),
+            replica,
         },
     )?)
 }
 
-async fn listen(addr: SocketAddr, tls: bool) -> Result<tokio::net::TcpListener, ServeError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+/// Bind the listening socket once: a replica answers on it as a standby, then as the
+/// leader, each term on a copy of it.
+fn listen(addr: SocketAddr, tls: bool) -> Result<std::net::TcpListener, ServeError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })?;
+    listener
+        .set_nonblocking(true)
         .map_err(|source| ServeError::Listen { addr, source })?;
     let local = listener
         .local_addr()
@@ -338,6 +420,17 @@ async fn listen(addr: SocketAddr, tls: bool) -> Result<tokio::net::TcpListener, 
     let scheme = if tls { "https" } else { "http" };
     println!("cacheflow serve: listening on {scheme}://{local}");
     Ok(listener)
+}
+
+/// The listening socket for one term's accept loop.
+fn tokio_listener(
+    listener: &std::net::TcpListener,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, ServeError> {
+    listener
+        .try_clone()
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|source| ServeError::Listen { addr, source })
 }
 
 /// The server's own tasks beside HTTP: the follower, scheduled drift runs, the ticker.
@@ -550,6 +643,7 @@ async fn take(
                             timeout: app.options.node_timeout,
                             first_reading: None,
                             declared: None,
+                            apply: None,
                         },
                     );
                 }
@@ -610,7 +704,7 @@ fn check_head(
 
 /// Push the journal and the notes to the remote. The error is git's message with any
 /// credential of the URL redacted: text, as `SourceError` keeps it, and only logged.
-fn push_audit(options: &ServeOptions, git_dir: &std::path::Path) -> Result<(), String> {
+pub(crate) fn push_audit(options: &ServeOptions, git_dir: &std::path::Path) -> Result<(), String> {
     let repo = git2::Repository::open(git_dir).map_err(|e| e.to_string())?;
     let mut remote = repo
         .remote_anonymous(&options.repo)

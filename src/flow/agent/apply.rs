@@ -75,14 +75,16 @@ impl Failure {
     }
 }
 
-/// Apply `assignment` (which must carry a revision) to the node behind `driver`.
+/// Apply `assignment` (which must carry a revision) to the node behind `driver`. `seen`:
+/// the node's parameters in the reading the assignment answered, when it answered.
 pub async fn apply(
     driver: &dyn NodeDriver,
     options: &ApplyOptions,
     assignment: &Assignment,
+    seen: Option<&BTreeMap<String, String>>,
 ) -> ApplyResult {
     let revision = assignment.revision.clone().unwrap_or_default();
-    let (outcome, changed, restarted, error) = match run(driver, options, assignment).await {
+    let (outcome, changed, restarted, error) = match run(driver, options, assignment, seen).await {
         Ok((changed, restarted)) => (Outcome::Applied, changed, restarted, None),
         Err(f) => {
             let outcome = if f.inconsistent {
@@ -121,10 +123,15 @@ async fn run(
     driver: &dyn NodeDriver,
     options: &ApplyOptions,
     assignment: &Assignment,
+    seen: Option<&BTreeMap<String, String>>,
 ) -> Result<(Vec<String>, bool), Failure> {
     let engine = driver.engine();
     let cat = catalog_of(engine, assignment);
     let want = wanted(engine, cat, assignment)?;
+    if let Some(applied) = at_runtime_at_once(driver, cat, assignment, &want, seen) {
+        let applied = applied.await.map_err(driver_failure)?;
+        return Ok((applied.changed.into_keys().collect(), false));
+    }
     let changes = differences(driver, cat, assignment, want).await?;
     let restart = !changes.start_only.is_empty();
     if restart {
@@ -215,6 +222,35 @@ fn wanted(
     Ok(want)
 }
 
+/// Steps 2 to 4 at once, when every assigned value is a run-time one and the driver can
+/// compare and apply in one go ([`NodeDriver::apply_seen`]): it reads the values before,
+/// sets what differs and reads them back in one round trip (`seen`, the reading the
+/// assignment answered, tells it what probably differs). `None`: the steps one by one.
+fn at_runtime_at_once<'a>(
+    driver: &'a dyn NodeDriver,
+    cat: &Catalog,
+    assignment: &Assignment,
+    want: &'a BTreeMap<String, String>,
+    seen: Option<&'a BTreeMap<String, String>>,
+) -> Option<crate::edges::nodes::BoxFuture<'a, Result<crate::edges::nodes::Applied, NodeError>>> {
+    let all_runtime = want.keys().all(|name| match cat.get(name) {
+        Some(p) => p.runtime,
+        None => assignment.unchecked.contains(name),
+    });
+    if !all_runtime {
+        return None;
+    }
+    driver.apply_seen(want, seen?)
+}
+
+/// A driver's error as the apply's: `inconsistent` only when its put-back failed too.
+fn driver_failure(e: NodeError) -> Failure {
+    Failure {
+        inconsistent: matches!(e, NodeError::RollbackFailed { .. }),
+        message: e.to_string(),
+    }
+}
+
 /// Step 2: what differs from what the node runs now.
 async fn differences(
     driver: &dyn NodeDriver,
@@ -288,10 +324,10 @@ async fn apply_runtime(
     changes: &Changes,
 ) -> Result<BTreeMap<String, String>, Failure> {
     if !changes.runtime.is_empty() {
-        driver.apply(&changes.runtime).await.map_err(|e| Failure {
-            inconsistent: matches!(e, NodeError::RollbackFailed { .. }),
-            message: e.to_string(),
-        })?;
+        driver
+            .apply(&changes.runtime)
+            .await
+            .map_err(driver_failure)?;
     }
     Ok(changes
         .runtime

@@ -35,8 +35,8 @@ use crate::edges::http_error::describe;
 use crate::edges::nodes::NodeDriver;
 use crate::pure::live::NodeLive;
 use crate::pure::protocol::{
-    ApplyResult, Assignment, Outcome, Report, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, READS_HEADER,
-    READS_TOPOLOGY,
+    ApplyResult, Assignment, Outcome, Report, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, READS_CLUSTER,
+    READS_HEADER, READS_TOPOLOGY,
 };
 
 /// The agent's settings.
@@ -237,6 +237,7 @@ pub async fn run(
         client,
         options,
         server_reads_topology: AtomicBool::new(false),
+        server_reads_cluster: AtomicBool::new(false),
     };
     drive(driver, &reporter, looped, None, stop).await
 }
@@ -342,6 +343,8 @@ async fn exchange<R: Reporter>(
     reporter.describe(&mut node, driver, state);
     let reachable = node.reachable;
     let node_error = node.error.clone();
+    // What the node ran, for the apply to guess what differs (it checks the guess).
+    let seen = reachable.then(|| node.parameters.clone());
     let report = Report {
         version: PROTOCOL_VERSION,
         node_id: options.node_id.clone(),
@@ -382,7 +385,7 @@ async fn exchange<R: Reporter>(
     if logs {
         tracing::info!(event = "applying", node = %options.node_id, %revision, generation = assignment.generation, "applying assignment");
     }
-    let result = apply::apply(driver, &options.apply, &assignment).await;
+    let result = apply::apply(driver, &options.apply, &assignment, seen.as_ref()).await;
     match result.outcome {
         Outcome::Applied => {
             if logs {
@@ -438,6 +441,8 @@ struct Http {
     /// The server named `topology` in its last answer's `cacheflow-reads` header: the
     /// reading's topology goes into the report (an older server would refuse it).
     server_reads_topology: AtomicBool,
+    /// The server also named `cluster`: a cluster-mode node's view goes in too.
+    server_reads_cluster: AtomicBool,
 }
 
 impl Reporter for Http {
@@ -450,7 +455,7 @@ impl Reporter for Http {
             &self.client,
             &self.options,
             &report,
-            &self.server_reads_topology,
+            [&self.server_reads_topology, &self.server_reads_cluster],
         )
         .await
         .map(Some)
@@ -475,6 +480,11 @@ impl Reporter for Http {
                 health.topology = None;
             }
         }
+        if !self.server_reads_cluster.load(Ordering::Relaxed) {
+            if let Some(t) = node.health.as_mut().and_then(|h| h.topology.as_mut()) {
+                t.cluster = None;
+            }
+        }
     }
 
     fn logs_applies(&self) -> bool {
@@ -488,7 +498,7 @@ async fn post_report(
     client: &reqwest::Client,
     options: &AgentOptions,
     report: &Report,
-    reads_topology: &AtomicBool,
+    reads: [&AtomicBool; 2],
 ) -> Result<Assignment, ReportError> {
     let url = format!("{}/api/v1/nodes/{}/report", options.server, options.node_id);
     let shown = crate::edges::source::redact_url(&url);
@@ -506,12 +516,16 @@ async fn post_report(
         })?;
     let status = response.status();
     if status.is_success() {
-        let named = response
-            .headers()
-            .get(READS_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|f| f.trim() == READS_TOPOLOGY));
-        reads_topology.store(named, Ordering::Relaxed);
+        let named = |field: &str| {
+            response
+                .headers()
+                .get(READS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|f| f.trim() == field))
+        };
+        for (flag, field) in reads.iter().zip([READS_TOPOLOGY, READS_CLUSTER]) {
+            flag.store(named(field), Ordering::Relaxed);
+        }
     }
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| ReportError::Reading {

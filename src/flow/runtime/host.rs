@@ -30,6 +30,8 @@ pub struct HostOptions {
     pub correct_drift: bool,
     /// Where the reconciler's notices go (`serve`); none when `None`.
     pub notifier: Option<crate::edges::notify::Notifier>,
+    /// A leader replica's fence; `None`: the single process (the journal in Git only).
+    pub replica: Option<super::Replica>,
 }
 
 /// Why the reconciler ended other than by [`Host::stop`].
@@ -62,6 +64,7 @@ impl Host {
             options.grace_ms,
             options.metrics,
             options.correct_drift,
+            options.replica,
         )?;
         if let Some(n) = options.notifier {
             handle.set_notifier(n);

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
-use crate::edges::audit::{AuditError, EntryMaker, Journal, Prepared};
+use crate::edges::audit::{AuditError, EntryMaker, Journal, Prepared, ENTRY_TRAILER};
+use crate::edges::etcd::election::Leadership;
+use crate::edges::etcd::journal::{FencedJournal, JournalError};
 use crate::edges::metrics::Metrics;
 use crate::edges::nodes::NodeDriver;
 use crate::flow::agent::{AgentState, ApplyOptions, LoopOptions, Reporter, Unreported};
@@ -40,6 +42,7 @@ use crate::pure::reconciler::status::Status;
 use crate::pure::reconciler::{Effect, Reconciler, Record, RefusedInput, State};
 use crate::pure::rollout::Event;
 use crate::pure::spec::model::{Desired, Sentinel};
+use crate::pure::topology::FailoverMethod;
 
 enum Msg {
     Report {
@@ -399,6 +402,10 @@ pub struct DirectOptions {
     /// Read only these parameters (the revision's declared ones), when the revision
     /// cannot change while the agent runs (`sync`); all of them when `None`.
     pub declared: Option<Arc<BTreeSet<String>>>,
+    /// How the in-process agent applies (a config file and a restart command for
+    /// start-only changes, as `cacheflow agent` takes them); run-time changes only, with
+    /// no warm-up, when `None`.
+    pub apply: Option<ApplyOptions>,
 }
 
 impl Default for DirectOptions {
@@ -408,8 +415,17 @@ impl Default for DirectOptions {
             timeout: Duration::from_secs(5),
             first_reading: None,
             declared: None,
+            apply: None,
         }
     }
+}
+
+/// A leader replica's fence (`serve --etcd-endpoints`): each entry is written to etcd
+/// under the leader key's create revision before Git, and nothing is answered once the
+/// leadership is lost (its lease expired, or etcd refused a write).
+pub struct Replica {
+    pub journal: FencedJournal,
+    pub leadership: Arc<Leadership>,
 }
 
 /// Start the reconciler task from the journal's last state. `grace_ms` is how long
@@ -420,6 +436,7 @@ pub(crate) fn start(
     grace_ms: u64,
     metrics: Option<Arc<Metrics>>,
     correct_drift: bool,
+    replica: Option<Replica>,
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), AuditError>>), AuditError> {
     let state = journal.load()?.unwrap_or_default();
     let maker = EntryMaker::loaded(&state);
@@ -434,8 +451,16 @@ pub(crate) fn start(
         log_record(&record);
     }
     let resumed = core.resume(grace_ms);
-    let (batches, done) = spawn_writer(&handle, journal, maker, status, status_tx)?;
-    let task = tokio::spawn(run(handle.clone(), core, rx, batches, done, resumed));
+    let leadership = replica.as_ref().map(|r| r.leadership.clone());
+    let (batches, done) = spawn_writer(&handle, journal, maker, status, status_tx, replica)?;
+    let task = tokio::spawn(run(
+        handle.clone(),
+        core,
+        rx,
+        (batches, done),
+        resumed,
+        leadership,
+    ));
     Ok((handle, task))
 }
 
@@ -478,6 +503,7 @@ fn spawn_writer(
     maker: EntryMaker,
     status: Arc<Status>,
     status_tx: watch::Sender<Arc<Status>>,
+    replica: Option<Replica>,
 ) -> Result<(Batches, WriterDone), AuditError> {
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
     let written = Arc::new(AtomicU64::new(0));
@@ -488,7 +514,9 @@ fn spawn_writer(
     std::thread::Builder::new()
         .name("cacheflow-journal".to_owned())
         .spawn(move || {
-            let _ = done_tx.send(write_jobs(&h, &rt, journal, jobs_rx, &w, &status_tx));
+            let _ = done_tx.send(write_jobs(
+                &h, &rt, journal, jobs_rx, &w, &status_tx, replica,
+            ));
         })
         .map_err(|e| AuditError::Writer(e.to_string()))?;
     let batches = Batches {
@@ -506,14 +534,20 @@ fn spawn_writer(
 /// once) are handled together and journaled as one entry holding every input's lines;
 /// nothing is answered or started before that entry is written (write-ahead), except
 /// reports that changed nothing, from clusters whose state is already written.
+///
+/// A leader replica answers nothing once its leadership is lost: the task ends with
+/// [`AuditError::Replicated`] before it takes the next input.
 async fn run(
     h: Handle,
     mut core: Reconciler,
     mut rx: mpsc::Receiver<Msg>,
-    mut batches: Batches,
-    mut done: WriterDone,
+    (mut batches, mut done): (Batches, WriterDone),
     resumed: Vec<Effect>,
+    leadership: Option<Arc<Leadership>>,
 ) -> Result<(), AuditError> {
+    let mut lost = leadership.as_ref().map(|l| l.lost());
+    let deposed = || AuditError::Replicated("this replica no longer leads its shard".to_owned());
+    let leads = || leadership.as_ref().is_none_or(|l| l.valid());
     // The writer ended early: its error (a journal that cannot be written) is ours.
     let writer_failed = |r: Result<Result<(), AuditError>, _>| r.unwrap_or(Ok(()));
     if batches
@@ -530,10 +564,19 @@ async fn run(
                 None => break,
             },
             result = &mut done => return writer_failed(result),
+            _ = leadership_lost(&mut lost) => return Err(deposed()),
         };
         let mut inputs = Inputs::default();
         let mut next = Some(first);
         while let Some(msg) = next.take() {
+            // Checked before each input: a leader paused past its lease (a long GC, a
+            // frozen VM) wakes with inputs queued, and answers none of them.
+            if !leads() {
+                if let Some(l) = &leadership {
+                    l.deposed();
+                }
+                return Err(deposed());
+            }
             inputs.take(&mut core, &batches, msg, h.now_ms());
             if !inputs.stop && inputs.replies.len() < 1024 {
                 next = rx.try_recv().ok();
@@ -554,6 +597,16 @@ async fn run(
     // The writer finishes what it was given, then ends.
     drop(batches);
     writer_failed(done.await)
+}
+
+/// Resolves when the leadership is lost (never without one).
+async fn leadership_lost(lost: &mut Option<watch::Receiver<bool>>) {
+    match lost {
+        Some(rx) => {
+            let _ = rx.wait_for(|l| *l).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The inputs of one batch: what they caused, and the answers that wait for its entry.
@@ -768,6 +821,7 @@ fn write_jobs(
     mut jobs: mpsc::Receiver<Job>,
     written: &AtomicU64,
     status: &watch::Sender<Arc<Status>>,
+    mut replica: Option<Replica>,
 ) -> Result<(), AuditError> {
     while let Some(first) = jobs.blocking_recv() {
         let mut group = vec![first];
@@ -786,8 +840,12 @@ fn write_jobs(
                 }
             }
         }
-        if let Some(entry) = &entry {
+        if let Some(entry) = &mut entry {
             let began = Instant::now();
+            if let Some(replica) = &mut replica {
+                let seq = rt.block_on(replicate(replica, entry))?;
+                entry.add_trailer(&format!("{ENTRY_TRAILER}{seq}"));
+            }
             journal.write(entry)?;
             if let Some(m) = &h.metrics {
                 m.journal_commit.observe(began.elapsed().as_secs_f64());
@@ -807,6 +865,36 @@ fn write_jobs(
         }
     }
     Ok(())
+}
+
+/// Write `entry` to etcd under the fence: its number there. etcd that does not answer
+/// is tried again while the lease lasts (a member restarting, an election among the
+/// members); a refusal by the fence is final. A write that timed out may have been
+/// applied: the retry writes the same keys with the same values.
+async fn replicate(replica: &mut Replica, entry: &Prepared) -> Result<u64, AuditError> {
+    loop {
+        if !replica.leadership.valid() {
+            replica.leadership.deposed();
+            return Err(AuditError::Replicated(
+                "this replica no longer leads its shard".to_owned(),
+            ));
+        }
+        match replica
+            .journal
+            .write(entry.message(), entry.top(), entry.clusters())
+            .await
+        {
+            Ok(seq) => return Ok(seq),
+            Err(e @ JournalError::Fenced { .. }) => {
+                replica.leadership.deposed();
+                return Err(AuditError::Replicated(e.to_string()));
+            }
+            Err(e) => {
+                tracing::warn!("the journal entry is not in etcd yet: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// Everything an entry's inputs cause, once the entry is written.
@@ -882,6 +970,7 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                 timeout_ms,
                 run,
                 sentinel,
+                method,
                 ..
             } => {
                 let driver = h.reach.lock().expect("reach lock").get(&from).cloned();
@@ -890,18 +979,23 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                     let timeout = Duration::from_millis(timeout_ms);
                     // Under Sentinel they choose the replica: the event names the one
                     // they promoted.
-                    let outcome = match (driver, &sentinel) {
-                        (Some(d), Some(s)) => d
+                    let outcome = match (driver, &sentinel, method) {
+                        (Some(d), Some(s), _) => d
                             .failover_through_sentinel(&s.sentinel, timeout)
                             .await
                             .map(|address| s.node_at(&address))
                             .map_err(|e| e.to_string()),
-                        (Some(d), None) => d
+                        (Some(d), None, FailoverMethod::Replication) => d
                             .failover(&to_address, timeout)
                             .await
                             .map(|()| to)
                             .map_err(|e| e.to_string()),
-                        (None, _) => Err(format!(
+                        (Some(d), None, FailoverMethod::Cluster) => d
+                            .cluster_failover(&to_address, timeout)
+                            .await
+                            .map(|()| to)
+                            .map_err(|e| e.to_string()),
+                        (None, ..) => Err(format!(
                             "the server has no way to reach {from} (no address it can connect to)"
                         )),
                     };
@@ -1010,10 +1104,10 @@ async fn direct_agent(
         node_timeout: options.timeout,
         max_backoff: options.interval,
         once: false,
-        apply: ApplyOptions {
+        apply: options.apply.unwrap_or(ApplyOptions {
             warmup: Duration::ZERO,
             ..ApplyOptions::default()
-        },
+        }),
         first_reading: options.first_reading,
         declared: options.declared,
         remembered: remembered(&handle, &node),

@@ -42,10 +42,10 @@ pub enum Effect {
         event: Event,
         run: u64,
     },
-    /// Move `shard`'s primary role from `from` to `to` (at `to_address`): `FAILOVER TO`
-    /// sent to `from`, done when `to` reports role master and `from` follows it. The
-    /// outcome comes back as `Event::FailedOver` or `Event::FailoverFailed`, fed like a
-    /// timer of `run`.
+    /// Move `shard`'s primary role from `from` to `to` (at `to_address`) by `method`
+    /// (`FAILOVER TO` sent to `from`; `CLUSTER FAILOVER` sent to `to` in cluster mode),
+    /// done when `to` reports role master and `from` follows it. The outcome comes back
+    /// as `Event::FailedOver` or `Event::FailoverFailed`, fed like a timer of `run`.
     Failover {
         cluster: String,
         batch: usize,
@@ -58,6 +58,7 @@ pub enum Effect {
         /// The cluster names Sentinels: the failover goes through them (`SENTINEL
         /// FAILOVER`) instead of `FAILOVER TO`, and they choose the replica.
         sentinel: Option<SentinelFailover>,
+        method: crate::pure::topology::FailoverMethod,
     },
     /// These nodes' assignments changed: tell them now if they can be told.
     Wake { nodes: Vec<String> },

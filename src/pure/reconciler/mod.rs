@@ -1234,6 +1234,9 @@ impl Reconciler {
                             .map(|n| n.address.clone())
                             .unwrap_or_default();
                         let sentinel = cluster.and_then(SentinelFailover::of);
+                        let method = crate::pure::topology::FailoverMethod::for_mode(
+                            cluster.map(|c| c.mode).unwrap_or_default(),
+                        );
                         self.effects.push(Effect::Failover {
                             cluster: name.to_owned(),
                             batch,
@@ -1244,6 +1247,7 @@ impl Reconciler {
                             timeout_ms,
                             run,
                             sentinel,
+                            method,
                         });
                     }
                 }
@@ -1396,6 +1400,12 @@ impl Reconciler {
             if !r.figures.is_empty() {
                 let replication = serde_json::to_string(&r.figures).unwrap_or_default();
                 figures.push_str(&format!("\nreplication: {replication}"));
+            }
+            let k = gates::judge_cluster(c, &now);
+            j.verdict = gates::with_replication(j.verdict, &k.failures);
+            if !k.figures.is_empty() {
+                let view = serde_json::to_string(&k.figures).unwrap_or_default();
+                figures.push_str(&format!("\ncluster: {view}"));
             }
         }
         let verdict = match &j.verdict {

@@ -1932,6 +1932,7 @@ fn a_restart_of_a_live_primary_with_a_replica_fails_over_to_it_first() {
         timeout_ms: 10_000,
         run,
         sentinel: None,
+        method: crate::pure::topology::FailoverMethod::Replication,
     }));
     assert_eq!(
         phase(&r),

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::model::{
-    Cluster, Gates, Managed, Millis, Node, Param, Profile, Role, RolloutPolicy, Settings, Stage,
+    Cluster, ClusterMode, Gates, Managed, Millis, Node, Param, Profile, Role, RolloutPolicy,
+    Settings, Stage,
 };
 use super::raw::{self, Kind, RawStage};
 use super::{file_level, schema, Diagnostic, Parsed, Source};
@@ -332,6 +333,7 @@ fn build_cluster(
     );
     // A cluster whose profile is broken is not held to policies: its parameters are
     // unknown, and the profile's own errors say what to fix.
+    check_mode(ctx, p, &spec, &params);
     if !profile_broken {
         if selected {
             engine_rules(ctx, p, declared.id, &params, spec.auth.is_some());
@@ -351,6 +353,7 @@ fn build_cluster(
         auth: spec.auth.clone(),
         tls: spec.tls.clone(),
         sentinel: spec.sentinel.clone(),
+        mode: spec.mode.unwrap_or_default(),
         nodes,
         rollout,
     })
@@ -455,6 +458,54 @@ fn engine_rules(
                 ctx.at(p, &pointer, refusal.message)
             }
         }
+    }
+}
+
+/// `spec.mode` against the parameters that make a node a Redis Cluster member: a
+/// `cluster-enabled yes` node belongs in `mode: cluster`; in cluster mode `cluster-enabled`
+/// stays yes and `cluster-config-file` is not declared (each node keeps its own: a node
+/// restarted with another file starts as a new, empty member the cluster does not know).
+fn check_mode(
+    ctx: &mut Ctx,
+    p: &Parsed,
+    spec: &raw::ClusterSpec,
+    params: &BTreeMap<String, Param>,
+) {
+    let mode = spec.mode.unwrap_or_default();
+    let at = |name: &str| format!("/spec/parameters/{}", super::yaml::escape_token(name));
+    let enabled = params.get("cluster-enabled").map(|v| v.value.as_str());
+    match mode {
+        ClusterMode::Cluster if spec.engine.engine() == Engine::Memcached => ctx.at(
+            p,
+            "/spec/mode",
+            "memcached has no cluster mode: `mode: cluster` is for Redis and Valkey",
+        ),
+        ClusterMode::Cluster => {
+            if enabled.is_some_and(|v| v != "yes") {
+                ctx.at(
+                    p,
+                    &at("cluster-enabled"),
+                    "a `mode: cluster` cluster runs with `cluster-enabled yes`: turning it off \
+                     takes the node out of the cluster (start-only, refused)",
+                );
+            }
+            if params.contains_key("cluster-config-file") {
+                ctx.at(
+                    p,
+                    &at("cluster-config-file"),
+                    "`cluster-config-file` is each node's own state (its id, epoch and peers): a \
+                     node restarted with another file starts as a new, empty member the cluster \
+                     does not know; set it where the node is installed, not here",
+                );
+            }
+        }
+        ClusterMode::Replication if enabled == Some("yes") => ctx.at(
+            p,
+            &at("cluster-enabled"),
+            "`cluster-enabled yes` makes the nodes Redis Cluster members: declare `mode: cluster` \
+             so that shards, gates and failovers follow the cluster's own view",
+        ),
+        ClusterMode::Replication => {}
     }
 }
 

@@ -289,12 +289,12 @@ mod tests {
     fn valkey_is_named_as_itself_and_values_inside_the_rules_pass() {
         let c = cluster(
             "valkey",
-            "  version: '8.0'\n",
+            "  version: '8.0'\n  mode: cluster\n",
             "cluster-enabled: yes, replicaof: '10.0.0.9 6379'",
         );
         assert_eq!(
             errors(&[("clusters/c.yaml", &c)]),
-            ["clusters/c.yaml:7:49: `replicaof` (10.0.0.9 6379) with `cluster-enabled` (yes): a cluster node's replication is set by CLUSTER REPLICATE: Valkey refuses to start with this (\"replicaof directive not allowed in cluster mode\") (at /spec/parameters/replicaof)"]
+            ["clusters/c.yaml:8:49: `replicaof` (10.0.0.9 6379) with `cluster-enabled` (yes): a cluster node's replication is set by CLUSTER REPLICATE: Valkey refuses to start with this (\"replicaof directive not allowed in cluster mode\") (at /spec/parameters/replicaof)"]
         );
         for (engine, params) in [
             (
@@ -310,7 +310,11 @@ mod tests {
             ("redis", "port: 0, tls-port: 6380"),
             ("redis", "shutdown-on-sigint: save now force"),
         ] {
-            let c = cluster(engine, "", params);
+            let mode = match params.starts_with("cluster-enabled") {
+                true => "  mode: cluster\n",
+                false => "",
+            };
+            let c = cluster(engine, mode, params);
             assert_eq!(
                 errors(&[("clusters/c.yaml", &c)]),
                 Vec::<String>::new(),

@@ -540,6 +540,39 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_keeps_cluster_enabled_on_and_each_nodes_own_config_file() {
+        let cluster = CLUSTER.replace("  engine: redis\n", "  engine: redis\n  mode: cluster\n");
+        let d = load(&files(&[("clusters/c1.yaml", &cluster)])).unwrap();
+        assert_eq!(d.clusters["c1"].mode, model::ClusterMode::Cluster);
+        let messages = |text: &str| -> Vec<String> {
+            load(&files(&[("clusters/c1.yaml", text)]))
+                .unwrap_err()
+                .iter()
+                .map(|d| d.message.clone())
+                .collect()
+        };
+        let off = cluster.replace(
+            "maxmemory: 1gb",
+            "maxmemory: 1gb\n    cluster-enabled: 'no'\n    cluster-config-file: n.conf",
+        );
+        assert_eq!(
+            messages(&off),
+            vec![
+                "a `mode: cluster` cluster runs with `cluster-enabled yes`: turning it off takes the node out of the cluster (start-only, refused)",
+                "`cluster-config-file` is each node's own state (its id, epoch and peers): a node restarted with another file starts as a new, empty member the cluster does not know; set it where the node is installed, not here",
+            ]
+        );
+        let on = CLUSTER.replace(
+            "maxmemory: 1gb",
+            "maxmemory: 1gb\n    cluster-enabled: 'yes'",
+        );
+        assert_eq!(
+            messages(&on),
+            vec!["`cluster-enabled yes` makes the nodes Redis Cluster members: declare `mode: cluster` so that shards, gates and failovers follow the cluster's own view"]
+        );
+    }
+
+    #[test]
     fn errors_are_reported_all_at_once_and_sorted() {
         let bad = CLUSTER
             .replace("maxmemory: 1gb", "maxmemory: lots\n    maxmemroy: 1gb")

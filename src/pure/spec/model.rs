@@ -192,9 +192,31 @@ pub struct Cluster {
     /// primary is read from them and a primary's failover goes through them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sentinel: Option<Sentinel>,
+    /// How its nodes form shards: plain replication (the default) or Redis Cluster.
+    #[serde(default, skip_serializing_if = "ClusterMode::is_replication")]
+    pub mode: ClusterMode,
     /// Sorted by id.
     pub nodes: Vec<Node>,
     pub rollout: RolloutPolicy,
+}
+
+/// `spec.mode`: how a cluster's nodes form shards. `replication`: primaries and their
+/// replicas (`replicaof`), shards as declared. `cluster`: Redis Cluster (`cluster-enabled
+/// yes`): the cluster's own view (`CLUSTER NODES`, `CLUSTER INFO`) says which node serves
+/// which slots; declared nodes and shards are checked against it, gates include the
+/// cluster's state, and a primary's role moves by `CLUSTER FAILOVER` on its replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    #[default]
+    Replication,
+    Cluster,
+}
+
+impl ClusterMode {
+    pub fn is_replication(&self) -> bool {
+        *self == ClusterMode::Replication
+    }
 }
 
 impl Cluster {

@@ -87,6 +87,7 @@ pub struct ClusterSpec {
     pub tls: Option<Tls>,
     #[serde(default)]
     pub sentinel: Option<Sentinel>,
+    pub mode: Option<crate::pure::spec::model::ClusterMode>,
     pub nodes: Vec<Node>,
     #[serde(default)]
     pub rollout: Option<Rollout>,

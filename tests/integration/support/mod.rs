@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 pub mod control;
+pub mod etcd;
 pub mod fleet;
 pub mod git;
 pub mod receiver;

@@ -1,0 +1,539 @@
+//! Replicas of `cacheflow serve` on a real three-member etcd cluster: three real
+//! servers (`--etcd-endpoints`, a 3 s lease), six real redis-server nodes managed
+//! directly, a local bare repository as the remote. The leader killed (SIGKILL) or
+//! frozen (SIGSTOP past its lease) in the middle of a staged rollout; etcd losing a
+//! member, then its quorum.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cacheflow::edges::forge::webhook::github_signature;
+
+use crate::serve::{converge, Remote};
+use crate::support::etcd::EtcdCluster;
+use crate::support::fleet::Fleet;
+use crate::support::git::{journal_messages, TestRepo};
+use crate::support::servers::free_port;
+
+const SECRET: &str = "webhook-secret-for-tests";
+const LEASE_TTL: Duration = Duration::from_secs(3);
+const LEADER_KEY: &str = "/cacheflow/shard/0/leader";
+/// Four batches, each baking 2 s: a rollout long enough to kill its leader in.
+const SLOW: &str = "stages: [1, 2, 4, '100%']\n    bake: 2s";
+
+struct Replica {
+    child: Child,
+    port: u16,
+    state: tempfile::TempDir,
+}
+
+impl Replica {
+    fn start(remote: &Remote, etcd: &EtcdCluster, ttl: Duration) -> Replica {
+        let state = tempfile::Builder::new()
+            .prefix("cacheflow-replica-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let args: Vec<String> = vec![
+            "serve".into(),
+            "--repo".into(),
+            remote.url(),
+            "--state-dir".into(),
+            state.path().display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--advertise-url".into(),
+            format!("http://127.0.0.1:{port}"),
+            "--etcd-endpoints".into(),
+            etcd.endpoints(),
+            "--lease-ttl".into(),
+            format!("{}s", ttl.as_secs()),
+            "--poll-interval".into(),
+            "1h".into(),
+            "--direct-interval".into(),
+            "200ms".into(),
+            "--resume-grace".into(),
+            "1s".into(),
+        ];
+        let child = spawn(&args, &state.path().join("serve.log"));
+        Replica { child, port, state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn readyz(&self) -> Option<(u16, String)> {
+        http(self.port, "GET", "/readyz", &[], b"")
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args([sig, &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// The replica's own Git journal (its mirror).
+    fn journal(&self) -> Vec<String> {
+        let mirror = self.state.path().join("mirror");
+        let Some(dir) = std::fs::read_dir(&mirror).ok().and_then(|d| {
+            d.map(|e| e.unwrap().path())
+                .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        }) else {
+            return Vec::new();
+        };
+        match git2::Repository::open_bare(dir) {
+            Ok(r) => journal_messages(&r),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// A push webhook for `main`, signed like GitHub signs it.
+    fn github_push(&self, delivery: &str) -> u16 {
+        let body = br#"{"ref":"refs/heads/main","after":"0000"}"#;
+        http(
+            self.port,
+            "POST",
+            "/hooks/github",
+            &[
+                ("Content-Type", "application/json".into()),
+                ("X-GitHub-Event", "push".into()),
+                ("X-GitHub-Delivery", delivery.into()),
+                (
+                    "X-Hub-Signature-256",
+                    github_signature(SECRET.as_bytes(), body),
+                ),
+            ],
+            body,
+        )
+        .map_or(0, |(code, _)| code)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die of SIGKILL promptly.
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[String], log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(args)
+        .env("CACHEFLOW_WEBHOOK_SECRET", SECRET)
+        .env("CACHEFLOW_NODE_TOKEN_SECRET", "node-token-secret-for-tests")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+        .spawn()
+        .expect("start cacheflow serve")
+}
+
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    Some((code, text))
+}
+
+/// The three replicas, and the setup every test starts from: hz 20 everywhere,
+/// rolled out by whichever replica leads.
+struct Setup {
+    etcd: EtcdCluster,
+    fleet: Fleet,
+    remote: Remote,
+    work: TestRepo,
+    replicas: Vec<Replica>,
+}
+
+impl Setup {
+    fn start() -> Setup {
+        Setup::start_with(LEASE_TTL)
+    }
+
+    fn start_with(ttl: Duration) -> Setup {
+        let etcd = EtcdCluster::start();
+        let fleet = Fleet::start();
+        let remote = Remote::new();
+        let work = TestRepo::new();
+        work.write(
+            "clusters/cache.yaml",
+            &fleet.cluster_yaml_with("    hz: 20", SLOW),
+        );
+        work.commit("cache: hz 20");
+        remote.push(&work, false);
+        let replicas = (0..3)
+            .map(|_| Replica::start(&remote, &etcd, ttl))
+            .collect();
+        let mut s = Setup {
+            etcd,
+            fleet,
+            remote,
+            work,
+            replicas,
+        };
+        s.wait_leader(None, Duration::from_secs(60));
+        converge(&s.fleet, "hz", "20", Duration::from_secs(60));
+        s
+    }
+
+    /// The replica that says it is ready (the leader); the others must say standby.
+    fn leader(&mut self) -> Option<usize> {
+        let mut ready = Vec::new();
+        for (i, r) in self.replicas.iter_mut().enumerate() {
+            if r.alive() && r.readyz().is_some_and(|(code, _)| code == 200) {
+                ready.push(i);
+            }
+        }
+        assert!(ready.len() <= 1, "two replicas ready at once: {ready:?}");
+        ready.first().copied()
+    }
+
+    /// Wait until one replica other than `not` leads and is ready.
+    fn wait_leader(&mut self, not: Option<usize>, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(i) = self.leader().filter(|i| Some(*i) != not) {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica leads within {within:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The leader key's value (the leader's advertised URL) and its create revision.
+    fn leader_key(&self) -> Option<(String, i64)> {
+        self.etcd.get(LEADER_KEY)
+    }
+
+    fn logs(&self) -> String {
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("--- replica {i} ({}):\n{}", r.url(), tail(&r.log(), 40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Commit `hz` with the slow rollout and tell the leader.
+    fn roll_out(&mut self, hz: &str, leader: usize) -> String {
+        self.work.write(
+            "clusters/cache.yaml",
+            &self.fleet.cluster_yaml_with(&format!("    hz: {hz}"), SLOW),
+        );
+        let commit = self.work.commit(&format!("cache: hz {hz}"));
+        self.remote.push(&self.work, false);
+        assert_eq!(self.replicas[leader].github_push(&format!("hz-{hz}")), 202);
+        commit
+    }
+
+    /// Wait until the remote's journal (pushed by the leader) says `commit` reached
+    /// every node; its messages.
+    fn wait_remote_completed(&self, commit: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let journal = journal_messages(&self.remote.repository());
+            if journal
+                .iter()
+                .flat_map(|m| m.lines())
+                .any(|l| l.contains(commit) && l.ends_with(" reached every node"))
+            {
+                return journal;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the remote's journal does not show {commit} completed: {journal:#?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Every batch of `commit`'s rollout assigned exactly once and in order, every node
+/// confirmed exactly once, and every journal commit with at most one parent.
+fn assert_linear_without_duplicates(
+    remote: &Remote,
+    journal: &[String],
+    commit: &str,
+    nodes: &Fleet,
+) {
+    let repo = remote.repository();
+    let head = repo.refname_to_id("refs/cacheflow/journal").unwrap();
+    let mut walk = repo.revwalk().unwrap();
+    walk.push(head).unwrap();
+    for oid in walk {
+        let c = repo.find_commit(oid.unwrap()).unwrap();
+        assert!(c.parent_count() <= 1, "a journal merge: {}", c.id());
+    }
+    let lines: Vec<&str> = journal
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter(|l| l.contains(commit))
+        .collect();
+    let assigned: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains(" assigned "))
+        .map(|l| l.split(" assigned ").next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        assigned,
+        vec![
+            "cache: batch 1 of 4",
+            "cache: batch 2 of 4",
+            "cache: batch 3 of 4",
+            "cache: batch 4 of 4"
+        ],
+        "{journal:#?}"
+    );
+    for (id, _) in &nodes.nodes {
+        let confirmations = lines
+            .iter()
+            .filter(|l| **l == format!("cache: {id} applied {commit}"))
+            .count();
+        assert_eq!(confirmations, 1, "{id}: {journal:#?}");
+    }
+}
+
+/// Wait until the replica's own journal has a line with `commit` containing `what`.
+fn until_journaled(r: &Replica, commit: &str, what: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !r
+        .journal()
+        .iter()
+        .flat_map(|m| m.lines().map(str::to_owned).collect::<Vec<_>>())
+        .any(|l| l.contains(commit) && l.contains(what))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no journal line with {commit} and `{what}`: {:#?}\n{}",
+            r.journal(),
+            tail(&r.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every node's `hz` for `during` stays as `values` were.
+fn nodes_keep(fleet: &Fleet, values: &BTreeMap<String, String>, during: Duration) {
+    let until = Instant::now() + during;
+    while Instant::now() < until {
+        let now: BTreeMap<String, String> = fleet.config("hz").into_iter().collect();
+        assert_eq!(&now, values, "a node changed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_leader_killed_in_the_middle_of_a_rollout_another_replica_finishes_it() {
+    let mut s = Setup::start();
+    let leader = s.wait_leader(None, Duration::from_secs(30));
+    // The standbys say so and send agents to the leader.
+    for (i, r) in s.replicas.iter().enumerate().filter(|(i, _)| *i != leader) {
+        let (code, text) = r.readyz().expect("a standby answers");
+        assert_eq!(code, 503, "replica {i}: {text}");
+        assert!(text.contains("standby replica"), "{text}");
+        let (code, text) = http(r.port, "POST", "/api/v1/nodes/a1/report", &[], b"{}").unwrap();
+        assert_eq!(code, 307, "{text}");
+        assert!(
+            text.contains(&format!(
+                "location: {}/api/v1/nodes/a1/report",
+                s.replicas[leader].url()
+            )),
+            "{text}"
+        );
+    }
+    let (url, token) = s.leader_key().expect("a leader key");
+    assert_eq!(url, s.replicas[leader].url());
+
+    let commit = s.roll_out("30", leader);
+    until_journaled(
+        &s.replicas[leader],
+        &commit,
+        "batch 2 of 4 assigned",
+        Duration::from_secs(60),
+    );
+    s.replicas[leader].kill9();
+    let killed = Instant::now();
+
+    // Another replica holds the leader key within the lease and 5 s.
+    loop {
+        match s.leader_key() {
+            Some((u, t)) if u != url => {
+                assert_ne!(t, token);
+                break;
+            }
+            _ => {}
+        }
+        assert!(
+            killed.elapsed() < LEASE_TTL + Duration::from_secs(5),
+            "no new leader within {:?}:\n{}",
+            LEASE_TTL + Duration::from_secs(5),
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let next = s.wait_leader(Some(leader), Duration::from_secs(30));
+    assert_ne!(next, leader);
+
+    converge(&s.fleet, "hz", "30", Duration::from_secs(60));
+    let journal = s.wait_remote_completed(&commit, Duration::from_secs(60));
+    assert_linear_without_duplicates(&s.remote, &journal, &commit, &s.fleet);
+    assert!(
+        journal
+            .iter()
+            .any(|m| m.contains("leads shard 0 (fencing token")),
+        "{journal:#?}"
+    );
+}
+
+#[test]
+fn a_leader_frozen_past_its_lease_writes_nothing_and_changes_no_node_when_it_wakes() {
+    let mut s = Setup::start();
+    let old = s.wait_leader(None, Duration::from_secs(30));
+    let commit = s.roll_out("30", old);
+    until_journaled(
+        &s.replicas[old],
+        &commit,
+        "batch 2 of 4 assigned",
+        Duration::from_secs(60),
+    );
+    s.replicas[old].signal("-STOP");
+
+    // Another replica takes over and finishes the rollout; then a new one, to 40.
+    let next = s.wait_leader(Some(old), Duration::from_secs(30));
+    // What the frozen leader wrote before it froze (read once it surely has: `kill`
+    // returns before the signal stops a process in the middle of a write).
+    let frozen_journal = s.replicas[old].journal();
+    converge(&s.fleet, "hz", "30", Duration::from_secs(60));
+    s.wait_remote_completed(&commit, Duration::from_secs(60));
+    let newer = s.roll_out("40", next);
+    converge(&s.fleet, "hz", "40", Duration::from_secs(60));
+    let journal = s.wait_remote_completed(&newer, Duration::from_secs(60));
+    let (url, token) = s.leader_key().expect("a leader key");
+    assert_eq!(url, s.replicas[next].url());
+
+    // The frozen leader wakes with its bake timers due and its agents mid-loop.
+    s.replicas[old].signal("-CONT");
+    let values: BTreeMap<String, String> = s.fleet.config("hz").into_iter().collect();
+    assert!(values.values().all(|v| v == "40"), "{values:?}");
+    nodes_keep(&s.fleet, &values, Duration::from_secs(6));
+    // It stepped down: a standby again, its Git journal as it was when it froze, and
+    // the leader key and the remote's journal are the new leader's alone.
+    let (code, text) = s.replicas[old].readyz().expect("the old leader answers");
+    assert_eq!(code, 503, "{text}\n{}", tail(&s.replicas[old].log(), 40));
+    assert!(text.contains("standby replica"), "{text}");
+    assert_eq!(s.replicas[old].journal(), frozen_journal);
+    assert_eq!(s.leader_key(), Some((url, token)));
+    assert!(
+        s.replicas[old].log().contains("no longer leads"),
+        "{}",
+        tail(&s.replicas[old].log(), 40)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(journal_messages(&s.remote.repository()), journal);
+    assert_linear_without_duplicates(&s.remote, &journal, &commit, &s.fleet);
+}
+
+#[test]
+fn etcd_losing_a_member_interrupts_nothing_and_losing_its_quorum_stops_every_replica_until_it_is_back(
+) {
+    // etcd's own election after its leader dies takes a second or two more on a loaded
+    // machine: a lease that outlives it (as the default 15 s does, by far).
+    let ttl = Duration::from_secs(6);
+    let mut s = Setup::start_with(ttl);
+    let leader = s.wait_leader(None, Duration::from_secs(30));
+    let before = s.leader_key().expect("a leader key");
+
+    // One member down: etcd's raft leader, the worst one to lose (the cluster elects
+    // another; until it has, no write is taken).
+    let gone = s.etcd.raft_leader().expect("etcd has a leader");
+    s.etcd.kill(gone);
+    let commit = s.roll_out("30", leader);
+    converge(&s.fleet, "hz", "30", Duration::from_secs(60));
+    let journal = s.wait_remote_completed(&commit, Duration::from_secs(60));
+    assert_linear_without_duplicates(&s.remote, &journal, &commit, &s.fleet);
+    assert_eq!(s.leader_key(), Some(before.clone()), "the leader changed");
+    assert_eq!(s.leader(), Some(leader));
+
+    // Quorum lost in the middle of a rollout: within the lease no replica acts.
+    let newer = s.roll_out("40", leader);
+    until_journaled(
+        &s.replicas[leader],
+        &newer,
+        "batch 2 of 4 assigned",
+        Duration::from_secs(60),
+    );
+    s.etcd.kill((gone + 1) % 3);
+    let lost = Instant::now();
+    while s.leader().is_some() {
+        assert!(
+            lost.elapsed() < ttl + Duration::from_secs(10),
+            "a replica still says it leads without etcd's quorum:\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let values: BTreeMap<String, String> = s.fleet.config("hz").into_iter().collect();
+    nodes_keep(&s.fleet, &values, Duration::from_secs(5));
+    assert!(s.leader().is_none(), "{}", s.logs());
+
+    // Quorum back: a replica leads and the rollout resumes where it was.
+    s.etcd.start_member(gone);
+    s.etcd.start_member((gone + 1) % 3);
+    s.wait_leader(None, Duration::from_secs(60));
+    converge(&s.fleet, "hz", "40", Duration::from_secs(60));
+    let journal = s.wait_remote_completed(&newer, Duration::from_secs(60));
+    assert_linear_without_duplicates(&s.remote, &journal, &newer, &s.fleet);
+}
