@@ -535,6 +535,14 @@ fn check_sentinel(ctx: &mut Ctx, p: &Parsed, spec: &raw::ClusterSpec) {
         );
         return;
     }
+    if spec.mode == Some(crate::pure::spec::model::ClusterMode::Cluster) {
+        ctx.at(
+            p,
+            "/spec/sentinel",
+            "a Redis Cluster (`mode: cluster`) fails over by itself, not through Sentinels: remove `sentinel`",
+        );
+        return;
+    }
     for (i, address) in s.addresses.iter().enumerate() {
         let pointer = format!("/spec/sentinel/addresses/{i}");
         // host:port, the host compared without case.
