@@ -6,7 +6,8 @@
 #                             rust-version, a C compiler and C headers (libgit2, libssh2
 #                             and mimalloc are built from C), pkg-config, OpenSSL's
 #                             headers, git
-#   scripts/setup.sh --test   also what the tests start or use: redis-server, memcached,
+#   scripts/setup.sh --test   also what the tests start or use: redis-server,
+#                             redis-sentinel (Debian's redis-sentinel package), memcached,
 #                             etcd (Debian's etcd-server: the replicas' election),
 #                             gpg and ssh-keygen (signed commits), promtool (the
 #                             alerting rules; Debian's prometheus package, its server
@@ -76,6 +77,8 @@ command -v git >/dev/null 2>&1 || need+=(git)
 browser=""
 if [ "$mode" = test ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  # The Sentinel tests start three real Sentinels.
+  command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
   # The cluster-mode tests make a Redis Cluster with `redis-cli --cluster create`.
   command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
   command -v memcached >/dev/null 2>&1 || need+=(memcached)

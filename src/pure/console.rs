@@ -613,6 +613,7 @@ mod tests {
                 phase: "baking".into(),
                 reason: None,
                 revision: "0123456789abcdef".into(),
+                sentinel: None,
                 started_at: "2026-12-06T00:00:00Z".into(),
                 touched: ["a1", "a2"].into_iter().map(String::from).collect(),
             }),

@@ -535,6 +535,7 @@ mod tests {
                 .collect(),
             auth: None,
             tls: None,
+            sentinel: None,
             mode: Default::default(),
             nodes: nodes
                 .iter()

@@ -212,7 +212,7 @@ pub fn compute(desired: &Desired, live: &LiveState, generated_at: &str) -> Drift
             nodes: cluster.nodes.len(),
             drifted,
             silent,
-            topology: topology::resolve(cluster, |id| live.nodes.get(id)).notes,
+            topology: topology::resolve_live(cluster, live).notes,
         });
     }
     let undeclared = live
@@ -1046,6 +1046,7 @@ mod tests {
             ..NodeLive::default()
         };
         LiveState {
+            sentinels: Default::default(),
             version: crate::pure::live::LIVE_STATE_VERSION,
             taken_at: None,
             nodes: [("n1".to_owned(), node.clone()), ("n2".to_owned(), node)].into(),

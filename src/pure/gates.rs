@@ -882,6 +882,7 @@ mod tests {
             parameters: BTreeMap::new(),
             auth: None,
             tls: None,
+            sentinel: None,
             mode: Default::default(),
             nodes: nodes
                 .iter()

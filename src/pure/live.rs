@@ -21,6 +21,10 @@ pub struct LiveState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taken_at: Option<String>,
     pub nodes: BTreeMap<String, NodeLive>,
+    /// What the Sentinels of each cluster that names them answered (cluster → one
+    /// answer per Sentinel), when they were asked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sentinels: BTreeMap<String, Vec<SentinelAnswer>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -241,6 +245,27 @@ impl Topology {
             .iter()
             .find(|r| same_address(&r.address, address))
     }
+}
+
+/// What one of a cluster's named Sentinels answered about the primary it watches
+/// (`SENTINEL GET-MASTER-ADDR-BY-NAME`, the flags and failover state of `SENTINEL
+/// MASTER`), or why it gave no answer. The topology room weighs the answers of all
+/// of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SentinelAnswer {
+    /// `host:port` of the Sentinel.
+    pub address: String,
+    /// The primary it names, `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// It is running a failover of that primary now (`failover_in_progress` among its
+    /// flags, or a failover state other than `none`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failing_over: bool,
+    /// Why it gave no answer (unreachable, authentication, an unknown master name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Two `host:port` addresses name the same endpoint (host case-insensitive).

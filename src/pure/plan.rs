@@ -124,7 +124,7 @@ pub fn plan(desired: &Desired, live: &LiveState) -> Plan {
 /// (or why it is left out), the risks (primaries restarting, data evicted, eviction
 /// policies switched), the rollout order and the batches.
 pub fn plan_cluster(cluster: &Cluster, live: &LiveState) -> ClusterPlan {
-    let topology = topology::resolve(cluster, |id| live.nodes.get(id));
+    let topology = topology::resolve_live(cluster, live);
     let NodePlans {
         nodes,
         in_sync,
@@ -465,6 +465,7 @@ mod tests {
             .collect(),
             auth: None,
             tls: None,
+            sentinel: None,
             mode: Default::default(),
             nodes: vec![
                 node("a1", "a", Some(Role::Primary)),
@@ -488,6 +489,7 @@ mod tests {
             ..NodeLive::default()
         };
         let live = LiveState {
+            sentinels: Default::default(),
             version: 1,
             taken_at: None,
             nodes: [
@@ -564,6 +566,7 @@ mod tests {
             .collect(),
             auth: None,
             tls: None,
+            sentinel: None,
             mode: ClusterMode::Replication,
             nodes: vec![node("a1"), node("a2"), node("a3")],
             rollout: RolloutPolicy {
@@ -578,6 +581,7 @@ mod tests {
             ..NodeLive::default()
         };
         let live = LiveState {
+            sentinels: Default::default(),
             version: 1,
             taken_at: None,
             nodes: ["a1", "a2", "a3"]

@@ -193,6 +193,10 @@ pub struct Rollout {
     /// A person overrode the windows for this rollout: who and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_override: Option<String>,
+    /// Why no batch may start now whatever a window override says (the cluster's
+    /// Sentinels do not agree on its primary), set by the caller like `hold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
     /// Primaries of `spec.failovers` whose role moved (or that restart in place): their
     /// batch assigns them without another failover.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -367,6 +371,7 @@ impl Rollout {
             restoring: BTreeSet::new(),
             hold: None,
             window_override: None,
+            blocked: None,
             failed_over: BTreeSet::new(),
         }
     }
@@ -860,7 +865,11 @@ fn start_batch(r: &mut Rollout, batch: usize, actions: &mut Vec<Action>) {
         r.phase = Phase::Completed;
         return;
     }
-    if let (Some(reason), None) = (&r.hold, &r.window_override) {
+    let hold = match (&r.blocked, &r.hold, &r.window_override) {
+        (Some(reason), _, _) | (None, Some(reason), None) => Some(reason.clone()),
+        _ => None,
+    };
+    if let Some(reason) = &hold {
         // Journaled once when the wait begins, not at every check that finds it closed.
         if !matches!(&r.phase, Phase::Waiting { batch: b, .. } if *b == batch) {
             actions.push(Action::Journal {
@@ -1354,6 +1363,34 @@ mod tests {
             "c: no failover of shard s: b already runs as a replica of 10.0.0.1:6379"
         );
         assert!(!actions.iter().any(|a| matches!(a, Action::Failover { .. })));
+    }
+
+    #[test]
+    fn a_window_override_does_not_start_a_batch_its_sentinels_block() {
+        let mut r = Rollout::new(spec(OnFailure::Rollback));
+        r.blocked = Some("the Sentinels of main do not agree on its primary".into());
+        let (r, actions) = step(r, Event::Begin);
+        assert_eq!(
+            r.phase,
+            Phase::Waiting {
+                batch: 0,
+                reason: "the Sentinels of main do not agree on its primary".into()
+            }
+        );
+        assert!(assigns(&actions).is_empty());
+        let (mut r, actions) = step(
+            r,
+            Event::Override {
+                by: "alice".into(),
+                reason: "now".into(),
+            },
+        );
+        assert!(matches!(r.phase, Phase::Waiting { batch: 0, .. }));
+        assert!(assigns(&actions).is_empty());
+        r.blocked = None;
+        let (r, actions) = step(r, Event::WindowOpened);
+        assert_eq!(r.phase, Phase::Applying { batch: 0 });
+        assert!(!assigns(&actions).is_empty());
     }
 
     fn applied(node: &str, revision: &str) -> Event {

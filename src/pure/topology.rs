@@ -8,6 +8,10 @@
 //! A declared role or shard that differs from the live one is a [`TopologyNote`]
 //! ("declared primary, runs as a replica of b2"): reported, never a refusal.
 //!
+//! A cluster that names its Sentinels (`spec.sentinel`) has its primary from them:
+//! [`sentinel_view`] weighs their answers (a quorum answering, all agreeing, none failing
+//! over) and [`resolve_with`] places the primary they agree on as the primary, whatever
+//! a stale reading of a node says.
 //! In cluster mode (`mode: cluster`) the declared nodes are also checked against the
 //! cluster's own view (`CLUSTER NODES` and `CLUSTER INFO` in the readings,
 //! [`cluster_notes`]): a node the cluster does not know or has left, a node without
@@ -19,10 +23,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::pure::live::{
-    same_address, ClusterMember, ClusterView, LinkState, NodeLive, Topology, CLUSTER_SLOTS,
+    same_address, ClusterMember, ClusterView, LinkState, NodeLive, SentinelAnswer, Topology,
+    CLUSTER_SLOTS,
 };
 use crate::pure::rollout::FailoverChoice;
-use crate::pure::spec::model::{Cluster, ClusterMode, Role};
+use crate::pure::spec::model::{Cluster, ClusterMode, Role, Sentinel};
 
 /// How a shard's primary role moves to a replica: the cluster's mode chooses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,11 +96,52 @@ pub fn resolve<'a>(
     cluster: &Cluster,
     reading: impl Fn(&str) -> Option<&'a NodeLive>,
 ) -> ClusterTopology {
+    resolve_with(cluster, reading, None)
+}
+
+/// [`resolve`] from a live-state snapshot: with the primary the cluster's Sentinels
+/// agree on, when it names them and the snapshot has their answers (what `plan` and
+/// `drift` place nodes by).
+pub fn resolve_live(cluster: &Cluster, live: &crate::pure::live::LiveState) -> ClusterTopology {
+    let primary = cluster.sentinel.as_ref().and_then(|s| {
+        let answers = live.sentinels.get(&cluster.name)?;
+        match sentinel_view(cluster, s, answers) {
+            SentinelView::Agreed { primary, .. } => Some(primary),
+            SentinelView::Unsettled { .. } => None,
+        }
+    });
+    resolve_with(cluster, |id| live.nodes.get(id), primary.as_deref())
+}
+
+/// [`resolve`], with the primary the cluster's Sentinels agree on (a node id, from
+/// [`sentinel_view`]): that node is the primary, and a node whose reading still says
+/// primary (the Sentinels have not turned it into a replica yet) counts as its replica.
+pub fn resolve_with<'a>(
+    cluster: &Cluster,
+    reading: impl Fn(&str) -> Option<&'a NodeLive>,
+    sentinel_primary: Option<&str>,
+) -> ClusterTopology {
     let mut nodes: BTreeMap<String, Placement> = BTreeMap::new();
     for n in &cluster.nodes {
         let read = reading(&n.id).filter(|r| r.reachable);
         let health = read.and_then(|r| r.health.as_ref());
-        let live = health.and_then(|h| h.role);
+        let mut live = health.and_then(|h| h.role);
+        match sentinel_primary {
+            Some(p) if p == n.id => live = Some(Role::Primary),
+            Some(p) if live == Some(Role::Primary) => {
+                nodes.insert(
+                    n.id.clone(),
+                    Placement {
+                        role: Role::Replica,
+                        live: Some(Role::Replica),
+                        shard: n.shard.clone(),
+                        follows: Some(p.to_owned()),
+                    },
+                );
+                continue;
+            }
+            _ => {}
+        }
         let follows = match live {
             Some(Role::Replica) => health
                 .and_then(|h| h.topology.as_ref())
@@ -151,6 +197,123 @@ pub fn resolve<'a>(
         }
     }
     ClusterTopology { nodes, notes }
+}
+
+/// What a cluster's Sentinels say about its primary, all answers weighed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SentinelView {
+    /// A quorum answered, every one that answered names `primary` (a declared node)
+    /// and none is failing over.
+    Agreed { primary: String, address: String },
+    /// Anything else, and why in words: no primary is decided on such a view.
+    Unsettled { reason: String },
+}
+
+impl SentinelView {
+    /// The node the Sentinels agree is the primary.
+    pub fn primary(&self) -> Option<&str> {
+        match self {
+            SentinelView::Agreed { primary, .. } => Some(primary),
+            SentinelView::Unsettled { .. } => None,
+        }
+    }
+}
+
+/// Weigh `answers` of the Sentinels `sentinel` names. Its steps: who answered (a
+/// quorum must: a majority of those named); whether one of them is failing over; whether
+/// all that answered name the same primary; whether a declared node is there.
+pub fn sentinel_view(
+    cluster: &Cluster,
+    sentinel: &Sentinel,
+    answers: &[SentinelAnswer],
+) -> SentinelView {
+    let name = &sentinel.master_name;
+    let unsettled = |reason: String| SentinelView::Unsettled { reason };
+    let answered: Vec<&SentinelAnswer> = answers
+        .iter()
+        .filter(|a| a.error.is_none() && a.primary.is_some())
+        .collect();
+    let silent: Vec<String> = answers
+        .iter()
+        .filter(|a| a.error.is_some() || a.primary.is_none())
+        .map(|a| {
+            format!(
+                "{}: {}",
+                a.address,
+                a.error.as_deref().unwrap_or("named no primary")
+            )
+        })
+        .collect();
+    let unasked: Vec<&String> = sentinel
+        .addresses
+        .iter()
+        .filter(|s| !answers.iter().any(|a| same_address(&a.address, s)))
+        .collect();
+    if answered.len() < sentinel.quorum() {
+        let mut why = silent;
+        why.extend(unasked.iter().map(|s| format!("{s}: not asked yet")));
+        return unsettled(format!(
+            "only {} of the {} Sentinels of {name} answered (a quorum is {}): {}",
+            answered.len(),
+            sentinel.addresses.len(),
+            sentinel.quorum(),
+            why.join("; ")
+        ));
+    }
+    let failing: Vec<&str> = answered
+        .iter()
+        .filter(|a| a.failing_over)
+        .map(|a| a.address.as_str())
+        .collect();
+    if !failing.is_empty() {
+        return unsettled(format!(
+            "the Sentinels of {name} are failing over its primary ({} in progress)",
+            failing.join(", ")
+        ));
+    }
+    let named = |address: &str| {
+        cluster
+            .nodes
+            .iter()
+            .find(|n| same_address(&n.address, address))
+            .map(|n| format!("{} ({address})", n.id))
+            .unwrap_or_else(|| address.to_owned())
+    };
+    let first = answered[0].primary.as_deref().unwrap_or_default();
+    if answered
+        .iter()
+        .any(|a| !a.primary.as_deref().is_some_and(|p| same_address(p, first)))
+    {
+        let says: Vec<String> = answered
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} names {}",
+                    a.address,
+                    named(a.primary.as_deref().unwrap_or_default())
+                )
+            })
+            .chain(silent)
+            .collect();
+        return unsettled(format!(
+            "the Sentinels of {name} do not agree on its primary: {}",
+            says.join("; ")
+        ));
+    }
+    match cluster
+        .nodes
+        .iter()
+        .find(|n| same_address(&n.address, first))
+    {
+        Some(n) => SentinelView::Agreed {
+            primary: n.id.clone(),
+            address: first.to_owned(),
+        },
+        None => unsettled(format!(
+            "the Sentinels of {name} name {first} its primary, which no node of {} declares",
+            cluster.name
+        )),
+    }
 }
 
 /// The first 8 characters of a cluster node id, as people quote them.
@@ -542,6 +705,7 @@ mod tests {
             parameters: BTreeMap::new(),
             auth: None,
             tls: None,
+            sentinel: None,
             mode: Default::default(),
             nodes: nodes
                 .iter()
@@ -834,6 +998,148 @@ mod tests {
             choose_failover("a1", "10.0.0.1:6379", Some(&moved), &[]),
             FailoverChoice::NotNeeded {
                 why: "a1 already runs as a replica of 10.0.0.2:6379".into()
+            }
+        );
+    }
+
+    fn sentinels() -> Sentinel {
+        Sentinel {
+            master_name: "main".into(),
+            addresses: vec![
+                "10.0.1.1:26379".into(),
+                "10.0.1.2:26379".into(),
+                "10.0.1.3:26379".into(),
+            ],
+            auth: None,
+        }
+    }
+
+    fn says(address: &str, primary: Option<&str>, failing_over: bool) -> SentinelAnswer {
+        SentinelAnswer {
+            address: address.into(),
+            primary: primary.map(str::to_owned),
+            failing_over,
+            error: primary
+                .is_none()
+                .then(|| "unreachable: connection refused".to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_primary_is_the_one_a_quorum_of_sentinels_agrees_on_and_a_split_view_decides_nothing() {
+        let c = cluster(&[
+            ("a1", "a", Some(Role::Primary)),
+            ("a2", "a", Some(Role::Replica)),
+        ]);
+        let s = sentinels();
+        // Two of three answer and agree: a quorum.
+        let view = sentinel_view(
+            &c,
+            &s,
+            &[
+                says("10.0.1.1:26379", Some("10.0.0.2:6379"), false),
+                says("10.0.1.2:26379", Some("10.0.0.2:6379"), false),
+                says("10.0.1.3:26379", None, false),
+            ],
+        );
+        assert_eq!(
+            view,
+            SentinelView::Agreed {
+                primary: "a2".into(),
+                address: "10.0.0.2:6379".into()
+            }
+        );
+        // The Sentinels' primary is placed as the primary, the stale one as its replica.
+        let live: BTreeMap<&str, NodeLive> = [
+            ("a1", read(Role::Primary, None)),
+            ("a2", read(Role::Primary, None)),
+        ]
+        .into_iter()
+        .collect();
+        let t = resolve_with(&c, |id| live.get(id), view.primary());
+        assert_eq!((t.role("a1"), t.role("a2")), (Role::Replica, Role::Primary));
+        assert_eq!(t.nodes["a1"].follows.as_deref(), Some("a2"));
+
+        // From a snapshot (plan, drift): the same placement, from the answers it holds.
+        let snapshot = crate::pure::live::LiveState {
+            version: crate::pure::live::LIVE_STATE_VERSION,
+            taken_at: None,
+            nodes: live
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            sentinels: [(
+                "c".to_owned(),
+                vec![
+                    says("10.0.1.1:26379", Some("10.0.0.2:6379"), false),
+                    says("10.0.1.2:26379", Some("10.0.0.2:6379"), false),
+                ],
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let mut with_sentinel = c.clone();
+        with_sentinel.sentinel = Some(s.clone());
+        let t = resolve_live(&with_sentinel, &snapshot);
+        assert_eq!((t.role("a1"), t.role("a2")), (Role::Replica, Role::Primary));
+        // Without `sentinel` in the cluster the nodes' own readings place them.
+        assert_eq!(resolve_live(&c, &snapshot).role("a1"), Role::Primary);
+
+        let split = sentinel_view(
+            &c,
+            &s,
+            &[
+                says("10.0.1.1:26379", Some("10.0.0.1:6379"), false),
+                says("10.0.1.2:26379", Some("10.0.0.2:6379"), false),
+                says("10.0.1.3:26379", None, false),
+            ],
+        );
+        assert_eq!(
+            split,
+            SentinelView::Unsettled {
+                reason: "the Sentinels of main do not agree on its primary: 10.0.1.1:26379 names a1 (10.0.0.1:6379); 10.0.1.2:26379 names a2 (10.0.0.2:6379); 10.0.1.3:26379: unreachable: connection refused".into()
+            }
+        );
+        let down = sentinel_view(
+            &c,
+            &s,
+            &[
+                says("10.0.1.1:26379", Some("10.0.0.1:6379"), false),
+                says("10.0.1.2:26379", None, false),
+            ],
+        );
+        assert_eq!(
+            down,
+            SentinelView::Unsettled {
+                reason: "only 1 of the 3 Sentinels of main answered (a quorum is 2): 10.0.1.2:26379: unreachable: connection refused; 10.0.1.3:26379: not asked yet".into()
+            }
+        );
+        let failing = sentinel_view(
+            &c,
+            &s,
+            &[
+                says("10.0.1.1:26379", Some("10.0.0.1:6379"), true),
+                says("10.0.1.2:26379", Some("10.0.0.1:6379"), false),
+            ],
+        );
+        assert_eq!(
+            failing,
+            SentinelView::Unsettled {
+                reason: "the Sentinels of main are failing over its primary (10.0.1.1:26379 in progress)".into()
+            }
+        );
+        let elsewhere = sentinel_view(
+            &c,
+            &s,
+            &[
+                says("10.0.1.1:26379", Some("10.0.0.9:6379"), false),
+                says("10.0.1.2:26379", Some("10.0.0.9:6379"), false),
+            ],
+        );
+        assert_eq!(
+            elsewhere,
+            SentinelView::Unsettled {
+                reason: "the Sentinels of main name 10.0.0.9:6379 its primary, which no node of c declares".into()
             }
         );
     }

@@ -18,7 +18,7 @@ use crate::support::servers::{RedisClient, Reply};
 use crate::support::service::Service;
 
 /// The role a node reports (`master`, `slave`), if it answers.
-fn role_of(port: u16) -> Option<String> {
+pub(crate) fn role_of(port: u16) -> Option<String> {
     let mut c = RedisClient::try_connect(port).ok()?;
     match c.try_cmd(&["ROLE"]).ok()? {
         Reply::Array(Some(items)) => items.first().and_then(Reply::as_str),
@@ -26,7 +26,7 @@ fn role_of(port: u16) -> Option<String> {
     }
 }
 
-fn info_field(port: u16, field: &str) -> Option<String> {
+pub(crate) fn info_field(port: u16, field: &str) -> Option<String> {
     let mut c = RedisClient::try_connect(port).ok()?;
     let text = c.try_cmd(&["INFO", "replication"]).ok()?.as_str()?;
     text.lines()
@@ -34,7 +34,7 @@ fn info_field(port: u16, field: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
-fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !ok() {
         assert!(Instant::now() < deadline, "{what}: not within {within:?}");
@@ -44,29 +44,29 @@ fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
 
 /// What the writer saw.
 #[derive(Default)]
-struct Writes {
+pub(crate) struct Writes {
     /// Keys acknowledged by at least one replica (`WAIT 1` answered ≥ 1), with values.
-    acknowledged: BTreeMap<String, String>,
+    pub(crate) acknowledged: BTreeMap<String, String>,
     /// Writes that failed or were not acknowledged in time.
-    failed: u64,
+    pub(crate) failed: u64,
     /// The longest time between two acknowledged writes.
-    longest_gap: Duration,
+    pub(crate) longest_gap: Duration,
     /// Each primary written to, in order (port).
-    primaries: Vec<u16>,
+    pub(crate) primaries: Vec<u16>,
     /// When the last write was acknowledged.
-    last_ack: Option<Instant>,
+    pub(crate) last_ack: Option<Instant>,
 }
 
 /// A client writing `k<i>` as fast as it is acknowledged, to whichever declared node
 /// reports role master now, until dropped.
-struct Writer {
+pub(crate) struct Writer {
     stop: Arc<AtomicBool>,
     writes: Arc<Mutex<Writes>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Writer {
-    fn start(ports: Vec<u16>) -> Writer {
+    pub(crate) fn start(ports: Vec<u16>) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let writes = Arc::new(Mutex::new(Writes::default()));
         let (s, w) = (stop.clone(), writes.clone());
@@ -126,7 +126,7 @@ impl Writer {
 
     /// Stop once a write made after `since` is acknowledged (at most 60 s later); the
     /// time since the last acknowledged write counts as a gap too.
-    fn stop_after_ack(mut self, since: Instant) -> Writes {
+    pub(crate) fn stop_after_ack(mut self, since: Instant) -> Writes {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self
             .writes
@@ -159,7 +159,7 @@ impl Drop for Writer {
     }
 }
 
-const ROLLOUT: &str = "    stages: [1, '100%']\n    bake: 1s\n    warmup: 0s\n    \
+pub(crate) const ROLLOUT: &str = "    stages: [1, '100%']\n    bake: 1s\n    warmup: 0s\n    \
                        applyTimeout: 30s\n    gates: {maxHitRatioDrop: 1, minOpsPerSec: 0}\n";
 
 /// Declare `nodes` (a1 the primary of shard a, the others its replicas, agent-managed)
@@ -193,7 +193,7 @@ fn commit(
 }
 
 /// Every declared node confirmed the first revision (its assignment has an outcome).
-fn wait_all_confirmed(server: &Serve, ids: &[&str]) {
+pub(crate) fn wait_all_confirmed(server: &Serve, ids: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while server.rollout()["target"].is_null()
         || !ids.iter().all(|id| {
@@ -209,7 +209,7 @@ fn wait_all_confirmed(server: &Serve, ids: &[&str]) {
 
 /// A primary and two replicas, each from its own config file (the replicas' files say
 /// whom they follow), with links up.
-fn shard() -> Vec<(&'static str, Service)> {
+pub(crate) fn shard() -> Vec<(&'static str, Service)> {
     let a1 = Service::redis("");
     let follow = format!("replicaof 127.0.0.1 {}\n", port_of(&a1));
     let a2 = Service::redis(&follow);

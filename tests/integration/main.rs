@@ -25,6 +25,7 @@ mod record;
 mod redis_driver;
 mod replicas;
 mod restart;
+mod sentinel;
 mod serve;
 mod server_client;
 mod setup_script;

@@ -28,6 +28,7 @@ fn bin(dir: &Path, extra: &[(&str, &str)]) {
         "pkg-config",
         "git",
         "redis-server",
+        "redis-sentinel",
         "redis-cli",
         "memcached",
         "etcd",

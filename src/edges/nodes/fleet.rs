@@ -92,6 +92,7 @@ pub async fn snapshot(targets: Vec<Target>, options: SnapshotOptions) -> LiveSta
         });
     }
     let mut state = LiveState {
+        sentinels: Default::default(),
         version: LIVE_STATE_VERSION,
         taken_at: Some(now_rfc3339()),
         nodes: Default::default(),

@@ -8,6 +8,7 @@
 pub mod fleet;
 pub mod memcached;
 pub mod redis;
+pub mod sentinel;
 pub mod simulated;
 pub mod tls;
 
@@ -166,6 +167,24 @@ pub trait NodeDriver: Send + Sync {
             })
         })
     }
+    /// Move the primary role away from this node through the Sentinels that watch it
+    /// (`SENTINEL FAILOVER`; they choose the replica) and wait, at most `timeout`, until
+    /// a quorum of them names the new primary and it runs as one; its address. The
+    /// default (engines without Sentinel): refused.
+    fn failover_through_sentinel<'a>(
+        &'a self,
+        sentinel: &'a crate::pure::spec::model::Sentinel,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'a, Result<String, NodeError>> {
+        let _ = (sentinel, timeout);
+        Box::pin(async move {
+            Err(NodeError::Protocol {
+                address: self.address().to_owned(),
+                message: "this engine has no Sentinel".to_owned(),
+            })
+        })
+    }
+
     /// Redis Cluster: move the primary role from this node to its replica at `to` by
     /// `CLUSTER FAILOVER` run on `to`, and wait, at most `timeout`, until `to` reports
     /// role master, this node follows it and the cluster's view agrees. The default

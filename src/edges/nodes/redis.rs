@@ -68,7 +68,7 @@ struct Session {
 
 /// What a call gave back when it did not fail at the transport level: a value, or the
 /// engine's error reply as it wrote it (`ERR CONFIG SET failed ...`).
-type Reply = Result<Value, String>;
+pub(super) type Reply = Result<Value, String>;
 
 /// The replies of one [`RedisDriver::get_set_get`] round trip.
 struct GetSetGet {
@@ -133,14 +133,14 @@ impl RedisDriver {
         }
     }
 
-    fn protocol(&self, message: impl Into<String>) -> NodeError {
+    pub(super) fn protocol(&self, message: impl Into<String>) -> NodeError {
         NodeError::Protocol {
             address: self.address.clone(),
             message: message.into(),
         }
     }
 
-    fn refused(&self, parameter: &str, message: String) -> NodeError {
+    pub(super) fn refused(&self, parameter: &str, message: String) -> NodeError {
         NodeError::Refused {
             address: self.address.clone(),
             parameter: parameter.to_owned(),
@@ -302,6 +302,29 @@ impl RedisDriver {
             )),
             _ => self.protocol(message),
         }
+    }
+
+    /// One command on this node's connection (made when needed): its value, or the
+    /// engine's error reply as `Err` inside `Ok`.
+    pub(super) async fn command(&self, cmd: &Cmd) -> Result<Reply, NodeError> {
+        let mut s = self.session().await?;
+        self.call(&mut s, cmd).await
+    }
+
+    pub(super) fn address_text(&self) -> &str {
+        &self.address
+    }
+
+    pub(super) fn auth(&self) -> Option<&Auth> {
+        self.auth.as_ref()
+    }
+
+    pub(super) fn tls(&self) -> Option<Tls> {
+        self.tls.clone()
+    }
+
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Send one command; an error reply is returned as `Err` inside `Ok`, so the caller
@@ -892,7 +915,7 @@ impl RedisDriver {
     }
 
     /// The fields of `INFO replication`.
-    async fn replication(&self) -> Result<BTreeMap<String, String>, NodeError> {
+    pub(super) async fn replication(&self) -> Result<BTreeMap<String, String>, NodeError> {
         let mut s = self.session().await?;
         let mut cmd = redis::cmd("INFO");
         cmd.arg("replication");
@@ -997,7 +1020,7 @@ impl RedisDriver {
     }
 
     /// `REPLICAOF host port`, then `CONFIG REWRITE`.
-    async fn follow(&self, host: &str, port: u16) -> Result<(), NodeError> {
+    pub(super) async fn follow(&self, host: &str, port: u16) -> Result<(), NodeError> {
         let mut s = self.session().await?;
         let mut cmd = redis::cmd("REPLICAOF");
         cmd.arg(host).arg(port);
@@ -1073,6 +1096,13 @@ impl NodeDriver for RedisDriver {
         Box::pin(self.failover_to(to, timeout))
     }
 
+    fn failover_through_sentinel<'a>(
+        &'a self,
+        sentinel: &'a crate::pure::spec::model::Sentinel,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<String, NodeError>> {
+        Box::pin(super::sentinel::failover(self, sentinel, timeout))
+    }
     fn cluster_failover<'a>(
         &'a self,
         to: &'a str,
@@ -1133,7 +1163,7 @@ pub fn cluster_view_from(info: &BTreeMap<String, String>, nodes: &str) -> Cluste
 }
 
 /// The replicas `INFO replication` lists (`slave0:ip=…,port=…,…`), as `host:port`.
-fn sub_replicas(info: &BTreeMap<String, String>) -> Vec<String> {
+pub(super) fn sub_replicas(info: &BTreeMap<String, String>) -> Vec<String> {
     info.iter()
         .filter(|(k, _)| k.starts_with("slave") && k[5..].chars().all(|c| c.is_ascii_digit()))
         .filter_map(|(_, v)| {
@@ -1191,7 +1221,7 @@ fn readdress(e: NodeError, address: &str) -> NodeError {
     }
 }
 
-fn split_address(address: &str) -> (String, u16) {
+pub(super) fn split_address(address: &str) -> (String, u16) {
     if let Some(rest) = address.strip_prefix('[') {
         if let Some((host, tail)) = rest.split_once(']') {
             let port = tail
@@ -1250,7 +1280,7 @@ fn describe(v: &Value) -> String {
     short
 }
 
-fn value_text(v: &Value) -> Option<String> {
+pub(super) fn value_text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
@@ -1263,7 +1293,7 @@ fn value_text(v: &Value) -> Option<String> {
 
 /// A `CONFIG GET` reply that is not names and values (what it was, described).
 #[derive(Debug, thiserror::Error)]
-enum ConfigReplyError {
+pub(super) enum ConfigReplyError {
     #[error("an array of {0} items")]
     OddArray(usize),
     #[error("{0} as a name and value")]
@@ -1273,7 +1303,7 @@ enum ConfigReplyError {
 }
 
 /// A `CONFIG GET` reply (a flat array in RESP2, a map in RESP3) as a map.
-fn config_map(v: &Value) -> Result<BTreeMap<String, String>, ConfigReplyError> {
+pub(super) fn config_map(v: &Value) -> Result<BTreeMap<String, String>, ConfigReplyError> {
     let mut out = BTreeMap::new();
     match v {
         Value::Array(items) => {

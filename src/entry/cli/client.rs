@@ -452,6 +452,7 @@ mod tests {
                 phase: phase.into(),
                 reason: None,
                 revision: revision.into(),
+                sentinel: None,
                 started_at: "2026-01-01T00:00:00Z".into(),
                 touched: Default::default(),
             }),

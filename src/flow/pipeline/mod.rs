@@ -16,7 +16,7 @@ use crate::edges::nodes::memcached::MemcachedDriver;
 use crate::edges::nodes::redis::RedisDriver;
 use crate::edges::nodes::NodeDriver;
 use crate::pure::catalog::Engine;
-use crate::pure::spec::model::{Cluster, Node};
+use crate::pure::spec::model::{Cluster, Node, Sentinel};
 
 use crate::edges::source::{ConfigRepo, FileSet, SourceError};
 use crate::pure::diff::{self, ChangeSet};
@@ -554,5 +554,20 @@ fn read_fleet(
         .enable_all()
         .build()
         .map_err(PipelineError::Runtime)?;
-    Ok(runtime.block_on(fleet::snapshot(targets, options)))
+    let sentinels: Vec<(String, Sentinel)> = desired
+        .clusters
+        .values()
+        .filter(|c| cluster.is_none_or(|name| c.name == name))
+        .filter_map(|c| Some((c.name.clone(), c.sentinel.clone()?)))
+        .collect();
+    let timeout = options.timeout;
+    Ok(runtime.block_on(async move {
+        let mut live = fleet::snapshot(targets, options).await;
+        // The Sentinels name the primary of the clusters that have them.
+        for (name, s) in sentinels {
+            let answers = crate::edges::nodes::sentinel::ask(&s, timeout).await;
+            live.sentinels.insert(name, answers);
+        }
+        live
+    }))
 }

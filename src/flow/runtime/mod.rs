@@ -14,6 +14,10 @@
 //! starts remembering the assignment its node already reported on (from the resumed
 //! state), so a restart applies nothing by itself. [`Host`] starts the task and stops it
 //! with its agents.
+//!
+//! Clusters that name Sentinels (`spec.sentinel`) have them asked about their primary
+//! twice a second by one task, started with the first such revision; the answers go to
+//! the reconciler like any input, and a failover of such a cluster goes through them.
 
 pub mod host;
 
@@ -37,7 +41,7 @@ use crate::pure::protocol::{Assignment, Outcome, Report};
 use crate::pure::reconciler::status::Status;
 use crate::pure::reconciler::{Effect, Reconciler, Record, RefusedInput, State};
 use crate::pure::rollout::Event;
-use crate::pure::spec::model::Desired;
+use crate::pure::spec::model::{Desired, Sentinel};
 use crate::pure::topology::FailoverMethod;
 
 enum Msg {
@@ -90,6 +94,11 @@ enum Msg {
         clusters: Vec<String>,
         reply: oneshot::Sender<()>,
     },
+    /// What a cluster's Sentinels answered (`edges::nodes::sentinel::ask`).
+    Sentinel {
+        cluster: String,
+        answers: Vec<crate::pure::live::SentinelAnswer>,
+    },
     Tick,
     /// End the task (timers still pending are dropped).
     Stop,
@@ -102,12 +111,23 @@ type Wakers = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
 /// in-process agents' own, and those the server made for agent-managed nodes.
 type Reach = Arc<Mutex<HashMap<String, Arc<dyn NodeDriver>>>>;
 
+/// The Sentinels of the current revision's clusters that name them, by cluster.
+type Sentinels = Arc<Mutex<std::collections::BTreeMap<String, Sentinel>>>;
+
+/// How often the Sentinels are asked about their primary.
+const SENTINEL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one Sentinel may take to answer.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A cheap, cloneable way to talk to the reconciler task.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Msg>,
     wakers: Wakers,
     reach: Reach,
+    sentinels: Sentinels,
+    /// The task asking the Sentinels was started.
+    sentinel_watch: Arc<std::sync::atomic::AtomicBool>,
     /// Every journal message, for progress displays and logs.
     pub events: broadcast::Sender<String>,
     started: Instant,
@@ -189,6 +209,7 @@ impl Handle {
 
     /// A new valid revision, with a reading of the nodes taken just before if there is one.
     pub async fn revision(&self, desired: Desired, live: Option<LiveState>) -> Result<(), Stopped> {
+        self.watch_sentinels(&desired);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Revision {
@@ -345,6 +366,35 @@ impl Handle {
         self.tx.send(Msg::Tick).await.map_err(|_| Stopped)
     }
 
+    /// Ask the Sentinels of `desired`'s clusters that name them, every
+    /// [`SENTINEL_INTERVAL`], and hand their answers to the reconciler (one task for
+    /// all clusters, started with the first cluster that names Sentinels).
+    fn watch_sentinels(&self, desired: &Desired) {
+        let named: std::collections::BTreeMap<String, Sentinel> = desired
+            .clusters
+            .iter()
+            .filter_map(|(name, c)| Some((name.clone(), c.sentinel.clone()?)))
+            .collect();
+        let any = !named.is_empty();
+        *self.sentinels.lock().expect("sentinels lock") = named;
+        if !any || self.sentinel_watch.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (tx, sentinels) = (self.tx.clone(), self.sentinels.clone());
+        tokio::spawn(async move {
+            loop {
+                let now = sentinels.lock().expect("sentinels lock").clone();
+                for (cluster, s) in now {
+                    let answers = crate::edges::nodes::sentinel::ask(&s, SENTINEL_TIMEOUT).await;
+                    if tx.send(Msg::Sentinel { cluster, answers }).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(SENTINEL_INTERVAL).await;
+            }
+        });
+    }
+
     /// The driver a failover from `node` goes through (the server sends `FAILOVER` to a
     /// primary itself, agent-managed or not); replaces any earlier one.
     pub fn reach(&self, node: &str, driver: Arc<dyn NodeDriver>) {
@@ -480,6 +530,8 @@ impl Handle {
             tx,
             wakers: Arc::new(Mutex::new(HashMap::new())),
             reach: Arc::new(Mutex::new(HashMap::new())),
+            sentinels: Arc::default(),
+            sentinel_watch: Arc::default(),
             events,
             started: Instant::now(),
             started_wall: std::time::SystemTime::now()
@@ -721,6 +773,9 @@ impl Inputs {
             }
             Msg::Stop => self.stop = true,
             Msg::Tick => self.effects.extend(core.tick(now)),
+            Msg::Sentinel { cluster, answers } => {
+                self.effects.extend(core.sentinel(&cluster, answers, now))
+            }
         }
     }
 }
@@ -969,6 +1024,7 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                 to_address,
                 timeout_ms,
                 run,
+                sentinel,
                 method,
                 ..
             } => {
@@ -976,21 +1032,30 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                 let tx = h.tx.clone();
                 rt.spawn(async move {
                     let timeout = Duration::from_millis(timeout_ms);
-                    let outcome = match (driver, method) {
-                        (Some(d), FailoverMethod::Replication) => d
+                    // Under Sentinel they choose the replica: the event names the one
+                    // they promoted.
+                    let outcome = match (driver, &sentinel, method) {
+                        (Some(d), Some(s), _) => d
+                            .failover_through_sentinel(&s.sentinel, timeout)
+                            .await
+                            .map(|address| s.node_at(&address))
+                            .map_err(|e| e.to_string()),
+                        (Some(d), None, FailoverMethod::Replication) => d
                             .failover(&to_address, timeout)
                             .await
+                            .map(|()| to)
                             .map_err(|e| e.to_string()),
-                        (Some(d), FailoverMethod::Cluster) => d
+                        (Some(d), None, FailoverMethod::Cluster) => d
                             .cluster_failover(&to_address, timeout)
                             .await
+                            .map(|()| to)
                             .map_err(|e| e.to_string()),
-                        (None, _) => Err(format!(
+                        (None, ..) => Err(format!(
                             "the server has no way to reach {from} (no address it can connect to)"
                         )),
                     };
                     let event = match outcome {
-                        Ok(()) => Event::FailedOver { batch, from, to },
+                        Ok(to) => Event::FailedOver { batch, from, to },
                         Err(error) => Event::FailoverFailed { batch, from, error },
                     };
                     let _ = tx

@@ -55,6 +55,9 @@ pub enum Effect {
         to_address: String,
         timeout_ms: u64,
         run: u64,
+        /// The cluster names Sentinels: the failover goes through them (`SENTINEL
+        /// FAILOVER`) instead of `FAILOVER TO`, and they choose the replica.
+        sentinel: Option<SentinelFailover>,
         method: crate::pure::topology::FailoverMethod,
     },
     /// These nodes' assignments changed: tell them now if they can be told.
@@ -64,6 +67,37 @@ pub enum Effect {
         notice: Notice,
         targets: Vec<Notification>,
     },
+}
+
+/// A failover through a cluster's Sentinels: who they are, and the declared nodes by
+/// address (the Sentinels name the new primary by its address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelFailover {
+    pub sentinel: crate::pure::spec::model::Sentinel,
+    /// `host:port` → node id.
+    pub nodes: Vec<(String, String)>,
+}
+
+impl SentinelFailover {
+    pub fn of(cluster: &crate::pure::spec::model::Cluster) -> Option<SentinelFailover> {
+        Some(SentinelFailover {
+            sentinel: cluster.sentinel.clone()?,
+            nodes: cluster
+                .nodes
+                .iter()
+                .map(|n| (n.address.clone(), n.id.clone()))
+                .collect(),
+        })
+    }
+
+    /// The node declared at `address` (the address itself when none is).
+    pub fn node_at(&self, address: &str) -> String {
+        self.nodes
+            .iter()
+            .find(|(a, _)| crate::pure::live::same_address(a, address))
+            .map(|(_, id)| id.clone())
+            .unwrap_or_else(|| address.to_owned())
+    }
 }
 
 /// One journal line as the logs show it: the line, and what it is about as fields a log

@@ -33,10 +33,11 @@ use crate::pure::spec::model::{Cluster, Desired, Managed, Window};
 use crate::pure::windows::{self, Windows};
 
 pub mod effect;
+mod sentinel;
 pub mod state;
 pub mod status;
 
-pub use effect::{targets_for, Effect, Notice, NoticeKind, Record};
+pub use effect::{targets_for, Effect, Notice, NoticeKind, Record, SentinelFailover};
 pub use state::{
     ClusterState, NodeAssignment, Refused, RolloutRecord, State, Target, STATE_VERSION,
 };
@@ -102,6 +103,10 @@ pub struct Reconciler {
     /// entry, and rebuilding every dirty cluster on every batch of reports took 10,000
     /// agents from 3 ms to 3 s per report.
     unpublished: BTreeSet<String>,
+    /// What each cluster's Sentinels said last (clusters that name them).
+    sentinels: HashMap<String, sentinel::SentinelSeen>,
+    /// Gates due while a cluster's Sentinels were unsettled.
+    gates_waiting: HashMap<String, sentinel::GatesWaiting>,
 }
 
 fn digest(params: &BTreeMap<String, String>) -> String {
@@ -220,8 +225,13 @@ fn failovers(
     cluster: &Cluster,
     planned: &plan::ClusterPlan,
     live: &HashMap<String, Sample>,
+    sentinel_primary: Option<&str>,
 ) -> BTreeMap<String, rollout::FailoverPlan> {
-    let topology = crate::pure::topology::resolve(cluster, |id| live.get(id).map(|s| &s.node));
+    let topology = crate::pure::topology::resolve_with(
+        cluster,
+        |id| live.get(id).map(|s| &s.node),
+        sentinel_primary,
+    );
     planned
         .nodes
         .iter()
@@ -264,6 +274,8 @@ impl Reconciler {
             dirty: state.clusters.keys().cloned().collect(),
             // The first status is made from the loaded state.
             unpublished: BTreeSet::new(),
+            sentinels: HashMap::new(),
+            gates_waiting: HashMap::new(),
             state,
         }
     }
@@ -762,6 +774,7 @@ impl Reconciler {
             return;
         }
         let live = LiveState {
+            sentinels: self.sentinel_answers(Some(name)),
             version: crate::pure::live::LIVE_STATE_VERSION,
             taken_at: None,
             nodes: candidates
@@ -805,7 +818,7 @@ impl Reconciler {
         let previous = self.previous_revision(name, &target, &batches);
         let restore = self.restore_map(name, cluster, &target, &batches);
         let baseline = self.baseline(cluster);
-        let failovers = failovers(cluster, &planned, &self.live);
+        let failovers = failovers(cluster, &planned, &self.live, self.sentinel_primary(name));
         let spec = rollout_spec(
             name, cluster, &target, &planned, batches, previous, failovers,
         );
@@ -833,6 +846,7 @@ impl Reconciler {
             judged: None,
             run: 0,
             correction,
+            sentinel: None,
         });
         self.notify(started);
         self.feed(name, Event::Begin, now_ms);
@@ -1117,6 +1131,7 @@ impl Reconciler {
     /// Feed an event to a cluster's rollout and carry out its actions.
     fn feed(&mut self, name: &str, event: Event, now_ms: u64) {
         let hold = self.hold(now_ms);
+        let blocked = self.sentinel_hold(name);
         self.touch(name);
         let mut queue = vec![event];
         while let Some(event) = queue.pop() {
@@ -1129,6 +1144,7 @@ impl Reconciler {
                 return;
             };
             rec.rollout.hold = hold.clone();
+            rec.rollout.blocked = blocked.clone();
             let was_final = rec.rollout.phase.is_final();
             let was_rolling_back = matches!(rec.rollout.phase, Phase::RollingBack { .. });
             let was_paused = matches!(rec.rollout.phase, Phase::Paused { .. });
@@ -1188,9 +1204,10 @@ impl Reconciler {
                         let generation = self.state.generation;
                         self.rec_mut(name).run = generation;
                     }
-                    Action::JudgeGates { batch, nodes } => {
-                        queue.push(self.judge(name, batch, &nodes));
-                    }
+                    Action::JudgeGates { batch, nodes } => match self.sentinel_hold(name) {
+                        None => queue.push(self.judge(name, batch, &nodes)),
+                        Some(reason) => self.gates_wait(name, batch, nodes, reason),
+                    },
                     Action::ChooseFailover {
                         batch,
                         from,
@@ -1217,6 +1234,7 @@ impl Reconciler {
                             .and_then(|c| c.node(&to))
                             .map(|n| n.address.clone())
                             .unwrap_or_default();
+                        let sentinel = cluster.and_then(SentinelFailover::of);
                         let method = crate::pure::topology::FailoverMethod::for_mode(
                             cluster.map(|c| c.mode).unwrap_or_default(),
                         );
@@ -1229,6 +1247,7 @@ impl Reconciler {
                             to_address,
                             timeout_ms,
                             run,
+                            sentinel,
                             method,
                         });
                     }
@@ -1309,6 +1328,9 @@ impl Reconciler {
         from: &str,
         replicas: &[String],
     ) -> rollout::FailoverChoice {
+        if let Some(choice) = self.sentinel_choice(name, from) {
+            return choice;
+        }
         let cluster = self.desired.as_ref().and_then(|d| d.clusters.get(name));
         let cs = self.state.clusters.get(name);
         let target = cs.and_then(|c| c.target.as_ref());
@@ -1547,6 +1569,9 @@ impl Reconciler {
         };
         let first = !self.live.contains_key(node_id);
         self.observe(node_id, report.node, now_ms);
+        if self.gates_waiting.contains_key(&name) {
+            self.judge_waiting(&name, now_ms);
+        }
         // A reading alone changes no cluster state (readings are not journaled).
         if !self.state.clusters.contains_key(&name) {
             self.touch(&name);
@@ -1718,6 +1743,7 @@ impl Reconciler {
             })
             .collect();
         let live = LiveState {
+            sentinels: self.sentinel_answers(None),
             version: crate::pure::live::LIVE_STATE_VERSION,
             taken_at: None,
             nodes,
@@ -1915,7 +1941,7 @@ impl Reconciler {
                 .rollout
                 .as_ref()
                 .is_some_and(|r| matches!(r.rollout.phase, Phase::Waiting { .. }));
-            if waiting && open {
+            if waiting && open && self.sentinel_hold(&name).is_none() {
                 self.feed(&name, Event::WindowOpened, now_ms);
             }
             self.start(&name, now_ms);

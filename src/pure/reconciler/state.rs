@@ -99,6 +99,10 @@ pub struct RolloutRecord {
     /// their assignment. Noted on no config commit (journaled only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub correction: bool,
+    /// What the cluster's Sentinels did by themselves during the rollout (a primary
+    /// they failed over), in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

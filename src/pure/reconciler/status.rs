@@ -75,6 +75,10 @@ pub struct RolloutStatus {
     /// superseded.
     pub reason: Option<String>,
     pub revision: String,
+    /// What the cluster's Sentinels did by themselves during the rollout (a primary
+    /// they failed over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<String>,
     pub started_at: String,
     pub touched: BTreeSet<String>,
 }
@@ -167,6 +171,7 @@ impl RolloutStatus {
             phase: crate::pure::render::phase_word(&r.phase).to_owned(),
             reason,
             revision: r.spec.revision.clone(),
+            sentinel: record.sentinel.clone(),
             started_at: record.started_at.clone(),
             touched: r.touched.clone(),
         }

@@ -76,6 +76,7 @@ fn node(list: &[(&str, &str)]) -> NodeLive {
 /// Every node of the cluster running `list`.
 fn live(list: &[(&str, &str)]) -> LiveState {
     LiveState {
+        sentinels: Default::default(),
         version: crate::pure::live::LIVE_STATE_VERSION,
         taken_at: None,
         nodes: ["a1", "a2", "b1"]
@@ -923,6 +924,7 @@ const GATED: &str =
 fn hit_ratio_collapse(restart: bool) -> Reconciler {
     let d = || load(R1, &cluster_yaml("hz: 20", None, GATED));
     let before = LiveState {
+        sentinels: Default::default(),
         version: crate::pure::live::LIVE_STATE_VERSION,
         taken_at: None,
         nodes: ["a1", "a2", "b1"]
@@ -1919,6 +1921,7 @@ fn a_restart_of_a_live_primary_with_a_replica_fails_over_to_it_first() {
     let yaml =
         |databases: &str| cluster_yaml(&format!("databases: {databases}"), Some("agent"), ROLLOUT);
     let mut before = LiveState {
+        sentinels: Default::default(),
         version: crate::pure::live::LIVE_STATE_VERSION,
         taken_at: None,
         nodes: BTreeMap::new(),
@@ -1973,6 +1976,7 @@ fn a_restart_of_a_live_primary_with_a_replica_fails_over_to_it_first() {
         to_address: "127.0.0.1:7002".into(),
         timeout_ms: 10_000,
         run,
+        sentinel: None,
         method: crate::pure::topology::FailoverMethod::Replication,
     }));
     assert_eq!(
@@ -2001,4 +2005,105 @@ fn a_restart_of_a_live_primary_with_a_replica_fails_over_to_it_first() {
     assert_eq!(phase(&r), Phase::Applying { batch: 1 });
     assert_eq!(r.assignment("a1").revision.as_deref(), Some(R1));
     assert_eq!(r.assignment("b1").revision.as_deref(), Some(R1));
+}
+
+/// Three Sentinels' answers: each names `primary` (`None`: unreachable).
+fn sentinels_say(primaries: [Option<&str>; 3]) -> Vec<crate::pure::live::SentinelAnswer> {
+    primaries
+        .iter()
+        .enumerate()
+        .map(|(i, p)| crate::pure::live::SentinelAnswer {
+            address: format!("127.0.0.1:2638{i}"),
+            primary: p.map(str::to_owned),
+            failing_over: false,
+            error: p
+                .is_none()
+                .then(|| "unreachable: connection refused".to_owned()),
+        })
+        .collect()
+}
+
+#[test]
+fn under_sentinel_batches_wait_for_a_quorum_and_a_failover_they_make_is_noticed_not_fought() {
+    use crate::pure::spec::model::Role;
+    let yaml = cluster_yaml("databases: 32", Some("agent"), ROLLOUT).replace(
+        "  nodes:\n",
+        "  sentinel: {masterName: main, addresses: ['127.0.0.1:26380', '127.0.0.1:26381', '127.0.0.1:26382']}\n  nodes:\n",
+    );
+    let mut before = LiveState {
+        sentinels: Default::default(),
+        version: crate::pure::live::LIVE_STATE_VERSION,
+        taken_at: None,
+        nodes: BTreeMap::new(),
+    };
+    before
+        .nodes
+        .insert("a1".into(), replicated("16", Role::Primary));
+    before
+        .nodes
+        .insert("a2".into(), replicated("16", Role::Replica));
+    before
+        .nodes
+        .insert("b1".into(), replicated("16", Role::Primary));
+    let mut r = Reconciler::new(State::default());
+    // Not asked yet: batch 1 waits, nothing assigned.
+    let effects = r.revision(load(R1, &yaml), Some(&before), 0);
+    assert!(
+        journals(&effects).iter().any(|j| j
+            .contains("cache: batch 1 of 2 waits: the Sentinels of main have not been asked yet")),
+        "{effects:#?}"
+    );
+    assert_eq!(r.assignment("a2").revision, None);
+    // A split view: still waiting, nothing assigned.
+    let split = sentinels_say([Some("127.0.0.1:7001"), Some("127.0.0.1:7002"), None]);
+    r.sentinel(CLUSTER, split, 500);
+    assert!(matches!(phase(&r), Phase::Waiting { batch: 0, .. }));
+    assert_eq!(r.assignment("a2").revision, None);
+    // A quorum agrees on a1: the batch starts by itself.
+    let a1 = sentinels_say([Some("127.0.0.1:7001"), Some("127.0.0.1:7001"), None]);
+    r.sentinel(CLUSTER, a1, 1_000);
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    assert_eq!(r.assignment("a2").revision.as_deref(), Some(R1));
+    let a = r.assignment("a2");
+    let rep = report(
+        "a2",
+        replicated("32", Role::Replica),
+        Some(result(&a, Outcome::Applied, None)),
+    );
+    r.report("a2", rep, 1_200).unwrap();
+    assert_eq!(phase(&r), Phase::Baking { batch: 0 });
+    // The Sentinels fail a1 over to a2 by themselves while batch 1 bakes.
+    let a2 = sentinels_say([
+        Some("127.0.0.1:7002"),
+        Some("127.0.0.1:7002"),
+        Some("127.0.0.1:7002"),
+    ]);
+    let effects = r.sentinel(CLUSTER, a2, 1_500);
+    let noticed = "cache: the Sentinels of main failed the primary of shard a over from a1 to a2 during batch 1, a failover cacheflow did not start: the rollout goes on against the new roles";
+    assert!(
+        journals(&effects).iter().any(|j| j.contains(noticed)),
+        "{effects:#?}"
+    );
+    let status = status::RolloutStatus::of(r.state.clusters[CLUSTER].rollout.as_ref().unwrap());
+    assert_eq!(status.sentinel.as_deref(), noticed.strip_prefix("cache: "));
+    // a1 runs as a2's replica now (the Sentinels turned it into one): its batch needs
+    // no failover, and no node is assigned twice.
+    let mut a1_replica = replicated("16", Role::Replica);
+    if let Some(t) = a1_replica.health.as_mut().and_then(|h| h.topology.as_mut()) {
+        t.primary = Some("127.0.0.1:7002".into());
+    }
+    r.report("a1", report("a1", a1_replica, None), 1_800)
+        .unwrap();
+    let a2_generation = r.assignment("a2").generation;
+    let effects = r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, 2_000);
+    assert!(
+        journals(&effects).iter().any(|j| j.contains(
+            "cache: no failover of shard a: the Sentinels of main name a2 the primary: a1 runs as its replica"
+        )),
+        "{effects:#?}"
+    );
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Failover { .. })));
+    assert_eq!(phase(&r), Phase::Applying { batch: 1 });
+    assert_eq!(r.assignment("a1").revision.as_deref(), Some(R1));
+    assert_eq!(r.assignment("a2").generation, a2_generation);
 }

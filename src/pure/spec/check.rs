@@ -364,6 +364,7 @@ fn build_cluster(
         raw_params.insert(k.clone(), v.clone());
     }
     check_memcached_auth(ctx, p, &spec);
+    check_sentinel(ctx, p, &spec);
     let nodes = nodes(ctx, p, &spec);
     let rollout = rollout(
         ctx,
@@ -393,6 +394,7 @@ fn build_cluster(
         parameters: params,
         auth: spec.auth.clone(),
         tls: spec.tls.clone(),
+        sentinel: spec.sentinel.clone(),
         mode: spec.mode.unwrap_or_default(),
         nodes,
         rollout,
@@ -560,6 +562,42 @@ fn check_memcached_auth(ctx: &mut Ctx, p: &Parsed, spec: &raw::ClusterSpec) {
             "/spec/auth",
             "memcached authentication (`-Y`) takes a user and a password: add `username`",
         );
+    }
+}
+
+/// Sentinels watch Redis and Valkey primaries: not memcached; each named once, none of
+/// them one of the cluster's nodes.
+fn check_sentinel(ctx: &mut Ctx, p: &Parsed, spec: &raw::ClusterSpec) {
+    let Some(s) = &spec.sentinel else { return };
+    if spec.engine.engine() == Engine::Memcached {
+        ctx.at(
+            p,
+            "/spec/sentinel",
+            "memcached has no replication for Sentinels to watch: remove `sentinel`",
+        );
+        return;
+    }
+    if spec.mode == Some(crate::pure::spec::model::ClusterMode::Cluster) {
+        ctx.at(
+            p,
+            "/spec/sentinel",
+            "a Redis Cluster (`mode: cluster`) fails over by itself, not through Sentinels: remove `sentinel`",
+        );
+        return;
+    }
+    for (i, address) in s.addresses.iter().enumerate() {
+        let pointer = format!("/spec/sentinel/addresses/{i}");
+        // host:port, the host compared without case.
+        let same = |a: &str| a.eq_ignore_ascii_case(address);
+        if s.addresses[..i].iter().any(|a| same(a)) {
+            ctx.at(p, &pointer, format!("Sentinel {address} is named twice"));
+        } else if spec.nodes.iter().any(|n| same(&n.address)) {
+            ctx.at(
+                p,
+                &pointer,
+                format!("{address} is a node of the cluster, not a Sentinel"),
+            );
+        }
     }
 }
 

@@ -669,6 +669,36 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_names_its_sentinels_by_reference_and_each_once() {
+        let with = |block: &str| CLUSTER.replace("  nodes:\n", &format!("{block}  nodes:\n"));
+        let ok = with("  sentinel:\n    masterName: main\n    addresses: ['10.0.1.1:26379', '10.0.1.2:26379', '10.0.1.3:26379']\n    auth: {password: env:SENTINEL_PASSWORD}\n");
+        let d = load(&files(&[("clusters/c1.yaml", &ok)])).unwrap();
+        let s = d.clusters["c1"].sentinel.clone().unwrap();
+        assert_eq!((s.master_name.as_str(), s.quorum()), ("main", 2));
+        let messages = |text: &str| -> Vec<String> {
+            load(&files(&[("clusters/c1.yaml", text)]))
+                .unwrap_err()
+                .iter()
+                .map(|d| d.message.clone())
+                .collect()
+        };
+        let twice = with("  sentinel:\n    masterName: main\n    addresses: ['10.0.1.1:26379', '10.0.1.1:26379', '10.0.0.2:6379']\n");
+        assert_eq!(
+            messages(&twice),
+            vec![
+                "Sentinel 10.0.1.1:26379 is named twice",
+                "10.0.0.2:6379 is a node of the cluster, not a Sentinel",
+            ]
+        );
+        let literal = with("  sentinel:\n    masterName: main\n    addresses: ['10.0.1.1:26379']\n    auth: {password: hunter2}\n");
+        assert!(!messages(&literal).is_empty());
+        let cluster_mode = with("  mode: cluster\n  sentinel:\n    masterName: main\n    addresses: ['10.0.1.1:26379']\n");
+        assert!(messages(&cluster_mode)
+            .iter()
+            .any(|m| m.contains("fails over by itself, not through Sentinels")));
+    }
+
+    #[test]
     fn errors_are_reported_all_at_once_and_sorted() {
         let bad = CLUSTER
             .replace("maxmemory: 1gb", "maxmemory: lots\n    maxmemroy: 1gb")

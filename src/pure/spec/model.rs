@@ -188,6 +188,10 @@ pub struct Cluster {
     /// Every node of the cluster is reached over TLS when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// The Sentinels that watch the cluster's primary, when it has them: the current
+    /// primary is read from them and a primary's failover goes through them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<Sentinel>,
     /// How its nodes form shards: plain replication (the default) or Redis Cluster.
     #[serde(default, skip_serializing_if = "ClusterMode::is_replication")]
     pub mode: ClusterMode,
@@ -234,6 +238,29 @@ pub struct Auth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     pub password: SecretRef,
+}
+
+/// `spec.sentinel`: the Redis Sentinels that watch the cluster's primary under
+/// `masterName`. The primary is the one a quorum of them (a majority of `addresses`)
+/// names, all that answer agreeing; failovers of a primary go through them
+/// (`SENTINEL FAILOVER`). `auth` is what the Sentinels ask for (`requirepass` of
+/// `sentinel.conf`): a reference, like the nodes' credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sentinel {
+    pub master_name: String,
+    /// `host:port` of each Sentinel.
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+}
+
+impl Sentinel {
+    /// How many Sentinels must answer, all agreeing, for their primary to count: a
+    /// majority of those named.
+    pub fn quorum(&self) -> usize {
+        self.addresses.len() / 2 + 1
+    }
 }
 
 /// `spec.tls`: how the nodes' certificates are checked, and the client certificate

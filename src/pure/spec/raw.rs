@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::model::{
-    Auth, Drift, Managed, Notification, OnFailure, OnPrimaryRestart, Role, Tls, Trust, Window,
+    Auth, Drift, Managed, Notification, OnFailure, OnPrimaryRestart, Role, Sentinel, Tls, Trust,
+    Window,
 };
 use crate::pure::catalog::Product;
 
@@ -85,6 +86,7 @@ pub struct ClusterSpec {
     #[serde(default)]
     pub tls: Option<Tls>,
     #[serde(default)]
+    pub sentinel: Option<Sentinel>,
     pub mode: Option<crate::pure::spec::model::ClusterMode>,
     pub nodes: Vec<Node>,
     #[serde(default)]

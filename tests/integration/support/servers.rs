@@ -645,3 +645,120 @@ pub fn memcached_error(lines: &[String]) -> Option<&str> {
             || l.contains("TOO_SMALL")
     })
 }
+
+// ------------------------------------------------------------------------------------
+// Redis Sentinel
+// ------------------------------------------------------------------------------------
+
+/// A `redis-sentinel` on a free loopback port, from a `sentinel.conf` it may rewrite (a
+/// Sentinel keeps what it learns there), watching `master_name` at `127.0.0.1:<primary>`.
+/// Killed on drop. A missing `redis-sentinel` fails the test with what to install.
+pub struct SentinelServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SentinelServer {
+    /// Watch `master_name` at `primary` with `quorum`; the primary is judged down after
+    /// `down_after_ms` without an answer.
+    pub fn start(
+        master_name: &str,
+        primary: u16,
+        quorum: u32,
+        down_after_ms: u64,
+    ) -> SentinelServer {
+        let mut failures = Vec::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("cacheflow-sentinel-")
+                .tempdir()
+                .expect("create a temporary directory for redis-sentinel");
+            let port = free_port();
+            let conf = dir.path().join("sentinel.conf");
+            let mut c = String::new();
+            let _ = writeln!(c, "port {port}\nbind 127.0.0.1\ndaemonize no\nlogfile \"\"");
+            let _ = writeln!(c, "dir \"{}\"", dir.path().display());
+            let _ = writeln!(
+                c,
+                "sentinel monitor {master_name} 127.0.0.1 {primary} {quorum}"
+            );
+            let _ = writeln!(
+                c,
+                "sentinel down-after-milliseconds {master_name} {down_after_ms}"
+            );
+            let _ = writeln!(c, "sentinel failover-timeout {master_name} 60000");
+            let _ = writeln!(c, "sentinel parallel-syncs {master_name} 1");
+            fs::write(&conf, c).expect("write sentinel.conf");
+            let mut child = spawn(
+                "redis-sentinel",
+                &[conf.display().to_string()],
+                dir.path(),
+                "apt-get install redis-sentinel",
+            );
+            match wait_until_up(&mut child, port, redis_ping) {
+                Probe::Up => {
+                    return SentinelServer {
+                        child: Some(child),
+                        port,
+                        dir,
+                    }
+                }
+                Probe::Exited(why) | Probe::TimedOut(why) => {
+                    kill(&mut child);
+                    let logs = read_logs(dir.path());
+                    if port_collision(&logs) {
+                        failures.push(format!("port {port} was taken"));
+                        continue;
+                    }
+                    panic!("redis-sentinel did not start on port {port}: {why}\n{logs}");
+                }
+            }
+        }
+        panic!("redis-sentinel did not start: {}", failures.join("; "));
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> RedisClient {
+        RedisClient::connect(self.port)
+    }
+
+    /// The primary it names for `master_name` (`host:port`), if it answers.
+    pub fn primary(&self, master_name: &str) -> Option<String> {
+        let mut c = RedisClient::try_connect(self.port).ok()?;
+        match c
+            .try_cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name])
+            .ok()?
+        {
+            Reply::Array(Some(items)) if items.len() == 2 => {
+                Some(format!("{}:{}", items[0].as_str()?, items[1].as_str()?))
+            }
+            _ => None,
+        }
+    }
+
+    /// Stop it now (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        read_logs(self.dir.path())
+    }
+}
+
+impl Drop for SentinelServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
