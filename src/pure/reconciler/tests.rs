@@ -515,6 +515,7 @@ fn a_failed_apply_rolls_back_to_what_the_nodes_ran_and_refuses_the_revision() {
             catalog_version: None,
             product: None,
             unchecked: Vec::new(),
+            confirmed_at: None,
         }
     );
     // Untouched nodes were never assigned anything.
