@@ -180,11 +180,19 @@ fn a_restarted_agent_keeps_a_hand_made_change_and_the_server_reports_it_as_drift
     let deadline = Instant::now() + Duration::from_secs(30);
     while !agent_log(dir.path())[log_before..].contains("not applied again") {
         assert!(Instant::now() < deadline, "{}", agent_log(dir.path()));
-        assert_eq!(hz(&service), "50", "the restarted agent undid the hand change");
+        assert_eq!(
+            hz(&service),
+            "50",
+            "the restarted agent undid the hand change"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     keeps(&service, "50", Duration::from_secs(2));
-    assert_eq!(server.journal(), journal, "the agent's restart journaled something");
+    assert_eq!(
+        server.journal(),
+        journal,
+        "the agent's restart journaled something"
+    );
 
     // The hand change is drift, for a person to see (and correct through a rollout).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -228,11 +236,17 @@ fn an_engine_restarted_from_its_old_config_file_gets_the_assignment_again_and_it
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while crate::support::servers::RedisClient::try_connect(service.addr().rsplit(':').next().unwrap().parse().unwrap())
-        .and_then(|mut c| c.try_cmd(&["PING"]))
-        .is_err()
+    while crate::support::servers::RedisClient::try_connect(
+        service.addr().rsplit(':').next().unwrap().parse().unwrap(),
+    )
+    .and_then(|mut c| c.try_cmd(&["PING"]))
+    .is_err()
     {
-        assert!(Instant::now() < deadline, "redis did not come back: {}", service.log());
+        assert!(
+            Instant::now() < deadline,
+            "redis did not come back: {}",
+            service.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(hz(&service), "10");

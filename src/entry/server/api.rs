@@ -111,8 +111,7 @@ async fn answer_report(
                 .get(crate::pure::protocol::READS_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            if !crate::pure::protocol::reads_names(reads, crate::pure::protocol::READS_CONFIRMED)
-            {
+            if !crate::pure::protocol::reads_names(reads, crate::pure::protocol::READS_CONFIRMED) {
                 assignment.confirmed_at = None;
             }
             Ok(assignment)

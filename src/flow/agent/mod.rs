@@ -635,11 +635,7 @@ mod tests {
     fn an_engine_running_since_before_the_confirmed_apply_is_not_applied_again() {
         let at = "2026-03-02T09:15:04Z";
         // Read at 10:15:04, up one hour and more: it ran the apply.
-        assert!(running_since_before(
-            "2026-03-02T10:15:04Z",
-            Some(3700),
-            at
-        ));
+        assert!(running_since_before("2026-03-02T10:15:04Z", Some(3700), at));
         // Started by the apply itself (a restart), within the slack.
         assert!(running_since_before("2026-03-02T10:15:04Z", Some(3598), at));
         // Started 10 minutes after it: restarted since, values may be lost.
@@ -650,7 +646,11 @@ mod tests {
         ));
         // Nothing known: applied again, as before.
         assert!(!running_since_before("2026-03-02T10:15:04Z", None, at));
-        assert!(!running_since_before("2026-03-02T10:15:04Z", Some(5), "soon"));
+        assert!(!running_since_before(
+            "2026-03-02T10:15:04Z",
+            Some(5),
+            "soon"
+        ));
     }
 
     #[test]

@@ -1591,8 +1591,7 @@ impl Reconciler {
         let cs = self.state.clusters.entry(name.clone()).or_default();
         if let (Some(result), Some(a)) = (report.last_apply, cs.assignments.get_mut(node_id)) {
             let same = result.revision == a.revision && result.generation == a.generation;
-            if same && a.outcome.is_some() && a.reported_at.as_ref() != Some(&result.finished_at)
-            {
+            if same && a.outcome.is_some() && a.reported_at.as_ref() != Some(&result.finished_at) {
                 // The same assignment applied again: a restarted agent that could not
                 // tell its engine had it (an engine restarted since, or an older agent).
                 let known = a.reported_at.replace(result.finished_at.clone()).is_some();
