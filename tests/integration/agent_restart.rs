@@ -194,6 +194,30 @@ fn a_restarted_agent_keeps_a_hand_made_change_and_the_server_reports_it_as_drift
         "the agent's restart journaled something"
     );
 
+    // The confirmation goes only to an agent that names `confirmed` (an older agent's
+    // closed schema would refuse the field); reports with and without the uptime are read.
+    let token = cacheflow::pure::identity::node_token(NODE_SECRET.as_bytes(), "n1").unwrap();
+    let post = |reads: Option<&str>, health: &str| {
+        let mut headers = vec![
+            ("Authorization", format!("Bearer {token}")),
+            ("Content-Type", "application/json".to_owned()),
+        ];
+        if let Some(r) = reads {
+            headers.push(("cacheflow-reads", r.to_owned()));
+        }
+        let body = format!(
+            r#"{{"version":1,"nodeId":"n1","agent":"t","sentAt":"2026-11-21T00:00:00Z","node":{{"reachable":true,"engine":"redis","parameters":{{"hz":"50"}}{health}}}}}"#
+        );
+        let (code, text) =
+            server.http("POST", "/api/v1/nodes/n1/report", &headers, body.as_bytes());
+        assert_eq!(code, 200, "{text}");
+        let a: serde_json::Value = serde_json::from_str(&text).unwrap();
+        a.get("confirmedAt").is_some()
+    };
+    assert!(!post(None, ""));
+    assert!(!post(Some("topology"), r#","health":{"uptimeSeconds":5}"#));
+    assert!(post(Some("confirmed"), r#","health":{"uptimeSeconds":5}"#));
+
     // The hand change is drift, for a person to see (and correct through a rollout).
     let deadline = Instant::now() + Duration::from_secs(20);
     let want = (

@@ -15,7 +15,10 @@
 //! The agent never changes the node on its own: only an assignment it has not tried
 //! yet makes it act, and it tries each (revision, generation) once. A failed apply is
 //! reported; retrying or rolling back is the server's decision (it raises the
-//! generation or assigns another revision). On SIGTERM the agent finishes the step it is
+//! generation or assigns another revision). A restarted agent keeps no file: an
+//! assignment the server says this node confirmed (`confirmedAt`) is not applied again
+//! to an engine running since before then (a difference is drift), only to one that
+//! started later (it may have lost the values). On SIGTERM the agent finishes the step it is
 //! in (never half an apply) and stops.
 
 pub mod apply;
