@@ -43,6 +43,7 @@ fn state(clusters: usize) -> State {
                     .collect(),
                     restart_allowed: false,
                     outcome: None,
+                    reported_at: None,
                 },
             );
         }

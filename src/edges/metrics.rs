@@ -636,6 +636,7 @@ mod tests {
             parameters: Default::default(),
             restart_allowed: false,
             outcome,
+            reported_at: None,
         };
         let mut state = State::default();
         state.clusters.insert(

@@ -37,8 +37,19 @@ pub const READS_HEADER: &str = "cacheflow-reads";
 pub const READS_TOPOLOGY: &str = "topology";
 /// A Redis Cluster member's view in a report's `node.health.topology.cluster`.
 pub const READS_CLUSTER: &str = "cluster";
+/// The engine's uptime in a report's `node.health.uptimeSeconds`.
+pub const READS_UPTIME: &str = "uptime";
 /// Every optional field this build's server reads, as its `cacheflow-reads` header says.
-pub const READS_ALL: &str = "topology, cluster";
+pub const READS_ALL: &str = "topology, cluster, uptime";
+/// The optional assignment field an agent reads, named by the agent in the
+/// `cacheflow-reads` header of its report (the same header, the other way): the server
+/// sends `confirmedAt` only to an agent that named it.
+pub const READS_CONFIRMED: &str = "confirmed";
+
+/// Whether a `cacheflow-reads` header value names `field`.
+pub fn reads_names(header: &str, field: &str) -> bool {
+    header.split(',').any(|f| f.trim() == field)
+}
 
 /// What an agent says about its node, every interval and at once after an apply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +137,12 @@ pub struct Assignment {
     /// engine alone (credentials are still refused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unchecked: Vec<String>,
+    /// When this node reported this (revision, generation) applied (its own
+    /// `finishedAt`): an agent that restarted does not apply it again to an engine running
+    /// since before then (a difference is drift). Sent only to an agent that names
+    /// `confirmed` in its `cacheflow-reads` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<String>,
 }
 
 /// Why a payload was refused; says where (a JSON pointer) and why.

@@ -35,6 +35,7 @@ fn assignment(revision: &str, generation: u64, pairs: &[(&str, &str)]) -> Assign
         catalog_version: None,
         product: None,
         unchecked: Vec::new(),
+        confirmed_at: None,
     }
 }
 
@@ -916,6 +917,7 @@ async fn the_agent_checks_against_the_cluster_s_catalog_and_passes_unchecked_nam
     control.assign(Assignment {
         catalog_version: Some("7.2".into()),
         unchecked: vec!["aof-disable-auto-gc".into()],
+        confirmed_at: None,
         ..assignment("r1", 0, &pairs)
     });
     let state = once(redis_driver(&service.addr()), options(&control))

@@ -1,4 +1,5 @@
 mod agent;
+mod agent_restart;
 mod agent_token;
 mod catalog;
 mod cli;

@@ -1699,7 +1699,7 @@ fn a_fresh_server_shows_every_known_counter_at_zero() {
     // The optional report fields this server reads, for agents of later builds.
     assert!(
         head.lines()
-            .any(|l| l == "cacheflow-reads: topology, cluster"),
+            .any(|l| l == "cacheflow-reads: topology, cluster, uptime"),
         "{head}"
     );
     let (_, metrics) = server.http("GET", "/metrics", &[], b"");

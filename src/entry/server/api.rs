@@ -113,7 +113,17 @@ async fn answer_report(
     let body = bodies.read(headers, body, MAX_PAYLOAD_BYTES).await?;
     let report = Report::parse(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     match app.handle.report_held(id, report, app.report_hold).await? {
-        Ok(assignment) => Ok(assignment),
+        Ok(mut assignment) => {
+            // `confirmedAt` only to an agent that reads it (an older one refuses it).
+            let reads = headers
+                .get(crate::pure::protocol::READS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !crate::pure::protocol::reads_names(reads, crate::pure::protocol::READS_CONFIRMED) {
+                assignment.confirmed_at = None;
+            }
+            Ok(assignment)
+        }
         Err(e @ RefusedInput::UnknownNode(_)) => Err(ApiError::NotFound(e.to_string())),
         Err(e) => Err(ApiError::BadRequest(e.to_string())),
     }

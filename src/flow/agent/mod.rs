@@ -15,7 +15,10 @@
 //! The agent never changes the node on its own: only an assignment it has not tried
 //! yet makes it act, and it tries each (revision, generation) once. A failed apply is
 //! reported; retrying or rolling back is the server's decision (it raises the
-//! generation or assigns another revision). On SIGTERM the agent finishes the step it is
+//! generation or assigns another revision). A restarted agent keeps no file: an
+//! assignment the server says this node confirmed (`confirmedAt`) is not applied again
+//! to an engine running since before then (a difference is drift), only to one that
+//! started later (it may have lost the values). On SIGTERM the agent finishes the step it is
 //! in (never half an apply) and stops.
 
 pub mod apply;
@@ -35,8 +38,8 @@ use crate::edges::http_error::describe;
 use crate::edges::nodes::NodeDriver;
 use crate::pure::live::NodeLive;
 use crate::pure::protocol::{
-    ApplyResult, Assignment, Outcome, Report, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, READS_CLUSTER,
-    READS_HEADER, READS_TOPOLOGY,
+    reads_names, ApplyResult, Assignment, Outcome, Report, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION,
+    READS_CLUSTER, READS_CONFIRMED, READS_HEADER, READS_TOPOLOGY, READS_UPTIME,
 };
 
 /// The agent's settings.
@@ -238,6 +241,7 @@ pub async fn run(
         options,
         server_reads_topology: AtomicBool::new(false),
         server_reads_cluster: AtomicBool::new(false),
+        server_reads_uptime: AtomicBool::new(false),
     };
     drive(driver, &reporter, looped, None, stop).await
 }
@@ -340,6 +344,9 @@ async fn exchange<R: Reporter>(
     stop: &watch::Receiver<bool>,
 ) -> Result<Step, Unreported> {
     let mut node = read_node(driver, options).await;
+    // Since when the engine runs, before `describe` may leave the uptime out.
+    let sent_at = now_rfc3339();
+    let engine_uptime = node.health.as_ref().and_then(|h| h.uptime_seconds);
     reporter.describe(&mut node, driver, state);
     let reachable = node.reachable;
     let node_error = node.error.clone();
@@ -349,7 +356,7 @@ async fn exchange<R: Reporter>(
         version: PROTOCOL_VERSION,
         node_id: options.node_id.clone(),
         agent: reporter.agent(),
-        sent_at: now_rfc3339(),
+        sent_at: sent_at.clone(),
         node,
         last_apply: state.last_apply.clone(),
     };
@@ -370,6 +377,18 @@ async fn exchange<R: Reporter>(
     let key = (revision.clone(), assignment.generation);
     if state.last_tried.as_ref() == Some(&key) || *stop.borrow() {
         return Ok(idle);
+    }
+    if let Some(at) = assignment.confirmed_at.as_deref() {
+        if reachable && running_since_before(&sent_at, engine_uptime, at) {
+            // This node applied it and its engine has run since: what differs now was
+            // changed on the node (drift, for the server to report or correct).
+            if reporter.logs_applies() {
+                tracing::info!(event = "already_applied", node = %options.node_id, %revision, generation = assignment.generation, confirmed_at = at, "the engine has run this assignment since it was applied; not applied again");
+            }
+            state.applied_revision = Some(revision);
+            state.last_tried = Some(key);
+            return Ok(idle);
+        }
     }
     if !reachable {
         // Nothing can be applied to a node that does not answer; try when it does.
@@ -401,6 +420,28 @@ async fn exchange<R: Reporter>(
     state.last_tried = Some(key);
     state.last_apply = Some(result);
     Ok(Step::Applied)
+}
+
+/// Slack for comparing an engine's start (a reading's time less its uptime, both in whole
+/// seconds) with an apply's `finishedAt` (also whole seconds), all from this host's clock.
+const START_SLACK_SECS: i64 = 2;
+
+/// Whether the engine read at `sent_at`, up for `uptime` seconds, was already running
+/// when the assignment was confirmed applied at `confirmed_at`: then it has run the
+/// assignment since, and is not applied again. An engine that started later (restarted
+/// by its supervisor, a new machine) may have lost values: the assignment is applied
+/// again, and the server journals it. No uptime, or times that do not parse: applied again.
+fn running_since_before(sent_at: &str, uptime: Option<u64>, confirmed_at: &str) -> bool {
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    let (Some(now), Some(confirmed), Some(uptime)) = (parse(sent_at), parse(confirmed_at), uptime)
+    else {
+        return false;
+    };
+    let Ok(uptime) = i64::try_from(uptime) else {
+        return false;
+    };
+    let started = now.timestamp().saturating_sub(uptime);
+    started <= confirmed.timestamp().saturating_add(START_SLACK_SECS)
 }
 
 /// Read the node (or take the reading given for the first report); a node that does not
@@ -443,6 +484,8 @@ struct Http {
     server_reads_topology: AtomicBool,
     /// The server also named `cluster`: a cluster-mode node's view goes in too.
     server_reads_cluster: AtomicBool,
+    /// The server named `uptime`: `health.uptimeSeconds` goes in.
+    server_reads_uptime: AtomicBool,
 }
 
 impl Reporter for Http {
@@ -455,7 +498,11 @@ impl Reporter for Http {
             &self.client,
             &self.options,
             &report,
-            [&self.server_reads_topology, &self.server_reads_cluster],
+            [
+                &self.server_reads_topology,
+                &self.server_reads_cluster,
+                &self.server_reads_uptime,
+            ],
         )
         .await
         .map(Some)
@@ -480,6 +527,11 @@ impl Reporter for Http {
                 health.topology = None;
             }
         }
+        if !self.server_reads_uptime.load(Ordering::Relaxed) {
+            if let Some(health) = node.health.as_mut() {
+                health.uptime_seconds = None;
+            }
+        }
         if !self.server_reads_cluster.load(Ordering::Relaxed) {
             if let Some(t) = node.health.as_mut().and_then(|h| h.topology.as_mut()) {
                 t.cluster = None;
@@ -498,7 +550,7 @@ async fn post_report(
     client: &reqwest::Client,
     options: &AgentOptions,
     report: &Report,
-    reads: [&AtomicBool; 2],
+    reads: [&AtomicBool; 3],
 ) -> Result<Assignment, ReportError> {
     let url = format!("{}/api/v1/nodes/{}/report", options.server, options.node_id);
     let shown = crate::edges::source::redact_url(&url);
@@ -507,6 +559,8 @@ async fn post_report(
         .post(&url)
         .bearer_auth(&options.token)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
+        // The optional assignment field this agent reads.
+        .header(READS_HEADER, READS_CONFIRMED)
         .body(body)
         .send()
         .await
@@ -521,9 +575,12 @@ async fn post_report(
                 .headers()
                 .get(READS_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.split(',').any(|f| f.trim() == field))
+                .is_some_and(|v| reads_names(v, field))
         };
-        for (flag, field) in reads.iter().zip([READS_TOPOLOGY, READS_CLUSTER]) {
+        for (flag, field) in reads
+            .iter()
+            .zip([READS_TOPOLOGY, READS_CLUSTER, READS_UPTIME])
+        {
             flag.store(named(field), Ordering::Relaxed);
         }
     }
@@ -576,6 +633,28 @@ pub use crate::flow::backoff::backoff;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_engine_running_since_before_the_confirmed_apply_is_not_applied_again() {
+        let at = "2026-03-02T09:15:04Z";
+        // Read at 10:15:04, up one hour and more: it ran the apply.
+        assert!(running_since_before("2026-03-02T10:15:04Z", Some(3700), at));
+        // Started by the apply itself (a restart), within the slack.
+        assert!(running_since_before("2026-03-02T10:15:04Z", Some(3598), at));
+        // Started 10 minutes after it: restarted since, values may be lost.
+        assert!(!running_since_before(
+            "2026-03-02T10:15:04Z",
+            Some(3000),
+            at
+        ));
+        // Nothing known: applied again, as before.
+        assert!(!running_since_before("2026-03-02T10:15:04Z", None, at));
+        assert!(!running_since_before(
+            "2026-03-02T10:15:04Z",
+            Some(5),
+            "soon"
+        ));
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {

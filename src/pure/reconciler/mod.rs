@@ -26,7 +26,7 @@ use crate::pure::catalog::human_ms;
 use crate::pure::gates::{self, Sample};
 use crate::pure::live::{LiveState, NodeLive};
 use crate::pure::plan;
-use crate::pure::protocol::{Assignment, Outcome, Report, PROTOCOL_VERSION};
+use crate::pure::protocol::{ApplyResult, Assignment, Outcome, Report, PROTOCOL_VERSION};
 use crate::pure::render::{rfc3339_utc, short_id};
 use crate::pure::rollout::{self, Action, Event, Phase, Rollout, RolloutSpec};
 use crate::pure::spec::model::{Cluster, Desired, Managed, Window};
@@ -154,6 +154,43 @@ pub struct DriftInputs {
 
 /// Undeclared nodes remembered for the drift report (they hold a valid node token).
 pub const MAX_UNDECLARED: usize = 10_000;
+
+/// The journal line of an assignment a node applied again after it had reported on it
+/// (its agent restarted): what changed, or why it failed.
+fn reapplied(cluster: &str, node_id: &str, result: &ApplyResult) -> Record {
+    let what = match (result.outcome, result.changed.is_empty()) {
+        (Outcome::Applied, true) => "no value changed".to_owned(),
+        (Outcome::Applied, false) => format!("changed {}", result.changed.join(", ")),
+        (outcome, _) => format!(
+            "{}: {}",
+            if outcome == Outcome::Failed {
+                "failed"
+            } else {
+                "inconsistent"
+            },
+            result.error.as_deref().unwrap_or_default()
+        ),
+    };
+    let restarted = if result.restarted {
+        ", the engine restarted"
+    } else {
+        ""
+    };
+    let line = format!(
+        "{cluster}: {node_id} applied {} (generation {}) again after its agent restarted: {what}{restarted}",
+        short_id(&result.revision),
+        result.generation
+    );
+    let record = Record::new("node_reapplied", line)
+        .cluster(cluster)
+        .revision(&result.revision)
+        .node(node_id);
+    if result.outcome == Outcome::Applied {
+        record
+    } else {
+        record.warn()
+    }
+}
 
 /// The time of an input (milliseconds on the wall clock, given by the caller) as RFC 3339.
 fn rfc3339(now_ms: u64) -> String {
@@ -932,6 +969,7 @@ impl Reconciler {
                     parameters: target.parameters.clone(),
                     restart_allowed: false,
                     outcome: None,
+                    reported_at: None,
                 },
             );
             woken.push(id.clone());
@@ -1312,6 +1350,7 @@ impl Reconciler {
                     parameters,
                     restart_allowed: forward,
                     outcome: None,
+                    reported_at: None,
                 },
             );
         }
@@ -1578,13 +1617,21 @@ impl Reconciler {
         }
         let cs = self.state.clusters.entry(name.clone()).or_default();
         if let (Some(result), Some(a)) = (report.last_apply, cs.assignments.get_mut(node_id)) {
-            if result.revision == a.revision
-                && result.generation == a.generation
-                && a.outcome.is_none()
-            {
+            let same = result.revision == a.revision && result.generation == a.generation;
+            if same && a.outcome.is_some() && a.reported_at.as_ref() != Some(&result.finished_at) {
+                // The same assignment applied again: a restarted agent that could not
+                // tell its engine had it (an engine restarted since, or an older agent).
+                let known = a.reported_at.replace(result.finished_at.clone()).is_some();
+                self.dirty.insert(name.clone());
+                if known {
+                    self.lines.push(reapplied(&name, node_id, &result));
+                }
+            }
+            if same && a.outcome.is_none() {
                 self.dirty.insert(name.clone());
                 self.unpublished.insert(name.clone());
                 a.outcome = Some(result.outcome);
+                a.reported_at = Some(result.finished_at.clone());
                 let ok = result.outcome == Outcome::Applied;
                 let event = Event::NodeApplied {
                     node: node_id.to_owned(),
@@ -1843,6 +1890,9 @@ impl Reconciler {
                         .collect()
                 })
                 .unwrap_or_default(),
+            confirmed_at: a
+                .filter(|a| a.outcome == Some(Outcome::Applied))
+                .and_then(|a| a.reported_at.clone()),
         }
     }
 

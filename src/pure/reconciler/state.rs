@@ -116,4 +116,9 @@ pub struct NodeAssignment {
     /// The outcome the node reported for this (revision, generation), once it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
+    /// The `finishedAt` of the last apply result the node reported for this (revision,
+    /// generation): a later one is the same assignment applied again (a restarted agent),
+    /// journaled; sent back as the assignment's `confirmedAt` once applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<String>,
 }

@@ -365,6 +365,7 @@ mod tests {
             parameters: BTreeMap::new(),
             restart_allowed: true,
             outcome,
+            reported_at: None,
         };
         let cache = ClusterState {
             target: Some(Target {

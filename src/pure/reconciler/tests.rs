@@ -121,8 +121,12 @@ fn confirm(r: &mut Reconciler, id: &str, now_ms: u64) -> Vec<Effect> {
     let rep = report(id, node(&pairs), Some(result(&a, Outcome::Applied, None)));
     let (answer, effects) = r.report(id, rep, now_ms).expect("a declared node");
     assert_eq!(
-        answer, a,
-        "the answer to a confirmation is the same assignment"
+        answer,
+        Assignment {
+            confirmed_at: Some("2026-01-01T00:00:00Z".into()),
+            ..a
+        },
+        "the answer to a confirmation is the same assignment, confirmed"
     );
     core(effects)
 }
@@ -425,6 +429,37 @@ fn the_same_applied_report_twice_journals_once() {
 }
 
 #[test]
+fn the_same_assignment_applied_again_by_a_restarted_agent_is_journaled_once() {
+    let mut r = started();
+    confirm(&mut r, "a2", 1_000);
+    let a = r.assignment("a2");
+    assert_eq!(a.confirmed_at.as_deref(), Some("2026-01-01T00:00:00Z"));
+
+    // A restarted agent applied it again (its engine had lost hz) and says so.
+    let mut again = result(&a, Outcome::Applied, None);
+    again.changed = vec!["hz".into()];
+    again.finished_at = "2026-01-01T01:00:00Z".into();
+    let send = |r: &mut Reconciler, at: u64| {
+        let rep = report("a2", node(&[("hz", "20")]), Some(again.clone()));
+        core(r.report("a2", rep, at).unwrap().1)
+    };
+    assert_eq!(
+        journals(&send(&mut r, 6_000)),
+        vec![format!(
+            "cache: a2 applied {} (generation {}) again after its agent restarted: changed hz",
+            &R1[..12],
+            a.generation
+        )]
+    );
+    // Its next reports carry the same result: nothing more.
+    assert!(send(&mut r, 7_000).is_empty());
+    assert_eq!(
+        r.assignment("a2").confirmed_at.as_deref(),
+        Some("2026-01-01T01:00:00Z")
+    );
+}
+
+#[test]
 fn only_answers_from_journaled_state_skip_the_wait_for_the_entry() {
     let mut r = started();
     // The revision and the canary's assignment are not journaled yet.
@@ -516,6 +551,7 @@ fn a_failed_apply_rolls_back_to_what_the_nodes_ran_and_refuses_the_revision() {
             catalog_version: None,
             product: None,
             unchecked: Vec::new(),
+            confirmed_at: None,
         }
     );
     // Untouched nodes were never assigned anything.

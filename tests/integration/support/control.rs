@@ -152,6 +152,7 @@ async fn report(
         catalog_version: None,
         product: None,
         unchecked: Vec::new(),
+        confirmed_at: None,
     });
     let mut response = (
         StatusCode::OK,
