@@ -1,6 +1,7 @@
 //! The live replicas: each keeps `<prefix>/replicas/<id>` (its advertised URL) bound to
 //! a lease of its own, renewed every TTL/3. A replica that dies, freezes past its lease
-//! or is cut off from etcd drops out of the list within the TTL; [`live`] reads it.
+//! or is cut off from etcd drops out of the list within the TTL; one stopped cleanly
+//! revokes its lease and drops out at once. [`live`] reads the list.
 //! The placement of shard leaders (`pure::shards::Leaders::place`) is computed over
 //! these ids.
 
@@ -57,7 +58,8 @@ pub async fn keep_membership(
     }
 }
 
-/// Keep the lease alive, or get a new one and put the key on it.
+/// Keep the lease alive (or get a new one), and the key on it: a key another process
+/// put there (the same id given twice) is taken back, with a warning.
 async fn renew(
     client: &EtcdClient,
     key: &str,
@@ -66,12 +68,23 @@ async fn renew(
     lease: &mut Option<i64>,
 ) -> Result<(), EtcdError> {
     if let Some(id) = *lease {
-        if client.keepalive(id).await? > 0 {
-            return Ok(());
+        if client.keepalive(id).await? <= 0 {
+            *lease = None;
         }
-        *lease = None;
     }
-    let id = client.grant(ttl).await?;
+    let id = match *lease {
+        Some(id) => id,
+        None => client.grant(ttl).await?,
+    };
+    *lease = Some(id);
+    match client.get(key).await? {
+        Some(kv) if kv.lease == id => return Ok(()),
+        Some(kv) if kv.value != url.as_bytes() => tracing::warn!(
+            "the membership key {key} is also kept by {}: every replica needs its own --replica-id",
+            String::from_utf8_lossy(&kv.value)
+        ),
+        _ => {}
+    }
     client
         .txn(
             &[],
@@ -82,7 +95,6 @@ async fn renew(
             }],
         )
         .await?;
-    *lease = Some(id);
     Ok(())
 }
 
