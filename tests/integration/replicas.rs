@@ -552,6 +552,22 @@ fn etcd_losing_a_member_interrupts_nothing_and_losing_its_quorum_stops_every_rep
     assert_linear_without_duplicates(&s.remote, &journal, &newer, &s.fleet);
 }
 
+/// The live replicas as the library reads them.
+fn live_replicas(etcd: &EtcdCluster) -> Vec<(String, String)> {
+    let client = cacheflow::edges::etcd::EtcdClient::new(&cacheflow::edges::etcd::EtcdOptions {
+        endpoints: etcd.endpoints().split(',').map(str::to_owned).collect(),
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .expect("an etcd client");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(cacheflow::edges::etcd::members::live(&client, "/cacheflow"))
+        .expect("the live replicas")
+}
+
 /// Wait until the membership key `id` holds `url` (`None`: until it is gone).
 fn until_member(
     etcd: &EtcdCluster,
@@ -608,6 +624,14 @@ fn every_replica_keeps_a_membership_key_under_its_id_while_it_lives() {
     until_member(&etcd, &hostname, Some(&named.url()), within, &|| {
         logs(&[&named])
     });
+    // The list the placement of shard leaders is computed over, in id order.
+    let mut expected = vec![
+        ("alpha".to_owned(), alpha.url()),
+        ("beta".to_owned(), beta.url()),
+        (hostname.clone(), named.url()),
+    ];
+    expected.sort();
+    assert_eq!(live_replicas(&etcd), expected);
 
     // SIGKILL: the key goes with its lease (3 s), the others' stay.
     beta.kill9();
@@ -619,6 +643,13 @@ fn every_replica_keeps_a_membership_key_under_its_id_while_it_lives() {
         Some(alpha.url())
     );
     named.kill9();
+    until_member(&etcd, &hostname, None, Duration::from_secs(30), &|| {
+        logs(&[&named])
+    });
+    assert_eq!(
+        live_replicas(&etcd),
+        vec![("alpha".to_owned(), alpha.url())]
+    );
 
     // SIGTERM: the lease is revoked, the key goes at once (well before its 60 s).
     alpha.signal("-TERM");
