@@ -33,12 +33,23 @@ struct Replica {
 
 impl Replica {
     fn start(remote: &Remote, etcd: &EtcdCluster, ttl: Duration) -> Replica {
+        let port = free_port();
+        Replica::start_as(remote, etcd, ttl, port, Some(&format!("replica-{port}")))
+    }
+
+    /// A replica on `port`, with `--replica-id id` (none: the hostname).
+    fn start_as(
+        remote: &Remote,
+        etcd: &EtcdCluster,
+        ttl: Duration,
+        port: u16,
+        id: Option<&str>,
+    ) -> Replica {
         let state = tempfile::Builder::new()
             .prefix("cacheflow-replica-")
             .tempdir()
             .unwrap();
-        let port = free_port();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "serve".into(),
             "--repo".into(),
             remote.url(),
@@ -59,6 +70,9 @@ impl Replica {
             "--resume-grace".into(),
             "1s".into(),
         ];
+        if let Some(id) = id {
+            args.extend(["--replica-id".into(), id.into()]);
+        }
         let child = spawn(&args, &state.path().join("serve.log"));
         Replica { child, port, state }
     }
@@ -536,4 +550,160 @@ fn etcd_losing_a_member_interrupts_nothing_and_losing_its_quorum_stops_every_rep
     converge(&s.fleet, "hz", "40", Duration::from_secs(60));
     let journal = s.wait_remote_completed(&newer, Duration::from_secs(60));
     assert_linear_without_duplicates(&s.remote, &journal, &newer, &s.fleet);
+}
+
+/// The live replicas as the library reads them.
+fn live_replicas(etcd: &EtcdCluster) -> Vec<(String, String)> {
+    let client = cacheflow::edges::etcd::EtcdClient::new(&cacheflow::edges::etcd::EtcdOptions {
+        endpoints: etcd.endpoints().split(',').map(str::to_owned).collect(),
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .expect("an etcd client");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(cacheflow::edges::etcd::members::live(&client, "/cacheflow"))
+        .expect("the live replicas")
+}
+
+/// Wait until the membership key `id` holds `url` (`None`: until it is gone).
+fn until_member(
+    etcd: &EtcdCluster,
+    id: &str,
+    url: Option<&str>,
+    within: Duration,
+    logs: &dyn Fn() -> String,
+) {
+    let key = format!("/cacheflow/replicas/{id}");
+    let deadline = Instant::now() + within;
+    loop {
+        let now = etcd.get(&key).map(|(v, _)| v);
+        if now.as_deref() == url {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} holds {now:?}, not {url:?}, after {within:?}:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_replica_keeps_a_membership_key_under_its_id_while_it_lives() {
+    let etcd = EtcdCluster::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    work.write("clusters/.keep", "");
+    work.commit("no clusters yet");
+    remote.push(&work, false);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("the hostname")
+        .trim()
+        .to_owned();
+    // alpha: a lease far longer than the test waits, so its key can only go by revoking.
+    let long = Duration::from_secs(60);
+    let mut alpha = Replica::start_as(&remote, &etcd, long, free_port(), Some("alpha"));
+    let mut beta = Replica::start_as(&remote, &etcd, LEASE_TTL, free_port(), Some("beta"));
+    let mut named = Replica::start_as(&remote, &etcd, LEASE_TTL, free_port(), None);
+    let logs = |rs: &[&Replica]| {
+        rs.iter()
+            .map(|r| format!("--- {}:\n{}", r.url(), tail(&r.log(), 30)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let within = Duration::from_secs(60);
+    until_member(&etcd, "alpha", Some(&alpha.url()), within, &|| {
+        logs(&[&alpha])
+    });
+    until_member(&etcd, "beta", Some(&beta.url()), within, &|| logs(&[&beta]));
+    // Without --replica-id: the hostname.
+    until_member(&etcd, &hostname, Some(&named.url()), within, &|| {
+        logs(&[&named])
+    });
+    // The list the placement of shard leaders is computed over, in id order.
+    let mut expected = vec![
+        ("alpha".to_owned(), alpha.url()),
+        ("beta".to_owned(), beta.url()),
+        (hostname.clone(), named.url()),
+    ];
+    expected.sort();
+    assert_eq!(live_replicas(&etcd), expected);
+
+    // SIGKILL: the key goes with its lease (3 s), the others' stay.
+    beta.kill9();
+    until_member(&etcd, "beta", None, Duration::from_secs(30), &|| {
+        logs(&[&beta])
+    });
+    assert_eq!(
+        etcd.get("/cacheflow/replicas/alpha").map(|(v, _)| v),
+        Some(alpha.url())
+    );
+    named.kill9();
+    until_member(&etcd, &hostname, None, Duration::from_secs(30), &|| {
+        logs(&[&named])
+    });
+    assert_eq!(
+        live_replicas(&etcd),
+        vec![("alpha".to_owned(), alpha.url())]
+    );
+
+    // SIGTERM: the lease is revoked, the key goes at once (well before its 60 s).
+    alpha.signal("-TERM");
+    let stopped = Instant::now();
+    until_member(&etcd, "alpha", None, Duration::from_secs(30), &|| {
+        logs(&[&alpha])
+    });
+    assert!(stopped.elapsed() < long, "{}", logs(&[&alpha]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alpha.alive() {
+        assert!(
+            Instant::now() < deadline,
+            "alpha did not stop:\n{}",
+            logs(&[&alpha])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn shards_above_one_are_refused_with_their_reason() {
+    let state = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+            .args(["serve", "--repo", "/nonexistent-repo", "--state-dir"])
+            .arg(state.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("CACHEFLOW_WEBHOOK_SECRET", SECRET)
+            .env("CACHEFLOW_NODE_TOKEN_SECRET", "node-token-secret-for-tests")
+            .output()
+            .expect("run cacheflow serve");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--shards", "2"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--shards 2 needs --etcd-endpoints"), "{err}");
+    let (code, err) = run(&[
+        "--shards",
+        "2",
+        "--etcd-endpoints",
+        "http://127.0.0.1:1",
+        "--advertise-url",
+        "http://127.0.0.1:2",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("leading several shards in one replica is not supported yet"),
+        "{err}"
+    );
+    let (code, err) = run(&["--shards", "0"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--shards"), "{err}");
 }

@@ -10,10 +10,12 @@
 //! never printed: errors carry etcd's message, never the request.
 //!
 //! [`election`] campaigns for one shard's leader key bound to a lease; [`journal`] keeps
-//! the reconciler's state and entries under that key's fence.
+//! the reconciler's state and entries under that key's fence; [`members`] keeps each
+//! replica's membership key, the list of live replicas.
 
 pub mod election;
 pub mod journal;
+pub mod members;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -196,8 +196,27 @@ fn replication(
     args: &ServeArgs,
 ) -> anyhow::Result<Option<crate::entry::server::replica::ReplicaOptions>> {
     if args.etcd_endpoints.is_empty() {
+        if args.shards > 1 {
+            bail!("--shards {} needs --etcd-endpoints: shards spread over replicas, and a single serve leads every cluster", args.shards);
+        }
         return Ok(None);
     }
+    if args.shards > 1 {
+        // A replica leads one shard's reconciler per process today; one that must take
+        // over a second shard (its peer died) could not, and that shard would stall.
+        bail!(
+            "--shards {}: leading several shards in one replica is not supported yet; run with --shards 1 (docs/operations.md, \"Replicas\")",
+            args.shards
+        );
+    }
+    let replica_id = match args.replica_id.as_deref().map(str::trim) {
+        Some("") => bail!("--replica-id must not be empty"),
+        Some(id) if id.contains('/') => bail!("--replica-id must not contain '/': {id}"),
+        Some(id) => id.to_owned(),
+        None => hostname().ok_or_else(|| {
+            anyhow::anyhow!("cannot read this machine's hostname: give --replica-id")
+        })?,
+    };
     if args.lease_ttl < std::time::Duration::from_secs(2) {
         bail!("--lease-ttl must be at least 2s (etcd counts leases in seconds)");
     }
@@ -225,7 +244,17 @@ fn replication(
         lease_ttl: args.lease_ttl,
         advertise_url: args.advertise_url.clone().unwrap_or_default(),
         shard: 0,
+        replica_id,
     }))
+}
+
+/// The kernel's hostname (a pod's name under Kubernetes).
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()?;
+    let name = name.trim();
+    (!name.is_empty() && !name.contains('/')).then(|| name.to_owned())
 }
 
 /// The admin (or read) tokens file: one `name:token` per line, `#` comments, tokens of at least

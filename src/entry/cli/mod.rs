@@ -720,6 +720,15 @@ pub struct ServeArgs {
     /// (http://cacheflow-0.cacheflow:8080).
     #[arg(long, env = "CACHEFLOW_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// The number of shards the clusters are hashed to, each with its own election
+    /// (above 1 needs --etcd-endpoints, and is refused until multi-shard leading lands).
+    #[arg(long, env = "CACHEFLOW_SHARDS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=crate::pure::shards::MAX_SHARDS as i64))]
+    pub shards: u32,
+    /// This replica's id among the live ones (its membership key in etcd); the
+    /// hostname by default (a StatefulSet's pod name).
+    #[arg(long, env = "CACHEFLOW_REPLICA_ID")]
+    pub replica_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

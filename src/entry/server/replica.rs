@@ -31,6 +31,7 @@ use crate::edges::audit::{
 };
 use crate::edges::etcd::election::{leader_key, leader_url, shard_key, Election, Leadership};
 use crate::edges::etcd::journal::{Fence, FencedJournal};
+use crate::edges::etcd::members;
 use crate::edges::etcd::{EtcdClient, EtcdOptions};
 use crate::edges::redact::redact_url;
 use crate::flow::runtime::Replica;
@@ -45,8 +46,11 @@ pub struct ReplicaOptions {
     pub lease_ttl: Duration,
     /// Where the other replicas send agents while this one leads (`--advertise-url`).
     pub advertise_url: String,
-    /// The shard this replica campaigns for (0 until `--shards` spreads clusters).
+    /// The shard this replica campaigns for (0: `--shards` above 1 is not wired yet).
     pub shard: u32,
+    /// This replica's id among the live ones (`--replica-id`, the hostname by default):
+    /// its membership key `<prefix>/replicas/<id>`.
+    pub replica_id: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,13 +71,13 @@ impl From<ReplicaError> for ServeError {
     }
 }
 
-/// Stand by, lead, stand by again, until `stop`.
+/// Keep this replica's membership key, and stand by, lead, stand by again, until `stop`.
 pub(super) async fn run(
     options: &ServeOptions,
     replication: &ReplicaOptions,
     git_dir: &std::path::Path,
     listener: &std::net::TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let client = Arc::new(EtcdClient::new(&replication.etcd).map_err(ReplicaError::from)?);
     let election = Election {
@@ -82,8 +86,43 @@ pub(super) async fn run(
         ttl: replication.lease_ttl,
         value: replication.advertise_url.clone(),
     };
+    // The membership key, for as long as the process runs (revoked on a clean stop).
+    let membership = tokio::spawn(members::keep_membership(
+        client.clone(),
+        members::member_key(&replication.prefix, &replication.replica_id),
+        replication.advertise_url.clone(),
+        replication.lease_ttl,
+        stop.clone(),
+    ));
+    let result = terms(
+        options,
+        replication,
+        &client,
+        &election,
+        git_dir,
+        listener,
+        stop,
+    )
+    .await;
+    if result.is_err() {
+        membership.abort();
+    }
+    let _ = membership.await;
+    result
+}
+
+/// Stand by, lead, stand by again, until `stop`.
+async fn terms(
+    options: &ServeOptions,
+    replication: &ReplicaOptions,
+    client: &Arc<EtcdClient>,
+    election: &Election,
+    git_dir: &std::path::Path,
+    listener: &std::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
     loop {
-        let Some(leadership) = standby(options, &election, listener, &mut stop).await? else {
+        let Some(leadership) = standby(options, election, listener, &mut stop).await? else {
             return Ok(());
         };
         let leadership = Arc::new(leadership);
@@ -95,7 +134,7 @@ pub(super) async fn run(
             replication.shard,
             leadership.token
         );
-        let journal = match takeover(options, replication, &client, git_dir, &leadership).await {
+        let journal = match takeover(options, replication, client, git_dir, &leadership).await {
             Ok(j) => j,
             Err(e) => {
                 // Nothing was answered yet: give the shard up and campaign again.
