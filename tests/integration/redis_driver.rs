@@ -907,3 +907,71 @@ async fn a_reading_gone_stale_is_caught_by_the_values_before_and_set_as_well() {
         want
     );
 }
+
+/// `kill -SIG pid`, asserted.
+fn signal(sig: &str, pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill {sig} {pid}: {sent}");
+}
+
+/// A field of `INFO replication`, as the harness's own client reads it.
+fn replication_field(server: &RedisServer, field: &str) -> String {
+    let info = server
+        .client()
+        .cmd(&["INFO", "replication"])
+        .as_str()
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_primary_killed_during_its_failover_fails_it_in_bounded_time_and_promotes_no_one() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
+    let port = primary.port().to_string();
+    ok(replica.client().cmd(&["REPLICAOF", "127.0.0.1", &port]));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while replication_field(&replica, "master_link_status") != "up" {
+        assert!(
+            Instant::now() < deadline,
+            "the replication link did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A write the replica has not acknowledged: FAILOVER waits for the replica to catch
+    // up, and a frozen replica never does, so the failover is still in flight when its
+    // primary dies.
+    signal("-STOP", replica.pid());
+    ok(primary.client().cmd(&["SET", "k", "v"]));
+    let driver = RedisDriver::new(&primary.addr(), None, TIMEOUT);
+    let to = replica.addr();
+    let started = Instant::now();
+    let failover = driver.failover(&to, Duration::from_secs(3));
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        signal("-KILL", primary.pid());
+    };
+    let (result, ()) = tokio::join!(failover, killer);
+    let took = started.elapsed();
+    signal("-CONT", replica.pid());
+    let err = result.expect_err("a failover whose primary died must fail");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("FAILOVER to {to} did not complete within 3000 ms")),
+        "{message}"
+    );
+    assert!(message.contains(&primary.addr()), "{message}");
+    // Bounded: the failover's timeout and one driver timeout, and the last poll's (a
+    // frozen replica answers no reading before the driver's timeout).
+    assert!(took < Duration::from_secs(3) + 3 * TIMEOUT, "{took:?}");
+    // No one was promoted: the replica still runs as a replica of the dead primary.
+    assert_eq!(replication_field(&replica, "role"), "slave");
+    assert_eq!(replication_field(&replica, "master_port"), port);
+}
