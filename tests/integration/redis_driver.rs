@@ -938,7 +938,11 @@ async fn a_primary_killed_during_its_failover_fails_it_in_bounded_time_and_promo
     let port = primary.port().to_string();
     ok(replica.client().cmd(&["REPLICAOF", "127.0.0.1", &port]));
     let deadline = Instant::now() + Duration::from_secs(15);
-    while replication_field(&replica, "master_link_status") != "up" {
+    // The primary counts a replica online only after its first acknowledgement (sent
+    // every second), and FAILOVER refuses one that is not.
+    while replication_field(&replica, "master_link_status") != "up"
+        || !replication_field(&primary, "slave0").contains("state=online")
+    {
         assert!(
             Instant::now() < deadline,
             "the replication link did not come up"
