@@ -495,6 +495,7 @@ pub(crate) fn start(
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), AuditError>>), AuditError> {
     let state = journal.load()?.unwrap_or_default();
     let maker = EntryMaker::loaded(&state);
+    let told = Told::loaded(&state);
     let status = Arc::new(Status::of(&state));
     let (status_tx, status_rx) = watch::channel(status.clone());
     let mut core = Reconciler::new(state);
@@ -507,7 +508,8 @@ pub(crate) fn start(
     }
     let resumed = core.resume(grace_ms);
     let leadership = replica.as_ref().map(|r| r.leadership.clone());
-    let (batches, done) = spawn_writer(&handle, journal, maker, status, status_tx, replica)?;
+    let (mut batches, done) = spawn_writer(&handle, journal, maker, status, status_tx, replica)?;
+    batches.told = told;
     let task = tokio::spawn(run(
         handle.clone(),
         core,
@@ -578,6 +580,7 @@ fn spawn_writer(
         maker,
         seq: 0,
         pending: HashMap::new(),
+        told: Told::default(),
         written,
         jobs: jobs_tx,
         status,
@@ -687,9 +690,12 @@ impl Inputs {
                 report,
                 reply,
             } => match core.report(&node, *report, now) {
-                // A reading that changed nothing, answered from journaled state: no
-                // entry to wait for (most reports while others roll out).
-                Ok((assignment, e)) if e.is_empty() && batches.durable(core, &node) => {
+                // Answered from journaled state: the node's own assignment is in an
+                // entry already written, so it waits for no entry, even one this
+                // report makes (an apply result) or one of its cluster in flight
+                // (most reports while rollouts run).
+                Ok((assignment, e)) if batches.durable(core, &node) => {
+                    self.effects.extend(e);
                     let _ = reply.send(Ok(assignment));
                 }
                 Ok((assignment, e)) => {
@@ -799,6 +805,8 @@ struct Batches {
     seq: u64,
     /// Cluster → the last entry that changed it.
     pending: HashMap<String, u64>,
+    /// Node → the assignment the entries made so far tell it, and the entry that did.
+    told: Told,
     /// The last entry written (set by the writer).
     written: Arc<AtomicU64>,
     jobs: mpsc::Sender<Job>,
@@ -828,6 +836,9 @@ impl Batches {
             self.seq += 1;
             for cluster in &changed {
                 self.pending.insert(cluster.clone(), self.seq);
+                if let Some(cs) = core.state.clusters.get(cluster) {
+                    self.told.record(cs, self.seq);
+                }
             }
             Some(
                 self.maker
@@ -855,15 +866,81 @@ impl Batches {
     }
 
     /// True when `node`'s assignment comes from state already written: its cluster is
-    /// unchanged since the last entry made, and that entry's write is done.
+    /// unchanged since the last entry made, and that entry's write is done; or, its
+    /// cluster changed since, the node's own assignment is the one an entry already
+    /// written holds (the others of its cluster moved on, or it confirmed an apply).
     fn durable(&self, core: &Reconciler, node: &str) -> bool {
-        core.assignment_is_written(node)
-            && core.cluster_of(node).is_some_and(|cluster| {
-                self.pending
-                    .get(cluster)
-                    .is_none_or(|&seq| seq <= self.written.load(Ordering::Acquire))
-            })
+        let written = self.written.load(Ordering::Acquire);
+        let cluster_written = core.assignment_is_written(node)
+            && core
+                .cluster_of(node)
+                .is_some_and(|cluster| self.pending.get(cluster).is_none_or(|&seq| seq <= written));
+        let now = core
+            .cluster_of(node)
+            .and_then(|c| core.state.clusters.get(c))
+            .and_then(|cs| cs.assignments.get(node));
+        cluster_written || self.told.holds(node, now, written)
     }
+}
+
+/// What the entries made so far tell each node, as a fingerprint of its assignment
+/// (revision, parameters' digest, generation, restart allowed) and the entry that first
+/// held it. An answer whose assignment has the fingerprint of an entry already written
+/// tells the node nothing the journal does not hold, whatever else is in flight.
+#[derive(Default)]
+struct Told {
+    nodes: HashMap<String, (u64, u64)>,
+}
+
+impl Told {
+    /// The state a journal was loaded from: every assignment in it is written (entry 0).
+    fn loaded(state: &crate::pure::reconciler::state::State) -> Told {
+        let mut told = Told::default();
+        for cs in state.clusters.values() {
+            told.record(cs, 0);
+        }
+        told
+    }
+
+    /// The assignments of a cluster in entry `seq`: a node's changed one dates from it.
+    fn record(&mut self, cs: &crate::pure::reconciler::state::ClusterState, seq: u64) {
+        for (node, a) in &cs.assignments {
+            let print = fingerprint(a);
+            match self.nodes.get_mut(node) {
+                Some((known, _)) if *known == print => {}
+                Some(entry) => *entry = (print, seq),
+                None => {
+                    self.nodes.insert(node.clone(), (print, seq));
+                }
+            }
+        }
+    }
+
+    /// Whether `now`, `node`'s assignment as the reconciler holds it, is the one an
+    /// entry up to `written` holds.
+    fn holds(
+        &self,
+        node: &str,
+        now: Option<&crate::pure::reconciler::state::NodeAssignment>,
+        written: u64,
+    ) -> bool {
+        match (now, self.nodes.get(node)) {
+            (Some(a), Some(&(print, seq))) => seq <= written && fingerprint(a) == print,
+            _ => false,
+        }
+    }
+}
+
+/// A node's assignment as far as the node acts on it (its outcome and the time it
+/// reported it are the node's own news, not something it is told to do).
+fn fingerprint(a: &crate::pure::reconciler::state::NodeAssignment) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    a.revision.hash(&mut h);
+    a.digest.hash(&mut h);
+    a.generation.hash(&mut h);
+    a.restart_allowed.hash(&mut h);
+    h.finish()
 }
 
 /// The writer thread: takes the batches in order; the ones waiting while it wrote the
@@ -1169,4 +1246,60 @@ async fn direct_agent(
     };
     let reporter = Channel { handle, node };
     let _ = crate::flow::agent::drive(driver, &reporter, looped, Some(wake), stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pure::reconciler::state::{ClusterState, NodeAssignment};
+
+    fn assigned(revision: &str, generation: u64) -> NodeAssignment {
+        NodeAssignment {
+            revision: revision.to_owned(),
+            digest: format!("digest of {revision}"),
+            generation,
+            parameters: std::collections::BTreeMap::new(),
+            restart_allowed: true,
+            outcome: None,
+            reported_at: None,
+        }
+    }
+
+    fn cluster(nodes: &[(&str, NodeAssignment)]) -> ClusterState {
+        let mut cs = ClusterState::default();
+        for (id, a) in nodes {
+            cs.assignments.insert((*id).to_owned(), a.clone());
+        }
+        cs
+    }
+
+    #[test]
+    fn an_answer_goes_out_at_once_only_when_an_entry_written_holds_the_nodes_assignment() {
+        let mut told = Told::default();
+        told.record(
+            &cluster(&[("a", assigned("r1", 1)), ("b", assigned("r1", 1))]),
+            1,
+        );
+        // Entry 2 moves b on to r2; a's assignment is unchanged, its outcome reported.
+        let mut confirmed = assigned("r1", 1);
+        confirmed.outcome = Some(crate::pure::protocol::Outcome::Applied);
+        confirmed.reported_at = Some("2026-12-06T05:00:00Z".to_owned());
+        told.record(
+            &cluster(&[("a", confirmed.clone()), ("b", assigned("r2", 1))]),
+            2,
+        );
+        // Entry 1 written, entry 2 in flight: a's answer holds nothing new, b's does.
+        assert!(told.holds("a", Some(&confirmed), 1));
+        assert!(!told.holds("b", Some(&assigned("r2", 1)), 1));
+        assert!(told.holds("b", Some(&assigned("r2", 1)), 2));
+        // An assignment no entry made yet (the reconciler's own, not submitted), a node
+        // never recorded, a node without an assignment: they wait.
+        assert!(!told.holds("a", Some(&assigned("r1", 2)), 2));
+        assert!(!told.holds("c", Some(&assigned("r1", 1)), 2));
+        assert!(!told.holds("a", None, 2));
+        // A restart no longer allowed is something new to tell.
+        let mut no_restart = assigned("r2", 1);
+        no_restart.restart_allowed = false;
+        assert!(!told.holds("b", Some(&no_restart), 2));
+    }
 }
