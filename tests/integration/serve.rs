@@ -1723,17 +1723,27 @@ fn a_journal_that_cannot_be_written_stops_the_server_at_once_saying_why() {
     let fleet = Fleet::start();
     let remote = Remote::new();
     let work = TestRepo::new();
-    // What the nodes run already: the first revision journals once, then all is quiet.
+    // What the nodes run already: the first revision journals twice, then all is quiet.
     work.write("clusters/cache.yaml", &fleet.cluster_yaml("    hz: 10"));
     work.commit("cache: as it runs");
     remote.push(&work, false);
     let state = tempfile::tempdir().unwrap();
     let log = state.path().join("serve.log");
     let mut server = Server::start_logged(&remote, state.path(), &[], Some(log.clone()));
-    assert!(
-        !server.journal().is_empty(),
-        "the first revision is journaled"
-    );
+    // Two entries: the revision taken, then the nodes' first reports (they run it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .journal()
+        .iter()
+        .any(|m| m.contains("6 node(s) already run"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the nodes' first reports are not journaled: {:#?}",
+            server.journal()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // The journal's ref can no longer be locked (as on a full or read-only disk): the
     // next entry fails.
@@ -1743,6 +1753,13 @@ fn a_journal_that_cannot_be_written_stops_the_server_at_once_saying_why() {
     work.commit("cache: hz 20");
     remote.push(&work, false);
     let pushed = Instant::now();
+    if let Some(status) = server.child.try_wait().unwrap() {
+        panic!(
+            "cacheflow serve exited ({status}) before the push: {}\njournal: {:#?}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            server.journal()
+        );
+    }
     assert_eq!(server.github_push("journal-1").0, 202);
     let deadline = pushed + Duration::from_secs(10);
     let status = loop {
