@@ -36,11 +36,20 @@ impl EtcdCluster {
             .prefix("cacheflow-etcd-")
             .tempdir()
             .unwrap();
+        // Six distinct ports: a free port asked for twice can come back twice, and etcd
+        // refuses an initial cluster with a duplicate URL.
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 6 {
+            let port = free_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
         let members: Vec<Member> = (0..3)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client: free_port(),
-                peer: free_port(),
+                client: ports[2 * i],
+                peer: ports[2 * i + 1],
                 data: dir.path().join(format!("m{i}")),
                 child: None,
             })
