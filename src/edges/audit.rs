@@ -28,6 +28,38 @@ use crate::pure::reconciler::state::{ClusterState, State, STATE_VERSION};
 pub const JOURNAL_REF: &str = "refs/cacheflow/journal";
 pub const NOTES_REF: &str = "refs/notes/cacheflow";
 
+/// Where one reconciler keeps its journal and its notes: the refs above for a single
+/// reconciler (one `serve`, or `--shards 1`), a pair per shard under `--shards N`, so
+/// the shards' leaders (in different processes) never write the same ref.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRefs {
+    pub journal: String,
+    pub notes: String,
+}
+
+impl Default for JournalRefs {
+    fn default() -> JournalRefs {
+        JournalRefs {
+            journal: JOURNAL_REF.to_owned(),
+            notes: NOTES_REF.to_owned(),
+        }
+    }
+}
+
+impl JournalRefs {
+    /// Shard `shard` of `shards`: `refs/cacheflow/shards/<shard>/journal` and
+    /// `refs/notes/cacheflow-shard-<shard>`; the default pair when `shards` is 1.
+    pub fn shard(shard: u32, shards: u32) -> JournalRefs {
+        if shards <= 1 {
+            return JournalRefs::default();
+        }
+        JournalRefs {
+            journal: format!("refs/cacheflow/shards/{shard}/journal"),
+            notes: format!("{NOTES_REF}-shard-{shard}"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("audit log in {path}: {source}")]
@@ -62,7 +94,7 @@ pub enum AuditError {
     /// (its lock file cannot be created: a full or read-only disk, a stale lock).
     #[error("cannot write the journal's ref {reference} (it is where this reconciler left it): {source}")]
     RefNotWritten {
-        reference: &'static str,
+        reference: String,
         #[source]
         source: git2::Error,
     },
@@ -79,6 +111,7 @@ pub struct Entry {
 
 pub struct Journal {
     repo: Repository,
+    refs: JournalRefs,
     /// The entry this process wrote or read last.
     head: Option<Oid>,
     who: String,
@@ -91,14 +124,20 @@ pub struct Journal {
 impl Journal {
     /// Open the journal of the repository at `path` (bare or not).
     pub fn open(path: &Path) -> Result<Journal, AuditError> {
+        Journal::open_at(path, JournalRefs::default())
+    }
+
+    /// Open the journal kept at `refs` (one shard's) in the repository at `path`.
+    pub fn open_at(path: &Path, refs: JournalRefs) -> Result<Journal, AuditError> {
         let repo = Repository::open(path).map_err(|source| AuditError::Git {
             path: path.display().to_string(),
             source,
         })?;
-        let head = repo.refname_to_id(JOURNAL_REF).ok();
+        let head = repo.refname_to_id(&refs.journal).ok();
         Ok(Journal {
             written: std::collections::HashMap::new(),
             repo,
+            refs,
             head,
             who: "cacheflow".to_owned(),
         })
@@ -232,14 +271,16 @@ impl Journal {
             .map_err(git)?;
         // Compare and swap: only from the entry this process knows.
         let result = match self.head {
-            Some(old) => repo.reference_matching(JOURNAL_REF, oid, true, old, "cacheflow journal"),
-            None => repo.reference(JOURNAL_REF, oid, false, "cacheflow journal"),
+            Some(old) => {
+                repo.reference_matching(&self.refs.journal, oid, true, old, "cacheflow journal")
+            }
+            None => repo.reference(&self.refs.journal, oid, false, "cacheflow journal"),
         };
         if let Err(e) = result {
-            let found = repo.refname_to_id(JOURNAL_REF).ok();
+            let found = repo.refname_to_id(&self.refs.journal).ok();
             if found == self.head {
                 return Err(AuditError::RefNotWritten {
-                    reference: JOURNAL_REF,
+                    reference: self.refs.journal.clone(),
                     source: e,
                 });
             }
@@ -271,7 +312,7 @@ impl Journal {
             return Ok(());
         }
         let old = repo
-            .find_note(Some(NOTES_REF), oid)
+            .find_note(Some(&self.refs.notes), oid)
             .ok()
             .and_then(|n| n.message().ok().map(str::to_owned))
             .unwrap_or_default();
@@ -282,16 +323,45 @@ impl Journal {
         }
         lines.push(&line);
         let sig = Signature::now(&self.who, "cacheflow@localhost").map_err(git)?;
-        repo.note(&sig, &sig, Some(NOTES_REF), oid, &lines.join("\n"), true)
-            .map_err(git)?;
+        repo.note(
+            &sig,
+            &sig,
+            Some(&self.refs.notes),
+            oid,
+            &lines.join("\n"),
+            true,
+        )
+        .map_err(git)?;
         Ok(())
     }
 
-    /// The note on a config commit, if any.
+    /// The note on a config commit, if any: this journal's own notes, then every
+    /// shard's (`refs/notes/cacheflow-shard-*`, in shard order), so `history` shows each
+    /// outcome whichever leader wrote it.
     pub fn read_note(&self, revision: &str) -> Option<String> {
         let oid = Oid::from_str(revision).ok()?;
-        let note = self.repo.find_note(Some(NOTES_REF), oid).ok()?;
-        note.message().ok().map(str::to_owned)
+        let mut refs = vec![self.refs.notes.clone()];
+        let mut shards: Vec<(u32, String)> = self
+            .repo
+            .references_glob(&format!("{NOTES_REF}-shard-*"))
+            .ok()?
+            .flatten()
+            .filter_map(|r| {
+                let name = r.name().ok()?.to_owned();
+                let n = name.rsplit('-').next()?.parse().ok()?;
+                Some((n, name))
+            })
+            .collect();
+        shards.sort();
+        refs.extend(shards.into_iter().map(|(_, name)| name));
+        refs.dedup();
+        let text: Vec<String> = refs
+            .iter()
+            .filter_map(|r| self.repo.find_note(Some(r), oid).ok())
+            .filter_map(|n| n.message().ok().map(|m| m.trim_end().to_owned()))
+            .filter(|m| !m.is_empty())
+            .collect();
+        (!text.is_empty()).then(|| text.join("\n"))
     }
 
     /// The message of the last entry, if any.

@@ -45,6 +45,18 @@ impl Replica {
         port: u16,
         id: Option<&str>,
     ) -> Replica {
+        Replica::start_with_args(remote, etcd, ttl, port, id, &[])
+    }
+
+    /// As `start_as`, with `extra` arguments (`--shards N`).
+    fn start_with_args(
+        remote: &Remote,
+        etcd: &EtcdCluster,
+        ttl: Duration,
+        port: u16,
+        id: Option<&str>,
+        extra: &[&str],
+    ) -> Replica {
         let state = tempfile::Builder::new()
             .prefix("cacheflow-replica-")
             .tempdir()
@@ -73,6 +85,7 @@ impl Replica {
         if let Some(id) = id {
             args.extend(["--replica-id".into(), id.into()]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let child = spawn(&args, &state.path().join("serve.log"));
         Replica { child, port, state }
     }
@@ -670,7 +683,7 @@ fn every_replica_keeps_a_membership_key_under_its_id_while_it_lives() {
 }
 
 #[test]
-fn shards_above_one_are_refused_with_their_reason() {
+fn shards_above_one_without_etcd_are_refused_with_their_reason() {
     let state = tempfile::tempdir().unwrap();
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
@@ -690,20 +703,330 @@ fn shards_above_one_are_refused_with_their_reason() {
     let (code, err) = run(&["--shards", "2"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("--shards 2 needs --etcd-endpoints"), "{err}");
-    let (code, err) = run(&[
-        "--shards",
-        "2",
-        "--etcd-endpoints",
-        "http://127.0.0.1:1",
-        "--advertise-url",
-        "http://127.0.0.1:2",
-    ]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("leading several shards in one replica is not supported yet"),
-        "{err}"
-    );
     let (code, err) = run(&["--shards", "0"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("--shards"), "{err}");
+}
+
+/// Two cluster names the placement puts on shards 0 and 1 of 2, and two replica ids it
+/// makes the preferred leaders of shards 0 and 1 (computed, not assumed: the hashes
+/// decide).
+fn split_names() -> ((String, String), (String, String)) {
+    use cacheflow::pure::shards::{Balance, Leaders, ShardMap};
+    let balance = Balance::default();
+    let candidates: Vec<String> = (0..64).map(|i| format!("cache-{i}")).collect();
+    let clusters = candidates
+        .iter()
+        .flat_map(|x| candidates.iter().map(move |y| (x.clone(), y.clone())))
+        .find(|(x, y)| {
+            x != y
+                && ShardMap::assign([x.as_str(), y.as_str()], 2, &balance)
+                    .is_ok_and(|m| m.shard_of(x) == Some(0) && m.shard_of(y) == Some(1))
+        })
+        .expect("two clusters on two shards");
+    let ids: Vec<String> = (0..64).map(|i| format!("replica-{i}")).collect();
+    let replicas = ids
+        .iter()
+        .flat_map(|p| ids.iter().map(move |q| (p.clone(), q.clone())))
+        .find(|(p, q)| {
+            p != q
+                && Leaders::place(2, &[p.as_str(), q.as_str()], &balance).is_ok_and(|l| {
+                    l.leader_of(0) == Some(p.as_str()) && l.leader_of(1) == Some(q.as_str())
+                })
+        })
+        .expect("two replicas leading one shard each");
+    (clusters, replicas)
+}
+
+/// Wait until `r` says it is ready and leads exactly `shards` (its /readyz).
+fn until_leads(r: &Replica, shards: &str, within: Duration, logs: &dyn Fn() -> String) {
+    let want = format!("ready: leads shard(s) {shards} of 2");
+    let deadline = Instant::now() + within;
+    loop {
+        let got = r.readyz();
+        if got
+            .as_ref()
+            .is_some_and(|(code, text)| *code == 200 && text.contains(&want))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} does not say \"{want}\" within {within:?} (last: {got:?}):\n{}",
+            r.url(),
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The messages of `reference` in `repo`, oldest first.
+fn messages_of(repo: &git2::Repository, reference: &str) -> Vec<String> {
+    let Ok(head) = repo.refname_to_id(reference) else {
+        return Vec::new();
+    };
+    let mut walk = repo.revwalk().unwrap();
+    walk.push(head).unwrap();
+    let mut out: Vec<String> = walk
+        .map(|oid| {
+            let c = repo.find_commit(oid.unwrap()).unwrap();
+            c.message().unwrap().to_owned()
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+#[test]
+fn two_shards_over_two_replicas_one_killed_its_shards_move_and_the_others_do_not() {
+    let ((x, y), (p_id, q_id)) = split_names();
+    let etcd = EtcdCluster::start();
+    let fleet = Fleet::start();
+    let remote = Remote::new();
+    let work = TestRepo::new();
+    let fast = "stages: [1, '100%']\n    bake: 0s";
+    let write = |hz: &str| {
+        work.write(
+            &format!("clusters/{x}.yaml"),
+            &fleet.cluster_of(&x, "a", &format!("    hz: {hz}"), fast),
+        );
+        work.write(
+            &format!("clusters/{y}.yaml"),
+            &fleet.cluster_of(&y, "b", &format!("    hz: {hz}"), fast),
+        );
+    };
+    write("20");
+    work.commit("two clusters: hz 20");
+    remote.push(&work, false);
+    let shards = ["--shards", "2"];
+    let (p_port, q_port) = (free_port(), free_port());
+    let p = Replica::start_with_args(&remote, &etcd, LEASE_TTL, p_port, Some(&p_id), &shards);
+    let mut q = Replica::start_with_args(&remote, &etcd, LEASE_TTL, q_port, Some(&q_id), &shards);
+    let logs = |rs: &[&Replica]| {
+        rs.iter()
+            .map(|r| format!("--- {}:\n{}", r.url(), tail(&r.log(), 40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let within = Duration::from_secs(60);
+    // Each leads its preferred shard (a shard taken by the first one up is handed over
+    // once the other is live).
+    until_leads(&p, "0", within, &|| logs(&[&p, &q]));
+    until_leads(&q, "1", within, &|| logs(&[&p, &q]));
+    converge(&fleet, "hz", "20", within);
+    let key = |s: u32| etcd.get(&format!("/cacheflow/shard/{s}/leader"));
+    let (url0, token0) = key(0).expect("shard 0's leader key");
+    let (url1, token1) = key(1).expect("shard 1's leader key");
+    assert_eq!(
+        (url0.as_str(), url1.as_str()),
+        (p.url().as_str(), q.url().as_str())
+    );
+    assert_eq!(
+        etcd.get("/cacheflow/shards").map(|(v, _)| v).as_deref(),
+        Some("2")
+    );
+    // A report reaches its node's shard leader whichever replica the agent called.
+    // (503 with Retry-After while a replica has not yet read who took a shard.)
+    let report = |port: u16, node: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let path = format!("/api/v1/nodes/{node}/report");
+            let (code, text) = http(port, "POST", &path, &[], b"{}").unwrap();
+            if code != 503 || Instant::now() > deadline {
+                return (code, text);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (code, text) = report(p.port, "b1");
+    assert_eq!(code, 307, "{text}");
+    assert!(
+        text.contains(&format!("location: {}/api/v1/nodes/b1/report", q.url())),
+        "{text}"
+    );
+    let (code, text) = report(q.port, "a2");
+    assert_eq!(code, 307, "{text}");
+    assert!(
+        text.contains(&format!("location: {}/api/v1/nodes/a2/report", p.url())),
+        "{text}"
+    );
+    // A replica given another number of shards is refused.
+    let odd = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["serve", "--repo", &remote.url(), "--state-dir"])
+        .arg(odd.path())
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--etcd-endpoints", &etcd.endpoints(), "--replica-id", "odd"])
+        .args(["--advertise-url", "http://127.0.0.1:9", "--shards", "3"])
+        .env("CACHEFLOW_WEBHOOK_SECRET", SECRET)
+        .env("CACHEFLOW_NODE_TOKEN_SECRET", "node-token-secret-for-tests")
+        .output()
+        .expect("run cacheflow serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--shards 3: the replicas under /cacheflow use 2 shards"),
+        "{err}"
+    );
+
+    // q killed: its shard moves to p within the lease and 5 s; shard 0 stays where it
+    // was, under the same fencing token.
+    q.kill9();
+    let killed = Instant::now();
+    loop {
+        if let Some((u, t)) = key(1) {
+            if u == p.url() {
+                assert_ne!(t, token1);
+                break;
+            }
+        }
+        assert!(
+            killed.elapsed() < LEASE_TTL + Duration::from_secs(5),
+            "shard 1 did not move within {:?}:\n{}",
+            LEASE_TTL + Duration::from_secs(5),
+            logs(&[&p, &q])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    until_leads(&p, "0, 1", within, &|| logs(&[&p]));
+    assert_eq!(key(0), Some((url0.clone(), token0)), "shard 0 moved");
+
+    // p now rolls out both clusters; each shard journals its own.
+    write("30");
+    let commit = work.commit("two clusters: hz 30");
+    remote.push(&work, false);
+    assert_eq!(p.github_push("hz-30"), 202, "{}", logs(&[&p]));
+    converge(&fleet, "hz", "30", within);
+
+    // q back: shard 1 returns to it, shard 0 does not move.
+    q = Replica::start_with_args(&remote, &etcd, LEASE_TTL, q_port, Some(&q_id), &shards);
+    until_leads(&q, "1", within, &|| logs(&[&p, &q]));
+    until_leads(&p, "0", within, &|| logs(&[&p, &q]));
+    assert_eq!(key(0), Some((url0, token0)), "shard 0 moved");
+
+    // The remote holds one journal per shard, each with the outcome of its own
+    // cluster only, and `history` on a fresh clone shows both.
+    let deadline = Instant::now() + within;
+    let done = |text: &[String], cluster: &str| {
+        text.iter()
+            .flat_map(|m| m.lines())
+            .any(|l| l == format!("{cluster}: {commit} reached every node"))
+    };
+    loop {
+        let repo = remote.repository();
+        let j0 = messages_of(&repo, "refs/cacheflow/shards/0/journal");
+        let j1 = messages_of(&repo, "refs/cacheflow/shards/1/journal");
+        if done(&j0, &x) && done(&j1, &y) {
+            assert!(!done(&j0, &y) && !done(&j1, &x), "{j0:#?}\n{j1:#?}");
+            assert!(repo.refname_to_id("refs/cacheflow/journal").is_err());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the remote's shard journals do not show {commit} completed:\n{j0:#?}\n{j1:#?}\n{}",
+            logs(&[&p, &q])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The notes go with the next push after the entry.
+    let noted = |s: u32, cluster: &str| {
+        let repo = remote.repository();
+        let oid = git2::Oid::from_str(&commit).unwrap();
+        repo.find_note(Some(&format!("refs/notes/cacheflow-shard-{s}")), oid)
+            .ok()
+            .and_then(|n| n.message().ok().map(str::to_owned))
+            .is_some_and(|m| m.contains(&format!("{cluster}: completed")))
+    };
+    let deadline = Instant::now() + within;
+    while !(noted(0, &x) && noted(1, &y)) {
+        assert!(
+            Instant::now() < deadline,
+            "the remote has no notes of {commit} on both shards (its refs: {:?}):\n{}",
+            remote
+                .repository()
+                .references()
+                .unwrap()
+                .flatten()
+                .map(|r| r.name().unwrap_or("?").to_owned())
+                .collect::<Vec<_>>(),
+            [&p, &q]
+                .iter()
+                .map(|r| {
+                    let mirror = r.state.path().join("mirror");
+                    let dir = std::fs::read_dir(&mirror)
+                        .unwrap()
+                        .map(|e| e.unwrap().path())
+                        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                        .unwrap();
+                    let repo = git2::Repository::open_bare(dir).unwrap();
+                    let refs: Vec<String> = repo
+                        .references()
+                        .unwrap()
+                        .flatten()
+                        .map(|r| r.name().unwrap_or("?").to_owned())
+                        .collect();
+                    format!("{refs:?}\n{}", r.log())
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let clone = tempfile::tempdir().unwrap();
+    let dir = clone.path().join("config");
+    let git = |args: &[&str]| {
+        let out = Command::new("git").args(args).output().expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&[
+        "clone",
+        "--quiet",
+        "--branch",
+        "main",
+        &remote.url(),
+        dir.to_str().unwrap(),
+    ]);
+    git(&[
+        "-C",
+        dir.to_str().unwrap(),
+        "fetch",
+        "--quiet",
+        "origin",
+        "refs/notes/*:refs/notes/*",
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args([
+            "history",
+            "--repo",
+            dir.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("cacheflow history");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}{err}");
+    let entries: serde_json::Value = serde_json::from_str(&text).expect("history JSON");
+    let newest = &entries.as_array().expect("a list")[0];
+    assert_eq!(newest["commit"], commit.as_str());
+    let outcomes: Vec<&str> = newest["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    for cluster in [&x, &y] {
+        assert!(
+            outcomes
+                .iter()
+                .any(|o| o.starts_with(&format!("{cluster}: completed"))),
+            "{outcomes:#?}"
+        );
+    }
+    drop(p);
 }

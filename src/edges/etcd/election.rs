@@ -118,6 +118,19 @@ impl Election {
         }
     }
 
+    /// One attempt with a fresh lease, revoked again when another holds the key: for a
+    /// campaign that only runs while the key is vacant (the sharded front decides when).
+    pub async fn try_once(&self) -> Result<Option<Leadership>, EtcdError> {
+        let mut lease = None;
+        let won = self.attempt(&mut lease).await;
+        if !matches!(won, Ok(Some(_))) {
+            if let Some((id, _)) = lease {
+                let _ = self.client.revoke(id).await;
+            }
+        }
+        won
+    }
+
     /// One try: keep (or get) a lease, then create the leader key if it does not exist.
     async fn attempt(
         &self,

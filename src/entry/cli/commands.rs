@@ -201,14 +201,6 @@ fn replication(
         }
         return Ok(None);
     }
-    if args.shards > 1 {
-        // A replica leads one shard's reconciler per process today; one that must take
-        // over a second shard (its peer died) could not, and that shard would stall.
-        bail!(
-            "--shards {}: leading several shards in one replica is not supported yet; run with --shards 1 (docs/operations.md, \"Replicas\")",
-            args.shards
-        );
-    }
     let replica_id = match args.replica_id.as_deref().map(str::trim) {
         Some("") => bail!("--replica-id must not be empty"),
         Some(id) if id.contains('/') => bail!("--replica-id must not contain '/': {id}"),
@@ -244,6 +236,7 @@ fn replication(
         lease_ttl: args.lease_ttl,
         advertise_url: args.advertise_url.clone().unwrap_or_default(),
         shard: 0,
+        shards: args.shards,
         replica_id,
     }))
 }

@@ -720,8 +720,9 @@ pub struct ServeArgs {
     /// (http://cacheflow-0.cacheflow:8080).
     #[arg(long, env = "CACHEFLOW_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
-    /// The number of shards the clusters are hashed to, each with its own election
-    /// (above 1 needs --etcd-endpoints, and is refused until multi-shard leading lands).
+    /// The number of shards the clusters are hashed to, each with its own election,
+    /// journal and reconciler, spread over the replicas (above 1 needs
+    /// --etcd-endpoints; every replica must be given the same number).
     #[arg(long, env = "CACHEFLOW_SHARDS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=crate::pure::shards::MAX_SHARDS as i64))]
     pub shards: u32,

@@ -21,6 +21,7 @@ mod body;
 pub mod console;
 pub mod drift;
 pub mod error;
+mod front;
 mod hooks;
 mod http;
 pub use http::ServerTls;
@@ -36,7 +37,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use crate::edges::audit::{Journal, JOURNAL_REF, NOTES_REF};
+use crate::edges::audit::{Journal, JournalRefs};
 use crate::edges::forge::webhook::Deliveries;
 use crate::edges::metrics::Metrics;
 use crate::edges::nodes::NodeDriver;
@@ -46,6 +47,9 @@ use crate::flow::pipeline::intake::{self, IntakeError, Origin, Outcome};
 use crate::flow::pipeline::{self};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
 use crate::pure::spec::model::Managed;
+
+/// Held by whatever fetches into or pushes from the mirror (see `fetch_repo`).
+static MIRROR: Mutex<()> = Mutex::new(());
 
 /// Largest webhook body accepted (GitHub caps payloads at 25 MB; pushes are far smaller).
 pub const MAX_WEBHOOK_BYTES: usize = 1 << 20;
@@ -158,6 +162,9 @@ pub(crate) fn origin(options: &ServeOptions) -> Origin {
 /// Fetch the mirror (or open the local repository); the typed error, to tell a remote
 /// that is away from one that refuses.
 fn fetch_repo(options: &ServeOptions) -> Result<ConfigRepo, SourceError> {
+    // One fetch at a time into the mirror: the shards a replica leads (front.rs) each
+    // follow the branch, and two fetches at once fight over git's ref locks.
+    let _one = MIRROR.lock().unwrap_or_else(|p| p.into_inner());
     let origin = origin(options);
     ConfigRepo::open(&origin.url, Some(&origin.mirror))
 }
@@ -181,9 +188,19 @@ pub async fn serve(options: ServeOptions, stop: watch::Receiver<bool>) -> Result
     let (git_dir, fetch_error) = mirror(&options).await?;
     let listener = listen(options.listen, options.tls.is_some())?;
     let result = match options.replication.clone() {
-        None => lead(&options, &git_dir, fetch_error, &listener, stop, None)
-            .await
-            .map(|_| ()),
+        None => lead(
+            &options,
+            &git_dir,
+            fetch_error,
+            Door::Socket(&listener),
+            stop,
+            None,
+        )
+        .await
+        .map(|_| ()),
+        Some(replication) if replication.shards > 1 => {
+            front::run(&options, &replication, &git_dir, &listener, stop).await
+        }
         Some(replication) => replica::run(&options, &replication, &git_dir, &listener, stop).await,
     };
     drop(lock);
@@ -199,12 +216,20 @@ enum Term {
     Deposed,
 }
 
+/// Where a term answers: the process's socket (one reconciler per process), or its
+/// shard's slot behind the sharded front (`front.rs`, `--shards` above 1).
+#[derive(Clone, Copy)]
+enum Door<'a> {
+    Socket(&'a std::net::TcpListener),
+    Slot(&'a front::Slot),
+}
+
 /// Reconcile and answer until `stop` (or, for a replica, until it no longer leads).
 async fn lead(
     options: &ServeOptions,
     git_dir: &std::path::Path,
     fetch_error: Option<String>,
-    listener: &std::net::TcpListener,
+    door: Door<'_>,
     mut stop: watch::Receiver<bool>,
     replica: Option<crate::flow::runtime::Replica>,
 ) -> Result<Term, ServeError> {
@@ -241,7 +266,7 @@ async fn lead(
         feedback: pr::Feedback::new(options.forge_api_url.clone(), options.forge_token.clone()),
         drift: drift::DriftRunner {
             handle: handle.clone(),
-            dir: options.state_dir.join("drift"),
+            dir: drift_dir(&options),
             metrics: metrics.clone(),
             notifier,
             silent_after: options.silent_after,
@@ -269,8 +294,12 @@ async fn lead(
         });
     }
     let router = app::app_stopping(app.clone(), term);
-    let listener = tokio_listener(listener, options.listen)?;
+    let listener = match door {
+        Door::Socket(l) => Some(tokio_listener(l, options.listen)?),
+        Door::Slot(_) => None,
+    };
     let background = Background::spawn(&app, &host, git_dir.clone(), &stop);
+    let pushed_dir = git_dir.clone();
     let pusher = fence.map(|f| {
         tokio::spawn(replica::push_audit_log(
             options.clone(),
@@ -281,13 +310,23 @@ async fn lead(
     });
     let mut ended = host.ended();
     let mut stop_http = stop.clone();
-    http::serve(listener, router, options.tls.clone(), async move {
+    let term_over = async move {
         tokio::select! {
             _ = stop_http.wait_for(|s| *s) => {}
             _ = ended.wait_for(|d| *d) => {}
         }
-    })
-    .await;
+    };
+    match (door, listener) {
+        (Door::Slot(slot), _) => {
+            slot.open(router, app.clone());
+            term_over.await;
+            slot.close();
+        }
+        (Door::Socket(_), Some(listener)) => {
+            http::serve(listener, router, options.tls.clone(), term_over).await;
+        }
+        (Door::Socket(_), None) => unreachable!("a socket door has its listener"),
+    }
     if let Some(p) = &pusher {
         p.abort();
     }
@@ -316,7 +355,14 @@ async fn lead(
     background.join().await;
     let _ = host.stop().await;
     if let Some(l) = &leadership {
-        // The last entry is written: the next leader need not wait for the lease.
+        // The last entry and the notes written after it reach the remote before the
+        // next leader fetches it (a stop or a hand-over, not a crash), then the next
+        // leader need not wait for the lease.
+        let (opts, dir) = (options.clone(), pushed_dir);
+        let pushed = tokio::task::spawn_blocking(move || push_audit(&opts, &dir)).await;
+        if let Ok(Err(e)) = pushed {
+            tracing::warn!("cannot push the audit log before stepping down: {e}");
+        }
         l.resign().await;
     }
     Ok(Term::Stopped)
@@ -393,7 +439,7 @@ fn start_host(
     notifier: crate::edges::notify::Notifier,
     replica: Option<crate::flow::runtime::Replica>,
 ) -> Result<Host, ServeError> {
-    let journal = Journal::open(git_dir)?;
+    let journal = Journal::open_at(git_dir, journal_refs(options))?;
     let grace = options
         .resume_grace
         .max(options.direct_interval * 2)
@@ -408,6 +454,45 @@ fn start_host(
             replica,
         },
     )?)
+}
+
+/// Where this process's reconciler keeps its journal and notes (one shard's pair under
+/// `--shards` above 1).
+fn journal_refs(options: &ServeOptions) -> JournalRefs {
+    options
+        .replication
+        .as_ref()
+        .map_or_else(JournalRefs::default, |r| r.refs())
+}
+
+/// Where the drift runs' reports go (one directory per shard under `--shards`).
+fn drift_dir(options: &ServeOptions) -> PathBuf {
+    match options.replication.as_ref().filter(|r| r.shards > 1) {
+        Some(r) => options
+            .state_dir
+            .join("shards")
+            .join(r.shard.to_string())
+            .join("drift"),
+        None => options.state_dir.join("drift"),
+    }
+}
+
+/// Under `--shards N`: keep only the clusters of this term's shard (the others are
+/// their own shards' leaders' to reconcile).
+fn keep_own_shard(options: &ServeOptions, desired: &mut crate::pure::spec::model::Desired) {
+    let Some(r) = options.replication.as_ref().filter(|r| r.shards > 1) else {
+        return;
+    };
+    let balance = crate::pure::shards::Balance::default();
+    match crate::pure::shards::ShardMap::assign(desired.clusters.keys(), r.shards, &balance) {
+        Ok(map) => desired
+            .clusters
+            .retain(|name, _| map.shard_of(name) == Some(r.shard)),
+        Err(e) => {
+            tracing::error!("cannot place the clusters on {} shards: {e}", r.shards);
+            desired.clusters.clear();
+        }
+    }
 }
 
 /// Bind the listening socket once: a replica answers on it as a standby, then as the
@@ -618,7 +703,8 @@ async fn take(
             *last_seen = Some(refusal.head().to_owned());
             let _ = app.handle.refuse(refusal.head(), &refusal.reason()).await;
         }
-        Outcome::Valid(taken) => {
+        Outcome::Valid(mut taken) => {
+            keep_own_shard(&app.options, &mut taken.desired);
             Metrics::count(&app.metrics.revisions, "taken");
             app.metrics.notification_targets(
                 taken
@@ -728,12 +814,14 @@ fn check_head(
 /// Push the journal and the notes to the remote. The error is git's message with any
 /// credential of the URL redacted: text, as `SourceError` keeps it, and only logged.
 pub(crate) fn push_audit(options: &ServeOptions, git_dir: &std::path::Path) -> Result<(), String> {
+    let _one = MIRROR.lock().unwrap_or_else(|p| p.into_inner());
+    let refs = journal_refs(options);
     let repo = git2::Repository::open(git_dir).map_err(|e| e.to_string())?;
     let mut remote = repo
         .remote_anonymous(&options.repo)
         .map_err(|e| e.to_string())?;
     let mut specs = Vec::new();
-    for r in [JOURNAL_REF, NOTES_REF] {
+    for r in [refs.journal.as_str(), refs.notes.as_str()] {
         if repo.refname_to_id(r).is_ok() {
             specs.push(format!("{r}:{r}"));
         }

@@ -25,9 +25,9 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch;
 
-use super::{lead, ServeError, ServeOptions, Term};
+use super::{lead, Door, ServeError, ServeOptions, Term};
 use crate::edges::audit::{
-    entry_number, state_from_files, Journal, Prepared, ENTRY_TRAILER, JOURNAL_REF,
+    entry_number, state_from_files, Journal, JournalRefs, Prepared, ENTRY_TRAILER,
 };
 use crate::edges::etcd::election::{leader_key, leader_url, shard_key, Election, Leadership};
 use crate::edges::etcd::journal::{Fence, FencedJournal};
@@ -46,11 +46,29 @@ pub struct ReplicaOptions {
     pub lease_ttl: Duration,
     /// Where the other replicas send agents while this one leads (`--advertise-url`).
     pub advertise_url: String,
-    /// The shard this replica campaigns for (0: `--shards` above 1 is not wired yet).
+    /// The shard this term leads or campaigns for (0 when `shards` is 1).
     pub shard: u32,
+    /// `--shards N`: the clusters are hashed to `shards` shards, each with its own
+    /// election, journal and reconciler (front.rs); 1: one election for the fleet.
+    pub shards: u32,
     /// This replica's id among the live ones (`--replica-id`, the hostname by default):
     /// its membership key `<prefix>/replicas/<id>`.
     pub replica_id: String,
+}
+
+impl ReplicaOptions {
+    /// The same replica, for shard `shard`'s term.
+    pub fn for_shard(&self, shard: u32) -> ReplicaOptions {
+        ReplicaOptions {
+            shard,
+            ..self.clone()
+        }
+    }
+
+    /// Where this term's reconciler keeps its Git journal and notes.
+    pub fn refs(&self) -> JournalRefs {
+        JournalRefs::shard(self.shard, self.shards)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +169,7 @@ async fn terms(
             options,
             git_dir,
             None,
-            listener,
+            Door::Socket(listener),
             stop.clone(),
             Some(replica),
         )
@@ -279,6 +297,7 @@ fn fetch_journal(options: &ServeOptions, git_dir: &std::path::Path) -> Result<()
     if !crate::edges::source::is_url(&options.repo) {
         return Ok(());
     }
+    let _one = super::MIRROR.lock().unwrap_or_else(|p| p.into_inner());
     let repo = git2::Repository::open(git_dir).map_err(|e| e.to_string())?;
     let mut remote = repo
         .remote_anonymous(&options.repo)
@@ -298,7 +317,7 @@ fn fetch_journal(options: &ServeOptions, git_dir: &std::path::Path) -> Result<()
 /// Make this replica's Git journal the durable state: the remote's journal, then one
 /// entry holding the state in etcd and the messages of the entries the remote lacks.
 /// The first leader of a shard with nothing in etcd starts etcd from Git's last entry.
-async fn takeover(
+pub(super) async fn takeover(
     options: &ServeOptions,
     replication: &ReplicaOptions,
     client: &Arc<EtcdClient>,
@@ -322,7 +341,7 @@ async fn takeover(
         leadership.token,
     );
     let stored = FencedJournal::load(client, &shard).await?;
-    let mut git = Journal::open(git_dir)?;
+    let mut git = Journal::open_at(git_dir, replication.refs())?;
     let git_state = git.load()?;
     let who = &replication.advertise_url;
     let token = leadership.token;
@@ -374,7 +393,7 @@ async fn write_git(mut git: Journal, entry: Prepared) -> Result<(), ReplicaError
 }
 
 /// The leader's Git journal and notes pushed to the remote every couple of seconds when
-/// they moved; then the entries the remote holds are pruned from etcd (fenced: a
+/// either moved; then the entries the remote holds are pruned from etcd (fenced: a
 /// deposed leader prunes nothing).
 pub(super) async fn push_audit_log(
     options: ServeOptions,
@@ -382,7 +401,10 @@ pub(super) async fn push_audit_log(
     fence: Fence,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut pushed: Option<git2::Oid> = None;
+    // The journal's head and the notes' head last pushed: notes are written after
+    // their entry, so a push is due when either moved.
+    let mut pushed: (Option<git2::Oid>, Option<git2::Oid>) = (None, None);
+    let refs = super::journal_refs(&options);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -390,27 +412,28 @@ pub(super) async fn push_audit_log(
         }
         let (opts, dir) = (options.clone(), git_dir.clone());
         let last = pushed;
-        let outcome = tokio::task::spawn_blocking(
-            move || -> Result<Option<(git2::Oid, Option<u64>)>, String> {
-                let repo = git2::Repository::open(&dir).map_err(|e| e.to_string())?;
-                let Ok(head) = repo.refname_to_id(JOURNAL_REF) else {
-                    return Ok(None);
-                };
-                if Some(head) == last {
-                    return Ok(None);
-                }
-                super::push_audit(&opts, &dir)?;
-                let seq = repo
-                    .find_commit(head)
-                    .ok()
-                    .and_then(|c| c.message().ok().and_then(entry_number));
-                Ok(Some((head, seq)))
-            },
-        )
+        let refs = refs.clone();
+        type Pushed = ((Option<git2::Oid>, Option<git2::Oid>), Option<u64>);
+        let outcome = tokio::task::spawn_blocking(move || -> Result<Option<Pushed>, String> {
+            let repo = git2::Repository::open(&dir).map_err(|e| e.to_string())?;
+            let Ok(head) = repo.refname_to_id(&refs.journal) else {
+                return Ok(None);
+            };
+            let heads = (Some(head), repo.refname_to_id(&refs.notes).ok());
+            if heads == last {
+                return Ok(None);
+            }
+            super::push_audit(&opts, &dir)?;
+            let seq = repo
+                .find_commit(head)
+                .ok()
+                .and_then(|c| c.message().ok().and_then(entry_number));
+            Ok(Some((heads, seq)))
+        })
         .await;
         match outcome {
-            Ok(Ok(Some((head, seq)))) => {
-                pushed = Some(head);
+            Ok(Ok(Some((heads, seq)))) => {
+                pushed = heads;
                 if let Some(seq) = seq {
                     if let Err(e) = fence.prune(seq).await {
                         tracing::warn!("cannot prune the journal in etcd: {e}");

@@ -61,8 +61,13 @@ impl Fleet {
     }
 
     pub fn cluster_yaml_with(&self, params: &str, rollout: &str) -> String {
+        self.cluster_of("cache", "", params, rollout)
+    }
+
+    /// The cluster `name` of the nodes whose ids start with `only` ("": all six).
+    pub fn cluster_of(&self, name: &str, only: &str, params: &str, rollout: &str) -> String {
         let mut nodes = String::new();
-        for (id, n) in &self.nodes {
+        for (id, n) in self.nodes.iter().filter(|(id, _)| id.starts_with(only)) {
             let shard = &id[..1];
             let role = if id.ends_with('1') {
                 "primary"
@@ -77,7 +82,7 @@ impl Fleet {
         format!(
             "apiVersion: cacheflow/v1
 kind: Cluster
-metadata: {{name: cache}}
+metadata: {{name: {name}}}
 spec:
   engine: redis
   parameters:
