@@ -161,15 +161,26 @@ pub(super) async fn run(
         slots: (0..replication.shards).map(|_| Slot::default()).collect(),
         view: RwLock::new(View::default()),
     });
+    // The shards' own stop: the process's, or one shard's reconciler stopping (its
+    // journal cannot be written), which stops the whole process as in a single serve.
+    let (all_tx, all) = watch::channel(false);
+    let all_tx = Arc::new(all_tx);
+    {
+        let (mut stop, all_tx) = (stop.clone(), all_tx.clone());
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            all_tx.send_replace(true);
+        });
+    }
     let membership = tokio::spawn(members::keep_membership(
         client.clone(),
         members::member_key(&replication.prefix, &replication.replica_id),
         replication.advertise_url.clone(),
         replication.lease_ttl,
-        stop.clone(),
+        all.clone(),
     ));
     let tcp = super::tokio_listener(listener, options.listen)?;
-    let mut http_stop = stop.clone();
+    let mut http_stop = all.clone();
     let http = tokio::spawn(super::http::serve(
         tcp,
         Router::new().fallback(dispatch).with_state(FrontState {
@@ -187,19 +198,24 @@ pub(super) async fn run(
         client.clone(),
         options.clone(),
         replication.clone(),
-        stop.clone(),
+        all.clone(),
     ));
     let mut terms = Vec::new();
     for shard in 0..replication.shards {
         let (options, replication) = (options.clone(), replication.for_shard(shard));
-        let (client, front, git_dir, stop) = (
+        let (client, front, git_dir, stop, all_tx) = (
             client.clone(),
             front.clone(),
             git_dir.to_path_buf(),
-            stop.clone(),
+            all.clone(),
+            all_tx.clone(),
         );
         terms.push(tokio::spawn(async move {
-            shard_terms(options, replication, client, front, git_dir, stop).await
+            let ended = shard_terms(options, replication, client, front, git_dir, stop).await;
+            if ended.is_err() {
+                all_tx.send_replace(true);
+            }
+            ended
         }));
     }
     let mut result = Ok(());
@@ -652,6 +668,58 @@ fn readyz(front: &Front) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn front(leaders: Vec<Option<&str>>, vacant_for: Duration, preferred: &[&str]) -> Front {
+        let since = Instant::now().checked_sub(vacant_for);
+        Front {
+            me: "me".into(),
+            own_url: "http://me".into(),
+            ttl: Duration::from_secs(3),
+            slots: leaders.iter().map(|_| Slot::default()).collect(),
+            view: RwLock::new(View {
+                vacant_since: leaders
+                    .iter()
+                    .map(|l| l.is_none().then_some(since).flatten())
+                    .collect(),
+                leaders: leaders.iter().map(|l| l.map(str::to_owned)).collect(),
+                preferred: preferred.iter().map(|p| Some(p.to_string())).collect(),
+                ..View::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_preferred_replica_campaigns_for_a_vacant_shard_at_once_the_others_after_a_ttl() {
+        let f = front(vec![None, None], Duration::ZERO, &["me", "other"]);
+        assert!(f.may_campaign(0));
+        assert!(!f.may_campaign(1), "another's shard, vacant only just now");
+        let f = front(vec![None, None], Duration::from_secs(4), &["me", "other"]);
+        assert!(
+            f.may_campaign(1),
+            "another's shard, vacant for more than a TTL"
+        );
+        // A shard with a leader: nobody campaigns; an unread view: neither.
+        let f = front(
+            vec![Some("http://other"), None],
+            Duration::from_secs(9),
+            &["me", "me"],
+        );
+        assert!(!f.may_campaign(0));
+        assert!(f.may_campaign(1));
+        let f = front(vec![], Duration::ZERO, &[]);
+        assert!(!f.may_campaign(0));
+    }
+
+    #[test]
+    fn a_shard_is_handed_over_only_to_another_live_preferred_replica() {
+        let f = front(
+            vec![Some("http://me"), Some("http://me")],
+            Duration::ZERO,
+            &["me", "other"],
+        );
+        assert_eq!(f.preferred_elsewhere(0), None);
+        assert_eq!(f.preferred_elsewhere(1).as_deref(), Some("other"));
+    }
 
     #[test]
     fn a_shard_prefix_names_a_shard_below_the_count_and_keeps_the_rest_of_the_path() {
