@@ -1033,3 +1033,54 @@ async fn the_agent_reports_a_cluster_members_view_only_to_a_server_that_reads_cl
     stop.send(true).unwrap();
     agent.await.unwrap().unwrap();
 }
+
+/// A standby replica: every request answered with a 307 to `leader` (the same path),
+/// counted.
+async fn standby_redirecting_to(
+    leader: &str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::http::{header, StatusCode, Uri};
+    use axum::response::IntoResponse;
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (leader, counted) = (leader.to_owned(), hits.clone());
+    let app = axum::Router::new().fallback(move |uri: Uri| {
+        let (leader, counted) = (leader.clone(), counted.clone());
+        async move {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(header::LOCATION, format!("{leader}{}", uri.path()))],
+                "the leader answers this",
+            )
+                .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replicas_redirect_is_followed_with_the_token_and_the_leader_kept_for_the_next_report(
+) {
+    let control = ControlPlane::start().await;
+    let (standby, hits) = standby_redirecting_to(&control.url).await;
+    let service = Service::redis("");
+    control.assign(assignment("r1", 0, &[("hz", "17")]));
+    let mut o = options(&control);
+    o.server = standby.clone();
+
+    let state = once(redis_driver(&service.addr()), o).await.unwrap();
+
+    assert_eq!(state.applied_revision.as_deref(), Some("r1"));
+    assert_eq!(redis_get(&service, &["hz"]), params(&[("hz", "17")]));
+    // Both reports reached the leader with the node's token (it checks it); only the
+    // first went through the standby.
+    let reports = control.reports();
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    assert_eq!(reports[1].node.revision.as_deref(), Some("r1"));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

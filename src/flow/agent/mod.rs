@@ -232,13 +232,17 @@ pub async fn run(
             builder = builder.add_root_certificate(cert);
         }
     }
+    // Redirects are followed by `post_report` itself: reqwest drops the Authorization
+    // header on a redirect to another host, and a replica's 307 always goes to another.
     let client = builder
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| AgentError::Client(e.to_string()))?;
     let looped = LoopOptions::of(&options);
     let reporter = Http {
         client,
         options,
+        leader: std::sync::Mutex::new(None),
         server_reads_topology: AtomicBool::new(false),
         server_reads_cluster: AtomicBool::new(false),
         server_reads_uptime: AtomicBool::new(false),
@@ -486,6 +490,9 @@ struct Http {
     server_reads_cluster: AtomicBool,
     /// The server named `uptime`: `health.uptimeSeconds` goes in.
     server_reads_uptime: AtomicBool,
+    /// Where the last report went after a replica's redirect (the leader of this node's
+    /// shard): the next reports go there directly, until one fails.
+    leader: std::sync::Mutex<Option<String>>,
 }
 
 impl Reporter for Http {
@@ -497,6 +504,7 @@ impl Reporter for Http {
         post_report(
             &self.client,
             &self.options,
+            &self.leader,
             &report,
             [
                 &self.server_reads_topology,
@@ -544,30 +552,88 @@ impl Reporter for Http {
     }
 }
 
-/// POST the report; the answer must be an assignment for this node. Whether the server
-/// reads the topology is noted from the answer's `cacheflow-reads` header.
+/// Redirects followed for one report: a standby's 307 to the leader, and one more
+/// should the leadership move in between.
+const MAX_REDIRECTS: usize = 2;
+
+/// POST the report (to the leader a replica redirected the last one to, if it
+/// answered); the answer must be an assignment for this node. A failed report forgets
+/// that leader: the next goes to `--server` again.
 async fn post_report(
     client: &reqwest::Client,
     options: &AgentOptions,
+    leader: &std::sync::Mutex<Option<String>>,
     report: &Report,
     reads: [&AtomicBool; 3],
 ) -> Result<Assignment, ReportError> {
-    let url = format!("{}/api/v1/nodes/{}/report", options.server, options.node_id);
-    let shown = crate::edges::source::redact_url(&url);
+    let configured = format!("{}/api/v1/nodes/{}/report", options.server, options.node_id);
+    let start = leader
+        .lock()
+        .ok()
+        .and_then(|l| l.clone())
+        .unwrap_or_else(|| configured.clone());
+    let outcome = post_report_to(client, options, start, report, reads).await;
+    if let Ok(mut l) = leader.lock() {
+        *l = match &outcome {
+            Ok((_, url)) if *url != configured => Some(url.clone()),
+            _ => None,
+        };
+    }
+    outcome.map(|(assignment, _)| assignment)
+}
+
+/// Where a 307/308 from `current` sends the report: an http(s) URL (never from https
+/// down to http), resolved against `current` when relative.
+fn redirect_target(
+    current: &str,
+    location: Option<&reqwest::header::HeaderValue>,
+) -> Option<String> {
+    let location = location?.to_str().ok()?;
+    let base = reqwest::Url::parse(current).ok()?;
+    let next = base.join(location).ok()?;
+    match (base.scheme(), next.scheme()) {
+        ("https", "https") | ("http", "http" | "https") => Some(next.to_string()),
+        _ => None,
+    }
+}
+
+/// POST the report to `url`, following a replica's redirects; the assignment and the
+/// URL that answered it.
+async fn post_report_to(
+    client: &reqwest::Client,
+    options: &AgentOptions,
+    mut url: String,
+    report: &Report,
+    reads: [&AtomicBool; 3],
+) -> Result<(Assignment, String), ReportError> {
     let body = serde_json::to_vec(report).map_err(ReportError::Encode)?;
-    let mut response = client
-        .post(&url)
-        .bearer_auth(&options.token)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        // The optional assignment field this agent reads.
-        .header(READS_HEADER, READS_CONFIRMED)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| ReportError::Unreachable {
-            url: shown.clone(),
-            message: crate::edges::source::redact_url(&describe(&e)),
-        })?;
+    let mut hops = 0;
+    let (mut response, shown) = loop {
+        let shown = crate::edges::source::redact_url(&url);
+        let response = client
+            .post(&url)
+            .bearer_auth(&options.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            // The optional assignment field this agent reads.
+            .header(READS_HEADER, READS_CONFIRMED)
+            .body(body.clone())
+            .send()
+            .await
+            .map_err(|e| ReportError::Unreachable {
+                url: shown.clone(),
+                message: crate::edges::source::redact_url(&describe(&e)),
+            })?;
+        let status = response.status().as_u16();
+        if matches!(status, 307 | 308) && hops < MAX_REDIRECTS {
+            let next = redirect_target(&url, response.headers().get(reqwest::header::LOCATION));
+            if let Some(next) = next {
+                hops += 1;
+                url = next;
+                continue;
+            }
+        }
+        break (response, shown);
+    };
     let status = response.status();
     if status.is_success() {
         let named = |field: &str| {
@@ -619,7 +685,7 @@ async fn post_report(
             want: options.node_id.clone(),
         });
     }
-    Ok(assignment)
+    Ok((assignment, url))
 }
 
 fn agent_name() -> String {
@@ -654,6 +720,32 @@ mod tests {
             Some(5),
             "soon"
         ));
+    }
+
+    #[test]
+    fn a_redirect_goes_to_http_or_https_never_from_https_down_to_http() {
+        let to = |current: &str, location: &str| {
+            redirect_target(current, Some(&location.parse().unwrap()))
+        };
+        assert_eq!(
+            to(
+                "http://a:1/api/v1/nodes/n/report",
+                "http://b:2/api/v1/nodes/n/report"
+            )
+            .as_deref(),
+            Some("http://b:2/api/v1/nodes/n/report")
+        );
+        assert_eq!(
+            to(
+                "http://a:1/api/v1/nodes/n/report",
+                "/shards/1/api/v1/nodes/n/report"
+            )
+            .as_deref(),
+            Some("http://a:1/shards/1/api/v1/nodes/n/report")
+        );
+        assert_eq!(to("https://a/x", "http://b/x"), None);
+        assert_eq!(to("http://a/x", "file:///etc/passwd"), None);
+        assert_eq!(redirect_target("http://a/x", None), None);
     }
 
     #[test]
