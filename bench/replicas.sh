@@ -22,31 +22,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/lib/etcd.sh
 
 cargo build -q --bin cacheflow --example journal_bench
 bin=target/debug/cacheflow
 
-# A three-member etcd cluster.
-initial=""; endpoints=""
-declare -a cports pports
-for i in 0 1 2; do
-  cports[$i]=$(port); pports[$i]=$(port)
-  initial+="${initial:+,}m$i=http://127.0.0.1:${pports[$i]}"
-  endpoints+="${endpoints:+,}http://127.0.0.1:${cports[$i]}"
-done
-for i in 0 1 2; do
-  etcd --name "m$i" --data-dir "$work/etcd-m$i" \
-    --listen-client-urls "http://127.0.0.1:${cports[$i]}" --advertise-client-urls "http://127.0.0.1:${cports[$i]}" \
-    --listen-peer-urls "http://127.0.0.1:${pports[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${pports[$i]}" \
-    --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token bench \
-    >"$work/etcd-m$i.log" 2>&1 &
-  pids+=($!)
-done
-for i in 0 1 2; do
-  until curl -sf "http://127.0.0.1:${cports[$i]}/health" | grep -q '"true"'; do sleep 0.2; done
-done
-echo "etcd: $endpoints ($(etcd --version | head -1))"
+start_etcd "$work"
 
 echo "== journal entry cost: $ENTRIES entries, $CLUSTERS clusters"
 target/debug/examples/journal_bench "$endpoints" "$ENTRIES" "$CLUSTERS"

@@ -14,7 +14,14 @@
 //!
 //! Every report's latency (request written → answer read) after the warm-up is kept;
 //! the output is one line of `key=value`: reports, errors, rate, p50/p90/p99/max in ms,
-//! and `applied` (assignments taken during the run).
+//! `applied` (assignments taken during the run) and `redirects`.
+//!
+//! Replicas (`--server URL,URL,…`, `bench/agents-sharded.sh`): agent k starts with the
+//! k-th URL modulo their number, as a Service spreads connections; a `307` is followed
+//! as `cacheflow agent` follows it (the same report sent to the `Location`, on a new
+//! connection kept for the next reports, until one fails: then the agent's own URL
+//! again). A report's latency is that of the exchange that answered it; the redirect
+//! itself is counted, not timed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +95,17 @@ struct Totals {
     latencies_us: Mutex<Vec<u32>>,
     errors: AtomicU64,
     applied: AtomicU64,
+    redirects: AtomicU64,
+    /// Each kind of error (its first 60 characters) and how often: on stderr at the end.
+    kinds: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Totals {
+    fn error(&self, what: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let kind: String = what.chars().take(60).collect();
+        *self.kinds.lock().unwrap().entry(kind).or_default() += 1;
+    }
 }
 
 fn main() {
@@ -107,11 +125,17 @@ fn main() {
 }
 
 async fn run(args: Args) {
-    let addr = args
+    let addrs: Vec<String> = args
         .server
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
     let totals = Arc::new(Totals::default());
     let n = args.clusters * args.per_cluster;
     let start = Instant::now();
@@ -124,10 +148,12 @@ async fn run(args: Args) {
             let token = cacheflow::pure::identity::node_token(&args.secret, &id).expect("a token");
             let k = c * args.per_cluster + i;
             let offset = args.interval.mul_f64(k as f64 / n as f64);
+            let home = addrs[k % addrs.len()].clone();
             let agent = Agent {
                 id,
                 token,
-                addr: addr.clone(),
+                addr: home.clone(),
+                home,
                 interval: args.interval,
                 params: BTreeMap::from([
                     ("hz".to_owned(), "10".to_owned()),
@@ -147,6 +173,9 @@ async fn run(args: Args) {
     for t in tasks {
         let _ = t.await;
     }
+    for (kind, n) in totals.kinds.lock().unwrap().iter() {
+        eprintln!("agent_swarm: {n} error(s): {kind}");
+    }
     let mut l = std::mem::take(&mut *totals.latencies_us.lock().unwrap());
     l.sort_unstable();
     let q = |p: f64| -> f64 {
@@ -157,13 +186,14 @@ async fn run(args: Args) {
         l[i] as f64 / 1000.0
     };
     println!(
-        "agents={n} interval_s={} measured_s={} reports={} rate_per_s={:.0} errors={} applied={} p50_ms={:.2} p90_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        "agents={n} interval_s={} measured_s={} reports={} rate_per_s={:.0} errors={} applied={} redirects={} p50_ms={:.2} p90_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         args.interval.as_secs_f64(),
         args.duration.as_secs_f64(),
         l.len(),
         l.len() as f64 / args.duration.as_secs_f64(),
         totals.errors.load(Ordering::Relaxed),
         totals.applied.load(Ordering::Relaxed),
+        totals.redirects.load(Ordering::Relaxed),
         q(0.50),
         q(0.90),
         q(0.99),
@@ -171,10 +201,18 @@ async fn run(args: Args) {
     );
 }
 
+/// What one exchange got: an assignment, or a replica's redirect to `host:port`.
+enum Answer {
+    Assigned(Assignment),
+    Redirect(String),
+}
+
 struct Agent {
     id: String,
     token: String,
+    /// Where the reports go: `home`, or the leader a redirect named.
     addr: String,
+    home: String,
     interval: Duration,
     params: BTreeMap<String, String>,
     /// The last assignment applied: (revision, generation).
@@ -197,8 +235,8 @@ impl Agent {
             if sender.as_ref().is_none_or(|s| s.is_closed()) {
                 match self.connect().await {
                     Ok(s) => sender = Some(s),
-                    Err(_) => {
-                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        totals.error(&format!("connect: {e}"));
                         next += self.interval;
                         tokio::time::sleep_until(next.into()).await;
                         continue;
@@ -208,7 +246,13 @@ impl Agent {
             let s = sender.as_mut().expect("connected above");
             let began = Instant::now();
             match self.exchange(s).await {
-                Ok(assignment) => {
+                Ok(Answer::Redirect(to)) => {
+                    totals.redirects.fetch_add(1, Ordering::Relaxed);
+                    self.addr = to;
+                    sender = None;
+                    continue;
+                }
+                Ok(Answer::Assigned(assignment)) => {
                     if began >= measure_from {
                         mine.push(began.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     }
@@ -218,9 +262,10 @@ impl Agent {
                         continue;
                     }
                 }
-                Err(_) => {
-                    totals.errors.fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    totals.error(&e);
                     sender = None;
+                    self.addr = self.home.clone();
                 }
             }
             next += self.interval;
@@ -246,7 +291,7 @@ impl Agent {
     async fn exchange(
         &self,
         sender: &mut http1::SendRequest<Full<Bytes>>,
-    ) -> Result<Assignment, String> {
+    ) -> Result<Answer, String> {
         let report = Report {
             version: PROTOCOL_VERSION,
             node_id: self.id.clone(),
@@ -274,6 +319,16 @@ impl Agent {
             .await
             .map_err(|e| e.to_string())?;
         let status = response.status();
+        if status == hyper::StatusCode::TEMPORARY_REDIRECT {
+            let to = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.strip_prefix("http://"))
+                .and_then(|l| l.split('/').next())
+                .ok_or("a redirect without an http Location")?;
+            return Ok(Answer::Redirect(to.to_owned()));
+        }
         let bytes = response
             .into_body()
             .collect()
@@ -283,7 +338,9 @@ impl Agent {
         if !status.is_success() {
             return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
         }
-        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+        serde_json::from_slice(&bytes)
+            .map(Answer::Assigned)
+            .map_err(|e| e.to_string())
     }
 
     /// Apply a new assignment at once; true when there was one.

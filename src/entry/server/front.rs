@@ -47,6 +47,9 @@ use crate::flow::pipeline::{self, Revision};
 use crate::flow::runtime::Replica;
 use crate::pure::shards::{Balance, Leaders, ShardMap};
 
+/// How often the preferred replica of a shard led elsewhere reads its leader key.
+const QUICK: Duration = Duration::from_millis(250);
+
 /// Where a shard's term puts its router while it leads (empty otherwise).
 #[derive(Default)]
 pub(super) struct Slot {
@@ -114,6 +117,16 @@ impl Front {
                 .is_some_and(|t| t.elapsed() >= self.ttl),
             _ => true,
         }
+    }
+
+    /// Is this replica the one that should lead `shard` (or is none known yet)?
+    fn preferred_here(&self, shard: u32) -> bool {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        view.preferred
+            .get(shard as usize)
+            .cloned()
+            .flatten()
+            .is_some_and(|p| p == self.me)
     }
 
     /// The live replica that should lead `shard`, when it is another than this one.
@@ -316,15 +329,25 @@ async fn shard_terms(
             {
                 handed = None;
             }
-            if front.may_campaign(shard) {
+            // The preferred replica reads the leader key itself, four times a second, so
+            // a shard handed over to it is taken within a fraction of a second; any
+            // other campaigns on the front's view (read every poll).
+            let mine = front.preferred_here(shard);
+            let vacant = if mine {
+                matches!(client.get(&election.key).await, Ok(None))
+            } else {
+                front.may_campaign(shard)
+            };
+            if vacant {
                 match election.try_once().await {
                     Ok(Some(l)) => break l,
                     Ok(None) => {}
                     Err(e) => tracing::warn!("cannot campaign for shard {shard}: {e}"),
                 }
             }
+            let wait = if mine { poll.min(QUICK) } else { poll };
             tokio::select! {
-                _ = tokio::time::sleep(poll) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
             }
         };

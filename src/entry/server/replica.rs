@@ -291,26 +291,39 @@ async fn to_leader(State(s): State<Standby>, request: Request) -> Response {
     }
 }
 
-/// Fetch the remote's journal and notes into the mirror (forced: a replica that led
-/// before and did not push everything has those entries in etcd, replayed below).
+/// Fetch the remote's journal and notes of this term's shard into the mirror (forced: a
+/// replica that led before and did not push everything has those entries in etcd,
+/// replayed below). Only this shard's refs: the other shards this replica leads have
+/// entries the remote does not hold yet, and a fetch of theirs would move their
+/// journals under their reconcilers.
 fn fetch_journal(options: &ServeOptions, git_dir: &std::path::Path) -> Result<(), String> {
     if !crate::edges::source::is_url(&options.repo) {
         return Ok(());
     }
+    let refs = super::journal_refs(options);
     let _one = super::MIRROR.lock().unwrap_or_else(|p| p.into_inner());
     let repo = git2::Repository::open(git_dir).map_err(|e| e.to_string())?;
     let mut remote = repo
         .remote_anonymous(&options.repo)
         .map_err(|e| e.to_string())?;
+    // A ref the remote does not have yet (a shard's first leader) is left out.
     remote
-        .fetch(
-            &[
-                "+refs/cacheflow/*:refs/cacheflow/*",
-                "+refs/notes/*:refs/notes/*",
-            ],
-            None,
-            None,
-        )
+        .connect(git2::Direction::Fetch)
+        .map_err(|e| redact_url(e.message()))?;
+    let specs: Vec<String> = remote
+        .list()
+        .map_err(|e| redact_url(e.message()))?
+        .iter()
+        .map(|head| head.name())
+        .filter(|name| *name == refs.journal || *name == refs.notes)
+        .map(|name| format!("+{name}:{name}"))
+        .collect();
+    let _ = remote.disconnect();
+    if specs.is_empty() {
+        return Ok(());
+    }
+    remote
+        .fetch(&specs, None, None)
         .map_err(|e| redact_url(e.message()))
 }
 
