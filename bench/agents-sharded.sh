@@ -80,7 +80,9 @@ for i in $(seq 0 $((REPLICAS - 1))); do
 done
 
 led() { # the shards replica $1 leads, as its /readyz says
-  { curl -s "http://127.0.0.1:${ports[$1]}/readyz" || true; } | sed -n 's/^ready: leads shard(s) \(.*\) of .*/\1/p'
+  # (--shards 1: a plain "ready" from the leader of shard 0.)
+  { curl -s "http://127.0.0.1:${ports[$1]}/readyz" || true; } \
+    | sed -n -e 's/^ready: leads shard(s) \(.*\) of .*/\1/p' -e '/^ready$/s/.*/0/p'
 }
 # Every shard led, and the same replica leading each for 6 s in a row (a replica that
 # came up first takes every shard, then hands the others' over as they join).
