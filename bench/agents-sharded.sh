@@ -113,7 +113,8 @@ LINE=$("$SWARM" --server "$urls" --secret-file "$WORK/secret" \
 
 completed=0
 for s in $(seq 0 $((SHARDS - 1))); do
-  c=$(curl -fsL "http://127.0.0.1:${ports[0]}/shards/$s/api/v1/rollouts" | python3 -c '
+  path=/shards/$s/api/v1/rollouts; [ "$SHARDS" = 1 ] && path=/api/v1/rollouts
+  c=$(curl -fsL "http://127.0.0.1:${ports[0]}$path" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 print(sum(1 for c in d["clusters"] if (c.get("rollout") or {}).get("phase") == "completed"))')
