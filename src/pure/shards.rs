@@ -688,12 +688,14 @@ mod tests {
         }
 
         /// The stated bound: a join or a leave moves at most twice the shards it must,
-        /// plus four (the cap `ceil(c · shards / replicas)` changes with the number of
+        /// plus six (the cap `ceil(c · shards / replicas)` changes with the number of
         /// replicas, and a changed cap lets a few shards spill, or stop spilling, to the
         /// next replica on the ring). Measured over 8..128 shards and 2..12 replicas, the
-        /// worst excess over twice the ideal is 4.0 shards (a leave) and 2.8 (a join).
+        /// worst excess over twice the ideal was 4.0 shards (a leave) and 2.8 (a join);
+        /// then a random case moved 5 of 16 shards when a replica that led none left 10
+        /// (the cap went from 2 to 3; `proptest-regressions/pure/shards.txt` keeps it).
         #[test]
-        fn a_join_or_a_leave_moves_at_most_twice_the_ideal_plus_four_shards(
+        fn a_join_or_a_leave_moves_at_most_twice_the_ideal_plus_six_shards(
             shards in 8u32..128,
             replicas in proptest::collection::btree_set("[a-z][a-z0-9-]{0,15}", 3..13),
             leaver in any::<usize>(),
@@ -704,13 +706,13 @@ mod tests {
             let base = Leaders::place(shards, &all[..n], &b).unwrap();
             let joined = Leaders::place(shards, &all, &b).unwrap();
             let join = moves(&base, &joined, |_| 1).unwrap();
-            prop_assert!(join.moved as f64 <= 2.0 * join.ideal * f64::from(shards) + 4.0,
+            prop_assert!(join.moved as f64 <= 2.0 * join.ideal * f64::from(shards) + 6.0,
                 "join moved {} of {} shards, ideal {}", join.moved, shards, join.ideal);
             let gone = &all[leaver % n];
             let rest: Vec<&String> = all[..n].iter().filter(|r| *r != gone).collect();
             let left = Leaders::place(shards, &rest, &b).unwrap();
             let leave = moves(&base, &left, |_| 1).unwrap();
-            prop_assert!(leave.moved as f64 <= 2.0 * leave.ideal * f64::from(shards) + 4.0,
+            prop_assert!(leave.moved as f64 <= 2.0 * leave.ideal * f64::from(shards) + 6.0,
                 "leave moved {} of {} shards, ideal {}", leave.moved, shards, leave.ideal);
             // The leaver's shards all went to live replicas.
             for s in base.preferred(gone) {
