@@ -6,6 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use cacheflow::edges::nodes::fence::{Fence, Fenced};
 use cacheflow::edges::nodes::redis::RedisDriver;
 use cacheflow::edges::nodes::{Applied, NodeDriver, NodeError};
 use cacheflow::pure::catalog::Engine;
@@ -459,6 +462,102 @@ async fn a_failed_config_rewrite_puts_the_live_values_back() {
         config_of(&mut client, &["hz", "maxmemory-samples"]),
         params(&[("hz", "10"), ("maxmemory-samples", "5")])
     );
+}
+
+/// A fence that always holds, and on each check sets `hz` to 40 from another client the
+/// first time it finds the apply's own `hz` (20) on the node: another writer (a person,
+/// the next leader) in the middle of an apply.
+struct AnotherWriter {
+    client: std::sync::Mutex<RedisClient>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Fence for AnotherWriter {
+    fn holds(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut client = self.client.lock().unwrap();
+        if !self.done.load(Ordering::SeqCst) && client.config_get("hz")["hz"] == "20" {
+            ok(client.cmd(&["CONFIG", "SET", "hz", "40"]));
+            self.done.store(true, Ordering::SeqCst);
+        }
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_failed_config_rewrite_puts_back_only_what_no_other_writer_changed_since() {
+    let server = RedisServer::start();
+    let mut client = server.client();
+    let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
+        .await
+        .unwrap();
+    std::fs::remove_file(server.config_path()).unwrap();
+    std::fs::create_dir(server.config_path()).unwrap();
+    let writer = Arc::new(AnotherWriter {
+        client: std::sync::Mutex::new(server.client()),
+        done: Default::default(),
+    });
+    let fenced = Fenced::new(Arc::new(driver), writer.clone());
+
+    let e = fenced
+        .apply(&params(&[("hz", "20"), ("maxmemory-samples", "7")]))
+        .await
+        .unwrap_err();
+
+    assert!(writer.done.load(std::sync::atomic::Ordering::SeqCst));
+    let NodeError::Refused {
+        parameter, message, ..
+    } = &e
+    else {
+        panic!("{e:?}");
+    };
+    assert_eq!(parameter, "CONFIG REWRITE");
+    assert!(
+        message.ends_with("(left as set since by another writer: `hz` holds `40`)"),
+        "{message}"
+    );
+    // The other writer's hz stays; the apply's own maxmemory-samples went back.
+    assert_eq!(
+        config_of(&mut client, &["hz", "maxmemory-samples"]),
+        params(&[("hz", "40"), ("maxmemory-samples", "5")])
+    );
+}
+
+/// A fence that has stopped holding.
+struct Lost;
+
+impl Fence for Lost {
+    fn holds(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_fence_that_no_longer_holds_sends_the_node_nothing() {
+    let server = RedisServer::start();
+    let mut client = server.client();
+    let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
+        .await
+        .unwrap();
+    let fenced = Fenced::new(Arc::new(driver), Arc::new(Lost));
+    ok(client.cmd(&["CONFIG", "RESETSTAT"]));
+
+    let e = fenced.apply(&params(&[("hz", "20")])).await.unwrap_err();
+    assert_eq!(
+        e,
+        NodeError::Fenced {
+            address: server.addr()
+        }
+    );
+    let e = fenced
+        .failover("127.0.0.1:1", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NodeError::Fenced { .. }), "{e:?}");
+    // Nothing at all reached the node; reads still go through.
+    assert_eq!(commands(&mut client), BTreeMap::new());
+    assert_eq!(fenced.read().await.unwrap().parameters["hz"], "10");
+    assert_eq!(config_of(&mut client, &["hz"]), params(&[("hz", "10")]));
 }
 
 #[tokio::test]

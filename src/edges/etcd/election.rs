@@ -83,6 +83,14 @@ impl Leadership {
     }
 }
 
+/// The fence on node writes: a leader's in-process agents and failovers send nothing
+/// once [`Leadership::valid`] turns false.
+impl crate::edges::nodes::fence::Fence for Leadership {
+    fn holds(&self) -> bool {
+        self.valid()
+    }
+}
+
 impl Election {
     /// Wait until this replica leads (`None`: `stop` turned true first). Failures of
     /// etcd are logged and retried: a replica that cannot reach etcd does not lead.

@@ -454,6 +454,7 @@ impl MemcachedDriver {
 
         let mut done: Vec<&Step> = Vec::new();
         for step in &steps {
+            super::fence::check(&self.address)?;
             match self
                 .run(&mut conn, &step.name, &step.forward, &step.target)
                 .await
@@ -544,6 +545,16 @@ impl MemcachedDriver {
             },
             None => conn,
         };
+        // A value goes back only where the node still holds what this apply set: one
+        // that holds another since (a person, the next leader) is newer and stays.
+        let now = self.stats(&mut conn, "stats settings").await.ok();
+        let newer = |step: &Step| {
+            let Some(text) = now.as_ref().and_then(|n| n.get(&step.name)) else {
+                return false;
+            };
+            let have = normalize(catalog(Engine::Memcached), &step.name, text);
+            have.is_ok_and(|h| h != step.target && h != step.old)
+        };
         // What could not be put back, and why. A refused step does not stop the others
         // (each command stands alone); a lost connection does.
         let mut left: Vec<&Step> = Vec::new();
@@ -551,6 +562,14 @@ impl MemcachedDriver {
         let mut lost = false;
         for step in done.iter().rev().copied() {
             if lost {
+                left.push(step);
+                continue;
+            }
+            if newer(step) {
+                continue;
+            }
+            if let Err(e) = super::fence::check(&self.address) {
+                errors.push(e.to_string());
                 left.push(step);
                 continue;
             }

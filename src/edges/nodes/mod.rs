@@ -5,6 +5,7 @@
 //! text protocol, and a simulated node for the demo and for scale tests. Values read from
 //! a node are the engine's own text; `catalog::Catalog::normalize` makes them comparable.
 
+pub mod fence;
 pub mod fleet;
 pub mod memcached;
 pub mod redis;
@@ -69,6 +70,10 @@ pub enum NodeError {
     /// by a plaintext attempt.
     #[error("{address}: TLS: {message}")]
     Tls { address: String, message: String },
+    /// A leader replica's fence no longer held: this write and those after it were not
+    /// sent (see [`fence`]); the next leader owns the node.
+    #[error("{address}: stopped: this replica no longer leads, nothing more is sent to the node")]
+    Fenced { address: String },
     #[error("secret {reference}: {message}")]
     Secret { reference: String, message: String },
 }

@@ -18,7 +18,7 @@ use redis::Value;
 use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, RedisConnectionInfo};
 use tokio::sync::Mutex;
 
-use crate::edges::nodes::{Applied, BoxFuture, NodeDriver, NodeError};
+use crate::edges::nodes::{fence, Applied, BoxFuture, NodeDriver, NodeError};
 use crate::edges::secret;
 use crate::pure::catalog::{self, Engine};
 use crate::pure::live::{
@@ -640,9 +640,9 @@ impl RedisDriver {
         if let Err(message) = first.set {
             let sent: Vec<(&str, &str)> = pairs(&guess);
             let parameter = refused_parameter(&message, &sent);
-            self.put_back(&mut s, &changed, &parameter, &message)
-                .await?;
-            return Err(self.refused(&parameter, message));
+            return Err(self
+                .put_back(&mut s, &changed, params, &parameter, message)
+                .await);
         }
         let still = differing(&first.after);
         if !still.is_empty() {
@@ -654,17 +654,18 @@ impl RedisDriver {
             let again = self.get_set_get(&mut s, &names, &still).await?;
             if let Err(message) = again.set {
                 let parameter = refused_parameter(&message, &pairs(&still));
-                self.put_back(&mut s, &changed, &parameter, &message)
-                    .await?;
-                return Err(self.refused(&parameter, message));
+                return Err(self
+                    .put_back(&mut s, &changed, params, &parameter, message)
+                    .await);
             }
             // Taken, yet not what was set: the engine holds another value (it rounded
             // it, or something set it again at once). Put back rather than claim it.
             if let Some((name, want)) = differing(&again.after).into_iter().next() {
                 let got = again.after.get(&name).cloned().unwrap_or_default();
                 let message = format!("set to `{want}`, it reads back `{got}`");
-                self.put_back(&mut s, &changed, &name, &message).await?;
-                return Err(self.refused(&name, message));
+                return Err(self
+                    .put_back(&mut s, &changed, params, &name, message)
+                    .await);
             }
         }
         if changed.is_empty() {
@@ -681,6 +682,7 @@ impl RedisDriver {
         let rewrite = {
             let mut cmd = redis::cmd("CONFIG");
             cmd.arg("REWRITE");
+            fence::check(&self.address)?;
             self.call(&mut s, &cmd).await
         };
         let message = match rewrite {
@@ -694,21 +696,11 @@ impl RedisDriver {
             Ok(Err(e)) => e,
             Err(e) => e.to_string(),
         };
-        // The file was not rewritten, so the live change must not stay either: put every
-        // value back in one atomic CONFIG SET (one by one if that is refused).
+        // The file was not rewritten, so the live change must not stay either.
         let mut s = self.session().await?;
-        let old: Vec<(&str, &str)> = changed
-            .iter()
-            .filter_map(|(n, v)| v.as_deref().map(|v| (n.as_str(), v)))
-            .collect();
-        match self.config_set(&mut s, &old).await {
-            Ok(Ok(())) => {}
-            _ => {
-                self.put_back(&mut s, &changed, "CONFIG REWRITE", &message)
-                    .await?
-            }
-        }
-        Err(self.refused("CONFIG REWRITE", message))
+        Err(self
+            .put_back(&mut s, &changed, params, "CONFIG REWRITE", message)
+            .await)
     }
 
     /// What a driver cannot apply, refused before anything is sent: start-only
@@ -750,6 +742,7 @@ impl RedisDriver {
             cmds.push(get());
         }
         if !set.is_empty() {
+            fence::check(&self.address)?;
             let mut cmd = redis::cmd("CONFIG");
             cmd.arg("SET");
             for (name, value) in set {
@@ -794,41 +787,92 @@ impl RedisDriver {
         Ok(GetSetGet { before, set, after })
     }
 
-    /// After a refusal: read the parameters again and set back, one by one, those that
-    /// no longer hold their value from before. `Err(RollbackFailed)` if that fails.
+    /// After `parameter` failed with `message`: put back what this apply changed, and
+    /// say so (`Refused`), or say what could not be put back (`RollbackFailed`).
+    /// `changed`: each value the apply set (`params`), with the one before. A value goes
+    /// back only where the node still holds what the apply set: one that holds another
+    /// since (a person's `CONFIG SET`, the next leader's apply) is newer than this
+    /// apply and stays, and the error says so. The values go back in one atomic `CONFIG
+    /// SET`, one by one where that is refused (engines before Redis 7).
     async fn put_back(
         &self,
         s: &mut Session,
-        before: &BTreeMap<String, Option<String>>,
+        changed: &BTreeMap<String, Option<String>>,
+        params: &BTreeMap<String, String>,
         parameter: &str,
-        message: &str,
-    ) -> Result<(), NodeError> {
+        message: String,
+    ) -> NodeError {
         let failed = |restore: &str, restore_error: String| NodeError::RollbackFailed {
             address: self.address.clone(),
             parameter: parameter.to_owned(),
-            message: message.to_owned(),
+            message: message.clone(),
             restore: restore.to_owned(),
             restore_error,
         };
-        let names: Vec<&str> = before.keys().map(String::as_str).collect();
+        let names: Vec<&str> = changed.keys().map(String::as_str).collect();
+        if names.is_empty() {
+            return self.refused(parameter, message);
+        }
         let now = match self.config_get(s, &names).await {
             Ok(now) => now,
-            Err(e) => return Err(failed(&names.join(", "), e.to_string())),
+            Err(e) => return failed(&names.join(", "), e.to_string()),
         };
-        for (name, old) in before {
-            let Some(old) = old else { continue };
-            let unchanged = now.get(name).is_some_and(|v| v == old);
-            if unchanged {
+        let cat = catalog::catalog(Engine::Redis);
+        let mut back: Vec<(&str, &str)> = Vec::new();
+        let mut newer: Vec<String> = Vec::new();
+        for (name, old) in changed {
+            let (Some(old), Some(have)) = (old, now.get(name)) else {
+                continue;
+            };
+            let set = params.get(name).map(String::as_str).unwrap_or_default();
+            if cat.same(name, have, old) {
                 continue;
             }
-            match self.config_set(s, &[(name.as_str(), old.as_str())]).await {
-                Ok(Ok(())) => {}
-                Ok(Err(m)) => return Err(failed(name, m)),
-                Err(e) => return Err(failed(name, e.to_string())),
+            match cat.same(name, have, set) {
+                true => back.push((name, old)),
+                false => newer.push(format!("`{name}` holds `{have}`")),
             }
         }
-        Ok(())
+        if let Err(e) = fence::check(&self.address) {
+            return match back.is_empty() {
+                true => self.refused(parameter, message),
+                false => failed(&render_pairs(&back), e.to_string()),
+            };
+        }
+        let atomic = match back.len() {
+            0 => true,
+            1 => false,
+            _ => matches!(self.config_set(s, &back).await, Ok(Ok(()))),
+        };
+        if !atomic {
+            for (name, old) in &back {
+                match self.config_set(s, &[(name, old)]).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(m)) => return failed(name, m),
+                    Err(e) => return failed(name, e.to_string()),
+                }
+            }
+        }
+        match newer.is_empty() {
+            true => self.refused(parameter, message),
+            false => self.refused(
+                parameter,
+                format!(
+                    "{message} (left as set since by another writer: {})",
+                    newer.join(", ")
+                ),
+            ),
+        }
     }
+}
+
+/// `name value, name value`, for a message.
+fn render_pairs(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl RedisDriver {
@@ -864,6 +908,7 @@ impl RedisDriver {
         let mut t = target.session().await?;
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("FAILOVER");
+        fence::check(&self.address)?;
         if let Err(e) = target.call(&mut t, &cmd).await? {
             return Err(target.refused("CLUSTER FAILOVER", e));
         }
@@ -949,6 +994,7 @@ impl RedisDriver {
     async fn failover_to(&self, to: &str, timeout: Duration) -> Result<(), NodeError> {
         let (host, port) = split_address(to);
         let mut s = self.session().await?;
+        fence::check(&self.address)?;
         let mut cmd = redis::cmd("FAILOVER");
         cmd.arg("TO")
             .arg(&host)
@@ -1022,6 +1068,7 @@ impl RedisDriver {
     /// `REPLICAOF host port`, then `CONFIG REWRITE`.
     pub(super) async fn follow(&self, host: &str, port: u16) -> Result<(), NodeError> {
         let mut s = self.session().await?;
+        fence::check(&self.address)?;
         let mut cmd = redis::cmd("REPLICAOF");
         cmd.arg(host).arg(port);
         if let Err(e) = self.call(&mut s, &cmd).await? {

@@ -246,6 +246,7 @@ async fn ask_to_fail_over(primary: &RedisDriver, sentinel: &Sentinel) -> Result<
         let d = RedisDriver::new(address, sentinel.auth.as_ref(), primary.timeout());
         let mut cmd = redis::cmd("SENTINEL");
         cmd.arg("FAILOVER").arg(&sentinel.master_name);
+        super::fence::check(super::NodeDriver::address(primary))?;
         match d.command(&cmd).await {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(e)) if e.starts_with("INPROG") => return Ok(()),

@@ -183,6 +183,7 @@ mod tests {
             metrics,
             deliveries: Mutex::new(Deliveries::default()),
             wake_follower: Notify::new(),
+            fence: None,
             ready: AtomicBool::new(false),
             // Held reports answered well within `call`'s 2 s.
             report_hold: Duration::from_millis(200),

@@ -40,13 +40,14 @@ use tokio::sync::{watch, Notify};
 use crate::edges::audit::{Journal, JournalRefs};
 use crate::edges::forge::webhook::Deliveries;
 use crate::edges::metrics::Metrics;
+use crate::edges::nodes::fence::{Fence, Fenced};
 use crate::edges::nodes::NodeDriver;
 use crate::edges::redact::redact_url;
 use crate::edges::source::{self, ConfigRepo, SourceError};
 use crate::flow::pipeline::intake::{self, IntakeError, Origin, Outcome};
 use crate::flow::pipeline::{self};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
-use crate::pure::spec::model::Managed;
+use crate::pure::spec::model::{Cluster, Managed, Node};
 
 /// Held by whatever fetches into or pushes from the mirror (see `fetch_repo`).
 static MIRROR: Mutex<()> = Mutex::new(());
@@ -123,6 +124,19 @@ struct App {
     report_hold: Duration,
     /// Whether the remote answers; `/readyz` and the log say when it does not.
     remote: Mutex<RemoteHealth>,
+    /// A leader replica's election: no node write goes out once it is lost.
+    fence: Option<Arc<dyn Fence>>,
+}
+
+impl App {
+    /// The driver of `node`: fenced by the election on a leader replica.
+    fn driver_for(&self, cluster: &Cluster, node: &Node) -> Arc<dyn NodeDriver> {
+        let driver = pipeline::driver_for(cluster, node, self.options.node_timeout);
+        match &self.fence {
+            Some(fence) => Arc::new(Fenced::new(driver, fence.clone())),
+            None => driver,
+        }
+    }
 }
 
 /// The remote as the follower last found it.
@@ -280,6 +294,7 @@ async fn lead(
         ready: AtomicBool::new(false),
         report_hold: api::REPORT_HOLD,
         remote: Mutex::new(remote),
+        fence: leadership.clone().map(|l| l as Arc<dyn Fence>),
     });
     // The term's end (a stop, or the reconciler gone) ends the console's streams too.
     let (term_tx, term) = watch::channel(false);
@@ -727,8 +742,7 @@ async fn take(
             // restart moves its role (docs/server.md, "The failover step").
             for c in taken.desired.clusters.values() {
                 for n in c.nodes.iter().filter(|n| n.managed == Managed::Agent) {
-                    app.handle
-                        .reach(&n.id, pipeline::driver_for(c, n, app.options.node_timeout));
+                    app.handle.reach(&n.id, app.driver_for(c, n));
                 }
             }
             let direct: Vec<(String, Arc<dyn NodeDriver>)> = taken
@@ -739,12 +753,7 @@ async fn take(
                     c.nodes
                         .iter()
                         .filter(|n| n.managed == Managed::Direct)
-                        .map(|n| {
-                            (
-                                n.id.clone(),
-                                pipeline::driver_for(c, n, app.options.node_timeout),
-                            )
-                        })
+                        .map(|n| (n.id.clone(), app.driver_for(c, n)))
                 })
                 .collect();
             // The reconciler takes the revision before any new in-process agent starts:

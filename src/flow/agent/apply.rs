@@ -363,7 +363,7 @@ async fn write_config(
     });
     match written {
         Ok(()) => Ok(()),
-        Err(message) => Err(put_back_runtime(driver, before, message).await),
+        Err(message) => Err(put_back_runtime(driver, &changes.runtime, before, message).await),
     }
 }
 
@@ -411,17 +411,45 @@ fn read_config(path: &Path, engine: Engine) -> Result<String, Failure> {
     }
 }
 
-/// After a failure past the run-time apply: set the run-time values back.
+/// After a failure past the run-time apply: set the run-time values back where the
+/// node still holds what was set (`set`); a value set since by another writer stays.
 async fn put_back_runtime(
     driver: &dyn NodeDriver,
+    set: &BTreeMap<String, String>,
     before: &BTreeMap<String, String>,
     message: String,
 ) -> Failure {
     if before.is_empty() {
         return Failure::clean(format!("{message}; nothing was changed"));
     }
-    match driver.apply(before).await {
-        Ok(_) => Failure::clean(format!("{message}; the run-time change was put back")),
+    let names: Vec<String> = before.keys().cloned().collect();
+    let back: BTreeMap<String, String> = match driver.read_parameters(&names).await {
+        Ok(now) => before
+            .iter()
+            .filter(|(name, _)| {
+                let cat = catalog(driver.engine());
+                match (now.get(*name), set.get(*name)) {
+                    (Some(have), Some(want)) => cat.same(name, have, want),
+                    _ => true,
+                }
+            })
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+        Err(e) => {
+            return Failure {
+                message: format!(
+                    "{message}; cannot read the node to put the run-time change back: {e}"
+                ),
+                inconsistent: true,
+            }
+        }
+    };
+    let kept = match back.len() == before.len() {
+        true => String::new(),
+        false => " (where no other writer changed it since)".to_owned(),
+    };
+    match driver.apply(&back).await {
+        Ok(_) => Failure::clean(format!("{message}; the run-time change was put back{kept}")),
         Err(e) => Failure {
             message: format!("{message}; putting the run-time change back failed: {e}"),
             inconsistent: true,
