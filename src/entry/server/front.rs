@@ -39,7 +39,7 @@ use axum::Router;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use super::replica::{takeover, ReplicaError, ReplicaOptions};
+use super::replica::{self, takeover, ReplicaError, ReplicaOptions};
 use super::{lead, Door, ServeError, ServeOptions, Shared, Term};
 use crate::edges::etcd::election::{leader_key, Election};
 use crate::edges::etcd::{members, Compare, EtcdClient, Op};
@@ -82,11 +82,22 @@ struct Front {
     view: RwLock<View>,
 }
 
+/// Who leads a shard, as the watcher last read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Leader {
+    /// etcd could not be read: nothing is known to be vacant (no campaign), and a shard
+    /// led here ends its term by itself when its lease runs out.
+    Unknown,
+    Vacant,
+    /// The leader's advertised URL.
+    At(String),
+}
+
 /// What the watcher last read from etcd and the mirror.
 #[derive(Default)]
 struct View {
-    /// Per shard: the leader's advertised URL, and since when it has had none.
-    leaders: Vec<Option<String>>,
+    /// Per shard: who leads it, and since when it has had no leader.
+    leaders: Vec<Leader>,
     vacant_since: Vec<Option<Instant>>,
     /// Per shard: the live replica that should lead it.
     preferred: Vec<Option<String>>,
@@ -105,7 +116,7 @@ impl Front {
     fn may_campaign(&self, shard: u32) -> bool {
         let view = self.view.read().unwrap_or_else(|p| p.into_inner());
         let s = shard as usize;
-        if view.leaders.get(s).is_none_or(|l| l.is_some()) {
+        if view.leaders.get(s) != Some(&Leader::Vacant) {
             return false;
         }
         match view.preferred.get(s).cloned().flatten() {
@@ -141,7 +152,10 @@ impl Front {
 
     fn leader_url(&self, shard: u32) -> Option<String> {
         let view = self.view.read().unwrap_or_else(|p| p.into_inner());
-        view.leaders.get(shard as usize).cloned().flatten()
+        match view.leaders.get(shard as usize) {
+            Some(Leader::At(url)) => Some(url.clone()),
+            _ => None,
+        }
     }
 
     fn shard_of_node(&self, id: &str) -> u32 {
@@ -185,13 +199,7 @@ pub(super) async fn run(
             all_tx.send_replace(true);
         });
     }
-    let membership = tokio::spawn(members::keep_membership(
-        client.clone(),
-        members::member_key(&replication.prefix, &replication.replica_id),
-        replication.advertise_url.clone(),
-        replication.lease_ttl,
-        all.clone(),
-    ));
+    let membership = replica::keep_membership(&client, replication, all.clone());
     let tcp = super::tokio_listener(listener, options.listen)?;
     let mut http_stop = all.clone();
     let http = tokio::spawn(super::http::serve(
@@ -323,10 +331,7 @@ async fn shard_terms(
             }
             // Another replica took the shard since it was handed over: the hand-over
             // held, and the next one may come as soon as it is due.
-            if front
-                .leader_url(shard)
-                .is_some_and(|u| !u.is_empty() && u != front.own_url)
-            {
+            if front.leader_url(shard).is_some_and(|u| u != front.own_url) {
                 handed = None;
             }
             // The preferred replica reads the leader key itself, four times a second, so
@@ -438,9 +443,10 @@ async fn watch_fleet(
         let mut read = true;
         for s in 0..shards {
             match client.get(&leader_key(&replication.prefix, s)).await {
-                Ok(kv) => {
-                    leaders.push(kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
-                }
+                Ok(kv) => leaders.push(match kv {
+                    Some(kv) => Leader::At(String::from_utf8_lossy(&kv.value).into_owned()),
+                    None => Leader::Vacant,
+                }),
                 Err(_) => {
                     read = false;
                     break;
@@ -453,8 +459,8 @@ async fn watch_fleet(
             view.vacant_since.resize(shards as usize, None);
             for (s, l) in leaders.iter().enumerate() {
                 view.vacant_since[s] = match l {
-                    Some(_) => None,
-                    None => view.vacant_since[s].or(Some(Instant::now())),
+                    Leader::Vacant => view.vacant_since[s].or(Some(Instant::now())),
+                    _ => None,
                 };
             }
             view.leaders = leaders;
@@ -468,10 +474,8 @@ async fn watch_fleet(
                 };
             }
         } else {
-            // etcd unreachable: nothing is known to be vacant (no campaign), and a
-            // shard led here ends its term by itself when its lease runs out.
             let mut view = front.view.write().unwrap_or_else(|p| p.into_inner());
-            view.leaders = vec![Some(String::new()); shards as usize];
+            view.leaders = vec![Leader::Unknown; shards as usize];
             view.vacant_since = vec![None; shards as usize];
         }
         // A push taken by any replica: the shards led here fetch at once.
@@ -635,10 +639,7 @@ async fn to_shard(front: &Front, shard: u32, request: Request, path: &str) -> Re
             Err(never) => match never {},
         };
     }
-    match front
-        .leader_url(shard)
-        .filter(|u| !u.is_empty() && *u != front.own_url)
-    {
+    match front.leader_url(shard).filter(|u| *u != front.own_url) {
         Some(url) => {
             let query = request
                 .uri()
@@ -704,7 +705,13 @@ mod tests {
                     .iter()
                     .map(|l| l.is_none().then_some(since).flatten())
                     .collect(),
-                leaders: leaders.iter().map(|l| l.map(str::to_owned)).collect(),
+                leaders: leaders
+                    .iter()
+                    .map(|l| match l {
+                        Some(url) => Leader::At(url.to_string()),
+                        None => Leader::Vacant,
+                    })
+                    .collect(),
                 preferred: preferred.iter().map(|p| Some(p.to_string())).collect(),
                 ..View::default()
             }),

@@ -89,6 +89,22 @@ impl From<ReplicaError> for ServeError {
     }
 }
 
+/// This replica's membership key `<prefix>/replicas/<id>`, kept for as long as the
+/// process runs (revoked once `stop` turns true).
+pub(super) fn keep_membership(
+    client: &Arc<EtcdClient>,
+    replication: &ReplicaOptions,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(members::keep_membership(
+        client.clone(),
+        members::member_key(&replication.prefix, &replication.replica_id),
+        replication.advertise_url.clone(),
+        replication.lease_ttl,
+        stop,
+    ))
+}
+
 /// Keep this replica's membership key, and stand by, lead, stand by again, until `stop`.
 pub(super) async fn run(
     options: &ServeOptions,
@@ -104,14 +120,7 @@ pub(super) async fn run(
         ttl: replication.lease_ttl,
         value: replication.advertise_url.clone(),
     };
-    // The membership key, for as long as the process runs (revoked on a clean stop).
-    let membership = tokio::spawn(members::keep_membership(
-        client.clone(),
-        members::member_key(&replication.prefix, &replication.replica_id),
-        replication.advertise_url.clone(),
-        replication.lease_ttl,
-        stop.clone(),
-    ));
+    let membership = keep_membership(&client, replication, stop.clone());
     let result = terms(
         options,
         replication,
