@@ -1039,3 +1039,97 @@ fn two_shards_over_two_replicas_one_killed_its_shards_move_and_the_others_do_not
     }
     drop(p);
 }
+
+/// `n` bytes that zlib cannot shrink (a xorshift stream), as a cluster's file.
+fn incompressible(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn an_entry_and_its_new_files_go_to_etcd_in_one_transaction_unless_they_are_too_large() {
+    use cacheflow::edges::etcd::journal::{Fence, FencedJournal};
+    use cacheflow::edges::etcd::{Compare, EtcdClient, EtcdOptions, Op};
+    use std::sync::Arc;
+
+    let etcd = EtcdCluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = Arc::new(
+            EtcdClient::new(&EtcdOptions {
+                endpoints: etcd.endpoints().split(',').map(str::to_owned).collect(),
+                timeout: Duration::from_secs(5),
+                ..EtcdOptions::default()
+            })
+            .unwrap(),
+        );
+        let leader = "/t/shard/0/leader".to_owned();
+        let created = client
+            .txn(
+                &[Compare::CreateRevision {
+                    key: leader.clone(),
+                    revision: 0,
+                }],
+                &[Op::Put {
+                    key: leader.clone(),
+                    value: b"me".to_vec(),
+                    lease: 0,
+                }],
+            )
+            .await
+            .unwrap();
+        assert!(created.succeeded);
+        let token = created.revision;
+        let shard = "/t/shard/0".to_owned();
+        let mut journal = FencedJournal::new(
+            Fence::new(client.clone(), shard.clone(), leader.clone(), token),
+            None,
+        );
+        let revision_of_seq = || async {
+            client
+                .get(&format!("{shard}/journal/seq"))
+                .await
+                .unwrap()
+                .unwrap()
+                .mod_revision
+        };
+
+        // Two small clusters: the files ride in the entry's own transaction.
+        let small: BTreeMap<String, Option<Vec<u8>>> = [
+            ("a".to_owned(), Some(b"{\"hz\":\"10\"}".to_vec())),
+            ("b".to_owned(), Some(incompressible(4_000, 7))),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(journal.write("one", b"{}", &small).await.unwrap(), 1);
+        assert_eq!(revision_of_seq().await, token + 1, "one transaction");
+
+        // A file of 1.2 MiB that does not compress: written first, in its own
+        // transaction; the entry after it.
+        let before = revision_of_seq().await;
+        let large: BTreeMap<String, Option<Vec<u8>>> = [
+            ("a".to_owned(), None),
+            ("b".to_owned(), Some(incompressible(1_200_000, 9))),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(journal.write("two", b"{}", &large).await.unwrap(), 2);
+        assert_eq!(revision_of_seq().await, before + 2, "two transactions");
+
+        // Both read back whole, and the first file of b is gone from the blobs.
+        let stored = FencedJournal::load(&client, &shard).await.unwrap().unwrap();
+        assert_eq!(stored.seq, 2);
+        assert_eq!(stored.clusters["a"], b"{\"hz\":\"10\"}".to_vec());
+        assert_eq!(stored.clusters["b"], incompressible(1_200_000, 9));
+        assert_eq!(stored.blobs.len(), 2, "{:?}", stored.blobs);
+        let log: Vec<&str> = stored.log.iter().map(|(_, m)| m.as_str()).collect();
+        assert_eq!(log, ["one", "two"]);
+    });
+}

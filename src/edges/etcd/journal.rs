@@ -159,6 +159,15 @@ fn unpack(blob: &[u8]) -> Result<Vec<u8>, String> {
     Ok(file)
 }
 
+/// The bytes an operation puts in a transaction (keys and values).
+fn op_bytes(op: &Op) -> usize {
+    match op {
+        Op::Put { key, value, .. } => key.len() + value.len(),
+        Op::Delete { key } => key.len(),
+        Op::DeleteRange { key, end } => key.len() + end.len(),
+    }
+}
+
 fn blob_key(shard: &str, hash: &str) -> String {
     format!("{shard}/journal/blobs/{hash}")
 }
@@ -294,7 +303,9 @@ impl FencedJournal {
             };
             index.insert(name.clone(), hash);
         }
-        self.write_blobs(&new).await?;
+        // The new files, packed; written before the entry unless they fit in its own
+        // transaction (the common case: one etcd round trip, one fsync, per entry).
+        let packed: Vec<(String, Vec<u8>)> = new.into_iter().map(|(h, f)| (h, pack(&f))).collect();
         // The entry: its state, its message, its number; and files no longer named.
         let seq = self.seq + 1;
         let index_json = serde_json::to_vec(&index).map_err(|e| JournalError::Bad {
@@ -340,7 +351,26 @@ impl FencedJournal {
         ops.extend(stale.iter().map(|h| Op::Delete {
             key: blob_key(&shard, h),
         }));
+        let entry_bytes: usize = ops.iter().map(op_bytes).sum();
+        let blob_bytes: usize = packed.iter().map(|(_, b)| b.len()).sum();
+        let together = packed.len() <= BLOB_TXN_FILES && entry_bytes + blob_bytes <= BLOB_TXN_BYTES;
+        if together {
+            let blobs: Vec<Op> = packed
+                .iter()
+                .map(|(hash, blob)| Op::Put {
+                    key: blob_key(&shard, hash),
+                    value: blob.clone(),
+                    lease: 0,
+                })
+                .collect();
+            ops.splice(0..0, blobs);
+        } else {
+            self.write_blobs(&packed).await?;
+        }
         self.fence.txn(&ops).await?;
+        if together {
+            self.blobs.extend(packed.into_iter().map(|(h, _)| h));
+        }
         self.seq = seq;
         self.old_keys = false;
         for h in &stale {
@@ -353,18 +383,17 @@ impl FencedJournal {
 
     /// Put `files` under `journal/blobs/`, in fenced transactions of at most
     /// `BLOB_TXN_BYTES` and `BLOB_TXN_FILES` each.
-    async fn write_blobs(&mut self, files: &BTreeMap<String, Vec<u8>>) -> Result<(), JournalError> {
+    async fn write_blobs(&mut self, packed: &[(String, Vec<u8>)]) -> Result<(), JournalError> {
         let shard = self.fence.shard.clone();
-        let packed: Vec<(&String, Vec<u8>)> = files.iter().map(|(h, f)| (h, pack(f))).collect();
         let mut batch: Vec<Op> = Vec::new();
         let mut hashes: Vec<&String> = Vec::new();
         let mut bytes = 0;
-        let mut files = packed.into_iter().peekable();
+        let mut files = packed.iter().peekable();
         while let Some((hash, blob)) = files.next() {
             bytes += blob.len();
             batch.push(Op::Put {
                 key: blob_key(&shard, hash),
-                value: blob,
+                value: blob.clone(),
                 lease: 0,
             });
             hashes.push(hash);
