@@ -1133,3 +1133,114 @@ fn an_entry_and_its_new_files_go_to_etcd_in_one_transaction_unless_they_are_too_
         assert_eq!(log, ["one", "two"]);
     });
 }
+
+#[test]
+fn the_entries_of_two_shards_led_by_one_replica_go_to_etcd_as_one_transaction_and_a_deposed_shard_is_refused_alone(
+) {
+    use cacheflow::edges::etcd::group::GroupCommit;
+    use cacheflow::edges::etcd::journal::{Fence, FencedJournal, JournalError};
+    use cacheflow::edges::etcd::{Compare, EtcdClient, EtcdOptions, Op};
+    use std::sync::Arc;
+
+    let etcd = EtcdCluster::start();
+    // One thread: both writers send their transaction before the group's task runs.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = Arc::new(
+            EtcdClient::new(&EtcdOptions {
+                endpoints: etcd.endpoints().split(',').map(str::to_owned).collect(),
+                timeout: Duration::from_secs(5),
+                ..EtcdOptions::default()
+            })
+            .unwrap(),
+        );
+        let elect = |key: String| {
+            let client = client.clone();
+            async move {
+                let won = client
+                    .txn(
+                        &[Compare::CreateRevision {
+                            key: key.clone(),
+                            revision: 0,
+                        }],
+                        &[Op::Put {
+                            key,
+                            value: b"me".to_vec(),
+                            lease: 0,
+                        }],
+                    )
+                    .await
+                    .unwrap();
+                assert!(won.succeeded);
+                won.revision
+            }
+        };
+        let group = GroupCommit::start(client.clone());
+        let mut journals = Vec::new();
+        for s in 0..2 {
+            let leader = format!("/g/shard/{s}/leader");
+            let token = elect(leader.clone()).await;
+            let fence = Fence::new(client.clone(), format!("/g/shard/{s}"), leader, token)
+                .grouped(Some(group.clone()));
+            journals.push(FencedJournal::new(fence, None));
+        }
+        let seq_revision = |s: u32| {
+            let client = client.clone();
+            async move {
+                let kv = client.get(&format!("/g/shard/{s}/journal/seq")).await;
+                kv.unwrap().map(|kv| kv.mod_revision)
+            }
+        };
+        let files = |hz: &str| -> BTreeMap<String, Option<Vec<u8>>> {
+            [(
+                "c".to_owned(),
+                Some(format!("{{\"hz\":\"{hz}\"}}").into_bytes()),
+            )]
+            .into_iter()
+            .collect()
+        };
+
+        let (j0, j1) = journals.split_at_mut(1);
+        let (f0, f1) = (files("10"), files("11"));
+        let (a, b) = tokio::join!(
+            j0[0].write("zero", b"{}", &f0),
+            j1[0].write("one", b"{}", &f1),
+        );
+        assert_eq!((a.unwrap(), b.unwrap()), (1, 1));
+        let (r0, r1) = (
+            seq_revision(0).await.unwrap(),
+            seq_revision(1).await.unwrap(),
+        );
+        assert_eq!(r0, r1, "both entries in one transaction");
+
+        // Shard 1 is led elsewhere now: its entry is refused, shard 0's still goes.
+        client
+            .txn(
+                &[],
+                &[Op::Delete {
+                    key: "/g/shard/1/leader".to_owned(),
+                }],
+            )
+            .await
+            .unwrap();
+        elect("/g/shard/1/leader".to_owned()).await;
+        let (f0, f1) = (files("20"), files("21"));
+        let (a, b) = tokio::join!(
+            j0[0].write("zero again", b"{}", &f0),
+            j1[0].write("one again", b"{}", &f1),
+        );
+        assert_eq!(a.unwrap(), 2);
+        assert!(matches!(b, Err(JournalError::Fenced { .. })), "{b:?}");
+        assert!(seq_revision(0).await.unwrap() > r0);
+        assert_eq!(seq_revision(1).await.unwrap(), r1);
+        let stored = FencedJournal::load(&client, "/g/shard/1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.seq, 1);
+        assert_eq!(stored.clusters["c"], b"{\"hz\":\"11\"}".to_vec());
+    });
+}

@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use super::group::{op_bytes, GroupCommit};
 use super::{Compare, EtcdClient, EtcdError, Op};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,8 @@ pub struct Stored {
 #[derive(Debug, Clone)]
 pub struct Fence {
     client: Arc<EtcdClient>,
+    /// The replica's group commit, when it leads several shards.
+    group: Option<GroupCommit>,
     /// `<prefix>/shard/<i>`.
     shard: String,
     leader_key: String,
@@ -69,10 +72,17 @@ impl Fence {
     pub fn new(client: Arc<EtcdClient>, shard: String, leader_key: String, token: i64) -> Fence {
         Fence {
             client,
+            group: None,
             shard,
             leader_key,
             token,
         }
+    }
+
+    /// Send the writes through `group`, with those of the replica's other shards.
+    pub fn grouped(mut self, group: Option<GroupCommit>) -> Fence {
+        self.group = group;
+        self
     }
 
     /// Forget the messages of entries up to `upto`: the remote's Git journal holds them.
@@ -85,16 +95,14 @@ impl Fence {
     }
 
     async fn txn(&self, ops: &[Op]) -> Result<(), JournalError> {
-        let outcome = self
-            .client
-            .txn(
-                &[Compare::CreateRevision {
-                    key: self.leader_key.clone(),
-                    revision: self.token,
-                }],
-                ops,
-            )
-            .await?;
+        let compare = [Compare::CreateRevision {
+            key: self.leader_key.clone(),
+            revision: self.token,
+        }];
+        let outcome = match &self.group {
+            Some(group) => group.txn(&compare, ops).await?,
+            None => self.client.txn(&compare, ops).await?,
+        };
         if outcome.succeeded {
             Ok(())
         } else {
@@ -157,15 +165,6 @@ fn unpack(blob: &[u8]) -> Result<Vec<u8>, String> {
         .read_to_end(&mut file)
         .map_err(|e| e.to_string())?;
     Ok(file)
-}
-
-/// The bytes an operation puts in a transaction (keys and values).
-fn op_bytes(op: &Op) -> usize {
-    match op {
-        Op::Put { key, value, .. } => key.len() + value.len(),
-        Op::Delete { key } => key.len(),
-        Op::DeleteRange { key, end } => key.len() + end.len(),
-    }
 }
 
 fn blob_key(shard: &str, hash: &str) -> String {

@@ -14,6 +14,7 @@
 //! replica's membership key, the list of live replicas.
 
 pub mod election;
+pub mod group;
 pub mod journal;
 pub mod members;
 
@@ -27,7 +28,7 @@ use serde_json::{json, Value};
 
 use crate::edges::redact::redact_url;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EtcdError {
     /// No endpoint answered (every one refused, timed out or failed with a 5xx).
     #[error("no etcd endpoint answered {path} ({tried})")]

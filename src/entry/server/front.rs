@@ -42,6 +42,7 @@ use tower::ServiceExt;
 use super::replica::{self, takeover, ReplicaError, ReplicaOptions};
 use super::{lead, Door, ServeError, ServeOptions, Shared, Term};
 use crate::edges::etcd::election::{leader_key, Election};
+use crate::edges::etcd::group::GroupCommit;
 use crate::edges::etcd::{members, Compare, EtcdClient, Op};
 use crate::flow::pipeline::{self, Revision};
 use crate::flow::runtime::Replica;
@@ -80,6 +81,8 @@ struct Front {
     ttl: Duration,
     slots: Vec<Slot>,
     view: RwLock<View>,
+    /// The journal writes of the shards led here, grouped into shared etcd transactions.
+    group: Option<GroupCommit>,
 }
 
 /// Who leads a shard, as the watcher last read it.
@@ -187,6 +190,7 @@ pub(super) async fn run(
         ttl: replication.lease_ttl,
         slots: (0..replication.shards).map(|_| Slot::default()).collect(),
         view: RwLock::new(View::default()),
+        group: Some(GroupCommit::start(client.clone())),
     });
     // The shards' own stop: the process's, or one shard's reconciler stopping (its
     // journal cannot be written), which stops the whole process as in a single serve.
@@ -364,7 +368,16 @@ async fn shard_terms(
             "this replica leads shard {shard} (fencing token {})",
             leadership.token
         );
-        let journal = match takeover(&options, &replication, &client, &git_dir, &leadership).await {
+        let journal = match takeover(
+            &options,
+            &replication,
+            &client,
+            front.group.clone(),
+            &git_dir,
+            &leadership,
+        )
+        .await
+        {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!("cannot take over shard {shard}: {e}; standing by again");
@@ -715,6 +728,7 @@ mod tests {
                 preferred: preferred.iter().map(|p| Some(p.to_string())).collect(),
                 ..View::default()
             }),
+            group: None,
         }
     }
 

@@ -30,6 +30,7 @@ use crate::edges::audit::{
     entry_number, state_from_files, Journal, JournalRefs, Prepared, ENTRY_TRAILER,
 };
 use crate::edges::etcd::election::{leader_key, leader_url, shard_key, Election, Leadership};
+use crate::edges::etcd::group::GroupCommit;
 use crate::edges::etcd::journal::{Fence, FencedJournal};
 use crate::edges::etcd::members;
 use crate::edges::etcd::{EtcdClient, EtcdOptions};
@@ -161,7 +162,8 @@ async fn terms(
             replication.shard,
             leadership.token
         );
-        let journal = match takeover(options, replication, client, git_dir, &leadership).await {
+        let journal = match takeover(options, replication, client, None, git_dir, &leadership).await
+        {
             Ok(j) => j,
             Err(e) => {
                 // Nothing was answered yet: give the shard up and campaign again.
@@ -343,6 +345,7 @@ pub(super) async fn takeover(
     options: &ServeOptions,
     replication: &ReplicaOptions,
     client: &Arc<EtcdClient>,
+    group: Option<GroupCommit>,
     git_dir: &std::path::Path,
     leadership: &Arc<Leadership>,
 ) -> Result<FencedJournal, ReplicaError> {
@@ -361,7 +364,8 @@ pub(super) async fn takeover(
         shard.clone(),
         leadership.key.clone(),
         leadership.token,
-    );
+    )
+    .grouped(group);
     let stored = FencedJournal::load(client, &shard).await?;
     let mut git = Journal::open_at(git_dir, replication.refs())?;
     let git_state = git.load()?;
