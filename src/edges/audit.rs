@@ -23,7 +23,9 @@ use std::path::Path;
 
 use git2::{Oid, Repository, Signature};
 
-use crate::pure::reconciler::state::{ClusterState, State, STATE_VERSION};
+use crate::pure::reconciler::state::{
+    ClusterState, RolloutFixed, State, ROLLOUT_FILE_SUFFIX, STATE_VERSION,
+};
 
 pub const JOURNAL_REF: &str = "refs/cacheflow/journal";
 pub const NOTES_REF: &str = "refs/notes/cacheflow";
@@ -201,6 +203,7 @@ impl Journal {
         }
         let mut state: State =
             serde_json::from_slice(&top).map_err(|e| bad("state.json", e.to_string()))?;
+        let mut fixed = BTreeMap::new();
         if let Ok(entry) = tree.get_path(Path::new("clusters")) {
             let sub = self
                 .repo
@@ -212,12 +215,13 @@ impl Journal {
                     continue;
                 };
                 let path = format!("clusters/{file}");
-                let cs: ClusterState = serde_json::from_slice(&read(&path)?)
-                    .map_err(|err| bad(&path, err.to_string()))?;
-                state.clusters.insert(name.to_owned(), cs);
+                let json = read(&path)?;
+                let parsed = parse_file(&mut state, &mut fixed, name, &json);
+                parsed.map_err(|err| bad(&path, err.to_string()))?;
                 written.insert(name.to_owned(), e.id());
             }
         }
+        attach_fixed(&mut state, fixed);
         Ok(Some(state))
     }
 
@@ -415,7 +419,13 @@ impl Prepared {
             clusters: state
                 .clusters
                 .iter()
-                .map(|(name, cs)| (name.clone(), Some(entry_json(cs))))
+                .flat_map(|(name, cs)| {
+                    let fixed = cs
+                        .rollout
+                        .as_ref()
+                        .map(|r| (rollout_file(name), Some(entry_json(&*r.fixed))));
+                    std::iter::once((name.clone(), Some(entry_json(cs)))).chain(fixed)
+                })
                 .collect(),
         }
     }
@@ -498,12 +508,62 @@ pub fn state_from_files(
     }
     let mut state: State =
         serde_json::from_slice(top).map_err(|e| bad("state.json", e.to_string()))?;
+    let mut fixed = BTreeMap::new();
     for (name, json) in clusters {
-        let cs: ClusterState = serde_json::from_slice(json)
+        parse_file(&mut state, &mut fixed, name, json)
             .map_err(|e| bad(&format!("clusters/{name}.json"), e.to_string()))?;
-        state.clusters.insert(name.clone(), cs);
     }
+    attach_fixed(&mut state, fixed);
     Ok(state)
+}
+
+/// The format version `state.json` names (0 when it names none).
+pub fn files_version(top: &[u8]) -> u32 {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        #[serde(default)]
+        version: u32,
+    }
+    serde_json::from_slice::<Version>(top).map_or(0, |v| v.version)
+}
+
+/// The key of a cluster's rollout file among the cluster files (`<name>.rollout`).
+pub fn rollout_file(cluster: &str) -> String {
+    format!("{cluster}{ROLLOUT_FILE_SUFFIX}")
+}
+
+/// One file of `clusters/`: a cluster's state into `state`, or a rollout's fixed part
+/// into `fixed`, by cluster.
+fn parse_file(
+    state: &mut State,
+    fixed: &mut BTreeMap<String, RolloutFixed>,
+    name: &str,
+    json: &[u8],
+) -> Result<(), serde_json::Error> {
+    match name.strip_suffix(ROLLOUT_FILE_SUFFIX) {
+        Some(cluster) => {
+            fixed.insert(cluster.to_owned(), serde_json::from_slice(json)?);
+        }
+        None => {
+            let cs: ClusterState = serde_json::from_slice(json)?;
+            state.clusters.insert(name.to_owned(), cs);
+        }
+    }
+    Ok(())
+}
+
+/// Each rollout's fixed part into its record (one read from a version 1 cluster file,
+/// which held it inline, has no file of its own).
+fn attach_fixed(state: &mut State, fixed: BTreeMap<String, RolloutFixed>) {
+    for (cluster, f) in fixed {
+        if let Some(rec) = state
+            .clusters
+            .get_mut(&cluster)
+            .and_then(|c| c.rollout.as_mut())
+        {
+            rec.fixed = std::sync::Arc::new(f);
+        }
+    }
 }
 
 /// Serialises the reconciler's state into [`Prepared`] entries: only the clusters the
@@ -515,16 +575,28 @@ pub fn state_from_files(
 pub struct EntryMaker {
     /// Clusters serialised (or loaded) before, with the id of that file in debug builds.
     known: std::collections::HashMap<String, Option<Oid>>,
+    /// Each rollout's fixed part as its file was last written (or loaded): a record
+    /// holding another (a new rollout) gets its file written again.
+    fixed: std::collections::HashMap<String, std::sync::Arc<RolloutFixed>>,
 }
 
 impl EntryMaker {
     /// After [`Journal::load`] of `state`: its clusters' files are in the journal.
     pub fn loaded(state: &State) -> EntryMaker {
+        // Before version 2 the fixed parts were inside the cluster files: none has a
+        // file of its own yet.
+        let files = state.version >= 2;
         EntryMaker {
             known: state
                 .clusters
                 .iter()
                 .map(|(name, cs)| (name.clone(), debug_id(cs)))
+                .collect(),
+            fixed: state
+                .clusters
+                .iter()
+                .filter(|_| files)
+                .filter_map(|(name, cs)| Some((name.clone(), cs.rollout.as_ref()?.fixed.clone())))
                 .collect(),
         }
     }
@@ -559,8 +631,29 @@ impl EntryMaker {
                 }
             };
             clusters.insert(name.clone(), file);
+            match &cs.rollout {
+                Some(rec) => {
+                    let same = self
+                        .fixed
+                        .get(name)
+                        .is_some_and(|f| std::sync::Arc::ptr_eq(f, &rec.fixed));
+                    let file = match same {
+                        true => None,
+                        false => {
+                            self.fixed.insert(name.clone(), rec.fixed.clone());
+                            Some(entry_json(&*rec.fixed))
+                        }
+                    };
+                    clusters.insert(rollout_file(name), file);
+                }
+                None => {
+                    self.fixed.remove(name);
+                }
+            }
         }
         self.known
+            .retain(|name, _| state.clusters.contains_key(name));
+        self.fixed
             .retain(|name, _| state.clusters.contains_key(name));
         Prepared {
             message: with_newline(message),
@@ -872,6 +965,135 @@ mod tests {
             }),
             ..ClusterState::default()
         }
+    }
+
+    /// A cluster rolling out `revision`, its fixed part naming `node`.
+    fn rolling_out(revision: &str, node: &str) -> ClusterState {
+        use crate::pure::reconciler::state::RolloutRecord;
+        use crate::pure::rollout::{Rollout, RolloutSpec};
+        use crate::pure::spec::model::OnFailure;
+        let spec = RolloutSpec {
+            cluster: "c".into(),
+            revision: revision.into(),
+            previous: None,
+            batches: vec![vec![node.to_owned()]],
+            bake_ms: 0,
+            apply_timeout_ms: 1000,
+            on_failure: OnFailure::Rollback,
+            restarting: Default::default(),
+            warmup_ms: 0,
+            failovers: Default::default(),
+            on_primary_restart: Default::default(),
+            failover_timeout_ms: 0,
+        };
+        let restore = BTreeMap::from([(
+            node.to_owned(),
+            BTreeMap::from([("hz".to_owned(), "10".to_owned())]),
+        )]);
+        ClusterState {
+            rollout: Some(RolloutRecord {
+                rollout: Rollout::new(spec),
+                started_at: "2026-12-06T10:00:00Z".into(),
+                fixed: std::sync::Arc::new(RolloutFixed {
+                    baseline: BTreeMap::new(),
+                    restore,
+                }),
+                batch_started_ms: None,
+                bake_until_ms: None,
+                judged: None,
+                run: 1,
+                correction: false,
+                sentinel: None,
+            }),
+            ..cluster("20")
+        }
+    }
+
+    #[test]
+    fn a_rollouts_fixed_part_is_written_once_in_a_file_of_its_own_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init_bare(dir.path()).unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        let mut state = State {
+            version: STATE_VERSION,
+            ..State::default()
+        };
+        state.clusters.insert("c".into(), rolling_out("r1", "n1"));
+        let mut maker = EntryMaker::default();
+        let c = BTreeSet::from(["c".to_owned()]);
+        let first = maker.prepare("started", &state, &c);
+        let fixed = first.clusters["c.rollout"]
+            .clone()
+            .expect("the rollout's file");
+        assert_eq!(
+            String::from_utf8(fixed).unwrap(),
+            r#"{"baseline":{},"restore":{"n1":{"hz":"10"}}}"#
+        );
+        let own = String::from_utf8(first.clusters["c"].clone().unwrap()).unwrap();
+        assert!(
+            !own.contains("restore") && !own.contains("baseline"),
+            "{own}"
+        );
+        j.write(&first).unwrap();
+
+        // The same rollout moves on: its cluster's file again, the fixed part not.
+        state
+            .clusters
+            .get_mut("c")
+            .unwrap()
+            .rollout
+            .as_mut()
+            .unwrap()
+            .run = 2;
+        let second = maker.prepare("batch 1", &state, &c);
+        assert!(second.clusters["c"].is_some());
+        assert_eq!(second.clusters["c.rollout"], None);
+        j.write(&second).unwrap();
+        let mut again = Journal::open(dir.path()).unwrap();
+        assert_eq!(again.load().unwrap(), Some(state.clone()));
+
+        // After a restart the loaded file is reused; a new rollout writes its own; a
+        // cluster with no rollout has no file.
+        let mut maker = EntryMaker::loaded(&state);
+        assert_eq!(maker.prepare("x", &state, &c).clusters["c.rollout"], None);
+        state.clusters.insert("c".into(), rolling_out("r2", "n2"));
+        let third = maker.prepare("r2 started", &state, &c);
+        let file = String::from_utf8(third.clusters["c.rollout"].clone().unwrap()).unwrap();
+        assert!(file.contains("n2"), "{file}");
+        again.write(&third).unwrap();
+        state.clusters.insert("c".into(), cluster("20"));
+        let fourth = maker.prepare("done", &state, &c);
+        assert!(!fourth.clusters.contains_key("c.rollout"));
+        again.write(&fourth).unwrap();
+        let mut last = Journal::open(dir.path()).unwrap();
+        assert_eq!(last.load().unwrap(), Some(state));
+    }
+
+    #[test]
+    fn a_version_1_cluster_file_with_its_fixed_part_inline_still_reads_and_is_split_at_the_next_entry(
+    ) {
+        let state = {
+            let mut s = State {
+                version: 1,
+                ..State::default()
+            };
+            s.clusters.insert("c".into(), rolling_out("r1", "n1"));
+            s
+        };
+        // Version 1 wrote the record whole, fixed part inline.
+        let mut inline = serde_json::to_value(&state.clusters["c"]).unwrap();
+        let rec = state.clusters["c"].rollout.as_ref().unwrap();
+        inline["rollout"]["baseline"] = serde_json::to_value(&rec.fixed.baseline).unwrap();
+        inline["rollout"]["restore"] = serde_json::to_value(&rec.fixed.restore).unwrap();
+        let files = BTreeMap::from([("c".to_owned(), serde_json::to_vec(&inline).unwrap())]);
+        let top = br#"{"version":1,"generation":0,"clusters":{}}"#;
+        let read = state_from_files("etcd", top, &files).unwrap();
+        assert_eq!(read, state);
+        assert_eq!(files_version(top), 1);
+        // Loaded from version 1: the next entry writes the fixed part's file.
+        let mut maker = EntryMaker::loaded(&read);
+        let next = maker.prepare("next", &read, &BTreeSet::new());
+        assert!(next.clusters["c.rollout"].is_some());
     }
 
     #[test]

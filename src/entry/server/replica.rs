@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use super::{lead, Door, ServeError, ServeOptions, Term};
 use crate::edges::audit::{
-    entry_number, state_from_files, Journal, JournalRefs, Prepared, ENTRY_TRAILER,
+    entry_number, files_version, state_from_files, Journal, JournalRefs, Prepared, ENTRY_TRAILER,
 };
 use crate::edges::etcd::election::{leader_key, leader_url, shard_key, Election, Leadership};
 use crate::edges::etcd::group::GroupCommit;
@@ -36,6 +36,7 @@ use crate::edges::etcd::members;
 use crate::edges::etcd::{EtcdClient, EtcdOptions};
 use crate::edges::redact::redact_url;
 use crate::flow::runtime::Replica;
+use crate::pure::reconciler::state::STATE_VERSION;
 
 /// How a replica finds etcd and the others.
 #[derive(Debug, Clone)]
@@ -373,7 +374,8 @@ pub(super) async fn takeover(
     let token = leadership.token;
     match stored {
         None => {
-            let state = git_state.unwrap_or_default();
+            let mut state = git_state.unwrap_or_default();
+            state.version = STATE_VERSION;
             let mut journal = FencedJournal::new(fence, None);
             let line = format!(
                 "replica {who} leads shard {} (fencing token {token}): the journal in etcd starts from Git's last entry",
@@ -388,7 +390,10 @@ pub(super) async fn takeover(
             Ok(journal)
         }
         Some(stored) => {
-            let state = state_from_files(&format!("etcd {shard}"), &stored.top, &stored.clusters)?;
+            let mut state =
+                state_from_files(&format!("etcd {shard}"), &stored.top, &stored.clusters)?;
+            // The takeover's entry is written in this version's layout.
+            state.version = STATE_VERSION;
             let in_git = git
                 .head_message()
                 .as_deref()
@@ -404,9 +409,21 @@ pub(super) async fn takeover(
                 message.push_str(text.trim_end());
             }
             let mut entry = Prepared::full(&message, &state);
-            entry.add_trailer(&format!("{ENTRY_TRAILER}{}", stored.seq));
+            let mut journal = FencedJournal::new(fence, Some(&stored));
+            // Written by an older version, in an older layout: the takeover's entry
+            // goes to etcd too, so that its files there are this version's (the next
+            // entries name them unchanged).
+            let seq = match files_version(&stored.top) < STATE_VERSION {
+                true => {
+                    journal
+                        .write(entry.message(), entry.top(), entry.clusters())
+                        .await?
+                }
+                false => stored.seq,
+            };
+            entry.add_trailer(&format!("{ENTRY_TRAILER}{seq}"));
             write_git(git, entry).await?;
-            Ok(FencedJournal::new(fence, Some(&stored)))
+            Ok(journal)
         }
     }
 }

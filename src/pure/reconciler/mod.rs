@@ -39,7 +39,8 @@ pub mod status;
 
 pub use effect::{targets_for, Effect, Notice, NoticeKind, Record, SentinelFailover};
 pub use state::{
-    ClusterState, NodeAssignment, Refused, RolloutRecord, State, Target, STATE_VERSION,
+    ClusterState, NodeAssignment, Refused, RolloutFixed, RolloutRecord, State, Target,
+    STATE_VERSION,
 };
 
 /// Why a report or a command was refused.
@@ -876,8 +877,7 @@ impl Reconciler {
         cs.rollout = Some(RolloutRecord {
             rollout: Rollout::new(spec),
             started_at: rfc3339(now_ms),
-            baseline,
-            restore,
+            fixed: Arc::new(RolloutFixed { baseline, restore }),
             batch_started_ms: None,
             bake_until_ms: None,
             judged: None,
@@ -1337,7 +1337,7 @@ impl Reconciler {
             let (parameters, digest) = if forward {
                 (target.parameters.clone(), target.digest.clone())
             } else {
-                let p = rec.restore.get(id).cloned().unwrap_or_default();
+                let p = rec.fixed.restore.get(id).cloned().unwrap_or_default();
                 let d = digest(&p);
                 (p, d)
             };
@@ -1432,10 +1432,10 @@ impl Reconciler {
             .chain(nodes.iter())
             .filter_map(|id| self.live.get(id).map(|s| (id.clone(), s.clone())))
             .collect();
-        let mut j = gates::judge(&gates, nodes, &untouched, &rec.baseline, &now);
+        let mut j = gates::judge(&gates, nodes, &untouched, &rec.fixed.baseline, &now);
         let mut figures = serde_json::to_string(&j.figures).unwrap_or_default();
         if let Some(c) = cluster {
-            let r = gates::judge_replication(&gates, c, nodes, &rec.baseline, &now);
+            let r = gates::judge_replication(&gates, c, nodes, &rec.fixed.baseline, &now);
             j.verdict = gates::with_replication(j.verdict, &r.failures);
             if !r.figures.is_empty() {
                 let replication = serde_json::to_string(&r.figures).unwrap_or_default();

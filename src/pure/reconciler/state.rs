@@ -2,6 +2,7 @@
 //! (`edges::audit`) reads and writes these types and nothing else of the reconciler.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,8 +11,14 @@ use crate::pure::protocol::Outcome;
 use crate::pure::rollout::Rollout;
 use crate::pure::spec::model::Window;
 
-/// The format version of the journal's state.
-pub const STATE_VERSION: u32 = 1;
+/// The format version of the journal's state. 2: a rollout's baseline and restore map
+/// are in a file of their own (`clusters/<name>.rollout.json`, see [`RolloutFixed`]);
+/// version 1 kept them in the cluster's file, and still reads.
+pub const STATE_VERSION: u32 = 2;
+
+/// The suffix of a cluster's rollout file among the journal's cluster files: cluster
+/// names are DNS labels, without a dot.
+pub const ROLLOUT_FILE_SUFFIX: &str = ".rollout";
 
 /// Everything the reconciler must remember across a restart; the journal's tree.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -73,11 +80,11 @@ pub struct Refused {
 pub struct RolloutRecord {
     pub rollout: Rollout,
     pub started_at: String,
-    /// Every node's health before the rollout began (parameters left out).
-    pub baseline: BTreeMap<String, Sample>,
-    /// Per touched node, what a rollback assigns: its previous assignment, and for
-    /// parameters it had none for, the value it ran before the rollout.
-    pub restore: BTreeMap<String, BTreeMap<String, String>>,
+    /// Made when the rollout starts and never changed: written in a file of its own,
+    /// once per rollout, rather than in every entry of the cluster's file (about 60% of
+    /// it for 100 nodes). Read from the cluster's file too (version 1).
+    #[serde(flatten, skip_serializing)]
+    pub fixed: Arc<RolloutFixed>,
     /// When the current batch was assigned, on this process's clock (not kept: after a
     /// restart the batch's time counts from the restart).
     #[serde(skip)]
@@ -103,6 +110,19 @@ pub struct RolloutRecord {
     /// they failed over), in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinel: Option<String>,
+}
+
+/// The part of a rollout record set when it starts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutFixed {
+    /// Every node's health before the rollout began (parameters left out).
+    #[serde(default)]
+    pub baseline: BTreeMap<String, Sample>,
+    /// Per touched node, what a rollback assigns: its previous assignment, and for
+    /// parameters it had none for, the value it ran before the rollout.
+    #[serde(default)]
+    pub restore: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
