@@ -430,7 +430,7 @@ spec:
     let (code, out) = sync(&repo, &["--yes"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("state format version 99"), "{out}");
-    assert!(out.contains("this build reads (version 1)"), "{out}");
+    assert!(out.contains("this build reads (version 2)"), "{out}");
     assert!(out.contains("upgrade cacheflow"), "{out}");
     assert_eq!(
         r.refname_to_id("refs/cacheflow/journal").unwrap(),
