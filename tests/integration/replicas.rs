@@ -1244,3 +1244,34 @@ fn the_entries_of_two_shards_led_by_one_replica_go_to_etcd_as_one_transaction_an
         assert_eq!(stored.clusters["c"], b"{\"hz\":\"11\"}".to_vec());
     });
 }
+
+#[test]
+fn a_shared_validation_serves_only_the_commit_it_was_made_for() {
+    use cacheflow::edges::source::ConfigRepo;
+    use cacheflow::flow::pipeline::intake;
+
+    let repo = TestRepo::new();
+    let cluster = |hz: &str| {
+        format!(
+            "apiVersion: cacheflow/v1\nkind: Cluster\nmetadata: {{name: cache}}\nspec:\n  engine: redis\n  parameters:\n    hz: {hz}\n  nodes:\n    - {{id: a1, address: '127.0.0.1:1', shard: a, role: primary}}\n"
+        )
+    };
+    repo.write("clusters/cache.yaml", &cluster("20"));
+    let first = repo.commit("hz 20");
+    repo.write("clusters/cache.yaml", &cluster("bogus"));
+    let second = repo.commit("hz bogus");
+    let config = ConfigRepo::open(repo.path().to_str().unwrap(), None).unwrap();
+    let hz = |commit: &str| -> Result<String, usize> {
+        match intake::validated(&config, commit).unwrap() {
+            Ok(d) => Ok(d.clusters["cache"].parameters["hz"].value.clone()),
+            Err(diagnostics) => Err(diagnostics.len()),
+        }
+    };
+
+    intake::share_validations();
+    assert_eq!(hz(&first), Ok("20".to_owned()));
+    assert_eq!(hz(&first), Ok("20".to_owned()), "the shared one");
+    assert_eq!(hz(&second), Err(1));
+    assert_eq!(hz(&second), Err(1), "the shared one");
+    assert_eq!(hz(&first), Ok("20".to_owned()));
+}

@@ -44,7 +44,7 @@ use super::{lead, Door, ServeError, ServeOptions, Shared, Term};
 use crate::edges::etcd::election::{leader_key, Election};
 use crate::edges::etcd::group::GroupCommit;
 use crate::edges::etcd::{members, Compare, EtcdClient, Op};
-use crate::flow::pipeline::{self, Revision};
+use crate::flow::pipeline::intake;
 use crate::flow::runtime::Replica;
 use crate::pure::shards::{Balance, Leaders, ShardMap};
 
@@ -184,6 +184,8 @@ pub(super) async fn run(
 ) -> Result<(), ServeError> {
     let client = Arc::new(EtcdClient::new(&replication.etcd).map_err(ReplicaError::from)?);
     agree_on_shards(&client, replication).await?;
+    // Each head is validated once for all the shards led here.
+    intake::share_validations();
     let front = Arc::new(Front {
         me: replication.replica_id.clone(),
         own_url: replication.advertise_url.clone(),
@@ -539,7 +541,7 @@ async fn place_nodes(front: &Front, options: &ServeOptions, shards: u32) {
         if known.as_deref() == Some(head.as_str()) {
             return None;
         }
-        let desired = pipeline::desired(&repo, &Revision::Rev(head.clone())).ok()?;
+        let desired = intake::validated(&repo, &head).ok()?.ok()?;
         let map = ShardMap::assign(desired.clusters.keys(), shards, &Balance::default()).ok()?;
         let mut nodes = BTreeMap::new();
         for (name, cluster) in &desired.clusters {

@@ -15,6 +15,8 @@
 //! which journals and notifies it in the same words for every caller.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use crate::edges::source::{ConfigRepo, SourceError};
 use crate::edges::trust::{self, Signed};
@@ -207,8 +209,7 @@ pub fn descends(repo: &ConfigRepo, c: &mut Candidate) -> Result<(), Stop> {
 /// Read and validate the head. Refuses with [`Refusal::Invalid`] (every diagnostic);
 /// files that cannot be read are [`IntakeError::Read`].
 pub fn load(repo: &ConfigRepo, c: &mut Candidate) -> Result<(), Stop> {
-    let rev = Revision::Rev(c.head.clone());
-    let (_, validation) = pipeline::validate(repo, &rev).map_err(|e| Stop::Failed(e.into()))?;
+    let validation = validated(repo, &c.head).map_err(|e| Stop::Failed(e.into()))?;
     match validation {
         Ok(desired) => {
             c.desired = Some(desired);
@@ -219,6 +220,41 @@ pub fn load(repo: &ConfigRepo, c: &mut Candidate) -> Result<(), Stop> {
             diagnostics,
         })),
     }
+}
+
+/// Whether [`validated`] keeps the last head's validation for the next caller.
+static SHARE: AtomicBool = AtomicBool::new(false);
+/// The last commit validated, and its validation, while [`SHARE`] is on.
+type Shared = Option<(String, Result<Desired, Vec<Diagnostic>>)>;
+static LAST: Mutex<Shared> = Mutex::new(None);
+
+/// Share validations in this process from now on: a replica leading several shards
+/// (`serve --shards`) takes each head in once per shard led, plus once to place the
+/// nodes on their shards, all at about the same time. One validation serves them all
+/// (the others wait for it and get a copy), rather than one each of the whole fleet.
+/// Off otherwise: the copy kept would cost one more fleet in memory for nothing.
+pub fn share_validations() {
+    SHARE.store(true, Ordering::Relaxed);
+}
+
+/// The validation of `commit`: from the last one when it was this commit and sharing
+/// is on. A validation depends on the commit's content alone.
+pub fn validated(
+    repo: &ConfigRepo,
+    commit: &str,
+) -> Result<Result<Desired, Vec<Diagnostic>>, SourceError> {
+    let rev = Revision::Rev(commit.to_owned());
+    if !SHARE.load(Ordering::Relaxed) {
+        return pipeline::validate(repo, &rev).map(|(_, v)| v);
+    }
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((c, validation)) = last.as_ref().filter(|(c, _)| c == commit) {
+        tracing::debug!(commit = %c, "validation shared");
+        return Ok(validation.clone());
+    }
+    let (_, validation) = pipeline::validate(repo, &rev)?;
+    *last = Some((commit.to_owned(), validation.clone()));
+    Ok(validation)
 }
 
 /// The head is signed as the trust policy of the last good revision asks (the head's
