@@ -154,7 +154,14 @@ for n in $SIZES; do
         -n "redis-py (sequential)" "$PY $ROOT/bench/peers/redis_py_sync.py $dir/ports $PARAMS"
     )
     if [[ -n "${BASELINE:-}" ]]; then
-        CMDS+=(-n "cacheflow sync (baseline)" "$BASELINE sync --repo $dir/repo --yes --format json")
+        # Its own copy of the repository, without this build's journal: an older build
+        # refuses a journal in a newer format, as it must.
+        rm -rf "$dir/repo-baseline"
+        cp -a "$dir/repo" "$dir/repo-baseline"
+        for ref in $(git -C "$dir/repo-baseline" for-each-ref --format='%(refname)' refs/cacheflow refs/notes); do
+            git -C "$dir/repo-baseline" update-ref -d "$ref"
+        done
+        CMDS+=(-n "cacheflow sync (baseline)" "$BASELINE sync --repo $dir/repo-baseline --yes --format json")
     fi
     if [[ "${ANSIBLE:-0}" == 1 ]]; then
         # Modules run with the Python that runs Ansible (it has the redis module).
