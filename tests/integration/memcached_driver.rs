@@ -13,8 +13,8 @@ use cacheflow::pure::spec::model::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::params;
 use crate::support::servers::{free_port, MemcachedClient, MemcachedServer};
+use crate::support::{noise, params};
 
 fn changed(pairs: &[(&str, &str)]) -> BTreeMap<String, Option<String>> {
     pairs
@@ -511,19 +511,6 @@ async fn a_node_slower_than_the_timeout_times_out_for_read_and_apply() {
     assert_eq!(read, timed_out);
     assert_eq!(apply, timed_out);
     assert!(took < Duration::from_secs(2), "{took:?}");
-}
-
-/// Deterministic pseudo-random bytes (xorshift), for garbage.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 async fn protocol_error(addr: &str) -> Vec<String> {

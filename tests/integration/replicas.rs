@@ -1040,53 +1040,54 @@ fn two_shards_over_two_replicas_one_killed_its_shards_move_and_the_others_do_not
     drop(p);
 }
 
-/// `n` bytes that zlib cannot shrink (a xorshift stream), as a cluster's file.
+/// `n` bytes that zlib cannot shrink, as a cluster's file.
 fn incompressible(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::support::noise(seed, n)
+}
+
+/// A client of `etcd`'s members, as a replica makes one.
+fn etcd_client(etcd: &EtcdCluster) -> std::sync::Arc<cacheflow::edges::etcd::EtcdClient> {
+    use cacheflow::edges::etcd::{EtcdClient, EtcdOptions};
+    let options = EtcdOptions {
+        endpoints: etcd.endpoints().split(',').map(str::to_owned).collect(),
+        timeout: Duration::from_secs(5),
+        ..EtcdOptions::default()
+    };
+    std::sync::Arc::new(EtcdClient::new(&options).unwrap())
+}
+
+/// Create `key` as an election would (only if it does not exist): its create revision,
+/// the fencing token.
+async fn elect(client: &cacheflow::edges::etcd::EtcdClient, key: &str) -> i64 {
+    use cacheflow::edges::etcd::{Compare, Op};
+    let won = client
+        .txn(
+            &[Compare::CreateRevision {
+                key: key.to_owned(),
+                revision: 0,
+            }],
+            &[Op::Put {
+                key: key.to_owned(),
+                value: b"me".to_vec(),
+                lease: 0,
+            }],
+        )
+        .await
+        .unwrap();
+    assert!(won.succeeded, "{key} exists already");
+    won.revision
 }
 
 #[test]
 fn an_entry_and_its_new_files_go_to_etcd_in_one_transaction_unless_they_are_too_large() {
     use cacheflow::edges::etcd::journal::{Fence, FencedJournal};
-    use cacheflow::edges::etcd::{Compare, EtcdClient, EtcdOptions, Op};
-    use std::sync::Arc;
 
     let etcd = EtcdCluster::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let client = Arc::new(
-            EtcdClient::new(&EtcdOptions {
-                endpoints: etcd.endpoints().split(',').map(str::to_owned).collect(),
-                timeout: Duration::from_secs(5),
-                ..EtcdOptions::default()
-            })
-            .unwrap(),
-        );
+        let client = etcd_client(&etcd);
         let leader = "/t/shard/0/leader".to_owned();
-        let created = client
-            .txn(
-                &[Compare::CreateRevision {
-                    key: leader.clone(),
-                    revision: 0,
-                }],
-                &[Op::Put {
-                    key: leader.clone(),
-                    value: b"me".to_vec(),
-                    lease: 0,
-                }],
-            )
-            .await
-            .unwrap();
-        assert!(created.succeeded);
-        let token = created.revision;
+        let token = elect(&client, &leader).await;
         let shard = "/t/shard/0".to_owned();
         let mut journal = FencedJournal::new(
             Fence::new(client.clone(), shard.clone(), leader.clone(), token),
@@ -1139,8 +1140,7 @@ fn the_entries_of_two_shards_led_by_one_replica_go_to_etcd_as_one_transaction_an
 ) {
     use cacheflow::edges::etcd::group::GroupCommit;
     use cacheflow::edges::etcd::journal::{Fence, FencedJournal, JournalError};
-    use cacheflow::edges::etcd::{Compare, EtcdClient, EtcdOptions, Op};
-    use std::sync::Arc;
+    use cacheflow::edges::etcd::Op;
 
     let etcd = EtcdCluster::start();
     // One thread: both writers send their transaction before the group's task runs.
@@ -1149,40 +1149,12 @@ fn the_entries_of_two_shards_led_by_one_replica_go_to_etcd_as_one_transaction_an
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = Arc::new(
-            EtcdClient::new(&EtcdOptions {
-                endpoints: etcd.endpoints().split(',').map(str::to_owned).collect(),
-                timeout: Duration::from_secs(5),
-                ..EtcdOptions::default()
-            })
-            .unwrap(),
-        );
-        let elect = |key: String| {
-            let client = client.clone();
-            async move {
-                let won = client
-                    .txn(
-                        &[Compare::CreateRevision {
-                            key: key.clone(),
-                            revision: 0,
-                        }],
-                        &[Op::Put {
-                            key,
-                            value: b"me".to_vec(),
-                            lease: 0,
-                        }],
-                    )
-                    .await
-                    .unwrap();
-                assert!(won.succeeded);
-                won.revision
-            }
-        };
+        let client = etcd_client(&etcd);
         let group = GroupCommit::start(client.clone());
         let mut journals = Vec::new();
         for s in 0..2 {
             let leader = format!("/g/shard/{s}/leader");
-            let token = elect(leader.clone()).await;
+            let token = elect(&client, &leader).await;
             let fence = Fence::new(client.clone(), format!("/g/shard/{s}"), leader, token)
                 .grouped(Some(group.clone()));
             journals.push(FencedJournal::new(fence, None));
@@ -1226,7 +1198,7 @@ fn the_entries_of_two_shards_led_by_one_replica_go_to_etcd_as_one_transaction_an
             )
             .await
             .unwrap();
-        elect("/g/shard/1/leader".to_owned()).await;
+        elect(&client, "/g/shard/1/leader").await;
         let (f0, f1) = (files("20"), files("21"));
         let (a, b) = tokio::join!(
             j0[0].write("zero again", b"{}", &f0),

@@ -39,3 +39,16 @@ pub fn cacheflow_sync(repo: &Path, extra: &[&str], env: &[(&str, &Path)]) -> (i3
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// Deterministic pseudo-random bytes (xorshift), for garbage, and bytes zlib cannot shrink.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
