@@ -431,6 +431,24 @@ async fn a_value_set_live_by_hand_shows_live_but_not_persisted() {
     assert_eq!(live.persisted.unwrap()["hz"], "33");
 }
 
+/// A directory where the server's config file was: Redis cannot rewrite it.
+fn unwritable_config(server: &RedisServer) {
+    std::fs::remove_file(server.config_path()).unwrap();
+    std::fs::create_dir(server.config_path()).unwrap();
+}
+
+/// The engine's message of a refused `CONFIG REWRITE` (anything else fails the test).
+fn refused_rewrite(e: &NodeError) -> &str {
+    let NodeError::Refused {
+        parameter, message, ..
+    } = e
+    else {
+        panic!("{e:?}");
+    };
+    assert_eq!(parameter, "CONFIG REWRITE");
+    message
+}
+
 #[tokio::test]
 async fn a_failed_config_rewrite_puts_the_live_values_back() {
     let server = RedisServer::start();
@@ -438,22 +456,14 @@ async fn a_failed_config_rewrite_puts_the_live_values_back() {
     let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
         .await
         .unwrap();
-    // A directory where the config file was: Redis cannot rewrite it.
-    std::fs::remove_file(server.config_path()).unwrap();
-    std::fs::create_dir(server.config_path()).unwrap();
+    unwritable_config(&server);
 
     let e = driver
         .apply(&params(&[("hz", "20"), ("maxmemory-samples", "7")]))
         .await
         .unwrap_err();
 
-    let NodeError::Refused {
-        parameter, message, ..
-    } = &e
-    else {
-        panic!("{e:?}");
-    };
-    assert_eq!(parameter, "CONFIG REWRITE");
+    let message = refused_rewrite(&e);
     assert!(
         message.starts_with("ERR Rewriting config file: "),
         "{message}"
@@ -491,8 +501,7 @@ async fn a_failed_config_rewrite_puts_back_only_what_no_other_writer_changed_sin
     let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
         .await
         .unwrap();
-    std::fs::remove_file(server.config_path()).unwrap();
-    std::fs::create_dir(server.config_path()).unwrap();
+    unwritable_config(&server);
     let writer = Arc::new(AnotherWriter {
         client: std::sync::Mutex::new(server.client()),
         done: Default::default(),
@@ -505,13 +514,7 @@ async fn a_failed_config_rewrite_puts_back_only_what_no_other_writer_changed_sin
         .unwrap_err();
 
     assert!(writer.done.load(std::sync::atomic::Ordering::SeqCst));
-    let NodeError::Refused {
-        parameter, message, ..
-    } = &e
-    else {
-        panic!("{e:?}");
-    };
-    assert_eq!(parameter, "CONFIG REWRITE");
+    let message = refused_rewrite(&e);
     assert!(
         message.ends_with("(left as set since by another writer: `hz` holds `40`)"),
         "{message}"
