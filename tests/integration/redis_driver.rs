@@ -526,6 +526,34 @@ async fn a_failed_config_rewrite_puts_back_only_what_no_other_writer_changed_sin
     );
 }
 
+#[tokio::test]
+async fn a_value_the_engine_holds_otherwise_than_set_is_put_back_as_the_applys_own() {
+    let server = RedisServer::start();
+    let mut client = server.client();
+    let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
+        .await
+        .unwrap();
+
+    // Redis takes `hz 1000` and runs 500, its most: the apply's own value, rounded.
+    let e = driver
+        .apply(&params(&[("hz", "1000"), ("maxmemory-samples", "7")]))
+        .await
+        .unwrap_err();
+
+    let NodeError::Refused {
+        parameter, message, ..
+    } = &e
+    else {
+        panic!("{e:?}");
+    };
+    assert_eq!(parameter, "hz");
+    assert_eq!(message, "set to `1000`, it reads back `500`");
+    assert_eq!(
+        config_of(&mut client, &["hz", "maxmemory-samples"]),
+        params(&[("hz", "10"), ("maxmemory-samples", "5")])
+    );
+}
+
 /// A fence that has stopped holding.
 struct Lost;
 

@@ -565,7 +565,9 @@ impl MemcachedDriver {
                 left.push(step);
                 continue;
             }
-            if newer(step) {
+            // The failed step itself may show neither value yet (an `OK` that did not
+            // show): it goes back as before.
+            if step.name != parameter && newer(step) {
                 continue;
             }
             if let Err(e) = super::fence::check(&self.address) {

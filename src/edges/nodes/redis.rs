@@ -641,7 +641,7 @@ impl RedisDriver {
             let sent: Vec<(&str, &str)> = pairs(&guess);
             let parameter = refused_parameter(&message, &sent);
             return Err(self
-                .put_back(&mut s, &changed, params, &parameter, message)
+                .put_back(&mut s, &changed, params, &first.after, &parameter, message)
                 .await);
         }
         let still = differing(&first.after);
@@ -655,7 +655,7 @@ impl RedisDriver {
             if let Err(message) = again.set {
                 let parameter = refused_parameter(&message, &pairs(&still));
                 return Err(self
-                    .put_back(&mut s, &changed, params, &parameter, message)
+                    .put_back(&mut s, &changed, params, &again.after, &parameter, message)
                     .await);
             }
             // Taken, yet not what was set: the engine holds another value (it rounded
@@ -664,7 +664,7 @@ impl RedisDriver {
                 let got = again.after.get(&name).cloned().unwrap_or_default();
                 let message = format!("set to `{want}`, it reads back `{got}`");
                 return Err(self
-                    .put_back(&mut s, &changed, params, &name, message)
+                    .put_back(&mut s, &changed, params, &again.after, &name, message)
                     .await);
             }
         }
@@ -699,7 +699,7 @@ impl RedisDriver {
         // The file was not rewritten, so the live change must not stay either.
         let mut s = self.session().await?;
         Err(self
-            .put_back(&mut s, &changed, params, "CONFIG REWRITE", message)
+            .put_back(&mut s, &changed, params, params, "CONFIG REWRITE", message)
             .await)
     }
 
@@ -789,16 +789,18 @@ impl RedisDriver {
 
     /// After `parameter` failed with `message`: put back what this apply changed, and
     /// say so (`Refused`), or say what could not be put back (`RollbackFailed`).
-    /// `changed`: each value the apply set (`params`), with the one before. A value goes
-    /// back only where the node still holds what the apply set: one that holds another
-    /// since (a person's `CONFIG SET`, the next leader's apply) is newer than this
-    /// apply and stays, and the error says so. The values go back in one atomic `CONFIG
+    /// `changed`: each value the apply set (`params`), with the one before; `after`:
+    /// what the node read back right after the apply's `CONFIG SET` (a value it rounded
+    /// is the apply's too). A value goes back only where the node still holds what the
+    /// apply left: one that holds another since (a person's `CONFIG SET`, the next
+    /// leader's apply) is newer than this apply and stays, and the error says so. The values go back in one atomic `CONFIG
     /// SET`, one by one where that is refused (engines before Redis 7).
     async fn put_back(
         &self,
         s: &mut Session,
         changed: &BTreeMap<String, Option<String>>,
         params: &BTreeMap<String, String>,
+        after: &BTreeMap<String, String>,
         parameter: &str,
         message: String,
     ) -> NodeError {
@@ -828,7 +830,8 @@ impl RedisDriver {
             if cat.same(name, have, old) {
                 continue;
             }
-            match cat.same(name, have, set) {
+            let ours = cat.same(name, have, set) || after.get(name).is_some_and(|a| a == have);
+            match ours {
                 true => back.push((name, old)),
                 false => newer.push(format!("`{name}` holds `{have}`")),
             }
