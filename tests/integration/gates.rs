@@ -152,20 +152,23 @@ impl Serve {
         }
     }
 
-    /// The journaled state of the cluster (its rollout's baselines included).
+    /// The journaled state of the cluster, then its rollout's file (the baselines).
     fn state_of_cluster(&self) -> String {
         let dir = std::fs::read_dir(self.state.path().join("mirror"))
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
             .expect("a mirror");
-        let out = Command::new("git")
-            .arg("--git-dir")
-            .arg(dir)
-            .args(["show", "refs/cacheflow/journal:clusters/cache.json"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let show = |file: &str| {
+            let out = Command::new("git")
+                .arg("--git-dir")
+                .arg(&dir)
+                .args(["show", &format!("refs/cacheflow/journal:clusters/{file}")])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        format!("{}\n{}", show("cache.json"), show("cache.rollout.json"))
     }
 
     pub(crate) fn journal(&self) -> Vec<String> {
