@@ -186,24 +186,7 @@ impl Journal {
             Ok(blob.content().to_vec())
         };
         let top = read("state.json")?;
-        // The version first: a newer format need not parse as this one.
-        #[derive(serde::Deserialize)]
-        struct Version {
-            #[serde(default)]
-            version: u32,
-        }
-        let Version { version } =
-            serde_json::from_slice(&top).map_err(|e| bad("state.json", e.to_string()))?;
-        if version > STATE_VERSION {
-            return Err(AuditError::NewerFormat {
-                commit: head.to_string(),
-                found: version,
-                reads: STATE_VERSION,
-            });
-        }
-        let mut state: State =
-            serde_json::from_slice(&top).map_err(|e| bad("state.json", e.to_string()))?;
-        let mut fixed = BTreeMap::new();
+        let mut files = BTreeMap::new();
         if let Ok(entry) = tree.get_path(Path::new("clusters")) {
             let sub = self
                 .repo
@@ -214,15 +197,11 @@ impl Journal {
                 let Some(name) = file.strip_suffix(".json") else {
                     continue;
                 };
-                let path = format!("clusters/{file}");
-                let json = read(&path)?;
-                let parsed = parse_file(&mut state, &mut fixed, name, &json);
-                parsed.map_err(|err| bad(&path, err.to_string()))?;
+                files.insert(name.to_owned(), read(&format!("clusters/{file}"))?);
                 written.insert(name.to_owned(), e.id());
             }
         }
-        attach_fixed(&mut state, fixed);
-        Ok(Some(state))
+        state_from_files(&head.to_string(), &top, &files).map(Some)
     }
 
     /// Append one entry: `message` with the whole of `state` as its tree. Returns the
@@ -480,8 +459,9 @@ pub fn entry_number(message: &str) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-/// A state from its files (`state.json` and one file per cluster), as the replicated
-/// journal keeps them; `what` names where they came from in errors.
+/// A state from its files (`state.json` and the files of `clusters/`, by name without
+/// `.json`), as the Git and the replicated journals keep them; `what` names where they
+/// came from in errors.
 pub fn state_from_files(
     what: &str,
     top: &[u8],
@@ -492,13 +472,8 @@ pub fn state_from_files(
         what: file.to_owned(),
         message,
     };
-    #[derive(serde::Deserialize)]
-    struct Version {
-        #[serde(default)]
-        version: u32,
-    }
-    let Version { version } =
-        serde_json::from_slice(top).map_err(|e| bad("state.json", e.to_string()))?;
+    // The version first: a newer format need not parse as this one.
+    let version = files_version(top);
     if version > STATE_VERSION {
         return Err(AuditError::NewerFormat {
             commit: what.to_owned(),
