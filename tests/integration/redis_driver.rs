@@ -437,25 +437,37 @@ fn unwritable_config(server: &RedisServer) {
     std::fs::create_dir(server.config_path()).unwrap();
 }
 
-/// The engine's message of a refused `CONFIG REWRITE` (anything else fails the test).
-fn refused_rewrite(e: &NodeError) -> &str {
+/// The parameter and the message of a refusal (anything else fails the test).
+fn refused(e: &NodeError) -> (&str, &str) {
     let NodeError::Refused {
         parameter, message, ..
     } = e
     else {
         panic!("{e:?}");
     };
+    (parameter, message)
+}
+
+/// The engine's message of a refused `CONFIG REWRITE` (anything else fails the test).
+fn refused_rewrite(e: &NodeError) -> &str {
+    let (parameter, message) = refused(e);
     assert_eq!(parameter, "CONFIG REWRITE");
     message
 }
 
-#[tokio::test]
-async fn a_failed_config_rewrite_puts_the_live_values_back() {
+/// A fresh redis-server, a client of the harness's own, and a driver of it.
+async fn redis_node() -> (RedisServer, RedisClient, RedisDriver) {
     let server = RedisServer::start();
-    let mut client = server.client();
+    let client = server.client();
     let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
         .await
         .unwrap();
+    (server, client, driver)
+}
+
+#[tokio::test]
+async fn a_failed_config_rewrite_puts_the_live_values_back() {
+    let (server, mut client, driver) = redis_node().await;
     unwritable_config(&server);
 
     let e = driver
@@ -496,11 +508,7 @@ impl Fence for AnotherWriter {
 
 #[tokio::test]
 async fn a_failed_config_rewrite_puts_back_only_what_no_other_writer_changed_since() {
-    let server = RedisServer::start();
-    let mut client = server.client();
-    let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
-        .await
-        .unwrap();
+    let (server, mut client, driver) = redis_node().await;
     unwritable_config(&server);
     let writer = Arc::new(AnotherWriter {
         client: std::sync::Mutex::new(server.client()),
@@ -528,11 +536,7 @@ async fn a_failed_config_rewrite_puts_back_only_what_no_other_writer_changed_sin
 
 #[tokio::test]
 async fn a_value_the_engine_holds_otherwise_than_set_is_put_back_as_the_applys_own() {
-    let server = RedisServer::start();
-    let mut client = server.client();
-    let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
-        .await
-        .unwrap();
+    let (_server, mut client, driver) = redis_node().await;
 
     // Redis takes `hz 1000` and runs 500, its most: the apply's own value, rounded.
     let e = driver
@@ -540,14 +544,7 @@ async fn a_value_the_engine_holds_otherwise_than_set_is_put_back_as_the_applys_o
         .await
         .unwrap_err();
 
-    let NodeError::Refused {
-        parameter, message, ..
-    } = &e
-    else {
-        panic!("{e:?}");
-    };
-    assert_eq!(parameter, "hz");
-    assert_eq!(message, "set to `1000`, it reads back `500`");
+    assert_eq!(refused(&e), ("hz", "set to `1000`, it reads back `500`"));
     assert_eq!(
         config_of(&mut client, &["hz", "maxmemory-samples"]),
         params(&[("hz", "10"), ("maxmemory-samples", "5")])
@@ -565,11 +562,7 @@ impl Fence for Lost {
 
 #[tokio::test]
 async fn a_fence_that_no_longer_holds_sends_the_node_nothing() {
-    let server = RedisServer::start();
-    let mut client = server.client();
-    let driver = RedisDriver::connect(&server.addr(), None, TIMEOUT)
-        .await
-        .unwrap();
+    let (server, mut client, driver) = redis_node().await;
     let fenced = Fenced::new(Arc::new(driver), Arc::new(Lost));
     ok(client.cmd(&["CONFIG", "RESETSTAT"]));
 

@@ -423,15 +423,13 @@ async fn put_back_runtime(
         return Failure::clean(format!("{message}; nothing was changed"));
     }
     let names: Vec<String> = before.keys().cloned().collect();
+    let cat = catalog(driver.engine());
     let back: BTreeMap<String, String> = match driver.read_parameters(&names).await {
         Ok(now) => before
             .iter()
-            .filter(|(name, _)| {
-                let cat = catalog(driver.engine());
-                match (now.get(*name), set.get(*name)) {
-                    (Some(have), Some(want)) => cat.same(name, have, want),
-                    _ => true,
-                }
+            .filter(|(name, _)| match (now.get(*name), set.get(*name)) {
+                (Some(have), Some(want)) => cat.same(name, have, want),
+                _ => true,
             })
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect(),
