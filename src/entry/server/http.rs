@@ -153,6 +153,9 @@ pub async fn serve(
 /// the request in progress is finished. Between requests it holds no buffer: it waits
 /// for the next request's first byte on the socket alone, and each request gets a hyper
 /// connection of its own, handed back (its buffers freed) once its answer is written.
+/// That connection and its state live in a box of their own, so the task of an idle
+/// connection is only as large as what waiting needs (a task is as large as its largest
+/// state: about 1.5 KiB with the hyper connection inline, 10,000 times over).
 async fn plain_connection(
     builder: &http1::Builder,
     stream: TcpStream,
@@ -172,34 +175,53 @@ async fn plain_connection(
                 () = async { drop(stop.wait_for(|s| *s).await) } => return,
             }
         }
-        let service = Noted {
-            inner: TowerToHyperService::new(router.clone()),
-            answered: answered.clone(),
-        };
-        let mut conn = builder.serve_connection(TokioIo::new(io), service);
-        let (mut served, mut stopping) = (false, false);
-        let finished = loop {
-            tokio::select! {
-                done = std::future::poll_fn(|cx| one_answer(&mut conn, &answered, &mut served, cx)) => break done,
-                () = async { drop(stop.wait_for(|s| *s).await) }, if !stopping => {
-                    stopping = true;
-                    Pin::new(&mut conn).graceful_shutdown();
-                }
-            }
-        };
-        if let Err(e) = finished {
-            tracing::trace!("connection from {peer}: {e}");
-            return;
+        let request = one_request(builder, io, &router, &answered, &mut stop, peer);
+        match Box::pin(request).await {
+            Some(next) => io = next,
+            None => return,
         }
-        // Closed by the client, or a request refused before it was answered; or stopping.
-        if !served || stopping {
-            return;
-        }
-        let parts = conn.into_parts();
-        io = parts.io.into_inner();
-        // Bytes of a next request read with this one (pipelining).
-        io.read = parts.read_buf;
     }
+}
+
+/// Serve the one request whose first byte has arrived on `io`, with a hyper connection
+/// of its own. Gives the socket back (with the bytes of a pipelined next request read
+/// with this one) when the answer is written and the connection may carry another.
+async fn one_request(
+    builder: &http1::Builder,
+    io: Prefixed,
+    router: &Router,
+    answered: &Arc<AtomicBool>,
+    stop: &mut watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) -> Option<Prefixed> {
+    let service = Noted {
+        inner: TowerToHyperService::new(router.clone()),
+        answered: answered.clone(),
+    };
+    let mut conn = builder.serve_connection(TokioIo::new(io), service);
+    let (mut served, mut stopping) = (false, false);
+    let finished = loop {
+        tokio::select! {
+            done = std::future::poll_fn(|cx| one_answer(&mut conn, answered, &mut served, cx)) => break done,
+            () = async { drop(stop.wait_for(|s| *s).await) }, if !stopping => {
+                stopping = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = finished {
+        tracing::trace!("connection from {peer}: {e}");
+        return None;
+    }
+    // Closed by the client, or a request refused before it was answered; or stopping.
+    if !served || stopping {
+        return None;
+    }
+    let parts = conn.into_parts();
+    let mut io = parts.io.into_inner();
+    // Bytes of a next request read with this one (pipelining).
+    io.read = parts.read_buf;
+    Some(io)
 }
 
 /// Drive `conn` until its one request is answered and written: once the answer is made
@@ -420,5 +442,21 @@ mod tests {
         let mut rest = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
         assert!(matches!(read, Ok(Ok(0))), "{read:?} {rest:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connections_task_holds_no_hyper_connection() {
+        // 10,000 agents keep 10,000 of these tasks waiting: the hyper connection and
+        // its request's state (about 1 KiB) are boxed, made only when a request comes.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        let builder = http1::Builder::new();
+        let waiting = plain_connection(&builder, stream, Router::new(), stopped, peer);
+        let size = std::mem::size_of_val(&waiting);
+        assert!(size < 768, "an idle connection's task is {size} bytes");
     }
 }
