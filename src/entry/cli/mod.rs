@@ -879,6 +879,11 @@ fn fail(message: &str) -> ExitCode {
 }
 
 impl Cli {
+    /// True for the commands that run until stopped (`serve`, `agent`).
+    pub fn long_running(&self) -> bool {
+        matches!(self.command, Command::Serve(_) | Command::Agent(_))
+    }
+
     /// True when the command reads a local repository and opens no TLS connection
     /// (see [`crate::edges::source::skip_tls_roots`]).
     pub fn local_only(&self) -> bool {
