@@ -59,7 +59,7 @@ PAGES_NICE=${PAGES_NICE:-0}   # 19: the pages' client yields the CPU (browsers a
 CONSOLE_PROBE=${CONSOLE_PROBE:-0}
 STREAMS=${STREAMS:-1000}
 RUNS_PAGE=${RUNS_PAGE:-20}
-SERVE_WRAP=${SERVE_WRAP:-}  # e.g. 'heaptrack -o FILE' (RSS figures are then the wrapper's)
+SERVE_WRAP=${SERVE_WRAP:-}  # e.g. 'heaptrack -o FILE' (the figures are the server's; under heaptrack, a build with the system allocator)
 
 # BUILD=0: use the binaries as they are (bench/console.sh builds once for all its runs).
 [ "${BUILD:-1}" = 0 ] || cargo build --release -q --bin cacheflow --example agent_swarm
@@ -94,6 +94,14 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "serve did not become ready"; cat "$WORK/serve.log"; exit 1; }
+if [ -n "$SERVE_WRAP" ]; then
+  # The wrapper (heaptrack) runs the server as its child: measure and stop the server
+  # itself; stopped with SIGTERM, it exits cleanly and the wrapper writes its data.
+  WRAPPER=$SERVE
+  SERVE=$(pgrep -P "$WRAPPER" -f "serve --repo" | head -1)
+  [ -n "$SERVE" ] || { echo "no server process under the wrapper $WRAPPER"; exit 1; }
+  trap 'kill $SERVE $PAGES_PID 2>/dev/null || true; wait $WRAPPER 2>/dev/null || true' EXIT
+fi
 
 rss_kib() { awk '/VmRSS/ {print $2}' /proc/$SERVE/status; }
 
