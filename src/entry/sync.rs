@@ -14,7 +14,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use crate::edges::audit::Journal;
 use crate::edges::nodes::fleet::{self, SnapshotOptions, Target};
 use crate::edges::nodes::NodeDriver;
 use crate::edges::source::ConfigRepo;
+use crate::entry::cli::output::{out, outln};
 use crate::flow::pipeline::intake::{self, IntakeError, Outcome, Refusal};
 use crate::flow::pipeline::{self, PipelineError};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
@@ -278,20 +279,20 @@ async fn read_nodes(desired: &Desired, reach: SnapshotOptions) -> (LiveState, Dr
 fn show_plan(run: &Run, desired: &Desired, live: &LiveState, text: Option<Decor>) -> bool {
     let planned = plan::plan(desired, live);
     if let Some(decor) = text {
-        print!("{}", crate::pure::render::plan_text_with(&planned, decor));
+        out!("{}", crate::pure::render::plan_text_with(&planned, decor));
         if run.skipped > 0 {
-            println!(
+            outln!(
                 "{} agent-managed node(s) are left to `cacheflow serve`: sync drives directly managed nodes only.",
                 run.skipped
             );
         }
         for name in &run.resumable {
-            println!("{name}: a paused or waiting rollout of this revision goes on.");
+            outln!("{name}: a paused or waiting rollout of this revision goes on.");
         }
     }
     let todo = !planned.converged() || !run.resumable.is_empty();
     if !todo && text.is_some() {
-        println!("Nothing to do.");
+        outln!("Nothing to do.");
     }
     todo
 }
@@ -566,8 +567,7 @@ impl Board {
             );
         }
         self.drawn = self.names.len();
-        print!("{out}");
-        let _ = std::io::stdout().flush();
+        out!("{out}");
     }
 
     /// `cache  [#######-------------] 2/6 nodes  baking batch 1 of 3, 4s left`
@@ -680,12 +680,12 @@ fn print_end(summary: &Summary, interrupted: bool) {
     let short = short_id(&summary.revision);
     print_summary(summary);
     if summary.clusters.iter().any(|c| c.outcome == "waiting") {
-        println!(
+        outln!(
             "Outside the rollout windows: nothing more is started. Run `cacheflow sync --rev {short}` again once they open, or add --override-window REASON to roll out now (the reason is journaled)."
         );
     }
     if interrupted {
-        println!(
+        outln!(
             "Interrupted: rollouts in flight are paused (nodes keep what they run). Run `cacheflow sync --rev {short}` again to resume."
         );
     }
@@ -797,12 +797,11 @@ fn progress(line: &str, state: &Status, started: Instant) {
             }
         }
     }
-    println!("{out}");
-    let _ = std::io::stdout().flush();
+    outln!("{out}");
 }
 
 fn print_summary(s: &Summary) {
-    println!(
+    outln!(
         "\nSummary of {} ({} ms):",
         short_id(&s.revision),
         s.elapsed_ms
@@ -818,7 +817,7 @@ fn print_summary(s: &Summary) {
             .as_ref()
             .map(|r| format!(": {r}"))
             .unwrap_or_default();
-        println!("  {}: {}{reason}{nodes}", c.cluster, c.outcome);
+        outln!("  {}: {}{reason}{nodes}", c.cluster, c.outcome);
     }
 }
 
@@ -829,8 +828,7 @@ fn confirm() -> Result<(), SyncError> {
             "standard input is not a terminal; give --yes to apply without asking".into(),
         ));
     }
-    print!("Apply this plan? [y/N] ");
-    let _ = std::io::stdout().flush();
+    out!("Apply this plan? [y/N] ");
     let mut answer = String::new();
     stdin
         .read_line(&mut answer)

@@ -621,3 +621,68 @@ fn a_node_that_refuses_one_parameter_of_the_batch_gets_none_and_the_sync_exits_1
         );
     }
 }
+
+/// `cacheflow sync --yes` of `repo` with standard output going to `stdout`: the exit code
+/// and standard error.
+fn sync_into(repo: &TestRepo, stdout: std::process::Stdio) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["sync", "--repo"])
+        .arg(repo.path())
+        .args(["--yes", "--interval", "1h"])
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("the cacheflow binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_reader_that_goes_away_does_not_stop_the_rollout_and_lost_output_exits_1() {
+    use crate::support::servers::RedisServer;
+    let servers: Vec<RedisServer> = (0..2).map(|_| RedisServer::start()).collect();
+    let repo = TestRepo::new();
+    repo.write(
+        "clusters/cache.yaml",
+        &standalone_yaml(&servers, "    hz: 20"),
+    );
+    let first = repo.commit("cache: hz 20");
+
+    // `cacheflow sync --yes | head -0`: the pipe's reader is gone before the plan is
+    // printed. The rollout goes on to the end, and the exit code is the rollout's.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let (code, err) = sync_into(&repo, writer.into());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err, "", "nothing on standard error, no panic");
+    for s in &servers {
+        assert_eq!(s.client().config_get("hz")["hz"], "20");
+    }
+    let n = note(&repo, &first);
+    assert!(n.starts_with("cache: completed "), "{n}");
+
+    // `cacheflow sync --yes > /dev/full`: the output is lost (not the reader's choice),
+    // so the command says so and exits 1; the rollout still ran to its end.
+    repo.write(
+        "clusters/cache.yaml",
+        &standalone_yaml(&servers, "    hz: 30"),
+    );
+    let second = repo.commit("cache: hz 30");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full opens");
+    let (code, err) = sync_into(&repo, full.into());
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err,
+        "error: the output could not be written: No space left on device (os error 28)\n"
+    );
+    for s in &servers {
+        assert_eq!(s.client().config_get("hz")["hz"], "30");
+    }
+    let n = note(&repo, &second);
+    assert!(n.starts_with("cache: completed "), "{n}");
+}

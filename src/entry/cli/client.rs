@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::commands::secret;
+use super::output::err;
 use super::{Format, RolloutAction};
 use crate::edges::redact::redact_url;
 use crate::entry::server::error::ErrorBody;
@@ -385,7 +386,7 @@ fn follow(
         }
         let now = cluster.text();
         if now != said {
-            eprint!("{now}");
+            err!("{now}");
             said = now;
         }
         let left = deadline.saturating_duration_since(std::time::Instant::now());

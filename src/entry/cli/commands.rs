@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 
+use super::output::{errln, out, outln};
 use super::{
     client, style, AgentArgs, AgentTokenArgs, CompletionsArgs, DemoArgs, DiffArgs, DriftArgs,
     Format, HistoryArgs, ImportArgs, ManArgs, PlanArgs, ReachArgs, RepoArgs, ReportFormat,
@@ -31,7 +32,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         Format::Text => render::validate_text(commit.as_deref(), &result),
         Format::Json => render::validate_json(commit.as_deref(), &result),
     };
-    print!("{out}");
+    out!("{out}");
     let code = if result.is_ok() {
         ExitCode::SUCCESS
     } else {
@@ -101,7 +102,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     match &args.output {
         Some(path) => std::fs::write(path, text)
             .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?,
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -132,7 +133,7 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         e => anyhow!(e.to_string()),
     })?;
     if json {
-        print!("{}", render::json(&summary));
+        out!("{}", render::json(&summary));
     }
     Ok(if summary.ok() {
         ExitCode::SUCCESS
@@ -298,7 +299,7 @@ pub fn rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
         server.token_file,
         server.format,
     )?;
-    print!("{out}");
+    out!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -316,7 +317,7 @@ fn rollout_wait(args: super::RolloutWaitArgs) -> anyhow::Result<ExitCode> {
         &args.server.server,
         args.server.token_file.as_ref(),
     )?;
-    print!("{}", end.render(args.server.format));
+    out!("{}", end.render(args.server.format));
     Ok(if end.completed() {
         ExitCode::SUCCESS
     } else {
@@ -329,8 +330,7 @@ pub fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
     let mut command = <super::Cli as clap::CommandFactory>::command();
     let mut out: Vec<u8> = Vec::new();
     clap_complete::generate(args.shell, &mut command, "cacheflow", &mut out);
-    std::io::Write::write_all(&mut std::io::stdout(), &out)
-        .map_err(|e| anyhow!("cannot write the completion script: {e}"))?;
+    out!("{}", String::from_utf8_lossy(&out));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -345,15 +345,14 @@ pub fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
             clap_mangen::generate_to(command, dir).map_err(|e| {
                 anyhow!("cannot write the manual pages into {}: {e}", dir.display())
             })?;
-            println!("wrote the manual pages into {}", dir.display());
+            outln!("wrote the manual pages into {}", dir.display());
         }
         None => {
             let mut out: Vec<u8> = Vec::new();
             clap_mangen::Man::new(command)
                 .render(&mut out)
                 .map_err(|e| anyhow!("cannot render the manual page: {e}"))?;
-            std::io::Write::write_all(&mut std::io::stdout(), &out)
-                .map_err(|e| anyhow!("cannot write the manual page: {e}"))?;
+            out!("{}", String::from_utf8_lossy(&out));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -370,8 +369,8 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let entries =
         crate::flow::history::history(&repo, &options).map_err(|e| anyhow!(e.to_string()))?;
     match args.format {
-        Format::Text => print!("{}", crate::flow::history::text(&entries)),
-        Format::Json => print!("{}", render::json(&entries)),
+        Format::Text => out!("{}", crate::flow::history::text(&entries)),
+        Format::Json => out!("{}", render::json(&entries)),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -392,7 +391,7 @@ pub fn agent_token(args: AgentTokenArgs) -> anyhow::Result<ExitCode> {
     };
     let token = crate::pure::identity::node_token(&secret, &args.node_id)
         .map_err(|e| anyhow!(e.to_string()))?;
-    println!("{token}");
+    outln!("{token}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -541,10 +540,10 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     };
     let imported = import::import(&request).map_err(|e| anyhow!(e))?;
     for note in &imported.notes {
-        eprintln!("note: {note}");
+        errln!("note: {note}");
     }
     for file in &imported.files {
-        println!("wrote {}", file.display());
+        outln!("wrote {}", file.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -574,7 +573,7 @@ fn live_source<'a>(live: Option<&'a Path>, direct: bool, reach: &ReachArgs) -> L
 /// Print a diff, plan or drift report; exit 2 when it has changes, 0 when there is
 /// nothing to do.
 fn print_with_changes(out: &str, changes: bool) -> ExitCode {
-    print!("{out}");
+    out!("{out}");
     if changes {
         ExitCode::from(2)
     } else {
@@ -591,7 +590,7 @@ fn pipeline_failed(e: PipelineError, json: bool) -> anyhow::Error {
     } = &e
     {
         if json {
-            print!(
+            out!(
                 "{}",
                 render::json(&serde_json::json!({
                     "error": format!("{revision} is invalid"),
@@ -600,7 +599,7 @@ fn pipeline_failed(e: PipelineError, json: bool) -> anyhow::Error {
             );
         } else {
             for d in diagnostics {
-                println!("{d}");
+                outln!("{d}");
             }
         }
     }

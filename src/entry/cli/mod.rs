@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use crate::edges::nodes::fleet::SnapshotOptions;
 use crate::edges::redact::redact_url;
+use output::errln;
 
 mod client;
 mod commands;
+pub(crate) mod output;
 mod style;
 
 /// `--version`: the package version, the commit and the day it was built (build.rs).
@@ -874,7 +876,7 @@ fn init_logging(format: LogFormat, default: &str) {
 
 /// Print an error and return exit code 1.
 fn fail(message: &str) -> ExitCode {
-    eprintln!("error: {}", redact_url(message));
+    errln!("error: {}", redact_url(message));
     ExitCode::from(1)
 }
 
@@ -929,7 +931,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Completions(args) => commands::completions(args),
         Command::Man(args) => commands::man(args),
     };
-    outcome.unwrap_or_else(|e| fail(&e.to_string()))
+    output::finish(outcome.unwrap_or_else(|e| fail(&e.to_string())))
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ use crate::edges::nodes::fence::{Fence, Fenced};
 use crate::edges::nodes::NodeDriver;
 use crate::edges::redact::redact_url;
 use crate::edges::source::{self, ConfigRepo, SourceError};
+use crate::entry::cli::output::outln;
 use crate::flow::pipeline::intake::{self, IntakeError, Origin, Outcome};
 use crate::flow::pipeline::{self};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};
@@ -523,7 +524,7 @@ fn listen(addr: SocketAddr, tls: bool) -> Result<std::net::TcpListener, ServeErr
         .map_err(|source| ServeError::Listen { addr, source })?;
     tracing::info!("listening on {local}");
     let scheme = if tls { "https" } else { "http" };
-    println!("cacheflow serve: listening on {scheme}://{local}");
+    outln!("cacheflow serve: listening on {scheme}://{local}");
     Ok(listener)
 }
 
