@@ -10,7 +10,8 @@
 //!   ─► Host: reconciler and agents: canary, batches, gates ─► progress per event (on a
 //!      terminal: one line per cluster, redrawn, with the bake's countdown)
 //!   ─► summary, exit code
-//! Ctrl-C: every rollout in flight is paused (journaled); `cacheflow sync` again resumes
+//! Ctrl-C, SIGTERM or SIGHUP: every rollout in flight is paused (journaled); `cacheflow sync`
+//! again resumes
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -376,6 +377,8 @@ async fn roll_out(
     live: LiveState,
     options: &SyncOptions,
 ) -> Result<Summary, SyncError> {
+    // From before the first node is told anything: a stop pauses, never cuts.
+    let stops = Stops::listen();
     let host = Host::start(
         journal,
         HostOptions {
@@ -425,7 +428,7 @@ async fn roll_out(
         (false, false) => Display::Lines,
         (false, true) => Display::Board(Board::new(&names, options.decor)),
     };
-    let interrupted = watch(&handle, &mut events, &names, run.started, display).await?;
+    let interrupted = watch(&handle, &mut events, &names, run.started, display, stops).await?;
     let state = handle.status().map_err(stopped)?;
     drop(handle);
     // The journal's outcome is the reconciler's: a failed write ended it already.
@@ -631,14 +634,68 @@ fn applied(cs: &ClusterStatus, rec: &crate::pure::reconciler::status::RolloutSta
         .count()
 }
 
-/// Show progress until no rollout of `names` is in flight; Ctrl-C pauses them all.
-/// `true` when interrupted.
+/// What stops a foreground sync: Ctrl-C, SIGTERM (`kill`, a cancelled CI job) or
+/// SIGHUP (the terminal closed, the SSH session dropped). Each pauses the rollouts in
+/// flight, journaled, where the signal's default would cut the process off mid-batch.
+struct Stops {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stops {
+    /// Listen from now on (a signal that cannot be listened to keeps its default).
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Stops {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+                hangup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Stops {}
+    }
+
+    /// The next stop, by the name the journal gives it (`paused by SIGTERM`).
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        async fn on(signal: Option<&mut tokio::signal::unix::Signal>) {
+            match signal {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        #[cfg(unix)]
+        tokio::select! {
+            () = on(self.interrupt.as_mut()) => "ctrl-c",
+            () = on(self.term.as_mut()) => "SIGTERM",
+            () = on(self.hangup.as_mut()) => "SIGHUP",
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
+}
+
+/// Show progress until no rollout of `names` is in flight; Ctrl-C, SIGTERM or SIGHUP
+/// pauses them all ([`Stops`]). `true` when interrupted.
 async fn watch(
     handle: &Handle,
     events: &mut tokio::sync::broadcast::Receiver<String>,
     names: &[String],
     started: Instant,
     mut display: Display,
+    mut stops: Stops,
 ) -> Result<bool, SyncError> {
     let mut interrupted = false;
     loop {
@@ -658,10 +715,10 @@ async fn watch(
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 display.tick(&*handle.status().map_err(stopped)?);
             }
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
+            by = stops.next(), if !interrupted => {
                 interrupted = true;
                 for n in names {
-                    let _ = handle.command(n, Event::Pause { by: "ctrl-c".into() }).await;
+                    let _ = handle.command(n, Event::Pause { by: by.into() }).await;
                 }
                 break;
             }

@@ -686,3 +686,119 @@ fn a_reader_that_goes_away_does_not_stop_the_rollout_and_lost_output_exits_1() {
     let n = note(&repo, &second);
     assert!(n.starts_with("cache: completed "), "{n}");
 }
+
+/// Start `cacheflow sync --yes` of `repo`, wait until `applied` of `servers` read `hz`
+/// as `hz` (its first batch done, baking), send the process `signal` (`HUP`, `TERM`),
+/// and return its exit code and output.
+fn sync_stopped_by(
+    repo: &TestRepo,
+    servers: &[crate::support::servers::RedisServer],
+    (hz, applied): (&str, usize),
+    signal: &str,
+) -> (i32, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_cacheflow"))
+        .args(["sync", "--repo"])
+        .arg(repo.path())
+        .args(["--yes", "--interval", "1h"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the cacheflow binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while servers
+        .iter()
+        .filter(|s| s.client().config_get("hz")["hz"] == hz)
+        .count()
+        < applied
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{applied} nodes did not reach hz {hz} in 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let out = child.wait_with_output().expect("sync ends");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_closed_terminal_a_kill_or_ctrl_c_pauses_the_rollout_journaled_and_sync_resumes_it() {
+    use crate::support::servers::RedisServer;
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let hz = |s: &RedisServer| s.client().config_get("hz")["hz"].clone();
+    let staged = |params: &str| {
+        standalone_yaml(&servers, params).replace(
+            "stages: ['100%']\n    bake: 0s",
+            "stages: ['50%', '100%']\n    bake: 3s",
+        )
+    };
+    let repo = TestRepo::new();
+    repo.write("clusters/cache.yaml", &staged("    hz: 20"));
+    repo.commit("cache: hz 20");
+
+    // SIGHUP (the terminal closed) while batch 1 (two of the three nodes) bakes:
+    // paused, journaled, the third node untouched, exit 1 with the way to resume.
+    let (code, out) = sync_stopped_by(&repo, &servers, ("20", 2), "HUP");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("Interrupted: rollouts in flight are paused"),
+        "{out}"
+    );
+    assert!(!out.contains("panicked"), "{out}");
+    let entries = journal(&repo);
+    assert!(
+        entries
+            .iter()
+            .flat_map(|m| m.lines())
+            .any(|l| l == "cache: paused by SIGHUP at batch 1"),
+        "{entries:#?}"
+    );
+    let changed = servers.iter().filter(|s| hz(s) == "20").count();
+    assert_eq!(changed, 2, "batch 1 only: {entries:#?}");
+
+    // Another sync resumes it to the end.
+    let (code, out) = sync_once(&repo);
+    assert_eq!(code, 0, "{out}");
+    assert!(servers.iter().all(|s| hz(s) == "20"));
+
+    // SIGTERM (`kill`, a cancelled CI job) the same way.
+    repo.write("clusters/cache.yaml", &staged("    hz: 30"));
+    repo.commit("cache: hz 30");
+    let (code, out) = sync_stopped_by(&repo, &servers, ("30", 2), "TERM");
+    assert_eq!(code, 1, "{out}");
+    let entries = journal(&repo);
+    assert!(
+        entries
+            .iter()
+            .flat_map(|m| m.lines())
+            .any(|l| l == "cache: paused by SIGTERM at batch 1"),
+        "{entries:#?}"
+    );
+    assert_eq!(servers.iter().filter(|s| hz(s) == "30").count(), 2);
+
+    // And Ctrl-C (SIGINT), on the revision after.
+    repo.write("clusters/cache.yaml", &staged("    hz: 40"));
+    repo.commit("cache: hz 40");
+    let (code, out) = sync_stopped_by(&repo, &servers, ("40", 2), "INT");
+    assert_eq!(code, 1, "{out}");
+    let entries = journal(&repo);
+    assert!(
+        entries
+            .iter()
+            .flat_map(|m| m.lines())
+            .any(|l| l == "cache: paused by ctrl-c at batch 1"),
+        "{entries:#?}"
+    );
+    assert_eq!(servers.iter().filter(|s| hz(s) == "40").count(), 2);
+}
