@@ -409,12 +409,10 @@ fn sentinels_that_disagree_or_are_down_hold_the_rollout_with_the_reason_and_noth
     }
 
     // One of three left: no quorum, the next change waits and says which are down.
-    // The server asks the Sentinels twice a second and decides on their last answers
-    // (docs/config.md): the change comes once it has asked since s2 went down, as a
-    // change pushed after that half second would (before, the first batch could still
-    // start on the answers of before the stop).
+    // It is pushed the moment s2 is gone, while the server's last periodic answers
+    // still count s2: a batch starts only on an answer asked after it was due, so the
+    // first batch never starts on the answers of before the stop.
     s2.stop();
-    std::thread::sleep(Duration::from_secs(2));
     let pids: Vec<Option<u32>> = nodes.iter().map(|(_, s)| s.pid()).collect();
     let change = commit(
         &work,

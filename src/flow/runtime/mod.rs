@@ -94,10 +94,12 @@ enum Msg {
         clusters: Vec<String>,
         reply: oneshot::Sender<()>,
     },
-    /// What a cluster's Sentinels answered (`edges::nodes::sentinel::ask`).
+    /// What a cluster's Sentinels answered (`edges::nodes::sentinel::ask`) to an ask
+    /// begun at `asked_ms` ([`Handle::now_ms`]'s clock).
     Sentinel {
         cluster: String,
         answers: Vec<crate::pure::live::SentinelAnswer>,
+        asked_ms: u64,
     },
     Tick,
     /// End the task (timers still pending are dropped).
@@ -139,6 +141,34 @@ pub struct Handle {
     status: watch::Receiver<Arc<Status>>,
 }
 
+/// The wall clock in ms, never earlier than `started_wall` plus the time since `started`.
+fn clock_ms(started_wall: u64, started: Instant) -> u64 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    wall.max(started_wall + started.elapsed().as_millis() as u64)
+}
+
+/// Ask `cluster`'s Sentinels `s` and hand their answers to the reconciler, with the
+/// time the ask began; `false` when the reconciler has stopped.
+async fn ask_sentinels(
+    tx: &mpsc::Sender<Msg>,
+    clock: &impl Fn() -> u64,
+    cluster: String,
+    s: &Sentinel,
+) -> bool {
+    let asked_ms = clock();
+    let answers = crate::edges::nodes::sentinel::ask(s, SENTINEL_TIMEOUT).await;
+    tx.send(Msg::Sentinel {
+        cluster,
+        answers,
+        asked_ms,
+    })
+    .await
+    .is_ok()
+}
+
 /// The task ended (its journal failed, or it was stopped).
 #[derive(Debug, thiserror::Error)]
 #[error("the reconciler has stopped")]
@@ -149,11 +179,14 @@ impl Handle {
     /// compared with readings taken after a restart, so a per-process clock would not do.
     /// Never earlier than a reading this process took before (the clock may step back).
     fn now_ms(&self) -> u64 {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        wall.max(self.started_wall + self.started.elapsed().as_millis() as u64)
+        clock_ms(self.started_wall, self.started)
+    }
+
+    /// [`Handle::now_ms`] for a task that holds no handle (which would keep the
+    /// reconciler's channels open).
+    fn clock(&self) -> impl Fn() -> u64 + Send + 'static {
+        let (wall, started) = (self.started_wall, self.started);
+        move || clock_ms(wall, started)
     }
 
     pub async fn report(
@@ -380,18 +413,34 @@ impl Handle {
         if !any || self.sentinel_watch.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (tx, sentinels) = (self.tx.clone(), self.sentinels.clone());
+        let (tx, sentinels, clock) = (self.tx.clone(), self.sentinels.clone(), self.clock());
         tokio::spawn(async move {
             loop {
                 let now = sentinels.lock().expect("sentinels lock").clone();
                 for (cluster, s) in now {
-                    let answers = crate::edges::nodes::sentinel::ask(&s, SENTINEL_TIMEOUT).await;
-                    if tx.send(Msg::Sentinel { cluster, answers }).await.is_err() {
+                    if !ask_sentinels(&tx, &clock, cluster, &s).await {
                         return;
                     }
                 }
                 tokio::time::sleep(SENTINEL_INTERVAL).await;
             }
+        });
+    }
+
+    /// Ask `cluster`'s Sentinels once, now (a batch waits for their answer).
+    fn ask_sentinels_now(&self, rt: &tokio::runtime::Handle, cluster: String) {
+        let Some(s) = self
+            .sentinels
+            .lock()
+            .expect("sentinels lock")
+            .get(&cluster)
+            .cloned()
+        else {
+            return;
+        };
+        let (tx, clock) = (self.tx.clone(), self.clock());
+        rt.spawn(async move {
+            ask_sentinels(&tx, &clock, cluster, &s).await;
         });
     }
 
@@ -779,9 +828,13 @@ impl Inputs {
             }
             Msg::Stop => self.stop = true,
             Msg::Tick => self.effects.extend(core.tick(now)),
-            Msg::Sentinel { cluster, answers } => {
-                self.effects.extend(core.sentinel(&cluster, answers, now))
-            }
+            Msg::Sentinel {
+                cluster,
+                answers,
+                asked_ms,
+            } => self
+                .effects
+                .extend(core.sentinel(&cluster, answers, asked_ms, now)),
         }
     }
 }
@@ -1144,6 +1197,7 @@ fn after_journal(h: &Handle, rt: &tokio::runtime::Handle, journal: &Journal, eff
                         .await;
                 });
             }
+            Effect::AskSentinels { cluster } => h.ask_sentinels_now(rt, cluster),
             Effect::Wake { nodes } => {
                 let wakers = h.wakers.lock().expect("wakers lock");
                 for n in nodes {

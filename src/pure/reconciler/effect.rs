@@ -62,6 +62,9 @@ pub enum Effect {
     },
     /// These nodes' assignments changed: tell them now if they can be told.
     Wake { nodes: Vec<String> },
+    /// Ask `cluster`'s Sentinels now: a batch waits for answers asked after it was due
+    /// (fed back through [`Reconciler::sentinel`](super::Reconciler::sentinel)).
+    AskSentinels { cluster: String },
     /// Tell these targets (the revision's `notifications:` subscribed to the event).
     Notify {
         notice: Notice,

@@ -108,6 +108,9 @@ pub struct Reconciler {
     sentinels: HashMap<String, sentinel::SentinelSeen>,
     /// Gates due while a cluster's Sentinels were unsettled.
     gates_waiting: HashMap<String, sentinel::GatesWaiting>,
+    /// Steps that would start a batch of a cluster that names Sentinels, held until
+    /// they answer an ask made after the step was due.
+    deferred: HashMap<String, sentinel::Deferred>,
 }
 
 fn digest(params: &BTreeMap<String, String>) -> String {
@@ -133,6 +136,16 @@ fn running_batch(phase: &Phase) -> Option<usize> {
         | Phase::FailingOver { batch, .. } => Some(*batch),
         _ => None,
     }
+}
+
+/// True when a step from `before` to `after` starts a batch: assigns it, or moves a
+/// primary's role first (a batch resumed after a pause starts again).
+fn starts_batch(before: &Phase, after: &Phase) -> bool {
+    let starting = |p: &Phase| match p {
+        Phase::Applying { batch } | Phase::FailingOver { batch, .. } => Some(*batch),
+        _ => None,
+    };
+    starting(after).is_some() && starting(after) != starting(before)
 }
 
 /// Compile rollout windows (validated with the revision they came from; windows that do
@@ -314,6 +327,7 @@ impl Reconciler {
             unpublished: BTreeSet::new(),
             sentinels: HashMap::new(),
             gates_waiting: HashMap::new(),
+            deferred: HashMap::new(),
             state,
         }
     }
@@ -404,6 +418,9 @@ impl Reconciler {
                     r.spec.apply_timeout_ms.max(grace_ms),
                     Event::RollbackTimedOut,
                 )),
+                // Created but not begun: its start waited for the Sentinels' answers
+                // when the process died. It begins again once the nodes report.
+                Phase::Pending => Some((grace_ms, Event::Begin)),
                 // The failover's outcome died with the process: it fails the batch when
                 // its time is up (the safe side), and the usual rollback follows.
                 Phase::FailingOver {
@@ -1170,6 +1187,7 @@ impl Reconciler {
     fn feed(&mut self, name: &str, event: Event, now_ms: u64) {
         let hold = self.hold(now_ms);
         let blocked = self.sentinel_hold(name);
+        let fresh = self.sentinels_fresh(name);
         self.touch(name);
         let mut queue = vec![event];
         while let Some(event) = queue.pop() {
@@ -1187,7 +1205,16 @@ impl Reconciler {
             let was_rolling_back = matches!(rec.rollout.phase, Phase::RollingBack { .. });
             let was_paused = matches!(rec.rollout.phase, Phase::Paused { .. });
             let was_batch = running_batch(&rec.rollout.phase);
+            // Under Sentinels a batch starts on answers asked after it was due, never on
+            // the last periodic ones (a Sentinel may have gone down since).
+            let kept = (!fresh).then(|| event.clone());
             let (next, actions) = rollout::step(rec.rollout.clone(), event);
+            let starts = starts_batch(&rec.rollout.phase, &next.phase);
+            if let Some(event) = kept.filter(|_| starts) {
+                let phase = rec.rollout.phase.clone();
+                self.defer_for_sentinels(name, event, phase, now_ms);
+                continue;
+            }
             rec.rollout = next;
             let batch = running_batch(&rec.rollout.phase);
             if batch != was_batch || (was_batch.is_some() && rec.rollout.phase.is_final()) {
@@ -1202,6 +1229,9 @@ impl Reconciler {
                     }
                 }
                 rec.batch_started_ms = batch.map(|_| now_ms);
+            }
+            if starts {
+                self.deferred.remove(name);
             }
             for action in actions {
                 match action {

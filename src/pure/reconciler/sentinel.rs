@@ -14,6 +14,11 @@
 //!   and the old one restarts as a replica: without a failover once the Sentinels have
 //!   turned it into one, else it follows their primary first (through the failover
 //!   step). Nothing is assigned twice: the batches stay as they were.
+//! - A batch starts on answers asked after it was due: the step that would start it
+//!   (the rollout's begin, gates passed, a window opened, a resume) is held, the
+//!   Sentinels are asked at once ([`super::Effect::AskSentinels`]), and the step goes on
+//!   when they answer, judged on that answer. The periodic answers (twice a second)
+//!   never decide a batch: a Sentinel that went down since would not be counted yet.
 
 use crate::pure::gates::Sample;
 use crate::pure::live::SentinelAnswer;
@@ -27,6 +32,8 @@ use super::{Reconciler, Record};
 #[derive(Debug, Clone)]
 pub(super) struct SentinelSeen {
     pub answers: Vec<SentinelAnswer>,
+    /// When the ask that brought these answers began (ms, the reconciler's clock).
+    pub asked_ms: u64,
     pub view: SentinelView,
     /// The primary they last agreed on (kept while they are unsettled).
     pub primary: Option<String>,
@@ -39,6 +46,16 @@ pub(super) struct SentinelSeen {
 /// made before that may arrive after they agree.
 const SETTLE_MS: u64 = 2_000;
 
+/// A step that would have started a batch while the Sentinels' answers were older than
+/// it: `event`, fed again once they answer an ask begun at `asked_from_ms` or later, if
+/// the rollout is still in `phase`.
+#[derive(Debug, Clone)]
+pub(super) struct Deferred {
+    pub event: Event,
+    pub phase: Phase,
+    pub asked_from_ms: u64,
+}
+
 /// Gates of a batch that were due while the Sentinels were unsettled.
 #[derive(Debug, Clone)]
 pub(super) struct GatesWaiting {
@@ -47,12 +64,14 @@ pub(super) struct GatesWaiting {
 }
 
 impl Reconciler {
-    /// The latest answers of `cluster`'s Sentinels. Journals what changes a rollout in
-    /// flight: the Sentinels unsettled, settled again, or a primary they moved.
+    /// The latest answers of `cluster`'s Sentinels, from an ask begun at `asked_ms`.
+    /// Journals what changes a rollout in flight: the Sentinels unsettled, settled again,
+    /// or a primary they moved; starts a batch that waited for answers this fresh.
     pub fn sentinel(
         &mut self,
         cluster: &str,
         answers: Vec<SentinelAnswer>,
+        asked_ms: u64,
         now_ms: u64,
     ) -> Vec<super::Effect> {
         let Some(c) = self.cluster_of_name(cluster) else {
@@ -80,11 +99,13 @@ impl Reconciler {
             cluster.to_owned(),
             SentinelSeen {
                 answers,
+                asked_ms,
                 view: view.clone(),
                 primary: primary.clone(),
                 agreed_since_ms,
             },
         );
+        self.take_deferred(cluster, asked_ms, now_ms);
         let active = self
             .state
             .clusters
@@ -149,6 +170,75 @@ impl Reconciler {
                 s.master_name
             )),
         }
+    }
+
+    /// True when a batch of `cluster` may start on what its Sentinels said last: it
+    /// names none, or they answered an ask begun after the step that starts it was due.
+    pub(super) fn sentinels_fresh(&self, cluster: &str) -> bool {
+        let names = self
+            .desired
+            .as_ref()
+            .and_then(|d| d.clusters.get(cluster))
+            .is_some_and(|c| c.sentinel.is_some());
+        if !names {
+            return true;
+        }
+        match (self.deferred.get(cluster), self.sentinels.get(cluster)) {
+            (Some(d), Some(seen)) => seen.asked_ms >= d.asked_from_ms,
+            _ => false,
+        }
+    }
+
+    /// Hold `event` (which would start a batch from `phase`) and have the Sentinels
+    /// asked now; the same step held again keeps its first ask.
+    pub(super) fn defer_for_sentinels(
+        &mut self,
+        cluster: &str,
+        event: Event,
+        phase: Phase,
+        now_ms: u64,
+    ) {
+        let earlier = self
+            .deferred
+            .get(cluster)
+            .filter(|d| d.phase == phase)
+            .map(|d| d.asked_from_ms);
+        if earlier.is_none() {
+            self.effects.push(super::Effect::AskSentinels {
+                cluster: cluster.to_owned(),
+            });
+        }
+        self.deferred.insert(
+            cluster.to_owned(),
+            Deferred {
+                event,
+                phase,
+                asked_from_ms: earlier.unwrap_or(now_ms),
+            },
+        );
+    }
+
+    /// Answers from an ask begun at `asked_ms` came: the step they were awaited for goes
+    /// on (if the rollout has not moved since), on these answers.
+    fn take_deferred(&mut self, cluster: &str, asked_ms: u64, now_ms: u64) {
+        let Some(d) = self
+            .deferred
+            .get(cluster)
+            .filter(|d| asked_ms >= d.asked_from_ms)
+            .cloned()
+        else {
+            return;
+        };
+        let unmoved = self
+            .state
+            .clusters
+            .get(cluster)
+            .and_then(|cs| cs.rollout.as_ref())
+            .is_some_and(|r| r.rollout.phase == d.phase);
+        if unmoved {
+            self.feed(cluster, d.event, now_ms);
+        }
+        self.deferred.remove(cluster);
     }
 
     /// The Sentinels' latest answers, of `only` one cluster or of all (what plans and

@@ -766,6 +766,24 @@ fn a_restart_mid_rollout_resumes_without_reassigning_or_skipping_a_batch() {
 }
 
 #[test]
+fn a_restart_before_a_rollout_began_begins_it_after_the_grace() {
+    // A rollout under Sentinels is created, and its begin waits for their answer: the
+    // process dies then. The new process begins it once the nodes could report.
+    let r = at_batch_two();
+    let mut state = r.state.clone();
+    let rec = state
+        .clusters
+        .get_mut(CLUSTER)
+        .unwrap()
+        .rollout
+        .as_mut()
+        .unwrap();
+    rec.rollout.phase = Phase::Pending;
+    let mut r = Reconciler::new(state);
+    assert_eq!(core(r.resume(5_000)), vec![timer(5_000, Event::Begin)]);
+}
+
+#[test]
 fn a_restart_while_baking_or_judging_bakes_again_then_judges() {
     // The process dies in the bake of batch 2, or while its gates were being judged.
     for crashed_in in [Phase::Baking { batch: 1 }, Phase::Judging { batch: 1 }] {
@@ -2107,12 +2125,25 @@ fn under_sentinel_batches_wait_for_a_quorum_and_a_failover_they_make_is_noticed_
     assert_eq!(r.assignment("a2").revision, None);
     // A split view: still waiting, nothing assigned.
     let split = sentinels_say([Some("127.0.0.1:7001"), Some("127.0.0.1:7002"), None]);
-    r.sentinel(CLUSTER, split, 500);
+    r.sentinel(CLUSTER, split, 490, 500);
     assert!(matches!(phase(&r), Phase::Waiting { batch: 0, .. }));
     assert_eq!(r.assignment("a2").revision, None);
-    // A quorum agrees on a1: the batch starts by itself.
+    // A quorum agrees on a1: the batch is due, and waits for an answer asked after
+    // that (the Sentinels are asked at once).
     let a1 = sentinels_say([Some("127.0.0.1:7001"), Some("127.0.0.1:7001"), None]);
-    r.sentinel(CLUSTER, a1, 1_000);
+    let effects = r.sentinel(CLUSTER, a1.clone(), 990, 1_000);
+    assert!(effects.contains(&Effect::AskSentinels {
+        cluster: CLUSTER.into()
+    }));
+    assert_eq!(r.assignment("a2").revision, None);
+    // A periodic answer asked before it was due does not start it either.
+    let effects = r.sentinel(CLUSTER, a1.clone(), 995, 1_005);
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::AskSentinels { .. })));
+    assert_eq!(r.assignment("a2").revision, None);
+    // The answer to the ask: the batch starts by itself.
+    r.sentinel(CLUSTER, a1, 1_000, 1_010);
     assert_eq!(phase(&r), Phase::Applying { batch: 0 });
     assert_eq!(r.assignment("a2").revision.as_deref(), Some(R1));
     let a = r.assignment("a2");
@@ -2129,7 +2160,7 @@ fn under_sentinel_batches_wait_for_a_quorum_and_a_failover_they_make_is_noticed_
         Some("127.0.0.1:7002"),
         Some("127.0.0.1:7002"),
     ]);
-    let effects = r.sentinel(CLUSTER, a2, 1_500);
+    let effects = r.sentinel(CLUSTER, a2.clone(), 1_490, 1_500);
     let noticed = "cache: the Sentinels of main failed the primary of shard a over from a1 to a2 during batch 1, a failover cacheflow did not start: the rollout goes on against the new roles";
     assert!(
         journals(&effects).iter().any(|j| j.contains(noticed)),
@@ -2146,7 +2177,31 @@ fn under_sentinel_batches_wait_for_a_quorum_and_a_failover_they_make_is_noticed_
     r.report("a1", report("a1", a1_replica, None), 1_800)
         .unwrap();
     let a2_generation = r.assignment("a2").generation;
+    // The bake ends and the gates pass: batch 2 waits for the Sentinels' answer.
     let effects = r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, 2_000);
+    assert!(effects.contains(&Effect::AskSentinels {
+        cluster: CLUSTER.into()
+    }));
+    assert_eq!(phase(&r), Phase::Judging { batch: 0 });
+    assert_eq!(r.assignment("a1").revision, None);
+    // Two Sentinels went down since their last periodic answer: the fresh answer has
+    // no quorum, and batch 2 waits instead of starting on the answers of before.
+    let down = sentinels_say([Some("127.0.0.1:7002"), None, None]);
+    let effects = r.sentinel(CLUSTER, down, 2_000, 2_010);
+    assert!(
+        journals(&effects)
+            .iter()
+            .any(|j| j.contains("cache: batch 2 of 2 waits: ")),
+        "{effects:#?}"
+    );
+    assert!(matches!(phase(&r), Phase::Waiting { batch: 1, .. }));
+    assert_eq!(r.assignment("a1").revision, None);
+    // They are back and agree: the batch is due again, and starts on the answer to
+    // the ask made then.
+    r.sentinel(CLUSTER, a2.clone(), 2_400, 2_500);
+    assert!(matches!(phase(&r), Phase::Waiting { batch: 1, .. }));
+    assert_eq!(r.assignment("a1").revision, None);
+    let effects = r.sentinel(CLUSTER, a2, 2_500, 2_510);
     assert!(
         journals(&effects).iter().any(|j| j.contains(
             "cache: no failover of shard a: the Sentinels of main name a2 the primary: a1 runs as its replica"
