@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! entry   cli ── server ── sync ── demo            the commands and the HTTP server
+//!         (and output: printing that never panics)
 //!           │       │        │       │
 //! flow    pipeline (read-only commands, intake of a new head) ── runtime (the
 //!         reconciler's task, journal writer, Host) ── agent ── history
@@ -79,6 +80,7 @@ pub mod entry {
     //! The entry points: the command line, the server, and the jobs they start.
     pub mod cli;
     pub mod demo;
+    pub mod output;
     pub mod server;
     pub mod sync;
 }

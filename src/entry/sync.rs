@@ -23,7 +23,7 @@ use crate::edges::audit::Journal;
 use crate::edges::nodes::fleet::{self, SnapshotOptions, Target};
 use crate::edges::nodes::NodeDriver;
 use crate::edges::source::ConfigRepo;
-use crate::entry::cli::output::{out, outln};
+use crate::entry::output::{out, outln};
 use crate::flow::pipeline::intake::{self, IntakeError, Outcome, Refusal};
 use crate::flow::pipeline::{self, PipelineError};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::commands::secret;
-use super::output::err;
 use super::{Format, RolloutAction};
 use crate::edges::redact::redact_url;
+use crate::entry::output::err;
 use crate::entry::server::error::ErrorBody;
 use crate::pure::drift::DriftReport;
 use crate::pure::reconciler::status::{ClusterRollout, CommandAnswer, Rollouts};

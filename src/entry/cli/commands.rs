@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 
-use super::output::{errln, out, outln};
 use super::{
     client, style, AgentArgs, AgentTokenArgs, CompletionsArgs, DemoArgs, DiffArgs, DriftArgs,
     Format, HistoryArgs, ImportArgs, ManArgs, PlanArgs, ReachArgs, RepoArgs, ReportFormat,
@@ -20,6 +19,7 @@ use super::{
 };
 use crate::edges::redact::redact_url;
 use crate::edges::source::ConfigRepo;
+use crate::entry::output::{errln, out, outln};
 use crate::flow::pipeline::{self, LiveSource, PipelineError, Revision};
 use crate::pure::drift::DriftReport;
 use crate::pure::render;

@@ -14,11 +14,10 @@ use std::time::Duration;
 
 use crate::edges::nodes::fleet::SnapshotOptions;
 use crate::edges::redact::redact_url;
-use output::errln;
+use crate::entry::output::{self, errln};
 
 mod client;
 mod commands;
-pub(crate) mod output;
 mod style;
 
 /// `--version`: the package version, the commit and the day it was built (build.rs).
@@ -1023,5 +1022,43 @@ mod tests {
             "--server",
             "https://cacheflow.example",
         ]));
+    }
+
+    fn long_running(args: &[&str]) -> bool {
+        Cli::try_parse_from(args)
+            .expect("arguments parse")
+            .long_running()
+    }
+
+    #[test]
+    fn serve_and_agent_are_the_long_running_commands() {
+        // `main` gives freed memory back at once for these, and only these.
+        assert!(long_running(&[
+            "cacheflow",
+            "serve",
+            "--repo",
+            "/srv/config",
+            "--state-dir",
+            "/var/lib/cacheflow",
+        ]));
+        assert!(long_running(&[
+            "cacheflow",
+            "agent",
+            "--node-id",
+            "n1",
+            "--server",
+            "http://cacheflow:8080",
+            "--token-file",
+            "/etc/cacheflow/token",
+            "--redis",
+            "127.0.0.1:6379",
+        ]));
+        for short in [
+            &["cacheflow", "validate", "--repo", "."][..],
+            &["cacheflow", "sync", "--repo", ".", "--yes"],
+            &["cacheflow", "demo"],
+        ] {
+            assert!(!long_running(short), "{short:?}");
+        }
     }
 }

@@ -44,7 +44,7 @@ use crate::edges::nodes::fence::{Fence, Fenced};
 use crate::edges::nodes::NodeDriver;
 use crate::edges::redact::redact_url;
 use crate::edges::source::{self, ConfigRepo, SourceError};
-use crate::entry::cli::output::outln;
+use crate::entry::output::outln;
 use crate::flow::pipeline::intake::{self, IntakeError, Origin, Outcome};
 use crate::flow::pipeline::{self};
 use crate::flow::runtime::{DirectOptions, Handle, Host, HostOptions};

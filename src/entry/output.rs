@@ -1,4 +1,5 @@
-//! Standard output and standard error of the command line, written without a panic.
+//! Standard output and standard error of the commands, written without a panic (one
+//! room of its own: `cli`, `sync` and `server` all print through it).
 //!
 //! Rust's `print!` panics when a write fails, and a write fails as soon as the reader
 //! goes away: `cacheflow sync | head`, a closed terminal, an SSH session that dropped.
@@ -55,31 +56,31 @@ pub fn finish(code: ExitCode) -> ExitCode {
 /// `print!` that never panics: see the module's text.
 macro_rules! out {
     ($($arg:tt)*) => {
-        $crate::entry::cli::output::stdout(format_args!($($arg)*))
+        $crate::entry::output::stdout(format_args!($($arg)*))
     };
 }
 
 /// `println!` that never panics: see the module's text.
 macro_rules! outln {
     () => {
-        $crate::entry::cli::output::stdout(format_args!("\n"))
+        $crate::entry::output::stdout(format_args!("\n"))
     };
     ($($arg:tt)*) => {
-        $crate::entry::cli::output::stdout(format_args!("{}\n", format_args!($($arg)*)))
+        $crate::entry::output::stdout(format_args!("{}\n", format_args!($($arg)*)))
     };
 }
 
 /// `eprint!` that never panics: see the module's text.
 macro_rules! err {
     ($($arg:tt)*) => {
-        $crate::entry::cli::output::stderr(format_args!($($arg)*))
+        $crate::entry::output::stderr(format_args!($($arg)*))
     };
 }
 
 /// `eprintln!` that never panics: see the module's text.
 macro_rules! errln {
     ($($arg:tt)*) => {
-        $crate::entry::cli::output::stderr(format_args!("{}\n", format_args!($($arg)*)))
+        $crate::entry::output::stderr(format_args!("{}\n", format_args!($($arg)*)))
     };
 }
 
