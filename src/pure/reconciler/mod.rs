@@ -1211,8 +1211,7 @@ impl Reconciler {
             let (next, actions) = rollout::step(rec.rollout.clone(), event);
             let starts = starts_batch(&rec.rollout.phase, &next.phase);
             if let Some(event) = kept.filter(|_| starts) {
-                let phase = rec.rollout.phase.clone();
-                self.defer_for_sentinels(name, event, phase, now_ms);
+                self.defer_for_sentinels(name, event, now_ms);
                 continue;
             }
             rec.rollout = next;
@@ -1231,7 +1230,7 @@ impl Reconciler {
                 rec.batch_started_ms = batch.map(|_| now_ms);
             }
             if starts {
-                self.deferred.remove(name);
+                self.sentinels_used(name, now_ms);
             }
             for action in actions {
                 match action {

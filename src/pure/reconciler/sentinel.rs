@@ -46,13 +46,13 @@ pub(super) struct SentinelSeen {
 /// made before that may arrive after they agree.
 const SETTLE_MS: u64 = 2_000;
 
-/// A step that would have started a batch while the Sentinels' answers were older than
-/// it: `event`, fed again once they answer an ask begun at `asked_from_ms` or later, if
-/// the rollout is still in `phase`.
+/// Steps that would have started a batch while the Sentinels' answers were older than
+/// them: `events`, fed again (in order) once they answer an ask begun at `asked_from_ms`
+/// or later. A step no longer due then is ignored by the rollout, as any event out of
+/// its phase is.
 #[derive(Debug, Clone)]
 pub(super) struct Deferred {
-    pub event: Event,
-    pub phase: Phase,
+    pub events: Vec<Event>,
     pub asked_from_ms: u64,
 }
 
@@ -189,56 +189,61 @@ impl Reconciler {
         }
     }
 
-    /// Hold `event` (which would start a batch from `phase`) and have the Sentinels
-    /// asked now; the same step held again keeps its first ask.
-    pub(super) fn defer_for_sentinels(
-        &mut self,
-        cluster: &str,
-        event: Event,
-        phase: Phase,
-        now_ms: u64,
-    ) {
-        let earlier = self
+    /// Hold `event` (which would start a batch) and have the Sentinels asked now. The
+    /// same step held again (a tick finding a window still open) keeps its ask; another
+    /// step is due later, so the answers must be later too.
+    pub(super) fn defer_for_sentinels(&mut self, cluster: &str, event: Event, now_ms: u64) {
+        let d = self
             .deferred
-            .get(cluster)
-            .filter(|d| d.phase == phase)
-            .map(|d| d.asked_from_ms);
-        if earlier.is_none() {
-            self.effects.push(super::Effect::AskSentinels {
-                cluster: cluster.to_owned(),
+            .entry(cluster.to_owned())
+            .or_insert_with(|| Deferred {
+                events: Vec::new(),
+                asked_from_ms: now_ms,
             });
+        if d.events.contains(&event) {
+            return;
         }
-        self.deferred.insert(
-            cluster.to_owned(),
-            Deferred {
-                event,
-                phase,
-                asked_from_ms: earlier.unwrap_or(now_ms),
-            },
-        );
+        if !d.events.is_empty() {
+            d.asked_from_ms = now_ms;
+        }
+        d.events.push(event);
+        self.effects.push(super::Effect::AskSentinels {
+            cluster: cluster.to_owned(),
+        });
     }
 
-    /// Answers from an ask begun at `asked_ms` came: the step they were awaited for goes
-    /// on (if the rollout has not moved since), on these answers.
+    /// A batch of `cluster` started on the answers it had: the next one needs another
+    /// ask (steps still held, if any, are held again from now).
+    pub(super) fn sentinels_used(&mut self, cluster: &str, now_ms: u64) {
+        let Some(d) = self.deferred.remove(cluster) else {
+            return;
+        };
+        for event in d.events {
+            self.defer_for_sentinels(cluster, event, now_ms);
+        }
+    }
+
+    /// Answers from an ask begun at `asked_ms` came: the steps held for them go on, on
+    /// these answers.
     fn take_deferred(&mut self, cluster: &str, asked_ms: u64, now_ms: u64) {
         let Some(d) = self
             .deferred
-            .get(cluster)
+            .get_mut(cluster)
             .filter(|d| asked_ms >= d.asked_from_ms)
-            .cloned()
         else {
             return;
         };
-        let unmoved = self
-            .state
-            .clusters
-            .get(cluster)
-            .and_then(|cs| cs.rollout.as_ref())
-            .is_some_and(|r| r.rollout.phase == d.phase);
-        if unmoved {
-            self.feed(cluster, d.event, now_ms);
+        let events = std::mem::take(&mut d.events);
+        for event in events {
+            self.feed(cluster, event, now_ms);
         }
-        self.deferred.remove(cluster);
+        if self
+            .deferred
+            .get(cluster)
+            .is_some_and(|d| d.events.is_empty())
+        {
+            self.deferred.remove(cluster);
+        }
     }
 
     /// The Sentinels' latest answers, of `only` one cluster or of all (what plans and

@@ -2076,6 +2076,68 @@ fn a_restart_of_a_live_primary_with_a_replica_fails_over_to_it_first() {
     assert_eq!(r.assignment("b1").revision.as_deref(), Some(R1));
 }
 
+#[test]
+fn a_batch_held_for_the_sentinels_answer_stays_unassigned_when_paused_meanwhile() {
+    use crate::pure::spec::model::Role;
+    let yaml = cluster_yaml("databases: 32", Some("agent"), ROLLOUT).replace(
+        "  nodes:\n",
+        "  sentinel: {masterName: main, addresses: ['127.0.0.1:26380', '127.0.0.1:26381', '127.0.0.1:26382']}\n  nodes:\n",
+    );
+    let mut before = LiveState {
+        sentinels: Default::default(),
+        version: crate::pure::live::LIVE_STATE_VERSION,
+        taken_at: None,
+        nodes: BTreeMap::new(),
+    };
+    for (id, role) in [
+        ("a1", Role::Primary),
+        ("a2", Role::Replica),
+        ("b1", Role::Primary),
+    ] {
+        before.nodes.insert(id.into(), replicated("16", role));
+    }
+    let a1 = sentinels_say([Some("127.0.0.1:7001"), Some("127.0.0.1:7001"), None]);
+    let mut r = Reconciler::new(State::default());
+    r.revision(load(R1, &yaml), Some(&before), 0);
+    // The answer that settles them makes batch 1 due; it starts on the next answer.
+    r.sentinel(CLUSTER, a1.clone(), 0, 10);
+    r.sentinel(CLUSTER, a1.clone(), 10, 20);
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+    let a = r.assignment("a2");
+    let rep = report(
+        "a2",
+        replicated("32", Role::Replica),
+        Some(result(&a, Outcome::Applied, None)),
+    );
+    r.report("a2", rep, 100).unwrap();
+    // Batch 2 is due after the bake and held for an answer; a person pauses meanwhile.
+    let effects = r.timer(CLUSTER, Event::BakeElapsed { batch: 0 }, 1_000);
+    assert!(effects.contains(&Effect::AskSentinels {
+        cluster: CLUSTER.into()
+    }));
+    r.command(CLUSTER, Event::Pause { by: "alice".into() }, 1_005)
+        .unwrap();
+    assert!(matches!(phase(&r), Phase::Paused { batch: 0, .. }));
+    // The answer comes: the held step is no longer due, nothing starts.
+    let effects = r.sentinel(CLUSTER, a1.clone(), 1_000, 1_010);
+    assert!(matches!(phase(&r), Phase::Paused { batch: 0, .. }));
+    assert_eq!(r.assignment("a1").revision, None);
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::AskSentinels { .. })));
+    // Resumed: the batch is due again and waits for an answer asked after that.
+    let effects = r
+        .command(CLUSTER, Event::Resume { by: "alice".into() }, 2_000)
+        .unwrap();
+    assert!(effects.contains(&Effect::AskSentinels {
+        cluster: CLUSTER.into()
+    }));
+    r.sentinel(CLUSTER, a1.clone(), 1_990, 2_005);
+    assert!(matches!(phase(&r), Phase::Paused { batch: 0, .. }));
+    r.sentinel(CLUSTER, a1, 2_000, 2_010);
+    assert_eq!(phase(&r), Phase::Applying { batch: 0 });
+}
+
 /// Three Sentinels' answers: each names `primary` (`None`: unreachable).
 fn sentinels_say(primaries: [Option<&str>; 3]) -> Vec<crate::pure::live::SentinelAnswer> {
     primaries
