@@ -738,7 +738,7 @@ fn print_end(summary: &Summary, interrupted: bool) {
     print_summary(summary);
     if summary.clusters.iter().any(|c| c.outcome == "waiting") {
         outln!(
-            "Outside the rollout windows: nothing more is started. Run `cacheflow sync --rev {short}` again once they open, or add --override-window REASON to roll out now (the reason is journaled)."
+            "Waiting: nothing more is started (the reason is above). Run `cacheflow sync --rev {short}` again once it has passed; outside the rollout windows, --override-window REASON rolls out now (the reason is journaled; it does not override Sentinels that disagree)."
         );
     }
     if interrupted {

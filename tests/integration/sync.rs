@@ -340,6 +340,12 @@ spec:
         ),
         "{out}"
     );
+    assert!(
+        out.contains(
+            "Waiting: nothing more is started (the reason is above). Run `cacheflow sync --rev "
+        ),
+        "{out}"
+    );
     assert!(out.contains("--override-window REASON"), "{out}");
     for (id, v) in fleet.config("hz") {
         assert_eq!(v, "10", "{id} must not change inside the freeze");
