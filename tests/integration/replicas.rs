@@ -509,7 +509,27 @@ fn a_leader_frozen_past_its_lease_writes_nothing_and_changes_no_node_when_it_wak
     let (code, text) = s.replicas[old].readyz().expect("the old leader answers");
     assert_eq!(code, 503, "{text}\n{}", tail(&s.replicas[old].log(), 40));
     assert!(text.contains("standby replica"), "{text}");
-    assert_eq!(s.replicas[old].journal(), frozen_journal);
+    // Its Git journal holds nothing of the new leader's term: what it has beyond the
+    // journal read while it was frozen can only be an entry etcd committed under its
+    // own fence just before the freeze (the answer was on its way when it stopped),
+    // written into its Git copy when it woke. Its number is below the new leader's
+    // first entry.
+    let woke = s.replicas[old].journal();
+    assert!(
+        woke.starts_with(&frozen_journal),
+        "{woke:#?}\n{frozen_journal:#?}"
+    );
+    let taken_over = journal
+        .iter()
+        .find(|m| m.contains(&format!("leads shard 0 (fencing token {token})")))
+        .and_then(|m| entry_number(m))
+        .expect("the new leader's first entry, numbered");
+    for m in &woke[frozen_journal.len()..] {
+        assert!(
+            entry_number(m).is_some_and(|n| n < taken_over),
+            "written by the old leader after the new one took over: {m}"
+        );
+    }
     assert_eq!(s.leader_key(), Some((url, token)));
     assert!(
         s.replicas[old].log().contains("no longer leads"),
@@ -519,6 +539,16 @@ fn a_leader_frozen_past_its_lease_writes_nothing_and_changes_no_node_when_it_wak
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(journal_messages(&s.remote.repository()), journal);
     assert_linear_without_duplicates(&s.remote, &journal, &commit, &s.fleet);
+}
+
+/// The number of the replicated journal's entry a Git journal message carries
+/// (its `Cacheflow-Entry: N` trailer).
+fn entry_number(message: &str) -> Option<u64> {
+    message
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("Cacheflow-Entry: "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 #[test]
