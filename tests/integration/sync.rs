@@ -778,33 +778,21 @@ fn a_closed_terminal_a_kill_or_ctrl_c_pauses_the_rollout_journaled_and_sync_resu
     assert_eq!(code, 0, "{out}");
     assert!(servers.iter().all(|s| hz(s) == "20"));
 
-    // SIGTERM (`kill`, a cancelled CI job) the same way.
-    repo.write("clusters/cache.yaml", &staged("    hz: 30"));
-    repo.commit("cache: hz 30");
-    let (code, out) = sync_stopped_by(&repo, &servers, ("30", 2), "TERM");
-    assert_eq!(code, 1, "{out}");
-    let entries = journal(&repo);
-    assert!(
-        entries
-            .iter()
-            .flat_map(|m| m.lines())
-            .any(|l| l == "cache: paused by SIGTERM at batch 1"),
-        "{entries:#?}"
-    );
-    assert_eq!(servers.iter().filter(|s| hz(s) == "30").count(), 2);
-
-    // And Ctrl-C (SIGINT), on the revision after.
-    repo.write("clusters/cache.yaml", &staged("    hz: 40"));
-    repo.commit("cache: hz 40");
-    let (code, out) = sync_stopped_by(&repo, &servers, ("40", 2), "INT");
-    assert_eq!(code, 1, "{out}");
-    let entries = journal(&repo);
-    assert!(
-        entries
-            .iter()
-            .flat_map(|m| m.lines())
-            .any(|l| l == "cache: paused by ctrl-c at batch 1"),
-        "{entries:#?}"
-    );
-    assert_eq!(servers.iter().filter(|s| hz(s) == "40").count(), 2);
+    // SIGTERM (`kill`, a cancelled CI job) the same way, and Ctrl-C (SIGINT), each on a
+    // revision of its own.
+    for (value, signal, by) in [("30", "TERM", "SIGTERM"), ("40", "INT", "ctrl-c")] {
+        repo.write("clusters/cache.yaml", &staged(&format!("    hz: {value}")));
+        repo.commit(&format!("cache: hz {value}"));
+        let (code, out) = sync_stopped_by(&repo, &servers, (value, 2), signal);
+        assert_eq!(code, 1, "{out}");
+        let entries = journal(&repo);
+        assert!(
+            entries
+                .iter()
+                .flat_map(|m| m.lines())
+                .any(|l| l == format!("cache: paused by {by} at batch 1")),
+            "{entries:#?}"
+        );
+        assert_eq!(servers.iter().filter(|s| hz(s) == value).count(), 2);
+    }
 }

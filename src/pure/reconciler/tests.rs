@@ -2076,8 +2076,9 @@ fn a_restart_of_a_live_primary_with_a_replica_fails_over_to_it_first() {
     assert_eq!(r.assignment("b1").revision.as_deref(), Some(R1));
 }
 
-#[test]
-fn a_batch_held_for_the_sentinels_answer_stays_unassigned_when_paused_meanwhile() {
+/// The cluster of `cluster_yaml` (databases 32) under three Sentinels, and its nodes as
+/// they run before (databases 16): a1 the primary of shard a, a2 its replica, b1.
+fn under_sentinels() -> (String, LiveState) {
     use crate::pure::spec::model::Role;
     let yaml = cluster_yaml("databases: 32", Some("agent"), ROLLOUT).replace(
         "  nodes:\n",
@@ -2096,6 +2097,13 @@ fn a_batch_held_for_the_sentinels_answer_stays_unassigned_when_paused_meanwhile(
     ] {
         before.nodes.insert(id.into(), replicated("16", role));
     }
+    (yaml, before)
+}
+
+#[test]
+fn a_batch_held_for_the_sentinels_answer_stays_unassigned_when_paused_meanwhile() {
+    use crate::pure::spec::model::Role;
+    let (yaml, before) = under_sentinels();
     let a1 = sentinels_say([Some("127.0.0.1:7001"), Some("127.0.0.1:7001"), None]);
     let mut r = Reconciler::new(State::default());
     r.revision(load(R1, &yaml), Some(&before), 0);
@@ -2157,25 +2165,7 @@ fn sentinels_say(primaries: [Option<&str>; 3]) -> Vec<crate::pure::live::Sentine
 #[test]
 fn under_sentinel_batches_wait_for_a_quorum_and_a_failover_they_make_is_noticed_not_fought() {
     use crate::pure::spec::model::Role;
-    let yaml = cluster_yaml("databases: 32", Some("agent"), ROLLOUT).replace(
-        "  nodes:\n",
-        "  sentinel: {masterName: main, addresses: ['127.0.0.1:26380', '127.0.0.1:26381', '127.0.0.1:26382']}\n  nodes:\n",
-    );
-    let mut before = LiveState {
-        sentinels: Default::default(),
-        version: crate::pure::live::LIVE_STATE_VERSION,
-        taken_at: None,
-        nodes: BTreeMap::new(),
-    };
-    before
-        .nodes
-        .insert("a1".into(), replicated("16", Role::Primary));
-    before
-        .nodes
-        .insert("a2".into(), replicated("16", Role::Replica));
-    before
-        .nodes
-        .insert("b1".into(), replicated("16", Role::Primary));
+    let (yaml, before) = under_sentinels();
     let mut r = Reconciler::new(State::default());
     // Not asked yet: batch 1 waits, nothing assigned.
     let effects = r.revision(load(R1, &yaml), Some(&before), 0);
