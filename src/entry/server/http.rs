@@ -219,9 +219,21 @@ async fn one_request(
     }
     let parts = conn.into_parts();
     let mut io = parts.io.into_inner();
-    // Bytes of a next request read with this one (pipelining).
-    io.read = parts.read_buf;
+    io.read = carried_over(parts.read_buf);
     Some(io)
+}
+
+/// The bytes of a next request read with this one (pipelining), in an allocation of
+/// their own. hyper hands back its whole read buffer, and after a request it is usually
+/// empty but still holds its 8 KiB: kept as it is, every idle connection would keep
+/// 8 KiB until its next request (78 MiB over 10,000 agents' connections, found with
+/// heaptrack), which is what handing the connection back was for.
+fn carried_over(read_buf: Bytes) -> Bytes {
+    if read_buf.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&read_buf)
+    }
 }
 
 /// Drive `conn` until its one request is answered and written: once the answer is made
@@ -399,6 +411,33 @@ mod tests {
             text.push_str(&String::from_utf8_lossy(&buf[..read]));
         }
         text
+    }
+
+    #[test]
+    fn what_a_connection_carries_to_its_next_request_holds_none_of_hypers_buffer() {
+        let buffer = |text: &[u8]| {
+            let mut b = bytes::BytesMut::with_capacity(READ_BUFFER_BYTES);
+            b.extend_from_slice(text);
+            let start = b.as_ptr() as usize;
+            (b, move |b: &Bytes| {
+                (start..start + READ_BUFFER_BYTES).contains(&(b.as_ptr() as usize))
+            })
+        };
+        // Nothing read past the request: hyper hands back its empty buffer, which still
+        // holds the whole allocation.
+        let (empty, within) = buffer(b"");
+        let handed_back = empty.freeze();
+        assert!(handed_back.is_empty() && within(&handed_back));
+        let carried = carried_over(handed_back);
+        assert!(carried.is_empty() && !within(&carried));
+        // A pipelined next request begun: its bytes are carried in a copy of their own.
+        let (mut read, within) = buffer(b"GET /ping HTTP/1.1\r\n\r\nGET /pi");
+        let head = read.split_to(22).freeze();
+        let rest = read.freeze();
+        let carried = carried_over(rest.clone());
+        assert_eq!(&carried[..], b"GET /pi");
+        assert!(within(&rest) && !within(&carried));
+        drop(head);
     }
 
     #[tokio::test]
