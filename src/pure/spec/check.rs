@@ -784,25 +784,15 @@ fn find_again_hashed(outs: &[ClusterOut], state: &impl BuildHasher) -> (Vec<Agai
             let (id, address) = keys.node(k);
             let here = seen(i, k);
             let same_id = |s: &Seen| node(*s).0 == id;
-            match ids.entry(hash_id(id), same_id, |s| hash_id(node(*s).0)) {
-                Entry::Occupied(first) => again.push(Again::Id {
-                    at: (i, k),
-                    first: indices(*first.get()),
-                }),
-                Entry::Vacant(slot) => {
-                    slot.insert(here);
-                }
+            let rehash = |s: &Seen| hash_id(node(*s).0);
+            if let Some(first) = first_or_insert(&mut ids, hash_id(id), same_id, rehash, here) {
+                again.push(Again::Id { at: (i, k), first });
             }
             let same_address = |s: &Seen| node(*s).1.eq_ignore_ascii_case(address);
             let rehash = |s: &Seen| hash_address(node(*s).1);
-            match addresses.entry(hash_address(address), same_address, rehash) {
-                Entry::Occupied(first) => again.push(Again::Address {
-                    at: (i, k),
-                    first: indices(*first.get()),
-                }),
-                Entry::Vacant(slot) => {
-                    slot.insert(here);
-                }
+            let hash = hash_address(address);
+            if let Some(first) = first_or_insert(&mut addresses, hash, same_address, rehash, here) {
+                again.push(Again::Address { at: (i, k), first });
             }
         }
     }
@@ -818,8 +808,24 @@ fn seen(file: usize, node: usize) -> Seen {
     (narrow(file), narrow(node))
 }
 
-fn indices((file, node): Seen) -> (usize, usize) {
-    (file as usize, node as usize)
+/// Where the same string was seen first, or `None` after recording `here` as its first.
+fn first_or_insert(
+    table: &mut HashTable<Seen>,
+    hash: u64,
+    same: impl FnMut(&Seen) -> bool,
+    rehash: impl Fn(&Seen) -> u64,
+    here: Seen,
+) -> Option<(usize, usize)> {
+    match table.entry(hash, same, rehash) {
+        Entry::Occupied(first) => {
+            let (file, node) = *first.get();
+            Some((file as usize, node as usize))
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(here);
+            None
+        }
+    }
 }
 
 /// The diagnostics of names, ids and addresses used again, from the texts of the files
